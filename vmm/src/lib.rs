@@ -5,6 +5,15 @@
 //! virtio-mmio block and vsock), the event loop that drives them, and the seccomp filters
 //! of each VMM thread. It knows nothing about containers or OCI: that is the shim's job.
 
+pub mod boot;
+pub mod builder;
 pub mod bus;
 pub mod devices;
 pub mod layout;
+pub mod memory;
+pub mod seccomp;
+pub mod vstate;
+
+pub use builder::{DiskConfig, VmConfig, VmExit, Vmm, VmmError, VmmHandle, VsockConfig};
+pub use devices::legacy::BootTimes;
+pub use vstate::VmExitReason;

@@ -1,0 +1,436 @@
+//! [`Vmm`]: builds a VM from a [`VmConfig`] (memory, kernel, devices, vCPUs) and runs it
+//! until the guest resets, crashes, or the host stops it.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::Killable;
+
+use crate::boot::{cpu, loader, mptable};
+use crate::bus::{Bus, BusError};
+use crate::devices::legacy::{BootTimer, BootTimes, SerialConsole, I8042};
+use crate::devices::virtio::block::Block;
+use crate::devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
+use crate::devices::virtio::vsock::Vsock;
+use crate::devices::virtio::VirtioDevice;
+use crate::layout::*;
+use crate::memory::{create_guest_memory, MemoryError};
+use crate::seccomp::{self, SeccompError, ThreadKind};
+use crate::vstate::vcpu::{self, Vcpu};
+use crate::vstate::vm::{Vm, VmError};
+use crate::vstate::{VmExitReason, VmState};
+use runvm_protocol::BOOT_TIMER_PORT;
+
+/// Kernel parameters every runvm guest gets (reset through the i8042, no PCI, no probing
+/// of legacy hardware that is not there).
+pub const BASE_CMDLINE: &str =
+    "reboot=k panic=1 pci=off nomodule i8042.noaux i8042.nomux i8042.nopnp \
+     i8042.dumbkbd io_delay=none tsc=reliable no_timer_check cryptomgr.notests random.trust_cpu=on \
+     rcupdate.rcu_expedited=1";
+
+/// A disk: a file given to the guest as a virtio-blk device (`/dev/vda`, `/dev/vdb`, …).
+#[derive(Clone, Debug)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+/// The vsock device and its host Unix socket.
+#[derive(Clone, Debug)]
+pub struct VsockConfig {
+    pub guest_cid: u64,
+    pub uds_path: PathBuf,
+}
+
+/// Everything needed to build a VM.
+pub struct VmConfig {
+    pub vcpus: u8,
+    pub mem_mib: u64,
+    pub kernel: PathBuf,
+    pub initramfs: Option<PathBuf>,
+    /// Extra kernel parameters, appended to [`BASE_CMDLINE`] and the device list.
+    pub cmdline: String,
+    pub disks: Vec<DiskConfig>,
+    pub vsock: Option<VsockConfig>,
+    /// Where the serial console goes; `None` leaves the guest without a serial port.
+    pub serial: Option<Box<dyn Write + Send>>,
+    /// Install the per-thread seccomp filters (disable only to debug).
+    pub seccomp: bool,
+}
+
+/// Errors building or running a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Loader(#[from] loader::LoaderError),
+    #[error(transparent)]
+    MpTable(#[from] mptable::MpTableError),
+    #[error(transparent)]
+    Cpu(#[from] cpu::CpuError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+    #[error("cannot place a device: {0}")]
+    Bus(#[from] BusError),
+    #[error("cannot open disk {path}: {message}")]
+    Disk { path: PathBuf, message: String },
+    #[error("cannot create the vsock device at {path}: {message}")]
+    Vsock { path: PathBuf, message: String },
+    #[error("too many devices: no IRQ left for device {0}")]
+    TooManyDevices(usize),
+    #[error("{0} vCPUs requested; between 1 and {max} are supported", max = mptable::MAX_VCPUS)]
+    VcpuCount(u8),
+    #[error("cannot set up the VMM: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("cannot start the event loop: {0}")]
+    EventManager(String),
+}
+
+/// How a VM ended.
+#[derive(Clone, Debug)]
+pub struct VmExit {
+    pub reason: VmExitReason,
+    pub times: BootTimes,
+}
+
+type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// Stops the event loop when its eventfd fires.
+struct LoopStopper {
+    evt: EventFd,
+    stop: Arc<AtomicBool>,
+}
+
+impl MutEventSubscriber for LoopStopper {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.evt.read();
+        self.stop.store(true, Ordering::Release);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.evt, EventSet::IN)) {
+            log::error!("cannot watch the event loop's stop eventfd: {e}");
+        }
+    }
+}
+
+/// A cloneable handle to ask a running VM to stop.
+#[derive(Clone)]
+pub struct VmmHandle {
+    state: Arc<VmState>,
+    timer: BootTimer,
+}
+
+impl VmmHandle {
+    /// Stops the VM (the guest gets no chance to shut down).
+    pub fn stop(&self) {
+        self.state.request_exit(VmExitReason::Stopped);
+    }
+
+    /// Boot milestones so far.
+    pub fn times(&self) -> BootTimes {
+        self.timer.times()
+    }
+}
+
+/// A built VM, ready to run.
+pub struct Vmm {
+    _vm: Vm,
+    _mem: GuestMemoryMmap<()>,
+    vcpus: Vec<Vcpu>,
+    events: EventManager<Subscriber>,
+    state: Arc<VmState>,
+    timer: BootTimer,
+    seccomp: bool,
+}
+
+impl Vmm {
+    /// Builds the VM. Nothing of the guest runs until [`Vmm::run`].
+    pub fn new(mut config: VmConfig) -> Result<Self, VmmError> {
+        let start = Instant::now();
+        if config.vcpus == 0 || config.vcpus > mptable::MAX_VCPUS {
+            return Err(VmmError::VcpuCount(config.vcpus));
+        }
+        let timer = BootTimer::new(start);
+        let state = Arc::new(VmState::new()?);
+        let vm = Vm::new()?;
+        let mem = create_guest_memory(config.mem_mib)?;
+        vm.register_memory(&mem)?;
+
+        let mut pio = Bus::new();
+        let mut mmio = Bus::new();
+        let mut events: EventManager<Subscriber> =
+            EventManager::new().map_err(|e| VmmError::EventManager(format!("{e:?}")))?;
+        let mut cmdline = String::from(BASE_CMDLINE);
+
+        pio.insert(
+            Arc::new(Mutex::new(I8042::new(state.clone()))),
+            u64::from(I8042_DATA_PORT),
+            5,
+        )?;
+        pio.insert(
+            Arc::new(Mutex::new(timer.clone())),
+            u64::from(BOOT_TIMER_PORT),
+            1,
+        )?;
+        match config.serial.take() {
+            Some(out) => {
+                let irq = EventFd::new(libc::EFD_NONBLOCK)?;
+                vm.register_irqfd(&irq, SERIAL_IRQ)?;
+                pio.insert(
+                    Arc::new(Mutex::new(SerialConsole::new(irq, out))),
+                    u64::from(SERIAL_PORT),
+                    8,
+                )?;
+                cmdline.push_str(" console=ttyS0");
+            }
+            None => cmdline.push_str(" 8250.nr_uarts=0"),
+        }
+
+        let mut slot = 0usize;
+        for disk in &config.disks {
+            let id = format!("runvm-vd{}", (b'a' + slot as u8) as char);
+            let dev = Block::new(&disk.path, disk.read_only, &id).map_err(|e| VmmError::Disk {
+                path: disk.path.clone(),
+                message: e.to_string(),
+            })?;
+            attach_virtio(
+                &vm,
+                &mem,
+                &mut mmio,
+                &mut events,
+                &mut cmdline,
+                slot,
+                Arc::new(Mutex::new(dev)),
+            )?;
+            slot += 1;
+        }
+        if let Some(v) = &config.vsock {
+            let dev =
+                Vsock::new(v.guest_cid, v.uds_path.clone(), "").map_err(|e| VmmError::Vsock {
+                    path: v.uds_path.clone(),
+                    message: e.to_string(),
+                })?;
+            attach_virtio(
+                &vm,
+                &mem,
+                &mut mmio,
+                &mut events,
+                &mut cmdline,
+                slot,
+                Arc::new(Mutex::new(dev)),
+            )?;
+        }
+        if !config.cmdline.is_empty() {
+            cmdline.push(' ');
+            cmdline.push_str(&config.cmdline);
+        }
+
+        let kernel = loader::load_kernel(&mem, &config.kernel)?;
+        let initramfs = match &config.initramfs {
+            Some(p) => Some(loader::load_initramfs(&mem, p, kernel.kernel_end)?),
+            None => None,
+        };
+        loader::write_boot_info(&mem, &cmdline, initramfs)?;
+        mptable::setup_mptable(&mem, config.vcpus)?;
+        cpu::write_gdt(&mem)?;
+        log::debug!("kernel command line: {cmdline}");
+
+        let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
+        let base_cpuid = vm.supported_cpuid()?;
+        let mut vcpus = Vec::with_capacity(config.vcpus as usize);
+        for id in 0..config.vcpus {
+            let v = Vcpu::new(
+                &vm,
+                id,
+                pio.clone(),
+                mmio.clone(),
+                state.clone(),
+                timer.clone(),
+            )?;
+            cpu::setup_vcpu(
+                v.fd(),
+                &cpu::vcpu_cpuid(&base_cpuid, id, config.vcpus),
+                kernel.entry,
+                id == 0,
+            )?;
+            vcpus.push(v);
+        }
+        Ok(Self {
+            _vm: vm,
+            _mem: mem,
+            vcpus,
+            events,
+            state,
+            timer,
+            seccomp: config.seccomp,
+        })
+    }
+
+    pub fn handle(&self) -> VmmHandle {
+        VmmHandle {
+            state: self.state.clone(),
+            timer: self.timer.clone(),
+        }
+    }
+
+    /// Runs the VM on its own threads (one per vCPU, one for devices) until it stops.
+    pub fn run(self) -> Result<VmExit, VmmError> {
+        let Vmm {
+            _vm,
+            _mem,
+            vcpus,
+            mut events,
+            state,
+            timer,
+            seccomp,
+        } = self;
+        vcpu::register_kick_handler()?;
+        let (vcpu_filter, dev_filter) = if seccomp {
+            (
+                Some(Arc::new(seccomp::filter(ThreadKind::Vcpu)?)),
+                Some(seccomp::filter(ThreadKind::Devices)?),
+            )
+        } else {
+            (None, None)
+        };
+
+        let loop_stop = Arc::new(AtomicBool::new(false));
+        let stop_evt = EventFd::new(libc::EFD_NONBLOCK)?;
+        events.add_subscriber(Arc::new(Mutex::new(LoopStopper {
+            evt: stop_evt.try_clone()?,
+            stop: loop_stop.clone(),
+        })));
+        let dev_state = state.clone();
+        let device_thread = std::thread::Builder::new()
+            .name("runvm-devices".into())
+            .spawn(move || {
+                if let Some(f) = &dev_filter {
+                    if let Err(e) = seccomp::apply(f) {
+                        dev_state
+                            .request_exit(VmExitReason::KvmError(format!("device thread: {e}")));
+                        return;
+                    }
+                }
+                while !loop_stop.load(Ordering::Acquire) {
+                    if let Err(e) = events.run() {
+                        dev_state.request_exit(VmExitReason::KvmError(format!(
+                            "device event loop failed: {e:?}"
+                        )));
+                        return;
+                    }
+                }
+            })?;
+
+        let vcpu_stop = Arc::new(AtomicBool::new(false));
+        let mut threads: Vec<JoinHandle<()>> = Vec::new();
+        for v in vcpus {
+            let stop = vcpu_stop.clone();
+            let filter = vcpu_filter.clone();
+            let st = state.clone();
+            let spawned = std::thread::Builder::new()
+                .name("runvm-vcpu".into())
+                .spawn(move || {
+                    if let Some(f) = &filter {
+                        if let Err(e) = seccomp::apply(f) {
+                            st.request_exit(VmExitReason::KvmError(format!("vCPU thread: {e}")));
+                            return;
+                        }
+                    }
+                    v.run(stop)
+                });
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    state.request_exit(VmExitReason::KvmError(format!(
+                        "cannot start a vCPU thread: {e}"
+                    )));
+                    break;
+                }
+            }
+        }
+
+        wait_readable(state.exit_evt());
+        timer.mark_vm_exit();
+
+        vcpu_stop.store(true, Ordering::Release);
+        for t in &threads {
+            while !t.is_finished() {
+                // The signal only interrupts KVM_RUN; resend until the thread sees the flag.
+                let _ = t.kill(vcpu::kick_signal());
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        for t in threads {
+            let _ = t.join();
+        }
+        let _ = stop_evt.write(1);
+        let _ = device_thread.join();
+
+        let reason = state.exit_reason().unwrap_or(VmExitReason::Stopped);
+        Ok(VmExit {
+            reason,
+            times: timer.times(),
+        })
+    }
+}
+
+fn wait_readable(evt: &EventFd) {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: evt.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: `pfd` is a valid pollfd for the duration of the call.
+        let r = unsafe { libc::poll(&mut pfd, 1, -1) };
+        if r > 0 || (r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR)) {
+            return;
+        }
+    }
+}
+
+/// Puts a virtio device on the MMIO bus at `slot`, wires its interrupt and queue
+/// notifications into KVM, hands it to the event loop and announces it on the command line.
+fn attach_virtio<D>(
+    vm: &Vm,
+    mem: &GuestMemoryMmap<()>,
+    mmio: &mut Bus,
+    events: &mut EventManager<Subscriber>,
+    cmdline: &mut String,
+    slot: usize,
+    dev: Arc<Mutex<D>>,
+) -> Result<(), VmmError>
+where
+    D: VirtioDevice + MutEventSubscriber + 'static,
+{
+    let irq = VIRTIO_IRQ_START + slot as u32;
+    if irq > IRQ_MAX {
+        return Err(VmmError::TooManyDevices(slot));
+    }
+    let base = VIRTIO_MMIO_START + slot as u64 * VIRTIO_MMIO_SIZE;
+    let transport = MmioTransport::new(mem.clone(), dev.clone())?;
+    vm.register_irqfd(transport.interrupt().eventfd(), irq)?;
+    {
+        let d = dev.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, evt) in d.queue_events().iter().enumerate() {
+            vm.register_mmio_ioevent(evt, base + NOTIFY_REG_OFFSET, i as u32)?;
+        }
+    }
+    mmio.insert(Arc::new(Mutex::new(transport)), base, VIRTIO_MMIO_SIZE)?;
+    events.add_subscriber(dev);
+    cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! The KVM VM: memory slots, in-kernel interrupt controllers, and the ioeventfd/irqfd
+//! plumbing for devices.
+
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
+    KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Errors setting up the KVM VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("cannot open /dev/kvm: {0}. Is KVM available (kvm_intel or kvm_amd loaded) and are you allowed to use it?")]
+    OpenKvm(kvm_ioctls::Error),
+    #[error("KVM API version {0} is not supported (need 12)")]
+    ApiVersion(i32),
+    #[error("KVM lacks a required capability: {0}")]
+    MissingCap(&'static str),
+    #[error("KVM refused to {what}: {source}")]
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+/// A KVM VM with its memory registered.
+pub struct Vm {
+    kvm: Kvm,
+    fd: VmFd,
+}
+
+impl Vm {
+    pub fn new() -> Result<Self, VmError> {
+        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        let v = kvm.get_api_version();
+        if v != 12 {
+            return Err(VmError::ApiVersion(v));
+        }
+        for (cap, name) in [
+            (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+            (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
+            (Cap::Irqfd, "KVM_CAP_IRQFD"),
+            (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+            (Cap::Pit2, "KVM_CAP_PIT2"),
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(VmError::MissingCap(name));
+            }
+        }
+        let fd = kvm.create_vm().map_err(kvm_err("create a VM"))?;
+        fd.set_tss_address(0xfffb_d000)
+            .map_err(kvm_err("set the TSS address"))?;
+        fd.create_irq_chip()
+            .map_err(kvm_err("create the in-kernel PIC and IOAPIC"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit)
+            .map_err(kvm_err("create the in-kernel PIT"))?;
+        Ok(Self { kvm, fd })
+    }
+
+    /// Registers every region of `mem` as a KVM memory slot.
+    pub fn register_memory(&self, mem: &GuestMemoryMmap<()>) -> Result<(), VmError> {
+        for (slot, region) in mem.iter().enumerate() {
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: 0,
+                guest_phys_addr: region.start_addr().raw_value(),
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+            };
+            // SAFETY: the region is a live mapping owned by `mem`, which the VMM keeps
+            // alive for as long as the VM exists, and slots do not overlap.
+            unsafe { self.fd.set_user_memory_region(r) }
+                .map_err(kvm_err("register guest memory"))?;
+        }
+        Ok(())
+    }
+
+    /// CPUID entries KVM supports on this host, the base for every vCPU.
+    pub fn supported_cpuid(&self) -> Result<CpuId, VmError> {
+        self.kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("report supported CPUID"))
+    }
+
+    /// Raises `gsi` whenever `evt` is written.
+    pub fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), VmError> {
+        self.fd
+            .register_irqfd(evt, gsi)
+            .map_err(kvm_err("register an irqfd"))
+    }
+
+    /// Signals `evt` when the guest writes `datamatch` (32-bit) to MMIO `addr`, without a VM exit.
+    pub fn register_mmio_ioevent(
+        &self,
+        evt: &EventFd,
+        addr: u64,
+        datamatch: u32,
+    ) -> Result<(), VmError> {
+        self.fd
+            .register_ioevent(evt, &IoEventAddress::Mmio(addr), datamatch)
+            .map_err(kvm_err("register an ioeventfd"))
+    }
+
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+}

@@ -1,1 +1,108 @@
-fn main() {}
+//! `runvm`: a runc-compatible OCI runtime that runs each container in its own KVM
+//! microVM. This file is the command-line edge: it parses runc's command line (with
+//! liboci-cli), sets up logging, dispatches, and turns errors into runc-style messages
+//! and exit codes. The semantics live in `container/`, the VM side in `monitor/`.
+
+mod assets;
+mod container;
+mod id;
+mod logging;
+mod monitor;
+mod rootfs;
+mod spec;
+
+use clap::{Parser, Subcommand};
+use liboci_cli::{CommonCmd, GlobalOpts, StandardCmd};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "runvm",
+    version,
+    about = "A runc-compatible OCI runtime that runs each container in a KVM microVM"
+)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalOpts,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    #[command(flatten)]
+    Standard(Box<StandardCmd>),
+    #[command(flatten)]
+    Common(Box<CommonCmd>),
+}
+
+fn not_yet(verb: &str) -> anyhow::Result<i32> {
+    anyhow::bail!("`runvm {verb}` is not implemented yet: this build supports `run` (foreground, no terminal) and `spec`")
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Common(c) => match *c {
+            CommonCmd::Run(r) => {
+                if r.detach {
+                    return not_yet("run --detach");
+                }
+                if r.console_socket.is_some() {
+                    return not_yet("run --console-socket");
+                }
+                container::run::run(container::run::RunOptions {
+                    id: r.container_id,
+                    bundle: r.bundle,
+                    root: cli.global.root,
+                    pid_file: r.pid_file,
+                })
+            }
+            CommonCmd::Spec(s) => {
+                let path = s.bundle.unwrap_or_else(|| ".".into()).join("config.json");
+                if path.exists() {
+                    anyhow::bail!("File {} exists. Remove it first", path.display());
+                }
+                let spec = oci_spec::runtime::Spec::default();
+                std::fs::write(&path, serde_json::to_string_pretty(&spec)?)?;
+                Ok(0)
+            }
+            other => not_yet(
+                &format!("{other:?}")
+                    .split([' ', '('])
+                    .next()
+                    .unwrap_or("")
+                    .to_lowercase(),
+            ),
+        },
+        Command::Standard(s) => not_yet(
+            &format!("{s:?}")
+                .split([' ', '('])
+                .next()
+                .unwrap_or("")
+                .to_lowercase(),
+        ),
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = logging::init(
+        cli.global.log.as_deref(),
+        cli.global.log_format.as_deref(),
+        cli.global.debug,
+    ) {
+        eprintln!("runvm: {e}");
+        std::process::exit(1);
+    }
+    let to_file = cli.global.log.is_some();
+    match dispatch(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            let msg = format!("{e:#}");
+            if to_file {
+                log::error!("{msg}");
+            }
+            eprintln!("runvm: {msg}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,447 @@
+//! The monitor: one host process per container that holds the VM, speaks the control
+//! protocol with the guest init over vsock, relays stdio, forwards signals, and ends
+//! with the workload's exit code.
+
+pub mod guard;
+mod stdio;
+
+use std::io::ErrorKind;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use runvm_protocol::{
+    read_frame, write_frame, ExitStatus, FrameError, GuestMessage, HostMessage, StreamHeader,
+    CONTROL_PORT, MAIN_PROCESS, PROTOCOL_VERSION, STREAM_PORT,
+};
+use vmm::{BootTimes, DiskConfig, VmConfig, VmExit, VmExitReason, Vmm, VmmError, VsockConfig};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::assets::GuestAssets;
+
+/// Guest CID of every runvm guest (each VM has its own vsock device, so they never clash).
+pub const GUEST_CID: u64 = 3;
+/// Signals a foreground monitor forwards to the workload, as runc does.
+const FORWARDED: [Signal; 7] = [
+    Signal::SIGHUP,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGTERM,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGALRM,
+];
+
+/// Errors running a container's VM.
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    #[error("cannot set up the monitor in {dir}: {source}")]
+    Setup {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start the VM: {0}")]
+    Vmm(#[from] VmmError),
+    #[error("the guest did not connect within {0:?}; rerun with RUNVM_DEBUG_CONSOLE=1 to see the guest kernel's console")]
+    BootTimeout(Duration),
+    #[error("the guest sent a malformed or unexpected message ({0}); the VM was stopped")]
+    Protocol(String),
+    #[error("the guest speaks protocol version {0}, this runvm speaks {PROTOCOL_VERSION}; rebuild the initramfs (cargo xtask initramfs)")]
+    Version(u32),
+    #[error("the VM stopped before the workload's exit status was reported: {0}")]
+    GuestDied(String),
+}
+
+/// How to build and run one container's VM.
+pub struct MonitorConfig {
+    pub assets: GuestAssets,
+    pub vcpus: u8,
+    pub mem_mib: u64,
+    /// Private directory for the vsock sockets (removed by the caller).
+    pub runtime_dir: PathBuf,
+    pub disks: Vec<DiskConfig>,
+    pub debug_console: bool,
+    pub seccomp: bool,
+    pub boot_timeout: Duration,
+    pub timings_file: Option<PathBuf>,
+}
+
+fn explain(reason: &VmExitReason) -> String {
+    match reason {
+        VmExitReason::Reset => "the guest rebooted".into(),
+        VmExitReason::TripleFault => "the guest kernel crashed (triple fault)".into(),
+        VmExitReason::KvmError(m) => m.clone(),
+        VmExitReason::Stopped => "the VM was stopped".into(),
+    }
+}
+
+type VmResult = Arc<Mutex<Option<Result<VmExit, VmmError>>>>;
+
+/// A VM running on its own thread, with an eventfd that fires when it ends.
+struct RunningVm {
+    handle: vmm::VmmHandle,
+    done: EventFd,
+    result: VmResult,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RunningVm {
+    fn start(vmm: Vmm) -> Result<Self, MonitorError> {
+        let handle = vmm.handle();
+        let done = EventFd::new(libc::EFD_NONBLOCK).map_err(vmm::VmmError::Io)?;
+        let result: VmResult = Arc::new(Mutex::new(None));
+        let (r, d) = (result.clone(), done.try_clone().map_err(vmm::VmmError::Io)?);
+        let thread = std::thread::Builder::new()
+            .name("runvm-vmm".into())
+            .spawn(move || {
+                let res = vmm.run();
+                *r.lock().unwrap_or_else(|e| e.into_inner()) = Some(res);
+                let _ = d.write(1);
+            })
+            .map_err(vmm::VmmError::Io)?;
+        Ok(Self {
+            handle,
+            done,
+            result,
+            thread: Some(thread),
+        })
+    }
+
+    fn finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Waits up to `timeout` for the guest to stop by itself, then stops it.
+    fn finish(&mut self, timeout: Duration) -> Result<VmExit, MonitorError> {
+        let deadline = Instant::now() + timeout;
+        while !self.finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        if !self.finished() {
+            log::warn!("the guest did not power off within {timeout:?}; stopping it");
+            self.handle.stop();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        match self.result.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some(r) => Ok(r?),
+            None => Err(MonitorError::GuestDied(
+                "the VMM thread ended without a result".into(),
+            )),
+        }
+    }
+}
+
+/// Outcome of the workload.
+enum Ending {
+    Exited(ExitStatus),
+    StartFailed(i32, String),
+}
+
+/// Boots the VM described by `cfg`, runs `run` (a [`HostMessage::Run`]) in it with the
+/// given host stdio descriptors, and returns the workload's exit code.
+/// Must be called before the process has other threads (signals are blocked here).
+pub fn run_vm(
+    cfg: MonitorConfig,
+    run: HostMessage,
+    stdio: [RawFd; 3],
+) -> Result<i32, MonitorError> {
+    let setup = |source| MonitorError::Setup {
+        dir: cfg.runtime_dir.clone(),
+        source,
+    };
+    let uds = cfg.runtime_dir.join("vsock.sock");
+    let port_path = |port: u32| PathBuf::from(format!("{}_{port}", uds.display()));
+    let control_listener = UnixListener::bind(port_path(CONTROL_PORT)).map_err(setup)?;
+    let stream_listener = UnixListener::bind(port_path(STREAM_PORT)).map_err(setup)?;
+
+    let mut mask = SigSet::empty();
+    FORWARDED.iter().for_each(|s| mask.add(*s));
+    mask.thread_block().map_err(|e| setup(e.into()))?;
+    let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| setup(e.into()))?;
+
+    let mut cmdline = String::new();
+    if cfg.debug_console {
+        cmdline.push_str("runvm.debug=1");
+    } else {
+        cmdline.push_str("quiet");
+    }
+    let vmm = Vmm::new(VmConfig {
+        vcpus: cfg.vcpus,
+        mem_mib: cfg.mem_mib,
+        kernel: cfg.assets.kernel.clone(),
+        initramfs: Some(cfg.assets.initramfs.clone()),
+        cmdline,
+        disks: cfg.disks.clone(),
+        vsock: Some(VsockConfig {
+            guest_cid: GUEST_CID,
+            uds_path: uds.clone(),
+        }),
+        serial: cfg
+            .debug_console
+            .then(|| Box::new(std::io::stderr()) as Box<dyn std::io::Write + Send>),
+        seccomp: cfg.seccomp,
+    })?;
+    let mut vm = RunningVm::start(vmm)?;
+
+    let result = converse(
+        &cfg,
+        &mut vm,
+        run,
+        stdio,
+        &control_listener,
+        &stream_listener,
+        &sigfd,
+    );
+    let ending = match result {
+        Ok(e) => e,
+        Err(e) => {
+            vm.handle.stop();
+            let exit = vm.finish(Duration::from_secs(5));
+            return Err(match (e, exit) {
+                (MonitorError::GuestDied(_), Ok(exit)) => {
+                    MonitorError::GuestDied(explain(&exit.reason))
+                }
+                (MonitorError::GuestDied(_), Err(e)) => e,
+                (e, _) => e,
+            });
+        }
+    };
+    let exit = vm.finish(Duration::from_secs(10))?;
+    report_times(&cfg, &exit.times);
+    match ending {
+        Ending::Exited(status) => Ok(status.code()),
+        Ending::StartFailed(code, message) => {
+            eprintln!("runvm: {message}");
+            Ok(code)
+        }
+    }
+}
+
+fn report_times(cfg: &MonitorConfig, t: &BootTimes) {
+    let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+    let json = serde_json::json!({
+        "kernel_entry_ms": ms(t.kernel_entry),
+        "init_started_ms": ms(t.init_started),
+        "workload_started_ms": ms(t.workload_started),
+        "workload_exited_ms": ms(t.workload_exited),
+        "vm_exit_ms": ms(t.vm_exit),
+    });
+    log::debug!("boot times: {json}");
+    if let Some(path) = &cfg.timings_file {
+        if let Err(e) = std::fs::write(path, format!("{json}\n")) {
+            log::warn!("cannot write boot timings to {}: {e}", path.display());
+        }
+    }
+}
+
+fn wait_ready(fds: &[RawFd], deadline: Option<Instant>) -> Result<Vec<bool>, MonitorError> {
+    loop {
+        let timeout = match deadline {
+            None => PollTimeout::NONE,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
+                    .unwrap_or(PollTimeout::MAX)
+            }
+        };
+        // SAFETY: the descriptors are owned by the caller and outlive this call.
+        let borrowed: Vec<_> = fds
+            .iter()
+            .map(|fd| unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) })
+            .collect();
+        let mut pfds: Vec<PollFd> = borrowed
+            .iter()
+            .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
+            .collect();
+        match poll(&mut pfds, timeout) {
+            Ok(0) => return Ok(vec![false; fds.len()]),
+            Ok(_) => {
+                return Ok(pfds
+                    .iter()
+                    .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
+                    .collect())
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(MonitorError::Protocol(format!("poll failed: {e}"))),
+        }
+    }
+}
+
+fn protocol(e: FrameError) -> MonitorError {
+    MonitorError::Protocol(e.to_string())
+}
+
+fn pending_signals(sigfd: &SignalFd) -> Vec<i32> {
+    let mut out = Vec::new();
+    while let Ok(Some(info)) = sigfd.read_signal() {
+        out.push(info.ssi_signo as i32);
+    }
+    out
+}
+
+fn converse(
+    cfg: &MonitorConfig,
+    vm: &mut RunningVm,
+    run: HostMessage,
+    stdio: [RawFd; 3],
+    control_listener: &UnixListener,
+    stream_listener: &UnixListener,
+    sigfd: &SignalFd,
+) -> Result<Ending, MonitorError> {
+    let mut queued: Vec<i32> = Vec::new();
+
+    // Phase 1: the guest init connects and says hello.
+    let deadline = Instant::now() + cfg.boot_timeout;
+    let mut control: UnixStream = loop {
+        let ready = wait_ready(
+            &[
+                control_listener.as_raw_fd(),
+                vm.done.as_raw_fd(),
+                sigfd.as_raw_fd(),
+            ],
+            Some(deadline),
+        )?;
+        if ready[0] {
+            match control_listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e)
+                    if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted =>
+                {
+                    continue
+                }
+                Err(e) => {
+                    return Err(MonitorError::Protocol(format!(
+                        "accepting the control connection: {e}"
+                    )))
+                }
+            }
+        }
+        if ready[1] {
+            return Err(MonitorError::GuestDied(String::new()));
+        }
+        if ready[2] {
+            queued.extend(pending_signals(sigfd));
+        }
+        if Instant::now() >= deadline {
+            return Err(MonitorError::BootTimeout(cfg.boot_timeout));
+        }
+    };
+    control
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| MonitorError::Protocol(e.to_string()))?;
+    match read_frame::<_, GuestMessage>(&mut control).map_err(protocol)? {
+        GuestMessage::Hello { version } if version == PROTOCOL_VERSION => {}
+        GuestMessage::Hello { version } => return Err(MonitorError::Version(version)),
+        other => {
+            return Err(MonitorError::Protocol(format!(
+                "expected Hello, got {other:?}"
+            )))
+        }
+    }
+    write_frame(&mut control, &run).map_err(protocol)?;
+
+    // Phase 2: streams, start, signals, exit.
+    let mut outputs: Vec<JoinHandle<u64>> = Vec::new();
+    let mut started = false;
+    let ending = loop {
+        let ready = wait_ready(
+            &[
+                control.as_raw_fd(),
+                stream_listener.as_raw_fd(),
+                vm.done.as_raw_fd(),
+                sigfd.as_raw_fd(),
+            ],
+            None,
+        )?;
+        if ready[1] {
+            if let Ok((mut s, _)) = stream_listener.accept() {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let header: StreamHeader = read_frame(&mut s).map_err(protocol)?;
+                let _ = s.set_read_timeout(None);
+                match (header.process, header.fd) {
+                    (MAIN_PROCESS, 0) => stdio::spawn_input(s, stdio[0])
+                        .map_err(|e| MonitorError::Protocol(e.to_string()))?,
+                    (MAIN_PROCESS, fd @ (1 | 2)) => outputs.push(
+                        stdio::spawn_output(s, stdio[fd as usize])
+                            .map_err(|e| MonitorError::Protocol(e.to_string()))?,
+                    ),
+                    other => {
+                        return Err(MonitorError::Protocol(format!(
+                            "stream for unknown process/fd {other:?}"
+                        )))
+                    }
+                }
+            }
+        }
+        if ready[3] {
+            queued.extend(pending_signals(sigfd));
+        }
+        if started && !queued.is_empty() {
+            for signal in queued.drain(..) {
+                write_frame(
+                    &mut control,
+                    &HostMessage::Signal {
+                        process: MAIN_PROCESS,
+                        signal,
+                    },
+                )
+                .map_err(protocol)?;
+            }
+        }
+        if ready[0] {
+            match read_frame::<_, GuestMessage>(&mut control) {
+                Ok(GuestMessage::Started {
+                    process: MAIN_PROCESS,
+                    ..
+                }) => started = true,
+                Ok(GuestMessage::StartFailed {
+                    process: MAIN_PROCESS,
+                    code,
+                    message,
+                }) => break Ending::StartFailed(code, message),
+                Ok(GuestMessage::Exited {
+                    process: MAIN_PROCESS,
+                    status,
+                }) => break Ending::Exited(status),
+                Ok(other) => return Err(MonitorError::Protocol(format!("unexpected {other:?}"))),
+                Err(FrameError::Closed) => return Err(MonitorError::GuestDied(String::new())),
+                Err(e) => return Err(protocol(e)),
+            }
+            continue;
+        }
+        if ready[2] {
+            return Err(MonitorError::GuestDied(String::new()));
+        }
+    };
+
+    // The guest closed its output streams before reporting the exit: read them to the end.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while outputs.iter().any(|t| !t.is_finished()) && Instant::now() < deadline && !vm.finished() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for t in outputs {
+        if t.is_finished() {
+            let _ = t.join();
+        } else {
+            log::warn!("an output stream did not reach its end; some output may be missing");
+        }
+    }
+    let _ = write_frame(&mut control, &HostMessage::Shutdown);
+    Ok(ending)
+}
+
+/// Removes the runtime directory's sockets (the directory itself belongs to the caller).
+pub fn remove_sockets(dir: &Path) {
+    for port in [CONTROL_PORT, STREAM_PORT] {
+        let _ = std::fs::remove_file(dir.join(format!("vsock.sock_{port}")));
+    }
+}

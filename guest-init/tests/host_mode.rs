@@ -23,6 +23,14 @@ use std::time::{Duration, Instant};
 const BUSYBOX: &str = "/bin/busybox";
 const TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The binary under test: this build's, or `RUNVM_INIT_BIN` (e.g. the static release
+/// build that goes into the initramfs).
+fn init_bin() -> PathBuf {
+    std::env::var_os("RUNVM_INIT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_guest-init")))
+}
+
 fn skip_reason() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -127,7 +135,7 @@ fn run(process: ProcessSpec, stdin: &[u8], after_start: impl FnOnce(&mut UnixStr
     let str_l = UnixListener::bind(scratch.dir.join("1025")).unwrap();
     let mut child = Command::new("unshare")
         .args(["-m", "--propagation", "private"])
-        .arg(env!("CARGO_BIN_EXE_guest-init"))
+        .arg(init_bin())
         .env("RUNVM_INIT_TEST", &scratch.dir)
         .env("RUNVM_INIT_DEBUG", "1")
         .spawn()
@@ -442,7 +450,7 @@ fn run_expect_early_failure(process: ProcessSpec) -> (i32, String) {
     let ctl_l = UnixListener::bind(scratch.dir.join("1024")).unwrap();
     let mut child = Command::new("unshare")
         .args(["-m", "--propagation", "private"])
-        .arg(env!("CARGO_BIN_EXE_guest-init"))
+        .arg(init_bin())
         .env("RUNVM_INIT_TEST", &scratch.dir)
         .spawn()
         .unwrap();

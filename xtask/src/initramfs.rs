@@ -124,15 +124,15 @@ pub fn initramfs() -> Result<PathBuf> {
         .join("target")
         .join("runvm")
         .join("initramfs.cpio");
-    let image = initramfs_image(&init)?;
+    // Build next to the target, then keep the old file if nothing changed (stable mtime)
+    // or rename over it (a reader never sees half an image).
+    let tmp = out.with_extension("cpio.tmp");
+    build_initramfs(&init, &tmp)?;
+    let image = std::fs::read(&tmp).with_context(|| format!("read {}", tmp.display()))?;
     let unchanged = std::fs::read(&out).map(|old| old == image).unwrap_or(false);
-    if !unchanged {
-        if let Some(dir) = out.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-        }
-        // Write then rename, so a reader never sees half an image.
-        let tmp = out.with_extension("cpio.tmp");
-        std::fs::write(&tmp, &image).with_context(|| format!("write {}", tmp.display()))?;
+    if unchanged {
+        std::fs::remove_file(&tmp).with_context(|| format!("remove {}", tmp.display()))?;
+    } else {
         std::fs::rename(&tmp, &out).with_context(|| format!("rename to {}", out.display()))?;
     }
     println!(

@@ -58,8 +58,13 @@ impl Mode {
 }
 
 fn main() {
+    // Test mode is never honoured as PID 1: the kernel passes unknown `key=value` words of
+    // its command line to init as environment, and the real init must stay the real init.
+    let is_pid1 = nix::unistd::getpid().as_raw() == 1;
     let mode = Mode {
-        test_dir: std::env::var_os("RUNVM_INIT_TEST").map(PathBuf::from),
+        test_dir: std::env::var_os("RUNVM_INIT_TEST")
+            .filter(|_| !is_pid1)
+            .map(PathBuf::from),
     };
     if mode.test_dir.is_none() {
         if boot_timer::enable() {

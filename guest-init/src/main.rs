@@ -1,1 +1,296 @@
-fn main() {}
+//! runvm's guest init: PID 1 of the microVM.
+//!
+//! The sequence (see `runvm_protocol` for the wire side): report the boot mark, mount the
+//! basics, say `Hello` on the control connection, receive `Run`, assemble the container's
+//! root filesystem, open the stdio streams, start the workload as PID 1 of a new PID
+//! namespace, relay stdio and signals until it exits, report `Exited`, wait for the host's
+//! `Shutdown`, sync, and reboot. Any failure is reported as `StartFailed` (when the
+//! control connection is up) and ends in a reboot too: PID 1 never exits and never panics.
+//!
+//! Host test mode: with `RUNVM_INIT_TEST=<dir>` in the environment, init uses Unix sockets
+//! `<dir>/1024` and `<dir>/1025` instead of vsock, builds the root under `<dir>`, skips the
+//! boot timer and its own mounts, and exits instead of rebooting. Run it inside
+//! `unshare -m` so its mounts vanish with it.
+
+mod boot_timer;
+mod error;
+mod log;
+mod mounts;
+mod relay;
+mod vsock;
+mod workload;
+
+use error::{Context, Error, Result};
+use mounts::Paths;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use runvm_protocol::{
+    BootMark, GuestMessage, HostMessage, StreamHeader, CONTROL_PORT, MAIN_PROCESS,
+    PROTOCOL_VERSION, STREAM_PORT,
+};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use vsock::{Control, Transport};
+
+/// How long to wait for the host's `Shutdown` once everything is reported.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+
+/// VM or host test mode.
+struct Mode {
+    test_dir: Option<PathBuf>,
+}
+
+impl Mode {
+    fn transport(&self) -> Transport {
+        match &self.test_dir {
+            Some(d) => Transport::Unix(d.clone()),
+            None => Transport::Vsock,
+        }
+    }
+
+    fn paths(&self) -> Paths {
+        match &self.test_dir {
+            Some(d) => Paths::under(d),
+            None => Paths::under(std::path::Path::new("/")),
+        }
+    }
+}
+
+fn main() {
+    // Test mode is never honoured as PID 1: the kernel passes unknown `key=value` words of
+    // its command line to init as environment, and the real init must stay the real init.
+    let is_pid1 = nix::unistd::getpid().as_raw() == 1;
+    let mode = Mode {
+        test_dir: std::env::var_os("RUNVM_INIT_TEST")
+            .filter(|_| !is_pid1)
+            .map(PathBuf::from),
+    };
+    if mode.test_dir.is_none() {
+        if boot_timer::enable() {
+            boot_timer::mark(BootMark::InitStarted);
+        }
+    } else {
+        log::set_stderr(true);
+        log::set_debug(std::env::var_os("RUNVM_INIT_DEBUG").is_some());
+    }
+
+    let mut control = None;
+    let result = run(&mode, &mut control);
+    let ok = match result {
+        Ok(()) => true,
+        Err(e) => {
+            log::error(&format!("fatal: {e}"));
+            if let Some(c) = control.as_mut() {
+                let _ = c.send(&GuestMessage::StartFailed {
+                    process: MAIN_PROCESS,
+                    code: e.code,
+                    message: e.message.clone(),
+                });
+                wait_for_shutdown(c);
+            }
+            false
+        }
+    };
+    drop(control);
+    finish(&mode, ok)
+}
+
+/// Sync and reboot (VM), or exit (test mode).
+fn finish(mode: &Mode, ok: bool) -> ! {
+    nix::unistd::sync();
+    if mode.test_dir.is_some() {
+        std::process::exit(if ok { 0 } else { 1 });
+    }
+    log::info("rebooting");
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    // Exiting PID 1 would panic the kernel; wait for the end instead.
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn run(mode: &Mode, control_slot: &mut Option<Control>) -> Result<()> {
+    ensure_std_fds();
+    if mode.test_dir.is_none() {
+        if let Err(e) = mounts::rebase_initramfs_root() {
+            // Not fatal: the workload falls back to MS_MOVE + chroot.
+            log::error(&format!("rebase of the initramfs root: {e}"));
+        }
+        mounts::early()?;
+        if let Ok(cmdline) = std::fs::read_to_string("/proc/cmdline") {
+            log::set_debug(log::cmdline_has_debug(&cmdline));
+        }
+    }
+    log::info("started");
+
+    let transport = mode.transport();
+    let control = control_slot.insert(Control::new(transport.connect(CONTROL_PORT)?));
+    control.send(&GuestMessage::Hello {
+        version: PROTOCOL_VERSION,
+    })?;
+    let (rootfs, hostname, process) = match control.recv()? {
+        Some(HostMessage::Run {
+            rootfs,
+            hostname,
+            process,
+        }) => (rootfs, hostname, process),
+        None => {
+            log::info("host closed the control connection before Run");
+            *control_slot = None;
+            return Ok(());
+        }
+        Some(other) => {
+            return Err(Error::new(format!(
+                "protocol error: expected Run, got {other:?}"
+            )))
+        }
+    };
+    log::info(&format!("run {:?}", process.args));
+    if process.terminal {
+        return Err(Error::new("terminal mode is not implemented yet"));
+    }
+
+    let paths = mode.paths();
+    mounts::rootfs(&paths, &rootfs)?;
+    log::info("root filesystem assembled");
+
+    let streams = relay::Streams {
+        stdin: open_stream(&transport, 0)?,
+        stdout: open_stream(&transport, 1)?,
+        stderr: open_stream(&transport, 2)?,
+    };
+
+    // SIGCHLD goes to a signalfd; the child unblocks it before exec.
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
+        .context("block SIGCHLD")?;
+    let sigchld = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .context("signalfd")?;
+
+    let req = workload::Request {
+        paths: &paths,
+        process: &process,
+        hostname: hostname.as_deref(),
+        readonly_root: rootfs.readonly,
+    };
+    let spawned = match workload::spawn(&req)? {
+        Ok(s) => s,
+        Err(failed) => {
+            log::error(&format!("workload failed to start: {}", failed.error));
+            let _ = nix::sys::wait::waitpid(failed.pid, None);
+            for s in [&streams.stdout, &streams.stderr] {
+                let _ = nix::sys::socket::shutdown(
+                    std::os::fd::AsRawFd::as_raw_fd(s),
+                    nix::sys::socket::Shutdown::Write,
+                );
+            }
+            return Err(failed.error);
+        }
+    };
+    boot_timer::mark(BootMark::WorkloadStarted);
+    control.send(&GuestMessage::Started {
+        process: MAIN_PROCESS,
+        pid: spawned.pid.as_raw(),
+    })?;
+    log::info(&format!("workload started as pid {}", spawned.pid));
+
+    let outcome = relay::Relay {
+        control,
+        sigchld: &sigchld,
+        pid: spawned.pid,
+    }
+    .run(
+        streams,
+        spawned.stdin,
+        spawned.stdout,
+        spawned.stderr,
+        |_| boot_timer::mark(BootMark::WorkloadExited),
+    )?;
+    log::info(&format!("workload exited: {:?}", outcome.status));
+    if outcome.host_gone {
+        return Ok(());
+    }
+    control.send(&GuestMessage::Exited {
+        process: MAIN_PROCESS,
+        status: outcome.status,
+    })?;
+    wait_for_shutdown(control);
+    Ok(())
+}
+
+/// Opens one stdio stream connection and sends its header.
+fn open_stream(transport: &Transport, fd: u8) -> Result<OwnedFd> {
+    let sock = transport.connect(STREAM_PORT)?;
+    let mut f = std::fs::File::from(sock);
+    runvm_protocol::write_frame(
+        &mut f,
+        &StreamHeader {
+            process: MAIN_PROCESS,
+            fd,
+        },
+    )
+    .with_context(|| format!("send the header of stream {fd}"))?;
+    Ok(OwnedFd::from(f))
+}
+
+/// Waits (bounded) for `Shutdown` or EOF on the control connection.
+fn wait_for_shutdown(control: &mut Control) {
+    let deadline = Instant::now() + SHUTDOWN_WAIT;
+    loop {
+        loop {
+            match control.next_buffered() {
+                Ok(Some(HostMessage::Shutdown)) => return,
+                Ok(Some(other)) => log::info(&format!("ignoring {other:?} while shutting down")),
+                Ok(None) => break,
+                Err(e) => {
+                    log::error(&format!("while waiting for Shutdown: {e}"));
+                    return;
+                }
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            log::error("no Shutdown from the host; rebooting anyway");
+            return;
+        }
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [nix::poll::PollFd::new(
+            control.fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
+            Ok(0) => continue,
+            Ok(_) => match control.read_available() {
+                Ok(true) => {}
+                Ok(false) | Err(_) => return,
+            },
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Makes sure fds 0, 1 and 2 are open (on /dev/null if need be), so pipes and sockets
+/// never land on them.
+fn ensure_std_fds() {
+    for fd in 0..3 {
+        if nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD).is_err() {
+            if let Ok(f) = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+            {
+                let f = OwnedFd::from(f);
+                let raw = std::os::fd::AsRawFd::as_raw_fd(&f);
+                if raw != fd {
+                    let _ = nix::unistd::dup2(raw, fd);
+                } else {
+                    std::mem::forget(f);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! Mounts: the init's own (`/proc`, `/sys`, `/dev`, cgroup2), the container's root
+//! filesystem (EROFS layers + tmpfs upper + overlayfs), and the container's view after the
+//! root switch (fresh `/proc`, a minimal `/dev`, `/sys`, cgroup2).
+
+use crate::error::{Context, Error, Result};
+use nix::errno::Errno;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+use runvm_protocol::RootfsSpec;
+use std::path::{Path, PathBuf};
+
+/// Where init builds things: `/run` and `/newroot` in the VM, under the test directory in
+/// host test mode.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    pub run: PathBuf,
+    pub newroot: PathBuf,
+}
+
+impl Paths {
+    pub fn under(base: &Path) -> Self {
+        Self {
+            run: base.join("run"),
+            newroot: base.join("newroot"),
+        }
+    }
+}
+
+fn mkdir_p(p: &Path) -> Result<()> {
+    std::fs::create_dir_all(p).with_context(|| format!("create directory {}", p.display()))
+}
+
+fn do_mount(
+    src: Option<&str>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<()> {
+    mount(src, target, fstype, flags, data).with_context(|| {
+        format!(
+            "mount {} on {} (type {}, options {})",
+            src.unwrap_or("none"),
+            target.display(),
+            fstype.unwrap_or("none"),
+            data.unwrap_or("")
+        )
+    })
+}
+
+/// Makes the initramfs root a real mount with a parent, so the workload can later
+/// `pivot_root` away from it (pivot_root refuses the kernel's rootfs itself): bind-mount `/`
+/// onto a directory, move that mount over `/`, and chroot into it.
+pub fn rebase_initramfs_root() -> Result<()> {
+    let dir = Path::new("/.root");
+    mkdir_p(dir)?;
+    do_mount(Some("/"), dir, None, MsFlags::MS_BIND, None)?;
+    std::env::set_current_dir(dir).context("chdir /.root")?;
+    do_mount(Some("."), Path::new("/"), None, MsFlags::MS_MOVE, None)?;
+    nix::unistd::chroot(".").context("chroot into the rebased root")?;
+    std::env::set_current_dir("/").context("chdir /")?;
+    Ok(())
+}
+
+/// The init's own mounts in the initramfs root (VM only).
+pub fn early() -> Result<()> {
+    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    for (fstype, target, flags, data) in [
+        ("proc", "/proc", nodev, None),
+        ("sysfs", "/sys", nodev, None),
+        ("devtmpfs", "/dev", MsFlags::MS_NOSUID, Some("mode=0755")),
+        ("cgroup2", "/sys/fs/cgroup", nodev, None),
+        (
+            "tmpfs",
+            "/run",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0755"),
+        ),
+    ] {
+        let target = Path::new(target);
+        mkdir_p(target)?;
+        match do_mount(Some(fstype), target, Some(fstype), flags, data) {
+            Ok(()) => {}
+            // devtmpfs may already be mounted by the kernel (CONFIG_DEVTMPFS_MOUNT).
+            Err(_) if fstype == "devtmpfs" && Path::new("/dev/null").exists() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Builds the container's root filesystem at `paths.newroot`: every lower device (or, for
+/// tests, a directory) read-only under `run/layers/N`, a tmpfs with the writable upper and
+/// work directories, and an overlay of them. The overlay is mounted read-write even for a
+/// read-only root, because the container's mount points may have to be created in it; the
+/// child remounts `/` read-only after its mounts ([`container`]).
+pub fn rootfs(paths: &Paths, spec: &RootfsSpec) -> Result<()> {
+    if spec.lower_devices.is_empty() {
+        return Err(Error::new("rootfs: no lower devices given"));
+    }
+    let mut lowers = Vec::new();
+    for (i, dev) in spec.lower_devices.iter().enumerate() {
+        let dir = paths.run.join("layers").join(i.to_string());
+        mkdir_p(&dir)?;
+        if Path::new(dev).is_dir() {
+            do_mount(
+                Some(dev),
+                &dir,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )?;
+            do_mount(
+                None,
+                &dir,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None,
+            )?;
+        } else {
+            do_mount(Some(dev), &dir, Some("erofs"), MsFlags::MS_RDONLY, None)?;
+        }
+        lowers.push(dir.display().to_string());
+    }
+    let rw = paths.run.join("rw");
+    mkdir_p(&rw)?;
+    do_mount(
+        Some("tmpfs"),
+        &rw,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=0755"),
+    )?;
+    let (upper, work) = (rw.join("upper"), rw.join("work"));
+    mkdir_p(&upper)?;
+    mkdir_p(&work)?;
+    mkdir_p(&paths.newroot)?;
+    let opts = overlay_options(
+        &lowers,
+        &upper.display().to_string(),
+        &work.display().to_string(),
+    )?;
+    do_mount(
+        Some("overlay"),
+        &paths.newroot,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(&opts),
+    )
+}
+
+/// The overlayfs option string. Paths with the option separators cannot be expressed.
+pub fn overlay_options(lowers: &[String], upper: &str, work: &str) -> Result<String> {
+    for p in lowers.iter().map(String::as_str).chain([upper, work]) {
+        if p.contains([',', ':']) {
+            return Err(Error::new(format!(
+                "overlay path {p:?} contains ',' or ':'"
+            )));
+        }
+    }
+    Ok(format!(
+        "lowerdir={},upperdir={upper},workdir={work}",
+        lowers.join(":")
+    ))
+}
+
+/// Switches the calling process (the container's child, in its own mount namespace) into
+/// `newroot` and detaches the old root, so nothing of init stays visible.
+pub fn switch_root(newroot: &Path) -> Result<()> {
+    do_mount(
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )?;
+    // pivot_root needs the new root to be a mount point.
+    do_mount(
+        Some(&newroot.display().to_string()),
+        newroot,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )?;
+    std::env::set_current_dir(newroot).with_context(|| format!("chdir {}", newroot.display()))?;
+    match nix::unistd::pivot_root(".", ".") {
+        Ok(()) => {
+            // The old root is now stacked on "/" under the new one; detach it (runc's trick).
+            do_mount(
+                None,
+                Path::new("."),
+                None,
+                MsFlags::MS_SLAVE | MsFlags::MS_REC,
+                None,
+            )?;
+            umount2(".", MntFlags::MNT_DETACH).context("detach the old root")?;
+        }
+        Err(Errno::EINVAL) => {
+            // Still on the kernel's rootfs (the rebase failed): move + chroot instead.
+            do_mount(Some("."), Path::new("/"), None, MsFlags::MS_MOVE, None)?;
+            nix::unistd::chroot(".").context("chroot into the container root")?;
+        }
+        Err(e) => return Err(Error::new(format!("pivot_root: {e}"))),
+    }
+    std::env::set_current_dir("/").context("chdir / in the container root")
+}
+
+/// The container's own mounts, after [`switch_root`], then the read-only remount of `/`
+/// when asked for.
+pub fn container(readonly_root: bool) -> Result<()> {
+    let secure = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let m = |fstype: &str, target: &str, flags: MsFlags, data: Option<&str>| -> Result<()> {
+        let t = Path::new(target);
+        mkdir_p(t)?;
+        do_mount(Some(fstype), t, Some(fstype), flags, data)
+    };
+    m("proc", "/proc", secure, None)?;
+    m(
+        "tmpfs",
+        "/dev",
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )?;
+    dev_nodes()?;
+    m(
+        "devpts",
+        "/dev/pts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )?;
+    m("tmpfs", "/dev/shm", secure, Some("mode=1777,size=65536k"))?;
+    m("mqueue", "/dev/mqueue", secure, None)?;
+    m("sysfs", "/sys", secure | MsFlags::MS_RDONLY, None)?;
+    m(
+        "cgroup2",
+        "/sys/fs/cgroup",
+        secure | MsFlags::MS_RDONLY,
+        None,
+    )?;
+    if readonly_root {
+        do_mount(
+            None,
+            Path::new("/"),
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+/// The usual device nodes and links of a container's `/dev` (what runc creates).
+fn dev_nodes() -> Result<()> {
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
+        let p = Path::new("/dev").join(name);
+        let mode = Mode::from_bits_truncate(0o666);
+        mknod(&p, SFlag::S_IFCHR, mode, makedev(major, minor))
+            .with_context(|| format!("mknod {}", p.display()))?;
+        // mknod is subject to the umask; set the mode explicitly.
+        nix::sys::stat::fchmodat(None, &p, mode, nix::sys::stat::FchmodatFlags::FollowSymlink)
+            .with_context(|| format!("chmod {}", p.display()))?;
+    }
+    for (link, target) in [
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+        ("/dev/ptmx", "pts/ptmx"),
+        ("/dev/core", "/proc/kcore"),
+    ] {
+        std::os::unix::fs::symlink(target, link).with_context(|| format!("symlink {link}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_options_keep_lower_order() {
+        let o = overlay_options(
+            &["/run/layers/0".into(), "/run/layers/1".into()],
+            "/run/rw/upper",
+            "/run/rw/work",
+        )
+        .unwrap();
+        assert_eq!(
+            o,
+            "lowerdir=/run/layers/0:/run/layers/1,upperdir=/run/rw/upper,workdir=/run/rw/work"
+        );
+        assert!(overlay_options(&["/a:b".into()], "/u", "/w").is_err());
+        assert!(overlay_options(&["/a".into()], "/u,x", "/w").is_err());
+    }
+}

@@ -1,0 +1,230 @@
+//! Connections to the host: the control channel and the stdio streams.
+//!
+//! In the VM these are AF_VSOCK stream sockets to CID 2 (the host). In host test mode
+//! (`RUNVM_INIT_TEST=<dir>`) they are Unix stream sockets `<dir>/<port>`, so the whole
+//! sequence can be driven by a test program without a VM. Either way the result is a plain
+//! socket fd, and everything above this module is transport-agnostic.
+
+use crate::error::{Context, Error, Result};
+use nix::errno::Errno;
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, VsockAddr};
+use runvm_protocol::{FrameError, GuestMessage, HostMessage, MAX_FRAME_LEN};
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// The host's vsock context id.
+const HOST_CID: u32 = 2;
+/// How long to keep retrying a refused connection (the host may still be getting ready).
+const CONNECT_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Where connections go.
+#[derive(Clone, Debug)]
+pub enum Transport {
+    Vsock,
+    /// Host test mode: Unix sockets named by port number in this directory.
+    Unix(PathBuf),
+}
+
+impl Transport {
+    /// Opens a stream connection to `port` on the host, retrying refusals for a while.
+    pub fn connect(&self, port: u32) -> Result<OwnedFd> {
+        let deadline = Instant::now() + CONNECT_PATIENCE;
+        loop {
+            let r = match self {
+                Transport::Vsock => connect_vsock(port),
+                Transport::Unix(dir) => UnixStream::connect(dir.join(port.to_string()))
+                    .map(OwnedFd::from)
+                    .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))),
+            };
+            match r {
+                Ok(fd) => return Ok(fd),
+                Err(
+                    e @ (Errno::ECONNREFUSED
+                    | Errno::ECONNRESET
+                    | Errno::ETIMEDOUT
+                    | Errno::ENOENT
+                    | Errno::EINTR),
+                ) if Instant::now() < deadline => {
+                    crate::log::info(&format!("connect to port {port}: {e}; retrying"));
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(Error::new(format!("connect to host port {port}: {e}"))),
+            }
+        }
+    }
+}
+
+fn connect_vsock(port: u32) -> nix::Result<OwnedFd> {
+    let fd = socket::socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    socket::connect(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &VsockAddr::new(HOST_CID, port),
+    )?;
+    Ok(fd)
+}
+
+/// The control connection: frames of [`GuestMessage`] up and [`HostMessage`] down.
+///
+/// The socket stays blocking: sends are small, and receives happen either in a blocking
+/// `recv` (before the workload runs) or after `poll` said the socket is readable, through
+/// [`Control::read_available`] and the incremental [`FrameBuf`].
+pub struct Control {
+    file: File,
+    buf: FrameBuf,
+}
+
+impl Control {
+    pub fn new(fd: OwnedFd) -> Self {
+        Self {
+            file: File::from(fd),
+            buf: FrameBuf::default(),
+        }
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    pub fn send(&mut self, msg: &GuestMessage) -> Result<()> {
+        runvm_protocol::write_frame(&mut self.file, msg).context("send to host")
+    }
+
+    /// Blocks for the next message. `Ok(None)` is a clean EOF from the host.
+    pub fn recv(&mut self) -> Result<Option<HostMessage>> {
+        loop {
+            if let Some(m) = self.buf.next()? {
+                return Ok(Some(m));
+            }
+            if !self.read_available()? {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(Error::new("host closed the control connection mid-frame"))
+                };
+            }
+        }
+    }
+
+    /// One `read` into the frame buffer. Returns false on EOF.
+    pub fn read_available(&mut self) -> Result<bool> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&self.file), &mut chunk) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    self.buf.push(chunk.get(..n).unwrap_or_default());
+                    return Ok(true);
+                }
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => return Ok(true),
+                Err(e) => return Err(Error::new(format!("read from host: {e}"))),
+            }
+        }
+    }
+
+    /// The next complete buffered message, if any.
+    pub fn next_buffered(&mut self) -> Result<Option<HostMessage>> {
+        self.buf.next()
+    }
+}
+
+/// Accumulates bytes and cuts them into frames (little-endian u32 length + JSON body).
+#[derive(Default)]
+pub struct FrameBuf {
+    data: Vec<u8>,
+}
+
+impl FrameBuf {
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.data.extend_from_slice(bytes);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// Decodes the next complete frame, or `Ok(None)` if more bytes are needed.
+    pub fn next(&mut self) -> Result<Option<HostMessage>> {
+        let Some(len) = self.data.get(..4) else {
+            return Ok(None);
+        };
+        let mut le = [0u8; 4];
+        le.copy_from_slice(len);
+        let len = u32::from_le_bytes(le);
+        if len > MAX_FRAME_LEN {
+            return Err(Error::new(format!(
+                "protocol error: {}",
+                FrameError::TooLarge(len)
+            )));
+        }
+        let end = 4 + len as usize;
+        if self.data.len() < end {
+            return Ok(None);
+        }
+        let msg = runvm_protocol::read_frame::<_, HostMessage>(&mut &self.data[..end])
+            .context("protocol error")?;
+        self.data.drain(..end);
+        Ok(Some(msg))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_buf_cuts_frames_from_any_split() {
+        let mut wire = Vec::new();
+        runvm_protocol::write_frame(
+            &mut wire,
+            &HostMessage::Signal {
+                process: 0,
+                signal: 15,
+            },
+        )
+        .unwrap();
+        runvm_protocol::write_frame(&mut wire, &HostMessage::Shutdown).unwrap();
+        for split in 0..wire.len() {
+            let mut fb = FrameBuf::default();
+            fb.push(&wire[..split]);
+            let mut got = Vec::new();
+            while let Some(m) = fb.next().unwrap() {
+                got.push(m);
+            }
+            fb.push(&wire[split..]);
+            while let Some(m) = fb.next().unwrap() {
+                got.push(m);
+            }
+            assert_eq!(
+                got,
+                vec![
+                    HostMessage::Signal {
+                        process: 0,
+                        signal: 15
+                    },
+                    HostMessage::Shutdown
+                ]
+            );
+            assert!(fb.is_empty());
+        }
+    }
+
+    #[test]
+    fn frame_buf_rejects_garbage() {
+        let mut fb = FrameBuf::default();
+        fb.push(&u32::MAX.to_le_bytes());
+        assert!(fb.next().is_err());
+        let mut fb = FrameBuf::default();
+        fb.push(&3u32.to_le_bytes());
+        fb.push(b"{{{");
+        assert!(fb.next().is_err());
+    }
+}

@@ -1,0 +1,478 @@
+//! Drives the real guest-init binary on this host, without a VM, in its host test mode
+//! (`RUNVM_INIT_TEST=<dir>`): this test plays the host side of the protocol on Unix
+//! sockets `<dir>/1024` and `<dir>/1025`, and the root filesystem is a busybox directory.
+//! Init runs under `unshare -m`, so its mounts die with it; the workload still gets its
+//! own PID, mount and UTS namespaces.
+//!
+//! Needs root, `unshare` and a static busybox (Debian's `busybox-static`); without them
+//! each test prints why and passes without running.
+
+use runvm_protocol::{
+    read_frame, write_frame, ExitStatus, GuestMessage, HostMessage, ProcessSpec, RootfsSpec,
+    StreamHeader, PROTOCOL_VERSION,
+};
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const BUSYBOX: &str = "/bin/busybox";
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The binary under test: this build's, or `RUNVM_INIT_BIN` (e.g. the static release
+/// build that goes into the initramfs).
+fn init_bin() -> PathBuf {
+    std::env::var_os("RUNVM_INIT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_guest-init")))
+}
+
+fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root".into());
+    }
+    if !Path::new(BUSYBOX).exists() {
+        return Some(format!("needs {BUSYBOX} (apt-get install busybox-static)"));
+    }
+    if Command::new("unshare").arg("--version").output().is_err() {
+        return Some("needs unshare (util-linux)".into());
+    }
+    None
+}
+
+/// A scratch directory with a busybox root filesystem; removed on drop.
+struct Scratch {
+    dir: PathBuf,
+}
+
+impl Scratch {
+    fn new() -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "runvm-init-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let root = dir.join("rootfs");
+        for d in ["bin", "proc", "sys", "dev", "tmp", "etc", "work"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
+        for applet in [
+            "sh", "echo", "cat", "head", "ps", "sleep", "hostname", "kill", "true", "ls", "id",
+            "wc", "mount",
+        ] {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+        }
+        std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        std::fs::write(root.join("bin/notexec"), "#!/bin/sh\n").unwrap();
+        Self { dir }
+    }
+
+    fn rootfs(&self) -> String {
+        self.dir.join("rootfs").display().to_string()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn accept(l: &UnixListener, child: &mut Child) -> UnixStream {
+    l.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        match l.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).unwrap();
+                s.set_read_timeout(Some(TIMEOUT)).unwrap();
+                return s;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if let Ok(Some(st)) = child.try_wait() {
+                    panic!("init exited ({st}) before connecting");
+                }
+                assert!(Instant::now() < deadline, "init did not connect");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Outcome {
+    started_pid: Option<i32>,
+    start_failed: Option<(i32, String)>,
+    exited: Option<ExitStatus>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    init_ok: bool,
+}
+
+fn spec(args: &[&str]) -> ProcessSpec {
+    ProcessSpec {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        env: vec!["PATH=/usr/bin:/bin".into(), "HOME=/root".into()],
+        cwd: "/".into(),
+        ..Default::default()
+    }
+}
+
+/// Runs init once with `process`, feeding `stdin`; `after_start` may send control
+/// messages once the workload runs.
+fn run(process: ProcessSpec, stdin: &[u8], after_start: impl FnOnce(&mut UnixStream)) -> Outcome {
+    let scratch = Scratch::new();
+    let ctl_l = UnixListener::bind(scratch.dir.join("1024")).unwrap();
+    let str_l = UnixListener::bind(scratch.dir.join("1025")).unwrap();
+    let mut child = Command::new("unshare")
+        .args(["-m", "--propagation", "private"])
+        .arg(init_bin())
+        .env("RUNVM_INIT_TEST", &scratch.dir)
+        .env("RUNVM_INIT_DEBUG", "1")
+        .spawn()
+        .unwrap();
+
+    let mut ctl = accept(&ctl_l, &mut child);
+    let hello: GuestMessage = read_frame(&mut ctl).unwrap();
+    assert_eq!(
+        hello,
+        GuestMessage::Hello {
+            version: PROTOCOL_VERSION
+        }
+    );
+    write_frame(
+        &mut ctl,
+        &HostMessage::Run {
+            rootfs: RootfsSpec {
+                lower_devices: vec![scratch.rootfs()],
+                readonly: false,
+            },
+            hostname: Some("testbox".into()),
+            process,
+        },
+    )
+    .unwrap();
+
+    let mut streams: [Option<UnixStream>; 3] = [None, None, None];
+    for _ in 0..3 {
+        let mut s = accept(&str_l, &mut child);
+        let h: StreamHeader = read_frame(&mut s).unwrap();
+        assert_eq!(h.process, 0);
+        let slot = &mut streams[usize::from(h.fd)];
+        assert!(slot.is_none(), "stream {} opened twice", h.fd);
+        *slot = Some(s);
+    }
+    let [Some(mut s_in), Some(s_out), Some(s_err)] = streams else {
+        panic!("missing stream")
+    };
+    let input = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = s_in.write_all(&input);
+        let _ = s_in.shutdown(Shutdown::Write);
+        s_in // keep it open until joined
+    });
+    let reader = |mut s: UnixStream| -> JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            s.read_to_end(&mut v).unwrap();
+            v
+        })
+    };
+    let (out_t, err_t) = (reader(s_out), reader(s_err));
+
+    let mut o = Outcome {
+        started_pid: None,
+        start_failed: None,
+        exited: None,
+        stdout: vec![],
+        stderr: vec![],
+        init_ok: false,
+    };
+    match read_frame::<_, GuestMessage>(&mut ctl).unwrap() {
+        GuestMessage::Started { process: 0, pid } => {
+            o.started_pid = Some(pid);
+            after_start(&mut ctl);
+            match read_frame::<_, GuestMessage>(&mut ctl).unwrap() {
+                GuestMessage::Exited { process: 0, status } => o.exited = Some(status),
+                m => panic!("expected Exited, got {m:?}"),
+            }
+        }
+        GuestMessage::StartFailed {
+            process: 0,
+            code,
+            message,
+        } => o.start_failed = Some((code, message)),
+        m => panic!("expected Started, got {m:?}"),
+    }
+    // The protocol promises the streams are at EOF before Exited/StartFailed.
+    o.stdout = out_t.join().unwrap();
+    o.stderr = err_t.join().unwrap();
+    drop(writer.join().unwrap());
+    write_frame(&mut ctl, &HostMessage::Shutdown).unwrap();
+
+    let deadline = Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "init did not exit after Shutdown"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    o.init_ok = status.success();
+
+    // Nothing left behind: no workload process, no mounts under the scratch dir.
+    if let Some(pid) = o.started_pid {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "workload pid {pid} still exists"
+        );
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let d = scratch.dir.display().to_string();
+    assert!(!mounts.contains(&d), "mounts left behind under {d}");
+    o
+}
+
+macro_rules! require_root {
+    () => {
+        if let Some(why) = skip_reason() {
+            eprintln!("skipping: {why}");
+            return;
+        }
+    };
+}
+
+#[test]
+fn echo_reaches_stdout_and_exits_0() {
+    require_root!();
+    let o = run(spec(&["echo", "hi"]), b"", |_| {});
+    assert_eq!(o.exited, Some(ExitStatus::Exited(0)), "{o:?}");
+    assert_eq!(o.stdout, b"hi\n");
+    assert!(o.stderr.is_empty());
+    assert!(o.init_ok);
+}
+
+#[test]
+fn exit_code_is_reported() {
+    require_root!();
+    let o = run(spec(&["sh", "-c", "echo oops >&2; exit 42"]), b"", |_| {});
+    assert_eq!(o.exited, Some(ExitStatus::Exited(42)));
+    assert_eq!(o.stderr, b"oops\n");
+}
+
+#[test]
+fn pid1_ignores_term_without_handler_and_dies_by_kill() {
+    require_root!();
+    let o = run(spec(&["sleep", "100"]), b"", |ctl| {
+        write_frame(
+            ctl,
+            &HostMessage::Signal {
+                process: 0,
+                signal: 15,
+            },
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        write_frame(
+            ctl,
+            &HostMessage::Signal {
+                process: 0,
+                signal: 9,
+            },
+        )
+        .unwrap();
+    });
+    assert_eq!(o.exited, Some(ExitStatus::Signaled(9)));
+}
+
+#[test]
+fn term_with_a_handler_is_delivered() {
+    require_root!();
+    let o = run(
+        spec(&[
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 3' TERM; echo ready; while true; do sleep 0.05; done",
+        ]),
+        b"",
+        |ctl| {
+            std::thread::sleep(Duration::from_millis(300));
+            write_frame(
+                ctl,
+                &HostMessage::Signal {
+                    process: 0,
+                    signal: 15,
+                },
+            )
+            .unwrap();
+        },
+    );
+    assert_eq!(o.exited, Some(ExitStatus::Exited(3)), "{o:?}");
+    assert_eq!(o.stdout, b"ready\ngot-term\n");
+}
+
+#[test]
+fn self_kill_of_pid1_is_ignored_like_runc() {
+    require_root!();
+    // Inside its PID namespace the workload is PID 1: the kernel drops SIGKILL sent to it
+    // from inside the namespace, exactly as under runc.
+    let o = run(
+        spec(&["sh", "-c", "kill -9 $$; echo survived"]),
+        b"",
+        |_| {},
+    );
+    assert_eq!(o.exited, Some(ExitStatus::Exited(0)));
+    assert_eq!(o.stdout, b"survived\n");
+}
+
+#[test]
+fn one_mebibyte_of_output_arrives_whole() {
+    require_root!();
+    let o = run(spec(&["head", "-c", "1048576", "/dev/zero"]), b"", |_| {});
+    assert_eq!(o.exited, Some(ExitStatus::Exited(0)));
+    assert_eq!(o.stdout.len(), 1 << 20);
+    assert!(o.stdout.iter().all(|b| *b == 0));
+}
+
+#[test]
+fn stdin_is_relayed_until_eof() {
+    require_root!();
+    let input: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let o = run(spec(&["cat"]), &input, |_| {});
+    assert_eq!(o.exited, Some(ExitStatus::Exited(0)));
+    assert_eq!(o.stdout, input);
+}
+
+#[test]
+fn ps_shows_only_the_workload() {
+    require_root!();
+    let o = run(spec(&["ps", "-e"]), b"", |_| {});
+    assert_eq!(o.exited, Some(ExitStatus::Exited(0)));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[1].trim_start().starts_with("1 "), "{out}");
+}
+
+#[test]
+fn container_view_pipes_hostname_and_mounts() {
+    require_root!();
+    let script = "echo to-dev-stdout > /dev/stdout; hostname; pwd; \
+                  ls /dev/pts/ptmx /dev/shm /dev/mqueue /sys/fs/cgroup/cgroup.controllers >/dev/null && echo mounts-ok; \
+                  ls /proc/self/fd | wc -l";
+    let mut p = spec(&["sh", "-c", script]);
+    p.cwd = "/work".into();
+    let o = run(p, b"", |_| {});
+    assert_eq!(o.exited, Some(ExitStatus::Exited(0)), "{o:?}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    // ls sees 0, 1, 2 and its own directory fd: nothing of init leaks in.
+    assert_eq!(
+        out, "to-dev-stdout\ntestbox\n/work\nmounts-ok\n4\n",
+        "stderr: {err}"
+    );
+}
+
+#[test]
+fn user_and_groups_are_applied() {
+    require_root!();
+    let mut p = spec(&["id"]);
+    p.uid = 1000;
+    p.gid = 1001;
+    p.additional_gids = vec![1002, 1003];
+    let o = run(p, b"", |_| {});
+    assert_eq!(o.exited, Some(ExitStatus::Exited(0)));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "uid=1000 gid=1001 groups=1002,1003\n"
+    );
+}
+
+#[test]
+fn missing_command_is_start_failed_127() {
+    require_root!();
+    let o = run(spec(&["nosuchcmd"]), b"", |_| {});
+    assert_eq!(
+        o.start_failed,
+        Some((
+            127,
+            r#"exec: "nosuchcmd": executable file not found in $PATH"#.to_string()
+        ))
+    );
+    assert!(!o.init_ok);
+}
+
+#[test]
+fn not_executable_is_start_failed_126() {
+    require_root!();
+    let o = run(spec(&["/bin/notexec"]), b"", |_| {});
+    assert_eq!(o.start_failed.as_ref().map(|f| f.0), Some(126), "{o:?}");
+}
+
+#[test]
+fn missing_cwd_is_start_failed_1() {
+    require_root!();
+    let mut p = spec(&["true"]);
+    p.cwd = "/does/not/exist".into();
+    let o = run(p, b"", |_| {});
+    let (code, msg) = o.start_failed.unwrap();
+    assert_eq!(code, 1);
+    assert!(msg.contains("chdir to cwd"), "{msg}");
+}
+
+#[test]
+fn terminal_mode_is_refused() {
+    require_root!();
+    let mut p = spec(&["true"]);
+    p.terminal = true;
+    let scratch_needed = run_expect_early_failure(p);
+    assert_eq!(
+        scratch_needed,
+        (1, "terminal mode is not implemented yet".to_string())
+    );
+}
+
+/// Runs init until a `StartFailed` that comes before any stream is opened.
+fn run_expect_early_failure(process: ProcessSpec) -> (i32, String) {
+    let scratch = Scratch::new();
+    let ctl_l = UnixListener::bind(scratch.dir.join("1024")).unwrap();
+    let mut child = Command::new("unshare")
+        .args(["-m", "--propagation", "private"])
+        .arg(init_bin())
+        .env("RUNVM_INIT_TEST", &scratch.dir)
+        .spawn()
+        .unwrap();
+    let mut ctl = accept(&ctl_l, &mut child);
+    let _hello: GuestMessage = read_frame(&mut ctl).unwrap();
+    write_frame(
+        &mut ctl,
+        &HostMessage::Run {
+            rootfs: RootfsSpec {
+                lower_devices: vec![scratch.rootfs()],
+                readonly: false,
+            },
+            hostname: None,
+            process,
+        },
+    )
+    .unwrap();
+    let r = match read_frame::<_, GuestMessage>(&mut ctl).unwrap() {
+        GuestMessage::StartFailed { code, message, .. } => (code, message),
+        m => panic!("expected StartFailed, got {m:?}"),
+    };
+    drop(ctl); // EOF instead of Shutdown: init must end too.
+    assert!(!child.wait().unwrap().success());
+    r
+}

@@ -83,6 +83,22 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
+/// The error and its causes on one line, each said once (our error types print their
+/// source in their own message, and anyhow's chain would repeat it).
+fn error_message(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if !msg.contains(&s) {
+            if !msg.is_empty() {
+                msg.push_str(": ");
+            }
+            msg.push_str(&s);
+        }
+    }
+    msg
+}
+
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = logging::init(
@@ -97,7 +113,7 @@ fn main() {
     match dispatch(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            let msg = format!("{e:#}");
+            let msg = error_message(&e);
             if to_file {
                 log::error!("{msg}");
             }

@@ -18,6 +18,8 @@ pub enum VmError {
     ApiVersion(i32),
     #[error("KVM lacks a required capability: {0}")]
     MissingCap(&'static str),
+    #[error("{0}")]
+    Pvm(String),
     #[error("KVM refused to {what}: {source}")]
     Kvm {
         what: &'static str,
@@ -37,6 +39,15 @@ pub struct Vm {
 
 impl Vm {
     pub fn new() -> Result<Self, VmError> {
+        // A PVM /dev/kvm spends ~20 s in the first KVM_RUN before it reports the internal
+        // error a standard kernel gets there; say so at once instead.
+        if std::path::Path::new("/sys/module/kvm_pvm").exists()
+            && std::env::var_os("RUNVM_ALLOW_PVM").is_none()
+        {
+            return Err(VmError::Pvm(super::vcpu::kvm_failure_message(
+                "cannot boot the guest on this host's KVM (set RUNVM_ALLOW_PVM=1 if your guest kernel is PVM-enlightened)",
+            )));
+        }
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let v = kvm.get_api_version();
         if v != 12 {

@@ -109,7 +109,13 @@ impl Connection {
     /// A guest-initiated connection whose Unix side is already connected: answers
     /// `OP_RESPONSE`.
     pub fn new_peer_init(stream: UnixStream, guest_cid: u64, req: &Header) -> Self {
-        let mut c = Self::new(stream, guest_cid, req.dst_port, req.src_port, ConnState::Established);
+        let mut c = Self::new(
+            stream,
+            guest_cid,
+            req.dst_port,
+            req.src_port,
+            ConnState::Established,
+        );
         c.peer_buf_alloc = req.buf_alloc;
         c.peer_fwd_cnt = Wrapping(req.fwd_cnt);
         c.pending_response = true;

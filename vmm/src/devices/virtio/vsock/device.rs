@@ -21,14 +21,12 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::super::{
-    ActivateError, GuestMemory, IrqTrigger, VirtioDevice, INTERRUPT_STATUS_USED_RING,
-    TYPE_VSOCK, VIRTIO_F_VERSION_1,
+    ActivateError, GuestMemory, IrqTrigger, VirtioDevice, INTERRUPT_STATUS_USED_RING, TYPE_VSOCK,
+    VIRTIO_F_VERSION_1,
 };
 use super::muxer::*;
 use super::packet::{read_tx_packet, RxBuffer};
-use super::{
-    VsockError, EVQ_INDEX, MAX_PKT_PAYLOAD, NUM_QUEUES, QUEUE_SIZE, RXQ_INDEX, TXQ_INDEX,
-};
+use super::{VsockError, EVQ_INDEX, MAX_PKT_PAYLOAD, NUM_QUEUES, QUEUE_SIZE, RXQ_INDEX, TXQ_INDEX};
 
 /// Queues, memory and interrupt, once the driver has set the device up.
 struct Active {

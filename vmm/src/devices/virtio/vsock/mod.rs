@@ -22,6 +22,9 @@ pub mod device;
 pub mod muxer;
 pub mod packet;
 
+#[cfg(test)]
+mod tests;
+
 pub use device::Vsock;
 
 use std::io;

@@ -26,9 +26,7 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use super::connection::{ConnState, Connection, RxData, Verdict};
 use super::packet::*;
-use super::{
-    VsockError, CONNECT_TIMEOUT, HOST_CID, MAX_CONNECTIONS, MAX_PENDING_CLIENTS,
-};
+use super::{VsockError, CONNECT_TIMEOUT, HOST_CID, MAX_CONNECTIONS, MAX_PENDING_CLIENTS};
 
 /// `Events::data` values of the fds the vsock device registers.
 pub const DATA_RXQ: u32 = 0;
@@ -149,7 +147,8 @@ impl Muxer {
     /// next [`Muxer::sync`].
     pub fn reset(&mut self) {
         for (_, conn) in self.conns.drain() {
-            self.graveyard.push((conn.stream, conn.registered.is_some()));
+            self.graveyard
+                .push((conn.stream, conn.registered.is_some()));
         }
         for (_, client) in self.clients.drain() {
             self.graveyard.push((client.stream, client.registered));
@@ -203,7 +202,10 @@ impl Muxer {
     /// Guest-initiated connection to host port `hdr.dst_port`: connect to `<uds_path>_port`.
     fn guest_connect(&mut self, hdr: &Header) {
         if self.conns.len() >= MAX_CONNECTIONS {
-            warn!("vsock: too many connections, refusing port {}", hdr.dst_port);
+            warn!(
+                "vsock: too many connections, refusing port {}",
+                hdr.dst_port
+            );
             self.reply_rst(hdr);
             return;
         }
@@ -211,10 +213,7 @@ impl Muxer {
         path.push(format!("_{}", hdr.dst_port));
         match connect_nonblocking(Path::new(&path)) {
             Ok(stream) => {
-                debug!(
-                    "vsock: guest port {} connected to {:?}",
-                    hdr.src_port, path
-                );
+                debug!("vsock: guest port {} connected to {:?}", hdr.src_port, path);
                 let conn = Connection::new_peer_init(stream, self.guest_cid, hdr);
                 let key = (conn.local_port, conn.peer_port);
                 self.insert(key, conn);
@@ -593,9 +592,7 @@ impl Drop for Muxer {
 
 /// Parses `CONNECT <port>` (without the newline).
 fn parse_connect(line: &[u8]) -> Result<u32, &'static str> {
-    let digits = line
-        .strip_prefix(b"CONNECT ")
-        .ok_or("not a CONNECT line")?;
+    let digits = line.strip_prefix(b"CONNECT ").ok_or("not a CONNECT line")?;
     if digits.is_empty() || digits.len() > 10 || !digits.iter().all(u8::is_ascii_digit) {
         return Err("bad port in CONNECT line");
     }

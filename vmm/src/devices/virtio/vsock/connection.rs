@@ -313,6 +313,9 @@ impl Connection {
                 "vsock: guest reset connection {}:{}",
                 self.local_port, self.peer_port
             );
+            // Bytes the guest already sent (and we acknowledged) still go out if the socket
+            // takes them now, e.g. when a guest's close() timed out waiting for our RST.
+            let _ = self.flush();
             return Verdict::Kill { rst: false };
         }
         // Every packet carries the guest's credit.

@@ -25,7 +25,7 @@ use super::super::{
     VIRTIO_F_VERSION_1,
 };
 use super::muxer::*;
-use super::packet::{read_tx_packet, RxBuffer};
+use super::packet::{read_tx_packet, PacketError, RxBuffer};
 use super::{VsockError, EVQ_INDEX, MAX_PKT_PAYLOAD, NUM_QUEUES, QUEUE_SIZE, RXQ_INDEX, TXQ_INDEX};
 
 /// Queues, memory and interrupt, once the driver has set the device up.
@@ -107,13 +107,17 @@ impl Vsock {
         let mut used = false;
         let mut exhausted = true;
         for _ in 0..budget {
-            let Some(mut chain) = queue.pop_descriptor_chain(mem) else {
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
                 exhausted = false;
                 break;
             };
             let head = chain.head_index();
-            match read_tx_packet(mem, &mut chain, &mut self.scratch) {
+            match read_tx_packet(mem, chain, &mut self.scratch) {
                 Ok(hdr) => self.muxer.handle_guest_pkt(&hdr, &self.scratch),
+                Err(PacketError::BadLen { hdr, len, avail }) => {
+                    warn!("vsock: TX packet with bad length {len} ({avail} bytes available)");
+                    self.muxer.reject_guest_pkt(&hdr);
+                }
                 Err(e) => warn!("vsock: dropping malformed TX packet: {e}"),
             }
             if let Err(e) = queue.add_used(mem, head, 0) {
@@ -146,12 +150,12 @@ impl Vsock {
                 exhausted = false;
                 break;
             }
-            let Some(mut chain) = queue.pop_descriptor_chain(mem) else {
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
                 exhausted = false;
                 break;
             };
             let head = chain.head_index();
-            let used_len = match RxBuffer::from_chain(mem, &mut chain) {
+            let used_len = match RxBuffer::from_chain(mem, chain) {
                 Ok(mut buf) => {
                     let cap = buf.capacity().min(self.scratch.len());
                     match self.muxer.next_rx(&mut self.scratch[..cap]) {

@@ -199,6 +199,20 @@ impl Muxer {
         }
     }
 
+    /// A packet whose header parsed but whose payload did not (bad length): the stream it
+    /// belongs to has lost bytes, so it is reset.
+    pub fn reject_guest_pkt(&mut self, hdr: &Header) {
+        if hdr.src_cid != self.guest_cid || hdr.dst_cid != HOST_CID {
+            return;
+        }
+        let key = (hdr.dst_port, hdr.src_port);
+        if self.conns.contains_key(&key) {
+            self.kill(key, true);
+        } else {
+            self.reply_rst(hdr);
+        }
+    }
+
     /// Guest-initiated connection to host port `hdr.dst_port`: connect to `<uds_path>_port`.
     fn guest_connect(&mut self, hdr: &Header) {
         if self.conns.len() >= MAX_CONNECTIONS {

@@ -1,13 +1,19 @@
-//! vsock packets: the header, validation of guest TX packets, and writing RX packets.
+//! vsock packets: the header, reading guest TX packets from descriptor chains, and writing
+//! RX packets into them.
 //!
-//! Descriptor chains are parsed with the `virtio-vsock` crate's [`VsockPacket`], which
-//! reads the header once (no time-of-check/time-of-use on header fields), checks that the
-//! header and payload fit their descriptors and guest memory, and bounds the payload length.
-//! The payload is copied out of guest memory before anything acts on it.
+//! Chains are read and written through virtio-queue's [`Reader`]/[`Writer`], which accept
+//! any descriptor layout: header and payload in one descriptor, in two, or the payload
+//! spread over several (Linux puts fragmented socket buffers, e.g. with `MSG_ZEROCOPY`, in
+//! several descriptors; `virtio_vsock::packet::VsockPacket` only takes one data descriptor
+//! and would make us drop such packets). Every descriptor is checked against guest memory
+//! before use, chains that loop or run past the queue are rejected, the header is copied
+//! out once (no time-of-check/time-of-use), and the payload is bounded by
+//! [`MAX_PKT_PAYLOAD`] and copied out before anything acts on it.
 
-use virtio_queue::DescriptorChain;
-use virtio_vsock::packet::{VsockPacket, PKT_HEADER_SIZE};
-use vm_memory::Bytes;
+use std::io::{self, Read, Write};
+
+use virtio_queue::{DescriptorChain, Reader, Writer};
+use virtio_vsock::packet::PKT_HEADER_SIZE;
 
 use super::super::GuestMemory;
 use super::MAX_PKT_PAYLOAD;
@@ -47,21 +53,6 @@ pub struct Header {
 }
 
 impl Header {
-    fn from_packet<B: vm_memory::bitmap::BitmapSlice>(pkt: &VsockPacket<'_, B>) -> Self {
-        Header {
-            src_cid: pkt.src_cid(),
-            dst_cid: pkt.dst_cid(),
-            src_port: pkt.src_port(),
-            dst_port: pkt.dst_port(),
-            len: pkt.len(),
-            type_: pkt.type_(),
-            op: pkt.op(),
-            flags: pkt.flags(),
-            buf_alloc: pkt.buf_alloc(),
-            fwd_cnt: pkt.fwd_cnt(),
-        }
-    }
-
     /// The header as it sits in guest memory (little-endian, packed).
     pub fn to_bytes(&self) -> [u8; HEADER_SIZE] {
         let mut b = [0u8; HEADER_SIZE];
@@ -99,76 +90,108 @@ impl Header {
     }
 }
 
-/// Why a TX descriptor chain was not a usable packet.
+/// Why a descriptor chain was not a usable packet or buffer.
 #[derive(Debug, thiserror::Error)]
 pub enum PacketError {
-    #[error("malformed descriptor chain: {0}")]
-    Chain(virtio_vsock::packet::Error),
-    #[error("cannot read packet payload from guest memory: {0}")]
-    Payload(vm_memory::VolatileMemoryError),
+    #[error("descriptor chain is empty, loops, or leaves the descriptor table")]
+    BrokenChain,
+    #[error("descriptor outside guest memory or chain too long: {0}")]
+    Chain(virtio_queue::Error),
+    #[error("{0} bytes available, a packet header needs {HEADER_SIZE}")]
+    ShortHeader(usize),
+    #[error("payload length {len} exceeds the {avail} bytes available or the maximum")]
+    BadLen { hdr: Header, len: u32, avail: usize },
+    #[error("guest memory access failed: {0}")]
+    Memory(io::Error),
+}
+
+/// Walks a chain once without touching buffers: the iterator silently stops at a loop
+/// (after queue-size descriptors), at an out-of-table index or at an unreadable
+/// descriptor, so a last descriptor that still says NEXT means the chain is broken.
+fn check_chain(chain: &DescriptorChain<&GuestMemory>) -> Result<(), PacketError> {
+    let mut count = 0usize;
+    let mut last_has_next = false;
+    for desc in chain.clone() {
+        count += 1;
+        last_has_next = desc.has_next();
+    }
+    if count == 0 || last_has_next {
+        return Err(PacketError::BrokenChain);
+    }
+    Ok(())
 }
 
 /// Reads one packet from a TX descriptor chain. The payload (`header.len` bytes, at most
 /// [`MAX_PKT_PAYLOAD`]) is copied into `payload`, which is resized to fit.
 pub fn read_tx_packet(
     mem: &GuestMemory,
-    chain: &mut DescriptorChain<&GuestMemory>,
+    chain: DescriptorChain<&GuestMemory>,
     payload: &mut Vec<u8>,
 ) -> Result<Header, PacketError> {
-    let pkt = VsockPacket::from_tx_virtq_chain(mem, chain, MAX_PKT_PAYLOAD as u32)
-        .map_err(PacketError::Chain)?;
-    let hdr = Header::from_packet(&pkt);
     payload.clear();
-    if let Some(data) = pkt.data_slice() {
-        // `from_tx_virtq_chain` guarantees the slice is exactly `len` (<= MAX) bytes.
-        payload.resize(data.len().min(MAX_PKT_PAYLOAD), 0);
-        data.read_slice(payload, 0).map_err(PacketError::Payload)?;
+    check_chain(&chain)?;
+    let mut reader: Reader<'_, ()> = Reader::new(mem, chain).map_err(PacketError::Chain)?;
+    let avail = reader.available_bytes();
+    if avail < HEADER_SIZE {
+        return Err(PacketError::ShortHeader(avail));
     }
+    let mut hb = [0u8; HEADER_SIZE];
+    reader.read_exact(&mut hb).map_err(PacketError::Memory)?;
+    let hdr = Header::from_bytes(&hb).ok_or(PacketError::ShortHeader(avail))?;
+    let len = hdr.len as usize;
+    let avail = avail - HEADER_SIZE;
+    if len > MAX_PKT_PAYLOAD || len > avail {
+        return Err(PacketError::BadLen {
+            hdr,
+            len: hdr.len,
+            avail,
+        });
+    }
+    payload.resize(len, 0);
+    reader.read_exact(payload).map_err(PacketError::Memory)?;
     Ok(hdr)
 }
 
 /// A writable RX descriptor chain, ready to receive one packet.
 pub struct RxBuffer<'a> {
-    pkt: VsockPacket<'a, ()>,
+    writer: Writer<'a, ()>,
 }
 
 impl<'a> RxBuffer<'a> {
-    /// Parses an RX descriptor chain (header descriptor plus data descriptor, or one
-    /// descriptor holding both).
+    /// Takes the writable descriptors of an RX chain (any layout, at least a header's
+    /// worth of space).
     pub fn from_chain(
         mem: &'a GuestMemory,
-        chain: &mut DescriptorChain<&GuestMemory>,
+        chain: DescriptorChain<&GuestMemory>,
     ) -> Result<Self, PacketError> {
-        // Large data buffers are fine: we simply never fill more than MAX_PKT_PAYLOAD.
-        let pkt =
-            VsockPacket::from_rx_virtq_chain(mem, chain, u32::MAX).map_err(PacketError::Chain)?;
-        Ok(RxBuffer { pkt })
+        check_chain(&chain)?;
+        let writer: Writer<'a, ()> = Writer::new(mem, chain).map_err(PacketError::Chain)?;
+        if writer.available_bytes() < HEADER_SIZE {
+            return Err(PacketError::ShortHeader(writer.available_bytes()));
+        }
+        Ok(RxBuffer { writer })
     }
 
     /// How many payload bytes this buffer can carry.
     pub fn capacity(&self) -> usize {
-        self.pkt
-            .data_slice()
-            .map_or(0, |s| s.len())
+        self.writer
+            .available_bytes()
+            .saturating_sub(HEADER_SIZE)
             .min(MAX_PKT_PAYLOAD)
     }
 
-    /// Writes `hdr` and `payload` (whose length must equal `hdr.len` and be at most
-    /// `capacity()`); returns the number of bytes written (the used length).
+    /// Writes `hdr` with `payload` (truncated to `capacity()`; `hdr.len` is set to the
+    /// payload length); returns the number of bytes written (the used length).
     pub fn write(&mut self, hdr: &Header, payload: &[u8]) -> Result<u32, PacketError> {
         let n = payload.len().min(self.capacity());
         let mut hdr = *hdr;
         hdr.len = n as u32;
-        if n > 0 {
-            if let Some(data) = self.pkt.data_slice() {
-                data.write_slice(&payload[..n], 0)
-                    .map_err(PacketError::Payload)?;
-            }
-        }
-        self.pkt
-            .header_slice()
-            .write_slice(&hdr.to_bytes(), 0)
-            .map_err(PacketError::Payload)?;
+        self.writer
+            .write_all(&hdr.to_bytes())
+            .map_err(PacketError::Memory)?;
+        self.writer
+            .write_all(&payload[..n])
+            .map_err(PacketError::Memory)?;
         Ok((HEADER_SIZE + n) as u32)
     }
 }

@@ -218,8 +218,8 @@ struct Harness {
     rxq: GuestQueue,
     txq: GuestQueue,
     uds: PathBuf,
-    /// RX chain head → (header slot, data slot, data len) for reading packets back.
-    rx_layout: HashMap<u16, (u64, u64, u32)>,
+    /// RX chain head → its writable segments (address, length), to read packets back.
+    rx_layout: HashMap<u16, Vec<(u64, u32)>>,
     /// RX buffers the device returned empty.
     empty_rx: usize,
     _dir: TestDir,
@@ -272,24 +272,26 @@ impl Harness {
         }
     }
 
-    /// Posts `n` RX buffers (alternating two-descriptor and one-descriptor layouts).
+    /// Posts one RX chain made of writable segments of the given lengths.
+    fn post_rx_chain(&mut self, lens: &[u32]) {
+        let bufs: Vec<(u32, bool)> = lens.iter().map(|&l| (l, true)).collect();
+        let idxs = self.rxq.add_chain(&self.mem, &bufs, &[]);
+        let segs = idxs
+            .iter()
+            .zip(lens)
+            .map(|(&i, &l)| (self.rxq.slot(i), l))
+            .collect();
+        self.rx_layout.insert(idxs[0], segs);
+    }
+
+    /// Posts `n` RX buffers (alternating Linux's two layouts: header and data descriptors,
+    /// or one descriptor for both).
     fn post_rx(&mut self, n: usize) {
         for i in 0..n {
             if i % 2 == 0 {
-                let idxs = self.rxq.add_chain(
-                    &self.mem,
-                    &[(HEADER_SIZE as u32, true), (RX_DATA_LEN, true)],
-                    &[],
-                );
-                let (h, d) = (self.rxq.slot(idxs[0]), self.rxq.slot(idxs[1]));
-                self.rx_layout.insert(idxs[0], (h, d, RX_DATA_LEN));
+                self.post_rx_chain(&[HEADER_SIZE as u32, RX_DATA_LEN]);
             } else {
-                let idxs =
-                    self.rxq
-                        .add_chain(&self.mem, &[(HEADER_SIZE as u32 + RX_DATA_LEN, true)], &[]);
-                let h = self.rxq.slot(idxs[0]);
-                self.rx_layout
-                    .insert(idxs[0], (h, h + HEADER_SIZE as u64, RX_DATA_LEN));
+                self.post_rx_chain(&[HEADER_SIZE as u32 + RX_DATA_LEN]);
             }
         }
         self.kick(RXQ_INDEX);
@@ -299,23 +301,29 @@ impl Harness {
     fn recv(&mut self) -> Vec<RxPkt> {
         let mut out = Vec::new();
         while let Some((head, len)) = self.rxq.pop_used(&self.mem) {
-            let Some((h, d, cap)) = self.rx_layout.remove(&head) else {
+            let Some(segs) = self.rx_layout.remove(&head) else {
                 assert_eq!(len, 0);
                 self.empty_rx += 1;
                 continue;
             };
-            assert!(len as usize >= HEADER_SIZE);
-            let mut hb = [0u8; HEADER_SIZE];
-            self.mem.read_slice(&mut hb, GuestAddress(h)).unwrap();
-            let hdr = Header::from_bytes(&hb).unwrap();
+            let cap: u32 = segs.iter().map(|s| s.1).sum();
+            assert!(len as usize >= HEADER_SIZE && len <= cap, "used len {len}");
+            let mut raw = Vec::new();
+            for (addr, l) in segs {
+                let mut b = vec![0u8; l as usize];
+                self.mem.read_slice(&mut b, GuestAddress(addr)).unwrap();
+                raw.extend(b);
+            }
+            raw.truncate(len as usize);
+            let hdr = Header::from_bytes(&raw).unwrap();
             assert_eq!(len as usize, HEADER_SIZE + hdr.len as usize);
-            assert!(hdr.len <= cap);
-            let mut data = vec![0u8; hdr.len as usize];
-            self.mem.read_slice(&mut data, GuestAddress(d)).unwrap();
             assert_eq!(hdr.src_cid, HOST_CID);
             assert_eq!(hdr.dst_cid, GUEST_CID);
             assert_eq!(hdr.type_, TYPE_STREAM);
-            out.push(RxPkt { hdr, data });
+            out.push(RxPkt {
+                hdr,
+                data: raw[HEADER_SIZE..].to_vec(),
+            });
         }
         out
     }
@@ -895,10 +903,11 @@ fn garbage_is_survived() {
     h.kick(TXQ_INDEX);
     h.pump();
     h.reap_tx();
-    assert!(
-        h.recv().is_empty(),
-        "malformed packets are dropped silently"
-    );
+    // Unparseable chains are dropped; the two whose header is fine but whose length is
+    // wrong get an RST (their stream would have lost bytes).
+    let pkts = h.recv();
+    assert_eq!(pkts.len(), 2, "{pkts:?}");
+    assert!(pkts.iter().all(|p| p.hdr.op == OP_RST && good.matches(p)));
 
     // Wrong source CID, wrong destination CID: dropped.
     let mut bad = good.hdr(OP_REQUEST, 0, 0);
@@ -959,4 +968,65 @@ fn reset_drops_connections() {
     assert!(!h.dev.lock().unwrap().is_activated());
     let mut b = [0u8; 1];
     assert_eq!(host.read(&mut b).unwrap(), 0);
+}
+
+#[test]
+fn descriptor_layouts() {
+    let mut h = Harness::new();
+    // RX chains laid out unusually: header split over two descriptors and data over two;
+    // then one descriptor with room for 7 bytes of data.
+    h.post_rx_chain(&[20, 24, 10, 30]);
+    h.post_rx_chain(&[HEADER_SIZE as u32 + 7]);
+    h.post_rx_chain(&[20, 24, 10, 30]);
+    h.kick(RXQ_INDEX);
+    let listener = UnixListener::bind(format!("{}_1025", h.uds.display())).unwrap();
+    let mut gc = GuestConn::new(5006, 1025);
+    h.send_raw(&gc.hdr(OP_REQUEST, 0, 0), &[]);
+    let pkts = h.recv();
+    assert_eq!(pkts.len(), 1);
+    assert_eq!(pkts[0].hdr.op, OP_RESPONSE);
+    gc.note_credit(&pkts[0]);
+    let (mut host, _) = listener.accept().unwrap();
+    host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+
+    // TX: header and payload in one descriptor.
+    let mut one = gc.hdr(OP_RW, 0, 5).to_bytes().to_vec();
+    one.extend_from_slice(b"one..");
+    h.txq
+        .add_chain(&h.mem, &[(one.len() as u32, false)], &[&one]);
+    // TX: payload over three descriptors.
+    let hb = gc.hdr(OP_RW, 0, 9).to_bytes();
+    h.txq.add_chain(
+        &h.mem,
+        &[
+            (HEADER_SIZE as u32, false),
+            (3, false),
+            (3, false),
+            (3, false),
+        ],
+        &[&hb, b"abc", b"def", b"ghi"],
+    );
+    // TX: header split over two descriptors, then the payload.
+    let hb = gc.hdr(OP_RW, 0, 4).to_bytes();
+    h.txq.add_chain(
+        &h.mem,
+        &[(20, false), (24, false), (4, false)],
+        &[&hb[..20], &hb[20..], b"wxyz"],
+    );
+    h.kick(TXQ_INDEX);
+    h.pump();
+    h.reap_tx();
+    let mut got = [0u8; 18];
+    host.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"one..abcdefghiwxyz");
+
+    // RX: the 7-byte buffer takes 7 bytes, the split one the next 40.
+    let data = pattern(47, 5);
+    host.write_all(&data).unwrap();
+    h.pump();
+    let pkts = h.recv();
+    assert_eq!(pkts.len(), 2, "{pkts:?}");
+    assert!(pkts.iter().all(|p| p.hdr.op == OP_RW));
+    assert_eq!(pkts[0].data, data[..7]);
+    assert_eq!(pkts[1].data, data[7..]);
 }

@@ -51,7 +51,7 @@ pub const CONN_TX_BUF_SIZE: u32 = 256 * 1024;
 /// for its `CONNECT` line.
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Most connections open at once; further requests are refused with `OP_RST`.
-pub const MAX_CONNECTIONS: usize = 1024;
+pub const MAX_CONNECTIONS: usize = 256;
 /// Most host clients that have connected but not yet sent their `CONNECT` line.
 pub const MAX_PENDING_CLIENTS: usize = 64;
 

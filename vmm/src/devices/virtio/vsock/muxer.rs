@@ -533,12 +533,21 @@ impl Muxer {
     /// Applies registration changes through `ops`: new host clients, connection interest,
     /// fds to close; arms or disarms the timeout timer.
     pub fn sync(&mut self, ops: &mut EventOps) {
+        let mut unregistrable = Vec::new();
         for (fd, client) in self.clients.iter_mut() {
             if !client.registered {
                 match ops.add(Events::with_data_raw(*fd, DATA_CLIENT, EventSet::IN)) {
                     Ok(()) => client.registered = true,
-                    Err(e) => error!("vsock: cannot register host client: {e:?}"),
+                    Err(e) => {
+                        error!("vsock: cannot register host client: {e:?}");
+                        unregistrable.push(*fd);
+                    }
                 }
+            }
+        }
+        for fd in unregistrable {
+            if let Some(client) = self.clients.remove(&fd) {
+                self.graveyard.push((client.stream, false));
             }
         }
         let mut failed = Vec::new();

@@ -1147,3 +1147,72 @@ fn random_tx_chains() {
     let (data, _) = guest_recv(&mut h, &mut gc, 3);
     assert_eq!(data, b"yes");
 }
+
+/// The host does not read: the guest runs out of credit (its bytes wait in the device,
+/// bounded by the advertised buffer), then the host reads everything, in order.
+#[test]
+fn guest_to_host_backpressure() {
+    let mut h = Harness::new();
+    let (mut gc, host) = guest_connect(&mut h, 5007, 1025);
+    let data = pattern(4 << 20, 9);
+    let mut off = 0;
+    let mut idle_rounds = 0;
+    while idle_rounds < 3 {
+        let n = (32 * 1024)
+            .min(gc.host_credit() as usize)
+            .min(data.len() - off);
+        if n == 0 {
+            idle_rounds += 1;
+        } else {
+            idle_rounds = 0;
+            h.send_raw(&gc.hdr(OP_RW, 0, n as u32), &data[off..off + n]);
+            gc.tx_total = gc.tx_total.wrapping_add(n as u32);
+            off += n;
+        }
+        h.pump();
+        for p in h.recv() {
+            assert!(gc.matches(&p) && p.hdr.op == OP_CREDIT_UPDATE, "{p:?}");
+            gc.note_credit(&p);
+        }
+        h.top_up_rx();
+    }
+    assert_eq!(gc.host_credit(), 0);
+    assert!(
+        off >= CONN_TX_BUF_SIZE as usize && off < data.len(),
+        "{off}"
+    );
+    assert_eq!(h.conns(), 1);
+
+    let mut reader = host.try_clone().unwrap();
+    let total = data.len();
+    let rd = thread::spawn(move || {
+        let mut v = vec![0u8; total];
+        reader.read_exact(&mut v).unwrap();
+        v
+    });
+    guest_send(&mut h, &mut gc, &data[off..], 32 * 1024);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !rd.is_finished() && Instant::now() < deadline {
+        h.pump();
+        thread::sleep(Duration::from_millis(2));
+    }
+    assert!(rd.join().unwrap() == data);
+}
+
+/// The host closes its socket while the guest still sends: the guest gets SHUTDOWN for
+/// the EOF, and its next write (EPIPE on the host side) resets the connection.
+#[test]
+fn host_close_then_guest_write_resets() {
+    let mut h = Harness::new();
+    let (gc, host) = guest_connect(&mut h, 5008, 1025);
+    drop(host);
+    let pkts = h.recv_some(Duration::from_secs(2));
+    assert_eq!(pkts.len(), 1);
+    assert_eq!(pkts[0].hdr.op, OP_SHUTDOWN);
+    assert_eq!(h.conns(), 1);
+    h.send_raw(&gc.hdr(OP_RW, 0, 4), b"late");
+    let pkts = h.recv_some(Duration::from_secs(2));
+    assert_eq!(pkts.len(), 1);
+    assert_eq!(pkts[0].hdr.op, OP_RST);
+    assert_eq!(h.conns(), 0);
+}

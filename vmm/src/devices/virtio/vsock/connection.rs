@@ -20,7 +20,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
 use event_manager::EventSet;
-use log::{debug, warn};
+use log::debug;
 
 use super::packet::*;
 use super::{CONN_TX_BUF_SIZE, HOST_CID};
@@ -334,16 +334,22 @@ impl Connection {
                 }
             }
             (_, ConnState::LocalInit { .. }) => {
-                warn!(
+                log::log!(
+                    super::guest_log_level(),
                     "vsock: guest sent op {} before accepting connection {}:{}",
-                    hdr.op, self.local_port, self.peer_port
+                    hdr.op,
+                    self.local_port,
+                    self.peer_port
                 );
                 Verdict::Kill { rst: true }
             }
             (OP_REQUEST, _) | (OP_RESPONSE, _) => {
-                warn!(
+                log::log!(
+                    super::guest_log_level(),
                     "vsock: unexpected op {} on established connection {}:{}",
-                    hdr.op, self.local_port, self.peer_port
+                    hdr.op,
+                    self.local_port,
+                    self.peer_port
                 );
                 Verdict::Kill { rst: true }
             }
@@ -368,9 +374,11 @@ impl Connection {
 
     fn handle_rw(&mut self, payload: &[u8]) -> Verdict {
         if self.peer_shut_send {
-            warn!(
+            log::log!(
+                super::guest_log_level(),
                 "vsock: guest sent data after shutting down {}:{}",
-                self.local_port, self.peer_port
+                self.local_port,
+                self.peer_port
             );
             return Verdict::Kill { rst: true };
         }
@@ -379,7 +387,8 @@ impl Connection {
         }
         let outstanding = (self.guest_bytes - self.fwd_cnt).0 as usize;
         if outstanding + payload.len() > CONN_TX_BUF_SIZE as usize {
-            warn!(
+            log::log!(
+                super::guest_log_level(),
                 "vsock: guest exceeded its credit on {}:{} ({} + {} > {})",
                 self.local_port,
                 self.peer_port,

@@ -4,13 +4,15 @@
 //! Wiring (VMM core):
 //! ```ignore
 //! let vsock = Arc::new(Mutex::new(Vsock::new(guest_cid, uds_path)?));
-//! event_manager.add_subscriber(vsock.clone()); // registers queue eventfds, listener, timer
-//! let transport = MmioTransport::new(mem, vsock.clone(), ...);
+//! // `init` registers the queue eventfds, the listening socket and a timeout timer.
+//! event_manager.add_subscriber(vsock.clone());
+//! // The same Arc goes to the virtio-mmio transport (as `Arc<Mutex<dyn VirtioDevice>>`),
+//! // whose QueueNotify ioeventfds are `vsock.lock().unwrap().queue_events()`.
 //! ```
-//! `init` (called by `add_subscriber`) registers the three queue eventfds, the listening
-//! socket and a timeout timer; connection sockets are added and removed as they come and
-//! go. Queue kicks before activation are ignored; `activate` re-signals the queue eventfds
-//! so that anything the driver queued early is picked up.
+//! Connection sockets are then added to and removed from the event manager by the device
+//! itself as they come and go. Queue kicks before activation are ignored; `activate`
+//! re-signals the queue eventfds so that anything the driver queued early is picked up.
+//! `reset` drops every connection (at the next event) and returns true.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -115,10 +117,16 @@ impl Vsock {
             match read_tx_packet(mem, chain, &mut self.scratch) {
                 Ok(hdr) => self.muxer.handle_guest_pkt(&hdr, &self.scratch),
                 Err(PacketError::BadLen { hdr, len, avail }) => {
-                    warn!("vsock: TX packet with bad length {len} ({avail} bytes available)");
+                    log::log!(
+                        super::guest_log_level(),
+                        "vsock: TX packet with bad length {len} ({avail} bytes available)"
+                    );
                     self.muxer.reject_guest_pkt(&hdr);
                 }
-                Err(e) => warn!("vsock: dropping malformed TX packet: {e}"),
+                Err(e) => log::log!(
+                    super::guest_log_level(),
+                    "vsock: dropping malformed TX packet: {e}"
+                ),
             }
             if let Err(e) = queue.add_used(mem, head, 0) {
                 error!("vsock: cannot return TX descriptor {head}: {e:?}");
@@ -164,7 +172,10 @@ impl Vsock {
                             match buf.write(&hdr, &self.scratch[..n]) {
                                 Ok(len) => len,
                                 Err(e) => {
-                                    warn!("vsock: cannot write RX packet: {e}");
+                                    log::log!(
+                                        super::guest_log_level(),
+                                        "vsock: cannot write RX packet: {e}"
+                                    );
                                     0
                                 }
                             }
@@ -184,7 +195,7 @@ impl Vsock {
                     }
                 }
                 Err(e) => {
-                    warn!("vsock: malformed RX buffer: {e}");
+                    log::log!(super::guest_log_level(), "vsock: malformed RX buffer: {e}");
                     0
                 }
             };

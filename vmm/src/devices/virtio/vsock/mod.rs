@@ -55,6 +55,19 @@ pub const MAX_CONNECTIONS: usize = 256;
 /// Most host clients that have connected but not yet sent their `CONNECT` line.
 pub const MAX_PENDING_CLIENTS: usize = 64;
 
+/// Level for logging something a guest caused: `warn` the first few times, then `debug`,
+/// so that a hostile guest cannot flood the host's logs.
+pub(crate) fn guest_log_level() -> log::Level {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static WARNINGS: AtomicU32 = AtomicU32::new(0);
+    if WARNINGS.load(Ordering::Relaxed) < 32 {
+        WARNINGS.fetch_add(1, Ordering::Relaxed);
+        log::Level::Warn
+    } else {
+        log::Level::Debug
+    }
+}
+
 /// Why the vsock device could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum VsockError {

@@ -164,9 +164,12 @@ impl Muxer {
     /// Handles one packet the guest sent (header already parsed, payload copied).
     pub fn handle_guest_pkt(&mut self, hdr: &Header, payload: &[u8]) {
         if hdr.src_cid != self.guest_cid || hdr.dst_cid != HOST_CID {
-            warn!(
+            log::log!(
+                super::guest_log_level(),
                 "vsock: dropping packet from cid {} to cid {} (guest cid is {})",
-                hdr.src_cid, hdr.dst_cid, self.guest_cid
+                hdr.src_cid,
+                hdr.dst_cid,
+                self.guest_cid
             );
             return;
         }
@@ -177,7 +180,7 @@ impl Muxer {
             return;
         }
         if !(OP_REQUEST..=OP_CREDIT_REQUEST).contains(&hdr.op) {
-            warn!("vsock: unknown op {}", hdr.op);
+            log::log!(super::guest_log_level(), "vsock: unknown op {}", hdr.op);
             if self.conns.contains_key(&key) {
                 self.kill(key, true);
             } else {
@@ -216,7 +219,8 @@ impl Muxer {
     /// Guest-initiated connection to host port `hdr.dst_port`: connect to `<uds_path>_port`.
     fn guest_connect(&mut self, hdr: &Header) {
         if self.conns.len() >= MAX_CONNECTIONS {
-            warn!(
+            log::log!(
+                super::guest_log_level(),
                 "vsock: too many connections, refusing port {}",
                 hdr.dst_port
             );

@@ -176,6 +176,8 @@ impl Vsock {
                                         super::guest_log_level(),
                                         "vsock: cannot write RX packet: {e}"
                                     );
+                                    // Its bytes are gone: the stream cannot continue.
+                                    self.muxer.rx_write_failed(&hdr);
                                     0
                                 }
                             }

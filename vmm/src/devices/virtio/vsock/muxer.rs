@@ -361,6 +361,14 @@ impl Muxer {
         None
     }
 
+    /// A packet from [`Muxer::next_rx`] could not be written to guest memory: a stream
+    /// that lost bytes (or a handshake that lost a step) is reset.
+    pub fn rx_write_failed(&mut self, hdr: &Header) {
+        if hdr.op != OP_RST {
+            self.kill((hdr.src_port, hdr.dst_port), true);
+        }
+    }
+
     // ---------------------------------------------------------------- host events
 
     /// The listener is readable: accept host clients.

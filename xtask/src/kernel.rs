@@ -39,8 +39,12 @@ pub fn fragment_path() -> PathBuf {
 /// the cached `vmlinux`.
 pub fn kernel() -> Result<PathBuf> {
     let fragment_file = fragment_path();
-    let fragment = std::fs::read(&fragment_file)
-        .with_context(|| format!("reading the kernel config fragment {}", fragment_file.display()))?;
+    let fragment = std::fs::read(&fragment_file).with_context(|| {
+        format!(
+            "reading the kernel config fragment {}",
+            fragment_file.display()
+        )
+    })?;
     util::ensure_apt(BUILD_PACKAGES)?;
     let version = util::dpkg_version(SOURCE_PACKAGE)?;
     let key = util::short_hash(&[&fragment, version.as_bytes(), BASE_CONFIG.as_bytes()]);
@@ -69,7 +73,10 @@ pub fn kernel() -> Result<PathBuf> {
         c
     };
 
-    step.phase(&format!("configuring ({BASE_CONFIG} + {})", fragment_file.display()));
+    step.phase(&format!(
+        "configuring ({BASE_CONFIG} + {})",
+        fragment_file.display()
+    ));
     util::run_quiet(&mut make(&[BASE_CONFIG])).context("make tinyconfig failed")?;
     let config_path = build.join(".config");
     let mut config = std::fs::read(&config_path)
@@ -81,7 +88,9 @@ pub fn kernel() -> Result<PathBuf> {
     util::run_quiet(&mut make(&["olddefconfig"])).context("make olddefconfig failed")?;
     check_config(&String::from_utf8_lossy(&fragment), &config_path)?;
 
-    let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let jobs = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     step.phase(&format!("compiling vmlinux with make -j{jobs}"));
     let mut compiled = 0usize;
     util::run_lines(&mut make(&[&format!("-j{jobs}"), "vmlinux"]), |line| {
@@ -113,7 +122,10 @@ pub fn kernel() -> Result<PathBuf> {
     std::fs::rename(&staging, &done)
         .with_context(|| format!("moving {} to {}", staging.display(), done.display()))?;
     util::remove_dir_if_exists(&build)?;
-    step.finish(&format!("built vmlinux ({compiled} files compiled)"), &vmlinux);
+    step.finish(
+        &format!("built vmlinux ({compiled} files compiled)"),
+        &vmlinux,
+    );
     Ok(vmlinux)
 }
 
@@ -168,7 +180,9 @@ fn check_config(fragment: &str, config_path: &Path) -> Result<()> {
             if k.starts_with("CONFIG_") && have.get(k) != Some(&v) {
                 problems.push(format!(
                     "  {k}={v} (final: {})",
-                    have.get(k).map(|v| format!("{k}={v}")).unwrap_or_else(|| "not set".into())
+                    have.get(k)
+                        .map(|v| format!("{k}={v}"))
+                        .unwrap_or_else(|| "not set".into())
                 ));
             }
         } else if let Some(rest) = line.strip_prefix("# ") {
@@ -196,9 +210,18 @@ const XEN_ELFNOTE_PHYS32_ENTRY: u32 = 18;
 /// Returns the PVH entry address from the ELF notes of `vmlinux`, if present.
 pub fn pvh_entry(vmlinux: &Path) -> Result<Option<u64>> {
     let data = std::fs::read(vmlinux).with_context(|| format!("reading {}", vmlinux.display()))?;
-    let u16_at = |o: usize| data.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
-    let u32_at = |o: usize| data.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
-    let u64_at = |o: usize| data.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()));
+    let u16_at = |o: usize| {
+        data.get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
+    let u32_at = |o: usize| {
+        data.get(o..o + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+    };
+    let u64_at = |o: usize| {
+        data.get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+    };
     if data.get(0..5) != Some(b"\x7fELF\x02") {
         bail!("{} is not a 64-bit ELF file", vmlinux.display());
     }
@@ -215,7 +238,8 @@ pub fn pvh_entry(vmlinux: &Path) -> Result<Option<u64>> {
         let size = u64_at(ph + 32).ok_or_else(bad)? as usize;
         let mut p = off;
         while p + 12 <= off + size {
-            let (Some(namesz), Some(descsz), Some(ty)) = (u32_at(p), u32_at(p + 4), u32_at(p + 8)) else {
+            let (Some(namesz), Some(descsz), Some(ty)) = (u32_at(p), u32_at(p + 4), u32_at(p + 8))
+            else {
                 break;
             };
             let (namesz, descsz) = (namesz as usize, descsz as usize);

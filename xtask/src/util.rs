@@ -65,7 +65,10 @@ fn apt_installed(package: &str) -> bool {
         .args(["-W", "-f=${Status}", package])
         .stderr(Stdio::null())
         .output()
-        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .map(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout).contains("install ok installed")
+        })
         .unwrap_or(false)
 }
 
@@ -74,7 +77,11 @@ static APT_UPDATED: AtomicBool = AtomicBool::new(false);
 /// Makes sure the Debian packages are installed; installs the missing ones
 /// with `apt-get` (running `apt-get update` once per process first).
 pub fn ensure_apt(packages: &[&str]) -> Result<()> {
-    let missing: Vec<&str> = packages.iter().copied().filter(|p| !apt_installed(p)).collect();
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| !apt_installed(p))
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -87,8 +94,12 @@ pub fn ensure_apt(packages: &[&str]) -> Result<()> {
         );
     }
     if !APT_UPDATED.swap(true, Ordering::SeqCst) {
-        run_quiet(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"))
-            .context("apt-get update failed: check network access to the Debian mirror")?;
+        run_quiet(
+            Command::new("apt-get")
+                .arg("update")
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+        .context("apt-get update failed: check network access to the Debian mirror")?;
     }
     run_quiet(
         Command::new("apt-get")
@@ -123,6 +134,7 @@ fn status_err(cmd: &Command, status: ExitStatus, tail: &[String]) -> anyhow::Err
 }
 
 /// Runs a command with inherited stdio; the error names the command and its status.
+#[allow(dead_code)] // for other xtask commands
 pub fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd
         .status()
@@ -186,7 +198,9 @@ pub fn run_lines(cmd: &mut Command, mut on_line: impl FnMut(&str)) -> Result<()>
     for r in readers {
         let _ = r.join();
     }
-    let status = child.wait().with_context(|| format!("waiting for {}", describe(cmd)))?;
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for {}", describe(cmd)))?;
     if !status.success() {
         let tail: Vec<String> = tail.into_iter().collect();
         return Err(status_err(cmd, status, &tail));
@@ -291,6 +305,7 @@ impl Step {
     }
 
     /// Prints a line without disturbing the spinner.
+    #[allow(dead_code)] // for other xtask commands
     pub fn println(&self, line: &str) {
         match &self.bar {
             Some(b) => b.println(line),
@@ -298,6 +313,7 @@ impl Step {
         }
     }
 
+    #[allow(dead_code)] // for other xtask commands
     pub fn elapsed(&self) -> Duration {
         self.start.elapsed()
     }

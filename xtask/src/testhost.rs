@@ -602,7 +602,7 @@ pub fn microvm_peer_args(
 ) -> Vec<String> {
     let mut a: Vec<String> = [
         "-M",
-        "microvm,x-option-roms=off,rtc=off,isa-serial=on",
+        "microvm,x-option-roms=off,rtc=off,acpi=off,isa-serial=on",
         "-accel",
         "kvm",
         "-cpu",
@@ -721,9 +721,9 @@ for i in 1 2 3; do
     t1=$(date +%s%N)
     [ $i = 1 ] && printf '%s\n' "$out"
     echo "boot $i: $(( (t1 - t0) / 1000000 )) ms"
-    case "$out" in *"guest init reached"*) ok=$((ok + 1)) ;; esac
+    case "$out" in *"erofs: hello from an EROFS image"*) ok=$((ok + 1)) ;; esac
 done
-[ $ok = 3 ] || {{ echo "guest init not reached in $((3 - ok)) of 3 boots" >&2; exit 1; }}
+[ $ok = 3 ] || {{ echo "guest init not reached or EROFS not mounted in $((3 - ok)) of 3 boots" >&2; exit 1; }}
 "#
     );
     let script_path = dir.join("smoke.sh");

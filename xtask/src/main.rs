@@ -1,14 +1,61 @@
-// TEMPORARY (wt-init): a minimal entry point so `cargo xtask initramfs` can be tried in
-// this worktree. The xtask owner's main.rs replaces this; it only needs `mod initramfs;`
-// and a subcommand calling `initramfs::initramfs()`.
-mod initramfs;
+//! `cargo xtask`: developer commands for runvm: the guest kernel and initramfs builds,
+//! the nested KVM test host, the demo, the test suite and the benchmarks.
+//! Run `cargo xtask --help`.
 
-fn main() -> anyhow::Result<()> {
-    match std::env::args().nth(1).as_deref() {
-        Some("initramfs") => {
-            initramfs::initramfs()?;
+mod demo;
+mod guests;
+mod initramfs;
+mod kernel;
+mod rootfs;
+mod test;
+mod testhost;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "runvm developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build everything and run `echo hello from a microVM` in a microVM (the README's first command).
+    Demo,
+    /// Run every test: lints, unit tests, and the guest tests (directly or in the test host).
+    Test,
+    /// Build the static guest init and the initramfs (target/runvm/initramfs.cpio).
+    Initramfs,
+    /// Build the guest kernel (cached) and print the path of its vmlinux.
+    Kernel,
+    /// Boot the guest kernel with qemu microvm inside the test host (smoke test).
+    KernelSmoke,
+    /// Run a command as root inside the nested KVM test host: `cargo xtask testhost -- CMD…`.
+    Testhost {
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        cmd: Vec<String>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result: Result<i32> = match cli.cmd {
+        Cmd::Demo => demo::cmd_demo(),
+        Cmd::Test => test::cmd_test(),
+        Cmd::Initramfs => initramfs::initramfs().map(|_| 0),
+        Cmd::Kernel => kernel::cmd_kernel().map(|()| 0),
+        Cmd::KernelSmoke => testhost::cmd_kernel_smoke(),
+        Cmd::Testhost { cmd } => testhost::run_in_testhost(&cmd, &[]),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
         }
-        _ => eprintln!("usage: cargo xtask initramfs"),
     }
-    Ok(())
 }

@@ -1,0 +1,122 @@
+//! `cargo xtask test`: the README's test command, and all that CI runs. Lints, unit
+//! tests, then the tests that need the runvm binary, then the guest-booting tests,
+//! directly or inside the nested test host (decided by trying), in one test-host boot.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::guests::{GuestSetup, Place};
+use crate::testhost;
+use crate::util::{ensure_apt, Step};
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Paths of the `runvm-tests` integration test executables, by test name.
+fn test_executables() -> Result<Vec<(String, PathBuf)>> {
+    let out = cargo()
+        .args(["test", "-p", "runvm-tests", "--no-run", "--message-format=json", "--quiet"])
+        .output()
+        .context("building the integration tests")?;
+    if !out.status.success() {
+        bail!("building the integration tests failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut exes = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if v["reason"] == "compiler-artifact" && v["target"]["kind"][0] == "test" {
+            if let (Some(name), Some(exe)) = (v["target"]["name"].as_str(), v["executable"].as_str()) {
+                exes.push((name.to_string(), PathBuf::from(exe)));
+            }
+        }
+    }
+    Ok(exes)
+}
+
+struct Tally {
+    passed: Vec<String>,
+    failed: Vec<String>,
+}
+
+impl Tally {
+    fn record(&mut self, name: &str, ok: bool) {
+        eprintln!("[test] {name}: {}", if ok { "ok" } else { "FAILED" });
+        if ok { &mut self.passed } else { &mut self.failed }.push(name.to_string());
+    }
+}
+
+fn status_ok(cmd: &mut Command) -> Result<bool> {
+    Ok(cmd.status().with_context(|| format!("running {cmd:?}"))?.success())
+}
+
+pub fn cmd_test() -> Result<i32> {
+    ensure_apt(&["busybox-static", "erofs-utils", "util-linux", "procps", "cpio"])?;
+    let mut t = Tally { passed: vec![], failed: vec![] };
+
+    let mut step = Step::new("test");
+    step.phase("cargo fmt --check");
+    t.record("cargo fmt --check", status_ok(cargo().args(["fmt", "--all", "--", "--check"]))?);
+    step.phase("cargo clippy --all-targets -D warnings");
+    t.record(
+        "cargo clippy",
+        status_ok(cargo().args(["clippy", "--quiet", "--workspace", "--all-targets", "--", "-D", "warnings"]))?,
+    );
+    step.phase("unit tests and guest-init host-mode tests (cargo test --workspace)");
+    t.record("cargo test --workspace", status_ok(cargo().args(["test", "--workspace"]))?);
+
+    let setup = GuestSetup::prepare(false)?;
+    let exes = test_executables()?;
+    let exe = |name: &str| -> Result<String> {
+        exes.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| p.display().to_string())
+            .with_context(|| format!("integration test {name} was not built"))
+    };
+
+    step.phase("runvm bad-input tests (no guest needed)");
+    let mut c = Command::new(exe("bad_input")?);
+    c.args(["--ignored", "--test-threads=2"]).envs(setup.env());
+    t.record("bad_input", status_ok(&mut c)?);
+
+    let place = setup.choose_place()?;
+    if place == Place::TestHost {
+        step.phase("test host passes exit codes through (sh -c 'exit 7')");
+        let code = testhost::run_in_testhost(&["sh".into(), "-c".into(), "exit 7".into()], &[])?;
+        t.record("testhost exit code 7", code == 7);
+    }
+    step.phase("guest boot tests");
+    let argv = vec![exe("boot")?, "--ignored".into(), "--test-threads=2".into()];
+    t.record("boot", setup.run_at(place, &argv, &[])? == 0);
+
+    let left = leftover_processes();
+    t.record("no runvm process left on the host", left.is_empty());
+    if !left.is_empty() {
+        eprintln!("[test] left behind: {left:?}");
+    }
+    drop(step);
+    println!("test suites: {} passed, {} failed", t.passed.len(), t.failed.len());
+    if !t.failed.is_empty() {
+        eprintln!("[test] failed: {}", t.failed.join(", "));
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+/// runvm processes (monitors, cleanup guards) still alive on this host.
+fn leftover_processes() -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        if comm.trim() == "runvm" || comm.trim() == "runvm-guard" {
+            out.push(format!("{name} {}", comm.trim()));
+        }
+    }
+    out
+}

@@ -1,0 +1,364 @@
+//! Shared helpers for every `cargo xtask` command: where things are cached,
+//! installing missing apt packages, running commands with useful errors, and
+//! the `Step` progress reporter (spinner on a terminal, plain lines in CI).
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// The workspace root (the directory holding the top-level `Cargo.toml`).
+pub fn repo_root() -> PathBuf {
+    let xtask = Path::new(env!("CARGO_MANIFEST_DIR"));
+    xtask.parent().unwrap_or(xtask).to_path_buf()
+}
+
+/// `$HOME/.cache/runvm`, created if missing.
+pub fn cache_dir() -> PathBuf {
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
+    let dir = home.join(".cache").join("runvm");
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        eprintln!("warning: cannot create cache dir {}: {e}", dir.display());
+    }
+    dir
+}
+
+/// Where the cargo target directory is (`CARGO_TARGET_DIR` or `<repo>/target`).
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => {
+            let p = PathBuf::from(d);
+            if p.is_absolute() {
+                p
+            } else {
+                repo_root().join(p)
+            }
+        }
+        _ => repo_root().join("target"),
+    }
+}
+
+/// Version of an installed Debian package, from `dpkg-query`.
+pub fn dpkg_version(package: &str) -> Result<String> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Version}", package])
+        .output()
+        .with_context(|| format!("running dpkg-query for {package}"))?;
+    let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || v.is_empty() {
+        bail!("package {package} is not installed (dpkg-query found no version)");
+    }
+    Ok(v)
+}
+
+fn apt_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout).contains("install ok installed")
+        })
+        .unwrap_or(false)
+}
+
+static APT_UPDATED: AtomicBool = AtomicBool::new(false);
+
+/// Makes sure the Debian packages are installed; installs the missing ones
+/// with `apt-get` (running `apt-get update` once per process first).
+pub fn ensure_apt(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| !apt_installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("[apt] installing missing packages: {}", missing.join(" "));
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "packages {} are missing and installing them needs root: run `sudo apt-get install -y {}` or run this command as root",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    if !APT_UPDATED.swap(true, Ordering::SeqCst) {
+        run_quiet(
+            Command::new("apt-get")
+                .arg("update")
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+        .context("apt-get update failed: check network access to the Debian mirror")?;
+    }
+    run_quiet(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .with_context(|| format!("installing apt packages {}", missing.join(" ")))?;
+    Ok(())
+}
+
+fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    if s.len() > 300 {
+        s.truncate(300);
+        s.push('…');
+    }
+    s
+}
+
+fn status_err(cmd: &Command, status: ExitStatus, tail: &[String]) -> anyhow::Error {
+    let mut msg = format!("command failed ({status}): {}", describe(cmd));
+    if !tail.is_empty() {
+        msg.push_str("\n--- last lines of its output ---\n");
+        msg.push_str(&tail.join("\n"));
+    }
+    anyhow::anyhow!(msg)
+}
+
+/// Runs a command with inherited stdio; the error names the command and its status.
+#[allow(dead_code)] // for other xtask commands
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {}", describe(cmd)))?;
+    if !status.success() {
+        return Err(status_err(cmd, status, &[]));
+    }
+    Ok(())
+}
+
+/// Runs a noisy command with its output captured; on failure the error
+/// carries the last 40 lines of its output.
+pub fn run_quiet(cmd: &mut Command) -> Result<()> {
+    run_lines(cmd, |_| {})
+}
+
+/// Runs a command, handing every line of its stdout and stderr (merged) to
+/// `on_line`, e.g. to drive a progress reporter. On failure the error carries
+/// the last 40 lines of output.
+pub fn run_lines(cmd: &mut Command, mut on_line: impl FnMut(&str)) -> Result<()> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {}", describe(cmd)))?;
+    let (tx, rx) = mpsc::channel::<String>();
+    let mut readers = Vec::new();
+    let outs: Vec<Box<dyn Read + Send>> = vec![
+        Box::new(child.stdout.take().expect("piped stdout")),
+        Box::new(child.stderr.take().expect("piped stderr")),
+    ];
+    for r in outs {
+        let tx = tx.clone();
+        readers.push(std::thread::spawn(move || {
+            let mut r = BufReader::new(r);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match r.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let line = String::from_utf8_lossy(&buf).trim_end().to_string();
+                        if tx.send(line).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    drop(tx);
+    let mut tail: VecDeque<String> = VecDeque::new();
+    for line in rx {
+        on_line(&line);
+        if tail.len() == 40 {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
+    for r in readers {
+        let _ = r.join();
+    }
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for {}", describe(cmd)))?;
+    if !status.success() {
+        let tail: Vec<String> = tail.into_iter().collect();
+        return Err(status_err(cmd, status, &tail));
+    }
+    Ok(())
+}
+
+/// Formats a duration as "1m23s" or "4.2s".
+pub fn fmt_duration(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s >= 60.0 {
+        format!("{}m{:02}s", (s / 60.0) as u64, (s as u64) % 60)
+    } else {
+        format!("{s:.1}s")
+    }
+}
+
+/// Formats a byte count as "12.3 MiB".
+pub fn fmt_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// True when progress should be plain lines (not a terminal, or `CI` set).
+pub fn plain_output() -> bool {
+    std::env::var_os("CI").is_some() || !std::io::stderr().is_terminal()
+}
+
+/// A long-running step with progress on stderr: an indicatif spinner on a
+/// terminal, rate-limited plain lines ("[kernel] compiling 120 files") otherwise.
+pub struct Step {
+    name: String,
+    start: Instant,
+    bar: Option<ProgressBar>,
+    last_plain: Option<Instant>,
+    last_msg: String,
+}
+
+impl Step {
+    pub fn new(name: &str) -> Step {
+        let bar = if plain_output() {
+            None
+        } else {
+            let pb = ProgressBar::new_spinner();
+            pb.set_style(
+                ProgressStyle::with_template("{spinner} [{prefix}] {elapsed:>4} {wide_msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            pb.set_prefix(name.to_string());
+            pb.enable_steady_tick(Duration::from_millis(120));
+            Some(pb)
+        };
+        Step {
+            name: name.to_string(),
+            start: Instant::now(),
+            bar,
+            last_plain: None,
+            last_msg: String::new(),
+        }
+    }
+
+    /// A phase change ("configuring…"): always shown.
+    pub fn phase(&mut self, msg: &str) {
+        match &self.bar {
+            Some(b) => {
+                b.println(format!("[{}] {msg}", self.name));
+                b.set_message(msg.to_string());
+            }
+            None => eprintln!("[{}] {msg}", self.name),
+        }
+        self.last_plain = Some(Instant::now());
+        self.last_msg = msg.to_string();
+    }
+
+    /// Frequent progress ("compiling 1234 files"): on a terminal updates the
+    /// spinner; in plain mode printed at most every 15 seconds.
+    pub fn progress(&mut self, msg: &str) {
+        match &self.bar {
+            Some(b) => b.set_message(msg.to_string()),
+            None => {
+                let due = self
+                    .last_plain
+                    .map(|t| t.elapsed() >= Duration::from_secs(15))
+                    .unwrap_or(true);
+                if due && msg != self.last_msg {
+                    eprintln!("[{}] {msg}", self.name);
+                    self.last_plain = Some(Instant::now());
+                    self.last_msg = msg.to_string();
+                }
+            }
+        }
+    }
+
+    /// Prints a line without disturbing the spinner.
+    #[allow(dead_code)] // for other xtask commands
+    pub fn println(&self, line: &str) {
+        match &self.bar {
+            Some(b) => b.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    #[allow(dead_code)] // for other xtask commands
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// Ends the step: prints how long it took and where the result is.
+    pub fn finish(self, what: &str, path: &Path) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+        eprintln!(
+            "[{}] {what} in {}: {}",
+            self.name,
+            fmt_duration(self.start.elapsed()),
+            path.display()
+        );
+    }
+}
+
+impl Drop for Step {
+    fn drop(&mut self) {
+        if let Some(b) = &self.bar {
+            if !b.is_finished() {
+                b.finish_and_clear();
+            }
+        }
+    }
+}
+
+/// Short hex sha256 (16 chars) of the given parts, each length-prefixed.
+pub fn short_hash(parts: &[&[u8]]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    let d = h.finalize();
+    d.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Removes a directory tree if it exists (errors name the path).
+pub fn remove_dir_if_exists(path: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+}

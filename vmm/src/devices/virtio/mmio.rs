@@ -413,7 +413,7 @@ impl BusDevice for MmioTransport {
             lock(&self.device).read_config(offset - CONFIG_SPACE_OFFSET, data);
             return;
         }
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             debug!(
                 "virtio-mmio: {}-byte register read at {offset:#x} ignored",
                 data.len()
@@ -430,7 +430,9 @@ impl BusDevice for MmioTransport {
             return;
         }
         match <[u8; 4]>::try_from(data) {
-            Ok(bytes) if offset % 4 == 0 => self.write_reg(offset, u32::from_le_bytes(bytes)),
+            Ok(bytes) if offset.is_multiple_of(4) => {
+                self.write_reg(offset, u32::from_le_bytes(bytes))
+            }
             _ => debug!(
                 "virtio-mmio: {}-byte register write at {offset:#x} ignored",
                 data.len()

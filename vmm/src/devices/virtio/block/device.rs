@@ -904,4 +904,91 @@ mod tests {
         // Nothing pending: no event.
         assert_eq!(em.run_with_timeout(10).unwrap(), 0);
     }
+
+    #[test]
+    fn full_stack_through_mmio_transport() {
+        use crate::bus::BusDevice;
+        use crate::devices::virtio::mmio::{self, status::*, MmioTransport};
+
+        let image = disk_image();
+        let m = mem();
+        let b = Arc::new(Mutex::new(block(&image, false)));
+        let mut t = MmioTransport::new(m.clone(), b.clone()).unwrap();
+        let mut em = EventManager::<Arc<Mutex<Block>>>::new().unwrap();
+        em.add_subscriber(b.clone());
+        let w = |t: &mut MmioTransport, offset: u64, v: u32| t.write(offset, &v.to_le_bytes());
+        let r = |t: &mut MmioTransport, offset: u64| {
+            let mut data = [0u8; 4];
+            t.read(offset, &mut data);
+            u32::from_le_bytes(data)
+        };
+
+        assert_eq!(r(&mut t, mmio::DEVICE_ID_REG), TYPE_BLOCK);
+        w(&mut t, mmio::STATUS_REG, 0);
+        w(&mut t, mmio::STATUS_REG, ACKNOWLEDGE);
+        w(&mut t, mmio::STATUS_REG, ACKNOWLEDGE | DRIVER);
+        for sel in 0..2 {
+            w(&mut t, mmio::DEVICE_FEATURES_SEL_REG, sel);
+            let features = r(&mut t, mmio::DEVICE_FEATURES_REG);
+            w(&mut t, mmio::DRIVER_FEATURES_SEL_REG, sel);
+            w(&mut t, mmio::DRIVER_FEATURES_REG, features);
+        }
+        w(&mut t, mmio::STATUS_REG, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        assert_eq!(
+            r(&mut t, mmio::STATUS_REG),
+            ACKNOWLEDGE | DRIVER | FEATURES_OK
+        );
+        let mut capacity = [0u8; 8];
+        t.read(mmio::CONFIG_SPACE_OFFSET, &mut capacity);
+        assert_eq!(u64::from_le_bytes(capacity), DISK_SECTORS);
+
+        let mut d = Driver::new(&m);
+        w(&mut t, mmio::QUEUE_SEL_REG, 0);
+        assert_eq!(r(&mut t, mmio::QUEUE_NUM_MAX_REG), 256);
+        w(&mut t, mmio::QUEUE_NUM_REG, u32::from(QSIZE));
+        w(
+            &mut t,
+            mmio::QUEUE_DESC_LOW_REG,
+            d.vq.desc_table_addr().0 as u32,
+        );
+        w(
+            &mut t,
+            mmio::QUEUE_DRIVER_LOW_REG,
+            d.vq.avail_addr().0 as u32,
+        );
+        w(
+            &mut t,
+            mmio::QUEUE_DEVICE_LOW_REG,
+            d.vq.used_addr().0 as u32,
+        );
+        w(&mut t, mmio::QUEUE_READY_REG, 1);
+        w(
+            &mut t,
+            mmio::STATUS_REG,
+            ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
+        );
+        assert_eq!(r(&mut t, mmio::STATUS_REG), 0xf);
+        assert!(b.lock().unwrap().is_activated());
+        {
+            let dev = b.lock().unwrap();
+            assert_eq!(dev.acked_features(), dev.avail_features());
+        }
+
+        header(&m, VIRTIO_BLK_T_IN, 3);
+        d.add(&[(HDR, 16, R), (DATA, 512, W), (STATUS, 1, W)]);
+        w(&mut t, mmio::NOTIFY_REG_OFFSET, 0);
+        assert_eq!(em.run_with_timeout(100).unwrap(), 1);
+        assert_eq!(d.result(), (513, VIRTIO_BLK_S_OK as u8));
+        assert_eq!(guest_bytes(&m, DATA, 512), file_bytes(&image, 3 * 512, 512));
+        assert_eq!(
+            r(&mut t, mmio::INTERRUPT_STATUS_REG),
+            INTERRUPT_STATUS_USED_RING
+        );
+        w(&mut t, mmio::INTERRUPT_ACK_REG, INTERRUPT_STATUS_USED_RING);
+        assert_eq!(r(&mut t, mmio::INTERRUPT_STATUS_REG), 0);
+
+        w(&mut t, mmio::STATUS_REG, 0);
+        assert_eq!(r(&mut t, mmio::STATUS_REG), 0);
+        assert!(!b.lock().unwrap().is_activated());
+    }
 }

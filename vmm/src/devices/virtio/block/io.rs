@@ -270,8 +270,7 @@ fn pwrite_all<B: BitmapSlice>(
     Ok(())
 }
 
-/// Where a request's status byte goes; kept here so all guest writes of a request are in
-/// one place.
+/// Writes a request's status byte; false (and logged) if guest memory refused it.
 pub fn write_status(mem: &GuestMemory, addr: GuestAddress, status: u8) -> bool {
     match mem.write_obj(status, addr) {
         Ok(()) => true,

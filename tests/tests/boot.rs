@@ -75,7 +75,7 @@ fn signal_death_gives_128_plus_signo() {
 fn one_mib_written_just_before_exit_is_not_lost() {
     let root = StateRoot::new();
     let out = root.run(
-        &Bundle::new(&["sh", "-c", "seq 1 150000; seq 1 1000 >&2; exit 3"]),
+        &Bundle::new(&["sh", "-c", "seq 1 200000; seq 1 1000 >&2; exit 3"]),
         "mib",
         b"",
     );
@@ -85,7 +85,7 @@ fn one_mib_written_just_before_exit_is_not_lost() {
         "stderr tail: {}",
         &stderr(&out)[..stderr(&out).len().min(300)]
     );
-    let want: String = (1..=150000).map(|i| format!("{i}\n")).collect();
+    let want: String = (1..=200000).map(|i| format!("{i}\n")).collect();
     assert!(want.len() > 1 << 20);
     assert_eq!(out.stdout.len(), want.len(), "stdout length");
     assert!(out.stdout == want.as_bytes(), "stdout bytes differ");

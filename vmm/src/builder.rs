@@ -198,39 +198,28 @@ impl Vmm {
             None => cmdline.push_str(" 8250.nr_uarts=0"),
         }
 
-        let mut slot = 0usize;
-        for disk in &config.disks {
-            let id = format!("runvm-vd{}", (b'a' + slot as u8) as char);
+        let mut slots = VirtioSlots {
+            vm: &vm,
+            mem: &mem,
+            mmio: &mut mmio,
+            events: &mut events,
+            cmdline: &mut cmdline,
+            next: 0,
+        };
+        for (i, disk) in config.disks.iter().enumerate() {
+            let id = format!("runvm-vd{}", (b'a' + i as u8) as char);
             let dev = Block::new(&disk.path, disk.read_only, &id).map_err(|e| VmmError::Disk {
                 path: disk.path.clone(),
                 message: e.to_string(),
             })?;
-            attach_virtio(
-                &vm,
-                &mem,
-                &mut mmio,
-                &mut events,
-                &mut cmdline,
-                slot,
-                Arc::new(Mutex::new(dev)),
-            )?;
-            slot += 1;
+            slots.attach(Arc::new(Mutex::new(dev)))?;
         }
         if let Some(v) = &config.vsock {
-            let dev =
-                Vsock::new(v.guest_cid, v.uds_path.clone()).map_err(|e| VmmError::Vsock {
-                    path: v.uds_path.clone(),
-                    message: e.to_string(),
-                })?;
-            attach_virtio(
-                &vm,
-                &mem,
-                &mut mmio,
-                &mut events,
-                &mut cmdline,
-                slot,
-                Arc::new(Mutex::new(dev)),
-            )?;
+            let dev = Vsock::new(v.guest_cid, v.uds_path.clone()).map_err(|e| VmmError::Vsock {
+                path: v.uds_path.clone(),
+                message: e.to_string(),
+            })?;
+            slots.attach(Arc::new(Mutex::new(dev)))?;
         }
         if !config.cmdline.is_empty() {
             cmdline.push(' ');
@@ -402,35 +391,45 @@ fn wait_readable(evt: &EventFd) {
     }
 }
 
-/// Puts a virtio device on the MMIO bus at `slot`, wires its interrupt and queue
-/// notifications into KVM, hands it to the event loop and announces it on the command line.
-fn attach_virtio<D>(
-    vm: &Vm,
-    mem: &GuestMemoryMmap<()>,
-    mmio: &mut Bus,
-    events: &mut EventManager<Subscriber>,
-    cmdline: &mut String,
-    slot: usize,
-    dev: Arc<Mutex<D>>,
-) -> Result<(), VmmError>
-where
-    D: VirtioDevice + MutEventSubscriber + 'static,
-{
-    let irq = VIRTIO_IRQ_START + slot as u32;
-    if irq > IRQ_MAX {
-        return Err(VmmError::TooManyDevices(slot));
-    }
-    let base = VIRTIO_MMIO_START + slot as u64 * VIRTIO_MMIO_SIZE;
-    let transport = MmioTransport::new(mem.clone(), dev.clone())?;
-    vm.register_irqfd(transport.interrupt().eventfd(), irq)?;
+/// Hands out virtio-mmio slots: each device gets the next MMIO window and IRQ.
+struct VirtioSlots<'a> {
+    vm: &'a Vm,
+    mem: &'a GuestMemoryMmap<()>,
+    mmio: &'a mut Bus,
+    events: &'a mut EventManager<Subscriber>,
+    cmdline: &'a mut String,
+    next: usize,
+}
+
+impl VirtioSlots<'_> {
+    /// Puts a virtio device on the MMIO bus in the next slot, wires its interrupt and queue
+    /// notifications into KVM, hands it to the event loop and announces it on the command line.
+    fn attach<D>(&mut self, dev: Arc<Mutex<D>>) -> Result<(), VmmError>
+    where
+        D: VirtioDevice + MutEventSubscriber + 'static,
     {
-        let d = dev.lock().unwrap_or_else(|e| e.into_inner());
-        for (i, evt) in d.queue_events().iter().enumerate() {
-            vm.register_mmio_ioevent(evt, base + NOTIFY_REG_OFFSET, i as u32)?;
+        let slot = self.next;
+        let irq = VIRTIO_IRQ_START + slot as u32;
+        if irq > IRQ_MAX {
+            return Err(VmmError::TooManyDevices(slot));
         }
+        let base = VIRTIO_MMIO_START + slot as u64 * VIRTIO_MMIO_SIZE;
+        let transport = MmioTransport::new(self.mem.clone(), dev.clone())?;
+        self.vm
+            .register_irqfd(transport.interrupt().eventfd(), irq)?;
+        {
+            let d = dev.lock().unwrap_or_else(|e| e.into_inner());
+            for (i, evt) in d.queue_events().iter().enumerate() {
+                self.vm
+                    .register_mmio_ioevent(evt, base + NOTIFY_REG_OFFSET, i as u32)?;
+            }
+        }
+        self.mmio
+            .insert(Arc::new(Mutex::new(transport)), base, VIRTIO_MMIO_SIZE)?;
+        self.events.add_subscriber(dev);
+        self.cmdline
+            .push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
+        self.next += 1;
+        Ok(())
     }
-    mmio.insert(Arc::new(Mutex::new(transport)), base, VIRTIO_MMIO_SIZE)?;
-    events.add_subscriber(dev);
-    cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
-    Ok(())
 }

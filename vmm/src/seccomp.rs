@@ -179,4 +179,34 @@ mod tests {
         });
         assert_eq!(t.join().unwrap(), (999 % 256) as u8);
     }
+
+    #[test]
+    fn a_call_outside_the_filter_stops_the_process() {
+        let prog = filter(ThreadKind::Vcpu).unwrap();
+        // SAFETY: the child only installs the filter, makes one system call and exits;
+        // the parent waits for it.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            if apply(&prog).is_err() {
+                // SAFETY: leaving the forked child.
+                unsafe { libc::_exit(2) };
+            }
+            // socket(2) is not on a vCPU thread's list.
+            // SAFETY: a plain system call; the filter traps it.
+            unsafe {
+                libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                libc::_exit(0);
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(libc::WIFEXITED(status), "status {status:#x}");
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            159,
+            "the SIGSYS reporter exits with 159"
+        );
+    }
 }

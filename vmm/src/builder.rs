@@ -218,7 +218,7 @@ impl Vmm {
         }
         if let Some(v) = &config.vsock {
             let dev =
-                Vsock::new(v.guest_cid, v.uds_path.clone(), "").map_err(|e| VmmError::Vsock {
+                Vsock::new(v.guest_cid, v.uds_path.clone()).map_err(|e| VmmError::Vsock {
                     path: v.uds_path.clone(),
                     message: e.to_string(),
                 })?;

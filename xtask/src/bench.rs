@@ -852,14 +852,26 @@ fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 /// runvm running `sleep`: smaps sampled one second after the workload has surely started
-/// (the slowest time to workload start seen in the timed runs, plus one second).
+/// (the slowest time to workload start seen in the timed runs, plus one second; when runvm
+/// reports no workload start, the slowest whole `true` run instead).
 fn runvm_rss(bed: &Bed, bin: &Path, runs: &[Value]) -> Result<Value> {
     let f = |r: &Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
     let to_start: Vec<f64> = runs
         .iter()
-        .map(|r| f(r, "wall_ms") - f(r, "vm_exit_ms") + f(r, "workload_started_ms"))
+        .map(|r| {
+            let started = f(r, "wall_ms") - f(r, "vm_exit_ms") + f(r, "workload_started_ms");
+            if started.is_finite() {
+                started
+            } else {
+                f(r, "wall_ms")
+            }
+        })
         .collect();
-    let worst = to_start.iter().cloned().fold(0.0, f64::max);
+    let worst = to_start
+        .iter()
+        .cloned()
+        .filter(|x| x.is_finite())
+        .fold(0.0, f64::max);
     let at = Duration::from_secs_f64(worst / 1000.0 + 1.0);
     let secs = (at.as_secs() + 3).to_string();
     let mut sampled = json!(null);
@@ -882,8 +894,11 @@ fn runvm_rss(bed: &Bed, bin: &Path, runs: &[Value]) -> Result<Value> {
     sampled["workload"] = json!(format!("sleep {secs}"));
     sampled["run"] = r.json;
     // Workload start since launch is at most `ws`: sampling after it is certain.
-    sampled["sampled_after_workload_start"] =
-        json!(ws < sampled["sampled_at_ms"].as_f64().unwrap_or(0.0));
+    sampled["sampled_after_workload_start"] = if ws.is_finite() {
+        json!(ws < sampled["sampled_at_ms"].as_f64().unwrap_or(0.0))
+    } else {
+        json!(null)
+    };
     Ok(sampled)
 }
 
@@ -908,6 +923,23 @@ fn qemu_rss(bed: &Bed, peer: &Peer) -> Result<Value> {
 
 // ---------------------------------------------------------------------------------------
 // The report.
+
+/// A time in ms with one decimal, or "—" when it was not measured.
+fn num(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.1}")
+    } else {
+        "—".into()
+    }
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if (a / b).is_finite() {
+        format!("{:.2}", a / b)
+    } else {
+        "—".into()
+    }
+}
 
 /// Nearest-rank percentile.
 fn percentile(v: &[f64], p: f64) -> f64 {
@@ -1057,7 +1089,7 @@ impl Report {
             ));
             for r in rows {
                 let (a, b) = Self::stats(&r.values);
-                s.push_str(&format!("| {} | {a:.1} | {b:.1} |\n", r.label));
+                s.push_str(&format!("| {} | {} | {} |\n", r.label, num(a), num(b)));
             }
             s.push('\n');
         };
@@ -1083,8 +1115,10 @@ impl Report {
             ] {
                 let r = Self::stats(v).0;
                 s.push_str(&format!(
-                    "| {label} | {r:.1} ms | {q:.1} ms | {:.2} |\n",
-                    r / q
+                    "| {label} | {} ms | {} ms | {} |\n",
+                    num(r),
+                    num(q),
+                    ratio(r, q)
                 ));
             }
             s.push('\n');
@@ -1128,10 +1162,12 @@ impl Report {
             } else {
                 "vhost-vsock kernel worker not counted".into()
             };
-            let when = if m["sampled_after_workload_start"] == json!(true) {
-                ""
-            } else {
-                " (**sampled before the workload surely started**)"
+            let when = match m["sampled_after_workload_start"].as_bool() {
+                Some(true) => "",
+                Some(false) => " (**sampled before the workload surely started**)",
+                None => {
+                    " (workload start not reported: sampled 1 s after the slowest whole `true` run)"
+                }
             };
             s.push_str(&format!(
                 "| {who} (`{}`, sampled at {:.0} ms){when} | {} | {} | {} | {other} |\n",
@@ -1151,12 +1187,21 @@ impl Report {
             let (ri, qi) = (Self::stats(&rr[7].values).0, Self::stats(&qr[4].values).0);
             let (re, qe) = (Self::stats(&rr[8].values).0, Self::stats(&qr[5].values).0);
             let yes = |b: bool| if b { "met" } else { "**not met**" };
+            let faster = |r: f64, q: f64| {
+                if (r / q).is_finite() {
+                    format!("{} ({}×)", yes(r < q), ratio(r, q))
+                } else {
+                    "not measured (runvm reported no boot mark)".into()
+                }
+            };
             s.push_str(&format!(
-                "- launch → init → exit faster than qemu microvm in the same place: init {} ({:.2}×), exit {} ({:.2}×)\n",
-                yes(ri < qi), ri / qi, yes(re < qe), re / qe
+                "- launch → init → exit faster than qemu microvm in the same place: init {}, exit {}\n",
+                faster(ri, qi),
+                faster(re, qe)
             ));
             let hw = match self.place {
-                Place::Direct => format!("{} ({ri:.1} ms p50)", yes(ri <= 125.0)),
+                Place::Direct if ri.is_finite() => format!("{} ({ri:.1} ms p50)", yes(ri <= 125.0)),
+                Place::Direct => "not measured (runvm reported no init mark)".into(),
                 Place::TestHost => "not measurable here (emulated CPU)".into(),
             };
             s.push_str(&format!("- ≤ 125 ms to init on real hardware: {hw}\n"));
@@ -1168,6 +1213,16 @@ impl Report {
                 "- VMM overhead ≤ 5 MiB: {} ({o:.1} MiB)\n",
                 yes(o <= 5.0)
             ));
+        }
+        let marks = self.raw["runvm"]
+            .as_array()
+            .map(|a| a.iter().any(|r| r["init_started_ms"].is_null()))
+            .unwrap_or(false);
+        if marks && !self.peer_only {
+            s.push_str(
+                "\n**runvm reported no boot-timer marks** (`init_started_ms`, `workload_started_ms`, `workload_exited_ms` are null in its \
+                 timings file), so its launch → init and the phases inside the guest are missing (—).\n",
+            );
         }
         s.push_str(
             "\nNotes: runvm's phases are offsets from `Vmm::new` in its timings file; \"launch → VMM start\" is the wall time minus the VM-exit \

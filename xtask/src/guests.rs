@@ -36,21 +36,32 @@ impl GuestSetup {
         let initramfs = initramfs::initramfs()?;
         let rootfs = rootfs::busybox_rootfs()?;
         let mut step = Step::new("runvm");
-        step.phase(&format!("building runvm ({})", if release { "release" } else { "debug" }));
+        step.phase(&format!(
+            "building runvm ({})",
+            if release { "release" } else { "debug" }
+        ));
         let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         cargo.args(["build", "--quiet", "-p", "runvm"]);
         if release {
             cargo.arg("--release");
         }
         run(&mut cargo)?;
-        let runvm = target_dir().join(if release { "release" } else { "debug" }).join("runvm");
+        let runvm = target_dir()
+            .join(if release { "release" } else { "debug" })
+            .join("runvm");
         // Install the kernel where runvm looks for it: <binary dir>/../runvm/vmlinux.
         let kernel = target_dir().join("runvm").join("vmlinux");
         if std::fs::read(&kernel).ok() != std::fs::read(&kernel_cached).ok() {
-            std::fs::copy(&kernel_cached, &kernel).with_context(|| format!("installing {}", kernel.display()))?;
+            std::fs::copy(&kernel_cached, &kernel)
+                .with_context(|| format!("installing {}", kernel.display()))?;
         }
         step.finish("runvm built", &runvm);
-        Ok(Self { runvm, kernel, initramfs, rootfs })
+        Ok(Self {
+            runvm,
+            kernel,
+            initramfs,
+            rootfs,
+        })
     }
 
     /// Environment that points runvm and the tests at these files.
@@ -114,7 +125,11 @@ impl GuestSetup {
             return Ok(Place::Direct);
         }
         let why = err.lines().last().unwrap_or("timed out").to_string();
-        let why = if why.len() > 240 { format!("{}…", &why[..240]) } else { why };
+        let why = if why.len() > 240 {
+            format!("{}…", &why[..240])
+        } else {
+            why
+        };
         eprintln!("[guests] this host's KVM cannot boot our guest ({why}); running guests inside the nested test host");
         Ok(Place::TestHost)
     }
@@ -131,7 +146,9 @@ impl GuestSetup {
                     .envs(env)
                     .status()
                     .with_context(|| format!("running {}", argv[0]))?;
-                Ok(status.code().unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)))
+                Ok(status.code().unwrap_or(
+                    128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0),
+                ))
             }
         }
     }

@@ -376,7 +376,8 @@ mod tests {
         assert!(check_static(b"not an elf").is_err());
         assert!(check_static(b"\x7fELF\x02\x01").is_err());
         // Debian's busybox-static, which cargo xtask test installs.
-        let busybox = std::fs::read("/bin/busybox").expect("needs /bin/busybox (apt-get install busybox-static)");
+        let busybox = std::fs::read("/bin/busybox")
+            .expect("needs /bin/busybox (apt-get install busybox-static)");
         assert!(check_static(&busybox).is_ok());
     }
 }

@@ -2,6 +2,7 @@
 //! the nested KVM test host, the demo, the test suite and the benchmarks.
 //! Run `cargo xtask --help`.
 
+mod bench;
 mod demo;
 mod guests;
 mod initramfs;
@@ -33,6 +34,11 @@ enum Cmd {
     Kernel,
     /// Boot the guest kernel with qemu microvm inside the test host (smoke test).
     KernelSmoke,
+    /// Benchmarks: `cargo xtask bench boot [--runs N]` (runvm vs qemu microvm boot times and VMM memory).
+    Bench {
+        #[command(subcommand)]
+        what: bench::BenchCmd,
+    },
     /// Run a command as root inside the nested KVM test host: `cargo xtask testhost -- CMD…`.
     Testhost {
         /// The command and its arguments.
@@ -49,6 +55,7 @@ fn main() {
         Cmd::Initramfs => initramfs::initramfs().map(|_| 0),
         Cmd::Kernel => kernel::cmd_kernel().map(|()| 0),
         Cmd::KernelSmoke => testhost::cmd_kernel_smoke(),
+        Cmd::Bench { what } => bench::cmd_bench(what),
         Cmd::Testhost { cmd } => testhost::run_in_testhost(&cmd, &[]),
     };
     match result {

@@ -20,7 +20,8 @@ pub fn busybox_rootfs() -> Result<PathBuf> {
     let step = Step::new("rootfs");
     let tmp = dir.with_extension("tmp");
     let _ = std::fs::remove_dir_all(&tmp);
-    populate(&tmp).with_context(|| format!("building the busybox root filesystem in {}", tmp.display()))?;
+    populate(&tmp)
+        .with_context(|| format!("building the busybox root filesystem in {}", tmp.display()))?;
     std::fs::write(tmp.join(".runvm-busybox-version"), &version)?;
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&tmp, &dir).with_context(|| format!("moving {} into place", tmp.display()))?;
@@ -30,12 +31,18 @@ pub fn busybox_rootfs() -> Result<PathBuf> {
 
 fn populate(root: &Path) -> Result<()> {
     use std::os::unix::fs::{symlink, PermissionsExt};
-    for d in ["bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "tmp", "root", "var/tmp", "home", "run"] {
+    for d in [
+        "bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "tmp", "root",
+        "var/tmp", "home", "run",
+    ] {
         std::fs::create_dir_all(root.join(d))?;
     }
     std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777))?;
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).context("copying /bin/busybox")?;
-    let out = Command::new("/bin/busybox").arg("--list-full").output().context("running busybox --list-full")?;
+    let out = Command::new("/bin/busybox")
+        .arg("--list-full")
+        .output()
+        .context("running busybox --list-full")?;
     if !out.status.success() {
         bail!("busybox --list-full failed");
     }
@@ -50,7 +57,10 @@ fn populate(root: &Path) -> Result<()> {
         root.join("etc/passwd"),
         "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
     )?;
-    std::fs::write(root.join("etc/group"), "root:x:0:\nuser:x:1000:\nnogroup:x:65534:\n")?;
+    std::fs::write(
+        root.join("etc/group"),
+        "root:x:0:\nuser:x:1000:\nnogroup:x:65534:\n",
+    )?;
     std::fs::write(root.join("etc/hostname"), "runvm\n")?;
     Ok(())
 }
@@ -70,6 +80,9 @@ pub fn write_bundle(dir: &Path, rootfs: &Path, args: &[&str]) -> Result<()> {
         "root": { "path": rootfs, "readonly": false },
         "hostname": "runvm",
     });
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)?)?;
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config)?,
+    )?;
     Ok(())
 }

@@ -18,17 +18,31 @@ fn cargo() -> Command {
 /// Paths of the `runvm-tests` integration test executables, by test name.
 fn test_executables() -> Result<Vec<(String, PathBuf)>> {
     let out = cargo()
-        .args(["test", "-p", "runvm-tests", "--no-run", "--message-format=json", "--quiet"])
+        .args([
+            "test",
+            "-p",
+            "runvm-tests",
+            "--no-run",
+            "--message-format=json",
+            "--quiet",
+        ])
         .output()
         .context("building the integration tests")?;
     if !out.status.success() {
-        bail!("building the integration tests failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "building the integration tests failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let mut exes = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
         if v["reason"] == "compiler-artifact" && v["target"]["kind"][0] == "test" {
-            if let (Some(name), Some(exe)) = (v["target"]["name"].as_str(), v["executable"].as_str()) {
+            if let (Some(name), Some(exe)) =
+                (v["target"]["name"].as_str(), v["executable"].as_str())
+            {
                 exes.push((name.to_string(), PathBuf::from(exe)));
             }
         }
@@ -44,28 +58,59 @@ struct Tally {
 impl Tally {
     fn record(&mut self, name: &str, ok: bool) {
         eprintln!("[test] {name}: {}", if ok { "ok" } else { "FAILED" });
-        if ok { &mut self.passed } else { &mut self.failed }.push(name.to_string());
+        if ok {
+            &mut self.passed
+        } else {
+            &mut self.failed
+        }
+        .push(name.to_string());
     }
 }
 
 fn status_ok(cmd: &mut Command) -> Result<bool> {
-    Ok(cmd.status().with_context(|| format!("running {cmd:?}"))?.success())
+    Ok(cmd
+        .status()
+        .with_context(|| format!("running {cmd:?}"))?
+        .success())
 }
 
 pub fn cmd_test() -> Result<i32> {
-    ensure_apt(&["busybox-static", "erofs-utils", "util-linux", "procps", "cpio"])?;
-    let mut t = Tally { passed: vec![], failed: vec![] };
+    ensure_apt(&[
+        "busybox-static",
+        "erofs-utils",
+        "util-linux",
+        "procps",
+        "cpio",
+    ])?;
+    let mut t = Tally {
+        passed: vec![],
+        failed: vec![],
+    };
 
     let mut step = Step::new("test");
     step.phase("cargo fmt --check");
-    t.record("cargo fmt --check", status_ok(cargo().args(["fmt", "--all", "--", "--check"]))?);
+    t.record(
+        "cargo fmt --check",
+        status_ok(cargo().args(["fmt", "--all", "--", "--check"]))?,
+    );
     step.phase("cargo clippy --all-targets -D warnings");
     t.record(
         "cargo clippy",
-        status_ok(cargo().args(["clippy", "--quiet", "--workspace", "--all-targets", "--", "-D", "warnings"]))?,
+        status_ok(cargo().args([
+            "clippy",
+            "--quiet",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?,
     );
     step.phase("unit tests and guest-init host-mode tests (cargo test --workspace)");
-    t.record("cargo test --workspace", status_ok(cargo().args(["test", "--workspace"]))?);
+    t.record(
+        "cargo test --workspace",
+        status_ok(cargo().args(["test", "--workspace"]))?,
+    );
 
     let setup = GuestSetup::prepare(false)?;
     let exes = test_executables()?;
@@ -97,7 +142,11 @@ pub fn cmd_test() -> Result<i32> {
         eprintln!("[test] left behind: {left:?}");
     }
     drop(step);
-    println!("test suites: {} passed, {} failed", t.passed.len(), t.failed.len());
+    println!(
+        "test suites: {} passed, {} failed",
+        t.passed.len(),
+        t.failed.len()
+    );
     if !t.failed.is_empty() {
         eprintln!("[test] failed: {}", t.failed.join(", "));
         return Ok(1);

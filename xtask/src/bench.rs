@@ -1,0 +1,1272 @@
+//! `cargo xtask bench boot [--runs N]`: how long runvm takes to launch a microVM, boot
+//! it to the guest init, run `true` and get out, next to qemu's `microvm` machine booting
+//! **the same kernel, initramfs and EROFS root image with the same guest init doing the
+//! same work**, measured in the same run and the same place; plus the resident memory
+//! each VMM costs on top of the guest's own memory.
+//!
+//! Where: guests boot on this host's KVM when it can (`Place::Direct`), else inside the
+//! nested test host (`Place::TestHost`, TCG-emulated CPU). In the test host the outer
+//! process re-invokes this same xtask binary there with `--inside`; the target dir is
+//! shared at the same path, so the inside process writes its raw numbers to
+//! `target/runvm/bench/boot-raw.json` and the outer process turns them into the table,
+//! `bench/boot.md` and `bench/boot.json`. Times measured under TCG are emulated: only the
+//! ratios against the qemu peer mean something there.
+//!
+//! The qemu peer plays the host side of runvm's protocol (`protocol/src/lib.rs`) itself
+//! over `vhost-vsock`: it listens on vsock ports 1024 and 1025 of the (test) host, reads
+//! `Hello`, sends the `Run` that runvm would send for the same bundle, accepts the stdio
+//! streams, reads `Exited`, sends `Shutdown`, and QEMU exits on the guest's reset.
+//!
+//! Runs are interleaved (runvm, qemu, mkfs.erofs, runvm, qemu, …) after one warm-up run
+//! of each that is not counted, so drift affects all of them alike.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::guests::{GuestSetup, Place};
+use crate::util::{repo_root, target_dir, Step};
+use crate::{initramfs, kernel, rootfs, testhost};
+
+/// Guest size of every benchmarked VM, both VMMs.
+const VCPUS: u32 = 1;
+const MEM_MIB: u64 = 128;
+/// Guest CID of the qemu peer (runvm uses 3 as well).
+const PEER_CID: u32 = 3;
+/// The protocol constants of `protocol/src/lib.rs` (xtask does not depend on the crate).
+const PROTOCOL_VERSION: u64 = 1;
+const CONTROL_PORT: u32 = 1024;
+const STREAM_PORT: u32 = 1025;
+const MAX_FRAME_LEN: u32 = 1 << 20;
+/// Kernel parameters of the qemu peer: `vmm::builder::BASE_CMDLINE` (copied, keep in
+/// sync) with `reboot=t` instead of `reboot=k` (microvm has no i8042 to reset through),
+/// then what runvm appends without a debug console (`8250.nr_uarts=0`, `quiet`). QEMU
+/// appends the `virtio_mmio.device=` entries itself. ACPI is off through the machine's
+/// `acpi=off` option (see `testhost::microvm_peer_args`); the kernel is built without
+/// ACPI, so an `acpi=off` kernel parameter would only land in init's environment.
+const PEER_CMDLINE: &str = "reboot=t panic=1 pci=off nomodule i8042.noaux i8042.nomux i8042.nopnp \
+     i8042.dumbkbd io_delay=none tsc=reliable no_timer_check cryptomgr.notests random.trust_cpu=on \
+     rcupdate.rcu_expedited=1";
+/// How long one boot may take before the benchmark gives up (TCG is slow).
+const BOOT_DEADLINE: Duration = Duration::from_secs(120);
+
+/// `cargo xtask bench …`.
+#[derive(clap::Subcommand)]
+pub enum BenchCmd {
+    /// runvm vs qemu `microvm` (same kernel, initramfs, rootfs): launch → init → exit, and VMM RSS.
+    Boot(BootArgs),
+}
+
+#[derive(clap::Args)]
+pub struct BootArgs {
+    /// Counted runs of each VMM (one more warm-up run of each is not counted).
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    /// Measure only the qemu peer (while runvm cannot boot a guest); results go to
+    /// `target/runvm/bench/` instead of `bench/`.
+    #[arg(long)]
+    peer_only: bool,
+    /// Internal: measure here and write the raw numbers to `--out` (what the outer
+    /// process runs inside the test host).
+    #[arg(long, hide = true)]
+    inside: bool,
+    #[arg(long, hide = true)]
+    out: Option<PathBuf>,
+}
+
+pub fn cmd_bench(cmd: BenchCmd) -> Result<i32> {
+    match cmd {
+        BenchCmd::Boot(a) if a.inside => {
+            let out = a.out.context("--inside needs --out")?;
+            let raw = measure(a.runs, a.peer_only)?;
+            write_json(&out, &raw)?;
+            Ok(0)
+        }
+        BenchCmd::Boot(a) => boot(a.runs, a.peer_only),
+    }
+}
+
+/// The outer process: build, choose the place, measure there, report.
+fn boot(runs: usize, peer_only: bool) -> Result<i32> {
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let (env, place) = if peer_only {
+        crate::util::ensure_apt(&["erofs-utils"])?;
+        let s = |p: PathBuf| p.display().to_string();
+        let env = vec![
+            ("RUNVM_KERNEL".to_string(), s(kernel::kernel()?)),
+            ("RUNVM_INITRAMFS".to_string(), s(initramfs::initramfs()?)),
+            (
+                "RUNVM_TEST_ROOTFS".to_string(),
+                s(rootfs::busybox_rootfs()?),
+            ),
+        ];
+        (env, peer_place()?)
+    } else {
+        let setup = GuestSetup::prepare(true)?;
+        let place = setup.choose_place()?;
+        (setup.env(), place)
+    };
+    let dir = target_dir().join("runvm").join("bench");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let raw_path = dir.join("boot-raw.json");
+    let _ = std::fs::remove_file(&raw_path);
+    eprintln!(
+        "[bench] {runs} runs of `true` (+1 warm-up) per VMM, {VCPUS} vCPU, {MEM_MIB} MiB, {}",
+        match place {
+            Place::Direct => "on this host's KVM",
+            Place::TestHost => "inside the nested KVM test host (one boot of it)",
+        }
+    );
+    let raw = match place {
+        Place::Direct => {
+            for (k, v) in &env {
+                std::env::set_var(k, v);
+            }
+            measure(runs, peer_only)?
+        }
+        Place::TestHost => {
+            let exe = std::env::current_exe().context("locating the xtask binary")?;
+            let mut argv = vec![
+                exe.display().to_string(),
+                "bench".into(),
+                "boot".into(),
+                "--inside".into(),
+                "--runs".into(),
+                runs.to_string(),
+                "--out".into(),
+                raw_path.display().to_string(),
+            ];
+            if peer_only {
+                argv.push("--peer-only".into());
+            }
+            // The test host gives the command a serial tty as stderr: ask `Step` for
+            // plain lines instead of a spinner redrawn over the serial port.
+            let mut env = env;
+            env.push(("CI".into(), "1".into()));
+            let code = testhost::run_in_testhost(&argv, &env)?;
+            if code != 0 {
+                bail!("the benchmark failed inside the test host (exit {code})");
+            }
+            let text = std::fs::read_to_string(&raw_path).with_context(|| {
+                format!(
+                    "reading {} (written inside the test host)",
+                    raw_path.display()
+                )
+            })?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("parsing {}", raw_path.display()))?
+        }
+    };
+    let report = Report::new(raw, place, peer_only);
+    let md = report.markdown();
+    println!("{md}");
+    let out_dir = if peer_only {
+        dir
+    } else {
+        repo_root().join("bench")
+    };
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    std::fs::write(out_dir.join("boot.md"), &md)
+        .with_context(|| format!("writing {}", out_dir.join("boot.md").display()))?;
+    write_json(&out_dir.join("boot.json"), &report.json())?;
+    eprintln!(
+        "[bench] results: {}/boot.md and boot.json",
+        out_dir.display()
+    );
+    Ok(0)
+}
+
+/// Where the qemu peer alone runs (no runvm to probe with): `RUNVM_PLACE`, else the test
+/// host when this host's KVM is PVM or missing.
+fn peer_place() -> Result<Place> {
+    Ok(match std::env::var("RUNVM_PLACE").as_deref() {
+        Ok("direct") => Place::Direct,
+        Ok("testhost") => Place::TestHost,
+        Ok(other) => bail!("RUNVM_PLACE={other:?}: use direct or testhost"),
+        Err(_) if Path::new("/sys/module/kvm_pvm").exists() || !Path::new("/dev/kvm").exists() => {
+            Place::TestHost
+        }
+        Err(_) => Place::Direct,
+    })
+}
+
+fn write_json(path: &Path, v: &Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(v)? + "\n";
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn env_path(name: &str) -> Result<PathBuf> {
+    let p = PathBuf::from(std::env::var_os(name).with_context(|| format!("{name} is not set"))?);
+    if !p.exists() {
+        bail!("{name}={} does not exist", p.display());
+    }
+    Ok(p)
+}
+
+fn first_line(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| {
+            let text = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Files every run uses, copied to a local directory (not the 9p share) first.
+struct Bed {
+    work: PathBuf,
+    runvm: Option<PathBuf>,
+    kernel: PathBuf,
+    initramfs: PathBuf,
+    rootfs: PathBuf,
+    bundle: PathBuf,
+    /// The peer's EROFS image of `rootfs` (built the way runvm builds its own).
+    image: PathBuf,
+    /// The `Run` message runvm sends for `bundle` (the peer sends the same).
+    run_msg: Value,
+}
+
+impl Bed {
+    fn new(peer_only: bool) -> Result<Self> {
+        let work = std::env::temp_dir().join(format!("runvm-bench-{}", std::process::id()));
+        crate::util::remove_dir_if_exists(&work)?;
+        std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+        let copy = |src: &Path, name: &str| -> Result<PathBuf> {
+            let dst = work.join(name);
+            crate::util::run_quiet(Command::new("cp").arg("-a").arg(src).arg(&dst))
+                .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+            Ok(dst)
+        };
+        let runvm = if peer_only {
+            None
+        } else {
+            Some(copy(&env_path("RUNVM_BIN")?, "runvm")?)
+        };
+        let kernel = copy(&env_path("RUNVM_KERNEL")?, "vmlinux")?;
+        let initramfs = copy(&env_path("RUNVM_INITRAMFS")?, "initramfs.cpio")?;
+        let rootfs = copy(&env_path("RUNVM_TEST_ROOTFS")?, "rootfs")?;
+        let bundle = work.join("bundle-true");
+        rootfs::write_bundle(&bundle, &rootfs, &["true"])?;
+        let image = work.join("peer.erofs");
+        mkfs_erofs(&rootfs, &image)?;
+        let run_msg = run_message(&bundle.join("config.json"))?;
+        Ok(Self {
+            work,
+            runvm,
+            kernel,
+            initramfs,
+            rootfs,
+            bundle,
+            image,
+            run_msg,
+        })
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
+
+/// `mkfs.erofs` exactly as runvm runs it (`shim/src/rootfs.rs`); returns its wall time.
+fn mkfs_erofs(dir: &Path, image: &Path) -> Result<Duration> {
+    let _ = std::fs::remove_file(image);
+    let t0 = Instant::now();
+    crate::util::run_quiet(
+        Command::new("mkfs.erofs")
+            .arg("--quiet")
+            .arg(image)
+            .arg(dir),
+    )?;
+    Ok(t0.elapsed())
+}
+
+/// The `HostMessage::Run` runvm builds from a bundle's config.json (`shim/src/spec.rs`,
+/// `shim/src/container/run.rs`), as its serde JSON.
+fn run_message(config: &Path) -> Result<Value> {
+    let c: Value = serde_json::from_str(&std::fs::read_to_string(config)?)?;
+    let p = &c["process"];
+    Ok(json!({ "Run": {
+        "rootfs": { "lower_devices": ["/dev/vda"], "readonly": c["root"]["readonly"].as_bool().unwrap_or(false) },
+        "hostname": c["hostname"],
+        "process": {
+            "args": p["args"], "env": p["env"], "cwd": p["cwd"],
+            "uid": p["user"]["uid"], "gid": p["user"]["gid"],
+            "additional_gids": p["user"]["additionalGids"].as_array().cloned().unwrap_or_default(),
+            "terminal": false,
+        },
+    }}))
+}
+
+/// The inside process: every measurement, as raw JSON.
+fn measure(runs: usize, peer_only: bool) -> Result<Value> {
+    if !Path::new("/dev/kvm").exists() {
+        bail!("no /dev/kvm here: guests cannot boot");
+    }
+    if !Path::new("/dev/vhost-vsock").exists() {
+        let _ = Command::new("modprobe").arg("vhost_vsock").status();
+        if !Path::new("/dev/vhost-vsock").exists() {
+            bail!("no /dev/vhost-vsock (modprobe vhost_vsock): the qemu peer needs it to speak runvm's protocol");
+        }
+    }
+    let mut step = Step::new("bench");
+    step.phase("copying kernel, initramfs, rootfs and runvm to a local directory");
+    let bed = Bed::new(peer_only)?;
+    let peer = Peer::listen()?;
+
+    let mut runvm_runs: Vec<Value> = Vec::new();
+    let mut qemu_runs: Vec<Value> = Vec::new();
+    let mut mkfs_runs: Vec<f64> = Vec::new();
+    let mut warmup = json!({});
+    for i in 0..=runs {
+        let label = if i == 0 {
+            "warm-up".to_string()
+        } else {
+            format!("run {i}/{runs}")
+        };
+        let mut line = format!("{label}:");
+        let r = match &bed.runvm {
+            Some(bin) => {
+                let r = runvm_once(&bed, bin, i, &["true"], None)?;
+                line.push_str(&format!(" runvm {:.0} ms", r.wall_ms));
+                Some(r.json)
+            }
+            None => None,
+        };
+        let q = qemu_once(&bed, &peer, i, None)?;
+        line.push_str(&format!(
+            " qemu {:.0} ms",
+            q["exit_ms"].as_f64().unwrap_or(0.0)
+        ));
+        let m = ms(mkfs_erofs(&bed.rootfs, &bed.work.join("mkfs-check.erofs"))?);
+        line.push_str(&format!(" mkfs.erofs {m:.0} ms"));
+        step.phase(&line);
+        if i == 0 {
+            warmup = json!({ "runvm": r, "qemu": q, "mkfs_erofs_ms": m });
+        } else {
+            runvm_runs.extend(r);
+            qemu_runs.push(q);
+            mkfs_runs.push(m);
+        }
+    }
+
+    step.phase("memory: runvm running `sleep`");
+    let runvm_rss = match &bed.runvm {
+        Some(bin) => Some(runvm_rss(&bed, bin, &runvm_runs)?),
+        None => None,
+    };
+    step.phase("memory: qemu running `sleep`");
+    let qemu_rss = qemu_rss(&bed, &peer)?;
+    drop(step);
+
+    Ok(json!({
+        "inside": {
+            "cpu": cpu_model(),
+            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "kernel": first_line("uname", &["-r"]),
+            "qemu": first_line("qemu-system-x86_64", &["--version"]),
+            "mkfs_erofs": first_line("mkfs.erofs", &["--version"]),
+        },
+        "runs": runs,
+        "vcpus": VCPUS,
+        "mem_mib": MEM_MIB,
+        "peer_cmdline": PEER_CMDLINE.to_string() + " 8250.nr_uarts=0 quiet",
+        "warmup": warmup,
+        "runvm": runvm_runs,
+        "qemu": qemu_runs,
+        "mkfs_erofs_ms": mkfs_runs,
+        "rss": { "runvm": runvm_rss, "qemu": qemu_rss },
+    }))
+}
+
+/// Waits for `child` up to `limit`; kills it after that.
+fn wait_child(child: &mut Child, limit: Duration) -> Result<std::process::ExitStatus> {
+    let t0 = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait()? {
+            return Ok(s);
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("pid {} did not finish within {limit:?}; killed", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+struct RunvmRun {
+    wall_ms: f64,
+    json: Value,
+}
+
+/// One `runvm run` of `args`; `sample` is called with runvm's pid and the start instant
+/// while it runs (for the memory measurement).
+fn runvm_once(
+    bed: &Bed,
+    bin: &Path,
+    i: usize,
+    args: &[&str],
+    sample: Option<&mut dyn FnMut(u32, Instant) -> Result<()>>,
+) -> Result<RunvmRun> {
+    let bundle = if args == ["true"] {
+        bed.bundle.clone()
+    } else {
+        let b = bed.work.join(format!("bundle-{}", args.join("-")));
+        rootfs::write_bundle(&b, &bed.rootfs, args)?;
+        b
+    };
+    let timings = bed.work.join("timings.json");
+    let _ = std::fs::remove_file(&timings);
+    let err = bed.work.join("runvm.stderr");
+    let t0 = Instant::now();
+    let mut child = Command::new(bin)
+        .arg("--root")
+        .arg(bed.work.join("state"))
+        .args(["run", "--bundle"])
+        .arg(&bundle)
+        .arg(format!("bench-{i}"))
+        .env("RUNVM_VCPUS", VCPUS.to_string())
+        .env("RUNVM_MEM_MIB", MEM_MIB.to_string())
+        .env("RUNVM_TIMINGS_FILE", &timings)
+        .env("RUNVM_KERNEL", &bed.kernel)
+        .env("RUNVM_INITRAMFS", &bed.initramfs)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err)?)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    if let Some(f) = sample {
+        if let Err(e) = f(child.id(), t0) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+    }
+    let status = wait_child(&mut child, BOOT_DEADLINE)?;
+    let wall = t0.elapsed();
+    if !status.success() {
+        bail!("runvm run of {args:?} failed ({status}):\n{}", tail(&err));
+    }
+    let t: Value = serde_json::from_str(
+        &std::fs::read_to_string(&timings)
+            .with_context(|| format!("runvm wrote no timings file ({})", timings.display()))?,
+    )
+    .context("parsing runvm's timings file")?;
+    let mut json = json!({ "wall_ms": ms(wall) });
+    for k in [
+        "kernel_entry_ms",
+        "init_started_ms",
+        "workload_started_ms",
+        "workload_exited_ms",
+        "vm_exit_ms",
+    ] {
+        json[k] = t[k].clone();
+    }
+    Ok(RunvmRun {
+        wall_ms: ms(wall),
+        json,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// The qemu peer: the host side of runvm's protocol over vhost-vsock.
+
+fn vsock_listen(port: u32) -> Result<OwnedFd> {
+    // SAFETY: plain socket syscalls on a descriptor this function owns.
+    unsafe {
+        let fd = libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("socket(AF_VSOCK)");
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let mut addr: libc::sockaddr_vm = std::mem::zeroed();
+        addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+        addr.svm_port = port;
+        addr.svm_cid = libc::VMADDR_CID_ANY;
+        if libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_vm).cast(),
+            std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("binding vsock port {port}"));
+        }
+        if libc::listen(fd.as_raw_fd(), 16) != 0 {
+            return Err(std::io::Error::last_os_error()).context("listen(AF_VSOCK)");
+        }
+        Ok(fd)
+    }
+}
+
+/// Polls `fds` for input for up to `timeout`; returns which are readable.
+fn poll_in(fds: &[i32], timeout: Duration) -> Result<Vec<bool>> {
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let t = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: `p` is a valid array of pollfd of the given length.
+    let n = unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, t) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::Interrupted {
+            return Ok(vec![false; fds.len()]);
+        }
+        return Err(e).context("poll");
+    }
+    Ok(p.iter().map(|x| x.revents != 0).collect())
+}
+
+/// Accepts one connection; errors if it does not come from the peer's CID.
+fn vsock_accept(listener: &OwnedFd) -> Result<std::fs::File> {
+    // SAFETY: `addr` is a sockaddr_vm buffer of the length passed.
+    unsafe {
+        let mut addr: libc::sockaddr_vm = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+        let fd = libc::accept4(
+            listener.as_raw_fd(),
+            (&mut addr as *mut libc::sockaddr_vm).cast(),
+            &mut len,
+            libc::SOCK_CLOEXEC,
+        );
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("accept(AF_VSOCK)");
+        }
+        let f = std::fs::File::from(OwnedFd::from_raw_fd(fd));
+        if addr.svm_cid != PEER_CID {
+            bail!(
+                "vsock connection from CID {} (expected the peer's {PEER_CID})",
+                addr.svm_cid
+            );
+        }
+        Ok(f)
+    }
+}
+
+/// Our own frame codec, identical to `runvm_protocol::{read_frame, write_frame}`.
+fn write_frame(w: &mut impl Write, v: &Value) -> Result<()> {
+    let body = serde_json::to_vec(v)?;
+    let mut buf = (body.len() as u32).to_le_bytes().to_vec();
+    buf.extend_from_slice(&body);
+    w.write_all(&buf).context("writing a frame to the guest")
+}
+
+fn read_frame(r: &mut impl Read) -> Result<Value> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)
+        .context("reading a frame from the guest")?;
+    let len = u32::from_le_bytes(len);
+    if len > MAX_FRAME_LEN {
+        bail!("frame of {len} bytes from the guest");
+    }
+    let mut body = vec![0u8; len as usize];
+    r.read_exact(&mut body)
+        .context("reading a frame from the guest")?;
+    serde_json::from_slice(&body).context("malformed frame from the guest")
+}
+
+/// The host side of the protocol: listeners on the two ports, kept for every run.
+struct Peer {
+    control: OwnedFd,
+    streams: OwnedFd,
+}
+
+impl Peer {
+    fn listen() -> Result<Self> {
+        Ok(Self {
+            control: vsock_listen(CONTROL_PORT)?,
+            streams: vsock_listen(STREAM_PORT)?,
+        })
+    }
+
+    /// Drops connections left over from a previous run.
+    fn drain(&self) {
+        for l in [&self.control, &self.streams] {
+            while poll_in(&[l.as_raw_fd()], Duration::ZERO)
+                .map(|r| r[0])
+                .unwrap_or(false)
+            {
+                if vsock_accept(l).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Waits until `listener` has a connection, failing if QEMU exits first or `deadline` passes.
+fn accept_from(
+    listener: &OwnedFd,
+    other: Option<&std::fs::File>,
+    child: &mut Child,
+    deadline: Instant,
+) -> Result<Option<std::fs::File>> {
+    loop {
+        let mut fds = vec![listener.as_raw_fd()];
+        fds.extend(other.map(|o| o.as_raw_fd()));
+        let ready = poll_in(&fds, Duration::from_millis(20))?;
+        if ready[0] {
+            return vsock_accept(listener).map(Some);
+        }
+        if ready.get(1) == Some(&true) {
+            return Ok(None);
+        }
+        if let Some(s) = child.try_wait()? {
+            bail!("QEMU exited ({s}) before the guest connected");
+        }
+        if Instant::now() > deadline {
+            bail!("the guest did not connect within {BOOT_DEADLINE:?}");
+        }
+    }
+}
+
+/// Called with QEMU's pid once the guest reports `Started` (the memory measurement).
+type PidSampler<'a> = dyn FnMut(u32) -> Result<()> + 'a;
+
+/// One boot of the qemu peer running `run_msg` (the bundle's `true` unless given).
+fn qemu_once(
+    bed: &Bed,
+    peer: &Peer,
+    i: usize,
+    sample: Option<(&Value, &mut PidSampler<'_>)>,
+) -> Result<Value> {
+    peer.drain();
+    let mut args = testhost::microvm_peer_args(
+        &bed.kernel,
+        &bed.initramfs,
+        Some(&bed.image),
+        &format!("{PEER_CMDLINE} 8250.nr_uarts=0 quiet"),
+    );
+    args.extend([
+        "-device".to_string(),
+        format!("vhost-vsock-device,guest-cid={PEER_CID}"),
+    ]);
+    let log = bed.work.join("qemu.log");
+    let logf = std::fs::File::create(&log)?;
+    let t0 = Instant::now();
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone()?)
+        .stderr(logf)
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let (run_msg, mut sample) = match sample {
+        Some((m, f)) => (m, Some(f)),
+        None => (&bed.run_msg, None),
+    };
+    let result = converse(peer, &mut child, t0, run_msg, &mut sample);
+    match result {
+        Ok(mut v) => {
+            let status = wait_child(&mut child, Duration::from_secs(30))
+                .context("QEMU did not exit after Shutdown (the guest should reset with reboot=t and -no-reboot)")?;
+            v["exit_ms"] = json!(ms(t0.elapsed()));
+            if !status.success() {
+                bail!("QEMU exited with {status} in run {i}:\n{}", tail(&log));
+            }
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(e.context(format!("qemu peer run {i}; its output:\n{}", tail(&log))))
+        }
+    }
+}
+
+fn converse(
+    peer: &Peer,
+    child: &mut Child,
+    t0: Instant,
+    run_msg: &Value,
+    sample: &mut Option<&mut PidSampler<'_>>,
+) -> Result<Value> {
+    let deadline = t0 + BOOT_DEADLINE;
+    let mut control =
+        accept_from(&peer.control, None, child, deadline)?.context("no control connection")?;
+    let hello = read_frame(&mut control)?;
+    let hello_ms = ms(t0.elapsed());
+    if hello["Hello"]["version"].as_u64() != Some(PROTOCOL_VERSION) {
+        bail!("expected Hello version {PROTOCOL_VERSION}, got {hello}");
+    }
+    write_frame(&mut control, run_msg)?;
+    let mut outputs: Vec<std::thread::JoinHandle<u64>> = Vec::new();
+    let mut stdin_stream = None;
+    let mut started_ms = None;
+    let (exited_ms, status) = loop {
+        if let Some(mut s) = accept_from(&peer.streams, Some(&control), child, deadline)? {
+            let h = read_frame(&mut s)?;
+            match h["fd"].as_u64() {
+                // stdin is /dev/null, as in the runvm runs: end it at once.
+                Some(0) => {
+                    // SAFETY: shutdown of a socket we own.
+                    unsafe { libc::shutdown(s.as_raw_fd(), libc::SHUT_WR) };
+                    stdin_stream = Some(s);
+                }
+                Some(1 | 2) => outputs.push(std::thread::spawn(move || {
+                    std::io::copy(&mut s, &mut std::io::sink()).unwrap_or(0)
+                })),
+                _ => bail!("unexpected stream header {h}"),
+            }
+            continue;
+        }
+        let msg = read_frame(&mut control)?;
+        if msg.get("Started").is_some() {
+            started_ms = Some(ms(t0.elapsed()));
+            if let Some(f) = sample.as_mut() {
+                f(child.id())?;
+            }
+        } else if let Some(e) = msg.get("Exited") {
+            break (ms(t0.elapsed()), e["status"].clone());
+        } else {
+            bail!("unexpected message from the guest: {msg}");
+        }
+    };
+    let end = Instant::now() + Duration::from_secs(10);
+    while outputs.iter().any(|t| !t.is_finished()) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    write_frame(&mut control, &json!("Shutdown"))?;
+    drop(stdin_stream);
+    if status != json!({ "Exited": 0 }) {
+        bail!("the workload ended with {status}");
+    }
+    Ok(json!({ "hello_ms": hello_ms, "started_ms": started_ms, "exited_ms": exited_ms }))
+}
+
+// ---------------------------------------------------------------------------------------
+// Memory.
+
+/// Sums of `/proc/<pid>/smaps`: total Rss, and the Rss of the guest-memory mapping (the
+/// anonymous mapping of exactly `MEM_MIB`).
+fn smaps(pid: u32) -> Result<Value> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+        .with_context(|| format!("reading /proc/{pid}/smaps"))?;
+    let (mut total, mut guest, mut found) = (0u64, 0u64, 0usize);
+    let (mut anon, mut size) = (false, 0u64);
+    for line in text.lines() {
+        let mut w = line.split_whitespace();
+        let first = w.next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            // A mapping's header: address perms offset dev inode [path].
+            let inode = line.split_whitespace().nth(4).unwrap_or("1");
+            let path = line.split_whitespace().nth(5).unwrap_or("");
+            anon = inode == "0" && (path.is_empty() || path.starts_with("[anon"));
+            size = 0;
+        } else if first == "Size:" {
+            size = w.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        } else if first == "Rss:" {
+            let rss: u64 = w.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            total += rss;
+            if anon && size == MEM_MIB * 1024 {
+                guest += rss;
+                found += 1;
+            }
+        }
+    }
+    if found != 1 {
+        bail!(
+            "pid {pid}: expected one anonymous {MEM_MIB} MiB mapping (guest memory), found {found}"
+        );
+    }
+    Ok(json!({ "rss_kib": total, "guest_rss_kib": guest, "overhead_kib": total - guest }))
+}
+
+/// Children of `pid` named `comm`.
+fn children_named(pid: u32, comm: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        // "pid (comm) state ppid …"; comm may hold spaces, so split at the last ')'.
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let name = head.split_once('(').map(|x| x.1).unwrap_or("");
+        let ppid = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<u32>().ok());
+        if ppid == Some(pid) && name == comm {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Rss:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// runvm running `sleep`: smaps sampled one second after the workload has surely started
+/// (the slowest time to workload start seen in the timed runs, plus one second; when runvm
+/// reports no workload start, the slowest whole `true` run instead).
+fn runvm_rss(bed: &Bed, bin: &Path, runs: &[Value]) -> Result<Value> {
+    let f = |r: &Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+    let to_start: Vec<f64> = runs
+        .iter()
+        .map(|r| {
+            let started = f(r, "wall_ms") - f(r, "vm_exit_ms") + f(r, "workload_started_ms");
+            if started.is_finite() {
+                started
+            } else {
+                f(r, "wall_ms")
+            }
+        })
+        .collect();
+    let worst = to_start
+        .iter()
+        .cloned()
+        .filter(|x| x.is_finite())
+        .fold(0.0, f64::max);
+    let at = Duration::from_secs_f64(worst / 1000.0 + 1.0);
+    let secs = (at.as_secs() + 3).to_string();
+    let mut sampled = json!(null);
+    let mut sampler = |pid: u32, t0: Instant| -> Result<()> {
+        std::thread::sleep(at.saturating_sub(t0.elapsed()));
+        let mut v = smaps(pid)?;
+        v["sampled_at_ms"] = json!(ms(t0.elapsed()));
+        let guards: Vec<Value> = children_named(pid, "runvm-guard")
+            .into_iter()
+            .map(|g| json!(rss_kib(g)))
+            .collect();
+        v["guard_rss_kib"] = json!(guards);
+        sampled = v;
+        Ok(())
+    };
+    let r = runvm_once(bed, bin, 9999, &["sleep", &secs], Some(&mut sampler))?;
+    let ws = r.json["wall_ms"].as_f64().unwrap_or(0.0)
+        - r.json["vm_exit_ms"].as_f64().unwrap_or(0.0)
+        + r.json["workload_started_ms"].as_f64().unwrap_or(f64::NAN);
+    sampled["workload"] = json!(format!("sleep {secs}"));
+    sampled["run"] = r.json;
+    // Workload start since launch is at most `ws`: sampling after it is certain.
+    sampled["sampled_after_workload_start"] = if ws.is_finite() {
+        json!(ws < sampled["sampled_at_ms"].as_f64().unwrap_or(0.0))
+    } else {
+        json!(null)
+    };
+    Ok(sampled)
+}
+
+/// qemu running `sleep 3`: smaps sampled one second after the guest reported `Started`.
+fn qemu_rss(bed: &Bed, peer: &Peer) -> Result<Value> {
+    let mut msg = bed.run_msg.clone();
+    msg["Run"]["process"]["args"] = json!(["sleep", "3"]);
+    let mut sampled = json!(null);
+    let t0 = Instant::now();
+    let mut sampler = |pid: u32| -> Result<()> {
+        std::thread::sleep(Duration::from_secs(1));
+        sampled = smaps(pid)?;
+        sampled["sampled_at_ms"] = json!(ms(t0.elapsed()));
+        Ok(())
+    };
+    let run = qemu_once(bed, peer, 9999, Some((&msg, &mut sampler)))?;
+    sampled["workload"] = json!("sleep 3");
+    sampled["run"] = run;
+    sampled["sampled_after_workload_start"] = json!(true);
+    Ok(sampled)
+}
+
+// ---------------------------------------------------------------------------------------
+// The report.
+
+/// A time in ms with one decimal, or "—" when it was not measured.
+fn num(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.1}")
+    } else {
+        "—".into()
+    }
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if (a / b).is_finite() {
+        format!("{:.2}", a / b)
+    } else {
+        "—".into()
+    }
+}
+
+/// Nearest-rank percentile.
+fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
+    v[rank.min(v.len()) - 1]
+}
+
+struct Report {
+    raw: Value,
+    place: Place,
+    peer_only: bool,
+    date: String,
+    host_cpu: String,
+    host_cpus: usize,
+}
+
+/// A row: label and per-run values.
+struct Row {
+    label: String,
+    values: Vec<f64>,
+}
+
+impl Report {
+    fn new(raw: Value, place: Place, peer_only: bool) -> Self {
+        Self {
+            raw,
+            place,
+            peer_only,
+            date: first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+            host_cpu: cpu_model(),
+            host_cpus: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0),
+        }
+    }
+
+    fn col(&self, who: &str, f: impl Fn(&Value) -> f64) -> Vec<f64> {
+        self.raw[who]
+            .as_array()
+            .map(|a| a.iter().map(&f).collect())
+            .unwrap_or_default()
+    }
+
+    fn runvm_rows(&self) -> Vec<Row> {
+        let g = |r: &Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+        let mkfs: Vec<f64> = self.raw["mkfs_erofs_ms"]
+            .as_array()
+            .map(|a| a.iter().map(|x| x.as_f64().unwrap_or(f64::NAN)).collect())
+            .unwrap_or_default();
+        let outside = self.col("runvm", |r| g(r, "wall_ms") - g(r, "vm_exit_ms"));
+        let minus_mkfs =
+            |v: Vec<f64>| -> Vec<f64> { v.iter().zip(&mkfs).map(|(a, b)| a - b).collect() };
+        let rows = vec![
+            Row { label: "launch → VMM start, upper bound (wall − VM exit: process start, mkfs.erofs, exit after the VM)".into(), values: outside.clone() },
+            Row { label: "VMM start → kernel entry (first vCPU run)".into(), values: self.col("runvm", |r| g(r, "kernel_entry_ms")) },
+            Row { label: "kernel entry → init started (boot-timer port)".into(), values: self.col("runvm", |r| g(r, "init_started_ms") - g(r, "kernel_entry_ms")) },
+            Row { label: "init started → workload started".into(), values: self.col("runvm", |r| g(r, "workload_started_ms") - g(r, "init_started_ms")) },
+            Row { label: "workload started → exited".into(), values: self.col("runvm", |r| g(r, "workload_exited_ms") - g(r, "workload_started_ms")) },
+            Row { label: "workload exited → VM exit".into(), values: self.col("runvm", |r| g(r, "vm_exit_ms") - g(r, "workload_exited_ms")) },
+            Row { label: "VMM start → VM exit".into(), values: self.col("runvm", |r| g(r, "vm_exit_ms")) },
+            Row { label: "**launch → init**, upper bound".into(), values: self.col("runvm", |r| g(r, "wall_ms") - g(r, "vm_exit_ms") + g(r, "init_started_ms")) },
+            Row { label: "**launch → exit** (wall)".into(), values: self.col("runvm", |r| g(r, "wall_ms")) },
+            Row { label: "launch → init without mkfs.erofs".into(), values: minus_mkfs(self.col("runvm", |r| g(r, "wall_ms") - g(r, "vm_exit_ms") + g(r, "init_started_ms"))) },
+            Row { label: "launch → exit without mkfs.erofs".into(), values: minus_mkfs(self.col("runvm", |r| g(r, "wall_ms"))) },
+            Row { label: "`mkfs.erofs` of the rootfs, measured alone".into(), values: mkfs.clone() },
+        ];
+        rows
+    }
+
+    fn qemu_rows(&self) -> Vec<Row> {
+        let g = |r: &Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+        vec![
+            Row {
+                label: "launch → `Hello` received (init up, mounts done, vsock connected)".into(),
+                values: self.col("qemu", |r| g(r, "hello_ms")),
+            },
+            Row {
+                label: "`Hello` → `Started` received (rootfs assembled, workload started)".into(),
+                values: self.col("qemu", |r| g(r, "started_ms") - g(r, "hello_ms")),
+            },
+            Row {
+                label: "`Started` → `Exited` received".into(),
+                values: self.col("qemu", |r| g(r, "exited_ms") - g(r, "started_ms")),
+            },
+            Row {
+                label: "`Exited` → QEMU exit (Shutdown, sync, reset)".into(),
+                values: self.col("qemu", |r| g(r, "exit_ms") - g(r, "exited_ms")),
+            },
+            Row {
+                label: "**launch → init** (`Hello`)".into(),
+                values: self.col("qemu", |r| g(r, "hello_ms")),
+            },
+            Row {
+                label: "**launch → exit** (wall)".into(),
+                values: self.col("qemu", |r| g(r, "exit_ms")),
+            },
+        ]
+    }
+
+    fn where_measured(&self) -> String {
+        let cpu = format!("{} ({} host CPUs)", self.host_cpu, self.host_cpus);
+        match self.place {
+            Place::Direct => format!("directly on this host's KVM; CPU {cpu}"),
+            Place::TestHost => format!(
+                "inside the nested KVM test host: QEMU TCG (emulated CPU \"{}\", {} vCPUs, kernel {}) on {cpu}. \
+                 Times are emulated: compare the ratios, not the absolute numbers",
+                self.raw["inside"]["cpu"].as_str().unwrap_or("?"),
+                self.raw["inside"]["cpus"],
+                self.raw["inside"]["kernel"].as_str().unwrap_or("?"),
+            ),
+        }
+    }
+
+    fn stats(v: &[f64]) -> (f64, f64) {
+        (percentile(v, 50.0), percentile(v, 95.0))
+    }
+
+    fn markdown(&self) -> String {
+        let mut s = String::new();
+        let runs = self.raw["runs"].as_u64().unwrap_or(0);
+        s.push_str("# Boot benchmark: runvm vs qemu `microvm`\n\n");
+        s.push_str(&format!(
+            "`cargo xtask bench boot` on {}: {runs} runs of `true` per VMM (interleaved, after 1 uncounted warm-up run each), \
+             {VCPUS} vCPU, {MEM_MIB} MiB, the same kernel, initramfs (guest init) and EROFS image of the busybox rootfs.\n\n",
+            self.date
+        ));
+        s.push_str(&format!("Measured {}.\n\n", self.where_measured()));
+        s.push_str(&format!(
+            "Peer: {} with `microvm,x-option-roms=off,rtc=off,acpi=off,isa-serial=on`, `-device virtio-blk-device` (the EROFS image, read-only), \
+             `-device vhost-vsock-device`, kernel parameters `{}`; this benchmark plays runvm's side of the protocol over vsock. \
+             {}.\n\n",
+            self.raw["inside"]["qemu"].as_str().unwrap_or("QEMU"),
+            self.raw["peer_cmdline"].as_str().unwrap_or(""),
+            self.raw["inside"]["mkfs_erofs"].as_str().unwrap_or("mkfs.erofs"),
+        ));
+        if self.peer_only {
+            s.push_str("**Peer only** (`--peer-only`): runvm was not measured.\n\n");
+        }
+        let table = |s: &mut String, title: &str, rows: &[Row]| {
+            s.push_str(&format!(
+                "## {title}\n\n| phase | p50 ms | p95 ms |\n|---|---:|---:|\n"
+            ));
+            for r in rows {
+                let (a, b) = Self::stats(&r.values);
+                s.push_str(&format!("| {} | {} | {} |\n", r.label, num(a), num(b)));
+            }
+            s.push('\n');
+        };
+        let rr = self.runvm_rows();
+        let qr = self.qemu_rows();
+        if !self.peer_only {
+            s.push_str("## runvm vs qemu (p50)\n\n| | runvm | qemu microvm | runvm / qemu |\n|---|---:|---:|---:|\n");
+            let q_init = Self::stats(&qr[4].values).0;
+            let q_exit = Self::stats(&qr[5].values).0;
+            for (label, v, q) in [
+                ("launch → init", &rr[7].values, q_init),
+                ("launch → exit", &rr[8].values, q_exit),
+                (
+                    "launch → init, runvm without mkfs.erofs",
+                    &rr[9].values,
+                    q_init,
+                ),
+                (
+                    "launch → exit, runvm without mkfs.erofs",
+                    &rr[10].values,
+                    q_exit,
+                ),
+            ] {
+                let r = Self::stats(v).0;
+                s.push_str(&format!(
+                    "| {label} | {} ms | {} ms | {} |\n",
+                    num(r),
+                    num(q),
+                    ratio(r, q)
+                ));
+            }
+            s.push('\n');
+            table(
+                &mut s,
+                "runvm phases (from `RUNVM_TIMINGS_FILE`; launch = spawn of `runvm run`)",
+                &rr,
+            );
+        }
+        table(
+            &mut s,
+            "qemu microvm phases (launch = spawn of qemu-system-x86_64)",
+            &qr,
+        );
+
+        s.push_str("## Memory (RSS from `/proc/<pid>/smaps` while the guest runs `sleep`)\n\n");
+        s.push_str("| VMM | total RSS | guest memory RSS | VMM overhead (total − guest) | other |\n|---|---:|---:|---:|---|\n");
+        let mib = |v: &Value| {
+            v.as_f64()
+                .map(|k| format!("{:.1} MiB", k / 1024.0))
+                .unwrap_or_else(|| "—".into())
+        };
+        for who in ["runvm", "qemu"] {
+            let m = &self.raw["rss"][who];
+            if m.is_null() {
+                continue;
+            }
+            let other = if who == "runvm" {
+                let g: Vec<String> = m["guard_rss_kib"]
+                    .as_array()
+                    .map(|a| a.iter().map(&mib).collect())
+                    .unwrap_or_default();
+                format!(
+                    "cleanup guard (`runvm-guard` child): {}",
+                    if g.is_empty() {
+                        "none found".into()
+                    } else {
+                        g.join(", ")
+                    }
+                )
+            } else {
+                "vhost-vsock kernel worker not counted".into()
+            };
+            let when = match m["sampled_after_workload_start"].as_bool() {
+                Some(true) => "",
+                Some(false) => " (**sampled before the workload surely started**)",
+                None => {
+                    " (workload start not reported: sampled 1 s after the slowest whole `true` run)"
+                }
+            };
+            s.push_str(&format!(
+                "| {who} (`{}`, sampled at {:.0} ms){when} | {} | {} | {} | {other} |\n",
+                m["workload"].as_str().unwrap_or(""),
+                m["sampled_at_ms"].as_f64().unwrap_or(f64::NAN),
+                mib(&m["rss_kib"]),
+                mib(&m["guest_rss_kib"]),
+                mib(&m["overhead_kib"]),
+            ));
+        }
+        s.push('\n');
+
+        s.push_str("## Targets (1 vCPU, 128 MiB)\n\n");
+        if self.peer_only {
+            s.push_str("- not evaluated: runvm was not measured\n");
+        } else {
+            let (ri, qi) = (Self::stats(&rr[7].values).0, Self::stats(&qr[4].values).0);
+            let (re, qe) = (Self::stats(&rr[8].values).0, Self::stats(&qr[5].values).0);
+            let yes = |b: bool| if b { "met" } else { "**not met**" };
+            let faster = |r: f64, q: f64| {
+                if (r / q).is_finite() {
+                    format!("{} ({}×)", yes(r < q), ratio(r, q))
+                } else {
+                    "not measured (runvm reported no boot mark)".into()
+                }
+            };
+            s.push_str(&format!(
+                "- launch → init → exit faster than qemu microvm in the same place: init {}, exit {}\n",
+                faster(ri, qi),
+                faster(re, qe)
+            ));
+            let hw = match self.place {
+                Place::Direct if ri.is_finite() => format!("{} ({ri:.1} ms p50)", yes(ri <= 125.0)),
+                Place::Direct => "not measured (runvm reported no init mark)".into(),
+                Place::TestHost => "not measurable here (emulated CPU)".into(),
+            };
+            s.push_str(&format!("- ≤ 125 ms to init on real hardware: {hw}\n"));
+            let o = self.raw["rss"]["runvm"]["overhead_kib"]
+                .as_f64()
+                .unwrap_or(f64::NAN)
+                / 1024.0;
+            s.push_str(&format!(
+                "- VMM overhead ≤ 5 MiB: {} ({o:.1} MiB)\n",
+                yes(o <= 5.0)
+            ));
+        }
+        let marks = self.raw["runvm"]
+            .as_array()
+            .map(|a| a.iter().any(|r| r["init_started_ms"].is_null()))
+            .unwrap_or(false);
+        if marks && !self.peer_only {
+            s.push_str(
+                "\n**runvm reported no boot-timer marks** (`init_started_ms`, `workload_started_ms`, `workload_exited_ms` are null in its \
+                 timings file), so its launch → init and the phases inside the guest are missing (—).\n",
+            );
+        }
+        s.push_str(
+            "\nNotes: runvm's phases are offsets from `Vmm::new` in its timings file; \"launch → VMM start\" is the wall time minus the VM-exit \
+             offset, so it also holds the time after the VM exit, which makes runvm's launch → init an upper bound. runvm builds the EROFS \
+             image of the rootfs in every `run` (in the launch → VMM start phase); the peer's image is built once beforehand, so the \
+             \"without mkfs.erofs\" rows subtract the `mkfs.erofs` time measured alone right after each pair of runs. The peer's \"init\" is \
+             the host receiving `Hello`, which the guest sends after the point runvm's boot-timer mark records (init's early \
+             mounts and the vsock connection come in between): that tilts launch → init slightly towards runvm, while the upper bound \
+             tilts it against runvm; launch → exit is the same work on both sides. Raw numbers of every run: `boot.json`.\n",
+        );
+        s
+    }
+
+    fn json(&self) -> Value {
+        let mut v = self.raw.clone();
+        v["where"] = json!({
+            "place": match self.place { Place::Direct => "direct (host KVM)", Place::TestHost => "test host (nested, QEMU TCG)" },
+            "date": self.date,
+            "host_cpu": self.host_cpu,
+            "host_cpus": self.host_cpus,
+        });
+        let mut summary = json!({});
+        for (who, rows) in [
+            (
+                "runvm",
+                if self.peer_only {
+                    vec![]
+                } else {
+                    self.runvm_rows()
+                },
+            ),
+            ("qemu", self.qemu_rows()),
+        ] {
+            let mut m = serde_json::Map::new();
+            for r in rows {
+                let (a, b) = Self::stats(&r.values);
+                m.insert(
+                    r.label.replace("**", ""),
+                    json!({ "p50_ms": a, "p95_ms": b }),
+                );
+            }
+            summary[who] = Value::Object(m);
+        }
+        v["summary"] = summary;
+        v
+    }
+}

@@ -238,6 +238,7 @@ impl Vmm {
 
         let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
         let base_cpuid = vm.supported_cpuid()?;
+        let tsc_deadline = vm.has_tsc_deadline();
         let mut vcpus = Vec::with_capacity(config.vcpus as usize);
         for id in 0..config.vcpus {
             let v = Vcpu::new(
@@ -250,7 +251,7 @@ impl Vmm {
             )?;
             cpu::setup_vcpu(
                 v.fd(),
-                &cpu::vcpu_cpuid(&base_cpuid, id, config.vcpus),
+                &cpu::vcpu_cpuid(&base_cpuid, id, config.vcpus, tsc_deadline),
                 kernel.entry,
                 id == 0,
             )?;

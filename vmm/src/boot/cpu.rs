@@ -45,8 +45,11 @@ const MSR_IA32_TSC: u32 = 0x10;
 const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
 const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
 
-/// Adjusts the host-supported CPUID for vCPU `id` of `count`.
-pub fn vcpu_cpuid(base: &CpuId, id: u8, count: u8) -> CpuId {
+/// Adjusts the host-supported CPUID for vCPU `id` of `count`. `tsc_deadline` says whether
+/// KVM's in-kernel local APIC offers the TSC-deadline timer (KVM reports it as a
+/// capability, not in the supported CPUID); without it the guest falls back to a slower,
+/// calibrated APIC timer.
+pub fn vcpu_cpuid(base: &CpuId, id: u8, count: u8, tsc_deadline: bool) -> CpuId {
     let mut cpuid = base.clone();
     for e in cpuid.as_mut_slice() {
         match e.function {
@@ -54,6 +57,9 @@ pub fn vcpu_cpuid(base: &CpuId, id: u8, count: u8) -> CpuId {
                 // Initial APIC id, logical processor count; we are a hypervisor guest.
                 e.ebx = (e.ebx & 0x0000_ffff) | (u32::from(id) << 24) | (u32::from(count) << 16);
                 e.ecx |= 1 << 31;
+                if tsc_deadline {
+                    e.ecx |= 1 << 24;
+                }
                 if count > 1 {
                     e.edx |= 1 << 28; // HTT: the count above is valid
                 }
@@ -219,12 +225,17 @@ mod tests {
             },
         ])
         .unwrap();
-        let c = vcpu_cpuid(&base, 3, 4);
+        let c = vcpu_cpuid(&base, 3, 4, true);
         let l1 = c.as_slice()[0];
         assert_eq!(l1.ebx >> 24, 3);
         assert_eq!((l1.ebx >> 16) & 0xff, 4);
         assert_eq!(l1.ebx & 0xffff, 0x1234);
         assert_ne!(l1.ecx & (1 << 31), 0);
+        assert_ne!(l1.ecx & (1 << 24), 0, "TSC deadline");
+        assert_eq!(
+            vcpu_cpuid(&base, 0, 1, false).as_slice()[0].ecx & (1 << 24),
+            0
+        );
         assert_eq!(c.as_slice()[1].edx, 3);
     }
 

@@ -103,6 +103,11 @@ impl Vm {
             .map_err(kvm_err("report supported CPUID"))
     }
 
+    /// Whether the in-kernel local APIC offers the TSC-deadline timer.
+    pub fn has_tsc_deadline(&self) -> bool {
+        self.kvm.check_extension(Cap::TscDeadlineTimer)
+    }
+
     /// Raises `gsi` whenever `evt` is written.
     pub fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), VmError> {
         self.fd

@@ -6,6 +6,7 @@ mod demo;
 mod guests;
 mod initramfs;
 mod kernel;
+mod oci;
 mod rootfs;
 mod test;
 mod testhost;
@@ -33,6 +34,9 @@ enum Cmd {
     Kernel,
     /// Boot the guest kernel with qemu microvm inside the test host (smoke test).
     KernelSmoke,
+    /// Build the OCI runtime-tools validation suite (cached) and run it against runtimes:
+    /// `cargo xtask oci [--runtime NAME_OR_PATH]… [--only PROG…]` (writes bench/oci-validation.md).
+    Oci(oci::OciArgs),
     /// Run a command as root inside the nested KVM test host: `cargo xtask testhost -- CMD…`.
     Testhost {
         /// The command and its arguments.
@@ -49,6 +53,7 @@ fn main() {
         Cmd::Initramfs => initramfs::initramfs().map(|_| 0),
         Cmd::Kernel => kernel::cmd_kernel().map(|()| 0),
         Cmd::KernelSmoke => testhost::cmd_kernel_smoke(),
+        Cmd::Oci(args) => oci::cmd_oci(args),
         Cmd::Testhost { cmd } => testhost::run_in_testhost(&cmd, &[]),
     };
     match result {

@@ -436,6 +436,11 @@ impl ProgramResult {
         if c.todo > 0 {
             s.push_str(&format!(" (+{} todo)", c.todo));
         }
+        if let (Some(code), false) = (self.exit_code, self.no_tap) {
+            if code != 0 {
+                s.push_str(&format!(", exit {code}"));
+            }
+        }
         if self.timed_out {
             format!("timeout ({s})")
         } else if self.no_tap {
@@ -766,7 +771,9 @@ fn run_here(suite: &Suite, args: &OciArgs, place: &str) -> Result<i32> {
     std::fs::create_dir_all(&tmp.0).with_context(|| format!("creating {}", tmp.0.display()))?;
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp.0, std::fs::Permissions::from_mode(0o700))?;
+        // Searchable by all: containers with a user namespace (linux_uid_mappings,
+        // linux_ns_nopath) reach their bundle as a mapped uid, not as root.
+        std::fs::set_permissions(&tmp.0, std::fs::Permissions::from_mode(0o755))?;
     }
     let timeout = Duration::from_secs(args.timeout);
     let labels = labels(&runtimes);

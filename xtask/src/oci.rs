@@ -697,7 +697,13 @@ pub fn cmd_oci(args: OciArgs) -> Result<i32> {
             Place::Direct => "direct",
             Place::TestHost => "testhost",
         };
-        eprintln!("[oci] {runvm} needs guests: running the suite {place_name}");
+        eprintln!(
+            "[oci] {runvm} boots guests: running the suite {}",
+            match place {
+                Place::Direct => "directly on this host",
+                Place::TestHost => "inside the nested test host",
+            }
+        );
         let mut argv = vec![
             std::env::current_exe()
                 .context("cannot find the xtask binary")?
@@ -720,6 +726,50 @@ pub fn cmd_oci(args: OciArgs) -> Result<i32> {
         return setup.run_at(place, &argv, &[]);
     }
     run_here(&suite, &args, "direct")
+}
+
+/// Progress of a run: a [`Step`] here, plain lines inside the test host (whose stderr is
+/// a serial port that looks like a terminal but only carries bytes back).
+enum Progress {
+    Step(Step),
+    Plain(String, Instant),
+}
+
+impl Progress {
+    fn new(name: &str, place: &str) -> Progress {
+        if place == "testhost" {
+            Progress::Plain(name.to_string(), Instant::now())
+        } else {
+            Progress::Step(Step::new(name))
+        }
+    }
+    fn phase(&mut self, msg: &str) {
+        match self {
+            Progress::Step(s) => s.phase(msg),
+            Progress::Plain(name, _) => eprintln!("[{name}] {msg}"),
+        }
+    }
+    fn progress(&mut self, msg: &str) {
+        if let Progress::Step(s) = self {
+            s.progress(msg)
+        }
+    }
+    fn println(&self, line: &str) {
+        match self {
+            Progress::Step(s) => s.println(line),
+            Progress::Plain(..) => eprintln!("{line}"),
+        }
+    }
+    fn finish(self, what: &str, path: &Path) {
+        match self {
+            Progress::Step(s) => s.finish(what, path),
+            Progress::Plain(name, start) => eprintln!(
+                "[{name}] {what} in {}: {}",
+                fmt_duration(start.elapsed()),
+                path.display()
+            ),
+        }
+    }
 }
 
 /// Removes the private TMPDIR when dropped.
@@ -783,8 +833,8 @@ fn run_here(suite: &Suite, args: &OciArgs, place: &str) -> Result<i32> {
         let logs = util::target_dir().join("oci-validation").join(label);
         remove_dir_if_exists(&logs)?;
         std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-        let mut step = Step::new(&format!("oci/{label}"));
-        step.phase(&format!(
+        let mut progress = Progress::new(&format!("oci/{label}"), place);
+        progress.phase(&format!(
             "{} programs against {runtime} ({version}), {} s timeout each",
             programs.len(),
             args.timeout
@@ -793,9 +843,9 @@ fn run_here(suite: &Suite, args: &OciArgs, place: &str) -> Result<i32> {
         let mut progs = Vec::new();
         let mut totals = Counts::default();
         for (i, name) in programs.iter().enumerate() {
-            step.progress(&format!("{}/{} {name}", i + 1, programs.len()));
+            progress.progress(&format!("{}/{} {name}", i + 1, programs.len()));
             let r = run_program(suite, name, runtime, &tmp.0, &logs, timeout)?;
-            step.println(&format!(
+            progress.println(&format!(
                 "[oci/{label}] {name}: {} ({:.1}s)",
                 r.cell(),
                 r.seconds
@@ -804,7 +854,7 @@ fn run_here(suite: &Suite, args: &OciArgs, place: &str) -> Result<i32> {
             progs.push(r);
         }
         let seconds = start.elapsed().as_secs_f64();
-        step.finish(
+        progress.finish(
             &format!(
                 "{} pass, {} fail, {} skip",
                 totals.pass, totals.fail, totals.skip
@@ -836,6 +886,10 @@ fn run_here(suite: &Suite, args: &OciArgs, place: &str) -> Result<i32> {
     };
     let table = markdown_table(&report);
     println!("{table}");
+    if !args.only.is_empty() {
+        eprintln!("[oci] --only: bench/oci-validation.{{md,json}} (the full suite's result) left as they are");
+        return Ok(0);
+    }
     let bench = util::repo_root().join("bench");
     std::fs::create_dir_all(&bench)?;
     let md = bench.join("oci-validation.md");

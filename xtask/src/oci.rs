@@ -831,7 +831,9 @@ fn run_here(suite: &Suite, args: &OciArgs, place: &str) -> Result<i32> {
     for (runtime, label) in runtimes.iter().zip(&labels) {
         let version = runtime_version(runtime);
         let logs = util::target_dir().join("oci-validation").join(label);
-        remove_dir_if_exists(&logs)?;
+        if args.only.is_empty() {
+            remove_dir_if_exists(&logs)?;
+        }
         std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
         let mut progress = Progress::new(&format!("oci/{label}"), place);
         progress.phase(&format!(

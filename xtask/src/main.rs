@@ -7,6 +7,7 @@ mod demo;
 mod guests;
 mod initramfs;
 mod kernel;
+mod oci;
 mod rootfs;
 mod test;
 mod testhost;
@@ -39,6 +40,9 @@ enum Cmd {
         #[command(subcommand)]
         what: bench::BenchCmd,
     },
+    /// Build the OCI runtime-tools validation suite (cached) and run it against runtimes:
+    /// `cargo xtask oci [--runtime NAME_OR_PATH]… [--only PROG…]` (writes bench/oci-validation.md).
+    Oci(oci::OciArgs),
     /// Run a command as root inside the nested KVM test host: `cargo xtask testhost -- CMD…`.
     Testhost {
         /// The command and its arguments.
@@ -56,6 +60,7 @@ fn main() {
         Cmd::Kernel => kernel::cmd_kernel().map(|()| 0),
         Cmd::KernelSmoke => testhost::cmd_kernel_smoke(),
         Cmd::Bench { what } => bench::cmd_bench(what),
+        Cmd::Oci(args) => oci::cmd_oci(args),
         Cmd::Testhost { cmd } => testhost::run_in_testhost(&cmd, &[]),
     };
     match result {

@@ -15,7 +15,8 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Arc;
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
@@ -370,6 +371,46 @@ fn pump(r: OwnedFd, to_stderr: bool) -> std::thread::JoinHandle<()> {
     })
 }
 
+/// Follows `path` (written by the test host through 9p) to our stdout or stderr until
+/// `done` is set and everything written has been copied.
+fn follow(path: PathBuf, to_stderr: bool, done: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut file: Option<std::fs::File> = None;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let finished = done.load(Ordering::SeqCst);
+            if file.is_none() {
+                file = std::fs::File::open(&path).ok();
+            }
+            let mut progressed = false;
+            if let Some(f) = file.as_mut() {
+                while let Ok(n) = f.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    progressed = true;
+                    let res = if to_stderr {
+                        let mut e = std::io::stderr().lock();
+                        e.write_all(&buf[..n]).and_then(|_| e.flush())
+                    } else {
+                        let mut o = std::io::stdout().lock();
+                        o.write_all(&buf[..n]).and_then(|_| o.flush())
+                    };
+                    if res.is_err() {
+                        return;
+                    }
+                }
+            }
+            if finished && !progressed {
+                return;
+            }
+            if !progressed {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    })
+}
+
 /// Removes the per-run control directory when dropped.
 struct TempDir(PathBuf);
 impl Drop for TempDir {
@@ -519,6 +560,11 @@ pub fn run_in_testhost(argv: &[String], extra_env: &[(String, String)]) -> Resul
     drop(out_w);
     drop(err_w);
     let pumps = [pump(out_r, false), pump(err_r, true)];
+    let followed = Arc::new(AtomicBool::new(false));
+    let followers = [
+        follow(ctl.0.join("stdout"), false, followed.clone()),
+        follow(ctl.0.join("stderr"), true, followed.clone()),
+    ];
     let qemu_err = child.stderr.take().expect("piped stderr");
     let qemu_log = std::thread::spawn(move || {
         for line in BufReader::new(qemu_err).lines().map_while(Result::ok) {
@@ -554,6 +600,10 @@ pub fn run_in_testhost(argv: &[String], extra_env: &[(String, String)]) -> Resul
     };
     for p in pumps {
         let _ = p.join();
+    }
+    followed.store(true, Ordering::SeqCst);
+    for f in followers {
+        let _ = f.join();
     }
     let _ = qemu_log.join();
     let elapsed = util::fmt_duration(start.elapsed());

@@ -10,6 +10,7 @@ mod logging;
 mod monitor;
 mod rootfs;
 mod spec;
+mod state;
 
 use clap::{Parser, Subcommand};
 use liboci_cli::{CommonCmd, GlobalOpts, StandardCmd};
@@ -36,11 +37,27 @@ enum Command {
 }
 
 fn not_yet(verb: &str) -> anyhow::Result<i32> {
-    anyhow::bail!("`runvm {verb}` is not implemented yet: this build supports `run` (foreground, no terminal) and `spec`")
+    anyhow::bail!("`runvm {verb}` is not implemented yet")
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    let root = cli.global.root;
     match cli.command {
+        Command::Standard(s) => match *s {
+            StandardCmd::Create(c) => container::create::create(container::create::CreateOptions {
+                id: c.container_id,
+                bundle: c.bundle,
+                root,
+                pid_file: c.pid_file,
+                console_socket: c.console_socket,
+            }),
+            StandardCmd::Start(s) => container::start::start(&root, &s.container_id),
+            StandardCmd::State(s) => container::state::state(&root, &s.container_id),
+            // --all needs nothing more: every process of the container lives in its PID
+            // namespace in the VM, which goes with its PID 1.
+            StandardCmd::Kill(k) => container::kill::kill(&root, &k.container_id, &k.signal),
+            StandardCmd::Delete(d) => container::delete::delete(&root, &d.container_id, d.force),
+        },
         Command::Common(c) => match *c {
             CommonCmd::Run(r) => {
                 if r.detach {
@@ -52,10 +69,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 container::run::run(container::run::RunOptions {
                     id: r.container_id,
                     bundle: r.bundle,
-                    root: cli.global.root,
+                    root,
                     pid_file: r.pid_file,
                 })
             }
+            CommonCmd::List(l) => container::list::list(&root, &l.format, l.quiet),
             CommonCmd::Spec(s) => {
                 let path = s.bundle.unwrap_or_else(|| ".".into()).join("config.json");
                 if path.exists() {
@@ -73,13 +91,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     .to_lowercase(),
             ),
         },
-        Command::Standard(s) => not_yet(
-            &format!("{s:?}")
-                .split([' ', '('])
-                .next()
-                .unwrap_or("")
-                .to_lowercase(),
-        ),
     }
 }
 
@@ -99,7 +110,11 @@ fn error_message(e: &anyhow::Error) -> String {
     msg
 }
 
+/// When this process started (the launch in boot timings).
+pub static LAUNCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
 fn main() {
+    LAUNCH.get_or_init(std::time::Instant::now);
     let cli = Cli::parse();
     if let Err(e) = logging::init(
         cli.global.log.as_deref(),

@@ -240,3 +240,98 @@ pub fn stdout(out: &Output) -> String {
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// Makes this process a subreaper (as containerd's shim is), so monitors that `create`
+/// leaves behind become our children and we can take their exit status.
+pub fn become_subreaper() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: prctl with PR_SET_CHILD_SUBREAPER has no memory effects.
+        let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        assert_eq!(rc, 0, "PR_SET_CHILD_SUBREAPER failed");
+    });
+}
+
+/// Waits for the process `pid` (our child or an orphan we inherited) and returns its
+/// exit code the way containerd reports it (128+signo for a signal death).
+pub fn reap(pid: i32, timeout: Duration) -> i32 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on a specific pid with a valid status pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            if libc::WIFEXITED(status) {
+                return libc::WEXITSTATUS(status);
+            }
+            return 128 + libc::WTERMSIG(status);
+        }
+        assert!(
+            r == 0,
+            "waitpid({pid}) failed: {}",
+            std::io::Error::last_os_error()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} did not exit within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl StateRoot {
+    /// `runvm create --bundle B --pid-file P ID` with the container's stdout and stderr
+    /// going to files in the bundle; returns create's output and the pid from the pid file.
+    pub fn create(&self, bundle: &Bundle, id: &str) -> (Output, Option<i32>) {
+        become_subreaper();
+        let pid_file = bundle.path().join("init.pid");
+        let out_file = std::fs::File::create(bundle.path().join("stdout")).unwrap();
+        let err_file = std::fs::File::create(bundle.path().join("stderr")).unwrap();
+        let child = self
+            .command(&[
+                "create",
+                "--bundle",
+                bundle.path().to_str().unwrap(),
+                "--pid-file",
+                pid_file.to_str().unwrap(),
+                id,
+            ])
+            .stdin(Stdio::null())
+            .stdout(out_file)
+            .stderr(err_file)
+            .spawn()
+            .expect("cannot start runvm create");
+        let out = wait_with_timeout(child, Duration::from_secs(120));
+        let pid = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        (out, pid)
+    }
+
+    /// Runs `runvm <args…>` and returns its output.
+    pub fn cmd(&self, args: &[&str]) -> Output {
+        let child = self
+            .command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_with_timeout(child, Duration::from_secs(120))
+    }
+
+    /// `runvm state ID` parsed, or None when it fails.
+    pub fn state(&self, id: &str) -> Option<serde_json::Value> {
+        let out = self.cmd(&["state", id]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).expect("state prints JSON"))
+    }
+}
+
+impl Bundle {
+    /// What the container wrote to its stdout (for bundles run with [`StateRoot::create`]).
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.path().join("stdout")).unwrap_or_default()
+    }
+}

@@ -80,3 +80,33 @@ fn relative_cwd_and_empty_args() {
     );
     refused(&root, &Bundle::new(&[]), "noargs", "process.args");
 }
+
+#[test]
+#[ignore = "needs the runvm binary: run through `cargo xtask test`"]
+fn unknown_ids_and_bad_signals() {
+    let root = StateRoot::new();
+    for args in [
+        &["state", "nope"][..],
+        &["start", "nope"],
+        &["kill", "nope", "KILL"],
+        &["delete", "nope"],
+    ] {
+        let out = root.cmd(args);
+        assert_eq!(code(&out), 1, "{args:?}");
+        assert!(
+            stderr(&out).contains("does not exist"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    let out = root.cmd(&["kill", "nope", "SIGNOPE"]);
+    assert_eq!(code(&out), 1);
+    assert!(stderr(&out).contains("invalid signal"), "{}", stderr(&out));
+    let out = root.cmd(&["state", "../etc"]);
+    assert!(
+        stderr(&out).contains("invalid container id"),
+        "{}",
+        stderr(&out)
+    );
+    root.assert_clean(Duration::from_millis(100));
+}

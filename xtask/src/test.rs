@@ -132,9 +132,22 @@ pub fn cmd_test() -> Result<i32> {
         let code = testhost::run_in_testhost(&["sh".into(), "-c".into(), "exit 7".into()], &[])?;
         t.record("testhost exit code 7", code == 7);
     }
-    step.phase("guest boot tests");
-    let argv = vec![exe("boot")?, "--ignored".into(), "--test-threads=2".into()];
-    t.record("boot", setup.run_at(place, &argv, &[])? == 0);
+    // All guest suites in one go (one test-host boot): each runs even if another fails.
+    step.phase("guest tests: boot, lifecycle");
+    let script =
+        "rc=0; for t in \"$@\"; do \"$t\" --ignored --test-threads=2 || rc=1; done; exit $rc";
+    let argv = vec![
+        "sh".into(),
+        "-c".into(),
+        script.into(),
+        "guest-tests".into(),
+        exe("boot")?,
+        exe("lifecycle")?,
+    ];
+    t.record(
+        "guest tests (boot, lifecycle)",
+        setup.run_at(place, &argv, &[])? == 0,
+    );
 
     let left = leftover_processes();
     t.record("no runvm process left on the host", left.is_empty());

@@ -1,26 +1,43 @@
 //! Containers: OCI semantics on top of the monitor, one file per operation.
+//!
+//! A container's state directory `<root>/<id>/` holds `state.json` (see [`crate::state`])
+//! and `run/`, the monitor's runtime files (vsock sockets, `monitor.sock`, the root
+//! filesystem image), which the cleanup guard removes if the monitor dies.
 
+pub mod create;
+pub mod delete;
+pub mod kill;
+pub mod list;
 pub mod run;
+pub mod start;
+pub mod state;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use runvm_protocol::{HostMessage, RootfsSpec};
+use vmm::DiskConfig;
+
+use crate::assets::GuestAssets;
+use crate::monitor::MonitorConfig;
+use crate::spec::ContainerSpec;
 
 /// Default state root, like runc's `/run/runc`.
 pub const DEFAULT_ROOT: &str = "/run/runvm";
 
-/// Where a container's state and runtime files live: `<root>/<id>`.
-pub fn state_dir(root: &Option<PathBuf>, id: &str) -> PathBuf {
-    root.clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT))
-        .join(id)
+/// The state root in effect (`--root` or the default).
+pub fn root_dir(root: &Option<PathBuf>) -> PathBuf {
+    root.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT))
 }
 
 /// Writes `pid` to `path` atomically (a temporary file in the same directory, then a
 /// rename), as runc does, so a reader never sees a partial pid.
-pub fn write_pid_file(path: &std::path::Path, pid: u32) -> std::io::Result<()> {
+pub fn write_pid_file(path: &Path, pid: u32) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
+        .unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .ok_or_else(|| std::io::Error::other("pid file path has no file name"))?;
@@ -33,4 +50,116 @@ pub fn write_pid_file(path: &std::path::Path, pid: u32) -> std::io::Result<()> {
     std::fs::rename(&tmp, path).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
     })
+}
+
+fn env_num<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{name}={v:?} is not a valid number")),
+        Err(_) => Ok(default),
+    }
+}
+
+/// A validated container whose state directory exists and whose root filesystem image
+/// is built: what both `run` and `create` start a monitor with.
+pub struct Prepared {
+    pub id: String,
+    pub root: PathBuf,
+    pub dir: PathBuf,
+    pub spec: ContainerSpec,
+    pub run: HostMessage,
+    pub config: MonitorConfig,
+}
+
+impl Prepared {
+    /// The monitor's runtime directory.
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+}
+
+/// Validates everything before creating anything, then creates `<root>/<id>/run/` and the
+/// root filesystem image. On error after the directory exists, it is removed again.
+pub fn prepare(id: &str, bundle: &Path, root: &Option<PathBuf>) -> Result<Prepared> {
+    crate::id::validate(id)?;
+    let spec = ContainerSpec::load(bundle)?;
+    let Some(process) = spec.process.clone() else {
+        bail!(
+            "config.json in {} has no process to run",
+            spec.bundle.display()
+        );
+    };
+    if process.terminal {
+        bail!("process.terminal is true, but terminal mode is not implemented yet in runvm; run without a tty");
+    }
+    let assets = GuestAssets::locate()?;
+    let vcpus: u8 = env_num("RUNVM_VCPUS", 1)?;
+    let mem_mib: u64 = env_num("RUNVM_MEM_MIB", 256)?;
+    let boot_timeout = Duration::from_secs(env_num("RUNVM_BOOT_TIMEOUT", 60)?);
+
+    let root = root_dir(root);
+    std::fs::create_dir_all(&root)
+        .with_context(|| format!("cannot create state root {}", root.display()))?;
+    let dir = root.join(id);
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            bail!("container with id {id:?} already exists")
+        }
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot create state directory {}", dir.display()))
+        }
+    }
+    let built = (|| -> Result<MonitorConfig> {
+        let runtime = dir.join("run");
+        std::fs::create_dir(&runtime)
+            .with_context(|| format!("cannot create {}", runtime.display()))?;
+        let image = runtime.join("rootfs.erofs");
+        crate::rootfs::build_erofs(&spec.rootfs, &image)?;
+        Ok(MonitorConfig {
+            assets,
+            vcpus,
+            mem_mib,
+            runtime_dir: runtime,
+            disks: vec![DiskConfig {
+                path: image,
+                read_only: true,
+            }],
+            debug_console: std::env::var_os("RUNVM_DEBUG_CONSOLE").is_some_and(|v| v != "0"),
+            seccomp: std::env::var_os("RUNVM_NO_SECCOMP").is_none_or(|v| v == "0"),
+            boot_timeout,
+            timings_file: std::env::var_os("RUNVM_TIMINGS_FILE").map(PathBuf::from),
+        })
+    })();
+    let config = match built {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+    };
+    let run = HostMessage::Run {
+        rootfs: RootfsSpec {
+            lower_devices: vec!["/dev/vda".into()],
+            readonly: spec.readonly,
+        },
+        hostname: spec.hostname.clone(),
+        process,
+    };
+    Ok(Prepared {
+        id: id.to_string(),
+        root,
+        dir,
+        spec,
+        run,
+        config,
+    })
+}
+
+/// Loads a container's state; an unknown id gives runc's "does not exist" wording.
+pub fn load(root: &Option<PathBuf>, id: &str) -> Result<crate::state::ContainerState> {
+    crate::id::validate(id)?;
+    Ok(crate::state::ContainerState::load(&root_dir(root), id)?)
 }

@@ -2,10 +2,11 @@
 //! protocol with the guest init over vsock, relays stdio, forwards signals, and ends
 //! with the workload's exit code.
 
+pub mod api;
 pub mod guard;
 mod stdio;
 
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Write};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -81,6 +82,19 @@ fn explain(reason: &VmExitReason) -> String {
     }
 }
 
+/// When the container's process runs.
+pub enum Launch {
+    /// `runvm run`: as soon as the guest is up.
+    Immediate,
+    /// `runvm create`: boot, report readiness (a line on `ready`: `ok`, or the error),
+    /// then wait for `runvm start` on `api`. `state_dir` gets the started and exit files.
+    OnStart {
+        api: UnixListener,
+        ready: std::fs::File,
+        state_dir: PathBuf,
+    },
+}
+
 type VmResult = Arc<Mutex<Option<Result<VmExit, VmmError>>>>;
 
 /// A VM running on its own thread, with an eventfd that fires when it ends.
@@ -143,15 +157,58 @@ impl RunningVm {
 enum Ending {
     Exited(ExitStatus),
     StartFailed(i32, String),
+    /// Killed by a signal before it started (`runvm kill` of a created container).
+    KilledBeforeStart(i32),
+}
+
+/// Whether a signal's default action ends a process (so it stops a created container,
+/// whose process has not started, as it would stop runc's waiting init).
+fn terminates_by_default(signal: i32) -> bool {
+    ![libc::SIGCHLD, libc::SIGCONT, libc::SIGURG, libc::SIGWINCH].contains(&signal)
 }
 
 /// Boots the VM described by `cfg`, runs `run` (a [`HostMessage::Run`]) in it with the
-/// given host stdio descriptors, and returns the workload's exit code.
+/// given host stdio descriptors when `launch` says so, and returns the workload's exit code.
 /// Must be called before the process has other threads (signals are blocked here).
 pub fn run_vm(
     cfg: MonitorConfig,
     run: HostMessage,
     stdio: [RawFd; 3],
+    launch: Launch,
+) -> Result<i32, MonitorError> {
+    let (api, mut ready, state_dir) = match launch {
+        Launch::Immediate => (None, None, None),
+        Launch::OnStart {
+            api,
+            ready,
+            state_dir,
+        } => (Some(api), Some(ready), Some(state_dir)),
+    };
+    let result = run_vm_inner(
+        &cfg,
+        run,
+        stdio,
+        api.as_ref(),
+        &mut ready,
+        state_dir.as_deref(),
+    );
+    if let (Err(e), Some(r)) = (&result, ready.as_mut()) {
+        // create is still waiting: tell it why the container could not be created.
+        let _ = writeln!(r, "{e}");
+    }
+    if let (Ok(code), Some(dir)) = (&result, &state_dir) {
+        let _ = std::fs::write(dir.join(crate::state::EXIT_FILE), format!("{code}\n"));
+    }
+    result
+}
+
+fn run_vm_inner(
+    cfg: &MonitorConfig,
+    run: HostMessage,
+    stdio: [RawFd; 3],
+    api: Option<&UnixListener>,
+    ready: &mut Option<std::fs::File>,
+    state_dir: Option<&Path>,
 ) -> Result<i32, MonitorError> {
     let setup = |source| MonitorError::Setup {
         dir: cfg.runtime_dir.clone(),
@@ -192,15 +249,14 @@ pub fn run_vm(
     })?;
     let mut vm = RunningVm::start(vmm)?;
 
-    let result = converse(
-        &cfg,
-        &mut vm,
-        run,
-        stdio,
-        &control_listener,
-        &stream_listener,
-        &sigfd,
-    );
+    let io = Io {
+        control_listener: &control_listener,
+        stream_listener: &stream_listener,
+        sigfd: &sigfd,
+        api,
+        state_dir,
+    };
+    let result = converse(cfg, &mut vm, run, stdio, &io, ready);
     let ending = match result {
         Ok(e) => e,
         Err(e) => {
@@ -215,12 +271,18 @@ pub fn run_vm(
             });
         }
     };
+    if let Ending::KilledBeforeStart(_) = ending {
+        vm.handle.stop();
+    }
     let exit = vm.finish(Duration::from_secs(10))?;
-    report_times(&cfg, &exit.times);
+    report_times(cfg, &exit.times);
     match ending {
         Ending::Exited(status) => Ok(status.code()),
+        Ending::KilledBeforeStart(signal) => Ok(128 + signal),
         Ending::StartFailed(code, message) => {
-            eprintln!("runvm: {message}");
+            if api.is_none() {
+                eprintln!("runvm: {message}");
+            }
             Ok(code)
         }
     }
@@ -228,7 +290,11 @@ pub fn run_vm(
 
 fn report_times(cfg: &MonitorConfig, t: &BootTimes) {
     let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+    let launch = crate::LAUNCH
+        .get()
+        .and_then(|l| t.vmm_start.map(|v| v.saturating_duration_since(*l)));
     let json = serde_json::json!({
+        "launch_to_vmm_start_ms": ms(launch),
         "kernel_entry_ms": ms(t.kernel_entry),
         "init_started_ms": ms(t.init_started),
         "workload_started_ms": ms(t.workload_started),
@@ -288,30 +354,43 @@ fn pending_signals(sigfd: &SignalFd) -> Vec<i32> {
     out
 }
 
+/// The descriptors the monitor listens on.
+struct Io<'a> {
+    control_listener: &'a UnixListener,
+    stream_listener: &'a UnixListener,
+    sigfd: &'a SignalFd,
+    api: Option<&'a UnixListener>,
+    state_dir: Option<&'a Path>,
+}
+
+fn reply(conn: &mut UnixStream, r: api::Response) {
+    // A caller that went away only misses its answer.
+    let _ = write_frame(conn, &r);
+}
+
 fn converse(
     cfg: &MonitorConfig,
     vm: &mut RunningVm,
     run: HostMessage,
     stdio: [RawFd; 3],
-    control_listener: &UnixListener,
-    stream_listener: &UnixListener,
-    sigfd: &SignalFd,
+    io: &Io,
+    ready: &mut Option<std::fs::File>,
 ) -> Result<Ending, MonitorError> {
     let mut queued: Vec<i32> = Vec::new();
 
     // Phase 1: the guest init connects and says hello.
     let deadline = Instant::now() + cfg.boot_timeout;
     let mut control: UnixStream = loop {
-        let ready = wait_ready(
+        let ready_fds = wait_ready(
             &[
-                control_listener.as_raw_fd(),
+                io.control_listener.as_raw_fd(),
                 vm.done.as_raw_fd(),
-                sigfd.as_raw_fd(),
+                io.sigfd.as_raw_fd(),
             ],
             Some(deadline),
         )?;
-        if ready[0] {
-            match control_listener.accept() {
+        if ready_fds[0] {
+            match io.control_listener.accept() {
                 Ok((s, _)) => break s,
                 Err(e)
                     if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted =>
@@ -325,11 +404,11 @@ fn converse(
                 }
             }
         }
-        if ready[1] {
+        if ready_fds[1] {
             return Err(MonitorError::GuestDied(String::new()));
         }
-        if ready[2] {
-            queued.extend(pending_signals(sigfd));
+        if ready_fds[2] {
+            queued.extend(pending_signals(io.sigfd));
         }
         if Instant::now() >= deadline {
             return Err(MonitorError::BootTimeout(cfg.boot_timeout));
@@ -347,23 +426,35 @@ fn converse(
             )))
         }
     }
-    write_frame(&mut control, &run).map_err(protocol)?;
 
-    // Phase 2: streams, start, signals, exit.
+    let mut run = Some(run);
+    if io.api.is_none() {
+        if let Some(r) = run.take() {
+            write_frame(&mut control, &r).map_err(protocol)?;
+        }
+    } else if let Some(mut r) = ready.take() {
+        // create returns now; the process waits for `runvm start`.
+        let _ = writeln!(r, "ok");
+    }
+
+    // Phase 2: start, streams, signals, exit.
     let mut outputs: Vec<JoinHandle<u64>> = Vec::new();
     let mut started = false;
+    let mut pending_start: Option<UnixStream> = None;
+    let mut fds = vec![
+        io.control_listener.as_raw_fd(),
+        io.stream_listener.as_raw_fd(),
+        vm.done.as_raw_fd(),
+        io.sigfd.as_raw_fd(),
+    ];
+    fds[0] = control.as_raw_fd();
+    if let Some(a) = io.api {
+        fds.push(a.as_raw_fd());
+    }
     let ending = loop {
-        let ready = wait_ready(
-            &[
-                control.as_raw_fd(),
-                stream_listener.as_raw_fd(),
-                vm.done.as_raw_fd(),
-                sigfd.as_raw_fd(),
-            ],
-            None,
-        )?;
-        if ready[1] {
-            if let Ok((mut s, _)) = stream_listener.accept() {
+        let ready_fds = wait_ready(&fds, None)?;
+        if ready_fds[1] {
+            if let Ok((mut s, _)) = io.stream_listener.accept() {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
                 let header: StreamHeader = read_frame(&mut s).map_err(protocol)?;
                 let _ = s.set_read_timeout(None);
@@ -382,32 +473,77 @@ fn converse(
                 }
             }
         }
-        if ready[3] {
-            queued.extend(pending_signals(sigfd));
+        if ready_fds[3] {
+            queued.extend(pending_signals(io.sigfd));
         }
-        if started && !queued.is_empty() {
-            for signal in queued.drain(..) {
-                write_frame(
-                    &mut control,
-                    &HostMessage::Signal {
-                        process: MAIN_PROCESS,
-                        signal,
+        if ready_fds.get(4).copied().unwrap_or(false) {
+            if let Some(Ok((mut conn, _))) = io.api.map(|a| a.accept()) {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                match read_frame::<_, api::Request>(&mut conn) {
+                    Ok(api::Request::Start) => match run.take() {
+                        Some(r) => {
+                            write_frame(&mut control, &r).map_err(protocol)?;
+                            pending_start = Some(conn);
+                        }
+                        None => reply(
+                            &mut conn,
+                            api::Response::Error(
+                                "cannot start an already started container".into(),
+                            ),
+                        ),
                     },
-                )
-                .map_err(protocol)?;
+                    Ok(api::Request::Signal { signal }) => {
+                        queued.push(signal);
+                        reply(&mut conn, api::Response::Ok);
+                    }
+                    Err(e) => log::warn!("ignoring a malformed request on the monitor socket: {e}"),
+                }
             }
         }
-        if ready[0] {
+        if !queued.is_empty() {
+            if started {
+                for signal in queued.drain(..) {
+                    write_frame(
+                        &mut control,
+                        &HostMessage::Signal {
+                            process: MAIN_PROCESS,
+                            signal,
+                        },
+                    )
+                    .map_err(protocol)?;
+                }
+            } else if run.is_some() {
+                // Not started: a signal that would end a waiting process ends the container.
+                if let Some(&signal) = queued.iter().find(|s| terminates_by_default(**s)) {
+                    break Ending::KilledBeforeStart(signal);
+                }
+                queued.clear();
+            }
+        }
+        if ready_fds[0] {
             match read_frame::<_, GuestMessage>(&mut control) {
                 Ok(GuestMessage::Started {
                     process: MAIN_PROCESS,
                     ..
-                }) => started = true,
+                }) => {
+                    started = true;
+                    if let Some(dir) = io.state_dir {
+                        let _ = std::fs::write(dir.join(crate::state::STARTED_FILE), b"");
+                    }
+                    if let Some(mut c) = pending_start.take() {
+                        reply(&mut c, api::Response::Ok);
+                    }
+                }
                 Ok(GuestMessage::StartFailed {
                     process: MAIN_PROCESS,
                     code,
                     message,
-                }) => break Ending::StartFailed(code, message),
+                }) => {
+                    if let Some(mut c) = pending_start.take() {
+                        reply(&mut c, api::Response::Error(message.clone()));
+                    }
+                    break Ending::StartFailed(code, message);
+                }
                 Ok(GuestMessage::Exited {
                     process: MAIN_PROCESS,
                     status,
@@ -418,7 +554,7 @@ fn converse(
             }
             continue;
         }
-        if ready[2] {
+        if ready_fds[2] {
             return Err(MonitorError::GuestDied(String::new()));
         }
     };
@@ -437,11 +573,4 @@ fn converse(
     }
     let _ = write_frame(&mut control, &HostMessage::Shutdown);
     Ok(ending)
-}
-
-/// Removes the runtime directory's sockets (the directory itself belongs to the caller).
-pub fn remove_sockets(dir: &Path) {
-    for port in [CONTROL_PORT, STREAM_PORT] {
-        let _ = std::fs::remove_file(dir.join(format!("vsock.sock_{port}")));
-    }
 }

@@ -1,0 +1,60 @@
+//! `kill`: delivers a signal to the container's process (through its monitor).
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use nix::sys::signal::Signal;
+
+use crate::monitor::api::{self, Request, Response};
+use crate::state::{ContainerState, Status};
+
+/// Parses a signal the way runc does: a number, or a name with or without `SIG`.
+pub fn parse_signal(s: &str) -> Result<i32> {
+    if let Ok(n) = s.parse::<i32>() {
+        if (1..=64).contains(&n) {
+            return Ok(n);
+        }
+        bail!("invalid signal {s:?}");
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    Signal::from_str(&name)
+        .map(|sig| sig as i32)
+        .map_err(|_| anyhow::anyhow!("invalid signal {s:?}"))
+}
+
+pub fn kill(root: &Option<PathBuf>, id: &str, signal: &str) -> Result<i32> {
+    let signal = parse_signal(signal)?;
+    let state = super::load(root, id)?;
+    if state.status(&super::root_dir(root)) == Status::Stopped {
+        bail!("container not running");
+    }
+    let dir = ContainerState::dir(&super::root_dir(root), id).join("run");
+    match api::request(&dir, &Request::Signal { signal }, Duration::from_secs(10))? {
+        Response::Ok => Ok(0),
+        Response::Error(e) => bail!("cannot signal container {id:?}: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse_like_runc() {
+        assert_eq!(parse_signal("9").unwrap(), 9);
+        assert_eq!(parse_signal("KILL").unwrap(), 9);
+        assert_eq!(parse_signal("SIGTERM").unwrap(), 15);
+        assert_eq!(parse_signal("term").unwrap(), 15);
+        assert!(parse_signal("SIGNOPE").is_err());
+        assert!(parse_signal("0").is_err());
+        assert!(parse_signal("65").is_err());
+        assert!(parse_signal("").is_err());
+    }
+}

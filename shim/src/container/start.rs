@@ -1,0 +1,23 @@
+//! `start`: runs the process of a created container.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+use crate::monitor::api::{self, Request, Response};
+use crate::state::{ContainerState, Status};
+
+pub fn start(root: &Option<PathBuf>, id: &str) -> Result<i32> {
+    let state = super::load(root, id)?;
+    match state.status(&super::root_dir(root)) {
+        Status::Created => {}
+        Status::Running => bail!("cannot start an already running container"),
+        Status::Stopped => bail!("cannot start a container that has stopped"),
+    }
+    let dir = ContainerState::dir(&super::root_dir(root), id).join("run");
+    match api::request(&dir, &Request::Start, Duration::from_secs(60))? {
+        Response::Ok => Ok(0),
+        Response::Error(e) => bail!("cannot start container {id:?}: {e}"),
+    }
+}

@@ -1,0 +1,169 @@
+//! A container's persisted state (`<root>/<id>/state.json`) and its status, which is
+//! derived from whether the monitor process is alive and whether the process started.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// File names inside a container's state directory.
+pub const STATE_FILE: &str = "state.json";
+/// Written by the monitor once the container's process runs.
+pub const STARTED_FILE: &str = "started";
+/// Written by the monitor when the container's process has exited: its exit code.
+pub const EXIT_FILE: &str = "exit";
+
+/// Errors reading or writing state.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("container {0:?} does not exist")]
+    NotFound(String),
+    #[error("cannot read the state of container {id:?} in {path}: {message}")]
+    Read {
+        id: String,
+        path: PathBuf,
+        message: String,
+    },
+    #[error("cannot write the state of container {id:?} in {path}: {source}")]
+    Write {
+        id: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// OCI status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Created,
+    Running,
+    Stopped,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Stopped => "stopped",
+        }
+    }
+}
+
+/// What runvm remembers about a container between commands.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContainerState {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    /// The monitor: the pid in `--pid-file` and in `state`.
+    pub pid: i32,
+    /// The monitor's start time (field 22 of /proc/<pid>/stat), so a reused pid is not
+    /// taken for the monitor.
+    pub pid_start_time: u64,
+    /// RFC 3339.
+    pub created: String,
+    #[serde(default)]
+    pub annotations: std::collections::HashMap<String, String>,
+}
+
+/// Start time of `pid` in clock ticks since boot, if it is alive.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+impl ContainerState {
+    pub fn dir(root: &Path, id: &str) -> PathBuf {
+        root.join(id)
+    }
+
+    pub fn load(root: &Path, id: &str) -> Result<Self, StateError> {
+        let dir = Self::dir(root, id);
+        let path = dir.join(STATE_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StateError::NotFound(id.into()))
+            }
+            Err(e) => {
+                return Err(StateError::Read {
+                    id: id.into(),
+                    path,
+                    message: e.to_string(),
+                })
+            }
+        };
+        serde_json::from_str(&text).map_err(|e| StateError::Read {
+            id: id.into(),
+            path,
+            message: e.to_string(),
+        })
+    }
+
+    /// Writes state.json atomically.
+    pub fn save(&self, root: &Path) -> Result<(), StateError> {
+        let dir = Self::dir(root, &self.id);
+        let err = |source| StateError::Write {
+            id: self.id.clone(),
+            path: dir.clone(),
+            source,
+        };
+        let tmp = dir.join(".state.json.tmp");
+        let json = serde_json::to_vec_pretty(self).map_err(|e| err(std::io::Error::other(e)))?;
+        std::fs::write(&tmp, json).map_err(err)?;
+        std::fs::rename(&tmp, dir.join(STATE_FILE)).map_err(err)
+    }
+
+    /// Whether the monitor still runs.
+    pub fn monitor_alive(&self) -> bool {
+        process_start_time(self.pid) == Some(self.pid_start_time)
+    }
+
+    pub fn status(&self, root: &Path) -> Status {
+        if !self.monitor_alive() {
+            Status::Stopped
+        } else if Self::dir(root, &self.id).join(STARTED_FILE).exists() {
+            Status::Running
+        } else {
+            Status::Created
+        }
+    }
+
+    /// The OCI state document (`runvm state`).
+    pub fn oci_state(&self, root: &Path) -> serde_json::Value {
+        let status = self.status(root);
+        let mut v = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "id": self.id,
+            "status": status.as_str(),
+            "bundle": self.bundle,
+            "rootfs": self.rootfs,
+            "created": self.created,
+            "owner": "",
+        });
+        if status != Status::Stopped {
+            v["pid"] = self.pid.into();
+        } else {
+            v["pid"] = 0.into();
+        }
+        if !self.annotations.is_empty() {
+            v["annotations"] = serde_json::to_value(&self.annotations).unwrap_or_default();
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_of_this_process_is_stable_and_dead_pids_have_none() {
+        let me = std::process::id() as i32;
+        let t = process_start_time(me).unwrap();
+        assert_eq!(process_start_time(me), Some(t));
+        assert_eq!(process_start_time(i32::MAX), None);
+    }
+}

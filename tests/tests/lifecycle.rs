@@ -1,0 +1,162 @@
+//! The runc lifecycle as containerd drives it: `create` (detached, stdio to files,
+//! `--pid-file`), `state`, `start`, `kill`, `delete`, with the monitor's exit status as
+//! the container's exit code. Run with `cargo xtask test`.
+
+use std::time::Duration;
+
+use runvm_tests::*;
+
+fn status(root: &StateRoot, id: &str) -> String {
+    root.state(id)
+        .map(|s| s["status"].as_str().unwrap_or("?").to_string())
+        .unwrap_or_else(|| "gone".into())
+}
+
+#[test]
+#[ignore = "boots a guest: run through `cargo xtask test`"]
+fn create_start_wait_delete_and_exit_codes() {
+    let root = StateRoot::new();
+    for (script, want) in [
+        ("echo ran; exit 0", 0),
+        ("echo ran; exit 1", 1),
+        ("echo ran; exit 42", 42),
+    ] {
+        let bundle = Bundle::new(&["sh", "-c", script]);
+        let (out, pid) = root.create(&bundle, "life");
+        assert_eq!(code(&out), 0, "create failed: {}", stderr(&out));
+        let pid = pid.expect("create wrote no pid file");
+        let st = root.state("life").unwrap();
+        assert_eq!(st["status"], "created");
+        assert_eq!(st["pid"], pid, "state.pid is the pid in --pid-file");
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(bundle.stdout(), "", "the process must not run before start");
+
+        let out = root.cmd(&["start", "life"]);
+        assert_eq!(code(&out), 0, "start failed: {}", stderr(&out));
+        assert_eq!(
+            reap(pid, Duration::from_secs(60)),
+            want,
+            "the monitor exits with the workload's code"
+        );
+        assert_eq!(bundle.stdout(), "ran\n");
+        assert_eq!(status(&root, "life"), "stopped");
+        assert_ne!(
+            code(&root.cmd(&["start", "life"])),
+            0,
+            "start of a stopped container must fail"
+        );
+
+        let out = root.cmd(&["delete", "life"]);
+        assert_eq!(code(&out), 0, "delete failed: {}", stderr(&out));
+        let out = root.cmd(&["state", "life"]);
+        assert_ne!(code(&out), 0);
+        assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+    }
+    root.assert_clean(Duration::from_secs(2));
+}
+
+#[test]
+#[ignore = "boots a guest: run through `cargo xtask test`"]
+fn kill_follows_pid1_rules() {
+    let root = StateRoot::new();
+    // No handler: TERM is ignored by a PID 1, KILL is not.
+    let plain = Bundle::new(&["sleep", "600"]);
+    let (out, pid) = root.create(&plain, "plain");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let pid = pid.unwrap();
+    assert_eq!(code(&root.cmd(&["start", "plain"])), 0);
+    assert_eq!(status(&root, "plain"), "running");
+    assert_eq!(code(&root.cmd(&["kill", "plain", "TERM"])), 0);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        status(&root, "plain"),
+        "running",
+        "TERM to a PID 1 without a handler does nothing"
+    );
+    assert_eq!(code(&root.cmd(&["kill", "plain", "SIGKILL"])), 0);
+    assert_eq!(reap(pid, Duration::from_secs(30)), 137);
+    let out = root.cmd(&["kill", "plain", "KILL"]);
+    assert_ne!(code(&out), 0);
+    assert!(
+        stderr(&out).contains("container not running"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(code(&root.cmd(&["delete", "plain"])), 0);
+
+    // With handlers: TERM and INT reach the process.
+    for (sig, want) in [("15", 143), ("INT", 130)] {
+        let script = "trap 'exit 143' TERM; trap 'exit 130' INT; sleep 600 & wait";
+        let b = Bundle::new(&["sh", "-c", script]);
+        let (out, pid) = root.create(&b, "trap");
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert_eq!(code(&root.cmd(&["start", "trap"])), 0);
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(code(&root.cmd(&["kill", "trap", sig])), 0);
+        assert_eq!(
+            reap(pid.unwrap(), Duration::from_secs(30)),
+            want,
+            "signal {sig}"
+        );
+        assert_eq!(code(&root.cmd(&["delete", "trap"])), 0);
+    }
+    root.assert_clean(Duration::from_secs(2));
+}
+
+#[test]
+#[ignore = "boots a guest: run through `cargo xtask test`"]
+fn kill_before_start_and_delete_rules() {
+    let root = StateRoot::new();
+    let b = Bundle::new(&["sh", "-c", "echo ran"]);
+    let (out, pid) = root.create(&b, "early");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(code(&root.cmd(&["kill", "early", "KILL"])), 0);
+    assert_eq!(reap(pid.unwrap(), Duration::from_secs(30)), 137);
+    assert_eq!(status(&root, "early"), "stopped");
+    assert_eq!(b.stdout(), "", "a container killed before start never runs");
+    assert_eq!(code(&root.cmd(&["delete", "early"])), 0);
+
+    let b = Bundle::new(&["sleep", "600"]);
+    let (out, pid) = root.create(&b, "busy");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(code(&root.cmd(&["start", "busy"])), 0);
+    let out = root.cmd(&["delete", "busy"]);
+    assert_ne!(code(&out), 0, "delete of a running container must fail");
+    assert!(stderr(&out).contains("not stopped"), "{}", stderr(&out));
+    assert_eq!(status(&root, "busy"), "running");
+    let out = root.cmd(&["delete", "--force", "busy"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(reap(pid.unwrap(), Duration::from_secs(30)), 137);
+    assert_eq!(status(&root, "busy"), "gone");
+    root.assert_clean(Duration::from_secs(2));
+}
+
+#[test]
+#[ignore = "boots a guest: run through `cargo xtask test`"]
+fn two_containers_at_once() {
+    let root = StateRoot::new();
+    let (a, b) = (
+        Bundle::new(&["sh", "-c", "sleep 1; echo a"]),
+        Bundle::new(&["sh", "-c", "sleep 1; echo b; exit 3"]),
+    );
+    let (oa, pa) = root.create(&a, "a");
+    let (ob, pb) = root.create(&b, "b");
+    assert_eq!(
+        (code(&oa), code(&ob)),
+        (0, 0),
+        "{} {}",
+        stderr(&oa),
+        stderr(&ob)
+    );
+    assert_eq!(code(&root.cmd(&["start", "a"])), 0);
+    assert_eq!(code(&root.cmd(&["start", "b"])), 0);
+    let list = root.cmd(&["list", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(v.as_array().map(|a| a.len()), Some(2), "{v}");
+    assert_eq!(reap(pa.unwrap(), Duration::from_secs(60)), 0);
+    assert_eq!(reap(pb.unwrap(), Duration::from_secs(60)), 3);
+    assert_eq!((a.stdout(), b.stdout()), ("a\n".into(), "b\n".into()));
+    assert_eq!(code(&root.cmd(&["delete", "a"])), 0);
+    assert_eq!(code(&root.cmd(&["delete", "b"])), 0);
+    root.assert_clean(Duration::from_secs(2));
+}

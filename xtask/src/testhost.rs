@@ -343,6 +343,17 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     Ok((high(fds[0])?, high(fds[1])?))
 }
 
+/// Writes one chunk of the test host's output to our stdout (or stderr), flushed.
+fn emit(to_stderr: bool, chunk: &[u8]) -> std::io::Result<()> {
+    if to_stderr {
+        let mut e = std::io::stderr().lock();
+        e.write_all(chunk).and_then(|_| e.flush())
+    } else {
+        let mut o = std::io::stdout().lock();
+        o.write_all(chunk).and_then(|_| o.flush())
+    }
+}
+
 /// Copies everything from `r` to our stdout (or stderr), flushing each chunk
 /// so long runs stream live.
 fn pump(r: OwnedFd, to_stderr: bool) -> std::thread::JoinHandle<()> {
@@ -353,14 +364,7 @@ fn pump(r: OwnedFd, to_stderr: bool) -> std::thread::JoinHandle<()> {
             match f.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
-                    let res = if to_stderr {
-                        let mut e = std::io::stderr().lock();
-                        e.write_all(&buf[..n]).and_then(|_| e.flush())
-                    } else {
-                        let mut o = std::io::stdout().lock();
-                        o.write_all(&buf[..n]).and_then(|_| o.flush())
-                    };
-                    if res.is_err() {
+                    if emit(to_stderr, &buf[..n]).is_err() {
                         break;
                     }
                 }
@@ -389,14 +393,7 @@ fn follow(path: PathBuf, to_stderr: bool, done: Arc<AtomicBool>) -> std::thread:
                         break;
                     }
                     progressed = true;
-                    let res = if to_stderr {
-                        let mut e = std::io::stderr().lock();
-                        e.write_all(&buf[..n]).and_then(|_| e.flush())
-                    } else {
-                        let mut o = std::io::stdout().lock();
-                        o.write_all(&buf[..n]).and_then(|_| o.flush())
-                    };
-                    if res.is_err() {
+                    if emit(to_stderr, &buf[..n]).is_err() {
                         return;
                     }
                 }

@@ -148,7 +148,11 @@ fn sigkill_of_the_host_side_leaves_nothing() {
         .spawn()
         .unwrap();
     // Wait until the guest is up (its vsock control socket exists), then SIGKILL.
-    let sock = root.path().join("killed").join("run").join("vsock.sock_1024");
+    let sock = root
+        .path()
+        .join("killed")
+        .join("run")
+        .join("vsock.sock_1024");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !sock.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));

@@ -144,10 +144,17 @@ pub fn cmd_test() -> Result<i32> {
         exe("boot")?,
         exe("lifecycle")?,
     ];
-    t.record(
-        "guest tests (boot, lifecycle)",
-        setup.run_at(place, &argv, &[])? == 0,
-    );
+    let mut result = setup.run_at(place, &argv, &[]);
+    if place == Place::TestHost {
+        if let Err(e) = &result {
+            // The nested test host (KVM inside TCG) has been seen to wedge on this 2-core
+            // machine under heavy load; that is not a test result, so run the suites again
+            // once, and say so.
+            eprintln!("[test] the test host ended without an exit status ({e:#}); running the guest tests once more");
+            result = setup.run_at(place, &argv, &[]);
+        }
+    }
+    t.record("guest tests (boot, lifecycle)", result? == 0);
 
     let left = leftover_processes();
     t.record("no runvm process left on the host", left.is_empty());

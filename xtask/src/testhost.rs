@@ -79,6 +79,8 @@ sleep 10
 /// apt packages the host side needs to build and boot the test host.
 const HOST_PACKAGES: &[&str] = &["qemu-system-x86", "debootstrap", "e2fsprogs"];
 const DEFAULT_TIMEOUT_SECS: u64 = 2400;
+/// Seconds without any output after which a test host counts as wedged and is killed.
+const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 600;
 
 /// A built test host, cached under `~/.cache/runvm/testhost/<key>/`.
 #[derive(Debug, Clone)]
@@ -343,8 +345,20 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     Ok((high(fds[0])?, high(fds[1])?))
 }
 
+/// When the test host last produced output (milliseconds since the Unix epoch), so a
+/// wedged host can be told from a slow one.
+static LAST_OUTPUT_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Writes one chunk of the test host's output to our stdout (or stderr), flushed.
 fn emit(to_stderr: bool, chunk: &[u8]) -> std::io::Result<()> {
+    LAST_OUTPUT_MS.store(now_ms(), Ordering::SeqCst);
     if to_stderr {
         let mut e = std::io::stderr().lock();
         e.write_all(chunk).and_then(|_| e.flush())
@@ -575,6 +589,11 @@ pub fn run_in_testhost(argv: &[String], extra_env: &[(String, String)]) -> Resul
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(DEFAULT_TIMEOUT_SECS);
+    let idle_timeout = std::env::var("RUNVM_TESTHOST_IDLE_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(DEFAULT_IDLE_TIMEOUT_SECS);
+    LAST_OUTPUT_MS.store(now_ms(), Ordering::SeqCst);
     let mut killed_for: Option<String> = None;
     let status = loop {
         if let Some(st) = child.try_wait().context("waiting for qemu")? {
@@ -587,6 +606,12 @@ pub fn run_in_testhost(argv: &[String], extra_env: &[(String, String)]) -> Resul
             } else if start.elapsed() > Duration::from_secs(timeout) {
                 killed_for = Some(format!(
                     "timeout: no power-off after {timeout} s (RUNVM_TESTHOST_TIMEOUT)"
+                ));
+            } else if now_ms().saturating_sub(LAST_OUTPUT_MS.load(Ordering::SeqCst))
+                > idle_timeout * 1000
+            {
+                killed_for = Some(format!(
+                    "no output for {idle_timeout} s: the test host looks wedged (RUNVM_TESTHOST_IDLE_TIMEOUT)"
                 ));
             }
             if killed_for.is_some() {

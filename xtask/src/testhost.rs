@@ -80,7 +80,7 @@ sleep 10
 const HOST_PACKAGES: &[&str] = &["qemu-system-x86", "debootstrap", "e2fsprogs"];
 const DEFAULT_TIMEOUT_SECS: u64 = 2400;
 /// Seconds without any output after which a test host counts as wedged and is killed.
-const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 600;
+const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 300;
 
 /// A built test host, cached under `~/.cache/runvm/testhost/<key>/`.
 #[derive(Debug, Clone)]
@@ -502,9 +502,25 @@ pub fn run_in_testhost(argv: &[String], extra_env: &[(String, String)]) -> Resul
 
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
-    let smp = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
+    let smp = std::env::var("RUNVM_TESTHOST_SMP")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        });
+    let accel: Vec<String> = accel
+        .iter()
+        .map(|a| {
+            if smp == 1 && a == "tcg,thread=multi" {
+                "tcg,thread=single".to_string()
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
     let mem = std::env::var("RUNVM_TESTHOST_MEM").unwrap_or_else(|_| "4096".into());
     let console = std::env::var_os("RUNVM_TESTHOST_CONSOLE").is_some();
     let mut qemu = Command::new("qemu-system-x86_64");

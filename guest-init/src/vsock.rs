@@ -57,6 +57,12 @@ impl Transport {
     }
 }
 
+/// `SO_VM_SOCKETS_CONNECT_TIMEOUT` (level `AF_VSOCK`): the kernel's default of 2 s is
+/// too short on a loaded or emulated host, and a connect that times out after the host
+/// accepted it costs the host a half-made connection.
+const SO_VM_SOCKETS_CONNECT_TIMEOUT: libc::c_int = 6;
+const VSOCK_CONNECT_TIMEOUT_SECS: libc::time_t = 30;
+
 fn connect_vsock(port: u32) -> nix::Result<OwnedFd> {
     let fd = socket::socket(
         AddressFamily::Vsock,
@@ -64,6 +70,23 @@ fn connect_vsock(port: u32) -> nix::Result<OwnedFd> {
         SockFlag::SOCK_CLOEXEC,
         None,
     )?;
+    let tv = libc::timeval {
+        tv_sec: VSOCK_CONNECT_TIMEOUT_SECS,
+        tv_usec: 0,
+    };
+    // SAFETY: setsockopt reads `size_of::<timeval>()` bytes from a valid timeval.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::AF_VSOCK,
+            SO_VM_SOCKETS_CONNECT_TIMEOUT,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        crate::log::info(&format!("vsock connect timeout not set: {}", Errno::last()));
+    }
     socket::connect(
         std::os::fd::AsRawFd::as_raw_fd(&fd),
         &VsockAddr::new(HOST_CID, port),

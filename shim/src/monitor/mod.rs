@@ -378,7 +378,8 @@ fn converse(
 ) -> Result<Ending, MonitorError> {
     let mut queued: Vec<i32> = Vec::new();
 
-    // Phase 1: the guest init connects and says hello.
+    // Phase 1: the guest init connects and says hello. A connection that ends before
+    // its Hello (the guest gave up on a slow connect and retries) is dropped, not fatal.
     let deadline = Instant::now() + cfg.boot_timeout;
     let mut control: UnixStream = loop {
         let ready_fds = wait_ready(
@@ -390,8 +391,8 @@ fn converse(
             Some(deadline),
         )?;
         if ready_fds[0] {
-            match io.control_listener.accept() {
-                Ok((s, _)) => break s,
+            let mut conn = match io.control_listener.accept() {
+                Ok((s, _)) => s,
                 Err(e)
                     if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted =>
                 {
@@ -402,6 +403,24 @@ fn converse(
                         "accepting the control connection: {e}"
                     )))
                 }
+            };
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .map_err(|e| MonitorError::Protocol(e.to_string()))?;
+            match read_frame::<_, GuestMessage>(&mut conn) {
+                Ok(GuestMessage::Hello { version }) if version == PROTOCOL_VERSION => break conn,
+                Ok(GuestMessage::Hello { version }) => return Err(MonitorError::Version(version)),
+                Ok(other) => {
+                    return Err(MonitorError::Protocol(format!(
+                        "expected Hello, got {other:?}"
+                    )))
+                }
+                Err(FrameError::Closed) | Err(FrameError::Io(_)) => {
+                    log::debug!(
+                        "a control connection ended before its Hello; waiting for the next"
+                    );
+                    continue;
+                }
+                Err(e) => return Err(protocol(e)),
             }
         }
         if ready_fds[1] {
@@ -414,18 +433,6 @@ fn converse(
             return Err(MonitorError::BootTimeout(cfg.boot_timeout));
         }
     };
-    control
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| MonitorError::Protocol(e.to_string()))?;
-    match read_frame::<_, GuestMessage>(&mut control).map_err(protocol)? {
-        GuestMessage::Hello { version } if version == PROTOCOL_VERSION => {}
-        GuestMessage::Hello { version } => return Err(MonitorError::Version(version)),
-        other => {
-            return Err(MonitorError::Protocol(format!(
-                "expected Hello, got {other:?}"
-            )))
-        }
-    }
 
     let mut run = Some(run);
     if io.api.is_none() {
@@ -456,7 +463,16 @@ fn converse(
         if ready_fds[1] {
             if let Ok((mut s, _)) = io.stream_listener.accept() {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                let header: StreamHeader = read_frame(&mut s).map_err(protocol)?;
+                let header: StreamHeader = match read_frame(&mut s) {
+                    Ok(h) => h,
+                    Err(FrameError::Closed) | Err(FrameError::Io(_)) => {
+                        log::debug!(
+                            "a stream connection ended before its header; the guest retries"
+                        );
+                        continue;
+                    }
+                    Err(e) => return Err(protocol(e)),
+                };
                 let _ = s.set_read_timeout(None);
                 match (header.process, header.fd) {
                     (MAIN_PROCESS, 0) => stdio::spawn_input(s, stdio[0])

@@ -12,6 +12,7 @@
 //! boot timer and its own mounts, and exits instead of rebooting. Run it inside
 //! `unshare -m` so its mounts vanish with it.
 
+mod attrs;
 mod boot_timer;
 mod error;
 mod log;

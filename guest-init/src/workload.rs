@@ -176,6 +176,7 @@ fn child_setup_and_exec(
     }
     drop(stdio);
     close_other_fds()?;
+    crate::attrs::apply_rlimits(&p.rlimits)?;
 
     let gids: Vec<Gid> = p
         .additional_gids

@@ -8,8 +8,8 @@
 //! `cargo xtask test` installs); without them each test fails and says what is missing.
 
 use runvm_protocol::{
-    read_frame, write_frame, ExitStatus, GuestMessage, HostMessage, ProcessSpec, RootfsSpec,
-    StreamHeader, PROTOCOL_VERSION,
+    read_frame, write_frame, ExitStatus, GuestMessage, HostMessage, ProcessSpec, Rlimit,
+    RootfsSpec, StreamHeader, PROTOCOL_VERSION,
 };
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -474,4 +474,40 @@ fn run_expect_early_failure(process: ProcessSpec) -> (i32, String) {
     drop(ctl); // EOF instead of Shutdown: init must end too.
     assert!(!child.wait().unwrap().success());
     r
+}
+
+#[test]
+fn rlimits_are_applied() {
+    require_root!();
+    let mut p = spec(&["sh", "-c", "ulimit -n; ulimit -Hn; ulimit -c"]);
+    p.rlimits = vec![
+        Rlimit {
+            kind: "RLIMIT_NOFILE".into(),
+            soft: 123,
+            hard: 456,
+        },
+        Rlimit {
+            kind: "RLIMIT_CORE".into(),
+            soft: 0,
+            hard: 0,
+        },
+    ];
+    let o = run(p, b"", |_| {});
+    assert_eq!(o.exited, Some(ExitStatus::Exited(0)), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "123\n456\n0\n");
+}
+
+#[test]
+fn unknown_rlimit_is_start_failed_naming_it() {
+    require_root!();
+    let mut p = spec(&["true"]);
+    p.rlimits = vec![Rlimit {
+        kind: "RLIMIT_BOGUS".into(),
+        soft: 1,
+        hard: 1,
+    }];
+    let o = run(p, b"", |_| {});
+    let (code, msg) = o.start_failed.unwrap();
+    assert_eq!(code, 1);
+    assert!(msg.contains("RLIMIT_BOGUS"), "{msg}");
 }

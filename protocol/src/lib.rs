@@ -76,6 +76,18 @@ pub struct ProcessSpec {
     /// Whether the process gets a terminal (one stream, fd 0, both directions).
     #[serde(default)]
     pub terminal: bool,
+    /// `process.rlimits`, applied with `setrlimit` before `execve`, in order.
+    #[serde(default)]
+    pub rlimits: Vec<Rlimit>,
+}
+
+/// One resource limit. `kind` is the OCI name (`RLIMIT_NOFILE`, …); the guest refuses names
+/// it does not know, naming them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    pub kind: String,
+    pub soft: u64,
+    pub hard: u64,
 }
 
 /// How the guest builds the container's root filesystem.

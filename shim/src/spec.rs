@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
-use runvm_protocol::ProcessSpec;
+use runvm_protocol::{ProcessSpec, Rlimit};
 
 /// Errors reading a bundle.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +78,16 @@ impl ContainerSpec {
                     )));
                 }
                 let user = p.user();
+                let rlimits = p
+                    .rlimits()
+                    .iter()
+                    .flatten()
+                    .map(|r| Rlimit {
+                        kind: r.typ().to_string(),
+                        soft: r.soft(),
+                        hard: r.hard(),
+                    })
+                    .collect();
                 Some(ProcessSpec {
                     args,
                     env: p.env().clone().unwrap_or_default(),
@@ -86,6 +96,7 @@ impl ContainerSpec {
                     gid: user.gid(),
                     additional_gids: user.additional_gids().clone().unwrap_or_default(),
                     terminal: p.terminal().unwrap_or(false),
+                    rlimits,
                 })
             }
         };
@@ -96,5 +107,86 @@ impl ContainerSpec {
             process,
             bundle,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A bundle with an empty rootfs and `config` (merged over a minimal one); removed on drop.
+    struct Bundle(PathBuf);
+
+    impl Bundle {
+        fn new(extra: Value) -> Self {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "runvm-spec-test-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::SeqCst)
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(dir.join("rootfs")).unwrap();
+            let mut config = json!({
+                "ociVersion": "1.0.2",
+                "root": { "path": "rootfs" },
+                "process": { "args": ["sh"], "cwd": "/", "user": { "uid": 0, "gid": 0 } },
+            });
+            merge(&mut config, extra);
+            std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+            Self(dir)
+        }
+
+        fn load(&self) -> Result<ContainerSpec, SpecError> {
+            ContainerSpec::load(&self.0)
+        }
+    }
+
+    impl Drop for Bundle {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn merge(a: &mut Value, b: Value) {
+        match (a, b) {
+            (Value::Object(a), Value::Object(b)) => {
+                for (k, v) in b {
+                    merge(a.entry(k).or_insert(Value::Null), v);
+                }
+            }
+            (a, b) => *a = b,
+        }
+    }
+
+    #[test]
+    fn rlimits_are_converted_with_their_oci_names() {
+        let b = Bundle::new(json!({ "process": { "rlimits": [
+            { "type": "RLIMIT_NOFILE", "soft": 1024, "hard": 4096 },
+            { "type": "RLIMIT_CORE", "soft": 0, "hard": 0 },
+        ]}}));
+        let p = b.load().unwrap().process.unwrap();
+        assert_eq!(
+            p.rlimits,
+            vec![
+                Rlimit {
+                    kind: "RLIMIT_NOFILE".into(),
+                    soft: 1024,
+                    hard: 4096
+                },
+                Rlimit {
+                    kind: "RLIMIT_CORE".into(),
+                    soft: 0,
+                    hard: 0
+                },
+            ]
+        );
+        let b = Bundle::new(json!({ "process": { "rlimits": [
+            { "type": "RLIMIT_BOGUS", "soft": 1, "hard": 1 },
+        ]}}));
+        let e = b.load().unwrap_err().to_string();
+        assert!(e.contains("RLIMIT_BOGUS"), "{e}");
     }
 }

@@ -1,0 +1,75 @@
+//! The OCI process attributes that the child applies to itself before `execve`: resource
+//! limits, and (later in the child) the privilege settings.
+
+use crate::error::{Error, Result};
+use nix::sys::resource::{setrlimit, Resource};
+use runvm_protocol::Rlimit;
+
+/// The resource an OCI rlimit name stands for.
+pub fn rlimit_resource(kind: &str) -> Option<Resource> {
+    Some(match kind {
+        "RLIMIT_AS" => Resource::RLIMIT_AS,
+        "RLIMIT_CORE" => Resource::RLIMIT_CORE,
+        "RLIMIT_CPU" => Resource::RLIMIT_CPU,
+        "RLIMIT_DATA" => Resource::RLIMIT_DATA,
+        "RLIMIT_FSIZE" => Resource::RLIMIT_FSIZE,
+        "RLIMIT_LOCKS" => Resource::RLIMIT_LOCKS,
+        "RLIMIT_MEMLOCK" => Resource::RLIMIT_MEMLOCK,
+        "RLIMIT_MSGQUEUE" => Resource::RLIMIT_MSGQUEUE,
+        "RLIMIT_NICE" => Resource::RLIMIT_NICE,
+        "RLIMIT_NOFILE" => Resource::RLIMIT_NOFILE,
+        "RLIMIT_NPROC" => Resource::RLIMIT_NPROC,
+        "RLIMIT_RSS" => Resource::RLIMIT_RSS,
+        "RLIMIT_RTPRIO" => Resource::RLIMIT_RTPRIO,
+        "RLIMIT_RTTIME" => Resource::RLIMIT_RTTIME,
+        "RLIMIT_SIGPENDING" => Resource::RLIMIT_SIGPENDING,
+        "RLIMIT_STACK" => Resource::RLIMIT_STACK,
+        _ => return None,
+    })
+}
+
+/// Checks every rlimit name first, so an unknown one fails before anything is applied.
+pub fn check_rlimits(limits: &[Rlimit]) -> Result<Vec<(Resource, &Rlimit)>> {
+    limits
+        .iter()
+        .map(|l| {
+            rlimit_resource(&l.kind)
+                .map(|r| (r, l))
+                .ok_or_else(|| Error::new(format!("unknown rlimit type {:?}", l.kind)))
+        })
+        .collect()
+}
+
+/// `setrlimit` for each of `limits`, in order (runc's `setupRlimits`).
+pub fn apply_rlimits(limits: &[Rlimit]) -> Result<()> {
+    for (res, l) in check_rlimits(limits)? {
+        setrlimit(res, l.soft, l.hard).map_err(|e| {
+            Error::new(format!(
+                "error setting rlimit type {} (soft {}, hard {}): {e}",
+                l.kind, l.soft, l.hard
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_rlimit_types_are_named() {
+        let ok = Rlimit {
+            kind: "RLIMIT_NOFILE".into(),
+            soft: 1,
+            hard: 2,
+        };
+        let bad = Rlimit {
+            kind: "RLIMIT_BOGUS".into(),
+            ..ok.clone()
+        };
+        assert_eq!(check_rlimits(std::slice::from_ref(&ok)).unwrap().len(), 1);
+        let e = check_rlimits(&[ok, bad]).unwrap_err();
+        assert_eq!(e.message, r#"unknown rlimit type "RLIMIT_BOGUS""#);
+    }
+}

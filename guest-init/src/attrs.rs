@@ -1,5 +1,5 @@
 //! The OCI process attributes that the child applies to itself before `execve`: resource
-//! limits, and (later in the child) the privilege settings.
+//! limits, the OOM score adjustment, and the privilege settings.
 
 use crate::error::{Error, Result};
 use nix::sys::resource::{setrlimit, Resource};
@@ -49,6 +49,22 @@ pub fn apply_rlimits(limits: &[Rlimit]) -> Result<()> {
                 l.kind, l.soft, l.hard
             ))
         })?;
+    }
+    Ok(())
+}
+
+/// `process.oomScoreAdj`: inherited by the workload and its children.
+pub fn set_oom_score_adj(adj: Option<i32>) -> Result<()> {
+    let Some(adj) = adj else { return Ok(()) };
+    std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+        .map_err(|e| Error::new(format!("set oom_score_adj to {adj}: {e}")))
+}
+
+/// `process.noNewPrivileges`.
+pub fn set_no_new_privs(on: bool) -> Result<()> {
+    if on {
+        nix::sys::prctl::set_no_new_privs()
+            .map_err(|e| Error::new(format!("prctl(PR_SET_NO_NEW_PRIVS): {e}")))?;
     }
     Ok(())
 }

@@ -177,6 +177,8 @@ fn child_setup_and_exec(
     drop(stdio);
     close_other_fds()?;
     crate::attrs::apply_rlimits(&p.rlimits)?;
+    crate::attrs::set_oom_score_adj(p.oom_score_adj)?;
+    crate::attrs::set_no_new_privs(p.no_new_privileges)?;
 
     let gids: Vec<Gid> = p
         .additional_gids

@@ -66,7 +66,7 @@ impl Scratch {
         std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
         for applet in [
             "sh", "echo", "cat", "head", "ps", "sleep", "hostname", "kill", "true", "ls", "id",
-            "wc", "mount",
+            "wc", "mount", "grep",
         ] {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
         }
@@ -510,4 +510,21 @@ fn unknown_rlimit_is_start_failed_naming_it() {
     let (code, msg) = o.start_failed.unwrap();
     assert_eq!(code, 1);
     assert!(msg.contains("RLIMIT_BOGUS"), "{msg}");
+}
+
+#[test]
+fn no_new_privileges_and_oom_score_adj_are_applied() {
+    require_root!();
+    let script = "grep NoNewPrivs: /proc/self/status; cat /proc/self/oom_score_adj";
+    let mut p = spec(&["sh", "-c", script]);
+    p.no_new_privileges = true;
+    // Positive: lowering it needs CAP_SYS_RESOURCE, which this test host may lack.
+    p.oom_score_adj = Some(321);
+    let o = run(p, b"", |_| {});
+    assert_eq!(o.exited, Some(ExitStatus::Exited(0)), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "NoNewPrivs:\t1\n321\n");
+    // Without them, the defaults stay.
+    let o = run(spec(&["sh", "-c", script]), b"", |_| {});
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(out.starts_with("NoNewPrivs:\t0\n"), "{out}");
 }

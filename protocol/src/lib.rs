@@ -79,6 +79,12 @@ pub struct ProcessSpec {
     /// `process.rlimits`, applied with `setrlimit` before `execve`, in order.
     #[serde(default)]
     pub rlimits: Vec<Rlimit>,
+    /// `process.noNewPrivileges`: `PR_SET_NO_NEW_PRIVS` before `execve`.
+    #[serde(default)]
+    pub no_new_privileges: bool,
+    /// `process.oomScoreAdj`, written to `/proc/self/oom_score_adj`.
+    #[serde(default)]
+    pub oom_score_adj: Option<i32>,
 }
 
 /// One resource limit. `kind` is the OCI name (`RLIMIT_NOFILE`, …); the guest refuses names

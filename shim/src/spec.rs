@@ -97,6 +97,8 @@ impl ContainerSpec {
                     additional_gids: user.additional_gids().clone().unwrap_or_default(),
                     terminal: p.terminal().unwrap_or(false),
                     rlimits,
+                    no_new_privileges: p.no_new_privileges().unwrap_or(false),
+                    oom_score_adj: p.oom_score_adj(),
                 })
             }
         };
@@ -188,5 +190,16 @@ mod tests {
         ]}}));
         let e = b.load().unwrap_err().to_string();
         assert!(e.contains("RLIMIT_BOGUS"), "{e}");
+    }
+
+    #[test]
+    fn no_new_privileges_and_oom_score_adj_are_carried() {
+        let p = Bundle::new(json!({})).load().unwrap().process.unwrap();
+        assert!(!p.no_new_privileges);
+        assert_eq!(p.oom_score_adj, None);
+        let b = Bundle::new(json!({ "process": { "noNewPrivileges": true, "oomScoreAdj": -500 }}));
+        let p = b.load().unwrap().process.unwrap();
+        assert!(p.no_new_privileges);
+        assert_eq!(p.oom_score_adj, Some(-500));
     }
 }

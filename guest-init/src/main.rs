@@ -14,6 +14,7 @@
 
 mod attrs;
 mod boot_timer;
+mod caps;
 mod error;
 mod log;
 mod mounts;

@@ -178,7 +178,15 @@ fn child_setup_and_exec(
     close_other_fds()?;
     crate::attrs::apply_rlimits(&p.rlimits)?;
     crate::attrs::set_oom_score_adj(p.oom_score_adj)?;
+    let caps = p
+        .capabilities
+        .as_ref()
+        .map(crate::caps::resolve)
+        .transpose()?;
     crate::attrs::set_no_new_privs(p.no_new_privileges)?;
+    if let Some(c) = &caps {
+        crate::caps::before_user_switch(c)?;
+    }
 
     let gids: Vec<Gid> = p
         .additional_gids
@@ -200,6 +208,11 @@ fn child_setup_and_exec(
             io_msg(&e)
         ))
     })?;
+    // Like runc: the working directory is entered with the full permitted set, then the
+    // process's own capabilities are set.
+    if let Some(c) = &caps {
+        crate::caps::after_user_switch(c)?;
+    }
 
     let arg0 = p
         .args

@@ -8,8 +8,8 @@
 //! `cargo xtask test` installs); without them each test fails and says what is missing.
 
 use runvm_protocol::{
-    read_frame, write_frame, ExitStatus, GuestMessage, HostMessage, ProcessSpec, Rlimit,
-    RootfsSpec, StreamHeader, PROTOCOL_VERSION,
+    read_frame, write_frame, Capabilities, ExitStatus, GuestMessage, HostMessage, ProcessSpec,
+    Rlimit, RootfsSpec, StreamHeader, PROTOCOL_VERSION,
 };
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -527,4 +527,68 @@ fn no_new_privileges_and_oom_score_adj_are_applied() {
     let o = run(spec(&["sh", "-c", script]), b"", |_| {});
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(out.starts_with("NoNewPrivs:\t0\n"), "{out}");
+}
+
+fn caps(names: &[&str]) -> Vec<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+const SHOW_CAPS: &str = "grep ^Cap /proc/self/status";
+
+#[test]
+fn capabilities_of_root_are_limited_to_the_spec() {
+    require_root!();
+    let mut p = spec(&["sh", "-c", SHOW_CAPS]);
+    let two = caps(&["CAP_CHOWN", "CAP_KILL"]);
+    p.capabilities = Some(Capabilities {
+        bounding: two.clone(),
+        effective: two.clone(),
+        permitted: two,
+        ..Default::default()
+    });
+    let o = run(p, b"", |_| {});
+    assert_eq!(o.exited, Some(ExitStatus::Exited(0)), "{o:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "CapInh:\t0000000000000000\nCapPrm:\t0000000000000021\nCapEff:\t0000000000000021\n\
+         CapBnd:\t0000000000000021\nCapAmb:\t0000000000000000\n"
+    );
+}
+
+#[test]
+fn ambient_capabilities_survive_the_uid_switch_and_exec() {
+    require_root!();
+    let mut p = spec(&["sh", "-c", SHOW_CAPS]);
+    p.uid = 1000;
+    p.gid = 1000;
+    let two = caps(&["CAP_KILL", "CAP_NET_BIND_SERVICE"]);
+    p.capabilities = Some(Capabilities {
+        bounding: two.clone(),
+        effective: two.clone(),
+        permitted: two.clone(),
+        inheritable: two,
+        ambient: caps(&["CAP_KILL"]),
+    });
+    let o = run(p, b"", |_| {});
+    assert_eq!(o.exited, Some(ExitStatus::Exited(0)), "{o:?}");
+    // After execve by a non-root user only the ambient set stays effective.
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "CapInh:\t0000000000000420\nCapPrm:\t0000000000000020\nCapEff:\t0000000000000020\n\
+         CapBnd:\t0000000000000420\nCapAmb:\t0000000000000020\n"
+    );
+}
+
+#[test]
+fn unknown_capability_is_start_failed_naming_it() {
+    require_root!();
+    let mut p = spec(&["true"]);
+    p.capabilities = Some(Capabilities {
+        bounding: caps(&["CAP_KILL", "CAP_NOT_A_THING"]),
+        ..Default::default()
+    });
+    let o = run(p, b"", |_| {});
+    let (code, msg) = o.start_failed.unwrap();
+    assert_eq!(code, 1);
+    assert!(msg.contains("CAP_NOT_A_THING"), "{msg}");
 }

@@ -85,6 +85,25 @@ pub struct ProcessSpec {
     /// `process.oomScoreAdj`, written to `/proc/self/oom_score_adj`.
     #[serde(default)]
     pub oom_score_adj: Option<i32>,
+    /// `process.capabilities`; `None` leaves the capabilities as they are (full for root).
+    #[serde(default)]
+    pub capabilities: Option<Capabilities>,
+}
+
+/// The capability sets of a process, by name (`CAP_CHOWN`, …); the guest refuses names it
+/// does not know, naming them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    #[serde(default)]
+    pub bounding: Vec<String>,
+    #[serde(default)]
+    pub effective: Vec<String>,
+    #[serde(default)]
+    pub permitted: Vec<String>,
+    #[serde(default)]
+    pub inheritable: Vec<String>,
+    #[serde(default)]
+    pub ambient: Vec<String>,
 }
 
 /// One resource limit. `kind` is the OCI name (`RLIMIT_NOFILE`, …); the guest refuses names
@@ -160,6 +179,8 @@ pub enum GuestMessage {
 }
 
 /// Messages from the host to the guest init.
+// `Run` is large, but it is sent once per container; boxing it would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HostMessage {
     /// Set up the root filesystem and run the container's main process.
@@ -245,6 +266,19 @@ mod tests {
         write_frame(&mut buf, &msg).unwrap();
         let back: GuestMessage = read_frame(&mut buf.as_slice()).unwrap();
         assert_eq!(back, msg);
+    }
+
+    #[test]
+    fn a_run_without_the_newer_fields_still_decodes() {
+        let old = br#"{"Run":{"rootfs":{"lower_devices":["/dev/vda"]},"hostname":null,
+            "process":{"args":["sh"],"env":[],"cwd":"/"}}}"#;
+        let HostMessage::Run { process, .. } = serde_json::from_slice(old).unwrap() else {
+            panic!("not a Run")
+        };
+        assert!(process.rlimits.is_empty());
+        assert!(!process.no_new_privileges);
+        assert_eq!(process.oom_score_adj, None);
+        assert_eq!(process.capabilities, None);
     }
 
     #[test]

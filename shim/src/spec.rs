@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
-use runvm_protocol::{ProcessSpec, Rlimit};
+use runvm_protocol::{Capabilities, ProcessSpec, Rlimit};
 
 /// Errors reading a bundle.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +99,7 @@ impl ContainerSpec {
                     rlimits,
                     no_new_privileges: p.no_new_privileges().unwrap_or(false),
                     oom_score_adj: p.oom_score_adj(),
+                    capabilities: p.capabilities().as_ref().map(capabilities),
                 })
             }
         };
@@ -109,6 +110,29 @@ impl ContainerSpec {
             process,
             bundle,
         })
+    }
+}
+
+/// oci-spec's capability sets as sorted `CAP_*` names.
+fn capabilities(c: &oci_spec::runtime::LinuxCapabilities) -> Capabilities {
+    let names = |set: &Option<oci_spec::runtime::Capabilities>| -> Vec<String> {
+        let mut v: Vec<String> = set
+            .iter()
+            .flatten()
+            .map(|cap| match serde_json::to_value(cap) {
+                Ok(serde_json::Value::String(s)) => s,
+                _ => format!("CAP_{cap}"),
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    Capabilities {
+        bounding: names(c.bounding()),
+        effective: names(c.effective()),
+        permitted: names(c.permitted()),
+        inheritable: names(c.inheritable()),
+        ambient: names(c.ambient()),
     }
 }
 
@@ -201,5 +225,26 @@ mod tests {
         let p = b.load().unwrap().process.unwrap();
         assert!(p.no_new_privileges);
         assert_eq!(p.oom_score_adj, Some(-500));
+    }
+
+    #[test]
+    fn capabilities_are_carried_by_name_and_unknown_ones_refused() {
+        let p = Bundle::new(json!({})).load().unwrap().process.unwrap();
+        assert_eq!(p.capabilities, None);
+        let b = Bundle::new(json!({ "process": { "capabilities": {
+            "bounding": ["CAP_KILL", "CAP_CHOWN"],
+            "effective": ["CAP_KILL"],
+            "ambient": ["net_bind_service"],
+        }}}));
+        let c = b.load().unwrap().process.unwrap().capabilities.unwrap();
+        assert_eq!(c.bounding, ["CAP_CHOWN", "CAP_KILL"]);
+        assert_eq!(c.effective, ["CAP_KILL"]);
+        assert!(c.permitted.is_empty() && c.inheritable.is_empty());
+        assert_eq!(c.ambient, ["CAP_NET_BIND_SERVICE"]);
+        let b = Bundle::new(json!({ "process": { "capabilities": {
+            "bounding": ["CAP_KILL", "CAP_WHATEVER"],
+        }}}));
+        let e = b.load().unwrap_err().to_string();
+        assert!(e.contains("CAP_WHATEVER"), "{e}");
     }
 }

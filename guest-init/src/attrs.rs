@@ -69,9 +69,45 @@ pub fn set_no_new_privs(on: bool) -> Result<()> {
     Ok(())
 }
 
+/// The file under `/proc/sys` for a sysctl key (`net.ipv4.ip_forward` or
+/// `net/ipv4/ip_forward`); keys that could leave `/proc/sys` are refused.
+pub fn sysctl_path(key: &str) -> Result<String> {
+    let rel = key.replace('.', "/");
+    if rel.is_empty() || rel.starts_with('/') || rel.split('/').any(|c| c.is_empty() || c == "..") {
+        return Err(Error::new(format!("invalid sysctl key {key:?}")));
+    }
+    Ok(format!("/proc/sys/{rel}"))
+}
+
+/// `linux.sysctl`, written in the workload's namespaces (the host has checked that they are
+/// namespaced).
+pub fn apply_sysctls(sysctl: &std::collections::BTreeMap<String, String>) -> Result<()> {
+    for (key, value) in sysctl {
+        let path = sysctl_path(key)?;
+        std::fs::write(&path, value.as_bytes())
+            .map_err(|e| Error::new(format!("write sysctl {key} = {value:?} ({path}): {e}")))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sysctl_keys_map_under_proc_sys() {
+        assert_eq!(
+            sysctl_path("net.ipv4.ip_forward").unwrap(),
+            "/proc/sys/net/ipv4/ip_forward"
+        );
+        assert_eq!(
+            sysctl_path("kernel/shmmax").unwrap(),
+            "/proc/sys/kernel/shmmax"
+        );
+        for bad in ["", "/etc/passwd", "net..x", "../../etc", "net/../../x"] {
+            assert!(sysctl_path(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn unknown_rlimit_types_are_named() {

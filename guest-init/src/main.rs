@@ -132,12 +132,13 @@ fn run(mode: &Mode, control_slot: &mut Option<Control>) -> Result<()> {
     control.send(&GuestMessage::Hello {
         version: PROTOCOL_VERSION,
     })?;
-    let (rootfs, hostname, process) = match control.recv()? {
+    let (rootfs, hostname, process, linux) = match control.recv()? {
         Some(HostMessage::Run {
             rootfs,
             hostname,
             process,
-        }) => (rootfs, hostname, process),
+            linux,
+        }) => (rootfs, hostname, process, linux),
         None => {
             log::info("host closed the control connection before Run");
             *control_slot = None;
@@ -175,6 +176,7 @@ fn run(mode: &Mode, control_slot: &mut Option<Control>) -> Result<()> {
     let req = workload::Request {
         paths: &paths,
         process: &process,
+        linux: &linux,
         hostname: hostname.as_deref(),
         readonly_root: rootfs.readonly,
     };

@@ -249,6 +249,49 @@ pub fn container(readonly_root: bool) -> Result<()> {
     Ok(())
 }
 
+/// `linux.readonlyPaths`: bind the path onto itself and remount the bind read-only,
+/// keeping its nosuid/nodev/noexec flags. A missing path is skipped, as in runc.
+pub fn readonly_path(path: &str) -> Result<()> {
+    let p = Path::new(path);
+    if !p.exists() {
+        return Ok(());
+    }
+    do_mount(
+        Some(path),
+        p,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )?;
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    if let Ok(st) = nix::sys::statvfs::statvfs(p) {
+        use nix::sys::statvfs::FsFlags;
+        for (have, keep) in [
+            (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+            (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+            (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        ] {
+            if st.flags().contains(have) {
+                flags |= keep;
+            }
+        }
+    }
+    do_mount(None, p, None, flags, None)
+}
+
+/// `linux.maskedPaths`: `/dev/null` over a file, an empty read-only tmpfs over a
+/// directory. A missing path is skipped, as in runc.
+pub fn mask_path(path: &str) -> Result<()> {
+    let p = Path::new(path);
+    match std::fs::metadata(p) {
+        Err(_) => Ok(()),
+        Ok(md) if md.is_dir() => {
+            do_mount(Some("tmpfs"), p, Some("tmpfs"), MsFlags::MS_RDONLY, None)
+        }
+        Ok(_) => do_mount(Some("/dev/null"), p, None, MsFlags::MS_BIND, None),
+    }
+}
+
 /// The usual device nodes and links of a container's `/dev` (what runc creates).
 fn dev_nodes() -> Result<()> {
     for (name, major, minor) in [

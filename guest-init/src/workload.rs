@@ -13,7 +13,7 @@ use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
 use nix::sys::stat::Mode;
 use nix::sys::wait::WaitStatus;
 use nix::unistd::{Gid, Pid, Uid};
-use runvm_protocol::{ExitStatus, ProcessSpec};
+use runvm_protocol::{ExitStatus, LinuxSpec, ProcessSpec};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -41,6 +41,7 @@ pub struct Failed {
 pub struct Request<'a> {
     pub paths: &'a Paths,
     pub process: &'a ProcessSpec,
+    pub linux: &'a LinuxSpec,
     pub hostname: Option<&'a str>,
     pub readonly_root: bool,
 }
@@ -170,6 +171,14 @@ fn child_setup_and_exec(
     }
     mounts::switch_root(&req.paths.newroot)?;
     mounts::container(req.readonly_root)?;
+    // runc's order: sysctls, then read-only paths (Docker lists /proc/sys), then masks.
+    crate::attrs::apply_sysctls(&req.linux.sysctl)?;
+    for p in &req.linux.readonly_paths {
+        mounts::readonly_path(p)?;
+    }
+    for p in &req.linux.masked_paths {
+        mounts::mask_path(p)?;
+    }
 
     for (target, fd) in stdio.iter().enumerate() {
         nix::unistd::dup2(fd.as_raw_fd(), target as i32).context("dup2 stdio")?;

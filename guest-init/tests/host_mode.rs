@@ -8,8 +8,8 @@
 //! `cargo xtask test` installs); without them each test fails and says what is missing.
 
 use runvm_protocol::{
-    read_frame, write_frame, Capabilities, ExitStatus, GuestMessage, HostMessage, ProcessSpec,
-    Rlimit, RootfsSpec, StreamHeader, PROTOCOL_VERSION,
+    read_frame, write_frame, Capabilities, ExitStatus, GuestMessage, HostMessage, LinuxSpec,
+    ProcessSpec, Rlimit, RootfsSpec, StreamHeader, PROTOCOL_VERSION,
 };
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -66,7 +66,7 @@ impl Scratch {
         std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
         for applet in [
             "sh", "echo", "cat", "head", "ps", "sleep", "hostname", "kill", "true", "ls", "id",
-            "wc", "mount", "grep",
+            "wc", "mount", "grep", "cut",
         ] {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
         }
@@ -130,11 +130,23 @@ fn spec(args: &[&str]) -> ProcessSpec {
 /// Runs init once with `process`, feeding `stdin`; `after_start` may send control
 /// messages once the workload runs.
 fn run(process: ProcessSpec, stdin: &[u8], after_start: impl FnOnce(&mut UnixStream)) -> Outcome {
+    run_with(process, LinuxSpec::default(), stdin, after_start)
+}
+
+/// [`run`] with the container's `linux.*` settings.
+fn run_with(
+    process: ProcessSpec,
+    linux: LinuxSpec,
+    stdin: &[u8],
+    after_start: impl FnOnce(&mut UnixStream),
+) -> Outcome {
     let scratch = Scratch::new();
     let ctl_l = UnixListener::bind(scratch.dir.join("1024")).unwrap();
     let str_l = UnixListener::bind(scratch.dir.join("1025")).unwrap();
+    // Own IPC and network namespaces too (the VM has its own kernel), so that sysctl tests
+    // do not change this host.
     let mut child = Command::new("unshare")
-        .args(["-m", "--propagation", "private"])
+        .args(["-m", "--ipc", "--net", "--propagation", "private"])
         .arg(init_bin())
         .env("RUNVM_INIT_TEST", &scratch.dir)
         .env("RUNVM_INIT_DEBUG", "1")
@@ -158,6 +170,7 @@ fn run(process: ProcessSpec, stdin: &[u8], after_start: impl FnOnce(&mut UnixStr
             },
             hostname: Some("testbox".into()),
             process,
+            linux,
         },
     )
     .unwrap();
@@ -464,6 +477,7 @@ fn run_expect_early_failure(process: ProcessSpec) -> (i32, String) {
             },
             hostname: None,
             process,
+            linux: LinuxSpec::default(),
         },
     )
     .unwrap();
@@ -591,4 +605,60 @@ fn unknown_capability_is_start_failed_naming_it() {
     let (code, msg) = o.start_failed.unwrap();
     assert_eq!(code, 1);
     assert!(msg.contains("CAP_NOT_A_THING"), "{msg}");
+}
+
+#[test]
+fn sysctls_are_written_in_the_container() {
+    require_root!();
+    let linux = LinuxSpec {
+        sysctl: [
+            ("kernel.shmmax".to_string(), "123456789".to_string()),
+            ("net.ipv4.ip_forward".to_string(), "1".to_string()),
+        ]
+        .into(),
+        ..Default::default()
+    };
+    let p = spec(&[
+        "cat",
+        "/proc/sys/kernel/shmmax",
+        "/proc/sys/net/ipv4/ip_forward",
+    ]);
+    let o = run_with(p, linux, b"", |_| {});
+    assert_eq!(o.exited, Some(ExitStatus::Exited(0)), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "123456789\n1\n");
+}
+
+#[test]
+fn masked_paths_read_empty_and_missing_ones_are_skipped() {
+    require_root!();
+    let linux = LinuxSpec {
+        masked_paths: vec!["/etc/passwd".into(), "/proc/sys".into(), "/nope".into()],
+        ..Default::default()
+    };
+    let script = "wc -c < /etc/passwd; ls /proc/sys | wc -l; \
+                  echo x > /proc/sys/f 2>/dev/null && echo writable || echo refused";
+    let o = run_with(spec(&["sh", "-c", script]), linux, b"", |_| {});
+    assert_eq!(o.exited, Some(ExitStatus::Exited(0)), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "0\n0\nrefused\n");
+}
+
+#[test]
+fn readonly_paths_refuse_writes_and_keep_their_flags() {
+    require_root!();
+    let linux = LinuxSpec {
+        readonly_paths: vec!["/tmp".into(), "/proc/sys".into(), "/nope".into()],
+        ..Default::default()
+    };
+    let script = "echo x > /tmp/f 2>/dev/null && echo writable || echo refused; \
+                  echo x > /work/f && echo work-writable; \
+                  grep ' /proc/sys ' /proc/mounts | cut -d' ' -f4";
+    let o = run_with(spec(&["sh", "-c", script]), linux, b"", |_| {});
+    assert_eq!(o.exited, Some(ExitStatus::Exited(0)), "{o:?}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..2], ["refused", "work-writable"], "{out}");
+    let opts: Vec<&str> = lines[2].split(',').collect();
+    for o in ["ro", "nosuid", "nodev", "noexec"] {
+        assert!(opts.contains(&o), "{out}");
+    }
 }

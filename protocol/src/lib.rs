@@ -115,6 +115,23 @@ pub struct Rlimit {
     pub hard: u64,
 }
 
+/// The Linux settings of the container (OCI `linux.*`) that the guest applies in the
+/// workload's namespaces, already checked by the host.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinuxSpec {
+    /// `linux.sysctl`: key (dotted, `net.ipv4.ip_forward`) → value, written under
+    /// `/proc/sys`. The host lets through only the namespaced ones, as runc does.
+    #[serde(default)]
+    pub sysctl: std::collections::BTreeMap<String, String>,
+    /// `linux.maskedPaths`: `/dev/null` is bound over files, a read-only tmpfs over
+    /// directories; missing paths are skipped.
+    #[serde(default)]
+    pub masked_paths: Vec<String>,
+    /// `linux.readonlyPaths`: bind-remounted read-only; missing paths are skipped.
+    #[serde(default)]
+    pub readonly_paths: Vec<String>,
+}
+
 /// How the guest builds the container's root filesystem.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootfsSpec {
@@ -188,6 +205,8 @@ pub enum HostMessage {
         rootfs: RootfsSpec,
         hostname: Option<String>,
         process: ProcessSpec,
+        #[serde(default)]
+        linux: LinuxSpec,
     },
     /// Deliver a signal to a process.
     Signal { process: ProcessId, signal: i32 },
@@ -272,9 +291,10 @@ mod tests {
     fn a_run_without_the_newer_fields_still_decodes() {
         let old = br#"{"Run":{"rootfs":{"lower_devices":["/dev/vda"]},"hostname":null,
             "process":{"args":["sh"],"env":[],"cwd":"/"}}}"#;
-        let HostMessage::Run { process, .. } = serde_json::from_slice(old).unwrap() else {
+        let HostMessage::Run { process, linux, .. } = serde_json::from_slice(old).unwrap() else {
             panic!("not a Run")
         };
+        assert_eq!(linux, LinuxSpec::default());
         assert!(process.rlimits.is_empty());
         assert!(!process.no_new_privileges);
         assert_eq!(process.oom_score_adj, None);

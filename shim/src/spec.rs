@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
-use runvm_protocol::{Capabilities, ProcessSpec, Rlimit};
+use runvm_protocol::{Capabilities, LinuxSpec, ProcessSpec, Rlimit};
 
 /// Errors reading a bundle.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +25,7 @@ pub struct ContainerSpec {
     pub readonly: bool,
     pub hostname: Option<String>,
     pub process: Option<ProcessSpec>,
+    pub linux: LinuxSpec,
 }
 
 impl ContainerSpec {
@@ -103,7 +104,32 @@ impl ContainerSpec {
                 })
             }
         };
+        let linux = match spec.linux() {
+            None => LinuxSpec::default(),
+            Some(l) => {
+                let sysctl = l.sysctl().clone().unwrap_or_default();
+                for key in sysctl.keys() {
+                    check_sysctl(key).map_err(|m| invalid(format!("linux.sysctl: {m}")))?;
+                }
+                let paths =
+                    |v: &Option<Vec<String>>, field: &str| -> Result<Vec<String>, SpecError> {
+                        let v = v.clone().unwrap_or_default();
+                        match v.iter().find(|p| !p.starts_with('/')) {
+                            Some(p) => Err(invalid(format!(
+                                "linux.{field}: {p:?} must be an absolute path"
+                            ))),
+                            None => Ok(v),
+                        }
+                    };
+                LinuxSpec {
+                    sysctl: sysctl.into_iter().collect(),
+                    masked_paths: paths(l.masked_paths(), "maskedPaths")?,
+                    readonly_paths: paths(l.readonly_paths(), "readonlyPaths")?,
+                }
+            }
+        };
         Ok(Self {
+            linux,
             rootfs,
             readonly,
             hostname: spec.hostname().clone(),
@@ -111,6 +137,37 @@ impl ContainerSpec {
             bundle,
         })
     }
+}
+
+/// runc's check of a sysctl key: only the namespaced ones can be set. Every runvm container
+/// has its own kernel, so the IPC, network and UTS ones are always the container's own.
+fn check_sysctl(key: &str) -> Result<(), String> {
+    let k = key.replace('/', ".");
+    const IPC: [&str; 8] = [
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    if IPC.contains(&k.as_str())
+        || k.starts_with("fs.mqueue.")
+        || k.starts_with("net.")
+        || k == "kernel.domainname"
+    {
+        return Ok(());
+    }
+    if k == "kernel.hostname" {
+        return Err(format!(
+            "sysctl {key:?} is not allowed as it conflicts with the OCI \"hostname\" field"
+        ));
+    }
+    Err(format!(
+        "sysctl {key:?} is not in a separate kernel namespace"
+    ))
 }
 
 /// oci-spec's capability sets as sorted `CAP_*` names.
@@ -185,6 +242,34 @@ mod tests {
             }
             (a, b) => *a = b,
         }
+    }
+
+    #[test]
+    fn namespaced_sysctls_and_paths_are_carried_others_refused() {
+        let b = Bundle::new(json!({ "linux": {
+            "sysctl": { "net.ipv4.ip_forward": "1", "kernel.shmmax": "4096", "fs/mqueue/msg_max": "20" },
+            "maskedPaths": ["/proc/kcore", "/proc/acpi"],
+            "readonlyPaths": ["/proc/sys"],
+        }}));
+        let l = b.load().unwrap().linux;
+        assert_eq!(l.sysctl.len(), 3);
+        assert_eq!(l.sysctl["net.ipv4.ip_forward"], "1");
+        assert_eq!(l.masked_paths, ["/proc/kcore", "/proc/acpi"]);
+        assert_eq!(l.readonly_paths, ["/proc/sys"]);
+        for (key, why) in [
+            ("vm.swappiness", "not in a separate kernel namespace"),
+            ("kernel.hostname", "conflicts with the OCI"),
+        ] {
+            let b = Bundle::new(json!({ "linux": { "sysctl": { key: "1" } } }));
+            let e = b.load().unwrap_err().to_string();
+            assert!(
+                e.contains("linux.sysctl") && e.contains(key) && e.contains(why),
+                "{e}"
+            );
+        }
+        let b = Bundle::new(json!({ "linux": { "maskedPaths": ["proc/kcore"] } }));
+        let e = b.load().unwrap_err().to_string();
+        assert!(e.contains("linux.maskedPaths"), "{e}");
     }
 
     #[test]

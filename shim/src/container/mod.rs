@@ -147,6 +147,7 @@ pub fn prepare(id: &str, bundle: &Path, root: &Option<PathBuf>) -> Result<Prepar
         },
         hostname: spec.hostname.clone(),
         process,
+        linux: spec.linux.clone(),
     };
     Ok(Prepared {
         id: id.to_string(),

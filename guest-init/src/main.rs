@@ -132,13 +132,14 @@ fn run(mode: &Mode, control_slot: &mut Option<Control>) -> Result<()> {
     control.send(&GuestMessage::Hello {
         version: PROTOCOL_VERSION,
     })?;
-    let (rootfs, hostname, process, linux) = match control.recv()? {
+    let (rootfs, hostname, process, linux, spec_mounts) = match control.recv()? {
         Some(HostMessage::Run {
             rootfs,
             hostname,
             process,
             linux,
-        }) => (rootfs, hostname, process, linux),
+            mounts,
+        }) => (rootfs, hostname, process, linux, mounts),
         None => {
             log::info("host closed the control connection before Run");
             *control_slot = None;
@@ -177,6 +178,7 @@ fn run(mode: &Mode, control_slot: &mut Option<Control>) -> Result<()> {
         paths: &paths,
         process: &process,
         linux: &linux,
+        mounts: &spec_mounts,
         hostname: hostname.as_deref(),
         readonly_root: rootfs.readonly,
     };

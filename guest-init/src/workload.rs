@@ -13,7 +13,7 @@ use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
 use nix::sys::stat::Mode;
 use nix::sys::wait::WaitStatus;
 use nix::unistd::{Gid, Pid, Uid};
-use runvm_protocol::{ExitStatus, LinuxSpec, ProcessSpec};
+use runvm_protocol::{ExitStatus, LinuxSpec, MountSpec, ProcessSpec};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -42,6 +42,7 @@ pub struct Request<'a> {
     pub paths: &'a Paths,
     pub process: &'a ProcessSpec,
     pub linux: &'a LinuxSpec,
+    pub mounts: &'a [MountSpec],
     pub hostname: Option<&'a str>,
     pub readonly_root: bool,
 }
@@ -170,7 +171,7 @@ fn child_setup_and_exec(
         nix::unistd::sethostname(h).with_context(|| format!("sethostname {h:?}"))?;
     }
     mounts::switch_root(&req.paths.newroot)?;
-    mounts::container(req.readonly_root)?;
+    mounts::container(req.mounts, req.readonly_root)?;
     // runc's order: sysctls, then read-only paths (Docker lists /proc/sys), then masks.
     crate::attrs::apply_sysctls(&req.linux.sysctl)?;
     for p in &req.linux.readonly_paths {

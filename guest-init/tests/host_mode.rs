@@ -9,7 +9,7 @@
 
 use runvm_protocol::{
     read_frame, write_frame, Capabilities, ExitStatus, GuestMessage, HostMessage, LinuxSpec,
-    ProcessSpec, Rlimit, RootfsSpec, StreamHeader, PROTOCOL_VERSION,
+    MountSpec, ProcessSpec, Rlimit, RootfsSpec, StreamHeader, PROTOCOL_VERSION,
 };
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -130,13 +130,14 @@ fn spec(args: &[&str]) -> ProcessSpec {
 /// Runs init once with `process`, feeding `stdin`; `after_start` may send control
 /// messages once the workload runs.
 fn run(process: ProcessSpec, stdin: &[u8], after_start: impl FnOnce(&mut UnixStream)) -> Outcome {
-    run_with(process, LinuxSpec::default(), stdin, after_start)
+    run_with(process, LinuxSpec::default(), vec![], stdin, after_start)
 }
 
 /// [`run`] with the container's `linux.*` settings.
 fn run_with(
     process: ProcessSpec,
     linux: LinuxSpec,
+    mounts: Vec<MountSpec>,
     stdin: &[u8],
     after_start: impl FnOnce(&mut UnixStream),
 ) -> Outcome {
@@ -171,6 +172,7 @@ fn run_with(
             hostname: Some("testbox".into()),
             process,
             linux,
+            mounts,
         },
     )
     .unwrap();
@@ -478,6 +480,7 @@ fn run_expect_early_failure(process: ProcessSpec) -> (i32, String) {
             hostname: None,
             process,
             linux: LinuxSpec::default(),
+            mounts: vec![],
         },
     )
     .unwrap();
@@ -623,7 +626,7 @@ fn sysctls_are_written_in_the_container() {
         "/proc/sys/kernel/shmmax",
         "/proc/sys/net/ipv4/ip_forward",
     ]);
-    let o = run_with(p, linux, b"", |_| {});
+    let o = run_with(p, linux, vec![], b"", |_| {});
     assert_eq!(o.exited, Some(ExitStatus::Exited(0)), "{o:?}");
     assert_eq!(String::from_utf8_lossy(&o.stdout), "123456789\n1\n");
 }
@@ -637,7 +640,7 @@ fn masked_paths_read_empty_and_missing_ones_are_skipped() {
     };
     let script = "wc -c < /etc/passwd; ls /proc/sys | wc -l; \
                   echo x > /proc/sys/f 2>/dev/null && echo writable || echo refused";
-    let o = run_with(spec(&["sh", "-c", script]), linux, b"", |_| {});
+    let o = run_with(spec(&["sh", "-c", script]), linux, vec![], b"", |_| {});
     assert_eq!(o.exited, Some(ExitStatus::Exited(0)), "{o:?}");
     assert_eq!(String::from_utf8_lossy(&o.stdout), "0\n0\nrefused\n");
 }
@@ -652,7 +655,7 @@ fn readonly_paths_refuse_writes_and_keep_their_flags() {
     let script = "echo x > /tmp/f 2>/dev/null && echo writable || echo refused; \
                   echo x > /work/f && echo work-writable; \
                   grep ' /proc/sys ' /proc/mounts | cut -d' ' -f4";
-    let o = run_with(spec(&["sh", "-c", script]), linux, b"", |_| {});
+    let o = run_with(spec(&["sh", "-c", script]), linux, vec![], b"", |_| {});
     assert_eq!(o.exited, Some(ExitStatus::Exited(0)), "{o:?}");
     let out = String::from_utf8_lossy(&o.stdout);
     let lines: Vec<&str> = out.lines().collect();
@@ -661,4 +664,87 @@ fn readonly_paths_refuse_writes_and_keep_their_flags() {
     for o in ["ro", "nosuid", "nodev", "noexec"] {
         assert!(opts.contains(&o), "{out}");
     }
+}
+
+fn mnt(dest: &str, fstype: &str, options: &str) -> MountSpec {
+    MountSpec {
+        destination: dest.into(),
+        fstype: fstype.into(),
+        source: fstype.into(),
+        options: options
+            .split(',')
+            .filter(|o| !o.is_empty())
+            .map(String::from)
+            .collect(),
+    }
+}
+
+/// What Docker puts in `mounts` (less its bind mounts), plus a sized tmpfs.
+fn docker_mounts() -> Vec<MountSpec> {
+    vec![
+        mnt("/proc", "proc", "nosuid,noexec,nodev"),
+        mnt("/dev", "tmpfs", "nosuid,strictatime,mode=755,size=65536k"),
+        mnt(
+            "/dev/pts",
+            "devpts",
+            "nosuid,noexec,newinstance,ptmxmode=0666,mode=0620,gid=5",
+        ),
+        mnt("/sys", "sysfs", "nosuid,noexec,nodev,ro"),
+        mnt("/sys/fs/cgroup", "cgroup", "ro,nosuid,noexec,nodev"),
+        mnt("/dev/mqueue", "mqueue", "nosuid,noexec,nodev"),
+        mnt(
+            "/dev/shm",
+            "tmpfs",
+            "noexec,nosuid,nodev,mode=1777,size=67108864",
+        ),
+        mnt("/work/scratch", "tmpfs", "nosuid,nodev,size=1m,mode=1770"),
+    ]
+}
+
+#[test]
+fn spec_mounts_are_made_with_their_options() {
+    require_root!();
+    let script =
+        "grep -E ' /(work/scratch|sys|dev/shm|sys/fs/cgroup) ' /proc/mounts | cut -d' ' -f2-4; \
+                  ls /dev/null /dev/pts/ptmx /dev/mqueue >/dev/null && echo dev-ok";
+    let o = run_with(
+        spec(&["sh", "-c", script]),
+        LinuxSpec::default(),
+        docker_mounts(),
+        b"",
+        |_| {},
+    );
+    assert_eq!(o.exited, Some(ExitStatus::Exited(0)), "{o:?}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines.contains(&"/sys sysfs ro,nosuid,nodev,noexec,relatime"),
+        "{out}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("/sys/fs/cgroup cgroup2 ro,nosuid,nodev,noexec")),
+        "{out}"
+    );
+    assert!(
+        lines.contains(&"/dev/shm tmpfs rw,nosuid,nodev,noexec,relatime,size=65536k"),
+        "{out}"
+    );
+    assert!(
+        lines.contains(&"/work/scratch tmpfs rw,nosuid,nodev,relatime,size=1024k,mode=1770"),
+        "{out}"
+    );
+    assert_eq!(lines.last(), Some(&"dev-ok"), "{out}");
+}
+
+#[test]
+fn a_bind_mount_reaching_the_guest_is_refused() {
+    require_root!();
+    let mut m = docker_mounts();
+    m.push(mnt("/data", "tmpfs", "rbind"));
+    let o = run_with(spec(&["true"]), LinuxSpec::default(), m, b"", |_| {});
+    let (code, msg) = o.start_failed.unwrap();
+    assert_eq!(code, 1);
+    assert!(msg.contains("/data") && msg.contains("bind"), "{msg}");
 }

@@ -132,6 +132,20 @@ pub struct LinuxSpec {
     pub readonly_paths: Vec<String>,
 }
 
+/// One OCI `mounts` entry the guest makes itself (proc, sysfs, tmpfs, devpts, mqueue,
+/// cgroup/cgroup2). Bind mounts never get here: the host refuses them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountSpec {
+    pub destination: String,
+    pub fstype: String,
+    #[serde(default)]
+    pub source: String,
+    /// The OCI option words (`ro`, `nosuid`, `mode=755`, `size=64m`, …), parsed by the
+    /// guest into mount flags and file-system data as runc does.
+    #[serde(default)]
+    pub options: Vec<String>,
+}
+
 /// How the guest builds the container's root filesystem.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootfsSpec {
@@ -207,6 +221,10 @@ pub enum HostMessage {
         process: ProcessSpec,
         #[serde(default)]
         linux: LinuxSpec,
+        /// The container's mounts, in order. Empty: the guest's default set (proc, /dev,
+        /// devpts, /dev/shm, mqueue, sysfs, cgroup2), as before this field existed.
+        #[serde(default)]
+        mounts: Vec<MountSpec>,
     },
     /// Deliver a signal to a process.
     Signal { process: ProcessId, signal: i32 },
@@ -291,9 +309,16 @@ mod tests {
     fn a_run_without_the_newer_fields_still_decodes() {
         let old = br#"{"Run":{"rootfs":{"lower_devices":["/dev/vda"]},"hostname":null,
             "process":{"args":["sh"],"env":[],"cwd":"/"}}}"#;
-        let HostMessage::Run { process, linux, .. } = serde_json::from_slice(old).unwrap() else {
+        let HostMessage::Run {
+            process,
+            linux,
+            mounts,
+            ..
+        } = serde_json::from_slice(old).unwrap()
+        else {
             panic!("not a Run")
         };
+        assert!(mounts.is_empty());
         assert_eq!(linux, LinuxSpec::default());
         assert!(process.rlimits.is_empty());
         assert!(!process.no_new_privileges);

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
-use runvm_protocol::{Capabilities, LinuxSpec, ProcessSpec, Rlimit};
+use runvm_protocol::{Capabilities, LinuxSpec, MountSpec, ProcessSpec, Rlimit};
 
 /// Errors reading a bundle.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +26,7 @@ pub struct ContainerSpec {
     pub hostname: Option<String>,
     pub process: Option<ProcessSpec>,
     pub linux: LinuxSpec,
+    pub mounts: Vec<MountSpec>,
 }
 
 impl ContainerSpec {
@@ -128,7 +129,14 @@ impl ContainerSpec {
                 }
             }
         };
+        let mut mounts = Vec::new();
+        for m in spec.mounts().iter().flatten() {
+            if let Some(m) = convert_mount(m).map_err(invalid)? {
+                mounts.push(m);
+            }
+        }
         Ok(Self {
+            mounts,
             linux,
             rootfs,
             readonly,
@@ -136,6 +144,59 @@ impl ContainerSpec {
             process,
             bundle,
         })
+    }
+}
+
+/// Files that Docker bind-mounts into every container. They are not applied yet (copying
+/// them in at start, DESIGN.md "Root filesystem", is still to do), but they are no reason
+/// to refuse the container either: they are skipped with a debug log.
+const DOCKER_FILES: [&str; 3] = ["/etc/hosts", "/etc/resolv.conf", "/etc/hostname"];
+
+/// One `mounts` entry as the guest can make it, `None` for one that is knowingly skipped,
+/// or an error naming the destination for what cannot be applied.
+fn convert_mount(m: &oci_spec::runtime::Mount) -> Result<Option<MountSpec>, String> {
+    let dest = m.destination().to_string_lossy().into_owned();
+    let typ = m.typ().clone().unwrap_or_default();
+    let options = m.options().clone().unwrap_or_default();
+    let source = m
+        .source()
+        .as_ref()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !dest.starts_with('/') {
+        return Err(format!(
+            "mounts: destination {dest:?} must be an absolute path"
+        ));
+    }
+    let bind = typ == "bind" || options.iter().any(|o| o == "bind" || o == "rbind");
+    if bind {
+        let is_dir = std::fs::metadata(&source).map(|md| md.is_dir());
+        return match is_dir {
+            Ok(false) if DOCKER_FILES.contains(&dest.as_str()) => {
+                log::debug!("mounts: ignoring the bind mount of {source} on {dest} (not applied yet)");
+                Ok(None)
+            }
+            Ok(true) => Err(format!(
+                "mounts: {dest}: bind mounts of directories ({source}) are not supported by runvm yet (they need a shared file system)"
+            )),
+            Ok(false) => Err(format!(
+                "mounts: {dest}: bind mounts of files ({source}) are not supported by runvm yet"
+            )),
+            Err(e) => Err(format!("mounts: {dest}: bind mount source {source}: {e}")),
+        };
+    }
+    match typ.as_str() {
+        "proc" | "sysfs" | "tmpfs" | "devpts" | "mqueue" | "cgroup" | "cgroup2" => {
+            Ok(Some(MountSpec {
+                destination: dest,
+                fstype: typ,
+                source,
+                options,
+            }))
+        }
+        _ => Err(format!(
+            "mounts: {dest}: mount type {typ:?} is not supported by runvm"
+        )),
     }
 }
 
@@ -270,6 +331,41 @@ mod tests {
         let b = Bundle::new(json!({ "linux": { "maskedPaths": ["proc/kcore"] } }));
         let e = b.load().unwrap_err().to_string();
         assert!(e.contains("linux.maskedPaths"), "{e}");
+    }
+
+    #[test]
+    fn kernel_mounts_are_carried_and_bind_mounts_refused_naming_the_destination() {
+        let b = Bundle::new(json!({ "mounts": [
+            { "destination": "/proc", "type": "proc", "source": "proc" },
+            { "destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+              "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
+            { "destination": "/etc/hosts", "type": "bind", "source": "/etc/hostname",
+              "options": ["rbind", "rprivate"] },
+        ]}));
+        let m = b.load().unwrap().mounts;
+        assert_eq!(m.len(), 2, "{m:?}");
+        assert_eq!(m[1].destination, "/dev/shm");
+        assert_eq!(m[1].fstype, "tmpfs");
+        assert_eq!(m[1].options[4], "size=65536k");
+
+        let b = Bundle::new(json!({ "mounts": [
+            { "destination": "/data", "type": "bind", "source": "/tmp", "options": ["rbind"] },
+        ]}));
+        let e = b.load().unwrap_err().to_string();
+        assert!(
+            e.contains("/data") && e.contains("bind mounts of directories"),
+            "{e}"
+        );
+        // A bind given by its options only.
+        let b = Bundle::new(json!({ "mounts": [
+            { "destination": "/data", "source": "/tmp", "options": ["bind", "ro"] },
+        ]}));
+        assert!(b.load().unwrap_err().to_string().contains("/data"));
+        let b = Bundle::new(json!({ "mounts": [
+            { "destination": "/mnt", "type": "nfs", "source": "srv:/x" },
+        ]}));
+        let e = b.load().unwrap_err().to_string();
+        assert!(e.contains("/mnt") && e.contains("nfs"), "{e}");
     }
 
     #[test]

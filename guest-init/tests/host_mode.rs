@@ -748,3 +748,85 @@ fn a_bind_mount_reaching_the_guest_is_refused() {
     assert_eq!(code, 1);
     assert!(msg.contains("/data") && msg.contains("bind"), "{msg}");
 }
+
+/// Everything a default `docker run` config asks for (less its bind mounts), together.
+#[test]
+fn docker_default_settings_apply_together() {
+    require_root!();
+    let docker_caps = caps(&[
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_FSETID",
+        "CAP_FOWNER",
+        "CAP_MKNOD",
+        "CAP_NET_RAW",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETFCAP",
+        "CAP_SETPCAP",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_SYS_CHROOT",
+        "CAP_KILL",
+        "CAP_AUDIT_WRITE",
+    ]);
+    let mut p = spec(&[
+        "sh",
+        "-c",
+        "grep -E '^Cap(Eff|Bnd)' /proc/self/status; cat /proc/sys/net/ipv4/ip_unprivileged_port_start; \
+         wc -c < /proc/timer_list; ls /sys/firmware | wc -l; \
+         echo 1 > /proc/sys/net/ipv4/ip_forward 2>/dev/null && echo writable || echo refused; \
+         ps -e | wc -l",
+    ]);
+    p.capabilities = Some(Capabilities {
+        bounding: docker_caps.clone(),
+        effective: docker_caps.clone(),
+        permitted: docker_caps,
+        ..Default::default()
+    });
+    // Docker asks for 1048576; this test host may not allow raising the hard limit.
+    p.rlimits = vec![Rlimit {
+        kind: "RLIMIT_NOFILE".into(),
+        soft: 1024,
+        hard: 1024,
+    }];
+    let linux = LinuxSpec {
+        sysctl: [(
+            "net.ipv4.ip_unprivileged_port_start".to_string(),
+            "0".to_string(),
+        )]
+        .into(),
+        masked_paths: [
+            "/proc/asound",
+            "/proc/acpi",
+            "/proc/kcore",
+            "/proc/keys",
+            "/proc/latency_stats",
+            "/proc/timer_list",
+            "/proc/timer_stats",
+            "/proc/sched_debug",
+            "/proc/scsi",
+            "/sys/firmware",
+            "/sys/devices/virtual/powercap",
+        ]
+        .map(String::from)
+        .to_vec(),
+        readonly_paths: [
+            "/proc/bus",
+            "/proc/fs",
+            "/proc/irq",
+            "/proc/sys",
+            "/proc/sysrq-trigger",
+        ]
+        .map(String::from)
+        .to_vec(),
+    };
+    let o = run_with(p, linux, docker_mounts(), b"", |_| {});
+    assert_eq!(o.exited, Some(ExitStatus::Exited(0)), "{o:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        // ps -e: its header, sh, ps and wc; nothing of init.
+        "CapEff:\t00000000a80425fb\nCapBnd:\t00000000a80425fb\n0\n0\n0\nrefused\n4\n",
+        "stderr: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

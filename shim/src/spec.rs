@@ -369,6 +369,27 @@ mod tests {
     }
 
     #[test]
+    fn the_default_runc_spec_is_accepted_whole() {
+        // What `runc spec` writes (oci-spec's default): mounts, capabilities, rlimits,
+        // masked and read-only paths, noNewPrivileges.
+        let mut config = serde_json::to_value(Spec::default()).unwrap();
+        config["root"]["path"] = json!("rootfs");
+        let b = Bundle::new(config);
+        let c = b.load().unwrap();
+        let types: Vec<&str> = c.mounts.iter().map(|m| m.fstype.as_str()).collect();
+        assert_eq!(
+            types,
+            ["proc", "tmpfs", "devpts", "tmpfs", "mqueue", "sysfs", "cgroup"]
+        );
+        assert!(!c.linux.masked_paths.is_empty() && !c.linux.readonly_paths.is_empty());
+        let p = c.process.unwrap();
+        assert!(p.no_new_privileges);
+        assert_eq!(p.rlimits[0].kind, "RLIMIT_NOFILE");
+        let caps = p.capabilities.unwrap();
+        assert!(caps.bounding.contains(&"CAP_KILL".to_string()), "{caps:?}");
+    }
+
+    #[test]
     fn rlimits_are_converted_with_their_oci_names() {
         let b = Bundle::new(json!({ "process": { "rlimits": [
             { "type": "RLIMIT_NOFILE", "soft": 1024, "hard": 4096 },

@@ -12,7 +12,9 @@
 //! boot timer and its own mounts, and exits instead of rebooting. Run it inside
 //! `unshare -m` so its mounts vanish with it.
 
+mod attrs;
 mod boot_timer;
+mod caps;
 mod error;
 mod log;
 mod mounts;
@@ -130,12 +132,14 @@ fn run(mode: &Mode, control_slot: &mut Option<Control>) -> Result<()> {
     control.send(&GuestMessage::Hello {
         version: PROTOCOL_VERSION,
     })?;
-    let (rootfs, hostname, process) = match control.recv()? {
+    let (rootfs, hostname, process, linux, spec_mounts) = match control.recv()? {
         Some(HostMessage::Run {
             rootfs,
             hostname,
             process,
-        }) => (rootfs, hostname, process),
+            linux,
+            mounts,
+        }) => (rootfs, hostname, process, linux, mounts),
         None => {
             log::info("host closed the control connection before Run");
             *control_slot = None;
@@ -173,6 +177,8 @@ fn run(mode: &Mode, control_slot: &mut Option<Control>) -> Result<()> {
     let req = workload::Request {
         paths: &paths,
         process: &process,
+        linux: &linux,
+        mounts: &spec_mounts,
         hostname: hostname.as_deref(),
         readonly_root: rootfs.readonly,
     };

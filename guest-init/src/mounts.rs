@@ -6,7 +6,7 @@ use crate::error::{Context, Error, Result};
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
-use runvm_protocol::RootfsSpec;
+use runvm_protocol::{MountSpec, RootfsSpec};
 use std::path::{Path, PathBuf};
 
 /// Where init builds things: `/run` and `/newroot` in the VM, under the test directory in
@@ -205,9 +205,155 @@ pub fn switch_root(newroot: &Path) -> Result<()> {
     std::env::set_current_dir("/").context("chdir / in the container root")
 }
 
-/// The container's own mounts, after [`switch_root`], then the read-only remount of `/`
-/// when asked for.
-pub fn container(readonly_root: bool) -> Result<()> {
+/// The container's own mounts, after [`switch_root`]: the spec's `mounts` in order, or the
+/// default set when there are none; then the read-only remount of `/` when asked for.
+pub fn container(spec_mounts: &[MountSpec], readonly_root: bool) -> Result<()> {
+    if spec_mounts.is_empty() {
+        default_mounts()?;
+    } else {
+        let mut dev_done = false;
+        for m in spec_mounts {
+            spec_mount(m)?;
+            if m.destination == "/dev" && m.fstype == "tmpfs" {
+                // Like runc: the default devices go into a tmpfs /dev.
+                dev_nodes()?;
+                dev_done = true;
+            }
+        }
+        if !dev_done {
+            dev_nodes()?;
+        }
+    }
+    if readonly_root {
+        do_mount(
+            None,
+            Path::new("/"),
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+/// Mount flags and file-system data parsed from OCI option words.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountOptions {
+    pub flags: MsFlags,
+    /// Propagation flags, applied with a second `mount` call.
+    pub propagation: MsFlags,
+    /// The words that are not flags, comma-joined (`mode=755,size=65536k`).
+    pub data: String,
+}
+
+/// runc's `parseMountOptions`: known words become flags (set or cleared), propagation words
+/// are kept apart, and everything else is file-system data.
+pub fn parse_mount_options(options: &[String]) -> MountOptions {
+    let mut flags = MsFlags::empty();
+    let mut propagation = MsFlags::empty();
+    let mut data: Vec<&str> = Vec::new();
+    for o in options {
+        let (clear, set) = match o.as_str() {
+            "defaults" => (MsFlags::empty(), MsFlags::empty()),
+            "ro" => (MsFlags::empty(), MsFlags::MS_RDONLY),
+            "rw" => (MsFlags::MS_RDONLY, MsFlags::empty()),
+            "nosuid" => (MsFlags::empty(), MsFlags::MS_NOSUID),
+            "suid" => (MsFlags::MS_NOSUID, MsFlags::empty()),
+            "nodev" => (MsFlags::empty(), MsFlags::MS_NODEV),
+            "dev" => (MsFlags::MS_NODEV, MsFlags::empty()),
+            "noexec" => (MsFlags::empty(), MsFlags::MS_NOEXEC),
+            "exec" => (MsFlags::MS_NOEXEC, MsFlags::empty()),
+            "sync" => (MsFlags::empty(), MsFlags::MS_SYNCHRONOUS),
+            "async" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
+            "dirsync" => (MsFlags::empty(), MsFlags::MS_DIRSYNC),
+            "mand" => (MsFlags::empty(), MsFlags::MS_MANDLOCK),
+            "nomand" => (MsFlags::MS_MANDLOCK, MsFlags::empty()),
+            "noatime" => (MsFlags::empty(), MsFlags::MS_NOATIME),
+            "atime" => (MsFlags::MS_NOATIME, MsFlags::empty()),
+            "nodiratime" => (MsFlags::empty(), MsFlags::MS_NODIRATIME),
+            "diratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty()),
+            "relatime" => (MsFlags::empty(), MsFlags::MS_RELATIME),
+            "norelatime" => (MsFlags::MS_RELATIME, MsFlags::empty()),
+            "strictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME),
+            "nostrictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty()),
+            "bind" => (MsFlags::empty(), MsFlags::MS_BIND),
+            "rbind" => (MsFlags::empty(), MsFlags::MS_BIND | MsFlags::MS_REC),
+            "remount" => (MsFlags::empty(), MsFlags::MS_REMOUNT),
+            other => {
+                let prop = match other {
+                    "private" => MsFlags::MS_PRIVATE,
+                    "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+                    "shared" => MsFlags::MS_SHARED,
+                    "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
+                    "slave" => MsFlags::MS_SLAVE,
+                    "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+                    "unbindable" => MsFlags::MS_UNBINDABLE,
+                    "runbindable" => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+                    _ => {
+                        data.push(other);
+                        continue;
+                    }
+                };
+                propagation |= prop;
+                continue;
+            }
+        };
+        flags = (flags - clear) | set;
+    }
+    MountOptions {
+        flags,
+        propagation,
+        data: data.join(","),
+    }
+}
+
+/// One of the spec's mounts, inside the container's root.
+fn spec_mount(m: &MountSpec) -> Result<()> {
+    let fstype = match m.fstype.as_str() {
+        "proc" | "sysfs" | "tmpfs" | "devpts" | "mqueue" | "cgroup2" => m.fstype.as_str(),
+        // The guest kernel has cgroup v2 only; runc does the same on a v2 host.
+        "cgroup" => "cgroup2",
+        other => {
+            return Err(Error::new(format!(
+                "mount on {}: type {other:?} is not supported",
+                m.destination
+            )))
+        }
+    };
+    if !m.destination.starts_with('/') {
+        return Err(Error::new(format!(
+            "mount destination {:?} must be an absolute path",
+            m.destination
+        )));
+    }
+    let opts = parse_mount_options(&m.options);
+    if opts.flags.contains(MsFlags::MS_BIND) {
+        return Err(Error::new(format!(
+            "mount on {}: bind mounts are not supported",
+            m.destination
+        )));
+    }
+    let target = Path::new(&m.destination);
+    mkdir_p(target)?;
+    let source = if m.source.is_empty() {
+        fstype
+    } else {
+        m.source.as_str()
+    };
+    let data = if fstype == "cgroup2" || opts.data.is_empty() {
+        None
+    } else {
+        Some(opts.data.as_str())
+    };
+    do_mount(Some(source), target, Some(fstype), opts.flags, data)?;
+    if !opts.propagation.is_empty() {
+        do_mount(None, target, None, opts.propagation, None)?;
+    }
+    Ok(())
+}
+
+/// The mounts a container gets when the host sends none.
+fn default_mounts() -> Result<()> {
     let secure = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let m = |fstype: &str, target: &str, flags: MsFlags, data: Option<&str>| -> Result<()> {
         let t = Path::new(target);
@@ -236,17 +382,50 @@ pub fn container(readonly_root: bool) -> Result<()> {
         "/sys/fs/cgroup",
         secure | MsFlags::MS_RDONLY,
         None,
-    )?;
-    if readonly_root {
-        do_mount(
-            None,
-            Path::new("/"),
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            None,
-        )?;
+    )
+}
+
+/// `linux.readonlyPaths`: bind the path onto itself and remount the bind read-only,
+/// keeping its nosuid/nodev/noexec flags. A missing path is skipped, as in runc.
+pub fn readonly_path(path: &str) -> Result<()> {
+    let p = Path::new(path);
+    if !p.exists() {
+        return Ok(());
     }
-    Ok(())
+    do_mount(
+        Some(path),
+        p,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )?;
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    if let Ok(st) = nix::sys::statvfs::statvfs(p) {
+        use nix::sys::statvfs::FsFlags;
+        for (have, keep) in [
+            (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+            (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+            (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        ] {
+            if st.flags().contains(have) {
+                flags |= keep;
+            }
+        }
+    }
+    do_mount(None, p, None, flags, None)
+}
+
+/// `linux.maskedPaths`: `/dev/null` over a file, an empty read-only tmpfs over a
+/// directory. A missing path is skipped, as in runc.
+pub fn mask_path(path: &str) -> Result<()> {
+    let p = Path::new(path);
+    match std::fs::metadata(p) {
+        Err(_) => Ok(()),
+        Ok(md) if md.is_dir() => {
+            do_mount(Some("tmpfs"), p, Some("tmpfs"), MsFlags::MS_RDONLY, None)
+        }
+        Ok(_) => do_mount(Some("/dev/null"), p, None, MsFlags::MS_BIND, None),
+    }
 }
 
 /// The usual device nodes and links of a container's `/dev` (what runc creates).
@@ -261,6 +440,10 @@ fn dev_nodes() -> Result<()> {
     ] {
         let p = Path::new("/dev").join(name);
         let mode = Mode::from_bits_truncate(0o666);
+        if p.symlink_metadata().is_ok() {
+            // Already there (a /dev that is not a fresh tmpfs).
+            continue;
+        }
         mknod(&p, SFlag::S_IFCHR, mode, makedev(major, minor))
             .with_context(|| format!("mknod {}", p.display()))?;
         // mknod is subject to the umask; set the mode explicitly.
@@ -275,6 +458,9 @@ fn dev_nodes() -> Result<()> {
         ("/dev/ptmx", "pts/ptmx"),
         ("/dev/core", "/proc/kcore"),
     ] {
+        if Path::new(link).symlink_metadata().is_ok() {
+            continue;
+        }
         std::os::unix::fs::symlink(target, link).with_context(|| format!("symlink {link}"))?;
     }
     Ok(())
@@ -283,6 +469,42 @@ fn dev_nodes() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn words(s: &str) -> Vec<String> {
+        s.split(',').map(String::from).collect()
+    }
+
+    #[test]
+    fn mount_options_split_into_flags_and_data() {
+        let o = parse_mount_options(&words("nosuid,strictatime,mode=755,size=65536k"));
+        assert_eq!(o.flags, MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME);
+        assert_eq!(o.data, "mode=755,size=65536k");
+        assert!(o.propagation.is_empty());
+
+        let o = parse_mount_options(&words("ro,nosuid,nodev,noexec,relatime"));
+        assert_eq!(
+            o.flags,
+            MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV
+                | MsFlags::MS_NOEXEC
+                | MsFlags::MS_RELATIME
+        );
+        assert_eq!(o.data, "");
+
+        // Later words win, and "clear" words undo earlier ones.
+        let o = parse_mount_options(&words("ro,noexec,rw,exec,defaults"));
+        assert_eq!(o.flags, MsFlags::empty());
+
+        let o = parse_mount_options(&words(
+            "rbind,rprivate,newinstance,ptmxmode=0666,mode=0620,gid=5",
+        ));
+        assert_eq!(o.flags, MsFlags::MS_BIND | MsFlags::MS_REC);
+        assert_eq!(o.propagation, MsFlags::MS_PRIVATE | MsFlags::MS_REC);
+        assert_eq!(o.data, "newinstance,ptmxmode=0666,mode=0620,gid=5");
+
+        assert_eq!(parse_mount_options(&[]).flags, MsFlags::empty());
+    }
 
     #[test]
     fn overlay_options_keep_lower_order() {

@@ -13,7 +13,7 @@ use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
 use nix::sys::stat::Mode;
 use nix::sys::wait::WaitStatus;
 use nix::unistd::{Gid, Pid, Uid};
-use runvm_protocol::{ExitStatus, ProcessSpec};
+use runvm_protocol::{ExitStatus, LinuxSpec, MountSpec, ProcessSpec};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -41,6 +41,8 @@ pub struct Failed {
 pub struct Request<'a> {
     pub paths: &'a Paths,
     pub process: &'a ProcessSpec,
+    pub linux: &'a LinuxSpec,
+    pub mounts: &'a [MountSpec],
     pub hostname: Option<&'a str>,
     pub readonly_root: bool,
 }
@@ -169,13 +171,32 @@ fn child_setup_and_exec(
         nix::unistd::sethostname(h).with_context(|| format!("sethostname {h:?}"))?;
     }
     mounts::switch_root(&req.paths.newroot)?;
-    mounts::container(req.readonly_root)?;
+    mounts::container(req.mounts, req.readonly_root)?;
+    // runc's order: sysctls, then read-only paths (Docker lists /proc/sys), then masks.
+    crate::attrs::apply_sysctls(&req.linux.sysctl)?;
+    for p in &req.linux.readonly_paths {
+        mounts::readonly_path(p)?;
+    }
+    for p in &req.linux.masked_paths {
+        mounts::mask_path(p)?;
+    }
 
     for (target, fd) in stdio.iter().enumerate() {
         nix::unistd::dup2(fd.as_raw_fd(), target as i32).context("dup2 stdio")?;
     }
     drop(stdio);
     close_other_fds()?;
+    crate::attrs::apply_rlimits(&p.rlimits)?;
+    crate::attrs::set_oom_score_adj(p.oom_score_adj)?;
+    let caps = p
+        .capabilities
+        .as_ref()
+        .map(crate::caps::resolve)
+        .transpose()?;
+    crate::attrs::set_no_new_privs(p.no_new_privileges)?;
+    if let Some(c) = &caps {
+        crate::caps::before_user_switch(c)?;
+    }
 
     let gids: Vec<Gid> = p
         .additional_gids
@@ -197,6 +218,11 @@ fn child_setup_and_exec(
             io_msg(&e)
         ))
     })?;
+    // Like runc: the working directory is entered with the full permitted set, then the
+    // process's own capabilities are set.
+    if let Some(c) = &caps {
+        crate::caps::after_user_switch(c)?;
+    }
 
     let arg0 = p
         .args

@@ -8,8 +8,8 @@
 //! `cargo xtask test` installs); without them each test fails and says what is missing.
 
 use runvm_protocol::{
-    read_frame, write_frame, ExitStatus, GuestMessage, HostMessage, ProcessSpec, RootfsSpec,
-    StreamHeader, PROTOCOL_VERSION,
+    read_frame, write_frame, Capabilities, ExitStatus, GuestMessage, HostMessage, LinuxSpec,
+    MountSpec, ProcessSpec, Rlimit, RootfsSpec, StreamHeader, PROTOCOL_VERSION,
 };
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -66,7 +66,7 @@ impl Scratch {
         std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
         for applet in [
             "sh", "echo", "cat", "head", "ps", "sleep", "hostname", "kill", "true", "ls", "id",
-            "wc", "mount",
+            "wc", "mount", "grep", "cut",
         ] {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
         }
@@ -130,11 +130,24 @@ fn spec(args: &[&str]) -> ProcessSpec {
 /// Runs init once with `process`, feeding `stdin`; `after_start` may send control
 /// messages once the workload runs.
 fn run(process: ProcessSpec, stdin: &[u8], after_start: impl FnOnce(&mut UnixStream)) -> Outcome {
+    run_with(process, LinuxSpec::default(), vec![], stdin, after_start)
+}
+
+/// [`run`] with the container's `linux.*` settings.
+fn run_with(
+    process: ProcessSpec,
+    linux: LinuxSpec,
+    mounts: Vec<MountSpec>,
+    stdin: &[u8],
+    after_start: impl FnOnce(&mut UnixStream),
+) -> Outcome {
     let scratch = Scratch::new();
     let ctl_l = UnixListener::bind(scratch.dir.join("1024")).unwrap();
     let str_l = UnixListener::bind(scratch.dir.join("1025")).unwrap();
+    // Own IPC and network namespaces too (the VM has its own kernel), so that sysctl tests
+    // do not change this host.
     let mut child = Command::new("unshare")
-        .args(["-m", "--propagation", "private"])
+        .args(["-m", "--ipc", "--net", "--propagation", "private"])
         .arg(init_bin())
         .env("RUNVM_INIT_TEST", &scratch.dir)
         .env("RUNVM_INIT_DEBUG", "1")
@@ -158,6 +171,8 @@ fn run(process: ProcessSpec, stdin: &[u8], after_start: impl FnOnce(&mut UnixStr
             },
             hostname: Some("testbox".into()),
             process,
+            linux,
+            mounts,
         },
     )
     .unwrap();
@@ -464,6 +479,8 @@ fn run_expect_early_failure(process: ProcessSpec) -> (i32, String) {
             },
             hostname: None,
             process,
+            linux: LinuxSpec::default(),
+            mounts: vec![],
         },
     )
     .unwrap();
@@ -474,4 +491,342 @@ fn run_expect_early_failure(process: ProcessSpec) -> (i32, String) {
     drop(ctl); // EOF instead of Shutdown: init must end too.
     assert!(!child.wait().unwrap().success());
     r
+}
+
+#[test]
+fn rlimits_are_applied() {
+    require_root!();
+    let mut p = spec(&["sh", "-c", "ulimit -n; ulimit -Hn; ulimit -c"]);
+    p.rlimits = vec![
+        Rlimit {
+            kind: "RLIMIT_NOFILE".into(),
+            soft: 123,
+            hard: 456,
+        },
+        Rlimit {
+            kind: "RLIMIT_CORE".into(),
+            soft: 0,
+            hard: 0,
+        },
+    ];
+    let o = run(p, b"", |_| {});
+    assert_eq!(o.exited, Some(ExitStatus::Exited(0)), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "123\n456\n0\n");
+}
+
+#[test]
+fn unknown_rlimit_is_start_failed_naming_it() {
+    require_root!();
+    let mut p = spec(&["true"]);
+    p.rlimits = vec![Rlimit {
+        kind: "RLIMIT_BOGUS".into(),
+        soft: 1,
+        hard: 1,
+    }];
+    let o = run(p, b"", |_| {});
+    let (code, msg) = o.start_failed.unwrap();
+    assert_eq!(code, 1);
+    assert!(msg.contains("RLIMIT_BOGUS"), "{msg}");
+}
+
+#[test]
+fn no_new_privileges_and_oom_score_adj_are_applied() {
+    require_root!();
+    let script = "grep NoNewPrivs: /proc/self/status; cat /proc/self/oom_score_adj";
+    let mut p = spec(&["sh", "-c", script]);
+    p.no_new_privileges = true;
+    // Positive: lowering it needs CAP_SYS_RESOURCE, which this test host may lack.
+    p.oom_score_adj = Some(321);
+    let o = run(p, b"", |_| {});
+    assert_eq!(o.exited, Some(ExitStatus::Exited(0)), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "NoNewPrivs:\t1\n321\n");
+    // Without them, the defaults stay.
+    let o = run(spec(&["sh", "-c", script]), b"", |_| {});
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(out.starts_with("NoNewPrivs:\t0\n"), "{out}");
+}
+
+fn caps(names: &[&str]) -> Vec<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+const SHOW_CAPS: &str = "grep ^Cap /proc/self/status";
+
+#[test]
+fn capabilities_of_root_are_limited_to_the_spec() {
+    require_root!();
+    let mut p = spec(&["sh", "-c", SHOW_CAPS]);
+    let two = caps(&["CAP_CHOWN", "CAP_KILL"]);
+    p.capabilities = Some(Capabilities {
+        bounding: two.clone(),
+        effective: two.clone(),
+        permitted: two,
+        ..Default::default()
+    });
+    let o = run(p, b"", |_| {});
+    assert_eq!(o.exited, Some(ExitStatus::Exited(0)), "{o:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "CapInh:\t0000000000000000\nCapPrm:\t0000000000000021\nCapEff:\t0000000000000021\n\
+         CapBnd:\t0000000000000021\nCapAmb:\t0000000000000000\n"
+    );
+}
+
+#[test]
+fn ambient_capabilities_survive_the_uid_switch_and_exec() {
+    require_root!();
+    let mut p = spec(&["sh", "-c", SHOW_CAPS]);
+    p.uid = 1000;
+    p.gid = 1000;
+    let two = caps(&["CAP_KILL", "CAP_NET_BIND_SERVICE"]);
+    p.capabilities = Some(Capabilities {
+        bounding: two.clone(),
+        effective: two.clone(),
+        permitted: two.clone(),
+        inheritable: two,
+        ambient: caps(&["CAP_KILL"]),
+    });
+    let o = run(p, b"", |_| {});
+    assert_eq!(o.exited, Some(ExitStatus::Exited(0)), "{o:?}");
+    // After execve by a non-root user only the ambient set stays effective.
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "CapInh:\t0000000000000420\nCapPrm:\t0000000000000020\nCapEff:\t0000000000000020\n\
+         CapBnd:\t0000000000000420\nCapAmb:\t0000000000000020\n"
+    );
+}
+
+#[test]
+fn unknown_capability_is_start_failed_naming_it() {
+    require_root!();
+    let mut p = spec(&["true"]);
+    p.capabilities = Some(Capabilities {
+        bounding: caps(&["CAP_KILL", "CAP_NOT_A_THING"]),
+        ..Default::default()
+    });
+    let o = run(p, b"", |_| {});
+    let (code, msg) = o.start_failed.unwrap();
+    assert_eq!(code, 1);
+    assert!(msg.contains("CAP_NOT_A_THING"), "{msg}");
+}
+
+#[test]
+fn sysctls_are_written_in_the_container() {
+    require_root!();
+    let linux = LinuxSpec {
+        sysctl: [
+            ("kernel.shmmax".to_string(), "123456789".to_string()),
+            ("net.ipv4.ip_forward".to_string(), "1".to_string()),
+        ]
+        .into(),
+        ..Default::default()
+    };
+    let p = spec(&[
+        "cat",
+        "/proc/sys/kernel/shmmax",
+        "/proc/sys/net/ipv4/ip_forward",
+    ]);
+    let o = run_with(p, linux, vec![], b"", |_| {});
+    assert_eq!(o.exited, Some(ExitStatus::Exited(0)), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "123456789\n1\n");
+}
+
+#[test]
+fn masked_paths_read_empty_and_missing_ones_are_skipped() {
+    require_root!();
+    let linux = LinuxSpec {
+        masked_paths: vec!["/etc/passwd".into(), "/proc/sys".into(), "/nope".into()],
+        ..Default::default()
+    };
+    let script = "wc -c < /etc/passwd; ls /proc/sys | wc -l; \
+                  echo x > /proc/sys/f 2>/dev/null && echo writable || echo refused";
+    let o = run_with(spec(&["sh", "-c", script]), linux, vec![], b"", |_| {});
+    assert_eq!(o.exited, Some(ExitStatus::Exited(0)), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "0\n0\nrefused\n");
+}
+
+#[test]
+fn readonly_paths_refuse_writes_and_keep_their_flags() {
+    require_root!();
+    let linux = LinuxSpec {
+        readonly_paths: vec!["/tmp".into(), "/proc/sys".into(), "/nope".into()],
+        ..Default::default()
+    };
+    let script = "echo x > /tmp/f 2>/dev/null && echo writable || echo refused; \
+                  echo x > /work/f && echo work-writable; \
+                  grep ' /proc/sys ' /proc/mounts | cut -d' ' -f4";
+    let o = run_with(spec(&["sh", "-c", script]), linux, vec![], b"", |_| {});
+    assert_eq!(o.exited, Some(ExitStatus::Exited(0)), "{o:?}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..2], ["refused", "work-writable"], "{out}");
+    let opts: Vec<&str> = lines[2].split(',').collect();
+    for o in ["ro", "nosuid", "nodev", "noexec"] {
+        assert!(opts.contains(&o), "{out}");
+    }
+}
+
+fn mnt(dest: &str, fstype: &str, options: &str) -> MountSpec {
+    MountSpec {
+        destination: dest.into(),
+        fstype: fstype.into(),
+        source: fstype.into(),
+        options: options
+            .split(',')
+            .filter(|o| !o.is_empty())
+            .map(String::from)
+            .collect(),
+    }
+}
+
+/// What Docker puts in `mounts` (less its bind mounts), plus a sized tmpfs.
+fn docker_mounts() -> Vec<MountSpec> {
+    vec![
+        mnt("/proc", "proc", "nosuid,noexec,nodev"),
+        mnt("/dev", "tmpfs", "nosuid,strictatime,mode=755,size=65536k"),
+        mnt(
+            "/dev/pts",
+            "devpts",
+            "nosuid,noexec,newinstance,ptmxmode=0666,mode=0620,gid=5",
+        ),
+        mnt("/sys", "sysfs", "nosuid,noexec,nodev,ro"),
+        mnt("/sys/fs/cgroup", "cgroup", "ro,nosuid,noexec,nodev"),
+        mnt("/dev/mqueue", "mqueue", "nosuid,noexec,nodev"),
+        mnt(
+            "/dev/shm",
+            "tmpfs",
+            "noexec,nosuid,nodev,mode=1777,size=67108864",
+        ),
+        mnt("/work/scratch", "tmpfs", "nosuid,nodev,size=1m,mode=1770"),
+    ]
+}
+
+#[test]
+fn spec_mounts_are_made_with_their_options() {
+    require_root!();
+    let script =
+        "grep -E ' /(work/scratch|sys|dev/shm|sys/fs/cgroup) ' /proc/mounts | cut -d' ' -f2-4; \
+                  ls /dev/null /dev/pts/ptmx /dev/mqueue >/dev/null && echo dev-ok";
+    let o = run_with(
+        spec(&["sh", "-c", script]),
+        LinuxSpec::default(),
+        docker_mounts(),
+        b"",
+        |_| {},
+    );
+    assert_eq!(o.exited, Some(ExitStatus::Exited(0)), "{o:?}");
+    let out = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines.contains(&"/sys sysfs ro,nosuid,nodev,noexec,relatime"),
+        "{out}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("/sys/fs/cgroup cgroup2 ro,nosuid,nodev,noexec")),
+        "{out}"
+    );
+    assert!(
+        lines.contains(&"/dev/shm tmpfs rw,nosuid,nodev,noexec,relatime,size=65536k"),
+        "{out}"
+    );
+    assert!(
+        lines.contains(&"/work/scratch tmpfs rw,nosuid,nodev,relatime,size=1024k,mode=1770"),
+        "{out}"
+    );
+    assert_eq!(lines.last(), Some(&"dev-ok"), "{out}");
+}
+
+#[test]
+fn a_bind_mount_reaching_the_guest_is_refused() {
+    require_root!();
+    let mut m = docker_mounts();
+    m.push(mnt("/data", "tmpfs", "rbind"));
+    let o = run_with(spec(&["true"]), LinuxSpec::default(), m, b"", |_| {});
+    let (code, msg) = o.start_failed.unwrap();
+    assert_eq!(code, 1);
+    assert!(msg.contains("/data") && msg.contains("bind"), "{msg}");
+}
+
+/// Everything a default `docker run` config asks for (less its bind mounts), together.
+#[test]
+fn docker_default_settings_apply_together() {
+    require_root!();
+    let docker_caps = caps(&[
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_FSETID",
+        "CAP_FOWNER",
+        "CAP_MKNOD",
+        "CAP_NET_RAW",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETFCAP",
+        "CAP_SETPCAP",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_SYS_CHROOT",
+        "CAP_KILL",
+        "CAP_AUDIT_WRITE",
+    ]);
+    let mut p = spec(&[
+        "sh",
+        "-c",
+        "grep -E '^Cap(Eff|Bnd)' /proc/self/status; cat /proc/sys/net/ipv4/ip_unprivileged_port_start; \
+         wc -c < /proc/timer_list; ls /sys/firmware | wc -l; \
+         echo 1 > /proc/sys/net/ipv4/ip_forward 2>/dev/null && echo writable || echo refused; \
+         ps -e | wc -l",
+    ]);
+    p.capabilities = Some(Capabilities {
+        bounding: docker_caps.clone(),
+        effective: docker_caps.clone(),
+        permitted: docker_caps,
+        ..Default::default()
+    });
+    // Docker asks for 1048576; this test host may not allow raising the hard limit.
+    p.rlimits = vec![Rlimit {
+        kind: "RLIMIT_NOFILE".into(),
+        soft: 1024,
+        hard: 1024,
+    }];
+    let linux = LinuxSpec {
+        sysctl: [(
+            "net.ipv4.ip_unprivileged_port_start".to_string(),
+            "0".to_string(),
+        )]
+        .into(),
+        masked_paths: [
+            "/proc/asound",
+            "/proc/acpi",
+            "/proc/kcore",
+            "/proc/keys",
+            "/proc/latency_stats",
+            "/proc/timer_list",
+            "/proc/timer_stats",
+            "/proc/sched_debug",
+            "/proc/scsi",
+            "/sys/firmware",
+            "/sys/devices/virtual/powercap",
+        ]
+        .map(String::from)
+        .to_vec(),
+        readonly_paths: [
+            "/proc/bus",
+            "/proc/fs",
+            "/proc/irq",
+            "/proc/sys",
+            "/proc/sysrq-trigger",
+        ]
+        .map(String::from)
+        .to_vec(),
+    };
+    let o = run_with(p, linux, docker_mounts(), b"", |_| {});
+    assert_eq!(o.exited, Some(ExitStatus::Exited(0)), "{o:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        // ps -e: its header, sh, ps and wc; nothing of init.
+        "CapEff:\t00000000a80425fb\nCapBnd:\t00000000a80425fb\n0\n0\n0\nrefused\n4\n",
+        "stderr: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

@@ -76,6 +76,74 @@ pub struct ProcessSpec {
     /// Whether the process gets a terminal (one stream, fd 0, both directions).
     #[serde(default)]
     pub terminal: bool,
+    /// `process.rlimits`, applied with `setrlimit` before `execve`, in order.
+    #[serde(default)]
+    pub rlimits: Vec<Rlimit>,
+    /// `process.noNewPrivileges`: `PR_SET_NO_NEW_PRIVS` before `execve`.
+    #[serde(default)]
+    pub no_new_privileges: bool,
+    /// `process.oomScoreAdj`, written to `/proc/self/oom_score_adj`.
+    #[serde(default)]
+    pub oom_score_adj: Option<i32>,
+    /// `process.capabilities`; `None` leaves the capabilities as they are (full for root).
+    #[serde(default)]
+    pub capabilities: Option<Capabilities>,
+}
+
+/// The capability sets of a process, by name (`CAP_CHOWN`, …); the guest refuses names it
+/// does not know, naming them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    #[serde(default)]
+    pub bounding: Vec<String>,
+    #[serde(default)]
+    pub effective: Vec<String>,
+    #[serde(default)]
+    pub permitted: Vec<String>,
+    #[serde(default)]
+    pub inheritable: Vec<String>,
+    #[serde(default)]
+    pub ambient: Vec<String>,
+}
+
+/// One resource limit. `kind` is the OCI name (`RLIMIT_NOFILE`, …); the guest refuses names
+/// it does not know, naming them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    pub kind: String,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// The Linux settings of the container (OCI `linux.*`) that the guest applies in the
+/// workload's namespaces, already checked by the host.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinuxSpec {
+    /// `linux.sysctl`: key (dotted, `net.ipv4.ip_forward`) → value, written under
+    /// `/proc/sys`. The host lets through only the namespaced ones, as runc does.
+    #[serde(default)]
+    pub sysctl: std::collections::BTreeMap<String, String>,
+    /// `linux.maskedPaths`: `/dev/null` is bound over files, a read-only tmpfs over
+    /// directories; missing paths are skipped.
+    #[serde(default)]
+    pub masked_paths: Vec<String>,
+    /// `linux.readonlyPaths`: bind-remounted read-only; missing paths are skipped.
+    #[serde(default)]
+    pub readonly_paths: Vec<String>,
+}
+
+/// One OCI `mounts` entry the guest makes itself (proc, sysfs, tmpfs, devpts, mqueue,
+/// cgroup/cgroup2). Bind mounts never get here: the host refuses them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountSpec {
+    pub destination: String,
+    pub fstype: String,
+    #[serde(default)]
+    pub source: String,
+    /// The OCI option words (`ro`, `nosuid`, `mode=755`, `size=64m`, …), parsed by the
+    /// guest into mount flags and file-system data as runc does.
+    #[serde(default)]
+    pub options: Vec<String>,
 }
 
 /// How the guest builds the container's root filesystem.
@@ -142,6 +210,8 @@ pub enum GuestMessage {
 }
 
 /// Messages from the host to the guest init.
+// `Run` is large, but it is sent once per container; boxing it would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HostMessage {
     /// Set up the root filesystem and run the container's main process.
@@ -149,6 +219,12 @@ pub enum HostMessage {
         rootfs: RootfsSpec,
         hostname: Option<String>,
         process: ProcessSpec,
+        #[serde(default)]
+        linux: LinuxSpec,
+        /// The container's mounts, in order. Empty: the guest's default set (proc, /dev,
+        /// devpts, /dev/shm, mqueue, sysfs, cgroup2), as before this field existed.
+        #[serde(default)]
+        mounts: Vec<MountSpec>,
     },
     /// Deliver a signal to a process.
     Signal { process: ProcessId, signal: i32 },
@@ -227,6 +303,27 @@ mod tests {
         write_frame(&mut buf, &msg).unwrap();
         let back: GuestMessage = read_frame(&mut buf.as_slice()).unwrap();
         assert_eq!(back, msg);
+    }
+
+    #[test]
+    fn a_run_without_the_newer_fields_still_decodes() {
+        let old = br#"{"Run":{"rootfs":{"lower_devices":["/dev/vda"]},"hostname":null,
+            "process":{"args":["sh"],"env":[],"cwd":"/"}}}"#;
+        let HostMessage::Run {
+            process,
+            linux,
+            mounts,
+            ..
+        } = serde_json::from_slice(old).unwrap()
+        else {
+            panic!("not a Run")
+        };
+        assert!(mounts.is_empty());
+        assert_eq!(linux, LinuxSpec::default());
+        assert!(process.rlimits.is_empty());
+        assert!(!process.no_new_privileges);
+        assert_eq!(process.oom_score_adj, None);
+        assert_eq!(process.capabilities, None);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
-use runvm_protocol::ProcessSpec;
+use runvm_protocol::{Capabilities, LinuxSpec, MountSpec, ProcessSpec, Rlimit};
 
 /// Errors reading a bundle.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +25,8 @@ pub struct ContainerSpec {
     pub readonly: bool,
     pub hostname: Option<String>,
     pub process: Option<ProcessSpec>,
+    pub linux: LinuxSpec,
+    pub mounts: Vec<MountSpec>,
 }
 
 impl ContainerSpec {
@@ -78,6 +80,16 @@ impl ContainerSpec {
                     )));
                 }
                 let user = p.user();
+                let rlimits = p
+                    .rlimits()
+                    .iter()
+                    .flatten()
+                    .map(|r| Rlimit {
+                        kind: r.typ().to_string(),
+                        soft: r.soft(),
+                        hard: r.hard(),
+                    })
+                    .collect();
                 Some(ProcessSpec {
                     args,
                     env: p.env().clone().unwrap_or_default(),
@@ -86,15 +98,355 @@ impl ContainerSpec {
                     gid: user.gid(),
                     additional_gids: user.additional_gids().clone().unwrap_or_default(),
                     terminal: p.terminal().unwrap_or(false),
+                    rlimits,
+                    no_new_privileges: p.no_new_privileges().unwrap_or(false),
+                    oom_score_adj: p.oom_score_adj(),
+                    capabilities: p.capabilities().as_ref().map(capabilities),
                 })
             }
         };
+        let linux = match spec.linux() {
+            None => LinuxSpec::default(),
+            Some(l) => {
+                let sysctl = l.sysctl().clone().unwrap_or_default();
+                for key in sysctl.keys() {
+                    check_sysctl(key).map_err(|m| invalid(format!("linux.sysctl: {m}")))?;
+                }
+                let paths =
+                    |v: &Option<Vec<String>>, field: &str| -> Result<Vec<String>, SpecError> {
+                        let v = v.clone().unwrap_or_default();
+                        match v.iter().find(|p| !p.starts_with('/')) {
+                            Some(p) => Err(invalid(format!(
+                                "linux.{field}: {p:?} must be an absolute path"
+                            ))),
+                            None => Ok(v),
+                        }
+                    };
+                LinuxSpec {
+                    sysctl: sysctl.into_iter().collect(),
+                    masked_paths: paths(l.masked_paths(), "maskedPaths")?,
+                    readonly_paths: paths(l.readonly_paths(), "readonlyPaths")?,
+                }
+            }
+        };
+        let mut mounts = Vec::new();
+        for m in spec.mounts().iter().flatten() {
+            if let Some(m) = convert_mount(m).map_err(invalid)? {
+                mounts.push(m);
+            }
+        }
         Ok(Self {
+            mounts,
+            linux,
             rootfs,
             readonly,
             hostname: spec.hostname().clone(),
             process,
             bundle,
         })
+    }
+}
+
+/// Files that Docker bind-mounts into every container. They are not applied yet (copying
+/// them in at start, DESIGN.md "Root filesystem", is still to do), but they are no reason
+/// to refuse the container either: they are skipped with a debug log.
+const DOCKER_FILES: [&str; 3] = ["/etc/hosts", "/etc/resolv.conf", "/etc/hostname"];
+
+/// One `mounts` entry as the guest can make it, `None` for one that is knowingly skipped,
+/// or an error naming the destination for what cannot be applied.
+fn convert_mount(m: &oci_spec::runtime::Mount) -> Result<Option<MountSpec>, String> {
+    let dest = m.destination().to_string_lossy().into_owned();
+    let typ = m.typ().clone().unwrap_or_default();
+    let options = m.options().clone().unwrap_or_default();
+    let source = m
+        .source()
+        .as_ref()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if !dest.starts_with('/') {
+        return Err(format!(
+            "mounts: destination {dest:?} must be an absolute path"
+        ));
+    }
+    let bind = typ == "bind" || options.iter().any(|o| o == "bind" || o == "rbind");
+    if bind {
+        let is_dir = std::fs::metadata(&source).map(|md| md.is_dir());
+        return match is_dir {
+            Ok(false) if DOCKER_FILES.contains(&dest.as_str()) => {
+                log::debug!("mounts: ignoring the bind mount of {source} on {dest} (not applied yet)");
+                Ok(None)
+            }
+            Ok(true) => Err(format!(
+                "mounts: {dest}: bind mounts of directories ({source}) are not supported by runvm yet (they need a shared file system)"
+            )),
+            Ok(false) => Err(format!(
+                "mounts: {dest}: bind mounts of files ({source}) are not supported by runvm yet"
+            )),
+            Err(e) => Err(format!("mounts: {dest}: bind mount source {source}: {e}")),
+        };
+    }
+    match typ.as_str() {
+        "proc" | "sysfs" | "tmpfs" | "devpts" | "mqueue" | "cgroup" | "cgroup2" => {
+            Ok(Some(MountSpec {
+                destination: dest,
+                fstype: typ,
+                source,
+                options,
+            }))
+        }
+        _ => Err(format!(
+            "mounts: {dest}: mount type {typ:?} is not supported by runvm"
+        )),
+    }
+}
+
+/// runc's check of a sysctl key: only the namespaced ones can be set. Every runvm container
+/// has its own kernel, so the IPC, network and UTS ones are always the container's own.
+fn check_sysctl(key: &str) -> Result<(), String> {
+    let k = key.replace('/', ".");
+    const IPC: [&str; 8] = [
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    if IPC.contains(&k.as_str())
+        || k.starts_with("fs.mqueue.")
+        || k.starts_with("net.")
+        || k == "kernel.domainname"
+    {
+        return Ok(());
+    }
+    if k == "kernel.hostname" {
+        return Err(format!(
+            "sysctl {key:?} is not allowed as it conflicts with the OCI \"hostname\" field"
+        ));
+    }
+    Err(format!(
+        "sysctl {key:?} is not in a separate kernel namespace"
+    ))
+}
+
+/// oci-spec's capability sets as sorted `CAP_*` names.
+fn capabilities(c: &oci_spec::runtime::LinuxCapabilities) -> Capabilities {
+    let names = |set: &Option<oci_spec::runtime::Capabilities>| -> Vec<String> {
+        let mut v: Vec<String> = set
+            .iter()
+            .flatten()
+            .map(|cap| match serde_json::to_value(cap) {
+                Ok(serde_json::Value::String(s)) => s,
+                _ => format!("CAP_{cap}"),
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    Capabilities {
+        bounding: names(c.bounding()),
+        effective: names(c.effective()),
+        permitted: names(c.permitted()),
+        inheritable: names(c.inheritable()),
+        ambient: names(c.ambient()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A bundle with an empty rootfs and `config` (merged over a minimal one); removed on drop.
+    struct Bundle(PathBuf);
+
+    impl Bundle {
+        fn new(extra: Value) -> Self {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "runvm-spec-test-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::SeqCst)
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(dir.join("rootfs")).unwrap();
+            let mut config = json!({
+                "ociVersion": "1.0.2",
+                "root": { "path": "rootfs" },
+                "process": { "args": ["sh"], "cwd": "/", "user": { "uid": 0, "gid": 0 } },
+            });
+            merge(&mut config, extra);
+            std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+            Self(dir)
+        }
+
+        fn load(&self) -> Result<ContainerSpec, SpecError> {
+            ContainerSpec::load(&self.0)
+        }
+    }
+
+    impl Drop for Bundle {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn merge(a: &mut Value, b: Value) {
+        match (a, b) {
+            (Value::Object(a), Value::Object(b)) => {
+                for (k, v) in b {
+                    merge(a.entry(k).or_insert(Value::Null), v);
+                }
+            }
+            (a, b) => *a = b,
+        }
+    }
+
+    #[test]
+    fn namespaced_sysctls_and_paths_are_carried_others_refused() {
+        let b = Bundle::new(json!({ "linux": {
+            "sysctl": { "net.ipv4.ip_forward": "1", "kernel.shmmax": "4096", "fs/mqueue/msg_max": "20" },
+            "maskedPaths": ["/proc/kcore", "/proc/acpi"],
+            "readonlyPaths": ["/proc/sys"],
+        }}));
+        let l = b.load().unwrap().linux;
+        assert_eq!(l.sysctl.len(), 3);
+        assert_eq!(l.sysctl["net.ipv4.ip_forward"], "1");
+        assert_eq!(l.masked_paths, ["/proc/kcore", "/proc/acpi"]);
+        assert_eq!(l.readonly_paths, ["/proc/sys"]);
+        for (key, why) in [
+            ("vm.swappiness", "not in a separate kernel namespace"),
+            ("kernel.hostname", "conflicts with the OCI"),
+        ] {
+            let b = Bundle::new(json!({ "linux": { "sysctl": { key: "1" } } }));
+            let e = b.load().unwrap_err().to_string();
+            assert!(
+                e.contains("linux.sysctl") && e.contains(key) && e.contains(why),
+                "{e}"
+            );
+        }
+        let b = Bundle::new(json!({ "linux": { "maskedPaths": ["proc/kcore"] } }));
+        let e = b.load().unwrap_err().to_string();
+        assert!(e.contains("linux.maskedPaths"), "{e}");
+    }
+
+    #[test]
+    fn kernel_mounts_are_carried_and_bind_mounts_refused_naming_the_destination() {
+        let b = Bundle::new(json!({ "mounts": [
+            { "destination": "/proc", "type": "proc", "source": "proc" },
+            { "destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+              "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"] },
+            { "destination": "/etc/hosts", "type": "bind", "source": "/etc/hostname",
+              "options": ["rbind", "rprivate"] },
+        ]}));
+        let m = b.load().unwrap().mounts;
+        assert_eq!(m.len(), 2, "{m:?}");
+        assert_eq!(m[1].destination, "/dev/shm");
+        assert_eq!(m[1].fstype, "tmpfs");
+        assert_eq!(m[1].options[4], "size=65536k");
+
+        let b = Bundle::new(json!({ "mounts": [
+            { "destination": "/data", "type": "bind", "source": "/tmp", "options": ["rbind"] },
+        ]}));
+        let e = b.load().unwrap_err().to_string();
+        assert!(
+            e.contains("/data") && e.contains("bind mounts of directories"),
+            "{e}"
+        );
+        // A bind given by its options only.
+        let b = Bundle::new(json!({ "mounts": [
+            { "destination": "/data", "source": "/tmp", "options": ["bind", "ro"] },
+        ]}));
+        assert!(b.load().unwrap_err().to_string().contains("/data"));
+        let b = Bundle::new(json!({ "mounts": [
+            { "destination": "/mnt", "type": "nfs", "source": "srv:/x" },
+        ]}));
+        let e = b.load().unwrap_err().to_string();
+        assert!(e.contains("/mnt") && e.contains("nfs"), "{e}");
+    }
+
+    #[test]
+    fn the_default_runc_spec_is_accepted_whole() {
+        // What `runc spec` writes (oci-spec's default): mounts, capabilities, rlimits,
+        // masked and read-only paths, noNewPrivileges.
+        let mut config = serde_json::to_value(Spec::default()).unwrap();
+        config["root"]["path"] = json!("rootfs");
+        let b = Bundle::new(config);
+        let c = b.load().unwrap();
+        let types: Vec<&str> = c.mounts.iter().map(|m| m.fstype.as_str()).collect();
+        assert_eq!(
+            types,
+            ["proc", "tmpfs", "devpts", "tmpfs", "mqueue", "sysfs", "cgroup"]
+        );
+        assert!(!c.linux.masked_paths.is_empty() && !c.linux.readonly_paths.is_empty());
+        let p = c.process.unwrap();
+        assert!(p.no_new_privileges);
+        assert_eq!(p.rlimits[0].kind, "RLIMIT_NOFILE");
+        let caps = p.capabilities.unwrap();
+        assert!(caps.bounding.contains(&"CAP_KILL".to_string()), "{caps:?}");
+    }
+
+    #[test]
+    fn rlimits_are_converted_with_their_oci_names() {
+        let b = Bundle::new(json!({ "process": { "rlimits": [
+            { "type": "RLIMIT_NOFILE", "soft": 1024, "hard": 4096 },
+            { "type": "RLIMIT_CORE", "soft": 0, "hard": 0 },
+        ]}}));
+        let p = b.load().unwrap().process.unwrap();
+        assert_eq!(
+            p.rlimits,
+            vec![
+                Rlimit {
+                    kind: "RLIMIT_NOFILE".into(),
+                    soft: 1024,
+                    hard: 4096
+                },
+                Rlimit {
+                    kind: "RLIMIT_CORE".into(),
+                    soft: 0,
+                    hard: 0
+                },
+            ]
+        );
+        let b = Bundle::new(json!({ "process": { "rlimits": [
+            { "type": "RLIMIT_BOGUS", "soft": 1, "hard": 1 },
+        ]}}));
+        let e = b.load().unwrap_err().to_string();
+        assert!(e.contains("RLIMIT_BOGUS"), "{e}");
+    }
+
+    #[test]
+    fn no_new_privileges_and_oom_score_adj_are_carried() {
+        let p = Bundle::new(json!({})).load().unwrap().process.unwrap();
+        assert!(!p.no_new_privileges);
+        assert_eq!(p.oom_score_adj, None);
+        let b = Bundle::new(json!({ "process": { "noNewPrivileges": true, "oomScoreAdj": -500 }}));
+        let p = b.load().unwrap().process.unwrap();
+        assert!(p.no_new_privileges);
+        assert_eq!(p.oom_score_adj, Some(-500));
+    }
+
+    #[test]
+    fn capabilities_are_carried_by_name_and_unknown_ones_refused() {
+        let p = Bundle::new(json!({})).load().unwrap().process.unwrap();
+        assert_eq!(p.capabilities, None);
+        let b = Bundle::new(json!({ "process": { "capabilities": {
+            "bounding": ["CAP_KILL", "CAP_CHOWN"],
+            "effective": ["CAP_KILL"],
+            "ambient": ["net_bind_service"],
+        }}}));
+        let c = b.load().unwrap().process.unwrap().capabilities.unwrap();
+        assert_eq!(c.bounding, ["CAP_CHOWN", "CAP_KILL"]);
+        assert_eq!(c.effective, ["CAP_KILL"]);
+        assert!(c.permitted.is_empty() && c.inheritable.is_empty());
+        assert_eq!(c.ambient, ["CAP_NET_BIND_SERVICE"]);
+        let b = Bundle::new(json!({ "process": { "capabilities": {
+            "bounding": ["CAP_KILL", "CAP_WHATEVER"],
+        }}}));
+        let e = b.load().unwrap_err().to_string();
+        assert!(e.contains("CAP_WHATEVER"), "{e}");
     }
 }

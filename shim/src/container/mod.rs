@@ -147,6 +147,8 @@ pub fn prepare(id: &str, bundle: &Path, root: &Option<PathBuf>) -> Result<Prepar
         },
         hostname: spec.hostname.clone(),
         process,
+        linux: spec.linux.clone(),
+        mounts: spec.mounts.clone(),
     };
     Ok(Prepared {
         id: id.to_string(),

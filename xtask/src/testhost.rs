@@ -506,11 +506,10 @@ pub fn run_in_testhost(argv: &[String], extra_env: &[(String, String)]) -> Resul
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|n| *n > 0)
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-        });
+        // One vCPU by default: with two, multi-threaded TCG has wedged the whole test
+        // host (silently, mid-suite) under load on this 2-core machine; with one, a full
+        // 20-round boot benchmark ran clean.
+        .unwrap_or(1);
     let accel: Vec<String> = accel
         .iter()
         .map(|a| {

@@ -79,8 +79,8 @@ sleep 10
 /// apt packages the host side needs to build and boot the test host.
 const HOST_PACKAGES: &[&str] = &["qemu-system-x86", "debootstrap", "e2fsprogs"];
 const DEFAULT_TIMEOUT_SECS: u64 = 2400;
-/// Seconds without any output after which a test host counts as wedged and is killed.
-const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 300;
+/// Seconds without output or heartbeat after which a test host counts as wedged and is killed.
+const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 90;
 
 /// A built test host, cached under `~/.cache/runvm/testhost/<key>/`.
 #[derive(Debug, Clone)]
@@ -356,6 +356,18 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The latest of: the test host's last output, and its last heartbeat (a file the
+/// test-host init touches every 10 s), in milliseconds since the Unix epoch.
+fn last_sign_of_life(ctl: &Path) -> u64 {
+    let beat = std::fs::metadata(ctl.join("heartbeat"))
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    beat.max(LAST_OUTPUT_MS.load(Ordering::SeqCst))
+}
+
 /// Writes one chunk of the test host's output to our stdout (or stderr), flushed.
 fn emit(to_stderr: bool, chunk: &[u8]) -> std::io::Result<()> {
     LAST_OUTPUT_MS.store(now_ms(), Ordering::SeqCst);
@@ -496,12 +508,6 @@ pub fn run_in_testhost(argv: &[String], extra_env: &[(String, String)]) -> Resul
 
     static ACCEL_NOTE: Once = Once::new();
     let (accel, why) = choose_accel();
-    ACCEL_NOTE.call_once(|| {
-        eprintln!("[testhost] accelerator: {} ({why})", accel[1]);
-    });
-
-    let (out_r, out_w) = pipe()?;
-    let (err_r, err_w) = pipe()?;
     let smp = std::env::var("RUNVM_TESTHOST_SMP")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
@@ -520,6 +526,12 @@ pub fn run_in_testhost(argv: &[String], extra_env: &[(String, String)]) -> Resul
             }
         })
         .collect();
+    ACCEL_NOTE.call_once(|| {
+        eprintln!("[testhost] accelerator: {} ({why})", accel[1]);
+    });
+
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
     let mem = std::env::var("RUNVM_TESTHOST_MEM").unwrap_or_else(|_| "4096".into());
     let console = std::env::var_os("RUNVM_TESTHOST_CONSOLE").is_some();
     let mut qemu = Command::new("qemu-system-x86_64");
@@ -622,11 +634,9 @@ pub fn run_in_testhost(argv: &[String], extra_env: &[(String, String)]) -> Resul
                 killed_for = Some(format!(
                     "timeout: no power-off after {timeout} s (RUNVM_TESTHOST_TIMEOUT)"
                 ));
-            } else if now_ms().saturating_sub(LAST_OUTPUT_MS.load(Ordering::SeqCst))
-                > idle_timeout * 1000
-            {
+            } else if now_ms().saturating_sub(last_sign_of_life(&ctl.0)) > idle_timeout * 1000 {
                 killed_for = Some(format!(
-                    "no output for {idle_timeout} s: the test host looks wedged (RUNVM_TESTHOST_IDLE_TIMEOUT)"
+                    "no output and no heartbeat for {idle_timeout} s: the test host is wedged (RUNVM_TESTHOST_IDLE_TIMEOUT)"
                 ));
             }
             if killed_for.is_some() {

@@ -448,13 +448,14 @@ fn converse(
     let mut outputs: Vec<JoinHandle<u64>> = Vec::new();
     let mut started = false;
     let mut pending_start: Option<UnixStream> = None;
+    // Polled in this order: ready_fds[0] control, [1] streams, [2] VM done, [3] signals,
+    // [4] the host API (create/start containers only).
     let mut fds = vec![
-        io.control_listener.as_raw_fd(),
+        control.as_raw_fd(),
         io.stream_listener.as_raw_fd(),
         vm.done.as_raw_fd(),
         io.sigfd.as_raw_fd(),
     ];
-    fds[0] = control.as_raw_fd();
     if let Some(a) = io.api {
         fds.push(a.as_raw_fd());
     }

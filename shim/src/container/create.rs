@@ -5,7 +5,6 @@
 //! to `--pid-file` and `state.json`. The workload does not run before `start`.
 
 use std::io::{BufRead, BufReader};
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 
@@ -23,17 +22,6 @@ pub struct CreateOptions {
     pub console_socket: Option<PathBuf>,
 }
 
-fn pipe() -> Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` is a valid array for pipe2 to fill.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .context("cannot create the monitor's ready pipe");
-    }
-    // SAFETY: pipe2 returned two new descriptors owned by nothing else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
 pub fn create(opts: CreateOptions) -> Result<i32> {
     if opts.console_socket.is_some() {
         bail!("--console-socket (terminal mode) is not implemented yet in runvm");
@@ -46,7 +34,9 @@ pub fn create(opts: CreateOptions) -> Result<i32> {
     let api_listener = UnixListener::bind(p.runtime_dir().join(api::SOCKET))
         .context("cannot create the monitor socket")
         .map_err(fail)?;
-    let (ready_r, ready_w) = pipe().map_err(fail)?;
+    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| {
+        fail(anyhow::Error::from(e).context("cannot create the monitor's ready pipe"))
+    })?;
 
     // SAFETY: create is single-threaded here; the child becomes the monitor and never
     // returns into this function's callers.

@@ -4,7 +4,7 @@
 //! It is forked before the monitor starts any thread, holds nothing but the read end of
 //! a pipe whose write end only the monitor has, and acts when that read returns EOF.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// Errors starting the guard.
@@ -23,14 +23,8 @@ pub struct CleanupGuard {
 
 /// Forks the guard for `dir`. Must be called while the process has a single thread.
 pub fn spawn(dir: &Path) -> Result<CleanupGuard, GuardError> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(GuardError::Pipe(std::io::Error::last_os_error()));
-    }
-    // SAFETY: pipe2 returned two fresh descriptors that nothing else owns.
     let (read_end, write_end) =
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| GuardError::Pipe(e.into()))?;
     let dir: PathBuf = dir.to_path_buf();
     // SAFETY: the caller guarantees the process is single-threaded, so the child may
     // run ordinary Rust code; it never returns into the caller's code.

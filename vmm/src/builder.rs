@@ -306,12 +306,8 @@ impl Vmm {
         let device_thread = std::thread::Builder::new()
             .name("runvm-devices".into())
             .spawn(move || {
-                if let Some(f) = &dev_filter {
-                    if let Err(e) = seccomp::apply(f) {
-                        dev_state
-                            .request_exit(VmExitReason::KvmError(format!("device thread: {e}")));
-                        return;
-                    }
+                if !install_filter(dev_filter.as_ref(), &dev_state, "device thread") {
+                    return;
                 }
                 while !loop_stop.load(Ordering::Acquire) {
                     if let Err(e) = events.run() {
@@ -332,11 +328,8 @@ impl Vmm {
             let spawned = std::thread::Builder::new()
                 .name("runvm-vcpu".into())
                 .spawn(move || {
-                    if let Some(f) = &filter {
-                        if let Err(e) = seccomp::apply(f) {
-                            st.request_exit(VmExitReason::KvmError(format!("vCPU thread: {e}")));
-                            return;
-                        }
+                    if !install_filter(filter.as_deref(), &st, "vCPU thread") {
+                        return;
                     }
                     v.run(stop)
                 });
@@ -373,6 +366,18 @@ impl Vmm {
             reason,
             times: timer.times(),
         })
+    }
+}
+
+/// Installs a VMM thread's seccomp filter (when filters are on). On failure the VM is
+/// told to stop with the reason, and the thread must not go on: returns false.
+fn install_filter(filter: Option<&seccompiler::BpfProgram>, state: &VmState, thread: &str) -> bool {
+    match filter.map(seccomp::apply) {
+        Some(Err(e)) => {
+            state.request_exit(VmExitReason::KvmError(format!("{thread}: {e}")));
+            false
+        }
+        _ => true,
     }
 }
 

@@ -79,6 +79,12 @@ impl ContainerState {
         root.join(id)
     }
 
+    /// The monitor's runtime files (vsock sockets, `monitor.sock`, the rootfs image),
+    /// which its cleanup guard removes if the monitor dies.
+    pub fn runtime_dir(root: &Path, id: &str) -> PathBuf {
+        Self::dir(root, id).join("run")
+    }
+
     pub fn load(root: &Path, id: &str) -> Result<Self, StateError> {
         let dir = Self::dir(root, id);
         let path = dir.join(STATE_FILE);

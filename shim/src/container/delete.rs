@@ -20,7 +20,7 @@ pub fn delete(root: &Option<PathBuf>, id: &str, force: bool) -> Result<i32> {
         }
         Status::Created | Status::Running => {
             let _ = api::request(
-                &dir.join("run"),
+                &ContainerState::runtime_dir(&root_dir, id),
                 &Request::Signal {
                     signal: libc::SIGKILL,
                 },

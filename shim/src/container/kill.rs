@@ -35,7 +35,7 @@ pub fn kill(root: &Option<PathBuf>, id: &str, signal: &str) -> Result<i32> {
     if state.status(&super::root_dir(root)) == Status::Stopped {
         bail!("container not running");
     }
-    let dir = ContainerState::dir(&super::root_dir(root), id).join("run");
+    let dir = ContainerState::runtime_dir(&super::root_dir(root), id);
     match api::request(&dir, &Request::Signal { signal }, Duration::from_secs(10))? {
         Response::Ok => Ok(0),
         Response::Error(e) => bail!("cannot signal container {id:?}: {e}"),

@@ -75,7 +75,7 @@ pub struct Prepared {
 impl Prepared {
     /// The monitor's runtime directory.
     pub fn runtime_dir(&self) -> PathBuf {
-        self.dir.join("run")
+        crate::state::ContainerState::runtime_dir(&self.root, &self.id)
     }
 }
 
@@ -113,7 +113,7 @@ pub fn prepare(id: &str, bundle: &Path, root: &Option<PathBuf>) -> Result<Prepar
         }
     }
     let built = (|| -> Result<MonitorConfig> {
-        let runtime = dir.join("run");
+        let runtime = crate::state::ContainerState::runtime_dir(&root, id);
         std::fs::create_dir(&runtime)
             .with_context(|| format!("cannot create {}", runtime.display()))?;
         let image = runtime.join("rootfs.erofs");

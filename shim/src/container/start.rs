@@ -15,7 +15,7 @@ pub fn start(root: &Option<PathBuf>, id: &str) -> Result<i32> {
         Status::Running => bail!("cannot start an already running container"),
         Status::Stopped => bail!("cannot start a container that has stopped"),
     }
-    let dir = ContainerState::dir(&super::root_dir(root), id).join("run");
+    let dir = ContainerState::runtime_dir(&super::root_dir(root), id);
     match api::request(&dir, &Request::Start, Duration::from_secs(60))? {
         Response::Ok => Ok(0),
         Response::Error(e) => bail!("cannot start container {id:?}: {e}"),

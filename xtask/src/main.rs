@@ -29,6 +29,15 @@ enum Cmd {
     Demo,
     /// Run every test: lints, unit tests, and the guest tests (directly or in the test host).
     Test,
+    /// Run guest suites (tests/tests/NAME.rs) where guests boot, in one test-host boot:
+    /// `cargo xtask guest-test [SUITE…] [-- TEST-ARGS…]` (no SUITE: all of them).
+    GuestTest {
+        /// Suite names; all guest suites when none is given.
+        suites: Vec<String>,
+        /// Arguments for every suite binary (a test-name filter, `--nocapture`).
+        #[arg(last = true)]
+        test_args: Vec<String>,
+    },
     /// Build the static guest init and the initramfs (target/runvm/initramfs.cpio).
     Initramfs,
     /// Build the guest kernel (cached) and print the path of its vmlinux.
@@ -56,6 +65,7 @@ fn main() {
     let result: Result<i32> = match cli.cmd {
         Cmd::Demo => demo::cmd_demo(),
         Cmd::Test => test::cmd_test(),
+        Cmd::GuestTest { suites, test_args } => test::cmd_guest_test(&suites, &test_args),
         Cmd::Initramfs => initramfs::initramfs().map(|_| 0),
         Cmd::Kernel => kernel::cmd_kernel().map(|()| 0),
         Cmd::KernelSmoke => testhost::cmd_kernel_smoke(),

@@ -133,31 +133,9 @@ pub fn cmd_test() -> Result<i32> {
         t.record("testhost exit code 7", code == 7);
     }
     // All guest suites in one go (one test-host boot): each runs even if another fails.
-    step.phase("guest tests: boot, lifecycle");
-    let script =
-        "rc=0; for t in \"$@\"; do \"$t\" --ignored --test-threads=2 || rc=1; done; exit $rc";
-    let argv = vec![
-        "sh".into(),
-        "-c".into(),
-        script.into(),
-        "guest-tests".into(),
-        exe("boot")?,
-        exe("lifecycle")?,
-    ];
-    let mut result = setup.run_at(place, &argv, &[]);
-    for attempt in 2..=3 {
-        match &result {
-            // The nested test host (KVM inside QEMU's TCG) freezes now and then, silently,
-            // on this machine; that is not a test result, so the suites run again (at most
-            // twice more), and say so. A test failure (an exit status) is never rerun.
-            Err(e) if place == Place::TestHost => {
-                eprintln!("[test] the test host ended without an exit status ({e:#}); running the guest tests again (attempt {attempt} of 3)");
-                result = setup.run_at(place, &argv, &[]);
-            }
-            _ => break,
-        }
-    }
-    t.record("guest tests (boot, lifecycle)", result? == 0);
+    step.phase(&format!("guest tests: {}", GUEST_SUITES.join(", ")));
+    let ok = run_guest_suites(&setup, place, &exes, GUEST_SUITES, &[])? == 0;
+    t.record(&format!("guest tests ({})", GUEST_SUITES.join(", ")), ok);
 
     let left = leftover_processes();
     t.record("no runvm process left on the host", left.is_empty());
@@ -175,6 +153,75 @@ pub fn cmd_test() -> Result<i32> {
         return Ok(1);
     }
     Ok(0)
+}
+
+/// The integration test binaries (in `tests/tests/`) that boot guests, in the order CI runs
+/// them. Add a new guest suite here.
+pub const GUEST_SUITES: &[&str] = &["boot", "lifecycle"];
+
+/// Runs the named guest suites, each with `--ignored --test-threads=2` plus `test_args`,
+/// in one go where guests boot (one test-host boot). Every suite runs even if another
+/// fails; the result is 0 when all passed. A test host that dies without an exit status
+/// (it freezes now and then on this machine) is retried up to twice, and says so.
+fn run_guest_suites(
+    setup: &GuestSetup,
+    place: Place,
+    exes: &[(String, PathBuf)],
+    suites: &[&str],
+    test_args: &[String],
+) -> Result<i32> {
+    let mut argv: Vec<String> = vec![
+        "sh".into(),
+        "-c".into(),
+        // Test arguments come through $RUNVM_TEST_ARGS (split on whitespace).
+        "rc=0; for t in \"$@\"; do \"$t\" --ignored --test-threads=2 $RUNVM_TEST_ARGS || rc=1; done; exit $rc"
+            .into(),
+        "guest-tests".into(),
+    ];
+    for name in suites {
+        let exe = exes
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| p.display().to_string())
+            .with_context(|| {
+                format!("integration test {name} was not built (is it in tests/tests/?)")
+            })?;
+        argv.push(exe);
+    }
+    let extra = [("RUNVM_TEST_ARGS".to_string(), test_args.join(" "))];
+    let mut result = setup.run_at(place, &argv, &extra);
+    for attempt in 2..=3 {
+        match &result {
+            // A test failure (an exit status) is never rerun; a frozen test host is.
+            Err(e) if place == Place::TestHost => {
+                eprintln!("[test] the test host ended without an exit status ({e:#}); running the guest tests again (attempt {attempt} of 3)");
+                result = setup.run_at(place, &argv, &extra);
+            }
+            _ => break,
+        }
+    }
+    result
+}
+
+/// `cargo xtask guest-test SUITE… [-- TEST-ARGS…]`: builds what guests need and runs the
+/// named guest suites where guests boot (directly or in the test host), in one go.
+/// TEST-ARGS go to every suite binary (a test-name filter, `--nocapture`, …).
+pub fn cmd_guest_test(suites: &[String], test_args: &[String]) -> Result<i32> {
+    let setup = GuestSetup::prepare(false)?;
+    let exes = test_executables()?;
+    let place = setup.choose_place()?;
+    let names: Vec<&str> = if suites.is_empty() {
+        GUEST_SUITES.to_vec()
+    } else {
+        suites.iter().map(String::as_str).collect()
+    };
+    let code = run_guest_suites(&setup, place, &exes, &names, test_args)?;
+    let left = leftover_processes();
+    if !left.is_empty() {
+        eprintln!("[test] left behind on the host: {left:?}");
+        return Ok(1);
+    }
+    Ok(code)
 }
 
 /// runvm processes (monitors, cleanup guards) still alive on this host.

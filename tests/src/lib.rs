@@ -335,3 +335,13 @@ impl Bundle {
         std::fs::read_to_string(self.path().join("stdout")).unwrap_or_default()
     }
 }
+
+/// Whether process `pid` holds a KVM VM (an `anon_inode:kvm-vm` descriptor).
+pub fn holds_vm(pid: i32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .any(|l| l.to_string_lossy().contains("kvm-vm"))
+}

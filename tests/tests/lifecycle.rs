@@ -30,6 +30,10 @@ fn create_start_wait_delete_and_exit_codes() {
         assert_eq!(st["pid"], pid, "state.pid is the pid in --pid-file");
         std::thread::sleep(Duration::from_millis(500));
         assert_eq!(bundle.stdout(), "", "the process must not run before start");
+        assert!(
+            !holds_vm(pid),
+            "a created container must hold no VM until start"
+        );
 
         let out = root.cmd(&["start", "life"]);
         assert_eq!(code(&out), 0, "start failed: {}", stderr(&out));
@@ -66,6 +70,7 @@ fn kill_follows_pid1_rules() {
     let pid = pid.unwrap();
     assert_eq!(code(&root.cmd(&["start", "plain"])), 0);
     assert_eq!(status(&root, "plain"), "running");
+    assert!(holds_vm(pid), "a running container's monitor holds its VM");
     assert_eq!(code(&root.cmd(&["kill", "plain", "TERM"])), 0);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(

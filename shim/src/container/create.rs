@@ -1,8 +1,9 @@
-//! `create`: starts the container's monitor, which boots the VM and waits for `start`.
+//! `create`: starts the container's monitor, which waits for `start` before it boots the
+//! VM (a created container holds no VM).
 //!
 //! The monitor is a child of `create` (so a subreaper such as containerd's shim inherits
-//! and reaps it); `create` returns once the guest is up, having written the monitor's pid
-//! to `--pid-file` and `state.json`. The workload does not run before `start`.
+//! and reaps it); `create` returns once the monitor is ready, having written the monitor's
+//! pid to `--pid-file` and `state.json`. The workload does not run before `start`.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixListener;

@@ -52,7 +52,7 @@ pub fn write_pid_file(path: &Path, pid: u32) -> std::io::Result<()> {
     })
 }
 
-fn env_num<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
+pub fn env_num<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
     match std::env::var(name) {
         Ok(v) => v
             .parse()

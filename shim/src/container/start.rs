@@ -16,7 +16,9 @@ pub fn start(root: &Option<PathBuf>, id: &str) -> Result<i32> {
         Status::Stopped => bail!("cannot start a container that has stopped"),
     }
     let dir = ContainerState::runtime_dir(&super::root_dir(root), id);
-    match api::request(&dir, &Request::Start, Duration::from_secs(60))? {
+    // The VM boots now: allow for the guest's boot timeout, and then some.
+    let boot = super::env_num("RUNVM_BOOT_TIMEOUT", 60u64)?;
+    match api::request(&dir, &Request::Start, Duration::from_secs(boot + 30))? {
         Response::Ok => Ok(0),
         Response::Error(e) => bail!("cannot start container {id:?}: {e}"),
     }

@@ -86,8 +86,10 @@ fn explain(reason: &VmExitReason) -> String {
 pub enum Launch {
     /// `runvm run`: as soon as the guest is up.
     Immediate,
-    /// `runvm create`: boot, report readiness (a line on `ready`: `ok`, or the error),
-    /// then wait for `runvm start` on `api`. `state_dir` gets the started and exit files.
+    /// `runvm create`: report readiness (a line on `ready`: `ok`, or the error), wait
+    /// for `runvm start` on `api`, and only then boot the VM, so a created container holds
+    /// no VM (and the network namespace is complete: Docker fills it between create and
+    /// start). `state_dir` gets the started and exit files.
     OnStart {
         api: UnixListener,
         ready: std::fs::File,
@@ -157,8 +159,48 @@ impl RunningVm {
 enum Ending {
     Exited(ExitStatus),
     StartFailed(i32, String),
-    /// Killed by a signal before it started (`runvm kill` of a created container).
-    KilledBeforeStart(i32),
+}
+
+/// How the wait of a created container ended.
+enum BeforeStart {
+    /// `runvm start` asked for the process; its connection waits for the answer.
+    Start(UnixStream),
+    /// A signal that would end a waiting process (`runvm kill` of a created container,
+    /// or one sent to the monitor itself): the container stops with 128+signo.
+    Killed(i32),
+}
+
+/// Serves the host API of a created container until `start` or a terminating signal.
+/// No VM exists yet.
+fn wait_for_start(api: &UnixListener, sigfd: &SignalFd) -> Result<BeforeStart, MonitorError> {
+    loop {
+        let ready_fds = wait_ready(&[api.as_raw_fd(), sigfd.as_raw_fd()], None)?;
+        if ready_fds[1] {
+            if let Some(signal) = pending_signals(sigfd)
+                .into_iter()
+                .find(|s| terminates_by_default(*s))
+            {
+                return Ok(BeforeStart::Killed(signal));
+            }
+        }
+        if !ready_fds[0] {
+            continue;
+        }
+        let Ok((mut conn, _)) = api.accept() else {
+            continue;
+        };
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+        match read_frame::<_, api::Request>(&mut conn) {
+            Ok(api::Request::Start) => return Ok(BeforeStart::Start(conn)),
+            Ok(api::Request::Signal { signal }) => {
+                reply(&mut conn, api::Response::Ok);
+                if terminates_by_default(signal) {
+                    return Ok(BeforeStart::Killed(signal));
+                }
+            }
+            Err(e) => log::warn!("ignoring a malformed request on the monitor socket: {e}"),
+        }
+    }
 }
 
 /// Whether a signal's default action ends a process (so it stops a created container,
@@ -184,17 +226,25 @@ pub fn run_vm(
             state_dir,
         } => (Some(api), Some(ready), Some(state_dir)),
     };
+    let mut start_conn = None;
     let result = run_vm_inner(
         &cfg,
         run,
         stdio,
         api.as_ref(),
         &mut ready,
+        &mut start_conn,
         state_dir.as_deref(),
     );
-    if let (Err(e), Some(r)) = (&result, ready.as_mut()) {
-        // create is still waiting: tell it why the container could not be created.
-        let _ = writeln!(r, "{e}");
+    if let Err(e) = &result {
+        if let Some(r) = ready.as_mut() {
+            // create is still waiting: tell it why the container could not be created.
+            let _ = writeln!(r, "{e}");
+        }
+        if let Some(c) = start_conn.as_mut() {
+            // start is waiting: tell it why the container could not start.
+            reply(c, api::Response::Error(e.to_string()));
+        }
     }
     if let (Ok(code), Some(dir)) = (&result, &state_dir) {
         let _ = std::fs::write(dir.join(crate::state::EXIT_FILE), format!("{code}\n"));
@@ -208,22 +258,34 @@ fn run_vm_inner(
     stdio: [RawFd; 3],
     api: Option<&UnixListener>,
     ready: &mut Option<std::fs::File>,
+    start_conn: &mut Option<UnixStream>,
     state_dir: Option<&Path>,
 ) -> Result<i32, MonitorError> {
     let setup = |source| MonitorError::Setup {
         dir: cfg.runtime_dir.clone(),
         source,
     };
-    let uds = cfg.runtime_dir.join("vsock.sock");
-    let port_path = |port: u32| PathBuf::from(format!("{}_{port}", uds.display()));
-    let control_listener = UnixListener::bind(port_path(CONTROL_PORT)).map_err(setup)?;
-    let stream_listener = UnixListener::bind(port_path(STREAM_PORT)).map_err(setup)?;
-
     let mut mask = SigSet::empty();
     FORWARDED.iter().for_each(|s| mask.add(*s));
     mask.thread_block().map_err(|e| setup(e.into()))?;
     let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(|e| setup(e.into()))?;
+
+    if let Some(api) = api {
+        if let Some(mut r) = ready.take() {
+            // create returns now; nothing runs, and no VM exists, until `runvm start`.
+            let _ = writeln!(r, "ok");
+        }
+        match wait_for_start(api, &sigfd)? {
+            BeforeStart::Start(conn) => *start_conn = Some(conn),
+            BeforeStart::Killed(signal) => return Ok(128 + signal),
+        }
+    }
+
+    let uds = cfg.runtime_dir.join("vsock.sock");
+    let port_path = |port: u32| PathBuf::from(format!("{}_{port}", uds.display()));
+    let control_listener = UnixListener::bind(port_path(CONTROL_PORT)).map_err(setup)?;
+    let stream_listener = UnixListener::bind(port_path(STREAM_PORT)).map_err(setup)?;
 
     let mut cmdline = String::new();
     if cfg.debug_console {
@@ -256,7 +318,7 @@ fn run_vm_inner(
         api,
         state_dir,
     };
-    let result = converse(cfg, &mut vm, run, stdio, &io, ready);
+    let result = converse(cfg, &mut vm, run, stdio, &io, start_conn);
     let ending = match result {
         Ok(e) => e,
         Err(e) => {
@@ -271,14 +333,10 @@ fn run_vm_inner(
             });
         }
     };
-    if let Ending::KilledBeforeStart(_) = ending {
-        vm.handle.stop();
-    }
     let exit = vm.finish(Duration::from_secs(10))?;
     report_times(cfg, &exit.times);
     match ending {
         Ending::Exited(status) => Ok(status.code()),
-        Ending::KilledBeforeStart(signal) => Ok(128 + signal),
         Ending::StartFailed(code, message) => {
             if api.is_none() {
                 eprintln!("runvm: {message}");
@@ -374,7 +432,7 @@ fn converse(
     run: HostMessage,
     stdio: [RawFd; 3],
     io: &Io,
-    ready: &mut Option<std::fs::File>,
+    pending_start: &mut Option<UnixStream>,
 ) -> Result<Ending, MonitorError> {
     let mut queued: Vec<i32> = Vec::new();
 
@@ -434,20 +492,11 @@ fn converse(
         }
     };
 
-    let mut run = Some(run);
-    if io.api.is_none() {
-        if let Some(r) = run.take() {
-            write_frame(&mut control, &r).map_err(protocol)?;
-        }
-    } else if let Some(mut r) = ready.take() {
-        // create returns now; the process waits for `runvm start`.
-        let _ = writeln!(r, "ok");
-    }
+    write_frame(&mut control, &run).map_err(protocol)?;
 
-    // Phase 2: start, streams, signals, exit.
+    // Phase 2: streams, signals, exit.
     let mut outputs: Vec<JoinHandle<u64>> = Vec::new();
     let mut started = false;
-    let mut pending_start: Option<UnixStream> = None;
     // Polled in this order: ready_fds[0] control, [1] streams, [2] VM done, [3] signals,
     // [4] the host API (create/start containers only).
     let mut fds = vec![
@@ -497,18 +546,10 @@ fn converse(
             if let Some(Ok((mut conn, _))) = io.api.map(|a| a.accept()) {
                 let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
                 match read_frame::<_, api::Request>(&mut conn) {
-                    Ok(api::Request::Start) => match run.take() {
-                        Some(r) => {
-                            write_frame(&mut control, &r).map_err(protocol)?;
-                            pending_start = Some(conn);
-                        }
-                        None => reply(
-                            &mut conn,
-                            api::Response::Error(
-                                "cannot start an already started container".into(),
-                            ),
-                        ),
-                    },
+                    Ok(api::Request::Start) => reply(
+                        &mut conn,
+                        api::Response::Error("cannot start an already started container".into()),
+                    ),
                     Ok(api::Request::Signal { signal }) => {
                         queued.push(signal);
                         reply(&mut conn, api::Response::Ok);
@@ -517,24 +558,17 @@ fn converse(
                 }
             }
         }
-        if !queued.is_empty() {
-            if started {
-                for signal in queued.drain(..) {
-                    write_frame(
-                        &mut control,
-                        &HostMessage::Signal {
-                            process: MAIN_PROCESS,
-                            signal,
-                        },
-                    )
-                    .map_err(protocol)?;
-                }
-            } else if run.is_some() {
-                // Not started: a signal that would end a waiting process ends the container.
-                if let Some(&signal) = queued.iter().find(|s| terminates_by_default(**s)) {
-                    break Ending::KilledBeforeStart(signal);
-                }
-                queued.clear();
+        // Signals that arrive while the guest boots wait until the process runs.
+        if started {
+            for signal in queued.drain(..) {
+                write_frame(
+                    &mut control,
+                    &HostMessage::Signal {
+                        process: MAIN_PROCESS,
+                        signal,
+                    },
+                )
+                .map_err(protocol)?;
             }
         }
         if ready_fds[0] {

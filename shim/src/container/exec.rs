@@ -98,11 +98,13 @@ pub fn exec(opts: ExecOptions) -> Result<i32> {
     crate::scm::send_fds(conn.as_fd(), b"\0", &fds)
         .context("cannot hand the process's stdio to the monitor")?;
     let HostSide {
-        fds: _sent,
+        fds: sent,
         raw_mode,
         size_from,
         console_slave,
     } = host;
+    // The monitor has its own copies now; the waiter must not hold the caller's pipes.
+    drop(sent);
 
     if opts.detach {
         return detach(conn, size_from, console_slave, opts.pid_file.as_deref());

@@ -145,6 +145,12 @@ fn process_spec(opts: &ExecOptions, state: &ContainerState) -> Result<ProcessSpe
     let mut p = bundle
         .process
         .ok_or_else(|| anyhow!("the container's config.json has no process"))?;
+    apply_overrides(&mut p, opts)?;
+    Ok(p)
+}
+
+/// runc's `getProcess` without `--process`: the command line over the container's spec.
+fn apply_overrides(p: &mut ProcessSpec, opts: &ExecOptions) -> Result<()> {
     if opts.args.is_empty() {
         bail!("exec args cannot be empty");
     }
@@ -183,7 +189,7 @@ fn process_spec(opts: &ExecOptions, state: &ContainerState) -> Result<ProcessSpe
     if opts.no_new_privs {
         p.no_new_privileges = true;
     }
-    Ok(p)
+    Ok(())
 }
 
 /// The descriptors the monitor relays for the process, and what this side keeps.
@@ -449,5 +455,82 @@ impl Waiter {
         if let Err(e) = write_frame(&mut self.conn, msg) {
             log::debug!("cannot pass {msg:?} to the monitor: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runvm_protocol::Capabilities;
+
+    fn opts() -> ExecOptions {
+        ExecOptions {
+            id: "c".into(),
+            root: None,
+            process: None,
+            args: vec!["id".into(), "-u".into()],
+            detach: false,
+            pid_file: None,
+            console_socket: None,
+            tty: true,
+            env: vec![("A".into(), "b".into())],
+            cwd: Some("/tmp".into()),
+            user: Some((1000, Some(1001))),
+            additional_gids: vec![5],
+            caps: vec!["CAP_NET_ADMIN".into()],
+            no_new_privs: true,
+        }
+    }
+
+    fn base() -> ProcessSpec {
+        ProcessSpec {
+            args: vec!["sh".into()],
+            env: vec!["PATH=/bin".into()],
+            cwd: "/".into(),
+            uid: 0,
+            gid: 0,
+            additional_gids: vec![1],
+            capabilities: Some(Capabilities {
+                bounding: vec!["CAP_CHOWN".into()],
+                ..Default::default()
+            }),
+            console_size: Some(WindowSize { rows: 1, cols: 1 }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_command_line_overrides_the_containers_process_like_runc() {
+        let mut p = base();
+        apply_overrides(&mut p, &opts()).unwrap();
+        assert_eq!(p.args, ["id", "-u"]);
+        assert!(p.terminal);
+        assert_eq!(p.console_size, None);
+        assert_eq!(p.env, ["PATH=/bin", "A=b"]);
+        assert_eq!(p.cwd, "/tmp");
+        assert_eq!((p.uid, p.gid), (1000, 1001));
+        assert_eq!(p.additional_gids, [1, 5]);
+        assert!(p.no_new_privileges);
+        let c = p.capabilities.unwrap();
+        assert_eq!(c.bounding, ["CAP_CHOWN", "CAP_NET_ADMIN"]);
+        assert_eq!(c.effective, ["CAP_NET_ADMIN"]);
+        assert_eq!(c.permitted, ["CAP_NET_ADMIN"]);
+        assert!(c.ambient.is_empty(), "no inheritable set: no ambient caps");
+    }
+
+    #[test]
+    fn a_user_without_group_keeps_the_gid_and_empty_args_are_refused() {
+        let mut p = base();
+        p.gid = 7;
+        let mut o = opts();
+        o.user = Some((1000, None));
+        apply_overrides(&mut p, &o).unwrap();
+        assert_eq!((p.uid, p.gid), (1000, 7));
+        o.args.clear();
+        let e = apply_overrides(&mut base(), &o).unwrap_err();
+        assert!(e.to_string().contains("exec args cannot be empty"));
+        let mut o = opts();
+        o.cwd = Some("rel".into());
+        assert!(apply_overrides(&mut base(), &o).is_err());
     }
 }

@@ -84,3 +84,32 @@ pub fn exec_fd_count(terminal: bool) -> usize {
         3
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_messages_round_trip_and_garbage_is_an_error() {
+        let mut buf = Vec::new();
+        let ev = ExecEvent::Failed {
+            code: 127,
+            message: "exec: \"x\": executable file not found in $PATH".into(),
+        };
+        write_frame(&mut buf, &ev).unwrap();
+        write_frame(&mut buf, &ExecControl::Resize { rows: 5, cols: 6 }).unwrap();
+        let mut r = buf.as_slice();
+        assert_eq!(read_frame::<_, ExecEvent>(&mut r).unwrap(), ev);
+        assert_eq!(
+            read_frame::<_, ExecControl>(&mut r).unwrap(),
+            ExecControl::Resize { rows: 5, cols: 6 }
+        );
+        let mut junk = 9u32.to_le_bytes().to_vec();
+        junk.extend_from_slice(br#"{"Boom":1}"#);
+        assert!(read_frame::<_, ExecControl>(&mut junk.as_slice()).is_err());
+        assert!(matches!(
+            read_frame::<_, ExecEvent>(&mut &b""[..]),
+            Err(FrameError::Closed)
+        ));
+    }
+}

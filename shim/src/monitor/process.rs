@@ -154,6 +154,11 @@ impl Process {
         self.status.is_some() && self.outputs_done()
     }
 
+    /// Every output stream accepted so far was relayed to its end.
+    pub fn accepted_outputs_done(&self) -> bool {
+        self.outputs.iter().all(|t| t.is_finished())
+    }
+
     pub fn outputs_done(&self) -> bool {
         self.outputs.len() == self.expected_outputs()
             && self.outputs.iter().all(|t| t.is_finished())

@@ -95,10 +95,12 @@ impl<'a> Session<'a> {
             self.finish_complete_execs();
             if let Some(ending) = &self.main_ending {
                 let deadline = *drain_deadline.get_or_insert_with(|| Instant::now() + DRAIN_WAIT);
+                // A process that failed to start may never have opened its streams.
+                let failed = matches!(ending, Ending::StartFailed(..));
                 let main_done = self
                     .processes
                     .get(&MAIN_PROCESS)
-                    .is_none_or(|p| p.outputs_done());
+                    .is_none_or(|p| p.outputs_done() || (failed && p.accepted_outputs_done()));
                 if main_done && self.processes.len() <= 1 {
                     break;
                 }
@@ -106,7 +108,6 @@ impl<'a> Session<'a> {
                     log::warn!("the container's processes did not all finish relaying their output in {DRAIN_WAIT:?}; some output may be missing");
                     break;
                 }
-                let _ = ending;
             }
             let mut slots = vec![
                 (Slot::Control, self.control.as_raw_fd()),

@@ -80,11 +80,12 @@ fn exec_codes_settings_output_and_stdin() {
         b"",
     );
     assert_eq!(r.code, Some(0), "{r:?}");
-    // busybox's id prints no groups= for a process without supplementary groups.
+    // The test root filesystem names uid and gid 1000 "user"; busybox's id prints no
+    // groups= for a process without supplementary groups.
     assert_eq!(
         r.stdout,
         format!(
-            "uid=1000 gid=1000\nb\n/tmp\n{}\n",
+            "uid=1000(user) gid=1000(user)\nb\n/tmp\n{}\n",
             PATH.trim_start_matches("PATH=")
         )
     );

@@ -107,3 +107,111 @@ fn interrupted_foreground_command_exits_130() {
     assert_eq!(code(&root.cmd(&["delete", "int"])), 0);
     root.assert_clean(Duration::from_secs(5));
 }
+
+/// Runs `tmux -L <socket> args…`, panicking on failure; returns stdout.
+fn tmux(socket: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("tmux")
+        .arg("-L")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("tmux is installed in the test host");
+    assert!(
+        out.status.success(),
+        "tmux {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits until the tmux pane shows `want`.
+fn pane_shows(socket: &str, want: &str) -> String {
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let screen = tmux(socket, &["capture-pane", "-p", "-t", "t"]);
+        if screen.contains(want) {
+            return screen;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{want:?} never appeared in the pane:\n{screen}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+#[ignore = "boots a guest: run through `cargo xtask test`"]
+fn run_in_the_foreground_relays_the_callers_terminal() {
+    let root = StateRoot::new();
+    let bundle = Bundle::terminal(&["sh"]);
+    let dir = TempDir::new("tmux");
+    let socket = format!("runvm-test-{}", std::process::id());
+    let (before, after, exit) = (
+        dir.path().join("before"),
+        dir.path().join("after"),
+        dir.path().join("exit"),
+    );
+    let script = format!(
+        "stty -g > {b}; {bin} --root {root} run --bundle {bundle} fg; echo $? > {e}.tmp; stty -g > {a}; mv {e}.tmp {e}; sleep 600",
+        b = before.display(),
+        a = after.display(),
+        e = exit.display(),
+        bin = runvm_bin().display(),
+        root = root.path().display(),
+        bundle = bundle.path().display(),
+    );
+    tmux(
+        &socket,
+        &[
+            "new-session",
+            "-d",
+            "-s",
+            "t",
+            "-x",
+            "100",
+            "-y",
+            "30",
+            &script,
+        ],
+    );
+    let result = std::panic::catch_unwind(|| {
+        tmux(&socket, &["send-keys", "-t", "t", "echo h''i", "Enter"]);
+        pane_shows(&socket, "\nhi\n");
+        tmux(&socket, &["send-keys", "-t", "t", "stty size", "Enter"]);
+        pane_shows(&socket, "30 100");
+        // The caller's terminal changes size: SIGWINCH reaches runvm, the guest follows.
+        tmux(
+            &socket,
+            &["resize-window", "-t", "t", "-x", "120", "-y", "40"],
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        tmux(
+            &socket,
+            &["send-keys", "-t", "t", "clear; stty size", "Enter"],
+        );
+        pane_shows(&socket, "40 120");
+        tmux(&socket, &["send-keys", "-t", "t", "exit 3", "Enter"]);
+        let deadline = std::time::Instant::now() + T;
+        while !exit.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "runvm run did not end"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert_eq!(std::fs::read_to_string(&exit).unwrap().trim(), "3");
+        assert_eq!(
+            std::fs::read_to_string(&before).unwrap(),
+            std::fs::read_to_string(&after).unwrap(),
+            "the caller's terminal settings are restored"
+        );
+    });
+    let _ = std::process::Command::new("tmux")
+        .args(["-L", &socket, "kill-server"])
+        .status();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+    root.assert_clean(Duration::from_secs(5));
+}

@@ -10,12 +10,11 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::thread::JoinHandle;
 
 use runvm_protocol::{ExitStatus, WindowSize};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::stdio::{self, InputRelay};
+use super::stdio::{self, InputRelay, OutputRelay};
 
 /// A process's descriptors on the host side.
 pub enum HostStdio {
@@ -61,7 +60,7 @@ pub struct Process {
     /// Where the window size is read (a terminal's input), for resizes.
     size_from: Option<File>,
     inputs: Vec<InputRelay>,
-    outputs: Vec<JoinHandle<u64>>,
+    outputs: Vec<OutputRelay>,
     /// The guest's word on how it ended (set for a start failure too).
     pub status: Option<ExitStatus>,
     pub started: bool,
@@ -156,12 +155,12 @@ impl Process {
 
     /// Every output stream accepted so far was relayed to its end.
     pub fn accepted_outputs_done(&self) -> bool {
-        self.outputs.iter().all(|t| t.is_finished())
+        self.outputs.iter().all(OutputRelay::finished)
     }
 
     pub fn outputs_done(&self) -> bool {
         self.outputs.len() == self.expected_outputs()
-            && self.outputs.iter().all(|t| t.is_finished())
+            && self.outputs.iter().all(OutputRelay::finished)
     }
 
     /// Stops the input relays and closes every host descriptor of the process.
@@ -170,7 +169,7 @@ impl Process {
             i.cancel();
         }
         for t in self.outputs {
-            if t.is_finished() {
+            if t.finished() {
                 let _ = t.join();
             } else {
                 log::warn!("an output stream did not reach its end; some output may be missing");

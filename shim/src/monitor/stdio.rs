@@ -7,10 +7,31 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use vmm_sys_util::eventfd::EventFd;
+
+/// A running output relay.
+pub struct OutputRelay {
+    handle: JoinHandle<u64>,
+    /// Set (before `done` fires) once the stream ended and `out` is closed.
+    finished: Arc<AtomicBool>,
+}
+
+impl OutputRelay {
+    /// The guest closed the stream and everything was written (or dropped).
+    pub fn finished(&self) -> bool {
+        self.finished.load(Ordering::Acquire)
+    }
+
+    /// Waits for the thread (it is about to return once [`Self::finished`]).
+    pub fn join(self) -> u64 {
+        self.handle.join().unwrap_or(0)
+    }
+}
 
 /// Copies the guest stream to `out` until the guest closes it, then closes `out` and
 /// fires `done`. If the host side stops accepting data, the rest is read and dropped so
@@ -19,8 +40,10 @@ pub fn spawn_output(
     mut stream: UnixStream,
     mut out: File,
     done: EventFd,
-) -> std::io::Result<JoinHandle<u64>> {
-    std::thread::Builder::new()
+) -> std::io::Result<OutputRelay> {
+    let finished = Arc::new(AtomicBool::new(false));
+    let flag = finished.clone();
+    let handle = std::thread::Builder::new()
         .name("runvm-out".into())
         .spawn(move || {
             let mut buf = vec![0u8; 64 * 1024];
@@ -39,9 +62,12 @@ pub fn spawn_output(
                 }
             }
             drop(out);
+            // The flag first: whoever wakes on `done` must see it set.
+            flag.store(true, Ordering::Release);
             let _ = done.write(1);
             total
-        })
+        })?;
+    Ok(OutputRelay { handle, finished })
 }
 
 /// A running input relay; [`InputRelay::cancel`] ends it (and closes its descriptor)

@@ -81,14 +81,22 @@ impl Session<'_> {
         self.send(&HostMessage::Exec { process: id, spec })
     }
 
-    pub(super) fn exec_started(&mut self, id: ProcessId, pid: i32) {
-        match self.processes.get_mut(&id) {
-            Some(p) => {
-                p.started = true;
-                tell(&mut p.client, &ExecEvent::Started { pid });
-            }
-            None => log::warn!("the guest started process {id}, which the monitor does not know"),
+    pub(super) fn exec_started(&mut self, id: ProcessId, pid: i32) -> Result<(), MonitorError> {
+        let Some(p) = self.processes.get_mut(&id) else {
+            log::warn!("the guest started process {id}, which the monitor does not know");
+            return Ok(());
+        };
+        p.started = true;
+        if p.client.is_none() {
+            // Its `runvm exec` died while it was starting: nobody waits for it.
+            log::debug!("exec {id}: its runvm exec went away before it started; killing it");
+            return self.send(&HostMessage::Signal {
+                process: id,
+                signal: libc::SIGKILL,
+            });
         }
+        tell(&mut p.client, &ExecEvent::Started { pid });
+        Ok(())
     }
 
     pub(super) fn exec_failed(&mut self, id: ProcessId, code: i32, message: String) {

@@ -291,7 +291,7 @@ impl<'a> Session<'a> {
                 }
                 self.main_ending = Some(Ending::Exited(status));
             }
-            GuestMessage::Started { process, pid } => self.exec_started(process, pid),
+            GuestMessage::Started { process, pid } => self.exec_started(process, pid)?,
             GuestMessage::StartFailed {
                 process,
                 code,

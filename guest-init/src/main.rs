@@ -3,7 +3,8 @@
 //! The sequence (see `runvm_protocol` for the wire side): report the boot mark, mount the
 //! basics, say `Hello` on the control connection, receive `Run`, assemble the container's
 //! root filesystem, open the stdio streams, start the workload as PID 1 of a new PID
-//! namespace, relay stdio and signals until it exits, report `Exited`, wait for the host's
+//! namespace, relay stdio and signals (and run exec'd processes) until it and every
+//! exec'd process exited, report `Exited`, wait for the host's
 //! `Shutdown`, sync, and reboot. Any failure is reported as `StartFailed` (when the
 //! control connection is up) and ends in a reboot too: PID 1 never exits and never panics.
 //!
@@ -27,8 +28,7 @@ use mounts::Paths;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use runvm_protocol::{
-    BootMark, GuestMessage, HostMessage, StreamHeader, CONTROL_PORT, MAIN_PROCESS,
-    PROTOCOL_VERSION, STREAM_PORT,
+    BootMark, GuestMessage, HostMessage, CONTROL_PORT, MAIN_PROCESS, PROTOCOL_VERSION,
 };
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -152,19 +152,12 @@ fn run(mode: &Mode, control_slot: &mut Option<Control>) -> Result<()> {
         }
     };
     log::info(&format!("run {:?}", process.args));
-    if process.terminal {
-        return Err(Error::new("terminal mode is not implemented yet"));
-    }
 
     let paths = mode.paths();
     mounts::rootfs(&paths, &rootfs)?;
     log::info("root filesystem assembled");
 
-    let streams = relay::Streams {
-        stdin: open_stream(&transport, 0)?,
-        stdout: open_stream(&transport, 1)?,
-        stderr: open_stream(&transport, 2)?,
-    };
+    let streams = relay::Streams::open(&transport, MAIN_PROCESS, process.terminal)?;
 
     // SIGCHLD goes to a signalfd; the child unblocks it before exec.
     let mut mask = SigSet::empty();
@@ -187,12 +180,7 @@ fn run(mode: &Mode, control_slot: &mut Option<Control>) -> Result<()> {
         Err(failed) => {
             log::error(&format!("workload failed to start: {}", failed.error));
             let _ = nix::sys::wait::waitpid(failed.pid, None);
-            for s in [&streams.stdout, &streams.stderr] {
-                let _ = nix::sys::socket::shutdown(
-                    std::os::fd::AsRawFd::as_raw_fd(s),
-                    nix::sys::socket::Shutdown::Write,
-                );
-            }
+            streams.shut_down();
             return Err(failed.error);
         }
     };
@@ -203,18 +191,8 @@ fn run(mode: &Mode, control_slot: &mut Option<Control>) -> Result<()> {
     })?;
     log::info(&format!("workload started as pid {}", spawned.pid));
 
-    let outcome = relay::Relay {
-        control,
-        sigchld: &sigchld,
-        pid: spawned.pid,
-    }
-    .run(
-        streams,
-        spawned.stdin,
-        spawned.stdout,
-        spawned.stderr,
-        |_| boot_timer::mark(BootMark::WorkloadExited),
-    )?;
+    let outcome = relay::Supervisor::new(control, &sigchld, &transport, spawned, streams)?
+        .run(|_| boot_timer::mark(BootMark::WorkloadExited))?;
     log::info(&format!("workload exited: {:?}", outcome.status));
     if outcome.host_gone {
         return Ok(());
@@ -225,21 +203,6 @@ fn run(mode: &Mode, control_slot: &mut Option<Control>) -> Result<()> {
     })?;
     wait_for_shutdown(control);
     Ok(())
-}
-
-/// Opens one stdio stream connection and sends its header.
-fn open_stream(transport: &Transport, fd: u8) -> Result<OwnedFd> {
-    let sock = transport.connect(STREAM_PORT)?;
-    let mut f = std::fs::File::from(sock);
-    runvm_protocol::write_frame(
-        &mut f,
-        &StreamHeader {
-            process: MAIN_PROCESS,
-            fd,
-        },
-    )
-    .with_context(|| format!("send the header of stream {fd}"))?;
-    Ok(OwnedFd::from(f))
 }
 
 /// Waits (bounded) for `Shutdown` or EOF on the control connection.

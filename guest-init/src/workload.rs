@@ -1,5 +1,8 @@
-//! Starting the container's process: `clone` into new PID, mount and UTS namespaces, set
-//! up the container's view in the child, and `execve` the OCI process.
+//! Starting the container's processes: the main one (`clone` into new PID, mount and UTS
+//! namespaces, set up the container's view in the child) and exec'd ones (join the main
+//! process's namespaces), then the OCI process attributes and `execve`. Stdio is three
+//! pipes, or with `terminal` a pty the child opens from the container's devpts and whose
+//! master it hands back to init over a socketpair (SCM_RIGHTS).
 //!
 //! The child reports how far it got through a close-on-exec pipe: EOF means `execve`
 //! succeeded; otherwise it writes a runc-like code (`i32`, little endian) and a message,
@@ -9,35 +12,44 @@ use crate::error::{Context, Error, Result, CODE_NOT_EXECUTABLE, CODE_NOT_FOUND, 
 use crate::mounts::{self, Paths};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
+use nix::sched::CloneFlags;
 use nix::sys::signal::{self, SigSet, SigmaskHow, Signal};
+use nix::sys::socket;
 use nix::sys::stat::Mode;
 use nix::sys::wait::WaitStatus;
 use nix::unistd::{Gid, Pid, Uid};
-use runvm_protocol::{ExitStatus, LinuxSpec, MountSpec, ProcessSpec};
+use runvm_protocol::{ExitStatus, LinuxSpec, MountSpec, ProcessSpec, WindowSize};
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-/// What the parent keeps of a started workload.
-pub struct Spawned {
-    pub pid: Pid,
-    /// Write end of the workload's stdin pipe.
-    pub stdin: OwnedFd,
-    /// Read end of the workload's stdout pipe.
-    pub stdout: OwnedFd,
-    /// Read end of the workload's stderr pipe.
-    pub stderr: OwnedFd,
+/// The parent's side of a started process's stdio.
+pub enum Stdio {
+    /// Pipes: the write end of stdin, the read ends of stdout and stderr.
+    Pipes {
+        stdin: OwnedFd,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    },
+    /// The master of the process's pty (allocated from the container's devpts).
+    Terminal { master: OwnedFd },
 }
 
-/// A workload whose setup or `execve` failed: the error, and the pid to reap.
+/// What the parent keeps of a started process.
+pub struct Spawned {
+    pub pid: Pid,
+    pub stdio: Stdio,
+}
+
+/// A process whose setup or `execve` failed: the error, and the pid to reap.
 pub struct Failed {
     pub pid: Pid,
     pub error: Error,
 }
 
-/// Everything the child needs.
+/// Everything the child of the container's main process needs.
 pub struct Request<'a> {
     pub paths: &'a Paths,
     pub process: &'a ProcessSpec,
@@ -47,16 +59,86 @@ pub struct Request<'a> {
     pub readonly_root: bool,
 }
 
-/// Starts the workload. `Ok(Err(_))` is a workload that ran into an error before or at
-/// `execve` (the child exists and must be reaped); `Err(_)` is a failure of init itself.
-pub fn spawn(req: &Request<'_>) -> Result<std::result::Result<Spawned, Failed>> {
+/// The child's side of its stdio, set up in the container after its mounts exist.
+enum ChildStdio {
+    Pipes([OwnedFd; 3]),
+    /// Open a pty from the container's `/dev/ptmx`, send its master over `to_parent`.
+    Terminal {
+        to_parent: OwnedFd,
+        size: Option<WindowSize>,
+    },
+}
+
+/// The parent's ends of the stdio plumbing, before the child runs.
+enum ParentStdio {
+    Pipes([OwnedFd; 3]),
+    Terminal(OwnedFd),
+}
+
+fn stdio_plumbing(terminal: bool, size: Option<WindowSize>) -> Result<(ParentStdio, ChildStdio)> {
     let cloexec = OFlag::O_CLOEXEC;
+    if terminal {
+        let (parent, child) = socket::socketpair(
+            socket::AddressFamily::Unix,
+            socket::SockType::Stream,
+            None,
+            socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .context("socketpair for the pty master")?;
+        return Ok((
+            ParentStdio::Terminal(parent),
+            ChildStdio::Terminal {
+                to_parent: child,
+                size,
+            },
+        ));
+    }
     let (stdin_r, stdin_w) = nix::unistd::pipe2(cloexec).context("pipe")?;
     let (stdout_r, stdout_w) = nix::unistd::pipe2(cloexec).context("pipe")?;
     let (stderr_r, stderr_w) = nix::unistd::pipe2(cloexec).context("pipe")?;
-    let (status_r, status_w) = nix::unistd::pipe2(cloexec).context("pipe")?;
+    Ok((
+        ParentStdio::Pipes([stdin_w, stdout_r, stderr_r]),
+        ChildStdio::Pipes([stdin_r, stdout_w, stderr_w]),
+    ))
+}
 
-    let flags = libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::SIGCHLD;
+/// Starts the container's main process in new PID, mount and UTS namespaces.
+/// `Ok(Err(_))` is a process that ran into an error before or at `execve` (the child
+/// exists and must be reaped); `Err(_)` is a failure of init itself.
+pub fn spawn(req: &Request<'_>) -> Result<std::result::Result<Spawned, Failed>> {
+    let p = req.process;
+    let flags = libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS;
+    start_child(flags, p, |stdio| main_child(req, stdio))
+}
+
+/// Starts `process` as another process of the running container whose main process is
+/// `main`: it joins `main`'s namespaces (the PID namespace by forking after `setns`, as
+/// runc's nsenter does) and root, and is a child of init, so init reaps it.
+pub fn spawn_exec(
+    main: Pid,
+    process: &ProcessSpec,
+) -> Result<std::result::Result<Spawned, Failed>> {
+    let own_pid_ns = std::fs::File::open("/proc/self/ns/pid").context("open /proc/self/ns/pid")?;
+    let target = format!("/proc/{main}/ns/pid");
+    let pid_ns = std::fs::File::open(&target).with_context(|| format!("open {target}"))?;
+    nix::sched::setns(&pid_ns, CloneFlags::CLONE_NEWPID)
+        .with_context(|| format!("join the PID namespace of {main}"))?;
+    let started = start_child(0, process, |stdio| exec_child(main, process, stdio));
+    // Init's own children must stay in init's namespace.
+    nix::sched::setns(&own_pid_ns, CloneFlags::CLONE_NEWPID)
+        .context("return to init's PID namespace")?;
+    started
+}
+
+/// Clones a child with `flags` (fork semantics), runs `child` in it, and waits for it to
+/// `execve` (the close-on-exec status pipe reaches EOF) or to report an error.
+fn start_child(
+    flags: libc::c_int,
+    p: &ProcessSpec,
+    child: impl FnOnce(ChildStdio) -> Result<std::convert::Infallible>,
+) -> Result<std::result::Result<Spawned, Failed>> {
+    let (parent_stdio, child_stdio) = stdio_plumbing(p.terminal, p.console_size)?;
+    let (status_r, status_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("pipe")?;
     // SAFETY: a raw clone without CLONE_VM and with a null stack has fork semantics: the
     // child gets a copy of our (single-threaded) address space and returns here on its own
     // copy of the stack. nix's `clone` wants a separate stack and a callback, and glibc's
@@ -64,7 +146,7 @@ pub fn spawn(req: &Request<'_>) -> Result<std::result::Result<Spawned, Failed>> 
     let ret = unsafe {
         libc::syscall(
             libc::SYS_clone,
-            flags as libc::c_ulong,
+            (flags | libc::SIGCHLD) as libc::c_ulong,
             0usize,
             0usize,
             0usize,
@@ -75,11 +157,11 @@ pub fn spawn(req: &Request<'_>) -> Result<std::result::Result<Spawned, Failed>> 
         return Err(Error::new(format!("clone: {}", Errno::last())));
     }
     if ret == 0 {
-        drop((stdin_w, stdout_r, stderr_r, status_r));
-        child_main(req, [stdin_r, stdout_w, stderr_w], status_w);
+        drop((parent_stdio, status_r));
+        child_main(child, child_stdio, status_w);
     }
     let pid = Pid::from_raw(ret as i32);
-    drop((stdin_r, stdout_w, stderr_w, status_w));
+    drop((child_stdio, status_w));
 
     // Wait for the child to exec (EOF) or report an error.
     let mut report = Vec::new();
@@ -92,15 +174,95 @@ pub fn spawn(req: &Request<'_>) -> Result<std::result::Result<Spawned, Failed>> 
             Err(e) => return Err(Error::new(format!("read the workload's exec status: {e}"))),
         }
     }
-    match decode_report(&report) {
-        None => Ok(Ok(Spawned {
-            pid,
-            stdin: stdin_w,
-            stdout: stdout_r,
-            stderr: stderr_r,
-        })),
-        Some(error) => Ok(Err(Failed { pid, error })),
+    if let Some(error) = decode_report(&report) {
+        return Ok(Err(Failed { pid, error }));
     }
+    let stdio = match parent_stdio {
+        ParentStdio::Pipes([stdin, stdout, stderr]) => Stdio::Pipes {
+            stdin,
+            stdout,
+            stderr,
+        },
+        ParentStdio::Terminal(sock) => match recv_fd(&sock) {
+            Ok(master) => Stdio::Terminal { master },
+            Err(e) => {
+                crate::relay::send_signal(pid, libc::SIGKILL);
+                return Ok(Err(Failed {
+                    pid,
+                    error: Error::new(format!("receive the pty master: {e}")),
+                }));
+            }
+        },
+    };
+    Ok(Ok(Spawned { pid, stdio }))
+}
+
+/// Receives the one descriptor the child sent with SCM_RIGHTS (it is already queued:
+/// the child sent it before its `execve`).
+fn recv_fd(sock: &OwnedFd) -> Result<OwnedFd> {
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = socket::recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        socket::MsgFlags::MSG_DONTWAIT | socket::MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .context("recvmsg")?;
+    let mut got = None;
+    for c in msg.cmsgs().context("control messages")? {
+        if let socket::ControlMessageOwned::ScmRights(fds) = c {
+            for fd in fds {
+                // SAFETY: the kernel just installed this descriptor for us; we own it.
+                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                if got.is_none() {
+                    got = Some(owned);
+                }
+            }
+        }
+    }
+    got.ok_or_else(|| Error::new("the process sent no pty master"))
+}
+
+/// Sends `fd` with SCM_RIGHTS and one data byte.
+fn send_fd(sock: &OwnedFd, fd: RawFd) -> Result<()> {
+    let iov = [std::io::IoSlice::new(b"m")];
+    let fds = [fd];
+    let cmsg = [socket::ControlMessage::ScmRights(&fds)];
+    socket::sendmsg::<()>(
+        sock.as_raw_fd(),
+        &iov,
+        &cmsg,
+        socket::MsgFlags::empty(),
+        None,
+    )
+    .context("send the pty master to init")?;
+    Ok(())
+}
+
+/// The child: set up, exec, or report and exit. Never returns.
+fn child_main(
+    child: impl FnOnce(ChildStdio) -> Result<std::convert::Infallible>,
+    stdio: ChildStdio,
+    status: OwnedFd,
+) -> ! {
+    let e = match child(stdio) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    let report = encode_report(&e);
+    let mut off = 0;
+    while off < report.len() {
+        match nix::unistd::write(&status, &report[off..]) {
+            Ok(n) => off += n,
+            Err(Errno::EINTR) => {}
+            Err(_) => break,
+        }
+    }
+    // SAFETY: _exit ends this forked child at once, without running atexit handlers or
+    // flushing stdio buffers that are copies of the parent's. nix 0.29 has no wrapper.
+    unsafe { libc::_exit(e.code & 0xff) }
 }
 
 fn encode_report(e: &Error) -> Vec<u8> {
@@ -131,32 +293,9 @@ fn decode_report(b: &[u8]) -> Option<Error> {
     Some(Error::with_code(code, msg))
 }
 
-/// The child: set up, exec, or report and exit. Never returns.
-fn child_main(req: &Request<'_>, stdio: [OwnedFd; 3], status: OwnedFd) -> ! {
-    let e = match child_setup_and_exec(req, stdio) {
-        Ok(never) => match never {},
-        Err(e) => e,
-    };
-    let report = encode_report(&e);
-    let mut off = 0;
-    while off < report.len() {
-        match nix::unistd::write(&status, &report[off..]) {
-            Ok(n) => off += n,
-            Err(Errno::EINTR) => {}
-            Err(_) => break,
-        }
-    }
-    // SAFETY: _exit ends this forked child at once, without running atexit handlers or
-    // flushing stdio buffers that are copies of the parent's. nix 0.29 has no wrapper.
-    unsafe { libc::_exit(e.code & 0xff) }
-}
-
-fn child_setup_and_exec(
-    req: &Request<'_>,
-    stdio: [OwnedFd; 3],
-) -> Result<std::convert::Infallible> {
-    let p = req.process;
-    // Init blocks SIGCHLD (for its signalfd) and ignores SIGPIPE; both survive execve.
+/// Init blocks SIGCHLD (for its signalfd) and ignores SIGPIPE; both survive execve, so
+/// every child starts from a clean signal state.
+fn reset_signals() -> Result<()> {
     signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .context("reset the signal mask")?;
     for sig in Signal::iterator() {
@@ -165,6 +304,12 @@ fn child_setup_and_exec(
             let _ = unsafe { signal::signal(sig, signal::SigHandler::SigDfl) };
         }
     }
+    Ok(())
+}
+
+/// The main process: build the container's view, then become the process.
+fn main_child(req: &Request<'_>, stdio: ChildStdio) -> Result<std::convert::Infallible> {
+    reset_signals()?;
     nix::sys::stat::umask(Mode::empty());
 
     if let Some(h) = req.hostname {
@@ -180,11 +325,110 @@ fn child_setup_and_exec(
     for p in &req.linux.masked_paths {
         mounts::mask_path(p)?;
     }
+    become_process(req.process, stdio)
+}
 
-    for (target, fd) in stdio.iter().enumerate() {
-        nix::unistd::dup2(fd.as_raw_fd(), target as i32).context("dup2 stdio")?;
+/// The namespaces an exec'd process joins, by their `/proc/<pid>/ns` names. The PID
+/// namespace is joined before the fork, by init.
+const EXEC_NAMESPACES: [(&str, CloneFlags); 5] = [
+    ("ipc", CloneFlags::CLONE_NEWIPC),
+    ("uts", CloneFlags::CLONE_NEWUTS),
+    ("net", CloneFlags::CLONE_NEWNET),
+    ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+    ("mnt", CloneFlags::CLONE_NEWNS),
+];
+
+/// An exec'd process: join the main process's namespaces and root, then become the
+/// process.
+fn exec_child(main: Pid, p: &ProcessSpec, stdio: ChildStdio) -> Result<std::convert::Infallible> {
+    reset_signals()?;
+    nix::sys::stat::umask(Mode::empty());
+    let root_path = format!("/proc/{main}/root");
+    let root = std::fs::File::open(&root_path)
+        .with_context(|| format!("open the container's root {root_path}"))?;
+    for (name, flag) in EXEC_NAMESPACES {
+        let theirs = format!("/proc/{main}/ns/{name}");
+        let ours = format!("/proc/self/ns/{name}");
+        let (Ok(t), Ok(o)) = (std::fs::metadata(&theirs), std::fs::metadata(&ours)) else {
+            // A namespace type the kernel does not have.
+            continue;
+        };
+        if std::os::unix::fs::MetadataExt::ino(&t) == std::os::unix::fs::MetadataExt::ino(&o) {
+            continue;
+        }
+        let f = std::fs::File::open(&theirs).with_context(|| format!("open {theirs}"))?;
+        nix::sched::setns(&f, flag).with_context(|| format!("join the {name} namespace"))?;
     }
-    drop(stdio);
+    // The container's root, whatever way its main process entered it.
+    nix::unistd::fchdir(root.as_raw_fd()).context("enter the container's root")?;
+    nix::unistd::chroot(".").context("chroot into the container's root")?;
+    std::env::set_current_dir("/").context("chdir / in the container root")?;
+    drop(root);
+    become_process(p, stdio)
+}
+
+/// Opens a pty from the container's `/dev/ptmx`, hands the master to init, and makes the
+/// slave this process's controlling terminal (a new session) and its fds 0–2, as runc's
+/// init does with its console.
+fn attach_terminal(to_parent: OwnedFd, size: Option<WindowSize>) -> Result<()> {
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .context("open /dev/ptmx in the container")?;
+    nix::pty::grantpt(&master).context("grantpt")?;
+    nix::pty::unlockpt(&master).context("unlockpt")?;
+    let name = nix::pty::ptsname_r(&master).context("ptsname")?;
+    let slave = nix::fcntl::open(
+        name.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("open the pty slave {name}"))?;
+    // SAFETY: open just returned this descriptor; we own it.
+    let slave = unsafe { OwnedFd::from_raw_fd(slave) };
+    if let Some(sz) = size {
+        set_window_size(slave.as_raw_fd(), sz)?;
+    }
+    send_fd(&to_parent, master.as_raw_fd())?;
+    drop((master, to_parent));
+    nix::unistd::setsid().context("setsid")?;
+    // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal) and no memory.
+    if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSCTTY, 0) } != 0 {
+        return Err(Error::new(format!(
+            "make {name} the controlling terminal: {}",
+            Errno::last()
+        )));
+    }
+    for target in 0..3 {
+        nix::unistd::dup2(slave.as_raw_fd(), target).context("dup2 the pty slave")?;
+    }
+    Ok(())
+}
+
+/// `TIOCSWINSZ` on a terminal descriptor.
+pub fn set_window_size(fd: RawFd, size: WindowSize) -> Result<()> {
+    let ws = libc::winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize struct from a valid pointer.
+    if unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) } != 0 {
+        return Err(Error::new(format!("TIOCSWINSZ: {}", Errno::last())));
+    }
+    Ok(())
+}
+
+/// Everything after the container's view exists: stdio, rlimits, OOM score, capabilities,
+/// no_new_privs, user and groups, cwd, and `execve`. Shared by main and exec'd processes.
+fn become_process(p: &ProcessSpec, stdio: ChildStdio) -> Result<std::convert::Infallible> {
+    match stdio {
+        ChildStdio::Pipes(fds) => {
+            for (target, fd) in fds.iter().enumerate() {
+                nix::unistd::dup2(fd.as_raw_fd(), target as i32).context("dup2 stdio")?;
+            }
+        }
+        ChildStdio::Terminal { to_parent, size } => attach_terminal(to_parent, size)?,
+    }
     close_other_fds()?;
     crate::attrs::apply_rlimits(&p.rlimits)?;
     crate::attrs::set_oom_score_adj(p.oom_score_adj)?;

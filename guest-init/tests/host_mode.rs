@@ -66,7 +66,7 @@ impl Scratch {
         std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
         for applet in [
             "sh", "echo", "cat", "head", "ps", "sleep", "hostname", "kill", "true", "ls", "id",
-            "wc", "mount", "grep", "cut",
+            "wc", "mount", "grep", "cut", "stty", "tty",
         ] {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
         }
@@ -446,51 +446,286 @@ fn missing_cwd_is_start_failed_1() {
     assert!(msg.contains("chdir to cwd"), "{msg}");
 }
 
-#[test]
-fn terminal_mode_is_refused() {
-    require_root!();
-    let mut p = spec(&["true"]);
-    p.terminal = true;
-    let scratch_needed = run_expect_early_failure(p);
-    assert_eq!(
-        scratch_needed,
-        (1, "terminal mode is not implemented yet".to_string())
-    );
+/// A running init with its main process started, for tests that talk to it step by step.
+struct Session {
+    _scratch: Scratch,
+    child: Child,
+    ctl: UnixStream,
+    streams: UnixListener,
+    /// The main process's streams, by fd (one with a terminal).
+    main: Vec<UnixStream>,
 }
 
-/// Runs init until a `StartFailed` that comes before any stream is opened.
-fn run_expect_early_failure(process: ProcessSpec) -> (i32, String) {
-    let scratch = Scratch::new();
-    let ctl_l = UnixListener::bind(scratch.dir.join("1024")).unwrap();
-    let mut child = Command::new("unshare")
-        .args(["-m", "--propagation", "private"])
-        .arg(init_bin())
-        .env("RUNVM_INIT_TEST", &scratch.dir)
-        .spawn()
-        .unwrap();
-    let mut ctl = accept(&ctl_l, &mut child);
-    let _hello: GuestMessage = read_frame(&mut ctl).unwrap();
-    write_frame(
-        &mut ctl,
-        &HostMessage::Run {
-            rootfs: RootfsSpec {
-                lower_devices: vec![scratch.rootfs()],
-                readonly: false,
+impl Session {
+    fn start(process: ProcessSpec) -> Self {
+        let scratch = Scratch::new();
+        let ctl_l = UnixListener::bind(scratch.dir.join("1024")).unwrap();
+        let streams = UnixListener::bind(scratch.dir.join("1025")).unwrap();
+        let mut child = Command::new("unshare")
+            .args(["-m", "--ipc", "--net", "--propagation", "private"])
+            .arg(init_bin())
+            .env("RUNVM_INIT_TEST", &scratch.dir)
+            .env("RUNVM_INIT_DEBUG", "1")
+            .spawn()
+            .unwrap();
+        let mut ctl = accept(&ctl_l, &mut child);
+        let _hello: GuestMessage = read_frame(&mut ctl).unwrap();
+        let n = if process.terminal { 1 } else { 3 };
+        write_frame(
+            &mut ctl,
+            &HostMessage::Run {
+                rootfs: RootfsSpec {
+                    lower_devices: vec![scratch.rootfs()],
+                    readonly: false,
+                },
+                hostname: Some("testbox".into()),
+                process,
+                linux: LinuxSpec::default(),
+                mounts: vec![],
             },
-            hostname: None,
-            process,
-            linux: LinuxSpec::default(),
-            mounts: vec![],
-        },
-    )
-    .unwrap();
-    let r = match read_frame::<_, GuestMessage>(&mut ctl).unwrap() {
-        GuestMessage::StartFailed { code, message, .. } => (code, message),
+        )
+        .unwrap();
+        let mut s = Self {
+            _scratch: scratch,
+            child,
+            ctl,
+            streams,
+            main: vec![],
+        };
+        s.main = s.accept_streams(0, n);
+        match s.recv() {
+            GuestMessage::Started { process: 0, .. } => {}
+            m => panic!("expected Started, got {m:?}"),
+        }
+        s
+    }
+
+    fn recv(&mut self) -> GuestMessage {
+        read_frame(&mut self.ctl).unwrap()
+    }
+
+    fn send(&mut self, m: &HostMessage) {
+        write_frame(&mut self.ctl, m).unwrap();
+    }
+
+    /// Accepts `n` streams of `process`, returned in fd order.
+    fn accept_streams(&mut self, process: u32, n: usize) -> Vec<UnixStream> {
+        let mut got: Vec<Option<UnixStream>> = (0..n).map(|_| None).collect();
+        for _ in 0..n {
+            let mut s = accept(&self.streams, &mut self.child);
+            let h: StreamHeader = read_frame(&mut s).unwrap();
+            assert_eq!(h.process, process);
+            got[usize::from(h.fd)] = Some(s);
+        }
+        got.into_iter().map(|s| s.unwrap()).collect()
+    }
+
+    /// Sends `Exec`, expects `Started`, and returns the new process's streams.
+    fn exec(&mut self, process: u32, spec: ProcessSpec) -> Vec<UnixStream> {
+        let n = if spec.terminal { 1 } else { 3 };
+        self.send(&HostMessage::Exec { process, spec });
+        match self.recv() {
+            GuestMessage::Started { process: p, .. } if p == process => {}
+            m => panic!("expected Started for {process}, got {m:?}"),
+        }
+        self.accept_streams(process, n)
+    }
+
+    /// Reads `Exited` messages until the main process's; returns them all in order.
+    fn exits_until_main(&mut self) -> Vec<(u32, ExitStatus)> {
+        let mut v = vec![];
+        loop {
+            match self.recv() {
+                GuestMessage::Exited { process, status } => {
+                    v.push((process, status));
+                    if process == 0 {
+                        return v;
+                    }
+                }
+                m => panic!("expected Exited, got {m:?}"),
+            }
+        }
+    }
+
+    fn shutdown(mut self) {
+        self.send(&HostMessage::Shutdown);
+        let deadline = Instant::now() + TIMEOUT;
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "init did not exit after Shutdown"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+fn read_all(mut s: UnixStream) -> Vec<u8> {
+    let mut v = Vec::new();
+    s.read_to_end(&mut v).unwrap();
+    v
+}
+
+/// Reads from a terminal stream until `want` has appeared (or panics after TIMEOUT).
+fn read_until(s: &mut UnixStream, want: &str) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(want) {
+        let n = s.read(&mut buf).expect("terminal read");
+        assert!(
+            n > 0,
+            "terminal ended before {want:?}: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn terminal_is_a_pty_of_the_container_with_the_given_size() {
+    require_root!();
+    let mut p = spec(&["sh", "-c", "stty size; tty; exit 3"]);
+    p.terminal = true;
+    p.console_size = Some(runvm_protocol::WindowSize {
+        rows: 30,
+        cols: 100,
+    });
+    let mut s = Session::start(p);
+    let out = String::from_utf8_lossy(&read_all(s.main.remove(0))).into_owned();
+    assert!(out.contains("30 100"), "{out:?}");
+    assert!(out.contains("/dev/pts/0"), "{out:?}");
+    assert_eq!(s.exits_until_main(), vec![(0, ExitStatus::Exited(3))]);
+    s.shutdown();
+}
+
+#[test]
+fn terminal_input_resize_and_interrupt() {
+    require_root!();
+    let mut p = spec(&["sh"]);
+    p.terminal = true;
+    let mut s = Session::start(p);
+    let mut t = s.main.remove(0);
+    t.write_all(b"echo he''llo\n").unwrap();
+    read_until(&mut t, "hello");
+    s.send(&HostMessage::Resize {
+        process: 0,
+        rows: 12,
+        cols: 34,
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    t.write_all(b"stty size\n").unwrap();
+    read_until(&mut t, "12 34");
+    // ^C interrupts a foreground sleep; the shell goes on.
+    t.write_all(b"sleep 100\n").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    t.write_all(b"\x03").unwrap();
+    t.write_all(b"echo af''ter $?\n").unwrap();
+    read_until(&mut t, "after 130");
+    t.write_all(b"exit 7\n").unwrap();
+    let _ = read_all(t);
+    assert_eq!(s.exits_until_main(), vec![(0, ExitStatus::Exited(7))]);
+    s.shutdown();
+}
+
+#[test]
+fn exec_joins_the_container_and_reports_its_exit() {
+    require_root!();
+    let mut s = Session::start(spec(&["sleep", "100"]));
+    let mut e = spec(&[
+        "sh",
+        "-c",
+        "hostname; ps -o pid,args; read x; echo got $x >&2; exit 5",
+    ]);
+    e.cwd = "/work".into();
+    let mut streams = s.exec(1, e).into_iter();
+    let (mut sin, sout, serr) = (
+        streams.next().unwrap(),
+        streams.next().unwrap(),
+        streams.next().unwrap(),
+    );
+    sin.write_all(b"input\n").unwrap();
+    sin.shutdown(Shutdown::Write).unwrap();
+    let out = String::from_utf8_lossy(&read_all(sout)).into_owned();
+    let err = read_all(serr);
+    assert!(out.starts_with("testbox\n"), "{out:?}");
+    assert!(
+        out.lines().any(|l| l.trim() == "1 sleep 100"),
+        "the main process is PID 1 in the exec's PID namespace: {out:?}"
+    );
+    assert_eq!(err, b"got input\n");
+    match s.recv() {
+        GuestMessage::Exited { process: 1, status } => assert_eq!(status, ExitStatus::Exited(5)),
+        m => panic!("expected Exited of 1, got {m:?}"),
+    }
+    s.send(&HostMessage::Signal {
+        process: 0,
+        signal: 9,
+    });
+    assert_eq!(s.exits_until_main(), vec![(0, ExitStatus::Signaled(9))]);
+    s.shutdown();
+}
+
+#[test]
+fn exec_failures_and_signals_and_death_with_the_main_process() {
+    require_root!();
+    let mut s = Session::start(spec(&["sleep", "100"]));
+    s.send(&HostMessage::Exec {
+        process: 1,
+        spec: spec(&["nosuchcmd"]),
+    });
+    match s.recv() {
+        GuestMessage::StartFailed {
+            process: 1,
+            code,
+            message,
+        } => {
+            assert_eq!(code, 127);
+            assert!(message.contains("executable file not found"), "{message}");
+        }
         m => panic!("expected StartFailed, got {m:?}"),
-    };
-    drop(ctl); // EOF instead of Shutdown: init must end too.
-    assert!(!child.wait().unwrap().success());
-    r
+    }
+    // A handler gets the signal sent to an exec'd process.
+    let st = s.exec(
+        2,
+        spec(&[
+            "sh",
+            "-c",
+            "trap 'echo term; exit 9' TERM; echo ready; while :; do sleep 1; done",
+        ]),
+    );
+    let mut out2 = st.into_iter().nth(1).unwrap();
+    let mut b = [0u8; 6];
+    out2.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"ready\n");
+    s.send(&HostMessage::Signal {
+        process: 2,
+        signal: 15,
+    });
+    assert_eq!(read_all(out2), b"term\n");
+    match s.recv() {
+        GuestMessage::Exited { process: 2, status } => assert_eq!(status, ExitStatus::Exited(9)),
+        m => panic!("expected Exited of 2, got {m:?}"),
+    }
+    // An exec'd process dies with the main process (its PID namespace).
+    let _st3 = s.exec(3, spec(&["sleep", "100"]));
+    let mut t = spec(&["sh", "-c", "tty"]);
+    t.terminal = true;
+    let mut tty = s.exec(4, t).remove(0);
+    read_until(&mut tty, "/dev/pts/");
+    match s.recv() {
+        GuestMessage::Exited { process: 4, status } => assert_eq!(status, ExitStatus::Exited(0)),
+        m => panic!("expected Exited of 4, got {m:?}"),
+    }
+    s.send(&HostMessage::Signal {
+        process: 0,
+        signal: 9,
+    });
+    assert_eq!(
+        s.exits_until_main(),
+        vec![(3, ExitStatus::Signaled(9)), (0, ExitStatus::Signaled(9))]
+    );
+    s.shutdown();
 }
 
 #[test]

@@ -88,6 +88,17 @@ pub struct ProcessSpec {
     /// `process.capabilities`; `None` leaves the capabilities as they are (full for root).
     #[serde(default)]
     pub capabilities: Option<Capabilities>,
+    /// The terminal's initial size (`process.consoleSize`, else the host pty's size when
+    /// the process starts); only used with `terminal`.
+    #[serde(default)]
+    pub console_size: Option<WindowSize>,
+}
+
+/// A terminal's size in character cells.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowSize {
+    pub rows: u16,
+    pub cols: u16,
 }
 
 /// The capability sets of a process, by name (`CAP_CHOWN`, …); the guest refuses names it
@@ -228,6 +239,20 @@ pub enum HostMessage {
     },
     /// Deliver a signal to a process.
     Signal { process: ProcessId, signal: i32 },
+    /// Run another process in the running container (`runvm exec`): it joins the main
+    /// process's namespaces. `process` is a new id picked by the host (never 0, never
+    /// reused while the VM runs). The guest answers `Started` or `StartFailed`, then
+    /// `Exited`, for that id, and opens that process's streams only once it runs.
+    Exec {
+        process: ProcessId,
+        spec: ProcessSpec,
+    },
+    /// Set the window size of a process's terminal (`TIOCSWINSZ` on its pty master).
+    Resize {
+        process: ProcessId,
+        rows: u16,
+        cols: u16,
+    },
     /// The host has everything it needs; sync and power off.
     Shutdown,
 }
@@ -324,6 +349,32 @@ mod tests {
         assert!(!process.no_new_privileges);
         assert_eq!(process.oom_score_adj, None);
         assert_eq!(process.capabilities, None);
+        assert_eq!(process.console_size, None);
+    }
+
+    #[test]
+    fn exec_and_resize_round_trip() {
+        for msg in [
+            HostMessage::Exec {
+                process: 7,
+                spec: ProcessSpec {
+                    args: vec!["id".into()],
+                    terminal: true,
+                    console_size: Some(WindowSize { rows: 24, cols: 80 }),
+                    ..Default::default()
+                },
+            },
+            HostMessage::Resize {
+                process: 7,
+                rows: 50,
+                cols: 132,
+            },
+        ] {
+            let mut buf = Vec::new();
+            write_frame(&mut buf, &msg).unwrap();
+            let back: HostMessage = read_frame(&mut buf.as_slice()).unwrap();
+            assert_eq!(back, msg);
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod id;
 mod logging;
 mod monitor;
 mod rootfs;
+mod scm;
 mod spec;
 mod state;
 
@@ -63,16 +64,30 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 if r.detach {
                     return not_yet("run --detach");
                 }
-                if r.console_socket.is_some() {
-                    return not_yet("run --console-socket");
-                }
                 container::run::run(container::run::RunOptions {
                     id: r.container_id,
                     bundle: r.bundle,
                     root,
                     pid_file: r.pid_file,
+                    console_socket: r.console_socket,
                 })
             }
+            CommonCmd::Exec(e) => container::exec::exec(container::exec::ExecOptions {
+                id: e.container_id,
+                root,
+                process: e.process,
+                args: e.command,
+                detach: e.detach,
+                pid_file: e.pid_file,
+                console_socket: e.console_socket,
+                tty: e.tty,
+                env: e.env,
+                cwd: e.cwd,
+                user: e.user,
+                additional_gids: e.additional_gids,
+                caps: e.cap,
+                no_new_privs: e.no_new_privs,
+            }),
             CommonCmd::List(l) => container::list::list(&root, &l.format, l.quiet),
             CommonCmd::Spec(s) => {
                 let path = s.bundle.unwrap_or_else(|| ".".into()).join("config.json");
@@ -133,7 +148,11 @@ fn main() {
                 log::error!("{msg}");
             }
             eprintln!("runvm: {msg}");
-            std::process::exit(1);
+            // An exec'd process that could not start: runc's code for it.
+            let code = e
+                .downcast_ref::<container::exec::ExecFailed>()
+                .map_or(1, |f| f.code);
+            std::process::exit(code);
         }
     }
 }

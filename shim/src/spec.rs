@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
-use runvm_protocol::{Capabilities, LinuxSpec, MountSpec, ProcessSpec, Rlimit};
+use runvm_protocol::{Capabilities, LinuxSpec, MountSpec, ProcessSpec, Rlimit, WindowSize};
 
 /// Errors reading a bundle.
 #[derive(Debug, thiserror::Error)]
@@ -64,47 +64,12 @@ impl ContainerSpec {
         }
         let readonly = root.readonly().unwrap_or(false);
 
-        let process = match spec.process() {
-            None => None,
-            Some(p) => {
-                let args = p.args().clone().unwrap_or_default();
-                if args.is_empty() {
-                    return Err(invalid(
-                        "process.args must contain at least the program to run".into(),
-                    ));
-                }
-                let cwd = p.cwd().to_string_lossy().into_owned();
-                if !cwd.starts_with('/') {
-                    return Err(invalid(format!(
-                        "process.cwd {cwd:?} must be an absolute path"
-                    )));
-                }
-                let user = p.user();
-                let rlimits = p
-                    .rlimits()
-                    .iter()
-                    .flatten()
-                    .map(|r| Rlimit {
-                        kind: r.typ().to_string(),
-                        soft: r.soft(),
-                        hard: r.hard(),
-                    })
-                    .collect();
-                Some(ProcessSpec {
-                    args,
-                    env: p.env().clone().unwrap_or_default(),
-                    cwd,
-                    uid: user.uid(),
-                    gid: user.gid(),
-                    additional_gids: user.additional_gids().clone().unwrap_or_default(),
-                    terminal: p.terminal().unwrap_or(false),
-                    rlimits,
-                    no_new_privileges: p.no_new_privileges().unwrap_or(false),
-                    oom_score_adj: p.oom_score_adj(),
-                    capabilities: p.capabilities().as_ref().map(capabilities),
-                })
-            }
-        };
+        let process = spec
+            .process()
+            .as_ref()
+            .map(process_spec)
+            .transpose()
+            .map_err(invalid)?;
         let linux = match spec.linux() {
             None => LinuxSpec::default(),
             Some(l) => {
@@ -145,6 +110,47 @@ impl ContainerSpec {
             bundle,
         })
     }
+}
+
+/// An OCI `process` (from config.json, or `runvm exec --process`) as the guest runs it;
+/// the error names the field.
+pub fn process_spec(p: &oci_spec::runtime::Process) -> Result<ProcessSpec, String> {
+    let args = p.args().clone().unwrap_or_default();
+    if args.is_empty() {
+        return Err("process.args must contain at least the program to run".into());
+    }
+    let cwd = p.cwd().to_string_lossy().into_owned();
+    if !cwd.starts_with('/') {
+        return Err(format!("process.cwd {cwd:?} must be an absolute path"));
+    }
+    let user = p.user();
+    let rlimits = p
+        .rlimits()
+        .iter()
+        .flatten()
+        .map(|r| Rlimit {
+            kind: r.typ().to_string(),
+            soft: r.soft(),
+            hard: r.hard(),
+        })
+        .collect();
+    Ok(ProcessSpec {
+        args,
+        env: p.env().clone().unwrap_or_default(),
+        cwd,
+        uid: user.uid(),
+        gid: user.gid(),
+        additional_gids: user.additional_gids().clone().unwrap_or_default(),
+        terminal: p.terminal().unwrap_or(false),
+        rlimits,
+        no_new_privileges: p.no_new_privileges().unwrap_or(false),
+        oom_score_adj: p.oom_score_adj(),
+        capabilities: p.capabilities().as_ref().map(capabilities),
+        console_size: p.console_size().as_ref().map(|b| WindowSize {
+            rows: u16::try_from(b.height()).unwrap_or(u16::MAX),
+            cols: u16::try_from(b.width()).unwrap_or(u16::MAX),
+        }),
+    })
 }
 
 /// Files that Docker bind-mounts into every container. They are not applied yet (copying

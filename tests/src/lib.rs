@@ -345,3 +345,277 @@ pub fn holds_vm(pid: i32) -> bool {
         .filter_map(|e| std::fs::read_link(e.path()).ok())
         .any(|l| l.to_string_lossy().contains("kvm-vm"))
 }
+
+impl Bundle {
+    /// A bundle whose process gets a terminal (`process.terminal: true`).
+    pub fn terminal(args: &[&str]) -> Self {
+        let b = Self::new(args);
+        let path = b.path().join("config.json");
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        v["process"]["terminal"] = true.into();
+        std::fs::write(&path, v.to_string()).unwrap();
+        b
+    }
+}
+
+impl StateRoot {
+    /// `runvm create --bundle B --pid-file P --console-socket S ID`: returns create's
+    /// output and the monitor's pid from the pid file.
+    pub fn create_with_console(
+        &self,
+        bundle: &Bundle,
+        id: &str,
+        console: &ConsoleSocket,
+    ) -> (Output, Option<i32>) {
+        become_subreaper();
+        let pid_file = bundle.path().join("init.pid");
+        let child = self
+            .command(&[
+                "create",
+                "--bundle",
+                bundle.path().to_str().unwrap(),
+                "--pid-file",
+                pid_file.to_str().unwrap(),
+                "--console-socket",
+                console.path().to_str().unwrap(),
+                id,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start runvm create");
+        // Like go-runc: create's output is read to EOF, so the monitor must not hold it.
+        let out = wait_with_timeout(child, Duration::from_secs(120));
+        let pid = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        (out, pid)
+    }
+}
+
+/// A console socket as containerd's shim makes one (go-runc's `NewTempConsoleSocket`):
+/// runvm connects and sends a pty master with SCM_RIGHTS, the pty's name as the data.
+pub struct ConsoleSocket {
+    dir: TempDir,
+    listener: std::os::unix::net::UnixListener,
+}
+
+impl Default for ConsoleSocket {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ConsoleSocket {
+    pub fn new() -> Self {
+        let dir = TempDir::new("console");
+        let listener = std::os::unix::net::UnixListener::bind(dir.path().join("pty.sock"))
+            .expect("cannot bind the console socket");
+        Self { dir, listener }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("pty.sock")
+    }
+
+    /// Accepts one connection and receives exactly one descriptor, as go-runc's `recvFd`
+    /// does; returns the master and the pty name.
+    pub fn receive(&self, timeout: Duration) -> (std::fs::File, String) {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        self.listener.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + timeout;
+        let conn = loop {
+            match self.listener.accept() {
+                Ok((c, _)) => break c,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "no pty arrived on the console socket"
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("accept on the console socket: {e}"),
+            }
+        };
+        conn.set_nonblocking(false).unwrap();
+        conn.set_read_timeout(Some(timeout)).unwrap();
+        let mut name = vec![0u8; 4096];
+        let mut iov = libc::iovec {
+            iov_base: name.as_mut_ptr().cast(),
+            iov_len: name.len(),
+        };
+        // Room for exactly one descriptor, like go-runc (a second one would be truncated).
+        // SAFETY: CMSG_SPACE is a size computation.
+        let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
+        let mut cmsg = vec![0u8; space];
+        // SAFETY: a zeroed msghdr is valid; the pointers set below outlive the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cmsg.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: recvmsg writes into the buffers described by `msg`.
+        let n = unsafe { libc::recvmsg(conn.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        assert!(
+            n > 0,
+            "recvmsg on the console socket: {}",
+            std::io::Error::last_os_error()
+        );
+        assert_eq!(
+            msg.msg_flags & libc::MSG_CTRUNC,
+            0,
+            "more than one fd was sent"
+        );
+        // SAFETY: the control buffer was filled by the kernel; CMSG_FIRSTHDR/CMSG_DATA walk
+        // it within its length.
+        let fd = unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            assert!(!c.is_null(), "no descriptor was sent");
+            assert_eq!((*c).cmsg_level, libc::SOL_SOCKET);
+            assert_eq!((*c).cmsg_type, libc::SCM_RIGHTS);
+            assert_eq!(
+                (*c).cmsg_len as usize,
+                libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as usize,
+                "exactly one descriptor"
+            );
+            std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<i32>())
+        };
+        name.truncate(n as usize);
+        // SAFETY: the kernel installed this descriptor for us.
+        let master = unsafe { std::fs::File::from_raw_fd(fd) };
+        (master, String::from_utf8_lossy(&name).into_owned())
+    }
+}
+
+/// A pty master as a test drives it: write keys, read output until some text appears.
+pub struct Terminal {
+    pub master: std::fs::File,
+    seen: Vec<u8>,
+}
+
+impl Terminal {
+    pub fn new(master: std::fs::File) -> Self {
+        Self {
+            master,
+            seen: Vec::new(),
+        }
+    }
+
+    pub fn type_keys(&mut self, keys: &[u8]) {
+        self.master
+            .write_all(keys)
+            .expect("write to the pty master");
+    }
+
+    /// Reads until `want` appears after what earlier calls consumed; returns the text read
+    /// up to and including it. Panics after `timeout` with everything seen.
+    pub fn expect(&mut self, want: &str, timeout: Duration) -> String {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = String::from_utf8_lossy(&self.seen).into_owned();
+            if let Some(i) = self
+                .seen
+                .windows(want.len())
+                .position(|w| w == want.as_bytes())
+            {
+                let end = i + want.len();
+                let upto = String::from_utf8_lossy(&self.seen[..end]).into_owned();
+                self.seen.drain(..end);
+                return upto;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "{want:?} did not appear on the terminal; got {text:?}"
+            );
+            let mut pfd = libc::pollfd {
+                fd: self.master.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll on one valid pollfd.
+            let r = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(1000) as i32) };
+            if r <= 0 {
+                continue;
+            }
+            let mut buf = [0u8; 4096];
+            match self.master.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    panic!("the terminal closed before {want:?}; got {text:?}")
+                }
+                Ok(n) => self.seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    /// TIOCSWINSZ on the master, as containerd's ResizePty does.
+    pub fn resize(&self, rows: u16, cols: u16) {
+        use std::os::fd::AsRawFd;
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize struct.
+        let rc = unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        assert_eq!(rc, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// The result of a detached exec: `runvm exec`'s own output and code, and the exit code
+/// of the pid-file process (reaped by us, a subreaper, as containerd's shim does).
+#[derive(Debug)]
+pub struct ExecResult {
+    /// `runvm exec --detach`'s exit code.
+    pub exec_code: i32,
+    /// Everything written to the stdout pipe: the process's output.
+    pub stdout: String,
+    pub stderr: String,
+    /// The pid-file process's exit code, if a pid file was written.
+    pub code: Option<i32>,
+}
+
+impl StateRoot {
+    /// `runvm exec --detach --pid-file F <args…> ID [cmd…]` with pipes, as containerd runs
+    /// it: `args` go before the id (e.g. `--process p.json`), `cmd` after it. `stdin` is
+    /// written and closed. Waits for the process's output to end and reaps the pid.
+    pub fn exec_detached(&self, id: &str, args: &[&str], cmd: &[&str], stdin: &[u8]) -> ExecResult {
+        become_subreaper();
+        let dir = TempDir::new("exec");
+        let pid_file = dir.path().join("exec.pid");
+        let mut full = vec!["exec", "--detach", "--pid-file", pid_file.to_str().unwrap()];
+        full.extend_from_slice(args);
+        full.push(id);
+        full.extend_from_slice(cmd);
+        let mut child = self
+            .command(&full)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start runvm exec");
+        let mut input = child.stdin.take().unwrap();
+        let data = stdin.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = input.write_all(&data);
+        });
+        // The pipes reach EOF once runvm exec has returned and the monitor has closed its
+        // copies, i.e. when the process has ended.
+        let out = wait_with_timeout(child, Duration::from_secs(120));
+        let _ = writer.join();
+        let pid: Option<i32> = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        ExecResult {
+            exec_code: code(&out),
+            stdout: stdout(&out),
+            stderr: stderr(&out),
+            code: pid.map(|p| reap(p, Duration::from_secs(60))),
+        }
+    }
+}

@@ -9,9 +9,9 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
-use crate::monitor::{self, api, guard, Launch};
+use crate::monitor::{self, api, guard, tty, HostStdio, Launch};
 use crate::state::{process_start_time, ContainerState};
 
 /// What `create` needs, already parsed.
@@ -24,13 +24,26 @@ pub struct CreateOptions {
 }
 
 pub fn create(opts: CreateOptions) -> Result<i32> {
-    if opts.console_socket.is_some() {
-        bail!("--console-socket (terminal mode) is not implemented yet in runvm");
-    }
     let p = super::prepare(&opts.id, &opts.bundle, &opts.root)?;
     let fail = |e: anyhow::Error| -> anyhow::Error {
         let _ = std::fs::remove_dir_all(&p.dir);
         e
+    };
+    let terminal = p.spec.process.as_ref().is_some_and(|p| p.terminal);
+    let console = match (terminal, &opts.console_socket) {
+        (true, None) => {
+            return Err(fail(anyhow::anyhow!(
+                "cannot allocate tty if runvm will detach without setting console socket (process.terminal is true: pass --console-socket)"
+            )))
+        }
+        (false, Some(_)) => {
+            return Err(fail(anyhow::anyhow!(
+                "cannot use console socket if runvm will not detach or allocate tty (process.terminal is false)"
+            )))
+        }
+        // The master goes to the caller now, as with runc; the monitor keeps the slave.
+        (true, Some(path)) => Some(tty::Pty::for_console_socket(path).map_err(|e| fail(e.into()))?),
+        (false, None) => None,
     };
     let api_listener = UnixListener::bind(p.runtime_dir().join(api::SOCKET))
         .context("cannot create the monitor socket")
@@ -51,14 +64,23 @@ pub fn create(opts: CreateOptions) -> Result<i32> {
         // terminal signals meant for the caller do not reach it.
         unsafe { libc::setsid() };
         let runtime = p.runtime_dir();
-        let code = match guard::spawn(&runtime) {
-            Ok(_guard) => {
+        let stdio = match console {
+            Some(slave) => monitor_terminal(slave),
+            None => HostStdio::inherited(),
+        };
+        let code = match stdio.map(|s| (s, guard::spawn(&runtime))) {
+            Err(e) => {
+                use std::io::Write;
+                let _ = writeln!(std::fs::File::from(ready_w), "cannot set up stdio: {e}");
+                1
+            }
+            Ok((stdio, Ok(_guard))) => {
                 let launch = Launch::OnStart {
                     api: api_listener,
                     ready: ready_w.into(),
                     state_dir: p.dir.clone(),
                 };
-                match monitor::run_vm(p.config, p.run, [0, 1, 2], launch) {
+                match monitor::run_vm(p.config, p.run, stdio, launch) {
                     Ok(code) => code,
                     Err(e) => {
                         log::error!("container {:?}: {e}", p.id);
@@ -66,7 +88,7 @@ pub fn create(opts: CreateOptions) -> Result<i32> {
                     }
                 }
             }
-            Err(e) => {
+            Ok((_, Err(e))) => {
                 use std::io::Write;
                 let _ = writeln!(std::fs::File::from(ready_w), "{e}");
                 1
@@ -112,4 +134,26 @@ pub fn create(opts: CreateOptions) -> Result<i32> {
             .with_context(|| format!("cannot write pid file {}", f.display()))?;
     }
     Ok(0)
+}
+
+/// The monitor's side of the console: the pty slave becomes its controlling terminal
+/// (so resizes of the master bring SIGWINCH), and its own fds 0–2 leave create's stdio,
+/// which a caller with a terminal reads to EOF (go-runc does).
+fn monitor_terminal(slave: std::os::fd::OwnedFd) -> std::io::Result<HostStdio> {
+    use std::os::fd::AsRawFd;
+    if let Err(e) = tty::make_controlling(slave.as_raw_fd()) {
+        log::warn!("the console pty cannot be the monitor's controlling terminal ({e}); resizes will not reach the container");
+    }
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    for fd in 0..3 {
+        nix::unistd::dup2(null.as_raw_fd(), fd)?;
+    }
+    let output = std::fs::File::from(slave.try_clone()?);
+    Ok(HostStdio::Terminal {
+        input: std::fs::File::from(slave),
+        output,
+    })
 }

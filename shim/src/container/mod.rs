@@ -6,6 +6,7 @@
 
 pub mod create;
 pub mod delete;
+pub mod exec;
 pub mod kill;
 pub mod list;
 pub mod run;
@@ -90,9 +91,6 @@ pub fn prepare(id: &str, bundle: &Path, root: &Option<PathBuf>) -> Result<Prepar
             spec.bundle.display()
         );
     };
-    if process.terminal {
-        bail!("process.terminal is true, but terminal mode is not implemented yet in runvm; run without a tty");
-    }
     let assets = GuestAssets::locate()?;
     let vcpus: u8 = env_num("RUNVM_VCPUS", 1)?;
     let mem_mib: u64 = env_num("RUNVM_MEM_MIB", 256)?;

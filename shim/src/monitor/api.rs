@@ -1,6 +1,6 @@
-//! The monitor's host-side API: `runvm start`/`kill` talk to a container's monitor over
-//! a Unix socket in its state directory (`monitor.sock`), one request per connection,
-//! framed like the guest protocol.
+//! The monitor's host-side API: `runvm start`/`kill`/`exec` talk to a container's
+//! monitor over a Unix socket in its state directory (`monitor.sock`), one request per
+//! connection, framed like the guest protocol.
 
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -13,12 +13,19 @@ use serde::{Deserialize, Serialize};
 pub const SOCKET: &str = "monitor.sock";
 
 /// What a runvm command asks of a monitor.
+// `Exec` is large, but a request is built once per command; boxing it would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     /// Run the container's process (`runvm start`).
     Start,
     /// Deliver a signal to the container's process (`runvm kill`).
     Signal { signal: i32 },
+    /// Run another process in the container (`runvm exec`). The frame is followed by one
+    /// message carrying [`exec_fd_count`] descriptors (SCM_RIGHTS); then the connection
+    /// stays open: [`ExecEvent`]s come back, [`ExecControl`]s go in, and its end (the
+    /// `runvm exec` process died) kills the process.
+    Exec { spec: runvm_protocol::ProcessSpec },
 }
 
 /// The monitor's answer.
@@ -46,4 +53,63 @@ pub fn request(dir: &Path, req: &Request, timeout: Duration) -> Result<Response,
         .map_err(ApiError::Unreachable)?;
     write_frame(&mut s, req)?;
     Ok(read_frame(&mut s)?)
+}
+
+/// What the monitor sends on an exec connection, after `Request::Exec`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExecEvent {
+    /// The process runs; `pid` is its pid in the guest.
+    Started { pid: i32 },
+    /// It could not be started; `code` is the guest's runc-like code (126, 127, 1).
+    Failed { code: i32, message: String },
+    /// It ended, and all its output has been written: the shell convention's code.
+    Exited { code: i32 },
+}
+
+/// What `runvm exec` sends on its connection once the process was asked for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExecControl {
+    /// Deliver a signal to the exec'd process.
+    Signal { signal: i32 },
+    /// Its terminal's window size changed.
+    Resize { rows: u16, cols: u16 },
+}
+
+/// How many descriptors follow an exec request: the stdio of the process (stdin, stdout,
+/// stderr), or a terminal's input and output.
+pub fn exec_fd_count(terminal: bool) -> usize {
+    if terminal {
+        2
+    } else {
+        3
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_messages_round_trip_and_garbage_is_an_error() {
+        let mut buf = Vec::new();
+        let ev = ExecEvent::Failed {
+            code: 127,
+            message: "exec: \"x\": executable file not found in $PATH".into(),
+        };
+        write_frame(&mut buf, &ev).unwrap();
+        write_frame(&mut buf, &ExecControl::Resize { rows: 5, cols: 6 }).unwrap();
+        let mut r = buf.as_slice();
+        assert_eq!(read_frame::<_, ExecEvent>(&mut r).unwrap(), ev);
+        assert_eq!(
+            read_frame::<_, ExecControl>(&mut r).unwrap(),
+            ExecControl::Resize { rows: 5, cols: 6 }
+        );
+        let mut junk = 9u32.to_le_bytes().to_vec();
+        junk.extend_from_slice(br#"{"Boom":1}"#);
+        assert!(read_frame::<_, ExecControl>(&mut junk.as_slice()).is_err());
+        assert!(matches!(
+            read_frame::<_, ExecEvent>(&mut &b""[..]),
+            Err(FrameError::Closed)
+        ));
+    }
 }

@@ -1,10 +1,18 @@
 //! The monitor: one host process per container that holds the VM, speaks the control
-//! protocol with the guest init over vsock, relays stdio, forwards signals, and ends
-//! with the workload's exit code.
+//! protocol with the guest init over vsock, relays stdio, forwards signals, runs exec'd
+//! processes, and ends with the workload's exit code.
+//!
+//! Here: the VM's thread, the wait for `runvm start`, the boot and the guest's hello.
+//! The running container is [`session`]; its process table [`process`]; exec requests
+//! [`exec`]; host terminals [`tty`]; byte relays [`stdio`]; the host API [`api`].
 
 pub mod api;
+mod exec;
 pub mod guard;
+pub mod process;
+mod session;
 mod stdio;
+pub mod tty;
 
 use std::io::{ErrorKind, Write};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
@@ -18,13 +26,14 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use runvm_protocol::{
-    read_frame, write_frame, ExitStatus, FrameError, GuestMessage, HostMessage, StreamHeader,
-    CONTROL_PORT, MAIN_PROCESS, PROTOCOL_VERSION, STREAM_PORT,
+    read_frame, write_frame, ExitStatus, FrameError, GuestMessage, HostMessage, CONTROL_PORT,
+    PROTOCOL_VERSION, STREAM_PORT,
 };
 use vmm::{BootTimes, DiskConfig, VmConfig, VmExit, VmExitReason, Vmm, VmmError, VsockConfig};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::assets::GuestAssets;
+pub use process::HostStdio;
 
 /// Guest CID of every runvm guest (each VM has its own vsock device, so they never clash).
 pub const GUEST_CID: u64 = 3;
@@ -156,7 +165,7 @@ impl RunningVm {
 }
 
 /// Outcome of the workload.
-enum Ending {
+pub(crate) enum Ending {
     Exited(ExitStatus),
     StartFailed(i32, String),
 }
@@ -198,6 +207,15 @@ fn wait_for_start(api: &UnixListener, sigfd: &SignalFd) -> Result<BeforeStart, M
                     return Ok(BeforeStart::Killed(signal));
                 }
             }
+            Ok(api::Request::Exec { .. }) => {
+                let _ = write_frame(
+                    &mut conn,
+                    &api::ExecEvent::Failed {
+                        code: 1,
+                        message: "cannot exec in a created container: container not running".into(),
+                    },
+                );
+            }
             Err(e) => log::warn!("ignoring a malformed request on the monitor socket: {e}"),
         }
     }
@@ -215,7 +233,7 @@ fn terminates_by_default(signal: i32) -> bool {
 pub fn run_vm(
     cfg: MonitorConfig,
     run: HostMessage,
-    stdio: [RawFd; 3],
+    stdio: HostStdio,
     launch: Launch,
 ) -> Result<i32, MonitorError> {
     let (api, mut ready, state_dir) = match launch {
@@ -255,7 +273,7 @@ pub fn run_vm(
 fn run_vm_inner(
     cfg: &MonitorConfig,
     run: HostMessage,
-    stdio: [RawFd; 3],
+    stdio: HostStdio,
     api: Option<&UnixListener>,
     ready: &mut Option<std::fs::File>,
     start_conn: &mut Option<UnixStream>,
@@ -267,6 +285,8 @@ fn run_vm_inner(
     };
     let mut mask = SigSet::empty();
     FORWARDED.iter().for_each(|s| mask.add(*s));
+    // A terminal's size changes (the monitor's controlling terminal, if it has one).
+    mask.add(Signal::SIGWINCH);
     mask.thread_block().map_err(|e| setup(e.into()))?;
     let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(|e| setup(e.into()))?;
@@ -413,7 +433,7 @@ fn pending_signals(sigfd: &SignalFd) -> Vec<i32> {
 }
 
 /// The descriptors the monitor listens on.
-struct Io<'a> {
+pub(crate) struct Io<'a> {
     control_listener: &'a UnixListener,
     stream_listener: &'a UnixListener,
     sigfd: &'a SignalFd,
@@ -430,7 +450,7 @@ fn converse(
     cfg: &MonitorConfig,
     vm: &mut RunningVm,
     run: HostMessage,
-    stdio: [RawFd; 3],
+    stdio: HostStdio,
     io: &Io,
     pending_start: &mut Option<UnixStream>,
 ) -> Result<Ending, MonitorError> {
@@ -492,136 +512,23 @@ fn converse(
         }
     };
 
+    let mut run = run;
+    if let HostMessage::Run { process, .. } = &mut run {
+        if process.terminal && process.console_size.is_none() {
+            // The host terminal's size when the process starts.
+            if let HostStdio::Terminal { input, .. } = &stdio {
+                process.console_size = tty::window_size(input.as_raw_fd());
+            }
+        }
+    }
     write_frame(&mut control, &run).map_err(protocol)?;
-
-    // Phase 2: streams, signals, exit.
-    let mut outputs: Vec<JoinHandle<u64>> = Vec::new();
-    let mut started = false;
-    // Polled in this order: ready_fds[0] control, [1] streams, [2] VM done, [3] signals,
-    // [4] the host API (create/start containers only).
-    let mut fds = vec![
-        control.as_raw_fd(),
-        io.stream_listener.as_raw_fd(),
+    session::Session::new(
+        control,
+        io,
         vm.done.as_raw_fd(),
-        io.sigfd.as_raw_fd(),
-    ];
-    if let Some(a) = io.api {
-        fds.push(a.as_raw_fd());
-    }
-    let ending = loop {
-        let ready_fds = wait_ready(&fds, None)?;
-        if ready_fds[1] {
-            if let Ok((mut s, _)) = io.stream_listener.accept() {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                let header: StreamHeader = match read_frame(&mut s) {
-                    Ok(h) => h,
-                    Err(FrameError::Closed) | Err(FrameError::Io(_)) => {
-                        log::debug!(
-                            "a stream connection ended before its header; the guest retries"
-                        );
-                        continue;
-                    }
-                    Err(e) => return Err(protocol(e)),
-                };
-                let _ = s.set_read_timeout(None);
-                match (header.process, header.fd) {
-                    (MAIN_PROCESS, 0) => stdio::spawn_input(s, stdio[0])
-                        .map_err(|e| MonitorError::Protocol(e.to_string()))?,
-                    (MAIN_PROCESS, fd @ (1 | 2)) => outputs.push(
-                        stdio::spawn_output(s, stdio[fd as usize])
-                            .map_err(|e| MonitorError::Protocol(e.to_string()))?,
-                    ),
-                    other => {
-                        return Err(MonitorError::Protocol(format!(
-                            "stream for unknown process/fd {other:?}"
-                        )))
-                    }
-                }
-            }
-        }
-        if ready_fds[3] {
-            queued.extend(pending_signals(io.sigfd));
-        }
-        if ready_fds.get(4).copied().unwrap_or(false) {
-            if let Some(Ok((mut conn, _))) = io.api.map(|a| a.accept()) {
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-                match read_frame::<_, api::Request>(&mut conn) {
-                    Ok(api::Request::Start) => reply(
-                        &mut conn,
-                        api::Response::Error("cannot start an already started container".into()),
-                    ),
-                    Ok(api::Request::Signal { signal }) => {
-                        queued.push(signal);
-                        reply(&mut conn, api::Response::Ok);
-                    }
-                    Err(e) => log::warn!("ignoring a malformed request on the monitor socket: {e}"),
-                }
-            }
-        }
-        // Signals that arrive while the guest boots wait until the process runs.
-        if started {
-            for signal in queued.drain(..) {
-                write_frame(
-                    &mut control,
-                    &HostMessage::Signal {
-                        process: MAIN_PROCESS,
-                        signal,
-                    },
-                )
-                .map_err(protocol)?;
-            }
-        }
-        if ready_fds[0] {
-            match read_frame::<_, GuestMessage>(&mut control) {
-                Ok(GuestMessage::Started {
-                    process: MAIN_PROCESS,
-                    ..
-                }) => {
-                    started = true;
-                    if let Some(dir) = io.state_dir {
-                        let _ = std::fs::write(dir.join(crate::state::STARTED_FILE), b"");
-                    }
-                    if let Some(mut c) = pending_start.take() {
-                        reply(&mut c, api::Response::Ok);
-                    }
-                }
-                Ok(GuestMessage::StartFailed {
-                    process: MAIN_PROCESS,
-                    code,
-                    message,
-                }) => {
-                    if let Some(mut c) = pending_start.take() {
-                        reply(&mut c, api::Response::Error(message.clone()));
-                    }
-                    break Ending::StartFailed(code, message);
-                }
-                Ok(GuestMessage::Exited {
-                    process: MAIN_PROCESS,
-                    status,
-                }) => break Ending::Exited(status),
-                Ok(other) => return Err(MonitorError::Protocol(format!("unexpected {other:?}"))),
-                Err(FrameError::Closed) => return Err(MonitorError::GuestDied(String::new())),
-                Err(e) => return Err(protocol(e)),
-            }
-            continue;
-        }
-        if ready_fds[2] {
-            return Err(MonitorError::GuestDied(String::new()));
-        }
-    };
-
-    // The guest closed its output streams before reporting the exit: read them to the end.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while outputs.iter().any(|t| !t.is_finished()) && Instant::now() < deadline && !vm.finished() {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    for t in outputs {
-        if t.is_finished() {
-            let _ = t.join();
-        } else {
-            log::warn!("an output stream did not reach its end; some output may be missing");
-        }
-    }
-    let _ = write_frame(&mut control, &HostMessage::Shutdown);
-    Ok(ending)
+        stdio,
+        queued,
+        pending_start,
+    )?
+    .run()
 }

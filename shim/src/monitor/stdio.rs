@@ -1,25 +1,51 @@
-//! Byte relays between the host's stdio descriptors and the guest's stream connections.
+//! Byte relays between host descriptors (the caller's pipes, FIFOs, files or terminal)
+//! and the guest's stream connections, one thread per direction: host descriptors are
+//! used blocking, as they are (the monitor never changes the caller's file flags).
 
+use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
-use std::mem::ManuallyDrop;
 use std::net::Shutdown;
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
-fn borrowed_file(fd: RawFd) -> ManuallyDrop<std::fs::File> {
-    // SAFETY: the descriptor stays open for the life of the process (it is one of the
-    // monitor's stdio fds) and ManuallyDrop keeps us from closing it.
-    ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) })
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use vmm_sys_util::eventfd::EventFd;
+
+/// A running output relay.
+pub struct OutputRelay {
+    handle: JoinHandle<u64>,
+    /// Set (before `done` fires) once the stream ended and `out` is closed.
+    finished: Arc<AtomicBool>,
 }
 
-/// Copies the guest stream to host `fd` until the guest closes it. If the host side
-/// stops accepting data, the rest is read and dropped so the guest never blocks.
-pub fn spawn_output(mut stream: UnixStream, fd: RawFd) -> std::io::Result<JoinHandle<u64>> {
-    std::thread::Builder::new()
-        .name(format!("runvm-out{fd}"))
+impl OutputRelay {
+    /// The guest closed the stream and everything was written (or dropped).
+    pub fn finished(&self) -> bool {
+        self.finished.load(Ordering::Acquire)
+    }
+
+    /// Waits for the thread (it is about to return once [`Self::finished`]).
+    pub fn join(self) -> u64 {
+        self.handle.join().unwrap_or(0)
+    }
+}
+
+/// Copies the guest stream to `out` until the guest closes it, then closes `out` and
+/// fires `done`. If the host side stops accepting data, the rest is read and dropped so
+/// the guest never blocks.
+pub fn spawn_output(
+    mut stream: UnixStream,
+    mut out: File,
+    done: EventFd,
+) -> std::io::Result<OutputRelay> {
+    let finished = Arc::new(AtomicBool::new(false));
+    let flag = finished.clone();
+    let handle = std::thread::Builder::new()
+        .name("runvm-out".into())
         .spawn(move || {
-            let mut out = borrowed_file(fd);
             let mut buf = vec![0u8; 64 * 1024];
             let mut total = 0u64;
             let mut host_open = true;
@@ -35,20 +61,53 @@ pub fn spawn_output(mut stream: UnixStream, fd: RawFd) -> std::io::Result<JoinHa
                     host_open = false;
                 }
             }
+            drop(out);
+            // The flag first: whoever wakes on `done` must see it set.
+            flag.store(true, Ordering::Release);
+            let _ = done.write(1);
             total
-        })
+        })?;
+    Ok(OutputRelay { handle, finished })
 }
 
-/// Copies host `fd` to the guest stream; EOF on the host becomes EOF in the guest.
-/// Not joined: it may block on a host stdin that never closes.
-pub fn spawn_input(stream: UnixStream, fd: RawFd) -> std::io::Result<()> {
+/// A running input relay; [`InputRelay::cancel`] ends it (and closes its descriptor)
+/// even while the host side never sends anything.
+pub struct InputRelay {
+    cancel: EventFd,
+}
+
+impl InputRelay {
+    pub fn cancel(&self) {
+        let _ = self.cancel.write(1);
+    }
+}
+
+/// Copies `input` to the guest stream; EOF on the host becomes EOF in the guest.
+pub fn spawn_input(input: File, stream: UnixStream) -> std::io::Result<InputRelay> {
+    let cancel = EventFd::new(libc::EFD_CLOEXEC)?;
+    let theirs = cancel.try_clone()?;
     std::thread::Builder::new()
         .name("runvm-stdin".into())
         .spawn(move || {
-            let mut input = borrowed_file(fd);
+            let mut input = input;
             let mut stream = stream;
             let mut buf = vec![0u8; 64 * 1024];
+            // SAFETY: `theirs` is owned by this thread and outlives every use of `cancel`.
+            let cancel = unsafe { BorrowedFd::borrow_raw(theirs.as_raw_fd()) };
             loop {
+                let mut fds = [
+                    PollFd::new(input.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(cancel, PollFlags::POLLIN),
+                ];
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) => {}
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(_) => break,
+                }
+                if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+                    // The process is gone: nobody reads this input any more.
+                    return;
+                }
                 match input.read(&mut buf) {
                     Ok(0) => break,
                     Ok(n) => {
@@ -57,10 +116,11 @@ pub fn spawn_input(stream: UnixStream, fd: RawFd) -> std::io::Result<()> {
                         }
                     }
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    // EIO: a terminal whose other side was closed.
                     Err(_) => break,
                 }
             }
             let _ = stream.shutdown(Shutdown::Write);
         })?;
-    Ok(())
+    Ok(InputRelay { cancel })
 }

@@ -1,0 +1,188 @@
+//! Exec'd processes on the monitor's side: a `runvm exec` request (its spec, then its
+//! stdio descriptors over SCM_RIGHTS), the `Exec` to the guest, and the connection that
+//! stays open while the process runs: [`ExecEvent`]s out (started, failed, exited once
+//! its output is relayed), [`ExecControl`]s in (signals, resizes). When that connection
+//! ends before the process does (the `runvm exec` process was SIGKILLed, as containerd
+//! kills an exec), the process is killed in the guest.
+
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use runvm_protocol::{
+    read_frame, write_frame, ExitStatus, FrameError, HostMessage, ProcessId, ProcessSpec,
+};
+
+use super::api::{exec_fd_count, ExecControl, ExecEvent};
+use super::process::{HostStdio, Process};
+use super::session::Session;
+use super::MonitorError;
+
+fn tell(conn: &mut Option<UnixStream>, ev: &ExecEvent) {
+    if let Some(c) = conn.as_mut() {
+        // A waiter that went away only misses its answer.
+        let _ = write_frame(c, ev);
+    }
+}
+
+impl Session<'_> {
+    /// `Request::Exec` arrived on `conn`: take its descriptors and ask the guest.
+    pub(super) fn exec_request(
+        &mut self,
+        conn: UnixStream,
+        spec: ProcessSpec,
+    ) -> Result<(), MonitorError> {
+        let mut conn = Some(conn);
+        let want = exec_fd_count(spec.terminal);
+        let received = conn.as_ref().map(|c| crate::scm::recv_fds(c.as_fd(), want));
+        let fds = match received {
+            Some(Ok((fds, _))) => fds,
+            Some(Err(e)) => {
+                log::warn!("an exec request came without its descriptors: {e}");
+                tell(
+                    &mut conn,
+                    &ExecEvent::Failed {
+                        code: 1,
+                        message: format!("the exec request's stdio descriptors: {e}"),
+                    },
+                );
+                return Ok(());
+            }
+            None => return Ok(()),
+        };
+        if !self.main_running() {
+            tell(
+                &mut conn,
+                &ExecEvent::Failed {
+                    code: 1,
+                    message: "container not running".into(),
+                },
+            );
+            return Ok(());
+        }
+        let mut files = fds.into_iter().map(std::fs::File::from);
+        let stdio = match (spec.terminal, files.next(), files.next(), files.next()) {
+            (true, Some(input), Some(output), None) => HostStdio::Terminal { input, output },
+            (false, Some(stdin), Some(stdout), Some(stderr)) => HostStdio::Pipes {
+                stdin,
+                stdout,
+                stderr,
+            },
+            _ => unreachable!("recv_fds returned exactly {want} descriptors"),
+        };
+        let id = self.next_exec_id;
+        self.next_exec_id += 1;
+        if let Some(c) = &conn {
+            // Control messages are small and sent whole; never hang the monitor on one.
+            let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+        }
+        log::debug!("exec {id}: {:?}", spec.args);
+        self.processes.insert(id, Process::new(stdio, conn));
+        self.send(&HostMessage::Exec { process: id, spec })
+    }
+
+    pub(super) fn exec_started(&mut self, id: ProcessId, pid: i32) -> Result<(), MonitorError> {
+        let Some(p) = self.processes.get_mut(&id) else {
+            log::warn!("the guest started process {id}, which the monitor does not know");
+            return Ok(());
+        };
+        p.started = true;
+        if p.client.is_none() {
+            // Its `runvm exec` died while it was starting: nobody waits for it.
+            log::debug!("exec {id}: its runvm exec went away before it started; killing it");
+            return self.send(&HostMessage::Signal {
+                process: id,
+                signal: libc::SIGKILL,
+            });
+        }
+        tell(&mut p.client, &ExecEvent::Started { pid });
+        Ok(())
+    }
+
+    pub(super) fn exec_failed(&mut self, id: ProcessId, code: i32, message: String) {
+        match self.processes.remove(&id) {
+            Some(mut p) => {
+                tell(&mut p.client, &ExecEvent::Failed { code, message });
+                p.end();
+            }
+            None => log::warn!("the guest reported a failed start of unknown process {id}"),
+        }
+    }
+
+    pub(super) fn exec_exited(&mut self, id: ProcessId, status: ExitStatus) {
+        match self.processes.get_mut(&id) {
+            Some(p) => p.status = Some(status),
+            None => log::warn!("the guest reported the exit of unknown process {id}"),
+        }
+    }
+
+    /// A message (or the end) on the connection of the `runvm exec` waiting for `id`.
+    pub(super) fn client_message(&mut self, id: ProcessId) -> Result<(), MonitorError> {
+        let Some(p) = self.processes.get_mut(&id) else {
+            return Ok(());
+        };
+        let Some(conn) = p.client.as_mut() else {
+            return Ok(());
+        };
+        let msg = match read_frame::<_, ExecControl>(conn) {
+            Ok(m) => m,
+            Err(e) => {
+                if !matches!(e, FrameError::Closed) {
+                    log::warn!("exec {id}: a bad message from its runvm exec ({e}); dropping it");
+                }
+                p.client = None;
+                if p.started && p.status.is_none() {
+                    // Its waiter is gone (containerd SIGKILLs the exec pid): so is it.
+                    log::debug!("exec {id}: its runvm exec went away; killing it");
+                    return self.send(&HostMessage::Signal {
+                        process: id,
+                        signal: libc::SIGKILL,
+                    });
+                }
+                return Ok(());
+            }
+        };
+        if p.status.is_some() {
+            return Ok(());
+        }
+        match msg {
+            ExecControl::Signal { signal } => self.send(&HostMessage::Signal {
+                process: id,
+                signal,
+            }),
+            ExecControl::Resize { rows, cols } => self.send(&HostMessage::Resize {
+                process: id,
+                rows,
+                cols,
+            }),
+        }
+    }
+
+    /// Tells the waiters of complete exec'd processes their codes, and forgets them.
+    pub(super) fn finish_complete_execs(&mut self) {
+        let done: Vec<ProcessId> = self
+            .processes
+            .iter()
+            .filter(|(id, p)| **id != runvm_protocol::MAIN_PROCESS && p.complete())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in done {
+            if let Some(p) = self.processes.remove(&id) {
+                let status = p.status.unwrap_or(ExitStatus::Signaled(libc::SIGKILL));
+                self.finish_exec(p, status);
+            }
+        }
+    }
+
+    /// Closes the process's host descriptors, then tells its waiter how it ended.
+    pub(super) fn finish_exec(&mut self, mut p: Process, status: ExitStatus) {
+        let mut client = p.client.take();
+        p.end();
+        tell(
+            &mut client,
+            &ExecEvent::Exited {
+                code: status.code(),
+            },
+        );
+    }
+}

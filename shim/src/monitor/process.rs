@@ -1,0 +1,179 @@
+//! The monitor's table entry for one process of the container (the main one, id 0, or an
+//! exec'd one): its host descriptors, the relays of its guest streams, its exit, and for
+//! an exec'd one the `runvm exec` connection that waits for it.
+//!
+//! A process is complete when the guest reported its end and every output stream it has
+//! (two with pipes, one with a terminal) was relayed to its end; only then are its host
+//! descriptors closed and its waiter told, so no output is lost and no caller's pipe is
+//! held open after the process.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+
+use runvm_protocol::{ExitStatus, WindowSize};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::stdio::{self, InputRelay, OutputRelay};
+
+/// A process's descriptors on the host side.
+pub enum HostStdio {
+    /// Pipes, FIFOs or files: stdin, stdout, stderr.
+    Pipes {
+        stdin: File,
+        stdout: File,
+        stderr: File,
+    },
+    /// A terminal: what is typed on `input` goes to the guest pty, its output to `output`
+    /// (the same terminal, or the caller's stdin and stdout). `input`'s window size is
+    /// the process's.
+    Terminal { input: File, output: File },
+}
+
+impl HostStdio {
+    /// Copies of this process's own fds 0, 1 and 2.
+    pub fn inherited() -> std::io::Result<Self> {
+        let dup = |fd: i32| -> std::io::Result<File> {
+            // SAFETY: fds 0–2 are open for the life of the monitor; borrowing them only to
+            // duplicate them.
+            let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            Ok(File::from(b.try_clone_to_owned()?))
+        };
+        Ok(Self::Pipes {
+            stdin: dup(0)?,
+            stdout: dup(1)?,
+            stderr: dup(2)?,
+        })
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Self::Terminal { .. })
+    }
+}
+
+/// One process of the container, as the monitor tracks it.
+pub struct Process {
+    /// Host descriptors not yet handed to a relay: stdin/stdout/stderr, or a terminal's
+    /// input and output.
+    slots: [Option<File>; 3],
+    terminal: bool,
+    /// Where the window size is read (a terminal's input), for resizes.
+    size_from: Option<File>,
+    inputs: Vec<InputRelay>,
+    outputs: Vec<OutputRelay>,
+    /// The guest's word on how it ended (set for a start failure too).
+    pub status: Option<ExitStatus>,
+    pub started: bool,
+    /// `runvm exec`'s connection (exec'd processes only).
+    pub client: Option<UnixStream>,
+}
+
+impl Process {
+    pub fn new(stdio: HostStdio, client: Option<UnixStream>) -> Self {
+        let terminal = stdio.is_terminal();
+        let (slots, size_from) = match stdio {
+            HostStdio::Pipes {
+                stdin,
+                stdout,
+                stderr,
+            } => ([Some(stdin), Some(stdout), Some(stderr)], None),
+            HostStdio::Terminal { input, output } => {
+                let size = input.try_clone().ok();
+                ([Some(input), Some(output), None], size)
+            }
+        };
+        Self {
+            slots,
+            terminal,
+            size_from,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            status: None,
+            started: false,
+            client,
+        }
+    }
+
+    pub fn terminal(&self) -> bool {
+        self.terminal
+    }
+
+    /// The current window size of this process's host terminal.
+    pub fn window_size(&self) -> Option<WindowSize> {
+        self.size_from
+            .as_ref()
+            .and_then(|f| super::tty::window_size(f.as_raw_fd()))
+    }
+
+    /// Starts relaying the guest stream for `fd`; `done` fires when an output relay ends.
+    pub fn attach(&mut self, fd: u8, stream: UnixStream, done: &EventFd) -> Result<(), String> {
+        let taken = |slots: &mut [Option<File>; 3], i: usize| {
+            slots[i]
+                .take()
+                .ok_or_else(|| format!("stream {fd} of the process was opened twice"))
+        };
+        let io = |e: std::io::Error| format!("cannot start a relay thread: {e}");
+        match (self.terminal, fd) {
+            (false, 0) => {
+                let stdin = taken(&mut self.slots, 0)?;
+                self.inputs
+                    .push(stdio::spawn_input(stdin, stream).map_err(io)?);
+            }
+            (false, 1 | 2) => {
+                let out = taken(&mut self.slots, fd as usize)?;
+                let done = done.try_clone().map_err(io)?;
+                self.outputs
+                    .push(stdio::spawn_output(stream, out, done).map_err(io)?);
+            }
+            (true, 0) => {
+                let input = taken(&mut self.slots, 0)?;
+                let output = taken(&mut self.slots, 1)?;
+                let theirs = stream.try_clone().map_err(io)?;
+                self.inputs
+                    .push(stdio::spawn_input(input, theirs).map_err(io)?);
+                let done = done.try_clone().map_err(io)?;
+                self.outputs
+                    .push(stdio::spawn_output(stream, output, done).map_err(io)?);
+            }
+            _ => return Err(format!("unexpected stream fd {fd}")),
+        }
+        Ok(())
+    }
+
+    fn expected_outputs(&self) -> usize {
+        if self.terminal {
+            1
+        } else {
+            2
+        }
+    }
+
+    /// Ended in the guest and every output relayed to its end.
+    pub fn complete(&self) -> bool {
+        self.status.is_some() && self.outputs_done()
+    }
+
+    /// Every output stream accepted so far was relayed to its end.
+    pub fn accepted_outputs_done(&self) -> bool {
+        self.outputs.iter().all(OutputRelay::finished)
+    }
+
+    pub fn outputs_done(&self) -> bool {
+        self.outputs.len() == self.expected_outputs()
+            && self.outputs.iter().all(OutputRelay::finished)
+    }
+
+    /// Stops the input relays and closes every host descriptor of the process.
+    pub fn end(self) {
+        for i in &self.inputs {
+            i.cancel();
+        }
+        for t in self.outputs {
+            if t.finished() {
+                let _ = t.join();
+            } else {
+                log::warn!("an output stream did not reach its end; some output may be missing");
+            }
+        }
+    }
+}

@@ -167,7 +167,7 @@ fn run_with(
         &HostMessage::Run {
             rootfs: RootfsSpec {
                 lower_devices: vec![scratch.rootfs()],
-                readonly: false,
+                ..Default::default()
             },
             hostname: Some("testbox".into()),
             process,
@@ -475,7 +475,7 @@ fn run_expect_early_failure(process: ProcessSpec) -> (i32, String) {
         &HostMessage::Run {
             rootfs: RootfsSpec {
                 lower_devices: vec![scratch.rootfs()],
-                readonly: false,
+                ..Default::default()
             },
             hostname: None,
             process,
@@ -676,6 +676,7 @@ fn mnt(dest: &str, fstype: &str, options: &str) -> MountSpec {
             .filter(|o| !o.is_empty())
             .map(String::from)
             .collect(),
+        ..Default::default()
     }
 }
 

@@ -18,8 +18,9 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use runvm_protocol::{
-    read_frame, write_frame, ExitStatus, FrameError, GuestMessage, HostMessage, StreamHeader,
-    CONTROL_PORT, MAIN_PROCESS, PROTOCOL_VERSION, STREAM_PORT,
+    read_frame, write_frame, write_frame_limited, ExitStatus, FrameError, GuestMessage,
+    HostMessage, StreamHeader, CONTROL_PORT, MAIN_PROCESS, MAX_HOST_FRAME_LEN, PROTOCOL_VERSION,
+    STREAM_PORT, WRITEBACK_PORT,
 };
 use vmm::{BootTimes, DiskConfig, VmConfig, VmExit, VmExitReason, Vmm, VmmError, VsockConfig};
 use vmm_sys_util::eventfd::EventFd;
@@ -57,6 +58,8 @@ pub enum MonitorError {
     Version(u32),
     #[error("the VM stopped before the workload's exit status was reported: {0}")]
     GuestDied(String),
+    #[error(transparent)]
+    Binds(#[from] crate::rootfs::binds::BindError),
 }
 
 /// How to build and run one container's VM.
@@ -67,6 +70,14 @@ pub struct MonitorConfig {
     /// Private directory for the vsock sockets (removed by the caller).
     pub runtime_dir: PathBuf,
     pub disks: Vec<DiskConfig>,
+    /// How the guest stacks the disks (sent in `Run`).
+    pub rootfs_spec: runvm_protocol::RootfsSpec,
+    /// Where the guest's changes are written back when the container stops.
+    pub writeback: Option<crate::rootfs::writeback::WritebackTarget>,
+    /// Images the disks name as `/proc/self/fd/N` (and the cache locks): held until exit,
+    /// never read.
+    #[allow(dead_code)]
+    pub held_files: Vec<std::fs::File>,
     pub debug_console: bool,
     pub seccomp: bool,
     pub boot_timeout: Duration,
@@ -286,6 +297,15 @@ fn run_vm_inner(
     let port_path = |port: u32| PathBuf::from(format!("{}_{port}", uds.display()));
     let control_listener = UnixListener::bind(port_path(CONTROL_PORT)).map_err(setup)?;
     let stream_listener = UnixListener::bind(port_path(STREAM_PORT)).map_err(setup)?;
+    let writeback_listener = match cfg.writeback {
+        Some(_) => Some(UnixListener::bind(port_path(WRITEBACK_PORT)).map_err(setup)?),
+        None => None,
+    };
+    // Bind-mounted files are read now, at start: Docker writes them after create.
+    let mut run = run;
+    if let HostMessage::Run { mounts, .. } = &mut run {
+        crate::rootfs::binds::load_files(mounts)?;
+    }
 
     let mut cmdline = String::new();
     if cfg.debug_console {
@@ -314,6 +334,7 @@ fn run_vm_inner(
     let io = Io {
         control_listener: &control_listener,
         stream_listener: &stream_listener,
+        writeback_listener: writeback_listener.as_ref(),
         sigfd: &sigfd,
         api,
         state_dir,
@@ -416,6 +437,7 @@ fn pending_signals(sigfd: &SignalFd) -> Vec<i32> {
 struct Io<'a> {
     control_listener: &'a UnixListener,
     stream_listener: &'a UnixListener,
+    writeback_listener: Option<&'a UnixListener>,
     sigfd: &'a SignalFd,
     api: Option<&'a UnixListener>,
     state_dir: Option<&'a Path>,
@@ -492,7 +514,7 @@ fn converse(
         }
     };
 
-    write_frame(&mut control, &run).map_err(protocol)?;
+    write_frame_limited(&mut control, &run, MAX_HOST_FRAME_LEN).map_err(protocol)?;
 
     // Phase 2: streams, signals, exit.
     let mut outputs: Vec<JoinHandle<u64>> = Vec::new();
@@ -621,6 +643,12 @@ fn converse(
         } else {
             log::warn!("an output stream did not reach its end; some output may be missing");
         }
+    }
+    // The guest sends its writable layer's changes after the exit: apply them before the
+    // monitor exits (Docker reads the upperdir once the monitor is gone).
+    if let (Ending::Exited(_), Some(wb), Some(l)) = (&ending, &cfg.writeback, io.writeback_listener)
+    {
+        wb.receive(l, vm.done.as_raw_fd());
     }
     let _ = write_frame(&mut control, &HostMessage::Shutdown);
     Ok(ending)

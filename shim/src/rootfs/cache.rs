@@ -151,8 +151,7 @@ impl ImageCache {
         let tmp = self.dir.join(format!("{key}.tmp.{}", std::process::id()));
         let started = Instant::now();
         if let Err(e) = build(&tmp) {
-            let _ = std::fs::remove_file(&tmp);
-            let _ = std::fs::remove_dir(tmp.with_extension("mnt"));
+            remove_matching(&self.dir, &format!("{key}.tmp."));
             return Ok(Err(e));
         }
         let mut record = record;
@@ -254,8 +253,10 @@ fn lock_exclusive(path: &Path, timeout: Duration) -> Result<File, CacheError> {
 fn remove_matching(dir: &Path, prefix: &str) {
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         if e.file_name().to_string_lossy().starts_with(prefix) {
+            // A build's mount point (empty: its mount lived in a private namespace that
+            // is gone) or its directory of layer symlinks (never followed here).
             let _ = std::fs::remove_file(e.path());
-            let _ = std::fs::remove_dir(e.path());
+            let _ = std::fs::remove_dir_all(e.path());
         }
     }
 }

@@ -361,6 +361,30 @@ fn changes_land_in_a_plain_rootfs_and_the_next_container_sees_them() {
     );
     assert_eq!(code(&cache.cmd(&root, &["delete", "wb3"])), 0);
 
+    // `delete --force` of a running container: its changes are written back before the
+    // monitor exits, which is what delete waits for.
+    let b4 = bundle(
+        r,
+        "echo forced > /root/f && echo ready && exec sleep 600",
+        false,
+        serde_json::Value::Null,
+    );
+    let (out, pid) = cache.create(&root, &b4, "wb4", None);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(code(&cache.cmd(&root, &["start", "wb4"])), 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while b4.stdout() != "ready\n" {
+        assert!(Instant::now() < deadline, "the container never got ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = cache.cmd(&root, &["delete", "--force", "wb4"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(r.join("root/f")).unwrap(),
+        "forced\n"
+    );
+    reap(pid.unwrap(), Duration::from_secs(30));
+
     root.assert_clean(Duration::from_secs(2));
     cache.assert_clean();
     assert!(

@@ -194,10 +194,11 @@ pub fn mkfs_identity() -> String {
     }
 }
 
-/// The first line of `mkfs.erofs --help` ("mkfs.erofs 1.5"), for the cache's records.
+/// What `mkfs.erofs -V` prints ("mkfs.erofs 1.5"; erofs-utils 1.5 also prints it, on
+/// stdout, before refusing the option), for the cache's records.
 pub fn mkfs_version() -> String {
     Command::new("mkfs.erofs")
-        .arg("--help")
+        .arg("-V")
         .stdin(std::process::Stdio::null())
         .output()
         .ok()
@@ -226,6 +227,16 @@ mod tests {
             eprintln!("skipped: needs root, mkfs.erofs and fsck.erofs (erofs-utils)");
             return;
         }
+        let v = mkfs_version();
+        assert!(
+            v.starts_with("mkfs.erofs ") && v.chars().any(|c| c.is_ascii_digit()),
+            "{v}"
+        );
+        assert!(
+            mkfs_identity().contains("mkfs.erofs:"),
+            "{}",
+            mkfs_identity()
+        );
         let base = std::env::temp_dir().join(format!("runvm-flatten-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&base);
         let (l1, l2) = (base.join("l1"), base.join("l2"));

@@ -14,6 +14,7 @@
 //! `unshare -m` so its mounts vanish with it.
 
 mod attrs;
+mod binds;
 mod boot_timer;
 mod caps;
 mod error;
@@ -22,6 +23,7 @@ mod mounts;
 mod relay;
 mod vsock;
 mod workload;
+mod writeback;
 
 use error::{Context, Error, Result};
 use mounts::Paths;
@@ -201,6 +203,12 @@ fn run(mode: &Mode, control_slot: &mut Option<Control>) -> Result<()> {
         process: MAIN_PROCESS,
         status: outcome.status,
     })?;
+    if rootfs.writable_device.is_some() && !rootfs.readonly {
+        // The workload's PID namespace is gone with it: nothing writes the layer any more.
+        if let Err(e) = writeback::send(&transport, &mounts::writable_dir(&paths).join("upper")) {
+            log::error(&format!("write-back: {e}"));
+        }
+    }
     wait_for_shutdown(control);
     Ok(())
 }

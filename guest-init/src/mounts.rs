@@ -90,10 +90,15 @@ pub fn early() -> Result<()> {
 }
 
 /// Builds the container's root filesystem at `paths.newroot`: every lower device (or, for
-/// tests, a directory) read-only under `run/layers/N`, a tmpfs with the writable upper and
-/// work directories, and an overlay of them. The overlay is mounted read-write even for a
-/// read-only root, because the container's mount points may have to be created in it; the
-/// child remounts `/` read-only after its mounts ([`container`]).
+/// tests, a directory) read-only under `run/layers/N`, the writable layer at `run/rw`
+/// holding the overlay's upper and work directories, and an overlay of them.
+///
+/// The writable layer is the ext4 device `spec.writable_device` (a directory in host test
+/// mode), whose upper directory the write-back walks when the container stops; without
+/// one it is a tmpfs whose changes are dropped. A read-only root gets a small tmpfs that
+/// only holds the mount points the container's mounts may need: the overlay is mounted
+/// read-write so they can be made, and the child remounts `/` read-only after its mounts
+/// ([`container`]).
 pub fn rootfs(paths: &Paths, spec: &RootfsSpec) -> Result<()> {
     if spec.lower_devices.is_empty() {
         return Err(Error::new("rootfs: no lower devices given"));
@@ -103,43 +108,48 @@ pub fn rootfs(paths: &Paths, spec: &RootfsSpec) -> Result<()> {
         let dir = paths.run.join("layers").join(i.to_string());
         mkdir_p(&dir)?;
         if Path::new(dev).is_dir() {
-            do_mount(
-                Some(dev),
-                &dir,
-                None,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None,
-            )?;
-            do_mount(
-                None,
-                &dir,
-                None,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-                None,
-            )?;
+            bind_dir(dev, &dir, true)?;
         } else {
             do_mount(Some(dev), &dir, Some("erofs"), MsFlags::MS_RDONLY, None)?;
         }
         lowers.push(dir.display().to_string());
     }
-    let rw = paths.run.join("rw");
+    let rw = writable_dir(paths);
     mkdir_p(&rw)?;
-    do_mount(
-        Some("tmpfs"),
-        &rw,
-        Some("tmpfs"),
-        MsFlags::empty(),
-        Some("mode=0755"),
-    )?;
+    match (&spec.writable_device, spec.readonly) {
+        (Some(dev), false) if Path::new(dev).is_dir() => bind_dir(dev, &rw, false)?,
+        (Some(dev), false) => do_mount(
+            Some(dev),
+            &rw,
+            Some("ext4"),
+            MsFlags::MS_NOATIME | MsFlags::MS_NODEV,
+            None,
+        )?,
+        (_, readonly) => do_mount(
+            Some("tmpfs"),
+            &rw,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some(if readonly {
+                "mode=0755,size=4m"
+            } else {
+                "mode=0755"
+            }),
+        )?,
+    }
     let (upper, work) = (rw.join("upper"), rw.join("work"));
     mkdir_p(&upper)?;
     mkdir_p(&work)?;
     mkdir_p(&paths.newroot)?;
-    let opts = overlay_options(
+    let mut opts = overlay_options(
         &lowers,
         &upper.display().to_string(),
         &work.display().to_string(),
     )?;
+    // Keep the upper directory plain for the write-back: no redirects (a renamed lower
+    // directory is copied instead), no index, no metacopy. The layer lives for one boot,
+    // so its syncs can be skipped ("volatile").
+    opts.push_str(",redirect_dir=off,index=off,metacopy=off,volatile");
     do_mount(
         Some("overlay"),
         &paths.newroot,
@@ -147,6 +157,32 @@ pub fn rootfs(paths: &Paths, spec: &RootfsSpec) -> Result<()> {
         MsFlags::empty(),
         Some(&opts),
     )
+}
+
+/// Where the writable layer is mounted; its `upper` directory holds the container's changes.
+pub fn writable_dir(paths: &Paths) -> PathBuf {
+    paths.run.join("rw")
+}
+
+/// Bind-mounts directory `src` on `dir`, read-only if asked (host test mode's "devices").
+fn bind_dir(src: &str, dir: &Path, readonly: bool) -> Result<()> {
+    do_mount(
+        Some(src),
+        dir,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )?;
+    if readonly {
+        do_mount(
+            None,
+            dir,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None,
+        )?;
+    }
+    Ok(())
 }
 
 /// The overlayfs option string. Paths with the option separators cannot be expressed.
@@ -205,14 +241,23 @@ pub fn switch_root(newroot: &Path) -> Result<()> {
     std::env::set_current_dir("/").context("chdir / in the container root")
 }
 
-/// The container's own mounts, after [`switch_root`]: the spec's `mounts` in order, or the
-/// default set when there are none; then the read-only remount of `/` when asked for.
-pub fn container(spec_mounts: &[MountSpec], readonly_root: bool) -> Result<()> {
+/// The container's own mounts, after [`switch_root`]: the spec's `mounts` in order (file
+/// binds from `binds`, prepared before the switch), or the default set when there are
+/// none; then the read-only remount of `/` when asked for.
+pub fn container(
+    spec_mounts: &[MountSpec],
+    readonly_root: bool,
+    binds: &mut crate::binds::Prepared,
+) -> Result<()> {
     if spec_mounts.is_empty() {
         default_mounts()?;
     } else {
         let mut dev_done = false;
-        for m in spec_mounts {
+        for (i, m) in spec_mounts.iter().enumerate() {
+            if m.fstype == "bind" {
+                binds.attach(i, m)?;
+                continue;
+            }
             spec_mount(m)?;
             if m.destination == "/dev" && m.fstype == "tmpfs" {
                 // Like runc: the default devices go into a tmpfs /dev.

@@ -8,7 +8,7 @@
 use crate::error::{Context, Error, Result};
 use nix::errno::Errno;
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, VsockAddr};
-use runvm_protocol::{FrameError, GuestMessage, HostMessage, MAX_FRAME_LEN};
+use runvm_protocol::{FrameError, GuestMessage, HostMessage, MAX_HOST_FRAME_LEN};
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -138,7 +138,8 @@ impl Control {
 
     /// One `read` into the frame buffer. Returns false on EOF.
     pub fn read_available(&mut self) -> Result<bool> {
-        let mut chunk = [0u8; 4096];
+        // Large enough that a Run with copied-in files arrives in few reads.
+        let mut chunk = vec![0u8; 64 << 10];
         loop {
             match nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&self.file), &mut chunk) {
                 Ok(0) => return Ok(false),
@@ -182,7 +183,7 @@ impl FrameBuf {
         let mut le = [0u8; 4];
         le.copy_from_slice(len);
         let len = u32::from_le_bytes(le);
-        if len > MAX_FRAME_LEN {
+        if len > MAX_HOST_FRAME_LEN {
             return Err(Error::new(format!(
                 "protocol error: {}",
                 FrameError::TooLarge(len)
@@ -192,8 +193,11 @@ impl FrameBuf {
         if self.data.len() < end {
             return Ok(None);
         }
-        let msg = runvm_protocol::read_frame::<_, HostMessage>(&mut &self.data[..end])
-            .context("protocol error")?;
+        let msg = runvm_protocol::read_frame_limited::<_, HostMessage>(
+            &mut &self.data[..end],
+            MAX_HOST_FRAME_LEN,
+        )
+        .context("protocol error")?;
         self.data.drain(..end);
         Ok(Some(msg))
     }

@@ -315,8 +315,10 @@ fn main_child(req: &Request<'_>, stdio: ChildStdio) -> Result<std::convert::Infa
     if let Some(h) = req.hostname {
         nix::unistd::sethostname(h).with_context(|| format!("sethostname {h:?}"))?;
     }
+    // Copied-in files are taken from init's /run, which the root switch hides.
+    let mut binds = crate::binds::prepare(req.mounts, &req.paths.run)?;
     mounts::switch_root(&req.paths.newroot)?;
-    mounts::container(req.mounts, req.readonly_root)?;
+    mounts::container(req.mounts, req.readonly_root, &mut binds)?;
     // runc's order: sysctls, then read-only paths (Docker lists /proc/sys), then masks.
     crate::attrs::apply_sysctls(&req.linux.sysctl)?;
     for p in &req.linux.readonly_paths {

@@ -167,7 +167,7 @@ fn run_with(
         &HostMessage::Run {
             rootfs: RootfsSpec {
                 lower_devices: vec![scratch.rootfs()],
-                readonly: false,
+                ..Default::default()
             },
             hostname: Some("testbox".into()),
             process,
@@ -476,7 +476,7 @@ impl Session {
             &HostMessage::Run {
                 rootfs: RootfsSpec {
                     lower_devices: vec![scratch.rootfs()],
-                    readonly: false,
+                    ..Default::default()
                 },
                 hostname: Some("testbox".into()),
                 process,
@@ -911,6 +911,7 @@ fn mnt(dest: &str, fstype: &str, options: &str) -> MountSpec {
             .filter(|o| !o.is_empty())
             .map(String::from)
             .collect(),
+        ..Default::default()
     }
 }
 

@@ -12,6 +12,13 @@
 //! - [`STREAM_PORT`]: one connection per stdio stream of a process. The guest writes one
 //!   [`StreamHeader`] frame, then the connection carries raw bytes. EOF (shutdown of the
 //!   write side) is end of stream.
+//! - [`WRITEBACK_PORT`]: one connection after the main process exited, carrying the
+//!   changes of the writable layer as [`WritebackEntry`] frames (a regular file's bytes
+//!   follow its frame raw), ended by [`WritebackEntry::End`].
+//!
+//! Frame size limits are per direction: guest → host frames are small
+//! ([`MAX_FRAME_LEN`], [`MAX_WRITEBACK_FRAME_LEN`]); host → guest frames may carry the
+//! copied-in files of bind mounts ([`MAX_HOST_FRAME_LEN`]).
 //!
 //! Shutdown handshake: after the workload exits, the guest drains its output pipes,
 //! shuts down the output streams, sends [`GuestMessage::Exited`], and waits for
@@ -27,8 +34,16 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const CONTROL_PORT: u32 = 1024;
 /// vsock port of the stdio stream connections (guest → host).
 pub const STREAM_PORT: u32 = 1025;
-/// Largest frame either side accepts. Larger length prefixes are garbage.
+/// vsock port of the write-back stream (guest → host), see [`WritebackEntry`].
+pub const WRITEBACK_PORT: u32 = 1026;
+/// Largest guest → host frame (and the default of [`read_frame`]/[`write_frame`]).
+/// Larger length prefixes are garbage.
 pub const MAX_FRAME_LEN: u32 = 1 << 20;
+/// Largest host → guest frame ([`HostMessage`]): `Run` carries the content of file bind
+/// mounts. The guest reads these; the host never accepts a frame this large.
+pub const MAX_HOST_FRAME_LEN: u32 = 64 << 20;
+/// Largest [`WritebackEntry`] frame (guest → host): a path and a link target, no data.
+pub const MAX_WRITEBACK_FRAME_LEN: u32 = 16 << 10;
 
 /// I/O port that the guest init writes [`BootMark`] values to (one byte, `outb`).
 pub const BOOT_TIMER_PORT: u16 = 0x0440;
@@ -144,7 +159,9 @@ pub struct LinuxSpec {
 }
 
 /// One OCI `mounts` entry the guest makes itself (proc, sysfs, tmpfs, devpts, mqueue,
-/// cgroup/cgroup2). Bind mounts never get here: the host refuses them.
+/// cgroup/cgroup2), or a file bind mount (`fstype` "bind") whose content the host copied
+/// into [`MountSpec::file`]. Directory bind mounts never get here: the host refuses them
+/// (or turns Docker's `/dev/shm` into a tmpfs).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MountSpec {
     pub destination: String,
@@ -155,6 +172,21 @@ pub struct MountSpec {
     /// guest into mount flags and file-system data as runc does.
     #[serde(default)]
     pub options: Vec<String>,
+    /// For a file bind mount: the source file as the host read it at start. The guest
+    /// recreates it and binds it on `destination` (a copy: later host changes are not seen).
+    #[serde(default)]
+    pub file: Option<FileContent>,
+}
+
+/// A copied-in file: its bytes and attributes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileContent {
+    #[serde(with = "base64")]
+    pub data: Vec<u8>,
+    /// Permission bits (`0o644`, setuid and sticky included).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// How the guest builds the container's root filesystem.
@@ -165,6 +197,12 @@ pub struct RootfsSpec {
     /// Mount the result read-only (`root.readonly`).
     #[serde(default)]
     pub readonly: bool,
+    /// The writable layer: an ext4 block device holding the overlay's upper and work
+    /// directories. When set, the guest sends its changes on [`WRITEBACK_PORT`] after the
+    /// main process exits. `None`: a tmpfs upper whose changes are dropped (read-only
+    /// roots, and hosts from before this field).
+    #[serde(default)]
+    pub writable_device: Option<String>,
 }
 
 impl Default for RootfsSpec {
@@ -172,6 +210,7 @@ impl Default for RootfsSpec {
         Self {
             lower_devices: vec!["/dev/vda".into()],
             readonly: false,
+            writable_device: None,
         }
     }
 }
@@ -265,6 +304,149 @@ pub struct StreamHeader {
     pub fd: u8,
 }
 
+/// Ownership, permissions and modification time of a written-back file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMeta {
+    /// Permission bits only (`0o7777`); the file type is the entry's kind.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+}
+
+/// The kind of a [`WritebackEntry::Special`] file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SpecialKind {
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+/// One change of the writable layer, in the order the guest walks it (a directory before
+/// its contents). Paths are relative to the container's root, as raw bytes (base64 in the
+/// JSON), `/`-separated, with no empty, `.` or `..` component; the host refuses others.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WritebackEntry {
+    /// A directory that exists in the writable layer. `opaque`: it replaces the one below
+    /// (what was in it before is gone), otherwise it is merged with it.
+    Dir {
+        #[serde(with = "base64")]
+        path: Vec<u8>,
+        meta: FileMeta,
+        opaque: bool,
+    },
+    /// A regular file; exactly `size` raw bytes follow this frame on the connection.
+    File {
+        #[serde(with = "base64")]
+        path: Vec<u8>,
+        meta: FileMeta,
+        size: u64,
+    },
+    Symlink {
+        #[serde(with = "base64")]
+        path: Vec<u8>,
+        meta: FileMeta,
+        #[serde(with = "base64")]
+        target: Vec<u8>,
+    },
+    /// Another name of a file sent earlier (`target`, a path like `path`).
+    Hardlink {
+        #[serde(with = "base64")]
+        path: Vec<u8>,
+        #[serde(with = "base64")]
+        target: Vec<u8>,
+    },
+    Special {
+        #[serde(with = "base64")]
+        path: Vec<u8>,
+        meta: FileMeta,
+        kind: SpecialKind,
+        rdev: u64,
+    },
+    /// The path was deleted (an overlay whiteout).
+    Whiteout {
+        #[serde(with = "base64")]
+        path: Vec<u8>,
+    },
+    /// End of the stream: `entries` entries came before it; `skipped` changes the guest
+    /// could not read (it logged them). A stream without `End` is truncated.
+    End { entries: u64, skipped: u64 },
+}
+
+/// Raw bytes as a standard base64 string in JSON (much denser than serde's number arrays).
+pub mod base64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    /// Encodes `data` with padding.
+    pub fn encode(data: &[u8]) -> String {
+        let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+        for chunk in data.chunks(3) {
+            let b = [
+                chunk[0],
+                chunk.get(1).copied().unwrap_or(0),
+                chunk.get(2).copied().unwrap_or(0),
+            ];
+            let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+
+    fn value(c: u8) -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    }
+
+    /// Decodes padded base64; `None` for anything else.
+    pub fn decode(text: &str) -> Option<Vec<u8>> {
+        let t = text.as_bytes();
+        if !t.len().is_multiple_of(4) {
+            return None;
+        }
+        let mut out = Vec::with_capacity(t.len() / 4 * 3);
+        for (i, q) in t.chunks(4).enumerate() {
+            let last = i + 1 == t.len() / 4;
+            let pad = q.iter().rev().take_while(|&&c| c == b'=').count();
+            if pad > 2 || (pad > 0 && !last) {
+                return None;
+            }
+            let mut n = 0u32;
+            for &c in &q[..4 - pad] {
+                n = n << 6 | value(c)?;
+            }
+            n <<= 6 * pad as u32;
+            let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+            out.extend_from_slice(&bytes[..3 - pad]);
+        }
+        Some(out)
+    }
+
+    pub fn serialize<S: Serializer>(data: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&encode(data))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        decode(&text).ok_or_else(|| serde::de::Error::custom("invalid base64"))
+    }
+}
+
 /// Errors reading or writing frames.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
@@ -272,7 +454,7 @@ pub enum FrameError {
     Closed,
     #[error("I/O error on the connection: {0}")]
     Io(#[from] io::Error),
-    #[error("frame of {0} bytes is over the {MAX_FRAME_LEN}-byte limit")]
+    #[error("frame of {0} bytes is over the size limit of this connection")]
     TooLarge(u32),
     #[error("malformed frame: {0}")]
     Malformed(#[from] serde_json::Error),
@@ -280,9 +462,18 @@ pub enum FrameError {
 
 /// Writes one frame: a little-endian `u32` length, then the JSON body.
 pub fn write_frame<W: Write, T: Serialize>(w: &mut W, msg: &T) -> Result<(), FrameError> {
+    write_frame_limited(w, msg, MAX_FRAME_LEN)
+}
+
+/// [`write_frame`] with the size limit of the connection (e.g. [`MAX_HOST_FRAME_LEN`]).
+pub fn write_frame_limited<W: Write, T: Serialize>(
+    w: &mut W,
+    msg: &T,
+    limit: u32,
+) -> Result<(), FrameError> {
     let body = serde_json::to_vec(msg)?;
     let len = u32::try_from(body.len()).map_err(|_| FrameError::TooLarge(u32::MAX))?;
-    if len > MAX_FRAME_LEN {
+    if len > limit {
         return Err(FrameError::TooLarge(len));
     }
     let mut buf = Vec::with_capacity(4 + body.len());
@@ -294,6 +485,14 @@ pub fn write_frame<W: Write, T: Serialize>(w: &mut W, msg: &T) -> Result<(), Fra
 
 /// Reads one frame. A clean EOF before the first byte is [`FrameError::Closed`].
 pub fn read_frame<R: Read, T: for<'de> Deserialize<'de>>(r: &mut R) -> Result<T, FrameError> {
+    read_frame_limited(r, MAX_FRAME_LEN)
+}
+
+/// [`read_frame`] with the size limit of the connection.
+pub fn read_frame_limited<R: Read, T: for<'de> Deserialize<'de>>(
+    r: &mut R,
+    limit: u32,
+) -> Result<T, FrameError> {
     let mut len = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -306,7 +505,7 @@ pub fn read_frame<R: Read, T: for<'de> Deserialize<'de>>(r: &mut R) -> Result<T,
         }
     }
     let len = u32::from_le_bytes(len);
-    if len > MAX_FRAME_LEN {
+    if len > limit {
         return Err(FrameError::TooLarge(len));
     }
     let mut body = vec![0u8; len as usize];
@@ -375,6 +574,81 @@ mod tests {
             let back: HostMessage = read_frame(&mut buf.as_slice()).unwrap();
             assert_eq!(back, msg);
         }
+    }
+
+    #[test]
+    fn base64_round_trips_and_rejects_garbage() {
+        for len in 0..70 {
+            let data: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
+            let text = base64::encode(&data);
+            assert_eq!(text.len() % 4, 0);
+            assert_eq!(base64::decode(&text).unwrap(), data, "{text}");
+        }
+        assert_eq!(base64::encode(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64::encode(b"fo"), "Zm8=");
+        for bad in ["Zm8", "Zm8*", "Z===", "Zm==Zm8=", "====", "Zm9v\n"] {
+            assert!(base64::decode(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn writeback_entries_carry_raw_byte_paths() {
+        let e = WritebackEntry::File {
+            path: b"etc/\xff\n name".to_vec(),
+            meta: FileMeta {
+                mode: 0o4755,
+                uid: 1,
+                gid: 2,
+                mtime: -5,
+                mtime_nsec: 7,
+            },
+            size: 3,
+        };
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &e).unwrap();
+        let back: WritebackEntry =
+            read_frame_limited(&mut buf.as_slice(), MAX_WRITEBACK_FRAME_LEN).unwrap();
+        assert_eq!(back, e);
+        let bad = br#"{"Whiteout":{"path":"not base64!"}}"#;
+        let mut f = (bad.len() as u32).to_le_bytes().to_vec();
+        f.extend_from_slice(bad);
+        assert!(matches!(
+            read_frame_limited::<_, WritebackEntry>(&mut f.as_slice(), MAX_WRITEBACK_FRAME_LEN),
+            Err(FrameError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn limits_are_per_connection() {
+        let run = HostMessage::Run {
+            rootfs: RootfsSpec::default(),
+            hostname: None,
+            process: ProcessSpec::default(),
+            linux: LinuxSpec::default(),
+            mounts: vec![MountSpec {
+                destination: "/sbin/docker-init".into(),
+                fstype: "bind".into(),
+                file: Some(FileContent {
+                    data: vec![0x7f; 2 << 20],
+                    mode: 0o755,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+        };
+        let mut buf = Vec::new();
+        assert!(matches!(
+            write_frame(&mut buf, &run),
+            Err(FrameError::TooLarge(_))
+        ));
+        write_frame_limited(&mut buf, &run, MAX_HOST_FRAME_LEN).unwrap();
+        assert!(matches!(
+            read_frame::<_, HostMessage>(&mut buf.as_slice()),
+            Err(FrameError::TooLarge(_))
+        ));
+        let back: HostMessage =
+            read_frame_limited(&mut buf.as_slice(), MAX_HOST_FRAME_LEN).unwrap();
+        assert_eq!(back, run);
     }
 
     #[test]

@@ -153,11 +153,6 @@ pub fn process_spec(p: &oci_spec::runtime::Process) -> Result<ProcessSpec, Strin
     })
 }
 
-/// Files that Docker bind-mounts into every container. They are not applied yet (copying
-/// them in at start, DESIGN.md "Root filesystem", is still to do), but they are no reason
-/// to refuse the container either: they are skipped with a debug log.
-const DOCKER_FILES: [&str; 3] = ["/etc/hosts", "/etc/resolv.conf", "/etc/hostname"];
-
 /// One `mounts` entry as the guest can make it, `None` for one that is knowingly skipped,
 /// or an error naming the destination for what cannot be applied.
 fn convert_mount(m: &oci_spec::runtime::Mount) -> Result<Option<MountSpec>, String> {
@@ -176,20 +171,7 @@ fn convert_mount(m: &oci_spec::runtime::Mount) -> Result<Option<MountSpec>, Stri
     }
     let bind = typ == "bind" || options.iter().any(|o| o == "bind" || o == "rbind");
     if bind {
-        let is_dir = std::fs::metadata(&source).map(|md| md.is_dir());
-        return match is_dir {
-            Ok(false) if DOCKER_FILES.contains(&dest.as_str()) => {
-                log::debug!("mounts: ignoring the bind mount of {source} on {dest} (not applied yet)");
-                Ok(None)
-            }
-            Ok(true) => Err(format!(
-                "mounts: {dest}: bind mounts of directories ({source}) are not supported by runvm yet (they need a shared file system)"
-            )),
-            Ok(false) => Err(format!(
-                "mounts: {dest}: bind mounts of files ({source}) are not supported by runvm yet"
-            )),
-            Err(e) => Err(format!("mounts: {dest}: bind mount source {source}: {e}")),
-        };
+        return crate::rootfs::binds::convert(&dest, &source, &options).map(Some);
     }
     match typ.as_str() {
         "proc" | "sysfs" | "tmpfs" | "devpts" | "mqueue" | "cgroup" | "cgroup2" => {
@@ -198,6 +180,7 @@ fn convert_mount(m: &oci_spec::runtime::Mount) -> Result<Option<MountSpec>, Stri
                 fstype: typ,
                 source,
                 options,
+                file: None,
             }))
         }
         _ => Err(format!(
@@ -340,7 +323,7 @@ mod tests {
     }
 
     #[test]
-    fn kernel_mounts_are_carried_and_bind_mounts_refused_naming_the_destination() {
+    fn kernel_mounts_and_file_binds_are_carried_directory_binds_refused() {
         let b = Bundle::new(json!({ "mounts": [
             { "destination": "/proc", "type": "proc", "source": "proc" },
             { "destination": "/dev/shm", "type": "tmpfs", "source": "shm",
@@ -349,17 +332,22 @@ mod tests {
               "options": ["rbind", "rprivate"] },
         ]}));
         let m = b.load().unwrap().mounts;
-        assert_eq!(m.len(), 2, "{m:?}");
+        assert_eq!(m.len(), 3, "{m:?}");
         assert_eq!(m[1].destination, "/dev/shm");
         assert_eq!(m[1].fstype, "tmpfs");
         assert_eq!(m[1].options[4], "size=65536k");
+        // A file bind is copied in at start (rootfs::binds).
+        assert_eq!(
+            (m[2].fstype.as_str(), m[2].source.as_str()),
+            ("bind", "/etc/hostname")
+        );
 
         let b = Bundle::new(json!({ "mounts": [
             { "destination": "/data", "type": "bind", "source": "/tmp", "options": ["rbind"] },
         ]}));
         let e = b.load().unwrap_err().to_string();
         assert!(
-            e.contains("/data") && e.contains("bind mounts of directories"),
+            e.contains("/data") && e.contains("directory /tmp is not supported"),
             "{e}"
         );
         // A bind given by its options only.

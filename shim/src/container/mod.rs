@@ -17,8 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use runvm_protocol::{HostMessage, RootfsSpec};
-use vmm::DiskConfig;
+use runvm_protocol::HostMessage;
 
 use crate::assets::GuestAssets;
 use crate::monitor::MonitorConfig;
@@ -114,17 +113,16 @@ pub fn prepare(id: &str, bundle: &Path, root: &Option<PathBuf>) -> Result<Prepar
         let runtime = crate::state::ContainerState::runtime_dir(&root, id);
         std::fs::create_dir(&runtime)
             .with_context(|| format!("cannot create {}", runtime.display()))?;
-        let image = runtime.join("rootfs.erofs");
-        crate::rootfs::build_erofs(&spec.rootfs, &image)?;
+        let rootfs = crate::rootfs::prepare(&spec.rootfs, spec.readonly)?;
         Ok(MonitorConfig {
             assets,
             vcpus,
             mem_mib,
             runtime_dir: runtime,
-            disks: vec![DiskConfig {
-                path: image,
-                read_only: true,
-            }],
+            disks: rootfs.disks,
+            rootfs_spec: rootfs.spec,
+            writeback: rootfs.writeback,
+            held_files: rootfs.held,
             debug_console: std::env::var_os("RUNVM_DEBUG_CONSOLE").is_some_and(|v| v != "0"),
             seccomp: std::env::var_os("RUNVM_NO_SECCOMP").is_none_or(|v| v == "0"),
             boot_timeout,
@@ -139,10 +137,7 @@ pub fn prepare(id: &str, bundle: &Path, root: &Option<PathBuf>) -> Result<Prepar
         }
     };
     let run = HostMessage::Run {
-        rootfs: RootfsSpec {
-            lower_devices: vec!["/dev/vda".into()],
-            readonly: spec.readonly,
-        },
+        rootfs: config.rootfs_spec.clone(),
         hostname: spec.hostname.clone(),
         process,
         linux: spec.linux.clone(),

@@ -26,8 +26,8 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use runvm_protocol::{
-    read_frame, write_frame, ExitStatus, FrameError, GuestMessage, HostMessage, CONTROL_PORT,
-    PROTOCOL_VERSION, STREAM_PORT,
+    read_frame, write_frame, write_frame_limited, ExitStatus, FrameError, GuestMessage,
+    HostMessage, CONTROL_PORT, MAX_HOST_FRAME_LEN, PROTOCOL_VERSION, STREAM_PORT, WRITEBACK_PORT,
 };
 use vmm::{BootTimes, DiskConfig, VmConfig, VmExit, VmExitReason, Vmm, VmmError, VsockConfig};
 use vmm_sys_util::eventfd::EventFd;
@@ -66,6 +66,8 @@ pub enum MonitorError {
     Version(u32),
     #[error("the VM stopped before the workload's exit status was reported: {0}")]
     GuestDied(String),
+    #[error(transparent)]
+    Binds(#[from] crate::rootfs::binds::BindError),
 }
 
 /// How to build and run one container's VM.
@@ -76,6 +78,14 @@ pub struct MonitorConfig {
     /// Private directory for the vsock sockets (removed by the caller).
     pub runtime_dir: PathBuf,
     pub disks: Vec<DiskConfig>,
+    /// How the guest stacks the disks (sent in `Run`).
+    pub rootfs_spec: runvm_protocol::RootfsSpec,
+    /// Where the guest's changes are written back when the container stops.
+    pub writeback: Option<crate::rootfs::writeback::WritebackTarget>,
+    /// Images the disks name as `/proc/self/fd/N` (and the cache locks): held until exit,
+    /// never read.
+    #[allow(dead_code)]
+    pub held_files: Vec<std::fs::File>,
     pub debug_console: bool,
     pub seccomp: bool,
     pub boot_timeout: Duration,
@@ -306,6 +316,15 @@ fn run_vm_inner(
     let port_path = |port: u32| PathBuf::from(format!("{}_{port}", uds.display()));
     let control_listener = UnixListener::bind(port_path(CONTROL_PORT)).map_err(setup)?;
     let stream_listener = UnixListener::bind(port_path(STREAM_PORT)).map_err(setup)?;
+    let writeback_listener = match cfg.writeback {
+        Some(_) => Some(UnixListener::bind(port_path(WRITEBACK_PORT)).map_err(setup)?),
+        None => None,
+    };
+    // Bind-mounted files are read now, at start: Docker writes them after create.
+    let mut run = run;
+    if let HostMessage::Run { mounts, .. } = &mut run {
+        crate::rootfs::binds::load_files(mounts)?;
+    }
 
     let mut cmdline = String::new();
     if cfg.debug_console {
@@ -334,6 +353,7 @@ fn run_vm_inner(
     let io = Io {
         control_listener: &control_listener,
         stream_listener: &stream_listener,
+        writeback: writeback_listener.as_ref().zip(cfg.writeback.as_ref()),
         sigfd: &sigfd,
         api,
         state_dir,
@@ -436,6 +456,11 @@ fn pending_signals(sigfd: &SignalFd) -> Vec<i32> {
 pub(crate) struct Io<'a> {
     control_listener: &'a UnixListener,
     stream_listener: &'a UnixListener,
+    /// The guest's write-back connection and where it goes (containers with a writable layer).
+    writeback: Option<(
+        &'a UnixListener,
+        &'a crate::rootfs::writeback::WritebackTarget,
+    )>,
     sigfd: &'a SignalFd,
     api: Option<&'a UnixListener>,
     state_dir: Option<&'a Path>,
@@ -521,7 +546,7 @@ fn converse(
             }
         }
     }
-    write_frame(&mut control, &run).map_err(protocol)?;
+    write_frame_limited(&mut control, &run, MAX_HOST_FRAME_LEN).map_err(protocol)?;
     session::Session::new(
         control,
         io,

@@ -1,0 +1,269 @@
+//! Reading `/proc/self/mountinfo`: which mount a directory is, and, for an overlayfs,
+//! its layer directories.
+//!
+//! The kernel escapes space, tab, newline and backslash in mountinfo as `\ooo` octal
+//! (`\040`), and overlayfs also escapes the option separator `,` (`\054`) inside its option
+//! values. Inside `lowerdir`, layers are separated by `:`, and overlayfs itself lets a
+//! backslash escape the next character (`\:` is a colon inside a path).
+
+use std::path::{Path, PathBuf};
+
+/// Errors reading mountinfo or an overlay's options.
+#[derive(Debug, thiserror::Error)]
+pub enum MountinfoError {
+    #[error("cannot read /proc/self/mountinfo: {0}")]
+    Read(std::io::Error),
+    #[error("/proc/self/mountinfo line {line}: {why}")]
+    Malformed { line: usize, why: &'static str },
+    #[error("the overlay mount on {root} has {why}; runvm cannot use it as a root filesystem")]
+    Unsupported { root: PathBuf, why: String },
+}
+
+/// One line of mountinfo, unescaped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountEntry {
+    /// The directory of the mounted file system that is mounted here (`/` for its root).
+    pub root: Vec<u8>,
+    pub mount_point: Vec<u8>,
+    pub fstype: String,
+    /// The super block options, split at `,` and unescaped.
+    pub super_options: Vec<Vec<u8>>,
+}
+
+/// The layers of an overlay mount, as the mount options name them (possibly relative).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OverlayLayers {
+    /// Top layer first (overlayfs `lowerdir` order).
+    pub lower: Vec<PathBuf>,
+    pub upper: Option<PathBuf>,
+}
+
+/// Replaces every `\ooo` octal escape with its byte; anything else is kept.
+pub fn unescape_octal(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'\\' && i + 3 < s.len() {
+            let d = &s[i + 1..i + 4];
+            if d.iter().all(|c| (b'0'..=b'7').contains(c)) {
+                let v = u32::from(d[0] - b'0') * 64
+                    + u32::from(d[1] - b'0') * 8
+                    + u32::from(d[2] - b'0');
+                if let Ok(b) = u8::try_from(v) {
+                    out.push(b);
+                    i += 4;
+                    continue;
+                }
+            }
+        }
+        out.push(s[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Parses mountinfo text. Lines that do not parse are errors (the kernel writes it).
+pub fn parse(text: &[u8]) -> Result<Vec<MountEntry>, MountinfoError> {
+    let mut out = Vec::new();
+    for (n, line) in text.split(|&b| b == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let bad = |why| MountinfoError::Malformed { line: n + 1, why };
+        let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+        let sep = fields
+            .iter()
+            .position(|f| *f == b"-")
+            .ok_or_else(|| bad("no ' - ' separator"))?;
+        if sep < 6 || fields.len() < sep + 4 {
+            return Err(bad("too few fields"));
+        }
+        let super_options = split_unescaped(fields[sep + 3], b',')
+            .into_iter()
+            .map(|o| unescape_octal(&o))
+            .collect();
+        out.push(MountEntry {
+            root: unescape_octal(fields[3]),
+            mount_point: unescape_octal(fields[4]),
+            fstype: String::from_utf8_lossy(&unescape_octal(fields[sep + 1])).into_owned(),
+            super_options,
+        });
+    }
+    Ok(out)
+}
+
+/// Splits at `sep`; octal escapes stay escaped (so an escaped separator does not split).
+fn split_unescaped(s: &[u8], sep: u8) -> Vec<Vec<u8>> {
+    s.split(|&b| b == sep).map(<[u8]>::to_vec).collect()
+}
+
+/// The mount whose mount point is `dir` (the last one, if several are stacked there).
+pub fn mount_at<'a>(entries: &'a [MountEntry], dir: &Path) -> Option<&'a MountEntry> {
+    use std::os::unix::ffi::OsStrExt;
+    let want = dir.as_os_str().as_bytes();
+    entries.iter().rev().find(|e| e.mount_point == want)
+}
+
+/// Splits an overlay `lowerdir` value at unescaped `:` and removes overlayfs's backslash
+/// escapes. An empty element (`a::b`, the data-only layers of newer kernels) is an error.
+pub fn split_lowerdir(value: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    let mut layers = Vec::new();
+    let mut cur = Vec::new();
+    let mut it = value.iter();
+    while let Some(&c) = it.next() {
+        match c {
+            b'\\' => match it.next() {
+                Some(&n) => cur.push(n),
+                None => return Err("a lowerdir ending in a backslash".into()),
+            },
+            b':' => layers.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    layers.push(cur);
+    if layers.iter().any(Vec::is_empty) {
+        return Err("an empty lowerdir element (data-only layers are not supported)".into());
+    }
+    Ok(layers)
+}
+
+/// The layers of an overlay mount entry. Paths are as the mount options give them;
+/// relative ones are resolved by the caller.
+pub fn overlay_layers(e: &MountEntry, root: &Path) -> Result<OverlayLayers, MountinfoError> {
+    use std::os::unix::ffi::OsStrExt;
+    let unsupported = |why: String| MountinfoError::Unsupported {
+        root: root.to_path_buf(),
+        why,
+    };
+    let path = |b: &[u8]| PathBuf::from(std::ffi::OsStr::from_bytes(b));
+    let mut lower = None;
+    let mut upper = None;
+    for o in &e.super_options {
+        if let Some(v) = o.strip_prefix(b"lowerdir=") {
+            let layers = split_lowerdir(v).map_err(unsupported)?;
+            lower = Some(layers.iter().map(|l| path(l)).collect::<Vec<_>>());
+        } else if let Some(v) = o.strip_prefix(b"upperdir=") {
+            // overlayfs escapes upperdir and workdir like lowerdir elements.
+            let mut layers = split_lowerdir(v).map_err(unsupported)?;
+            if layers.len() != 1 {
+                return Err(unsupported("an upperdir with an unescaped ':'".into()));
+            }
+            upper = layers.pop().map(|l| path(&l));
+        } else if o.starts_with(b"lowerdir+=") || o.starts_with(b"datadir+=") {
+            return Err(unsupported(
+                "layers given with lowerdir+/datadir+ (not supported yet)".into(),
+            ));
+        }
+    }
+    let lower = lower.ok_or_else(|| unsupported("no lowerdir option".into()))?;
+    Ok(OverlayLayers { lower, upper })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOCKER: &str = "1049 29 0:120 / /var/lib/docker/overlay2/5f0c/merged rw,relatime shared:570 - overlay overlay rw,lowerdir=/var/lib/docker/overlay2/l/ABC:/var/lib/docker/overlay2/l/DEF,upperdir=/var/lib/docker/overlay2/5f0c/diff,workdir=/var/lib/docker/overlay2/5f0c/work\n";
+
+    #[test]
+    fn octal_escapes_become_bytes() {
+        assert_eq!(unescape_octal(br"a\040b\011c\012d\134e"), b"a b\tc\nd\\e");
+        assert_eq!(unescape_octal(br"x\054y"), b"x,y");
+        // Not an escape: kept as is.
+        assert_eq!(unescape_octal(br"a\9b\04"), br"a\9b\04");
+        assert_eq!(unescape_octal(br"\777"), br"\777");
+        assert_eq!(unescape_octal(b"\\"), b"\\");
+        assert_eq!(unescape_octal(b""), b"");
+    }
+
+    #[test]
+    fn docker_overlay_lines_give_their_layers() {
+        let entries = parse(DOCKER.as_bytes()).unwrap();
+        let e = mount_at(&entries, Path::new("/var/lib/docker/overlay2/5f0c/merged")).unwrap();
+        assert_eq!(e.fstype, "overlay");
+        assert_eq!(e.root, b"/");
+        let l = overlay_layers(e, Path::new("/x")).unwrap();
+        assert_eq!(
+            l.lower,
+            vec![
+                PathBuf::from("/var/lib/docker/overlay2/l/ABC"),
+                PathBuf::from("/var/lib/docker/overlay2/l/DEF")
+            ]
+        );
+        assert_eq!(
+            l.upper,
+            Some(PathBuf::from("/var/lib/docker/overlay2/5f0c/diff"))
+        );
+        assert!(mount_at(&entries, Path::new("/var/lib/docker")).is_none());
+    }
+
+    #[test]
+    fn escaped_spaces_commas_and_colons_in_layer_paths() {
+        // A mount point with a space, a layer with a comma (overlayfs escapes it as \054
+        // in its options) and one with a colon (escaped by the user as "\:", whose
+        // backslash mountinfo shows as \134).
+        let line = br"7 1 0:9 / /tmp/my\040root rw - overlay overlay rw,lowerdir=/l/a\054b:/l/c\134:d:/l/e\040f,upperdir=/u/x\054y,workdir=/w,index=off";
+        let entries = parse(line).unwrap();
+        let e = mount_at(&entries, Path::new("/tmp/my root")).unwrap();
+        let l = overlay_layers(e, Path::new("/tmp/my root")).unwrap();
+        assert_eq!(
+            l.lower,
+            vec![
+                PathBuf::from("/l/a,b"),
+                PathBuf::from("/l/c:d"),
+                PathBuf::from("/l/e f")
+            ]
+        );
+        assert_eq!(l.upper, Some(PathBuf::from("/u/x,y")));
+    }
+
+    #[test]
+    fn long_lowerdir_lists_and_relative_docker_paths() {
+        let lowers: Vec<String> = (0..125)
+            .map(|i| format!("l/LAYER{i:03}ABCDEFGHIJKLMNOPQRSTU"))
+            .collect();
+        let line = format!(
+            "99 1 0:50 / /var/lib/docker/overlay2/abc/merged rw,relatime - overlay overlay rw,lowerdir={},upperdir=abc/diff,workdir=abc/work",
+            lowers.join(":")
+        );
+        let mut text = String::from(DOCKER);
+        text.push_str(&line);
+        text.push('\n');
+        let entries = parse(text.as_bytes()).unwrap();
+        assert_eq!(entries.len(), 2);
+        let e = mount_at(&entries, Path::new("/var/lib/docker/overlay2/abc/merged")).unwrap();
+        let l = overlay_layers(e, Path::new("/r")).unwrap();
+        assert_eq!(l.lower.len(), 125);
+        assert_eq!(l.lower[0], PathBuf::from(&lowers[0]));
+        assert_eq!(l.lower[124], PathBuf::from(&lowers[124]));
+        assert_eq!(l.upper, Some(PathBuf::from("abc/diff")));
+    }
+
+    #[test]
+    fn stacked_mounts_take_the_top_one_and_optional_fields_are_skipped() {
+        let text = b"20 1 8:1 / /r rw shared:1 - ext4 /dev/sda1 rw\n21 20 0:30 / /r rw shared:2 master:3 - overlay overlay rw,lowerdir=/a:/b\n";
+        let entries = parse(text).unwrap();
+        let e = mount_at(&entries, Path::new("/r")).unwrap();
+        assert_eq!(e.fstype, "overlay");
+        let l = overlay_layers(e, Path::new("/r")).unwrap();
+        assert_eq!(l.upper, None);
+        assert_eq!(l.lower.len(), 2);
+    }
+
+    #[test]
+    fn malformed_and_unsupported_are_errors() {
+        assert!(parse(b"1 2 3\n").is_err());
+        assert!(parse(b"1 2 0:1 / /x rw -\n").is_err());
+        for opts in [
+            "rw,lowerdir=/a::/b",
+            "rw,upperdir=/u",
+            "rw,lowerdir=/a\\",
+            "rw,lowerdir+=/a,lowerdir+=/b",
+        ] {
+            let line = format!("1 0 0:1 / /x rw - overlay overlay {opts}");
+            let entries = parse(line.as_bytes()).unwrap();
+            let e = &entries[0];
+            assert!(overlay_layers(e, Path::new("/x")).is_err(), "{opts}");
+        }
+    }
+}

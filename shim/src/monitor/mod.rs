@@ -304,6 +304,7 @@ fn run_vm_inner(
             guest_cid: GUEST_CID,
             uds_path: uds.clone(),
         }),
+        nics: Vec::new(),
         serial: cfg
             .debug_console
             .then(|| Box::new(std::io::stderr()) as Box<dyn std::io::Write + Send>),

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
-use crate::monitor::{self, api, guard, Launch};
+use crate::monitor::{self, api, Launch};
 use crate::state::{process_start_time, ContainerState};
 
 /// What `create` needs, already parsed.
@@ -51,7 +51,7 @@ pub fn create(opts: CreateOptions) -> Result<i32> {
         // terminal signals meant for the caller do not reach it.
         unsafe { libc::setsid() };
         let runtime = p.runtime_dir();
-        let code = match guard::spawn(&runtime) {
+        let code = match super::enter_network_and_guard(&p, &runtime) {
             Ok(_guard) => {
                 let launch = Launch::OnStart {
                     api: api_listener,
@@ -68,7 +68,8 @@ pub fn create(opts: CreateOptions) -> Result<i32> {
             }
             Err(e) => {
                 use std::io::Write;
-                let _ = writeln!(std::fs::File::from(ready_w), "{e}");
+                let msg = crate::error_message(&e);
+                let _ = writeln!(std::fs::File::from(ready_w), "{msg}");
                 1
             }
         };

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use crate::monitor::{self, guard, Launch};
+use crate::monitor::{self, Launch};
 
 /// What `run` needs, already parsed.
 pub struct RunOptions {
@@ -19,7 +19,13 @@ pub struct RunOptions {
 pub fn run(opts: RunOptions) -> Result<i32> {
     let p = super::prepare(&opts.id, &opts.bundle, &opts.root)?;
     // From here on the directory is ours: the guard removes it whatever happens to us.
-    let guard = guard::spawn(&p.dir).context("cannot start the cleanup guard")?;
+    let guard = match super::enter_network_and_guard(&p, &p.dir) {
+        Ok(g) => g,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&p.dir);
+            return Err(e);
+        }
+    };
     let result = (|| -> Result<i32> {
         if let Some(f) = &opts.pid_file {
             super::write_pid_file(f, std::process::id())

@@ -173,6 +173,7 @@ fn run_with(
             process,
             linux,
             mounts,
+            network: Default::default(),
         },
     )
     .unwrap();
@@ -481,6 +482,7 @@ fn run_expect_early_failure(process: ProcessSpec) -> (i32, String) {
             process,
             linux: LinuxSpec::default(),
             mounts: vec![],
+            network: Default::default(),
         },
     )
     .unwrap();

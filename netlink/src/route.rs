@@ -253,6 +253,18 @@ impl Socket {
         )
     }
 
+    /// Renames a link (it must be down).
+    pub fn rename_link(&mut self, index: u32, name: &str) -> Result<()> {
+        let mut msg = Message::new(&ifinfomsg(index, 0, 0));
+        msg.attr_str(IFLA_IFNAME, name);
+        self.request(
+            RTM_NEWLINK,
+            0,
+            &msg,
+            &format!("rename interface {index} to {name}"),
+        )
+    }
+
     /// Deletes a link.
     pub fn delete_link(&mut self, index: u32) -> Result<()> {
         let msg = Message::new(&ifinfomsg(index, 0, 0));

@@ -170,9 +170,11 @@ impl Mirror {
     ) -> Result<(), NetworkError> {
         let name = format!("{TAP_PREFIX}{i}");
         let err = mirror_err(&link.name);
+        // Recorded once it exists: a device of that name that was there before is not
+        // ours to delete. (A TAP dies with its descriptor anyway.)
+        let fd = tap::create(&name).map_err(NetworkError::Tap)?;
         self.record.taps.push(name.clone());
         self.save()?;
-        let fd = tap::create(&name).map_err(NetworkError::Tap)?;
         let tap_index = s
             .links()
             .map_err(&err)?

@@ -126,6 +126,12 @@ impl Mirror {
     fn setup_all(&mut self) -> Result<(), NetworkError> {
         let mut s = Socket::route().map_err(NetworkError::Read)?;
         let links = s.links().map_err(NetworkError::Read)?;
+        if let Some(t) = links.iter().find(|l| l.name.starts_with(TAP_PREFIX)) {
+            return Err(NetworkError::Refused(format!(
+                "the network namespace already has runvm's {} (another runvm container uses it); a runvm container needs a network namespace of its own",
+                t.name
+            )));
+        }
         let addresses = s.addresses().map_err(NetworkError::Read)?;
         let mut routes = s.routes(false).map_err(NetworkError::Read)?;
         routes.extend(s.routes(true).map_err(NetworkError::Read)?);
@@ -361,6 +367,116 @@ pub fn teardown_recorded(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs `f` on a thread of its own in a new network namespace; None without the
+    /// privilege (then the test says so and passes: the guest suite covers it too).
+    fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        std::thread::spawn(move || {
+            // SAFETY: unshare(2) of this thread's network namespace only.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                eprintln!(
+                    "skipped: unshare(CLONE_NEWNET): {}",
+                    std::io::Error::last_os_error()
+                );
+                return None;
+            }
+            Some(f())
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// Stands in for Docker's veth (this test cannot assume the veth module): a TAP named
+    /// `eth0`, up, with an address and a default route.
+    fn fake_veth(s: &mut Socket) -> (std::os::fd::OwnedFd, u32) {
+        let fd = tap::create("eth0").unwrap();
+        let index = s
+            .links()
+            .unwrap()
+            .into_iter()
+            .find(|l| l.name == "eth0")
+            .unwrap()
+            .index;
+        s.set_link(index, true, Some(1450)).unwrap();
+        s.add_address(index, "10.77.0.2".parse().unwrap(), 24, 0)
+            .unwrap();
+        (fd, index)
+    }
+
+    fn state(s: &mut Socket) -> (Vec<String>, String) {
+        let links = s.links().unwrap().into_iter().map(|l| l.name).collect();
+        (links, std::fs::read_to_string(PORT_RANGE_SYSCTL).unwrap())
+    }
+
+    fn qdiscs(dev: &str) -> String {
+        std::process::Command::new("tc")
+            .args(["qdisc", "show", "dev", dev])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn mirrors_an_interface_and_undoes_it_on_drop_and_from_the_record() {
+        let done = in_new_netns(|| {
+            let mut s = Socket::route().unwrap();
+            let (_veth, index) = fake_veth(&mut s);
+            let before = state(&mut s);
+            let dir = std::env::temp_dir().join(format!("runvm-mirror-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let record = dir.join("network.json");
+
+            let mut m = Mirror::setup(&record).unwrap();
+            let nics = m.take_nics();
+            assert_eq!(nics.len(), 1);
+            assert_eq!(nics[0].mtu, 1450);
+            let spec = &m.interfaces()[0];
+            assert_eq!(spec.name, "eth0");
+            assert_eq!(spec.addresses[0].addr, "10.77.0.2");
+            let (links, range) = state(&mut s);
+            assert!(links.contains(&"runvm-tap0".to_string()), "{links:?}");
+            assert_eq!(
+                range.split_whitespace().collect::<Vec<_>>(),
+                ["64512", "65535"]
+            );
+            assert!(qdiscs("eth0").contains("ingress"));
+            let tap = s
+                .links()
+                .unwrap()
+                .into_iter()
+                .find(|l| l.name == "runvm-tap0")
+                .unwrap();
+            assert_eq!(tap.mtu, 1450);
+            assert!(tap.flags & IFF_UP != 0);
+            // A second mirror of the same namespace is refused, and leaves the first alone.
+            let e = Mirror::setup(&dir.join("second.json"))
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.contains("another runvm container uses it"), "{e}");
+            assert!(qdiscs("eth0").contains("ingress"));
+            drop(nics);
+            drop(m);
+            assert_eq!(state(&mut s), before, "drop undoes everything");
+            assert!(!qdiscs("eth0").contains("ingress"));
+            assert!(!record.exists());
+
+            // The monitor dies (its Mirror never drops): the guard undoes the record.
+            let mut m = Mirror::setup(&record).unwrap();
+            let nics = m.take_nics();
+            std::mem::forget(m);
+            assert!(record.exists());
+            teardown_recorded(&record);
+            assert_eq!(state(&mut s), before, "the record undoes everything");
+            assert!(!qdiscs("eth0").contains("ingress"));
+            drop(nics);
+            let _ = index;
+            let _ = std::fs::remove_dir_all(&dir);
+        });
+        if done.is_none() {
+            eprintln!("(not run: no privilege for a network namespace)");
+        }
+    }
 
     fn link(name: &str, mac: &[u8], flags: u32) -> Link {
         Link {

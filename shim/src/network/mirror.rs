@@ -126,7 +126,11 @@ impl Mirror {
     fn setup_all(&mut self) -> Result<(), NetworkError> {
         let mut s = Socket::route().map_err(NetworkError::Read)?;
         let links = s.links().map_err(NetworkError::Read)?;
-        if let Some(t) = links.iter().find(|l| l.name.starts_with(TAP_PREFIX)) {
+        // A runvm TAP that is up belongs to a running monitor (ours are set up at once).
+        if let Some(t) = links
+            .iter()
+            .find(|l| l.name.starts_with(TAP_PREFIX) && l.flags & IFF_UP != 0)
+        {
             return Err(NetworkError::Refused(format!(
                 "the network namespace already has runvm's {} (another runvm container uses it); a runvm container needs a network namespace of its own",
                 t.name

@@ -139,14 +139,17 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-        for w in &self.wires {
+        let quiet = |args: &[&str]| {
             let _ = Command::new("ip")
-                .args(["link", "del", &w.host_end])
+                .args(args)
+                .stderr(std::process::Stdio::null())
                 .status();
-            let _ = Command::new("ip").args(["link", "del", &w.bridge]).status();
+        };
+        quiet(&["netns", "del", &self.name]);
+        for w in &self.wires {
+            // Usually gone already: deleting the namespace deleted the veth pair.
+            quiet(&["link", "del", &w.host_end]);
+            quiet(&["link", "del", &w.bridge]);
         }
     }
 }

@@ -20,6 +20,8 @@ mod caps;
 mod error;
 mod log;
 mod mounts;
+mod net;
+mod net_dns;
 mod relay;
 mod vsock;
 mod workload;
@@ -134,14 +136,15 @@ fn run(mode: &Mode, control_slot: &mut Option<Control>) -> Result<()> {
     control.send(&GuestMessage::Hello {
         version: PROTOCOL_VERSION,
     })?;
-    let (rootfs, hostname, process, linux, spec_mounts) = match control.recv()? {
+    let (rootfs, hostname, process, linux, spec_mounts, network) = match control.recv()? {
         Some(HostMessage::Run {
             rootfs,
             hostname,
             process,
             linux,
             mounts,
-        }) => (rootfs, hostname, process, linux, mounts),
+            network,
+        }) => (rootfs, hostname, process, linux, mounts, network),
         None => {
             log::info("host closed the control connection before Run");
             *control_slot = None;
@@ -154,6 +157,19 @@ fn run(mode: &Mode, control_slot: &mut Option<Control>) -> Result<()> {
         }
     };
     log::info(&format!("run {:?}", process.args));
+
+    // The network as the host mirrored it (loopback only when it sent none), and the DNS
+    // forwarder, before anything of the container runs. Test mode has no network of its
+    // own to configure.
+    if mode.test_dir.is_none() {
+        net::configure(&network)?;
+        if let Some(pid) = net_dns::start(&network.dns_forward, &transport)? {
+            log::info(&format!(
+                "dns forwarder for {:?} is pid {pid}",
+                network.dns_forward
+            ));
+        }
+    }
 
     let paths = mode.paths();
     mounts::rootfs(&paths, &rootfs)?;

@@ -173,6 +173,7 @@ fn run_with(
             process,
             linux,
             mounts,
+            network: Default::default(),
         },
     )
     .unwrap();
@@ -482,6 +483,7 @@ impl Session {
                 process,
                 linux: LinuxSpec::default(),
                 mounts: vec![],
+                network: Default::default(),
             },
         )
         .unwrap();

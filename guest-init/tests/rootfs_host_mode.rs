@@ -132,6 +132,7 @@ fn run(scratch: &Scratch, rootfs: RootfsSpec, mounts: Vec<MountSpec>, script: &s
         },
         linux: Default::default(),
         mounts,
+        network: Default::default(),
     };
     runvm_protocol::write_frame_limited(&mut ctl, &run, MAX_HOST_FRAME_LEN).unwrap();
     let mut streams: Vec<(u8, UnixStream)> = (0..3)

@@ -36,6 +36,12 @@ pub const CONTROL_PORT: u32 = 1024;
 pub const STREAM_PORT: u32 = 1025;
 /// vsock port of the write-back stream (guest → host), see [`WritebackEntry`].
 pub const WRITEBACK_PORT: u32 = 1026;
+/// vsock port of the DNS relay (guest → host): the guest's forwarder opens one connection
+/// per query (UDP) or per client connection (TCP), sends a [`DnsRelayHeader`] frame, and
+/// then the connection carries DNS messages in DNS-over-TCP framing (a big-endian `u16`
+/// length before each message), which the host sends from the container's network
+/// namespace to the named loopback server, port 53.
+pub const DNS_PORT: u32 = 1027;
 /// Largest guest → host frame (and the default of [`read_frame`]/[`write_frame`]).
 /// Larger length prefixes are garbage.
 pub const MAX_FRAME_LEN: u32 = 1 << 20;
@@ -189,6 +195,72 @@ pub struct FileContent {
     pub gid: u32,
 }
 
+/// The guest's network, mirrored by the host from the container's network namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    /// One per virtio-net device; an empty list leaves the guest with loopback only.
+    #[serde(default)]
+    pub interfaces: Vec<InterfaceSpec>,
+    /// Loopback nameservers of the container's `resolv.conf` (Docker's `127.0.0.11`):
+    /// the guest runs a DNS forwarder on each (UDP and TCP port 53) that relays to the
+    /// host over [`DNS_PORT`].
+    #[serde(default)]
+    pub dns_forward: Vec<String>,
+}
+
+/// One network interface: the guest finds its NIC by `mac` and gives it the rest.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceSpec {
+    /// The interface's name in the namespace (`eth0`); the guest renames its NIC to it.
+    pub name: String,
+    /// `02:42:ac:11:00:02`.
+    pub mac: String,
+    pub mtu: u32,
+    #[serde(default)]
+    pub addresses: Vec<AddressSpec>,
+    /// Routes through this interface (main table), in the order to add them.
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+}
+
+/// An address with its prefix length (`172.17.0.2`/16, `fd00::2`/64).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressSpec {
+    pub addr: String,
+    pub prefix_len: u8,
+}
+
+/// A route of the main table through an interface.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteSpec {
+    /// Destination network; `None` is the default route.
+    #[serde(default)]
+    pub dst: Option<String>,
+    #[serde(default)]
+    pub dst_len: u8,
+    #[serde(default)]
+    pub gateway: Option<String>,
+    #[serde(default)]
+    pub prefsrc: Option<String>,
+    #[serde(default)]
+    pub metric: Option<u32>,
+    /// `RT_SCOPE_*` (0 universe, 253 link).
+    #[serde(default)]
+    pub scope: u8,
+    #[serde(default)]
+    pub ipv6: bool,
+}
+
+/// First frame on a [`DNS_PORT`] connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsRelayHeader {
+    /// The loopback nameserver to ask (`127.0.0.11`); the host refuses anything that is
+    /// not a loopback address.
+    pub server: String,
+    /// Whether the messages go to the server over TCP (a TCP client) or UDP.
+    pub tcp: bool,
+}
+
 /// How the guest builds the container's root filesystem.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootfsSpec {
@@ -275,6 +347,10 @@ pub enum HostMessage {
         /// devpts, /dev/shm, mqueue, sysfs, cgroup2), as before this field existed.
         #[serde(default)]
         mounts: Vec<MountSpec>,
+        /// The container's network (interfaces to configure, DNS to forward). Empty:
+        /// loopback only, as before this field existed.
+        #[serde(default)]
+        network: NetworkSpec,
     },
     /// Deliver a signal to a process.
     Signal { process: ProcessId, signal: i32 },
@@ -537,12 +613,14 @@ mod tests {
             process,
             linux,
             mounts,
+            network,
             ..
         } = serde_json::from_slice(old).unwrap()
         else {
             panic!("not a Run")
         };
         assert!(mounts.is_empty());
+        assert_eq!(network, NetworkSpec::default());
         assert_eq!(linux, LinuxSpec::default());
         assert!(process.rlimits.is_empty());
         assert!(!process.no_new_privileges);
@@ -635,6 +713,7 @@ mod tests {
                 }),
                 ..Default::default()
             }],
+            network: NetworkSpec::default(),
         };
         let mut buf = Vec::new();
         assert!(matches!(

@@ -8,6 +8,7 @@ mod container;
 mod id;
 mod logging;
 mod monitor;
+mod network;
 mod rootfs;
 mod scm;
 mod spec;
@@ -111,7 +112,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
 
 /// The error and its causes on one line, each said once (our error types print their
 /// source in their own message, and anyhow's chain would repeat it).
-fn error_message(e: &anyhow::Error) -> String {
+pub(crate) fn error_message(e: &anyhow::Error) -> String {
     let mut msg = String::new();
     for cause in e.chain() {
         let s = cause.to_string();

@@ -27,6 +27,11 @@ pub struct ContainerSpec {
     pub process: Option<ProcessSpec>,
     pub linux: LinuxSpec,
     pub mounts: Vec<MountSpec>,
+    /// The container's network namespace (`linux.namespaces`), already checked.
+    pub network: crate::network::NetworkMode,
+    /// The container's `resolv.conf` on the host (the source of Docker's bind mount of
+    /// `/etc/resolv.conf`, else the root filesystem's), for the DNS forwarder.
+    pub resolv_conf: PathBuf,
 }
 
 impl ContainerSpec {
@@ -94,6 +99,16 @@ impl ContainerSpec {
                 }
             }
         };
+        let network =
+            crate::network::namespace::from_spec(&spec).map_err(|e| invalid(e.to_string()))?;
+        let resolv_conf = spec
+            .mounts()
+            .iter()
+            .flatten()
+            .filter(|m| m.destination() == Path::new("/etc/resolv.conf"))
+            .filter_map(|m| m.source().clone())
+            .next_back()
+            .unwrap_or_else(|| rootfs.join("etc/resolv.conf"));
         let mut mounts = Vec::new();
         for m in spec.mounts().iter().flatten() {
             if let Some(m) = convert_mount(m).map_err(invalid)? {
@@ -102,6 +117,8 @@ impl ContainerSpec {
         }
         Ok(Self {
             mounts,
+            network,
+            resolv_conf,
             linux,
             rootfs,
             readonly,
@@ -266,6 +283,9 @@ mod tests {
                 "ociVersion": "1.0.2",
                 "root": { "path": "rootfs" },
                 "process": { "args": ["sh"], "cwd": "/", "user": { "uid": 0, "gid": 0 } },
+                "linux": { "namespaces": [
+                    { "type": "pid" }, { "type": "ipc" }, { "type": "network" }, { "type": "mount" },
+                ]},
             });
             merge(&mut config, extra);
             std::fs::write(dir.join("config.json"), config.to_string()).unwrap();

@@ -56,6 +56,15 @@ impl Drop for TempDir {
     }
 }
 
+/// The namespaces of `runc spec` (a new network namespace included: runvm refuses to run
+/// without one, as it cannot share the host's network stack).
+pub fn default_namespaces() -> serde_json::Value {
+    serde_json::json!([
+        { "type": "pid" }, { "type": "network" }, { "type": "ipc" },
+        { "type": "uts" }, { "type": "mount" },
+    ])
+}
+
 /// A bundle whose root filesystem is the shared busybox tree.
 pub struct Bundle {
     pub dir: TempDir,
@@ -77,6 +86,7 @@ impl Bundle {
             "process": { "terminal": false, "user": { "uid": 0, "gid": 0 }, "args": args, "env": env, "cwd": cwd },
             "root": { "path": rootfs, "readonly": false },
             "hostname": "runvm-test",
+            "linux": { "namespaces": default_namespaces() },
         });
         Self::from_config(&config.to_string())
     }

@@ -19,6 +19,7 @@ use crate::bus::{Bus, BusError};
 use crate::devices::legacy::{BootTimer, BootTimes, SerialConsole, I8042};
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
+use crate::devices::virtio::net::{Net, NetConfig};
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::VirtioDevice;
 use crate::layout::*;
@@ -60,6 +61,9 @@ pub struct VmConfig {
     pub cmdline: String,
     pub disks: Vec<DiskConfig>,
     pub vsock: Option<VsockConfig>,
+    /// Network interfaces, each a virtio-net device on its TAP (in this order after the
+    /// disks and the vsock device; the guest tells them apart by MAC).
+    pub nics: Vec<NetConfig>,
     /// Where the serial console goes; `None` leaves the guest without a serial port.
     pub serial: Option<Box<dyn Write + Send>>,
     /// Install the per-thread seccomp filters (disable only to debug).
@@ -87,6 +91,8 @@ pub enum VmmError {
     Disk { path: PathBuf, message: String },
     #[error("cannot create the vsock device at {path}: {message}")]
     Vsock { path: PathBuf, message: String },
+    #[error("cannot create network interface {index}: {message}")]
+    Net { index: usize, message: String },
     #[error("too many devices: no IRQ left for device {0}")]
     TooManyDevices(usize),
     #[error("{0} vCPUs requested; between 1 and {max} are supported", max = mptable::MAX_VCPUS)]
@@ -217,6 +223,13 @@ impl Vmm {
         if let Some(v) = &config.vsock {
             let dev = Vsock::new(v.guest_cid, v.uds_path.clone()).map_err(|e| VmmError::Vsock {
                 path: v.uds_path.clone(),
+                message: e.to_string(),
+            })?;
+            slots.attach(Arc::new(Mutex::new(dev)))?;
+        }
+        for (index, nic) in std::mem::take(&mut config.nics).into_iter().enumerate() {
+            let dev = Net::new(nic).map_err(|e| VmmError::Net {
+                index,
                 message: e.to_string(),
             })?;
             slots.attach(Arc::new(Mutex::new(dev)))?;

@@ -2,7 +2,7 @@
 //!
 //! Owns everything between `/dev/kvm` and the guest: the VM and its vCPUs, guest memory,
 //! loading the kernel and initramfs, the devices (serial, i8042 reset, boot timer,
-//! virtio-mmio block and vsock), the event loop that drives them, and the seccomp filters
+//! virtio-mmio block, net and vsock), the event loop that drives them, and the seccomp filters
 //! of each VMM thread. It knows nothing about containers or OCI: that is the shim's job.
 
 pub mod boot;
@@ -16,4 +16,5 @@ pub mod vstate;
 
 pub use builder::{DiskConfig, VmConfig, VmExit, Vmm, VmmError, VmmHandle, VsockConfig};
 pub use devices::legacy::BootTimes;
+pub use devices::virtio::net::NetConfig;
 pub use vstate::VmExitReason;

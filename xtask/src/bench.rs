@@ -60,6 +60,8 @@ const BOOT_DEADLINE: Duration = Duration::from_secs(120);
 pub enum BenchCmd {
     /// runvm vs qemu `microvm` (same kernel, initramfs, rootfs): launch → init → exit, and VMM RSS.
     Boot(BootArgs),
+    /// runvm vs runc: TCP throughput (iperf3) and HTTP latency host ⇄ container.
+    Net(crate::bench_net::NetArgs),
 }
 
 #[derive(clap::Args)]
@@ -88,6 +90,7 @@ pub fn cmd_bench(cmd: BenchCmd) -> Result<i32> {
             Ok(0)
         }
         BenchCmd::Boot(a) => boot(a.runs, a.peer_only),
+        BenchCmd::Net(a) => crate::bench_net::cmd(a),
     }
 }
 

@@ -3,6 +3,7 @@
 //! Run `cargo xtask --help`.
 
 mod bench;
+mod bench_net;
 mod demo;
 mod guests;
 mod initramfs;

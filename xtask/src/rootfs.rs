@@ -79,6 +79,11 @@ pub fn write_bundle(dir: &Path, rootfs: &Path, args: &[&str]) -> Result<()> {
         },
         "root": { "path": rootfs, "readonly": false },
         "hostname": "runvm",
+        // As `runc spec`: runvm needs a network namespace (it cannot share the host's).
+        "linux": { "namespaces": [
+            { "type": "pid" }, { "type": "network" }, { "type": "ipc" },
+            { "type": "uts" }, { "type": "mount" },
+        ]},
     });
     std::fs::write(
         dir.join("config.json"),

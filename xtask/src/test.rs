@@ -158,7 +158,7 @@ pub fn cmd_test() -> Result<i32> {
 
 /// The integration test binaries (in `tests/tests/`) that boot guests, in the order CI runs
 /// them. Add a new guest suite here.
-pub const GUEST_SUITES: &[&str] = &["boot", "lifecycle", "exec", "tty", "rootfs"];
+pub const GUEST_SUITES: &[&str] = &["boot", "lifecycle", "exec", "tty", "rootfs", "network"];
 
 /// Runs the named guest suites, each with `--ignored --test-threads=2` plus `test_args`,
 /// in one go where guests boot (one test-host boot). Every suite runs even if another

@@ -47,6 +47,8 @@ pub const ROOTFS_PACKAGES: &[&str] = &[
     "tmux",
     "curl",
     "iputils-ping",
+    // `cargo xtask bench net`: TCP throughput host ⇄ container.
+    "iperf3",
 ];
 const SUITE: &str = "bookworm";
 /// Size of the (sparse) root filesystem image.

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use crate::monitor::{self, api, guard, tty, HostStdio, Launch};
+use crate::monitor::{self, api, tty, HostStdio, Launch};
 use crate::state::{process_start_time, ContainerState};
 
 /// What `create` needs, already parsed.
@@ -68,7 +68,7 @@ pub fn create(opts: CreateOptions) -> Result<i32> {
             Some(slave) => monitor_terminal(slave),
             None => HostStdio::inherited(),
         };
-        let code = match stdio.map(|s| (s, guard::spawn(&runtime))) {
+        let code = match stdio.map(|s| (s, super::enter_network_and_guard(&p, &runtime))) {
             Err(e) => {
                 use std::io::Write;
                 let _ = writeln!(std::fs::File::from(ready_w), "cannot set up stdio: {e}");
@@ -90,7 +90,8 @@ pub fn create(opts: CreateOptions) -> Result<i32> {
             }
             Ok((_, Err(e))) => {
                 use std::io::Write;
-                let _ = writeln!(std::fs::File::from(ready_w), "{e}");
+                let msg = crate::error_message(&e);
+                let _ = writeln!(std::fs::File::from(ready_w), "{msg}");
                 1
             }
         };

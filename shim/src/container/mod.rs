@@ -127,6 +127,7 @@ pub fn prepare(id: &str, bundle: &Path, root: &Option<PathBuf>) -> Result<Prepar
             seccomp: std::env::var_os("RUNVM_NO_SECCOMP").is_none_or(|v| v == "0"),
             boot_timeout,
             timings_file: std::env::var_os("RUNVM_TIMINGS_FILE").map(PathBuf::from),
+            resolv_conf: spec.resolv_conf.clone(),
         })
     })();
     let config = match built {
@@ -142,6 +143,8 @@ pub fn prepare(id: &str, bundle: &Path, root: &Option<PathBuf>) -> Result<Prepar
         process,
         linux: spec.linux.clone(),
         mounts: spec.mounts.clone(),
+        // Filled in at start, from the network namespace as Docker left it.
+        network: Default::default(),
     };
     Ok(Prepared {
         id: id.to_string(),
@@ -151,6 +154,21 @@ pub fn prepare(id: &str, bundle: &Path, root: &Option<PathBuf>) -> Result<Prepar
         run,
         config,
     })
+}
+
+/// Makes the calling process (the monitor, still single-threaded) live in the container's
+/// network namespace, and forks the cleanup guard for `dir` there, which also undoes the
+/// network plumbing recorded in `runtime_dir` if the monitor dies.
+pub fn enter_network_and_guard(
+    p: &Prepared,
+    dir: &Path,
+) -> Result<crate::monitor::guard::CleanupGuard> {
+    crate::network::namespace::enter(&p.spec.network)?;
+    let record = crate::monitor::network_record(&p.runtime_dir());
+    crate::monitor::guard::spawn_with(dir, move || {
+        crate::network::mirror::teardown_recorded(&record)
+    })
+    .context("cannot start the cleanup guard")
 }
 
 /// Loads a container's state; an unknown id gives runc's "does not exist" wording.

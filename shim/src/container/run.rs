@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
-use crate::monitor::{self, guard, tty, HostStdio, Launch};
+use crate::monitor::{self, tty, HostStdio, Launch};
 
 /// What `run` needs, already parsed.
 pub struct RunOptions {
@@ -25,7 +25,13 @@ pub struct RunOptions {
 pub fn run(opts: RunOptions) -> Result<i32> {
     let p = super::prepare(&opts.id, &opts.bundle, &opts.root)?;
     // From here on the directory is ours: the guard removes it whatever happens to us.
-    let guard = guard::spawn(&p.dir).context("cannot start the cleanup guard")?;
+    let guard = match super::enter_network_and_guard(&p, &p.dir) {
+        Ok(g) => g,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&p.dir);
+            return Err(e);
+        }
+    };
     let mut raw_mode = None;
     let result = (|| -> Result<i32> {
         let terminal = p.spec.process.as_ref().is_some_and(|p| p.terminal);

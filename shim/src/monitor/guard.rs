@@ -21,8 +21,10 @@ pub struct CleanupGuard {
     _write_end: OwnedFd,
 }
 
-/// Forks the guard for `dir`. Must be called while the process has a single thread.
-pub fn spawn(dir: &Path) -> Result<CleanupGuard, GuardError> {
+/// Forks the guard for `dir`, which runs `cleanup` (in the guard, so in the namespaces the
+/// monitor had when it forked) before removing `dir`. Must be called while the process
+/// has a single thread.
+pub fn spawn_with(dir: &Path, cleanup: impl FnOnce()) -> Result<CleanupGuard, GuardError> {
     let (read_end, write_end) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| GuardError::Pipe(e.into()))?;
     let dir: PathBuf = dir.to_path_buf();
@@ -32,7 +34,7 @@ pub fn spawn(dir: &Path) -> Result<CleanupGuard, GuardError> {
         -1 => Err(GuardError::Fork(std::io::Error::last_os_error())),
         0 => {
             drop(write_end);
-            guard_main(read_end.as_raw_fd(), &dir)
+            guard_main(read_end.as_raw_fd(), &dir, cleanup)
         }
         _ => Ok(CleanupGuard {
             _write_end: write_end,
@@ -40,7 +42,7 @@ pub fn spawn(dir: &Path) -> Result<CleanupGuard, GuardError> {
     }
 }
 
-fn guard_main(pipe: i32, dir: &Path) -> ! {
+fn guard_main(pipe: i32, dir: &Path, cleanup: impl FnOnce()) -> ! {
     // SAFETY: plain syscalls on descriptors and signal dispositions of this new process.
     unsafe {
         libc::prctl(libc::PR_SET_NAME, c"runvm-guard".as_ptr());
@@ -71,6 +73,7 @@ fn guard_main(pipe: i32, dir: &Path) -> ! {
             }
         }
     }
+    cleanup();
     let _ = std::fs::remove_dir_all(dir);
     // SAFETY: ends this process without running the parent's atexit handlers.
     unsafe { libc::_exit(0) }

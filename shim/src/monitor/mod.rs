@@ -27,7 +27,8 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use runvm_protocol::{
     read_frame, write_frame, write_frame_limited, ExitStatus, FrameError, GuestMessage,
-    HostMessage, CONTROL_PORT, MAX_HOST_FRAME_LEN, PROTOCOL_VERSION, STREAM_PORT, WRITEBACK_PORT,
+    HostMessage, NetworkSpec, CONTROL_PORT, DNS_PORT, MAX_HOST_FRAME_LEN, PROTOCOL_VERSION,
+    STREAM_PORT, WRITEBACK_PORT,
 };
 use vmm::{BootTimes, DiskConfig, VmConfig, VmExit, VmExitReason, Vmm, VmmError, VsockConfig};
 use vmm_sys_util::eventfd::EventFd;
@@ -68,6 +69,8 @@ pub enum MonitorError {
     GuestDied(String),
     #[error(transparent)]
     Binds(#[from] crate::rootfs::binds::BindError),
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
 }
 
 /// How to build and run one container's VM.
@@ -90,6 +93,15 @@ pub struct MonitorConfig {
     pub seccomp: bool,
     pub boot_timeout: Duration,
     pub timings_file: Option<PathBuf>,
+    /// The container's `resolv.conf` on the host: its loopback nameservers get a DNS
+    /// forwarder in the guest.
+    pub resolv_conf: PathBuf,
+}
+
+/// The record of the network plumbing (TAPs, tc rules) in a runtime directory, which
+/// the cleanup guard undoes if the monitor dies.
+pub fn network_record(runtime_dir: &Path) -> PathBuf {
+    runtime_dir.join("network.json")
 }
 
 fn explain(reason: &VmExitReason) -> String {
@@ -326,6 +338,26 @@ fn run_vm_inner(
         crate::rootfs::binds::load_files(mounts)?;
     }
 
+    // The network namespace is as Docker left it: mirror it into the guest. Dropped
+    // (undone) when this function returns, after the VM has stopped.
+    let mut mirror = crate::network::Mirror::setup(&network_record(&cfg.runtime_dir))?;
+    let nics = mirror.take_nics();
+    let dns_forward = if nics.is_empty() {
+        Vec::new()
+    } else {
+        crate::network::dns::loopback_nameservers_in(&cfg.resolv_conf)
+    };
+    if !dns_forward.is_empty() {
+        let dns_listener = UnixListener::bind(port_path(DNS_PORT)).map_err(setup)?;
+        crate::network::dns::serve(dns_listener).map_err(setup)?;
+    }
+    if let HostMessage::Run { network, .. } = &mut run {
+        *network = NetworkSpec {
+            interfaces: mirror.interfaces().to_vec(),
+            dns_forward,
+        };
+    }
+
     let mut cmdline = String::new();
     if cfg.debug_console {
         cmdline.push_str("runvm.debug=1");
@@ -343,6 +375,7 @@ fn run_vm_inner(
             guest_cid: GUEST_CID,
             uds_path: uds.clone(),
         }),
+        nics,
         serial: cfg
             .debug_console
             .then(|| Box::new(std::io::stderr()) as Box<dyn std::io::Write + Send>),

@@ -1,0 +1,279 @@
+//! Which network namespace the container's monitor lives in, and the checks that keep
+//! runvm from touching a network stack that is not the container's own.
+//!
+//! Decisions (README "Networking"):
+//! - `network` with a `path` (Podman, newer Docker, `--network container:X`): the monitor
+//!   joins it at `create`. The path must exist and be a network namespace.
+//! - `network` without a path (Docker 20.10, containerd, `runc spec`): the monitor
+//!   unshares a new one at `create`, with `lo` up as runc does. Docker then fills it
+//!   (`libnetwork-setkey` prestart hook on `state.pid`, or `/proc/<pid>/ns/net` between
+//!   create and start).
+//! - no `network` namespace (`--network host`): refused. A VM has its own kernel and
+//!   cannot share the host's network stack, and mirroring the host's interfaces into a
+//!   guest would take them away from the host.
+//! - a namespace other processes live in (`--network container:X` of a runc container,
+//!   another runvm container's monitor, the host's namespace by path): refused at
+//!   `create`. Mirroring its interfaces would take its traffic away from them.
+//! - no `pid` or no `ipc` namespace (`--pid host`, `--ipc host`), or one given by path
+//!   (`--pid container:X`, `--ipc container:X`): refused. The container's processes and
+//!   IPC objects live in the guest's kernel; the host's (or another VM's) cannot be shared.
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use super::NetworkError;
+
+/// Where the container's network namespace comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// Unshare a new, empty one at `create`.
+    New,
+    /// Join this one at `create`.
+    Join(PathBuf),
+}
+
+/// Reads `linux.namespaces` and decides, or refuses with the reason.
+pub fn from_spec(spec: &oci_spec::runtime::Spec) -> Result<NetworkMode, NetworkError> {
+    use oci_spec::runtime::LinuxNamespaceType as T;
+    let namespaces = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default();
+    let find = |t: T| namespaces.iter().find(|n| n.typ() == t);
+    for (t, flag) in [(T::Pid, "--pid"), (T::Ipc, "--ipc")] {
+        match find(t) {
+            None => {
+                return Err(NetworkError::Refused(format!(
+                    "linux.namespaces has no {t:?} namespace ({flag} host): a runvm container's processes live in its own guest kernel and cannot share the host's; add a {} namespace",
+                    format!("{t:?}").to_lowercase()
+                )))
+            }
+            Some(ns) if ns.path().is_some() => {
+                return Err(NetworkError::Refused(format!(
+                    "linux.namespaces: joining the {} namespace {} ({flag} container:…) is not supported by runvm: the container's processes live in its own guest kernel",
+                    format!("{t:?}").to_lowercase(),
+                    ns.path().as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    match find(T::Network) {
+        None => Err(NetworkError::Refused(
+            "linux.namespaces has no network namespace (--network host): a runvm container has its own kernel and cannot share the host's network stack; use a network namespace (Docker's bridge or user-defined networks, or --network none)".into(),
+        )),
+        Some(ns) => match ns.path() {
+            None => Ok(NetworkMode::New),
+            Some(p) => {
+                check_is_netns(p)?;
+                Ok(NetworkMode::Join(p.clone()))
+            }
+        },
+    }
+}
+
+/// `NSFS_MAGIC`: the file system of `/proc/<pid>/ns/*` and of their bind mounts.
+const NSFS_MAGIC: i64 = 0x6e73_6673;
+
+fn check_is_netns(path: &Path) -> Result<(), NetworkError> {
+    let err = |message: String| NetworkError::Namespace {
+        path: path.display().to_string(),
+        message,
+    };
+    let f = std::fs::File::open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            err("does not exist (linux.namespaces network path)".into())
+        } else {
+            err(format!("cannot open it: {e}"))
+        }
+    })?;
+    // SAFETY: fstatfs fills a statfs struct for an fd we own.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `st` is valid for writes.
+    if unsafe { libc::fstatfs(f.as_raw_fd(), &mut st) } != 0 {
+        return Err(err(format!("fstatfs: {}", std::io::Error::last_os_error())));
+    }
+    if st.f_type as i64 != NSFS_MAGIC {
+        return Err(err("is not a namespace file (nsfs)".into()));
+    }
+    Ok(())
+}
+
+/// The namespace identity (device and inode of its nsfs file).
+fn ns_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Makes the calling (single-threaded) process live in the container's network
+/// namespace: joins `Join`'s path, or unshares a new one (and sets its `lo` up).
+pub fn enter(mode: &NetworkMode) -> Result<(), NetworkError> {
+    match mode {
+        NetworkMode::New => {
+            // SAFETY: unshare(2) with a flag only.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return Err(NetworkError::Namespace {
+                    path: "(new)".into(),
+                    message: format!("unshare: {}", std::io::Error::last_os_error()),
+                });
+            }
+            let mut s = runvm_netlink::Socket::route().map_err(NetworkError::Read)?;
+            let lo = s
+                .links()
+                .map_err(NetworkError::Read)?
+                .into_iter()
+                .find(|l| l.flags & runvm_netlink::route::IFF_LOOPBACK != 0);
+            if let Some(lo) = lo {
+                s.set_link(lo.index, true, None)
+                    .map_err(NetworkError::Read)?;
+            }
+            Ok(())
+        }
+        NetworkMode::Join(path) => {
+            let err = |message: String| NetworkError::Namespace {
+                path: path.display().to_string(),
+                message,
+            };
+            if ns_id(path) == ns_id(Path::new("/proc/1/ns/net")) {
+                return Err(NetworkError::Refused(format!(
+                    "network namespace {} is the host's: a runvm container cannot share it (it would take the host's interfaces away)",
+                    path.display()
+                )));
+            }
+            let f = std::fs::File::open(path).map_err(|e| err(format!("cannot open: {e}")))?;
+            // SAFETY: setns(2) on a descriptor we own.
+            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(err(format!("setns: {}", std::io::Error::last_os_error())));
+            }
+            check_unshared(path)
+        }
+    }
+}
+
+/// Refuses a namespace that processes other than this one (and its children) live in.
+fn check_unshared(path: &Path) -> Result<(), NetworkError> {
+    let Some(mine) = ns_id(Path::new("/proc/self/ns/net")) else {
+        return Ok(());
+    };
+    let me = std::process::id();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me || parent_of(pid) == Some(me) {
+            continue;
+        }
+        if ns_id(&e.path().join("ns/net")) == Some(mine) {
+            let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+            return Err(NetworkError::Refused(format!(
+                "network namespace {} is in use by process {pid} ({}): a runvm container cannot share a network stack with another container or process (docker run --network container:…); give it a namespace of its own",
+                path.display(),
+                comm.trim()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command may contain spaces and parentheses: the fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(namespaces: serde_json::Value) -> oci_spec::runtime::Spec {
+        let mut v = serde_json::to_value(oci_spec::runtime::Spec::default()).unwrap();
+        v["linux"]["namespaces"] = namespaces;
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn all_but(skip: &str, extra: serde_json::Value) -> serde_json::Value {
+        let mut v: Vec<serde_json::Value> = ["pid", "ipc", "uts", "mount", "network"]
+            .iter()
+            .filter(|t| **t != skip)
+            .map(|t| json!({ "type": t }))
+            .collect();
+        if !extra.is_null() {
+            v.push(extra);
+        }
+        serde_json::Value::Array(v)
+    }
+
+    #[test]
+    fn a_network_namespace_without_path_is_new() {
+        assert_eq!(
+            from_spec(&spec(all_but("", json!(null)))).unwrap(),
+            NetworkMode::New
+        );
+    }
+
+    #[test]
+    fn host_modes_are_refused_with_the_flag_named() {
+        for (skip, words) in [
+            (
+                "network",
+                ["--network host", "cannot share the host's network stack"],
+            ),
+            ("pid", ["--pid host", "add a pid namespace"]),
+            ("ipc", ["--ipc host", "add a ipc namespace"]),
+        ] {
+            let e = from_spec(&spec(all_but(skip, json!(null))))
+                .unwrap_err()
+                .to_string();
+            for w in words {
+                assert!(e.contains(w), "{skip}: {e}");
+            }
+        }
+        let e = from_spec(&spec(all_but(
+            "pid",
+            json!({"type": "pid", "path": "/proc/1/ns/pid"}),
+        )))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("--pid container:") && e.contains("/proc/1/ns/pid"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_network_namespace_path_must_exist_and_be_a_namespace() {
+        let e = from_spec(&spec(all_but(
+            "network",
+            json!({"type": "network", "path": "/run/netns/runvm-does-not-exist"}),
+        )))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("/run/netns/runvm-does-not-exist") && e.contains("does not exist"),
+            "{e}"
+        );
+        let e = from_spec(&spec(all_but(
+            "network",
+            json!({"type": "network", "path": "/etc/hostname"}),
+        )))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not a namespace file"), "{e}");
+        let ok = from_spec(&spec(all_but(
+            "network",
+            json!({"type": "network", "path": "/proc/self/ns/net"}),
+        )));
+        assert_eq!(ok.unwrap(), NetworkMode::Join("/proc/self/ns/net".into()));
+    }
+
+    #[test]
+    fn the_parent_of_a_process_is_read_from_stat() {
+        assert_eq!(
+            parent_of(std::process::id()),
+            Some(std::os::unix::process::parent_id())
+        );
+    }
+}

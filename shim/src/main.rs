@@ -9,6 +9,7 @@ mod id;
 mod logging;
 mod monitor;
 mod rootfs;
+mod sockpath;
 mod spec;
 mod state;
 

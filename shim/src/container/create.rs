@@ -32,7 +32,8 @@ pub fn create(opts: CreateOptions) -> Result<i32> {
         let _ = std::fs::remove_dir_all(&p.dir);
         e
     };
-    let api_listener = UnixListener::bind(p.runtime_dir().join(api::SOCKET))
+    let api_listener = crate::sockpath::SocketDir::open(&p.runtime_dir())
+        .and_then(|d| UnixListener::bind(d.path(api::SOCKET)))
         .context("cannot create the monitor socket")
         .map_err(fail)?;
     let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| {

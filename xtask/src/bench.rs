@@ -60,6 +60,8 @@ const BOOT_DEADLINE: Duration = Duration::from_secs(120);
 pub enum BenchCmd {
     /// runvm vs qemu `microvm` (same kernel, initramfs, rootfs): launch → init → exit, and VMM RSS.
     Boot(BootArgs),
+    /// `docker run --rm busybox true` latency: runvm vs runc (and crun where it runs), same daemon and place.
+    Docker(crate::docker::DockerArgs),
 }
 
 #[derive(clap::Args)]
@@ -88,6 +90,7 @@ pub fn cmd_bench(cmd: BenchCmd) -> Result<i32> {
             Ok(0)
         }
         BenchCmd::Boot(a) => boot(a.runs, a.peer_only),
+        BenchCmd::Docker(a) => crate::docker::cmd_bench_docker(a),
     }
 }
 

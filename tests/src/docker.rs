@@ -261,7 +261,7 @@ fn log_out(out: &Out) {
             line.push_str(&format!("\n      stderr: {}", short(l, 400)));
         }
     }
-    eprintln!("{line}");
+    println!("{line}");
 }
 
 fn short(s: &str, n: usize) -> String {
@@ -348,6 +348,11 @@ impl Cli {
             v.push("--network=none".into());
         }
         v
+    }
+
+    /// `verb --runtime=<rt> --network=none args…` as arguments (for [`Cli::cmd_timeout`]).
+    pub fn with_runtime(&self, verb: &str, args: &[&str]) -> Vec<String> {
+        self.with_container_args(verb, false, args)
     }
 
     fn with_container_args(&self, verb: &str, bridge: bool, args: &[&str]) -> Vec<String> {
@@ -642,7 +647,7 @@ impl Dockerd {
         };
         loop {
             if ping(&self.sock) {
-                eprintln!(
+                println!(
                     "[harness] dockerd answers after {:.1}s (default runtime {default_runtime})",
                     start.elapsed().as_secs_f64()
                 );
@@ -695,7 +700,7 @@ impl Dockerd {
                 }
             }
         }
-        eprintln!(
+        println!(
             "[harness] dockerd stopped after {:.1}s",
             start.elapsed().as_secs_f64()
         );
@@ -738,7 +743,7 @@ impl World {
         let run_dir = PathBuf::from(format!("/run/runvm-test-{}", std::process::id()));
         std::fs::create_dir_all(&run_dir)
             .map_err(|e| format!("creating {}: {e}", run_dir.display()))?;
-        eprintln!(
+        println!(
             "[harness] {} suite: runtime {runtime}, private directory {}",
             engine.program(),
             dir.display()
@@ -1121,7 +1126,7 @@ fn run_one(engine: Engine, name: &str, body: TestFn) -> Result<(), Failed> {
         Ok(w) => w,
         Err(e) => return Err(format!("harness setup failed: {e}").into()),
     };
-    eprintln!("\n[harness] ── {name} ──");
+    println!("\n[harness] ── {name} ──");
     // The standard daemon for every test.
     if let Some(d) = world.dockerd.as_mut() {
         if d.child.is_none() || d.default_runtime != "runc" {
@@ -1145,7 +1150,7 @@ fn run_one(engine: Engine, name: &str, body: TestFn) -> Result<(), Failed> {
     }));
     let left = world.clean_and_check(Duration::from_secs(30));
     let _ = std::fs::remove_dir_all(&tmp);
-    eprintln!(
+    println!(
         "[harness] {name}: {} in {:.1}s",
         if result.is_ok() && left.is_empty() {
             "ok"
@@ -1175,6 +1180,17 @@ fn run_one(engine: Engine, name: &str, body: TestFn) -> Result<(), Failed> {
 pub fn main(engine: Engine, tests: &[(&'static str, TestFn)]) {
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
+    // A failing test's message says what failed; a backtrace of the harness does not help.
+    std::panic::set_hook(Box::new(|info| {
+        let loc = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        println!(
+            "\n[harness] assertion failed at {loc}: {}",
+            panic_message(info.payload())
+        );
+    }));
     let trials = tests
         .iter()
         .map(|&(name, body)| {
@@ -1188,7 +1204,7 @@ pub fn main(engine: Engine, tests: &[(&'static str, TestFn)]) {
         leaked = world.teardown();
     }
     if !leaked.is_empty() {
-        eprintln!(
+        println!(
             "[harness] the {} suite left things behind: {leaked:#?}",
             engine.program()
         );

@@ -631,6 +631,11 @@ impl Dockerd {
         ] {
             cmd.env_remove(k);
         }
+        // Twenty guests booting at once under TCG take longer than runvm's default 60 s
+        // (the variable reaches runvm through containerd and its shim).
+        if std::env::var_os("RUNVM_BOOT_TIMEOUT").is_none() {
+            cmd.env("RUNVM_BOOT_TIMEOUT", "600");
+        }
         let child = cmd
             .spawn()
             .map_err(|e| format!("cannot start dockerd (is docker.io installed?): {e}"))?;

@@ -1232,7 +1232,7 @@ impl Tmux {
         let code_file = dir.join("tmux.code");
         let _ = std::fs::remove_file(&code_file);
         let line = format!(
-            "{command}; echo $? > {}.tmp; mv {0}.tmp {0}; sleep 30",
+            "{command}; echo $? > {}.tmp; mv {0}.tmp {0}; sleep 3600",
             code_file.display()
         );
         let t = Tmux { socket, code_file };
@@ -1298,7 +1298,10 @@ impl Tmux {
                 return s;
             }
             if Instant::now() > deadline {
-                panic!("timed out after {timeout:?} waiting for {what}; the screen:\n{s}");
+                let ended = std::fs::read_to_string(&self.code_file)
+                    .map(|c| format!(" (the command has exited with {})", c.trim()))
+                    .unwrap_or_default();
+                panic!("timed out after {timeout:?} waiting for {what}{ended}; the screen:\n{s}");
             }
             std::thread::sleep(Duration::from_millis(300));
         }

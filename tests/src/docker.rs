@@ -926,8 +926,11 @@ impl World {
         // engines remove it on a clean stop, but podman has no stop: unmount it quietly.
         mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
         for m in mounts {
-            let own_home = m.ends_with("/storage/overlay") || m.ends_with("/data");
-            if !(own_home && self.engine == Engine::Podman) {
+            // The engines bind-mount their storage home onto itself (dockerd: the data
+            // root; podman: storage/overlay); that one is theirs, not a container's.
+            let own_home =
+                m.ends_with("/storage/overlay") || m == format!("{}/data", self.dir.display());
+            if !own_home {
                 problems.push(format!("mount left after the suite: {m}"));
             }
             let _ = Command::new("umount").arg("-l").arg(&m).status();

@@ -265,5 +265,13 @@ fn markdown(raw: &Value, place: Place) -> String {
         ));
     }
     md.push_str("\nTarget (issue 5): runvm under 2× runc end to end.\n");
+    if place == Place::TestHost {
+        md.push_str(
+            "\nUnder TCG every process start is emulated too: runc's several Go processes per \
+             container (create, init, start, delete) cost more here than on real hardware, \
+             and other jobs on the machine add noise (see p95). Treat these ratios as a \
+             smoke check, not as the real-hardware figure.\n",
+        );
+    }
     md
 }

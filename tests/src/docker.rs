@@ -1267,7 +1267,7 @@ impl Tmux {
             .arg(&self.socket)
             .args(args)
             .env("TERM", "xterm");
-        run_cmd(c, None, Duration::from_secs(30))
+        run_cmd_quiet(c, None, Duration::from_secs(30))
     }
 
     /// Types `text` literally, then Enter.

@@ -11,6 +11,7 @@ mod monitor;
 mod network;
 mod rootfs;
 mod scm;
+mod sockpath;
 mod spec;
 mod state;
 

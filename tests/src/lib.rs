@@ -6,6 +6,8 @@
 //! busybox root filesystem), and `RUNVM_KERNEL`/`RUNVM_INITRAMFS` (the guest). They are
 //! `#[ignore]`d for a plain `cargo test`, and fail loudly if run without that environment.
 
+pub mod docker;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

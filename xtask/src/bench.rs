@@ -62,6 +62,8 @@ pub enum BenchCmd {
     Boot(BootArgs),
     /// runvm vs runc: TCP throughput (iperf3) and HTTP latency host ⇄ container.
     Net(crate::bench_net::NetArgs),
+    /// `docker run --rm busybox true` latency: runvm vs runc (and crun where it runs), same daemon and place.
+    Docker(crate::docker::DockerArgs),
 }
 
 #[derive(clap::Args)]
@@ -91,6 +93,7 @@ pub fn cmd_bench(cmd: BenchCmd) -> Result<i32> {
         }
         BenchCmd::Boot(a) => boot(a.runs, a.peer_only),
         BenchCmd::Net(a) => crate::bench_net::cmd(a),
+        BenchCmd::Docker(a) => crate::docker::cmd_bench_docker(a),
     }
 }
 

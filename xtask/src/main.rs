@@ -5,6 +5,7 @@
 mod bench;
 mod bench_net;
 mod demo;
+mod docker;
 mod guests;
 mod initramfs;
 mod kernel;
@@ -45,7 +46,8 @@ enum Cmd {
     Kernel,
     /// Boot the guest kernel with qemu microvm inside the test host (smoke test).
     KernelSmoke,
-    /// Benchmarks: `cargo xtask bench boot [--runs N]` (runvm vs qemu microvm boot times and VMM memory).
+    /// Benchmarks: `cargo xtask bench boot [--runs N]` (runvm vs qemu microvm boot times and VMM memory),
+    /// `cargo xtask bench docker [--runs N]` (docker run latency, runvm vs runc).
     Bench {
         #[command(subcommand)]
         what: bench::BenchCmd,

@@ -189,7 +189,9 @@ fn run_guest_suites(
             })?;
         argv.push(exe);
     }
-    let extra = [("RUNVM_TEST_ARGS".to_string(), test_args.join(" "))];
+    let mut extra = vec![("RUNVM_TEST_ARGS".to_string(), test_args.join(" "))];
+    // The Docker/Podman suites' knobs (RUNVM_DOCKER_RUNTIME=runc for a control run, …).
+    extra.extend(std::env::vars().filter(|(k, _)| k.starts_with("RUNVM_DOCKER_")));
     let mut result = setup.run_at(place, &argv, &extra);
     for attempt in 2..=3 {
         match &result {

@@ -45,7 +45,8 @@ pub fn create(opts: CreateOptions) -> Result<i32> {
         (true, Some(path)) => Some(tty::Pty::for_console_socket(path).map_err(|e| fail(e.into()))?),
         (false, None) => None,
     };
-    let api_listener = UnixListener::bind(p.runtime_dir().join(api::SOCKET))
+    let api_listener = crate::sockpath::SocketDir::open(&p.runtime_dir())
+        .and_then(|d| UnixListener::bind(d.path(api::SOCKET)))
         .context("cannot create the monitor socket")
         .map_err(fail)?;
     let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| {

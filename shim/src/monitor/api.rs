@@ -46,7 +46,8 @@ pub enum ApiError {
 
 /// Sends `req` to the monitor whose state directory is `dir`, waiting up to `timeout`.
 pub fn request(dir: &Path, req: &Request, timeout: Duration) -> Result<Response, ApiError> {
-    let mut s = UnixStream::connect(dir.join(SOCKET)).map_err(ApiError::Unreachable)?;
+    let sockets = crate::sockpath::SocketDir::open(dir).map_err(ApiError::Unreachable)?;
+    let mut s = UnixStream::connect(sockets.path(SOCKET)).map_err(ApiError::Unreachable)?;
     s.set_read_timeout(Some(timeout))
         .map_err(ApiError::Unreachable)?;
     s.set_write_timeout(Some(timeout))

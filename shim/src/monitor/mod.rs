@@ -324,7 +324,9 @@ fn run_vm_inner(
         }
     }
 
-    let uds = cfg.runtime_dir.join("vsock.sock");
+    // Held open until the VM is gone: the vsock device binds and connects through it.
+    let sockets = crate::sockpath::SocketDir::open(&cfg.runtime_dir).map_err(setup)?;
+    let uds = sockets.path("vsock.sock");
     let port_path = |port: u32| PathBuf::from(format!("{}_{port}", uds.display()));
     let control_listener = UnixListener::bind(port_path(CONTROL_PORT)).map_err(setup)?;
     let stream_listener = UnixListener::bind(port_path(STREAM_PORT)).map_err(setup)?;

@@ -1,0 +1,1157 @@
+//! Docker acceptance tests (issue 5's "Must show" list): the real `dockerd` and `docker`
+//! CLI from Debian drive runvm as a registered runtime. Each test is one group; after
+//! each, the harness removes its containers and asserts that no monitor process, state
+//! directory, mount or tap device is left (`tests/src/docker.rs`).
+//!
+//! Run: `cargo xtask guest-test docker [-- FILTER]`. `RUNVM_DOCKER_RUNTIME=runc` runs the
+//! same tests against runc as a control.
+
+use std::time::{Duration, Instant};
+
+use runvm_tests::docker::{self, wait_for, Harness, Tmux, BUSYBOX};
+
+const TESTS: &[(&str, docker::TestFn)] = &[
+    ("echo_and_exit_codes", echo_and_exit_codes),
+    ("stdin_is_relayed", stdin_is_relayed),
+    ("ps_shows_one_process", ps_shows_one_process),
+    (
+        "hostname_is_short_id_or_given",
+        hostname_is_short_id_or_given,
+    ),
+    ("uname_is_the_guest_kernel", uname_is_the_guest_kernel),
+    (
+        "image_entrypoint_cmd_env_user_workdir",
+        image_entrypoint_cmd_env_user_workdir,
+    ),
+    ("run_flags_env_user_workdir", run_flags_env_user_workdir),
+    (
+        "detached_logs_tail_and_follow",
+        detached_logs_tail_and_follow,
+    ),
+    ("logs_lose_no_output", logs_lose_no_output),
+    (
+        "attach_to_a_running_container",
+        attach_to_a_running_container,
+    ),
+    (
+        "engine_api_create_attach_start_wait_logs",
+        engine_api_create_attach_start_wait_logs,
+    ),
+    ("interactive_tty_through_tmux", interactive_tty_through_tmux),
+    (
+        "stop_without_handler_waits_then_137",
+        stop_without_handler_waits_then_137,
+    ),
+    (
+        "stop_with_init_handler_or_stopsignal_is_prompt",
+        stop_with_init_handler_or_stopsignal_is_prompt,
+    ),
+    ("kill_gives_137", kill_gives_137),
+    (
+        "exec_kill_15_stops_init_container_only",
+        exec_kill_15_stops_init_container_only,
+    ),
+    ("exec_variants", exec_variants),
+    ("exec_interactive_tty", exec_interactive_tty),
+    ("top_lists_the_process", top_lists_the_process),
+    ("pause_and_unpause", pause_and_unpause),
+    ("stats_no_stream_shows_memory", stats_no_stream_shows_memory),
+    ("update_memory_limit", update_memory_limit),
+    (
+        "create_holds_no_vm_until_start",
+        create_holds_no_vm_until_start,
+    ),
+    ("restart_on_failure", restart_on_failure),
+    ("restart_always_until_stop", restart_always_until_stop),
+    (
+        "rm_force_of_a_running_container",
+        rm_force_of_a_running_container,
+    ),
+    (
+        "daemon_restart_brings_back_restart_always",
+        daemon_restart_brings_back_restart_always,
+    ),
+    (
+        "writable_layer_persists_diff_commit_cp",
+        writable_layer_persists_diff_commit_cp,
+    ),
+    ("read_only_rootfs_gives_erofs", read_only_rootfs_gives_erofs),
+    (
+        "build_with_runvm_as_default_runtime",
+        build_with_runvm_as_default_runtime,
+    ),
+    ("twenty_parallel_containers", twenty_parallel_containers),
+    ("default_bridge_echo", default_bridge_echo),
+    (
+        "default_bridge_container_has_its_address",
+        default_bridge_container_has_its_address,
+    ),
+    ("ctr_run_with_runc_binary", ctr_run_with_runc_binary),
+];
+
+fn main() {
+    docker::main(docker::Engine::Docker, TESTS);
+}
+
+/// The image the ENTRYPOINT/CMD/ENV/USER/WORKDIR tests use.
+const ENTRY_IMAGE: &str = "FROM busybox
+ENV GREETING=hello PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin
+WORKDIR /work
+USER 1000:1000
+EXPOSE 8080
+ENTRYPOINT [\"/bin/sh\", \"-c\", \"echo \\\"$GREETING $0\\\" $(id -u):$(id -g) $(pwd)\"]
+CMD [\"from-cmd\"]
+";
+
+/// An image whose STOPSIGNAL is USR1 and whose process exits 42 on it.
+const STOPSIGNAL_IMAGE: &str = "FROM busybox
+STOPSIGNAL SIGUSR1
+CMD [\"sh\", \"-c\", \"trap 'exit 42' USR1; echo ready; sleep 600 & wait\"]
+";
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn echo_and_exit_codes(h: &mut Harness) {
+    let d = h.cli().clone();
+    d.run(&["--rm", BUSYBOX, "echo", "hi"]).ok().prints("hi");
+    d.run(&["--rm", BUSYBOX, "sh", "-c", "exit 3"]).code_is(3);
+    d.run(&["--name", "ec", BUSYBOX, "sh", "-c", "exit 3"])
+        .code_is(3);
+    assert_eq!(d.inspect("ec", "{{.State.ExitCode}}"), "3");
+    assert_eq!(d.inspect("ec", "{{.State.Status}}"), "exited");
+    let out = d.run(&[
+        "--rm",
+        BUSYBOX,
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 0",
+    ]);
+    out.ok().prints("out");
+    assert_eq!(
+        out.stderr.trim(),
+        "err",
+        "stderr stays separate from stdout"
+    );
+}
+
+fn stdin_is_relayed(h: &mut Harness) {
+    let d = h.cli().clone();
+    d.run_stdin(&["--rm", "-i", BUSYBOX, "cat"], b"hello\n")
+        .ok()
+        .prints("hello");
+    let big = vec![b'x'; 1 << 20];
+    d.run_stdin(&["--rm", "-i", BUSYBOX, "wc", "-c"], &big)
+        .ok()
+        .prints(&(1 << 20).to_string());
+}
+
+fn ps_shows_one_process(h: &mut Harness) {
+    let out = h
+        .cli()
+        .run(&["--rm", BUSYBOX, "ps", "-e", "-o", "pid,comm"]);
+    out.ok();
+    let lines: Vec<&str> = out.text().lines().collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "a header and exactly one process: {lines:?}"
+    );
+    let fields: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(fields, ["1", "ps"], "ps is PID 1: {lines:?}");
+}
+
+fn hostname_is_short_id_or_given(h: &mut Harness) {
+    let d = h.cli().clone();
+    let out = d.run(&[
+        "--name",
+        "hn",
+        BUSYBOX,
+        "sh",
+        "-c",
+        "hostname; cat /etc/hostname",
+    ]);
+    out.ok();
+    let id = d.inspect("hn", "{{.Id}}");
+    let short = &id[..12];
+    assert_eq!(
+        out.text().lines().collect::<Vec<_>>(),
+        [short, short],
+        "hostname and /etc/hostname are the short id: {}",
+        out.stderr
+    );
+    d.run(&["--rm", "--hostname", "given-name", BUSYBOX, "hostname"])
+        .ok()
+        .prints("given-name");
+}
+
+fn uname_is_the_guest_kernel(h: &mut Harness) {
+    let out = h.cli().run(&["--rm", BUSYBOX, "uname", "-r"]);
+    out.ok();
+    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    if h.is_runvm() {
+        let kernel = std::env::var("RUNVM_KERNEL").expect("RUNVM_KERNEL");
+        let guest = docker::kernel_release(std::path::Path::new(&kernel))
+            .expect("a version string in the guest kernel");
+        assert_eq!(
+            out.text(),
+            guest,
+            "the guest kernel's release (documented divergence)"
+        );
+        assert_ne!(out.text(), host.trim());
+    } else {
+        out.prints(host.trim());
+    }
+}
+
+fn image_entrypoint_cmd_env_user_workdir(h: &mut Harness) {
+    let img = h.image("runvm-test-entry", ENTRY_IMAGE);
+    let d = h.cli().clone();
+    d.run(&["--rm", &img])
+        .ok()
+        .prints("hello from-cmd 1000:1000 /work");
+    d.run(&["--rm", &img, "other-arg"])
+        .ok()
+        .prints("hello other-arg 1000:1000 /work");
+    d.run(&["--rm", "-e", "GREETING=hi", &img])
+        .ok()
+        .prints("hi from-cmd 1000:1000 /work");
+    d.run(&["--rm", "--user", "0:0", "-w", "/tmp", &img])
+        .ok()
+        .prints("hello from-cmd 0:0 /tmp");
+    d.run(&["--rm", "--entrypoint", "echo", &img, "a", "b"])
+        .ok()
+        .prints("a b");
+    d.run(&["--rm", "--entrypoint", "sh", &img, "-c", "echo $GREETING"])
+        .ok()
+        .prints("hello");
+    d.run(&["--name", "meta", &img]).ok();
+    assert_eq!(
+        d.inspect("meta", "{{json .Config.ExposedPorts}}"),
+        r#"{"8080/tcp":{}}"#
+    );
+}
+
+fn run_flags_env_user_workdir(h: &mut Harness) {
+    let d = h.cli().clone();
+    d.run(&[
+        "--rm",
+        "-e",
+        "A=1",
+        "-e",
+        "B=two words",
+        BUSYBOX,
+        "sh",
+        "-c",
+        "echo \"$A|$B\"",
+    ])
+    .ok()
+    .prints("1|two words");
+    d.run(&["--rm", "--user", "1000:1000", BUSYBOX, "id"])
+        .ok()
+        .prints("uid=1000(user) gid=1000(user) groups=1000(user)");
+    d.run(&["--rm", "--user", "1000", BUSYBOX, "sh", "-c", "echo $HOME"])
+        .ok()
+        .prints("/home/user");
+    d.run(&["--rm", "-w", "/new/dir", BUSYBOX, "pwd"])
+        .ok()
+        .prints("/new/dir");
+    let env = d.run(&["--rm", "--hostname", "h1", BUSYBOX, "env"]);
+    env.ok();
+    for want in ["HOSTNAME=h1", "HOME=/root", "PATH="] {
+        assert!(
+            env.text().lines().any(|l| l.starts_with(want)),
+            "env lacks {want}: {}",
+            env.text()
+        );
+    }
+}
+
+fn detached_logs_tail_and_follow(h: &mut Harness) {
+    let d = h.cli().clone();
+    let id = d.run_detached(&[
+        "--name",
+        "logs",
+        BUSYBOX,
+        "sh",
+        "-c",
+        "i=1; while [ $i -le 5 ]; do echo line$i; i=$((i+1)); sleep 1; done; echo bye >&2",
+    ]);
+    assert_eq!(id.len(), 64, "run -d prints the full id: {id}");
+    let follow = d.cmd_timeout(&["logs", "-f", "logs"], Duration::from_secs(180));
+    follow.ok();
+    assert_eq!(
+        follow.text(),
+        "line1\nline2\nline3\nline4\nline5",
+        "logs -f follows until the container exits"
+    );
+    assert_eq!(follow.stderr.trim(), "bye");
+    // The last three lines of the log: two on stdout, one on stderr.
+    let tail = d.cmd(&["logs", "--tail", "3", "logs"]);
+    tail.ok().prints("line4\nline5");
+    assert_eq!(tail.stderr.trim(), "bye");
+    assert_eq!(d.inspect("logs", "{{.State.ExitCode}}"), "0");
+}
+
+fn logs_lose_no_output(h: &mut Harness) {
+    let d = h.cli().clone();
+    d.run_detached(&["--name", "burst", BUSYBOX, "seq", "1", "50000"]);
+    d.wait_status("burst", "exited", Duration::from_secs(180));
+    let out = d.cmd(&["logs", "burst"]);
+    out.ok();
+    let lines: Vec<&str> = out.text().lines().collect();
+    assert_eq!(lines.len(), 50000, "every line reaches docker logs");
+    assert_eq!(lines.last(), Some(&"50000"));
+    // The foreground path too, with a quick exit after the output.
+    let out = d.run(&["--rm", BUSYBOX, "sh", "-c", "seq 1 50000; exit 4"]);
+    out.code_is(4);
+    assert_eq!(out.text().lines().count(), 50000);
+}
+
+fn attach_to_a_running_container(h: &mut Harness) {
+    let d = h.cli().clone();
+    d.run_detached(&[
+        "--name",
+        "att",
+        BUSYBOX,
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 20 ]; do echo tick$i; i=$((i+1)); sleep 1; done; exit 5",
+    ]);
+    d.wait_status("att", "running", Duration::from_secs(120));
+    let out = d.cmd_timeout(&["attach", "--no-stdin", "att"], Duration::from_secs(120));
+    out.code_is(5);
+    assert!(
+        out.text().lines().last() == Some("tick19"),
+        "attach shows the output until the end: {}",
+        out.text()
+    );
+    // Attach with stdin: a container reading its input.
+    d.run_detached(&[
+        "-i",
+        "--name",
+        "att-in",
+        BUSYBOX,
+        "sh",
+        "-c",
+        "read line; echo got:$line",
+    ]);
+    d.wait_status("att-in", "running", Duration::from_secs(120));
+    // stdin stays open until the container has answered (closing it detaches).
+    let mut attach = d
+        .command(&["attach", "att-in"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("docker attach");
+    let mut input = attach.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    std::io::Write::write_all(&mut input, b"typed\n").unwrap();
+    let out = runvm_tests::wait_with_timeout(attach, Duration::from_secs(60));
+    drop(input);
+    assert_eq!(docker::exit_code(out.status), 0);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "got:typed");
+}
+
+fn engine_api_create_attach_start_wait_logs(h: &mut Harness) {
+    let sock = h.docker_socket().display().to_string();
+    let runtime = h.cli().runtime.clone();
+    let tmp = h.tmp.clone();
+    let curl = |args: &[&str]| {
+        let mut c = std::process::Command::new("curl");
+        c.args(["-sS", "--unix-socket", &sock]).args(args);
+        docker::run_cmd(c, None, Duration::from_secs(120))
+    };
+    let body = serde_json::json!({
+        "Image": "busybox",
+        "Cmd": ["sh", "-c", "echo hello world; echo to-stderr >&2"],
+        "AttachStdout": true, "AttachStderr": true,
+        "HostConfig": { "Runtime": runtime, "NetworkMode": "none" },
+    })
+    .to_string();
+    let out = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        &body,
+        "http://localhost/v1.41/containers/create?name=api",
+    ]);
+    out.ok();
+    let created: serde_json::Value = serde_json::from_str(out.text()).expect("create answers JSON");
+    let id = created["Id"].as_str().expect("an Id").to_string();
+
+    // Attach first (a hijacked stream in the background), then start.
+    let headers = tmp.join("attach.headers");
+    let stream = tmp.join("attach.out");
+    let mut attach = std::process::Command::new("curl")
+        .args(["-sS", "-N", "--unix-socket", &sock, "-X", "POST", "-D"])
+        .arg(&headers)
+        .arg("-o")
+        .arg(&stream)
+        .arg(format!(
+            "http://localhost/v1.41/containers/{id}/attach?stream=1&stdout=1&stderr=1"
+        ))
+        .spawn()
+        .expect("curl");
+    wait_for("the attach to be hijacked", Duration::from_secs(30), || {
+        std::fs::read_to_string(&headers)
+            .ok()
+            .filter(|s| s.contains("\r\n\r\n"))
+    });
+    let out = curl(&[
+        "-X",
+        "POST",
+        "-w",
+        "%{http_code}",
+        &format!("http://localhost/v1.41/containers/{id}/start"),
+    ]);
+    out.ok().prints("204");
+    let out = curl(&[
+        "-X",
+        "POST",
+        &format!("http://localhost/v1.41/containers/{id}/wait"),
+    ]);
+    out.ok();
+    let waited: serde_json::Value = serde_json::from_str(out.text()).expect("wait answers JSON");
+    assert_eq!(waited["StatusCode"], 0, "{waited}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while attach.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = attach.kill();
+    let _ = attach.wait();
+    let attached = demux(&std::fs::read(&stream).unwrap_or_default());
+    assert_eq!(
+        attached,
+        vec![
+            (1, "hello world\n".to_string()),
+            (2, "to-stderr\n".to_string())
+        ],
+        "the attach stream carries both outputs"
+    );
+    let logs = std::process::Command::new("curl")
+        .args(["-sS", "--unix-socket", &sock])
+        .arg(format!(
+            "http://localhost/v1.41/containers/{id}/logs?stdout=1&stderr=1"
+        ))
+        .output()
+        .unwrap();
+    let mut logged = demux(&logs.stdout);
+    logged.sort();
+    assert_eq!(
+        logged,
+        vec![
+            (1, "hello world\n".to_string()),
+            (2, "to-stderr\n".to_string())
+        ],
+        "logs has both outputs"
+    );
+}
+
+/// Splits Docker's multiplexed stream (8-byte headers: stream, 0, 0, 0, big-endian length).
+fn demux(mut data: &[u8]) -> Vec<(u8, String)> {
+    let mut out: Vec<(u8, String)> = Vec::new();
+    while data.len() >= 8 {
+        let len = u32::from_be_bytes([data[4], data[5], data[6], data[7]]) as usize;
+        let chunk = &data[8..(8 + len).min(data.len())];
+        let text = String::from_utf8_lossy(chunk).into_owned();
+        match out.last_mut() {
+            Some((s, t)) if *s == data[0] => t.push_str(&text),
+            _ => out.push((data[0], text)),
+        }
+        data = &data[(8 + len).min(data.len())..];
+    }
+    out
+}
+
+fn interactive_tty_through_tmux(h: &mut Harness) {
+    let d = h.cli().clone();
+    let mut args = vec!["run".to_string(), "-it".into(), "--rm".into()];
+    args.extend(d.container_args(false));
+    args.extend([BUSYBOX.to_string(), "sh".into()]);
+    let line = d.shell_line(&args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    // exit → 0; typed commands run; resize reaches the guest.
+    let t = Tmux::start(&h.tmp, &line, 80, 24);
+    t.wait_screen("the shell prompt", Duration::from_secs(120), |s| {
+        s.contains("/ #")
+    });
+    t.type_line("echo typed-$((6*7))");
+    t.wait_screen("the typed command's output", Duration::from_secs(30), |s| {
+        s.contains("typed-42")
+    });
+    t.type_line("stty size");
+    t.wait_screen("stty size 24 80", Duration::from_secs(30), |s| {
+        s.contains("24 80")
+    });
+    t.resize(100, 30);
+    std::thread::sleep(Duration::from_secs(1));
+    t.type_line("stty size");
+    t.wait_screen(
+        "stty size 30 100 after the resize",
+        Duration::from_secs(30),
+        |s| s.contains("30 100"),
+    );
+    t.type_line("tty");
+    t.wait_screen("a pty", Duration::from_secs(30), |s| {
+        s.contains("/dev/pts/")
+    });
+    t.type_line("exit");
+    assert_eq!(t.wait_exit(Duration::from_secs(60)), 0, "exit gives 0");
+    drop(t);
+
+    // Ctrl-C kills the foreground command, not the shell; exit then gives 130.
+    let t = Tmux::start(&h.tmp, &line, 80, 24);
+    t.wait_screen("the shell prompt", Duration::from_secs(120), |s| {
+        s.contains("/ #")
+    });
+    t.type_line("sleep 600");
+    std::thread::sleep(Duration::from_secs(2));
+    t.keys("C-c");
+    t.type_line("echo after-$?");
+    t.wait_screen("sleep interrupted (130)", Duration::from_secs(30), |s| {
+        s.contains("after-130")
+    });
+    t.type_line("sleep 600");
+    std::thread::sleep(Duration::from_secs(2));
+    t.keys("C-c");
+    t.type_line("exit");
+    assert_eq!(
+        t.wait_exit(Duration::from_secs(60)),
+        130,
+        "exit after a Ctrl-C'd command gives 130"
+    );
+}
+
+fn stop_without_handler_waits_then_137(h: &mut Harness) {
+    let d = h.cli().clone();
+    d.run_detached(&["--name", "plain", BUSYBOX, "sleep", "600"]);
+    d.wait_status("plain", "running", Duration::from_secs(120));
+    let out = d.cmd(&["stop", "-t", "5", "plain"]);
+    out.ok().prints("plain");
+    assert!(
+        out.elapsed >= Duration::from_secs(5),
+        "a PID 1 without a TERM handler ignores TERM: stop waits the timeout (took {:.1}s)",
+        secs(out.elapsed)
+    );
+    assert!(
+        out.elapsed < Duration::from_secs(60),
+        "then it is killed: took {:.1}s",
+        secs(out.elapsed)
+    );
+    assert_eq!(d.inspect("plain", "{{.State.ExitCode}}"), "137");
+}
+
+fn stop_with_init_handler_or_stopsignal_is_prompt(h: &mut Harness) {
+    let img = h.image("runvm-test-stopsignal", STOPSIGNAL_IMAGE);
+    let d = h.cli().clone();
+    for (name, args, want) in [
+        ("init", vec!["--init", BUSYBOX, "sleep", "600"], "143"),
+        (
+            "handler",
+            vec![
+                BUSYBOX,
+                "sh",
+                "-c",
+                "trap 'exit 7' TERM; echo ready; sleep 600 & wait",
+            ],
+            "7",
+        ),
+        ("stopsignal", vec![img.as_str()], "42"),
+    ] {
+        let mut a = vec!["--name", name];
+        a.extend(args);
+        d.run_detached(&a);
+        d.wait_status(name, "running", Duration::from_secs(120));
+        if name != "init" {
+            wait_for("the trap to be set", Duration::from_secs(60), || {
+                d.cmd(&["logs", name])
+                    .text()
+                    .contains("ready")
+                    .then_some(())
+            });
+        }
+        let out = d.cmd(&["stop", "-t", "60", name]);
+        out.ok();
+        assert!(
+            out.elapsed < Duration::from_secs(30),
+            "{name}: the signal is handled at once, no 60 s wait (took {:.1}s)",
+            secs(out.elapsed)
+        );
+        assert_eq!(d.inspect(name, "{{.State.ExitCode}}"), want, "{name}");
+    }
+}
+
+fn kill_gives_137(h: &mut Harness) {
+    let d = h.cli().clone();
+    d.run_detached(&["--name", "k1", BUSYBOX, "sleep", "600"]);
+    d.wait_status("k1", "running", Duration::from_secs(120));
+    d.cmd(&["kill", "k1"]).ok().prints("k1");
+    d.wait_status("k1", "exited", Duration::from_secs(60));
+    assert_eq!(d.inspect("k1", "{{.State.ExitCode}}"), "137");
+    // A signal with a handler: kill -s reaches the process.
+    d.run_detached(&[
+        "--name",
+        "k2",
+        BUSYBOX,
+        "sh",
+        "-c",
+        "trap 'exit 11' HUP; echo ready; sleep 600 & wait",
+    ]);
+    wait_for("the trap to be set", Duration::from_secs(120), || {
+        d.cmd(&["logs", "k2"])
+            .text()
+            .contains("ready")
+            .then_some(())
+    });
+    d.cmd(&["kill", "-s", "HUP", "k2"]).ok();
+    d.wait_status("k2", "exited", Duration::from_secs(60));
+    assert_eq!(d.inspect("k2", "{{.State.ExitCode}}"), "11");
+}
+
+fn exec_kill_15_stops_init_container_only(h: &mut Harness) {
+    let d = h.cli().clone();
+    d.run_detached(&["--name", "withinit", "--init", BUSYBOX, "sleep", "600"]);
+    d.run_detached(&["--name", "noinit", BUSYBOX, "sleep", "600"]);
+    d.wait_status("withinit", "running", Duration::from_secs(120));
+    d.wait_status("noinit", "running", Duration::from_secs(120));
+    // (The exec'd kill may itself be cut short as the container goes down.)
+    d.cmd(&["exec", "withinit", "kill", "-15", "1"]);
+    d.wait_status("withinit", "exited", Duration::from_secs(60));
+    assert_eq!(d.inspect("withinit", "{{.State.ExitCode}}"), "143");
+    d.cmd(&["exec", "noinit", "kill", "-15", "1"]).ok();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        d.inspect("noinit", "{{.State.Status}}"),
+        "running",
+        "TERM from inside to a PID 1 without a handler does nothing"
+    );
+}
+
+fn exec_variants(h: &mut Harness) {
+    let d = h.cli().clone();
+    d.run_detached(&["--name", "ex", BUSYBOX, "sleep", "600"]);
+    d.wait_status("ex", "running", Duration::from_secs(120));
+    d.cmd(&["exec", "ex", "echo", "from-exec"])
+        .ok()
+        .prints("from-exec");
+    d.cmd(&["exec", "ex", "sh", "-c", "exit 9"]).code_is(9);
+    d.cmd(&["exec", "-u", "1000:1000", "ex", "id", "-u"])
+        .ok()
+        .prints("1000");
+    d.cmd(&["exec", "-w", "/tmp", "ex", "pwd"])
+        .ok()
+        .prints("/tmp");
+    d.cmd(&["exec", "-e", "X=from-env", "ex", "sh", "-c", "echo $X"])
+        .ok()
+        .prints("from-env");
+    d.cmd_stdin(&["exec", "-i", "ex", "cat"], b"piped\n")
+        .ok()
+        .prints("piped");
+    // The exec'd process is in the container's PID namespace, next to PID 1.
+    let ps = d.cmd(&["exec", "ex", "ps", "-o", "pid,comm"]);
+    ps.ok();
+    let procs: Vec<Vec<&str>> = ps
+        .text()
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert!(procs.contains(&vec!["1", "sleep"]), "{procs:?}");
+    assert_eq!(procs.len(), 2, "sleep and ps: {procs:?}");
+    d.cmd(&["exec", "ex", "no-such-binary"])
+        .code_is(126)
+        .fails_with("no-such-binary");
+}
+
+fn exec_interactive_tty(h: &mut Harness) {
+    let d = h.cli().clone();
+    d.run_detached(&["--name", "exi", BUSYBOX, "sleep", "600"]);
+    d.wait_status("exi", "running", Duration::from_secs(120));
+    let line = d.shell_line(&["exec", "-it", "exi", "sh"]);
+    let t = Tmux::start(&h.tmp, &line, 90, 20);
+    t.wait_screen("the shell prompt", Duration::from_secs(60), |s| {
+        s.contains("/ #")
+    });
+    t.type_line("stty size; tty");
+    t.wait_screen("stty size 20 90 and a pty", Duration::from_secs(30), |s| {
+        s.contains("20 90") && s.contains("/dev/pts/")
+    });
+    t.type_line("exit 3");
+    assert_eq!(t.wait_exit(Duration::from_secs(60)), 3);
+    assert_eq!(d.inspect("exi", "{{.State.Status}}"), "running");
+}
+
+fn top_lists_the_process(h: &mut Harness) {
+    let d = h.cli().clone();
+    d.run_detached(&["--name", "top", BUSYBOX, "sleep", "600"]);
+    d.wait_status("top", "running", Duration::from_secs(120));
+    let out = d.cmd(&["top", "top"]);
+    out.ok();
+    let lines: Vec<&str> = out.text().lines().collect();
+    assert!(
+        lines.len() >= 2,
+        "a header and the container's processes: {lines:?}"
+    );
+    assert!(lines[0].contains("PID"), "{lines:?}");
+    if !h.is_runvm() {
+        assert!(
+            lines[1..].iter().any(|l| l.contains("sleep 600")),
+            "{lines:?}"
+        );
+    }
+}
+
+fn pause_and_unpause(h: &mut Harness) {
+    let d = h.cli().clone();
+    d.run_detached(&[
+        "--name",
+        "pz",
+        BUSYBOX,
+        "sh",
+        "-c",
+        "i=0; while :; do echo $i; i=$((i+1)); sleep 0.2; done",
+    ]);
+    d.wait_status("pz", "running", Duration::from_secs(120));
+    let count = || d.cmd(&["logs", "pz"]).text().lines().count();
+    wait_for("the counter to run", Duration::from_secs(60), || {
+        (count() > 3).then_some(())
+    });
+    d.cmd(&["pause", "pz"]).ok();
+    assert_eq!(d.inspect("pz", "{{.State.Status}}"), "paused");
+    std::thread::sleep(Duration::from_secs(1));
+    let before = count();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(count(), before, "a paused container makes no progress");
+    d.cmd(&["unpause", "pz"]).ok();
+    assert_eq!(d.inspect("pz", "{{.State.Status}}"), "running");
+    wait_for("the counter to go on", Duration::from_secs(30), || {
+        (count() > before + 3).then_some(())
+    });
+}
+
+fn stats_no_stream_shows_memory(h: &mut Harness) {
+    let d = h.cli().clone();
+    d.run_detached(&["--name", "st", BUSYBOX, "sleep", "600"]);
+    d.wait_status("st", "running", Duration::from_secs(120));
+    let out = d.cmd(&[
+        "stats",
+        "--no-stream",
+        "--format",
+        "{{.MemUsage}}|{{.PIDs}}",
+        "st",
+    ]);
+    out.ok();
+    let usage = out
+        .text()
+        .split('|')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    assert!(
+        !usage.is_empty() && !usage.starts_with("0B"),
+        "non-zero memory usage: {:?}",
+        out.text()
+    );
+}
+
+fn update_memory_limit(h: &mut Harness) {
+    let d = h.cli().clone();
+    d.run_detached(&["--name", "up", "--memory", "200m", BUSYBOX, "sleep", "600"]);
+    d.wait_status("up", "running", Duration::from_secs(120));
+    let limit = |d: &docker::Cli| {
+        let out = d.cmd(&["exec", "up", "cat", "/sys/fs/cgroup/memory.max"]);
+        out.ok();
+        out.text().to_string()
+    };
+    assert_eq!(
+        limit(&d),
+        (200u64 << 20).to_string(),
+        "the limit applies inside"
+    );
+    d.cmd(&["update", "--memory", "300m", "--memory-swap", "300m", "up"])
+        .ok();
+    assert_eq!(
+        d.inspect("up", "{{.HostConfig.Memory}}"),
+        (300u64 << 20).to_string()
+    );
+    assert_eq!(
+        limit(&d),
+        (300u64 << 20).to_string(),
+        "the update applies inside"
+    );
+}
+
+fn create_holds_no_vm_until_start(h: &mut Harness) {
+    let d = h.cli().clone();
+    let out = d.create(&[
+        "--name",
+        "cr",
+        BUSYBOX,
+        "sh",
+        "-c",
+        "echo started; sleep 600",
+    ]);
+    out.ok();
+    let id = out.text().to_string();
+    assert_eq!(d.inspect("cr", "{{.State.Status}}"), "created");
+    let vm_holders = || {
+        docker::process_table()
+            .into_iter()
+            .filter(|(pid, _, _)| runvm_tests::holds_vm(*pid))
+            .map(|(pid, comm, cmd)| format!("{pid} {comm} {cmd}"))
+            .collect::<Vec<_>>()
+    };
+    if h.is_runvm() {
+        assert_eq!(
+            vm_holders(),
+            Vec::<String>::new(),
+            "a created container holds no VM"
+        );
+    }
+    assert_eq!(
+        d.cmd(&["logs", "cr"]).text(),
+        "",
+        "nothing ran before start"
+    );
+    d.cmd(&["start", "cr"]).ok();
+    d.wait_status("cr", "running", Duration::from_secs(120));
+    wait_for("the process to run", Duration::from_secs(60), || {
+        (d.cmd(&["logs", "cr"]).text() == "started").then_some(())
+    });
+    if h.is_runvm() {
+        let pid: i32 = d.inspect("cr", "{{.State.Pid}}").parse().unwrap();
+        assert!(
+            runvm_tests::holds_vm(pid),
+            "after start, State.Pid ({pid}) is the monitor holding the VM of {id}"
+        );
+    }
+}
+
+fn restart_on_failure(h: &mut Harness) {
+    let d = h.cli().clone();
+    d.run_detached(&[
+        "--name",
+        "rf",
+        "--restart",
+        "on-failure:2",
+        BUSYBOX,
+        "sh",
+        "-c",
+        "echo run; exit 3",
+    ]);
+    wait_for(
+        "two restarts and a final exit",
+        Duration::from_secs(240),
+        || {
+            let s = d.inspect("rf", "{{.RestartCount}} {{.State.Status}}");
+            (s == "2 exited").then_some(())
+        },
+    );
+    assert_eq!(d.inspect("rf", "{{.State.ExitCode}}"), "3");
+    assert_eq!(d.cmd(&["logs", "rf"]).text(), "run\nrun\nrun", "three runs");
+    // A success is not restarted.
+    d.run_detached(&["--name", "rf0", "--restart", "on-failure", BUSYBOX, "true"]);
+    d.wait_status("rf0", "exited", Duration::from_secs(120));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        d.inspect("rf0", "{{.RestartCount}} {{.State.Status}}"),
+        "0 exited"
+    );
+}
+
+fn restart_always_until_stop(h: &mut Harness) {
+    let d = h.cli().clone();
+    d.run_detached(&[
+        "--name",
+        "ra",
+        "--restart",
+        "always",
+        BUSYBOX,
+        "sh",
+        "-c",
+        "echo run; sleep 1",
+    ]);
+    wait_for("at least two restarts", Duration::from_secs(240), || {
+        let n: u32 = d.inspect("ra", "{{.RestartCount}}").parse().unwrap_or(0);
+        (n >= 2).then_some(())
+    });
+    d.cmd(&["stop", "-t", "5", "ra"]).ok();
+    let n = d.inspect("ra", "{{.RestartCount}}");
+    assert_eq!(d.inspect("ra", "{{.State.Status}}"), "exited");
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        d.inspect("ra", "{{.RestartCount}} {{.State.Status}}"),
+        format!("{n} exited"),
+        "stop ends the loop"
+    );
+}
+
+fn rm_force_of_a_running_container(h: &mut Harness) {
+    let d = h.cli().clone();
+    d.run_detached(&["--name", "rmf", BUSYBOX, "sleep", "600"]);
+    d.wait_status("rmf", "running", Duration::from_secs(120));
+    let out = d.cmd(&["rm", "-f", "rmf"]);
+    out.ok().prints("rmf");
+    assert!(
+        out.elapsed < Duration::from_secs(30),
+        "rm -f kills at once: {:.1}s",
+        secs(out.elapsed)
+    );
+    d.cmd(&["inspect", "rmf"]).fails_with("No such");
+    h.assert_nothing_left();
+}
+
+fn daemon_restart_brings_back_restart_always(h: &mut Harness) {
+    let d = h.cli().clone();
+    d.run_detached(&[
+        "--name",
+        "back",
+        "--restart",
+        "always",
+        BUSYBOX,
+        "sh",
+        "-c",
+        "echo up; sleep 600",
+    ]);
+    d.wait_status("back", "running", Duration::from_secs(120));
+    let pid_before = d.inspect("back", "{{.State.Pid}}");
+    h.restart_daemon("runc");
+    let d = h.cli().clone();
+    d.wait_status("back", "running", Duration::from_secs(180));
+    let pid_after = d.inspect("back", "{{.State.Pid}}");
+    assert_ne!(
+        pid_before, pid_after,
+        "a new instance runs after the daemon restart"
+    );
+    if h.is_runvm() {
+        assert!(
+            runvm_tests::holds_vm(pid_after.parse().unwrap()),
+            "and it holds a VM"
+        );
+    }
+    wait_for("its output", Duration::from_secs(60), || {
+        (d.cmd(&["logs", "back"])
+            .text()
+            .lines()
+            .filter(|l| *l == "up")
+            .count()
+            == 2)
+            .then_some(())
+    });
+}
+
+fn writable_layer_persists_diff_commit_cp(h: &mut Harness) {
+    let d = h.cli().clone();
+    let script = "cat /from-host 2>/dev/null; echo x >> /data; cat /data";
+    d.run(&["--name", "wl", BUSYBOX, "sh", "-c", script])
+        .ok()
+        .prints("x");
+    d.cmd(&["start", "-a", "wl"]).ok().prints("x\nx");
+    let diff = d.cmd(&["diff", "wl"]);
+    diff.ok();
+    assert!(
+        diff.text().lines().any(|l| l == "A /data"),
+        "docker diff shows the new file: {}",
+        diff.text()
+    );
+    let host_copy = h.tmp.join("data.copy");
+    d.cmd(&["cp", "wl:/data", &host_copy.display().to_string()])
+        .ok();
+    assert_eq!(
+        std::fs::read_to_string(&host_copy).unwrap(),
+        "x\nx\n",
+        "docker cp out"
+    );
+    let from_host = h.tmp.join("from-host");
+    std::fs::write(&from_host, "copied in\n").unwrap();
+    d.cmd(&["cp", &from_host.display().to_string(), "wl:/from-host"])
+        .ok();
+    d.cmd(&["start", "-a", "wl"])
+        .ok()
+        .prints("copied in\nx\nx\nx");
+    d.cmd(&["commit", "wl", "runvm-test-committed"]).ok();
+    d.run(&["--rm", "runvm-test-committed", "cat", "/data", "/from-host"])
+        .ok()
+        .prints("x\nx\nx\ncopied in");
+    // Deleting an image file is a whiteout in the diff.
+    d.run(&["--name", "wl2", BUSYBOX, "rm", "/bin/ls"]).ok();
+    let diff = d.cmd(&["diff", "wl2"]);
+    assert!(
+        diff.text().lines().any(|l| l == "D /bin/ls"),
+        "{}",
+        diff.text()
+    );
+}
+
+fn read_only_rootfs_gives_erofs(h: &mut Harness) {
+    let d = h.cli().clone();
+    let out = d.run(&["--rm", "--read-only", BUSYBOX, "touch", "/x"]);
+    out.code_is(1);
+    assert!(
+        out.stderr.contains("Read-only file system"),
+        "{}",
+        out.stderr
+    );
+    d.run(&[
+        "--rm",
+        "--read-only",
+        "--tmpfs",
+        "/scratch",
+        BUSYBOX,
+        "sh",
+        "-c",
+        "echo ok > /scratch/f && cat /scratch/f",
+    ])
+    .ok()
+    .prints("ok");
+}
+
+fn build_with_runvm_as_default_runtime(h: &mut Harness) {
+    let runtime = h.cli().runtime.clone();
+    h.restart_daemon(&runtime);
+    let d = h.cli().clone();
+    let dir = h.tmp.join("build");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM busybox\nRUN echo built-in-a-vm > /built && uname -r > /kernel\nRUN cat /built\nCMD [\"cat\", \"/built\", \"/kernel\"]\n",
+    )
+    .unwrap();
+    let out = d.cmd_timeout(
+        &[
+            "build",
+            "--network",
+            "none",
+            "-t",
+            "runvm-test-built",
+            &dir.display().to_string(),
+        ],
+        Duration::from_secs(600),
+    );
+    out.ok();
+    assert!(
+        out.text().contains("built-in-a-vm"),
+        "the second RUN step saw the first's file: {}",
+        out.text()
+    );
+    let run = d.cmd(&["run", "--rm", "--network", "none", "runvm-test-built"]);
+    run.ok();
+    let lines: Vec<&str> = run.text().lines().collect();
+    assert_eq!(lines.first(), Some(&"built-in-a-vm"), "{lines:?}");
+    if h.is_runvm() {
+        let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        assert_ne!(
+            lines.get(1).copied(),
+            Some(host.trim()),
+            "the RUN step ran in a guest kernel"
+        );
+    }
+    let info = d.cmd(&["info", "--format", "{{.DefaultRuntime}}"]);
+    info.ok().prints(&runtime);
+}
+
+fn twenty_parallel_containers(h: &mut Harness) {
+    let d = h.cli().clone();
+    let names: Vec<String> = (0..20).map(|i| format!("par{i}")).collect();
+    let results: Vec<docker::Out> = std::thread::scope(|s| {
+        let handles: Vec<_> = names
+            .iter()
+            .map(|n| {
+                let d = d.clone();
+                {
+                    let args = d.with_runtime("run", &["-d", "--name", n, BUSYBOX, "sleep", "600"]);
+                    // Twenty CLIs, shims and guests at once are slow under TCG.
+                    s.spawn(move || {
+                        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                        d.cmd_timeout(&args, Duration::from_secs(900))
+                    })
+                }
+            })
+            .collect();
+        handles.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    for r in &results {
+        r.ok();
+    }
+    for n in &names {
+        d.wait_status(n, "running", Duration::from_secs(600));
+    }
+    let mut args = vec!["stop", "-t", "2"];
+    args.extend(names.iter().map(String::as_str));
+    let out = d.cmd_timeout(&args, Duration::from_secs(900));
+    out.ok();
+    for n in &names {
+        assert_eq!(
+            d.inspect(n, "{{.State.Status}} {{.State.ExitCode}}"),
+            "exited 137",
+            "{n}"
+        );
+    }
+}
+
+fn default_bridge_echo(h: &mut Harness) {
+    h.cli()
+        .run_bridge(&["--rm", BUSYBOX, "echo", "hi"])
+        .ok()
+        .prints("hi");
+}
+
+fn default_bridge_container_has_its_address(h: &mut Harness) {
+    let d = h.cli().clone();
+    let out = d.run_bridge(&["-d", "--name", "net", BUSYBOX, "sleep", "600"]);
+    out.ok();
+    d.wait_status("net", "running", Duration::from_secs(120));
+    let ip = d.inspect("net", "{{.NetworkSettings.IPAddress}}");
+    assert!(!ip.is_empty(), "docker gave the container an address");
+    let addr = d.cmd(&["exec", "net", "ip", "-4", "-o", "addr", "show", "eth0"]);
+    addr.ok();
+    assert!(
+        addr.text().contains(&format!("inet {ip}/")),
+        "eth0 has {ip}: {}",
+        addr.text()
+    );
+    let mut c = std::process::Command::new("ping");
+    c.args(["-c", "1", "-W", "10", &ip]);
+    docker::run_cmd(c, None, Duration::from_secs(30)).ok();
+}
+
+fn ctr_run_with_runc_binary(h: &mut Harness) {
+    let sock = h.docker_exec_root().join("containerd/containerd.sock");
+    let sock = sock.display().to_string();
+    let runtime_bin = if h.is_runvm() {
+        h.runvm_bin().to_string()
+    } else {
+        "runc".to_string()
+    };
+    let tar = h.tmp.join("busybox-image.tar");
+    h.cli()
+        .cmd(&["save", "-o", &tar.display().to_string(), "busybox:latest"])
+        .ok();
+    let ctr = |args: &[&str]| {
+        let mut c = std::process::Command::new("ctr");
+        c.args(["--address", &sock, "--namespace", "runvm-test"])
+            .args(args);
+        docker::run_cmd(c, None, Duration::from_secs(180))
+    };
+    ctr(&["images", "import", &tar.display().to_string()]).ok();
+    let out = ctr(&[
+        "run",
+        "--rm",
+        "--runc-binary",
+        &runtime_bin,
+        "docker.io/library/busybox:latest",
+        "ctr-test",
+        "sh",
+        "-c",
+        "echo from-ctr; exit 0",
+    ]);
+    let _ = ctr(&["tasks", "kill", "-s", "KILL", "ctr-test"]);
+    let _ = ctr(&["containers", "rm", "ctr-test"]);
+    let _ = ctr(&["images", "rm", "docker.io/library/busybox:latest"]);
+    out.ok().prints("from-ctr");
+}

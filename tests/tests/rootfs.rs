@@ -171,6 +171,7 @@ fn bundle(rootfs: &Path, script: &str, readonly: bool, mounts: serde_json::Value
         },
         "root": { "path": rootfs, "readonly": readonly },
         "hostname": "rootfs-test",
+        "linux": { "namespaces": default_namespaces() },
     });
     if !mounts.is_null() {
         config["mounts"] = mounts;

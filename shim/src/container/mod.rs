@@ -129,6 +129,9 @@ pub fn prepare(id: &str, bundle: &Path, root: &Option<PathBuf>) -> Result<Prepar
             seccomp: std::env::var_os("RUNVM_NO_SECCOMP").is_none_or(|v| v == "0"),
             boot_timeout,
             timings_file: std::env::var_os("RUNVM_TIMINGS_FILE").map(PathBuf::from),
+            cmdline_append: std::env::var("RUNVM_KERNEL_CMDLINE_APPEND")
+                .ok()
+                .filter(|s| !s.trim().is_empty()),
         })
     })();
     let config = match built {

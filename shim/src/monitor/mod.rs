@@ -80,6 +80,8 @@ pub struct MonitorConfig {
     pub seccomp: bool,
     pub boot_timeout: Duration,
     pub timings_file: Option<PathBuf>,
+    /// Words appended to the guest kernel's command line (`RUNVM_KERNEL_CMDLINE_APPEND`).
+    pub cmdline_append: Option<String>,
 }
 
 fn explain(reason: &VmExitReason) -> String {
@@ -312,6 +314,10 @@ fn run_vm_inner(
         cmdline.push_str("runvm.debug=1");
     } else {
         cmdline.push_str("quiet");
+    }
+    if let Some(extra) = &cfg.cmdline_append {
+        cmdline.push(' ');
+        cmdline.push_str(extra);
     }
     let vmm = Vmm::new(VmConfig {
         vcpus: cfg.vcpus,

@@ -248,7 +248,8 @@ fn misbehave(mode: Mode) -> Result<()> {
             let mut c = hello_and_run()?;
             // Escapes that would recolour, clear or retitle the caller's terminal.
             let mut message = String::from("\x1b[2J\x1b]0;owned\x07\x1b[31mHUGE");
-            let room = MAX_FRAME_LEN as usize - 4096;
+            // JSON writes each `\r` as two bytes: stay under the frame limit.
+            let room = MAX_FRAME_LEN as usize / 17 * 15;
             while message.len() < room {
                 message.push_str("AAAAAAAAAAAAAAA\r");
             }

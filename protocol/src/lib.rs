@@ -298,10 +298,11 @@ pub enum ExitStatus {
 
 impl ExitStatus {
     /// The shell/containerd convention: the exit code, or 128+signo for a signal death.
+    /// Never panics, whatever numbers a guest sent (the host refuses impossible ones).
     pub fn code(self) -> i32 {
         match self {
             Self::Exited(c) => c & 0xff,
-            Self::Signaled(s) => 128 + s,
+            Self::Signaled(s) => 128 + (s & 0x7f),
         }
     }
 }
@@ -736,6 +737,9 @@ mod tests {
         assert_eq!(ExitStatus::Exited(256 + 3).code(), 3);
         assert_eq!(ExitStatus::Signaled(9).code(), 137);
         assert_eq!(ExitStatus::Signaled(15).code(), 143);
+        // Garbage from a guest does not overflow.
+        let _ = ExitStatus::Signaled(i32::MAX).code();
+        let _ = ExitStatus::Signaled(i32::MIN).code();
     }
 
     #[test]

@@ -46,9 +46,9 @@ impl ContainerSpec {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        let spec: Spec = serde_json::from_str(&text).map_err(|e| SpecError::Invalid {
+        let spec: Spec = from_json(&text).map_err(|message| SpecError::Invalid {
             path: path.clone(),
-            message: e.to_string(),
+            message,
         })?;
         let invalid = |message: String| SpecError::Invalid {
             path: path.clone(),
@@ -126,6 +126,63 @@ impl ContainerSpec {
             process,
             bundle,
         })
+    }
+}
+
+/// Environment knob: `1` ignores keys the OCI runtime spec does not define, as runc does,
+/// with a warning, instead of refusing them.
+pub const ALLOW_UNKNOWN_FIELDS: &str = "RUNVM_ALLOW_UNKNOWN_FIELDS";
+/// Most unknown keys named in one error.
+const MAX_NAMED: usize = 8;
+
+/// Parses an OCI JSON document (config.json, or `runvm exec --process`'s file) and
+/// refuses keys its schema does not define, naming each with its path
+/// (`process.argz`, `mounts[2].opts`). A misspelt key would otherwise be dropped without
+/// a word, and the container run without what it asked for (a `readOnly` root, a
+/// `maskedpaths` list). Maps the spec leaves open (`annotations`, `linux.sysctl`,
+/// `linux.resources.unified`, …) take any key. With [`ALLOW_UNKNOWN_FIELDS`]`=1` the
+/// keys are only logged, as runc ignores them.
+pub fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    let mut unknown = Vec::new();
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value: T = serde_ignored::deserialize(&mut de, |path| unknown.push(key_path(&path)))
+        .map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())?;
+    if unknown.is_empty() {
+        return Ok(value);
+    }
+    let mut named = unknown
+        .iter()
+        .take(MAX_NAMED)
+        .map(|k| format!("{k:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if unknown.len() > MAX_NAMED {
+        named.push_str(&format!(" and {} more", unknown.len() - MAX_NAMED));
+    }
+    let plural = if unknown.len() == 1 { "" } else { "s" };
+    if std::env::var_os(ALLOW_UNKNOWN_FIELDS).is_some_and(|v| v == "1") {
+        log::warn!("ignoring unknown key{plural} {named} ({ALLOW_UNKNOWN_FIELDS}=1)");
+        return Ok(value);
+    }
+    Err(format!(
+        "unknown key{plural} {named}: the OCI runtime spec defines no such key{plural}, and runvm refuses what it would silently ignore (fix the spelling, or set {ALLOW_UNKNOWN_FIELDS}=1 to ignore unknown keys as runc does)"
+    ))
+}
+
+/// A key's place in the document, as a user writes it: `process.args`, `mounts[0].type`.
+fn key_path(p: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match p {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", key_path(parent)),
+        Path::Map { parent, key } => match key_path(parent) {
+            parent if parent.is_empty() => key.clone(),
+            parent => format!("{parent}.{key}"),
+        },
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => key_path(parent),
     }
 }
 
@@ -462,5 +519,100 @@ mod tests {
         }}}));
         let e = b.load().unwrap_err().to_string();
         assert!(e.contains("CAP_WHATEVER"), "{e}");
+    }
+
+    /// The config.json files runc, Docker 20.10, Podman 4 and containerd 1.6 write, as
+    /// they write them (testdata/).
+    fn testdata(name: &str) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata")
+            .join(name);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    #[test]
+    fn what_runc_docker_podman_and_containerd_write_has_no_unknown_key() {
+        for name in [
+            "runc-1.1-spec.json",
+            "docker-20.10-config.json",
+            "podman-4-config.json",
+            "containerd-1.6-cri-config.json",
+        ] {
+            let spec: Result<Spec, String> = from_json(&testdata(name));
+            assert!(spec.is_ok(), "{name}: {}", spec.unwrap_err());
+        }
+        // `runc spec`'s output, as runc 1.1 writes it, is accepted by the whole of load.
+        let b = Bundle::new(json!({}));
+        std::fs::write(b.0.join("config.json"), testdata("runc-1.1-spec.json")).unwrap();
+        let c = b.load().unwrap();
+        assert!(c.readonly);
+        assert_eq!(c.hostname.as_deref(), Some("runc"));
+        assert_eq!(c.mounts.len(), 7);
+        assert!(c.process.unwrap().terminal);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_paths() {
+        for (extra, key) in [
+            (json!({ "process": { "argz": ["sh"] } }), "\"process.argz\""),
+            (json!({ "hostName": "x" }), "\"hostName\""),
+            (json!({ "root": { "readOnly": true } }), "\"root.readOnly\""),
+            (
+                json!({ "mounts": [ { "destination": "/proc", "type": "proc", "source": "proc" },
+                                    { "destination": "/tmp", "type": "tmpfs", "opts": ["size=1m"] } ] }),
+                "\"mounts[1].opts\"",
+            ),
+            (
+                json!({ "linux": { "resources": { "memory": { "limitt": 1 } } } }),
+                "\"linux.resources.memory.limitt\"",
+            ),
+            (
+                json!({ "linux": { "maskedpaths": ["/proc/kcore"] } }),
+                "\"linux.maskedpaths\"",
+            ),
+            (
+                json!({ "process": { "user": { "uid": 0, "gid": 0, "groups": [1] } } }),
+                "\"process.user.groups\"",
+            ),
+        ] {
+            let e = Bundle::new(extra).load().unwrap_err().to_string();
+            assert!(e.contains(key), "expected {key} in: {e}");
+            assert!(e.contains("config.json"), "{e}");
+            assert!(e.contains("unknown key"), "{e}");
+        }
+        // Every unknown key is named, not only the first.
+        let e = Bundle::new(json!({ "a": 1, "process": { "b": 2 } }))
+            .load()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"a\"") && e.contains("\"process.b\"") && e.contains("keys"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_maps_the_spec_leaves_open_take_any_key() {
+        let b = Bundle::new(json!({
+            "annotations": { "anything.goes/here": "x", "io.kubernetes.cri.sandbox-id": "y" },
+            "linux": {
+                "sysctl": { "net.core.somaxconn": "1024" },
+                "resources": { "unified": { "memory.oom.group": "1", "whatever.key": "v" } },
+            },
+            "hooks": { "prestart": [ { "path": "/bin/true", "env": ["A=1"] } ] },
+        }));
+        b.load().unwrap();
+    }
+
+    #[test]
+    fn exec_process_files_are_checked_the_same_way() {
+        let ok = r#"{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0},"terminal":false}"#;
+        let p: oci_spec::runtime::Process = from_json(ok).unwrap();
+        assert_eq!(p.args().as_ref().unwrap()[0], "sh");
+        let bad = r#"{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0},"termnial":true}"#;
+        let e = from_json::<oci_spec::runtime::Process>(bad).unwrap_err();
+        assert!(e.contains("\"termnial\""), "{e}");
+        // Trailing garbage after the document is an error too.
+        assert!(from_json::<oci_spec::runtime::Process>(&format!("{ok} x")).is_err());
     }
 }

@@ -110,3 +110,97 @@ fn unknown_ids_and_bad_signals() {
     );
     root.assert_clean(Duration::from_millis(100));
 }
+
+#[test]
+#[ignore = "needs the runvm binary: run through `cargo xtask test`"]
+fn unknown_keys_are_refused_naming_their_path() {
+    let root = StateRoot::new();
+    let rootfs = std::env::var("RUNVM_TEST_ROOTFS").unwrap_or_else(|_| "/".into());
+    let base = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": { "args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0} },
+        "root": { "path": rootfs },
+    });
+    let with = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut c = base.clone();
+        f(&mut c);
+        Bundle::from_config(&c.to_string())
+    };
+    refused(
+        &root,
+        &with(&|c| c["process"]["argz"] = serde_json::json!(["true"])),
+        "argz",
+        "\"process.argz\"",
+    );
+    refused(
+        &root,
+        &with(&|c| {
+            c["mounts"] =
+                serde_json::json!([{ "destination": "/tmp", "type": "tmpfs", "opts": ["size=1m"] }])
+        }),
+        "opts",
+        "\"mounts[0].opts\"",
+    );
+    refused(
+        &root,
+        &with(&|c| c["root"]["readOnly"] = true.into()),
+        "readonly",
+        "\"root.readOnly\"",
+    );
+    // exec's --process file is checked the same way (the id is looked up first, so it
+    // needs none; a missing container still says so).
+    let out = root.cmd(&["exec", "--process", "/nonexistent/p.json", "nope"]);
+    assert_ne!(code(&out), 0);
+}
+
+#[test]
+#[ignore = "needs the runvm binary: run through `cargo xtask test`"]
+fn open_maps_take_any_key_and_the_escape_hatch_ignores_unknown_ones() {
+    // A config that parses gets as far as looking for the guest kernel: pointing
+    // RUNVM_KERNEL at nothing stops it there, before any state is made.
+    let root = StateRoot::new();
+    let rootfs = std::env::var("RUNVM_TEST_ROOTFS").unwrap_or_else(|_| "/".into());
+    let cfg = |extra: serde_json::Value| {
+        let mut c = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": { "args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0} },
+            "root": { "path": rootfs },
+            "annotations": { "io.kubernetes.cri.sandbox-id": "x", "any/key": "y" },
+            "linux": { "sysctl": { "net.core.somaxconn": "64" } },
+        });
+        if let (Some(c), serde_json::Value::Object(e)) = (c.as_object_mut(), extra) {
+            c.extend(e);
+        }
+        Bundle::from_config(&c.to_string())
+    };
+    let run = |bundle: &Bundle, allow: bool| {
+        let mut c = root.command(&["run", "--bundle", bundle.path().to_str().unwrap(), "open"]);
+        c.env("RUNVM_KERNEL", "/nonexistent/vmlinux")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        if allow {
+            c.env("RUNVM_ALLOW_UNKNOWN_FIELDS", "1");
+        }
+        wait_with_timeout(c.spawn().unwrap(), Duration::from_secs(60))
+    };
+    let out = run(&cfg(serde_json::json!({})), false);
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains("/nonexistent/vmlinux") && !stderr(&out).contains("unknown key"),
+        "{}",
+        stderr(&out)
+    );
+    let typo = cfg(serde_json::json!({ "hostName": "x" }));
+    let out = run(&typo, false);
+    assert!(stderr(&out).contains("\"hostName\""), "{}", stderr(&out));
+    // With the escape hatch: a warning naming the key, and on to the kernel.
+    let out = run(&typo, true);
+    assert!(
+        stderr(&out).contains("warn: ignoring unknown key \"hostName\"")
+            && stderr(&out).contains("/nonexistent/vmlinux"),
+        "{}",
+        stderr(&out)
+    );
+    root.assert_clean(Duration::from_millis(500));
+}

@@ -19,11 +19,17 @@ fn workspace_root() -> PathBuf {
 }
 
 /// Builds `guest-init` as a static binary and returns its path.
+pub fn build_guest_init() -> Result<PathBuf> {
+    build_static_init("guest-init")
+}
+
+/// Builds the binary of workspace package `package` (`guest-init`, or the tests'
+/// `hostile-init`) as a static binary and returns its path.
 ///
 /// Uses its own target directory (`target/guest-init`) so that the `+crt-static` flags
 /// do not invalidate the normal build, and an explicit `--target` so those flags do not
 /// reach build scripts and proc macros. Symbols are stripped: the binary loads on every boot.
-pub fn build_guest_init() -> Result<PathBuf> {
+fn build_static_init(package: &str) -> Result<PathBuf> {
     let root = workspace_root();
     let target_dir = root.join("target").join("guest-init");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -33,7 +39,7 @@ pub fn build_guest_init() -> Result<PathBuf> {
             "build",
             "--release",
             "-p",
-            "guest-init",
+            package,
             "--target",
             GUEST_TARGET,
         ])
@@ -45,14 +51,11 @@ pub fn build_guest_init() -> Result<PathBuf> {
             "-C target-feature=+crt-static -C strip=symbols",
         )
         .status()
-        .context("run cargo build for guest-init")?;
+        .with_context(|| format!("run cargo build for {package}"))?;
     if !status.success() {
-        bail!("cargo build of guest-init failed ({status})");
+        bail!("cargo build of {package} failed ({status})");
     }
-    let bin = target_dir
-        .join(GUEST_TARGET)
-        .join("release")
-        .join("guest-init");
+    let bin = target_dir.join(GUEST_TARGET).join("release").join(package);
     let elf = std::fs::read(&bin).with_context(|| format!("read {}", bin.display()))?;
     check_static(&elf).with_context(|| format!("{} is not usable as /init", bin.display()))?;
     Ok(bin)
@@ -120,14 +123,25 @@ fn initramfs_image(init: &Path) -> Result<Vec<u8>> {
 /// rewriting the file only when its content changed. Returns its path.
 pub fn initramfs() -> Result<PathBuf> {
     let init = build_guest_init()?;
-    let out = workspace_root()
-        .join("target")
-        .join("runvm")
-        .join("initramfs.cpio");
+    install_initramfs(&init, "initramfs.cpio")
+}
+
+/// Builds the tests' hostile guest init (`tests/hostile-init`) and its initramfs at
+/// `<workspace>/target/runvm/hostile-initramfs.cpio`, next to the real one, which it
+/// leaves alone. Only the `hostile` guest suite uses it.
+pub fn hostile_initramfs() -> Result<PathBuf> {
+    let init = build_static_init("hostile-init")?;
+    install_initramfs(&init, "hostile-initramfs.cpio")
+}
+
+/// Writes the initramfs of `init` to `<workspace>/target/runvm/<name>`, rewriting the
+/// file only when its content changed.
+fn install_initramfs(init: &Path, name: &str) -> Result<PathBuf> {
+    let out = workspace_root().join("target").join("runvm").join(name);
     // Build next to the target, then keep the old file if nothing changed (stable mtime)
     // or rename over it (a reader never sees half an image).
     let tmp = out.with_extension("cpio.tmp");
-    build_initramfs(&init, &tmp)?;
+    build_initramfs(init, &tmp)?;
     let image = std::fs::read(&tmp).with_context(|| format!("read {}", tmp.display()))?;
     let unchanged = std::fs::read(&out).map(|old| old == image).unwrap_or(false);
     if unchanged {
@@ -139,7 +153,7 @@ pub fn initramfs() -> Result<PathBuf> {
         "initramfs: {} ({} KiB, init {} KiB){}",
         out.display(),
         image.len().div_ceil(1024),
-        std::fs::metadata(&init)
+        std::fs::metadata(init)
             .map(|m| m.len().div_ceil(1024))
             .unwrap_or(0),
         if unchanged { ", unchanged" } else { "" }

@@ -158,7 +158,15 @@ pub fn cmd_test() -> Result<i32> {
 
 /// The integration test binaries (in `tests/tests/`) that boot guests, in the order CI runs
 /// them. Add a new guest suite here.
-pub const GUEST_SUITES: &[&str] = &["boot", "lifecycle", "exec", "tty", "rootfs", "network"];
+pub const GUEST_SUITES: &[&str] = &[
+    "boot",
+    "lifecycle",
+    "exec",
+    "tty",
+    "rootfs",
+    "network",
+    "hostile",
+];
 
 /// Runs the named guest suites, each with `--ignored --test-threads=2` plus `test_args`,
 /// in one go where guests boot (one test-host boot). Every suite runs even if another
@@ -192,6 +200,14 @@ fn run_guest_suites(
     let mut extra = vec![("RUNVM_TEST_ARGS".to_string(), test_args.join(" "))];
     // The Docker/Podman suites' knobs (RUNVM_DOCKER_RUNTIME=runc for a control run, …).
     extra.extend(std::env::vars().filter(|(k, _)| k.starts_with("RUNVM_DOCKER_")));
+    if suites.contains(&"hostile") {
+        // The hostile guest init, built only for the suite that boots it.
+        let hostile = crate::initramfs::hostile_initramfs()?;
+        extra.push((
+            "RUNVM_HOSTILE_INITRAMFS".to_string(),
+            hostile.display().to_string(),
+        ));
+    }
     let mut result = setup.run_at(place, &argv, &extra);
     for attempt in 2..=3 {
         match &result {

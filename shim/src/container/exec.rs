@@ -137,8 +137,8 @@ fn process_spec(opts: &ExecOptions, state: &ContainerState) -> Result<ProcessSpe
     if let Some(path) = &opts.process {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the process spec {}", path.display()))?;
-        let p: oci_spec::runtime::Process = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a valid OCI process", path.display()))?;
+        let p: oci_spec::runtime::Process = crate::spec::from_json(&text)
+            .map_err(|e| anyhow!("{}: not a valid OCI process: {e}", path.display()))?;
         return crate::spec::process_spec(&p).map_err(|e| anyhow!("{}: {e}", path.display()));
     }
     let bundle = crate::spec::ContainerSpec::load(&state.bundle)?;

@@ -128,6 +128,9 @@ pub fn prepare(id: &str, bundle: &Path, root: &Option<PathBuf>) -> Result<Prepar
             boot_timeout,
             timings_file: std::env::var_os("RUNVM_TIMINGS_FILE").map(PathBuf::from),
             resolv_conf: spec.resolv_conf.clone(),
+            cmdline_append: std::env::var("RUNVM_KERNEL_CMDLINE_APPEND")
+                .ok()
+                .filter(|s| !s.trim().is_empty()),
         })
     })();
     let config = match built {

@@ -18,6 +18,14 @@ use super::process::{HostStdio, Process};
 use super::session::Session;
 use super::MonitorError;
 
+/// The guest spoke of a process the monitor has no entry for: one it never started, or
+/// one that has already ended and been reported.
+fn unknown(id: ProcessId, what: &str) -> MonitorError {
+    MonitorError::Protocol(format!(
+        "the guest reported the {what} of process {id}, which does not exist"
+    ))
+}
+
 fn tell(conn: &mut Option<UnixStream>, ev: &ExecEvent) {
     if let Some(c) = conn.as_mut() {
         // A waiter that went away only misses its answer.
@@ -83,9 +91,13 @@ impl Session<'_> {
 
     pub(super) fn exec_started(&mut self, id: ProcessId, pid: i32) -> Result<(), MonitorError> {
         let Some(p) = self.processes.get_mut(&id) else {
-            log::warn!("the guest started process {id}, which the monitor does not know");
-            return Ok(());
+            return Err(unknown(id, "start"));
         };
+        if p.started || p.status.is_some() {
+            return Err(MonitorError::Protocol(format!(
+                "the guest reported the start of process {id} twice"
+            )));
+        }
         p.started = true;
         if p.client.is_none() {
             // Its `runvm exec` died while it was starting: nobody waits for it.
@@ -99,21 +111,48 @@ impl Session<'_> {
         Ok(())
     }
 
-    pub(super) fn exec_failed(&mut self, id: ProcessId, code: i32, message: String) {
-        match self.processes.remove(&id) {
-            Some(mut p) => {
-                tell(&mut p.client, &ExecEvent::Failed { code, message });
-                p.end();
+    pub(super) fn exec_failed(
+        &mut self,
+        id: ProcessId,
+        code: i32,
+        message: String,
+    ) -> Result<(), MonitorError> {
+        match self.processes.get(&id) {
+            None => return Err(unknown(id, "failed start")),
+            Some(p) if p.started => {
+                return Err(MonitorError::Protocol(format!(
+                    "the guest reported a failed start of process {id} after its start"
+                )))
             }
-            None => log::warn!("the guest reported a failed start of unknown process {id}"),
+            Some(_) => {}
         }
+        if let Some(mut p) = self.processes.remove(&id) {
+            tell(&mut p.client, &ExecEvent::Failed { code, message });
+            p.end();
+        }
+        Ok(())
     }
 
-    pub(super) fn exec_exited(&mut self, id: ProcessId, status: ExitStatus) {
-        match self.processes.get_mut(&id) {
-            Some(p) => p.status = Some(status),
-            None => log::warn!("the guest reported the exit of unknown process {id}"),
+    pub(super) fn exec_exited(
+        &mut self,
+        id: ProcessId,
+        status: ExitStatus,
+    ) -> Result<(), MonitorError> {
+        let Some(p) = self.processes.get_mut(&id) else {
+            return Err(unknown(id, "exit"));
+        };
+        if !p.started {
+            return Err(MonitorError::Protocol(format!(
+                "the guest reported the exit of process {id} before its start"
+            )));
         }
+        if p.status.is_some() {
+            return Err(MonitorError::Protocol(format!(
+                "the guest reported the exit of process {id} twice"
+            )));
+        }
+        p.status = Some(status);
+        Ok(())
     }
 
     /// A message (or the end) on the connection of the `runvm exec` waiting for `id`.

@@ -13,6 +13,7 @@ pub mod process;
 mod session;
 mod stdio;
 pub mod tty;
+mod untrusted;
 
 use std::io::{ErrorKind, Write};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
@@ -35,6 +36,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::assets::GuestAssets;
 pub use process::HostStdio;
+use untrusted::FrameReader;
 
 /// Guest CID of every runvm guest (each VM has its own vsock device, so they never clash).
 pub const GUEST_CID: u64 = 3;
@@ -61,6 +63,10 @@ pub enum MonitorError {
     Vmm(#[from] VmmError),
     #[error("the guest did not connect within {0:?}; rerun with RUNVM_DEBUG_CONSOLE=1 to see the guest kernel's console")]
     BootTimeout(Duration),
+    #[error("the guest's init connected but did not finish its Hello within {0:?} (it sent {1} bytes); the VM was stopped")]
+    HelloTimeout(Duration, usize),
+    #[error("the guest stopped before its init connected ({0}); rerun with RUNVM_DEBUG_CONSOLE=1 to see the guest kernel's console")]
+    DiedBeforeHello(String),
     #[error("the guest sent a malformed or unexpected message ({0}); the VM was stopped")]
     Protocol(String),
     #[error("the guest speaks protocol version {0}, this runvm speaks {PROTOCOL_VERSION}; rebuild the initramfs (cargo xtask initramfs)")]
@@ -96,6 +102,8 @@ pub struct MonitorConfig {
     /// The container's `resolv.conf` on the host: its loopback nameservers get a DNS
     /// forwarder in the guest.
     pub resolv_conf: PathBuf,
+    /// Words appended to the guest kernel's command line (`RUNVM_KERNEL_CMDLINE_APPEND`).
+    pub cmdline_append: Option<String>,
 }
 
 /// The record of the network plumbing (TAPs, tc rules) in a runtime directory, which
@@ -106,7 +114,9 @@ pub fn network_record(runtime_dir: &Path) -> PathBuf {
 
 fn explain(reason: &VmExitReason) -> String {
     match reason {
-        VmExitReason::Reset => "the guest rebooted".into(),
+        VmExitReason::Reset => {
+            "the guest rebooted (its init exited, or its kernel panicked or rebooted)".into()
+        }
         VmExitReason::TripleFault => "the guest kernel crashed (triple fault)".into(),
         VmExitReason::KvmError(m) => m.clone(),
         VmExitReason::Stopped => "the VM was stopped".into(),
@@ -366,6 +376,10 @@ fn run_vm_inner(
     } else {
         cmdline.push_str("quiet");
     }
+    if let Some(extra) = &cfg.cmdline_append {
+        cmdline.push(' ');
+        cmdline.push_str(extra);
+    }
     let vmm = Vmm::new(VmConfig {
         vcpus: cfg.vcpus,
         mem_mib: cfg.mem_mib,
@@ -404,6 +418,9 @@ fn run_vm_inner(
                     MonitorError::GuestDied(explain(&exit.reason))
                 }
                 (MonitorError::GuestDied(_), Err(e)) => e,
+                (MonitorError::DiedBeforeHello(_), Ok(exit)) => {
+                    MonitorError::DiedBeforeHello(explain(&exit.reason))
+                }
                 (e, _) => e,
             });
         }
@@ -506,6 +523,54 @@ fn reply(conn: &mut UnixStream, r: api::Response) {
     let _ = write_frame(conn, &r);
 }
 
+/// Most control connections kept waiting for their Hello at once.
+const MAX_HELLO_CANDIDATES: usize = 8;
+/// How long a write of a control message to the guest may block.
+const CONTROL_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A guest message named for an error, without its (guest-written, unbounded) text.
+fn describe(m: &GuestMessage) -> String {
+    match m {
+        GuestMessage::Hello { version } => format!("Hello (version {version})"),
+        GuestMessage::Started { process, .. } => format!("Started (process {process})"),
+        GuestMessage::StartFailed { process, .. } => format!("StartFailed (process {process})"),
+        GuestMessage::Exited { process, .. } => format!("Exited (process {process})"),
+    }
+}
+
+/// One request on the host API while the guest boots: signals wait until the process
+/// runs, except SIGKILL, which stops the boot (returns true); exec is refused.
+fn boot_api_request(io: &Io, queued: &mut Vec<i32>) -> bool {
+    let Some(Ok((mut conn, _))) = io.api.map(|a| a.accept()) else {
+        return false;
+    };
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    match read_frame::<_, api::Request>(&mut conn) {
+        Ok(api::Request::Start) => reply(
+            &mut conn,
+            api::Response::Error("cannot start an already started container".into()),
+        ),
+        Ok(api::Request::Signal { signal }) => {
+            reply(&mut conn, api::Response::Ok);
+            if signal == libc::SIGKILL {
+                return true;
+            }
+            queued.push(signal);
+        }
+        Ok(api::Request::Exec { .. }) => {
+            let _ = write_frame(
+                &mut conn,
+                &api::ExecEvent::Failed {
+                    code: 1,
+                    message: "cannot exec: the container's process has not started yet (container not running)".into(),
+                },
+            );
+        }
+        Err(e) => log::warn!("ignoring a malformed request on the monitor socket: {e}"),
+    }
+    false
+}
+
 fn converse(
     cfg: &MonitorConfig,
     vm: &mut RunningVm,
@@ -516,61 +581,104 @@ fn converse(
 ) -> Result<Ending, MonitorError> {
     let mut queued: Vec<i32> = Vec::new();
 
-    // Phase 1: the guest init connects and says hello. A connection that ends before
-    // its Hello (the guest gave up on a slow connect and retries) is dropped, not fatal.
+    // Phase 1: the guest init connects and says hello, within the boot timeout however
+    // it sends its bytes. A connection that ends before its Hello (the guest gave up on a
+    // slow connect and retries) is dropped, not fatal. The host API answers meanwhile.
     let deadline = Instant::now() + cfg.boot_timeout;
-    let mut control: UnixStream = loop {
-        let ready_fds = wait_ready(
-            &[
-                io.control_listener.as_raw_fd(),
-                vm.done.as_raw_fd(),
-                io.sigfd.as_raw_fd(),
-            ],
-            Some(deadline),
-        )?;
-        if ready_fds[0] {
-            let mut conn = match io.control_listener.accept() {
-                Ok((s, _)) => s,
-                Err(e)
-                    if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted =>
-                {
-                    continue
+    let mut candidates: Vec<(UnixStream, FrameReader)> = Vec::new();
+    let (mut control, reader) = 'hello: loop {
+        let mut fds = vec![
+            io.control_listener.as_raw_fd(),
+            vm.done.as_raw_fd(),
+            io.sigfd.as_raw_fd(),
+        ];
+        if let Some(a) = io.api {
+            fds.push(a.as_raw_fd());
+        }
+        let first_candidate = fds.len();
+        fds.extend(candidates.iter().map(|(c, _)| c.as_raw_fd()));
+        let ready_fds = wait_ready(&fds, Some(deadline))?;
+        for i in (0..candidates.len()).rev() {
+            if !ready_fds[first_candidate + i] {
+                continue;
+            }
+            let (conn, reader) = &mut candidates[i];
+            let open = reader
+                .fill(conn.as_fd())
+                .map_err(|e| MonitorError::Protocol(format!("reading the guest's hello: {e}")))?;
+            match reader.next::<GuestMessage>() {
+                Ok(Some(GuestMessage::Hello { version })) if version == PROTOCOL_VERSION => {
+                    break 'hello candidates.swap_remove(i);
                 }
+                Ok(Some(GuestMessage::Hello { version })) => {
+                    return Err(MonitorError::Version(version))
+                }
+                Ok(Some(other)) => {
+                    return Err(MonitorError::Protocol(format!(
+                        "expected Hello, got {}",
+                        describe(&other)
+                    )))
+                }
+                Ok(None) if !open => {
+                    log::debug!(
+                        "a control connection ended before its Hello; waiting for the next"
+                    );
+                    candidates.remove(i);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(protocol(e)),
+            }
+        }
+        if ready_fds[0] {
+            match io.control_listener.accept() {
+                Ok((conn, _)) => {
+                    // Control messages to the guest are small: a guest that stops reading
+                    // them fails the container instead of stalling the monitor.
+                    let _ = conn.set_write_timeout(Some(CONTROL_WRITE_TIMEOUT));
+                    if candidates.len() >= MAX_HELLO_CANDIDATES {
+                        log::warn!("the guest opened more than {MAX_HELLO_CANDIDATES} control connections without a Hello; dropping the oldest");
+                        candidates.remove(0);
+                    }
+                    candidates.push((conn, FrameReader::default()));
+                }
+                Err(e)
+                    if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => {
                     return Err(MonitorError::Protocol(format!(
                         "accepting the control connection: {e}"
                     )))
                 }
-            };
-            conn.set_read_timeout(Some(Duration::from_secs(10)))
-                .map_err(|e| MonitorError::Protocol(e.to_string()))?;
-            match read_frame::<_, GuestMessage>(&mut conn) {
-                Ok(GuestMessage::Hello { version }) if version == PROTOCOL_VERSION => break conn,
-                Ok(GuestMessage::Hello { version }) => return Err(MonitorError::Version(version)),
-                Ok(other) => {
-                    return Err(MonitorError::Protocol(format!(
-                        "expected Hello, got {other:?}"
-                    )))
-                }
-                Err(FrameError::Closed) | Err(FrameError::Io(_)) => {
-                    log::debug!(
-                        "a control connection ended before its Hello; waiting for the next"
-                    );
-                    continue;
-                }
-                Err(e) => return Err(protocol(e)),
             }
         }
         if ready_fds[1] {
-            return Err(MonitorError::GuestDied(String::new()));
+            return Err(MonitorError::DiedBeforeHello(String::new()));
         }
         if ready_fds[2] {
             queued.extend(pending_signals(io.sigfd));
         }
+        if io.api.is_some() && ready_fds[3] && boot_api_request(io, &mut queued) {
+            // `runvm kill -s KILL` (or `delete --force`) while the guest boots.
+            vm.handle.stop();
+            if let Some(mut c) = pending_start.take() {
+                reply(
+                    &mut c,
+                    api::Response::Error(
+                        "the container was killed (SIGKILL) while its VM booted".into(),
+                    ),
+                );
+            }
+            return Ok(Ending::Exited(ExitStatus::Signaled(libc::SIGKILL)));
+        }
         if Instant::now() >= deadline {
-            return Err(MonitorError::BootTimeout(cfg.boot_timeout));
+            return Err(match candidates.iter().map(|(_, r)| r.received()).max() {
+                None => MonitorError::BootTimeout(cfg.boot_timeout),
+                Some(got) => MonitorError::HelloTimeout(cfg.boot_timeout, got),
+            });
         }
     };
+
+    // Other connections that never said hello are of no use.
+    drop(candidates);
 
     let mut run = run;
     if let HostMessage::Run { process, .. } = &mut run {
@@ -584,6 +692,7 @@ fn converse(
     write_frame_limited(&mut control, &run, MAX_HOST_FRAME_LEN).map_err(protocol)?;
     session::Session::new(
         control,
+        reader,
         io,
         vm.done.as_raw_fd(),
         stdio,

@@ -5,27 +5,45 @@
 //! are complete (see [`super::process`]), and tells the guest to shut down.
 //!
 //! Call-outs other parts of the monitor may add: more API requests go to
-//! [`Session::api_request`]; more guest messages to [`Session::guest_message`].
+//! [`Session::api_request`]; more guest messages to `Session::handle_guest_message`,
+//! which checks each against what the guest may say at that point (the guest is
+//! untrusted: a message out of order is a protocol error that stops the VM).
 
 use std::collections::BTreeMap;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use runvm_protocol::{
-    read_frame, write_frame, ExitStatus, FrameError, GuestMessage, HostMessage, ProcessId,
-    StreamHeader, MAIN_PROCESS,
+    read_frame, write_frame, ExitStatus, GuestMessage, HostMessage, ProcessId, StreamHeader,
+    MAIN_PROCESS,
 };
 use vmm_sys_util::eventfd::EventFd;
 
 use super::process::{HostStdio, Process};
+use super::untrusted::{self, FrameReader, Header, PendingStream, FRAME_STALL};
 use super::{api, pending_signals, protocol, reply, wait_ready, Ending, Io, MonitorError};
 
 /// How long the monitor waits, once the main process ended, for the rest to be complete.
 const DRAIN_WAIT: Duration = Duration::from_secs(10);
+/// How long a new stream connection may take to send its header before it is dropped.
+const HEADER_WAIT: Duration = Duration::from_secs(5);
+/// Most stream connections waiting for their headers at once (the vsock device allows
+/// 256 connections in all); past it the oldest is dropped.
+const MAX_PENDING_STREAMS: usize = 256;
+
+/// A protocol error the guest made.
+fn guest_error(message: String) -> MonitorError {
+    MonitorError::Protocol(message)
+}
 
 pub(super) struct Session<'a> {
     pub(super) control: UnixStream,
+    /// The control connection's bytes not yet cut into messages.
+    reader: FrameReader,
+    /// New stream connections whose headers have not arrived, by token.
+    pending_streams: Vec<(u64, PendingStream)>,
+    next_stream_token: u64,
     pub(super) io: &'a Io<'a>,
     pub(super) vm_done: i32,
     pub(super) processes: BTreeMap<ProcessId, Process>,
@@ -48,11 +66,13 @@ enum Slot {
     RelayDone,
     Api,
     Client(ProcessId),
+    PendingStream(u64),
 }
 
 impl<'a> Session<'a> {
     pub(super) fn new(
         control: UnixStream,
+        reader: FrameReader,
         io: &'a Io<'a>,
         vm_done: i32,
         main: HostStdio,
@@ -65,6 +85,9 @@ impl<'a> Session<'a> {
         processes.insert(MAIN_PROCESS, Process::new(main, None));
         Ok(Self {
             control,
+            reader,
+            pending_streams: Vec::new(),
+            next_stream_token: 0,
             io,
             vm_done,
             processes,
@@ -124,8 +147,19 @@ impl<'a> Session<'a> {
                     slots.push((Slot::Client(*id), c.as_raw_fd()));
                 }
             }
+            for (token, p) in &self.pending_streams {
+                slots.push((Slot::PendingStream(*token), p.stream.as_raw_fd()));
+            }
             let fds: Vec<i32> = slots.iter().map(|(_, fd)| *fd).collect();
-            let ready = wait_ready(&fds, drain_deadline)?;
+            let wake = [
+                drain_deadline,
+                self.reader.deadline(),
+                self.pending_streams.iter().map(|(_, p)| p.deadline).min(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let ready = wait_ready(&fds, wake)?;
             for ((slot, _), r) in slots.into_iter().zip(ready) {
                 if !r {
                     continue;
@@ -140,8 +174,10 @@ impl<'a> Session<'a> {
                     }
                     Slot::Api => self.api_request()?,
                     Slot::Client(id) => self.client_message(id)?,
+                    Slot::PendingStream(token) => self.pending_stream(token)?,
                 }
             }
+            self.expire(Instant::now())?;
         }
         for (id, p) in std::mem::take(&mut self.processes) {
             if id != MAIN_PROCESS {
@@ -165,30 +201,74 @@ impl<'a> Session<'a> {
             .unwrap_or(Ending::Exited(ExitStatus::Signaled(9))))
     }
 
+    /// A frame the guest began must be complete in time; a stream connection that sent
+    /// no header in time is dropped (the guest's connect may have given up on it).
+    fn expire(&mut self, now: Instant) -> Result<(), MonitorError> {
+        if self.reader.deadline().is_some_and(|d| now >= d) {
+            return Err(guest_error(format!(
+                "the guest began a frame on the control connection and did not complete it within {FRAME_STALL:?} ({} bytes came)",
+                self.reader.partial()
+            )));
+        }
+        self.pending_streams.retain(|(_, p)| {
+            let keep = now < p.deadline;
+            if !keep {
+                log::debug!("a stream connection sent no header within {HEADER_WAIT:?}; closed");
+            }
+            keep
+        });
+        Ok(())
+    }
+
     fn accept_stream(&mut self) -> Result<(), MonitorError> {
-        let Ok((mut s, _)) = self.io.stream_listener.accept() else {
+        let Ok((s, _)) = self.io.stream_listener.accept() else {
             return Ok(());
         };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-        let header: StreamHeader = match read_frame(&mut s) {
-            Ok(h) => h,
-            Err(FrameError::Closed) | Err(FrameError::Io(_)) => {
+        if self.pending_streams.len() >= MAX_PENDING_STREAMS {
+            log::warn!("the guest has {MAX_PENDING_STREAMS} stream connections without a header; closing the oldest");
+            self.pending_streams.remove(0);
+        }
+        self.next_stream_token += 1;
+        let token = self.next_stream_token;
+        self.pending_streams
+            .push((token, PendingStream::new(s, HEADER_WAIT)));
+        // The header has usually arrived with the connection.
+        self.pending_stream(token)
+    }
+
+    /// Reads what has come of a new stream's header; a complete one attaches the stream.
+    fn pending_stream(&mut self, token: u64) -> Result<(), MonitorError> {
+        let Some(i) = self.pending_streams.iter().position(|(t, _)| *t == token) else {
+            return Ok(());
+        };
+        let header: StreamHeader = match self.pending_streams[i].1.read_header() {
+            Ok(Header::Waiting) => return Ok(()),
+            Ok(Header::Closed) => {
                 log::debug!("a stream connection ended before its header; the guest retries");
+                self.pending_streams.remove(i);
                 return Ok(());
             }
-            Err(e) => return Err(protocol(e)),
+            Ok(Header::Complete(h)) => h,
+            Err(e) => return Err(guest_error(format!("a stream header from the guest: {e}"))),
         };
-        let _ = s.set_read_timeout(None);
+        let (_, pending) = self.pending_streams.remove(i);
         let Some(p) = self.processes.get_mut(&header.process) else {
-            log::warn!(
-                "the guest opened stream {} of process {}, which the monitor does not know; closed",
+            if header.process >= self.next_exec_id {
+                return Err(guest_error(format!(
+                    "the guest opened stream {} of process {}, which does not exist",
+                    header.fd, header.process
+                )));
+            }
+            // An exec'd process whose start failed after it opened some streams.
+            log::debug!(
+                "stream {} of process {}, which has ended; closed",
                 header.fd,
                 header.process
             );
             return Ok(());
         };
-        p.attach(header.fd, s, &self.relay_done)
-            .map_err(|e| MonitorError::Protocol(format!("process {}: {e}", header.process)))
+        p.attach(header.fd, pending.stream, &self.relay_done)
+            .map_err(|e| guest_error(format!("process {}: {e}", header.process)))
     }
 
     fn signals(&mut self) -> Result<(), MonitorError> {
@@ -256,15 +336,45 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// One message from the guest init.
+    /// What has come on the control connection: every complete message in it.
     pub(super) fn guest_message(&mut self) -> Result<(), MonitorError> {
-        let msg = match read_frame::<_, GuestMessage>(&mut self.control) {
-            Ok(m) => m,
-            Err(FrameError::Closed) => return Err(MonitorError::GuestDied(String::new())),
-            Err(e) => return Err(protocol(e)),
-        };
+        let open = self
+            .reader
+            .fill(self.control.as_fd())
+            .map_err(|e| MonitorError::GuestDied(format!("the control connection failed: {e}")))?;
+        while let Some(msg) = self.reader.next::<GuestMessage>().map_err(protocol)? {
+            self.handle_guest_message(msg)?;
+        }
+        if !open {
+            if self.reader.partial() > 0 {
+                return Err(guest_error(
+                    "the guest closed the control connection in the middle of a frame".into(),
+                ));
+            }
+            return Err(MonitorError::GuestDied(String::new()));
+        }
+        Ok(())
+    }
+
+    /// One message from the guest init, checked against what the guest may say now.
+    fn handle_guest_message(&mut self, msg: GuestMessage) -> Result<(), MonitorError> {
+        match &msg {
+            GuestMessage::StartFailed { process, code, .. } if !(1..=255).contains(code) => {
+                return Err(guest_error(format!(
+                    "the guest reported a failed start with exit code {code} for process {process}"
+                )))
+            }
+            GuestMessage::Exited { process, status } => check_status(*process, *status)?,
+            _ => {}
+        }
         match msg {
             GuestMessage::Started { process, pid } if process == MAIN_PROCESS => {
+                let started = self.processes.get(&MAIN_PROCESS).is_some_and(|p| p.started);
+                if started || self.main_ending.is_some() {
+                    return Err(guest_error(
+                        "the guest reported the start of process 0 twice".into(),
+                    ));
+                }
                 if let Some(p) = self.processes.get_mut(&MAIN_PROCESS) {
                     p.started = true;
                 }
@@ -284,6 +394,13 @@ impl<'a> Session<'a> {
                 code,
                 message,
             } if process == MAIN_PROCESS => {
+                // (After a Started too: the guest init reports its own later failures so.)
+                if self.main_ending.is_some() {
+                    return Err(guest_error(
+                        "the guest reported the end of process 0 twice".into(),
+                    ));
+                }
+                let message = untrusted::text(&message);
                 if let Some(mut c) = self.pending_start.take() {
                     reply(&mut c, api::Response::Error(message.clone()));
                 }
@@ -293,6 +410,16 @@ impl<'a> Session<'a> {
                 self.main_ending = Some(Ending::StartFailed(code, message));
             }
             GuestMessage::Exited { process, status } if process == MAIN_PROCESS => {
+                if self.main_ending.is_some() {
+                    return Err(guest_error(
+                        "the guest reported the end of process 0 twice".into(),
+                    ));
+                }
+                if !self.processes.get(&MAIN_PROCESS).is_some_and(|p| p.started) {
+                    return Err(guest_error(
+                        "the guest reported the exit of process 0 before its start".into(),
+                    ));
+                }
                 if let Some(p) = self.processes.get_mut(&MAIN_PROCESS) {
                     p.status = Some(status);
                 }
@@ -303,12 +430,25 @@ impl<'a> Session<'a> {
                 process,
                 code,
                 message,
-            } => self.exec_failed(process, code, message),
-            GuestMessage::Exited { process, status } => self.exec_exited(process, status),
+            } => self.exec_failed(process, code, untrusted::text(&message))?,
+            GuestMessage::Exited { process, status } => self.exec_exited(process, status)?,
             GuestMessage::Hello { .. } => {
-                return Err(MonitorError::Protocol("a second Hello".into()))
+                return Err(guest_error("the guest sent a second Hello".into()))
             }
         }
         Ok(())
+    }
+}
+
+/// An exit status the guest may report: a code of a byte, or a real signal number.
+fn check_status(process: ProcessId, status: ExitStatus) -> Result<(), MonitorError> {
+    match status {
+        ExitStatus::Exited(c) if !(0..=255).contains(&c) => Err(guest_error(format!(
+            "the guest reported an exit of process {process} with code {c}"
+        ))),
+        ExitStatus::Signaled(s) if !(1..=64).contains(&s) => Err(guest_error(format!(
+            "the guest reported a death of process {process} by signal {s}"
+        ))),
+        _ => Ok(()),
     }
 }

@@ -1,0 +1,306 @@
+//! Reading what the guest sends without trusting it.
+//!
+//! - [`FrameReader`]: frames cut from the control connection's bytes as they arrive. It
+//!   never blocks, so a guest that stops in the middle of a frame cannot stall the
+//!   monitor (and with it `runvm kill`, exec and the other processes' relays); the
+//!   session gives a started frame [`FRAME_STALL`] to be complete.
+//! - [`PendingStream`]: a new stream connection whose header has not fully arrived, read
+//!   the same way, never past the header (the raw stream follows it).
+//! - [`text`]: guest-written text made fit to show a user: bounded, and without terminal
+//!   control characters.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::socket::{recv, MsgFlags};
+use runvm_protocol::{FrameError, MAX_FRAME_LEN};
+use serde::de::DeserializeOwned;
+
+/// How long a frame the guest has started may take to be complete.
+pub const FRAME_STALL: Duration = Duration::from_secs(10);
+/// Largest stream header accepted (a real one is about 25 bytes).
+const MAX_HEADER_LEN: usize = 256;
+/// Longest guest text shown, in bytes.
+const MAX_TEXT: usize = 2048;
+
+/// Reads up to `buf.len()` bytes that are already there. `Ok(None)`: nothing yet.
+/// `Ok(Some(0))`: end of stream.
+fn recv_now(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    loop {
+        match recv(fd.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
+            Ok(n) => return Ok(Some(n)),
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Accumulates the control connection's bytes and cuts them into frames.
+#[derive(Default)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+    /// When the first byte of the incomplete frame at the front of `buf` arrived.
+    partial_since: Option<Instant>,
+    received: usize,
+}
+
+impl FrameReader {
+    /// Reads what is there on `fd` without blocking. Returns false at end of stream.
+    pub fn fill(&mut self, fd: BorrowedFd<'_>) -> io::Result<bool> {
+        let mut chunk = [0u8; 16 * 1024];
+        // Never hold more than one largest frame plus a chunk: complete frames are taken
+        // out by the caller after every fill.
+        while self.buf.len() <= MAX_FRAME_LEN as usize + 4 {
+            match recv_now(fd, &mut chunk)? {
+                None => break,
+                Some(0) => return Ok(false),
+                Some(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    self.received += n;
+                }
+            }
+        }
+        self.note_partial();
+        Ok(true)
+    }
+
+    /// Adds bytes as if they had been read (tests).
+    #[cfg(test)]
+    fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+        self.received += bytes.len();
+        self.note_partial();
+    }
+
+    fn note_partial(&mut self) {
+        if self.buf.is_empty() {
+            self.partial_since = None;
+        } else if self.partial_since.is_none() {
+            self.partial_since = Some(Instant::now());
+        }
+    }
+
+    /// The next complete frame, if one is there. A length over the limit is an error at
+    /// once, before its body arrives.
+    pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+        let Some(prefix) = self.buf.get(..4) else {
+            return Ok(None);
+        };
+        let len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
+        if len > MAX_FRAME_LEN {
+            return Err(FrameError::TooLarge(len));
+        }
+        let end = 4 + len as usize;
+        let Some(body) = self.buf.get(4..end) else {
+            return Ok(None);
+        };
+        let msg = serde_json::from_slice(body)?;
+        self.buf.drain(..end);
+        // What is left is the start of the next frame, timed from now.
+        self.partial_since = None;
+        self.note_partial();
+        Ok(Some(msg))
+    }
+
+    /// Bytes of an incomplete frame waiting for the rest.
+    pub fn partial(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Bytes received in all.
+    pub fn received(&self) -> usize {
+        self.received
+    }
+
+    /// When the incomplete frame must be complete, if one is waiting.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.partial_since.map(|t| t + FRAME_STALL)
+    }
+}
+
+/// A stream connection whose header has not fully arrived.
+pub struct PendingStream {
+    pub stream: UnixStream,
+    buf: Vec<u8>,
+    pub deadline: Instant,
+}
+
+/// How reading a stream header went.
+pub enum Header<T> {
+    /// Still incomplete.
+    Waiting,
+    /// The connection ended before its header (the guest gave up on a slow connect).
+    Closed,
+    Complete(T),
+}
+
+impl PendingStream {
+    pub fn new(stream: UnixStream, wait: Duration) -> Self {
+        Self {
+            stream,
+            buf: Vec::new(),
+            deadline: Instant::now() + wait,
+        }
+    }
+
+    /// Reads what is there of the header, never a byte past it.
+    pub fn read_header<T: DeserializeOwned>(&mut self) -> Result<Header<T>, FrameError> {
+        loop {
+            let want = match self.buf.get(..4) {
+                None => 4 - self.buf.len(),
+                Some(p) => {
+                    let len = u32::from_le_bytes([p[0], p[1], p[2], p[3]]);
+                    if len as usize > MAX_HEADER_LEN {
+                        return Err(FrameError::TooLarge(len));
+                    }
+                    let end = 4 + len as usize;
+                    if self.buf.len() == end {
+                        return Ok(Header::Complete(serde_json::from_slice(&self.buf[4..])?));
+                    }
+                    end - self.buf.len()
+                }
+            };
+            let mut chunk = [0u8; 4 + MAX_HEADER_LEN];
+            match recv_now(self.stream.as_fd(), &mut chunk[..want])? {
+                None => return Ok(Header::Waiting),
+                Some(0) => return Ok(Header::Closed),
+                Some(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+/// Guest-written text as it may be shown: at most [`MAX_TEXT`] bytes, control
+/// characters (escape sequences, carriage returns, bells) written out as `\u{…}`.
+pub fn text(s: &str) -> String {
+    let mut out = String::new();
+    let mut cut = s.len();
+    for (i, c) in s.char_indices() {
+        if out.len() >= MAX_TEXT {
+            cut = i;
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    if cut < s.len() {
+        out.push_str(&format!("… ({} more bytes)", s.len() - cut));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runvm_protocol::{write_frame, GuestMessage, StreamHeader};
+    use std::io::Write;
+
+    #[test]
+    fn frames_are_cut_from_any_split_and_garbage_is_an_error() {
+        let mut wire = Vec::new();
+        write_frame(&mut wire, &GuestMessage::Hello { version: 1 }).unwrap();
+        write_frame(&mut wire, &GuestMessage::Started { process: 0, pid: 5 }).unwrap();
+        for split in 0..wire.len() {
+            let mut r = FrameReader::default();
+            let mut got = Vec::new();
+            r.push(&wire[..split]);
+            while let Some(m) = r.next::<GuestMessage>().unwrap() {
+                got.push(m);
+            }
+            assert_eq!(r.deadline().is_some(), r.partial() > 0);
+            r.push(&wire[split..]);
+            while let Some(m) = r.next::<GuestMessage>().unwrap() {
+                got.push(m);
+            }
+            assert_eq!(got.len(), 2, "split at {split}");
+            assert_eq!(r.partial(), 0);
+            assert!(r.deadline().is_none());
+        }
+        let mut r = FrameReader::default();
+        r.push(&(MAX_FRAME_LEN + 1).to_le_bytes());
+        assert!(matches!(
+            r.next::<GuestMessage>(),
+            Err(FrameError::TooLarge(_))
+        ));
+        let mut r = FrameReader::default();
+        r.push(&3u32.to_le_bytes());
+        r.push(b"{{{");
+        assert!(matches!(
+            r.next::<GuestMessage>(),
+            Err(FrameError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn a_stalled_frame_has_a_deadline_from_its_first_byte() {
+        let (mut guest, host) = UnixStream::pair().unwrap();
+        let mut r = FrameReader::default();
+        guest.write_all(&100u32.to_le_bytes()).unwrap();
+        assert!(r.fill(host.as_fd()).unwrap());
+        let first = r.deadline().expect("a partial frame has a deadline");
+        guest.write_all(b"x").unwrap();
+        assert!(r.fill(host.as_fd()).unwrap());
+        // More bytes of the same frame do not move its deadline (a trickle stays bounded).
+        assert_eq!(r.deadline(), Some(first));
+        assert!(r.next::<GuestMessage>().unwrap().is_none());
+        assert_eq!(r.received(), 5);
+        // Nothing there: fill returns at once.
+        assert!(r.fill(host.as_fd()).unwrap());
+        drop(guest);
+        assert!(!r.fill(host.as_fd()).unwrap());
+    }
+
+    #[test]
+    fn a_stream_header_is_read_in_pieces_and_never_past_its_end() {
+        let (mut guest, host) = UnixStream::pair().unwrap();
+        let mut p = PendingStream::new(host, Duration::from_secs(5));
+        let mut wire = Vec::new();
+        write_frame(&mut wire, &StreamHeader { process: 3, fd: 1 }).unwrap();
+        guest.write_all(&wire[..2]).unwrap();
+        assert!(matches!(
+            p.read_header::<StreamHeader>().unwrap(),
+            Header::Waiting
+        ));
+        guest.write_all(&wire[2..]).unwrap();
+        guest.write_all(b"raw stream bytes").unwrap();
+        match p.read_header::<StreamHeader>().unwrap() {
+            Header::Complete(h) => assert_eq!(h, StreamHeader { process: 3, fd: 1 }),
+            _ => panic!("header not complete"),
+        }
+        let mut rest = [0u8; 16];
+        std::io::Read::read_exact(&mut p.stream, &mut rest).unwrap();
+        assert_eq!(&rest, b"raw stream bytes");
+
+        let (mut guest, host) = UnixStream::pair().unwrap();
+        let mut p = PendingStream::new(host, Duration::from_secs(5));
+        guest.write_all(&100_000u32.to_le_bytes()).unwrap();
+        assert!(p.read_header::<StreamHeader>().is_err());
+
+        let (guest, host) = UnixStream::pair().unwrap();
+        let mut p = PendingStream::new(host, Duration::from_secs(5));
+        drop(guest);
+        assert!(matches!(
+            p.read_header::<StreamHeader>().unwrap(),
+            Header::Closed
+        ));
+    }
+
+    #[test]
+    fn guest_text_is_bounded_and_defanged() {
+        assert_eq!(text("exec: \"x\": not found"), "exec: \"x\": not found");
+        let t = text("\x1b[2J\x07red\r");
+        assert!(!t.chars().any(|c| c.is_control()), "{t:?}");
+        assert!(t.contains("red"));
+        let huge = "é".repeat(1 << 19);
+        let t = text(&huge);
+        assert!(t.len() < MAX_TEXT + 64, "{}", t.len());
+        assert!(t.ends_with("more bytes)"), "{}", &t[t.len() - 40..]);
+    }
+}

@@ -1,0 +1,509 @@
+//! A hostile guest init, for runvm's tests only (`tests/tests/hostile.rs`).
+//!
+//! It runs as PID 1 of a runvm guest in place of `guest-init` (`cargo xtask` packs it in
+//! `target/runvm/hostile-initramfs.cpio`) and misbehaves towards the host in one of the
+//! ways a broken or compromised guest could. The behaviour is chosen by the kernel
+//! command-line word `runvm_hostile=<mode>` (the kernel hands such words to init as
+//! environment; runvm's `RUNVM_KERNEL_CMDLINE_APPEND` puts it there). See [`Mode`] for
+//! the list. Where a mode says "then behaves", it speaks the protocol like the real init
+//! for a workload that prints one line and exits 0, without running any workload.
+//!
+//! It refuses to run as anything but PID 1, so starting it by accident on a host does
+//! nothing.
+
+use std::io::Write;
+use std::net::Shutdown;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, VsockAddr};
+use runvm_protocol::{
+    read_frame, write_frame, ExitStatus, GuestMessage, HostMessage, StreamHeader, CONTROL_PORT,
+    MAIN_PROCESS, MAX_FRAME_LEN, PROTOCOL_VERSION, STREAM_PORT,
+};
+
+/// The host's vsock CID.
+const HOST_CID: u32 = 2;
+/// What a mode that "then behaves" prints.
+const BEHAVED_OUTPUT: &str = "the hostile init behaved\n";
+
+/// The ways this init misbehaves (`runvm_hostile=<name>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Never opens any connection; sleeps.
+    NeverConnect,
+    /// Exits at once: the guest kernel panics ("Attempted to kill init").
+    Panic,
+    /// Opens the control connection and never sends anything.
+    Silent,
+    /// Sends a frame whose body is not JSON.
+    Garbage,
+    /// Sends a length prefix far over the frame limit.
+    Oversized,
+    /// Sends a valid `Hello` with another protocol version.
+    BadVersion,
+    /// Sends `Started` instead of `Hello`.
+    NotHello,
+    /// Announces a frame and sends its bytes one per second, for ever, before `Hello`.
+    Trickle,
+    /// Says hello, gets `Run`, then trickles a frame as `Trickle` does.
+    TrickleRun,
+    /// Says hello, gets `Run`, reports the exit of process 77, which never started.
+    ExitUnknown,
+    /// Reports `Started` for the main process twice.
+    StartedTwice,
+    /// Reports the main process's exit without ever reporting it started.
+    ExitBeforeStart,
+    /// Reports a death by signal `i32::MAX`.
+    BadSignal,
+    /// Reports a failed start with exit code 0.
+    StartFailedZero,
+    /// Reports a failed start with a message of almost a MiB, full of terminal escapes.
+    HugeMessage,
+    /// Opens 300 stream connections whose headers name processes that do not exist.
+    StreamBogus,
+    /// Opens 200 stream connections that never send a header, then behaves.
+    StreamSilent,
+    /// Opens the main process's stdout stream twice.
+    StreamTwice,
+    /// Floods the main process's stdout for ever; only SIGKILL from the host ends it.
+    StdoutFlood,
+    /// Connects to vsock ports (and a CID) nobody listens on, many times, then behaves.
+    WrongPorts,
+    /// Says hello, gets `Run`, reports `Started`, then exits (the guest kernel panics).
+    CrashAfterStart,
+}
+
+impl Mode {
+    const ALL: [(&'static str, Mode); 21] = [
+        ("never-connect", Mode::NeverConnect),
+        ("panic", Mode::Panic),
+        ("silent", Mode::Silent),
+        ("garbage", Mode::Garbage),
+        ("oversized", Mode::Oversized),
+        ("bad-version", Mode::BadVersion),
+        ("not-hello", Mode::NotHello),
+        ("trickle", Mode::Trickle),
+        ("trickle-run", Mode::TrickleRun),
+        ("exit-unknown", Mode::ExitUnknown),
+        ("started-twice", Mode::StartedTwice),
+        ("exit-before-start", Mode::ExitBeforeStart),
+        ("bad-signal", Mode::BadSignal),
+        ("start-failed-zero", Mode::StartFailedZero),
+        ("huge-message", Mode::HugeMessage),
+        ("stream-bogus", Mode::StreamBogus),
+        ("stream-silent", Mode::StreamSilent),
+        ("stream-twice", Mode::StreamTwice),
+        ("stdout-flood", Mode::StdoutFlood),
+        ("wrong-ports", Mode::WrongPorts),
+        ("crash-after-start", Mode::CrashAfterStart),
+    ];
+
+    fn parse(name: &str) -> Option<Mode> {
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, m)| *m)
+    }
+}
+
+fn say(msg: &str) {
+    // The guest console (only visible with RUNVM_DEBUG_CONSOLE=1).
+    let _ = writeln!(std::io::stderr(), "hostile-init: {msg}");
+}
+
+fn main() {
+    if nix::unistd::getpid().as_raw() != 1 {
+        eprintln!(
+            "hostile-init is a guest init for runvm's tests; it only runs as PID 1 of a test VM"
+        );
+        std::process::exit(2);
+    }
+    let name = std::env::var("runvm_hostile").unwrap_or_default();
+    let Some(mode) = Mode::parse(&name) else {
+        say(&format!("unknown mode {name:?}; sleeping"));
+        hang()
+    };
+    say(&format!("mode {name}"));
+    if let Err(e) = misbehave(mode) {
+        say(&e);
+    }
+    // Whatever happened, never exit by accident (Panic and CrashAfterStart exit on purpose).
+    hang()
+}
+
+type Result<T> = std::result::Result<T, String>;
+
+fn misbehave(mode: Mode) -> Result<()> {
+    match mode {
+        Mode::NeverConnect => hang(),
+        Mode::Panic => std::process::exit(1),
+        Mode::Silent => {
+            let _control = connect(CONTROL_PORT)?;
+            hang()
+        }
+        Mode::Garbage => {
+            let mut c = connect(CONTROL_PORT)?;
+            let body = b"{\"Hello\": this is not json at all \x00\xff";
+            c.write_all(&(body.len() as u32).to_le_bytes())
+                .and_then(|_| c.write_all(body))
+                .map_err(|e| e.to_string())?;
+            hang()
+        }
+        Mode::Oversized => {
+            let mut c = connect(CONTROL_PORT)?;
+            c.write_all(&(u32::MAX - 15).to_le_bytes())
+                .and_then(|_| c.write_all(&[b'{'; 4096]))
+                .map_err(|e| e.to_string())?;
+            hang()
+        }
+        Mode::BadVersion => {
+            let mut c = connect(CONTROL_PORT)?;
+            send(&mut c, &GuestMessage::Hello { version: 999 })?;
+            hang()
+        }
+        Mode::NotHello => {
+            let mut c = connect(CONTROL_PORT)?;
+            send(
+                &mut c,
+                &GuestMessage::Started {
+                    process: MAIN_PROCESS,
+                    pid: 1,
+                },
+            )?;
+            hang()
+        }
+        Mode::Trickle => {
+            let mut c = connect(CONTROL_PORT)?;
+            trickle(&mut c)
+        }
+        Mode::TrickleRun => {
+            let mut c = hello_and_run()?;
+            trickle(&mut c)
+        }
+        Mode::ExitUnknown => {
+            let mut c = hello_and_run()?;
+            send(
+                &mut c,
+                &GuestMessage::Exited {
+                    process: 77,
+                    status: ExitStatus::Exited(0),
+                },
+            )?;
+            hang()
+        }
+        Mode::StartedTwice => {
+            let mut c = hello_and_run()?;
+            let _streams = main_streams()?;
+            for _ in 0..2 {
+                send(
+                    &mut c,
+                    &GuestMessage::Started {
+                        process: MAIN_PROCESS,
+                        pid: 2,
+                    },
+                )?;
+            }
+            hang()
+        }
+        Mode::ExitBeforeStart => {
+            let mut c = hello_and_run()?;
+            send(
+                &mut c,
+                &GuestMessage::Exited {
+                    process: MAIN_PROCESS,
+                    status: ExitStatus::Exited(0),
+                },
+            )?;
+            hang()
+        }
+        Mode::BadSignal => {
+            let mut c = hello_and_run()?;
+            let streams = main_streams()?;
+            started(&mut c)?;
+            close_outputs(&streams);
+            send(
+                &mut c,
+                &GuestMessage::Exited {
+                    process: MAIN_PROCESS,
+                    status: ExitStatus::Signaled(i32::MAX),
+                },
+            )?;
+            hang()
+        }
+        Mode::StartFailedZero => {
+            let mut c = hello_and_run()?;
+            send(
+                &mut c,
+                &GuestMessage::StartFailed {
+                    process: MAIN_PROCESS,
+                    code: 0,
+                    message: "all is well, exit 0".into(),
+                },
+            )?;
+            hang()
+        }
+        Mode::HugeMessage => {
+            let mut c = hello_and_run()?;
+            // Escapes that would recolour, clear or retitle the caller's terminal.
+            let mut message = String::from("\x1b[2J\x1b]0;owned\x07\x1b[31mHUGE");
+            // JSON writes each `\r` as two bytes: stay under the frame limit.
+            let room = MAX_FRAME_LEN as usize / 17 * 15;
+            while message.len() < room {
+                message.push_str("AAAAAAAAAAAAAAA\r");
+            }
+            send(
+                &mut c,
+                &GuestMessage::StartFailed {
+                    process: MAIN_PROCESS,
+                    code: 127,
+                    message,
+                },
+            )?;
+            hang()
+        }
+        Mode::StreamBogus => {
+            let _c = hello_and_run()?;
+            let mut held = Vec::new();
+            for i in 0..300u32 {
+                match connect_once(STREAM_PORT) {
+                    Ok(mut s) => {
+                        let _ = write_frame(
+                            &mut s,
+                            &StreamHeader {
+                                process: 4000 + i,
+                                fd: 1,
+                            },
+                        );
+                        held.push(s);
+                    }
+                    Err(e) => say(&format!("bogus stream {i}: {e}")),
+                }
+            }
+            hang()
+        }
+        Mode::StreamSilent => {
+            let c = hello_and_run()?;
+            let mut held = Vec::new();
+            for i in 0..200 {
+                match connect_once(STREAM_PORT) {
+                    Ok(s) => held.push(s),
+                    Err(e) => say(&format!("silent stream {i}: {e}")),
+                }
+            }
+            say(&format!("{} silent stream connections open", held.len()));
+            behave(c)
+        }
+        Mode::StreamTwice => {
+            let mut c = hello_and_run()?;
+            let _streams = main_streams()?;
+            let _again = open_stream(MAIN_PROCESS, 1)?;
+            started(&mut c)?;
+            hang()
+        }
+        Mode::StdoutFlood => {
+            let c = hello_and_run()?;
+            flood(c)
+        }
+        Mode::WrongPorts => {
+            for round in 0..10 {
+                for port in [0, 1, 22, 80, 1023, 1026, 1027, 2049, 8080, 65535, 1 << 30] {
+                    if connect_once(port).is_ok() {
+                        say(&format!(
+                            "port {port} accepted a connection (round {round})"
+                        ));
+                    }
+                }
+            }
+            for _ in 0..2 {
+                // A CID that is neither the host nor this guest.
+                let _ = connect_to(5, CONTROL_PORT);
+            }
+            behave(hello_and_run()?)
+        }
+        Mode::CrashAfterStart => {
+            let mut c = hello_and_run()?;
+            let _streams = main_streams()?;
+            started(&mut c)?;
+            std::process::exit(1)
+        }
+    }
+}
+
+fn hang() -> ! {
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn reboot() -> ! {
+    nix::unistd::sync();
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+    hang()
+}
+
+fn connect_to(cid: u32, port: u32) -> std::result::Result<UnixStream, Errno> {
+    let fd: OwnedFd = socket::socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    socket::connect(fd.as_raw_fd(), &VsockAddr::new(cid, port))?;
+    // A vsock stream fd used through the std socket API (read, write, shutdown).
+    Ok(UnixStream::from(fd))
+}
+
+fn connect_once(port: u32) -> std::result::Result<UnixStream, Errno> {
+    connect_to(HOST_CID, port)
+}
+
+/// Connects to a host port, retrying refusals for a while (as the real init does).
+fn connect(port: u32) -> Result<UnixStream> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match connect_once(port) {
+            Ok(s) => return Ok(s),
+            Err(e) if Instant::now() < deadline => {
+                say(&format!("connect to port {port}: {e}; retrying"));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(format!("connect to host port {port}: {e}")),
+        }
+    }
+}
+
+fn send(c: &mut UnixStream, msg: &GuestMessage) -> Result<()> {
+    write_frame(c, msg).map_err(|e| format!("send {msg:?}: {e}"))
+}
+
+/// Connects the control channel, says a proper hello and waits for `Run`.
+fn hello_and_run() -> Result<UnixStream> {
+    let mut c = connect(CONTROL_PORT)?;
+    send(
+        &mut c,
+        &GuestMessage::Hello {
+            version: PROTOCOL_VERSION,
+        },
+    )?;
+    match read_frame::<_, HostMessage>(&mut c) {
+        Ok(HostMessage::Run { .. }) => Ok(c),
+        Ok(other) => Err(format!("expected Run, got {other:?}")),
+        Err(e) => Err(format!("waiting for Run: {e}")),
+    }
+}
+
+fn open_stream(process: u32, fd: u8) -> Result<UnixStream> {
+    let mut s = connect(STREAM_PORT)?;
+    write_frame(&mut s, &StreamHeader { process, fd })
+        .map_err(|e| format!("stream {fd} header: {e}"))?;
+    Ok(s)
+}
+
+/// The main process's stdin, stdout and stderr streams.
+fn main_streams() -> Result<[UnixStream; 3]> {
+    Ok([
+        open_stream(MAIN_PROCESS, 0)?,
+        open_stream(MAIN_PROCESS, 1)?,
+        open_stream(MAIN_PROCESS, 2)?,
+    ])
+}
+
+fn started(c: &mut UnixStream) -> Result<()> {
+    send(
+        c,
+        &GuestMessage::Started {
+            process: MAIN_PROCESS,
+            pid: 2,
+        },
+    )
+}
+
+fn close_outputs(streams: &[UnixStream; 3]) {
+    for s in &streams[1..] {
+        let _ = s.shutdown(Shutdown::Write);
+    }
+}
+
+/// Announces a 1000-byte frame and sends it one byte a second.
+fn trickle(c: &mut UnixStream) -> ! {
+    let _ = c.write_all(&1000u32.to_le_bytes());
+    loop {
+        if c.write_all(b" ").is_err() {
+            hang()
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// The rest of a well-behaved run: streams, `Started`, one line of output, `Exited` with
+/// code 0, and the reboot once the host says `Shutdown`.
+fn behave(mut c: UnixStream) -> Result<()> {
+    let mut streams = main_streams()?;
+    started(&mut c)?;
+    streams[1]
+        .write_all(BEHAVED_OUTPUT.as_bytes())
+        .map_err(|e| format!("write stdout: {e}"))?;
+    close_outputs(&streams);
+    send(
+        &mut c,
+        &GuestMessage::Exited {
+            process: MAIN_PROCESS,
+            status: ExitStatus::Exited(0),
+        },
+    )?;
+    wait_for_shutdown(&mut c);
+    reboot()
+}
+
+fn wait_for_shutdown(c: &mut UnixStream) {
+    loop {
+        match read_frame::<_, HostMessage>(c) {
+            Ok(HostMessage::Shutdown) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Writes to stdout as fast as the host takes it until the host sends SIGKILL for the
+/// main process; then reports the death by SIGKILL, as a real workload would.
+fn flood(mut c: UnixStream) -> Result<()> {
+    let streams = main_streams()?;
+    started(&mut c)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut out = streams[1]
+        .try_clone()
+        .map_err(|e| format!("clone stdout: {e}"))?;
+    let flag = stop.clone();
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![b'y'; 64 * 1024];
+        while !flag.load(Ordering::Relaxed) {
+            if out.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+    loop {
+        match read_frame::<_, HostMessage>(&mut c) {
+            Ok(HostMessage::Signal {
+                process: MAIN_PROCESS,
+                signal: libc::SIGKILL,
+            }) => break,
+            Ok(_) => {}
+            Err(e) => return Err(format!("control: {e}")),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    close_outputs(&streams);
+    let _ = writer.join();
+    send(
+        &mut c,
+        &GuestMessage::Exited {
+            process: MAIN_PROCESS,
+            status: ExitStatus::Signaled(libc::SIGKILL),
+        },
+    )?;
+    wait_for_shutdown(&mut c);
+    reboot()
+}

@@ -88,8 +88,7 @@ pub fn exec(opts: ExecOptions) -> Result<i32> {
     }
 
     let dir = ContainerState::runtime_dir(&root, &opts.id);
-    let mut conn = UnixStream::connect(dir.join(api::SOCKET))
-        .map_err(|e| anyhow!("container not running (its monitor does not answer: {e})"))?;
+    let mut conn = api::connect(&dir)?;
     conn.set_write_timeout(Some(Duration::from_secs(10)))?;
     let want = exec_fd_count(spec.terminal);
     write_frame(&mut conn, &Request::Exec { spec }).context("cannot send the exec request")?;

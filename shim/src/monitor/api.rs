@@ -44,10 +44,16 @@ pub enum ApiError {
     Frame(#[from] FrameError),
 }
 
-/// Sends `req` to the monitor whose state directory is `dir`, waiting up to `timeout`.
-pub fn request(dir: &Path, req: &Request, timeout: Duration) -> Result<Response, ApiError> {
+/// Connects to the monitor whose runtime directory is `dir` (through a short path where
+/// the direct one is too long for a socket address).
+pub fn connect(dir: &Path) -> Result<UnixStream, ApiError> {
     let sockets = crate::sockpath::SocketDir::open(dir).map_err(ApiError::Unreachable)?;
-    let mut s = UnixStream::connect(sockets.path(SOCKET)).map_err(ApiError::Unreachable)?;
+    UnixStream::connect(sockets.path(SOCKET)).map_err(ApiError::Unreachable)
+}
+
+/// Sends `req` to the monitor whose runtime directory is `dir`, waiting up to `timeout`.
+pub fn request(dir: &Path, req: &Request, timeout: Duration) -> Result<Response, ApiError> {
+    let mut s = connect(dir)?;
     s.set_read_timeout(Some(timeout))
         .map_err(ApiError::Unreachable)?;
     s.set_write_timeout(Some(timeout))

@@ -59,7 +59,16 @@ impl Pty {
         let pty = Self::open()?;
         set_raw(pty.slave.as_fd())?;
         let shown = path.display().to_string();
-        let sock = UnixStream::connect(path).map_err(|source| TtyError::Connect {
+        let connect = || -> std::io::Result<UnixStream> {
+            // A long path (a deep temporary directory) is reached through its directory.
+            let (dir, name) = match (path.parent(), path.file_name().and_then(|n| n.to_str())) {
+                (Some(d), Some(n)) if !d.as_os_str().is_empty() => (d, n),
+                _ => return UnixStream::connect(path),
+            };
+            let sockets = crate::sockpath::SocketDir::open(dir)?;
+            UnixStream::connect(sockets.path(name))
+        };
+        let sock = connect().map_err(|source| TtyError::Connect {
             path: shown.clone(),
             source,
         })?;

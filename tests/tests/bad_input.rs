@@ -166,7 +166,10 @@ fn open_maps_take_any_key_and_the_escape_hatch_ignores_unknown_ones() {
             "process": { "args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0} },
             "root": { "path": rootfs },
             "annotations": { "io.kubernetes.cri.sandbox-id": "x", "any/key": "y" },
-            "linux": { "sysctl": { "net.core.somaxconn": "64" } },
+            "linux": {
+                "sysctl": { "net.core.somaxconn": "64" },
+                "namespaces": runvm_tests::default_namespaces(),
+            },
         });
         if let (Some(c), serde_json::Value::Object(e)) = (c.as_object_mut(), extra) {
             c.extend(e);

@@ -33,6 +33,7 @@ fn tiny_bundle() -> Bundle {
         "ociVersion": "1.0.2",
         "process": { "terminal": false, "user": { "uid": 0, "gid": 0 }, "args": ["true"], "cwd": "/" },
         "root": { "path": "rootfs" },
+        "linux": { "namespaces": runvm_tests::default_namespaces() },
     });
     let b = Bundle::from_config(&config.to_string());
     std::fs::create_dir(b.path().join("rootfs")).unwrap();

@@ -62,20 +62,28 @@ pub struct OciArgs {
     /// A runtime to test: a command name on PATH or a path (repeatable; default: runc).
     /// The first runtime is the reference for the "differs" column.
     #[arg(long = "runtime", value_name = "NAME_OR_PATH")]
-    runtimes: Vec<String>,
+    pub runtimes: Vec<String>,
     /// Run only these programs (names as in `validation/`, e.g. `create linux_cgroups_cpus`).
     #[arg(long, value_name = "PROG", num_args = 1..)]
-    only: Vec<String>,
+    pub only: Vec<String>,
     /// Seconds each program may run before it is killed.
     #[arg(long, default_value_t = 120, value_name = "SECONDS")]
-    timeout: u64,
+    pub timeout: u64,
     /// Build the suite (if not cached) and stop.
     #[arg(long)]
-    build_only: bool,
+    pub build_only: bool,
+    /// Fail (exit 1) when a later runtime passes fewer test points than the first in a
+    /// program that is not in [`KNOWN_DIFFERENCES`] (what `cargo xtask test` runs).
+    #[arg(long)]
+    pub check: bool,
     /// Internal: already placed where the runtimes run (`direct` or `testhost`).
     #[arg(long, hide = true, value_name = "PLACE")]
-    inside: Option<String>,
+    pub inside: Option<String>,
 }
+
+/// Programs in which runvm passes fewer test points than runc, each with the reason (the
+/// README's "Known divergences" lists them). `--check` fails on any other difference.
+pub const KNOWN_DIFFERENCES: &[(&str, &str)] = &[];
 
 /// The built suite.
 struct Suite {
@@ -715,6 +723,9 @@ pub fn cmd_oci(args: OciArgs) -> Result<i32> {
             "--timeout".into(),
             args.timeout.to_string(),
         ];
+        if args.check {
+            argv.push("--check".into());
+        }
         for r in &args.runtimes {
             argv.push("--runtime".into());
             argv.push(r.clone());
@@ -901,7 +912,56 @@ fn run_here(suite: &Suite, args: &OciArgs, place: &str) -> Result<i32> {
     std::fs::write(&json, serde_json::to_string_pretty(&report)? + "\n")
         .with_context(|| format!("writing {}", json.display()))?;
     eprintln!("[oci] wrote {} and {}", md.display(), json.display());
+    util::splice_readme(
+        "oci-validation",
+        &format!("Measured {} ({}):\n\n{table}", report.date, report.machine),
+    )?;
+    if args.check {
+        let unexpected = unexpected_differences(&report);
+        if !unexpected.is_empty() {
+            eprintln!(
+                "[oci] runvm passes fewer test points than {} in programs not listed in \
+                 KNOWN_DIFFERENCES (xtask/src/oci.rs): {}",
+                report.runtimes[0].label,
+                unexpected.join(", ")
+            );
+            return Ok(1);
+        }
+        eprintln!(
+            "[oci] every difference from {} is a known one",
+            report.runtimes[0].label
+        );
+    }
     Ok(0)
+}
+
+/// Programs where a later runtime passes fewer test points than the first and that are
+/// not known differences; known ones that no longer differ are reported, not failed.
+fn unexpected_differences(report: &Report) -> Vec<String> {
+    let Some((first, rest)) = report.runtimes.split_first() else {
+        return vec![];
+    };
+    let passes = |r: &RuntimeResult, name: &str| {
+        r.programs
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.counts.pass)
+            .unwrap_or(0)
+    };
+    let mut unexpected = Vec::new();
+    for p in &first.programs {
+        let differs = rest.iter().any(|r| passes(r, &p.name) < p.counts.pass);
+        let known = KNOWN_DIFFERENCES.iter().any(|(n, _)| *n == p.name);
+        if differs && !known {
+            unexpected.push(p.name.clone());
+        } else if known && !differs {
+            eprintln!(
+                "[oci] {}: listed as a known difference but passes as under {} now",
+                p.name, first.label
+            );
+        }
+    }
+    unexpected
 }
 
 fn markdown_table(report: &Report) -> String {

@@ -138,6 +138,26 @@ pub fn cmd_test() -> Result<i32> {
     let ok = run_guest_suites(&setup, place, &exes, GUEST_SUITES, &[])? == 0;
     t.record(&format!("guest tests ({})", GUEST_SUITES.join(", ")), ok);
 
+    // The OCI validation suite, against runc and runvm in the same place, once.
+    step.phase("OCI validation suite (runc, then runvm)");
+    let oci_ok = crate::oci::cmd_oci(crate::oci::OciArgs {
+        runtimes: vec!["runc".into(), setup.runvm.display().to_string()],
+        only: vec![],
+        timeout: 180,
+        build_only: false,
+        check: true,
+        inside: None,
+    })
+    .map(|code| code == 0)
+    .unwrap_or_else(|e| {
+        eprintln!("[test] OCI validation suite: {e:#}");
+        false
+    });
+    t.record(
+        "OCI validation suite (runvm passes what runc passes)",
+        oci_ok,
+    );
+
     let left = leftover_processes();
     t.record("no runvm process left on the host", left.is_empty());
     if !left.is_empty() {
@@ -235,6 +255,7 @@ pub fn cmd_guest_test(suites: &[String], test_args: &[String]) -> Result<i32> {
         suites.iter().map(String::as_str).collect()
     };
     let code = run_guest_suites(&setup, place, &exes, &names, test_args)?;
+
     let left = leftover_processes();
     if !left.is_empty() {
         eprintln!("[test] left behind on the host: {left:?}");

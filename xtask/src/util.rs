@@ -19,6 +19,36 @@ pub fn repo_root() -> PathBuf {
     xtask.parent().unwrap_or(xtask).to_path_buf()
 }
 
+/// Replaces what lies between `<!-- NAME:begin -->` and `<!-- NAME:end -->` in README.md
+/// with `content` (benchmarks and the validation table write their results there).
+pub fn splice_readme(name: &str, content: &str) -> Result<()> {
+    let path = repo_root().join("README.md");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let (begin, end) = (
+        format!("<!-- {name}:begin -->"),
+        format!("<!-- {name}:end -->"),
+    );
+    let (Some(b), Some(e)) = (text.find(&begin), text.find(&end)) else {
+        bail!(
+            "{} has no {begin} … {end} markers: add them where the {name} results go",
+            path.display()
+        );
+    };
+    if e < b {
+        bail!("{}: {end} comes before {begin}", path.display());
+    }
+    let new = format!(
+        "{}{begin}\n{}\n{}",
+        &text[..b],
+        content.trim_end(),
+        &text[e..]
+    );
+    std::fs::write(&path, new).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("[readme] {name} results written to {}", path.display());
+    Ok(())
+}
+
 /// `$HOME/.cache/runvm`, created if missing.
 pub fn cache_dir() -> PathBuf {
     let home = std::env::var_os("HOME")

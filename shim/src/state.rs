@@ -64,6 +64,9 @@ pub struct ContainerState {
     pub created: String,
     #[serde(default)]
     pub annotations: std::collections::HashMap<String, String>,
+    /// config.json's hooks as they were at create (later edits of it do not count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<oci_spec::runtime::Hooks>,
 }
 
 /// Start time of `pid` in clock ticks since boot, if it is alive.
@@ -141,7 +144,7 @@ impl ContainerState {
     pub fn oci_state(&self, root: &Path) -> serde_json::Value {
         let status = self.status(root);
         let mut v = serde_json::json!({
-            "ociVersion": "1.0.2",
+            "ociVersion": crate::container::hooks::OCI_VERSION,
             "id": self.id,
             "status": status.as_str(),
             "bundle": self.bundle,

@@ -1,5 +1,6 @@
 //! `delete`: removes a stopped container, or (with `--force`, or while only created)
-//! kills it first. Nothing of it is left: monitor, VM, sockets, state directory.
+//! kills it first. Nothing of it is left: monitor, VM, sockets, state directory. Then
+//! the poststop hooks run (a failure is a warning: the delete still succeeds).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -46,5 +47,10 @@ pub fn delete(root: &Option<PathBuf>, id: &str, force: bool) -> Result<i32> {
             Err(e)
         }
     })?;
+    super::hooks::Container::from_state(&state).run_warn(
+        super::hooks::HookKind::Poststop,
+        "stopped",
+        0,
+    );
     Ok(0)
 }

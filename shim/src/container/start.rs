@@ -3,7 +3,7 @@
 //! once it runs (a failure is a warning).
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Result};
 
@@ -22,17 +22,7 @@ pub fn start(root: &Option<PathBuf>, id: &str) -> Result<i32> {
     let hooks = super::hooks::Container::from_state(&state);
     if let Err(e) = hooks.run(HookKind::StartContainer, "created", state.pid) {
         // The process must not run: the container stops (and `delete` removes it).
-        let _ = api::request(
-            &dir,
-            &Request::Signal {
-                signal: libc::SIGKILL,
-            },
-            Duration::from_secs(5),
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while state.monitor_alive() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        super::delete::kill_and_wait(&state, &super::root_dir(root));
         bail!("cannot start container {id:?}: {e}");
     }
     // The VM boots now: allow for the guest's boot timeout, and then some.

@@ -63,16 +63,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         },
         Command::Common(c) => match *c {
             CommonCmd::Run(r) => {
-                if r.detach {
-                    return not_yet("run --detach");
-                }
-                container::run::run(container::run::RunOptions {
+                let opts = container::run::RunOptions {
                     id: r.container_id,
                     bundle: r.bundle,
                     root,
                     pid_file: r.pid_file,
                     console_socket: r.console_socket,
-                })
+                };
+                if r.detach {
+                    container::run::run_detached(opts)
+                } else {
+                    container::run::run(opts)
+                }
             }
             CommonCmd::Exec(e) => container::exec::exec(container::exec::ExecOptions {
                 id: e.container_id,
@@ -90,6 +92,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 caps: e.cap,
                 no_new_privs: e.no_new_privs,
             }),
+            CommonCmd::Features(_) => container::features::features(),
             CommonCmd::List(l) => container::list::list(&root, &l.format, l.quiet),
             CommonCmd::Spec(s) => {
                 let path = s.bundle.unwrap_or_else(|| ".".into()).join("config.json");

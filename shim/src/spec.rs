@@ -32,6 +32,10 @@ pub struct ContainerSpec {
     /// The container's `resolv.conf` on the host (the source of Docker's bind mount of
     /// `/etc/resolv.conf`, else the root filesystem's), for the DNS forwarder.
     pub resolv_conf: PathBuf,
+    /// `annotations`, for the state and the hooks.
+    pub annotations: std::collections::HashMap<String, String>,
+    /// `hooks`, already checked (absolute paths, positive timeouts).
+    pub hooks: Option<oci_spec::runtime::Hooks>,
 }
 
 impl ContainerSpec {
@@ -109,6 +113,9 @@ impl ContainerSpec {
             .filter_map(|m| m.source().clone())
             .next_back()
             .unwrap_or_else(|| rootfs.join("etc/resolv.conf"));
+        if let Some(h) = spec.hooks() {
+            crate::container::hooks::validate(h).map_err(invalid)?;
+        }
         let mut mounts = Vec::new();
         for m in spec.mounts().iter().flatten() {
             if let Some(m) = convert_mount(m).map_err(invalid)? {
@@ -125,6 +132,8 @@ impl ContainerSpec {
             hostname: spec.hostname().clone(),
             process,
             bundle,
+            annotations: spec.annotations().clone().unwrap_or_default(),
+            hooks: spec.hooks().clone(),
         })
     }
 }

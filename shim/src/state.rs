@@ -64,14 +64,23 @@ pub struct ContainerState {
     pub created: String,
     #[serde(default)]
     pub annotations: std::collections::HashMap<String, String>,
+    /// config.json's hooks as they were at create (later edits of it do not count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<oci_spec::runtime::Hooks>,
 }
 
 /// Start time of `pid` in clock ticks since boot, if it is alive.
 pub fn process_start_time(pid: i32) -> Option<u64> {
+    process_stat(pid).map(|(_, t)| t)
+}
+
+/// The state letter (`R`, `S`, `Z`, …) and start time of `pid`.
+fn process_stat(pid: i32) -> Option<(char, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces and parentheses: fields start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(19)?.parse().ok()
+    let state = rest.chars().next()?;
+    Some((state, rest.split(' ').nth(19)?.parse().ok()?))
 }
 
 impl ContainerState {
@@ -122,9 +131,10 @@ impl ContainerState {
         std::fs::rename(&tmp, dir.join(STATE_FILE)).map_err(err)
     }
 
-    /// Whether the monitor still runs.
+    /// Whether the monitor still runs (a zombie, exited but not yet reaped by its
+    /// parent, does not).
     pub fn monitor_alive(&self) -> bool {
-        process_start_time(self.pid) == Some(self.pid_start_time)
+        matches!(process_stat(self.pid), Some((state, t)) if t == self.pid_start_time && state != 'Z')
     }
 
     pub fn status(&self, root: &Path) -> Status {
@@ -141,7 +151,7 @@ impl ContainerState {
     pub fn oci_state(&self, root: &Path) -> serde_json::Value {
         let status = self.status(root);
         let mut v = serde_json::json!({
-            "ociVersion": "1.0.2",
+            "ociVersion": crate::container::hooks::OCI_VERSION,
             "id": self.id,
             "status": status.as_str(),
             "bundle": self.bundle,
@@ -171,5 +181,31 @@ mod tests {
         let t = process_start_time(me).unwrap();
         assert_eq!(process_start_time(me), Some(t));
         assert_eq!(process_start_time(i32::MAX), None);
+    }
+
+    #[test]
+    fn an_exited_unreaped_monitor_is_not_alive() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        let state = ContainerState {
+            id: "z".into(),
+            bundle: "/".into(),
+            rootfs: "/".into(),
+            pid,
+            pid_start_time: process_start_time(pid).unwrap(),
+            created: String::new(),
+            annotations: Default::default(),
+            hooks: None,
+        };
+        // It exits, and stays a zombie until it is reaped below.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while process_stat(pid).is_some_and(|(s, _)| s != 'Z')
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(process_stat(pid).map(|(s, _)| s), Some('Z'));
+        assert!(!state.monitor_alive());
+        child.wait().unwrap();
     }
 }

@@ -122,10 +122,12 @@ pub fn cmd_test() -> Result<i32> {
             .with_context(|| format!("integration test {name} was not built"))
     };
 
-    step.phase("runvm bad-input tests (no guest needed)");
-    let mut c = Command::new(exe("bad_input")?);
-    c.args(["--ignored", "--test-threads=2"]).envs(setup.env());
-    t.record("bad_input", status_ok(&mut c)?);
+    for suite in HOST_SUITES {
+        step.phase(&format!("runvm {suite} tests (no guest needed)"));
+        let mut c = Command::new(exe(suite)?);
+        c.args(["--ignored", "--test-threads=2"]).envs(setup.env());
+        t.record(suite, status_ok(&mut c)?);
+    }
 
     let place = setup.choose_place()?;
     if place == Place::TestHost {
@@ -176,6 +178,10 @@ pub fn cmd_test() -> Result<i32> {
     Ok(0)
 }
 
+/// The integration test binaries (in `tests/tests/`) that need the runvm binary but boot
+/// no guest: they run on this host, before the guest suites.
+pub const HOST_SUITES: &[&str] = &["bad_input", "features"];
+
 /// The integration test binaries (in `tests/tests/`) that boot guests, in the order CI runs
 /// them. Add a new guest suite here.
 pub const GUEST_SUITES: &[&str] = &[
@@ -186,6 +192,7 @@ pub const GUEST_SUITES: &[&str] = &[
     "rootfs",
     "network",
     "hostile",
+    "hooks",
 ];
 
 /// Runs the named guest suites, each with `--ignored --test-threads=2` plus `test_args`,

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
+use super::hooks::HookKind;
 use crate::monitor::{self, api, tty, HostStdio, Launch};
 use crate::state::{process_start_time, ContainerState};
 
@@ -106,11 +107,7 @@ pub fn create(opts: CreateOptions) -> Result<i32> {
     let _ = BufReader::new(std::fs::File::from(ready_r)).read_line(&mut line);
     let line = line.trim();
     if line != "ok" {
-        // SAFETY: the monitor is our child; stop it and reap it before cleaning up.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-            libc::waitpid(pid, std::ptr::null_mut(), 0);
-        }
+        stop_monitor(pid);
         let why = if line.is_empty() {
             "the monitor exited before the guest was up"
         } else {
@@ -121,6 +118,16 @@ pub fn create(opts: CreateOptions) -> Result<i32> {
             p.id
         )));
     }
+    // The monitor lives in the container's network namespace now: the hooks that run at
+    // create (Docker 20.10's libnetwork-setkey among them) find it through the pid.
+    let hook_container = super::hooks::Container::from_spec(&p.id, &p.spec);
+    if let Err(e) = run_create_hooks(&hook_container, pid) {
+        stop_monitor(pid);
+        let e = fail(anyhow::anyhow!("cannot create container {:?}: {e}", p.id));
+        // The container is destroyed: the lifecycle goes on with the poststop hooks.
+        hook_container.run_warn(HookKind::Poststop, "stopped", 0);
+        return Err(e);
+    }
     let state = ContainerState {
         id: p.id.clone(),
         bundle: p.spec.bundle.clone(),
@@ -128,7 +135,8 @@ pub fn create(opts: CreateOptions) -> Result<i32> {
         pid,
         pid_start_time: process_start_time(pid).unwrap_or(0),
         created: crate::logging::rfc3339_now(),
-        annotations: Default::default(),
+        annotations: p.spec.annotations.clone(),
+        hooks: p.spec.hooks.clone(),
     };
     state.save(&p.root).map_err(|e| fail(e.into()))?;
     if let Some(f) = &opts.pid_file {
@@ -136,6 +144,32 @@ pub fn create(opts: CreateOptions) -> Result<i32> {
             .with_context(|| format!("cannot write pid file {}", f.display()))?;
     }
     Ok(0)
+}
+
+/// Stops the monitor (our child) and reaps it, before cleaning up after a failed create.
+fn stop_monitor(pid: i32) {
+    // SAFETY: `pid` is our unreaped child, so it cannot be another process.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+}
+
+/// The hooks of `create`, in the spec's order, with runc's status ("creating") and the
+/// monitor's pid: prestart and createRuntime, then createContainer (on the host too: the
+/// container's mount namespace is in the guest, which does not exist before `start`).
+pub(crate) fn run_create_hooks(
+    c: &super::hooks::Container,
+    pid: i32,
+) -> Result<(), super::hooks::HookError> {
+    for kind in [
+        HookKind::Prestart,
+        HookKind::CreateRuntime,
+        HookKind::CreateContainer,
+    ] {
+        c.run(kind, "creating", pid)?;
+    }
+    Ok(())
 }
 
 /// The monitor's side of the console: the pty slave becomes its controlling terminal

@@ -1,5 +1,6 @@
 //! `delete`: removes a stopped container, or (with `--force`, or while only created)
-//! kills it first. Nothing of it is left: monitor, VM, sockets, state directory.
+//! kills it first. Nothing of it is left: monitor, VM, sockets, state directory. Then
+//! the poststop hooks run (a failure is a warning: the delete still succeeds).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -18,26 +19,7 @@ pub fn delete(root: &Option<PathBuf>, id: &str, force: bool) -> Result<i32> {
         Status::Running if !force => {
             bail!("cannot delete container {id} that is not stopped: running")
         }
-        Status::Created | Status::Running => {
-            let _ = api::request(
-                &ContainerState::runtime_dir(&root_dir, id),
-                &Request::Signal {
-                    signal: libc::SIGKILL,
-                },
-                Duration::from_secs(5),
-            );
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while state.monitor_alive() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if state.monitor_alive() {
-                // SAFETY: the pid is the monitor's (its start time matched just above).
-                unsafe { libc::kill(state.pid, libc::SIGKILL) };
-                while state.monitor_alive() && Instant::now() < deadline + Duration::from_secs(5) {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-        }
+        Status::Created | Status::Running => kill_and_wait(&state, &root_dir),
     }
     std::fs::remove_dir_all(&dir).or_else(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
@@ -46,5 +28,33 @@ pub fn delete(root: &Option<PathBuf>, id: &str, force: bool) -> Result<i32> {
             Err(e)
         }
     })?;
+    super::hooks::Container::from_state(&state).run_warn(
+        super::hooks::HookKind::Poststop,
+        "stopped",
+        0,
+    );
     Ok(0)
+}
+
+/// Kills the container (SIGKILL through its monitor, which stops the VM) and waits up to
+/// 10 s for the monitor to end, then SIGKILLs the monitor itself.
+pub(super) fn kill_and_wait(state: &ContainerState, root_dir: &std::path::Path) {
+    let _ = api::request(
+        &ContainerState::runtime_dir(root_dir, &state.id),
+        &Request::Signal {
+            signal: libc::SIGKILL,
+        },
+        Duration::from_secs(5),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state.monitor_alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if state.monitor_alive() {
+        // SAFETY: the pid is the monitor's (its start time matched just above).
+        unsafe { libc::kill(state.pid, libc::SIGKILL) };
+        while state.monitor_alive() && Instant::now() < deadline + Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }

@@ -7,6 +7,8 @@
 pub mod create;
 pub mod delete;
 pub mod exec;
+pub mod features;
+pub mod hooks;
 pub mod kill;
 pub mod list;
 pub mod run;
@@ -131,6 +133,7 @@ pub fn prepare(id: &str, bundle: &Path, root: &Option<PathBuf>) -> Result<Prepar
             cmdline_append: std::env::var("RUNVM_KERNEL_CMDLINE_APPEND")
                 .ok()
                 .filter(|s| !s.trim().is_empty()),
+            on_started: None,
         })
     })();
     let config = match built {

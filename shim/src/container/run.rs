@@ -1,5 +1,10 @@
 //! `run`: create and start a container in the foreground and wait for it: the process
 //! ends with the workload's exit code, and nothing of the container is left afterwards.
+//! The hooks run as with `create`, `start` and `delete`, in runvm's own namespaces
+//! although this process, the monitor, lives in the container's network namespace.
+//!
+//! `run --detach` is `create` and `start` in one command, as runc's: it returns once the
+//! process runs, and the monitor keeps the stdio it was given.
 //!
 //! With `process.terminal`, the caller's terminal is relayed as runc does: put in raw
 //! mode (restored at the end), its size given to the guest's pty and SIGWINCH passed on;
@@ -7,9 +12,11 @@
 
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 
+use super::hooks::{self, HookKind};
 use crate::monitor::{self, tty, HostStdio, Launch};
 
 /// What `run` needs, already parsed.
@@ -23,7 +30,16 @@ pub struct RunOptions {
 
 /// Runs the container; returns the workload's exit code.
 pub fn run(opts: RunOptions) -> Result<i32> {
-    let p = super::prepare(&opts.id, &opts.bundle, &opts.root)?;
+    let mut p = super::prepare(&opts.id, &opts.bundle, &opts.root)?;
+    let mut container = hooks::Container::from_spec(&p.id, &p.spec);
+    // The hooks run in the namespace this process is about to leave.
+    container.host_netns = match std::fs::File::open("/proc/self/ns/net") {
+        Ok(f) => Some(f.into()),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&p.dir);
+            return Err(e).context("cannot open runvm's network namespace (/proc/self/ns/net)");
+        }
+    };
     // From here on the directory is ours: the guard removes it whatever happens to us.
     let guard = match super::enter_network_and_guard(&p, &p.dir) {
         Ok(g) => g,
@@ -32,6 +48,35 @@ pub fn run(opts: RunOptions) -> Result<i32> {
             return Err(e);
         }
     };
+    let container = Arc::new(container);
+    let pid = std::process::id() as i32;
+    let before = super::create::run_create_hooks(&container, pid)
+        .and_then(|()| container.run(HookKind::StartContainer, "created", pid));
+    if let Err(e) = before {
+        let _ = std::fs::remove_dir_all(&p.dir);
+        drop(guard);
+        container.run_warn(HookKind::Poststop, "stopped", 0);
+        return Err(anyhow::anyhow!("cannot run container {:?}: {e}", p.id));
+    }
+    // poststart runs beside the monitor's loop, which must not wait for it.
+    let poststart: Arc<Mutex<Option<std::thread::JoinHandle<()>>>> = Default::default();
+    if container
+        .hooks
+        .as_ref()
+        .is_some_and(|h| !HookKind::Poststart.of(h).is_empty())
+    {
+        let (c, slot) = (container.clone(), poststart.clone());
+        p.config.on_started = Some(Box::new(move || {
+            let c = c.clone();
+            let thread = std::thread::Builder::new()
+                .name("runvm-poststart".into())
+                .spawn(move || c.run_warn(HookKind::Poststart, "running", pid));
+            match thread {
+                Ok(t) => *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(t),
+                Err(e) => log::warn!("cannot run the poststart hooks: {e}"),
+            }
+        }));
+    }
     let mut raw_mode = None;
     let result = (|| -> Result<i32> {
         let terminal = p.spec.process.as_ref().is_some_and(|p| p.terminal);
@@ -73,5 +118,31 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     drop(raw_mode);
     let _ = std::fs::remove_dir_all(&p.dir);
     drop(guard);
+    let thread = poststart.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(t) = thread {
+        let _ = t.join();
+    }
+    container.run_warn(HookKind::Poststop, "stopped", 0);
     result
+}
+
+/// `run --detach`: `create`, then `start`; a container that cannot start is deleted.
+pub fn run_detached(opts: RunOptions) -> Result<i32> {
+    let (root, id) = (opts.root.clone(), opts.id.clone());
+    super::create::create(super::create::CreateOptions {
+        id: opts.id,
+        bundle: opts.bundle,
+        root: opts.root,
+        pid_file: opts.pid_file,
+        console_socket: opts.console_socket,
+    })?;
+    match super::start::start(&root, &id) {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            if let Err(d) = super::delete::delete(&root, &id, true) {
+                log::warn!("cannot delete container {id:?} after its failed start: {d:#}");
+            }
+            Err(e)
+        }
+    }
 }

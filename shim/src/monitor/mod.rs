@@ -104,6 +104,9 @@ pub struct MonitorConfig {
     pub resolv_conf: PathBuf,
     /// Words appended to the guest kernel's command line (`RUNVM_KERNEL_CMDLINE_APPEND`).
     pub cmdline_append: Option<String>,
+    /// Called once, on the monitor's thread, when the container's process has started
+    /// (the foreground `run`'s poststart hooks); it must not block.
+    pub on_started: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 /// The record of the network plumbing (TAPs, tc rules) in a runtime directory, which
@@ -406,6 +409,7 @@ fn run_vm_inner(
         sigfd: &sigfd,
         api,
         state_dir,
+        on_started: cfg.on_started.as_deref(),
     };
     let result = converse(cfg, &mut vm, run, stdio, &io, start_conn);
     let ending = match result {
@@ -516,6 +520,7 @@ pub(crate) struct Io<'a> {
     sigfd: &'a SignalFd,
     api: Option<&'a UnixListener>,
     state_dir: Option<&'a Path>,
+    on_started: Option<&'a (dyn Fn() + Send + Sync)>,
 }
 
 fn reply(conn: &mut UnixStream, r: api::Response) {

@@ -381,6 +381,9 @@ impl<'a> Session<'a> {
                 if let Some(dir) = self.io.state_dir {
                     let _ = std::fs::write(dir.join(crate::state::STARTED_FILE), b"");
                 }
+                if let Some(started) = self.io.on_started {
+                    started();
+                }
                 if let Some(mut c) = self.pending_start.take() {
                     reply(&mut c, api::Response::Ok);
                 }

@@ -1,0 +1,192 @@
+//! `features`: what this runvm supports, as the JSON document of the runtime spec's
+//! `features.md` (runc 1.1's `runc features`). Each list says what runvm really applies
+//! today, not what it parses: update it with the code.
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::hooks::HookKind;
+
+/// The mount options the guest init applies (`parse_mount_options` in
+/// guest-init/src/mounts.rs: flags, and the propagation words).
+pub const MOUNT_OPTIONS: &[&str] = &[
+    "async",
+    "atime",
+    "bind",
+    "defaults",
+    "dev",
+    "diratime",
+    "dirsync",
+    "exec",
+    "mand",
+    "noatime",
+    "nodev",
+    "nodiratime",
+    "noexec",
+    "nomand",
+    "norelatime",
+    "nostrictatime",
+    "nosuid",
+    "private",
+    "rbind",
+    "relatime",
+    "remount",
+    "ro",
+    "rprivate",
+    "rshared",
+    "rslave",
+    "runbindable",
+    "rw",
+    "shared",
+    "slave",
+    "strictatime",
+    "suid",
+    "sync",
+    "unbindable",
+];
+
+/// The namespaces a runvm container has: PID, mount and UTS namespaces of its own in the
+/// guest, and IPC, network and cgroup ones in that it has a kernel of its own. No user
+/// namespace (uid/gid mappings are not applied).
+pub const NAMESPACES: &[&str] = &["cgroup", "ipc", "mount", "network", "pid", "uts"];
+
+/// The capabilities `process.capabilities` may name (guest-init/src/caps.rs applies them).
+pub const CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// The features document, its fields in the spec's order.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Features {
+    oci_version_min: &'static str,
+    oci_version_max: &'static str,
+    hooks: Vec<&'static str>,
+    mount_options: &'static [&'static str],
+    linux: Linux,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Linux {
+    namespaces: &'static [&'static str],
+    capabilities: &'static [&'static str],
+    cgroup: Cgroup,
+    seccomp: Enabled,
+    apparmor: Enabled,
+    selinux: Enabled,
+    intel_rdt: Enabled,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Cgroup {
+    v1: bool,
+    v2: bool,
+    systemd: bool,
+    systemd_user: bool,
+}
+
+#[derive(Serialize)]
+struct Enabled {
+    enabled: bool,
+}
+
+/// What this runvm supports.
+pub fn document() -> Features {
+    Features {
+        oci_version_min: "1.0.0",
+        oci_version_max: super::hooks::OCI_VERSION,
+        hooks: HookKind::ALL.iter().map(|k| k.name()).collect(),
+        mount_options: MOUNT_OPTIONS,
+        linux: Linux {
+            namespaces: NAMESPACES,
+            capabilities: CAPABILITIES,
+            // linux.resources and linux.cgroupsPath are not applied yet.
+            cgroup: Cgroup {
+                v1: false,
+                v2: false,
+                systemd: false,
+                systemd_user: false,
+            },
+            // linux.seccomp is not applied to the workload (the filters of runvm's own
+            // VMM threads are not this).
+            seccomp: Enabled { enabled: false },
+            apparmor: Enabled { enabled: false },
+            selinux: Enabled { enabled: false },
+            intel_rdt: Enabled { enabled: false },
+        },
+    }
+}
+
+/// `runvm features`: prints the document.
+pub fn features() -> Result<i32> {
+    println!("{}", serde_json::to_string_pretty(&document())?);
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_parses_as_the_spec_s_features() {
+        let text = serde_json::to_string(&document()).unwrap();
+        assert!(
+            text.starts_with(r#"{"ociVersionMin":"1.0.0","ociVersionMax":"#),
+            "{text}"
+        );
+        let f: oci_spec::runtime::Features = serde_json::from_str(&text).unwrap();
+        assert_eq!(f.oci_version_min(), "1.0.0");
+        assert_eq!(f.hooks().as_ref().unwrap().len(), 6);
+    }
+
+    #[test]
+    fn every_capability_listed_is_one_config_json_accepts() {
+        for cap in CAPABILITIES {
+            serde_json::from_value::<oci_spec::runtime::Capability>(serde_json::json!(cap))
+                .unwrap_or_else(|e| panic!("{cap}: {e}"));
+        }
+        assert_eq!(CAPABILITIES.len(), 41);
+    }
+}

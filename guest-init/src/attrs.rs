@@ -1,5 +1,5 @@
 //! The OCI process attributes that the child applies to itself before `execve`: resource
-//! limits, the OOM score adjustment, and the privilege settings.
+//! limits, the OOM score adjustment, the privilege settings, and `HOME`.
 
 use crate::error::{Error, Result};
 use nix::sys::resource::{setrlimit, Resource};
@@ -90,9 +90,63 @@ pub fn apply_sysctls(sysctl: &std::collections::BTreeMap<String, String>) -> Res
     Ok(())
 }
 
+/// The home directory of `uid` in an `/etc/passwd` text (the first entry with that uid,
+/// as runc's user lookup), `None` when it has none.
+pub fn passwd_home(passwd: &str, uid: u32) -> Option<&str> {
+    passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 6 && f[2].trim().parse::<u32>().ok() == Some(uid))
+        .map(|f| f[5])
+        .filter(|h| !h.is_empty())
+}
+
+/// `env` with `HOME` set, as runc sets it: when the environment has no `HOME` (or an
+/// empty one), it is the home of `uid` in the container's `passwd`, else `/`.
+pub fn env_with_home(env: &[String], uid: u32, passwd: &str) -> Vec<String> {
+    let home = env.iter().rev().find_map(|kv| kv.strip_prefix("HOME="));
+    if home.is_some_and(|h| !h.is_empty()) {
+        return env.to_vec();
+    }
+    let mut out: Vec<String> = env
+        .iter()
+        .filter(|kv| !kv.starts_with("HOME="))
+        .cloned()
+        .collect();
+    out.push(format!("HOME={}", passwd_home(passwd, uid).unwrap_or("/")));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn home_comes_from_passwd_only_when_the_environment_has_none() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\n# comment\nuser:x:1000:1000::/home/user:/bin/sh\nnohome:x:7:7::\nuser2:x:1000:1000::/elsewhere:/bin/sh\n";
+        let env = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            env_with_home(&env(&["PATH=/bin"]), 0, passwd),
+            ["PATH=/bin", "HOME=/root"]
+        );
+        assert_eq!(
+            env_with_home(&env(&["PATH=/bin"]), 1000, passwd),
+            ["PATH=/bin", "HOME=/home/user"]
+        );
+        // Unknown uid, an entry without a home, no passwd at all: "/".
+        for (uid, pw) in [(4242, passwd), (7, passwd), (0, "")] {
+            assert_eq!(env_with_home(&env(&[]), uid, pw), ["HOME=/"], "{uid}");
+        }
+        // A set HOME is kept; an empty one is replaced.
+        assert_eq!(
+            env_with_home(&env(&["HOME=/x", "A=1"]), 0, passwd),
+            ["HOME=/x", "A=1"]
+        );
+        assert_eq!(
+            env_with_home(&env(&["HOME=", "A=1"]), 0, passwd),
+            ["A=1", "HOME=/root"]
+        );
+    }
 
     #[test]
     fn sysctl_keys_map_under_proc_sys() {

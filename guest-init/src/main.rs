@@ -23,6 +23,7 @@ mod mounts;
 mod net;
 mod net_dns;
 mod relay;
+mod seccomp;
 mod vsock;
 mod workload;
 mod writeback;

@@ -420,8 +420,9 @@ pub fn set_window_size(fd: RawFd, size: WindowSize) -> Result<()> {
     Ok(())
 }
 
-/// Everything after the container's view exists: stdio, rlimits, OOM score, capabilities,
-/// no_new_privs, user and groups, cwd, and `execve`. Shared by main and exec'd processes.
+/// Everything after the container's view exists: stdio, `HOME`, rlimits, OOM score,
+/// capabilities, no_new_privs, user and groups, cwd, umask, the seccomp filter, and
+/// `execve`. Shared by main and exec'd processes.
 fn become_process(p: &ProcessSpec, stdio: ChildStdio) -> Result<std::convert::Infallible> {
     match stdio {
         ChildStdio::Pipes(fds) => {
@@ -432,6 +433,14 @@ fn become_process(p: &ProcessSpec, stdio: ChildStdio) -> Result<std::convert::In
         ChildStdio::Terminal { to_parent, size } => attach_terminal(to_parent, size)?,
     }
     close_other_fds()?;
+    // runc: a process without HOME gets its user's home from the container's passwd.
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let env = crate::attrs::env_with_home(&p.env, p.uid, &passwd);
+    let seccomp = p
+        .seccomp
+        .as_ref()
+        .map(|s| crate::seccomp::instructions(s).map(|f| (f, s.flags)))
+        .transpose()?;
     crate::attrs::apply_rlimits(&p.rlimits)?;
     crate::attrs::set_oom_score_adj(p.oom_score_adj)?;
     let caps = p
@@ -440,6 +449,11 @@ fn become_process(p: &ProcessSpec, stdio: ChildStdio) -> Result<std::convert::In
         .map(crate::caps::resolve)
         .transpose()?;
     crate::attrs::set_no_new_privs(p.no_new_privileges)?;
+    // runc's order: without no_new_privs, loading a filter needs CAP_SYS_ADMIN, so it is
+    // loaded before the user switch and the capability drop; with it, as late as can be.
+    if let (Some((filter, flags)), false) = (&seccomp, p.no_new_privileges) {
+        crate::seccomp::install(filter, *flags)?;
+    }
     if let Some(c) = &caps {
         crate::caps::before_user_switch(c)?;
     }
@@ -474,12 +488,17 @@ fn become_process(p: &ProcessSpec, stdio: ChildStdio) -> Result<std::convert::In
         .args
         .first()
         .ok_or_else(|| Error::new("args must not be empty"))?;
-    let path = resolve_executable(arg0, &p.env, Path::new(cwd), &FsProbe)?;
+    let path = resolve_executable(arg0, &env, Path::new(cwd), &FsProbe)?;
     let cpath = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| Error::new("executable path contains a NUL byte"))?;
     let argv = to_cstrings(&p.args, "args")?;
-    let envp = to_cstrings(&p.env, "env")?;
-    nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
+    let envp = to_cstrings(&env, "env")?;
+    nix::sys::stat::umask(Mode::from_bits_truncate(
+        p.umask.unwrap_or(DEFAULT_UMASK) as libc::mode_t
+    ));
+    if let (Some((filter, flags)), true) = (&seccomp, p.no_new_privileges) {
+        crate::seccomp::install(filter, *flags)?;
+    }
     let err = match nix::unistd::execve(&cpath, &argv, &envp) {
         Ok(never) => match never {},
         Err(e) => e,
@@ -489,6 +508,9 @@ fn become_process(p: &ProcessSpec, stdio: ChildStdio) -> Result<std::convert::In
         format!("exec: {:?}: {}", arg0, err.desc().to_lowercase()),
     ))
 }
+
+/// runc's umask when `process.user.umask` is not set.
+const DEFAULT_UMASK: u32 = 0o022;
 
 fn io_msg(e: &std::io::Error) -> String {
     match e.raw_os_error() {

@@ -1068,3 +1068,92 @@ fn docker_default_settings_apply_together() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+#[test]
+fn home_comes_from_passwd_and_umask_from_the_spec() {
+    require_root!();
+    let script = "echo $HOME; umask; busybox touch /tmp/f; busybox stat -c %a /tmp/f";
+    let mut p = spec(&["sh", "-c", script]);
+    p.env = vec!["PATH=/usr/bin:/bin".into()];
+    let o = run(p.clone(), b"", |_| {});
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "/root\n0022\n644\n");
+    p.umask = Some(0o077);
+    let o = run(p.clone(), b"", |_| {});
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "/root\n0077\n600\n");
+    // A uid without a passwd entry gets "/".
+    let mut q = spec(&["sh", "-c", "echo $HOME"]);
+    q.env = vec!["PATH=/usr/bin:/bin".into()];
+    q.uid = 4242;
+    let o = run(q, b"", |_| {});
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "/\n");
+    // A HOME in the spec is kept.
+    p.env.push("HOME=/work".into());
+    let o = run(p, b"", |_| {});
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("/work\n"));
+}
+
+/// A filter for x86_64 that fails `mkdir` with EPERM (or kills, with `kill`) and allows
+/// everything else; another architecture is killed.
+fn deny_mkdir(kill: bool) -> runvm_protocol::SeccompProgram {
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    let ret = if kill { 0 } else { 0x0005_0000 | 1 };
+    // (code, jt, jf, k): ld arch; jeq x86_64; kill; ld nr; jeq mkdir; ret; ret allow.
+    let insns: [(u16, u8, u8, u32); 7] = [
+        (0x20, 0, 0, 4),
+        (0x15, 1, 0, AUDIT_ARCH_X86_64),
+        (0x06, 0, 0, 0),
+        (0x20, 0, 0, 0),
+        (0x15, 0, 1, libc::SYS_mkdir as u32),
+        (0x06, 0, 0, ret),
+        (0x06, 0, 0, 0x7fff_0000),
+    ];
+    let mut filter = Vec::new();
+    for (code, jt, jf, k) in insns {
+        filter.extend_from_slice(&code.to_ne_bytes());
+        filter.extend_from_slice(&[jt, jf]);
+        filter.extend_from_slice(&k.to_ne_bytes());
+    }
+    runvm_protocol::SeccompProgram { filter, flags: 0 }
+}
+
+#[test]
+fn the_seccomp_filter_applies_with_and_without_no_new_privs() {
+    require_root!();
+    for nnp in [false, true] {
+        let mut p = spec(&[
+            "sh",
+            "-c",
+            "busybox mkdir /tmp/x; echo rc=$?; grep Seccomp: /proc/self/status",
+        ]);
+        p.no_new_privileges = nnp;
+        p.uid = 1000;
+        p.capabilities = Some(Capabilities::default());
+        p.seccomp = Some(deny_mkdir(false));
+        let o = run(p, b"", |_| {});
+        assert_eq!(o.exited, Some(ExitStatus::Exited(0)), "{o:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            "rc=1\nSeccomp:\t2\n",
+            "nnp {nnp}"
+        );
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("Operation not permitted"),
+            "{o:?}"
+        );
+    }
+    // The kill action: the main process dies of SIGSYS.
+    let mut p = spec(&["busybox", "mkdir", "/tmp/x"]);
+    p.seccomp = Some(deny_mkdir(true));
+    let o = run(p, b"", |_| {});
+    assert_eq!(o.exited, Some(ExitStatus::Signaled(libc::SIGSYS)), "{o:?}");
+    // A malformed program is a start failure that says so.
+    let mut p = spec(&["true"]);
+    p.seccomp = Some(runvm_protocol::SeccompProgram {
+        filter: vec![0; 7],
+        flags: 0,
+    });
+    let o = run(p, b"", |_| {});
+    let (code, message) = o.start_failed.expect("start failed");
+    assert_eq!(code, 1);
+    assert!(message.contains("seccomp"), "{message}");
+}

@@ -113,7 +113,31 @@ pub struct ProcessSpec {
     /// the process starts); only used with `terminal`.
     #[serde(default)]
     pub console_size: Option<WindowSize>,
+    /// The container's `linux.seccomp`, compiled by the host; installed as the very last
+    /// step before `execve` (exec'd processes get the container's filter too). `None`: no
+    /// filter.
+    #[serde(default)]
+    pub seccomp: Option<SeccompProgram>,
+    /// `process.user.umask`; `None` is runc's default, `0o022`.
+    #[serde(default)]
+    pub umask: Option<u32>,
 }
+
+/// A seccomp filter compiled to classic BPF (`struct sock_filter`, 8 bytes each, in the
+/// native byte order of host and guest, both x86_64), with the `seccomp(2)` flags to
+/// install it with.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeccompProgram {
+    /// The instructions: a multiple of [`SECCOMP_INSTRUCTION_LEN`] bytes.
+    #[serde(with = "base64")]
+    pub filter: Vec<u8>,
+    /// `SECCOMP_FILTER_FLAG_*` (`TSYNC` 1, `LOG` 2, `SPEC_ALLOW` 4).
+    #[serde(default)]
+    pub flags: u32,
+}
+
+/// Size of one classic BPF instruction (`struct sock_filter`).
+pub const SECCOMP_INSTRUCTION_LEN: usize = 8;
 
 /// A terminal's size in character cells.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,6 +11,7 @@ mod monitor;
 mod network;
 mod rootfs;
 mod scm;
+mod seccomp;
 mod sockpath;
 mod spec;
 mod state;

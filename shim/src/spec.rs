@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
-use runvm_protocol::{Capabilities, LinuxSpec, MountSpec, ProcessSpec, Rlimit, WindowSize};
+use runvm_protocol::{
+    Capabilities, LinuxSpec, MountSpec, ProcessSpec, Rlimit, SeccompProgram, WindowSize,
+};
 
 /// Errors reading a bundle.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +38,8 @@ pub struct ContainerSpec {
     pub annotations: std::collections::HashMap<String, String>,
     /// `hooks`, already checked (absolute paths, positive timeouts).
     pub hooks: Option<oci_spec::runtime::Hooks>,
+    /// `linux.seccomp`, compiled (also in `process`): exec'd processes get it too.
+    pub seccomp: Option<SeccompProgram>,
 }
 
 impl ContainerSpec {
@@ -73,12 +77,22 @@ impl ContainerSpec {
         }
         let readonly = root.readonly().unwrap_or(false);
 
-        let process = spec
+        let seccomp = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.seccomp().as_ref())
+            .map(crate::seccomp::compile)
+            .transpose()
+            .map_err(|e| invalid(e.to_string()))?;
+        let mut process = spec
             .process()
             .as_ref()
             .map(process_spec)
             .transpose()
             .map_err(invalid)?;
+        if let Some(p) = process.as_mut() {
+            p.seccomp = seccomp.clone();
+        }
         let linux = match spec.linux() {
             None => LinuxSpec::default(),
             Some(l) => {
@@ -123,6 +137,7 @@ impl ContainerSpec {
             }
         }
         Ok(Self {
+            seccomp,
             mounts,
             network,
             resolv_conf,
@@ -233,6 +248,9 @@ pub fn process_spec(p: &oci_spec::runtime::Process) -> Result<ProcessSpec, Strin
             rows: u16::try_from(b.height()).unwrap_or(u16::MAX),
             cols: u16::try_from(b.width()).unwrap_or(u16::MAX),
         }),
+        // The container's `linux.seccomp`, set by the caller that has the whole spec.
+        seccomp: None,
+        umask: user.umask(),
     })
 }
 
@@ -558,6 +576,37 @@ mod tests {
         assert_eq!(c.hostname.as_deref(), Some("runc"));
         assert_eq!(c.mounts.len(), 7);
         assert!(c.process.unwrap().terminal);
+    }
+
+    #[test]
+    fn seccomp_is_compiled_into_the_process_and_umask_carried() {
+        let p = Bundle::new(json!({})).load().unwrap().process.unwrap();
+        assert_eq!((p.seccomp, p.umask), (None, None));
+        let b = Bundle::new(json!({
+            "process": { "user": { "uid": 0, "gid": 0, "umask": 63 } },
+            "linux": { "seccomp": { "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [ { "names": ["mkdir"], "action": "SCMP_ACT_ERRNO" } ] } },
+        }));
+        let c = b.load().unwrap();
+        let p = c.process.unwrap();
+        assert_eq!(p.umask, Some(0o77));
+        let prog = p.seccomp.unwrap();
+        assert!(!prog.filter.is_empty() && prog.filter.len().is_multiple_of(8));
+        assert_eq!(c.seccomp, Some(prog));
+        // The profiles Docker and Podman write compile.
+        for name in ["docker-20.10-config.json", "podman-4-config.json"] {
+            let spec: Spec = from_json(&testdata(name)).unwrap();
+            let profile = spec.linux().as_ref().unwrap().seccomp().as_ref().unwrap();
+            crate::seccomp::compile(profile).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        let b =
+            Bundle::new(json!({ "linux": { "seccomp": { "defaultAction": "SCMP_ACT_NOTIFY" } } }));
+        let e = b.load().unwrap_err().to_string();
+        assert!(
+            e.contains("config.json")
+                && e.contains("linux.seccomp: defaultAction: SCMP_ACT_NOTIFY"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -44,9 +44,13 @@ fn features_prints_the_spec_document() {
             "{opt}"
         );
     }
-    for off in ["seccomp", "apparmor", "selinux", "intelRdt"] {
+    for off in ["apparmor", "selinux", "intelRdt"] {
         assert_eq!(linux[off]["enabled"], false, "{off}");
     }
+    assert_eq!(linux["seccomp"]["enabled"], true);
+    let actions = linux["seccomp"]["actions"].as_array().unwrap();
+    assert!(actions.contains(&"SCMP_ACT_ERRNO".into()));
+    assert!(!actions.contains(&"SCMP_ACT_NOTIFY".into()));
     assert_eq!(linux["cgroup"]["v1"], false);
     // Nothing of a container is made.
     assert!(root.leftovers().is_empty());

@@ -31,7 +31,13 @@ pub enum Place {
 impl GuestSetup {
     /// Builds everything (`release` picks the runvm build profile).
     pub fn prepare(release: bool) -> Result<Self> {
-        crate::util::ensure_apt(&["erofs-utils", "e2fsprogs", "util-linux"])?;
+        crate::util::ensure_apt(&[
+            "erofs-utils",
+            "e2fsprogs",
+            "util-linux",
+            // runvm links libseccomp.
+            "libseccomp-dev",
+        ])?;
         let kernel_cached = kernel::kernel()?;
         let initramfs = initramfs::initramfs()?;
         let rootfs = rootfs::busybox_rootfs()?;

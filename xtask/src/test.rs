@@ -82,6 +82,9 @@ pub fn cmd_test() -> Result<i32> {
         "util-linux",
         "procps",
         "cpio",
+        // runvm links libseccomp (linux.seccomp is compiled on the host): clippy and the
+        // unit tests below build it, so this comes before them.
+        "libseccomp-dev",
     ])?;
     let mut t = Tally {
         passed: vec![],
@@ -193,6 +196,7 @@ pub const GUEST_SUITES: &[&str] = &[
     "network",
     "hostile",
     "hooks",
+    "process",
 ];
 
 /// Runs the named guest suites, each with `--ignored --test-threads=2` plus `test_args`,

@@ -132,15 +132,19 @@ pub fn exec(opts: ExecOptions) -> Result<i32> {
 }
 
 /// The process to run: `--process`, or the container's process with the overrides.
+/// Either way it runs under the container's seccomp filter, as under runc.
 fn process_spec(opts: &ExecOptions, state: &ContainerState) -> Result<ProcessSpec> {
+    let bundle = crate::spec::ContainerSpec::load(&state.bundle)?;
     if let Some(path) = &opts.process {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the process spec {}", path.display()))?;
         let p: oci_spec::runtime::Process = crate::spec::from_json(&text)
             .map_err(|e| anyhow!("{}: not a valid OCI process: {e}", path.display()))?;
-        return crate::spec::process_spec(&p).map_err(|e| anyhow!("{}: {e}", path.display()));
+        let mut spec =
+            crate::spec::process_spec(&p).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        spec.seccomp = bundle.seccomp;
+        return Ok(spec);
     }
-    let bundle = crate::spec::ContainerSpec::load(&state.bundle)?;
     let mut p = bundle
         .process
         .ok_or_else(|| anyhow!("the container's config.json has no process"))?;

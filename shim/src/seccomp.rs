@@ -1,0 +1,442 @@
+//! Compiles the OCI `linux.seccomp` profile into classic BPF on the host, with libseccomp,
+//! as runc does (`libcontainer/seccomp`): the guest only installs the program.
+//!
+//! runc's semantics are kept: unknown syscall names are skipped (a profile lists syscalls
+//! of newer kernels and other architectures); a rule whose action is the default action is
+//! skipped (libseccomp refuses it); a rule whose arguments name one argument twice is
+//! split into one rule per comparison (OR), otherwise the comparisons are ANDed;
+//! `SCMP_CMP_MASKED_EQ` takes `value` as the mask and `valueTwo` as the datum;
+//! `SCMP_ACT_ERRNO` and `SCMP_ACT_TRACE` without `errnoRet` return `EPERM`. What runvm
+//! cannot do (`SCMP_ACT_NOTIFY`, which needs a seccomp agent on the host reached over
+//! `listenerPath`) is an error that says so.
+
+use libseccomp::{
+    ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
+};
+use oci_spec::runtime::{
+    Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompFilterFlag, LinuxSeccompOperator,
+    LinuxSyscall,
+};
+use runvm_protocol::{SeccompProgram, SECCOMP_INSTRUCTION_LEN};
+use std::io::{Read, Seek};
+
+/// Most arguments a syscall has (and so the largest `args[].index` plus one).
+const SYSCALL_MAX_ARGS: u32 = 6;
+/// The kernel's limit on a classic BPF program (`BPF_MAXINSNS`).
+const MAX_INSTRUCTIONS: usize = 4096;
+
+/// `SECCOMP_FILTER_FLAG_*` of `seccomp(2)`.
+const FLAG_TSYNC: u32 = 1;
+const FLAG_LOG: u32 = 2;
+const FLAG_SPEC_ALLOW: u32 = 4;
+
+/// A `linux.seccomp` profile that cannot be compiled; the message names the field.
+#[derive(Debug, thiserror::Error)]
+#[error("linux.seccomp: {0}")]
+pub struct SeccompError(String);
+
+fn err(msg: impl Into<String>) -> SeccompError {
+    SeccompError(msg.into())
+}
+
+/// Compiles `profile` into the BPF program and `seccomp(2)` flags the guest installs.
+pub fn compile(profile: &LinuxSeccomp) -> Result<SeccompProgram, SeccompError> {
+    if profile.listener_path().is_some() {
+        return Err(err(
+            "listenerPath (a seccomp agent for SCMP_ACT_NOTIFY) is not supported by runvm",
+        ));
+    }
+    let default_errno = profile.default_errno_ret();
+    let default = action(profile.default_action(), default_errno)
+        .map_err(|m| err(format!("defaultAction: {m}")))?;
+    let mut ctx = ScmpFilterContext::new(default)
+        .map_err(|e| err(format!("cannot create the filter: {e}")))?;
+    // runc sets no_new_privs itself (process.noNewPrivileges); so does the guest.
+    ctx.set_ctl_nnp(false).map_err(|e| {
+        err(format!(
+            "cannot clear the filter's no_new_privs attribute: {e}"
+        ))
+    })?;
+    for arch in profile.architectures().iter().flatten() {
+        let name = arch_name(*arch);
+        let scmp: ScmpArch = name
+            .parse()
+            .map_err(|_| err(format!("architectures: {name} is not known to libseccomp")))?;
+        ctx.add_arch(scmp)
+            .map_err(|e| err(format!("architectures: cannot add {name}: {e}")))?;
+    }
+
+    for (i, call) in profile.syscalls().iter().flatten().enumerate() {
+        add_syscall_rules(&mut ctx, call, default)
+            .map_err(|m| err(format!("syscalls[{i}] ({}): {m}", call.names().join(", "))))?;
+    }
+
+    let mut flags = 0;
+    for f in profile.flags().iter().flatten() {
+        flags |= match f {
+            LinuxSeccompFilterFlag::SeccompFilterFlagTsync => FLAG_TSYNC,
+            LinuxSeccompFilterFlag::SeccompFilterFlagLog => FLAG_LOG,
+            LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => FLAG_SPEC_ALLOW,
+        };
+    }
+    let filter = export(&ctx)?;
+    Ok(SeccompProgram { filter, flags })
+}
+
+/// The rules of one `syscalls` entry; unknown names are skipped as runc does.
+fn add_syscall_rules(
+    ctx: &mut ScmpFilterContext,
+    call: &LinuxSyscall,
+    default: ScmpAction,
+) -> Result<(), String> {
+    let act = action(call.action(), call.errno_ret())?;
+    if act == default {
+        // runc: libseccomp refuses a rule that does what the default action does.
+        return Ok(());
+    }
+    let mut conditions = Vec::new();
+    let mut per_index = [0u32; SYSCALL_MAX_ARGS as usize];
+    for a in call.args().iter().flatten() {
+        let index = u32::try_from(a.index())
+            .ok()
+            .filter(|i| *i < SYSCALL_MAX_ARGS)
+            .ok_or_else(|| {
+                format!(
+                    "args: index {} is out of range (a syscall has {SYSCALL_MAX_ARGS} arguments)",
+                    a.index()
+                )
+            })?;
+        per_index[index as usize] += 1;
+        let op = match a.op() {
+            LinuxSeccompOperator::ScmpCmpNe => ScmpCompareOp::NotEqual,
+            LinuxSeccompOperator::ScmpCmpLt => ScmpCompareOp::Less,
+            LinuxSeccompOperator::ScmpCmpLe => ScmpCompareOp::LessOrEqual,
+            LinuxSeccompOperator::ScmpCmpEq => ScmpCompareOp::Equal,
+            LinuxSeccompOperator::ScmpCmpGe => ScmpCompareOp::GreaterEqual,
+            LinuxSeccompOperator::ScmpCmpGt => ScmpCompareOp::Greater,
+            // `value` is the mask, `valueTwo` the datum: (arg & value) == valueTwo.
+            LinuxSeccompOperator::ScmpCmpMaskedEq => {
+                conditions.push(ScmpArgCompare::new(
+                    index,
+                    ScmpCompareOp::MaskedEqual(a.value()),
+                    a.value_two().unwrap_or(0),
+                ));
+                continue;
+            }
+        };
+        conditions.push(ScmpArgCompare::new(index, op, a.value()));
+    }
+    let split = per_index.iter().any(|n| *n > 1);
+    for name in call.names() {
+        let Ok(nr) = ScmpSyscall::from_name(name) else {
+            log::debug!("seccomp: skipping syscall {name:?}, unknown to libseccomp");
+            continue;
+        };
+        let added = if conditions.is_empty() {
+            ctx.add_rule(act, nr).map(|_| ())
+        } else if split {
+            // runc: several comparisons of one argument become one rule each.
+            conditions
+                .iter()
+                .try_for_each(|c| ctx.add_rule_conditional(act, nr, &[*c]).map(|_| ()))
+        } else {
+            ctx.add_rule_conditional(act, nr, &conditions).map(|_| ())
+        };
+        added.map_err(|e| format!("cannot add the rule for {name}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// An OCI action as libseccomp's; `errno` is the entry's `errnoRet` (or `defaultErrnoRet`).
+fn action(a: LinuxSeccompAction, errno: Option<u32>) -> Result<ScmpAction, String> {
+    let ret = |errno: Option<u32>| -> Result<u16, String> {
+        let v = errno.unwrap_or(libc::EPERM as u32);
+        u16::try_from(v).map_err(|_| format!("errnoRet {v} is out of range (0-65535)"))
+    };
+    Ok(match a {
+        LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => {
+            ScmpAction::KillThread
+        }
+        LinuxSeccompAction::ScmpActKillProcess => ScmpAction::KillProcess,
+        LinuxSeccompAction::ScmpActTrap => ScmpAction::Trap,
+        LinuxSeccompAction::ScmpActErrno => ScmpAction::Errno(i32::from(ret(errno)?)),
+        LinuxSeccompAction::ScmpActTrace => ScmpAction::Trace(ret(errno)?),
+        LinuxSeccompAction::ScmpActLog => ScmpAction::Log,
+        LinuxSeccompAction::ScmpActAllow => ScmpAction::Allow,
+        LinuxSeccompAction::ScmpActNotify => {
+            return Err("SCMP_ACT_NOTIFY is not supported by runvm (it needs a seccomp agent on the host, reached over listenerPath)".into());
+        }
+    })
+}
+
+/// The `SCMP_ARCH_*` name of an architecture, as the spec writes it.
+fn arch_name(a: Arch) -> String {
+    match serde_json::to_value(a) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => format!("{a:?}"),
+    }
+}
+
+/// The filter as BPF instructions (libseccomp writes them to a descriptor: a memfd).
+fn export(ctx: &ScmpFilterContext) -> Result<Vec<u8>, SeccompError> {
+    let fd = nix::sys::memfd::memfd_create(
+        c"runvm-seccomp",
+        nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
+    )
+    .map_err(|e| err(format!("memfd_create for the BPF program: {e}")))?;
+    let mut file = std::fs::File::from(fd);
+    ctx.export_bpf(&file)
+        .map_err(|e| err(format!("cannot export the BPF program: {e}")))?;
+    let mut filter = Vec::new();
+    file.rewind()
+        .and_then(|_| file.read_to_end(&mut filter))
+        .map_err(|e| err(format!("cannot read the BPF program back: {e}")))?;
+    if filter.is_empty() || !filter.len().is_multiple_of(SECCOMP_INSTRUCTION_LEN) {
+        return Err(err(format!(
+            "libseccomp wrote a BPF program of {} bytes, not a whole number of instructions",
+            filter.len()
+        )));
+    }
+    let n = filter.len() / SECCOMP_INSTRUCTION_LEN;
+    if n > MAX_INSTRUCTIONS {
+        return Err(err(format!(
+            "the profile compiles to {n} BPF instructions, more than the kernel's limit of {MAX_INSTRUCTIONS}"
+        )));
+    }
+    Ok(filter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn profile(v: serde_json::Value) -> LinuxSeccomp {
+        serde_json::from_value(v).unwrap()
+    }
+
+    /// Forks a child that loads `p` (with no_new_privs) and then runs `probe`, which may
+    /// only make raw system calls (the test process has other threads); returns the
+    /// child's wait status.
+    fn run_under(p: &SeccompProgram, probe: fn() -> i32) -> i32 {
+        let insns: Vec<libc::sock_filter> = p
+            .filter
+            .chunks_exact(SECCOMP_INSTRUCTION_LEN)
+            .map(|c| libc::sock_filter {
+                code: u16::from_ne_bytes([c[0], c[1]]),
+                jt: c[2],
+                jf: c[3],
+                k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
+            })
+            .collect();
+        let prog = libc::sock_fprog {
+            len: insns.len() as u16,
+            filter: insns.as_ptr().cast_mut(),
+        };
+        // SAFETY: the child makes only raw system calls (async-signal-safe) and leaves
+        // with _exit; `prog` and `insns` are valid in its copy of the address space.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            // SAFETY: as above: raw system calls on valid pointers, then _exit.
+            unsafe {
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                    || libc::syscall(libc::SYS_seccomp, 1u32, p.flags, &prog) != 0
+                {
+                    libc::_exit(100);
+                }
+                libc::_exit(probe());
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child; `status` is a valid out pointer.
+        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(rc, pid);
+        status
+    }
+
+    /// The exit code of a child that exited, or panics.
+    fn exited(status: i32) -> i32 {
+        assert!(libc::WIFEXITED(status), "child did not exit: {status:#x}");
+        libc::WEXITSTATUS(status)
+    }
+
+    /// The errno of a raw syscall (0 for success), as an exit code.
+    fn errno_of(rc: libc::c_long) -> i32 {
+        if rc >= 0 {
+            0
+        } else {
+            // SAFETY: reads this thread's errno.
+            unsafe { *libc::__errno_location() }
+        }
+    }
+
+    fn mkdir_mode(mode: libc::c_long) -> i32 {
+        // An empty path: ENOENT when the call reaches the kernel, so nothing is created.
+        // SAFETY: a NUL-terminated static path.
+        errno_of(unsafe { libc::syscall(libc::SYS_mkdir, c"".as_ptr(), mode) })
+    }
+
+    fn probe_mkdir() -> i32 {
+        mkdir_mode(0o755)
+    }
+
+    fn probe_getpid() -> i32 {
+        // SAFETY: no arguments.
+        errno_of(unsafe { libc::syscall(libc::SYS_getpid) })
+    }
+
+    #[test]
+    fn an_errno_rule_denies_its_syscall_and_nothing_else() {
+        let p = compile(&profile(json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [ { "names": ["mkdir", "mkdirat", "no_such_syscall_xyz"], "action": "SCMP_ACT_ERRNO" } ],
+        })))
+        .unwrap();
+        assert_eq!(p.flags, 0);
+        assert_eq!(exited(run_under(&p, probe_mkdir)), libc::EPERM);
+        assert_eq!(exited(run_under(&p, probe_getpid)), 0);
+
+        let p = compile(&profile(json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [ { "names": ["mkdir"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38 } ],
+        })))
+        .unwrap();
+        assert_eq!(exited(run_under(&p, probe_mkdir)), libc::ENOSYS);
+    }
+
+    #[test]
+    fn the_default_action_and_its_errno_apply_to_unlisted_syscalls() {
+        let p = compile(&profile(json!({
+            "defaultAction": "SCMP_ACT_ERRNO",
+            "defaultErrnoRet": 13,
+            "syscalls": [ { "names": ["getpid", "exit_group", "exit"], "action": "SCMP_ACT_ALLOW" } ],
+        })))
+        .unwrap();
+        assert_eq!(exited(run_under(&p, probe_getpid)), 0);
+        assert_eq!(exited(run_under(&p, probe_mkdir)), libc::EACCES);
+    }
+
+    #[test]
+    fn kill_actions_kill_with_sigsys() {
+        for act in [
+            "SCMP_ACT_KILL",
+            "SCMP_ACT_KILL_PROCESS",
+            "SCMP_ACT_KILL_THREAD",
+        ] {
+            let p = compile(&profile(json!({
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [ { "names": ["mkdir"], "action": act } ],
+            })))
+            .unwrap();
+            let status = run_under(&p, probe_mkdir);
+            assert!(
+                libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS,
+                "{act}: {status:#x}"
+            );
+        }
+    }
+
+    fn probe_mkdir_modes() -> i32 {
+        // One bit per mode: set when that mkdir was denied (EPERM).
+        [0o700, 0o750, 0o755, 0o055]
+            .iter()
+            .enumerate()
+            .map(|(i, m)| i32::from(mkdir_mode(*m) == libc::EPERM) << i)
+            .sum()
+    }
+
+    #[test]
+    fn argument_comparisons_masked_eq_and_runc_s_or_for_one_argument() {
+        // (mode & 0o700) == 0o700: denied for 0o700, 0o750, 0o755, not for 0o055.
+        let p = compile(&profile(json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [ { "names": ["mkdir"], "action": "SCMP_ACT_ERRNO",
+                "args": [ { "index": 1, "value": 0o700, "valueTwo": 0o700, "op": "SCMP_CMP_MASKED_EQ" } ] } ],
+        })))
+        .unwrap();
+        assert_eq!(exited(run_under(&p, probe_mkdir_modes)), 0b0111);
+        // Two comparisons of one argument: either matches (runc splits them).
+        let p = compile(&profile(json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [ { "names": ["mkdir"], "action": "SCMP_ACT_ERRNO",
+                "args": [ { "index": 1, "value": 0o700, "op": "SCMP_CMP_EQ" },
+                          { "index": 1, "value": 0o055, "op": "SCMP_CMP_EQ" } ] } ],
+        })))
+        .unwrap();
+        assert_eq!(exited(run_under(&p, probe_mkdir_modes)), 0b1001);
+        // Comparisons of different arguments: all must match.
+        let p = compile(&profile(json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [ { "names": ["mkdir"], "action": "SCMP_ACT_ERRNO",
+                "args": [ { "index": 1, "value": 0o750, "op": "SCMP_CMP_GE" },
+                          { "index": 0, "value": 0, "op": "SCMP_CMP_NE" } ] } ],
+        })))
+        .unwrap();
+        assert_eq!(exited(run_under(&p, probe_mkdir_modes)), 0b0110);
+    }
+
+    #[test]
+    fn flags_are_carried_and_unsupported_things_refused() {
+        let p = compile(&profile(json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "flags": ["SECCOMP_FILTER_FLAG_TSYNC", "SECCOMP_FILTER_FLAG_SPEC_ALLOW"],
+            "syscalls": [ { "names": ["mkdir"], "action": "SCMP_ACT_ALLOW" } ],
+        })))
+        .unwrap();
+        assert_eq!(p.flags, FLAG_TSYNC | FLAG_SPEC_ALLOW);
+        for (v, want) in [
+            (
+                json!({ "defaultAction": "SCMP_ACT_ALLOW",
+                        "syscalls": [ { "names": ["mkdir"], "action": "SCMP_ACT_NOTIFY" } ] }),
+                "SCMP_ACT_NOTIFY is not supported",
+            ),
+            (
+                json!({ "defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/agent.sock" }),
+                "listenerPath",
+            ),
+            (
+                json!({ "defaultAction": "SCMP_ACT_ALLOW",
+                        "syscalls": [ { "names": ["mkdir"], "action": "SCMP_ACT_ERRNO",
+                                        "args": [ { "index": 6, "value": 1, "op": "SCMP_CMP_EQ" } ] } ] }),
+                "index 6 is out of range",
+            ),
+            (
+                json!({ "defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 70000 }),
+                "defaultAction: errnoRet 70000",
+            ),
+        ] {
+            let e = compile(&profile(v)).unwrap_err().to_string();
+            assert!(e.starts_with("linux.seccomp: ") && e.contains(want), "{e}");
+        }
+    }
+
+    fn probe_unshare_and_friends() -> i32 {
+        // SAFETY: raw system calls with integer arguments; unshare of a UTS namespace only
+        // affects this child.
+        unsafe {
+            let unshare = errno_of(libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUTS));
+            let keyctl = errno_of(libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0));
+            let clone3 = errno_of(libc::syscall(libc::SYS_clone3, 0, 0));
+            let getppid = errno_of(libc::syscall(libc::SYS_getppid));
+            if (unshare, keyctl, clone3, getppid) == (libc::EPERM, libc::EPERM, libc::ENOSYS, 0) {
+                0
+            } else {
+                1
+            }
+        }
+    }
+
+    #[test]
+    fn docker_s_default_profile_compiles_and_denies_what_it_should() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/data/docker-default-seccomp.json"
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let p = compile(&serde_json::from_str(&text).unwrap()).unwrap();
+        assert!(p.filter.len() / SECCOMP_INSTRUCTION_LEN > 100);
+        assert_eq!(exited(run_under(&p, probe_unshare_and_friends)), 0);
+        assert_eq!(exited(run_under(&p, probe_mkdir)), libc::ENOENT);
+    }
+}

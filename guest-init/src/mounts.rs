@@ -473,6 +473,40 @@ pub fn mask_path(path: &str) -> Result<()> {
     }
 }
 
+/// `linux.devices`: each node made at its path (parents created, whatever was there
+/// replaced), with its mode and owner, as runc makes them.
+pub fn devices(devices: &[runvm_protocol::DeviceSpec]) -> Result<()> {
+    for d in devices {
+        let p = Path::new(&d.path);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("linux.devices: mkdir {}", parent.display()))?;
+        }
+        if p.symlink_metadata().is_ok() {
+            std::fs::remove_file(p)
+                .with_context(|| format!("linux.devices: replacing {}", p.display()))?;
+        }
+        let kind = match d.kind {
+            'b' => SFlag::S_IFBLK,
+            'p' => SFlag::S_IFIFO,
+            _ => SFlag::S_IFCHR,
+        };
+        let mode = Mode::from_bits_truncate(d.mode);
+        mknod(p, kind, mode, makedev(d.major, d.minor))
+            .with_context(|| format!("linux.devices: mknod {}", p.display()))?;
+        // mknod is subject to the umask; the node just made is no symlink.
+        nix::sys::stat::fchmodat(None, p, mode, nix::sys::stat::FchmodatFlags::FollowSymlink)
+            .with_context(|| format!("linux.devices: chmod {}", p.display()))?;
+        nix::unistd::chown(
+            p,
+            Some(nix::unistd::Uid::from_raw(d.uid)),
+            Some(nix::unistd::Gid::from_raw(d.gid)),
+        )
+        .with_context(|| format!("linux.devices: chown {}", p.display()))?;
+    }
+    Ok(())
+}
+
 /// The usual device nodes and links of a container's `/dev` (what runc creates).
 fn dev_nodes() -> Result<()> {
     for (name, major, minor) in [

@@ -319,6 +319,7 @@ fn main_child(req: &Request<'_>, stdio: ChildStdio) -> Result<std::convert::Infa
     let mut binds = crate::binds::prepare(req.mounts, &req.paths.run)?;
     mounts::switch_root(&req.paths.newroot)?;
     mounts::container(req.mounts, req.readonly_root, &mut binds)?;
+    mounts::devices(&req.linux.devices)?;
     // runc's order: sysctls, then read-only paths (Docker lists /proc/sys), then masks.
     crate::attrs::apply_sysctls(&req.linux.sysctl)?;
     for p in &req.linux.readonly_paths {

@@ -883,6 +883,37 @@ fn masked_paths_read_empty_and_missing_ones_are_skipped() {
 }
 
 #[test]
+fn linux_devices_are_made_with_their_type_numbers_mode_and_owner() {
+    require_root!();
+    let dev = |path: &str, kind, major, minor, mode, uid| runvm_protocol::DeviceSpec {
+        path: path.into(),
+        kind,
+        major,
+        minor,
+        mode,
+        uid,
+        gid: uid + 1,
+    };
+    let linux = LinuxSpec {
+        devices: vec![
+            dev("/dev/test1", 'c', 10, 229, 0o666, 0),
+            dev("/dev/sub/test2", 'b', 8, 3, 0o640, 1000),
+            dev("/dev/test3", 'p', 0, 0, 0o600, 0),
+        ],
+        ..Default::default()
+    };
+    let script = "busybox stat -c '%n %F %t:%T %a %u:%g' /dev/test1 /dev/sub/test2 /dev/test3";
+    let o = run_with(spec(&["sh", "-c", script]), linux, vec![], b"", |_| {});
+    assert_eq!(o.exited, Some(ExitStatus::Exited(0)), "{o:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "/dev/test1 character special file a:e5 666 0:1\n\
+         /dev/sub/test2 block special file 8:3 640 1000:1001\n\
+         /dev/test3 fifo 0:0 600 0:1\n"
+    );
+}
+
+#[test]
 fn readonly_paths_refuse_writes_and_keep_their_flags() {
     require_root!();
     let linux = LinuxSpec {
@@ -1057,6 +1088,7 @@ fn docker_default_settings_apply_together() {
         ]
         .map(String::from)
         .to_vec(),
+        ..Default::default()
     };
     let o = run_with(p, linux, docker_mounts(), b"", |_| {});
     assert_eq!(o.exited, Some(ExitStatus::Exited(0)), "{o:?}");

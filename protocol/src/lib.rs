@@ -186,6 +186,24 @@ pub struct LinuxSpec {
     /// `linux.readonlyPaths`: bind-remounted read-only; missing paths are skipped.
     #[serde(default)]
     pub readonly_paths: Vec<String>,
+    /// `linux.devices`: nodes the guest creates in the container (after its mounts).
+    #[serde(default)]
+    pub devices: Vec<DeviceSpec>,
+}
+
+/// One `linux.devices` entry, checked by the host.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceSpec {
+    /// Absolute path in the container.
+    pub path: String,
+    /// `c` (or `u`), `b` or `p`.
+    pub kind: char,
+    pub major: u64,
+    pub minor: u64,
+    /// Permission bits (`fileMode`; 0666 when unset, as runc).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// One OCI `mounts` entry the guest makes itself (proc, sysfs, tmpfs, devpts, mqueue,

@@ -114,6 +114,7 @@ impl ContainerSpec {
                     sysctl: sysctl.into_iter().collect(),
                     masked_paths: paths(l.masked_paths(), "maskedPaths")?,
                     readonly_paths: paths(l.readonly_paths(), "readonlyPaths")?,
+                    devices: devices(l.devices()).map_err(invalid)?,
                 }
             }
         };
@@ -344,6 +345,45 @@ fn capabilities(c: &oci_spec::runtime::LinuxCapabilities) -> Capabilities {
     }
 }
 
+/// `linux.devices` for the guest: absolute paths, a known type, 0666 by default.
+fn devices(
+    devices: &Option<Vec<oci_spec::runtime::LinuxDevice>>,
+) -> Result<Vec<runvm_protocol::DeviceSpec>, String> {
+    use oci_spec::runtime::LinuxDeviceType;
+    devices
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, d)| {
+            let path = d.path().to_string_lossy().into_owned();
+            if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
+                return Err(format!(
+                    "linux.devices[{i}].path: {path:?} must be an absolute path without \"..\""
+                ));
+            }
+            let kind = match d.typ() {
+                LinuxDeviceType::C | LinuxDeviceType::U => 'c',
+                LinuxDeviceType::B => 'b',
+                LinuxDeviceType::P => 'p',
+                other => {
+                    return Err(format!(
+                        "linux.devices[{i}] ({path}): type {other:?} cannot be created"
+                    ))
+                }
+            };
+            Ok(runvm_protocol::DeviceSpec {
+                path,
+                kind,
+                major: d.major().max(0) as u64,
+                minor: d.minor().max(0) as u64,
+                mode: d.file_mode().unwrap_or(0o666) & 0o7777,
+                uid: d.uid().unwrap_or(0),
+                gid: d.gid().unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,6 +435,30 @@ mod tests {
                 }
             }
             (a, b) => *a = b,
+        }
+    }
+
+    #[test]
+    fn devices_are_carried_with_runc_defaults_and_bad_paths_refused() {
+        let b = Bundle::new(json!({ "linux": { "devices": [
+            { "path": "/dev/fuse", "type": "c", "major": 10, "minor": 229 },
+            { "path": "/dev/sda9", "type": "b", "major": 8, "minor": 9, "fileMode": 416, "uid": 5, "gid": 6 },
+        ]}}));
+        let d = b.load().unwrap().linux.devices;
+        assert_eq!(
+            (d[0].kind, d[0].major, d[0].minor, d[0].mode),
+            ('c', 10, 229, 0o666)
+        );
+        assert_eq!(
+            (d[1].kind, d[1].mode, d[1].uid, d[1].gid),
+            ('b', 0o640, 5, 6)
+        );
+        for path in ["dev/x", "/dev/../etc/x"] {
+            let b = Bundle::new(json!({ "linux": { "devices": [
+                { "path": path, "type": "c", "major": 1, "minor": 3 },
+            ]}}));
+            let e = b.load().unwrap_err().to_string();
+            assert!(e.contains("linux.devices[0].path"), "{e}");
         }
     }
 

@@ -9,6 +9,10 @@ use serde::{Deserialize, Serialize};
 pub const STATE_FILE: &str = "state.json";
 /// Written by the monitor once the container's process runs.
 pub const STARTED_FILE: &str = "started";
+/// Made by the monitor when the guest reports the end of the container's process: the
+/// container is stopped from then on (as under runc, where that is the init's exit),
+/// while the monitor may still finish the write-back and power the VM off.
+pub const EXITED_FILE: &str = "exited";
 /// Written by the monitor when the container's process has exited: its exit code.
 pub const EXIT_FILE: &str = "exit";
 
@@ -138,9 +142,10 @@ impl ContainerState {
     }
 
     pub fn status(&self, root: &Path) -> Status {
-        if !self.monitor_alive() {
+        let dir = Self::dir(root, &self.id);
+        if !self.monitor_alive() || dir.join(EXITED_FILE).exists() {
             Status::Stopped
-        } else if Self::dir(root, &self.id).join(STARTED_FILE).exists() {
+        } else if dir.join(STARTED_FILE).exists() {
             Status::Running
         } else {
             Status::Created

@@ -15,7 +15,14 @@ pub fn delete(root: &Option<PathBuf>, id: &str, force: bool) -> Result<i32> {
     let root_dir = super::root_dir(root);
     let dir = ContainerState::dir(&root_dir, id);
     match state.status(&root_dir) {
-        Status::Stopped => {}
+        // The process has ended; the monitor may still be writing the container's changes
+        // back: let it finish (bounded), as the write-back is part of the stop.
+        Status::Stopped if !force => wait_for_monitor(&state, &root_dir),
+        Status::Stopped => {
+            if state.monitor_alive() {
+                kill_and_wait(&state, &root_dir)
+            }
+        }
         Status::Running if !force => {
             bail!("cannot delete container {id} that is not stopped: running")
         }
@@ -34,6 +41,22 @@ pub fn delete(root: &Option<PathBuf>, id: &str, force: bool) -> Result<i32> {
         0,
     );
     Ok(0)
+}
+
+/// Waits up to 30 s for the monitor of a stopped container to end by itself, then kills
+/// it.
+fn wait_for_monitor(state: &ContainerState, root_dir: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while state.monitor_alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if state.monitor_alive() {
+        log::warn!(
+            "the monitor of stopped container {} did not end within 30 s: killing it",
+            state.id
+        );
+        kill_and_wait(state, root_dir);
+    }
 }
 
 /// Kills the container (SIGKILL through its monitor, which stops the VM) and waits up to

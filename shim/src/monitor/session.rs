@@ -357,6 +357,13 @@ impl<'a> Session<'a> {
     }
 
     /// One message from the guest init, checked against what the guest may say now.
+    /// The container's process has ended: `runvm state` says stopped from now on.
+    fn mark_exited(&self) {
+        if let Some(dir) = self.io.state_dir {
+            let _ = std::fs::write(dir.join(crate::state::EXITED_FILE), b"");
+        }
+    }
+
     fn handle_guest_message(&mut self, msg: GuestMessage) -> Result<(), MonitorError> {
         match &msg {
             GuestMessage::StartFailed { process, code, .. } if !(1..=255).contains(code) => {
@@ -411,6 +418,7 @@ impl<'a> Session<'a> {
                     p.status = Some(ExitStatus::Exited(code));
                 }
                 self.main_ending = Some(Ending::StartFailed(code, message));
+                self.mark_exited();
             }
             GuestMessage::Exited { process, status } if process == MAIN_PROCESS => {
                 if self.main_ending.is_some() {
@@ -427,6 +435,7 @@ impl<'a> Session<'a> {
                     p.status = Some(status);
                 }
                 self.main_ending = Some(Ending::Exited(status));
+                self.mark_exited();
             }
             GuestMessage::Started { process, pid } => self.exec_started(process, pid)?,
             GuestMessage::StartFailed {

@@ -1057,6 +1057,7 @@ fn docker_default_settings_apply_together() {
         ]
         .map(String::from)
         .to_vec(),
+        ..Default::default()
     };
     let o = run_with(p, linux, docker_mounts(), b"", |_| {});
     assert_eq!(o.exited, Some(ExitStatus::Exited(0)), "{o:?}");

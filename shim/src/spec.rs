@@ -32,6 +32,8 @@ pub struct ContainerSpec {
     /// The container's `resolv.conf` on the host (the source of Docker's bind mount of
     /// `/etc/resolv.conf`, else the root filesystem's), for the DNS forwarder.
     pub resolv_conf: PathBuf,
+    /// `linux.cgroupsPath`, as given (a path, or `slice:prefix:name` with `--systemd-cgroup`).
+    pub cgroups_path: Option<String>,
 }
 
 impl ContainerSpec {
@@ -96,6 +98,11 @@ impl ContainerSpec {
                     sysctl: sysctl.into_iter().collect(),
                     masked_paths: paths(l.masked_paths(), "maskedPaths")?,
                     readonly_paths: paths(l.readonly_paths(), "readonlyPaths")?,
+                    resources: l
+                        .resources()
+                        .as_ref()
+                        .map(crate::container::cgroup::resources_from_oci)
+                        .unwrap_or_default(),
                 }
             }
         };
@@ -115,7 +122,14 @@ impl ContainerSpec {
                 mounts.push(m);
             }
         }
+        let cgroups_path = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_ref())
+            .map(|p| p.to_string_lossy().into_owned())
+            .filter(|p| !p.is_empty());
         Ok(Self {
+            cgroups_path,
             mounts,
             network,
             resolv_conf,

@@ -11,6 +11,8 @@ pub const STATE_FILE: &str = "state.json";
 pub const STARTED_FILE: &str = "started";
 /// Written by the monitor when the container's process has exited: its exit code.
 pub const EXIT_FILE: &str = "exit";
+/// Present while the monitor holds the VM's vCPUs paused (`runvm pause`).
+pub const PAUSED_FILE: &str = "paused";
 
 /// Errors reading or writing state.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +38,7 @@ pub enum StateError {
 pub enum Status {
     Created,
     Running,
+    Paused,
     Stopped,
 }
 
@@ -44,6 +47,7 @@ impl Status {
         match self {
             Status::Created => "created",
             Status::Running => "running",
+            Status::Paused => "paused",
             Status::Stopped => "stopped",
         }
     }
@@ -130,6 +134,8 @@ impl ContainerState {
     pub fn status(&self, root: &Path) -> Status {
         if !self.monitor_alive() {
             Status::Stopped
+        } else if Self::dir(root, &self.id).join(PAUSED_FILE).exists() {
+            Status::Paused
         } else if Self::dir(root, &self.id).join(STARTED_FILE).exists() {
             Status::Running
         } else {

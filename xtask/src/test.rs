@@ -166,6 +166,7 @@ pub const GUEST_SUITES: &[&str] = &[
     "rootfs",
     "network",
     "hostile",
+    "control",
 ];
 
 /// Runs the named guest suites, each with `--ignored --test-threads=2` plus `test_args`,

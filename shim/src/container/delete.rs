@@ -15,10 +15,13 @@ pub fn delete(root: &Option<PathBuf>, id: &str, force: bool) -> Result<i32> {
     let dir = ContainerState::dir(&root_dir, id);
     match state.status(&root_dir) {
         Status::Stopped => {}
-        Status::Running if !force => {
-            bail!("cannot delete container {id} that is not stopped: running")
+        s @ (Status::Running | Status::Paused) if !force => {
+            bail!(
+                "cannot delete container {id} that is not stopped: {}",
+                s.as_str()
+            )
         }
-        Status::Created | Status::Running => {
+        Status::Created | Status::Running | Status::Paused => {
             let _ = api::request(
                 &ContainerState::runtime_dir(&root_dir, id),
                 &Request::Signal {
@@ -39,6 +42,7 @@ pub fn delete(root: &Option<PathBuf>, id: &str, force: bool) -> Result<i32> {
             }
         }
     }
+    super::cgroup::remove_recorded(&dir);
     std::fs::remove_dir_all(&dir).or_else(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             Ok(())

@@ -7,6 +7,7 @@
 //! [`exec`]; host terminals [`tty`]; byte relays [`stdio`]; the host API [`api`].
 
 pub mod api;
+mod control;
 mod exec;
 pub mod guard;
 pub mod process;
@@ -248,6 +249,7 @@ fn wait_for_start(api: &UnixListener, sigfd: &SignalFd) -> Result<BeforeStart, M
                     },
                 );
             }
+            Ok(other) => control::answer(&mut conn, control::before_running(&other, "created")),
             Err(e) => log::warn!("ignoring a malformed request on the monitor socket: {e}"),
         }
     }
@@ -406,6 +408,7 @@ fn run_vm_inner(
         sigfd: &sigfd,
         api,
         state_dir,
+        vm: vm.handle.clone(),
     };
     let result = converse(cfg, &mut vm, run, stdio, &io, start_conn);
     let ending = match result {
@@ -516,6 +519,8 @@ pub(crate) struct Io<'a> {
     sigfd: &'a SignalFd,
     api: Option<&'a UnixListener>,
     state_dir: Option<&'a Path>,
+    /// Pauses and resumes the VM.
+    vm: vmm::VmmHandle,
 }
 
 fn reply(conn: &mut UnixStream, r: api::Response) {
@@ -535,6 +540,9 @@ fn describe(m: &GuestMessage) -> String {
         GuestMessage::Started { process, .. } => format!("Started (process {process})"),
         GuestMessage::StartFailed { process, .. } => format!("StartFailed (process {process})"),
         GuestMessage::Exited { process, .. } => format!("Exited (process {process})"),
+        GuestMessage::Processes { request, .. } => format!("Processes (request {request})"),
+        GuestMessage::Stats { request, .. } => format!("Stats (request {request})"),
+        GuestMessage::Updated { request, .. } => format!("Updated (request {request})"),
     }
 }
 
@@ -566,6 +574,7 @@ fn boot_api_request(io: &Io, queued: &mut Vec<i32>) -> bool {
                 },
             );
         }
+        Ok(other) => control::answer(&mut conn, control::before_running(&other, "starting")),
         Err(e) => log::warn!("ignoring a malformed request on the monitor socket: {e}"),
     }
     false

@@ -674,6 +674,25 @@ pub fn join(
     }
 }
 
+/// The monitor's end: it moves itself out of the container's cgroup (to each
+/// hierarchy's root, where it may always go) and removes the cgroup and its record, so
+/// nothing is left even where no guard follows (`runvm run` removes its state directory
+/// before it exits).
+pub fn leave_and_remove(state_dir: &Path) {
+    let Some(cg) = HostCgroup::load(state_dir) else {
+        return;
+    };
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let me = std::process::id().to_string();
+    for h in hierarchies(&mountinfo) {
+        let _ = write(&h.mountpoint, "cgroup.procs", &me);
+    }
+    cg.remove();
+    let _ = std::fs::remove_file(state_dir.join(RECORD));
+}
+
 /// Removes the cgroups recorded in `state_dir` (the monitor has gone).
 pub fn remove_recorded(state_dir: &Path) {
     if let Some(cg) = HostCgroup::load(state_dir) {

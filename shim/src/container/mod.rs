@@ -190,6 +190,15 @@ pub fn enter_network_and_guard(
         p.config.mem_mib,
     )
     .context("cannot put the container's monitor into its cgroup")?;
+    let args = p.spec.process.as_ref().map(|p| p.args.join(" "));
+    // The state root stays in it: it is how a leftover monitor is found.
+    let title = format!(
+        "runvm-vm --root {} {}: {}",
+        p.root.display(),
+        p.id,
+        args.unwrap_or_default()
+    );
+    ps::set_process_title(&title);
     Ok(guard)
 }
 

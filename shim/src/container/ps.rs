@@ -51,6 +51,39 @@ pub fn ps(root: &Option<PathBuf>, id: &str, format: &str, ps_options: &[String])
     }
 }
 
+/// Sets this process's command line as `ps` shows it (`/proc/self/cmdline`) to `title`,
+/// cut to the length of the original one: the monitor calls it, so `docker top` (the
+/// host's `ps -ef` of the pids of `ps --format json`) shows what the VM runs instead of
+/// runvm's long `create` command line.
+pub fn set_process_title(title: &str) {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    // Fields after the command name (which may hold spaces) start at field 3; arg_start
+    // and arg_end are fields 48 and 49.
+    let Some(rest) = stat.rfind(')').and_then(|i| stat.get(i + 2..)) else {
+        return;
+    };
+    let f: Vec<&str> = rest.split(' ').collect();
+    let num = |i: usize| f.get(i).and_then(|s| s.trim().parse::<usize>().ok());
+    let (Some(start), Some(end)) = (num(45), num(46)) else {
+        return;
+    };
+    if start == 0 || end <= start + 1 {
+        return;
+    }
+    let len = end - start;
+    let bytes = title.as_bytes();
+    let n = bytes.len().min(len - 1);
+    // SAFETY: [arg_start, arg_end) is this process's own argument area, mapped and
+    // writable (the initial stack); the kernel reads /proc/self/cmdline from it. The
+    // arguments were parsed into owned strings at startup and are not read again.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), start as *mut u8, n);
+        std::ptr::write_bytes((start + n) as *mut u8, 0, len - n);
+    }
+}
+
 /// uid → name from the container's `/etc/passwd` on the host (its root filesystem).
 fn users(state: &ContainerState) -> Vec<(u32, String)> {
     let text = std::fs::read_to_string(state.rootfs.join("etc/passwd")).unwrap_or_default();
@@ -86,6 +119,37 @@ pub fn render_table(procs: &[GuestProcess], users: &[(u32, String)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_title_replaces_the_command_line() {
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "container::ps::tests::title_child",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("RUNVM_TITLE_CHILD", "1")
+            .output()
+            .unwrap();
+        assert!(
+            child.status.success(),
+            "{}",
+            String::from_utf8_lossy(&child.stderr)
+        );
+    }
+
+    #[test]
+    #[ignore = "run by the_title_replaces_the_command_line in a child of its own"]
+    fn title_child() {
+        if std::env::var_os("RUNVM_TITLE_CHILD").is_none() {
+            return;
+        }
+        set_process_title("runvm-vm c1: sleep 10");
+        let cmdline = std::fs::read("/proc/self/cmdline").unwrap();
+        let text = String::from_utf8_lossy(&cmdline);
+        assert!(text.starts_with("runvm-vm c1: sleep 10"), "{text:?}");
+    }
 
     #[test]
     fn the_table_names_users_and_keeps_unknown_uids() {

@@ -301,6 +301,10 @@ pub fn run_vm(
     if let (Ok(code), Some(dir)) = (&result, &state_dir) {
         let _ = std::fs::write(dir.join(crate::state::EXIT_FILE), format!("{code}\n"));
     }
+    // The VM is gone: so goes its cgroup (the runtime directory is in the state directory).
+    if let Some(dir) = cfg.runtime_dir.parent() {
+        crate::container::cgroup::leave_and_remove(dir);
+    }
     result
 }
 

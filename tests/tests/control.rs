@@ -244,6 +244,21 @@ fn cgroups_limits_events_and_update_and_nothing_left_after_sigkill() {
     assert!(own.lines().any(|l| l.ends_with(&format!(":{cg}"))), "{own}");
     let dirs = cgroup_dirs(&cg);
     assert!(!dirs.is_empty(), "no directory of {cg}");
+    // The whole VM is in it: its memory, and a limit of the VM's RAM (64 MiB + 96 MiB for
+    // the guest's own needs) plus 64 MiB for the VMM.
+    let read = |f: &str| {
+        dirs.iter().find_map(|d| {
+            std::fs::read_to_string(d.join(f))
+                .ok()?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+    };
+    let usage = read("memory.current").or_else(|| read("memory.usage_in_bytes"));
+    assert!(usage.expect("the host cgroup has memory figures") > 0);
+    let limit = read("memory.max").or_else(|| read("memory.limit_in_bytes"));
+    assert_eq!(limit, Some((64 + 96 + 64) << 20), "host memory limit");
     if let Some(v2) = dirs.iter().find(|d| d.join("cpu.max").exists()) {
         let cpu = std::fs::read_to_string(v2.join("cpu.max")).unwrap();
         assert_eq!(cpu.trim(), "50000 100000", "host cpu.max");

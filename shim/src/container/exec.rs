@@ -117,11 +117,6 @@ pub fn exec(opts: ExecOptions) -> Result<i32> {
     }
     let sigfd = forwarded_signals()?;
     let pid_file = opts.pid_file.clone();
-    // The monitor lists this waiter's pid in `runvm ps` (it knows only the caller's).
-    let holder = crate::monitor::api::ExecControl::Holder {
-        pid: std::process::id() as i32,
-    };
-    let _ = runvm_protocol::write_frame(&mut &conn, &holder);
     let waiter = Waiter {
         conn,
         sigfd,
@@ -338,6 +333,11 @@ fn detached_waiter(
             return 1;
         }
     };
+    // The monitor lists this waiter's pid in `runvm ps` (it knows only the caller's).
+    let holder = crate::monitor::api::ExecControl::Holder {
+        pid: std::process::id() as i32,
+    };
+    let _ = runvm_protocol::write_frame(&mut &conn, &holder);
     let waiter = Waiter {
         conn,
         sigfd,

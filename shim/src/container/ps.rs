@@ -132,10 +132,12 @@ mod tests {
             .env("RUNVM_TITLE_CHILD", "1")
             .output()
             .unwrap();
+        let out = String::from_utf8_lossy(&child.stdout);
+        let err = String::from_utf8_lossy(&child.stderr);
+        assert!(child.status.success(), "{out}{err}");
         assert!(
-            child.status.success(),
-            "{}",
-            String::from_utf8_lossy(&child.stderr)
+            out.contains("1 passed"),
+            "the child test did not run: {out}"
         );
     }
 

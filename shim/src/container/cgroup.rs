@@ -85,7 +85,7 @@ pub fn unsupported_in_update(r: &LinuxResources) -> Vec<&'static str> {
         if m.kernel_tcp().is_some_and(|v| v > 0) {
             out.push("memory.kernelTCP");
         }
-        if m.swappiness().is_some() {
+        if m.swappiness().is_some_and(|v| v != u64::MAX) {
             out.push("memory.swappiness");
         }
     }
@@ -103,12 +103,8 @@ pub fn unsupported_in_update(r: &LinuxResources) -> Vec<&'static str> {
             out.push("cpu.mems");
         }
     }
-    let non_empty = |v: serde_json::Result<serde_json::Value>| {
-        v.is_ok_and(|v| {
-            v.as_object()
-                .is_none_or(|o| o.values().any(|x| !x.is_null()))
-        })
-    };
+    // Docker sends the sections it does not mean with zeros (`"blockIO":{"weight":0}`).
+    let non_empty = |v: serde_json::Result<serde_json::Value>| v.is_ok_and(|v| meaningful(&v));
     if r.block_io()
         .as_ref()
         .is_some_and(|b| non_empty(serde_json::to_value(b)))
@@ -131,6 +127,19 @@ pub fn unsupported_in_update(r: &LinuxResources) -> Vec<&'static str> {
         out.push("unified");
     }
     out
+}
+
+/// Whether a JSON value says anything: not null, zero, false or empty, nor made only of such.
+fn meaningful(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::Null | Value::Bool(false) => false,
+        Value::Number(n) => n.as_f64() != Some(0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => a.iter().any(meaningful),
+        Value::Object(o) => o.values().any(meaningful),
+        Value::Bool(true) => true,
+    }
 }
 
 /// The VM's RAM for a container: what was asked (`RUNVM_MEM_MIB`), but no more than the
@@ -646,7 +655,19 @@ pub fn join(
                 continue;
             };
             let cpuset = h.controllers.iter().any(|c| c == "cpuset");
-            let made = create_dirs(&h.mountpoint, &dir, cpuset)?;
+            // A parent shared with another container may vanish under us when that one
+            // is removed (its last user takes it): try again.
+            let mut tries = 0;
+            let made = loop {
+                match create_dirs(&h.mountpoint, &dir, cpuset) {
+                    Err(CgroupError::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound && tries < 5 =>
+                    {
+                        tries += 1;
+                    }
+                    r => break r?,
+                }
+            };
             cg.created.extend(made);
             if h.v2 {
                 if cg.unified {
@@ -805,6 +826,16 @@ mod tests {
         assert_eq!(
             unsupported_in_update(&r),
             ["memory.reservation", "cpu.cpus", "blockIO"]
+        );
+        // Docker's update: sections it does not mean, with zeros.
+        let docker: LinuxResources = serde_json::from_str(
+            r#"{"memory":{"limit":314572800,"swap":314572800},"cpu":{"shares":0,"cpus":"","mems":""},"blockIO":{"weight":0},"pids":{"limit":0}}"#,
+        )
+        .unwrap();
+        assert!(
+            unsupported_in_update(&docker).is_empty(),
+            "{:?}",
+            unsupported_in_update(&docker)
         );
         let ok: LinuxResources =
             serde_json::from_str(r#"{"memory":{"limit":1000},"pids":{"limit":5}}"#).unwrap();

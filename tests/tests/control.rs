@@ -149,8 +149,25 @@ fn ps_lists_the_workload_and_an_exec_and_json_gives_host_pids() {
         !stdout(&root.cmd(&["ps", "ps"])).contains("sleep 5555")
     });
 
+    // `events` without --stats streams until the container stops.
+    let events = root
+        .command(&["events", "--interval", "1", "ps"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
     assert_eq!(code(&root.cmd(&["kill", "ps", "KILL"])), 0);
     assert_eq!(reap(monitor, Duration::from_secs(60)), 137);
+    let out = wait_with_timeout(events, Duration::from_secs(30));
+    assert_eq!(code(&out), 0, "events: {}", stderr(&out));
+    let text = stdout(&out);
+    assert!(!text.is_empty(), "events printed nothing");
+    for line in text.lines() {
+        let ev: serde_json::Value = serde_json::from_str(line).expect("one JSON event a line");
+        assert_eq!(ev["type"], "stats", "{line}");
+    }
     let out = root.cmd(&["ps", "ps"]);
     assert_ne!(code(&out), 0, "ps of a stopped container must fail");
     assert_eq!(

@@ -17,6 +17,7 @@ mod attrs;
 mod binds;
 mod boot_timer;
 mod caps;
+mod cgroup;
 mod error;
 mod log;
 mod mounts;
@@ -176,6 +177,10 @@ fn run(mode: &Mode, control_slot: &mut Option<Control>) -> Result<()> {
     mounts::rootfs(&paths, &rootfs)?;
     log::info("root filesystem assembled");
 
+    // The container's own cgroup, with its limits (host test mode has none).
+    if mode.test_dir.is_none() {
+        cgroup::setup(&linux.resources)?;
+    }
     let streams = relay::Streams::open(&transport, MAIN_PROCESS, process.terminal)?;
 
     // SIGCHLD goes to a signalfd; the child unblocks it before exec.

@@ -538,6 +538,20 @@ impl<'a> Supervisor<'a> {
                 };
                 self.control.send(&reply)?;
             }
+            HostMessage::ListProcesses { request } => {
+                let processes = crate::cgroup::processes(self.main_pid);
+                self.control
+                    .send(&GuestMessage::Processes { request, processes })?;
+            }
+            HostMessage::Stats { request } => {
+                let stats = crate::cgroup::stats();
+                self.control.send(&GuestMessage::Stats { request, stats })?;
+            }
+            HostMessage::Update { request, resources } => {
+                let error = crate::cgroup::apply(&resources).err();
+                self.control
+                    .send(&GuestMessage::Updated { request, error })?;
+            }
             other => crate::log::error(&format!("ignoring unexpected message {other:?}")),
         }
         Ok(())

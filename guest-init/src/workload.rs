@@ -310,6 +310,9 @@ fn reset_signals() -> Result<()> {
 /// The main process: build the container's view, then become the process.
 fn main_child(req: &Request<'_>, stdio: ChildStdio) -> Result<std::convert::Infallible> {
     reset_signals()?;
+    // Its own cgroup, seen as the root of the cgroup namespace it gets.
+    crate::cgroup::join_self()?;
+    nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP).context("unshare the cgroup namespace")?;
     nix::sys::stat::umask(Mode::empty());
 
     if let Some(h) = req.hostname {
@@ -345,6 +348,8 @@ const EXEC_NAMESPACES: [(&str, CloneFlags); 5] = [
 /// process.
 fn exec_child(main: Pid, p: &ProcessSpec, stdio: ChildStdio) -> Result<std::convert::Infallible> {
     reset_signals()?;
+    // Before joining the container's namespaces, while init's /sys/fs/cgroup is seen.
+    crate::cgroup::join_self()?;
     nix::sys::stat::umask(Mode::empty());
     let root_path = format!("/proc/{main}/root");
     let root = std::fs::File::open(&root_path)

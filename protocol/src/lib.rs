@@ -189,6 +189,10 @@ pub struct LinuxSpec {
     /// `linux.devices`: nodes the guest creates in the container (after its mounts).
     #[serde(default)]
     pub devices: Vec<DeviceSpec>,
+    /// `linux.resources` the guest applies to the workload's own cgroup (v2), which every
+    /// exec'd process joins too. Empty: no limits, as before this field existed.
+    #[serde(default)]
+    pub resources: Resources,
 }
 
 /// One `linux.devices` entry, checked by the host.
@@ -204,6 +208,63 @@ pub struct DeviceSpec {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
+}
+
+/// Resource limits of the container's cgroup (the OCI `linux.resources` subset runvm
+/// applies, in cgroup v2 units). `None` leaves a limit as it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    /// `memory.max` in bytes; a negative value is "max" (no limit).
+    #[serde(default)]
+    pub memory_limit: Option<i64>,
+    /// `cpu.max` quota in microseconds per period; a negative value is "max".
+    #[serde(default)]
+    pub cpu_quota: Option<i64>,
+    /// `cpu.max` period in microseconds.
+    #[serde(default)]
+    pub cpu_period: Option<u64>,
+    /// OCI `cpu.shares` (2..262144), converted to `cpu.weight` as runc does.
+    #[serde(default)]
+    pub cpu_shares: Option<u64>,
+    /// `pids.max`; zero or negative is "max".
+    #[serde(default)]
+    pub pids_limit: Option<i64>,
+}
+
+/// One process of the container, as the guest's `/proc` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestProcess {
+    /// The pid in the container's PID namespace (what `ps` inside it shows).
+    pub pid: i32,
+    /// The parent's pid in the container's PID namespace (0 for its PID 1).
+    pub ppid: i32,
+    /// Real uid.
+    pub uid: u32,
+    /// The command line (`/proc/<pid>/cmdline`, NULs as spaces), or `[comm]` if empty.
+    pub cmd: String,
+    /// Resident memory in KiB.
+    #[serde(default)]
+    pub rss_kib: u64,
+}
+
+/// Usage figures of the container's cgroup in the guest.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestStats {
+    /// `memory.current`, bytes.
+    pub memory_usage: u64,
+    /// `memory.max` in bytes; `None` for "max".
+    #[serde(default)]
+    pub memory_limit: Option<u64>,
+    /// `cpu.stat` `usage_usec`.
+    pub cpu_usage_usec: u64,
+    /// `pids.current`.
+    pub pids_current: u64,
+    /// `pids.max`; `None` for "max".
+    #[serde(default)]
+    pub pids_limit: Option<u64>,
+    /// `memory.events` `oom_kill`: processes the guest kernel killed for the limit.
+    #[serde(default)]
+    pub oom_kills: u64,
 }
 
 /// One OCI `mounts` entry the guest makes itself (proc, sysfs, tmpfs, devpts, mqueue,
@@ -372,6 +433,22 @@ pub enum GuestMessage {
         process: ProcessId,
         status: ExitStatus,
     },
+    /// The answer to [`HostMessage::ListProcesses`]: the container's processes.
+    Processes {
+        request: u32,
+        processes: Vec<GuestProcess>,
+    },
+    /// The answer to [`HostMessage::Stats`].
+    Stats {
+        request: u32,
+        stats: GuestStats,
+    },
+    /// The answer to [`HostMessage::Update`]: `error` names what could not be applied.
+    Updated {
+        request: u32,
+        #[serde(default)]
+        error: Option<String>,
+    },
 }
 
 /// Messages from the host to the guest init.
@@ -413,6 +490,14 @@ pub enum HostMessage {
     },
     /// The host has everything it needs; sync and power off.
     Shutdown,
+    /// List the container's processes; the guest answers [`GuestMessage::Processes`]
+    /// with the same `request` (picked by the host, one answer per request).
+    ListProcesses { request: u32 },
+    /// Report the container cgroup's usage; answered by [`GuestMessage::Stats`].
+    Stats { request: u32 },
+    /// Change the container cgroup's limits (`runvm update`); answered by
+    /// [`GuestMessage::Updated`].
+    Update { request: u32, resources: Resources },
 }
 
 /// First frame on a [`STREAM_PORT`] connection.

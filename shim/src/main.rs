@@ -46,6 +46,10 @@ fn not_yet(verb: &str) -> anyhow::Result<i32> {
 
 fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     let root = cli.global.root;
+    container::cgroup::SYSTEMD_CGROUP.store(
+        cli.global.systemd_cgroup,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     match cli.command {
         Command::Standard(s) => match *s {
             StandardCmd::Create(c) => container::create::create(container::create::CreateOptions {
@@ -95,6 +99,39 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             }),
             CommonCmd::Features(_) => container::features::features(),
             CommonCmd::List(l) => container::list::list(&root, &l.format, l.quiet),
+            CommonCmd::Pause(p) => container::pause::pause(&root, &p.container_id),
+            CommonCmd::Resume(r) => container::resume::resume(&root, &r.container_id),
+            CommonCmd::Ps(p) => container::ps::ps(&root, &p.container_id, &p.format, &p.ps_options),
+            CommonCmd::Events(e) => {
+                container::events::events(&root, &e.container_id, e.stats, e.interval)
+            }
+            CommonCmd::Update(u) => {
+                let unsupported = [
+                    ("--blkio-weight", u.blkio_weight.is_some()),
+                    ("--cpu-rt-period", u.cpu_rt_period.is_some()),
+                    ("--cpu-rt-runtime", u.cpu_rt_runtime.is_some()),
+                    ("--cpuset-cpus", u.cpuset_cpus.is_some()),
+                    ("--cpuset-mems", u.cpuset_mems.is_some()),
+                    ("--memory-reservation", u.memory_reservation.is_some()),
+                    ("--memory-swap", u.memory_swap.is_some()),
+                    ("--l3-cache-schema", u.l3_cache_schema.is_some()),
+                    ("--mem-bw-schema", u.mem_bw_schema.is_some()),
+                ]
+                .into_iter()
+                .filter_map(|(name, given)| given.then_some(name))
+                .collect();
+                container::update::update(container::update::UpdateOptions {
+                    id: u.container_id,
+                    root,
+                    resources: u.resources,
+                    memory: u.memory,
+                    cpu_quota: u.cpu_quota,
+                    cpu_period: u.cpu_period,
+                    cpu_shares: u.cpu_share,
+                    pids_limit: u.pids_limit,
+                    unsupported,
+                })
+            }
             CommonCmd::Spec(s) => {
                 let path = s.bundle.unwrap_or_else(|| ".".into()).join("config.json");
                 if path.exists() {

@@ -40,6 +40,8 @@ pub struct ContainerSpec {
     pub hooks: Option<oci_spec::runtime::Hooks>,
     /// `linux.seccomp`, compiled (also in `process`): exec'd processes get it too.
     pub seccomp: Option<SeccompProgram>,
+    /// `linux.cgroupsPath`, as given (a path, or `slice:prefix:name` with `--systemd-cgroup`).
+    pub cgroups_path: Option<String>,
 }
 
 impl ContainerSpec {
@@ -115,6 +117,11 @@ impl ContainerSpec {
                     masked_paths: paths(l.masked_paths(), "maskedPaths")?,
                     readonly_paths: paths(l.readonly_paths(), "readonlyPaths")?,
                     devices: devices(l.devices()).map_err(invalid)?,
+                    resources: l
+                        .resources()
+                        .as_ref()
+                        .map(crate::container::cgroup::resources_from_oci)
+                        .unwrap_or_default(),
                 }
             }
         };
@@ -137,8 +144,15 @@ impl ContainerSpec {
                 mounts.push(m);
             }
         }
+        let cgroups_path = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_ref())
+            .map(|p| p.to_string_lossy().into_owned())
+            .filter(|p| !p.is_empty());
         Ok(Self {
             seccomp,
+            cgroups_path,
             mounts,
             network,
             resolv_conf,

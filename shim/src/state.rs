@@ -15,6 +15,8 @@ pub const STARTED_FILE: &str = "started";
 pub const EXITED_FILE: &str = "exited";
 /// Written by the monitor when the container's process has exited: its exit code.
 pub const EXIT_FILE: &str = "exit";
+/// Present while the monitor holds the VM's vCPUs paused (`runvm pause`).
+pub const PAUSED_FILE: &str = "paused";
 
 /// Errors reading or writing state.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,7 @@ pub enum StateError {
 pub enum Status {
     Created,
     Running,
+    Paused,
     Stopped,
 }
 
@@ -48,6 +51,7 @@ impl Status {
         match self {
             Status::Created => "created",
             Status::Running => "running",
+            Status::Paused => "paused",
             Status::Stopped => "stopped",
         }
     }
@@ -145,6 +149,8 @@ impl ContainerState {
         let dir = Self::dir(root, &self.id);
         if !self.monitor_alive() || dir.join(EXITED_FILE).exists() {
             Status::Stopped
+        } else if dir.join(PAUSED_FILE).exists() {
+            Status::Paused
         } else if dir.join(STARTED_FILE).exists() {
             Status::Running
         } else {

@@ -25,6 +25,7 @@ use crate::devices::virtio::VirtioDevice;
 use crate::layout::*;
 use crate::memory::{create_guest_memory, MemoryError};
 use crate::seccomp::{self, SeccompError, ThreadKind};
+use crate::vstate::pause::{PauseControl, PauseError};
 use crate::vstate::vcpu::{self, Vcpu};
 use crate::vstate::vm::{Vm, VmError};
 use crate::vstate::{VmExitReason, VmState};
@@ -136,12 +137,29 @@ impl MutEventSubscriber for LoopStopper {
 pub struct VmmHandle {
     state: Arc<VmState>,
     timer: BootTimer,
+    pause: Arc<PauseControl>,
 }
 
 impl VmmHandle {
     /// Stops the VM (the guest gets no chance to shut down).
     pub fn stop(&self) {
         self.state.request_exit(VmExitReason::Stopped);
+    }
+
+    /// Stops every vCPU (the guest freezes entirely) until [`VmmHandle::resume`]; returns
+    /// once each has left the guest.
+    pub fn pause(&self) -> Result<(), PauseError> {
+        self.pause.pause()
+    }
+
+    /// Lets a paused guest run again.
+    pub fn resume(&self) {
+        self.pause.resume()
+    }
+
+    /// Whether the vCPUs are paused.
+    pub fn is_paused(&self) -> bool {
+        self.pause.is_paused()
     }
 
     /// Boot milestones so far.
@@ -158,6 +176,7 @@ pub struct Vmm {
     events: EventManager<Subscriber>,
     state: Arc<VmState>,
     timer: BootTimer,
+    pause: Arc<PauseControl>,
     seccomp: bool,
 }
 
@@ -277,6 +296,7 @@ impl Vmm {
             events,
             state,
             timer,
+            pause: Arc::new(PauseControl::default()),
             seccomp: config.seccomp,
         })
     }
@@ -285,6 +305,7 @@ impl Vmm {
         VmmHandle {
             state: self.state.clone(),
             timer: self.timer.clone(),
+            pause: self.pause.clone(),
         }
     }
 
@@ -297,6 +318,7 @@ impl Vmm {
             mut events,
             state,
             timer,
+            pause,
             seccomp,
         } = self;
         vcpu::register_kick_handler()?;
@@ -336,6 +358,7 @@ impl Vmm {
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         for v in vcpus {
             let stop = vcpu_stop.clone();
+            let pause = pause.clone();
             let filter = vcpu_filter.clone();
             let st = state.clone();
             let spawned = std::thread::Builder::new()
@@ -344,7 +367,7 @@ impl Vmm {
                     if !install_filter(filter.as_deref(), &st, "vCPU thread") {
                         return;
                     }
-                    v.run(stop)
+                    v.run(stop, pause)
                 });
             match spawned {
                 Ok(t) => threads.push(t),
@@ -361,6 +384,7 @@ impl Vmm {
         timer.mark_vm_exit();
 
         vcpu_stop.store(true, Ordering::Release);
+        pause.stop();
         for t in &threads {
             while !t.is_finished() {
                 // The signal only interrupts KVM_RUN; resend until the thread sees the flag.

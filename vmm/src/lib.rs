@@ -17,4 +17,5 @@ pub mod vstate;
 pub use builder::{DiskConfig, VmConfig, VmExit, Vmm, VmmError, VmmHandle, VsockConfig};
 pub use devices::legacy::BootTimes;
 pub use devices::virtio::net::NetConfig;
+pub use vstate::pause::PauseError;
 pub use vstate::VmExitReason;

@@ -197,6 +197,7 @@ pub const GUEST_SUITES: &[&str] = &[
     "hostile",
     "hooks",
     "process",
+    "control",
 ];
 
 /// Runs the named guest suites, each with `--ignored --test-threads=2` plus `test_args`,

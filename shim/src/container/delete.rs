@@ -23,11 +23,15 @@ pub fn delete(root: &Option<PathBuf>, id: &str, force: bool) -> Result<i32> {
                 kill_and_wait(&state, &root_dir)
             }
         }
-        Status::Running if !force => {
-            bail!("cannot delete container {id} that is not stopped: running")
+        s @ (Status::Running | Status::Paused) if !force => {
+            bail!(
+                "cannot delete container {id} that is not stopped: {}",
+                s.as_str()
+            )
         }
-        Status::Created | Status::Running => kill_and_wait(&state, &root_dir),
+        Status::Created | Status::Running | Status::Paused => kill_and_wait(&state, &root_dir),
     }
+    super::cgroup::remove_recorded(&dir);
     std::fs::remove_dir_all(&dir).or_else(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             Ok(())

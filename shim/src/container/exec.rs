@@ -74,6 +74,7 @@ pub fn exec(opts: ExecOptions) -> Result<i32> {
         Status::Running => {}
         Status::Stopped => bail!("cannot exec in a stopped container"),
         Status::Created => bail!("cannot exec in a created container: container not running"),
+        Status::Paused => bail!("cannot exec in a paused container (resume it first)"),
     }
     let mut spec = process_spec(&opts, &state)?;
     if spec.terminal && opts.detach && opts.console_socket.is_none() {
@@ -336,6 +337,11 @@ fn detached_waiter(
             return 1;
         }
     };
+    // The monitor lists this waiter's pid in `runvm ps` (it knows only the caller's).
+    let holder = crate::monitor::api::ExecControl::Holder {
+        pid: std::process::id() as i32,
+    };
+    let _ = runvm_protocol::write_frame(&mut &conn, &holder);
     let waiter = Waiter {
         conn,
         sigfd,

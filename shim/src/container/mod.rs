@@ -4,16 +4,22 @@
 //! and `run/`, the monitor's runtime files (vsock sockets, `monitor.sock`, the root
 //! filesystem image), which the cleanup guard removes if the monitor dies.
 
+pub mod cgroup;
 pub mod create;
 pub mod delete;
+pub mod events;
 pub mod exec;
 pub mod features;
 pub mod hooks;
 pub mod kill;
 pub mod list;
+pub mod pause;
+pub mod ps;
+pub mod resume;
 pub mod run;
 pub mod start;
 pub mod state;
+pub mod update;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -94,7 +100,7 @@ pub fn prepare(id: &str, bundle: &Path, root: &Option<PathBuf>) -> Result<Prepar
     };
     let assets = GuestAssets::locate()?;
     let vcpus: u8 = env_num("RUNVM_VCPUS", 1)?;
-    let mem_mib: u64 = env_num("RUNVM_MEM_MIB", 256)?;
+    let mem_mib = cgroup::vm_memory_mib(env_num("RUNVM_MEM_MIB", 256)?, &spec.linux.resources);
     let boot_timeout = Duration::from_secs(env_num("RUNVM_BOOT_TIMEOUT", 60)?);
 
     let root = root_dir(root);
@@ -171,10 +177,32 @@ pub fn enter_network_and_guard(
 ) -> Result<crate::monitor::guard::CleanupGuard> {
     crate::network::namespace::enter(&p.spec.network)?;
     let record = crate::monitor::network_record(&p.runtime_dir());
-    crate::monitor::guard::spawn_with(dir, move || {
-        crate::network::mirror::teardown_recorded(&record)
+    let state_dir = p.dir.clone();
+    let guard = crate::monitor::guard::spawn_with(dir, move || {
+        crate::network::mirror::teardown_recorded(&record);
+        cgroup::remove_recorded(&state_dir);
     })
-    .context("cannot start the cleanup guard")
+    .context("cannot start the cleanup guard")?;
+    // After the guard's fork: the guard stays out of the cgroup it removes.
+    let res = &p.spec.linux.resources;
+    cgroup::join(
+        p.spec.cgroups_path.as_deref(),
+        &p.id,
+        &p.dir,
+        res,
+        p.config.mem_mib,
+    )
+    .context("cannot put the container's monitor into its cgroup")?;
+    let args = p.spec.process.as_ref().map(|p| p.args.join(" "));
+    // The state root stays in it: it is how a leftover monitor is found.
+    let title = format!(
+        "runvm-vm --root {} {}: {}",
+        p.root.display(),
+        p.id,
+        args.unwrap_or_default()
+    );
+    ps::set_process_title(&title);
+    Ok(guard)
 }
 
 /// Loads a container's state; an unknown id gives runc's "does not exist" wording.

@@ -15,7 +15,7 @@ pub fn start(root: &Option<PathBuf>, id: &str) -> Result<i32> {
     let state = super::load(root, id)?;
     match state.status(&super::root_dir(root)) {
         Status::Created => {}
-        Status::Running => bail!("cannot start an already running container"),
+        Status::Running | Status::Paused => bail!("cannot start an already running container"),
         Status::Stopped => bail!("cannot start a container that has stopped"),
     }
     let dir = ContainerState::runtime_dir(&super::root_dir(root), id);

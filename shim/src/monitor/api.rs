@@ -26,6 +26,19 @@ pub enum Request {
     /// stays open: [`ExecEvent`]s come back, [`ExecControl`]s go in, and its end (the
     /// `runvm exec` process died) kills the process.
     Exec { spec: runvm_protocol::ProcessSpec },
+    /// Stop the VM's vCPUs (`runvm pause`): the guest freezes entirely.
+    Pause,
+    /// Let a paused VM run again (`runvm resume`).
+    Resume,
+    /// The container's processes (`runvm ps`): the host pids (the monitor, the waiting
+    /// `runvm exec` processes) and, with `guest`, the guest's process list.
+    Processes { guest: bool },
+    /// The guest cgroup's usage (`runvm events`).
+    Stats,
+    /// Change the guest cgroup's limits (`runvm update`; the host side is done by it).
+    Update {
+        resources: runvm_protocol::Resources,
+    },
 }
 
 /// The monitor's answer.
@@ -33,6 +46,21 @@ pub enum Request {
 pub enum Response {
     Ok,
     Error(String),
+}
+
+/// The monitor's answer to the requests of `pause`, `resume`, `ps`, `events`, `update`.
+/// `Ok` and `Error` are encoded as [`Response`]'s, so a [`Response`] reads as one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlResponse {
+    Ok,
+    Error(String),
+    /// The answer to [`Request::Processes`].
+    Processes {
+        host_pids: Vec<i32>,
+        guest: Vec<runvm_protocol::GuestProcess>,
+    },
+    /// The answer to [`Request::Stats`].
+    Stats(runvm_protocol::GuestStats),
 }
 
 /// Errors talking to a monitor.
@@ -62,6 +90,21 @@ pub fn request(dir: &Path, req: &Request, timeout: Duration) -> Result<Response,
     Ok(read_frame(&mut s)?)
 }
 
+/// [`request`] for the requests answered by a [`ControlResponse`].
+pub fn request_control(
+    dir: &Path,
+    req: &Request,
+    timeout: Duration,
+) -> Result<ControlResponse, ApiError> {
+    let mut s = connect(dir)?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(ApiError::Unreachable)?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(ApiError::Unreachable)?;
+    write_frame(&mut s, req)?;
+    Ok(read_frame(&mut s)?)
+}
+
 /// What the monitor sends on an exec connection, after `Request::Exec`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ExecEvent {
@@ -80,6 +123,9 @@ pub enum ExecControl {
     Signal { signal: i32 },
     /// Its terminal's window size changed.
     Resize { rows: u16, cols: u16 },
+    /// The host process that waits for the exec'd process (a detached `runvm exec` forks
+    /// it after connecting), which `runvm ps` lists.
+    Holder { pid: i32 },
 }
 
 /// How many descriptors follow an exec request: the stdio of the process (stdin, stdout,

@@ -85,7 +85,14 @@ impl Session<'_> {
             let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
         }
         log::debug!("exec {id}: {:?}", spec.args);
-        self.processes.insert(id, Process::new(stdio, conn));
+        let holder = conn.as_ref().and_then(|c| {
+            nix::sys::socket::getsockopt(c, nix::sys::socket::sockopt::PeerCredentials)
+                .ok()
+                .map(|cred| cred.pid())
+        });
+        let mut process = Process::new(stdio, conn);
+        process.holder = holder;
+        self.processes.insert(id, process);
         self.send(&HostMessage::Exec { process: id, spec })
     }
 
@@ -194,6 +201,10 @@ impl Session<'_> {
                 rows,
                 cols,
             }),
+            ExecControl::Holder { pid } => {
+                p.holder = Some(pid);
+                Ok(())
+            }
         }
     }
 

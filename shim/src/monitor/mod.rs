@@ -7,6 +7,7 @@
 //! [`exec`]; host terminals [`tty`]; byte relays [`stdio`]; the host API [`api`].
 
 pub mod api;
+mod control;
 mod exec;
 pub mod guard;
 pub mod process;
@@ -251,6 +252,7 @@ fn wait_for_start(api: &UnixListener, sigfd: &SignalFd) -> Result<BeforeStart, M
                     },
                 );
             }
+            Ok(other) => control::answer(&mut conn, control::before_running(&other, "created")),
             Err(e) => log::warn!("ignoring a malformed request on the monitor socket: {e}"),
         }
     }
@@ -301,6 +303,10 @@ pub fn run_vm(
     }
     if let (Ok(code), Some(dir)) = (&result, &state_dir) {
         let _ = std::fs::write(dir.join(crate::state::EXIT_FILE), format!("{code}\n"));
+    }
+    // The VM is gone: so goes its cgroup (the runtime directory is in the state directory).
+    if let Some(dir) = cfg.runtime_dir.parent() {
+        crate::container::cgroup::leave_and_remove(dir);
     }
     result
 }
@@ -410,6 +416,7 @@ fn run_vm_inner(
         api,
         state_dir,
         on_started: cfg.on_started.as_deref(),
+        vm: vm.handle.clone(),
     };
     let result = converse(cfg, &mut vm, run, stdio, &io, start_conn);
     let ending = match result {
@@ -521,6 +528,8 @@ pub(crate) struct Io<'a> {
     api: Option<&'a UnixListener>,
     state_dir: Option<&'a Path>,
     on_started: Option<&'a (dyn Fn() + Send + Sync)>,
+    /// Pauses and resumes the VM.
+    vm: vmm::VmmHandle,
 }
 
 fn reply(conn: &mut UnixStream, r: api::Response) {
@@ -540,6 +549,9 @@ fn describe(m: &GuestMessage) -> String {
         GuestMessage::Started { process, .. } => format!("Started (process {process})"),
         GuestMessage::StartFailed { process, .. } => format!("StartFailed (process {process})"),
         GuestMessage::Exited { process, .. } => format!("Exited (process {process})"),
+        GuestMessage::Processes { request, .. } => format!("Processes (request {request})"),
+        GuestMessage::Stats { request, .. } => format!("Stats (request {request})"),
+        GuestMessage::Updated { request, .. } => format!("Updated (request {request})"),
     }
 }
 
@@ -571,6 +583,7 @@ fn boot_api_request(io: &Io, queued: &mut Vec<i32>) -> bool {
                 },
             );
         }
+        Ok(other) => control::answer(&mut conn, control::before_running(&other, "starting")),
         Err(e) => log::warn!("ignoring a malformed request on the monitor socket: {e}"),
     }
     false

@@ -66,6 +66,8 @@ pub struct Process {
     pub started: bool,
     /// `runvm exec`'s connection (exec'd processes only).
     pub client: Option<UnixStream>,
+    /// The host pid of the `runvm exec` waiting for this process (for `runvm ps`).
+    pub holder: Option<i32>,
 }
 
 impl Process {
@@ -91,6 +93,7 @@ impl Process {
             status: None,
             started: false,
             client,
+            holder: None,
         }
     }
 

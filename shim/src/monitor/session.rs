@@ -54,6 +54,8 @@ pub(super) struct Session<'a> {
     queued: Vec<i32>,
     pending_start: &'a mut Option<UnixStream>,
     main_ending: Option<Ending>,
+    /// Host API requests waiting for the guest's answer (`ps`, `events`, `update`).
+    pub(super) queries: super::control::Queries,
 }
 
 /// What a poll slot stands for.
@@ -96,6 +98,7 @@ impl<'a> Session<'a> {
             queued,
             pending_start,
             main_ending: None,
+            queries: Default::default(),
         })
     }
 
@@ -204,6 +207,10 @@ impl<'a> Session<'a> {
     /// A frame the guest began must be complete in time; a stream connection that sent
     /// no header in time is dropped (the guest's connect may have given up on it).
     fn expire(&mut self, now: Instant) -> Result<(), MonitorError> {
+        if self.io.vm.is_paused() {
+            // A frozen guest completes nothing: its deadlines wait for the resume.
+            return Ok(());
+        }
         if self.reader.deadline().is_some_and(|d| now >= d) {
             return Err(guest_error(format!(
                 "the guest began a frame on the control connection and did not complete it within {FRAME_STALL:?} ({} bytes came)",
@@ -325,12 +332,31 @@ impl<'a> Session<'a> {
                 &mut conn,
                 api::Response::Error("cannot start an already started container".into()),
             ),
+            Ok(api::Request::Signal { signal })
+                if signal == libc::SIGKILL && self.io.vm.is_paused() =>
+            {
+                // As runc thaws a frozen cgroup to kill it.
+                self.resume_for_kill();
+                self.queued.push(signal);
+                reply(&mut conn, api::Response::Ok);
+                self.flush_queued()?;
+            }
             Ok(api::Request::Signal { signal }) => {
                 self.queued.push(signal);
                 reply(&mut conn, api::Response::Ok);
                 self.flush_queued()?;
             }
+            Ok(api::Request::Exec { .. }) if self.io.vm.is_paused() => {
+                let _ = write_frame(
+                    &mut conn,
+                    &api::ExecEvent::Failed {
+                        code: 1,
+                        message: "cannot exec in a paused container (resume it first)".into(),
+                    },
+                );
+            }
             Ok(api::Request::Exec { spec }) => self.exec_request(conn, spec)?,
+            Ok(other) => self.control_request(conn, other)?,
             Err(e) => log::warn!("ignoring a malformed request on the monitor socket: {e}"),
         }
         Ok(())
@@ -447,6 +473,9 @@ impl<'a> Session<'a> {
             GuestMessage::Hello { .. } => {
                 return Err(guest_error("the guest sent a second Hello".into()))
             }
+            answer @ (GuestMessage::Processes { .. }
+            | GuestMessage::Stats { .. }
+            | GuestMessage::Updated { .. }) => self.guest_answer(answer)?,
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! KVM state: the VM (memory slots, interrupt controller, eventfds) and its vCPUs, plus
 //! [`VmState`], the one place that records why the VM stopped.
 
+pub mod pause;
 pub mod vcpu;
 pub mod vm;
 

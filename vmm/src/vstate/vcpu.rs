@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
+use super::pause::PauseControl;
 use super::vm::{Vm, VmError};
 use super::{VmExitReason, VmState};
 use crate::bus::Bus;
@@ -80,16 +81,23 @@ impl Vcpu {
     }
 
     /// The thread body: runs the guest until the VM stops or `stop` is set.
-    pub fn run(mut self, stop: Arc<AtomicBool>) {
+    /// While `pause` says so, the thread parks between two runs.
+    pub fn run(mut self, stop: Arc<AtomicBool>, pause: Arc<PauseControl>) {
+        pause.register_current_thread();
         if self.id == 0 {
             self.timer.mark_kernel_entry();
         }
         while !stop.load(Ordering::Acquire) {
+            pause.park_if_paused(&stop);
+            if stop.load(Ordering::Acquire) {
+                break;
+            }
             if let Some(reason) = self.run_once() {
                 self.state.request_exit(reason);
                 break;
             }
         }
+        pause.unregister_current_thread();
     }
 
     /// Runs until the next exit; returns why the VM must stop, if it must.

@@ -1,0 +1,265 @@
+//! The workload's cgroup (v2) in the guest: `/sys/fs/cgroup/container`, with the memory,
+//! cpu and pids controllers and the limits of `linux.resources`. The main process and
+//! every exec'd one join it before anything of theirs runs; the main process then gets a
+//! cgroup namespace of its own, so the container's `/sys/fs/cgroup` shows this cgroup as
+//! its root (as under runc with Docker's private cgroup namespace). Exceeding
+//! `memory.max` OOM-kills a process of the container, not the VM.
+//!
+//! Also here: the answers to the host's `ListProcesses`, `Stats` and `Update`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::unistd::Pid;
+use runvm_protocol::{GuestProcess, GuestStats, Resources};
+
+use crate::error::{Context, Error, Result};
+
+/// The guest's cgroup2 mount (init's own).
+const ROOT: &str = "/sys/fs/cgroup";
+/// The container's cgroup, under [`ROOT`].
+const NAME: &str = "container";
+/// Controllers the container's cgroup gets.
+const CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
+
+/// Most processes one answer lists, and most bytes of a command line in it.
+const MAX_LISTED: usize = 2000;
+const MAX_CMD: usize = 256;
+
+/// Set once the cgroup exists (so processes join it).
+static READY: AtomicBool = AtomicBool::new(false);
+
+fn dir() -> PathBuf {
+    Path::new(ROOT).join(NAME)
+}
+
+fn write(dir: &Path, file: &str, value: &str) -> std::result::Result<(), String> {
+    std::fs::write(dir.join(file), value).map_err(|e| format!("{file} = {value:?}: {e}"))
+}
+
+/// Creates the container's cgroup with `resources` applied. Called by init before the
+/// main process starts.
+pub fn setup(resources: &Resources) -> Result<()> {
+    let root = Path::new(ROOT);
+    for c in CONTROLLERS {
+        // A controller the kernel lacks fails here; a limit that needs it fails below.
+        if let Err(e) = write(root, "cgroup.subtree_control", &format!("+{c}")) {
+            crate::log::error(&format!("cgroup controller {c}: {e}"));
+        }
+    }
+    let d = dir();
+    match std::fs::create_dir(&d) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(Error::new(format!(
+                "create the container's cgroup {}: {e}",
+                d.display()
+            )))
+        }
+    }
+    READY.store(true, Ordering::Release);
+    apply(resources).map_err(|e| Error::new(format!("the container's cgroup: {e}")))
+}
+
+/// Applies the limits that are set; the error names each that failed.
+pub fn apply(r: &Resources) -> std::result::Result<(), String> {
+    if !READY.load(Ordering::Acquire) {
+        return Err("the guest has no cgroup for the container".into());
+    }
+    let d = dir();
+    let mut failed = Vec::new();
+    let mut set = |file: &str, value: String| {
+        if let Err(e) = write(&d, file, &value) {
+            failed.push(e);
+        }
+    };
+    if let Some(m) = r.memory_limit {
+        set(
+            "memory.max",
+            if m > 0 { m.to_string() } else { "max".into() },
+        );
+    }
+    if r.cpu_quota.is_some() || r.cpu_period.is_some() {
+        let cur = std::fs::read_to_string(d.join("cpu.max")).unwrap_or_default();
+        let mut old = cur.split_whitespace();
+        let old_quota = old.next().unwrap_or("max").to_string();
+        let old_period = old.next().unwrap_or("100000").to_string();
+        let quota = match r.cpu_quota {
+            Some(q) if q > 0 => q.to_string(),
+            Some(_) => "max".into(),
+            None => old_quota,
+        };
+        let period = r.cpu_period.map_or(old_period, |p| p.to_string());
+        set("cpu.max", format!("{quota} {period}"));
+    }
+    if let Some(s) = r.cpu_shares {
+        set("cpu.weight", shares_to_weight(s).to_string());
+    }
+    if let Some(p) = r.pids_limit {
+        set("pids.max", if p > 0 { p.to_string() } else { "max".into() });
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed.join("; "))
+    }
+}
+
+/// runc's conversion of `cpu.shares` to `cpu.weight`.
+fn shares_to_weight(shares: u64) -> u64 {
+    let s = shares.clamp(2, 262_144);
+    1 + ((s - 2) * 9999) / 262_142
+}
+
+/// Moves the calling process into the container's cgroup (in a child, before it
+/// execs). Nothing to do when init made no cgroup (host test mode).
+pub fn join_self() -> Result<()> {
+    if !READY.load(Ordering::Acquire) {
+        return Ok(());
+    }
+    let procs = dir().join("cgroup.procs");
+    std::fs::write(&procs, "0")
+        .with_context(|| format!("join the container's cgroup ({})", procs.display()))
+}
+
+/// The container cgroup's usage.
+pub fn stats() -> GuestStats {
+    let d = dir();
+    let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap_or_default();
+    let num = |f: &str| read(f).trim().parse::<u64>().ok();
+    let keyed = |f: &str, key: &str| {
+        read(f).lines().find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == key).then(|| v.trim().parse::<u64>().ok()).flatten()
+        })
+    };
+    GuestStats {
+        memory_usage: num("memory.current").unwrap_or(0),
+        memory_limit: num("memory.max"),
+        cpu_usage_usec: keyed("cpu.stat", "usage_usec").unwrap_or(0),
+        pids_current: num("pids.current").unwrap_or(0),
+        pids_limit: num("pids.max"),
+        oom_kills: keyed("memory.events", "oom_kill").unwrap_or(0),
+    }
+}
+
+/// One `/proc/<pid>` as the container sees it, if it is in `pid_ns` (the inode of the
+/// main process's PID namespace).
+fn process(pid: i32, pid_ns: u64) -> Option<(i32, GuestProcess)> {
+    use std::os::unix::fs::MetadataExt;
+    let base = PathBuf::from(format!("/proc/{pid}"));
+    if std::fs::metadata(base.join("ns/pid")).ok()?.ino() != pid_ns {
+        return None;
+    }
+    let status = std::fs::read_to_string(base.join("status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+    };
+    // NSpid: the pid in each namespace, outermost first; the container's is the last.
+    let ns_pid = field("NSpid:")?.split_whitespace().last()?.parse().ok()?;
+    let ppid: i32 = field("PPid:")?.parse().ok()?;
+    let uid = field("Uid:")?.split_whitespace().next()?.parse().ok()?;
+    let rss_kib = field("VmRSS:")
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let cmdline = std::fs::read(base.join("cmdline")).unwrap_or_default();
+    let cmd = if cmdline.is_empty() {
+        format!("[{}]", field("Name:").unwrap_or_default())
+    } else {
+        String::from_utf8_lossy(&cmdline)
+            .trim_end_matches('\0')
+            .replace('\0', " ")
+    };
+    Some((
+        ppid,
+        GuestProcess {
+            pid: ns_pid,
+            ppid,
+            uid,
+            cmd,
+            rss_kib,
+        },
+    ))
+}
+
+/// The processes of the container (those in the PID namespace of `main`), by pid in
+/// the container, their parents' pids translated too (0 for one outside it).
+pub fn processes(main: Pid) -> Vec<GuestProcess> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(ns) = std::fs::metadata(format!("/proc/{main}/ns/pid")) else {
+        return Vec::new();
+    };
+    let ns = ns.ino();
+    let mut found: Vec<(i32, GuestProcess)> = Vec::new();
+    let mut root_pids: Vec<(i32, i32)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if let Some((root_ppid, p)) = process(pid, ns) {
+            root_pids.push((pid, p.pid));
+            found.push((root_ppid, p));
+        }
+    }
+    let mut out: Vec<GuestProcess> = found
+        .into_iter()
+        .map(|(root_ppid, mut p)| {
+            p.ppid = root_pids
+                .iter()
+                .find(|(root, _)| *root == root_ppid)
+                .map_or(0, |(_, ns_pid)| *ns_pid);
+            p
+        })
+        .collect();
+    out.sort_by_key(|p| p.pid);
+    // The answer must fit a frame (a fork bomb has many processes, a command line may
+    // be long).
+    out.truncate(MAX_LISTED);
+    for p in &mut out {
+        if p.cmd.len() > MAX_CMD {
+            let mut cut = MAX_CMD;
+            while !p.cmd.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            p.cmd.truncate(cut);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_listed_in_its_own_pid_namespace() {
+        let me = nix::unistd::getpid();
+        let procs = processes(me);
+        let mine = procs
+            .iter()
+            .find(|p| p.pid == me.as_raw())
+            .expect("this process is listed");
+        assert!(!mine.cmd.is_empty());
+        assert_eq!(mine.uid, nix::unistd::getuid().as_raw());
+    }
+
+    #[test]
+    fn shares_convert_like_runc() {
+        assert_eq!(shares_to_weight(1024), 39);
+        assert_eq!(shares_to_weight(2), 1);
+    }
+
+    #[test]
+    fn limits_without_a_cgroup_are_an_error() {
+        if !READY.load(Ordering::Acquire) {
+            assert!(apply(&Resources::default()).is_err());
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! The monitor's side of `runvm pause`, `resume`, `ps`, `events` and `update`: pausing
+//! the vCPUs, and the requests that the guest answers (its process list, its cgroup's
+//! usage, new limits), each matched to its answer by a request number.
+
+use std::collections::BTreeMap;
+use std::os::unix::net::UnixStream;
+
+use runvm_protocol::{GuestMessage, GuestProcess, HostMessage, MAIN_PROCESS};
+
+use super::session::Session;
+use super::{api, untrusted, MonitorError};
+
+/// Most requests waiting for the guest at once; past it a request is refused.
+const MAX_WAITING: usize = 64;
+/// Most processes of one answer kept (the frame limit bounds it anyway).
+const MAX_PROCESSES: usize = 4096;
+
+/// What a request waits for.
+enum Waiting {
+    Processes { host_pids: Vec<i32> },
+    Stats,
+    Update,
+}
+
+/// Requests waiting for the guest's answer, by request number.
+#[derive(Default)]
+pub(super) struct Queries {
+    next: u32,
+    waiting: BTreeMap<u32, (Waiting, UnixStream)>,
+}
+
+/// The answer to a control request before the container's process runs.
+pub(super) fn before_running(req: &api::Request, phase: &str) -> api::ControlResponse {
+    let what = match req {
+        api::Request::Pause => "pause",
+        api::Request::Resume => "resume",
+        api::Request::Processes { .. } => "list the processes of",
+        api::Request::Stats => "get the stats of",
+        api::Request::Update { .. } => "update",
+        _ => "handle this request for",
+    };
+    if let api::Request::Processes { guest: false } = req {
+        // The monitor is the container's one host process.
+        return api::ControlResponse::Processes {
+            host_pids: vec![std::process::id() as i32],
+            guest: Vec::new(),
+        };
+    }
+    api::ControlResponse::Error(format!(
+        "cannot {what} a {phase} container: container not running"
+    ))
+}
+
+/// Sends a control answer; a caller that went away only misses it.
+pub(super) fn answer(conn: &mut UnixStream, r: api::ControlResponse) {
+    let _ = runvm_protocol::write_frame(conn, &r);
+}
+
+impl Session<'_> {
+    fn paused_file(&self) -> Option<std::path::PathBuf> {
+        self.io.state_dir.map(|d| d.join(crate::state::PAUSED_FILE))
+    }
+
+    /// Resumes a paused VM so that a SIGKILL can reach its guest.
+    pub(super) fn resume_for_kill(&mut self) {
+        self.io.vm.resume();
+        if let Some(f) = self.paused_file() {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+
+    /// The host pids of the container: the monitor and every waiting `runvm exec`.
+    fn host_pids(&self) -> Vec<i32> {
+        let mut pids = vec![std::process::id() as i32];
+        pids.extend(
+            self.processes
+                .iter()
+                .filter(|(id, _)| **id != MAIN_PROCESS)
+                .filter_map(|(_, p)| p.holder),
+        );
+        pids
+    }
+
+    /// Pause, resume, and the requests the guest answers.
+    pub(super) fn control_request(
+        &mut self,
+        mut conn: UnixStream,
+        req: api::Request,
+    ) -> Result<(), MonitorError> {
+        let paused = self.io.vm.is_paused();
+        if !self.main_running() {
+            answer(&mut conn, before_running(&req, "stopping"));
+            return Ok(());
+        }
+        let (waiting, msg) = match req {
+            api::Request::Pause => {
+                let response = match self.io.vm.pause() {
+                    Ok(()) => {
+                        if let Some(f) = self.paused_file() {
+                            let _ = std::fs::write(f, b"");
+                        }
+                        api::ControlResponse::Ok
+                    }
+                    Err(e) => api::ControlResponse::Error(format!("cannot pause the VM: {e}")),
+                };
+                answer(&mut conn, response);
+                return Ok(());
+            }
+            api::Request::Resume => {
+                let response = if paused {
+                    self.resume_for_kill();
+                    api::ControlResponse::Ok
+                } else {
+                    api::ControlResponse::Error("container not paused".into())
+                };
+                answer(&mut conn, response);
+                return Ok(());
+            }
+            api::Request::Processes { guest: false } => {
+                let host_pids = self.host_pids();
+                answer(
+                    &mut conn,
+                    api::ControlResponse::Processes {
+                        host_pids,
+                        guest: Vec::new(),
+                    },
+                );
+                return Ok(());
+            }
+            _ if paused => {
+                answer(
+                    &mut conn,
+                    api::ControlResponse::Error(
+                        "the container is paused: its guest cannot answer (resume it first)".into(),
+                    ),
+                );
+                return Ok(());
+            }
+            _ if self.queries.waiting.len() >= MAX_WAITING => {
+                answer(
+                    &mut conn,
+                    api::ControlResponse::Error(format!(
+                        "{MAX_WAITING} requests already wait for the guest; try again"
+                    )),
+                );
+                return Ok(());
+            }
+            api::Request::Processes { guest: true } => {
+                let request = self.next_query();
+                (
+                    Waiting::Processes {
+                        host_pids: self.host_pids(),
+                    },
+                    HostMessage::ListProcesses { request },
+                )
+            }
+            api::Request::Stats => (
+                Waiting::Stats,
+                HostMessage::Stats {
+                    request: self.next_query(),
+                },
+            ),
+            api::Request::Update { resources } => (
+                Waiting::Update,
+                HostMessage::Update {
+                    request: self.next_query(),
+                    resources,
+                },
+            ),
+            api::Request::Start | api::Request::Signal { .. } | api::Request::Exec { .. } => {
+                unreachable!("handled by api_request")
+            }
+        };
+        let request = match &msg {
+            HostMessage::ListProcesses { request }
+            | HostMessage::Stats { request }
+            | HostMessage::Update { request, .. } => *request,
+            _ => unreachable!("a query"),
+        };
+        self.queries.waiting.insert(request, (waiting, conn));
+        self.send(&msg)
+    }
+
+    fn next_query(&mut self) -> u32 {
+        self.queries.next = self.queries.next.wrapping_add(1);
+        self.queries.next
+    }
+
+    /// An answer from the guest: it must match a waiting request of its kind.
+    pub(super) fn guest_answer(&mut self, msg: GuestMessage) -> Result<(), MonitorError> {
+        let request = match &msg {
+            GuestMessage::Processes { request, .. }
+            | GuestMessage::Stats { request, .. }
+            | GuestMessage::Updated { request, .. } => *request,
+            _ => return Ok(()),
+        };
+        let Some((waiting, mut conn)) = self.queries.waiting.remove(&request) else {
+            return Err(MonitorError::Protocol(format!(
+                "the guest answered request {request}, which was not asked"
+            )));
+        };
+        let response = match (waiting, msg) {
+            (Waiting::Processes { host_pids }, GuestMessage::Processes { processes, .. }) => {
+                let guest = processes
+                    .into_iter()
+                    .take(MAX_PROCESSES)
+                    .map(|p| GuestProcess {
+                        cmd: untrusted::text(&p.cmd),
+                        ..p
+                    })
+                    .collect();
+                api::ControlResponse::Processes { host_pids, guest }
+            }
+            (Waiting::Stats, GuestMessage::Stats { stats, .. }) => {
+                api::ControlResponse::Stats(stats)
+            }
+            (Waiting::Update, GuestMessage::Updated { error: None, .. }) => {
+                api::ControlResponse::Ok
+            }
+            (Waiting::Update, GuestMessage::Updated { error: Some(e), .. }) => {
+                api::ControlResponse::Error(format!("in the guest: {}", untrusted::text(&e)))
+            }
+            _ => {
+                return Err(MonitorError::Protocol(format!(
+                    "the guest answered request {request} with an answer of another kind"
+                )))
+            }
+        };
+        answer(&mut conn, response);
+        Ok(())
+    }
+}

@@ -1,0 +1,370 @@
+//! `ps`, `pause`/`resume`, `events`, `update` and the container's cgroups (host and
+//! guest), driven as containerd drives them. Run with `cargo xtask guest-test control`.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use runvm_tests::*;
+
+fn status(root: &StateRoot, id: &str) -> String {
+    root.state(id)
+        .map(|s| s["status"].as_str().unwrap_or("?").to_string())
+        .unwrap_or_else(|| "gone".into())
+}
+
+/// A busybox bundle running `args`, with `linux` merged into its `linux` section.
+fn bundle_with_linux(args: &[&str], linux: serde_json::Value) -> Bundle {
+    let rootfs = std::env::var("RUNVM_TEST_ROOTFS").expect("RUNVM_TEST_ROOTFS");
+    let mut l = serde_json::json!({ "namespaces": default_namespaces() });
+    for (k, v) in linux.as_object().unwrap() {
+        l[k] = v.clone();
+    }
+    let config = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false, "user": { "uid": 0, "gid": 0 }, "args": args,
+            "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "cwd": "/",
+        },
+        "root": { "path": rootfs, "readonly": false },
+        "hostname": "runvm-test",
+        "linux": l,
+    });
+    Bundle::from_config(&config.to_string())
+}
+
+fn started(root: &StateRoot, bundle: &Bundle, id: &str) -> i32 {
+    let (out, pid) = root.create(bundle, id);
+    assert_eq!(code(&out), 0, "create: {}", stderr(&out));
+    let out = root.cmd(&["start", id]);
+    assert_eq!(code(&out), 0, "start: {}", stderr(&out));
+    pid.expect("create wrote no pid file")
+}
+
+/// Runs `sh -c script` in the container; returns (exit code, stdout, stderr).
+fn sh(root: &StateRoot, id: &str, script: &str) -> (Option<i32>, String, String) {
+    let r = root.exec_detached(id, &[], &["sh", "-c", script], b"");
+    assert_eq!(r.exec_code, 0, "exec {script:?}: {}", r.stderr);
+    (r.code, r.stdout, r.stderr)
+}
+
+/// Every directory of cgroup `path` on this host (v2, and each v1 hierarchy).
+fn cgroup_dirs(path: &str) -> Vec<PathBuf> {
+    let rel = path.trim_start_matches('/');
+    let mut out = Vec::new();
+    let top = PathBuf::from("/sys/fs/cgroup");
+    if top.join(rel).is_dir() {
+        out.push(top.join(rel));
+    }
+    for e in std::fs::read_dir(&top).into_iter().flatten().flatten() {
+        let d = e.path().join(rel);
+        if e.path().is_dir() && d.is_dir() {
+            out.push(d);
+        }
+    }
+    out
+}
+
+#[test]
+#[ignore = "boots a guest: run through `cargo xtask guest-test control`"]
+fn ps_lists_the_workload_and_an_exec_and_json_gives_host_pids() {
+    let root = StateRoot::new();
+    let bundle = Bundle::new(&["sleep", "7777"]);
+    let monitor = started(&root, &bundle, "ps");
+
+    // A detached exec that keeps running: its pid file names its host waiter.
+    become_subreaper();
+    let dir = TempDir::new("exec");
+    let pid_file = dir.path().join("exec.pid");
+    // Its stdio goes to the exec'd process (through the monitor): no pipe of ours, which
+    // would stay open as long as it runs.
+    let err_file = dir.path().join("stderr");
+    let status = root
+        .command(&[
+            "exec",
+            "--detach",
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            "ps",
+            "sleep",
+            "5555",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_file).unwrap())
+        .status()
+        .unwrap();
+    let err = std::fs::read_to_string(&err_file).unwrap_or_default();
+    assert!(status.success(), "exec: {err}");
+    let holder: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+
+    let out = root.cmd(&["ps", "ps"]);
+    assert_eq!(code(&out), 0, "ps: {}", stderr(&out));
+    let table = stdout(&out);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].contains("PID") && lines[0].contains("CMD"),
+        "{table}"
+    );
+    let main = lines
+        .iter()
+        .find(|l| l.ends_with("sleep 7777"))
+        .unwrap_or_else(|| panic!("the workload is not listed:\n{table}"));
+    assert_eq!(
+        main.split_whitespace().next(),
+        Some("1"),
+        "the workload is PID 1: {table}"
+    );
+    assert!(main.contains(" root "), "{table}");
+    assert!(
+        lines.iter().any(|l| l.ends_with("sleep 5555")),
+        "the exec'd process is not listed:\n{table}"
+    );
+    assert!(
+        !table.contains("runvm"),
+        "the guest init must not be listed:\n{table}"
+    );
+
+    let out = root.cmd(&["ps", "--format", "json", "ps"]);
+    assert_eq!(code(&out), 0, "ps json: {}", stderr(&out));
+    let pids: Vec<i32> = serde_json::from_slice(&out.stdout).expect("a JSON array of pids");
+    assert!(
+        pids.contains(&monitor),
+        "{pids:?} lacks the monitor {monitor}"
+    );
+    assert!(
+        pids.contains(&holder),
+        "{pids:?} lacks the exec waiter {holder}"
+    );
+
+    // The waiter's end kills the exec'd process, which leaves the list.
+    // SAFETY: kill(2) on a child of this test (a subreaper).
+    unsafe { libc::kill(holder, libc::SIGKILL) };
+    reap(holder, Duration::from_secs(30));
+    wait_until("the exec'd process to go", Duration::from_secs(30), || {
+        !stdout(&root.cmd(&["ps", "ps"])).contains("sleep 5555")
+    });
+
+    // `events` without --stats streams until the container stops.
+    let events = root
+        .command(&["events", "--interval", "1", "ps"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(code(&root.cmd(&["kill", "ps", "KILL"])), 0);
+    assert_eq!(reap(monitor, Duration::from_secs(60)), 137);
+    let out = wait_with_timeout(events, Duration::from_secs(30));
+    assert_eq!(code(&out), 0, "events: {}", stderr(&out));
+    let text = stdout(&out);
+    assert!(!text.is_empty(), "events printed nothing");
+    for line in text.lines() {
+        let ev: serde_json::Value = serde_json::from_str(line).expect("one JSON event a line");
+        assert_eq!(ev["type"], "stats", "{line}");
+    }
+    let out = root.cmd(&["ps", "ps"]);
+    assert_ne!(code(&out), 0, "ps of a stopped container must fail");
+    assert_eq!(
+        stdout(&root.cmd(&["ps", "--format", "json", "ps"])).trim(),
+        "[]"
+    );
+    assert_eq!(code(&root.cmd(&["delete", "ps"])), 0);
+    root.assert_clean(Duration::from_secs(5));
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn lines_of(bundle: &Bundle) -> usize {
+    bundle.stdout().lines().count()
+}
+
+#[test]
+#[ignore = "boots a guest: run through `cargo xtask guest-test control`"]
+fn pause_stops_the_guest_and_resume_continues_it_and_kill_works_while_paused() {
+    let root = StateRoot::new();
+    let bundle = Bundle::new(&[
+        "sh",
+        "-c",
+        "i=0; while true; do i=$((i+1)); echo $i; sleep 0.2; done",
+    ]);
+    let monitor = started(&root, &bundle, "pz");
+    wait_until("the counter to count", Duration::from_secs(60), || {
+        lines_of(&bundle) >= 3
+    });
+
+    let out = root.cmd(&["pause", "pz"]);
+    assert_eq!(code(&out), 0, "pause: {}", stderr(&out));
+    assert_eq!(status(&root, "pz"), "paused");
+    // Output already on its way may land; then nothing more.
+    std::thread::sleep(Duration::from_secs(1));
+    let frozen = lines_of(&bundle);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(lines_of(&bundle), frozen, "the counter wrote while paused");
+    let out = root.cmd(&["pause", "pz"]);
+    assert_ne!(code(&out), 0, "a second pause must fail");
+    let r = root.exec_detached("pz", &[], &["true"], b"");
+    assert_ne!(r.exec_code, 0, "exec into a paused container must fail");
+    assert!(r.stderr.contains("paused"), "{}", r.stderr);
+
+    let out = root.cmd(&["resume", "pz"]);
+    assert_eq!(code(&out), 0, "resume: {}", stderr(&out));
+    assert_eq!(status(&root, "pz"), "running");
+    wait_until("the counter to go on", Duration::from_secs(30), || {
+        lines_of(&bundle) > frozen + 2
+    });
+    let out = root.cmd(&["resume", "pz"]);
+    assert_ne!(code(&out), 0, "resume of a running container must fail");
+    assert!(stderr(&out).contains("not paused"), "{}", stderr(&out));
+
+    // SIGKILL of a paused container: resumed, then killed (as runc thaws).
+    assert_eq!(code(&root.cmd(&["pause", "pz"])), 0);
+    let out = root.cmd(&["kill", "pz", "KILL"]);
+    assert_eq!(code(&out), 0, "kill: {}", stderr(&out));
+    assert_eq!(reap(monitor, Duration::from_secs(60)), 137);
+    assert_eq!(status(&root, "pz"), "stopped");
+    assert_eq!(code(&root.cmd(&["delete", "pz"])), 0);
+    root.assert_clean(Duration::from_secs(5));
+}
+
+#[test]
+#[ignore = "boots a guest: run through `cargo xtask guest-test control`"]
+fn cgroups_limits_events_and_update_and_nothing_left_after_sigkill() {
+    let root = StateRoot::new();
+    let cg = format!("/runvm-control-test-c{}", std::process::id());
+    let bundle = bundle_with_linux(
+        &["sleep", "7777"],
+        serde_json::json!({
+            "cgroupsPath": cg,
+            "resources": {
+                "memory": { "limit": 64 << 20 },
+                "cpu": { "quota": 50000, "period": 100000 },
+                "pids": { "limit": 20 },
+            },
+        }),
+    );
+    let monitor = started(&root, &bundle, "cg");
+
+    // The monitor is in the host cgroup, which exists.
+    let own = std::fs::read_to_string(format!("/proc/{monitor}/cgroup")).unwrap();
+    assert!(own.lines().any(|l| l.ends_with(&format!(":{cg}"))), "{own}");
+    let dirs = cgroup_dirs(&cg);
+    assert!(!dirs.is_empty(), "no directory of {cg}");
+    // The whole VM is in it: its memory, and a limit of the VM's RAM (64 MiB + 96 MiB for
+    // the guest's own needs) plus 64 MiB for the VMM.
+    let read = |f: &str| {
+        dirs.iter().find_map(|d| {
+            std::fs::read_to_string(d.join(f))
+                .ok()?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+    };
+    let usage = read("memory.current").or_else(|| read("memory.usage_in_bytes"));
+    assert!(usage.expect("the host cgroup has memory figures") > 0);
+    let limit = read("memory.max").or_else(|| read("memory.limit_in_bytes"));
+    assert_eq!(limit, Some((64 + 96 + 64) << 20), "host memory limit");
+    if let Some(v2) = dirs.iter().find(|d| d.join("cpu.max").exists()) {
+        let cpu = std::fs::read_to_string(v2.join("cpu.max")).unwrap();
+        assert_eq!(cpu.trim(), "50000 100000", "host cpu.max");
+    }
+
+    // events --stats: one JSON line, memory of the VM non-zero.
+    let out = root.cmd(&["events", "--stats", "cg"]);
+    assert_eq!(code(&out), 0, "events: {}", stderr(&out));
+    let text = stdout(&out);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let ev: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(ev["type"], "stats");
+    assert_eq!(ev["id"], "cg");
+    assert!(
+        ev["data"]["memory"]["usage"]["usage"].as_u64().unwrap() > 0,
+        "{ev}"
+    );
+    assert!(ev["data"]["pids"]["current"].as_u64().unwrap() >= 1, "{ev}");
+    assert_eq!(ev["data"]["pids"]["limit"], 20, "{ev}");
+
+    // The guest's cgroup, as the container sees it (its own cgroup namespace).
+    let (c, out, err) = sh(
+        &root,
+        "cg",
+        "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max /sys/fs/cgroup/cpu.max",
+    );
+    assert_eq!(c, Some(0), "{err}");
+    assert_eq!(out, format!("{}\n20\n50000 100000\n", 64 << 20));
+
+    // update: visible in the guest; a pids limit makes forks fail.
+    let out = root.cmd(&["update", "--pids-limit", "4", "--memory", "104857600", "cg"]);
+    assert_eq!(code(&out), 0, "update: {}", stderr(&out));
+    let (_, out, _) = sh(
+        &root,
+        "cg",
+        "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max",
+    );
+    assert_eq!(out, "104857600\n4\n");
+    let (_, out, err) = sh(
+        &root,
+        "cg",
+        "for i in 1 2 3 4 5 6 7 8; do sleep 20 >/dev/null 2>&1 & done; echo after",
+    );
+    assert!(
+        err.to_lowercase().contains("fork") || err.contains("Resource temporarily unavailable"),
+        "forks past pids.max must fail; stdout {out:?} stderr {err:?}"
+    );
+    let resources = TempDir::new("res");
+    let file = resources.path().join("r.json");
+    std::fs::write(&file, r#"{"pids":{"limit":100}}"#).unwrap();
+    let out = root.cmd(&["update", "-r", file.to_str().unwrap(), "cg"]);
+    assert_eq!(code(&out), 0, "update -r: {}", stderr(&out));
+    let (_, out, _) = sh(&root, "cg", "cat /sys/fs/cgroup/pids.max");
+    assert_eq!(out, "100\n");
+    let out = root.cmd(&["update", "--cpuset-cpus", "0", "cg"]);
+    assert_ne!(code(&out), 0);
+    assert!(stderr(&out).contains("--cpuset-cpus"), "{}", stderr(&out));
+    std::fs::write(&file, r#"{"blockIO":{"weight":10}}"#).unwrap();
+    let out = root.cmd(&["update", "-r", file.to_str().unwrap(), "cg"]);
+    assert_ne!(code(&out), 0);
+    assert!(stderr(&out).contains("blockIO"), "{}", stderr(&out));
+
+    // A SIGKILLed monitor: its cgroup goes all the same.
+    // SAFETY: kill(2) on the monitor, a child of this test (a subreaper).
+    unsafe { libc::kill(monitor, libc::SIGKILL) };
+    assert_eq!(reap(monitor, Duration::from_secs(30)), 137);
+    wait_until("the cgroup to be removed", Duration::from_secs(10), || {
+        cgroup_dirs(&cg).is_empty()
+    });
+    assert_eq!(code(&root.cmd(&["delete", "cg"])), 0);
+    root.assert_clean(Duration::from_secs(5));
+}
+
+#[test]
+#[ignore = "boots a guest: run through `cargo xtask guest-test control`"]
+fn a_cgroup_is_removed_at_delete() {
+    let root = StateRoot::new();
+    let cg = format!("/runvm-control-test-d{}", std::process::id());
+    let bundle = bundle_with_linux(&["sleep", "7777"], serde_json::json!({ "cgroupsPath": cg }));
+    let (out, pid) = root.create(&bundle, "del");
+    assert_eq!(code(&out), 0, "create: {}", stderr(&out));
+    assert!(!cgroup_dirs(&cg).is_empty(), "create makes the cgroup");
+    let out = root.cmd(&["delete", "--force", "del"]);
+    assert_eq!(code(&out), 0, "delete: {}", stderr(&out));
+    reap(pid.unwrap(), Duration::from_secs(30));
+    assert!(
+        cgroup_dirs(&cg).is_empty(),
+        "left behind: {:?}",
+        cgroup_dirs(&cg)
+    );
+    root.assert_clean(Duration::from_secs(5));
+}

@@ -1,0 +1,281 @@
+//! `cargo xtask bench cycle [--runs N]`: the OCI lifecycle a container engine drives for
+//! one short container — `create` (detached, `--pid-file`), `start`, wait for the
+//! container's process to exit, `delete` — of `true` in a busybox bundle, for runvm and
+//! for runc, alternating, in one run and the same place, with the same bundle. The
+//! waiting is containerd's: this process is a child subreaper, so the container's pid
+//! (runvm's monitor, runc's init) becomes its child and is reaped with `waitpid`. Prints
+//! p50/p95 per step and the ratio, writes `bench/cycle.md` and `bench/cycle.json`, and
+//! the table into the README.
+//!
+//! Where: on this host's KVM when it can boot guests, else inside the nested test host
+//! (TCG: compare the ratios only). As `bench net` does, the outer process re-runs this
+//! binary there with `--inside` and reads the raw numbers back from the target directory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::guests::{GuestSetup, Place};
+use crate::util::{repo_root, splice_readme, target_dir};
+
+#[derive(clap::Args)]
+pub struct CycleArgs {
+    /// Counted cycles per runtime (one warm-up cycle each is not counted).
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    #[arg(long, hide = true)]
+    inside: bool,
+    #[arg(long, hide = true)]
+    out: Option<PathBuf>,
+}
+
+const RUNTIMES: [&str; 2] = ["runvm", "runc"];
+const STEPS: [&str; 5] = ["create", "start", "wait", "delete", "total"];
+
+pub fn cmd(a: CycleArgs) -> Result<i32> {
+    if a.inside {
+        let out = a.out.context("--inside needs --out")?;
+        let raw = measure(a.runs)?;
+        std::fs::write(&out, serde_json::to_string_pretty(&raw)?)?;
+        return Ok(0);
+    }
+    let setup = GuestSetup::prepare(true)?;
+    let place = setup.choose_place()?;
+    let dir = target_dir().join("runvm").join("bench");
+    std::fs::create_dir_all(&dir)?;
+    let raw_path = dir.join("cycle-raw.json");
+    let _ = std::fs::remove_file(&raw_path);
+    let exe = std::env::current_exe().context("locating the xtask binary")?;
+    let argv: Vec<String> = vec![
+        exe.display().to_string(),
+        "bench".into(),
+        "cycle".into(),
+        "--inside".into(),
+        "--runs".into(),
+        a.runs.to_string(),
+        "--out".into(),
+        raw_path.display().to_string(),
+    ];
+    let code = setup.run_at(place, &argv, &[("CI".into(), "1".into())])?;
+    if code != 0 {
+        bail!("the lifecycle benchmark failed (exit {code})");
+    }
+    let raw: Value = serde_json::from_str(
+        &std::fs::read_to_string(&raw_path)
+            .with_context(|| format!("reading {}", raw_path.display()))?,
+    )?;
+    let md = markdown(&raw, place);
+    println!("{md}");
+    let out = repo_root().join("bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("cycle.md"), &md)?;
+    std::fs::write(out.join("cycle.json"), serde_json::to_string_pretty(&raw)?)?;
+    splice_readme("bench-cycle", &md.replacen("# ", "#### ", 1))?;
+    eprintln!("[bench] results: {}/cycle.md and cycle.json", out.display());
+    Ok(0)
+}
+
+fn runtime_cmd(who: &str, runvm: &Path, root: &Path) -> Command {
+    let mut c = match who {
+        "runvm" => Command::new(runvm),
+        _ => Command::new("runc"),
+    };
+    c.arg("--root").arg(root.join(who));
+    c.stdin(Stdio::null());
+    c
+}
+
+fn run_ok(mut c: Command) -> Result<()> {
+    let out = c.output().with_context(|| format!("running {c:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{c:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// `runc spec`'s config (which runvm accepts whole) running `true` from `rootfs`.
+fn write_bundle(dir: &Path, rootfs: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let _ = std::fs::remove_file(dir.join("config.json"));
+    if !Command::new("runc")
+        .arg("spec")
+        .current_dir(dir)
+        .status()?
+        .success()
+    {
+        bail!("runc spec failed");
+    }
+    let mut c: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?;
+    c["root"] = json!({ "path": rootfs, "readonly": true });
+    c["process"]["terminal"] = json!(false);
+    c["process"]["args"] = json!(["true"]);
+    // runc 1.1's spec lists ambient capabilities that are not inheritable; runc ignores
+    // the failed raise, runvm's guest init refuses it. Not what this measures.
+    c["process"]["capabilities"]["ambient"] = json!([]);
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&c)?)?;
+    Ok(())
+}
+
+/// One create → start → wait → delete; milliseconds of each step.
+fn cycle(who: &str, runvm: &Path, root: &Path, bundle: &Path, id: &str) -> Result<[f64; 5]> {
+    let pid_file = bundle.join(format!("{who}.pid"));
+    let _ = std::fs::remove_file(&pid_file);
+    let t0 = Instant::now();
+    let mut c = runtime_cmd(who, runvm, root);
+    c.args(["create", "--bundle"])
+        .arg(bundle)
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .arg(id)
+        .stdout(Stdio::null());
+    run_ok(c)?;
+    let t1 = Instant::now();
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .with_context(|| format!("reading {}", pid_file.display()))?
+        .trim()
+        .parse()
+        .context("the pid file holds no pid")?;
+    let mut c = runtime_cmd(who, runvm, root);
+    c.args(["start", id]);
+    run_ok(c)?;
+    let t2 = Instant::now();
+    let mut status = 0;
+    // SAFETY: waitpid on a pid that is our child (we are its subreaper); status is ours.
+    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+    if r != pid {
+        bail!(
+            "waitpid({pid}) of the {who} container failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        bail!("the {who} container's process did not exit 0 (wait status {status:#x})");
+    }
+    let t3 = Instant::now();
+    let mut c = runtime_cmd(who, runvm, root);
+    c.args(["delete", id]);
+    run_ok(c)?;
+    let t4 = Instant::now();
+    let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1000.0;
+    Ok([
+        ms(t0, t1),
+        ms(t1, t2),
+        ms(t2, t3),
+        ms(t3, t4),
+        ms(t0, t4),
+    ])
+}
+
+fn measure(runs: usize) -> Result<Value> {
+    let runvm = PathBuf::from(std::env::var("RUNVM_BIN").context("RUNVM_BIN")?);
+    let rootfs =
+        PathBuf::from(std::env::var("RUNVM_TEST_ROOTFS").context("RUNVM_TEST_ROOTFS")?);
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        bail!(
+            "PR_SET_CHILD_SUBREAPER: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let work = std::env::temp_dir().join(format!("runvm-bench-cycle-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let bundle = work.join("bundle");
+    write_bundle(&bundle, &rootfs)?;
+    let root = work.join("state");
+    let mut times: Vec<Vec<[f64; 5]>> = vec![vec![], vec![]];
+    let result = (|| -> Result<()> {
+        for i in 0..=runs {
+            for (k, who) in RUNTIMES.iter().enumerate() {
+                let id = format!("cycle-{who}-{i}");
+                let t = cycle(who, &runvm, &root, &bundle, &id)
+                    .with_context(|| format!("cycle {i} of {who}"))?;
+                if i > 0 {
+                    times[k].push(t);
+                }
+            }
+            eprintln!("[bench] cycle {i}/{runs} done");
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&work);
+    result?;
+    let mut results = serde_json::Map::new();
+    for (k, who) in RUNTIMES.iter().enumerate() {
+        let mut per = serde_json::Map::new();
+        for (s, step) in STEPS.iter().enumerate() {
+            let v: Vec<f64> = times[k].iter().map(|t| t[s]).collect();
+            per.insert(
+                step.to_string(),
+                json!({ "p50": percentile(&v, 0.5), "p95": percentile(&v, 0.95), "ms": v }),
+            );
+        }
+        results.insert(who.to_string(), Value::Object(per));
+    }
+    let sh = |c: &str| {
+        Command::new("sh")
+            .args(["-c", c])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    Ok(json!({
+        "runs": runs,
+        "date": sh("date -u +%Y-%m-%d"),
+        "cpu": sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"),
+        "nproc": sh("nproc"),
+        "runc": sh("runc --version | head -1"),
+        "results": results,
+    }))
+}
+
+fn percentile(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    s[((s.len() - 1) as f64 * p).round() as usize]
+}
+
+fn markdown(raw: &Value, place: Place) -> String {
+    let r = &raw["results"];
+    let g = |who: &str, step: &str, p: &str| r[who][step][p].as_f64().unwrap_or(f64::NAN);
+    let mut md = String::from("# Lifecycle benchmark: runvm vs runc\n\n");
+    md.push_str(&format!(
+        "Measured {} {}: {} ({} CPUs seen there), {}. `create --pid-file` → `start` → wait \
+         for the container's pid (reaped as a subreaper, as containerd's shim does) → \
+         `delete`, of `true` in a busybox bundle (`runc spec`, read-only root), {} counted \
+         cycles each, alternating runvm and runc.\n\n",
+        raw["date"].as_str().unwrap_or("?"),
+        match place {
+            Place::Direct => "on this host's KVM",
+            Place::TestHost =>
+                "inside the nested test host (QEMU TCG: an emulated CPU, so compare the ratios, not the absolute numbers)",
+        },
+        raw["cpu"].as_str().unwrap_or("?"),
+        raw["nproc"].as_str().unwrap_or("?"),
+        raw["runc"].as_str().unwrap_or("runc"),
+        raw["runs"],
+    ));
+    md.push_str(
+        "| step | runvm p50 | runvm p95 | runc p50 | runc p95 | runvm / runc (p50) |\n\
+         |---|---:|---:|---:|---:|---:|\n",
+    );
+    for step in STEPS {
+        let (a, b) = (g("runvm", step, "p50"), g("runc", step, "p50"));
+        md.push_str(&format!(
+            "| {step} | {a:.0} ms | {:.0} ms | {b:.0} ms | {:.0} ms | {:.2} |\n",
+            g("runvm", step, "p95"),
+            g("runc", step, "p95"),
+            a / b
+        ));
+    }
+    md.push_str("\nTarget (issue 8): runvm's whole cycle within 3× of runc's.\n");
+    md
+}

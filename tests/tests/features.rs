@@ -51,7 +51,9 @@ fn features_prints_the_spec_document() {
     let actions = linux["seccomp"]["actions"].as_array().unwrap();
     assert!(actions.contains(&"SCMP_ACT_ERRNO".into()));
     assert!(!actions.contains(&"SCMP_ACT_NOTIFY".into()));
-    assert_eq!(linux["cgroup"]["v1"], false);
+    assert_eq!(linux["cgroup"]["v1"], true);
+    assert_eq!(linux["cgroup"]["v2"], true);
+    assert_eq!(linux["cgroup"]["systemd"], false);
     // Nothing of a container is made.
     assert!(root.leftovers().is_empty());
 }

@@ -161,10 +161,11 @@ pub fn document() -> Features {
         linux: Linux {
             namespaces: NAMESPACES,
             capabilities: CAPABILITIES,
-            // linux.resources and linux.cgroupsPath are not applied yet.
+            // linux.cgroupsPath is joined on the host (v1, v2, hybrid); `slice:prefix:name`
+            // paths are converted, but the directory is made without asking systemd.
             cgroup: Cgroup {
-                v1: false,
-                v2: false,
+                v1: true,
+                v2: true,
                 systemd: false,
                 systemd_user: false,
             },

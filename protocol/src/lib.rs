@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
 
 /// Version of this protocol; the guest sends it in `Hello` and the host refuses others.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// vsock port of the control connection (guest → host).
 pub const CONTROL_PORT: u32 = 1024;
 /// vsock port of the stdio stream connections (guest → host).

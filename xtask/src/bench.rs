@@ -38,10 +38,7 @@ const VCPUS: u32 = 1;
 const MEM_MIB: u64 = 128;
 /// Guest CID of the qemu peer (runvm uses 3 as well).
 const PEER_CID: u32 = 3;
-/// The protocol constants of `protocol/src/lib.rs` (xtask does not depend on the crate).
-const PROTOCOL_VERSION: u64 = 1;
-const CONTROL_PORT: u32 = 1024;
-const STREAM_PORT: u32 = 1025;
+use runvm_protocol::{CONTROL_PORT, PROTOCOL_VERSION, STREAM_PORT};
 const MAX_FRAME_LEN: u32 = 1 << 20;
 /// Kernel parameters of the qemu peer: `vmm::builder::BASE_CMDLINE` (copied, keep in
 /// sync) with `reboot=t` instead of `reboot=k` (microvm has no i8042 to reset through),
@@ -64,6 +61,8 @@ pub enum BenchCmd {
     Net(crate::bench_net::NetArgs),
     /// `docker run --rm busybox true` latency: runvm vs runc (and crun where it runs), same daemon and place.
     Docker(crate::docker::DockerArgs),
+    /// create → start → wait → delete of `true`: runvm vs runc, same bundle and place.
+    Cycle(crate::bench_cycle::CycleArgs),
 }
 
 #[derive(clap::Args)]
@@ -94,6 +93,7 @@ pub fn cmd_bench(cmd: BenchCmd) -> Result<i32> {
         BenchCmd::Boot(a) => boot(a.runs, a.peer_only),
         BenchCmd::Net(a) => crate::bench_net::cmd(a),
         BenchCmd::Docker(a) => crate::docker::cmd_bench_docker(a),
+        BenchCmd::Cycle(a) => crate::bench_cycle::cmd(a),
     }
 }
 
@@ -740,7 +740,7 @@ fn converse(
         accept_from(&peer.control, None, child, deadline)?.context("no control connection")?;
     let hello = read_frame(&mut control)?;
     let hello_ms = ms(t0.elapsed());
-    if hello["Hello"]["version"].as_u64() != Some(PROTOCOL_VERSION) {
+    if hello["Hello"]["version"].as_u64() != Some(u64::from(PROTOCOL_VERSION)) {
         bail!("expected Hello version {PROTOCOL_VERSION}, got {hello}");
     }
     write_frame(&mut control, run_msg)?;

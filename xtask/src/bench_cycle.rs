@@ -163,19 +163,12 @@ fn cycle(who: &str, runvm: &Path, root: &Path, bundle: &Path, id: &str) -> Resul
     run_ok(c)?;
     let t4 = Instant::now();
     let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1000.0;
-    Ok([
-        ms(t0, t1),
-        ms(t1, t2),
-        ms(t2, t3),
-        ms(t3, t4),
-        ms(t0, t4),
-    ])
+    Ok([ms(t0, t1), ms(t1, t2), ms(t2, t3), ms(t3, t4), ms(t0, t4)])
 }
 
 fn measure(runs: usize) -> Result<Value> {
     let runvm = PathBuf::from(std::env::var("RUNVM_BIN").context("RUNVM_BIN")?);
-    let rootfs =
-        PathBuf::from(std::env::var("RUNVM_TEST_ROOTFS").context("RUNVM_TEST_ROOTFS")?);
+    let rootfs = PathBuf::from(std::env::var("RUNVM_TEST_ROOTFS").context("RUNVM_TEST_ROOTFS")?);
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
         bail!(

@@ -3,6 +3,7 @@
 //! Run `cargo xtask --help`.
 
 mod bench;
+mod bench_cycle;
 mod bench_net;
 mod demo;
 mod docker;

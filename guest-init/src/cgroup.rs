@@ -80,18 +80,8 @@ pub fn apply(r: &Resources) -> std::result::Result<(), String> {
             if m > 0 { m.to_string() } else { "max".into() },
         );
     }
-    if r.cpu_quota.is_some() || r.cpu_period.is_some() {
-        let cur = std::fs::read_to_string(d.join("cpu.max")).unwrap_or_default();
-        let mut old = cur.split_whitespace();
-        let old_quota = old.next().unwrap_or("max").to_string();
-        let old_period = old.next().unwrap_or("100000").to_string();
-        let quota = match r.cpu_quota {
-            Some(q) if q > 0 => q.to_string(),
-            Some(_) => "max".into(),
-            None => old_quota,
-        };
-        let period = r.cpu_period.map_or(old_period, |p| p.to_string());
-        set("cpu.max", format!("{quota} {period}"));
+    if let Some(line) = r.cpu_max(&std::fs::read_to_string(d.join("cpu.max")).unwrap_or_default()) {
+        set("cpu.max", line);
     }
     if let Some(s) = r.cpu_shares {
         set("cpu.weight", shares_to_weight(s).to_string());

@@ -162,6 +162,52 @@ pub struct Capabilities {
     pub ambient: Vec<String>,
 }
 
+/// Capability names by number (`include/uapi/linux/capability.h`): what
+/// `process.capabilities` may name, and what the guest applies.
+pub const CAPABILITY_NAMES: [&str; 41] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
 /// One resource limit. `kind` is the OCI name (`RLIMIT_NOFILE`, …); the guest refuses names
 /// it does not know, naming them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -229,6 +275,26 @@ pub struct Resources {
     /// `pids.max`; zero or negative is "max".
     #[serde(default)]
     pub pids_limit: Option<i64>,
+}
+
+impl Resources {
+    /// The cgroup v2 `cpu.max` line for this quota and period over `current` (the file's
+    /// present content): what is not given stays as it is; a quota ≤ 0 is "max".
+    pub fn cpu_max(&self, current: &str) -> Option<String> {
+        if self.cpu_quota.is_none() && self.cpu_period.is_none() {
+            return None;
+        }
+        let mut old = current.split_whitespace();
+        let old_quota = old.next().unwrap_or("max").to_string();
+        let old_period = old.next().unwrap_or("100000").to_string();
+        let quota = match self.cpu_quota {
+            Some(q) if q > 0 => q.to_string(),
+            Some(_) => "max".into(),
+            None => old_quota,
+        };
+        let period = self.cpu_period.map_or(old_period, |p| p.to_string());
+        Some(format!("{quota} {period}"))
+    }
 }
 
 /// One process of the container, as the guest's `/proc` shows it.
@@ -719,6 +785,26 @@ pub fn read_frame_limited<R: Read, T: for<'de> Deserialize<'de>>(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn cpu_max_keeps_what_is_not_given() {
+        let r = |q, p| Resources {
+            cpu_quota: q,
+            cpu_period: p,
+            ..Default::default()
+        };
+        assert_eq!(r(None, None).cpu_max("max 100000"), None);
+        assert_eq!(
+            r(Some(50000), None).cpu_max("max 100000\n").unwrap(),
+            "50000 100000"
+        );
+        assert_eq!(
+            r(None, Some(20000)).cpu_max("30000 100000").unwrap(),
+            "30000 20000"
+        );
+        assert_eq!(r(Some(-1), Some(1000)).cpu_max("").unwrap(), "max 1000");
+    }
+
     use super::*;
 
     #[test]

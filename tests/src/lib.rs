@@ -52,6 +52,16 @@ impl TempDir {
     }
 }
 
+/// An OCI process JSON file for `runvm exec --process`, in a temporary directory kept
+/// alive with it; the file's path as a string.
+pub fn process_file(process: &serde_json::Value) -> (TempDir, String) {
+    let dir = TempDir::new("process");
+    let path = dir.path().join("p.json");
+    std::fs::write(&path, process.to_string()).unwrap();
+    let s = path.to_str().unwrap().to_string();
+    (dir, s)
+}
+
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
@@ -117,6 +127,15 @@ impl Default for StateRoot {
 }
 
 impl StateRoot {
+    /// Creates and starts `bundle` as `id`, asserting both succeed; the monitor's pid.
+    pub fn running(&self, bundle: &Bundle, id: &str) -> i32 {
+        let (out, pid) = self.create(bundle, id);
+        assert_eq!(code(&out), 0, "create: {}", stderr(&out));
+        let out = self.cmd(&["start", id]);
+        assert_eq!(code(&out), 0, "start: {}", stderr(&out));
+        pid.expect("create wrote no pid file")
+    }
+
     pub fn new() -> Self {
         Self {
             dir: TempDir::new("root"),

@@ -9,35 +9,20 @@ use runvm_tests::*;
 const PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// An OCI process JSON file in a temporary directory (kept alive with it).
-fn process_file(args: &[&str], env: &[&str], cwd: &str, uid: u32) -> (TempDir, String) {
-    let dir = TempDir::new("process");
+fn process(args: &[&str], env: &[&str], cwd: &str, uid: u32) -> (TempDir, String) {
     let mut e = vec![PATH.to_string()];
     e.extend(env.iter().map(|s| s.to_string()));
-    let v = serde_json::json!({
+    process_file(&serde_json::json!({
         "terminal": false,
         "user": { "uid": uid, "gid": uid },
         "args": args,
         "env": e,
         "cwd": cwd,
-    });
-    let path = dir.path().join("p.json");
-    std::fs::write(&path, v.to_string()).unwrap();
-    let s = path.to_str().unwrap().to_string();
-    (dir, s)
-}
-
-/// Creates and starts a container whose main process is `sleep 7777`; returns the
-/// monitor's pid.
-fn running(root: &StateRoot, bundle: &Bundle, id: &str) -> i32 {
-    let (out, pid) = root.create(bundle, id);
-    assert_eq!(code(&out), 0, "create: {}", stderr(&out));
-    let out = root.cmd(&["start", id]);
-    assert_eq!(code(&out), 0, "start: {}", stderr(&out));
-    pid.expect("create wrote no pid file")
+    }))
 }
 
 fn exec_p(root: &StateRoot, id: &str, args: &[&str], stdin: &[u8]) -> ExecResult {
-    let (_dir, p) = process_file(args, &[], "/", 0);
+    let (_dir, p) = process(args, &[], "/", 0);
     root.exec_detached(id, &["--process", &p], &[], stdin)
 }
 
@@ -46,7 +31,7 @@ fn exec_p(root: &StateRoot, id: &str, args: &[&str], stdin: &[u8]) -> ExecResult
 fn exec_codes_settings_output_and_stdin() {
     let root = StateRoot::new();
     let bundle = Bundle::new(&["sleep", "7777"]);
-    let monitor = running(&root, &bundle, "ex");
+    let monitor = root.running(&bundle, "ex");
 
     for (script, want) in [
         ("true", 0),
@@ -64,7 +49,7 @@ fn exec_codes_settings_output_and_stdin() {
     }
 
     // env and cwd from --process.
-    let (_d, p) = process_file(&["sh", "-c", "echo $FOO; pwd"], &["FOO=bar"], "/tmp", 0);
+    let (_d, p) = process(&["sh", "-c", "echo $FOO; pwd"], &["FOO=bar"], "/tmp", 0);
     let r = root.exec_detached("ex", &["--process", &p], &[], b"");
     assert_eq!(
         (r.code, r.stdout.as_str()),
@@ -149,7 +134,7 @@ fn exec_to_file(
     become_subreaper();
     let pid_file = dir.path().join(format!("{n}.pid"));
     let out = dir.path().join(format!("{n}.out"));
-    let (_d, p) = process_file(&["sh", "-c", script], &[], "/", 0);
+    let (_d, p) = process(&["sh", "-c", script], &[], "/", 0);
     let child = root
         .command(&[
             "exec",
@@ -198,7 +183,7 @@ fn wait_for_file(path: &std::path::Path, want: &str) {
 fn exec_signals_kills_concurrency_and_refusals() {
     let root = StateRoot::new();
     let bundle = Bundle::new(&["sleep", "7777"]);
-    let monitor = running(&root, &bundle, "sig");
+    let monitor = root.running(&bundle, "sig");
     let dir = TempDir::new("execsig");
 
     // kill -TERM <exec pid> reaches the process's handler.

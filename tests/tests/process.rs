@@ -74,28 +74,14 @@ fn deny_mkdir(action: &str) -> Value {
 }
 
 /// An OCI process JSON file for `runvm exec --process` (kept alive with its directory).
-fn process_file(script: &str, user: Value) -> (TempDir, String) {
-    let dir = TempDir::new("process");
-    let v = json!({
+fn process(script: &str, user: Value) -> (TempDir, String) {
+    process_file(&json!({
         "terminal": false,
         "user": user,
         "args": ["sh", "-c", script],
         "env": [PATH],
         "cwd": "/",
-    });
-    let path = dir.path().join("p.json");
-    std::fs::write(&path, v.to_string()).unwrap();
-    let s = path.to_str().unwrap().to_string();
-    (dir, s)
-}
-
-/// Creates and starts `bundle` as `id`; returns the monitor's pid.
-fn running(root: &StateRoot, bundle: &Bundle, id: &str) -> i32 {
-    let (out, pid) = root.create(bundle, id);
-    assert_eq!(code(&out), 0, "create: {}", stderr(&out));
-    let out = root.cmd(&["start", id]);
-    assert_eq!(code(&out), 0, "start: {}", stderr(&out));
-    pid.expect("create wrote no pid file")
+    }))
 }
 
 /// Runs `script` in the container until it prints something, for a file the main
@@ -130,7 +116,7 @@ fn an_errno_profile_denies_mkdir_in_the_main_process_and_in_exec() {
         json!({}),
         deny_mkdir("SCMP_ACT_ERRNO"),
     );
-    let monitor = running(&root, &b, "secerr");
+    let monitor = root.running(&b, "secerr");
     let r = exec_until(&root, "secerr", "cat /tmp/rc /tmp/err 2>/dev/null");
     assert_eq!(r.code, Some(0), "{r:?}");
     assert_eq!(
@@ -152,7 +138,7 @@ fn an_errno_profile_denies_mkdir_in_the_main_process_and_in_exec() {
     assert_eq!(r.code, Some(0), "{r:?}");
     assert_eq!(r.stdout, "rc=1\ntouch-ok\n");
     assert!(r.stderr.contains("Operation not permitted"), "{r:?}");
-    let (_dir, p) = process_file(
+    let (_dir, p) = process(
         "mkdir /tmp/y; echo rc=$?; grep Seccomp: /proc/self/status",
         json!({ "uid": 0, "gid": 0 }),
     );
@@ -222,11 +208,11 @@ fn home_comes_from_passwd_and_umask_from_the_spec_for_main_and_exec() {
         json!({ "user": { "uid": 0, "gid": 0, "umask": 0o077 } }),
         json!({}),
     );
-    let monitor = running(&root, &b, "home");
+    let monitor = root.running(&b, "home");
     let r = exec_until(&root, "home", "cat /tmp/home 2>/dev/null");
     assert_eq!(r.stdout, "/root\n0077\n");
     // An exec'd process as uid 1000, without HOME or umask: its passwd home, 0022.
-    let (_d1, p) = process_file(
+    let (_d1, p) = process(
         "echo $HOME; umask; stat -c %a /tmp/f",
         json!({ "uid": 1000, "gid": 1000 }),
     );
@@ -234,7 +220,7 @@ fn home_comes_from_passwd_and_umask_from_the_spec_for_main_and_exec() {
     assert_eq!(r.code, Some(0), "{r:?}");
     assert_eq!(r.stdout, "/home/user\n0022\n600\n");
     // A uid without a passwd entry gets "/"; an exec's own umask is honoured.
-    let (_d2, p) = process_file(
+    let (_d2, p) = process(
         "echo $HOME; umask; touch /tmp/g; stat -c %a /tmp/g",
         json!({ "uid": 4242, "gid": 4242, "umask": 0o027 }),
     );

@@ -396,18 +396,9 @@ impl HostCgroup {
             if let Some(max) = host_memory {
                 write_controlled(d, "memory", "memory.max", &max.to_string())?;
             }
-            if r.cpu_quota.is_some() || r.cpu_period.is_some() {
-                let cur = std::fs::read_to_string(d.join("cpu.max")).unwrap_or_default();
-                let mut old = cur.split_whitespace();
-                let old_quota = old.next().unwrap_or("max").to_string();
-                let old_period = old.next().unwrap_or("100000").to_string();
-                let quota = match r.cpu_quota {
-                    Some(q) if q > 0 => q.to_string(),
-                    Some(_) => "max".into(),
-                    None => old_quota,
-                };
-                let period = r.cpu_period.map_or(old_period, |p| p.to_string());
-                write_controlled(d, "cpu", "cpu.max", &format!("{quota} {period}"))?;
+            let current = std::fs::read_to_string(d.join("cpu.max")).unwrap_or_default();
+            if let Some(line) = r.cpu_max(&current) {
+                write_controlled(d, "cpu", "cpu.max", &line)?;
             }
             if let Some(shares) = r.cpu_shares {
                 write_controlled(

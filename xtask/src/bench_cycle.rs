@@ -88,15 +88,40 @@ fn runtime_cmd(who: &str, runvm: &Path, root: &Path) -> Command {
     c
 }
 
+/// Runs `c` to its end. Its stdout and stderr go to a file, not a pipe: the container's
+/// process (runc's init, runvm's monitor) keeps the stdio that `create` was given, so a
+/// pipe would not see EOF before the container ends.
 fn run_ok(mut c: Command) -> Result<()> {
-    let out = c.output().with_context(|| format!("running {c:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{c:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+    let log = tempfile_in_tmp()?;
+    c.stdout(log.try_clone()?).stderr(log.try_clone()?);
+    let status = c.status().with_context(|| format!("running {c:?}"))?;
+    if !status.success() {
+        use std::io::{Read, Seek};
+        let mut f = log;
+        let mut text = String::new();
+        f.rewind()?;
+        f.read_to_string(&mut text)?;
+        bail!("{c:?} failed: {}", text.trim());
     }
     Ok(())
+}
+
+/// An unlinked scratch file.
+fn tempfile_in_tmp() -> Result<std::fs::File> {
+    let path = std::env::temp_dir().join(format!(
+        "runvm-bench-cycle-log-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    let _ = std::fs::remove_file(&path);
+    Ok(f)
 }
 
 /// `runc spec`'s config (which runvm accepts whole) running `true` from `rootfs`.
@@ -132,8 +157,7 @@ fn cycle(who: &str, runvm: &Path, root: &Path, bundle: &Path, id: &str) -> Resul
         .arg(bundle)
         .arg("--pid-file")
         .arg(&pid_file)
-        .arg(id)
-        .stdout(Stdio::null());
+        .arg(id);
     run_ok(c)?;
     let t1 = Instant::now();
     let pid: i32 = std::fs::read_to_string(&pid_file)

@@ -176,11 +176,16 @@ impl RunningVm {
 
     /// Waits up to `timeout` for the guest to stop by itself, then stops it.
     fn finish(&mut self, timeout: Duration) -> Result<VmExit, MonitorError> {
+        // Sleep on the VM thread's eventfd, not in a 2 ms polling loop: twenty monitors
+        // waiting for their guests to power off at once (`docker stop` of twenty
+        // containers) woke 10,000 times a second between them, taking CPU from the
+        // very guests they waited for.
         let deadline = Instant::now() + timeout;
-        while !self.finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        if !self.finished() {
+        let ended = self.finished()
+            || wait_ready(&[self.done.as_raw_fd()], Some(deadline))
+                .map(|r| r[0])
+                .unwrap_or(false);
+        if !ended {
             log::warn!("the guest did not power off within {timeout:?}; stopping it");
             self.handle.stop();
         }

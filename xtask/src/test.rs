@@ -166,6 +166,9 @@ pub const GUEST_SUITES: &[&str] = &[
     "rootfs",
     "network",
     "hostile",
+    "podman",
+    "docker_net",
+    "docker",
 ];
 
 /// Runs the named guest suites, each with `--ignored --test-threads=2` plus `test_args`,

@@ -76,10 +76,6 @@ const TESTS: &[(&str, docker::TestFn)] = &[
         writable_layer_persists_diff_commit_cp,
     ),
     ("read_only_rootfs_gives_erofs", read_only_rootfs_gives_erofs),
-    (
-        "build_with_runvm_as_default_runtime",
-        build_with_runvm_as_default_runtime,
-    ),
     ("twenty_parallel_containers", twenty_parallel_containers),
     ("default_bridge_echo", default_bridge_echo),
     (
@@ -87,6 +83,12 @@ const TESTS: &[(&str, docker::TestFn)] = &[
         default_bridge_container_has_its_address,
     ),
     ("ctr_run_with_runc_binary", ctr_run_with_runc_binary),
+    // Last: it restarts dockerd with runvm as the default runtime, and the test after it
+    // would pay for another restart back to the standard daemon (~30 s emulated).
+    (
+        "build_with_runvm_as_default_runtime",
+        build_with_runvm_as_default_runtime,
+    ),
 ];
 
 fn main() {

@@ -7,8 +7,8 @@
 //! - Docker: a private `dockerd` (its own `--data-root`, `--exec-root`, `--pidfile`,
 //!   socket, `daemon.json` registering runtime `runvm` at `$RUNVM_BIN`, and its own bridge
 //!   `runvmtest0`), with its managed containerd;
-//! - Podman: a private storage root and run root, `--runtime $RUNVM_BIN` and
-//!   `--runtime-flag root=…` so runvm's state lives in a directory of ours;
+//! - Podman: a private storage root and run root and `--runtime $RUNVM_BIN` (runvm's
+//!   state in its default root, `/run/runvm`, as in real use);
 //!
 //! and imports a `busybox` image made from `$RUNVM_TEST_ROOTFS` (Debian's busybox-static;
 //! no registry). After **every** test its containers are removed and the harness asserts
@@ -788,7 +788,16 @@ impl World {
                 }
             }
             Engine::Podman => {
-                let state_root = run_dir.join("runtime");
+                // The runtime's default state root, as in real use: podman passes
+                // `--runtime-flag`s to the runtime calls it makes itself, but not to the
+                // `podman container cleanup` that conmon runs when the container exits,
+                // whose `delete` would then look in the default root and miss the
+                // container (leaving its state directory behind).
+                let state_root = PathBuf::from(if runtime == "runvm" {
+                    "/run/runvm"
+                } else {
+                    "/run/runc"
+                });
                 let runtime_path = if runtime == "runvm" {
                     runvm.clone()
                 } else {
@@ -809,8 +818,6 @@ impl World {
                     "file".into(),
                     "--runtime".into(),
                     runtime_path,
-                    "--runtime-flag".into(),
-                    format!("root={}", state_root.display()),
                 ];
                 World {
                     engine,

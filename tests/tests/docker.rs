@@ -76,10 +76,6 @@ const TESTS: &[(&str, docker::TestFn)] = &[
         writable_layer_persists_diff_commit_cp,
     ),
     ("read_only_rootfs_gives_erofs", read_only_rootfs_gives_erofs),
-    (
-        "build_with_runvm_as_default_runtime",
-        build_with_runvm_as_default_runtime,
-    ),
     ("twenty_parallel_containers", twenty_parallel_containers),
     ("default_bridge_echo", default_bridge_echo),
     (
@@ -87,6 +83,12 @@ const TESTS: &[(&str, docker::TestFn)] = &[
         default_bridge_container_has_its_address,
     ),
     ("ctr_run_with_runc_binary", ctr_run_with_runc_binary),
+    // Last: it restarts dockerd with runvm as the default runtime, and the test after it
+    // would pay for another restart back to the standard daemon (~30 s emulated).
+    (
+        "build_with_runvm_as_default_runtime",
+        build_with_runvm_as_default_runtime,
+    ),
 ];
 
 fn main() {
@@ -1083,15 +1085,82 @@ fn twenty_parallel_containers(h: &mut Harness) {
     }
     let mut args = vec!["stop", "-t", "2"];
     args.extend(names.iter().map(String::as_str));
-    let out = d.cmd_timeout(&args, Duration::from_secs(900));
-    out.ok();
-    for n in &names {
-        assert_eq!(
-            d.inspect(n, "{{.State.Status}} {{.State.ExitCode}}"),
-            "exited 137",
-            "{n}"
+    // What the monitors are doing while they stop (printed if the test fails).
+    let stopping = std::sync::atomic::AtomicBool::new(true);
+    let (out, samples) = std::thread::scope(|s| {
+        let sampler = s.spawn(|| {
+            let start = Instant::now();
+            let mut samples = Vec::new();
+            while stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                samples.push(format!(
+                    "{:.1}s: {}",
+                    secs(start.elapsed()),
+                    monitor_tasks().join("; ")
+                ));
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            samples
+        });
+        let out = d.cmd_timeout(&args, Duration::from_secs(900));
+        stopping.store(false, std::sync::atomic::Ordering::Relaxed);
+        (out, sampler.join().unwrap())
+    });
+    let statuses: Vec<String> = names
+        .iter()
+        .map(|n| d.inspect(n, "{{.State.Status}} {{.State.ExitCode}}"))
+        .collect();
+    if out.code != 0 || statuses.iter().any(|s| s != "exited 137") {
+        println!(
+            "[twenty] runvm tasks while stopping:\n{}",
+            samples.join("\n")
         );
     }
+    out.ok();
+    for (n, st) in names.iter().zip(&statuses) {
+        assert_eq!(st, "exited 137", "{n}");
+    }
+}
+
+/// Every runvm process as `pid:state[thread:state:wchan,…]`.
+fn monitor_tasks() -> Vec<String> {
+    let field = |path: std::path::PathBuf| std::fs::read_to_string(path).unwrap_or_default();
+    docker::process_table()
+        .into_iter()
+        .filter(|(_, comm, _)| comm == "runvm")
+        .map(|(pid, _, _)| {
+            let stat = field(format!("/proc/{pid}/stat").into());
+            let state = stat
+                .rsplit(") ")
+                .next()
+                .unwrap_or("")
+                .chars()
+                .next()
+                .unwrap_or('?');
+            let tasks: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|t| {
+                    let st = field(t.path().join("stat"));
+                    let ts = st
+                        .rsplit(") ")
+                        .next()
+                        .unwrap_or("")
+                        .chars()
+                        .next()
+                        .unwrap_or('?');
+                    format!(
+                        "{}:{}:{}:{}",
+                        t.file_name().to_string_lossy(),
+                        field(t.path().join("comm")).trim(),
+                        ts,
+                        field(t.path().join("wchan")).trim()
+                    )
+                })
+                .collect();
+            format!("{pid}:{state}[{}]", tasks.join(","))
+        })
+        .collect()
 }
 
 fn default_bridge_echo(h: &mut Harness) {

@@ -70,7 +70,9 @@ fn run_flags_env_user_workdir(h: &mut Harness) {
     p.run(&["--rm", "--user", "1000:1000", bb, "id", "-u"])
         .ok()
         .prints("1000");
-    p.run(&["--rm", "-w", "/new/dir", bb, "pwd"])
+    // (Podman itself refuses a `-w` directory missing from the image, whatever the
+    // runtime: `workdir "/new/dir" does not exist on container …`.)
+    p.run(&["--rm", "-w", "/tmp", bb, "pwd"])
         .ok()
-        .prints("/new/dir");
+        .prints("/tmp");
 }

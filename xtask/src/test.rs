@@ -217,6 +217,9 @@ pub const GUEST_SUITES: &[&str] = &[
     "hooks",
     "process",
     "control",
+    "podman",
+    "docker_net",
+    "docker",
 ];
 
 /// Runs the named guest suites, each with `--ignored --test-threads=2` plus `test_args`,

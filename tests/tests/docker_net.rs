@@ -1,0 +1,381 @@
+//! Docker networking acceptance tests (issue 6): the real `dockerd` and `docker` CLI put
+//! runvm containers on `--network none`, the default bridge, published ports, user-defined
+//! networks and `--link`, and each test checks what a user sees (addresses, pings, pages
+//! fetched from the test host, names resolved). The harness (`tests/src/docker.rs`)
+//! removes the containers after each test and asserts that no monitor, state directory,
+//! mount or tap device is left.
+//!
+//! Run: `cargo xtask guest-test docker_net [-- FILTER]`. `RUNVM_DOCKER_RUNTIME=runc` runs
+//! the same tests against runc as a control.
+
+use std::process::Command;
+use std::time::Duration;
+
+use runvm_tests::docker::{self, Cli, Harness, BUSYBOX};
+
+const TESTS: &[(&str, docker::TestFn)] = &[
+    ("network_none_has_only_lo", network_none_has_only_lo),
+    (
+        "default_bridge_address_mac_and_pings",
+        default_bridge_address_mac_and_pings,
+    ),
+    ("publish_port_serves_the_host", publish_port_serves_the_host),
+    (
+        "publish_all_gives_a_working_high_port",
+        publish_all_gives_a_working_high_port,
+    ),
+    (
+        "user_defined_network_names_and_isolation",
+        user_defined_network_names_and_isolation,
+    ),
+    ("link_sets_env_and_hosts", link_sets_env_and_hosts),
+];
+
+fn main() {
+    docker::main(docker::Engine::Docker, TESTS);
+}
+
+/// The page the test servers serve.
+const PAGE: &str = "hello-from-runvm-httpd";
+
+/// A shell command that serves [`PAGE`] on port 80 with busybox httpd, in the foreground.
+fn httpd_script() -> String {
+    format!("mkdir -p /www && echo {PAGE} > /www/index.html && exec httpd -f -p 80 -h /www")
+}
+
+/// An image that EXPOSEs port 80 and serves [`PAGE`] there.
+fn web_image() -> String {
+    format!(
+        "FROM busybox\nEXPOSE 80\nCMD [\"sh\", \"-c\", \"{}\"]\n",
+        httpd_script()
+    )
+}
+
+/// `docker run -d --runtime=<rt> <net_args…> <args…>` (no `--network none`): the
+/// container's id.
+#[track_caller]
+fn run_on(d: &Cli, net_args: &[&str], args: &[&str]) -> String {
+    let mut v = vec!["run".to_string(), "-d".to_string()];
+    v.extend(d.container_args(true));
+    v.extend(net_args.iter().map(|s| s.to_string()));
+    v.extend(args.iter().map(|s| s.to_string()));
+    let out = d.cmd(&v.iter().map(String::as_str).collect::<Vec<_>>());
+    out.ok();
+    out.text().lines().last().unwrap_or("").to_string()
+}
+
+/// Fetches `url` from the test host, retrying (the server in the guest takes a moment to
+/// listen) until it answers or `timeout` passes; the body.
+#[track_caller]
+fn fetch(url: &str, timeout: Duration) -> String {
+    let mut last = None;
+    let got = wait_for_or(timeout, || {
+        let mut c = Command::new("curl");
+        c.args(["-sS", "--max-time", "10", url]);
+        let out = docker::run_cmd_quiet(c, None, Duration::from_secs(20));
+        let ok = out.code == 0;
+        last = Some(out);
+        ok.then(|| last.as_ref().unwrap().stdout.clone())
+    });
+    got.unwrap_or_else(|| panic!("no page at {url} within {timeout:?}: {last:?}"))
+}
+
+/// Polls `f` every 500 ms until it returns `Some` or `timeout` passes.
+fn wait_for_or<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// `docker exec NAME args…`, retried until it exits 0 (a guest server still starting,
+/// a name not yet resolvable) or `timeout` passes; the last result.
+fn exec_until_ok(d: &Cli, name: &str, args: &[&str], timeout: Duration) -> docker::Out {
+    let mut v = vec!["exec", name];
+    v.extend_from_slice(args);
+    let mut last = d.cmd(&v);
+    let deadline = std::time::Instant::now() + timeout;
+    while last.code != 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_secs(1));
+        last = d.cmd(&v);
+    }
+    last
+}
+
+/// A shell command that fetches `http://HOST/` with busybox nc (Debian's static busybox
+/// `wget` crashes), printing the response with its headers.
+fn http_get(host: &str) -> String {
+    format!("printf 'GET / HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n' | nc -w 10 {host} 80")
+}
+
+/// The body of an HTTP response (after the blank line ending the headers).
+fn body(response: &str) -> &str {
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or("")
+        .trim()
+}
+
+/// The interface names `ip -o link` prints.
+fn link_names(ip_o_link: &str) -> Vec<String> {
+    ip_o_link
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .collect()
+}
+
+/// Networks made by a test, removed when it ends (even when it fails).
+struct Networks<'a> {
+    cli: &'a Cli,
+    names: Vec<String>,
+}
+
+impl<'a> Networks<'a> {
+    fn new(cli: &'a Cli) -> Self {
+        Self { cli, names: vec![] }
+    }
+
+    #[track_caller]
+    fn create(&mut self, name: &str, subnet: &str) {
+        let _ = self.cli.cmd(&["network", "rm", name]);
+        self.cli
+            .cmd(&["network", "create", "--subnet", subnet, name])
+            .ok();
+        self.names.push(name.to_string());
+    }
+}
+
+impl Drop for Networks<'_> {
+    fn drop(&mut self) {
+        // Containers on them first: a network in use cannot be removed.
+        let ids = self.cli.all_containers();
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(ids.iter().map(String::as_str));
+            self.cli.cmd(&args);
+        }
+        for n in &self.names {
+            let out = self.cli.cmd(&["network", "rm", n]);
+            if out.code != 0 && !std::thread::panicking() {
+                panic!("docker network rm {n} failed: {}", out.stderr);
+            }
+        }
+    }
+}
+
+fn network_none_has_only_lo(h: &mut Harness) {
+    let d = h.cli().clone();
+    let out = d.run(&["--rm", BUSYBOX, "ip", "-o", "link"]);
+    out.ok();
+    assert_eq!(link_names(out.text()), vec!["lo"], "{}", out.text());
+    let addr = d.run(&["--rm", BUSYBOX, "ip", "-o", "addr"]);
+    addr.ok();
+    assert!(
+        addr.text().contains("inet 127.0.0.1/8"),
+        "lo is up with 127.0.0.1: {}",
+        addr.text()
+    );
+    assert!(
+        addr.text().lines().all(|l| l.contains(": lo ")),
+        "no address but lo's: {}",
+        addr.text()
+    );
+}
+
+fn default_bridge_address_mac_and_pings(h: &mut Harness) {
+    let d = h.cli().clone();
+    run_on(&d, &[], &["--name", "br", BUSYBOX, "sleep", "600"]);
+    d.wait_status("br", "running", Duration::from_secs(120));
+    let ip = d.inspect("br", "{{.NetworkSettings.IPAddress}}");
+    let mac = d.inspect("br", "{{.NetworkSettings.MacAddress}}");
+    let gateway = d.inspect("br", "{{.NetworkSettings.Gateway}}");
+    assert!(
+        !ip.is_empty() && !mac.is_empty() && !gateway.is_empty(),
+        "docker gave the container an address ({ip:?}), a MAC ({mac:?}) and a gateway ({gateway:?})"
+    );
+    let addr = d.cmd(&["exec", "br", "ip", "-4", "-o", "addr", "show", "eth0"]);
+    addr.ok();
+    assert!(
+        addr.text().contains(&format!("inet {ip}/")),
+        "eth0 has {ip}: {}",
+        addr.text()
+    );
+    let link = d.cmd(&["exec", "br", "ip", "-o", "link", "show", "eth0"]);
+    link.ok();
+    assert!(
+        link.text().contains(&format!("link/ether {mac} ")),
+        "eth0 has MAC {mac}: {}",
+        link.text()
+    );
+    if h.is_runvm() {
+        // The address is the guest kernel's: the container's uname is not the host's.
+        let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let guest = d.cmd(&["exec", "br", "uname", "-r"]);
+        assert_ne!(guest.text(), host.trim(), "exec ran in the guest");
+    }
+    let mut c = Command::new("ping");
+    c.args(["-c", "2", "-W", "10", &ip]);
+    docker::run_cmd(c, None, Duration::from_secs(60)).ok();
+    d.cmd(&["exec", "br", "ping", "-c", "2", "-W", "10", &gateway])
+        .ok();
+}
+
+fn publish_port_serves_the_host(h: &mut Harness) {
+    let d = h.cli().clone();
+    let script = httpd_script();
+    run_on(
+        &d,
+        &["-p", "18080:80"],
+        &["--name", "web", BUSYBOX, "sh", "-c", &script],
+    );
+    d.wait_status("web", "running", Duration::from_secs(120));
+    let page = fetch("http://127.0.0.1:18080/", Duration::from_secs(120));
+    assert_eq!(page.trim(), PAGE);
+    // Through the bridge's address too (NAT rather than docker-proxy on loopback).
+    let gateway = d.inspect("web", "{{.NetworkSettings.Gateway}}");
+    let page = fetch(&format!("http://{gateway}:18080/"), Duration::from_secs(60));
+    assert_eq!(page.trim(), PAGE);
+}
+
+fn publish_all_gives_a_working_high_port(h: &mut Harness) {
+    let img = h.image("runvm-test-web", &web_image());
+    let d = h.cli().clone();
+    run_on(&d, &["-P"], &["--name", "webp", &img]);
+    d.wait_status("webp", "running", Duration::from_secs(120));
+    let port = d.cmd(&["port", "webp", "80/tcp"]);
+    port.ok();
+    // `0.0.0.0:49153` (and `:::49153` where IPv6 is on).
+    let host_port: u16 = port
+        .text()
+        .lines()
+        .next()
+        .and_then(|l| l.rsplit(':').next())
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("docker port printed no port: {:?}", port.text()));
+    assert!(host_port >= 1024, "a high port: {host_port}");
+    let page = fetch(
+        &format!("http://127.0.0.1:{host_port}/"),
+        Duration::from_secs(120),
+    );
+    assert_eq!(page.trim(), PAGE);
+}
+
+fn user_defined_network_names_and_isolation(h: &mut Harness) {
+    let d = h.cli().clone();
+    let mut nets = Networks::new(&d);
+    nets.create("t", "172.30.1.0/24");
+    nets.create("u", "172.30.2.0/24");
+    let script = httpd_script();
+    run_on(
+        &d,
+        &["--network", "t"],
+        &["--name", "srv", BUSYBOX, "sh", "-c", &script],
+    );
+    run_on(
+        &d,
+        &["--network", "t"],
+        &["--name", "cli", BUSYBOX, "sleep", "600"],
+    );
+    run_on(
+        &d,
+        &["--network", "u"],
+        &["--name", "other", BUSYBOX, "sleep", "600"],
+    );
+    for n in ["srv", "cli", "other"] {
+        d.wait_status(n, "running", Duration::from_secs(180));
+    }
+    let srv_ip = d.inspect("srv", "{{.NetworkSettings.Networks.t.IPAddress}}");
+    assert!(srv_ip.starts_with("172.30.1."), "srv on t: {srv_ip}");
+    // By name, through Docker's embedded DNS server.
+    let ping = exec_until_ok(
+        &d,
+        "cli",
+        &["ping", "-c", "1", "-W", "10", "srv"],
+        Duration::from_secs(60),
+    );
+    ping.ok();
+    assert!(
+        ping.text().contains(&srv_ip),
+        "srv resolved to {srv_ip}: {}",
+        ping.text()
+    );
+    let page = exec_until_ok(
+        &d,
+        "cli",
+        &[
+            "sh",
+            "-c",
+            &format!("{} | grep -q {PAGE} && {0}", http_get("srv")),
+        ],
+        Duration::from_secs(60),
+    );
+    page.ok();
+    assert_eq!(body(&page.stdout), PAGE, "{}", page.stdout);
+    // From another network: the name does not resolve, and the address is unreachable.
+    d.cmd(&["exec", "other", "ping", "-c", "1", "-W", "3", "srv"])
+        .fails_with("bad address 'srv'");
+    let ping = d.cmd(&["exec", "other", "ping", "-c", "2", "-W", "3", &srv_ip]);
+    assert_ne!(ping.code, 0, "srv answers pings from u: {}", ping.text());
+    let fetch = d.cmd(&["exec", "other", "sh", "-c", &http_get(&srv_ip)]);
+    assert!(
+        !fetch.stdout.contains(PAGE),
+        "srv's page from u: {}",
+        fetch.stdout
+    );
+    drop(nets);
+}
+
+fn link_sets_env_and_hosts(h: &mut Harness) {
+    let img = h.image("runvm-test-web", &web_image());
+    let d = h.cli().clone();
+    run_on(&d, &[], &["--name", "linked", &img]);
+    d.wait_status("linked", "running", Duration::from_secs(120));
+    let ip = d.inspect("linked", "{{.NetworkSettings.IPAddress}}");
+    run_on(
+        &d,
+        &["--link", "linked:web"],
+        &["--name", "linker", BUSYBOX, "sleep", "600"],
+    );
+    d.wait_status("linker", "running", Duration::from_secs(120));
+    let env = d.cmd(&["exec", "linker", "env"]);
+    env.ok();
+    let env: Vec<&str> = env.text().lines().collect();
+    for want in [
+        "WEB_NAME=/linker/web".to_string(),
+        format!("WEB_PORT=tcp://{ip}:80"),
+        format!("WEB_PORT_80_TCP_ADDR={ip}"),
+        "WEB_PORT_80_TCP_PORT=80".to_string(),
+    ] {
+        assert!(env.contains(&want.as_str()), "{want} in {env:?}");
+    }
+    let hosts = d.cmd(&["exec", "linker", "cat", "/etc/hosts"]);
+    hosts.ok();
+    assert!(
+        hosts.text().lines().any(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w.first() == Some(&ip.as_str()) && w.contains(&"web") && w.contains(&"linked")
+        }),
+        "/etc/hosts maps web and linked to {ip}: {}",
+        hosts.text()
+    );
+    let page = exec_until_ok(
+        &d,
+        "linker",
+        &[
+            "sh",
+            "-c",
+            &format!("{} | grep -q {PAGE} && {0}", http_get("web")),
+        ],
+        Duration::from_secs(60),
+    );
+    page.ok();
+    assert_eq!(body(&page.stdout), PAGE, "{}", page.stdout);
+}

@@ -15,6 +15,7 @@ pub mod cache;
 pub mod erofs;
 pub mod mountinfo;
 pub mod scratch;
+mod signature;
 pub mod writeback;
 
 use std::fs::File;
@@ -256,7 +257,30 @@ pub fn prepare(rootfs: &Path, readonly: bool) -> Result<RootfsPlan, RootfsError>
         })
     };
     match &layers {
-        Layers::Plain(dir) => held.push(own_image(dir)?.file),
+        Layers::Plain(dir) => {
+            // One image per content of the tree: the next container of an unchanged
+            // directory (a bundle run again, containers of one rootfs) reuses it.
+            let signature = signature::tree_signature(dir).map_err(io(dir))?;
+            let identity = erofs::mkfs_identity();
+            let key = cache_key(
+                std::slice::from_ref(dir),
+                &format!("{identity}\0plain tree {signature}"),
+            );
+            let record = serde_json::json!({
+                "plain_directory": dir,
+                "tree_signature": signature,
+                "mkfs_erofs": erofs::mkfs_version(),
+                "mkfs_erofs_binary": identity,
+            });
+            let img = cache.get_or_build(&key, record, |tmp| erofs::build_erofs(dir, tmp))??;
+            log::debug!(
+                "root filesystem {}: image {} ({})",
+                root.display(),
+                img.path.display(),
+                if img.built { "built" } else { "cached" }
+            );
+            held.push(img.file);
+        }
         Layers::Overlay { own, shared } => {
             for dir in own {
                 held.push(own_image(dir)?.file);

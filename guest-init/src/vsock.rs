@@ -186,7 +186,10 @@ impl FrameBuf {
         if len > MAX_HOST_FRAME_LEN {
             return Err(Error::new(format!(
                 "protocol error: {}",
-                FrameError::TooLarge(len)
+                FrameError::TooLarge {
+                    len,
+                    limit: MAX_HOST_FRAME_LEN
+                }
             )));
         }
         let end = 4 + len as usize;

@@ -107,7 +107,7 @@ impl Walker {
                 self.entries += 1;
                 Ok(true)
             }
-            Err(runvm_protocol::FrameError::TooLarge(_)) => Ok(false),
+            Err(runvm_protocol::FrameError::TooLarge { .. }) => Ok(false),
             Err(e) => Err(Error::new(format!("send the write-back: {e}"))),
         }
     }

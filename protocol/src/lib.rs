@@ -724,8 +724,8 @@ pub enum FrameError {
     Closed,
     #[error("I/O error on the connection: {0}")]
     Io(#[from] io::Error),
-    #[error("frame of {0} bytes is over the size limit of this connection")]
-    TooLarge(u32),
+    #[error("frame of {len} bytes is over the {limit}-byte limit of this connection")]
+    TooLarge { len: u32, limit: u32 },
     #[error("malformed frame: {0}")]
     Malformed(#[from] serde_json::Error),
 }
@@ -742,9 +742,12 @@ pub fn write_frame_limited<W: Write, T: Serialize>(
     limit: u32,
 ) -> Result<(), FrameError> {
     let body = serde_json::to_vec(msg)?;
-    let len = u32::try_from(body.len()).map_err(|_| FrameError::TooLarge(u32::MAX))?;
+    let len = u32::try_from(body.len()).map_err(|_| FrameError::TooLarge {
+        len: u32::MAX,
+        limit,
+    })?;
     if len > limit {
-        return Err(FrameError::TooLarge(len));
+        return Err(FrameError::TooLarge { len, limit });
     }
     let mut buf = Vec::with_capacity(4 + body.len());
     buf.extend_from_slice(&len.to_le_bytes());
@@ -776,7 +779,7 @@ pub fn read_frame_limited<R: Read, T: for<'de> Deserialize<'de>>(
     }
     let len = u32::from_le_bytes(len);
     if len > limit {
-        return Err(FrameError::TooLarge(len));
+        return Err(FrameError::TooLarge { len, limit });
     }
     let mut body = vec![0u8; len as usize];
     r.read_exact(&mut body)?;
@@ -932,12 +935,12 @@ mod tests {
         let mut buf = Vec::new();
         assert!(matches!(
             write_frame(&mut buf, &run),
-            Err(FrameError::TooLarge(_))
+            Err(FrameError::TooLarge { .. })
         ));
         write_frame_limited(&mut buf, &run, MAX_HOST_FRAME_LEN).unwrap();
         assert!(matches!(
             read_frame::<_, HostMessage>(&mut buf.as_slice()),
-            Err(FrameError::TooLarge(_))
+            Err(FrameError::TooLarge { .. })
         ));
         let back: HostMessage =
             read_frame_limited(&mut buf.as_slice(), MAX_HOST_FRAME_LEN).unwrap();
@@ -960,7 +963,7 @@ mod tests {
         let huge = (MAX_FRAME_LEN + 1).to_le_bytes();
         assert!(matches!(
             read_frame::<_, GuestMessage>(&mut &huge[..]),
-            Err(FrameError::TooLarge(_))
+            Err(FrameError::TooLarge { .. })
         ));
         let mut junk = 5u32.to_le_bytes().to_vec();
         junk.extend_from_slice(b"{{{{{");

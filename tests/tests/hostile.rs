@@ -27,12 +27,14 @@ fn hostile_initramfs() -> String {
     })
 }
 
-/// A bundle with a tiny root filesystem: the hostile init never looks at it.
+/// A bundle with a tiny root filesystem: the hostile init never looks at it. Read-only,
+/// so the monitor expects no write-back (the hostile init sends none; a guest that owes
+/// one and never sends it is bounded by RUNVM_WRITEBACK_TIMEOUT instead).
 fn tiny_bundle() -> Bundle {
     let config = serde_json::json!({
         "ociVersion": "1.0.2",
         "process": { "terminal": false, "user": { "uid": 0, "gid": 0 }, "args": ["true"], "cwd": "/" },
-        "root": { "path": "rootfs" },
+        "root": { "path": "rootfs", "readonly": true },
         "linux": { "namespaces": runvm_tests::default_namespaces() },
     });
     let b = Bundle::from_config(&config.to_string());

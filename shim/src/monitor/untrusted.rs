@@ -92,7 +92,10 @@ impl FrameReader {
         };
         let len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
         if len > MAX_FRAME_LEN {
-            return Err(FrameError::TooLarge(len));
+            return Err(FrameError::TooLarge {
+                len,
+                limit: MAX_FRAME_LEN,
+            });
         }
         let end = 4 + len as usize;
         let Some(body) = self.buf.get(4..end) else {
@@ -155,7 +158,10 @@ impl PendingStream {
                 Some(p) => {
                     let len = u32::from_le_bytes([p[0], p[1], p[2], p[3]]);
                     if len as usize > MAX_HEADER_LEN {
-                        return Err(FrameError::TooLarge(len));
+                        return Err(FrameError::TooLarge {
+                            len,
+                            limit: MAX_HEADER_LEN as u32,
+                        });
                     }
                     let end = 4 + len as usize;
                     if self.buf.len() == end {
@@ -227,7 +233,7 @@ mod tests {
         r.push(&(MAX_FRAME_LEN + 1).to_le_bytes());
         assert!(matches!(
             r.next::<GuestMessage>(),
-            Err(FrameError::TooLarge(_))
+            Err(FrameError::TooLarge { .. })
         ));
         let mut r = FrameReader::default();
         r.push(&3u32.to_le_bytes());

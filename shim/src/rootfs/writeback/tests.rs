@@ -429,7 +429,7 @@ fn oversize_entries_are_refused() {
     s.extend_from_slice(&[b'{'; 64]);
     assert!(matches!(
         t.apply(&s),
-        Err(WritebackError::Frame(FrameError::TooLarge(_)))
+        Err(WritebackError::Frame(FrameError::TooLarge { .. }))
     ));
     assert!(!t.root().join("huge").exists());
     assert!(t.temp_files().is_empty());

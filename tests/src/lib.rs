@@ -332,7 +332,9 @@ impl StateRoot {
             .stderr(err_file)
             .spawn()
             .expect("cannot start runvm create");
-        let out = wait_with_timeout(child, Duration::from_secs(120));
+        let mut out = wait_with_timeout(child, Duration::from_secs(120));
+        // What create itself said (the file then carries the container's stderr too).
+        out.stderr = std::fs::read(bundle.path().join("stderr")).unwrap_or_default();
         let pid = std::fs::read_to_string(&pid_file)
             .ok()
             .and_then(|s| s.trim().parse().ok());
@@ -418,7 +420,9 @@ impl StateRoot {
             .spawn()
             .expect("cannot start runvm create");
         // Like go-runc: create's output is read to EOF, so the monitor must not hold it.
-        let out = wait_with_timeout(child, Duration::from_secs(120));
+        let mut out = wait_with_timeout(child, Duration::from_secs(120));
+        // What create itself said (the file then carries the container's stderr too).
+        out.stderr = std::fs::read(bundle.path().join("stderr")).unwrap_or_default();
         let pid = std::fs::read_to_string(&pid_file)
             .ok()
             .and_then(|s| s.trim().parse().ok());

@@ -80,7 +80,7 @@ sleep 10
 "#;
 /// apt packages the host side needs to build and boot the test host.
 const HOST_PACKAGES: &[&str] = &["qemu-system-x86", "debootstrap", "e2fsprogs"];
-const DEFAULT_TIMEOUT_SECS: u64 = 2400;
+const DEFAULT_TIMEOUT_SECS: u64 = 4500;
 /// Seconds without output or heartbeat after which a test host counts as wedged and is killed.
 const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 90;
 
@@ -448,7 +448,7 @@ impl Drop for TempDir {
 /// directory, with `extra_env` (plus `RUNVM_*`, `RUST_LOG`, `RUST_BACKTRACE`
 /// and `CI` from our environment). The command's stdout and stderr stream to
 /// ours; returns its exit code. Errors if the host never reported one
-/// (crash, timeout after `RUNVM_TESTHOST_TIMEOUT` seconds, default 2400).
+/// (crash, timeout after `RUNVM_TESTHOST_TIMEOUT` seconds, default 4500).
 pub fn run_in_testhost(argv: &[String], extra_env: &[(String, String)]) -> Result<i32> {
     if argv.is_empty() {
         bail!("no command given: use `cargo xtask testhost -- CMD [ARGS…]`");

@@ -81,13 +81,7 @@ pub fn connect(dir: &Path) -> Result<UnixStream, ApiError> {
 
 /// Sends `req` to the monitor whose runtime directory is `dir`, waiting up to `timeout`.
 pub fn request(dir: &Path, req: &Request, timeout: Duration) -> Result<Response, ApiError> {
-    let mut s = connect(dir)?;
-    s.set_read_timeout(Some(timeout))
-        .map_err(ApiError::Unreachable)?;
-    s.set_write_timeout(Some(timeout))
-        .map_err(ApiError::Unreachable)?;
-    write_frame(&mut s, req)?;
-    Ok(read_frame(&mut s)?)
+    exchange(dir, req, timeout)
 }
 
 /// [`request`] for the requests answered by a [`ControlResponse`].
@@ -96,6 +90,15 @@ pub fn request_control(
     req: &Request,
     timeout: Duration,
 ) -> Result<ControlResponse, ApiError> {
+    exchange(dir, req, timeout)
+}
+
+/// One request and its answer, of whichever type the request is answered with.
+fn exchange<T: for<'de> serde::Deserialize<'de>>(
+    dir: &Path,
+    req: &Request,
+    timeout: Duration,
+) -> Result<T, ApiError> {
     let mut s = connect(dir)?;
     s.set_read_timeout(Some(timeout))
         .map_err(ApiError::Unreachable)?;

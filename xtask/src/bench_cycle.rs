@@ -18,8 +18,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::guests::{GuestSetup, Place};
-use crate::util::{repo_root, splice_readme, target_dir};
+use crate::guests::Place;
+use crate::util::{repo_root, splice_readme};
 
 #[derive(clap::Args)]
 pub struct CycleArgs {
@@ -42,31 +42,8 @@ pub fn cmd(a: CycleArgs) -> Result<i32> {
         std::fs::write(&out, serde_json::to_string_pretty(&raw)?)?;
         return Ok(0);
     }
-    let setup = GuestSetup::prepare(true)?;
-    let place = setup.choose_place()?;
-    let dir = target_dir().join("runvm").join("bench");
-    std::fs::create_dir_all(&dir)?;
-    let raw_path = dir.join("cycle-raw.json");
-    let _ = std::fs::remove_file(&raw_path);
-    let exe = std::env::current_exe().context("locating the xtask binary")?;
-    let argv: Vec<String> = vec![
-        exe.display().to_string(),
-        "bench".into(),
-        "cycle".into(),
-        "--inside".into(),
-        "--runs".into(),
-        a.runs.to_string(),
-        "--out".into(),
-        raw_path.display().to_string(),
-    ];
-    let code = setup.run_at(place, &argv, &[("CI".into(), "1".into())])?;
-    if code != 0 {
-        bail!("the lifecycle benchmark failed (exit {code})");
-    }
-    let raw: Value = serde_json::from_str(
-        &std::fs::read_to_string(&raw_path)
-            .with_context(|| format!("reading {}", raw_path.display()))?,
-    )?;
+    let (raw, place) =
+        crate::bench_net::measure_inside("cycle", &["--runs".into(), a.runs.to_string()])?;
     let md = markdown(&raw, place);
     println!("{md}");
     let out = repo_root().join("bench");

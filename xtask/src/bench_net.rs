@@ -48,30 +48,15 @@ pub fn cmd(a: NetArgs) -> Result<i32> {
         std::fs::write(&out, serde_json::to_string_pretty(&raw)?)?;
         return Ok(0);
     }
-    let setup = GuestSetup::prepare(true)?;
-    let place = setup.choose_place()?;
-    let dir = target_dir().join("runvm").join("bench");
-    std::fs::create_dir_all(&dir)?;
-    let raw_path = dir.join("net-raw.json");
-    let _ = std::fs::remove_file(&raw_path);
-    let exe = std::env::current_exe().context("locating the xtask binary")?;
-    let argv: Vec<String> = vec![
-        exe.display().to_string(),
-        "bench".into(),
-        "net".into(),
-        "--inside".into(),
-        "--secs".into(),
-        a.secs.to_string(),
-        "--requests".into(),
-        a.requests.to_string(),
-        "--out".into(),
-        raw_path.display().to_string(),
-    ];
-    let code = setup.run_at(place, &argv, &[("CI".into(), "1".into())])?;
-    if code != 0 {
-        bail!("the network benchmark failed (exit {code})");
-    }
-    let raw: Value = serde_json::from_str(&std::fs::read_to_string(&raw_path)?)?;
+    let (raw, place) = measure_inside(
+        "net",
+        &[
+            "--secs".into(),
+            a.secs.to_string(),
+            "--requests".into(),
+            a.requests.to_string(),
+        ],
+    )?;
     let md = markdown(&raw, place);
     println!("{md}");
     let out = repo_root().join("bench");
@@ -80,6 +65,36 @@ pub fn cmd(a: NetArgs) -> Result<i32> {
     std::fs::write(out.join("net.json"), serde_json::to_string_pretty(&raw)?)?;
     eprintln!("[bench] results: {}/net.md and net.json", out.display());
     Ok(0)
+}
+
+/// Re-runs `xtask bench <what> --inside <args…> --out F` where guests boot (this host or
+/// the test host, with runvm built in release) and reads the raw numbers back from F
+/// in the shared target directory.
+pub fn measure_inside(what: &str, args: &[String]) -> Result<(Value, Place)> {
+    let setup = GuestSetup::prepare(true)?;
+    let place = setup.choose_place()?;
+    let dir = target_dir().join("runvm").join("bench");
+    std::fs::create_dir_all(&dir)?;
+    let raw_path = dir.join(format!("{what}-raw.json"));
+    let _ = std::fs::remove_file(&raw_path);
+    let exe = std::env::current_exe().context("locating the xtask binary")?;
+    let mut argv: Vec<String> = vec![
+        exe.display().to_string(),
+        "bench".into(),
+        what.into(),
+        "--inside".into(),
+    ];
+    argv.extend(args.iter().cloned());
+    argv.extend(["--out".into(), raw_path.display().to_string()]);
+    let code = setup.run_at(place, &argv, &[("CI".into(), "1".into())])?;
+    if code != 0 {
+        bail!("the {what} benchmark failed (exit {code})");
+    }
+    let raw = serde_json::from_str(
+        &std::fs::read_to_string(&raw_path)
+            .with_context(|| format!("reading {}", raw_path.display()))?,
+    )?;
+    Ok((raw, place))
 }
 
 fn sh(cmd: &str) -> Result<String> {

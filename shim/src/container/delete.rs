@@ -50,11 +50,7 @@ pub fn delete(root: &Option<PathBuf>, id: &str, force: bool) -> Result<i32> {
 /// Waits up to 30 s for the monitor of a stopped container to end by itself, then kills
 /// it.
 fn wait_for_monitor(state: &ContainerState, root_dir: &std::path::Path) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while state.monitor_alive() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    if state.monitor_alive() {
+    if !monitor_gone_by(state, Instant::now() + Duration::from_secs(30)) {
         log::warn!(
             "the monitor of stopped container {} did not end within 30 s: killing it",
             state.id
@@ -74,14 +70,20 @@ pub(super) fn kill_and_wait(state: &ContainerState, root_dir: &std::path::Path) 
         Duration::from_secs(5),
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while state.monitor_alive() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    if state.monitor_alive() {
+    if !monitor_gone_by(state, deadline) {
         // SAFETY: the pid is the monitor's (its start time matched just above).
         unsafe { libc::kill(state.pid, libc::SIGKILL) };
-        while state.monitor_alive() && Instant::now() < deadline + Duration::from_secs(5) {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        monitor_gone_by(state, deadline + Duration::from_secs(5));
     }
+}
+
+/// Polls until the monitor has ended or `deadline` passed; whether it ended.
+fn monitor_gone_by(state: &ContainerState, deadline: Instant) -> bool {
+    while state.monitor_alive() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
 }

@@ -24,12 +24,7 @@ pub struct CleanupGuard {
 /// Forks the guard for `dir`, which runs `cleanup` (in the guard, so in the namespaces the
 /// monitor had when it forked) before removing `dir`. Must be called while the process
 /// has a single thread.
-///
-/// The guard acts only if `dir` is still the directory it was at the fork: once
-/// `runvm delete` has removed it (and done the cleanup itself), a container created
-/// again under the same id has a new directory, which the old guard must leave alone.
 pub fn spawn_with(dir: &Path, cleanup: impl FnOnce()) -> Result<CleanupGuard, GuardError> {
-    let identity = dir_identity(dir);
     let (read_end, write_end) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| GuardError::Pipe(e.into()))?;
     let dir: PathBuf = dir.to_path_buf();
@@ -39,7 +34,7 @@ pub fn spawn_with(dir: &Path, cleanup: impl FnOnce()) -> Result<CleanupGuard, Gu
         -1 => Err(GuardError::Fork(std::io::Error::last_os_error())),
         0 => {
             drop(write_end);
-            guard_main(read_end.as_raw_fd(), &dir, identity, cleanup)
+            guard_main(read_end.as_raw_fd(), &dir, cleanup)
         }
         _ => Ok(CleanupGuard {
             _write_end: write_end,
@@ -47,15 +42,7 @@ pub fn spawn_with(dir: &Path, cleanup: impl FnOnce()) -> Result<CleanupGuard, Gu
     }
 }
 
-/// Device and inode of a directory, if it exists.
-fn dir_identity(dir: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::symlink_metadata(dir)
-        .ok()
-        .map(|m| (m.dev(), m.ino()))
-}
-
-fn guard_main(pipe: i32, dir: &Path, identity: Option<(u64, u64)>, cleanup: impl FnOnce()) -> ! {
+fn guard_main(pipe: i32, dir: &Path, cleanup: impl FnOnce()) -> ! {
     // SAFETY: plain syscalls on descriptors and signal dispositions of this new process.
     unsafe {
         libc::prctl(libc::PR_SET_NAME, c"runvm-guard".as_ptr());
@@ -86,10 +73,8 @@ fn guard_main(pipe: i32, dir: &Path, identity: Option<(u64, u64)>, cleanup: impl
             }
         }
     }
-    if identity.is_some() && dir_identity(dir) == identity {
-        cleanup();
-        let _ = std::fs::remove_dir_all(dir);
-    }
+    cleanup();
+    let _ = std::fs::remove_dir_all(dir);
     // SAFETY: ends this process without running the parent's atexit handlers.
     unsafe { libc::_exit(0) }
 }

@@ -307,7 +307,7 @@ pub fn run_vm(
         }
     }
     if let (Ok(code), Some(dir)) = (&result, &state_dir) {
-        write_exit_file(dir, *code);
+        let _ = std::fs::write(dir.join(crate::state::EXIT_FILE), format!("{code}\n"));
     }
     // The VM is gone: so goes its cgroup (the runtime directory is in the state directory).
     if let Some(dir) = cfg.runtime_dir.parent() {
@@ -443,52 +443,21 @@ fn run_vm_inner(
     };
     // Everything the container leaves is on the host now (exit status, output, the
     // write-back of its writable layer); what the guest would still do after `Shutdown`,
-    // sync a writable layer that dies with this process and reboot, is of no use.
-    let code = match ending {
-        Ending::Exited(status) => status.code(),
+    // sync a writable layer that dies with this process and reboot, is of no use. Stop
+    // the VM now: its exit then costs no guest CPU time, which twenty guests stopping at
+    // once under emulation did not have within Docker's SIGKILL deadline.
+    vm.handle.stop();
+    let exit = vm.finish(Duration::from_secs(10))?;
+    report_times(cfg, &exit.times);
+    match ending {
+        Ending::Exited(status) => Ok(status.code()),
         Ending::StartFailed(code, message) => {
             if api.is_none() {
                 eprintln!("runvm: {message}");
             }
-            code
+            Ok(code)
         }
-    };
-    if let Some(dir) = state_dir {
-        end_detached(cfg, &vm, mirror, dir, code);
     }
-    // Stop the VM now: its exit then costs no guest CPU time.
-    vm.handle.stop();
-    let exit = vm.finish(Duration::from_secs(10))?;
-    report_times(cfg, &exit.times);
-    Ok(code)
-}
-
-/// Ends the monitor of a created container the moment its container has ended.
-///
-/// This process's exit is the container's exit event: containerd's shim reports it when
-/// it reaps the monitor, and Docker waits for it only 10 s after its SIGKILL (then 2 s
-/// after killing the monitor itself). So only what must happen in this process is done
-/// first, undoing the network mirror in the container's namespace; there is no orderly
-/// stop and join of the vCPU and device threads (the kernel ends the VM with this
-/// process) and no removal of the cgroup, which the cleanup guard does once this process
-/// is gone, as `runvm delete` does. Under emulation, twenty containers stopping at once
-/// spent seconds in those steps and missed Docker's deadline.
-fn end_detached(
-    cfg: &MonitorConfig,
-    vm: &RunningVm,
-    mirror: crate::network::Mirror,
-    state_dir: &Path,
-    code: i32,
-) -> ! {
-    drop(mirror);
-    report_times(cfg, &vm.handle.times());
-    write_exit_file(state_dir, code);
-    std::process::exit(code)
-}
-
-/// Records how the container's process ended, for `runvm state` once the monitor is gone.
-fn write_exit_file(state_dir: &Path, code: i32) {
-    let _ = std::fs::write(state_dir.join(crate::state::EXIT_FILE), format!("{code}\n"));
 }
 
 fn report_times(cfg: &MonitorConfig, t: &BootTimes) {

@@ -115,7 +115,7 @@ fn boot(runs: usize, peer_only: bool) -> Result<i32> {
         ];
         (env, peer_place()?)
     } else {
-        let setup = GuestSetup::prepare()?;
+        let setup = GuestSetup::prepare(true)?;
         let place = setup.choose_place()?;
         (setup.env(), place)
     };

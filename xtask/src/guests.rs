@@ -29,12 +29,8 @@ pub enum Place {
 }
 
 impl GuestSetup {
-    /// Builds everything. runvm is always the release build, for the tests too: the
-    /// monitor emulates the guest's devices, and a debug build's device, vsock and
-    /// write-back code under TCG made twenty containers stopping at once miss Docker's
-    /// 10 s exit deadline (`runvm kill` of twenty took 7 s instead of 3, their monitors
-    /// 13 s to exit instead of 5), and tests should run what users run.
-    pub fn prepare() -> Result<Self> {
+    /// Builds everything (`release` picks the runvm build profile).
+    pub fn prepare(release: bool) -> Result<Self> {
         crate::util::ensure_apt(&[
             "erofs-utils",
             "e2fsprogs",
@@ -46,11 +42,19 @@ impl GuestSetup {
         let initramfs = initramfs::initramfs()?;
         let rootfs = rootfs::busybox_rootfs()?;
         let mut step = Step::new("runvm");
-        step.phase("building runvm (release)");
+        step.phase(&format!(
+            "building runvm ({})",
+            if release { "release" } else { "debug" }
+        ));
         let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cargo.args(["build", "--quiet", "--release", "-p", "runvm"]);
+        cargo.args(["build", "--quiet", "-p", "runvm"]);
+        if release {
+            cargo.arg("--release");
+        }
         run(&mut cargo)?;
-        let runvm = target_dir().join("release").join("runvm");
+        let runvm = target_dir()
+            .join(if release { "release" } else { "debug" })
+            .join("runvm");
         // Install the kernel where runvm looks for it: <binary dir>/../runvm/vmlinux.
         let kernel = target_dir().join("runvm").join("vmlinux");
         if std::fs::read(&kernel).ok() != std::fs::read(&kernel_cached).ok() {

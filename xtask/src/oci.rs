@@ -736,7 +736,7 @@ pub fn cmd_oci(args: OciArgs) -> Result<i32> {
     }
     ensure_apt(&["util-linux"])?;
     if let Some(runvm) = args.runtimes.iter().find(|r| is_runvm(r)).cloned() {
-        let setup = GuestSetup::prepare()?;
+        let setup = GuestSetup::prepare(false)?;
         let setup = GuestSetup {
             runvm: PathBuf::from(&runvm),
             ..setup

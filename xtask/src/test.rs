@@ -116,7 +116,7 @@ pub fn cmd_test() -> Result<i32> {
         status_ok(cargo().args(["test", "--workspace"]))?,
     );
 
-    let setup = GuestSetup::prepare()?;
+    let setup = GuestSetup::prepare(false)?;
     let exes = test_executables()?;
     let exe = |name: &str| -> Result<String> {
         exes.iter()
@@ -284,7 +284,7 @@ fn run_guest_suites(
 /// named guest suites where guests boot (directly or in the test host), in one go.
 /// TEST-ARGS go to every suite binary (a test-name filter, `--nocapture`, …).
 pub fn cmd_guest_test(suites: &[String], test_args: &[String]) -> Result<i32> {
-    let setup = GuestSetup::prepare()?;
+    let setup = GuestSetup::prepare(false)?;
     let exes = test_executables()?;
     let place = setup.choose_place()?;
     let names: Vec<&str> = if suites.is_empty() {

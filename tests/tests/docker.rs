@@ -1061,7 +1061,8 @@ fn build_with_runvm_as_default_runtime(h: &mut Harness) {
 /// `docker stop`'s SIGTERM on to `sleep`, so each ends by the TERM (143) and Docker's
 /// SIGKILL never fires: twenty emulated guests on the test host's one TCG CPU need more
 /// than Docker's fixed 10 s after a SIGKILL to all report their ends (measured: 8 or 9
-/// of the twenty missed it by a few seconds), which `stop_without_handler_waits_then_137` checks for one container.
+/// of the twenty missed it by a few seconds), which
+/// `stop_without_handler_waits_then_137` checks for one container.
 fn twenty_parallel_containers(h: &mut Harness) {
     let d = h.cli().clone();
     let names: Vec<String> = (0..20).map(|i| format!("par{i}")).collect();

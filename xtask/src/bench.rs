@@ -171,21 +171,12 @@ fn boot(runs: usize, peer_only: bool) -> Result<i32> {
         }
     };
     let report = Report::new(raw, place, peer_only);
-    let md = report.markdown();
-    println!("{md}");
     let out_dir = if peer_only {
         dir
     } else {
         repo_root().join("bench")
     };
-    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    std::fs::write(out_dir.join("boot.md"), &md)
-        .with_context(|| format!("writing {}", out_dir.join("boot.md").display()))?;
-    write_json(&out_dir.join("boot.json"), &report.json())?;
-    eprintln!(
-        "[bench] results: {}/boot.md and boot.json",
-        out_dir.display()
-    );
+    crate::util::write_results(&out_dir, "boot", &report.markdown(), &report.json())?;
     Ok(0)
 }
 

@@ -19,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::guests::Place;
-use crate::util::{repo_root, splice_readme};
+use crate::util::{repo_root, splice_readme, write_results};
 
 #[derive(clap::Args)]
 pub struct CycleArgs {
@@ -45,13 +45,8 @@ pub fn cmd(a: CycleArgs) -> Result<i32> {
     let (raw, place) =
         crate::bench_net::measure_inside("cycle", &["--runs".into(), a.runs.to_string()])?;
     let md = markdown(&raw, place);
-    println!("{md}");
-    let out = repo_root().join("bench");
-    std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("cycle.md"), &md)?;
-    std::fs::write(out.join("cycle.json"), serde_json::to_string_pretty(&raw)?)?;
+    write_results(&repo_root().join("bench"), "cycle", &md, &raw)?;
     splice_readme("bench-cycle", &md.replacen("# ", "#### ", 1))?;
-    eprintln!("[bench] results: {}/cycle.md and cycle.json", out.display());
     Ok(0)
 }
 

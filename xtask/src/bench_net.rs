@@ -57,13 +57,12 @@ pub fn cmd(a: NetArgs) -> Result<i32> {
             a.requests.to_string(),
         ],
     )?;
-    let md = markdown(&raw, place);
-    println!("{md}");
-    let out = repo_root().join("bench");
-    std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("net.md"), &md)?;
-    std::fs::write(out.join("net.json"), serde_json::to_string_pretty(&raw)?)?;
-    eprintln!("[bench] results: {}/net.md and net.json", out.display());
+    crate::util::write_results(
+        &repo_root().join("bench"),
+        "net",
+        &markdown(&raw, place),
+        &raw,
+    )?;
     Ok(0)
 }
 

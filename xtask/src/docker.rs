@@ -84,19 +84,12 @@ pub fn cmd_bench_docker(a: DockerArgs) -> Result<i32> {
                 .with_context(|| format!("parsing {}", raw_path.display()))?
         }
     };
-    let md = markdown(&raw, place);
-    println!("{md}");
-    let out_dir = repo_root().join("bench");
-    std::fs::create_dir_all(&out_dir)?;
-    std::fs::write(out_dir.join("docker.md"), &md)?;
-    std::fs::write(
-        out_dir.join("docker.json"),
-        serde_json::to_string_pretty(&raw)? + "\n",
+    crate::util::write_results(
+        &repo_root().join("bench"),
+        "docker",
+        &markdown(&raw, place),
+        &raw,
     )?;
-    eprintln!(
-        "[bench] results: {}/docker.md and docker.json",
-        out_dir.display()
-    );
     Ok(0)
 }
 

@@ -19,6 +19,23 @@ pub fn repo_root() -> PathBuf {
     xtask.parent().unwrap_or(xtask).to_path_buf()
 }
 
+/// Prints a benchmark's table and writes it and its raw numbers to `dir/NAME.md` and
+/// `dir/NAME.json`.
+pub fn write_results(dir: &Path, name: &str, md: &str, json: &serde_json::Value) -> Result<()> {
+    println!("{md}");
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let md_path = dir.join(format!("{name}.md"));
+    std::fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;
+    let json_path = dir.join(format!("{name}.json"));
+    std::fs::write(&json_path, serde_json::to_string_pretty(json)? + "\n")
+        .with_context(|| format!("writing {}", json_path.display()))?;
+    eprintln!(
+        "[bench] results: {}/{name}.md and {name}.json",
+        dir.display()
+    );
+    Ok(())
+}
+
 /// Replaces what lies between `<!-- NAME:begin -->` and `<!-- NAME:end -->` in README.md
 /// with `content` (benchmarks and the validation table write their results there).
 pub fn splice_readme(name: &str, content: &str) -> Result<()> {

@@ -19,6 +19,40 @@ pub struct GuestSetup {
     pub rootfs: PathBuf,
 }
 
+/// How long the probe guest may take on a host with hardware KVM.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What `/dev/kvm` is on this host, read from the loaded modules.
+#[derive(Debug, PartialEq, Eq)]
+pub enum KvmKind {
+    /// No `/dev/kvm`.
+    Absent,
+    /// `kvm_pvm`: boots only PVM-enlightened guest kernels, not ours.
+    Pvm,
+    /// Anything else (`kvm_intel`, `kvm_amd`, …): it should boot our guest.
+    Other(String),
+}
+
+impl KvmKind {
+    pub fn of_this_host() -> Self {
+        Self::from_paths(Path::new("/dev/kvm"), Path::new("/sys/module"))
+    }
+
+    fn from_paths(dev: &Path, modules: &Path) -> Self {
+        if !dev.exists() {
+            return KvmKind::Absent;
+        }
+        if modules.join("kvm_pvm").exists() {
+            return KvmKind::Pvm;
+        }
+        let module = ["kvm_intel", "kvm_amd"]
+            .into_iter()
+            .find(|m| modules.join(m).exists())
+            .unwrap_or("KVM without kvm_intel or kvm_amd");
+        KvmKind::Other(module.to_string())
+    }
+}
+
 /// Where guests can boot on this machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Place {
@@ -81,7 +115,12 @@ impl GuestSetup {
         ]
     }
 
-    /// Tries one guest on this host's KVM (`RUNVM_PLACE=direct|testhost` skips the try).
+    /// Where guests boot here: inside the nested test host when this host's `/dev/kvm`
+    /// is absent or PVM (the two reasons that are known and named), directly otherwise,
+    /// after one probe guest has booted. A probe that fails on a host whose KVM should
+    /// boot our guest is an error, not a reason to move the tests elsewhere: that would
+    /// turn a broken direct path green. `RUNVM_PLACE=direct|testhost` skips the choice
+    /// (for the developer commands; `cargo xtask test` scrubs it).
     pub fn choose_place(&self) -> Result<Place> {
         match std::env::var("RUNVM_PLACE").as_deref() {
             Ok("direct") => return Ok(Place::Direct),
@@ -89,13 +128,36 @@ impl GuestSetup {
             Ok(other) => bail!("RUNVM_PLACE={other:?}: use direct or testhost"),
             Err(_) => {}
         }
-        if !Path::new("/dev/kvm").exists() {
-            eprintln!("[guests] no /dev/kvm here: guests boot inside the nested test host");
-            return Ok(Place::TestHost);
+        match KvmKind::of_this_host() {
+            KvmKind::Absent => {
+                eprintln!("[guests] no /dev/kvm here: guests boot inside the nested test host");
+                return Ok(Place::TestHost);
+            }
+            KvmKind::Pvm => {
+                eprintln!(
+                    "[guests] /dev/kvm here is PVM (kvm_pvm), which cannot boot our guest \
+                     kernel: guests boot inside the nested test host"
+                );
+                return Ok(Place::TestHost);
+            }
+            KvmKind::Other(module) => eprintln!(
+                "[guests] /dev/kvm here is {module}: probing it with one guest; guests boot \
+                 directly, and a failed probe fails this run"
+            ),
         }
+        self.probe_direct()?;
+        eprintln!("[guests] this host's KVM boots our guest: running guests directly");
+        Ok(Place::Direct)
+    }
+
+    /// Boots one guest directly (`runvm run … true`); the error carries runvm's stderr.
+    fn probe_direct(&self) -> Result<()> {
         let dir = target_dir().join("runvm").join("probe");
         let _ = std::fs::remove_dir_all(&dir);
         rootfs::write_bundle(&dir.join("bundle"), &self.rootfs, &["true"])?;
+        let err_path = dir.join("stderr");
+        let err_file = std::fs::File::create(&err_path)
+            .with_context(|| format!("creating {}", err_path.display()))?;
         let start = Instant::now();
         let mut child = Command::new(&self.runvm)
             .arg("--root")
@@ -106,38 +168,34 @@ impl GuestSetup {
             .envs(self.env())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(err_file)
             .spawn()
             .context("starting runvm for the KVM probe")?;
         let status = loop {
             if let Some(s) = child.try_wait()? {
                 break Some(s);
             }
-            if start.elapsed() > Duration::from_secs(30) {
+            if start.elapsed() > PROBE_TIMEOUT {
                 let _ = child.kill();
                 let _ = child.wait();
                 break None;
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            use std::io::Read;
-            let _ = e.read_to_string(&mut err);
-        }
+        let err = std::fs::read_to_string(&err_path).unwrap_or_default();
         let _ = std::fs::remove_dir_all(&dir);
-        if status.is_some_and(|s| s.success()) {
-            eprintln!("[guests] this host's KVM boots our guest: running guests directly");
-            return Ok(Place::Direct);
+        match status {
+            Some(s) if s.success() => Ok(()),
+            Some(s) => bail!(
+                "the probe guest failed on this host's KVM ({s}); runvm said:\n{}",
+                err.trim_end()
+            ),
+            None => bail!(
+                "the probe guest did not finish within {PROBE_TIMEOUT:?} on this host's KVM; \
+                 runvm said:\n{}",
+                err.trim_end()
+            ),
         }
-        let why = err.lines().last().unwrap_or("timed out").to_string();
-        let why = if why.len() > 240 {
-            format!("{}…", &why[..240])
-        } else {
-            why
-        };
-        eprintln!("[guests] this host's KVM cannot boot our guest ({why}); running guests inside the nested test host");
-        Ok(Place::TestHost)
     }
 
     /// Runs `argv` where guests boot, with this setup's environment plus `extra`.
@@ -157,5 +215,30 @@ impl GuestSetup {
                 ))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kvm_kind_is_read_from_the_device_and_the_modules() {
+        let t = tempfile::tempdir().unwrap();
+        let (dev, modules) = (t.path().join("kvm"), t.path().join("module"));
+        std::fs::create_dir(&modules).unwrap();
+        assert_eq!(KvmKind::from_paths(&dev, &modules), KvmKind::Absent);
+        std::fs::write(&dev, "").unwrap();
+        assert_eq!(
+            KvmKind::from_paths(&dev, &modules),
+            KvmKind::Other("KVM without kvm_intel or kvm_amd".into())
+        );
+        std::fs::create_dir(modules.join("kvm_amd")).unwrap();
+        assert_eq!(
+            KvmKind::from_paths(&dev, &modules),
+            KvmKind::Other("kvm_amd".into())
+        );
+        std::fs::create_dir(modules.join("kvm_pvm")).unwrap();
+        assert_eq!(KvmKind::from_paths(&dev, &modules), KvmKind::Pvm);
     }
 }

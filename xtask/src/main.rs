@@ -11,6 +11,7 @@ mod guests;
 mod initramfs;
 mod kernel;
 mod oci;
+mod oci_expected;
 mod rootfs;
 mod test;
 mod testhost;
@@ -54,7 +55,7 @@ enum Cmd {
         what: bench::BenchCmd,
     },
     /// Build the OCI runtime-tools validation suite (cached) and run it against runtimes:
-    /// `cargo xtask oci [--runtime NAME_OR_PATH]… [--only PROG…]` (writes bench/oci-validation.md).
+    /// `cargo xtask oci [--runtime NAME_OR_PATH]… [--only PROG…] [--check] [--save] [--record]` (results under target/oci-validation/; `--save` writes bench/oci-validation.md).
     Oci(oci::OciArgs),
     /// Run a command as root inside the nested KVM test host: `cargo xtask testhost -- CMD…`.
     Testhost {

@@ -25,6 +25,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::guests::{GuestSetup, Place};
+use crate::oci_expected::{self, Point, Record};
 use crate::util::{self, ensure_apt, fmt_duration, remove_dir_if_exists, Step};
 
 const SRC_PACKAGE: &str = "golang-github-opencontainers-runtime-tools";
@@ -57,7 +58,7 @@ const DEB_SRC_FILE: &str = "/etc/apt/sources.list.d/runvm-trixie-src.sources";
 const EXPECTED_PROGRAMS: usize = 58;
 
 /// `cargo xtask oci` arguments.
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Default)]
 pub struct OciArgs {
     /// A runtime to test: a command name on PATH or a path (repeatable; default: runc).
     /// The first runtime is the reference for the "differs" column.
@@ -72,59 +73,23 @@ pub struct OciArgs {
     /// Build the suite (if not cached) and stop.
     #[arg(long)]
     pub build_only: bool,
-    /// Fail (exit 1) when a later runtime passes fewer test points than the first in a
-    /// program that is not in [`KNOWN_DIFFERENCES`] (what `cargo xtask test` runs).
+    /// Check runvm's results, point by point, against `xtask/oci-expected.json` and
+    /// runc's in the same run (see `oci_expected`); exit 1 on a regression or an
+    /// unexplained divergence (what `cargo xtask test` runs).
     #[arg(long)]
     pub check: bool,
+    /// Write the results to `bench/oci-validation.{md,json}` and the README's table
+    /// (tracked files; without it the results stay under `target/oci-validation/`).
+    #[arg(long)]
+    pub save: bool,
+    /// Rewrite `xtask/oci-expected.json` from this run's runvm results (keeping every
+    /// reason); review the diff before committing it.
+    #[arg(long)]
+    pub record: bool,
     /// Internal: already placed where the runtimes run (`direct` or `testhost`).
     #[arg(long, hide = true, value_name = "PLACE")]
     pub inside: Option<String>,
 }
-
-/// Programs in which runvm passes fewer test points than runc, each with the reason (the
-/// README's "Known divergences" lists them). `--check` fails on any other difference.
-pub const KNOWN_DIFFERENCES: &[(&str, &str)] = &[
-    (
-        "linux_ns_itype",
-        "its config has no pid namespace (the host's, under runc); runvm refuses that: the \
-         container's processes live in the guest kernel and cannot share the host's",
-    ),
-    (
-        "linux_ns_nopath",
-        "each config lists one namespace type and so no pid namespace: refused as above",
-    ),
-    (
-        "linux_ns_path",
-        "joining another process's ipc/mnt/net/pid/uts namespace by path: refused, the \
-         container's namespaces are the guest kernel's (the network namespace is joined, \
-         but not one that another process's stack uses)",
-    ),
-    (
-        "linux_ns_path_type",
-        "the same refusals come before the check of a path against its type, so runvm \
-         fails the programs' \"wrong path\" points for the types it does not join",
-    ),
-    (
-        "linux_uid_mappings",
-        "linux.uidMappings/gidMappings: no user namespace is made in the guest yet, so \
-         /proc/self/uid_map shows the identity mapping",
-    ),
-    (
-        "misc_props",
-        "an unknown key in config.json is refused (naming its path) unless \
-         RUNVM_ALLOW_UNKNOWN_FIELDS=1; the runtime spec says to ignore it",
-    ),
-    (
-        "mounts",
-        "it bind-mounts the host's /etc: directory bind mounts are refused until runvm \
-         shares host directories live (virtio-fs)",
-    ),
-    (
-        "process_capabilities_fail",
-        "runvm refuses the unknown capability CAP_TEST at create (the program's point), \
-         so no container runs and the program prints no TAP; runc accepts it",
-    ),
-];
 
 /// The built suite.
 struct Suite {
@@ -217,10 +182,8 @@ fn sha256_file(path: &Path) -> Result<String> {
 
 /// Adds the trixie `deb-src` entry (if missing) and refreshes apt's lists for it alone.
 fn add_trixie_deb_src() -> Result<()> {
-    let mirror = std::env::var("RUNVM_DEBIAN_MIRROR")
-        .ok()
-        .filter(|m| !m.is_empty())
-        .unwrap_or_else(|| "http://deb.debian.org/debian".into());
+    // The archive this machine's apt already uses for bookworm also serves trixie.
+    let mirror = util::debian_mirror("bookworm")?;
     let text = format!(
         "# Added by `cargo xtask oci` (runvm): trixie's source packages, to fetch the OCI\n\
          # runtime-tools validation suite. Source entries only: nothing is installed from it.\n\
@@ -254,7 +217,7 @@ fn go(root: &Path, gopath: &Path, gocache: &Path) -> Command {
 }
 
 fn build_suite(dir: &Path) -> Result<()> {
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::util::is_root() {
         bail!("building the OCI validation suite needs root (apt-get); run as root");
     }
     let base = dir.parent().context("cache dir has no parent")?;
@@ -430,10 +393,10 @@ fn directive(line: &str) -> Option<String> {
     (word.starts_with("SKIP") || word.starts_with("TODO")).then(|| word[..4].to_string())
 }
 
-/// Counts the top-level result lines and plans of a program's TAP output. Indented
-/// lines (YAML blocks, nested output) do not count.
-fn parse_tap(text: &str) -> (Counts, Vec<String>, bool) {
-    let mut c = Counts::default();
+/// The top-level result lines (in order) and plans of a program's TAP output, and
+/// whether it printed any TAP. Indented lines (YAML blocks, nested output) do not count.
+fn parse_tap(text: &str) -> (Vec<Point>, Vec<String>, bool) {
+    let mut points = Vec::new();
     let mut plans = Vec::new();
     let mut saw_tap = false;
     let is_result = |l: &str, word: &str| {
@@ -444,16 +407,16 @@ fn parse_tap(text: &str) -> (Counts, Vec<String>, bool) {
         let line = line.trim_end();
         if is_result(line, "not ok") {
             saw_tap = true;
-            match directive(line).as_deref() {
-                Some("TODO") => c.todo += 1,
-                _ => c.fail += 1,
-            }
+            points.push(match directive(line).as_deref() {
+                Some("TODO") => Point::Todo,
+                _ => Point::Fail,
+            });
         } else if is_result(line, "ok") {
             saw_tap = true;
-            match directive(line).as_deref() {
-                Some("SKIP") => c.skip += 1,
-                _ => c.pass += 1,
-            }
+            points.push(match directive(line).as_deref() {
+                Some("SKIP") => Point::Skip,
+                _ => Point::Pass,
+            });
         } else if line.starts_with("1..") {
             saw_tap = true;
             plans.push(line.to_string());
@@ -461,7 +424,24 @@ fn parse_tap(text: &str) -> (Counts, Vec<String>, bool) {
             saw_tap = true;
         }
     }
-    (c, plans, saw_tap)
+    (points, plans, saw_tap)
+}
+
+impl Counts {
+    fn of(points: &[Point]) -> Counts {
+        let n = |want: Point| points.iter().filter(|p| **p == want).count();
+        Counts {
+            pass: n(Point::Pass),
+            fail: n(Point::Fail),
+            skip: n(Point::Skip),
+            todo: n(Point::Todo),
+        }
+    }
+}
+
+/// Points as one letter each (P, F, S, T), in order.
+fn serialize_points<S: serde::Serializer>(p: &[Point], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&p.iter().map(|p| p.letter()).collect::<String>())
 }
 
 #[derive(Debug, Serialize)]
@@ -469,6 +449,9 @@ struct ProgramResult {
     name: String,
     #[serde(flatten)]
     counts: Counts,
+    /// Every test point's result, in order.
+    #[serde(serialize_with = "serialize_points")]
+    points: Vec<Point>,
     /// The plan lines it printed (`1..N`; some programs print two).
     plans: Vec<String>,
     exit_code: Option<i32>,
@@ -574,6 +557,7 @@ fn run_program(
         let sig = SIGNAL.load(Ordering::SeqCst);
         if sig != 0 || start.elapsed() > timeout {
             timed_out = sig == 0;
+            // SAFETY: kill of the process group our unreaped child leads.
             unsafe { libc::kill(-pgid, libc::SIGKILL) };
             let st = child.wait()?;
             if sig != 0 {
@@ -584,14 +568,16 @@ fn run_program(
         std::thread::sleep(Duration::from_millis(20));
     };
     // Whatever the program left running in its group goes too.
+    // SAFETY: a kill of a process group; at worst it no longer exists (ESRCH).
     unsafe { libc::kill(-pgid, libc::SIGKILL) };
     let seconds = start.elapsed().as_secs_f64();
     let text = std::fs::read(&out_path).unwrap_or_default();
-    let (counts, plans, saw_tap) = parse_tap(&String::from_utf8_lossy(&text));
+    let (points, plans, saw_tap) = parse_tap(&String::from_utf8_lossy(&text));
     use std::os::unix::process::ExitStatusExt;
     Ok(ProgramResult {
         name: name.to_string(),
-        counts,
+        counts: Counts::of(&points),
+        points,
         plans,
         exit_code: status.code(),
         signal: status.signal(),
@@ -764,8 +750,14 @@ pub fn cmd_oci(args: OciArgs) -> Result<i32> {
             "--timeout".into(),
             args.timeout.to_string(),
         ];
-        if args.check {
-            argv.push("--check".into());
+        for (on, flag) in [
+            (args.check, "--check"),
+            (args.save, "--save"),
+            (args.record, "--record"),
+        ] {
+            if on {
+                argv.push(flag.into());
+            }
         }
         for r in &args.runtimes {
             argv.push("--runtime".into());
@@ -838,7 +830,7 @@ impl Drop for TmpDir {
 
 /// Runs the programs against every runtime here, prints the table and writes the reports.
 fn run_here(suite: &Suite, args: &OciArgs, place: &str) -> Result<i32> {
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::util::is_root() {
         bail!("the validation suite must run as root");
     }
     let runtimes = if args.runtimes.is_empty() {
@@ -863,6 +855,7 @@ fn run_here(suite: &Suite, args: &OciArgs, place: &str) -> Result<i32> {
         }
         v
     };
+    // SAFETY: `on_signal` is async-signal-safe (one atomic store) and lives forever.
     unsafe {
         let h = on_signal as *const () as libc::sighandler_t;
         libc::signal(libc::SIGINT, h);
@@ -940,76 +933,94 @@ fn run_here(suite: &Suite, args: &OciArgs, place: &str) -> Result<i32> {
     };
     let table = markdown_table(&report);
     println!("{table}");
-    if !args.only.is_empty() {
-        eprintln!("[oci] --only: bench/oci-validation.{{md,json}} (the full suite's result) left as they are");
-        return Ok(0);
+    let out = util::target_dir().join("oci-validation");
+    std::fs::create_dir_all(&out)?;
+    let json = out.join("report.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", json.display()))?;
+    eprintln!("[oci] raw results in {}", json.display());
+
+    let by_program = |label: &dyn Fn(&RuntimeResult) -> bool| -> BTreeMap<String, Vec<Point>> {
+        report
+            .runtimes
+            .iter()
+            .find(|r| label(r))
+            .map(|r| {
+                r.programs
+                    .iter()
+                    .map(|p| (p.name.clone(), p.points.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let runvm = by_program(&|r| is_runvm(&r.runtime));
+    let runc = by_program(&|r| r.label == "runc");
+    if args.record {
+        if !args.only.is_empty() || runvm.is_empty() {
+            bail!("--record needs a full run that includes runvm (no --only)");
+        }
+        let old = Record::load().unwrap_or_default();
+        Record::from_run(&old, &runvm, &runc).save()?;
+        eprintln!(
+            "[oci] wrote {}: review the diff; every UNEXPLAINED needs its reason",
+            oci_expected::record_path().display()
+        );
     }
+    if args.save {
+        if !args.only.is_empty() {
+            bail!("--save needs the full suite (no --only)");
+        }
+        save_results(&report, &table)?;
+    }
+    if args.check {
+        let record = Record::load()?;
+        let mut findings = oci_expected::check(&record, &runvm, &runc);
+        if !args.only.is_empty() {
+            findings.notes.retain(|n| !n.ends_with("in the record but not run"));
+        }
+        for n in &findings.notes {
+            eprintln!("[oci] note: {n}");
+        }
+        for f in &findings.failures {
+            eprintln!("[oci] FAILED: {f}");
+        }
+        if !findings.failures.is_empty() {
+            eprintln!(
+                "[oci] {} finding(s) against {} (and runc in this run)",
+                findings.failures.len(),
+                oci_expected::record_path().display()
+            );
+            return Ok(1);
+        }
+        eprintln!("[oci] every test point is as recorded; every divergence from runc has its reason");
+    }
+    Ok(0)
+}
+
+/// Writes `bench/oci-validation.{md,json}` and the README's table (`--save`).
+fn save_results(report: &Report, table: &str) -> Result<()> {
     let bench = util::repo_root().join("bench");
     std::fs::create_dir_all(&bench)?;
     let md = bench.join("oci-validation.md");
-    std::fs::write(&md, markdown_report(&report, &table))
+    std::fs::write(&md, markdown_report(report, table))
         .with_context(|| format!("writing {}", md.display()))?;
     let json = bench.join("oci-validation.json");
-    std::fs::write(&json, serde_json::to_string_pretty(&report)? + "\n")
+    std::fs::write(&json, serde_json::to_string_pretty(report)? + "\n")
         .with_context(|| format!("writing {}", json.display()))?;
     eprintln!("[oci] wrote {} and {}", md.display(), json.display());
     let mut readme = format!("Measured {} ({}):\n\n{table}", report.date, report.machine);
     if report.runtimes.len() > 1 {
         readme.push_str(
-            "\nWhere runvm passes fewer test points than runc (`KNOWN_DIFFERENCES` in \
-             xtask/src/oci.rs; `--check` fails on any other):\n\n",
+            "\nWhere runvm fails test points that runc passes, and why (`xtask/oci-expected.json`, \
+             which `cargo xtask test` checks point by point):\n\n",
         );
-        for (name, why) in KNOWN_DIFFERENCES {
-            readme.push_str(&format!("- `{name}`: {why}.\n"));
+        for (name, e) in Record::load()?.programs {
+            if let Some(why) = e.why {
+                readme.push_str(&format!("- `{name}`: {why}.\n"));
+            }
         }
     }
-    util::splice_readme("oci-validation", &readme)?;
-    if args.check {
-        let unexpected = unexpected_differences(&report);
-        if !unexpected.is_empty() {
-            eprintln!(
-                "[oci] runvm passes fewer test points than {} in programs not listed in \
-                 KNOWN_DIFFERENCES (xtask/src/oci.rs): {}",
-                report.runtimes[0].label,
-                unexpected.join(", ")
-            );
-            return Ok(1);
-        }
-        eprintln!(
-            "[oci] every difference from {} is a known one",
-            report.runtimes[0].label
-        );
-    }
-    Ok(0)
-}
-
-/// Programs where a later runtime passes fewer test points than the first and that are
-/// not known differences; known ones that no longer differ are reported, not failed.
-fn unexpected_differences(report: &Report) -> Vec<String> {
-    let Some((first, rest)) = report.runtimes.split_first() else {
-        return vec![];
-    };
-    let passes = |r: &RuntimeResult, name: &str| {
-        r.programs
-            .iter()
-            .find(|p| p.name == name)
-            .map(|p| p.counts.pass)
-            .unwrap_or(0)
-    };
-    let mut unexpected = Vec::new();
-    for p in &first.programs {
-        let differs = rest.iter().any(|r| passes(r, &p.name) < p.counts.pass);
-        let known = KNOWN_DIFFERENCES.iter().any(|(n, _)| *n == p.name);
-        if differs && !known {
-            unexpected.push(p.name.clone());
-        } else if known && !differs {
-            eprintln!(
-                "[oci] {}: listed as a known difference but passes as under {} now",
-                p.name, first.label
-            );
-        }
-    }
-    unexpected
+    util::splice_readme("oci-validation", &readme)
 }
 
 fn markdown_table(report: &Report) -> String {
@@ -1119,15 +1130,15 @@ mod tests {
         let tap = "TAP version 13\nok 1 - a\n  ---\n  {\"stdout\": \"not ok 1\"}\n  ...\n\
                    not ok 2 - b\nok 3 # SKIP no cgroup\nok 4 # skip lower\n\
                    not ok 5 # TODO bind\nok 6 # TODO bonus\nokay\n1..6\n1..0\n";
-        let (c, plans, saw) = parse_tap(tap);
+        let (points, plans, saw) = parse_tap(tap);
+        let c = Counts::of(&points);
         assert_eq!((c.pass, c.fail, c.skip, c.todo), (2, 1, 2, 1));
+        use Point::*;
+        assert_eq!(points, vec![Pass, Fail, Skip, Skip, Todo, Pass]);
         assert_eq!(plans, vec!["1..6", "1..0"]);
         assert!(saw);
-        let (c, plans, saw) = parse_tap("failed to create\n");
-        assert_eq!(
-            (c.pass, c.fail, c.skip, plans.len(), saw),
-            (0, 0, 0, 0, false)
-        );
+        let (points, plans, saw) = parse_tap("failed to create\n");
+        assert_eq!((points.len(), plans.len(), saw), (0, 0, false));
     }
 
     #[test]

@@ -4,11 +4,12 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
 use crate::guests::{GuestSetup, Place};
-use crate::testhost;
+use crate::testhost::{self, TestHostEnd};
 use crate::util::{ensure_apt, Step};
 
 fn cargo() -> Command {
@@ -50,20 +51,78 @@ fn test_executables() -> Result<Vec<(String, PathBuf)>> {
     Ok(exes)
 }
 
+/// What became of one stage of `cargo xtask test`.
+enum Outcome {
+    Passed,
+    Failed,
+    /// It passed on a later attempt; the note says what ended the earlier ones.
+    PassedOnRerun(String),
+}
+
+/// Every stage's outcome and time, for the closing count and the stage table.
+#[derive(Default)]
 struct Tally {
-    passed: Vec<String>,
-    failed: Vec<String>,
+    stages: Vec<(String, Outcome, Duration)>,
+    /// When the stage being run began.
+    began: Option<Instant>,
 }
 
 impl Tally {
-    fn record(&mut self, name: &str, ok: bool) {
-        eprintln!("[test] {name}: {}", if ok { "ok" } else { "FAILED" });
-        if ok {
-            &mut self.passed
-        } else {
-            &mut self.failed
+    /// Marks the start of the next stage (its time runs until it is recorded).
+    fn begin(&mut self) {
+        self.began = Some(Instant::now());
+    }
+
+    fn record(&mut self, name: &str, outcome: Outcome) {
+        let took = self.began.take().map(|t| t.elapsed()).unwrap_or_default();
+        let word = match &outcome {
+            Outcome::Passed => "ok".to_string(),
+            Outcome::Failed => "FAILED".to_string(),
+            Outcome::PassedOnRerun(why) => format!("ok on a rerun ({why})"),
+        };
+        eprintln!("[test] {name}: {word} ({})", crate::util::fmt_duration(took));
+        self.stages.push((name.to_string(), outcome, took));
+    }
+
+    fn record_ok(&mut self, name: &str, ok: bool) {
+        self.record(name, if ok { Outcome::Passed } else { Outcome::Failed });
+    }
+
+    fn count(&self, f: impl Fn(&Outcome) -> bool) -> usize {
+        self.stages.iter().filter(|(_, o, _)| f(o)).count()
+    }
+
+    /// The stage table and the closing line; the exit code.
+    fn close(&self, total: Duration) -> i32 {
+        use crate::util::fmt_duration;
+        println!("\n| stage | result | time |\n|---|---|---|");
+        for (name, outcome, took) in &self.stages {
+            let result = match outcome {
+                Outcome::Passed => "ok".to_string(),
+                Outcome::Failed => "**FAILED**".to_string(),
+                Outcome::PassedOnRerun(why) => format!("ok on a rerun ({why})"),
+            };
+            println!("| {name} | {result} | {} |", fmt_duration(*took));
         }
-        .push(name.to_string());
+        println!("| **all** | | {} |\n", fmt_duration(total));
+        let failed = self.count(|o| matches!(o, Outcome::Failed));
+        let rerun = self.count(|o| matches!(o, Outcome::PassedOnRerun(_)));
+        println!(
+            "test suites: {} passed, {failed} failed, {rerun} passed only on a rerun, in {}",
+            self.count(|o| matches!(o, Outcome::Passed)),
+            fmt_duration(total),
+        );
+        if failed > 0 {
+            let names: Vec<&str> = self
+                .stages
+                .iter()
+                .filter(|(_, o, _)| matches!(o, Outcome::Failed))
+                .map(|(n, _, _)| n.as_str())
+                .collect();
+            eprintln!("[test] failed: {}", names.join(", "));
+            return 1;
+        }
+        0
     }
 }
 
@@ -74,7 +133,48 @@ fn status_ok(cmd: &mut Command) -> Result<bool> {
         .success())
 }
 
+/// Environment variables that size or show the test host but do not change what is
+/// tested: `cargo xtask test` keeps them. Every other `RUNVM_*` knob is scrubbed.
+const HARNESS_KNOBS: &[&str] = &[
+    "RUNVM_TESTHOST_CONSOLE",
+    "RUNVM_TESTHOST_VERBOSE",
+    "RUNVM_TESTHOST_MEM",
+    "RUNVM_TESTHOST_SMP",
+    "RUNVM_TESTHOST_TIMEOUT",
+    "RUNVM_TESTHOST_IDLE_TIMEOUT",
+];
+
+/// Removes from this process's environment (and so from everything it starts, the
+/// test host included) every `RUNVM_*` variable that would change what CI tests
+/// (`RUNVM_PLACE`, `RUNVM_DOCKER_RUNTIME`, `RUNVM_NO_SECCOMP`, …), saying so.
+/// Runs before any thread is started.
+fn scrub_environment() -> Vec<String> {
+    let mut scrubbed = Vec::new();
+    for (k, _) in std::env::vars_os() {
+        let Some(k) = k.to_str() else { continue };
+        if k.starts_with("RUNVM_") && !HARNESS_KNOBS.contains(&k) {
+            scrubbed.push(k.to_string());
+        }
+    }
+    for k in &scrubbed {
+        std::env::remove_var(k);
+        eprintln!("[test] ignoring {k} from the environment: CI tests runvm as users run it");
+    }
+    scrubbed
+}
+
+/// Suites that were built but are in no list: they would never run.
+fn unlisted_suites(built: &[(String, PathBuf)]) -> Vec<String> {
+    built
+        .iter()
+        .map(|(n, _)| n.clone())
+        .filter(|n| !HOST_SUITES.contains(&n.as_str()) && !GUEST_SUITES.contains(&n.as_str()))
+        .collect()
+}
+
 pub fn cmd_test() -> Result<i32> {
+    let started = Instant::now();
+    scrub_environment();
     ensure_apt(&[
         "busybox-static",
         "erofs-utils",
@@ -86,19 +186,18 @@ pub fn cmd_test() -> Result<i32> {
         // unit tests below build it, so this comes before them.
         "libseccomp-dev",
     ])?;
-    let mut t = Tally {
-        passed: vec![],
-        failed: vec![],
-    };
+    let mut t = Tally::default();
 
     let mut step = Step::new("test");
     step.phase("cargo fmt --check");
-    t.record(
+    t.begin();
+    t.record_ok(
         "cargo fmt --check",
         status_ok(cargo().args(["fmt", "--all", "--", "--check"]))?,
     );
     step.phase("cargo clippy --all-targets -D warnings");
-    t.record(
+    t.begin();
+    t.record_ok(
         "cargo clippy",
         status_ok(cargo().args([
             "clippy",
@@ -111,13 +210,25 @@ pub fn cmd_test() -> Result<i32> {
         ]))?,
     );
     step.phase("unit tests and guest-init host-mode tests (cargo test --workspace)");
-    t.record(
+    t.begin();
+    t.record_ok(
         "cargo test --workspace",
         status_ok(cargo().args(["test", "--workspace"]))?,
     );
 
+    step.phase("building runvm, the guest kernel, the initramfs and the test rootfs");
+    t.begin();
     let setup = GuestSetup::prepare(false)?;
     let exes = test_executables()?;
+    let unlisted = unlisted_suites(&exes);
+    if !unlisted.is_empty() {
+        eprintln!(
+            "[test] integration suites in no list of xtask/src/test.rs (HOST_SUITES or \
+             GUEST_SUITES), so they would never run: {}",
+            unlisted.join(", ")
+        );
+    }
+    t.record_ok("build, and every integration suite is listed", unlisted.is_empty());
     let exe = |name: &str| -> Result<String> {
         exes.iter()
             .find(|(n, _)| n == name)
@@ -127,16 +238,18 @@ pub fn cmd_test() -> Result<i32> {
 
     for suite in HOST_SUITES {
         step.phase(&format!("runvm {suite} tests (no guest needed)"));
+        t.begin();
         let mut c = Command::new(exe(suite)?);
         c.args(["--ignored", "--test-threads=2"]).envs(setup.env());
-        t.record(suite, status_ok(&mut c)?);
+        t.record_ok(suite, status_ok(&mut c)?);
     }
 
     let place = setup.choose_place()?;
     if place == Place::TestHost {
         step.phase("test host passes exit codes through (sh -c 'exit 7')");
+        t.begin();
         let code = testhost::run_in_testhost(&["sh".into(), "-c".into(), "exit 7".into()], &[])?;
-        t.record("testhost exit code 7", code == 7);
+        t.record_ok("testhost exit code 7", code == 7);
     }
     // The OCI validation suite, against runc and runvm in the same place, once. In the
     // test host it runs in a test host of its own beside the guest suites' (each is one
@@ -144,60 +257,61 @@ pub fn cmd_test() -> Result<i32> {
     // after them, so that their leak checks do not see its containers.
     let oci_args = crate::oci::OciArgs {
         runtimes: vec!["runc".into(), setup.runvm.display().to_string()],
-        only: vec![],
         timeout: 180,
-        build_only: false,
         check: true,
-        inside: None,
+        ..Default::default()
     };
     let run_oci = |args| {
-        crate::oci::cmd_oci(args)
+        let began = Instant::now();
+        let ok = crate::oci::cmd_oci(args)
             .map(|code| code == 0)
             .unwrap_or_else(|e| {
                 eprintln!("[test] OCI validation suite: {e:#}");
                 false
-            })
+            });
+        (ok, began.elapsed())
     };
-    const OCI: &str = "OCI validation suite (runvm passes what runc passes)";
+    const OCI: &str = "OCI validation suite (runvm passes what it passed before, and what runc passes)";
     let guest_tests = format!("guest tests ({})", GUEST_SUITES.join(", "));
-    if place == Place::TestHost {
+    let (guests, oci) = if place == Place::TestHost {
         step.phase(&format!(
             "guest tests ({}) and, in a second test host, the OCI validation suite",
             GUEST_SUITES.join(", ")
         ));
-        let (ok, oci_ok) = std::thread::scope(|s| {
+        std::thread::scope(|s| {
             let oci = s.spawn(|| run_oci(oci_args));
             // All guest suites in one go (one test-host boot): each runs even if another
             // fails.
-            let ok = run_guest_suites(&setup, place, &exes, GUEST_SUITES, &[]).map(|c| c == 0);
-            (ok, oci.join().unwrap_or(false))
-        });
-        t.record(&guest_tests, ok?);
-        t.record(OCI, oci_ok);
+            let began = Instant::now();
+            let guests = run_guest_suites(&setup, place, &exes, GUEST_SUITES, &[], &[]);
+            let oci = oci.join().unwrap_or((false, Duration::ZERO));
+            ((guests, began.elapsed()), oci)
+        })
     } else {
         step.phase(&format!("guest tests: {}", GUEST_SUITES.join(", ")));
-        let ok = run_guest_suites(&setup, place, &exes, GUEST_SUITES, &[])? == 0;
-        t.record(&guest_tests, ok);
+        let began = Instant::now();
+        let guests = run_guest_suites(&setup, place, &exes, GUEST_SUITES, &[], &[]);
+        let guests = (guests, began.elapsed());
         step.phase("OCI validation suite (runc, then runvm)");
-        t.record(OCI, run_oci(oci_args));
-    }
+        (guests, run_oci(oci_args))
+    };
+    let (guest_run, guest_time) = guests;
+    let guest_run = guest_run?;
+    t.stages.push((guest_tests.clone(), guest_run.outcome(), guest_time));
+    eprintln!("[test] {guest_tests}: {}", guest_run.describe());
+    t.stages.push((
+        OCI.to_string(),
+        if oci.0 { Outcome::Passed } else { Outcome::Failed },
+        oci.1,
+    ));
 
     let left = leftover_processes();
-    t.record("no runvm process left on the host", left.is_empty());
+    t.record_ok("no runvm process left on the host", left.is_empty());
     if !left.is_empty() {
         eprintln!("[test] left behind: {left:?}");
     }
     drop(step);
-    println!(
-        "test suites: {} passed, {} failed",
-        t.passed.len(),
-        t.failed.len()
-    );
-    if !t.failed.is_empty() {
-        eprintln!("[test] failed: {}", t.failed.join(", "));
-        return Ok(1);
-    }
-    Ok(0)
+    Ok(t.close(started.elapsed()))
 }
 
 /// The integration test binaries (in `tests/tests/`) that need the runvm binary but boot
@@ -222,17 +336,49 @@ pub const GUEST_SUITES: &[&str] = &[
     "docker",
 ];
 
+/// How a run of the guest suites went.
+pub struct GuestRun {
+    /// The suites' exit code (0: all passed) on the last attempt.
+    code: i32,
+    /// Why each earlier attempt ended without an exit status (the test host froze or died).
+    reruns: Vec<String>,
+}
+
+impl GuestRun {
+    fn outcome(&self) -> Outcome {
+        match (self.code, self.reruns.is_empty()) {
+            (0, true) => Outcome::Passed,
+            (0, false) => Outcome::PassedOnRerun(self.reruns.join("; ")),
+            _ => Outcome::Failed,
+        }
+    }
+
+    fn describe(&self) -> String {
+        let mut s = if self.code == 0 {
+            "every suite passed".to_string()
+        } else {
+            format!("a suite failed (exit {})", self.code)
+        };
+        for (i, why) in self.reruns.iter().enumerate() {
+            s.push_str(&format!("; attempt {} ended without an exit status: {why}", i + 1));
+        }
+        s
+    }
+}
+
 /// Runs the named guest suites, each with `--ignored --test-threads=2` plus `test_args`,
-/// in one go where guests boot (one test-host boot). Every suite runs even if another
-/// fails; the result is 0 when all passed. A test host that dies without an exit status
-/// (it freezes now and then on this machine) is retried once, and says so.
+/// in one go where guests boot (one test-host boot), with `extra` in their environment.
+/// Every suite runs even if another fails. A test host that froze or died without an
+/// exit status ([`TestHostEnd::worth_a_rerun`]) is run once more; the reruns are in the
+/// result, so that the caller's tally shows them.
 fn run_guest_suites(
     setup: &GuestSetup,
     place: Place,
     exes: &[(String, PathBuf)],
     suites: &[&str],
     test_args: &[String],
-) -> Result<i32> {
+    extra: &[(String, String)],
+) -> Result<GuestRun> {
     let mut argv: Vec<String> = vec![
         "sh".into(),
         "-c".into(),
@@ -251,33 +397,36 @@ fn run_guest_suites(
             })?;
         argv.push(exe);
     }
-    let mut extra = vec![("RUNVM_TEST_ARGS".to_string(), test_args.join(" "))];
-    // The Docker/Podman suites' knobs (RUNVM_DOCKER_RUNTIME=runc for a control run, …).
-    extra.extend(std::env::vars().filter(|(k, _)| k.starts_with("RUNVM_DOCKER_")));
+    let mut env = vec![("RUNVM_TEST_ARGS".to_string(), test_args.join(" "))];
+    env.extend_from_slice(extra);
     if suites.contains(&"hostile") {
         // The hostile guest init, built only for the suite that boots it.
         let hostile = crate::initramfs::hostile_initramfs()?;
-        extra.push((
+        env.push((
             "RUNVM_HOSTILE_INITRAMFS".to_string(),
             hostile.display().to_string(),
         ));
     }
-    let mut result = setup.run_at(place, &argv, &extra);
-    for attempt in 2..=2 {
-        match &result {
-            // A test failure (an exit status) is never rerun, nor a run that used up its
-            // time (it would take as long again); a frozen test host is, once.
-            Err(e)
-                if place == Place::TestHost
-                    && !format!("{e:#}").contains("RUNVM_TESTHOST_TIMEOUT") =>
-            {
-                eprintln!("[test] the test host ended without an exit status ({e:#}); running the guest tests again (attempt {attempt} of 2)");
-                result = setup.run_at(place, &argv, &extra);
+    const ATTEMPTS: usize = 2;
+    let mut reruns = Vec::new();
+    loop {
+        match setup.run_at(place, &argv, &env) {
+            Ok(code) => return Ok(GuestRun { code, reruns }),
+            Err(e) => {
+                let rerun = e
+                    .downcast_ref::<TestHostEnd>()
+                    .is_some_and(TestHostEnd::worth_a_rerun);
+                if !rerun || reruns.len() + 1 >= ATTEMPTS {
+                    return Err(e);
+                }
+                eprintln!(
+                    "[test] {e:#}; running the guest tests again (attempt {} of {ATTEMPTS})",
+                    reruns.len() + 2
+                );
+                reruns.push(format!("{e:#}"));
             }
-            _ => break,
         }
     }
-    result
 }
 
 /// `cargo xtask guest-test SUITE… [-- TEST-ARGS…]`: builds what guests need and runs the
@@ -292,7 +441,14 @@ pub fn cmd_guest_test(suites: &[String], test_args: &[String]) -> Result<i32> {
     } else {
         suites.iter().map(String::as_str).collect()
     };
-    let code = run_guest_suites(&setup, place, &exes, &names, test_args)?;
+    // The Docker/Podman suites' knobs (RUNVM_DOCKER_RUNTIME=runc for a control run, …):
+    // for this developer command only; `cargo xtask test` scrubs them.
+    let knobs: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("RUNVM_DOCKER_"))
+        .collect();
+    let run = run_guest_suites(&setup, place, &exes, &names, test_args, &knobs)?;
+    eprintln!("[test] guest tests: {}", run.describe());
+    let code = run.code;
 
     let left = leftover_processes();
     if !left.is_empty() {

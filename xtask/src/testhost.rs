@@ -96,42 +96,6 @@ pub struct TestHostImage {
     pub initrd: PathBuf,
 }
 
-/// The Debian mirror to debootstrap from: `RUNVM_DEBIAN_MIRROR`, else the
-/// first bookworm `URIs:` of `/etc/apt/sources.list.d/debian.sources`, else
-/// the first `deb` line of `/etc/apt/sources.list`, else deb.debian.org.
-fn debian_mirror() -> String {
-    if let Ok(m) = std::env::var("RUNVM_DEBIAN_MIRROR") {
-        if !m.is_empty() {
-            return m;
-        }
-    }
-    if let Ok(text) = std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources") {
-        for stanza in text.split("\n\n") {
-            let field = |name: &str| {
-                stanza
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
-            };
-            if let (Some(uris), Some(suites)) = (field("URIs:"), field("Suites:")) {
-                if suites.split_whitespace().any(|s| s == SUITE) {
-                    if let Some(u) = uris.split_whitespace().next() {
-                        return u.to_string();
-                    }
-                }
-            }
-        }
-    }
-    if let Ok(text) = std::fs::read_to_string("/etc/apt/sources.list") {
-        for l in text.lines() {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            if w.len() >= 3 && w[0] == "deb" && w[2] == SUITE {
-                return w[1].to_string();
-            }
-        }
-    }
-    "http://deb.debian.org/debian".to_string()
-}
-
 /// Builds the test host image if needed and returns it.
 pub fn ensure_testhost() -> Result<TestHostImage> {
     util::ensure_apt(HOST_PACKAGES)?;
@@ -149,7 +113,7 @@ pub fn ensure_testhost() -> Result<TestHostImage> {
         return Ok(img);
     }
     std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::util::is_root() {
         bail!("building the test host image needs root (debootstrap); run as root");
     }
     let mut step = Step::new("testhost");
@@ -158,7 +122,7 @@ pub fn ensure_testhost() -> Result<TestHostImage> {
     let rootfs = tmp.join("rootfs");
     std::fs::create_dir_all(&rootfs).with_context(|| format!("creating {}", rootfs.display()))?;
 
-    let mirror = debian_mirror();
+    let mirror = util::debian_mirror(SUITE)?;
     step.phase(&format!(
         "debootstrap {SUITE} from {mirror} (a few minutes)"
     ));
@@ -323,6 +287,7 @@ extern "C" fn on_signal(sig: libc::c_int) {
 
 fn install_signal_handlers() {
     static ONCE: Once = Once::new();
+    // SAFETY: `on_signal` is async-signal-safe (one atomic store) and lives forever.
     ONCE.call_once(|| unsafe {
         let h = on_signal as *const () as libc::sighandler_t;
         libc::signal(libc::SIGINT, h);
@@ -333,15 +298,20 @@ fn install_signal_handlers() {
 /// A pipe whose ends are close-on-exec and numbered >= 10.
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(std::io::Error::last_os_error()).context("pipe2");
     }
     let high = |fd: i32| -> Result<OwnedFd> {
+        // SAFETY: `fd` is a pipe end this function made and owns; it is closed once,
+        // after its duplicate is made.
         let h = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10) };
+        // SAFETY: as above; nothing else holds `fd`.
         unsafe { libc::close(fd) };
         if h < 0 {
             return Err(std::io::Error::last_os_error()).context("fcntl(F_DUPFD_CLOEXEC)");
         }
+        // SAFETY: `h` is a new descriptor that nothing else owns.
         Ok(unsafe { OwnedFd::from_raw_fd(h) })
     };
     Ok((high(fds[0])?, high(fds[1])?))
@@ -441,6 +411,37 @@ struct TempDir(PathBuf);
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Why QEMU was killed.
+enum KilledFor {
+    /// We were interrupted (the signal is passed on as the exit code).
+    Signal(i32),
+    /// `RUNVM_TESTHOST_TIMEOUT` seconds passed.
+    Timeout(u64),
+    /// No output and no heartbeat for `RUNVM_TESTHOST_IDLE_TIMEOUT` seconds.
+    Wedged(u64),
+}
+
+/// How a test host ended without its command's exit status: the root cause of
+/// [`run_in_testhost`]'s error in those cases, for callers that decide on a rerun.
+#[derive(Debug, thiserror::Error)]
+pub enum TestHostEnd {
+    #[error("test host killed after {elapsed}: timeout: no power-off after {seconds} s (RUNVM_TESTHOST_TIMEOUT)")]
+    TimedOut { elapsed: String, seconds: u64 },
+    #[error("test host killed after {elapsed}: no output and no heartbeat for {seconds} s: the test host is wedged (RUNVM_TESTHOST_IDLE_TIMEOUT)")]
+    Wedged { elapsed: String, seconds: u64 },
+    #[error("the test host stopped after {elapsed} ({status}) without reporting an exit status: the command did not finish (guest crash or power-off?). Rerun with RUNVM_TESTHOST_CONSOLE=1 to see its console.")]
+    NoExitStatus { elapsed: String, status: String },
+}
+
+impl TestHostEnd {
+    /// Whether running the same command again may succeed: the test host froze or died,
+    /// which happens now and then under nested TCG, as opposed to a run that used up its
+    /// time (it would take as long again).
+    pub fn worth_a_rerun(&self) -> bool {
+        !matches!(self, TestHostEnd::TimedOut { .. })
     }
 }
 
@@ -577,6 +578,8 @@ pub fn run_in_testhost(argv: &[String], extra_env: &[(String, String)]) -> Resul
         std::os::fd::AsRawFd::as_raw_fd(&out_w),
         std::os::fd::AsRawFd::as_raw_fd(&err_w),
     );
+    // SAFETY: the closure runs between fork and exec and calls only async-signal-safe
+    // functions (prctl, setpgid, dup2) on descriptors that stay open until the spawn.
     unsafe {
         qemu.pre_exec(move || {
             // QEMU must never outlive us.
@@ -623,7 +626,7 @@ pub fn run_in_testhost(argv: &[String], extra_env: &[(String, String)]) -> Resul
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(DEFAULT_IDLE_TIMEOUT_SECS);
     LAST_OUTPUT_MS.store(now_ms(), Ordering::SeqCst);
-    let mut killed_for: Option<String> = None;
+    let mut killed_for: Option<KilledFor> = None;
     let status = loop {
         if let Some(st) = child.try_wait().context("waiting for qemu")? {
             break st;
@@ -631,17 +634,14 @@ pub fn run_in_testhost(argv: &[String], extra_env: &[(String, String)]) -> Resul
         if killed_for.is_none() {
             let sig = SIGNAL.load(Ordering::SeqCst);
             if sig != 0 {
-                killed_for = Some(format!("signal {sig}"));
+                killed_for = Some(KilledFor::Signal(sig));
             } else if start.elapsed() > Duration::from_secs(timeout) {
-                killed_for = Some(format!(
-                    "timeout: no power-off after {timeout} s (RUNVM_TESTHOST_TIMEOUT)"
-                ));
+                killed_for = Some(KilledFor::Timeout(timeout));
             } else if now_ms().saturating_sub(last_sign_of_life(&ctl.0)) > idle_timeout * 1000 {
-                killed_for = Some(format!(
-                    "no output and no heartbeat for {idle_timeout} s: the test host is wedged (RUNVM_TESTHOST_IDLE_TIMEOUT)"
-                ));
+                killed_for = Some(KilledFor::Wedged(idle_timeout));
             }
             if killed_for.is_some() {
+                // SAFETY: kill of our own child, which has not been reaped yet.
                 unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
             }
         }
@@ -657,13 +657,18 @@ pub fn run_in_testhost(argv: &[String], extra_env: &[(String, String)]) -> Resul
     let _ = qemu_log.join();
     let elapsed = util::fmt_duration(start.elapsed());
 
-    if let Some(reason) = killed_for {
-        let sig = SIGNAL.load(Ordering::SeqCst);
-        if sig != 0 {
-            eprintln!("[testhost] interrupted ({reason}) after {elapsed}; QEMU killed");
+    match killed_for {
+        Some(KilledFor::Signal(sig)) => {
+            eprintln!("[testhost] interrupted (signal {sig}) after {elapsed}; QEMU killed");
             return Ok(128 + sig);
         }
-        bail!("test host killed after {elapsed}: {reason}");
+        Some(KilledFor::Timeout(seconds)) => {
+            return Err(TestHostEnd::TimedOut { elapsed, seconds }.into())
+        }
+        Some(KilledFor::Wedged(seconds)) => {
+            return Err(TestHostEnd::Wedged { elapsed, seconds }.into())
+        }
+        None => {}
     }
     let exit_file = ctl.0.join("exit");
     match std::fs::read_to_string(&exit_file) {
@@ -677,11 +682,11 @@ pub fn run_in_testhost(argv: &[String], extra_env: &[(String, String)]) -> Resul
             }
             Ok(code)
         }
-        Err(_) => bail!(
-            "the test host stopped after {elapsed} ({status}) without reporting an exit status: \
-             the command did not finish (guest crash or power-off?). Rerun with \
-             RUNVM_TESTHOST_CONSOLE=1 to see its console."
-        ),
+        Err(_) => Err(TestHostEnd::NoExitStatus {
+            elapsed,
+            status: status.to_string(),
+        }
+        .into()),
     }
 }
 

@@ -133,7 +133,7 @@ pub fn ensure_apt(packages: &[&str]) -> Result<()> {
         return Ok(());
     }
     eprintln!("[apt] installing missing packages: {}", missing.join(" "));
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::util::is_root() {
         bail!(
             "packages {} are missing and installing them needs root: run `sudo apt-get install -y {}` or run this command as root",
             missing.join(" "),
@@ -389,6 +389,12 @@ impl Drop for Step {
     }
 }
 
+/// Whether this process runs as root (effective uid 0).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// Short hex sha256 (16 chars) of the given parts, each length-prefixed.
 pub fn short_hash(parts: &[&[u8]]) -> String {
     use sha2::{Digest, Sha256};
@@ -407,5 +413,99 @@ pub fn remove_dir_if_exists(path: &Path) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
+/// The Debian archive this machine's apt configuration uses for `suite`: the `URIs:` of
+/// the first deb822 stanza in `/etc/apt/sources.list.d/*.sources` that lists it, else the
+/// first `deb` line for it in `/etc/apt/sources.list` or `sources.list.d/*.list`. Nothing
+/// else: no built-in default, no environment override, so that what CI downloads is what
+/// the machine is configured to download.
+pub fn debian_mirror(suite: &str) -> Result<String> {
+    let mut sources: Vec<PathBuf> = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        let mut more: Vec<PathBuf> = dir.flatten().map(|e| e.path()).collect();
+        more.sort();
+        sources.extend(more);
+    }
+    for path in &sources {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            continue;
+        };
+        let found = match path.extension().and_then(|e| e.to_str()) {
+            Some("sources") => mirror_in_deb822(&text, suite),
+            _ => mirror_in_one_line_format(&text, suite),
+        };
+        if let Some(m) = found {
+            return Ok(m);
+        }
+    }
+    bail!(
+        "no Debian archive for {suite} in this machine's apt configuration \
+         (/etc/apt/sources.list, /etc/apt/sources.list.d/): add one"
+    )
+}
+
+fn mirror_in_deb822(text: &str, suite: &str) -> Option<String> {
+    text.split("\n\n").find_map(|stanza| {
+        let field = |name: &str| {
+            stanza
+                .lines()
+                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+        };
+        let is_deb = field("Types:").is_some_and(|t| t.split_whitespace().any(|t| t == "deb"));
+        let has_suite =
+            field("Suites:").is_some_and(|s| s.split_whitespace().any(|s| s == suite));
+        (is_deb && has_suite)
+            .then(|| field("URIs:"))
+            .flatten()
+            .and_then(|u| u.split_whitespace().next().map(str::to_string))
+    })
+}
+
+fn mirror_in_one_line_format(text: &str, suite: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        // `deb [options] URI SUITE COMPONENTS…`
+        let mut w = l.split_whitespace().peekable();
+        if w.next() != Some("deb") {
+            return None;
+        }
+        if w.peek().is_some_and(|o| o.starts_with('[')) {
+            for o in w.by_ref() {
+                if o.ends_with(']') {
+                    break;
+                }
+            }
+        }
+        let uri = w.next()?;
+        (w.next() == Some(suite)).then(|| uri.to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirror_comes_from_the_apt_configuration() {
+        let deb822 = "Types: deb\n# comment\nURIs: http://m.example/debian\nSuites: bookworm bookworm-updates\n\n\
+                      Types: deb\nURIs: http://m.example/security\nSuites: bookworm-security\n";
+        assert_eq!(
+            mirror_in_deb822(deb822, "bookworm").as_deref(),
+            Some("http://m.example/debian")
+        );
+        assert_eq!(
+            mirror_in_deb822(deb822, "bookworm-security").as_deref(),
+            Some("http://m.example/security")
+        );
+        assert_eq!(mirror_in_deb822(deb822, "trixie"), None);
+        let src = "Types: deb-src\nURIs: http://x/\nSuites: trixie\n";
+        assert_eq!(mirror_in_deb822(src, "trixie"), None);
+        let list = "# deb http://no/ bookworm main\ndeb [arch=amd64 signed-by=/k] http://m/d bookworm main\n";
+        assert_eq!(
+            mirror_in_one_line_format(list, "bookworm").as_deref(),
+            Some("http://m/d")
+        );
+        assert_eq!(mirror_in_one_line_format(list, "trixie"), None);
     }
 }

@@ -46,8 +46,19 @@ pub fn rfc3339_now() -> String {
     )
 }
 
+/// A level as logrus (runc's logger) names it.
+fn level_name(level: log::Level) -> &'static str {
+    match level {
+        log::Level::Error => "error",
+        log::Level::Warn => "warning",
+        log::Level::Info => "info",
+        log::Level::Debug => "debug",
+        log::Level::Trace => "trace",
+    }
+}
+
 fn line(format: Format, level: log::Level, msg: &str) -> String {
-    let level = level.as_str().to_lowercase();
+    let level = level_name(level);
     match format {
         Format::Json => format!(
             "{}\n",
@@ -74,7 +85,7 @@ impl log::Log for Logger {
             }
             None => {
                 if record.level() <= log::Level::Warn || self.level >= log::LevelFilter::Debug {
-                    eprintln!("runvm: {}: {msg}", record.level().as_str().to_lowercase());
+                    eprintln!("runvm: {}: {msg}", level_name(record.level()));
                 }
             }
         }

@@ -168,27 +168,42 @@ impl ContainerSpec {
     }
 }
 
-/// Environment knob: `1` ignores keys the OCI runtime spec does not define, as runc does,
-/// with a warning, instead of refusing them.
-pub const ALLOW_UNKNOWN_FIELDS: &str = "RUNVM_ALLOW_UNKNOWN_FIELDS";
-/// Most unknown keys named in one error.
+/// Most unknown keys named in one warning.
 const MAX_NAMED: usize = 8;
 
-/// Parses an OCI JSON document (config.json, or `runvm exec --process`'s file) and
-/// refuses keys its schema does not define, naming each with its path
-/// (`process.argz`, `mounts[2].opts`). A misspelt key would otherwise be dropped without
-/// a word, and the container run without what it asked for (a `readOnly` root, a
-/// `maskedpaths` list). Maps the spec leaves open (`annotations`, `linux.sysctl`,
-/// `linux.resources.unified`, …) take any key. With [`ALLOW_UNKNOWN_FIELDS`]`=1` the
-/// keys are only logged, as runc ignores them.
+/// Parses an OCI JSON document (config.json, or `runvm exec --process`'s file). Keys its
+/// schema does not define are ignored, as the runtime spec requires ("MUST NOT generate
+/// an error"), with one warning in runvm's log naming each with its path
+/// (`process.argz`, `mounts[2].opts`), so that a misspelt key is still visible. Maps the
+/// spec leaves open (`annotations`, `linux.sysctl`, `linux.resources.unified`, …) take any
+/// key. A known key with a value of the wrong type is an error that names the key's path.
 pub fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
     let mut unknown = Vec::new();
     let mut de = serde_json::Deserializer::from_str(text);
-    let value: T = serde_ignored::deserialize(&mut de, |path| unknown.push(key_path(&path)))
-        .map_err(|e| e.to_string())?;
+    let mut note = |path: serde_ignored::Path<'_>| unknown.push(key_path(&path));
+    let value: T = {
+        let ignoring = serde_ignored::Deserializer::new(&mut de, &mut note);
+        serde_path_to_error::deserialize(ignoring).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path.is_empty() || path == "." {
+                inner.to_string()
+            } else {
+                format!("{path}: {inner}")
+            }
+        })?
+    };
     de.end().map_err(|e| e.to_string())?;
+    if let Some(named) = unknown_keys_named(&unknown) {
+        log::warn!("{named}");
+    }
+    Ok(value)
+}
+
+/// The warning for ignored keys, or none.
+fn unknown_keys_named(unknown: &[String]) -> Option<String> {
     if unknown.is_empty() {
-        return Ok(value);
+        return None;
     }
     let mut named = unknown
         .iter()
@@ -200,12 +215,8 @@ pub fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String
         named.push_str(&format!(" and {} more", unknown.len() - MAX_NAMED));
     }
     let plural = if unknown.len() == 1 { "" } else { "s" };
-    if std::env::var_os(ALLOW_UNKNOWN_FIELDS).is_some_and(|v| v == "1") {
-        log::warn!("ignoring unknown key{plural} {named} ({ALLOW_UNKNOWN_FIELDS}=1)");
-        return Ok(value);
-    }
-    Err(format!(
-        "unknown key{plural} {named}: the OCI runtime spec defines no such key{plural}, and runvm refuses what it would silently ignore (fix the spelling, or set {ALLOW_UNKNOWN_FIELDS}=1 to ignore unknown keys as runc does)"
+    Some(format!(
+        "ignoring unknown key{plural} {named}: the OCI runtime spec defines no such key{plural} (check the spelling)"
     ))
 }
 
@@ -687,44 +698,68 @@ mod tests {
         );
     }
 
+    /// The unknown keys `from_json` would warn about in `extra` merged into a bundle.
+    fn unknown_in(extra: Value) -> Vec<String> {
+        let mut v = serde_json::to_value(oci_spec::runtime::Spec::default()).unwrap();
+        merge(&mut v, extra);
+        let mut unknown = Vec::new();
+        let text = v.to_string();
+        let mut de = serde_json::Deserializer::from_str(&text);
+        let _: Spec = serde_ignored::deserialize(&mut de, |p| unknown.push(key_path(&p))).unwrap();
+        unknown
+    }
+
     #[test]
-    fn unknown_keys_are_refused_with_their_paths() {
+    fn unknown_keys_are_ignored_and_named_with_their_paths() {
         for (extra, key) in [
-            (json!({ "process": { "argz": ["sh"] } }), "\"process.argz\""),
-            (json!({ "hostName": "x" }), "\"hostName\""),
-            (json!({ "root": { "readOnly": true } }), "\"root.readOnly\""),
+            (json!({ "process": { "argz": ["sh"] } }), "process.argz"),
+            (json!({ "hostName": "x" }), "hostName"),
+            (json!({ "root": { "readOnly": true } }), "root.readOnly"),
             (
                 json!({ "mounts": [ { "destination": "/proc", "type": "proc", "source": "proc" },
                                     { "destination": "/tmp", "type": "tmpfs", "opts": ["size=1m"] } ] }),
-                "\"mounts[1].opts\"",
+                "mounts[1].opts",
             ),
             (
                 json!({ "linux": { "resources": { "memory": { "limitt": 1 } } } }),
-                "\"linux.resources.memory.limitt\"",
+                "linux.resources.memory.limitt",
             ),
             (
                 json!({ "linux": { "maskedpaths": ["/proc/kcore"] } }),
-                "\"linux.maskedpaths\"",
+                "linux.maskedpaths",
             ),
             (
                 json!({ "process": { "user": { "uid": 0, "gid": 0, "groups": [1] } } }),
-                "\"process.user.groups\"",
+                "process.user.groups",
             ),
         ] {
-            let e = Bundle::new(extra).load().unwrap_err().to_string();
-            assert!(e.contains(key), "expected {key} in: {e}");
-            assert!(e.contains("config.json"), "{e}");
-            assert!(e.contains("unknown key"), "{e}");
+            // Loading succeeds (the spec's MUST), and the warning names the key.
+            Bundle::new(extra.clone()).load().unwrap();
+            assert_eq!(unknown_in(extra), vec![key.to_string()]);
         }
         // Every unknown key is named, not only the first.
-        let e = Bundle::new(json!({ "a": 1, "process": { "b": 2 } }))
-            .load()
-            .unwrap_err()
-            .to_string();
+        let named =
+            unknown_keys_named(&unknown_in(json!({ "a": 1, "process": { "b": 2 } }))).unwrap();
         assert!(
-            e.contains("\"a\"") && e.contains("\"process.b\"") && e.contains("keys"),
-            "{e}"
+            named.contains("\"a\"") && named.contains("\"process.b\"") && named.contains("keys"),
+            "{named}"
         );
+        assert_eq!(unknown_keys_named(&[]), None);
+    }
+
+    #[test]
+    fn a_known_key_of_the_wrong_type_is_an_error_naming_its_path() {
+        for (extra, path) in [
+            (
+                json!({ "process": { "terminal": "yes" } }),
+                "process.terminal",
+            ),
+            (json!({ "root": { "readonly": 1 } }), "root.readonly"),
+            (json!({ "hostname": ["x"] }), "hostname"),
+        ] {
+            let e = Bundle::new(extra).load().unwrap_err().to_string();
+            assert!(e.contains(path) && e.contains("config.json"), "{path}: {e}");
+        }
     }
 
     #[test]
@@ -745,9 +780,12 @@ mod tests {
         let ok = r#"{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0},"terminal":false}"#;
         let p: oci_spec::runtime::Process = from_json(ok).unwrap();
         assert_eq!(p.args().as_ref().unwrap()[0], "sh");
-        let bad = r#"{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0},"termnial":true}"#;
+        // An unknown key is ignored; a wrong type is not.
+        let typo = r#"{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0},"termnial":true}"#;
+        assert!(from_json::<oci_spec::runtime::Process>(typo).is_ok());
+        let bad = r#"{"args":["sh"],"cwd":"/","user":{"uid":"root","gid":0}}"#;
         let e = from_json::<oci_spec::runtime::Process>(bad).unwrap_err();
-        assert!(e.contains("\"termnial\""), "{e}");
+        assert!(e.contains("user.uid"), "{e}");
         // Trailing garbage after the document is an error too.
         assert!(from_json::<oci_spec::runtime::Process>(&format!("{ok} x")).is_err());
     }

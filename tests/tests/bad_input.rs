@@ -155,7 +155,7 @@ fn unknown_keys_are_refused_naming_their_path() {
 
 #[test]
 #[ignore = "needs the runvm binary: run through `cargo xtask test`"]
-fn open_maps_take_any_key_and_the_escape_hatch_ignores_unknown_ones() {
+fn unknown_keys_are_ignored_and_named_in_the_log() {
     // A config that parses gets as far as looking for the guest kernel: pointing
     // RUNVM_KERNEL at nothing stops it there, before any state is made.
     let root = StateRoot::new();
@@ -176,34 +176,100 @@ fn open_maps_take_any_key_and_the_escape_hatch_ignores_unknown_ones() {
         }
         Bundle::from_config(&c.to_string())
     };
-    let run = |bundle: &Bundle, allow: bool| {
-        let mut c = root.command(&["run", "--bundle", bundle.path().to_str().unwrap(), "open"]);
+    let log = root.path().join("runvm.log");
+    let run = |bundle: &Bundle| {
+        let mut c = root.command(&[
+            "--log",
+            log.to_str().unwrap(),
+            "run",
+            "--bundle",
+            bundle.path().to_str().unwrap(),
+            "open",
+        ]);
         c.env("RUNVM_KERNEL", "/nonexistent/vmlinux")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
-        if allow {
-            c.env("RUNVM_ALLOW_UNKNOWN_FIELDS", "1");
-        }
         wait_with_timeout(c.spawn().unwrap(), Duration::from_secs(60))
     };
-    let out = run(&cfg(serde_json::json!({})), false);
+    // The open maps (annotations, sysctl) take any key without a word.
+    let out = run(&cfg(serde_json::json!({})));
     assert_eq!(code(&out), 1);
     assert!(
-        stderr(&out).contains("/nonexistent/vmlinux") && !stderr(&out).contains("unknown key"),
+        stderr(&out).contains("/nonexistent/vmlinux"),
         "{}",
         stderr(&out)
     );
-    let typo = cfg(serde_json::json!({ "hostName": "x" }));
-    let out = run(&typo, false);
-    assert!(stderr(&out).contains("\"hostName\""), "{}", stderr(&out));
-    // With the escape hatch: a warning naming the key, and on to the kernel.
-    let out = run(&typo, true);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!text.contains("unknown key"), "{text}");
+    // An unknown top-level key and one inside process: ignored (on to the kernel), and
+    // one warning in the log names both.
+    let out = run(&cfg(serde_json::json!({
+        "hostName": "x",
+        "process": { "args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0}, "argz": ["y"] },
+    })));
     assert!(
-        stderr(&out).contains("warn: ignoring unknown key \"hostName\"")
-            && stderr(&out).contains("/nonexistent/vmlinux"),
+        stderr(&out).contains("/nonexistent/vmlinux"),
         "{}",
         stderr(&out)
     );
+    let text = std::fs::read_to_string(&log).unwrap();
+    let warnings: Vec<&str> = text.lines().filter(|l| l.contains("unknown key")).collect();
+    assert_eq!(warnings.len(), 1, "{text}");
+    assert!(
+        warnings[0].contains("level=warning")
+            && warnings[0].contains("hostName")
+            && warnings[0].contains("process.argz"),
+        "{text}"
+    );
+    // A known key of the wrong type is still an error naming the key.
+    let out = run(&cfg(serde_json::json!({ "hostname": 7 })));
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains("hostname: invalid type"),
+        "{}",
+        stderr(&out)
+    );
+    root.assert_clean(Duration::from_millis(500));
+}
+
+#[test]
+#[ignore = "needs the runvm binary: run through `cargo xtask test`"]
+fn a_namespace_path_of_the_wrong_type_is_refused_naming_both() {
+    let root = StateRoot::new();
+    let rootfs = std::env::var("RUNVM_TEST_ROOTFS").unwrap_or_else(|_| "/".into());
+    let mut namespaces = runvm_tests::default_namespaces();
+    for ns in namespaces.as_array_mut().unwrap() {
+        if ns["type"] == "uts" {
+            ns["path"] = "/proc/self/ns/cgroup".into();
+        }
+    }
+    let bundle = Bundle::from_config(
+        &serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": { "args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0} },
+            "root": { "path": rootfs },
+            "linux": { "namespaces": namespaces },
+        })
+        .to_string(),
+    );
+    let pid_file = root.path().join("pid");
+    let out = root.cmd(&[
+        "create",
+        "--bundle",
+        bundle.path().to_str().unwrap(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "wrongns",
+    ]);
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains(
+            "the uts namespace path /proc/self/ns/cgroup is a cgroup namespace, not a uts namespace"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!pid_file.exists());
     root.assert_clean(Duration::from_millis(500));
 }

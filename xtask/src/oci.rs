@@ -976,7 +976,9 @@ fn run_here(suite: &Suite, args: &OciArgs, place: &str) -> Result<i32> {
         let record = Record::load()?;
         let mut findings = oci_expected::check(&record, &runvm, &runc);
         if !args.only.is_empty() {
-            findings.notes.retain(|n| !n.ends_with("in the record but not run"));
+            findings
+                .notes
+                .retain(|n| !n.ends_with("in the record but not run"));
         }
         for n in &findings.notes {
             eprintln!("[oci] note: {n}");
@@ -992,7 +994,9 @@ fn run_here(suite: &Suite, args: &OciArgs, place: &str) -> Result<i32> {
             );
             return Ok(1);
         }
-        eprintln!("[oci] every test point is as recorded; every divergence from runc has its reason");
+        eprintln!(
+            "[oci] every test point is as recorded; every divergence from runc has its reason"
+        );
     }
     Ok(0)
 }

@@ -73,8 +73,12 @@ impl std::str::FromStr for Points {
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (a, b) = part.split_once('-').unwrap_or((part, part));
             let (a, b): (usize, usize) = (
-                a.trim().parse().with_context(|| format!("bad point {part:?}"))?,
-                b.trim().parse().with_context(|| format!("bad point {part:?}"))?,
+                a.trim()
+                    .parse()
+                    .with_context(|| format!("bad point {part:?}"))?,
+                b.trim()
+                    .parse()
+                    .with_context(|| format!("bad point {part:?}"))?,
             );
             if a == 0 || b < a {
                 bail!("bad point range {part:?}");
@@ -135,7 +139,9 @@ const ABOUT: &str = "What runvm is expected to do in the OCI validation suite, p
     xtask/src/oci_expected.rs.";
 
 pub fn record_path() -> PathBuf {
-    crate::util::repo_root().join("xtask").join("oci-expected.json")
+    crate::util::repo_root()
+        .join("xtask")
+        .join("oci-expected.json")
 }
 
 impl Record {
@@ -169,14 +175,13 @@ impl Record {
                     Point::Skip => e.skip.0.insert(n),
                 };
             }
-            let diverges = runc.get(name).is_some_and(|rc| {
-                e.fail
-                    .0
-                    .iter()
-                    .any(|n| rc.get(n - 1) == Some(&Point::Pass))
-            });
+            let diverges = runc
+                .get(name)
+                .is_some_and(|rc| e.fail.0.iter().any(|n| rc.get(n - 1) == Some(&Point::Pass)));
             if diverges && e.why.is_none() {
-                e.why = Some(format!("{UNEXPLAINED}: say why runvm fails what runc passes"));
+                e.why = Some(format!(
+                    "{UNEXPLAINED}: say why runvm fails what runc passes"
+                ));
             }
             programs.insert(name.clone(), e);
         }
@@ -221,8 +226,13 @@ pub fn check(
             continue;
         };
         let now = |n: usize| points.get(n - 1).copied();
-        let regressed: BTreeSet<usize> =
-            e.pass.0.iter().copied().filter(|n| now(*n) != Some(Point::Pass)).collect();
+        let regressed: BTreeSet<usize> = e
+            .pass
+            .0
+            .iter()
+            .copied()
+            .filter(|n| now(*n) != Some(Point::Pass))
+            .collect();
         if !regressed.is_empty() {
             let msg = format!(
                 "{name}: point(s) {} passed before and do not pass now ({})",
@@ -310,7 +320,9 @@ mod tests {
     fn a_point_that_passed_before_and_fails_now_fails_the_check() {
         let rc = run(&[("a", &[Fail, Fail, Fail])]);
         let before = Record::from_run(&Record::default(), &run(&[("a", &[Pass, Pass, Fail])]), &rc);
-        assert!(check(&before, &run(&[("a", &[Pass, Pass, Fail])]), &rc).failures.is_empty());
+        assert!(check(&before, &run(&[("a", &[Pass, Pass, Fail])]), &rc)
+            .failures
+            .is_empty());
         // Runc fails it too: still a regression of runvm.
         let f = check(&before, &run(&[("a", &[Pass, Fail, Fail])]), &rc);
         assert_eq!(f.failures.len(), 1, "{f:?}");
@@ -330,7 +342,11 @@ mod tests {
         let rc = run(&[("a", &[Pass, Pass])]);
         let vm = run(&[("a", &[Pass, Fail])]);
         let rec = Record::from_run(&Record::default(), &vm, &rc);
-        assert!(rec.programs["a"].why.as_deref().unwrap().starts_with(UNEXPLAINED));
+        assert!(rec.programs["a"]
+            .why
+            .as_deref()
+            .unwrap()
+            .starts_with(UNEXPLAINED));
         assert_eq!(check(&rec, &vm, &rc).failures.len(), 1);
         let mut rec = rec;
         rec.programs.get_mut("a").unwrap().why = Some("the VM boundary".into());
@@ -347,6 +363,9 @@ mod tests {
         let f = check(&rec, &run(&[("a", &[Pass]), ("b", &[Pass])]), &rc);
         assert_eq!(f.failures.len(), 1);
         assert!(f.failures[0].starts_with("b: not in the record"));
-        assert!(f.notes.iter().any(|n| n.starts_with("a: point(s) 1 pass now")));
+        assert!(f
+            .notes
+            .iter()
+            .any(|n| n.starts_with("a: point(s) 1 pass now")));
     }
 }

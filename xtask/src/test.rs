@@ -80,7 +80,10 @@ impl Tally {
             Outcome::Failed => "FAILED".to_string(),
             Outcome::PassedOnRerun(why) => format!("ok on a rerun ({why})"),
         };
-        eprintln!("[test] {name}: {word} ({})", crate::util::fmt_duration(took));
+        eprintln!(
+            "[test] {name}: {word} ({})",
+            crate::util::fmt_duration(took)
+        );
         self.stages.push((name.to_string(), outcome, took));
     }
 
@@ -228,7 +231,10 @@ pub fn cmd_test() -> Result<i32> {
             unlisted.join(", ")
         );
     }
-    t.record_ok("build, and every integration suite is listed", unlisted.is_empty());
+    t.record_ok(
+        "build, and every integration suite is listed",
+        unlisted.is_empty(),
+    );
     let exe = |name: &str| -> Result<String> {
         exes.iter()
             .find(|(n, _)| n == name)
@@ -271,7 +277,8 @@ pub fn cmd_test() -> Result<i32> {
             });
         (ok, began.elapsed())
     };
-    const OCI: &str = "OCI validation suite (runvm passes what it passed before, and what runc passes)";
+    const OCI: &str =
+        "OCI validation suite (runvm passes what it passed before, and what runc passes)";
     let guest_tests = format!("guest tests ({})", GUEST_SUITES.join(", "));
     let (guests, oci) = if place == Place::TestHost {
         step.phase(&format!(
@@ -297,11 +304,16 @@ pub fn cmd_test() -> Result<i32> {
     };
     let (guest_run, guest_time) = guests;
     let guest_run = guest_run?;
-    t.stages.push((guest_tests.clone(), guest_run.outcome(), guest_time));
+    t.stages
+        .push((guest_tests.clone(), guest_run.outcome(), guest_time));
     eprintln!("[test] {guest_tests}: {}", guest_run.describe());
     t.stages.push((
         OCI.to_string(),
-        if oci.0 { Outcome::Passed } else { Outcome::Failed },
+        if oci.0 {
+            Outcome::Passed
+        } else {
+            Outcome::Failed
+        },
         oci.1,
     ));
 
@@ -360,7 +372,10 @@ impl GuestRun {
             format!("a suite failed (exit {})", self.code)
         };
         for (i, why) in self.reruns.iter().enumerate() {
-            s.push_str(&format!("; attempt {} ended without an exit status: {why}", i + 1));
+            s.push_str(&format!(
+                "; attempt {} ended without an exit status: {why}",
+                i + 1
+            ));
         }
         s
     }

@@ -454,8 +454,7 @@ fn mirror_in_deb822(text: &str, suite: &str) -> Option<String> {
                 .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
         };
         let is_deb = field("Types:").is_some_and(|t| t.split_whitespace().any(|t| t == "deb"));
-        let has_suite =
-            field("Suites:").is_some_and(|s| s.split_whitespace().any(|s| s == suite));
+        let has_suite = field("Suites:").is_some_and(|s| s.split_whitespace().any(|s| s == suite));
         (is_deb && has_suite)
             .then(|| field("URIs:"))
             .flatten()

@@ -27,6 +27,12 @@ pub enum NetworkError {
     Refused(String),
     #[error("network namespace {path}: {message}")]
     Namespace { path: String, message: String },
+    #[error("linux.namespaces: the {typ} namespace path {path} {problem}")]
+    NamespacePath {
+        typ: &'static str,
+        path: String,
+        problem: String,
+    },
     #[error("cannot read the container's network namespace: {0}")]
     Read(runvm_netlink::Error),
     #[error("cannot mirror interface {name} into the guest: {message}")]

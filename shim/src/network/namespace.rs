@@ -40,6 +40,13 @@ pub fn from_spec(spec: &oci_spec::runtime::Spec) -> Result<NetworkMode, NetworkE
         .as_ref()
         .and_then(|l| l.namespaces().clone())
         .unwrap_or_default();
+    // Every path first, before any other decision: a path of the wrong type is a mistake
+    // in the spec whatever runvm would do with that namespace.
+    for ns in &namespaces {
+        if let Some(path) = ns.path() {
+            check_ns_path(path, ns.typ())?;
+        }
+    }
     let find = |t: T| namespaces.iter().find(|n| n.typ() == t);
     for (t, flag) in [(T::Pid, "--pid"), (T::Ipc, "--ipc")] {
         match find(t) {
@@ -65,37 +72,89 @@ pub fn from_spec(spec: &oci_spec::runtime::Spec) -> Result<NetworkMode, NetworkE
         )),
         Some(ns) => match ns.path() {
             None => Ok(NetworkMode::New),
-            Some(p) => {
-                check_is_netns(p)?;
-                Ok(NetworkMode::Join(p.clone()))
-            }
+            Some(p) => Ok(NetworkMode::Join(p.clone())),
         },
     }
 }
 
 /// `NSFS_MAGIC`: the file system of `/proc/<pid>/ns/*` and of their bind mounts.
 const NSFS_MAGIC: i64 = 0x6e73_6673;
+/// `NS_GET_NSTYPE` (`_IO(0xb7, 0x3)`): the `CLONE_NEW*` flag of a namespace file.
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
 
-fn check_is_netns(path: &Path) -> Result<(), NetworkError> {
-    let err = |message: String| NetworkError::Namespace {
+/// The spec's name of a namespace type and its `CLONE_NEW*` flag.
+fn ns_kind(t: oci_spec::runtime::LinuxNamespaceType) -> (&'static str, libc::c_int) {
+    use oci_spec::runtime::LinuxNamespaceType as T;
+    match t {
+        T::Mount => ("mount", libc::CLONE_NEWNS),
+        T::Cgroup => ("cgroup", libc::CLONE_NEWCGROUP),
+        T::Uts => ("uts", libc::CLONE_NEWUTS),
+        T::Ipc => ("ipc", libc::CLONE_NEWIPC),
+        T::User => ("user", libc::CLONE_NEWUSER),
+        T::Pid => ("pid", libc::CLONE_NEWPID),
+        T::Network => ("network", libc::CLONE_NEWNET),
+        T::Time => ("time", 0x80), // CLONE_NEWTIME
+    }
+}
+
+/// The spec's name of the namespace type with this `CLONE_NEW*` flag.
+fn ns_name_of_flag(flag: libc::c_int) -> Option<&'static str> {
+    use oci_spec::runtime::LinuxNamespaceType as T;
+    [
+        T::Mount,
+        T::Cgroup,
+        T::Uts,
+        T::Ipc,
+        T::User,
+        T::Pid,
+        T::Network,
+        T::Time,
+    ]
+    .into_iter()
+    .map(ns_kind)
+    .find(|(_, f)| *f == flag)
+    .map(|(n, _)| n)
+}
+
+/// Checks that a `linux.namespaces` path exists and is a namespace of the type it is
+/// listed as (runc refuses `{"type": "uts", "path": "/proc/self/ns/cgroup"}` too).
+fn check_ns_path(
+    path: &Path,
+    typ: oci_spec::runtime::LinuxNamespaceType,
+) -> Result<(), NetworkError> {
+    let (want, want_flag) = ns_kind(typ);
+    let err = |problem: String| NetworkError::NamespacePath {
+        typ: want,
         path: path.display().to_string(),
-        message,
+        problem,
     };
     let f = std::fs::File::open(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            err("does not exist (linux.namespaces network path)".into())
+            err("does not exist".into())
         } else {
             err(format!("cannot open it: {e}"))
         }
     })?;
-    // SAFETY: fstatfs fills a statfs struct for an fd we own.
+    // SAFETY: an all-zero statfs is a valid value for fstatfs to overwrite.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; `st` is valid for writes.
+    // SAFETY: fstatfs fills `st`, valid for writes, for a descriptor we own.
     if unsafe { libc::fstatfs(f.as_raw_fd(), &mut st) } != 0 {
         return Err(err(format!("fstatfs: {}", std::io::Error::last_os_error())));
     }
     if st.f_type as i64 != NSFS_MAGIC {
         return Err(err("is not a namespace file (nsfs)".into()));
+    }
+    // SAFETY: NS_GET_NSTYPE takes no argument and returns the type; the fd is ours.
+    let got_flag = unsafe { libc::ioctl(f.as_raw_fd(), NS_GET_NSTYPE) };
+    if got_flag < 0 {
+        return Err(err(format!(
+            "cannot read its namespace type (NS_GET_NSTYPE): {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    if got_flag != want_flag {
+        let got = ns_name_of_flag(got_flag).unwrap_or("unknown");
+        return Err(err(format!("is a {got} namespace, not a {want} namespace")));
     }
     Ok(())
 }
@@ -233,12 +292,12 @@ mod tests {
         }
         let e = from_spec(&spec(all_but(
             "pid",
-            json!({"type": "pid", "path": "/proc/1/ns/pid"}),
+            json!({"type": "pid", "path": "/proc/self/ns/pid"}),
         )))
         .unwrap_err()
         .to_string();
         assert!(
-            e.contains("--pid container:") && e.contains("/proc/1/ns/pid"),
+            e.contains("--pid container:") && e.contains("/proc/self/ns/pid"),
             "{e}"
         );
     }
@@ -262,11 +321,59 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("not a namespace file"), "{e}");
+        // A namespace of another type.
+        let e = from_spec(&spec(all_but(
+            "network",
+            json!({"type": "network", "path": "/proc/self/ns/uts"}),
+        )))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("the network namespace path /proc/self/ns/uts is a uts namespace, not a network namespace"),
+            "{e}"
+        );
         let ok = from_spec(&spec(all_but(
             "network",
             json!({"type": "network", "path": "/proc/self/ns/net"}),
         )));
         assert_eq!(ok.unwrap(), NetworkMode::Join("/proc/self/ns/net".into()));
+    }
+
+    #[test]
+    fn every_namespace_path_is_checked_against_its_type_first() {
+        // For the types runvm joins (network), ignores (uts, mount, cgroup) and refuses
+        // (pid, ipc), a path of another type fails with both types named.
+        for (typ, other) in [
+            ("uts", "cgroup"),
+            ("mount", "uts"),
+            ("cgroup", "net"),
+            ("pid", "ipc"),
+            ("ipc", "mnt"),
+            ("user", "uts"),
+            ("network", "pid"),
+        ] {
+            let e = from_spec(&spec(all_but(
+                typ,
+                json!({"type": typ, "path": format!("/proc/self/ns/{other}")}),
+            )))
+            .unwrap_err()
+            .to_string();
+            let got = match other {
+                "net" => "network",
+                "mnt" => "mount",
+                o => o,
+            };
+            assert!(
+                e.contains(&format!("is a {got} namespace, not a {typ} namespace")),
+                "{typ} given a {other} path: {e}"
+            );
+        }
+        // The right type passes this check (uts by path is then used as today).
+        assert!(from_spec(&spec(all_but(
+            "uts",
+            json!({"type": "uts", "path": "/proc/self/ns/uts"})
+        )))
+        .is_ok());
     }
 
     #[test]

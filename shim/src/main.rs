@@ -132,15 +132,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     unsupported,
                 })
             }
-            CommonCmd::Spec(s) => {
-                let path = s.bundle.unwrap_or_else(|| ".".into()).join("config.json");
-                if path.exists() {
-                    anyhow::bail!("File {} exists. Remove it first", path.display());
-                }
-                let spec = oci_spec::runtime::Spec::default();
-                std::fs::write(&path, serde_json::to_string_pretty(&spec)?)?;
-                Ok(0)
-            }
+            CommonCmd::Spec(s) => container::spec::spec(&s),
             other => not_yet(
                 &format!("{other:?}")
                     .split([' ', '('])

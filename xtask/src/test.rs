@@ -185,6 +185,8 @@ pub fn cmd_test() -> Result<i32> {
         "util-linux",
         "procps",
         "cpio",
+        // The cli suite compares runvm's command line with runc's.
+        "runc",
         // runvm links libseccomp (linux.seccomp is compiled on the host): clippy and the
         // unit tests below build it, so this comes before them.
         "libseccomp-dev",
@@ -328,7 +330,7 @@ pub fn cmd_test() -> Result<i32> {
 
 /// The integration test binaries (in `tests/tests/`) that need the runvm binary but boot
 /// no guest: they run on this host, before the guest suites.
-pub const HOST_SUITES: &[&str] = &["bad_input", "features"];
+pub const HOST_SUITES: &[&str] = &["bad_input", "features", "cli"];
 
 /// The integration test binaries (in `tests/tests/`) that boot guests, in the order CI runs
 /// them. Add a new guest suite here.

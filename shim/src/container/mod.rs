@@ -17,6 +17,7 @@ pub mod pause;
 pub mod ps;
 pub mod resume;
 pub mod run;
+pub mod spec;
 pub mod start;
 pub mod state;
 pub mod update;

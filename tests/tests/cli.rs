@@ -1,0 +1,68 @@
+//! runvm's command line against runc's, side by side on this host: what `spec` writes,
+//! what `-v` says, and the verbs' answers that need no container. Needs the runvm
+//! binary (`cargo xtask test` sets RUNVM_BIN) and Debian's runc (`cargo xtask test`
+//! installs it), no guest.
+
+use std::path::Path;
+use std::process::Command;
+
+use runvm_tests::*;
+
+/// `RUNTIME spec [extra…]` in a fresh directory; the bytes it wrote.
+fn spec_of(runtime: &Path, extra: &[&str]) -> Vec<u8> {
+    let dir = TempDir::new("spec");
+    let out = Command::new(runtime)
+        .arg("spec")
+        .args(extra)
+        .current_dir(dir.path())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", runtime.display()));
+    assert!(
+        out.status.success(),
+        "{} spec {extra:?}: {}",
+        runtime.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(dir.path().join("config.json")).unwrap()
+}
+
+fn runc() -> std::path::PathBuf {
+    let runc = Path::new("/usr/sbin/runc");
+    assert!(
+        runc.exists(),
+        "this suite compares with Debian's runc: apt-get install runc"
+    );
+    runc.to_path_buf()
+}
+
+#[test]
+#[ignore = "needs the runvm binary: run through `cargo xtask test`"]
+fn spec_writes_byte_for_byte_what_runc_spec_writes() {
+    for extra in [&[][..], &["--rootless"][..]] {
+        let ours = spec_of(&runvm_bin(), extra);
+        let theirs = spec_of(&runc(), extra);
+        assert_eq!(
+            String::from_utf8_lossy(&ours),
+            String::from_utf8_lossy(&theirs),
+            "spec {extra:?}"
+        );
+        let v: serde_json::Value = serde_json::from_slice(&ours).expect("spec writes JSON");
+        assert_eq!(v["process"]["terminal"], true);
+    }
+    // --bundle writes there, and an existing config.json is never overwritten.
+    let dir = TempDir::new("spec-bundle");
+    let bundle = dir.path().to_str().unwrap();
+    let run = |args: &[&str]| Command::new(runvm_bin()).args(args).output().unwrap();
+    assert!(run(&["spec", "--bundle", bundle]).status.success());
+    assert_eq!(
+        std::fs::read(dir.path().join("config.json")).unwrap(),
+        spec_of(&runc(), &[])
+    );
+    let again = run(&["spec", "-b", bundle]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("File config.json exists. Remove it first"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}

@@ -22,14 +22,33 @@ use liboci_cli::{CommonCmd, GlobalOpts, StandardCmd};
 #[derive(Parser, Debug)]
 #[command(
     name = "runvm",
-    version,
+    disable_version_flag = true,
+    arg_required_else_help = true,
     about = "A runc-compatible OCI runtime that runs each container in a KVM microVM"
 )]
 struct Cli {
     #[command(flatten)]
     global: GlobalOpts,
+    /// Print the version (as `runc --version` does: version, commit, spec, libseccomp)
+    #[arg(short = 'v', long = "version")]
+    version: bool,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+}
+
+/// What `runvm --version` prints: runc's lines, with runvm's own values (the language
+/// line names Rust where runc names Go).
+fn version_text() -> String {
+    let seccomp = libseccomp::ScmpVersion::current()
+        .map(|v| v.to_string())
+        .unwrap_or_else(|e| format!("unknown ({e})"));
+    format!(
+        "runvm version {}\ncommit: {}\nspec: {}\nrust: {}\nlibseccomp: {seccomp}\n",
+        env!("CARGO_PKG_VERSION"),
+        env!("RUNVM_COMMIT"),
+        container::hooks::OCI_VERSION,
+        env!("RUNVM_RUSTC"),
+    )
 }
 
 #[derive(Subcommand, Debug)]
@@ -46,11 +65,16 @@ fn not_yet(verb: &str) -> anyhow::Result<i32> {
 
 fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     let root = cli.global.root;
+    let Some(command) = cli.command else {
+        // `runvm -v` (clap asks for a command otherwise).
+        print!("{}", version_text());
+        return Ok(0);
+    };
     container::cgroup::SYSTEMD_CGROUP.store(
         cli.global.systemd_cgroup,
         std::sync::atomic::Ordering::Relaxed,
     );
-    match cli.command {
+    match command {
         Command::Standard(s) => match *s {
             StandardCmd::Create(c) => container::create::create(container::create::CreateOptions {
                 id: c.container_id,

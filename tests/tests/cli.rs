@@ -66,3 +66,35 @@ fn spec_writes_byte_for_byte_what_runc_spec_writes() {
         String::from_utf8_lossy(&again.stderr)
     );
 }
+
+#[test]
+#[ignore = "needs the runvm binary: run through `cargo xtask test`"]
+fn version_prints_runcs_lines_with_runvms_values() {
+    for flag in ["-v", "--version"] {
+        let out = Command::new(runvm_bin()).arg(flag).output().unwrap();
+        assert!(out.status.success(), "{flag}");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5, "{flag}: {text}");
+        assert!(
+            lines[0].starts_with("runvm version ")
+                && lines[0]["runvm version ".len()..]
+                    .split('.')
+                    .all(|n| n.parse::<u32>().is_ok()),
+            "{text}"
+        );
+        assert!(
+            lines[1].starts_with("commit: ") && lines[1].len() > "commit: ".len(),
+            "{text}"
+        );
+        assert_eq!(lines[2], "spec: 1.0.2", "{text}");
+        assert!(lines[3].starts_with("rust: 1."), "{text}");
+        // The libseccomp runvm is linked with, as runc prints it.
+        let runc = Command::new(runc()).arg("--version").output().unwrap();
+        let runc_seccomp = String::from_utf8_lossy(&runc.stdout)
+            .lines()
+            .find(|l| l.starts_with("libseccomp: "))
+            .map(str::to_string);
+        assert_eq!(Some(lines[4].to_string()), runc_seccomp, "{text}");
+    }
+}

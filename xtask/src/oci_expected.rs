@@ -175,6 +175,11 @@ impl Record {
                     Point::Skip => e.skip.0.insert(n),
                 };
             }
+            // Points runc printed that runvm never did (runvm refused the container, or
+            // stopped early) are failures of runvm's too.
+            if let Some(rc) = runc.get(name) {
+                e.fail.0.extend(points.len() + 1..=rc.len());
+            }
             let diverges = runc
                 .get(name)
                 .is_some_and(|rc| e.fail.0.iter().any(|n| rc.get(n - 1) == Some(&Point::Pass)));
@@ -246,7 +251,8 @@ pub fn check(
         }
         let rc = runc.get(name);
         let runc_passes = |n: usize| rc.and_then(|r| r.get(n - 1)) == Some(&Point::Pass);
-        let new_divergence: BTreeSet<usize> = (1..=points.len())
+        let printed = points.len().max(rc.map_or(0, Vec::len));
+        let new_divergence: BTreeSet<usize> = (1..=printed)
             .filter(|n| now(*n) != Some(Point::Pass) && runc_passes(*n))
             .filter(|n| !e.pass.0.contains(n))
             .filter(|n| {
@@ -307,6 +313,21 @@ mod tests {
     }
 
     #[test]
+    fn the_committed_record_parses_and_explains_itself() {
+        let r = Record::load().unwrap();
+        assert!(r.programs.len() >= 58, "{}", r.programs.len());
+        for (name, e) in &r.programs {
+            assert!(
+                e.pass.0.is_disjoint(&e.fail.0),
+                "{name}: a point both passes and fails"
+            );
+            if let Some(why) = &e.why {
+                assert!(!why.starts_with(UNEXPLAINED), "{name}: {why}");
+            }
+        }
+    }
+
+    #[test]
     fn ranges_round_trip() {
         let p: Points = "1-4,7,9-10".parse().unwrap();
         assert_eq!(p.0.len(), 7);
@@ -354,6 +375,21 @@ mod tests {
         // The reason survives a re-record.
         let again = Record::from_run(&rec, &vm, &rc);
         assert_eq!(again.programs["a"].why.as_deref(), Some("the VM boundary"));
+    }
+
+    #[test]
+    fn points_runvm_never_printed_count_against_runc() {
+        // runvm refused the container: no points at all where runc passed three.
+        let rc = run(&[("a", &[Pass, Pass, Pass])]);
+        let mut rec = Record::default();
+        rec.programs.insert("a".into(), Expected::default());
+        let f = check(&rec, &run(&[("a", &[])]), &rc);
+        assert!(f.failures[0].contains("point(s) 1-3"), "{f:?}");
+        // Recorded (with a reason), they are what is expected.
+        let mut rec = Record::from_run(&Record::default(), &run(&[("a", &[])]), &rc);
+        assert_eq!(rec.programs["a"].fail.to_string(), "1-3");
+        rec.programs.get_mut("a").unwrap().why = Some("refused".into());
+        assert!(check(&rec, &run(&[("a", &[])]), &rc).failures.is_empty());
     }
 
     #[test]

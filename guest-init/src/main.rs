@@ -20,6 +20,7 @@ mod caps;
 mod cgroup;
 mod error;
 mod log;
+mod mount_options;
 mod mounts;
 mod net;
 mod net_dns;

@@ -1,5 +1,6 @@
-//! The OCI process attributes that the child applies to itself before `execve`: resource
-//! limits, the OOM score adjustment, the privilege settings, and `HOME`.
+//! The OCI process attributes that the child applies to itself before `execve` and that
+//! are not credentials: resource limits, the OOM score adjustment, `HOME`, and the
+//! container's sysctls.
 
 use crate::error::{Error, Result};
 use nix::sys::resource::{setrlimit, Resource};
@@ -58,15 +59,6 @@ pub fn set_oom_score_adj(adj: Option<i32>) -> Result<()> {
     let Some(adj) = adj else { return Ok(()) };
     std::fs::write("/proc/self/oom_score_adj", adj.to_string())
         .map_err(|e| Error::new(format!("set oom_score_adj to {adj}: {e}")))
-}
-
-/// `process.noNewPrivileges`.
-pub fn set_no_new_privs(on: bool) -> Result<()> {
-    if on {
-        nix::sys::prctl::set_no_new_privs()
-            .map_err(|e| Error::new(format!("prctl(PR_SET_NO_NEW_PRIVS): {e}")))?;
-    }
-    Ok(())
 }
 
 /// The file under `/proc/sys` for a sysctl key (`net.ipv4.ip_forward` or

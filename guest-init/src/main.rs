@@ -18,22 +18,28 @@ mod binds;
 mod boot_timer;
 mod caps;
 mod cgroup;
+mod credentials;
 mod error;
+mod execve;
 mod log;
 mod mount_options;
 mod mounts;
 mod net;
 mod net_dns;
+mod path_lookup;
+mod reap;
 mod relay;
 mod seccomp;
+mod signals;
+mod spawn;
+mod supervisor;
+mod terminal;
 mod vsock;
 mod workload;
 mod writeback;
 
-use error::{Context, Error, Result};
+use error::{Error, Result};
 use mounts::Paths;
-use nix::sys::signal::{SigSet, SigmaskHow, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
 use runvm_protocol::{
     BootMark, GuestMessage, HostMessage, CONTROL_PORT, MAIN_PROCESS, PROTOCOL_VERSION,
 };
@@ -185,12 +191,7 @@ fn run(mode: &Mode, control_slot: &mut Option<Control>) -> Result<()> {
     let streams = relay::Streams::open(&transport, MAIN_PROCESS, process.terminal)?;
 
     // SIGCHLD goes to a signalfd; the child unblocks it before exec.
-    let mut mask = SigSet::empty();
-    mask.add(Signal::SIGCHLD);
-    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
-        .context("block SIGCHLD")?;
-    let sigchld = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-        .context("signalfd")?;
+    let sigchld = signals::block_sigchld()?;
 
     let req = workload::Request {
         paths: &paths,
@@ -200,9 +201,9 @@ fn run(mode: &Mode, control_slot: &mut Option<Control>) -> Result<()> {
         hostname: hostname.as_deref(),
         readonly_root: rootfs.readonly,
     };
-    let spawned = match workload::spawn(&req)? {
-        Ok(s) => s,
-        Err(failed) => {
+    let spawned = match workload::spawn_main(&req)? {
+        spawn::Started::Running(s) => s,
+        spawn::Started::Failed(failed) => {
             log::error(&format!("workload failed to start: {}", failed.error));
             let _ = nix::sys::wait::waitpid(failed.pid, None);
             streams.shut_down();
@@ -216,7 +217,7 @@ fn run(mode: &Mode, control_slot: &mut Option<Control>) -> Result<()> {
     })?;
     log::info(&format!("workload started as pid {}", spawned.pid));
 
-    let outcome = relay::Supervisor::new(control, &sigchld, &transport, spawned, streams)?
+    let outcome = supervisor::Supervisor::new(control, &sigchld, &transport, spawned, streams)?
         .run(|_| boot_timer::mark(BootMark::WorkloadExited))?;
     log::info(&format!("workload exited: {:?}", outcome.status));
     if outcome.host_gone {

@@ -1,12 +1,13 @@
-//! The OCI process attributes that the child applies to itself before `execve`: resource
-//! limits, the OOM score adjustment, the privilege settings, and `HOME`.
+//! The OCI process attributes that the child applies to itself before `execve` and that
+//! are not credentials: resource limits, the OOM score adjustment, `HOME`, and the
+//! container's sysctls.
 
 use crate::error::{Error, Result};
 use nix::sys::resource::{setrlimit, Resource};
 use runvm_protocol::Rlimit;
 
 /// The resource an OCI rlimit name stands for.
-pub fn rlimit_resource(kind: &str) -> Option<Resource> {
+fn rlimit_resource(kind: &str) -> Option<Resource> {
     Some(match kind {
         "RLIMIT_AS" => Resource::RLIMIT_AS,
         "RLIMIT_CORE" => Resource::RLIMIT_CORE,
@@ -28,22 +29,29 @@ pub fn rlimit_resource(kind: &str) -> Option<Resource> {
     })
 }
 
+/// An rlimit of the spec with the resource its name stands for.
+#[derive(Debug)]
+struct KnownRlimit<'a> {
+    resource: Resource,
+    limit: &'a Rlimit,
+}
+
 /// Checks every rlimit name first, so an unknown one fails before anything is applied.
-pub fn check_rlimits(limits: &[Rlimit]) -> Result<Vec<(Resource, &Rlimit)>> {
+fn check_rlimits(limits: &[Rlimit]) -> Result<Vec<KnownRlimit<'_>>> {
     limits
         .iter()
-        .map(|l| {
-            rlimit_resource(&l.kind)
-                .map(|r| (r, l))
-                .ok_or_else(|| Error::new(format!("unknown rlimit type {:?}", l.kind)))
+        .map(|limit| {
+            rlimit_resource(&limit.kind)
+                .map(|resource| KnownRlimit { resource, limit })
+                .ok_or_else(|| Error::new(format!("unknown rlimit type {:?}", limit.kind)))
         })
         .collect()
 }
 
 /// `setrlimit` for each of `limits`, in order (runc's `setupRlimits`).
 pub fn apply_rlimits(limits: &[Rlimit]) -> Result<()> {
-    for (res, l) in check_rlimits(limits)? {
-        setrlimit(res, l.soft, l.hard).map_err(|e| {
+    for KnownRlimit { resource, limit: l } in check_rlimits(limits)? {
+        setrlimit(resource, l.soft, l.hard).map_err(|e| {
             Error::new(format!(
                 "error setting rlimit type {} (soft {}, hard {}): {e}",
                 l.kind, l.soft, l.hard
@@ -58,15 +66,6 @@ pub fn set_oom_score_adj(adj: Option<i32>) -> Result<()> {
     let Some(adj) = adj else { return Ok(()) };
     std::fs::write("/proc/self/oom_score_adj", adj.to_string())
         .map_err(|e| Error::new(format!("set oom_score_adj to {adj}: {e}")))
-}
-
-/// `process.noNewPrivileges`.
-pub fn set_no_new_privs(on: bool) -> Result<()> {
-    if on {
-        nix::sys::prctl::set_no_new_privs()
-            .map_err(|e| Error::new(format!("prctl(PR_SET_NO_NEW_PRIVS): {e}")))?;
-    }
-    Ok(())
 }
 
 /// The file under `/proc/sys` for a sysctl key (`net.ipv4.ip_forward` or

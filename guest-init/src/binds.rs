@@ -6,6 +6,7 @@
 //! guest: writes to it never reach the host.
 
 use crate::error::{Context, Error, Result};
+use crate::mount_options;
 use nix::mount::MsFlags;
 use runvm_protocol::MountSpec;
 use std::ffi::CString;
@@ -149,7 +150,7 @@ impl Prepared {
                 nix::errno::Errno::last()
             )));
         }
-        let opts = crate::mounts::parse_mount_options(&m.options);
+        let opts = mount_options::parse(&m.options);
         let keep = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
         let flags = opts.flags & keep;
         if !flags.is_empty() {

@@ -7,6 +7,7 @@
 //!
 //! Also here: the answers to the host's `ListProcesses`, `Stats` and `Update`.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -33,8 +34,39 @@ fn dir() -> PathBuf {
     Path::new(ROOT).join(NAME)
 }
 
-fn write(dir: &Path, file: &str, value: &str) -> std::result::Result<(), String> {
-    std::fs::write(dir.join(file), value).map_err(|e| format!("{file} = {value:?}: {e}"))
+/// A cgroup file that did not take its value.
+#[derive(Debug, thiserror::Error)]
+#[error("{file} = {value:?}: {source}")]
+pub struct WriteError {
+    file: String,
+    value: String,
+    source: std::io::Error,
+}
+
+/// Why limits could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitsError {
+    #[error("the guest has no cgroup for the container")]
+    NoCgroup,
+    /// Each limit that failed; the others are set.
+    #[error("{}", join(.0))]
+    Writes(Vec<WriteError>),
+}
+
+fn join(errors: &[WriteError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn write(dir: &Path, file: &str, value: &str) -> std::result::Result<(), WriteError> {
+    std::fs::write(dir.join(file), value).map_err(|source| WriteError {
+        file: file.to_string(),
+        value: value.to_string(),
+        source,
+    })
 }
 
 /// Creates the container's cgroup with `resources` applied. Called by init before the
@@ -63,9 +95,9 @@ pub fn setup(resources: &Resources) -> Result<()> {
 }
 
 /// Applies the limits that are set; the error names each that failed.
-pub fn apply(r: &Resources) -> std::result::Result<(), String> {
+pub fn apply(r: &Resources) -> std::result::Result<(), LimitsError> {
     if !READY.load(Ordering::Acquire) {
-        return Err("the guest has no cgroup for the container".into());
+        return Err(LimitsError::NoCgroup);
     }
     let d = dir();
     let mut failed = Vec::new();
@@ -92,7 +124,7 @@ pub fn apply(r: &Resources) -> std::result::Result<(), String> {
     if failed.is_empty() {
         Ok(())
     } else {
-        Err(failed.join("; "))
+        Err(LimitsError::Writes(failed))
     }
 }
 
@@ -134,9 +166,18 @@ pub fn stats() -> GuestStats {
     }
 }
 
+/// A process of the container as init lists it.
+struct Listed {
+    /// Its pid and its parent's in init's (the root) PID namespace.
+    root_pid: i32,
+    root_ppid: i32,
+    /// As the container sees it (its parent's pid still to be translated).
+    process: GuestProcess,
+}
+
 /// One `/proc/<pid>` as the container sees it, if it is in `pid_ns` (the inode of the
 /// main process's PID namespace).
-fn process(pid: i32, pid_ns: u64) -> Option<(i32, GuestProcess)> {
+fn listed_process(pid: i32, pid_ns: u64) -> Option<Listed> {
     use std::os::unix::fs::MetadataExt;
     let base = PathBuf::from(format!("/proc/{pid}"));
     if std::fs::metadata(base.join("ns/pid")).ok()?.ino() != pid_ns {
@@ -163,16 +204,17 @@ fn process(pid: i32, pid_ns: u64) -> Option<(i32, GuestProcess)> {
             .trim_end_matches('\0')
             .replace('\0', " ")
     };
-    Some((
-        ppid,
-        GuestProcess {
+    Some(Listed {
+        root_pid: pid,
+        root_ppid: ppid,
+        process: GuestProcess {
             pid: ns_pid,
             ppid,
             uid,
             cmd,
             rss_kib,
         },
-    ))
+    })
 }
 
 /// The processes of the container (those in the PID namespace of `main`), by pid in
@@ -183,29 +225,19 @@ pub fn processes(main: Pid) -> Vec<GuestProcess> {
         return Vec::new();
     };
     let ns = ns.ino();
-    let mut found: Vec<(i32, GuestProcess)> = Vec::new();
-    let mut root_pids: Vec<(i32, i32)> = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if let Some((root_ppid, p)) = process(pid, ns) {
-            root_pids.push((pid, p.pid));
-            found.push((root_ppid, p));
-        }
-    }
-    let mut out: Vec<GuestProcess> = found
+    let listed: Vec<Listed> = std::fs::read_dir("/proc")
         .into_iter()
-        .map(|(root_ppid, mut p)| {
-            p.ppid = root_pids
-                .iter()
-                .find(|(root, _)| *root == root_ppid)
-                .map_or(0, |(_, ns_pid)| *ns_pid);
-            p
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| listed_process(pid, ns))
+        .collect();
+    let ns_pid_of: HashMap<i32, i32> = listed.iter().map(|l| (l.root_pid, l.process.pid)).collect();
+    let mut out: Vec<GuestProcess> = listed
+        .into_iter()
+        .map(|l| GuestProcess {
+            ppid: ns_pid_of.get(&l.root_ppid).copied().unwrap_or(0),
+            ..l.process
         })
         .collect();
     out.sort_by_key(|p| p.pid);
@@ -213,15 +245,20 @@ pub fn processes(main: Pid) -> Vec<GuestProcess> {
     // be long).
     out.truncate(MAX_LISTED);
     for p in &mut out {
-        if p.cmd.len() > MAX_CMD {
-            let mut cut = MAX_CMD;
-            while !p.cmd.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            p.cmd.truncate(cut);
-        }
+        truncate_on_char_boundary(&mut p.cmd, MAX_CMD);
     }
     out
+}
+
+/// Cuts `s` to at most `max` bytes without splitting a character.
+fn truncate_on_char_boundary(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
 }
 
 #[cfg(test)]
@@ -244,6 +281,31 @@ mod tests {
     fn shares_convert_like_runc() {
         assert_eq!(shares_to_weight(1024), 39);
         assert_eq!(shares_to_weight(2), 1);
+    }
+
+    #[test]
+    fn failed_limits_are_named_one_by_one() {
+        let missing = Path::new("/nonexistent-cgroup-dir");
+        let errors = vec![
+            write(missing, "memory.max", "5").unwrap_err(),
+            write(missing, "pids.max", "max").unwrap_err(),
+        ];
+        assert_eq!(
+            LimitsError::Writes(errors).to_string(),
+            "memory.max = \"5\": No such file or directory (os error 2); \
+             pids.max = \"max\": No such file or directory (os error 2)"
+        );
+    }
+
+    #[test]
+    fn command_lines_are_cut_between_characters() {
+        let mut s = "aé".repeat(3);
+        truncate_on_char_boundary(&mut s, 4);
+        assert_eq!(s, "aéa");
+        truncate_on_char_boundary(&mut s, 2);
+        assert_eq!(s, "a");
+        truncate_on_char_boundary(&mut s, 10);
+        assert_eq!(s, "a");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The one error type of the guest init.
+//! The error type of the guest init's steps, its edge to the host (the one typed error
+//! below it is `cgroup::LimitsError`, which the host receives as text in `Updated`).
 //!
 //! An [`Error`] is a human-readable message plus the exit code that runc would use for the
 //! same failure (126 not executable, 127 not found, 1 anything else). The code travels to

@@ -12,29 +12,57 @@
 //! `<dir>/1024` and `<dir>/1025` instead of vsock, builds the root under `<dir>`, skips the
 //! boot timer and its own mounts, and exits instead of rebooting. Run it inside
 //! `unshare -m` so its mounts vanish with it.
+//!
+//! Modules and what each uses; the graph has no cycle. `error` and `log` are used nearly
+//! everywhere and left out.
+//!
+//! - `main` → `boot_timer`, `mounts`, `net`, `net_dns`, `cgroup`, `vsock`, `relay`,
+//!   `signals`, `spawn`, `workload`, `supervisor`, `writeback`
+//! - `supervisor` (the control-message loop) → `relay`, `workload`, `spawn`, `signals`,
+//!   `reap`, `terminal`, `cgroup`, `vsock`
+//! - `relay` (stdio bytes over the host streams) → `spawn`, `vsock`
+//! - `workload` (main and exec'd processes) → `spawn`, `execve`, `mounts`, `binds`,
+//!   `attrs`, `cgroup`
+//! - `execve` (the child's last steps) → `spawn`, `credentials`, `path_lookup`, `seccomp`,
+//!   `attrs`
+//! - `credentials` (uid/gid/groups, capabilities, no_new_privs, seccomp order) → `caps`,
+//!   `seccomp`
+//! - `spawn` (clone, stdio plumbing, exec status) → `signals`, `terminal`
+//! - `mounts` → `binds`, `mount_options`; `binds` → `mount_options`
+//! - `net_dns`, `writeback` → `vsock`
+//! - `signals`, `reap`, `terminal`, `path_lookup`, `attrs`, `caps`, `seccomp`, `cgroup`,
+//!   `net`, `vsock`, `mount_options`, `boot_timer` → none
 
 mod attrs;
 mod binds;
 mod boot_timer;
 mod caps;
 mod cgroup;
+mod credentials;
 mod error;
+mod execve;
 mod log;
+mod mount_options;
 mod mounts;
 mod net;
 mod net_dns;
+mod path_lookup;
+mod reap;
 mod relay;
 mod seccomp;
+mod signals;
+mod spawn;
+mod supervisor;
+mod terminal;
 mod vsock;
 mod workload;
 mod writeback;
 
-use error::{Context, Error, Result};
+use error::{Error, Result};
 use mounts::Paths;
-use nix::sys::signal::{SigSet, SigmaskHow, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
 use runvm_protocol::{
-    BootMark, GuestMessage, HostMessage, CONTROL_PORT, MAIN_PROCESS, PROTOCOL_VERSION,
+    BootMark, GuestMessage, HostMessage, LinuxSpec, MountSpec, NetworkSpec, ProcessSpec,
+    RootfsSpec, CONTROL_PORT, MAIN_PROCESS, PROTOCOL_VERSION,
 };
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -50,6 +78,18 @@ struct Mode {
 }
 
 impl Mode {
+    /// Host test mode when `RUNVM_INIT_TEST` names a directory. It is never honoured as
+    /// PID 1: the kernel passes unknown `key=value` words of its command line to init as
+    /// environment, and the real init must stay the real init.
+    fn from_environment() -> Self {
+        let is_pid1 = nix::unistd::getpid().as_raw() == 1;
+        Self {
+            test_dir: std::env::var_os("RUNVM_INIT_TEST")
+                .filter(|_| !is_pid1)
+                .map(PathBuf::from),
+        }
+    }
+
     fn transport(&self) -> Transport {
         match &self.test_dir {
             Some(d) => Transport::Unix(d.clone()),
@@ -66,14 +106,7 @@ impl Mode {
 }
 
 fn main() {
-    // Test mode is never honoured as PID 1: the kernel passes unknown `key=value` words of
-    // its command line to init as environment, and the real init must stay the real init.
-    let is_pid1 = nix::unistd::getpid().as_raw() == 1;
-    let mode = Mode {
-        test_dir: std::env::var_os("RUNVM_INIT_TEST")
-            .filter(|_| !is_pid1)
-            .map(PathBuf::from),
-    };
+    let mode = Mode::from_environment();
     if mode.test_dir.is_none() {
         if boot_timer::enable() {
             boot_timer::mark(BootMark::InitStarted);
@@ -82,25 +115,17 @@ fn main() {
         log::set_stderr(true);
         log::set_debug(std::env::var_os("RUNVM_INIT_DEBUG").is_some());
     }
-
-    let mut control = None;
-    let result = run(&mode, &mut control);
-    let ok = match result {
-        Ok(()) => true,
+    let transport = mode.transport();
+    let ok = match prepare(&mode).and_then(|()| connect(&transport)) {
+        Ok(mut control) => {
+            let result = run(&mode, &transport, &mut control);
+            report_failure(&mut control, result)
+        }
         Err(e) => {
             log::error(&format!("fatal: {e}"));
-            if let Some(c) = control.as_mut() {
-                let _ = c.send(&GuestMessage::StartFailed {
-                    process: MAIN_PROCESS,
-                    code: e.code,
-                    message: e.message.clone(),
-                });
-                wait_for_shutdown(c);
-            }
             false
         }
     };
-    drop(control);
     finish(&mode, ok)
 }
 
@@ -119,7 +144,23 @@ fn finish(mode: &Mode, ok: bool) -> ! {
     }
 }
 
-fn run(mode: &Mode, control_slot: &mut Option<Control>) -> Result<()> {
+/// Whether `result` is a success; a failure is logged, reported to the host as
+/// `StartFailed`, and followed by the wait for its `Shutdown`.
+fn report_failure(control: &mut Control, result: Result<()>) -> bool {
+    let Err(e) = result else { return true };
+    log::error(&format!("fatal: {e}"));
+    let _ = control.send(&GuestMessage::StartFailed {
+        process: MAIN_PROCESS,
+        code: e.code,
+        message: e.message,
+    });
+    wait_for_shutdown(control);
+    false
+}
+
+/// Everything before the control connection: fds 0–2, and in the VM the rebased root,
+/// init's own mounts and the debug switch of the kernel command line.
+fn prepare(mode: &Mode) -> Result<()> {
     ensure_std_fds();
     if mode.test_dir.is_none() {
         if let Err(e) = mounts::rebase_initramfs_root() {
@@ -132,13 +173,31 @@ fn run(mode: &Mode, control_slot: &mut Option<Control>) -> Result<()> {
         }
     }
     log::info("started");
+    Ok(())
+}
 
-    let transport = mode.transport();
-    let control = control_slot.insert(Control::new(transport.connect(CONTROL_PORT)?));
+/// Opens the control connection and says `Hello`.
+fn connect(transport: &Transport) -> Result<Control> {
+    let mut control = Control::new(transport.connect(CONTROL_PORT)?);
     control.send(&GuestMessage::Hello {
         version: PROTOCOL_VERSION,
     })?;
-    let (rootfs, hostname, process, linux, spec_mounts, network) = match control.recv()? {
+    Ok(control)
+}
+
+/// The container the host's `Run` describes.
+struct RunRequest {
+    rootfs: RootfsSpec,
+    hostname: Option<String>,
+    process: ProcessSpec,
+    linux: LinuxSpec,
+    mounts: Vec<MountSpec>,
+    network: NetworkSpec,
+}
+
+/// Waits for `Run`; `None` when the host closes the connection first.
+fn receive_run(control: &mut Control) -> Result<Option<RunRequest>> {
+    match control.recv()? {
         Some(HostMessage::Run {
             rootfs,
             hostname,
@@ -146,68 +205,49 @@ fn run(mode: &Mode, control_slot: &mut Option<Control>) -> Result<()> {
             linux,
             mounts,
             network,
-        }) => (rootfs, hostname, process, linux, mounts, network),
-        None => {
-            log::info("host closed the control connection before Run");
-            *control_slot = None;
-            return Ok(());
-        }
-        Some(other) => {
-            return Err(Error::new(format!(
-                "protocol error: expected Run, got {other:?}"
-            )))
-        }
+        }) => Ok(Some(RunRequest {
+            rootfs,
+            hostname,
+            process,
+            linux,
+            mounts,
+            network,
+        })),
+        None => Ok(None),
+        Some(other) => Err(Error::new(format!(
+            "protocol error: expected Run, got {other:?}"
+        ))),
+    }
+}
+
+/// Runs the container from `Run` to its reported exit, the write-back of its writable
+/// layer, and the host's `Shutdown`.
+fn run(mode: &Mode, transport: &Transport, control: &mut Control) -> Result<()> {
+    let Some(run) = receive_run(control)? else {
+        log::info("host closed the control connection before Run");
+        return Ok(());
     };
-    log::info(&format!("run {:?}", process.args));
+    log::info(&format!("run {:?}", run.process.args));
 
     // The network as the host mirrored it (loopback only when it sent none), and the DNS
     // forwarder, before anything of the container runs. Test mode has no network of its
     // own to configure.
     if mode.test_dir.is_none() {
-        net::configure(&network)?;
-        if let Some(pid) = net_dns::start(&network.dns_forward, &transport)? {
-            log::info(&format!(
-                "dns forwarder for {:?} is pid {pid}",
-                network.dns_forward
-            ));
-        }
+        start_network(&run.network, transport)?;
     }
 
     let paths = mode.paths();
-    mounts::rootfs(&paths, &rootfs)?;
+    mounts::rootfs(&paths, &run.rootfs)?;
     log::info("root filesystem assembled");
 
     // The container's own cgroup, with its limits (host test mode has none).
     if mode.test_dir.is_none() {
-        cgroup::setup(&linux.resources)?;
+        cgroup::setup(&run.linux.resources)?;
     }
-    let streams = relay::Streams::open(&transport, MAIN_PROCESS, process.terminal)?;
-
+    let streams = relay::Streams::open(transport, MAIN_PROCESS, run.process.terminal)?;
     // SIGCHLD goes to a signalfd; the child unblocks it before exec.
-    let mut mask = SigSet::empty();
-    mask.add(Signal::SIGCHLD);
-    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
-        .context("block SIGCHLD")?;
-    let sigchld = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-        .context("signalfd")?;
-
-    let req = workload::Request {
-        paths: &paths,
-        process: &process,
-        linux: &linux,
-        mounts: &spec_mounts,
-        hostname: hostname.as_deref(),
-        readonly_root: rootfs.readonly,
-    };
-    let spawned = match workload::spawn(&req)? {
-        Ok(s) => s,
-        Err(failed) => {
-            log::error(&format!("workload failed to start: {}", failed.error));
-            let _ = nix::sys::wait::waitpid(failed.pid, None);
-            streams.shut_down();
-            return Err(failed.error);
-        }
-    };
+    let sigchld = signals::block_sigchld()?;
+    let spawned = start_main_process(&paths, &run, &streams)?;
     boot_timer::mark(BootMark::WorkloadStarted);
     control.send(&GuestMessage::Started {
         process: MAIN_PROCESS,
@@ -215,7 +255,7 @@ fn run(mode: &Mode, control_slot: &mut Option<Control>) -> Result<()> {
     })?;
     log::info(&format!("workload started as pid {}", spawned.pid));
 
-    let outcome = relay::Supervisor::new(control, &sigchld, &transport, spawned, streams)?
+    let outcome = supervisor::Supervisor::new(control, &sigchld, transport, spawned, streams)?
         .run(|_| boot_timer::mark(BootMark::WorkloadExited))?;
     log::info(&format!("workload exited: {:?}", outcome.status));
     if outcome.host_gone {
@@ -225,14 +265,58 @@ fn run(mode: &Mode, control_slot: &mut Option<Control>) -> Result<()> {
         process: MAIN_PROCESS,
         status: outcome.status,
     })?;
-    if rootfs.writable_device.is_some() && !rootfs.readonly {
-        // The workload's PID namespace is gone with it: nothing writes the layer any more.
-        if let Err(e) = writeback::send(&transport, &mounts::writable_dir(&paths).join("upper")) {
-            log::error(&format!("write-back: {e}"));
-        }
-    }
+    write_back(&run.rootfs, &paths, transport);
     wait_for_shutdown(control);
     Ok(())
+}
+
+/// The guest's interfaces and the DNS forwarder (VM only).
+fn start_network(network: &NetworkSpec, transport: &Transport) -> Result<()> {
+    net::configure(network)?;
+    if let Some(pid) = net_dns::start(&network.dns_forward, transport)? {
+        log::info(&format!(
+            "dns forwarder for {:?} is pid {pid}",
+            network.dns_forward
+        ));
+    }
+    Ok(())
+}
+
+/// Starts the container's main process; one that fails to start is reaped, its streams
+/// ended, and its error returned.
+fn start_main_process(
+    paths: &Paths,
+    run: &RunRequest,
+    streams: &relay::Streams,
+) -> Result<spawn::Spawned> {
+    let req = workload::Request {
+        paths,
+        process: &run.process,
+        linux: &run.linux,
+        mounts: &run.mounts,
+        hostname: run.hostname.as_deref(),
+        readonly_root: run.rootfs.readonly,
+    };
+    match workload::spawn_main(&req)? {
+        spawn::Started::Running(spawned) => Ok(spawned),
+        spawn::Started::Failed(failed) => {
+            log::error(&format!("workload failed to start: {}", failed.error));
+            let _ = nix::sys::wait::waitpid(failed.pid, None);
+            streams.shut_down();
+            Err(failed.error)
+        }
+    }
+}
+
+/// Sends the changes of the writable layer, if the root has one; a failure is logged.
+fn write_back(rootfs: &RootfsSpec, paths: &Paths, transport: &Transport) {
+    if rootfs.writable_device.is_none() || rootfs.readonly {
+        return;
+    }
+    // The workload's PID namespace is gone with it: nothing writes the layer any more.
+    if let Err(e) = writeback::send(transport, &mounts::writable_dir(paths).join("upper")) {
+        log::error(&format!("write-back: {e}"));
+    }
 }
 
 /// Waits (bounded) for `Shutdown` or EOF on the control connection.

@@ -2,7 +2,9 @@
 //! filesystem (EROFS layers + tmpfs upper + overlayfs), and the container's view after the
 //! root switch (fresh `/proc`, a minimal `/dev`, `/sys`, cgroup2).
 
+use crate::binds;
 use crate::error::{Context, Error, Result};
+use crate::mount_options;
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
@@ -247,7 +249,7 @@ pub fn switch_root(newroot: &Path) -> Result<()> {
 pub fn container(
     spec_mounts: &[MountSpec],
     readonly_root: bool,
-    binds: &mut crate::binds::Prepared,
+    binds: &mut binds::Prepared,
 ) -> Result<()> {
     if spec_mounts.is_empty() {
         default_mounts()?;
@@ -281,77 +283,6 @@ pub fn container(
     Ok(())
 }
 
-/// Mount flags and file-system data parsed from OCI option words.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MountOptions {
-    pub flags: MsFlags,
-    /// Propagation flags, applied with a second `mount` call.
-    pub propagation: MsFlags,
-    /// The words that are not flags, comma-joined (`mode=755,size=65536k`).
-    pub data: String,
-}
-
-/// runc's `parseMountOptions`: known words become flags (set or cleared), propagation words
-/// are kept apart, and everything else is file-system data.
-pub fn parse_mount_options(options: &[String]) -> MountOptions {
-    let mut flags = MsFlags::empty();
-    let mut propagation = MsFlags::empty();
-    let mut data: Vec<&str> = Vec::new();
-    for o in options {
-        let (clear, set) = match o.as_str() {
-            "defaults" => (MsFlags::empty(), MsFlags::empty()),
-            "ro" => (MsFlags::empty(), MsFlags::MS_RDONLY),
-            "rw" => (MsFlags::MS_RDONLY, MsFlags::empty()),
-            "nosuid" => (MsFlags::empty(), MsFlags::MS_NOSUID),
-            "suid" => (MsFlags::MS_NOSUID, MsFlags::empty()),
-            "nodev" => (MsFlags::empty(), MsFlags::MS_NODEV),
-            "dev" => (MsFlags::MS_NODEV, MsFlags::empty()),
-            "noexec" => (MsFlags::empty(), MsFlags::MS_NOEXEC),
-            "exec" => (MsFlags::MS_NOEXEC, MsFlags::empty()),
-            "sync" => (MsFlags::empty(), MsFlags::MS_SYNCHRONOUS),
-            "async" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
-            "dirsync" => (MsFlags::empty(), MsFlags::MS_DIRSYNC),
-            "mand" => (MsFlags::empty(), MsFlags::MS_MANDLOCK),
-            "nomand" => (MsFlags::MS_MANDLOCK, MsFlags::empty()),
-            "noatime" => (MsFlags::empty(), MsFlags::MS_NOATIME),
-            "atime" => (MsFlags::MS_NOATIME, MsFlags::empty()),
-            "nodiratime" => (MsFlags::empty(), MsFlags::MS_NODIRATIME),
-            "diratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty()),
-            "relatime" => (MsFlags::empty(), MsFlags::MS_RELATIME),
-            "norelatime" => (MsFlags::MS_RELATIME, MsFlags::empty()),
-            "strictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME),
-            "nostrictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty()),
-            "bind" => (MsFlags::empty(), MsFlags::MS_BIND),
-            "rbind" => (MsFlags::empty(), MsFlags::MS_BIND | MsFlags::MS_REC),
-            "remount" => (MsFlags::empty(), MsFlags::MS_REMOUNT),
-            other => {
-                let prop = match other {
-                    "private" => MsFlags::MS_PRIVATE,
-                    "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
-                    "shared" => MsFlags::MS_SHARED,
-                    "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
-                    "slave" => MsFlags::MS_SLAVE,
-                    "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
-                    "unbindable" => MsFlags::MS_UNBINDABLE,
-                    "runbindable" => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
-                    _ => {
-                        data.push(other);
-                        continue;
-                    }
-                };
-                propagation |= prop;
-                continue;
-            }
-        };
-        flags = (flags - clear) | set;
-    }
-    MountOptions {
-        flags,
-        propagation,
-        data: data.join(","),
-    }
-}
-
 /// One of the spec's mounts, inside the container's root.
 fn spec_mount(m: &MountSpec) -> Result<()> {
     let fstype = match m.fstype.as_str() {
@@ -371,7 +302,7 @@ fn spec_mount(m: &MountSpec) -> Result<()> {
             m.destination
         )));
     }
-    let opts = parse_mount_options(&m.options);
+    let opts = mount_options::parse(&m.options);
     if opts.flags.contains(MsFlags::MS_BIND) {
         return Err(Error::new(format!(
             "mount on {}: bind mounts are not supported",
@@ -548,42 +479,6 @@ fn dev_nodes() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn words(s: &str) -> Vec<String> {
-        s.split(',').map(String::from).collect()
-    }
-
-    #[test]
-    fn mount_options_split_into_flags_and_data() {
-        let o = parse_mount_options(&words("nosuid,strictatime,mode=755,size=65536k"));
-        assert_eq!(o.flags, MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME);
-        assert_eq!(o.data, "mode=755,size=65536k");
-        assert!(o.propagation.is_empty());
-
-        let o = parse_mount_options(&words("ro,nosuid,nodev,noexec,relatime"));
-        assert_eq!(
-            o.flags,
-            MsFlags::MS_RDONLY
-                | MsFlags::MS_NOSUID
-                | MsFlags::MS_NODEV
-                | MsFlags::MS_NOEXEC
-                | MsFlags::MS_RELATIME
-        );
-        assert_eq!(o.data, "");
-
-        // Later words win, and "clear" words undo earlier ones.
-        let o = parse_mount_options(&words("ro,noexec,rw,exec,defaults"));
-        assert_eq!(o.flags, MsFlags::empty());
-
-        let o = parse_mount_options(&words(
-            "rbind,rprivate,newinstance,ptmxmode=0666,mode=0620,gid=5",
-        ));
-        assert_eq!(o.flags, MsFlags::MS_BIND | MsFlags::MS_REC);
-        assert_eq!(o.propagation, MsFlags::MS_PRIVATE | MsFlags::MS_REC);
-        assert_eq!(o.data, "newinstance,ptmxmode=0666,mode=0620,gid=5");
-
-        assert_eq!(parse_mount_options(&[]).flags, MsFlags::empty());
-    }
 
     #[test]
     fn overlay_options_keep_lower_order() {

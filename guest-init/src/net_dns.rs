@@ -7,7 +7,7 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,10 +48,10 @@ pub fn start(servers: &[String], transport: &Transport) -> Result<Option<nix::un
     match unsafe { nix::unistd::fork() }.context("dns: fork the forwarder")? {
         nix::unistd::ForkResult::Parent { child } => Ok(Some(child)),
         nix::unistd::ForkResult::Child => {
-            let keep: Vec<i32> = udp
+            let keep: Vec<BorrowedFd<'_>> = udp
                 .iter()
-                .map(|(_, s)| s.as_raw_fd())
-                .chain(tcp.iter().map(|(_, s)| s.as_raw_fd()))
+                .map(|(_, s)| s.as_fd())
+                .chain(tcp.iter().map(|(_, s)| s.as_fd()))
                 .collect();
             close_other_fds(&keep);
             run(udp, tcp, transport.clone())
@@ -61,7 +61,8 @@ pub fn start(servers: &[String], transport: &Transport) -> Result<Option<nix::un
 
 /// Closes every descriptor but stdio and `keep` (the init's control connection and
 /// streams must not stay open in the forwarder).
-fn close_other_fds(keep: &[i32]) {
+fn close_other_fds(keep: &[BorrowedFd<'_>]) {
+    let keep: Vec<RawFd> = keep.iter().map(AsRawFd::as_raw_fd).collect();
     let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
         .into_iter()
         .flatten()

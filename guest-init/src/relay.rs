@@ -1,195 +1,23 @@
-//! The event loop while the container runs: the stdio relays of every process (the main
-//! one and exec'd ones), control messages from the host (signals, exec, resize), and
-//! SIGCHLD through a signalfd.
+//! The stdio relay: the bytes between a process's stdio (pipes or pty master) and its
+//! stream connections to the host ([`Streams`]).
 //!
-//! One `poll` loop, no threads. Every relay direction is a [`Pump`] with its own buffer;
-//! a source is read only when its buffer is empty, and the buffer is written out with
-//! partial writes and EAGAIN handled, so bytes are never dropped and a slow reader applies
-//! back-pressure to the writer. A process is reported `Exited` once it is reaped and its
-//! output streams are drained and shut down. When the main process exits, the kernel
-//! kills the rest of its PID namespace; the loop ends when every process is reported.
+//! Every direction is a [`Pump`] with its own buffer; a source is read only when its
+//! buffer is empty, and the buffer is written out with partial writes and EAGAIN handled,
+//! so bytes are never dropped and a slow reader applies back-pressure to the writer. The
+//! pumps only move bytes when told: the supervisor's `poll` loop says which is ready
+//! ([`ProcessRelay::poll_slots`], [`ProcessRelay::ready`]).
 
 use crate::error::{Context, Error, Result};
-use crate::vsock::{Control, Transport};
-use crate::workload::{self, Stdio};
+use crate::spawn::Stdio;
+use crate::vsock::Transport;
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signalfd::SignalFd;
+use nix::poll::PollFlags;
 use nix::sys::socket::{shutdown, Shutdown};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::Pid;
-use runvm_protocol::{
-    ExitStatus, GuestMessage, HostMessage, ProcessId, ProcessSpec, StreamHeader, WindowSize,
-    MAIN_PROCESS, STREAM_PORT,
-};
-use std::collections::BTreeMap;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use runvm_protocol::{ProcessId, StreamHeader, STREAM_PORT};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 const BUF_SIZE: usize = 64 * 1024;
-
-/// Which way a [`Pump`] moves bytes, which decides what its end of stream means.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Dir {
-    /// host stream → process (stdin pipe or pty master): at EOF the destination is closed.
-    In,
-    /// process (pipe or pty master) → host stream: at EOF the stream's write side is shut
-    /// down, which is EOF for the host.
-    Out,
-}
-
-/// Moves bytes from `src` to `dst`.
-struct Pump {
-    dir: Dir,
-    src: Option<OwnedFd>,
-    dst: Option<OwnedFd>,
-    buf: Vec<u8>,
-    start: usize,
-    /// The destination failed for good (reader went away): keep draining, drop the bytes.
-    discard: bool,
-    /// The process has exited and this is a pty master: a read that finds nothing is the
-    /// end (a background process may still hold the slave open).
-    drain: bool,
-}
-
-impl Pump {
-    fn new(dir: Dir, src: OwnedFd, dst: OwnedFd) -> Result<Self> {
-        set_nonblocking(&src)?;
-        set_nonblocking(&dst)?;
-        Ok(Self {
-            dir,
-            src: Some(src),
-            dst: Some(dst),
-            buf: Vec::with_capacity(BUF_SIZE),
-            start: 0,
-            discard: false,
-            drain: false,
-        })
-    }
-
-    fn pending(&self) -> bool {
-        self.start < self.buf.len()
-    }
-
-    /// Finished: source at EOF and everything written (or discarded).
-    fn done(&self) -> bool {
-        self.src.is_none() && self.dst.is_none()
-    }
-
-    fn want_read(&self) -> bool {
-        self.src.is_some() && !self.pending()
-    }
-
-    fn want_write(&self) -> bool {
-        self.dst.is_some() && self.pending()
-    }
-
-    fn end_of_source(&mut self) {
-        self.buf.clear();
-        self.start = 0;
-        self.src = None;
-    }
-
-    fn read(&mut self) {
-        let Some(src) = &self.src else { return };
-        self.buf.resize(BUF_SIZE, 0);
-        loop {
-            match nix::unistd::read(src.as_raw_fd(), &mut self.buf) {
-                Ok(0) => {
-                    self.end_of_source();
-                    break;
-                }
-                Ok(n) => {
-                    self.buf.truncate(n);
-                    self.start = 0;
-                    if self.discard || self.dst.is_none() {
-                        self.buf.clear();
-                    }
-                    break;
-                }
-                Err(Errno::EINTR) => {}
-                Err(Errno::EAGAIN) if self.drain => {
-                    self.end_of_source();
-                    break;
-                }
-                Err(Errno::EAGAIN) => {
-                    self.buf.clear();
-                    self.start = 0;
-                    break;
-                }
-                // A pty master reads EIO once every slave descriptor is closed.
-                Err(Errno::EIO) => {
-                    self.end_of_source();
-                    break;
-                }
-                Err(e) => {
-                    crate::log::error(&format!("relay ({:?}) read: {e}", self.dir));
-                    self.end_of_source();
-                    break;
-                }
-            }
-        }
-        self.finish_if_drained();
-    }
-
-    fn write(&mut self) {
-        let Some(dst) = &self.dst else { return };
-        while self.pending() {
-            match nix::unistd::write(dst, &self.buf[self.start..]) {
-                Ok(n) => self.start += n,
-                Err(Errno::EINTR) => {}
-                Err(Errno::EAGAIN) => break,
-                Err(e) => {
-                    // EPIPE: the process closed stdin; ECONNRESET: the host went away.
-                    if e != Errno::EPIPE && e != Errno::EIO {
-                        crate::log::error(&format!("relay ({:?}) write: {e}", self.dir));
-                    }
-                    self.discard = true;
-                    self.buf.clear();
-                    self.start = 0;
-                    self.dst = None;
-                    break;
-                }
-            }
-        }
-        self.finish_if_drained();
-    }
-
-    /// At source EOF with nothing pending, end the destination: close the stdin pipe (or
-    /// this pump's copy of the pty master), or shut down the write side of an output
-    /// socket (EOF for the host).
-    fn finish_if_drained(&mut self) {
-        if self.src.is_some() || self.pending() {
-            return;
-        }
-        if let Some(dst) = self.dst.take() {
-            if self.dir == Dir::Out {
-                if let Err(e) = shutdown(dst.as_raw_fd(), Shutdown::Write) {
-                    crate::log::error(&format!("shutdown of an output stream: {e}"));
-                }
-            }
-        }
-    }
-
-    /// Stops reading: nobody consumes this direction any more.
-    fn stop(&mut self) {
-        self.src = None;
-        self.dst = None;
-        self.buf.clear();
-        self.start = 0;
-    }
-}
-
-fn set_nonblocking(fd: &OwnedFd) -> Result<()> {
-    let flags = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL).context("fcntl F_GETFL")?;
-    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
-    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags)).context("fcntl F_SETFL")?;
-    Ok(())
-}
-
-fn dup(fd: &OwnedFd) -> Result<OwnedFd> {
-    fd.try_clone().context("dup")
-}
 
 /// The host stream connections of one process: three for pipes (fd order), or one
 /// bidirectional stream for a terminal.
@@ -237,19 +65,45 @@ fn open_stream(transport: &Transport, process: ProcessId, fd: u8) -> Result<Owne
     Ok(OwnedFd::from(f))
 }
 
-/// One running (or exited, still draining) process.
-struct Proc {
-    pid: Pid,
-    /// Input pumps first, then output pumps.
-    pumps: Vec<Pump>,
-    /// The pty master, for resizes.
-    master: Option<OwnedFd>,
-    status: Option<ExitStatus>,
+/// What a pump waits for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Wait {
+    /// Its source has bytes (or EOF).
+    Readable,
+    /// Its destination takes bytes.
+    Writable,
 }
 
-impl Proc {
-    fn new(pid: Pid, streams: Streams, stdio: Stdio) -> Result<Self> {
-        let (pumps, master) = match (streams, stdio) {
+impl Wait {
+    /// The `poll` events that stand for it.
+    pub fn poll_flags(self) -> PollFlags {
+        match self {
+            Self::Readable => PollFlags::POLLIN,
+            Self::Writable => PollFlags::POLLOUT,
+        }
+    }
+}
+
+/// One descriptor a process's relay waits on.
+pub struct PollSlot<'a> {
+    /// The pump, by index in its [`ProcessRelay`].
+    pub pump: usize,
+    pub fd: BorrowedFd<'a>,
+    pub wait: Wait,
+}
+
+/// The pumps of one process, and its pty master for resizes.
+pub struct ProcessRelay {
+    /// Input pumps first, then output pumps.
+    pumps: Vec<Pump>,
+    master: Option<OwnedFd>,
+}
+
+impl ProcessRelay {
+    /// Pairs the host `streams` of a process with its `stdio`: stdin in, stdout and stderr
+    /// out; or the terminal stream both ways through the pty master.
+    pub fn new(streams: Streams, stdio: Stdio) -> Result<Self> {
+        match (streams, stdio) {
             (
                 Streams::Pipes {
                     stdin,
@@ -261,365 +115,258 @@ impl Proc {
                     stdout: stdout_pipe,
                     stderr: stderr_pipe,
                 },
-            ) => (
-                vec![
+            ) => Ok(Self {
+                pumps: vec![
                     Pump::new(Dir::In, stdin, stdin_pipe)?,
                     Pump::new(Dir::Out, stdout_pipe, stdout)?,
                     Pump::new(Dir::Out, stderr_pipe, stderr)?,
                 ],
-                None,
-            ),
-            (Streams::Terminal(sock), Stdio::Terminal { master }) => (
-                vec![
+                master: None,
+            }),
+            (Streams::Terminal(sock), Stdio::Terminal { master }) => Ok(Self {
+                pumps: vec![
                     Pump::new(Dir::In, dup(&sock)?, dup(&master)?)?,
                     Pump::new(Dir::Out, dup(&master)?, sock)?,
                 ],
-                Some(master),
-            ),
-            _ => return Err(Error::new("streams and stdio of a process do not match")),
-        };
-        Ok(Self {
-            pid,
-            pumps,
-            master,
-            status: None,
-        })
+                master: Some(master),
+            }),
+            _ => Err(Error::new("streams and stdio of a process do not match")),
+        }
     }
 
-    fn outputs_done(&self) -> bool {
+    /// The pty master, for a terminal process.
+    pub fn terminal(&self) -> Option<BorrowedFd<'_>> {
+        self.master.as_ref().map(AsFd::as_fd)
+    }
+
+    /// Every output is at EOF and written out (or discarded).
+    pub fn outputs_done(&self) -> bool {
         self.pumps
             .iter()
             .filter(|p| p.dir == Dir::Out)
             .all(Pump::done)
     }
 
-    fn exited(&mut self, status: ExitStatus) {
-        self.status = Some(status);
+    /// The process exited: nobody reads stdin any more, and a pty master is drained
+    /// (read until it has nothing) instead of waiting for an EOF that a background
+    /// process holding the slave may never give.
+    pub fn process_exited(&mut self) {
         let terminal = self.master.is_some();
         for p in &mut self.pumps {
             match p.dir {
-                // Nobody reads stdin any more.
                 Dir::In => p.stop(),
                 Dir::Out if terminal => p.drain = true,
                 Dir::Out => {}
             }
         }
     }
+
+    /// Reads the draining pty masters once, without `poll`; whether there was any.
+    pub fn drain_once(&mut self) -> bool {
+        let mut drained = false;
+        for pump in self.pumps.iter_mut().filter(|p| p.drain && p.want_read()) {
+            pump.read();
+            drained = true;
+        }
+        drained
+    }
+
+    /// What the pumps wait for in the next `poll`.
+    pub fn poll_slots(&self) -> impl Iterator<Item = PollSlot<'_>> {
+        self.pumps
+            .iter()
+            .enumerate()
+            .filter_map(|(pump, p)| p.poll_slot(pump))
+    }
+
+    /// Moves bytes of pump `pump`, which `poll` found ready for `wait`.
+    pub fn ready(&mut self, pump: usize, wait: Wait) {
+        let Some(p) = self.pumps.get_mut(pump) else {
+            return;
+        };
+        match wait {
+            Wait::Readable => p.read(),
+            Wait::Writable => p.write(),
+        }
+    }
 }
 
-/// The outcome of [`Supervisor::run`].
-pub struct Outcome {
-    /// How the main process ended.
-    pub status: ExitStatus,
-    /// The host closed the control connection while the container ran.
-    pub host_gone: bool,
+/// Which way a [`Pump`] moves bytes, which decides what its end of stream means.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Dir {
+    /// host stream → process (stdin pipe or pty master): at EOF the destination is closed.
+    In,
+    /// process (pipe or pty master) → host stream: at EOF the stream's write side is shut
+    /// down, which is EOF for the host.
+    Out,
 }
 
-/// What a poll slot stands for.
-#[derive(Clone, Copy)]
-enum Tag {
-    Read(ProcessId, usize),
-    Write(ProcessId, usize),
-    Control,
-    Sigchld,
+/// Moves bytes from `src` to `dst`.
+struct Pump {
+    dir: Dir,
+    src: Option<OwnedFd>,
+    dst: Option<OwnedFd>,
+    buf: Vec<u8>,
+    start: usize,
+    /// The destination failed for good (reader went away): keep draining, drop the bytes.
+    discard: bool,
+    /// The process has exited and this is a pty master: a read that finds nothing is the
+    /// end (a background process may still hold the slave open).
+    drain: bool,
 }
 
-/// Runs the container's processes until the main one and every exec'd one are reported.
-pub struct Supervisor<'a> {
-    pub control: &'a mut Control,
-    pub sigchld: &'a SignalFd,
-    pub transport: &'a Transport,
-    processes: BTreeMap<ProcessId, Proc>,
-    main_pid: Pid,
-    main_status: Option<ExitStatus>,
-    control_open: bool,
-    host_gone: bool,
-}
-
-impl<'a> Supervisor<'a> {
-    /// Takes over the main process, already started, with its streams.
-    pub fn new(
-        control: &'a mut Control,
-        sigchld: &'a SignalFd,
-        transport: &'a Transport,
-        main: workload::Spawned,
-        streams: Streams,
-    ) -> Result<Self> {
-        let mut processes = BTreeMap::new();
-        let main_pid = main.pid;
-        processes.insert(MAIN_PROCESS, Proc::new(main.pid, streams, main.stdio)?);
+impl Pump {
+    fn new(dir: Dir, src: OwnedFd, dst: OwnedFd) -> Result<Self> {
+        set_nonblocking(src.as_fd())?;
+        set_nonblocking(dst.as_fd())?;
         Ok(Self {
-            control,
-            sigchld,
-            transport,
-            processes,
-            main_pid,
-            main_status: None,
-            control_open: true,
-            host_gone: false,
+            dir,
+            src: Some(src),
+            dst: Some(dst),
+            buf: Vec::with_capacity(BUF_SIZE),
+            start: 0,
+            discard: false,
+            drain: false,
         })
     }
 
-    /// Runs until every process has exited and its output is drained; `Exited` is sent
-    /// here for exec'd processes, and left to the caller for the main one (it goes last).
-    /// `on_main_exit` is called the moment the main process is reaped.
-    pub fn run(mut self, mut on_main_exit: impl FnMut(ExitStatus)) -> Result<Outcome> {
+    fn pending(&self) -> bool {
+        self.start < self.buf.len()
+    }
+
+    /// Finished: source at EOF and everything written (or discarded).
+    fn done(&self) -> bool {
+        self.src.is_none() && self.dst.is_none()
+    }
+
+    fn want_read(&self) -> bool {
+        self.src.is_some() && !self.pending()
+    }
+
+    fn want_write(&self) -> bool {
+        self.dst.is_some() && self.pending()
+    }
+
+    /// What this pump, number `pump` of its relay, waits on; `None` when it is finished.
+    fn poll_slot(&self, pump: usize) -> Option<PollSlot<'_>> {
+        let (fd, wait) = if self.want_read() {
+            (self.src.as_ref()?, Wait::Readable)
+        } else if self.want_write() {
+            (self.dst.as_ref()?, Wait::Writable)
+        } else {
+            return None;
+        };
+        Some(PollSlot {
+            pump,
+            fd: fd.as_fd(),
+            wait,
+        })
+    }
+
+    fn clear_buffer(&mut self) {
+        self.buf.clear();
+        self.start = 0;
+    }
+
+    fn end_of_source(&mut self) {
+        self.clear_buffer();
+        self.src = None;
+    }
+
+    fn read(&mut self) {
+        let Some(src) = &self.src else { return };
+        self.buf.resize(BUF_SIZE, 0);
         loop {
-            self.report_finished()?;
-            if let Some(status) = self.main_status {
-                if self.processes.is_empty() {
-                    return Ok(Outcome {
-                        status,
-                        host_gone: self.host_gone,
-                    });
+            match nix::unistd::read(src.as_raw_fd(), &mut self.buf) {
+                Ok(0) => {
+                    self.end_of_source();
+                    break;
                 }
-            }
-            // Exited processes' pty masters are read until they have nothing (no poll:
-            // a background process may keep the slave open, so no EOF may ever come).
-            let mut drained = false;
-            for p in self.processes.values_mut() {
-                for pump in p.pumps.iter_mut().filter(|p| p.drain && p.want_read()) {
-                    pump.read();
-                    drained = true;
-                }
-            }
-            if drained {
-                continue;
-            }
-            let mut tags = Vec::new();
-            let mut fds = Vec::new();
-            for (id, p) in &self.processes {
-                for (i, pump) in p.pumps.iter().enumerate() {
-                    if pump.want_read() {
-                        if let Some(src) = &pump.src {
-                            tags.push(Tag::Read(*id, i));
-                            fds.push(PollFd::new(src.as_fd(), PollFlags::POLLIN));
-                        }
-                    } else if pump.want_write() {
-                        if let Some(dst) = &pump.dst {
-                            tags.push(Tag::Write(*id, i));
-                            fds.push(PollFd::new(dst.as_fd(), PollFlags::POLLOUT));
-                        }
+                Ok(n) => {
+                    self.buf.truncate(n);
+                    self.start = 0;
+                    if self.discard || self.dst.is_none() {
+                        self.buf.clear();
                     }
+                    break;
+                }
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) if self.drain => {
+                    self.end_of_source();
+                    break;
+                }
+                Err(Errno::EAGAIN) => {
+                    self.clear_buffer();
+                    break;
+                }
+                // A pty master reads EIO once every slave descriptor is closed.
+                Err(Errno::EIO) => {
+                    self.end_of_source();
+                    break;
+                }
+                Err(e) => {
+                    crate::log::error(&format!("relay ({:?}) read: {e}", self.dir));
+                    self.end_of_source();
+                    break;
                 }
             }
-            if self.control_open {
-                tags.push(Tag::Control);
-                fds.push(PollFd::new(self.control.fd(), PollFlags::POLLIN));
-            }
-            tags.push(Tag::Sigchld);
-            fds.push(PollFd::new(self.sigchld.as_fd(), PollFlags::POLLIN));
-            match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) | Err(Errno::EINTR) => {}
-                Err(e) => return Err(Error::new(format!("poll: {e}"))),
-            }
-            let ready: Vec<Tag> = tags
-                .iter()
-                .zip(fds.iter())
-                .filter(|(_, f)| f.revents().is_some_and(|r| !r.is_empty()))
-                .map(|(t, _)| *t)
-                .collect();
-            drop(fds);
+        }
+        self.finish_if_drained();
+    }
 
-            for tag in ready {
-                match tag {
-                    Tag::Read(id, i) => {
-                        if let Some(p) = self.processes.get_mut(&id) {
-                            p.pumps[i].read();
-                        }
+    fn write(&mut self) {
+        let Some(dst) = &self.dst else { return };
+        while self.pending() {
+            match nix::unistd::write(dst, &self.buf[self.start..]) {
+                Ok(n) => self.start += n,
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => break,
+                Err(e) => {
+                    // EPIPE: the process closed stdin; ECONNRESET: the host went away.
+                    if e != Errno::EPIPE && e != Errno::EIO {
+                        crate::log::error(&format!("relay ({:?}) write: {e}", self.dir));
                     }
-                    Tag::Write(id, i) => {
-                        if let Some(p) = self.processes.get_mut(&id) {
-                            p.pumps[i].write();
-                        }
-                    }
-                    Tag::Control => {
-                        if !self.control.read_available()? {
-                            self.control_open = false;
-                            if self.main_status.is_none() {
-                                crate::log::error(
-                                    "host closed the control connection; killing the workload",
-                                );
-                                self.host_gone = true;
-                                send_signal(self.main_pid, libc::SIGKILL);
-                            }
-                        }
-                        while let Some(msg) = self.control.next_buffered()? {
-                            self.handle(msg)?;
-                        }
-                    }
-                    Tag::Sigchld => {
-                        // Drain the signalfd, then reap everything that exited.
-                        while let Ok(Some(_)) = self.sigchld.read_signal() {}
-                        for (pid, st) in reap() {
-                            let Some((id, p)) =
-                                self.processes.iter_mut().find(|(_, p)| p.pid == pid)
-                            else {
-                                continue;
-                            };
-                            if *id == MAIN_PROCESS {
-                                on_main_exit(st);
-                            }
-                            p.exited(st);
-                        }
-                    }
+                    self.discard = true;
+                    self.clear_buffer();
+                    self.dst = None;
+                    break;
+                }
+            }
+        }
+        self.finish_if_drained();
+    }
+
+    /// At source EOF with nothing pending, end the destination: close the stdin pipe (or
+    /// this pump's copy of the pty master), or shut down the write side of an output
+    /// socket (EOF for the host).
+    fn finish_if_drained(&mut self) {
+        if self.src.is_some() || self.pending() {
+            return;
+        }
+        if let Some(dst) = self.dst.take() {
+            if self.dir == Dir::Out {
+                if let Err(e) = shutdown(dst.as_raw_fd(), Shutdown::Write) {
+                    crate::log::error(&format!("shutdown of an output stream: {e}"));
                 }
             }
         }
     }
 
-    /// Sends `Exited` for every exec'd process that is reaped and drained, and forgets
-    /// it; the main process's status is kept for the caller.
-    fn report_finished(&mut self) -> Result<()> {
-        let done: Vec<ProcessId> = self
-            .processes
-            .iter()
-            .filter(|(_, p)| p.status.is_some() && p.outputs_done())
-            .map(|(id, _)| *id)
-            .collect();
-        for id in done {
-            let Some(p) = self.processes.remove(&id) else {
-                continue;
-            };
-            let Some(status) = p.status else { continue };
-            if id == MAIN_PROCESS {
-                self.main_status = Some(status);
-                continue;
-            }
-            crate::log::info(&format!("process {id} exited: {status:?}"));
-            if self.control_open {
-                self.control.send(&GuestMessage::Exited {
-                    process: id,
-                    status,
-                })?;
-            }
-        }
-        Ok(())
-    }
-
-    fn handle(&mut self, msg: HostMessage) -> Result<()> {
-        match msg {
-            HostMessage::Signal { process, signal } => match self.processes.get(&process) {
-                Some(p) if p.status.is_none() => {
-                    crate::log::info(&format!("signal {signal} to process {process}"));
-                    send_signal(p.pid, signal);
-                }
-                _ => crate::log::info(&format!(
-                    "signal {signal} to process {process}, which is not running"
-                )),
-            },
-            HostMessage::Resize {
-                process,
-                rows,
-                cols,
-            } => {
-                if let Some(m) = self.processes.get(&process).and_then(|p| p.master.as_ref()) {
-                    if let Err(e) =
-                        workload::set_window_size(m.as_raw_fd(), WindowSize { rows, cols })
-                    {
-                        crate::log::error(&format!("resize of process {process}: {e}"));
-                    }
-                }
-            }
-            HostMessage::Exec { process, spec } => {
-                let reply = match self.exec(process, &spec) {
-                    Ok(pid) => GuestMessage::Started {
-                        process,
-                        pid: pid.as_raw(),
-                    },
-                    Err(e) => {
-                        crate::log::error(&format!("exec of process {process}: {e}"));
-                        GuestMessage::StartFailed {
-                            process,
-                            code: e.code,
-                            message: e.message,
-                        }
-                    }
-                };
-                self.control.send(&reply)?;
-            }
-            HostMessage::ListProcesses { request } => {
-                let processes = crate::cgroup::processes(self.main_pid);
-                self.control
-                    .send(&GuestMessage::Processes { request, processes })?;
-            }
-            HostMessage::Stats { request } => {
-                let stats = crate::cgroup::stats();
-                self.control.send(&GuestMessage::Stats { request, stats })?;
-            }
-            HostMessage::Update { request, resources } => {
-                let error = crate::cgroup::apply(&resources).err();
-                self.control
-                    .send(&GuestMessage::Updated { request, error })?;
-            }
-            other => crate::log::error(&format!("ignoring unexpected message {other:?}")),
-        }
-        Ok(())
-    }
-
-    /// Starts an exec'd process and its streams.
-    fn exec(&mut self, process: ProcessId, spec: &ProcessSpec) -> Result<Pid> {
-        if self.main_status.is_some()
-            || self
-                .processes
-                .get(&MAIN_PROCESS)
-                .is_none_or(|p| p.status.is_some())
-        {
-            return Err(Error::new(
-                "cannot exec: the container's main process has exited (container not running)",
-            ));
-        }
-        if process == MAIN_PROCESS || self.processes.contains_key(&process) {
-            return Err(Error::new(format!(
-                "protocol error: process id {process} is in use"
-            )));
-        }
-        crate::log::info(&format!("exec {process}: {:?}", spec.args));
-        let spawned = match workload::spawn_exec(self.main_pid, spec)? {
-            Ok(s) => s,
-            // The failed child is reaped with the others on SIGCHLD.
-            Err(failed) => return Err(failed.error),
-        };
-        let pid = spawned.pid;
-        let streams = match Streams::open(self.transport, process, spec.terminal) {
-            Ok(s) => s,
-            Err(e) => {
-                send_signal(pid, libc::SIGKILL);
-                return Err(e);
-            }
-        };
-        self.processes
-            .insert(process, Proc::new(pid, streams, spawned.stdio)?);
-        Ok(pid)
+    /// Stops reading: nobody consumes this direction any more.
+    fn stop(&mut self) {
+        self.src = None;
+        self.dst = None;
+        self.clear_buffer();
     }
 }
 
-/// `kill(pid, sig)` for any signal number, real-time signals included.
-pub fn send_signal(pid: Pid, sig: i32) {
-    // SAFETY: kill(2) takes two integers and touches no memory. nix's `kill` only accepts
-    // its `Signal` enum, which has no real-time signals.
-    let rc = unsafe { libc::kill(pid.as_raw(), sig) };
-    if rc != 0 {
-        crate::log::error(&format!("kill({pid}, {sig}): {}", Errno::last()));
-    }
+fn set_nonblocking(fd: BorrowedFd<'_>) -> Result<()> {
+    let flags = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL).context("fcntl F_GETFL")?;
+    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags)).context("fcntl F_SETFL")?;
+    Ok(())
 }
 
-/// Reaps every exited child; returns the pids and statuses of those that ended.
-pub fn reap() -> Vec<(Pid, ExitStatus)> {
-    let mut found = Vec::new();
-    loop {
-        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return found,
-            Ok(ws) => {
-                if let (Some(pid), Some(st)) = (ws.pid(), workload::exit_status(ws)) {
-                    found.push((pid, st));
-                }
-            }
-            Err(Errno::EINTR) => {}
-            Err(e) => {
-                crate::log::error(&format!("waitpid: {e}"));
-                return found;
-            }
-        }
-    }
+fn dup(fd: &OwnedFd) -> Result<OwnedFd> {
+    fd.try_clone().context("dup")
 }

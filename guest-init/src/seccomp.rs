@@ -1,6 +1,6 @@
 //! Installs the container's seccomp filter, which the host compiled to classic BPF from
-//! `linux.seccomp`, with `seccomp(SECCOMP_SET_MODE_FILTER)`. The caller does it as late as
-//! it can before `execve`, as runc does.
+//! `linux.seccomp`, with `seccomp(SECCOMP_SET_MODE_FILTER)`. When it is installed (before
+//! the user switch or last before `execve`) is for `credentials` to say.
 
 use crate::error::{Error, Result};
 use runvm_protocol::{SeccompProgram, SECCOMP_INSTRUCTION_LEN};
@@ -10,9 +10,35 @@ const SECCOMP_SET_MODE_FILTER: libc::c_uint = 1;
 /// The kernel's limit on a classic BPF program (`BPF_MAXINSNS`).
 const MAX_INSTRUCTIONS: usize = 4096;
 
+/// A decoded filter, ready to install.
+pub struct Filter {
+    instructions: Vec<libc::sock_filter>,
+    /// `seccomp(2)` flags (e.g. `SECCOMP_FILTER_FLAG_LOG`).
+    flags: u32,
+}
+
+impl Filter {
+    /// Decodes `process.seccomp` as the host sent it (`None` without one).
+    pub fn from_spec(program: Option<&SeccompProgram>) -> Result<Option<Self>> {
+        program
+            .map(|p| {
+                Ok(Self {
+                    instructions: instructions(p)?,
+                    flags: p.flags,
+                })
+            })
+            .transpose()
+    }
+
+    /// Installs the filter on the calling thread. Needs `no_new_privs` or `CAP_SYS_ADMIN`.
+    pub fn install(&self) -> Result<()> {
+        install(&self.instructions, self.flags)
+    }
+}
+
 /// The program's instructions as the kernel's `struct sock_filter`s; an error for bytes
 /// that are not a whole, non-empty, not too long program.
-pub fn instructions(p: &SeccompProgram) -> Result<Vec<libc::sock_filter>> {
+fn instructions(p: &SeccompProgram) -> Result<Vec<libc::sock_filter>> {
     let n = p.filter.len() / SECCOMP_INSTRUCTION_LEN;
     if p.filter.is_empty()
         || !p.filter.len().is_multiple_of(SECCOMP_INSTRUCTION_LEN)
@@ -34,8 +60,8 @@ pub fn instructions(p: &SeccompProgram) -> Result<Vec<libc::sock_filter>> {
         .collect())
 }
 
-/// Installs `program` on the calling thread. Needs `no_new_privs` or `CAP_SYS_ADMIN`.
-pub fn install(program: &[libc::sock_filter], flags: u32) -> Result<()> {
+/// Installs `program` on the calling thread.
+fn install(program: &[libc::sock_filter], flags: u32) -> Result<()> {
     let prog = libc::sock_fprog {
         // `instructions` bounds the length to MAX_INSTRUCTIONS.
         len: program.len() as libc::c_ushort,

@@ -112,6 +112,16 @@ impl Walker {
         }
     }
 
+    /// Sends `e`, the entry at `path`; one too large for a frame is skipped instead.
+    /// Whether it was sent.
+    fn send_entry(&mut self, e: &WritebackEntry, path: &[u8]) -> Result<bool> {
+        let sent = self.frame(e)?;
+        if !sent {
+            self.skip(path, "entry too large to send");
+        }
+        Ok(sent)
+    }
+
     fn skip(&mut self, rel: &[u8], why: &str) {
         self.skipped += 1;
         crate::log::error(&format!(
@@ -159,12 +169,12 @@ impl Walker {
         let meta = meta_of(md);
         if ft.is_dir() {
             let opaque = is_opaque(full);
-            if !self.frame(&WritebackEntry::Dir {
+            let dir = WritebackEntry::Dir {
                 path: path.clone(),
                 meta,
                 opaque,
-            })? {
-                self.skip(&path, "entry too large to send");
+            };
+            if !self.send_entry(&dir, &path)? {
                 return Ok(());
             }
             return self.walk(full, &path);
@@ -203,9 +213,7 @@ impl Walker {
                 rdev: md.rdev(),
             }
         };
-        if !self.frame(&e)? {
-            self.skip(&path, "entry too large to send");
-        }
+        self.send_entry(&e, &path)?;
         Ok(())
     }
 
@@ -223,9 +231,7 @@ impl Walker {
                     path: path.clone(),
                     target: first.clone(),
                 };
-                if !self.frame(&e)? {
-                    self.skip(&path, "entry too large to send");
-                }
+                self.send_entry(&e, &path)?;
                 return Ok(());
             }
             self.links.insert(key, path.clone());
@@ -244,12 +250,12 @@ impl Walker {
         };
         // The size the host is told is the size sent, whatever happens to the file.
         let size = f.metadata().map(|m| m.len()).unwrap_or(md.len());
-        if !self.frame(&WritebackEntry::File {
+        let header = WritebackEntry::File {
             path: path.clone(),
             meta,
             size,
-        })? {
-            self.skip(&path, "entry too large to send");
+        };
+        if !self.send_entry(&header, &path)? {
             return Ok(());
         }
         let mut left = size;

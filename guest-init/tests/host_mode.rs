@@ -7,29 +7,21 @@
 //! Needs root, `unshare` and a static busybox (Debian's `busybox-static`, which
 //! `cargo xtask test` installs); without them each test fails and says what is missing.
 
+mod common;
+
+use common::{accept, BUSYBOX};
 use runvm_protocol::{
     read_frame, write_frame, Capabilities, ExitStatus, GuestMessage, HostMessage, LinuxSpec,
-    MountSpec, ProcessSpec, Rlimit, RootfsSpec, StreamHeader, PROTOCOL_VERSION,
+    MountSpec, ProcessSpec, Rlimit, RootfsSpec, StreamHeader,
 };
 use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
-
-const BUSYBOX: &str = "/bin/busybox";
-const TIMEOUT: Duration = Duration::from_secs(20);
-
-/// The binary under test: this build's, or `RUNVM_INIT_BIN` (e.g. the static release
-/// build that goes into the initramfs).
-fn init_bin() -> PathBuf {
-    std::env::var_os("RUNVM_INIT_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_guest-init")))
-}
+use std::time::Duration;
+use tempfile::TempDir;
 
 fn skip_reason() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
@@ -46,66 +38,18 @@ fn skip_reason() -> Option<String> {
 }
 
 /// A scratch directory with a busybox root filesystem; removed on drop.
-struct Scratch {
-    dir: PathBuf,
-}
-
-impl Scratch {
-    fn new() -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "runvm-init-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        let root = dir.join("rootfs");
-        for d in ["bin", "proc", "sys", "dev", "tmp", "etc", "work"] {
-            std::fs::create_dir_all(root.join(d)).unwrap();
-        }
-        std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
-        for applet in [
+fn scratch() -> TempDir {
+    let scratch = common::busybox_scratch(
+        &["proc", "sys", "dev", "tmp", "etc", "work"],
+        &[
             "sh", "echo", "cat", "head", "ps", "sleep", "hostname", "kill", "true", "ls", "id",
             "wc", "mount", "grep", "cut", "stty", "tty",
-        ] {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-        std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-        std::fs::write(root.join("bin/notexec"), "#!/bin/sh\n").unwrap();
-        Self { dir }
-    }
-
-    fn rootfs(&self) -> String {
-        self.dir.join("rootfs").display().to_string()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn accept(l: &UnixListener, child: &mut Child) -> UnixStream {
-    l.set_nonblocking(true).unwrap();
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        match l.accept() {
-            Ok((s, _)) => {
-                s.set_nonblocking(false).unwrap();
-                s.set_read_timeout(Some(TIMEOUT)).unwrap();
-                return s;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if let Ok(Some(st)) = child.try_wait() {
-                    panic!("init exited ({st}) before connecting");
-                }
-                assert!(Instant::now() < deadline, "init did not connect");
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => panic!("accept: {e}"),
-        }
-    }
+        ],
+    );
+    let root = scratch.path().join("rootfs");
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(root.join("bin/notexec"), "#!/bin/sh\n").unwrap();
+    scratch
 }
 
 #[derive(Debug)]
@@ -141,55 +85,10 @@ fn run_with(
     stdin: &[u8],
     after_start: impl FnOnce(&mut UnixStream),
 ) -> Outcome {
-    let scratch = Scratch::new();
-    let ctl_l = UnixListener::bind(scratch.dir.join("1024")).unwrap();
-    let str_l = UnixListener::bind(scratch.dir.join("1025")).unwrap();
-    // Own IPC and network namespaces too (the VM has its own kernel), so that sysctl tests
-    // do not change this host.
-    let mut child = Command::new("unshare")
-        .args(["-m", "--ipc", "--net", "--propagation", "private"])
-        .arg(init_bin())
-        .env("RUNVM_INIT_TEST", &scratch.dir)
-        .env("RUNVM_INIT_DEBUG", "1")
-        .spawn()
-        .unwrap();
-
-    let mut ctl = accept(&ctl_l, &mut child);
-    let hello: GuestMessage = read_frame(&mut ctl).unwrap();
-    assert_eq!(
-        hello,
-        GuestMessage::Hello {
-            version: PROTOCOL_VERSION
-        }
-    );
-    write_frame(
-        &mut ctl,
-        &HostMessage::Run {
-            rootfs: RootfsSpec {
-                lower_devices: vec![scratch.rootfs()],
-                ..Default::default()
-            },
-            hostname: Some("testbox".into()),
-            process,
-            linux,
-            mounts,
-            network: Default::default(),
-        },
-    )
-    .unwrap();
-
-    let mut streams: [Option<UnixStream>; 3] = [None, None, None];
-    for _ in 0..3 {
-        let mut s = accept(&str_l, &mut child);
-        let h: StreamHeader = read_frame(&mut s).unwrap();
-        assert_eq!(h.process, 0);
-        let slot = &mut streams[usize::from(h.fd)];
-        assert!(slot.is_none(), "stream {} opened twice", h.fd);
-        *slot = Some(s);
-    }
-    let [Some(mut s_in), Some(s_out), Some(s_err)] = streams else {
-        panic!("missing stream")
-    };
+    let mut s = Session::launch(process, linux, mounts);
+    let [mut s_in, s_out, s_err]: [UnixStream; 3] = std::mem::take(&mut s.main)
+        .try_into()
+        .expect("three streams");
     let input = stdin.to_vec();
     let writer = std::thread::spawn(move || {
         let _ = s_in.write_all(&input);
@@ -213,11 +112,11 @@ fn run_with(
         stderr: vec![],
         init_ok: false,
     };
-    match read_frame::<_, GuestMessage>(&mut ctl).unwrap() {
+    match s.recv() {
         GuestMessage::Started { process: 0, pid } => {
             o.started_pid = Some(pid);
-            after_start(&mut ctl);
-            match read_frame::<_, GuestMessage>(&mut ctl).unwrap() {
+            after_start(&mut s.ctl);
+            match s.recv() {
                 GuestMessage::Exited { process: 0, status } => o.exited = Some(status),
                 m => panic!("expected Exited, got {m:?}"),
             }
@@ -233,31 +132,15 @@ fn run_with(
     o.stdout = out_t.join().unwrap();
     o.stderr = err_t.join().unwrap();
     drop(writer.join().unwrap());
-    write_frame(&mut ctl, &HostMessage::Shutdown).unwrap();
+    o.init_ok = s.shutdown().success();
 
-    let deadline = Instant::now() + TIMEOUT;
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "init did not exit after Shutdown"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    o.init_ok = status.success();
-
-    // Nothing left behind: no workload process, no mounts under the scratch dir.
+    // Nothing left behind: no workload process (and, checked by shutdown, no mounts).
     if let Some(pid) = o.started_pid {
         assert!(
             !Path::new(&format!("/proc/{pid}")).exists(),
             "workload pid {pid} still exists"
         );
     }
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let d = scratch.dir.display().to_string();
-    assert!(!mounts.contains(&d), "mounts left behind under {d}");
     o
 }
 
@@ -447,9 +330,9 @@ fn missing_cwd_is_start_failed_1() {
     assert!(msg.contains("chdir to cwd"), "{msg}");
 }
 
-/// A running init with its main process started, for tests that talk to it step by step.
+/// A running init that was sent `Run`, for tests that talk to it step by step.
 struct Session {
-    _scratch: Scratch,
+    scratch: TempDir,
     child: Child,
     ctl: UnixStream,
     streams: UnixListener,
@@ -458,43 +341,50 @@ struct Session {
 }
 
 impl Session {
-    fn start(process: ProcessSpec) -> Self {
-        let scratch = Scratch::new();
-        let ctl_l = UnixListener::bind(scratch.dir.join("1024")).unwrap();
-        let streams = UnixListener::bind(scratch.dir.join("1025")).unwrap();
-        let mut child = Command::new("unshare")
-            .args(["-m", "--ipc", "--net", "--propagation", "private"])
-            .arg(init_bin())
-            .env("RUNVM_INIT_TEST", &scratch.dir)
+    /// Starts init, sends `Run` with `process`, `linux` and `mounts`, and accepts the main
+    /// process's streams.
+    fn launch(process: ProcessSpec, linux: LinuxSpec, mounts: Vec<MountSpec>) -> Self {
+        let scratch = scratch();
+        let ctl_l = UnixListener::bind(scratch.path().join("1024")).unwrap();
+        let streams = UnixListener::bind(scratch.path().join("1025")).unwrap();
+        // Own IPC and network namespaces too (the VM has its own kernel), so that sysctl
+        // tests do not change this host.
+        let mut child = common::init_command(scratch.path(), &["--ipc", "--net"])
             .env("RUNVM_INIT_DEBUG", "1")
             .spawn()
             .unwrap();
         let mut ctl = accept(&ctl_l, &mut child);
-        let _hello: GuestMessage = read_frame(&mut ctl).unwrap();
+        common::expect_hello(&mut ctl);
         let n = if process.terminal { 1 } else { 3 };
         write_frame(
             &mut ctl,
             &HostMessage::Run {
                 rootfs: RootfsSpec {
-                    lower_devices: vec![scratch.rootfs()],
+                    lower_devices: vec![scratch.path().join("rootfs").display().to_string()],
                     ..Default::default()
                 },
                 hostname: Some("testbox".into()),
                 process,
-                linux: LinuxSpec::default(),
-                mounts: vec![],
+                linux,
+                mounts,
                 network: Default::default(),
             },
         )
         .unwrap();
         let mut s = Self {
-            _scratch: scratch,
+            scratch,
             child,
             ctl,
             streams,
             main: vec![],
         };
         s.main = s.accept_streams(0, n);
+        s
+    }
+
+    /// [`Session::launch`] with default `linux` and no mounts, up to `Started`.
+    fn start(process: ProcessSpec) -> Self {
+        let mut s = Self::launch(process, LinuxSpec::default(), vec![]);
         match s.recv() {
             GuestMessage::Started { process: 0, .. } => {}
             m => panic!("expected Started, got {m:?}"),
@@ -517,7 +407,9 @@ impl Session {
             let mut s = accept(&self.streams, &mut self.child);
             let h: StreamHeader = read_frame(&mut s).unwrap();
             assert_eq!(h.process, process);
-            got[usize::from(h.fd)] = Some(s);
+            let slot = &mut got[usize::from(h.fd)];
+            assert!(slot.is_none(), "stream {} opened twice", h.fd);
+            *slot = Some(s);
         }
         got.into_iter().map(|s| s.unwrap()).collect()
     }
@@ -549,16 +441,13 @@ impl Session {
         }
     }
 
-    fn shutdown(mut self) {
+    /// Sends `Shutdown`, waits for init to exit, checks that none of its mounts is left,
+    /// and returns how it exited.
+    fn shutdown(mut self) -> std::process::ExitStatus {
         self.send(&HostMessage::Shutdown);
-        let deadline = Instant::now() + TIMEOUT;
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "init did not exit after Shutdown"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let status = common::wait_for_exit(&mut self.child);
+        common::assert_no_mounts_under(self.scratch.path());
+        status
     }
 }
 
@@ -598,7 +487,7 @@ fn terminal_is_a_pty_of_the_container_with_the_given_size() {
     assert!(out.contains("30 100"), "{out:?}");
     assert!(out.contains("/dev/pts/0"), "{out:?}");
     assert_eq!(s.exits_until_main(), vec![(0, ExitStatus::Exited(3))]);
-    s.shutdown();
+    assert!(s.shutdown().success());
 }
 
 #[test]
@@ -627,7 +516,7 @@ fn terminal_input_resize_and_interrupt() {
     t.write_all(b"exit 7\n").unwrap();
     let _ = read_all(t);
     assert_eq!(s.exits_until_main(), vec![(0, ExitStatus::Exited(7))]);
-    s.shutdown();
+    assert!(s.shutdown().success());
 }
 
 #[test]
@@ -665,7 +554,7 @@ fn exec_joins_the_container_and_reports_its_exit() {
         signal: 9,
     });
     assert_eq!(s.exits_until_main(), vec![(0, ExitStatus::Signaled(9))]);
-    s.shutdown();
+    assert!(s.shutdown().success());
 }
 
 #[test]
@@ -727,7 +616,7 @@ fn exec_failures_and_signals_and_death_with_the_main_process() {
         s.exits_until_main(),
         vec![(3, ExitStatus::Signaled(9)), (0, ExitStatus::Signaled(9))]
     );
-    s.shutdown();
+    assert!(s.shutdown().success());
 }
 
 #[test]

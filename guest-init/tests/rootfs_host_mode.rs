@@ -5,25 +5,18 @@
 //!
 //! Needs root, `unshare` and a static busybox (Debian's `busybox-static`).
 
+mod common;
+
+use common::{accept, BUSYBOX};
 use runvm_protocol::{
     read_frame, read_frame_limited, write_frame, ExitStatus, FileContent, GuestMessage,
     HostMessage, MountSpec, ProcessSpec, RootfsSpec, SpecialKind, StreamHeader, WritebackEntry,
-    MAX_HOST_FRAME_LEN, MAX_WRITEBACK_FRAME_LEN, PROTOCOL_VERSION,
+    MAX_HOST_FRAME_LEN, MAX_WRITEBACK_FRAME_LEN,
 };
 use std::io::Read;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
-
-const BUSYBOX: &str = "/bin/busybox";
-const TIMEOUT: Duration = Duration::from_secs(20);
-
-fn init_bin() -> PathBuf {
-    std::env::var_os("RUNVM_INIT_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_guest-init")))
-}
+use std::path::Path;
+use tempfile::TempDir;
 
 fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -34,62 +27,36 @@ fn require_root() {
     );
 }
 
-/// `dir/rootfs` (a busybox tree, the read-only lower layer), `dir/rw` (the writable
-/// layer), sockets in `dir`. Removed on drop.
-struct Scratch {
-    dir: PathBuf,
-}
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("runvm-init-rootfs-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let root = dir.join("rootfs");
-        for d in ["bin", "proc", "sys", "dev", "tmp", "etc", "data/sub"] {
-            std::fs::create_dir_all(root.join(d)).unwrap();
-        }
-        std::fs::create_dir_all(dir.join("rw")).unwrap();
-        std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
-        for applet in [
+/// `rootfs` (a busybox tree, the read-only lower layer), `rw` (the writable layer),
+/// sockets at the top. Removed on drop.
+fn scratch() -> TempDir {
+    let scratch = common::busybox_scratch(
+        &["proc", "sys", "dev", "tmp", "etc", "data/sub"],
+        &[
             "sh", "echo", "cat", "rm", "mkdir", "ln", "mkfifo", "touch", "chmod", "ls",
-        ] {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-        std::fs::write(root.join("etc/keep"), "keep\n").unwrap();
-        std::fs::write(root.join("etc/gone"), "gone\n").unwrap();
-        std::fs::write(root.join("etc/hosts"), "lower hosts\n").unwrap();
-        std::fs::write(root.join("data/old"), "old\n").unwrap();
-        std::fs::write(root.join("data/sub/older"), "older\n").unwrap();
-        Self { dir }
+        ],
+    );
+    std::fs::create_dir_all(scratch.path().join("rw")).unwrap();
+    let root = scratch.path().join("rootfs");
+    for (file, content) in [
+        ("etc/keep", "keep\n"),
+        ("etc/gone", "gone\n"),
+        ("etc/hosts", "lower hosts\n"),
+        ("data/old", "old\n"),
+        ("data/sub/older", "older\n"),
+    ] {
+        std::fs::write(root.join(file), content).unwrap();
     }
+    scratch
 }
 
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn accept(l: &UnixListener, child: &mut Child) -> UnixStream {
-    l.set_nonblocking(true).unwrap();
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        match l.accept() {
-            Ok((s, _)) => {
-                s.set_nonblocking(false).unwrap();
-                s.set_read_timeout(Some(TIMEOUT)).unwrap();
-                return s;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if let Ok(Some(st)) = child.try_wait() {
-                    panic!("init exited ({st}) before connecting");
-                }
-                assert!(Instant::now() < deadline, "init did not connect");
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => panic!("accept: {e}"),
-        }
+/// The layers of `scratch`: its busybox tree below, and its `rw` directory as the
+/// writable layer unless `readonly`.
+fn layers(scratch: &TempDir, readonly: bool) -> RootfsSpec {
+    RootfsSpec {
+        lower_devices: vec![scratch.path().join("rootfs").display().to_string()],
+        readonly,
+        writable_device: (!readonly).then(|| scratch.path().join("rw").display().to_string()),
     }
 }
 
@@ -102,24 +69,14 @@ struct Outcome {
 }
 
 /// Runs `script` in init with `rootfs` and `mounts`, plays the host, and returns what it saw.
-fn run(scratch: &Scratch, rootfs: RootfsSpec, mounts: Vec<MountSpec>, script: &str) -> Outcome {
-    let ctl_l = UnixListener::bind(scratch.dir.join("1024")).unwrap();
-    let str_l = UnixListener::bind(scratch.dir.join("1025")).unwrap();
-    let wb_l = UnixListener::bind(scratch.dir.join("1026")).unwrap();
-    let mut child = Command::new("unshare")
-        .args(["-m", "--propagation", "private"])
-        .arg(init_bin())
-        .env("RUNVM_INIT_TEST", &scratch.dir)
-        .spawn()
-        .unwrap();
+fn run(scratch: &TempDir, rootfs: RootfsSpec, mounts: Vec<MountSpec>, script: &str) -> Outcome {
+    let dir = scratch.path();
+    let ctl_l = UnixListener::bind(dir.join("1024")).unwrap();
+    let str_l = UnixListener::bind(dir.join("1025")).unwrap();
+    let wb_l = UnixListener::bind(dir.join("1026")).unwrap();
+    let mut child = common::init_command(dir, &[]).spawn().unwrap();
     let mut ctl = accept(&ctl_l, &mut child);
-    let hello: GuestMessage = read_frame(&mut ctl).unwrap();
-    assert_eq!(
-        hello,
-        GuestMessage::Hello {
-            version: PROTOCOL_VERSION
-        }
-    );
+    common::expect_hello(&mut ctl);
     let writable = rootfs.writable_device.is_some();
     let run = HostMessage::Run {
         rootfs,
@@ -180,16 +137,8 @@ fn run(scratch: &Scratch, rootfs: RootfsSpec, mounts: Vec<MountSpec>, script: &s
         entries
     });
     write_frame(&mut ctl, &HostMessage::Shutdown).unwrap();
-    let deadline = Instant::now() + TIMEOUT;
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "init did not exit after Shutdown"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mounts.contains(&scratch.dir.display().to_string()));
+    assert!(common::wait_for_exit(&mut child).success());
+    common::assert_no_mounts_under(dir);
     Outcome {
         exited,
         stdout,
@@ -213,12 +162,8 @@ fn path_of(e: &WritebackEntry) -> String {
 #[test]
 fn changes_of_the_writable_layer_come_back_after_exit() {
     require_root();
-    let s = Scratch::new("wb");
-    let rootfs = RootfsSpec {
-        lower_devices: vec![s.dir.join("rootfs").display().to_string()],
-        readonly: false,
-        writable_device: Some(s.dir.join("rw").display().to_string()),
-    };
+    let s = scratch();
+    let rootfs = layers(&s, false);
     let script = "echo new > /etc/new && rm /etc/gone && rm -rf /data && mkdir /data && \
         echo fresh > /data/fresh && ln -s /etc/new /lnk && mkfifo /fifo && \
         echo h > /h1 && ln /h1 /h2 && chmod 4711 /h1 && cat /etc/keep";
@@ -285,12 +230,8 @@ fn changes_of_the_writable_layer_come_back_after_exit() {
 #[test]
 fn file_binds_are_copied_in_ro_is_honoured_and_nothing_is_written_back() {
     require_root();
-    let s = Scratch::new("binds");
-    let rootfs = RootfsSpec {
-        lower_devices: vec![s.dir.join("rootfs").display().to_string()],
-        readonly: false,
-        writable_device: Some(s.dir.join("rw").display().to_string()),
-    };
+    let s = scratch();
+    let rootfs = layers(&s, false);
     let bind = |dest: &str, data: &[u8], opts: &[&str]| MountSpec {
         destination: dest.into(),
         fstype: "bind".into(),
@@ -343,12 +284,8 @@ fn file_binds_are_copied_in_ro_is_honoured_and_nothing_is_written_back() {
 #[test]
 fn a_read_only_root_refuses_writes_and_sends_nothing() {
     require_root();
-    let s = Scratch::new("ro");
-    let rootfs = RootfsSpec {
-        lower_devices: vec![s.dir.join("rootfs").display().to_string()],
-        readonly: true,
-        writable_device: None,
-    };
+    let s = scratch();
+    let rootfs = layers(&s, true);
     let o = run(&s, rootfs, vec![], "touch /etc/x 2>&1; cat /etc/keep");
     assert_eq!(o.exited, ExitStatus::Exited(0));
     assert!(

@@ -7,8 +7,8 @@ use serde::Serialize;
 
 use super::hooks::HookKind;
 
-/// The mount options the guest init applies (`parse_mount_options` in
-/// guest-init/src/mounts.rs: flags, and the propagation words).
+/// The mount options the guest init applies (`mount_options::parse` in
+/// guest-init/src/mount_options.rs: flags, and the propagation words).
 pub const MOUNT_OPTIONS: &[&str] = &[
     "async",
     "atime",

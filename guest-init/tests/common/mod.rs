@@ -1,0 +1,107 @@
+//! What both host-mode test files need: the init binary, a scratch directory with a
+//! busybox root, init started under `unshare` in its host test mode, its connections
+//! accepted, and its exit awaited.
+
+use runvm_protocol::{read_frame, GuestMessage, PROTOCOL_VERSION};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+pub const BUSYBOX: &str = "/bin/busybox";
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The binary under test: this build's, or `RUNVM_INIT_BIN` (e.g. the static release
+/// build that goes into the initramfs).
+pub fn init_bin() -> PathBuf {
+    std::env::var_os("RUNVM_INIT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_guest-init")))
+}
+
+/// A scratch directory, removed on drop, holding `rootfs/`: a busybox tree with the
+/// directories `dirs` and the `applets` as links to busybox.
+pub fn busybox_scratch(dirs: &[&str], applets: &[&str]) -> TempDir {
+    let scratch = tempfile::Builder::new()
+        .prefix("runvm-init-test-")
+        .tempdir()
+        .unwrap();
+    let root = scratch.path().join("rootfs");
+    for d in ["bin"].iter().chain(dirs) {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
+    for applet in applets {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    scratch
+}
+
+/// `unshare -m <more namespaces> <init>` in host test mode on `dir`, so init's mounts
+/// vanish with it.
+pub fn init_command(dir: &Path, namespaces: &[&str]) -> Command {
+    let mut c = Command::new("unshare");
+    c.arg("-m")
+        .args(namespaces)
+        .args(["--propagation", "private"])
+        .arg(init_bin())
+        .env("RUNVM_INIT_TEST", dir);
+    c
+}
+
+/// Accepts init's next connection on `l` (failing if init exits or TIMEOUT passes).
+pub fn accept(l: &UnixListener, child: &mut Child) -> UnixStream {
+    l.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        match l.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).unwrap();
+                s.set_read_timeout(Some(TIMEOUT)).unwrap();
+                return s;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if let Ok(Some(st)) = child.try_wait() {
+                    panic!("init exited ({st}) before connecting");
+                }
+                assert!(Instant::now() < deadline, "init did not connect");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+/// Reads init's first message and checks that it is `Hello` with this protocol version.
+pub fn expect_hello(ctl: &mut UnixStream) {
+    let hello: GuestMessage = read_frame(ctl).unwrap();
+    assert_eq!(
+        hello,
+        GuestMessage::Hello {
+            version: PROTOCOL_VERSION
+        }
+    );
+}
+
+/// Waits (at most TIMEOUT) for init to exit after `Shutdown`.
+pub fn wait_for_exit(child: &mut Child) -> ExitStatus {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "init did not exit after Shutdown"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Fails if anything is still mounted under `dir`.
+pub fn assert_no_mounts_under(dir: &Path) {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let d = dir.display().to_string();
+    assert!(!mounts.contains(&d), "mounts left behind under {d}");
+}

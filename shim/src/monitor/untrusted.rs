@@ -1,9 +1,10 @@
 //! Reading what the guest sends without trusting it.
 //!
-//! - [`FrameReader`]: frames cut from the control connection's bytes as they arrive. It
-//!   never blocks, so a guest that stops in the middle of a frame cannot stall the
-//!   monitor (and with it `runvm kill`, exec and the other processes' relays); the
-//!   session gives a started frame [`FRAME_STALL`] to be complete.
+//! - [`FrameReader`]: frames cut from the control connection's bytes as they arrive, by
+//!   the protocol's one decoder ([`FrameDecoder`]). It never blocks, so a guest that
+//!   stops in the middle of a frame cannot stall the monitor (and with it `runvm kill`,
+//!   exec and the other processes' relays); the session gives a started frame
+//!   [`FRAME_STALL`] to be complete.
 //! - [`PendingStream`]: a new stream connection whose header has not fully arrived, read
 //!   the same way, never past the header (the raw stream follows it).
 //! - [`text`]: guest-written text made fit to show a user: bounded, and without terminal
@@ -16,13 +17,13 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::socket::{recv, MsgFlags};
-use runvm_protocol::{FrameError, MAX_FRAME_LEN};
+use runvm_protocol::{FrameDecoder, FrameError, MAX_FRAME_LEN};
 use serde::de::DeserializeOwned;
 
 /// How long a frame the guest has started may take to be complete.
 pub const FRAME_STALL: Duration = Duration::from_secs(10);
 /// Largest stream header accepted (a real one is about 25 bytes).
-const MAX_HEADER_LEN: usize = 256;
+const MAX_HEADER_LEN: u32 = 256;
 /// Longest guest text shown, in bytes.
 const MAX_TEXT: usize = 2048;
 
@@ -39,11 +40,12 @@ fn recv_now(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<usize>> {
     }
 }
 
-/// Accumulates the control connection's bytes and cuts them into frames.
+/// Accumulates the control connection's bytes and cuts them into frames (protocol's
+/// [`FrameDecoder`], limited to [`MAX_FRAME_LEN`]), timing the incomplete one.
 #[derive(Default)]
 pub struct FrameReader {
-    buf: Vec<u8>,
-    /// When the first byte of the incomplete frame at the front of `buf` arrived.
+    decoder: FrameDecoder,
+    /// When the first byte of the incomplete frame at the front of `decoder` arrived.
     partial_since: Option<Instant>,
     received: usize,
 }
@@ -54,30 +56,24 @@ impl FrameReader {
         let mut chunk = [0u8; 16 * 1024];
         // Never hold more than one largest frame plus a chunk: complete frames are taken
         // out by the caller after every fill.
-        while self.buf.len() <= MAX_FRAME_LEN as usize + 4 {
+        while self.decoder.buffered() <= MAX_FRAME_LEN as usize + 4 {
             match recv_now(fd, &mut chunk)? {
                 None => break,
                 Some(0) => return Ok(false),
-                Some(n) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
-                    self.received += n;
-                }
+                Some(n) => self.push(&chunk[..n]),
             }
         }
-        self.note_partial();
         Ok(true)
     }
 
-    /// Adds bytes as if they had been read (tests).
-    #[cfg(test)]
     fn push(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
+        self.decoder.push(bytes);
         self.received += bytes.len();
         self.note_partial();
     }
 
     fn note_partial(&mut self) {
-        if self.buf.is_empty() {
+        if self.decoder.is_empty() {
             self.partial_since = None;
         } else if self.partial_since.is_none() {
             self.partial_since = Some(Instant::now());
@@ -87,31 +83,18 @@ impl FrameReader {
     /// The next complete frame, if one is there. A length over the limit is an error at
     /// once, before its body arrives.
     pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
-        let Some(prefix) = self.buf.get(..4) else {
-            return Ok(None);
-        };
-        let len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
-        if len > MAX_FRAME_LEN {
-            return Err(FrameError::TooLarge {
-                len,
-                limit: MAX_FRAME_LEN,
-            });
+        let msg = self.decoder.next_frame()?;
+        if msg.is_some() {
+            // What is left is the start of the next frame, timed from now.
+            self.partial_since = None;
+            self.note_partial();
         }
-        let end = 4 + len as usize;
-        let Some(body) = self.buf.get(4..end) else {
-            return Ok(None);
-        };
-        let msg = serde_json::from_slice(body)?;
-        self.buf.drain(..end);
-        // What is left is the start of the next frame, timed from now.
-        self.partial_since = None;
-        self.note_partial();
-        Ok(Some(msg))
+        Ok(msg)
     }
 
     /// Bytes of an incomplete frame waiting for the rest.
     pub fn partial(&self) -> usize {
-        self.buf.len()
+        self.decoder.buffered()
     }
 
     /// Bytes received in all.
@@ -128,7 +111,8 @@ impl FrameReader {
 /// A stream connection whose header has not fully arrived.
 pub struct PendingStream {
     pub stream: UnixStream,
-    buf: Vec<u8>,
+    /// The header's bytes so far, limited to [`MAX_HEADER_LEN`].
+    decoder: FrameDecoder,
     pub deadline: Instant,
 }
 
@@ -145,7 +129,7 @@ impl PendingStream {
     pub fn new(stream: UnixStream, wait: Duration) -> Self {
         Self {
             stream,
-            buf: Vec::new(),
+            decoder: FrameDecoder::new(MAX_HEADER_LEN),
             deadline: Instant::now() + wait,
         }
     }
@@ -153,28 +137,15 @@ impl PendingStream {
     /// Reads what is there of the header, never a byte past it.
     pub fn read_header<T: DeserializeOwned>(&mut self) -> Result<Header<T>, FrameError> {
         loop {
-            let want = match self.buf.get(..4) {
-                None => 4 - self.buf.len(),
-                Some(p) => {
-                    let len = u32::from_le_bytes([p[0], p[1], p[2], p[3]]);
-                    if len as usize > MAX_HEADER_LEN {
-                        return Err(FrameError::TooLarge {
-                            len,
-                            limit: MAX_HEADER_LEN as u32,
-                        });
-                    }
-                    let end = 4 + len as usize;
-                    if self.buf.len() == end {
-                        return Ok(Header::Complete(serde_json::from_slice(&self.buf[4..])?));
-                    }
-                    end - self.buf.len()
-                }
-            };
-            let mut chunk = [0u8; 4 + MAX_HEADER_LEN];
+            if let Some(header) = self.decoder.next_frame()? {
+                return Ok(Header::Complete(header));
+            }
+            let mut chunk = [0u8; 4 + MAX_HEADER_LEN as usize];
+            let want = self.decoder.missing()?.min(chunk.len());
             match recv_now(self.stream.as_fd(), &mut chunk[..want])? {
                 None => return Ok(Header::Waiting),
                 Some(0) => return Ok(Header::Closed),
-                Some(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Some(n) => self.decoder.push(&chunk[..n]),
             }
         }
     }

@@ -8,7 +8,8 @@
 //! - [`PendingStream`]: a new stream connection whose header has not fully arrived, read
 //!   the same way, never past the header (the raw stream follows it).
 //! - [`text`]: guest-written text made fit to show a user: bounded, and without terminal
-//!   control characters.
+//!   control characters; [`GuestText`] does the same for an error that may quote the
+//!   guest (a frame that does not decode).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
@@ -173,6 +174,43 @@ pub fn text(s: &str) -> String {
     out
 }
 
+/// An error about something the guest sent, which may quote it (serde names the unknown
+/// variant or the string it could not take, in full): shown only through [`text`], and
+/// with no cause behind it, so no error chain prints the guest's words unbounded.
+pub struct GuestText<E> {
+    /// For callers that tell errors apart by kind (the tests do); never shown.
+    #[cfg_attr(not(test), allow(dead_code))]
+    error: E,
+    shown: String,
+}
+
+impl<E: std::fmt::Display> GuestText<E> {
+    pub fn new(error: E) -> Self {
+        let shown = text(&error.to_string());
+        Self { error, shown }
+    }
+
+    /// The error itself (its text unbounded: not for display).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn error(&self) -> &E {
+        &self.error
+    }
+}
+
+impl<E> std::fmt::Display for GuestText<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl<E> std::fmt::Debug for GuestText<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GuestText({:?})", self.shown)
+    }
+}
+
+impl<E> std::error::Error for GuestText<E> {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,6 +305,27 @@ mod tests {
             p.read_header::<StreamHeader>().unwrap(),
             Header::Closed
         ));
+    }
+
+    #[test]
+    fn an_error_quoting_the_guest_is_shown_bounded_and_without_causes() {
+        // serde quotes the unknown variant in full: half a megabyte of it, with escapes.
+        let name = format!("\x1b[31m{}", "A".repeat(1 << 19));
+        let mut wire = Vec::new();
+        write_frame(&mut wire, &std::collections::BTreeMap::from([(name, 1)])).unwrap();
+        let mut r = FrameReader::default();
+        r.push(&wire);
+        let e = GuestText::new(r.next::<GuestMessage>().unwrap_err());
+        assert!(matches!(e.error(), FrameError::Malformed(_)));
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with("malformed frame: unknown variant"),
+            "{shown:.100}"
+        );
+        assert!(shown.len() < MAX_TEXT + 64, "{} bytes", shown.len());
+        assert!(!shown.contains('\x1b'));
+        assert!(std::error::Error::source(&e).is_none());
+        assert!(format!("{e:?}").len() < MAX_TEXT + 64);
     }
 
     #[test]

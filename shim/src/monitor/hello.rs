@@ -33,8 +33,9 @@ pub(super) struct Control {
 
 /// How the wait for the guest's Hello ended.
 pub(super) enum Hello {
-    /// The guest init said hello.
-    Said(Control),
+    /// The guest init said hello; `queued` are the signals for the process that came
+    /// meanwhile.
+    Said { control: Control, queued: Vec<i32> },
     /// `runvm kill -s KILL` (or `delete --force`) while the guest booted.
     Killed,
 }
@@ -50,15 +51,14 @@ enum Slot {
     Candidate(usize),
 }
 
-/// Waits up to `boot_timeout` for the guest's Hello; signals for the process collect in
-/// `queued` meanwhile.
+/// Waits up to `boot_timeout` for the guest's Hello.
 pub(super) fn await_hello(
     io: &Io,
     vm_done: &EventFd,
     boot_timeout: Duration,
-    queued: &mut Vec<i32>,
 ) -> Result<Hello, MonitorError> {
     let deadline = Instant::now() + boot_timeout;
+    let mut queued = Vec::new();
     let mut candidates: Vec<(UnixStream, FrameReader)> = Vec::new();
     loop {
         let ready = {
@@ -84,7 +84,8 @@ pub(super) fn await_hello(
             match reader.next::<GuestMessage>() {
                 Ok(Some(GuestMessage::Hello { version })) if version == PROTOCOL_VERSION => {
                     let (stream, reader) = candidates.swap_remove(i);
-                    return Ok(Hello::Said(Control { stream, reader }));
+                    let control = Control { stream, reader };
+                    return Ok(Hello::Said { control, queued });
                 }
                 Ok(Some(GuestMessage::Hello { version })) => {
                     return Err(MonitorError::Version(version))
@@ -129,8 +130,10 @@ pub(super) fn await_hello(
             queued.extend(pending_signals(io.sigfd));
         }
         if let Some(api) = io.api.filter(|_| ready.contains(Slot::Api)) {
-            if boot_api_request(api, queued) == DuringBoot::Kill {
-                return Ok(Hello::Killed);
+            match boot_api_request(api) {
+                DuringBoot::Answered => {}
+                DuringBoot::Signal(signal) => queued.push(signal),
+                DuringBoot::Kill => return Ok(Hello::Killed),
             }
         }
         if Instant::now() >= deadline {

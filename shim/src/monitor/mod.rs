@@ -406,9 +406,8 @@ fn converse(
         Ok(e) => e,
         Err(e) => return Err(Failed::start_waits(MonitorError::Relays(e), start)),
     };
-    let mut queued: Vec<i32> = Vec::new();
-    let control = match greet(cfg, vm, run, &stdio, io, &mut queued) {
-        Ok(Hello::Said(control)) => control,
+    let (control, queued) = match greet(cfg, vm, run, &stdio, io) {
+        Ok(Hello::Said { control, queued }) => (control, queued),
         Ok(Hello::Killed) => {
             vm.handle.stop();
             if let Some(mut c) = start {
@@ -436,9 +435,11 @@ fn greet(
     mut run: HostMessage,
     stdio: &HostStdio,
     io: &Io,
-    queued: &mut Vec<i32>,
 ) -> Result<Hello, MonitorError> {
-    let Hello::Said(mut control) = hello::await_hello(io, &vm.done, cfg.boot_timeout, queued)?
+    let Hello::Said {
+        mut control,
+        queued,
+    } = hello::await_hello(io, &vm.done, cfg.boot_timeout)?
     else {
         return Ok(Hello::Killed);
     };
@@ -452,7 +453,7 @@ fn greet(
     }
     write_frame_limited(&mut control.stream, &run, MAX_HOST_FRAME_LEN)
         .map_err(MonitorError::Send)?;
-    Ok(Hello::Said(control))
+    Ok(Hello::Said { control, queued })
 }
 
 #[cfg(test)]

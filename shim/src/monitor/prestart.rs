@@ -78,17 +78,19 @@ fn terminates_by_default(signal: i32) -> bool {
 /// What a request on the host API while the guest boots asks of the boot.
 #[derive(Debug, PartialEq)]
 pub(super) enum DuringBoot {
-    /// Nothing (it was answered; a signal waits in the queue).
-    GoOn,
+    /// Nothing: it was answered.
+    Answered,
+    /// A signal for the process, to be sent once it runs.
+    Signal(i32),
     /// SIGKILL (`runvm kill -s KILL`, `delete --force`): stop the boot.
     Kill,
 }
 
-/// One request on the host API while the guest boots: signals wait in `queued` until the
-/// process runs, except SIGKILL, which stops the boot; exec is refused.
-pub(super) fn boot_api_request(api: &UnixListener, queued: &mut Vec<i32>) -> DuringBoot {
+/// One request on the host API while the guest boots: a signal is for the process once
+/// it runs, except SIGKILL, which stops the boot; exec is refused.
+pub(super) fn boot_api_request(api: &UnixListener) -> DuringBoot {
     let Some((mut conn, req)) = api::accept_request(api) else {
-        return DuringBoot::GoOn;
+        return DuringBoot::Answered;
     };
     match req {
         Request::Start => refuse_start(&mut conn),
@@ -97,7 +99,7 @@ pub(super) fn boot_api_request(api: &UnixListener, queued: &mut Vec<i32>) -> Dur
             if signal == libc::SIGKILL {
                 return DuringBoot::Kill;
             }
-            queued.push(signal);
+            return DuringBoot::Signal(signal);
         }
         Request::Exec { .. } => refuse_exec(
             &mut conn,
@@ -105,7 +107,7 @@ pub(super) fn boot_api_request(api: &UnixListener, queued: &mut Vec<i32>) -> Dur
         ),
         other => api::answer(&mut conn, &before_running(&other, "starting")),
     }
-    DuringBoot::GoOn
+    DuringBoot::Answered
 }
 
 /// The answer to `runvm start` once the container was started.
@@ -187,21 +189,19 @@ mod tests {
     #[test]
     fn while_the_guest_boots_signals_wait_and_sigkill_stops_the_boot() {
         let s = Socket::new("boot");
-        let mut queued = Vec::new();
         let mut c = s.send(&Request::Signal { signal: 15 });
-        assert_eq!(boot_api_request(&s.listener, &mut queued), DuringBoot::GoOn);
+        assert_eq!(boot_api_request(&s.listener), DuringBoot::Signal(15));
         assert_eq!(read_frame::<_, Response>(&mut c).unwrap(), Response::Ok);
-        assert_eq!(queued, [15]);
 
         let mut c = s.send(&Request::Start);
-        assert_eq!(boot_api_request(&s.listener, &mut queued), DuringBoot::GoOn);
+        assert_eq!(boot_api_request(&s.listener), DuringBoot::Answered);
         assert!(matches!(
             read_frame::<_, Response>(&mut c).unwrap(),
             Response::Error(m) if m.contains("already started")
         ));
 
         let mut c = s.send(&Request::Stats);
-        boot_api_request(&s.listener, &mut queued);
+        assert_eq!(boot_api_request(&s.listener), DuringBoot::Answered);
         assert_eq!(
             read_frame::<_, ControlResponse>(&mut c).unwrap(),
             ControlResponse::Error(
@@ -210,9 +210,8 @@ mod tests {
         );
 
         let mut c = s.send(&Request::Signal { signal: 9 });
-        assert_eq!(boot_api_request(&s.listener, &mut queued), DuringBoot::Kill);
+        assert_eq!(boot_api_request(&s.listener), DuringBoot::Kill);
         assert_eq!(read_frame::<_, Response>(&mut c).unwrap(), Response::Ok);
-        assert_eq!(queued, [15], "SIGKILL is not queued: it stops the boot");
     }
 
     #[test]

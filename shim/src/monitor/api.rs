@@ -1,8 +1,9 @@
 //! The monitor's host-side API: `runvm start`/`kill`/`exec` talk to a container's
 //! monitor over a Unix socket in its state directory (`monitor.sock`), one request per
-//! connection, framed like the guest protocol.
+//! connection, framed like the guest protocol. The callers' side is [`request`] (and
+//! [`request_control`]); the monitor's is [`accept_request`] and [`answer`].
 
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::Duration;
 
@@ -106,6 +107,30 @@ fn exchange<T: for<'de> serde::Deserialize<'de>>(
         .map_err(ApiError::Unreachable)?;
     write_frame(&mut s, req)?;
     Ok(read_frame(&mut s)?)
+}
+
+/// How long the monitor waits for a request's frame once a caller connected.
+const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The next request on the monitor's socket, with the connection to answer on. `None`
+/// when no caller was there after all, or its request was not one (it is logged and
+/// dropped).
+pub(super) fn accept_request(api: &UnixListener) -> Option<(UnixStream, Request)> {
+    let (mut conn, _) = api.accept().ok()?;
+    let _ = conn.set_read_timeout(Some(REQUEST_READ_TIMEOUT));
+    match read_frame::<_, Request>(&mut conn) {
+        Ok(req) => Some((conn, req)),
+        Err(e) => {
+            log::warn!("ignoring a malformed request on the monitor socket: {e}");
+            None
+        }
+    }
+}
+
+/// Sends the monitor's answer ([`Response`], [`ControlResponse`] or [`ExecEvent`]) on
+/// `conn`; a caller that went away only misses it.
+pub(super) fn answer<T: Serialize>(conn: &mut UnixStream, answer: &T) {
+    let _ = write_frame(conn, answer);
 }
 
 /// What the monitor sends on an exec connection, after `Request::Exec`.

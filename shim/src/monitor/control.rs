@@ -7,8 +7,10 @@ use std::os::unix::net::UnixStream;
 
 use runvm_protocol::{GuestMessage, GuestProcess, HostMessage, MAIN_PROCESS};
 
+use super::api::{self, answer};
+use super::prestart::before_running;
 use super::session::Session;
-use super::{api, untrusted, MonitorError};
+use super::{untrusted, MonitorError};
 
 /// Most requests waiting for the guest at once; past it a request is refused.
 const MAX_WAITING: usize = 64;
@@ -27,33 +29,6 @@ enum Waiting {
 pub(super) struct Queries {
     next: u32,
     waiting: BTreeMap<u32, (Waiting, UnixStream)>,
-}
-
-/// The answer to a control request before the container's process runs.
-pub(super) fn before_running(req: &api::Request, phase: &str) -> api::ControlResponse {
-    let what = match req {
-        api::Request::Pause => "pause",
-        api::Request::Resume => "resume",
-        api::Request::Processes { .. } => "list the processes of",
-        api::Request::Stats => "get the stats of",
-        api::Request::Update { .. } => "update",
-        _ => "handle this request for",
-    };
-    if let api::Request::Processes { guest: false } = req {
-        // The monitor is the container's one host process.
-        return api::ControlResponse::Processes {
-            host_pids: vec![std::process::id() as i32],
-            guest: Vec::new(),
-        };
-    }
-    api::ControlResponse::Error(format!(
-        "cannot {what} a {phase} container: container not running"
-    ))
-}
-
-/// Sends a control answer; a caller that went away only misses it.
-pub(super) fn answer(conn: &mut UnixStream, r: api::ControlResponse) {
-    let _ = runvm_protocol::write_frame(conn, &r);
 }
 
 impl Session<'_> {
@@ -89,7 +64,7 @@ impl Session<'_> {
     ) -> Result<(), MonitorError> {
         let paused = self.io.vm.is_paused();
         if !self.main_running() {
-            answer(&mut conn, before_running(&req, "stopping"));
+            answer(&mut conn, &before_running(&req, "stopping"));
             return Ok(());
         }
         let (waiting, msg) = match req {
@@ -103,7 +78,7 @@ impl Session<'_> {
                     }
                     Err(e) => api::ControlResponse::Error(format!("cannot pause the VM: {e}")),
                 };
-                answer(&mut conn, response);
+                answer(&mut conn, &response);
                 return Ok(());
             }
             api::Request::Resume => {
@@ -113,14 +88,14 @@ impl Session<'_> {
                 } else {
                     api::ControlResponse::Error("container not paused".into())
                 };
-                answer(&mut conn, response);
+                answer(&mut conn, &response);
                 return Ok(());
             }
             api::Request::Processes { guest: false } => {
                 let host_pids = self.host_pids();
                 answer(
                     &mut conn,
-                    api::ControlResponse::Processes {
+                    &api::ControlResponse::Processes {
                         host_pids,
                         guest: Vec::new(),
                     },
@@ -130,7 +105,7 @@ impl Session<'_> {
             _ if paused => {
                 answer(
                     &mut conn,
-                    api::ControlResponse::Error(
+                    &api::ControlResponse::Error(
                         "the container is paused: its guest cannot answer (resume it first)".into(),
                     ),
                 );
@@ -139,7 +114,7 @@ impl Session<'_> {
             _ if self.queries.waiting.len() >= MAX_WAITING => {
                 answer(
                     &mut conn,
-                    api::ControlResponse::Error(format!(
+                    &api::ControlResponse::Error(format!(
                         "{MAX_WAITING} requests already wait for the guest; try again"
                     )),
                 );
@@ -226,7 +201,7 @@ impl Session<'_> {
                 )))
             }
         };
-        answer(&mut conn, response);
+        answer(&mut conn, &response);
         Ok(())
     }
 }

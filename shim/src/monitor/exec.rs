@@ -9,11 +9,9 @@ use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use runvm_protocol::{
-    read_frame, write_frame, ExitStatus, FrameError, HostMessage, ProcessId, ProcessSpec,
-};
+use runvm_protocol::{read_frame, ExitStatus, FrameError, HostMessage, ProcessId, ProcessSpec};
 
-use super::api::{exec_fd_count, ExecControl, ExecEvent};
+use super::api::{answer, exec_fd_count, ExecControl, ExecEvent};
 use super::process::{HostStdio, Process};
 use super::session::Session;
 use super::MonitorError;
@@ -26,10 +24,10 @@ fn unknown(id: ProcessId, what: &str) -> MonitorError {
     ))
 }
 
+/// Tells the `runvm exec` waiting on `conn`, if it is still there, how its process goes.
 fn tell(conn: &mut Option<UnixStream>, ev: &ExecEvent) {
     if let Some(c) = conn.as_mut() {
-        // A waiter that went away only misses its answer.
-        let _ = write_frame(c, ev);
+        answer(c, ev);
     }
 }
 

@@ -8,7 +8,7 @@
 //! held open after the process.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 
 use runvm_protocol::{ExitStatus, WindowSize};
@@ -33,22 +33,31 @@ pub enum HostStdio {
 impl HostStdio {
     /// Copies of this process's own fds 0, 1 and 2.
     pub fn inherited() -> std::io::Result<Self> {
-        let dup = |fd: i32| -> std::io::Result<File> {
-            // SAFETY: fds 0–2 are open for the life of the monitor; borrowing them only to
-            // duplicate them.
-            let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-            Ok(File::from(b.try_clone_to_owned()?))
-        };
+        let dup =
+            |fd: BorrowedFd<'_>| -> std::io::Result<File> { Ok(fd.try_clone_to_owned()?.into()) };
         Ok(Self::Pipes {
-            stdin: dup(0)?,
-            stdout: dup(1)?,
-            stderr: dup(2)?,
+            stdin: dup(std::io::stdin().as_fd())?,
+            stdout: dup(std::io::stdout().as_fd())?,
+            stderr: dup(std::io::stderr().as_fd())?,
         })
     }
 
     pub fn is_terminal(&self) -> bool {
         matches!(self, Self::Terminal { .. })
     }
+}
+
+/// Why a guest stream could not be attached to its process.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// The guest opened the stream a second time.
+    #[error("stream {0} of the process was opened twice")]
+    OpenedTwice(u8),
+    /// The guest named a stream the process does not have.
+    #[error("unexpected stream fd {0}")]
+    UnexpectedFd(u8),
+    #[error("cannot start a relay thread: {0}")]
+    Relay(#[source] std::io::Error),
 }
 
 /// One process of the container, as the monitor tracks it.
@@ -109,36 +118,39 @@ impl Process {
     }
 
     /// Starts relaying the guest stream for `fd`; `done` fires when an output relay ends.
-    pub fn attach(&mut self, fd: u8, stream: UnixStream, done: &EventFd) -> Result<(), String> {
+    pub fn attach(
+        &mut self,
+        fd: u8,
+        stream: UnixStream,
+        done: &EventFd,
+    ) -> Result<(), AttachError> {
         let taken = |slots: &mut [Option<File>; 3], i: usize| {
-            slots[i]
-                .take()
-                .ok_or_else(|| format!("stream {fd} of the process was opened twice"))
+            slots[i].take().ok_or(AttachError::OpenedTwice(fd))
         };
-        let io = |e: std::io::Error| format!("cannot start a relay thread: {e}");
+        let relay = AttachError::Relay;
         match (self.terminal, fd) {
             (false, 0) => {
                 let stdin = taken(&mut self.slots, 0)?;
                 self.inputs
-                    .push(stdio::spawn_input(stdin, stream).map_err(io)?);
+                    .push(stdio::spawn_input(stdin, stream).map_err(relay)?);
             }
             (false, 1 | 2) => {
                 let out = taken(&mut self.slots, fd as usize)?;
-                let done = done.try_clone().map_err(io)?;
+                let done = done.try_clone().map_err(relay)?;
                 self.outputs
-                    .push(stdio::spawn_output(stream, out, done).map_err(io)?);
+                    .push(stdio::spawn_output(stream, out, done).map_err(relay)?);
             }
             (true, 0) => {
                 let input = taken(&mut self.slots, 0)?;
                 let output = taken(&mut self.slots, 1)?;
-                let theirs = stream.try_clone().map_err(io)?;
+                let theirs = stream.try_clone().map_err(relay)?;
                 self.inputs
-                    .push(stdio::spawn_input(input, theirs).map_err(io)?);
-                let done = done.try_clone().map_err(io)?;
+                    .push(stdio::spawn_input(input, theirs).map_err(relay)?);
+                let done = done.try_clone().map_err(relay)?;
                 self.outputs
-                    .push(stdio::spawn_output(stream, output, done).map_err(io)?);
+                    .push(stdio::spawn_output(stream, output, done).map_err(relay)?);
             }
-            _ => return Err(format!("unexpected stream fd {fd}")),
+            _ => return Err(AttachError::UnexpectedFd(fd)),
         }
         Ok(())
     }

@@ -10,19 +10,23 @@
 //! untrusted: a message out of order is a protocol error that stops the VM).
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use runvm_protocol::{
-    read_frame, write_frame, ExitStatus, GuestMessage, HostMessage, ProcessId, StreamHeader,
-    MAIN_PROCESS,
+    write_frame, ExitStatus, GuestMessage, HostMessage, ProcessId, StreamHeader, MAIN_PROCESS,
 };
 use vmm_sys_util::eventfd::EventFd;
 
+use super::api::{self, Request, Response};
+use super::hello::Control;
+use super::poll::{eventfd, pending_signals, PollSet};
+use super::prestart::{refuse_exec, refuse_start};
 use super::process::{HostStdio, Process};
-use super::untrusted::{self, FrameReader, Header, PendingStream, FRAME_STALL};
-use super::{api, pending_signals, protocol, reply, wait_ready, Ending, Io, MonitorError};
+use super::untrusted::{self, FrameReader, GuestText, Header, PendingStream, FRAME_STALL};
+use super::vm::VmGone;
+use super::{Ending, Io, MonitorError};
 
 /// How long the monitor waits, once the main process ended, for the rest to be complete.
 const DRAIN_WAIT: Duration = Duration::from_secs(10);
@@ -32,11 +36,6 @@ const HEADER_WAIT: Duration = Duration::from_secs(5);
 /// 256 connections in all); past it the oldest is dropped.
 const MAX_PENDING_STREAMS: usize = 256;
 
-/// A protocol error the guest made.
-fn guest_error(message: String) -> MonitorError {
-    MonitorError::Protocol(message)
-}
-
 pub(super) struct Session<'a> {
     pub(super) control: UnixStream,
     /// The control connection's bytes not yet cut into messages.
@@ -45,21 +44,31 @@ pub(super) struct Session<'a> {
     pending_streams: Vec<(u64, PendingStream)>,
     next_stream_token: u64,
     pub(super) io: &'a Io<'a>,
-    pub(super) vm_done: i32,
+    /// Readable once the VM's thread has ended.
+    pub(super) vm_done: BorrowedFd<'a>,
     pub(super) processes: BTreeMap<ProcessId, Process>,
     /// Fired by output relays when they end.
     pub(super) relay_done: EventFd,
     pub(super) next_exec_id: ProcessId,
     /// Signals for the main process that wait until it runs.
     queued: Vec<i32>,
-    pending_start: &'a mut Option<UnixStream>,
+    /// `runvm start`, waiting until the main process has started (or failed to).
+    pending_start: Option<UnixStream>,
     main_ending: Option<Ending>,
     /// Host API requests waiting for the guest's answer (`ps`, `events`, `update`).
     pub(super) queries: super::control::Queries,
 }
 
+/// How a session ended.
+pub(super) struct SessionEnd {
+    /// How the main process ended, or the error that ended the session.
+    pub(super) ending: Result<Ending, MonitorError>,
+    /// `runvm start`, if it still waits for its answer (the process never started).
+    pub(super) unanswered_start: Option<UnixStream>,
+}
+
 /// What a poll slot stands for.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 enum Slot {
     Control,
     Streams,
@@ -72,26 +81,27 @@ enum Slot {
 }
 
 impl<'a> Session<'a> {
+    /// The session of the guest that said hello on `control`, whose main process has
+    /// `main` as its host stdio; `relay_done` is a non-blocking eventfd for the output
+    /// relays, `queued` the signals that came while it booted.
     pub(super) fn new(
-        control: UnixStream,
-        reader: FrameReader,
+        control: Control,
         io: &'a Io<'a>,
-        vm_done: i32,
+        vm_done: &'a EventFd,
         main: HostStdio,
+        relay_done: EventFd,
         queued: Vec<i32>,
-        pending_start: &'a mut Option<UnixStream>,
-    ) -> Result<Self, MonitorError> {
-        let relay_done = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
-            .map_err(|e| MonitorError::Protocol(format!("eventfd: {e}")))?;
+        pending_start: Option<UnixStream>,
+    ) -> Self {
         let mut processes = BTreeMap::new();
         processes.insert(MAIN_PROCESS, Process::new(main, None));
-        Ok(Self {
-            control,
-            reader,
+        Self {
+            control: control.stream,
+            reader: control.reader,
             pending_streams: Vec::new(),
             next_stream_token: 0,
             io,
-            vm_done,
+            vm_done: eventfd(vm_done),
             processes,
             relay_done,
             next_exec_id: 1,
@@ -99,11 +109,11 @@ impl<'a> Session<'a> {
             pending_start,
             main_ending: None,
             queries: Default::default(),
-        })
+        }
     }
 
     pub(super) fn send(&mut self, msg: &HostMessage) -> Result<(), MonitorError> {
-        write_frame(&mut self.control, msg).map_err(protocol)
+        write_frame(&mut self.control, msg).map_err(MonitorError::Send)
     }
 
     pub(super) fn main_running(&self) -> bool {
@@ -114,8 +124,16 @@ impl<'a> Session<'a> {
                 .is_some_and(|p| p.started && p.status.is_none())
     }
 
-    /// Runs until the container is done; returns how its main process ended.
-    pub(super) fn run(mut self) -> Result<Ending, MonitorError> {
+    /// Runs until the container is done; says how its main process ended.
+    pub(super) fn run(mut self) -> SessionEnd {
+        let ending = self.serve();
+        SessionEnd {
+            ending,
+            unanswered_start: self.pending_start.take(),
+        }
+    }
+
+    fn serve(&mut self) -> Result<Ending, MonitorError> {
         let mut drain_deadline = None;
         loop {
             self.finish_complete_execs();
@@ -135,25 +153,6 @@ impl<'a> Session<'a> {
                     break;
                 }
             }
-            let mut slots = vec![
-                (Slot::Control, self.control.as_raw_fd()),
-                (Slot::Streams, self.io.stream_listener.as_raw_fd()),
-                (Slot::VmDone, self.vm_done),
-                (Slot::Signals, self.io.sigfd.as_raw_fd()),
-                (Slot::RelayDone, self.relay_done.as_raw_fd()),
-            ];
-            if let Some(a) = self.io.api {
-                slots.push((Slot::Api, a.as_raw_fd()));
-            }
-            for (id, p) in &self.processes {
-                if let Some(c) = &p.client {
-                    slots.push((Slot::Client(*id), c.as_raw_fd()));
-                }
-            }
-            for (token, p) in &self.pending_streams {
-                slots.push((Slot::PendingStream(*token), p.stream.as_raw_fd()));
-            }
-            let fds: Vec<i32> = slots.iter().map(|(_, fd)| *fd).collect();
             let wake = [
                 drain_deadline,
                 self.reader.deadline(),
@@ -162,15 +161,31 @@ impl<'a> Session<'a> {
             .into_iter()
             .flatten()
             .min();
-            let ready = wait_ready(&fds, wake)?;
-            for ((slot, _), r) in slots.into_iter().zip(ready) {
-                if !r {
-                    continue;
+            let ready = {
+                let mut waiting = PollSet::new();
+                waiting.add(Slot::Control, self.control.as_fd());
+                waiting.add(Slot::Streams, self.io.stream_listener.as_fd());
+                waiting.add(Slot::VmDone, self.vm_done);
+                waiting.add(Slot::Signals, self.io.sigfd.as_fd());
+                waiting.add(Slot::RelayDone, eventfd(&self.relay_done));
+                if let Some(a) = self.io.api {
+                    waiting.add(Slot::Api, a.as_fd());
                 }
+                for (id, p) in &self.processes {
+                    if let Some(c) = &p.client {
+                        waiting.add(Slot::Client(*id), c.as_fd());
+                    }
+                }
+                for (token, p) in &self.pending_streams {
+                    waiting.add(Slot::PendingStream(*token), p.stream.as_fd());
+                }
+                waiting.wait(wake)?
+            };
+            for slot in ready.iter() {
                 match slot {
                     Slot::Control => self.guest_message()?,
                     Slot::Streams => self.accept_stream()?,
-                    Slot::VmDone => return Err(MonitorError::GuestDied(String::new())),
+                    Slot::VmDone => return Err(MonitorError::GuestDied(VmGone::Ended)),
                     Slot::Signals => self.signals()?,
                     Slot::RelayDone => {
                         let _ = self.relay_done.read();
@@ -195,7 +210,7 @@ impl<'a> Session<'a> {
         if let (Some(Ending::Exited(_)), Some((listener, target))) =
             (&self.main_ending, self.io.writeback)
         {
-            target.receive(listener, self.vm_done);
+            target.receive(listener, self.vm_done.as_raw_fd());
         }
         let _ = self.send(&HostMessage::Shutdown);
         Ok(self
@@ -212,7 +227,7 @@ impl<'a> Session<'a> {
             return Ok(());
         }
         if self.reader.deadline().is_some_and(|d| now >= d) {
-            return Err(guest_error(format!(
+            return Err(MonitorError::Protocol(format!(
                 "the guest began a frame on the control connection and did not complete it within {FRAME_STALL:?} ({} bytes came)",
                 self.reader.partial()
             )));
@@ -256,12 +271,12 @@ impl<'a> Session<'a> {
                 return Ok(());
             }
             Ok(Header::Complete(h)) => h,
-            Err(e) => return Err(guest_error(format!("a stream header from the guest: {e}"))),
+            Err(e) => return Err(MonitorError::StreamHeader(GuestText::new(e))),
         };
         let (_, pending) = self.pending_streams.remove(i);
         let Some(p) = self.processes.get_mut(&header.process) else {
             if header.process >= self.next_exec_id {
-                return Err(guest_error(format!(
+                return Err(MonitorError::Protocol(format!(
                     "the guest opened stream {} of process {}, which does not exist",
                     header.fd, header.process
                 )));
@@ -275,7 +290,10 @@ impl<'a> Session<'a> {
             return Ok(());
         };
         p.attach(header.fd, pending.stream, &self.relay_done)
-            .map_err(|e| guest_error(format!("process {}: {e}", header.process)))
+            .map_err(|source| MonitorError::Attach {
+                process: header.process,
+                source,
+            })
     }
 
     fn signals(&mut self) -> Result<(), MonitorError> {
@@ -323,41 +341,29 @@ impl<'a> Session<'a> {
 
     /// One request on the host API.
     pub(super) fn api_request(&mut self) -> Result<(), MonitorError> {
-        let Some(Ok((mut conn, _))) = self.io.api.map(|a| a.accept()) else {
+        let Some((mut conn, req)) = self.io.api.and_then(api::accept_request) else {
             return Ok(());
         };
-        let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-        match read_frame::<_, api::Request>(&mut conn) {
-            Ok(api::Request::Start) => reply(
-                &mut conn,
-                api::Response::Error("cannot start an already started container".into()),
-            ),
-            Ok(api::Request::Signal { signal })
-                if signal == libc::SIGKILL && self.io.vm.is_paused() =>
-            {
+        match req {
+            Request::Start => refuse_start(&mut conn),
+            Request::Signal { signal } if signal == libc::SIGKILL && self.io.vm.is_paused() => {
                 // As runc thaws a frozen cgroup to kill it.
                 self.resume_for_kill();
                 self.queued.push(signal);
-                reply(&mut conn, api::Response::Ok);
+                api::answer(&mut conn, &Response::Ok);
                 self.flush_queued()?;
             }
-            Ok(api::Request::Signal { signal }) => {
+            Request::Signal { signal } => {
                 self.queued.push(signal);
-                reply(&mut conn, api::Response::Ok);
+                api::answer(&mut conn, &Response::Ok);
                 self.flush_queued()?;
             }
-            Ok(api::Request::Exec { .. }) if self.io.vm.is_paused() => {
-                let _ = write_frame(
-                    &mut conn,
-                    &api::ExecEvent::Failed {
-                        code: 1,
-                        message: "cannot exec in a paused container (resume it first)".into(),
-                    },
-                );
-            }
-            Ok(api::Request::Exec { spec }) => self.exec_request(conn, spec)?,
-            Ok(other) => self.control_request(conn, other)?,
-            Err(e) => log::warn!("ignoring a malformed request on the monitor socket: {e}"),
+            Request::Exec { .. } if self.io.vm.is_paused() => refuse_exec(
+                &mut conn,
+                "cannot exec in a paused container (resume it first)",
+            ),
+            Request::Exec { spec } => self.exec_request(conn, spec)?,
+            other => self.control_request(conn, other)?,
         }
         Ok(())
     }
@@ -367,17 +373,21 @@ impl<'a> Session<'a> {
         let open = self
             .reader
             .fill(self.control.as_fd())
-            .map_err(|e| MonitorError::GuestDied(format!("the control connection failed: {e}")))?;
-        while let Some(msg) = self.reader.next::<GuestMessage>().map_err(protocol)? {
+            .map_err(|e| MonitorError::GuestDied(VmGone::ControlFailed(e)))?;
+        while let Some(msg) = self
+            .reader
+            .next::<GuestMessage>()
+            .map_err(|e| MonitorError::Frame(GuestText::new(e)))?
+        {
             self.handle_guest_message(msg)?;
         }
         if !open {
             if self.reader.partial() > 0 {
-                return Err(guest_error(
+                return Err(MonitorError::Protocol(
                     "the guest closed the control connection in the middle of a frame".into(),
                 ));
             }
-            return Err(MonitorError::GuestDied(String::new()));
+            return Err(MonitorError::GuestDied(VmGone::Ended));
         }
         Ok(())
     }
@@ -393,7 +403,7 @@ impl<'a> Session<'a> {
     fn handle_guest_message(&mut self, msg: GuestMessage) -> Result<(), MonitorError> {
         match &msg {
             GuestMessage::StartFailed { process, code, .. } if !(1..=255).contains(code) => {
-                return Err(guest_error(format!(
+                return Err(MonitorError::Protocol(format!(
                     "the guest reported a failed start with exit code {code} for process {process}"
                 )))
             }
@@ -404,7 +414,7 @@ impl<'a> Session<'a> {
             GuestMessage::Started { process, pid } if process == MAIN_PROCESS => {
                 let started = self.processes.get(&MAIN_PROCESS).is_some_and(|p| p.started);
                 if started || self.main_ending.is_some() {
-                    return Err(guest_error(
+                    return Err(MonitorError::Protocol(
                         "the guest reported the start of process 0 twice".into(),
                     ));
                 }
@@ -418,7 +428,7 @@ impl<'a> Session<'a> {
                     started();
                 }
                 if let Some(mut c) = self.pending_start.take() {
-                    reply(&mut c, api::Response::Ok);
+                    api::answer(&mut c, &Response::Ok);
                 }
                 log::debug!("the container's process runs (guest pid {pid})");
                 // The host terminal may have been resized while the guest booted.
@@ -432,13 +442,13 @@ impl<'a> Session<'a> {
             } if process == MAIN_PROCESS => {
                 // (After a Started too: the guest init reports its own later failures so.)
                 if self.main_ending.is_some() {
-                    return Err(guest_error(
+                    return Err(MonitorError::Protocol(
                         "the guest reported the end of process 0 twice".into(),
                     ));
                 }
                 let message = untrusted::text(&message);
                 if let Some(mut c) = self.pending_start.take() {
-                    reply(&mut c, api::Response::Error(message.clone()));
+                    api::answer(&mut c, &Response::Error(message.clone()));
                 }
                 if let Some(p) = self.processes.get_mut(&MAIN_PROCESS) {
                     p.status = Some(ExitStatus::Exited(code));
@@ -448,12 +458,12 @@ impl<'a> Session<'a> {
             }
             GuestMessage::Exited { process, status } if process == MAIN_PROCESS => {
                 if self.main_ending.is_some() {
-                    return Err(guest_error(
+                    return Err(MonitorError::Protocol(
                         "the guest reported the end of process 0 twice".into(),
                     ));
                 }
                 if !self.processes.get(&MAIN_PROCESS).is_some_and(|p| p.started) {
-                    return Err(guest_error(
+                    return Err(MonitorError::Protocol(
                         "the guest reported the exit of process 0 before its start".into(),
                     ));
                 }
@@ -471,7 +481,9 @@ impl<'a> Session<'a> {
             } => self.exec_failed(process, code, untrusted::text(&message))?,
             GuestMessage::Exited { process, status } => self.exec_exited(process, status)?,
             GuestMessage::Hello { .. } => {
-                return Err(guest_error("the guest sent a second Hello".into()))
+                return Err(MonitorError::Protocol(
+                    "the guest sent a second Hello".into(),
+                ))
             }
             answer @ (GuestMessage::Processes { .. }
             | GuestMessage::Stats { .. }
@@ -484,10 +496,10 @@ impl<'a> Session<'a> {
 /// An exit status the guest may report: a code of a byte, or a real signal number.
 fn check_status(process: ProcessId, status: ExitStatus) -> Result<(), MonitorError> {
     match status {
-        ExitStatus::Exited(c) if !(0..=255).contains(&c) => Err(guest_error(format!(
+        ExitStatus::Exited(c) if !(0..=255).contains(&c) => Err(MonitorError::Protocol(format!(
             "the guest reported an exit of process {process} with code {c}"
         ))),
-        ExitStatus::Signaled(s) if !(1..=64).contains(&s) => Err(guest_error(format!(
+        ExitStatus::Signaled(s) if !(1..=64).contains(&s) => Err(MonitorError::Protocol(format!(
             "the guest reported a death of process {process} by signal {s}"
         ))),
         _ => Ok(()),

@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -92,8 +92,7 @@ pub fn spawn_input(input: File, stream: UnixStream) -> std::io::Result<InputRela
             let mut input = input;
             let mut stream = stream;
             let mut buf = vec![0u8; 64 * 1024];
-            // SAFETY: `theirs` is owned by this thread and outlives every use of `cancel`.
-            let cancel = unsafe { BorrowedFd::borrow_raw(theirs.as_raw_fd()) };
+            let cancel = super::poll::eventfd(&theirs);
             loop {
                 let mut fds = [
                     PollFd::new(input.as_fd(), PollFlags::POLLIN),

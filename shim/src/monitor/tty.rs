@@ -166,11 +166,10 @@ mod tests {
             ws_xpixel: 0,
             ws_ypixel: 0,
         };
-        // SAFETY: TIOCSWINSZ reads one winsize struct.
-        assert_eq!(
-            unsafe { libc::ioctl(pty.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) },
-            0
-        );
+        // SAFETY: TIOCSWINSZ reads one winsize struct from a valid pointer, on a pty master
+        // this test owns.
+        let rc = unsafe { libc::ioctl(pty.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        assert_eq!(rc, 0);
         assert_eq!(
             window_size(pty.slave.as_raw_fd()),
             Some(WindowSize { rows: 33, cols: 99 })

@@ -1,13 +1,15 @@
 //! Reading what the guest sends without trusting it.
 //!
-//! - [`FrameReader`]: frames cut from the control connection's bytes as they arrive. It
-//!   never blocks, so a guest that stops in the middle of a frame cannot stall the
-//!   monitor (and with it `runvm kill`, exec and the other processes' relays); the
-//!   session gives a started frame [`FRAME_STALL`] to be complete.
+//! - [`FrameReader`]: frames cut from the control connection's bytes as they arrive, by
+//!   the protocol's one decoder ([`FrameDecoder`]). It never blocks, so a guest that
+//!   stops in the middle of a frame cannot stall the monitor (and with it `runvm kill`,
+//!   exec and the other processes' relays); the session gives a started frame
+//!   [`FRAME_STALL`] to be complete.
 //! - [`PendingStream`]: a new stream connection whose header has not fully arrived, read
 //!   the same way, never past the header (the raw stream follows it).
 //! - [`text`]: guest-written text made fit to show a user: bounded, and without terminal
-//!   control characters.
+//!   control characters; [`GuestText`] does the same for an error that may quote the
+//!   guest (a frame that does not decode).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
@@ -16,13 +18,13 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::socket::{recv, MsgFlags};
-use runvm_protocol::{FrameError, MAX_FRAME_LEN};
+use runvm_protocol::{FrameDecoder, FrameError, MAX_FRAME_LEN};
 use serde::de::DeserializeOwned;
 
 /// How long a frame the guest has started may take to be complete.
 pub const FRAME_STALL: Duration = Duration::from_secs(10);
 /// Largest stream header accepted (a real one is about 25 bytes).
-const MAX_HEADER_LEN: usize = 256;
+const MAX_HEADER_LEN: u32 = 256;
 /// Longest guest text shown, in bytes.
 const MAX_TEXT: usize = 2048;
 
@@ -39,11 +41,12 @@ fn recv_now(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<usize>> {
     }
 }
 
-/// Accumulates the control connection's bytes and cuts them into frames.
+/// Accumulates the control connection's bytes and cuts them into frames (protocol's
+/// [`FrameDecoder`], limited to [`MAX_FRAME_LEN`]), timing the incomplete one.
 #[derive(Default)]
 pub struct FrameReader {
-    buf: Vec<u8>,
-    /// When the first byte of the incomplete frame at the front of `buf` arrived.
+    decoder: FrameDecoder,
+    /// When the first byte of the incomplete frame at the front of `decoder` arrived.
     partial_since: Option<Instant>,
     received: usize,
 }
@@ -54,30 +57,24 @@ impl FrameReader {
         let mut chunk = [0u8; 16 * 1024];
         // Never hold more than one largest frame plus a chunk: complete frames are taken
         // out by the caller after every fill.
-        while self.buf.len() <= MAX_FRAME_LEN as usize + 4 {
+        while self.decoder.buffered() <= MAX_FRAME_LEN as usize + 4 {
             match recv_now(fd, &mut chunk)? {
                 None => break,
                 Some(0) => return Ok(false),
-                Some(n) => {
-                    self.buf.extend_from_slice(&chunk[..n]);
-                    self.received += n;
-                }
+                Some(n) => self.push(&chunk[..n]),
             }
         }
-        self.note_partial();
         Ok(true)
     }
 
-    /// Adds bytes as if they had been read (tests).
-    #[cfg(test)]
     fn push(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
+        self.decoder.push(bytes);
         self.received += bytes.len();
         self.note_partial();
     }
 
     fn note_partial(&mut self) {
-        if self.buf.is_empty() {
+        if self.decoder.is_empty() {
             self.partial_since = None;
         } else if self.partial_since.is_none() {
             self.partial_since = Some(Instant::now());
@@ -87,31 +84,18 @@ impl FrameReader {
     /// The next complete frame, if one is there. A length over the limit is an error at
     /// once, before its body arrives.
     pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
-        let Some(prefix) = self.buf.get(..4) else {
-            return Ok(None);
-        };
-        let len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
-        if len > MAX_FRAME_LEN {
-            return Err(FrameError::TooLarge {
-                len,
-                limit: MAX_FRAME_LEN,
-            });
+        let msg = self.decoder.next_frame()?;
+        if msg.is_some() {
+            // What is left is the start of the next frame, timed from now.
+            self.partial_since = None;
+            self.note_partial();
         }
-        let end = 4 + len as usize;
-        let Some(body) = self.buf.get(4..end) else {
-            return Ok(None);
-        };
-        let msg = serde_json::from_slice(body)?;
-        self.buf.drain(..end);
-        // What is left is the start of the next frame, timed from now.
-        self.partial_since = None;
-        self.note_partial();
-        Ok(Some(msg))
+        Ok(msg)
     }
 
     /// Bytes of an incomplete frame waiting for the rest.
     pub fn partial(&self) -> usize {
-        self.buf.len()
+        self.decoder.buffered()
     }
 
     /// Bytes received in all.
@@ -128,7 +112,8 @@ impl FrameReader {
 /// A stream connection whose header has not fully arrived.
 pub struct PendingStream {
     pub stream: UnixStream,
-    buf: Vec<u8>,
+    /// The header's bytes so far, limited to [`MAX_HEADER_LEN`].
+    decoder: FrameDecoder,
     pub deadline: Instant,
 }
 
@@ -145,7 +130,7 @@ impl PendingStream {
     pub fn new(stream: UnixStream, wait: Duration) -> Self {
         Self {
             stream,
-            buf: Vec::new(),
+            decoder: FrameDecoder::new(MAX_HEADER_LEN),
             deadline: Instant::now() + wait,
         }
     }
@@ -153,28 +138,15 @@ impl PendingStream {
     /// Reads what is there of the header, never a byte past it.
     pub fn read_header<T: DeserializeOwned>(&mut self) -> Result<Header<T>, FrameError> {
         loop {
-            let want = match self.buf.get(..4) {
-                None => 4 - self.buf.len(),
-                Some(p) => {
-                    let len = u32::from_le_bytes([p[0], p[1], p[2], p[3]]);
-                    if len as usize > MAX_HEADER_LEN {
-                        return Err(FrameError::TooLarge {
-                            len,
-                            limit: MAX_HEADER_LEN as u32,
-                        });
-                    }
-                    let end = 4 + len as usize;
-                    if self.buf.len() == end {
-                        return Ok(Header::Complete(serde_json::from_slice(&self.buf[4..])?));
-                    }
-                    end - self.buf.len()
-                }
-            };
-            let mut chunk = [0u8; 4 + MAX_HEADER_LEN];
+            if let Some(header) = self.decoder.next_frame()? {
+                return Ok(Header::Complete(header));
+            }
+            let mut chunk = [0u8; 4 + MAX_HEADER_LEN as usize];
+            let want = self.decoder.missing()?.min(chunk.len());
             match recv_now(self.stream.as_fd(), &mut chunk[..want])? {
                 None => return Ok(Header::Waiting),
                 Some(0) => return Ok(Header::Closed),
-                Some(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Some(n) => self.decoder.push(&chunk[..n]),
             }
         }
     }
@@ -202,6 +174,43 @@ pub fn text(s: &str) -> String {
     out
 }
 
+/// An error about something the guest sent, which may quote it (serde names the unknown
+/// variant or the string it could not take, in full): shown only through [`text`], and
+/// with no cause behind it, so no error chain prints the guest's words unbounded.
+pub struct GuestText<E> {
+    /// For callers that tell errors apart by kind (the tests do); never shown.
+    #[cfg_attr(not(test), allow(dead_code))]
+    error: E,
+    shown: String,
+}
+
+impl<E: std::fmt::Display> GuestText<E> {
+    pub fn new(error: E) -> Self {
+        let shown = text(&error.to_string());
+        Self { error, shown }
+    }
+
+    /// The error itself (its text unbounded: not for display).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn error(&self) -> &E {
+        &self.error
+    }
+}
+
+impl<E> std::fmt::Display for GuestText<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl<E> std::fmt::Debug for GuestText<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GuestText({:?})", self.shown)
+    }
+}
+
+impl<E> std::error::Error for GuestText<E> {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,7 +218,7 @@ mod tests {
     use std::io::Write;
 
     #[test]
-    fn frames_are_cut_from_any_split_and_garbage_is_an_error() {
+    fn frames_are_cut_from_any_split_and_timed_while_incomplete() {
         let mut wire = Vec::new();
         write_frame(&mut wire, &GuestMessage::Hello { version: 1 }).unwrap();
         write_frame(&mut wire, &GuestMessage::Started { process: 0, pid: 5 }).unwrap();
@@ -229,18 +238,16 @@ mod tests {
             assert_eq!(r.partial(), 0);
             assert!(r.deadline().is_none());
         }
+        // The guest's bound: a length over it is refused on its prefix (the decoder's
+        // other refusals are protocol's tests).
         let mut r = FrameReader::default();
         r.push(&(MAX_FRAME_LEN + 1).to_le_bytes());
         assert!(matches!(
             r.next::<GuestMessage>(),
-            Err(FrameError::TooLarge { .. })
-        ));
-        let mut r = FrameReader::default();
-        r.push(&3u32.to_le_bytes());
-        r.push(b"{{{");
-        assert!(matches!(
-            r.next::<GuestMessage>(),
-            Err(FrameError::Malformed(_))
+            Err(FrameError::TooLarge {
+                limit: MAX_FRAME_LEN,
+                ..
+            })
         ));
     }
 
@@ -296,6 +303,27 @@ mod tests {
             p.read_header::<StreamHeader>().unwrap(),
             Header::Closed
         ));
+    }
+
+    #[test]
+    fn an_error_quoting_the_guest_is_shown_bounded_and_without_causes() {
+        // serde quotes the unknown variant in full: half a megabyte of it, with escapes.
+        let name = format!("\x1b[31m{}", "A".repeat(1 << 19));
+        let mut wire = Vec::new();
+        write_frame(&mut wire, &std::collections::BTreeMap::from([(name, 1)])).unwrap();
+        let mut r = FrameReader::default();
+        r.push(&wire);
+        let e = GuestText::new(r.next::<GuestMessage>().unwrap_err());
+        assert!(matches!(e.error(), FrameError::Malformed(_)));
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with("malformed frame: unknown variant"),
+            "{shown:.100}"
+        );
+        assert!(shown.len() < MAX_TEXT + 64, "{} bytes", shown.len());
+        assert!(!shown.contains('\x1b'));
+        assert!(std::error::Error::source(&e).is_none());
+        assert!(format!("{e:?}").len() < MAX_TEXT + 64);
     }
 
     #[test]

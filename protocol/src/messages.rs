@@ -1,0 +1,345 @@
+//! The messages of each connection: [`GuestMessage`] up and [`HostMessage`] down the
+//! control connection, the first frame of a stream connection ([`StreamHeader`]) and of
+//! a DNS relay connection ([`DnsRelayHeader`]), and the write-back stream's
+//! [`WritebackEntry`]s. All are closed enums or plain structs: anything else a guest
+//! sends fails to decode.
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::{LinuxSpec, MountSpec, NetworkSpec, ProcessSpec, Resources, RootfsSpec};
+
+/// Identifies a process inside the guest. The container's main process is 0.
+pub type ProcessId = u32;
+/// The container's main process.
+pub const MAIN_PROCESS: ProcessId = 0;
+
+/// One process of the container, as the guest's `/proc` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestProcess {
+    /// The pid in the container's PID namespace (what `ps` inside it shows).
+    pub pid: i32,
+    /// The parent's pid in the container's PID namespace (0 for its PID 1).
+    pub ppid: i32,
+    /// Real uid.
+    pub uid: u32,
+    /// The command line (`/proc/<pid>/cmdline`, NULs as spaces), or `[comm]` if empty.
+    pub cmd: String,
+    /// Resident memory in KiB.
+    #[serde(default)]
+    pub rss_kib: u64,
+}
+
+/// Usage figures of the container's cgroup in the guest.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestStats {
+    /// `memory.current`, bytes.
+    pub memory_usage: u64,
+    /// `memory.max` in bytes; `None` for "max".
+    #[serde(default)]
+    pub memory_limit: Option<u64>,
+    /// `cpu.stat` `usage_usec`.
+    pub cpu_usage_usec: u64,
+    /// `pids.current`.
+    pub pids_current: u64,
+    /// `pids.max`; `None` for "max".
+    #[serde(default)]
+    pub pids_limit: Option<u64>,
+    /// `memory.events` `oom_kill`: processes the guest kernel killed for the limit.
+    #[serde(default)]
+    pub oom_kills: u64,
+}
+
+/// First frame on a [`DNS_PORT`](crate::DNS_PORT) connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsRelayHeader {
+    /// The loopback nameserver to ask (`127.0.0.11`); the host refuses anything that is
+    /// not a loopback address.
+    pub server: String,
+    /// Whether the messages go to the server over TCP (a TCP client) or UDP.
+    pub tcp: bool,
+}
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitStatus {
+    /// `exit(code)`.
+    Exited(i32),
+    /// Killed by a signal.
+    Signaled(i32),
+}
+
+impl ExitStatus {
+    /// The shell/containerd convention: the exit code, or 128+signo for a signal death.
+    /// Never panics, whatever numbers a guest sent (the host refuses impossible ones).
+    pub fn code(self) -> i32 {
+        match self {
+            Self::Exited(c) => c & 0xff,
+            Self::Signaled(s) => 128 + (s & 0x7f),
+        }
+    }
+}
+
+/// Messages from the guest init to the host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GuestMessage {
+    Hello {
+        version: u32,
+    },
+    /// The process is running (its `execve` succeeded). `pid` is in the guest's root PID namespace.
+    Started {
+        process: ProcessId,
+        pid: i32,
+    },
+    /// The process could not be started; `code` is what runc would exit with (126 not
+    /// executable, 127 not found, 1 other setup failures).
+    StartFailed {
+        process: ProcessId,
+        code: i32,
+        message: String,
+    },
+    /// The process has exited and its output streams are closed.
+    Exited {
+        process: ProcessId,
+        status: ExitStatus,
+    },
+    /// The answer to [`HostMessage::ListProcesses`]: the container's processes.
+    Processes {
+        request: u32,
+        processes: Vec<GuestProcess>,
+    },
+    /// The answer to [`HostMessage::Stats`].
+    Stats {
+        request: u32,
+        stats: GuestStats,
+    },
+    /// The answer to [`HostMessage::Update`]: `error` names what could not be applied.
+    Updated {
+        request: u32,
+        #[serde(default)]
+        error: Option<String>,
+    },
+}
+
+/// Messages from the host to the guest init.
+// `Run` is large, but it is sent once per container; boxing it would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HostMessage {
+    /// Set up the root filesystem and run the container's main process.
+    Run {
+        rootfs: RootfsSpec,
+        hostname: Option<String>,
+        process: ProcessSpec,
+        #[serde(default)]
+        linux: LinuxSpec,
+        /// The container's mounts, in order. Empty: the guest's default set (proc, /dev,
+        /// devpts, /dev/shm, mqueue, sysfs, cgroup2), as before this field existed.
+        #[serde(default)]
+        mounts: Vec<MountSpec>,
+        /// The container's network (interfaces to configure, DNS to forward). Empty:
+        /// loopback only, as before this field existed.
+        #[serde(default)]
+        network: NetworkSpec,
+    },
+    /// Deliver a signal to a process.
+    Signal { process: ProcessId, signal: i32 },
+    /// Run another process in the running container (`runvm exec`): it joins the main
+    /// process's namespaces. `process` is a new id picked by the host (never 0, never
+    /// reused while the VM runs). The guest answers `Started` or `StartFailed`, then
+    /// `Exited`, for that id, and opens that process's streams only once it runs.
+    Exec {
+        process: ProcessId,
+        spec: ProcessSpec,
+    },
+    /// Set the window size of a process's terminal (`TIOCSWINSZ` on its pty master).
+    Resize {
+        process: ProcessId,
+        rows: u16,
+        cols: u16,
+    },
+    /// The host has everything it needs; sync and power off.
+    Shutdown,
+    /// List the container's processes; the guest answers [`GuestMessage::Processes`]
+    /// with the same `request` (picked by the host, one answer per request).
+    ListProcesses { request: u32 },
+    /// Report the container cgroup's usage; answered by [`GuestMessage::Stats`].
+    Stats { request: u32 },
+    /// Change the container cgroup's limits (`runvm update`); answered by
+    /// [`GuestMessage::Updated`].
+    Update { request: u32, resources: Resources },
+}
+
+/// First frame on a [`STREAM_PORT`](crate::STREAM_PORT) connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamHeader {
+    pub process: ProcessId,
+    /// 0 stdin, 1 stdout, 2 stderr.
+    pub fd: u8,
+}
+
+/// Ownership, permissions and modification time of a written-back file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMeta {
+    /// Permission bits only (`0o7777`); the file type is the entry's kind.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+}
+
+/// The kind of a [`WritebackEntry::Special`] file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SpecialKind {
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+/// One change of the writable layer, in the order the guest walks it (a directory before
+/// its contents). Paths are relative to the container's root, as raw bytes (base64 in the
+/// JSON), `/`-separated, with no empty, `.` or `..` component; the host refuses others.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WritebackEntry {
+    /// A directory that exists in the writable layer. `opaque`: it replaces the one below
+    /// (what was in it before is gone), otherwise it is merged with it.
+    Dir {
+        #[serde(with = "crate::base64_field")]
+        path: Vec<u8>,
+        meta: FileMeta,
+        opaque: bool,
+    },
+    /// A regular file; exactly `size` raw bytes follow this frame on the connection.
+    File {
+        #[serde(with = "crate::base64_field")]
+        path: Vec<u8>,
+        meta: FileMeta,
+        size: u64,
+    },
+    Symlink {
+        #[serde(with = "crate::base64_field")]
+        path: Vec<u8>,
+        meta: FileMeta,
+        #[serde(with = "crate::base64_field")]
+        target: Vec<u8>,
+    },
+    /// Another name of a file sent earlier (`target`, a path like `path`).
+    Hardlink {
+        #[serde(with = "crate::base64_field")]
+        path: Vec<u8>,
+        #[serde(with = "crate::base64_field")]
+        target: Vec<u8>,
+    },
+    Special {
+        #[serde(with = "crate::base64_field")]
+        path: Vec<u8>,
+        meta: FileMeta,
+        kind: SpecialKind,
+        rdev: u64,
+    },
+    /// The path was deleted (an overlay whiteout).
+    Whiteout {
+        #[serde(with = "crate::base64_field")]
+        path: Vec<u8>,
+    },
+    /// End of the stream: `entries` entries came before it; `skipped` changes the guest
+    /// could not read (it logged them). A stream without `End` is truncated.
+    End { entries: u64, skipped: u64 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        read_frame, read_frame_limited, write_frame, FrameError, WindowSize,
+        MAX_WRITEBACK_FRAME_LEN,
+    };
+
+    #[test]
+    fn a_run_without_the_newer_fields_still_decodes() {
+        let old = br#"{"Run":{"rootfs":{"lower_devices":["/dev/vda"]},"hostname":null,
+            "process":{"args":["sh"],"env":[],"cwd":"/"}}}"#;
+        let HostMessage::Run {
+            process,
+            linux,
+            mounts,
+            network,
+            ..
+        } = serde_json::from_slice(old).unwrap()
+        else {
+            panic!("not a Run")
+        };
+        assert!(mounts.is_empty());
+        assert_eq!(network, NetworkSpec::default());
+        assert_eq!(linux, LinuxSpec::default());
+        assert!(process.rlimits.is_empty());
+        assert!(!process.no_new_privileges);
+        assert_eq!(process.oom_score_adj, None);
+        assert_eq!(process.capabilities, None);
+        assert_eq!(process.console_size, None);
+    }
+
+    #[test]
+    fn exec_and_resize_round_trip() {
+        for msg in [
+            HostMessage::Exec {
+                process: 7,
+                spec: ProcessSpec {
+                    args: vec!["id".into()],
+                    terminal: true,
+                    console_size: Some(WindowSize { rows: 24, cols: 80 }),
+                    ..Default::default()
+                },
+            },
+            HostMessage::Resize {
+                process: 7,
+                rows: 50,
+                cols: 132,
+            },
+        ] {
+            let mut buf = Vec::new();
+            write_frame(&mut buf, &msg).unwrap();
+            let back: HostMessage = read_frame(&mut buf.as_slice()).unwrap();
+            assert_eq!(back, msg);
+        }
+    }
+
+    #[test]
+    fn writeback_entries_carry_raw_byte_paths() {
+        let e = WritebackEntry::File {
+            path: b"etc/\xff\n name".to_vec(),
+            meta: FileMeta {
+                mode: 0o4755,
+                uid: 1,
+                gid: 2,
+                mtime: -5,
+                mtime_nsec: 7,
+            },
+            size: 3,
+        };
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &e).unwrap();
+        let back: WritebackEntry =
+            read_frame_limited(&mut buf.as_slice(), MAX_WRITEBACK_FRAME_LEN).unwrap();
+        assert_eq!(back, e);
+        let bad = br#"{"Whiteout":{"path":"not base64!"}}"#;
+        let mut f = (bad.len() as u32).to_le_bytes().to_vec();
+        f.extend_from_slice(bad);
+        assert!(matches!(
+            read_frame_limited::<_, WritebackEntry>(&mut f.as_slice(), MAX_WRITEBACK_FRAME_LEN),
+            Err(FrameError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn exit_codes_follow_the_shell_convention() {
+        assert_eq!(ExitStatus::Exited(42).code(), 42);
+        assert_eq!(ExitStatus::Exited(256 + 3).code(), 3);
+        assert_eq!(ExitStatus::Signaled(9).code(), 137);
+        assert_eq!(ExitStatus::Signaled(15).code(), 143);
+        // Garbage from a guest does not overflow.
+        let _ = ExitStatus::Signaled(i32::MAX).code();
+        let _ = ExitStatus::Signaled(i32::MIN).code();
+    }
+}

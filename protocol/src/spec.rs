@@ -1,0 +1,364 @@
+//! What the guest is told to build and run: the process ([`ProcessSpec`] with its
+//! rlimits, capabilities, seccomp filter, terminal size), the container's Linux settings
+//! ([`LinuxSpec`]: sysctls, masked paths, devices, cgroup [`Resources`]), its mounts
+//! ([`MountSpec`], copied-in files [`FileContent`]), its network ([`NetworkSpec`]) and
+//! its root filesystem ([`RootfsSpec`]).
+//!
+//! The host resolves and checks all of it from the OCI spec before it sends
+//! [`HostMessage::Run`](crate::HostMessage::Run) or
+//! [`HostMessage::Exec`](crate::HostMessage::Exec); every field added later has a
+//! default, so a guest reads what an older host sent.
+
+use serde::{Deserialize, Serialize};
+
+/// The process to run, already resolved from the OCI spec by the host.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessSpec {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
+    #[serde(default)]
+    pub additional_gids: Vec<u32>,
+    /// Whether the process gets a terminal (one stream, fd 0, both directions).
+    #[serde(default)]
+    pub terminal: bool,
+    /// `process.rlimits`, applied with `setrlimit` before `execve`, in order.
+    #[serde(default)]
+    pub rlimits: Vec<Rlimit>,
+    /// `process.noNewPrivileges`: `PR_SET_NO_NEW_PRIVS` before `execve`.
+    #[serde(default)]
+    pub no_new_privileges: bool,
+    /// `process.oomScoreAdj`, written to `/proc/self/oom_score_adj`.
+    #[serde(default)]
+    pub oom_score_adj: Option<i32>,
+    /// `process.capabilities`; `None` leaves the capabilities as they are (full for root).
+    #[serde(default)]
+    pub capabilities: Option<Capabilities>,
+    /// The terminal's initial size (`process.consoleSize`, else the host pty's size when
+    /// the process starts); only used with `terminal`.
+    #[serde(default)]
+    pub console_size: Option<WindowSize>,
+    /// The container's `linux.seccomp`, compiled by the host; installed as the very last
+    /// step before `execve` (exec'd processes get the container's filter too). `None`: no
+    /// filter.
+    #[serde(default)]
+    pub seccomp: Option<SeccompProgram>,
+    /// `process.user.umask`; `None` is runc's default, `0o022`.
+    #[serde(default)]
+    pub umask: Option<u32>,
+}
+
+/// A seccomp filter compiled to classic BPF (`struct sock_filter`, 8 bytes each, in the
+/// native byte order of host and guest, both x86_64), with the `seccomp(2)` flags to
+/// install it with.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeccompProgram {
+    /// The instructions: a multiple of [`SECCOMP_INSTRUCTION_LEN`] bytes.
+    #[serde(with = "crate::base64_field")]
+    pub filter: Vec<u8>,
+    /// `SECCOMP_FILTER_FLAG_*` (`TSYNC` 1, `LOG` 2, `SPEC_ALLOW` 4).
+    #[serde(default)]
+    pub flags: u32,
+}
+
+/// Size of one classic BPF instruction (`struct sock_filter`).
+pub const SECCOMP_INSTRUCTION_LEN: usize = 8;
+
+/// A terminal's size in character cells.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowSize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// The capability sets of a process, by name (`CAP_CHOWN`, …); the guest refuses names it
+/// does not know, naming them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    #[serde(default)]
+    pub bounding: Vec<String>,
+    #[serde(default)]
+    pub effective: Vec<String>,
+    #[serde(default)]
+    pub permitted: Vec<String>,
+    #[serde(default)]
+    pub inheritable: Vec<String>,
+    #[serde(default)]
+    pub ambient: Vec<String>,
+}
+
+/// Capability names by number (`include/uapi/linux/capability.h`): what
+/// `process.capabilities` may name, and what the guest applies.
+pub const CAPABILITY_NAMES: [&str; 41] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// One resource limit. `kind` is the OCI name (`RLIMIT_NOFILE`, …); the guest refuses names
+/// it does not know, naming them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    pub kind: String,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// The Linux settings of the container (OCI `linux.*`) that the guest applies in the
+/// workload's namespaces, already checked by the host.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinuxSpec {
+    /// `linux.sysctl`: key (dotted, `net.ipv4.ip_forward`) → value, written under
+    /// `/proc/sys`. The host lets through only the namespaced ones, as runc does.
+    #[serde(default)]
+    pub sysctl: std::collections::BTreeMap<String, String>,
+    /// `linux.maskedPaths`: `/dev/null` is bound over files, a read-only tmpfs over
+    /// directories; missing paths are skipped.
+    #[serde(default)]
+    pub masked_paths: Vec<String>,
+    /// `linux.readonlyPaths`: bind-remounted read-only; missing paths are skipped.
+    #[serde(default)]
+    pub readonly_paths: Vec<String>,
+    /// `linux.devices`: nodes the guest creates in the container (after its mounts).
+    #[serde(default)]
+    pub devices: Vec<DeviceSpec>,
+    /// `linux.resources` the guest applies to the workload's own cgroup (v2), which every
+    /// exec'd process joins too. Empty: no limits, as before this field existed.
+    #[serde(default)]
+    pub resources: Resources,
+}
+
+/// One `linux.devices` entry, checked by the host.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceSpec {
+    /// Absolute path in the container.
+    pub path: String,
+    /// `c` (or `u`), `b` or `p`.
+    pub kind: char,
+    pub major: u64,
+    pub minor: u64,
+    /// Permission bits (`fileMode`; 0666 when unset, as runc).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Resource limits of the container's cgroup (the OCI `linux.resources` subset runvm
+/// applies, in cgroup v2 units). `None` leaves a limit as it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    /// `memory.max` in bytes; a negative value is "max" (no limit).
+    #[serde(default)]
+    pub memory_limit: Option<i64>,
+    /// `cpu.max` quota in microseconds per period; a negative value is "max".
+    #[serde(default)]
+    pub cpu_quota: Option<i64>,
+    /// `cpu.max` period in microseconds.
+    #[serde(default)]
+    pub cpu_period: Option<u64>,
+    /// OCI `cpu.shares` (2..262144), converted to `cpu.weight` as runc does.
+    #[serde(default)]
+    pub cpu_shares: Option<u64>,
+    /// `pids.max`; zero or negative is "max".
+    #[serde(default)]
+    pub pids_limit: Option<i64>,
+}
+
+impl Resources {
+    /// The cgroup v2 `cpu.max` line for this quota and period over `current` (the file's
+    /// present content): what is not given stays as it is; a quota ≤ 0 is "max".
+    pub fn cpu_max(&self, current: &str) -> Option<String> {
+        if self.cpu_quota.is_none() && self.cpu_period.is_none() {
+            return None;
+        }
+        let mut old = current.split_whitespace();
+        let old_quota = old.next().unwrap_or("max").to_string();
+        let old_period = old.next().unwrap_or("100000").to_string();
+        let quota = match self.cpu_quota {
+            Some(q) if q > 0 => q.to_string(),
+            Some(_) => "max".into(),
+            None => old_quota,
+        };
+        let period = self.cpu_period.map_or(old_period, |p| p.to_string());
+        Some(format!("{quota} {period}"))
+    }
+}
+
+/// One OCI `mounts` entry the guest makes itself (proc, sysfs, tmpfs, devpts, mqueue,
+/// cgroup/cgroup2), or a file bind mount (`fstype` "bind") whose content the host copied
+/// into [`MountSpec::file`]. Directory bind mounts never get here: the host refuses them
+/// (or turns Docker's `/dev/shm` into a tmpfs).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountSpec {
+    pub destination: String,
+    pub fstype: String,
+    #[serde(default)]
+    pub source: String,
+    /// The OCI option words (`ro`, `nosuid`, `mode=755`, `size=64m`, …), parsed by the
+    /// guest into mount flags and file-system data as runc does.
+    #[serde(default)]
+    pub options: Vec<String>,
+    /// For a file bind mount: the source file as the host read it at start. The guest
+    /// recreates it and binds it on `destination` (a copy: later host changes are not seen).
+    #[serde(default)]
+    pub file: Option<FileContent>,
+}
+
+/// A copied-in file: its bytes and attributes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileContent {
+    #[serde(with = "crate::base64_field")]
+    pub data: Vec<u8>,
+    /// Permission bits (`0o644`, setuid and sticky included).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The guest's network, mirrored by the host from the container's network namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    /// One per virtio-net device; an empty list leaves the guest with loopback only.
+    #[serde(default)]
+    pub interfaces: Vec<InterfaceSpec>,
+    /// Loopback nameservers of the container's `resolv.conf` (Docker's `127.0.0.11`):
+    /// the guest runs a DNS forwarder on each (UDP and TCP port 53) that relays to the
+    /// host over [`DNS_PORT`](crate::DNS_PORT).
+    #[serde(default)]
+    pub dns_forward: Vec<String>,
+}
+
+/// One network interface: the guest finds its NIC by `mac` and gives it the rest.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceSpec {
+    /// The interface's name in the namespace (`eth0`); the guest renames its NIC to it.
+    pub name: String,
+    /// `02:42:ac:11:00:02`.
+    pub mac: String,
+    pub mtu: u32,
+    #[serde(default)]
+    pub addresses: Vec<AddressSpec>,
+    /// Routes through this interface (main table), in the order to add them.
+    #[serde(default)]
+    pub routes: Vec<RouteSpec>,
+}
+
+/// An address with its prefix length (`172.17.0.2`/16, `fd00::2`/64).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressSpec {
+    pub addr: String,
+    pub prefix_len: u8,
+}
+
+/// A route of the main table through an interface.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteSpec {
+    /// Destination network; `None` is the default route.
+    #[serde(default)]
+    pub dst: Option<String>,
+    #[serde(default)]
+    pub dst_len: u8,
+    #[serde(default)]
+    pub gateway: Option<String>,
+    #[serde(default)]
+    pub prefsrc: Option<String>,
+    #[serde(default)]
+    pub metric: Option<u32>,
+    /// `RT_SCOPE_*` (0 universe, 253 link).
+    #[serde(default)]
+    pub scope: u8,
+    #[serde(default)]
+    pub ipv6: bool,
+}
+
+/// How the guest builds the container's root filesystem.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootfsSpec {
+    /// Read-only EROFS block devices, lowest layer last (overlayfs `lowerdir` order).
+    pub lower_devices: Vec<String>,
+    /// Mount the result read-only (`root.readonly`).
+    #[serde(default)]
+    pub readonly: bool,
+    /// The writable layer: an ext4 block device holding the overlay's upper and work
+    /// directories. When set, the guest sends its changes on [`WRITEBACK_PORT`](crate::WRITEBACK_PORT) after the
+    /// main process exits. `None`: a tmpfs upper whose changes are dropped (read-only
+    /// roots, and hosts from before this field).
+    #[serde(default)]
+    pub writable_device: Option<String>,
+}
+
+impl Default for RootfsSpec {
+    fn default() -> Self {
+        Self {
+            lower_devices: vec!["/dev/vda".into()],
+            readonly: false,
+            writable_device: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_max_keeps_what_is_not_given() {
+        let r = |q, p| Resources {
+            cpu_quota: q,
+            cpu_period: p,
+            ..Default::default()
+        };
+        assert_eq!(r(None, None).cpu_max("max 100000"), None);
+        assert_eq!(
+            r(Some(50000), None).cpu_max("max 100000\n").unwrap(),
+            "50000 100000"
+        );
+        assert_eq!(
+            r(None, Some(20000)).cpu_max("30000 100000").unwrap(),
+            "30000 20000"
+        );
+        assert_eq!(r(Some(-1), Some(1000)).cpu_max("").unwrap(), "max 1000");
+    }
+}

@@ -8,7 +8,7 @@
 use crate::error::{Context, Error, Result};
 use nix::errno::Errno;
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, VsockAddr};
-use runvm_protocol::{FrameError, GuestMessage, HostMessage, MAX_HOST_FRAME_LEN};
+use runvm_protocol::{FrameDecoder, GuestMessage, HostMessage, MAX_HOST_FRAME_LEN};
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -98,17 +98,17 @@ fn connect_vsock(port: u32) -> nix::Result<OwnedFd> {
 ///
 /// The socket stays blocking: sends are small, and receives happen either in a blocking
 /// `recv` (before the workload runs) or after `poll` said the socket is readable, through
-/// [`Control::read_available`] and the incremental [`FrameBuf`].
+/// [`Control::read_available`] and protocol's incremental [`FrameDecoder`].
 pub struct Control {
     file: File,
-    buf: FrameBuf,
+    buf: FrameDecoder,
 }
 
 impl Control {
     pub fn new(fd: OwnedFd) -> Self {
         Self {
             file: File::from(fd),
-            buf: FrameBuf::default(),
+            buf: FrameDecoder::new(MAX_HOST_FRAME_LEN),
         }
     }
 
@@ -123,7 +123,7 @@ impl Control {
     /// Blocks for the next message. `Ok(None)` is a clean EOF from the host.
     pub fn recv(&mut self) -> Result<Option<HostMessage>> {
         loop {
-            if let Some(m) = self.buf.next()? {
+            if let Some(m) = self.next_buffered()? {
                 return Ok(Some(m));
             }
             if !self.read_available()? {
@@ -156,53 +156,9 @@ impl Control {
 
     /// The next complete buffered message, if any.
     pub fn next_buffered(&mut self) -> Result<Option<HostMessage>> {
-        self.buf.next()
-    }
-}
-
-/// Accumulates bytes and cuts them into frames (little-endian u32 length + JSON body).
-#[derive(Default)]
-pub struct FrameBuf {
-    data: Vec<u8>,
-}
-
-impl FrameBuf {
-    pub fn push(&mut self, bytes: &[u8]) {
-        self.data.extend_from_slice(bytes);
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
-    }
-
-    /// Decodes the next complete frame, or `Ok(None)` if more bytes are needed.
-    pub fn next(&mut self) -> Result<Option<HostMessage>> {
-        let Some(len) = self.data.get(..4) else {
-            return Ok(None);
-        };
-        let mut le = [0u8; 4];
-        le.copy_from_slice(len);
-        let len = u32::from_le_bytes(le);
-        if len > MAX_HOST_FRAME_LEN {
-            return Err(Error::new(format!(
-                "protocol error: {}",
-                FrameError::TooLarge {
-                    len,
-                    limit: MAX_HOST_FRAME_LEN
-                }
-            )));
-        }
-        let end = 4 + len as usize;
-        if self.data.len() < end {
-            return Ok(None);
-        }
-        let msg = runvm_protocol::read_frame_limited::<_, HostMessage>(
-            &mut &self.data[..end],
-            MAX_HOST_FRAME_LEN,
-        )
-        .context("protocol error")?;
-        self.data.drain(..end);
-        Ok(Some(msg))
+        self.buf
+            .next_frame()
+            .map_err(|e| Error::new(format!("protocol error: {e}")))
     }
 }
 
@@ -210,51 +166,53 @@ impl FrameBuf {
 mod tests {
     use super::*;
 
+    /// A control connection over one end of a socket pair, the host at the other.
+    fn pair() -> (Control, std::os::unix::net::UnixStream) {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        (Control::new(OwnedFd::from(a)), b)
+    }
+
     #[test]
-    fn frame_buf_cuts_frames_from_any_split() {
+    fn messages_arrive_whole_from_any_split() {
+        use std::io::Write;
         let mut wire = Vec::new();
-        runvm_protocol::write_frame(
-            &mut wire,
-            &HostMessage::Signal {
+        let sent = [
+            HostMessage::Signal {
                 process: 0,
                 signal: 15,
             },
-        )
-        .unwrap();
-        runvm_protocol::write_frame(&mut wire, &HostMessage::Shutdown).unwrap();
+            HostMessage::Shutdown,
+        ];
+        for m in &sent {
+            runvm_protocol::write_frame(&mut wire, m).unwrap();
+        }
         for split in 0..wire.len() {
-            let mut fb = FrameBuf::default();
-            fb.push(&wire[..split]);
+            let (mut control, mut host) = pair();
+            host.write_all(&wire[..split]).unwrap();
+            host.write_all(&wire[split..]).unwrap();
+            drop(host);
             let mut got = Vec::new();
-            while let Some(m) = fb.next().unwrap() {
+            while let Some(m) = control.recv().unwrap() {
                 got.push(m);
             }
-            fb.push(&wire[split..]);
-            while let Some(m) = fb.next().unwrap() {
-                got.push(m);
-            }
-            assert_eq!(
-                got,
-                vec![
-                    HostMessage::Signal {
-                        process: 0,
-                        signal: 15
-                    },
-                    HostMessage::Shutdown
-                ]
-            );
-            assert!(fb.is_empty());
+            assert_eq!(got, sent);
         }
     }
 
     #[test]
-    fn frame_buf_rejects_garbage() {
-        let mut fb = FrameBuf::default();
-        fb.push(&u32::MAX.to_le_bytes());
-        assert!(fb.next().is_err());
-        let mut fb = FrameBuf::default();
-        fb.push(&3u32.to_le_bytes());
-        fb.push(b"{{{");
-        assert!(fb.next().is_err());
+    fn garbage_and_oversized_frames_are_errors() {
+        use std::io::Write;
+        let (mut control, mut host) = pair();
+        host.write_all(&u32::MAX.to_le_bytes()).unwrap();
+        assert!(control.recv().is_err());
+        let (mut control, mut host) = pair();
+        host.write_all(&3u32.to_le_bytes()).unwrap();
+        host.write_all(b"{{{").unwrap();
+        assert!(control.recv().is_err());
+        // A host that closes mid-frame.
+        let (mut control, mut host) = pair();
+        host.write_all(&10u32.to_le_bytes()).unwrap();
+        drop(host);
+        assert!(control.recv().is_err());
     }
 }

@@ -260,13 +260,12 @@ mod tests {
         VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID,
         VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
     };
-    use virtio_bindings::virtio_ring::{
-        VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
-    };
+    use virtio_bindings::virtio_ring::VRING_DESC_F_INDIRECT;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-    use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
     use vmm_sys_util::tempfile::TempFile;
+
+    use crate::devices::virtio::test_utils::{DriverQueue, NEXT, R, W};
 
     const MEM_SIZE: u64 = 0x100_0000;
     const QSIZE: u16 = 16;
@@ -276,8 +275,6 @@ mod tests {
     const STATUS: u64 = 0x30_0000;
     const INDIRECT: u64 = 0x40_0000;
     const ID: &str = "runvm-disk-0";
-    const R: u16 = 0;
-    const W: u16 = VRING_DESC_F_WRITE as u16;
 
     fn pattern(i: u64) -> u8 {
         (i * 7 % 251) as u8
@@ -314,98 +311,38 @@ mod tests {
             .unwrap();
     }
 
-    /// The driver side: puts chains on the available ring and reads the used ring.
+    /// The driver side: one request queue, and the requests it submits.
     struct Driver<'a> {
         mem: &'a GuestMemory,
-        vq: MockSplitQueue<'a, GuestMemory>,
-        next_desc: u16,
-        used_seen: u16,
+        vq: DriverQueue,
     }
 
     impl<'a> Driver<'a> {
         fn new(mem: &'a GuestMemory) -> Self {
             Self {
                 mem,
-                vq: MockSplitQueue::create(mem, GuestAddress(0), QSIZE),
-                next_desc: 0,
-                used_seen: 0,
+                vq: DriverQueue::new(mem, 0, QSIZE),
             }
         }
 
         fn activate(&self, block: &mut Block) -> Arc<IrqTrigger> {
             let irq = Arc::new(IrqTrigger::new().unwrap());
-            let queue: Queue = self.vq.create_queue().unwrap();
             block
-                .activate(self.mem.clone(), vec![queue], irq.clone())
+                .activate(self.mem.clone(), vec![self.vq.create_queue()], irq.clone())
                 .unwrap();
             irq
-        }
-
-        /// Adds a chain whose descriptors are given with `next` relative to the chain's
-        /// first index (`None`: the following descriptor, or end of chain for the last one).
-        fn add_raw(&mut self, descs: &[(u64, u32, u16, Option<u16>)]) {
-            let n = descs.len() as u16;
-            if self.next_desc + n > QSIZE {
-                self.next_desc = 0;
-            }
-            let base = self.next_desc;
-            let raw: Vec<RawDescriptor> = descs
-                .iter()
-                .enumerate()
-                .map(|(i, &(addr, len, flags, next))| {
-                    let i = i as u16;
-                    let (flags, next) = match next {
-                        Some(next) => (flags | VRING_DESC_F_NEXT as u16, base + next),
-                        None if i + 1 < n => (flags | VRING_DESC_F_NEXT as u16, base + i + 1),
-                        None => (flags, 0),
-                    };
-                    RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
-                })
-                .collect();
-            for (i, desc) in raw.into_iter().enumerate() {
-                self.vq.desc_table().store(base + i as u16, desc).unwrap();
-            }
-            // (MockSplitQueue::add_desc_chains does not wrap around the available ring.)
-            let idx = self.vq.avail().idx().load();
-            let slot = self.vq.avail().ring().ref_at(usize::from(idx % QSIZE));
-            slot.unwrap().store(base);
-            self.vq.avail().idx().store(idx.wrapping_add(1));
-            self.next_desc = base + n;
-        }
-
-        fn add(&mut self, descs: &[(u64, u32, u16)]) {
-            let descs: Vec<_> = descs.iter().map(|&(a, l, f)| (a, l, f, None)).collect();
-            self.add_raw(&descs);
-        }
-
-        /// The used entries the device added since the last call: (head, len).
-        fn take_used(&mut self) -> Vec<(u16, u32)> {
-            let idx = self.vq.used().idx().load();
-            let mut out = vec![];
-            while self.used_seen != idx {
-                let e = self
-                    .vq
-                    .used()
-                    .ring()
-                    .ref_at(usize::from(self.used_seen % QSIZE))
-                    .unwrap()
-                    .load();
-                out.push((e.id() as u16, e.len()));
-                self.used_seen = self.used_seen.wrapping_add(1);
-            }
-            out
         }
 
         /// Submits one chain, lets the device process it, returns (used length, status).
         fn submit(&mut self, block: &mut Block, descs: &[(u64, u32, u16)]) -> (u32, u8) {
             self.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
-            self.add(descs);
+            self.vq.add(descs);
             block.process_queue();
             self.result()
         }
 
         fn result(&mut self) -> (u32, u8) {
-            let used = self.take_used();
+            let used = self.vq.take_used();
             assert_eq!(used.len(), 1, "one chain returned");
             let status = self.mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap();
             (used[0].1, status)
@@ -737,7 +674,7 @@ mod tests {
         header(&m, VIRTIO_BLK_T_IN, 0);
         m.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
         // header -> data -> status -> back to the header.
-        d.add_raw(&[
+        d.vq.add_raw(&[
             (HDR, 16, R, None),
             (DATA, 512, W, None),
             (STATUS, 1, W, Some(0)),
@@ -745,7 +682,7 @@ mod tests {
         b.process_queue();
         assert_eq!(d.result(), (0, 0xff));
         // A status descriptor that points back to itself.
-        d.add_raw(&[(HDR, 16, R, None), (STATUS, 1, W, Some(1))]);
+        d.vq.add_raw(&[(HDR, 16, R, None), (STATUS, 1, W, Some(1))]);
         b.process_queue();
         assert_eq!(d.result(), (0, 0xff));
         d.assert_read_works(&mut b, &image);
@@ -760,7 +697,7 @@ mod tests {
         d.activate(&mut b);
         header(&m, VIRTIO_BLK_T_IN, 0);
         m.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
-        d.add_raw(&[(HDR, 16, R, None), (STATUS, 1, W, Some(200))]);
+        d.vq.add_raw(&[(HDR, 16, R, None), (STATUS, 1, W, Some(200))]);
         b.process_queue();
         assert_eq!(d.result(), (0, 0xff));
         d.assert_read_works(&mut b, &image);
@@ -784,19 +721,19 @@ mod tests {
                 i => (DATA + u64::from(i) * 512, 512, W),
             };
             if i < n - 1 {
-                flags |= VRING_DESC_F_NEXT as u16;
+                flags |= NEXT;
             }
             let desc = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, i + 1));
             m.write_obj(desc, GuestAddress(INDIRECT + u64::from(i) * 16))
                 .unwrap();
         }
-        d.add(&[(INDIRECT, u32::from(n) * 16, VRING_DESC_F_INDIRECT as u16)]);
+        d.vq.add(&[(INDIRECT, u32::from(n) * 16, VRING_DESC_F_INDIRECT as u16)]);
         b.process_queue();
         assert_eq!(d.result(), (0, 0xff));
         // The same through an indirect table that fits is served (virtio-queue follows it).
         let fits = RawDescriptor::from(SplitDescriptor::new(STATUS, 1, W, 0));
         m.write_obj(fits, GuestAddress(INDIRECT + 2 * 16)).unwrap();
-        d.add(&[(INDIRECT, 3 * 16, VRING_DESC_F_INDIRECT as u16)]);
+        d.vq.add(&[(INDIRECT, 3 * 16, VRING_DESC_F_INDIRECT as u16)]);
         b.process_queue();
         assert_eq!(d.result(), (513, VIRTIO_BLK_S_OK as u8));
         d.assert_read_works(&mut b, &image);
@@ -830,20 +767,14 @@ mod tests {
         let mut d = Driver::new(&m);
         d.activate(&mut b);
         // The driver claims more available entries than the queue holds.
-        let idx = d.vq.avail().idx().load();
-        d.vq.avail().idx().store(idx.wrapping_add(QSIZE + 1));
+        d.vq.skew_avail(QSIZE + 1);
         b.process_queue();
-        assert!(d.take_used().is_empty());
-        d.vq.avail().idx().store(idx);
+        assert!(d.vq.take_used().is_empty());
+        d.vq.skew_avail((QSIZE + 1).wrapping_neg());
         // A head index outside the descriptor table: nothing can be returned for it.
-        d.vq.avail()
-            .ring()
-            .ref_at(usize::from(idx % QSIZE))
-            .unwrap()
-            .store(100);
-        d.vq.avail().idx().store(idx.wrapping_add(1));
+        d.vq.push_avail(100);
         b.process_queue();
-        assert!(d.take_used().is_empty());
+        assert!(d.vq.take_used().is_empty());
         d.assert_read_works(&mut b, &image);
     }
 
@@ -869,9 +800,9 @@ mod tests {
         assert!(!b.is_activated());
         // After a reset, requests are not processed until the next activation.
         header(&m, VIRTIO_BLK_T_FLUSH, 0);
-        d.add(&[(HDR, 16, R), (STATUS, 1, W)]);
+        d.vq.add(&[(HDR, 16, R), (STATUS, 1, W)]);
         b.process_queue();
-        assert!(d.take_used().is_empty());
+        assert!(d.vq.take_used().is_empty());
     }
 
     #[test]
@@ -890,14 +821,14 @@ mod tests {
         let mut d = Driver::new(&m);
         let irq = d.activate(&mut b.lock().unwrap());
         header(&m, VIRTIO_BLK_T_IN, 1);
-        d.add(&[(HDR, 16, R), (DATA, 512, W), (STATUS, 1, W)]);
+        d.vq.add(&[(HDR, 16, R), (DATA, 512, W), (STATUS, 1, W)]);
         m.write_obj(VIRTIO_BLK_T_FLUSH, GuestAddress(HDR + 0x100))
             .unwrap();
-        d.add(&[(HDR + 0x100, 16, R), (STATUS + 1, 1, W)]);
-        assert!(d.take_used().is_empty());
+        d.vq.add(&[(HDR + 0x100, 16, R), (STATUS + 1, 1, W)]);
+        assert!(d.vq.take_used().is_empty());
         notify(&b);
         assert_eq!(em.run_with_timeout(100).unwrap(), 1);
-        let used = d.take_used();
+        let used = d.vq.take_used();
         assert_eq!(used.iter().map(|u| u.1).collect::<Vec<_>>(), [513, 1]);
         assert_eq!(guest_bytes(&m, DATA, 512), file_bytes(&image, 512, 512));
         assert_eq!(irq.eventfd().read().unwrap(), 1);
@@ -954,12 +885,12 @@ mod tests {
         w(
             &mut t,
             mmio::QUEUE_DRIVER_LOW_REG,
-            d.vq.avail_addr().0 as u32,
+            d.vq.avail_ring_addr().0 as u32,
         );
         w(
             &mut t,
             mmio::QUEUE_DEVICE_LOW_REG,
-            d.vq.used_addr().0 as u32,
+            d.vq.used_ring_addr().0 as u32,
         );
         w(&mut t, mmio::QUEUE_READY_REG, 1);
         w(
@@ -975,7 +906,7 @@ mod tests {
         }
 
         header(&m, VIRTIO_BLK_T_IN, 3);
-        d.add(&[(HDR, 16, R), (DATA, 512, W), (STATUS, 1, W)]);
+        d.vq.add(&[(HDR, 16, R), (DATA, 512, W), (STATUS, 1, W)]);
         w(&mut t, mmio::NOTIFY_REG_OFFSET, 0);
         assert_eq!(em.run_with_timeout(100).unwrap(), 1);
         assert_eq!(d.result(), (513, VIRTIO_BLK_S_OK as u8));

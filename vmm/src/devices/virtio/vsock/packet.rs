@@ -4,7 +4,7 @@
 //! Chains are read and written through virtio-queue's [`Reader`]/[`Writer`], which accept
 //! any descriptor layout: header and payload in one descriptor, in two, or the payload
 //! spread over several (Linux puts fragmented socket buffers, e.g. with `MSG_ZEROCOPY`, in
-//! several descriptors; `virtio_vsock::packet::VsockPacket` only takes one data descriptor
+//! several descriptors; the `virtio-vsock` crate's `VsockPacket` only takes one data descriptor
 //! and would make us drop such packets). Every descriptor is checked against guest memory
 //! before use, chains that loop or run past the queue are rejected, the header is copied
 //! out once (no time-of-check/time-of-use), and the payload is bounded by
@@ -13,13 +13,14 @@
 use std::io::{self, Read, Write};
 
 use virtio_queue::{DescriptorChain, Reader, Writer};
-use virtio_vsock::packet::PKT_HEADER_SIZE;
 
 use super::super::GuestMemory;
 use super::MAX_PKT_PAYLOAD;
 
-/// Size of the packet header (`struct virtio_vsock_hdr`): 44 bytes.
-pub const HEADER_SIZE: usize = PKT_HEADER_SIZE;
+/// Size of the packet header, `struct virtio_vsock_hdr` (virtio 1.x, 5.10.6): `le64 src_cid;
+/// le64 dst_cid; le32 src_port; le32 dst_port; le32 len; le16 type; le16 op; le32 flags;
+/// le32 buf_alloc; le32 fwd_cnt`, packed: 44 bytes.
+pub const HEADER_SIZE: usize = 44;
 
 /// `type_`: stream socket, the only type we support.
 pub const TYPE_STREAM: u16 = 1;
@@ -193,5 +194,31 @@ impl<'a> RxBuffer<'a> {
             .write_all(&payload[..n])
             .map_err(PacketError::Memory)?;
         Ok((HEADER_SIZE + n) as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_layout_ends_with_fwd_cnt_at_header_size() {
+        let hdr = Header {
+            src_cid: 3,
+            dst_cid: 2,
+            src_port: 1024,
+            dst_port: 5000,
+            len: 7,
+            type_: TYPE_STREAM,
+            op: OP_RW,
+            flags: SHUTDOWN_SEND,
+            buf_alloc: 0x1_0000,
+            fwd_cnt: 0xaabb_ccdd,
+        };
+        let bytes = hdr.to_bytes();
+        assert_eq!(bytes[HEADER_SIZE - 4..], 0xaabb_ccdd_u32.to_le_bytes());
+        assert_eq!(bytes[28..30], TYPE_STREAM.to_le_bytes());
+        assert_eq!(Header::from_bytes(&bytes), Some(hdr));
+        assert_eq!(Header::from_bytes(&bytes[..HEADER_SIZE - 1]), None);
     }
 }

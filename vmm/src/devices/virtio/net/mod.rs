@@ -22,6 +22,8 @@ mod tests;
 
 pub use device::Net;
 
+use super::GuestLog;
+
 /// Maximum size of each virtqueue.
 pub const QUEUE_SIZE: u16 = 256;
 /// Queues: receive (device → driver) and transmit (driver → device). No control queue.
@@ -63,15 +65,5 @@ pub enum NetError {
     EventFd(std::io::Error),
 }
 
-/// Level for logging something a guest caused: `warn` the first few times, then `debug`,
-/// so that a hostile guest cannot flood the host's logs.
-pub(crate) fn guest_log_level() -> log::Level {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static WARNINGS: AtomicU32 = AtomicU32::new(0);
-    if WARNINGS.load(Ordering::Relaxed) < 32 {
-        WARNINGS.fetch_add(1, Ordering::Relaxed);
-        log::Level::Warn
-    } else {
-        log::Level::Debug
-    }
-}
+/// The virtio-net devices' log name and their budget of warnings about guest misbehaviour.
+pub(crate) static GUEST_LOG: GuestLog = GuestLog::new("virtio-net");

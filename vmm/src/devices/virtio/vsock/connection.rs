@@ -335,7 +335,7 @@ impl Connection {
             }
             (_, ConnState::LocalInit { .. }) => {
                 log::log!(
-                    super::guest_log_level(),
+                    super::GUEST_LOG.level(),
                     "vsock: guest sent op {} before accepting connection {}:{}",
                     hdr.op,
                     self.local_port,
@@ -345,7 +345,7 @@ impl Connection {
             }
             (OP_REQUEST, _) | (OP_RESPONSE, _) => {
                 log::log!(
-                    super::guest_log_level(),
+                    super::GUEST_LOG.level(),
                     "vsock: unexpected op {} on established connection {}:{}",
                     hdr.op,
                     self.local_port,
@@ -375,7 +375,7 @@ impl Connection {
     fn handle_rw(&mut self, payload: &[u8]) -> Verdict {
         if self.peer_shut_send {
             log::log!(
-                super::guest_log_level(),
+                super::GUEST_LOG.level(),
                 "vsock: guest sent data after shutting down {}:{}",
                 self.local_port,
                 self.peer_port
@@ -388,7 +388,7 @@ impl Connection {
         let outstanding = (self.guest_bytes - self.fwd_cnt).0 as usize;
         if outstanding + payload.len() > CONN_TX_BUF_SIZE as usize {
             log::log!(
-                super::guest_log_level(),
+                super::GUEST_LOG.level(),
                 "vsock: guest exceeded its credit on {}:{} ({} + {} > {})",
                 self.local_port,
                 self.peer_port,

@@ -165,7 +165,7 @@ impl Muxer {
     pub fn handle_guest_pkt(&mut self, hdr: &Header, payload: &[u8]) {
         if hdr.src_cid != self.guest_cid || hdr.dst_cid != HOST_CID {
             log::log!(
-                super::guest_log_level(),
+                super::GUEST_LOG.level(),
                 "vsock: dropping packet from cid {} to cid {} (guest cid is {})",
                 hdr.src_cid,
                 hdr.dst_cid,
@@ -180,7 +180,7 @@ impl Muxer {
             return;
         }
         if !(OP_REQUEST..=OP_CREDIT_REQUEST).contains(&hdr.op) {
-            log::log!(super::guest_log_level(), "vsock: unknown op {}", hdr.op);
+            log::log!(super::GUEST_LOG.level(), "vsock: unknown op {}", hdr.op);
             if self.conns.contains_key(&key) {
                 self.kill(key, true);
             } else {
@@ -220,7 +220,7 @@ impl Muxer {
     fn guest_connect(&mut self, hdr: &Header) {
         if self.conns.len() >= MAX_CONNECTIONS {
             log::log!(
-                super::guest_log_level(),
+                super::GUEST_LOG.level(),
                 "vsock: too many connections, refusing port {}",
                 hdr.dst_port
             );

@@ -14,6 +14,7 @@ use std::io::{self, Read, Write};
 
 use virtio_queue::{DescriptorChain, Reader, Writer};
 
+use super::super::queue::{check_chain, ChainShapeError};
 use super::super::GuestMemory;
 use super::MAX_PKT_PAYLOAD;
 
@@ -94,8 +95,8 @@ impl Header {
 /// Why a descriptor chain was not a usable packet or buffer.
 #[derive(Debug, thiserror::Error)]
 pub enum PacketError {
-    #[error("descriptor chain is empty, loops, or leaves the descriptor table")]
-    BrokenChain,
+    #[error(transparent)]
+    BrokenChain(#[from] ChainShapeError),
     #[error("descriptor outside guest memory or chain too long: {0}")]
     Chain(virtio_queue::Error),
     #[error("{0} bytes available, a packet header needs {HEADER_SIZE}")]
@@ -106,22 +107,6 @@ pub enum PacketError {
     Memory(io::Error),
 }
 
-/// Walks a chain once without touching buffers: the iterator silently stops at a loop
-/// (after queue-size descriptors), at an out-of-table index or at an unreadable
-/// descriptor, so a last descriptor that still says NEXT means the chain is broken.
-fn check_chain(chain: &DescriptorChain<&GuestMemory>) -> Result<(), PacketError> {
-    let mut count = 0usize;
-    let mut last_has_next = false;
-    for desc in chain.clone() {
-        count += 1;
-        last_has_next = desc.has_next();
-    }
-    if count == 0 || last_has_next {
-        return Err(PacketError::BrokenChain);
-    }
-    Ok(())
-}
-
 /// Reads one packet from a TX descriptor chain. The payload (`header.len` bytes, at most
 /// [`MAX_PKT_PAYLOAD`]) is copied into `payload`, which is resized to fit.
 pub fn read_tx_packet(
@@ -130,7 +115,7 @@ pub fn read_tx_packet(
     payload: &mut Vec<u8>,
 ) -> Result<Header, PacketError> {
     payload.clear();
-    check_chain(&chain)?;
+    check_chain(&chain, None)?;
     let mut reader: Reader<'_, ()> = Reader::new(mem, chain).map_err(PacketError::Chain)?;
     let avail = reader.available_bytes();
     if avail < HEADER_SIZE {
@@ -165,7 +150,7 @@ impl<'a> RxBuffer<'a> {
         mem: &'a GuestMemory,
         chain: DescriptorChain<&GuestMemory>,
     ) -> Result<Self, PacketError> {
-        check_chain(&chain)?;
+        check_chain(&chain, None)?;
         let writer: Writer<'a, ()> = Writer::new(mem, chain).map_err(PacketError::Chain)?;
         if writer.available_bytes() < HEADER_SIZE {
             return Err(PacketError::ShortHeader(writer.available_bytes()));

@@ -17,9 +17,11 @@
 //! - [`queue`]: checking a descriptor chain's shape, returning chains on the used ring and
 //!   interrupting the guest when the driver wants it;
 //! - [`read_config_space`] for config-space reads, [`GuestLog`] for logging what a guest
-//!   did without letting it flood the host's logs.
+//!   did without letting it flood the host's logs;
+//! - [`fd`]: non-blocking mode and `EINTR` retries for the backends' host descriptors.
 
 pub mod block;
+pub mod fd;
 pub mod mmio;
 pub mod net;
 pub mod queue;

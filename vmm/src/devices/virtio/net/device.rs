@@ -18,7 +18,7 @@
 //! themselves, so one busy interface cannot starve the other devices of the event loop.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
@@ -419,7 +419,7 @@ impl MutEventSubscriber for Net {
             }
         }
         let tap_events = EventSet::IN | EventSet::EDGE_TRIGGERED;
-        if let Err(e) = ops.add(Events::with_data(&self.tap, DATA_TAP, tap_events)) {
+        if let Err(e) = ops.add(Events::with_data(&self.tap.as_fd(), DATA_TAP, tap_events)) {
             error!("virtio-net: cannot register the TAP: {e:?}");
         }
     }
@@ -443,8 +443,9 @@ impl MutEventSubscriber for Net {
     }
 }
 
-impl AsRawFd for Net {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.tap.as_raw_fd()
+impl AsFd for Net {
+    /// The TAP.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.tap.as_fd()
     }
 }

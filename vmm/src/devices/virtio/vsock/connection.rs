@@ -22,6 +22,7 @@ use std::time::Instant;
 use event_manager::EventSet;
 use log::debug;
 
+use super::super::fd::retry_on_eintr;
 use super::packet::*;
 use super::{CONN_TX_BUF_SIZE, HOST_CID};
 
@@ -479,23 +480,16 @@ fn would_block(e: &io::Error) -> bool {
 
 /// `send(2)` with `MSG_NOSIGNAL`: a closed peer yields `EPIPE`, never `SIGPIPE`.
 pub(crate) fn send_nosignal(stream: &UnixStream, buf: &[u8]) -> io::Result<usize> {
-    loop {
+    retry_on_eintr(|| {
         // SAFETY: `buf` is a valid readable slice of `buf.len()` bytes for the duration of
         // the call, and the fd is owned by `stream`.
-        let ret = unsafe {
+        unsafe {
             libc::send(
                 stream.as_raw_fd(),
                 buf.as_ptr().cast(),
                 buf.len(),
                 libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
             )
-        };
-        if ret >= 0 {
-            return Ok(ret as usize);
         }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    })
 }

@@ -17,8 +17,15 @@ pub enum MemoryError {
         size_mib: u64,
         source: std::io::Error,
     },
+    #[error("cannot set up the guest memory region at {base:#x}: {source}")]
+    Region {
+        base: u64,
+        source: vm_memory::mmap::MmapRegionError,
+    },
+    #[error("guest memory region at {0:#x} ends past the end of the address space")]
+    RegionOverflow(u64),
     #[error("cannot set up the guest memory regions: {0}")]
-    Regions(String),
+    Regions(#[source] vm_memory::GuestRegionCollectionError),
 }
 
 /// The guest RAM ranges for `size` bytes: below the 32-bit MMIO gap, then above 4 GiB.
@@ -57,13 +64,14 @@ pub fn create_guest_memory(size_mib: u64) -> Result<GuestMemoryMmap<()>, MemoryE
                 libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_PRIVATE,
             )
         }
-        .map_err(|e| MemoryError::Regions(e.to_string()))?;
-        regions.push(
-            GuestRegionMmap::new(mapping, base)
-                .ok_or_else(|| MemoryError::Regions(format!("region at {base:?} overflows")))?,
-        );
+        .map_err(|source| MemoryError::Region {
+            base: base.0,
+            source,
+        })?;
+        regions
+            .push(GuestRegionMmap::new(mapping, base).ok_or(MemoryError::RegionOverflow(base.0))?);
     }
-    GuestMemoryMmap::from_regions(regions).map_err(|e| MemoryError::Regions(e.to_string()))
+    GuestMemoryMmap::from_regions(regions).map_err(MemoryError::Regions)
 }
 
 /// Maps `len` bytes at a [`RAM_ALIGN`]-aligned address and advises huge pages on them.

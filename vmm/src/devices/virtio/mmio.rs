@@ -519,7 +519,7 @@ mod tests {
             irq: Arc<IrqTrigger>,
         ) -> Result<(), ActivateError> {
             if self.fail_activate {
-                return Err(ActivateError::Backend("mock".into()));
+                return Err(ActivateError::Backend(std::io::Error::other("mock")));
             }
             self.virtio.activate(mem, queues, irq)
         }

@@ -63,7 +63,7 @@ pub enum ActivateError {
     #[error("queue {0} is not valid (addresses outside guest memory or bad size)")]
     InvalidQueue(usize),
     #[error("device backend failed to activate: {0}")]
-    Backend(String),
+    Backend(#[source] std::io::Error),
 }
 
 /// The interrupt line of one device: an eventfd registered with KVM as an irqfd on the

@@ -66,11 +66,11 @@ enum ChainError {
     #[error(transparent)]
     Shape(#[from] ChainShapeError),
     #[error("descriptor outside guest memory: {0}")]
-    Memory(virtio_queue::Error),
+    Memory(#[source] virtio_queue::Error),
     #[error("chain holds {0} bytes, more than a frame can be")]
     TooLong(usize),
     #[error("guest memory access failed: {0}")]
-    Access(io::Error),
+    Access(#[source] io::Error),
     #[error("frame of {frame} bytes does not fit the {capacity}-byte buffer")]
     TooSmall { frame: usize, capacity: usize },
 }

@@ -58,11 +58,11 @@ pub struct NetConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     #[error("cannot make the TAP descriptor non-blocking: {0}")]
-    TapFlags(std::io::Error),
+    TapFlags(#[source] std::io::Error),
     #[error("MTU {0} is outside 68..=65535")]
     Mtu(u16),
     #[error("cannot create the queue eventfds: {0}")]
-    EventFd(std::io::Error),
+    EventFd(#[source] std::io::Error),
 }
 
 /// The virtio-net devices' log name and their budget of warnings about guest misbehaviour.

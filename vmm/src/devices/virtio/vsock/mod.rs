@@ -66,9 +66,9 @@ pub enum VsockError {
     #[error("vsock Unix socket path {0:?} already exists")]
     PathExists(std::path::PathBuf),
     #[error("cannot bind vsock Unix socket {0:?}: {1}")]
-    Bind(std::path::PathBuf, io::Error),
+    Bind(std::path::PathBuf, #[source] io::Error),
     #[error("invalid guest CID {0} (must be at least 3)")]
     InvalidCid(u64),
     #[error("cannot create eventfd or timerfd: {0}")]
-    EventFd(io::Error),
+    EventFd(#[source] io::Error),
 }

@@ -98,13 +98,13 @@ pub enum PacketError {
     #[error(transparent)]
     BrokenChain(#[from] ChainShapeError),
     #[error("descriptor outside guest memory or chain too long: {0}")]
-    Chain(virtio_queue::Error),
+    Chain(#[source] virtio_queue::Error),
     #[error("{0} bytes available, a packet header needs {HEADER_SIZE}")]
     ShortHeader(usize),
     #[error("payload length {len} exceeds the {avail} bytes available or the maximum")]
     BadLen { hdr: Header, len: u32, avail: usize },
     #[error("guest memory access failed: {0}")]
-    Memory(io::Error),
+    Memory(#[source] io::Error),
 }
 
 /// Reads one packet from a TX descriptor chain. The payload (`header.len` bytes, at most

@@ -1,5 +1,7 @@
-//! [`Vmm`]: builds a VM from a [`VmConfig`] (memory, kernel, devices, vCPUs) and runs it
-//! until the guest resets, crashes, or the host stops it.
+//! [`Vmm`]: builds a VM from a [`VmConfig`] (memory, kernel, devices on the buses and in
+//! the event loop, vCPUs) and runs it, one thread per vCPU and one for the devices, each
+//! under its seccomp filter, until the guest resets, crashes, or the host stops it.
+//! [`VmmHandle`] stops, pauses and resumes it from another thread.
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -1,4 +1,6 @@
-//! Guest RAM: anonymous memory mapped into the VMM and registered with KVM.
+//! Guest RAM: its guest-physical ranges (below the 32-bit MMIO gap, then above 4 GiB) and
+//! the anonymous, huge-page-aligned host mappings behind them. Registering the regions
+//! with KVM is [`crate::vstate::vm`]'s job.
 
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
@@ -42,7 +44,7 @@ pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, usize)> {
 
 /// Maps `size_mib` MiB of guest RAM: anonymous, private, not touched until the guest
 /// does, each region at a [`RAM_ALIGN`]-aligned host address, with transparent huge pages
-/// asked for (see [`map_ram`]).
+/// asked for (see `map_ram`).
 ///
 /// The mappings are never unmapped: a runvm monitor holds one VM for its whole life, and
 /// device threads may still hold clones of the memory while the VM winds down, so the

@@ -118,6 +118,19 @@ impl<'a> Bed<'a> {
     }
 }
 
+/// The header of a TCP/IPv4 TSO frame with a partial checksum (NEEDS_CSUM, GSO_TCPV4).
+fn tso_header() -> VnetHeader {
+    VnetHeader {
+        flags: 1,
+        gso_type: 1,
+        hdr_len: 54,
+        gso_size: 1448,
+        csum_start: 34,
+        csum_offset: 16,
+        num_buffers: 0,
+    }
+}
+
 /// A frame: the vnet header then `len` bytes of `fill` (the first 14 an Ethernet header).
 fn frame(h: VnetHeader, len: usize, fill: u8) -> Vec<u8> {
     let mut f = h.to_bytes().to_vec();
@@ -173,15 +186,7 @@ fn transmits_frames_with_any_descriptor_layout() {
         (BUF + 0x3000, (f2.len() - 1000) as u32, R),
     ]);
     // A TSO frame with a partial checksum (both negotiated).
-    let tso = VnetHeader {
-        flags: 1,
-        gso_type: 1,
-        hdr_len: 54,
-        gso_size: 1448,
-        csum_start: 34,
-        csum_offset: 16,
-        num_buffers: 0,
-    };
+    let tso = tso_header();
     let f3 = frame(tso, 60_000, 3);
     b.put(BUF + 0x10_000, &f3);
     b.tx.add(&[(BUF + 0x10_000, f3.len() as u32, R)]);
@@ -324,15 +329,7 @@ fn offloads_that_were_not_negotiated_are_refused() {
     let irq = Arc::new(IrqTrigger::new().unwrap());
     n.activate(m.clone(), vec![rx.create_queue(), tx.create_queue()], irq)
         .unwrap();
-    let tso = VnetHeader {
-        flags: 1,
-        gso_type: 1,
-        hdr_len: 54,
-        gso_size: 1448,
-        csum_start: 34,
-        csum_offset: 16,
-        num_buffers: 0,
-    };
+    let tso = tso_header();
     let f = frame(tso, 3000, 1);
     m.write_slice(&f, GuestAddress(BUF)).unwrap();
     tx.add(&[(BUF, f.len() as u32, R)]);

@@ -1,5 +1,7 @@
-//! [`Vmm`]: builds a VM from a [`VmConfig`] (memory, kernel, devices, vCPUs) and runs it
-//! until the guest resets, crashes, or the host stops it.
+//! [`Vmm`]: builds a VM from a [`VmConfig`] (memory, kernel, devices on the buses and in
+//! the event loop, vCPUs) and runs it, one thread per vCPU and one for the devices, each
+//! under its seccomp filter, until the guest resets, crashes, or the host stops it.
+//! [`VmmHandle`] stops, pauses and resumes it from another thread.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -17,10 +19,10 @@ use vmm_sys_util::signal::Killable;
 use crate::boot::{cpu, loader, mptable};
 use crate::bus::{Bus, BusError};
 use crate::devices::legacy::{BootTimer, BootTimes, SerialConsole, I8042};
-use crate::devices::virtio::block::Block;
+use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
-use crate::devices::virtio::net::{Net, NetConfig};
-use crate::devices::virtio::vsock::Vsock;
+use crate::devices::virtio::net::{Net, NetConfig, NetError};
+use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::VirtioDevice;
 use crate::layout::*;
 use crate::memory::{create_guest_memory, MemoryError};
@@ -88,12 +90,12 @@ pub enum VmmError {
     Seccomp(#[from] SeccompError),
     #[error("cannot place a device: {0}")]
     Bus(#[from] BusError),
-    #[error("cannot open disk {path}: {message}")]
-    Disk { path: PathBuf, message: String },
-    #[error("cannot create the vsock device at {path}: {message}")]
-    Vsock { path: PathBuf, message: String },
-    #[error("cannot create network interface {index}: {message}")]
-    Net { index: usize, message: String },
+    #[error("cannot open disk {path}: {source}")]
+    Disk { path: PathBuf, source: BlockError },
+    #[error("cannot create the vsock device at {path}: {source}")]
+    Vsock { path: PathBuf, source: VsockError },
+    #[error("cannot create network interface {index}: {source}")]
+    Net { index: usize, source: NetError },
     #[error("too many devices: no IRQ left for device {0}")]
     TooManyDevices(usize),
     #[error("{0} vCPUs requested; between 1 and {max} are supported", max = mptable::MAX_VCPUS)]
@@ -101,7 +103,7 @@ pub enum VmmError {
     #[error("cannot set up the VMM: {0}")]
     Io(#[from] std::io::Error),
     #[error("cannot start the event loop: {0}")]
-    EventManager(String),
+    EventManager(#[source] event_manager::Error),
 }
 
 /// How a VM ended.
@@ -196,7 +198,7 @@ impl Vmm {
         let mut pio = Bus::new();
         let mut mmio = Bus::new();
         let mut events: EventManager<Subscriber> =
-            EventManager::new().map_err(|e| VmmError::EventManager(format!("{e:?}")))?;
+            EventManager::new().map_err(VmmError::EventManager)?;
         let mut cmdline = String::from(BASE_CMDLINE);
 
         pio.insert(
@@ -233,24 +235,23 @@ impl Vmm {
         };
         for (i, disk) in config.disks.iter().enumerate() {
             let id = format!("runvm-vd{}", (b'a' + i as u8) as char);
-            let dev = Block::new(&disk.path, disk.read_only, &id).map_err(|e| VmmError::Disk {
-                path: disk.path.clone(),
-                message: e.to_string(),
-            })?;
+            let dev =
+                Block::new(&disk.path, disk.read_only, &id).map_err(|source| VmmError::Disk {
+                    path: disk.path.clone(),
+                    source,
+                })?;
             slots.attach(Arc::new(Mutex::new(dev)))?;
         }
         if let Some(v) = &config.vsock {
-            let dev = Vsock::new(v.guest_cid, v.uds_path.clone()).map_err(|e| VmmError::Vsock {
-                path: v.uds_path.clone(),
-                message: e.to_string(),
-            })?;
+            let dev =
+                Vsock::new(v.guest_cid, v.uds_path.clone()).map_err(|source| VmmError::Vsock {
+                    path: v.uds_path.clone(),
+                    source,
+                })?;
             slots.attach(Arc::new(Mutex::new(dev)))?;
         }
         for (index, nic) in std::mem::take(&mut config.nics).into_iter().enumerate() {
-            let dev = Net::new(nic).map_err(|e| VmmError::Net {
-                index,
-                message: e.to_string(),
-            })?;
+            let dev = Net::new(nic).map_err(|source| VmmError::Net { index, source })?;
             slots.attach(Arc::new(Mutex::new(dev)))?;
         }
         if !config.cmdline.is_empty() {

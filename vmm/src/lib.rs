@@ -1,9 +1,10 @@
 //! `vmm`: the runvm virtual machine monitor library.
 //!
-//! Owns everything between `/dev/kvm` and the guest: the VM and its vCPUs, guest memory,
-//! loading the kernel and initramfs, the devices (serial, i8042 reset, boot timer,
-//! virtio-mmio block, net and vsock), the event loop that drives them, and the seccomp filters
-//! of each VMM thread. It knows nothing about containers or OCI: that is the shim's job.
+//! Owns everything between `/dev/kvm` and the guest: the VM and its vCPUs (run, paused,
+//! stopped), guest memory, loading the kernel and initramfs, the devices (serial, i8042
+//! reset, boot timer, virtio-mmio block, net and vsock), the event loop that drives them,
+//! and the seccomp filters of each VMM thread. It knows nothing about containers or OCI:
+//! that is the shim's job.
 
 pub mod boot;
 pub mod builder;

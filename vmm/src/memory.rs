@@ -1,4 +1,6 @@
-//! Guest RAM: anonymous memory mapped into the VMM and registered with KVM.
+//! Guest RAM: its guest-physical ranges (below the 32-bit MMIO gap, then above 4 GiB) and
+//! the anonymous, huge-page-aligned host mappings behind them. Registering the regions
+//! with KVM is [`crate::vstate::vm`]'s job.
 
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
@@ -17,8 +19,15 @@ pub enum MemoryError {
         size_mib: u64,
         source: std::io::Error,
     },
+    #[error("cannot set up the guest memory region at {base:#x}: {source}")]
+    Region {
+        base: u64,
+        source: vm_memory::mmap::MmapRegionError,
+    },
+    #[error("guest memory region at {0:#x} ends past the end of the address space")]
+    RegionOverflow(u64),
     #[error("cannot set up the guest memory regions: {0}")]
-    Regions(String),
+    Regions(#[source] vm_memory::GuestRegionCollectionError),
 }
 
 /// The guest RAM ranges for `size` bytes: below the 32-bit MMIO gap, then above 4 GiB.
@@ -35,7 +44,7 @@ pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, usize)> {
 
 /// Maps `size_mib` MiB of guest RAM: anonymous, private, not touched until the guest
 /// does, each region at a [`RAM_ALIGN`]-aligned host address, with transparent huge pages
-/// asked for (see [`map_ram`]).
+/// asked for (see `map_ram`).
 ///
 /// The mappings are never unmapped: a runvm monitor holds one VM for its whole life, and
 /// device threads may still hold clones of the memory while the VM winds down, so the
@@ -57,13 +66,14 @@ pub fn create_guest_memory(size_mib: u64) -> Result<GuestMemoryMmap<()>, MemoryE
                 libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_PRIVATE,
             )
         }
-        .map_err(|e| MemoryError::Regions(e.to_string()))?;
-        regions.push(
-            GuestRegionMmap::new(mapping, base)
-                .ok_or_else(|| MemoryError::Regions(format!("region at {base:?} overflows")))?,
-        );
+        .map_err(|source| MemoryError::Region {
+            base: base.0,
+            source,
+        })?;
+        regions
+            .push(GuestRegionMmap::new(mapping, base).ok_or(MemoryError::RegionOverflow(base.0))?);
     }
-    GuestMemoryMmap::from_regions(regions).map_err(|e| MemoryError::Regions(e.to_string()))
+    GuestMemoryMmap::from_regions(regions).map_err(MemoryError::Regions)
 }
 
 /// Maps `len` bytes at a [`RAM_ALIGN`]-aligned address and advises huge pages on them.

@@ -14,7 +14,7 @@ pub enum SeccompError {
     #[error("cannot install the seccomp filter: {0}")]
     Apply(#[from] seccompiler::Error),
     #[error("cannot install the SIGSYS handler: {0}")]
-    Handler(std::io::Error),
+    Handler(#[source] std::io::Error),
 }
 
 /// Which VMM thread a filter is for.

@@ -1,5 +1,6 @@
 //! Per-vCPU boot state for the PVH entry: CPUID, MSRs, FPU, local APIC and the
-//! 32-bit protected-mode registers the PVH protocol starts the kernel in.
+//! 32-bit protected-mode registers the PVH protocol starts the kernel in, with the boot GDT
+//! they refer to in guest memory.
 
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, CpuId, Msrs};
 use kvm_ioctls::VcpuFd;

@@ -50,10 +50,17 @@ pub enum LoaderError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot copy initramfs {path} into guest memory: {source}")]
+    InitramfsCopy {
+        path: PathBuf,
+        source: vm_memory::VolatileMemoryError,
+    },
     #[error("kernel command line is invalid or too long: {0}")]
-    Cmdline(linux_loader::cmdline::Error),
+    Cmdline(#[source] linux_loader::cmdline::Error),
+    #[error("cannot write the kernel command line into guest memory: {0}")]
+    CmdlineWrite(#[source] linux_loader::loader::Error),
     #[error("cannot write boot structures into guest memory: {0}")]
-    Memory(String),
+    Memory(#[source] vm_memory::GuestMemoryError),
 }
 
 /// Where the kernel was loaded and where it starts.
@@ -125,10 +132,13 @@ pub fn load_initramfs(
     while left > 0 {
         let slice = mem
             .get_slice(at, left.min(1 << 20))
-            .map_err(|e| LoaderError::Memory(e.to_string()))?;
-        let n = f
-            .read_volatile(&mut slice.clone())
-            .map_err(|e| LoaderError::Memory(e.to_string()))?;
+            .map_err(LoaderError::Memory)?;
+        let n =
+            f.read_volatile(&mut slice.clone())
+                .map_err(|source| LoaderError::InitramfsCopy {
+                    path: path.into(),
+                    source,
+                })?;
         if n == 0 {
             return Err(err(std::io::ErrorKind::UnexpectedEof.into()));
         }
@@ -146,9 +156,7 @@ pub fn write_boot_info(
 ) -> Result<(), LoaderError> {
     let mut cl = Cmdline::new(CMDLINE_MAX_SIZE).map_err(LoaderError::Cmdline)?;
     cl.insert_str(cmdline).map_err(LoaderError::Cmdline)?;
-    load_cmdline(mem, GuestAddress(CMDLINE_START), &cl)
-        .map_err(|e| LoaderError::Memory(e.to_string()))?;
-    let merr = |e: vm_memory::GuestMemoryError| LoaderError::Memory(e.to_string());
+    load_cmdline(mem, GuestAddress(CMDLINE_START), &cl).map_err(LoaderError::CmdlineWrite)?;
 
     let mut memmap = vec![hvm_memmap_table_entry {
         addr: 0,
@@ -173,7 +181,7 @@ pub fn write_boot_info(
             *e,
             GuestAddress(MEMMAP_START + (i * std::mem::size_of::<hvm_memmap_table_entry>()) as u64),
         )
-        .map_err(merr)?;
+        .map_err(LoaderError::Memory)?;
     }
     let mut info = hvm_start_info {
         magic: XEN_HVM_START_MAGIC_VALUE,
@@ -190,12 +198,12 @@ pub fn write_boot_info(
             ..Default::default()
         };
         mem.write_obj(module, GuestAddress(MODLIST_START))
-            .map_err(merr)?;
+            .map_err(LoaderError::Memory)?;
         info.nr_modules = 1;
         info.modlist_paddr = MODLIST_START;
     }
     mem.write_obj(info, GuestAddress(PVH_INFO_START))
-        .map_err(merr)
+        .map_err(LoaderError::Memory)
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! KVM state: the VM (memory slots, interrupt controller, eventfds) and its vCPUs, plus
-//! [`VmState`], the one place that records why the VM stopped.
+//! KVM state: the VM (memory slots, interrupt controller, eventfds), its vCPUs and their
+//! pausing ([`pause`]), plus [`VmState`], the one place that records why the VM stopped.
 
 pub mod pause;
 pub mod vcpu;

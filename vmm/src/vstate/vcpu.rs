@@ -1,4 +1,5 @@
-//! One vCPU and its thread: the `KVM_RUN` loop and the dispatch of its exits.
+//! One vCPU and its thread: the `KVM_RUN` loop, the dispatch of its exits, and the kick
+//! signal that takes a thread out of `KVM_RUN`.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};

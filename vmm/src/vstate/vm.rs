@@ -13,7 +13,7 @@ use vmm_sys_util::eventfd::EventFd;
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
     #[error("cannot open /dev/kvm: {0}. Is KVM available (kvm_intel or kvm_amd loaded) and are you allowed to use it?")]
-    OpenKvm(kvm_ioctls::Error),
+    OpenKvm(#[source] kvm_ioctls::Error),
     #[error("KVM API version {0} is not supported (need 12)")]
     ApiVersion(i32),
     #[error("KVM lacks a required capability: {0}")]

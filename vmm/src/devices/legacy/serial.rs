@@ -1,5 +1,6 @@
-//! COM1, a 16550 UART (vm-superio) whose output goes to a host file descriptor.
-//! Off unless asked for: with no serial the kernel gets `8250.nr_uarts=0`.
+//! COM1, a 16550 UART (vm-superio) whose output goes to a host writer (the monitor's
+//! stderr with a debug console). Off unless asked for: with no serial the kernel gets
+//! `8250.nr_uarts=0`.
 
 use std::io::Write;
 

@@ -444,17 +444,19 @@ impl BusDevice for MmioTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::virtio::state::VirtioState;
+    use crate::devices::virtio::{read_config_space, GuestLog};
     use vmm_sys_util::eventfd::EventFd;
 
     const MOCK_FEATURE: u64 = 1 << 3;
 
+    static MOCK_LOG: GuestLog = GuestLog::new("mock");
+
+    /// A device with `nqueues` queues of 16 and a writable 8-byte config space, whose
+    /// activation can be made to fail and whose reset can be refused.
     struct MockDevice {
-        queue_sizes: Vec<u16>,
-        events: Vec<EventFd>,
-        acked: u64,
+        virtio: VirtioState,
         config: [u8; 8],
-        activated: bool,
-        queues: Vec<Queue>,
         fail_activate: bool,
         can_reset: bool,
         resets: usize,
@@ -462,19 +464,31 @@ mod tests {
 
     impl MockDevice {
         fn new(nqueues: usize) -> Self {
+            let features = VIRTIO_F_VERSION_1 | MOCK_FEATURE;
             Self {
-                queue_sizes: vec![16; nqueues],
-                events: (0..nqueues)
-                    .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
-                    .collect(),
-                acked: 0,
+                virtio: VirtioState::new(&MOCK_LOG, features, &vec![16; nqueues]).unwrap(),
                 config: [1, 2, 3, 4, 5, 6, 7, 8],
-                activated: false,
-                queues: vec![],
                 fail_activate: false,
                 can_reset: true,
                 resets: 0,
             }
+        }
+
+        fn acked(&self) -> u64 {
+            self.virtio.acked_features()
+        }
+
+        fn activated(&self) -> bool {
+            self.virtio.is_activated()
+        }
+
+        /// The queues the device was activated with.
+        fn queues(&self) -> &[Queue] {
+            self.virtio.active().map_or(&[], |a| &a.queues)
+        }
+
+        fn events(&self) -> &[EventFd] {
+            self.virtio.queue_events()
         }
     }
 
@@ -482,26 +496,14 @@ mod tests {
         fn device_type(&self) -> u32 {
             super::super::TYPE_BLOCK
         }
-        fn queue_max_sizes(&self) -> &[u16] {
-            &self.queue_sizes
+        fn state(&self) -> &VirtioState {
+            &self.virtio
         }
-        fn queue_events(&self) -> &[EventFd] {
-            &self.events
-        }
-        fn avail_features(&self) -> u64 {
-            VIRTIO_F_VERSION_1 | MOCK_FEATURE
-        }
-        fn set_acked_features(&mut self, features: u64) {
-            self.acked = features;
+        fn state_mut(&mut self) -> &mut VirtioState {
+            &mut self.virtio
         }
         fn read_config(&self, offset: u64, data: &mut [u8]) {
-            for (i, b) in data.iter_mut().enumerate() {
-                *b = offset
-                    .checked_add(i as u64)
-                    .and_then(|o| self.config.get(usize::try_from(o).ok()?))
-                    .copied()
-                    .unwrap_or(0);
-            }
+            read_config_space(&self.config, offset, data);
         }
         fn write_config(&mut self, offset: u64, data: &[u8]) {
             for (i, b) in data.iter().enumerate() {
@@ -512,31 +514,19 @@ mod tests {
         }
         fn activate(
             &mut self,
-            _mem: GuestMemory,
+            mem: GuestMemory,
             queues: Vec<Queue>,
-            _irq: Arc<IrqTrigger>,
+            irq: Arc<IrqTrigger>,
         ) -> Result<(), ActivateError> {
             if self.fail_activate {
-                return Err(ActivateError::Backend("mock".into()));
+                return Err(ActivateError::Backend(std::io::Error::other("mock")));
             }
-            if queues.len() != self.queue_sizes.len() {
-                return Err(ActivateError::QueueCount {
-                    got: queues.len(),
-                    want: self.queue_sizes.len(),
-                });
-            }
-            self.queues = queues;
-            self.activated = true;
-            Ok(())
-        }
-        fn is_activated(&self) -> bool {
-            self.activated
+            self.virtio.activate(mem, queues, irq)
         }
         fn reset(&mut self) -> bool {
             self.resets += 1;
             if self.can_reset {
-                self.activated = false;
-                self.queues.clear();
+                self.virtio.reset();
             }
             self.can_reset
         }
@@ -631,16 +621,16 @@ mod tests {
         f.w(DRIVER_FEATURES_REG, 1);
         f.w(STATUS_REG, ACKNOWLEDGE | DRIVER | FEATURES_OK);
         assert_eq!(f.status(), ACKNOWLEDGE | DRIVER | FEATURES_OK);
-        assert_eq!(f.dev().acked, VIRTIO_F_VERSION_1);
+        assert_eq!(f.dev().acked(), VIRTIO_F_VERSION_1);
 
         f.setup_queue(0, 0x1000);
         f.setup_queue(1, 0x8000);
         f.driver_ok();
         assert_eq!(f.status(), ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
         let dev = f.dev();
-        assert!(dev.activated);
-        assert_eq!(dev.queues.len(), 2);
-        let q = &dev.queues[0];
+        assert!(dev.activated());
+        assert_eq!(dev.queues().len(), 2);
+        let q = &dev.queues()[0];
         assert!(q.ready());
         assert_eq!(q.size(), 16);
         assert_eq!(q.desc_table(), 0x1000);
@@ -665,7 +655,7 @@ mod tests {
         f.w(DRIVER_FEATURES_REG, u32::MAX);
         f.w(STATUS_REG, ACKNOWLEDGE | DRIVER | FEATURES_OK);
         assert_eq!(f.status() & FEATURES_OK, FEATURES_OK);
-        assert_eq!(f.dev().acked, VIRTIO_F_VERSION_1 | MOCK_FEATURE);
+        assert_eq!(f.dev().acked(), VIRTIO_F_VERSION_1 | MOCK_FEATURE);
         // Too late: FEATURES_OK is set.
         f.w(DRIVER_FEATURES_SEL_REG, 0);
         f.w(DRIVER_FEATURES_REG, 0);
@@ -683,11 +673,11 @@ mod tests {
         f.w(DRIVER_FEATURES_REG, MOCK_FEATURE as u32);
         f.w(STATUS_REG, ACKNOWLEDGE | DRIVER | FEATURES_OK);
         assert_eq!(f.status(), ACKNOWLEDGE | DRIVER);
-        assert_eq!(f.dev().acked, 0);
+        assert_eq!(f.dev().acked(), 0);
         // And DRIVER_OK cannot follow.
         f.driver_ok();
         assert_eq!(f.status(), ACKNOWLEDGE | DRIVER);
-        assert!(!f.dev().activated);
+        assert!(!f.dev().activated());
     }
 
     #[test]
@@ -758,8 +748,8 @@ mod tests {
         f.w(QUEUE_READY_REG, 1);
 
         f.driver_ok();
-        assert!(f.dev().activated);
-        assert_eq!(f.dev().queues[0].size(), 8);
+        assert!(f.dev().activated());
+        assert_eq!(f.dev().queues()[0].size(), 8);
         // After DRIVER_OK the queue configuration is frozen.
         f.w(QUEUE_SEL_REG, 0);
         f.w(QUEUE_NUM_REG, 4);
@@ -782,7 +772,7 @@ mod tests {
             INTERRUPT_STATUS_CONFIG_CHANGED
         );
         assert_eq!(f.transport.interrupt().eventfd().read().unwrap(), 1);
-        assert!(!f.dev().activated);
+        assert!(!f.dev().activated());
         // Writing back the status with NEEDS_RESET does nothing; a reset recovers.
         f.w(STATUS_REG, s);
         assert_eq!(f.status(), s);
@@ -793,7 +783,7 @@ mod tests {
         f.negotiate();
         f.setup_queue(0, 0x1000);
         f.driver_ok();
-        assert!(f.dev().activated);
+        assert!(f.dev().activated());
         assert_eq!(f.status() & DEVICE_NEEDS_RESET, 0);
     }
 
@@ -805,7 +795,7 @@ mod tests {
         f.setup_queue(0, 0x10_0000);
         f.driver_ok();
         assert_eq!(f.status() & DEVICE_NEEDS_RESET, DEVICE_NEEDS_RESET);
-        assert!(!f.dev().activated);
+        assert!(!f.dev().activated());
 
         // A gap: queue 1 ready but queue 0 not.
         let mut f = fixture(2);
@@ -813,7 +803,7 @@ mod tests {
         f.setup_queue(1, 0x1000);
         f.driver_ok();
         assert_eq!(f.status() & DEVICE_NEEDS_RESET, DEVICE_NEEDS_RESET);
-        assert!(!f.dev().activated);
+        assert!(!f.dev().activated());
 
         // Only a prefix ready: the device decides (the mock wants all of them).
         let mut f = fixture(2);
@@ -829,12 +819,12 @@ mod tests {
         f.negotiate();
         f.setup_queue(0, 0x1000);
         f.driver_ok();
-        assert!(f.dev().activated);
+        assert!(f.dev().activated());
         f.transport.interrupt().trigger(1).unwrap();
         f.w(STATUS_REG, 0);
         assert_eq!(f.status(), 0);
         assert_eq!(f.dev().resets, 1);
-        assert!(!f.dev().activated);
+        assert!(!f.dev().activated());
         assert_eq!(f.r(INTERRUPT_STATUS_REG), 0);
         f.w(QUEUE_SEL_REG, 0);
         assert_eq!(f.r(QUEUE_READY_REG), 0);
@@ -847,7 +837,7 @@ mod tests {
         f.negotiate();
         f.setup_queue(0, 0x1000);
         f.driver_ok();
-        assert!(f.dev().activated);
+        assert!(f.dev().activated());
     }
 
     #[test]
@@ -859,19 +849,19 @@ mod tests {
         f.driver_ok();
         f.w(STATUS_REG, 0);
         assert_eq!(f.status() & DEVICE_NEEDS_RESET, DEVICE_NEEDS_RESET);
-        assert!(f.dev().activated);
+        assert!(f.dev().activated());
     }
 
     #[test]
     fn notify_signals_queue_eventfd() {
         let mut f = fixture(2);
         f.w(NOTIFY_REG_OFFSET, 1);
-        assert_eq!(f.dev().events[1].read().unwrap(), 1);
-        assert!(f.dev().events[0].read().is_err());
+        assert_eq!(f.dev().events()[1].read().unwrap(), 1);
+        assert!(f.dev().events()[0].read().is_err());
         f.w(NOTIFY_REG_OFFSET, 2);
         f.w(NOTIFY_REG_OFFSET, u32::MAX);
-        assert!(f.dev().events[0].read().is_err());
-        assert!(f.dev().events[1].read().is_err());
+        assert!(f.dev().events()[0].read().is_err());
+        assert!(f.dev().events()[1].read().is_err());
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Virtio devices and their virtio-mmio transport.
+//! Virtio devices, their virtio-mmio transport, and what the devices share.
 //!
 //! A device implements [`VirtioDevice`] (what the transport needs: features, config
 //! space, queues, activation) and `event_manager::MutEventSubscriber` (what the event
@@ -9,18 +9,36 @@
 //! Queue notifications arrive on the device's queue [`EventFd`]s, which the VMM registers
 //! with KVM as ioeventfds on the transport's `QueueNotify` register. The device signals
 //! the guest through [`IrqTrigger`].
+//!
+//! What every device does the same way lives here, once:
+//! - [`state::VirtioState`]: offered and acked features, queue sizes and notification
+//!   eventfds, activation (the queue checks) and reset, and the queues, memory and
+//!   interrupt of an active device;
+//! - [`queue`]: checking a descriptor chain's shape, returning chains on the used ring and
+//!   interrupting the guest when the driver wants it;
+//! - [`read_config_space`] for config-space reads, [`GuestLog`] for logging what a guest
+//!   did without letting it flood the host's logs;
+//! - [`fd`]: non-blocking mode and `EINTR` retries for the backends' host descriptors.
 
 pub mod block;
+pub mod fd;
 pub mod mmio;
 pub mod net;
+pub mod queue;
+pub mod state;
+#[cfg(test)]
+pub(crate) mod test_utils;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
+use log::debug;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
+
+use state::VirtioState;
 
 /// Guest memory as every device sees it.
 pub type GuestMemory = GuestMemoryMmap<()>;
@@ -45,7 +63,7 @@ pub enum ActivateError {
     #[error("queue {0} is not valid (addresses outside guest memory or bad size)")]
     InvalidQueue(usize),
     #[error("device backend failed to activate: {0}")]
-    Backend(String),
+    Backend(#[source] std::io::Error),
 }
 
 /// The interrupt line of one device: an eventfd registered with KVM as an irqfd on the
@@ -86,33 +104,111 @@ impl IrqTrigger {
 }
 
 /// What the virtio-mmio transport needs from a device.
+///
+/// A device keeps its features, queues and activation in a [`VirtioState`]
+/// ([`VirtioDevice::state`]); the provided methods answer from it. A device overrides
+/// `activate` and `reset` when its backend has something to do then, and `write_config`
+/// when its config space has writable fields.
 pub trait VirtioDevice: Send {
     /// Virtio device ID (`TYPE_*`).
     fn device_type(&self) -> u32;
-    /// Maximum size of each queue; the length is the number of queues.
-    fn queue_max_sizes(&self) -> &[u16];
-    /// One eventfd per queue, signalled when the driver notifies that queue.
-    fn queue_events(&self) -> &[EventFd];
-    /// Feature bits the device offers (including [`VIRTIO_F_VERSION_1`]).
-    fn avail_features(&self) -> u64;
-    /// Feature bits the driver accepted (a subset of `avail_features`).
-    fn set_acked_features(&mut self, features: u64);
-    /// Reads device config space; bytes outside the config space read as zero.
+    /// The device's features, queues and activation.
+    fn state(&self) -> &VirtioState;
+    fn state_mut(&mut self) -> &mut VirtioState;
+    /// Reads device config space; bytes outside the config space read as zero (see
+    /// [`read_config_space`]).
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes device config space; writes outside it or to read-only fields are ignored.
-    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// By default the whole config space is read-only.
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        debug!(
+            "{}: {}-byte write to read-only config space at {offset:#x}; ignored",
+            self.state().log().device(),
+            data.len()
+        );
+    }
+    /// Maximum size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16] {
+        self.state().queue_max_sizes()
+    }
+    /// One eventfd per queue, signalled when the driver notifies that queue.
+    fn queue_events(&self) -> &[EventFd] {
+        self.state().queue_events()
+    }
+    /// Feature bits the device offers (including [`VIRTIO_F_VERSION_1`]).
+    fn avail_features(&self) -> u64 {
+        self.state().avail_features()
+    }
+    /// Feature bits the driver accepted (masked with `avail_features`).
+    fn set_acked_features(&mut self, features: u64) {
+        self.state_mut().set_acked_features(features);
+    }
     /// Called when the driver sets `DRIVER_OK`, with the queues the driver configured.
     fn activate(
         &mut self,
         mem: GuestMemory,
         queues: Vec<Queue>,
         irq: Arc<IrqTrigger>,
-    ) -> Result<(), ActivateError>;
+    ) -> Result<(), ActivateError> {
+        self.state_mut().activate(mem, queues, irq)
+    }
     /// Whether `activate` has succeeded (and no reset happened since).
-    fn is_activated(&self) -> bool;
+    fn is_activated(&self) -> bool {
+        self.state().is_activated()
+    }
     /// Driver wrote 0 to `Status`. Returns false if the device cannot be reset (the
     /// transport then sets `DEVICE_NEEDS_RESET`).
     fn reset(&mut self) -> bool {
-        false
+        self.state_mut().reset();
+        true
+    }
+}
+
+/// Reads `data.len()` bytes at `offset` of a config space held as bytes: bytes outside
+/// `config` (including offsets that overflow) read as zero, whatever the access width.
+pub fn read_config_space(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, byte) in data.iter_mut().enumerate() {
+        *byte = offset
+            .checked_add(i as u64)
+            .and_then(|o| usize::try_from(o).ok())
+            .and_then(|o| config.get(o))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
+/// How a device logs what its guest did: the device's name for the log lines, and a budget
+/// of warnings, so that a hostile guest cannot flood the host's logs. One per device kind
+/// (a `static`), shared by the devices of that kind.
+pub struct GuestLog {
+    device: &'static str,
+    warnings: AtomicU32,
+}
+
+impl GuestLog {
+    /// Warnings logged at `warn` before the rest go to `debug`.
+    const WARNINGS: u32 = 32;
+
+    pub const fn new(device: &'static str) -> Self {
+        Self {
+            device,
+            warnings: AtomicU32::new(0),
+        }
+    }
+
+    /// The device's name in log lines (`virtio-net`, …).
+    pub fn device(&self) -> &'static str {
+        self.device
+    }
+
+    /// Level for logging something the guest caused: `warn` the first few times, then
+    /// `debug`.
+    pub fn level(&self) -> log::Level {
+        if self.warnings.load(Ordering::Relaxed) < Self::WARNINGS {
+            self.warnings.fetch_add(1, Ordering::Relaxed);
+            log::Level::Warn
+        } else {
+            log::Level::Debug
+        }
     }
 }

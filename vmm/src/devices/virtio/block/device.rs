@@ -1,28 +1,28 @@
 //! The virtio-blk device: what the transport and the event loop see.
 //!
-//! Owns the virtio side of the block device: offered and acked features, the config space
-//! (capacity, `seg_max`), the request queue and its eventfd, activation and reset, and the
-//! loop that drains the queue: parse each chain ([`super::request`]), execute it on the disk
-//! ([`super::io`]), write the status byte, return the chain on the used ring and interrupt
-//! the guest when the queue asks for it.
+//! Owns the virtio side of the block device: the features it offers (flush, `seg_max`,
+//! read-only), the config space (capacity, `seg_max`), and the loop that drains the request
+//! queue: parse each chain ([`super::request`]), execute it on the disk ([`super::io`]),
+//! write the status byte, return the chain on the used ring and interrupt the guest when
+//! the queue asks for it. Feature negotiation, the queue and its eventfd, activation and
+//! reset are the shared [`VirtioState`].
 
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
-use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{debug, error, warn};
 use virtio_bindings::virtio_blk::VIRTIO_BLK_S_IOERR;
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX};
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vmm_sys_util::eventfd::EventFd;
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 
 use super::io::{write_status, Disk};
 use super::request::{ParseError, Request};
 use super::{BlockError, QUEUE_SIZE};
+use crate::devices::virtio::queue::{add_used, signal_used};
+use crate::devices::virtio::state::{Active, VirtioState};
 use crate::devices::virtio::{
-    ActivateError, GuestMemory, IrqTrigger, VirtioDevice, INTERRUPT_STATUS_USED_RING, TYPE_BLOCK,
-    VIRTIO_F_VERSION_1,
+    read_config_space, GuestLog, GuestMemory, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1,
 };
 
 /// Config space: `le64 capacity; le32 size_max; le32 seg_max` (virtio 1.x, 5.2.4).
@@ -30,22 +30,13 @@ const CONFIG_LEN: usize = 16;
 /// Data segments per request: the queue minus the header and status descriptors.
 const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 
-/// What exists only between activation and reset.
-struct Active {
-    mem: GuestMemory,
-    queue: Queue,
-    irq: Arc<IrqTrigger>,
-}
+static GUEST_LOG: GuestLog = GuestLog::new("virtio-blk");
 
 /// A virtio-blk device with one request queue.
 pub struct Block {
     disk: Disk,
-    avail_features: u64,
-    acked_features: u64,
     config: [u8; CONFIG_LEN],
-    queue_sizes: [u16; 1],
-    queue_events: [EventFd; 1],
-    active: Option<Active>,
+    virtio: VirtioState,
 }
 
 impl Block {
@@ -61,15 +52,12 @@ impl Block {
         let mut config = [0u8; CONFIG_LEN];
         config[..8].copy_from_slice(&disk.capacity().to_le_bytes());
         config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
-        let queue_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(BlockError::EventFd)?;
+        let virtio = VirtioState::new(&GUEST_LOG, avail_features, &[QUEUE_SIZE])
+            .map_err(BlockError::EventFd)?;
         Ok(Self {
             disk,
-            avail_features,
-            acked_features: 0,
             config,
-            queue_sizes: [QUEUE_SIZE],
-            queue_events: [queue_evt],
-            active: None,
+            virtio,
         })
     }
 
@@ -80,15 +68,16 @@ impl Block {
 
     /// The features the driver acked.
     pub fn acked_features(&self) -> u64 {
-        self.acked_features
+        self.virtio.acked_features()
     }
 
     /// Drains the request queue. Does nothing before activation. A broken queue is logged
     /// and left alone: the device and the VMM keep running.
     pub fn process_queue(&mut self) {
-        let Some(Active { mem, queue, irq }) = self.active.as_mut() else {
+        let Some(Active { mem, queues, irq }) = self.virtio.active_mut() else {
             return;
         };
+        let queue = &mut queues[0];
         let max_descriptors = queue.size();
         // One snapshot of the available ring: at most `queue size` chains (virtio-queue
         // refuses an avail index further ahead than that), so this cannot loop forever.
@@ -105,19 +94,9 @@ impl Block {
         for chain in chains {
             let head = chain.head_index();
             let used_len = complete(&self.disk, mem, chain, max_descriptors);
-            if let Err(e) = queue.add_used(&*mem, head, used_len) {
-                error!("virtio-blk: cannot return descriptor {head} to the guest: {e}");
-            }
+            add_used(&GUEST_LOG, queue, mem, head, used_len);
         }
-        match queue.needs_notification(&*mem) {
-            Ok(true) => {
-                if let Err(e) = irq.trigger(INTERRUPT_STATUS_USED_RING) {
-                    error!("virtio-blk: cannot interrupt the guest: {e}");
-                }
-            }
-            Ok(false) => {}
-            Err(e) => error!("virtio-blk: cannot read the used event index: {e}"),
-        }
+        signal_used(&GUEST_LOG, queue, mem, irq);
     }
 }
 
@@ -159,93 +138,33 @@ impl VirtioDevice for Block {
         TYPE_BLOCK
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_sizes
+    fn state(&self) -> &VirtioState {
+        &self.virtio
     }
 
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_events
-    }
-
-    fn avail_features(&self) -> u64 {
-        self.avail_features
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features;
+    fn state_mut(&mut self) -> &mut VirtioState {
+        &mut self.virtio
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = offset
-                .checked_add(i as u64)
-                .and_then(|o| usize::try_from(o).ok())
-                .and_then(|o| self.config.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
-    }
-
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        debug!(
-            "virtio-blk: {}-byte write to read-only config space at {offset:#x}; ignored",
-            data.len()
-        );
-    }
-
-    fn activate(
-        &mut self,
-        mem: GuestMemory,
-        mut queues: Vec<Queue>,
-        irq: Arc<IrqTrigger>,
-    ) -> Result<(), ActivateError> {
-        if queues.len() != 1 {
-            return Err(ActivateError::QueueCount {
-                got: queues.len(),
-                want: 1,
-            });
-        }
-        let queue = queues.remove(0);
-        if !queue.ready() || !queue.is_valid(&mem) {
-            return Err(ActivateError::InvalidQueue(0));
-        }
-        self.active = Some(Active { mem, queue, irq });
-        Ok(())
-    }
-
-    fn is_activated(&self) -> bool {
-        self.active.is_some()
-    }
-
-    fn reset(&mut self) -> bool {
-        self.active = None;
-        self.acked_features = 0;
-        // Drop any notification that arrived for the old queue.
-        let _ = self.queue_events[0].read();
-        true
+        read_config_space(&self.config, offset, data);
     }
 }
 
 impl MutEventSubscriber for Block {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.queue_events[0], EventSet::IN)) {
+        if let Err(e) = ops.add(Events::new(&self.virtio.queue_events()[0], EventSet::IN)) {
             error!("virtio-blk: cannot register the queue eventfd: {e}");
         }
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        if events.fd() != self.queue_events[0].as_raw_fd() {
+        if events.fd() != self.virtio.queue_events()[0].as_raw_fd() {
             warn!("virtio-blk: event on unknown fd {}", events.fd());
             return;
         }
-        if let Err(e) = self.queue_events[0].read() {
-            if e.kind() != std::io::ErrorKind::WouldBlock {
-                error!("virtio-blk: cannot read the queue eventfd: {e}");
-            }
-        }
-        if self.is_activated() {
-            self.process_queue();
-        }
+        self.virtio.take_kick(0);
+        self.process_queue();
     }
 }
 
@@ -253,20 +172,21 @@ impl MutEventSubscriber for Block {
 mod tests {
     use super::*;
     use std::os::unix::fs::FileExt;
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     use event_manager::{EventManager, SubscriberOps};
     use virtio_bindings::virtio_blk::{
         VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID,
         VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
     };
-    use virtio_bindings::virtio_ring::{
-        VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
-    };
+    use virtio_bindings::virtio_ring::VRING_DESC_F_INDIRECT;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-    use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
     use vmm_sys_util::tempfile::TempFile;
+
+    use crate::devices::virtio::test_utils::{DriverQueue, NEXT, R, W};
+    use crate::devices::virtio::{ActivateError, IrqTrigger, INTERRUPT_STATUS_USED_RING};
+    use virtio_queue::Queue;
 
     const MEM_SIZE: u64 = 0x100_0000;
     const QSIZE: u16 = 16;
@@ -276,8 +196,6 @@ mod tests {
     const STATUS: u64 = 0x30_0000;
     const INDIRECT: u64 = 0x40_0000;
     const ID: &str = "runvm-disk-0";
-    const R: u16 = 0;
-    const W: u16 = VRING_DESC_F_WRITE as u16;
 
     fn pattern(i: u64) -> u8 {
         (i * 7 % 251) as u8
@@ -314,98 +232,38 @@ mod tests {
             .unwrap();
     }
 
-    /// The driver side: puts chains on the available ring and reads the used ring.
+    /// The driver side: one request queue, and the requests it submits.
     struct Driver<'a> {
         mem: &'a GuestMemory,
-        vq: MockSplitQueue<'a, GuestMemory>,
-        next_desc: u16,
-        used_seen: u16,
+        vq: DriverQueue,
     }
 
     impl<'a> Driver<'a> {
         fn new(mem: &'a GuestMemory) -> Self {
             Self {
                 mem,
-                vq: MockSplitQueue::create(mem, GuestAddress(0), QSIZE),
-                next_desc: 0,
-                used_seen: 0,
+                vq: DriverQueue::new(mem, 0, QSIZE),
             }
         }
 
         fn activate(&self, block: &mut Block) -> Arc<IrqTrigger> {
             let irq = Arc::new(IrqTrigger::new().unwrap());
-            let queue: Queue = self.vq.create_queue().unwrap();
             block
-                .activate(self.mem.clone(), vec![queue], irq.clone())
+                .activate(self.mem.clone(), vec![self.vq.create_queue()], irq.clone())
                 .unwrap();
             irq
-        }
-
-        /// Adds a chain whose descriptors are given with `next` relative to the chain's
-        /// first index (`None`: the following descriptor, or end of chain for the last one).
-        fn add_raw(&mut self, descs: &[(u64, u32, u16, Option<u16>)]) {
-            let n = descs.len() as u16;
-            if self.next_desc + n > QSIZE {
-                self.next_desc = 0;
-            }
-            let base = self.next_desc;
-            let raw: Vec<RawDescriptor> = descs
-                .iter()
-                .enumerate()
-                .map(|(i, &(addr, len, flags, next))| {
-                    let i = i as u16;
-                    let (flags, next) = match next {
-                        Some(next) => (flags | VRING_DESC_F_NEXT as u16, base + next),
-                        None if i + 1 < n => (flags | VRING_DESC_F_NEXT as u16, base + i + 1),
-                        None => (flags, 0),
-                    };
-                    RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
-                })
-                .collect();
-            for (i, desc) in raw.into_iter().enumerate() {
-                self.vq.desc_table().store(base + i as u16, desc).unwrap();
-            }
-            // (MockSplitQueue::add_desc_chains does not wrap around the available ring.)
-            let idx = self.vq.avail().idx().load();
-            let slot = self.vq.avail().ring().ref_at(usize::from(idx % QSIZE));
-            slot.unwrap().store(base);
-            self.vq.avail().idx().store(idx.wrapping_add(1));
-            self.next_desc = base + n;
-        }
-
-        fn add(&mut self, descs: &[(u64, u32, u16)]) {
-            let descs: Vec<_> = descs.iter().map(|&(a, l, f)| (a, l, f, None)).collect();
-            self.add_raw(&descs);
-        }
-
-        /// The used entries the device added since the last call: (head, len).
-        fn take_used(&mut self) -> Vec<(u16, u32)> {
-            let idx = self.vq.used().idx().load();
-            let mut out = vec![];
-            while self.used_seen != idx {
-                let e = self
-                    .vq
-                    .used()
-                    .ring()
-                    .ref_at(usize::from(self.used_seen % QSIZE))
-                    .unwrap()
-                    .load();
-                out.push((e.id() as u16, e.len()));
-                self.used_seen = self.used_seen.wrapping_add(1);
-            }
-            out
         }
 
         /// Submits one chain, lets the device process it, returns (used length, status).
         fn submit(&mut self, block: &mut Block, descs: &[(u64, u32, u16)]) -> (u32, u8) {
             self.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
-            self.add(descs);
+            self.vq.add(descs);
             block.process_queue();
             self.result()
         }
 
         fn result(&mut self) -> (u32, u8) {
-            let used = self.take_used();
+            let used = self.vq.take_used();
             assert_eq!(used.len(), 1, "one chain returned");
             let status = self.mem.read_obj::<u8>(GuestAddress(STATUS)).unwrap();
             (used[0].1, status)
@@ -737,7 +595,7 @@ mod tests {
         header(&m, VIRTIO_BLK_T_IN, 0);
         m.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
         // header -> data -> status -> back to the header.
-        d.add_raw(&[
+        d.vq.add_raw(&[
             (HDR, 16, R, None),
             (DATA, 512, W, None),
             (STATUS, 1, W, Some(0)),
@@ -745,7 +603,7 @@ mod tests {
         b.process_queue();
         assert_eq!(d.result(), (0, 0xff));
         // A status descriptor that points back to itself.
-        d.add_raw(&[(HDR, 16, R, None), (STATUS, 1, W, Some(1))]);
+        d.vq.add_raw(&[(HDR, 16, R, None), (STATUS, 1, W, Some(1))]);
         b.process_queue();
         assert_eq!(d.result(), (0, 0xff));
         d.assert_read_works(&mut b, &image);
@@ -760,7 +618,7 @@ mod tests {
         d.activate(&mut b);
         header(&m, VIRTIO_BLK_T_IN, 0);
         m.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
-        d.add_raw(&[(HDR, 16, R, None), (STATUS, 1, W, Some(200))]);
+        d.vq.add_raw(&[(HDR, 16, R, None), (STATUS, 1, W, Some(200))]);
         b.process_queue();
         assert_eq!(d.result(), (0, 0xff));
         d.assert_read_works(&mut b, &image);
@@ -784,19 +642,19 @@ mod tests {
                 i => (DATA + u64::from(i) * 512, 512, W),
             };
             if i < n - 1 {
-                flags |= VRING_DESC_F_NEXT as u16;
+                flags |= NEXT;
             }
             let desc = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, i + 1));
             m.write_obj(desc, GuestAddress(INDIRECT + u64::from(i) * 16))
                 .unwrap();
         }
-        d.add(&[(INDIRECT, u32::from(n) * 16, VRING_DESC_F_INDIRECT as u16)]);
+        d.vq.add(&[(INDIRECT, u32::from(n) * 16, VRING_DESC_F_INDIRECT as u16)]);
         b.process_queue();
         assert_eq!(d.result(), (0, 0xff));
         // The same through an indirect table that fits is served (virtio-queue follows it).
         let fits = RawDescriptor::from(SplitDescriptor::new(STATUS, 1, W, 0));
         m.write_obj(fits, GuestAddress(INDIRECT + 2 * 16)).unwrap();
-        d.add(&[(INDIRECT, 3 * 16, VRING_DESC_F_INDIRECT as u16)]);
+        d.vq.add(&[(INDIRECT, 3 * 16, VRING_DESC_F_INDIRECT as u16)]);
         b.process_queue();
         assert_eq!(d.result(), (513, VIRTIO_BLK_S_OK as u8));
         d.assert_read_works(&mut b, &image);
@@ -830,20 +688,14 @@ mod tests {
         let mut d = Driver::new(&m);
         d.activate(&mut b);
         // The driver claims more available entries than the queue holds.
-        let idx = d.vq.avail().idx().load();
-        d.vq.avail().idx().store(idx.wrapping_add(QSIZE + 1));
+        d.vq.skew_avail(QSIZE + 1);
         b.process_queue();
-        assert!(d.take_used().is_empty());
-        d.vq.avail().idx().store(idx);
+        assert!(d.vq.take_used().is_empty());
+        d.vq.skew_avail((QSIZE + 1).wrapping_neg());
         // A head index outside the descriptor table: nothing can be returned for it.
-        d.vq.avail()
-            .ring()
-            .ref_at(usize::from(idx % QSIZE))
-            .unwrap()
-            .store(100);
-        d.vq.avail().idx().store(idx.wrapping_add(1));
+        d.vq.push_avail(100);
         b.process_queue();
-        assert!(d.take_used().is_empty());
+        assert!(d.vq.take_used().is_empty());
         d.assert_read_works(&mut b, &image);
     }
 
@@ -869,9 +721,9 @@ mod tests {
         assert!(!b.is_activated());
         // After a reset, requests are not processed until the next activation.
         header(&m, VIRTIO_BLK_T_FLUSH, 0);
-        d.add(&[(HDR, 16, R), (STATUS, 1, W)]);
+        d.vq.add(&[(HDR, 16, R), (STATUS, 1, W)]);
         b.process_queue();
-        assert!(d.take_used().is_empty());
+        assert!(d.vq.take_used().is_empty());
     }
 
     #[test]
@@ -890,14 +742,14 @@ mod tests {
         let mut d = Driver::new(&m);
         let irq = d.activate(&mut b.lock().unwrap());
         header(&m, VIRTIO_BLK_T_IN, 1);
-        d.add(&[(HDR, 16, R), (DATA, 512, W), (STATUS, 1, W)]);
+        d.vq.add(&[(HDR, 16, R), (DATA, 512, W), (STATUS, 1, W)]);
         m.write_obj(VIRTIO_BLK_T_FLUSH, GuestAddress(HDR + 0x100))
             .unwrap();
-        d.add(&[(HDR + 0x100, 16, R), (STATUS + 1, 1, W)]);
-        assert!(d.take_used().is_empty());
+        d.vq.add(&[(HDR + 0x100, 16, R), (STATUS + 1, 1, W)]);
+        assert!(d.vq.take_used().is_empty());
         notify(&b);
         assert_eq!(em.run_with_timeout(100).unwrap(), 1);
-        let used = d.take_used();
+        let used = d.vq.take_used();
         assert_eq!(used.iter().map(|u| u.1).collect::<Vec<_>>(), [513, 1]);
         assert_eq!(guest_bytes(&m, DATA, 512), file_bytes(&image, 512, 512));
         assert_eq!(irq.eventfd().read().unwrap(), 1);
@@ -954,12 +806,12 @@ mod tests {
         w(
             &mut t,
             mmio::QUEUE_DRIVER_LOW_REG,
-            d.vq.avail_addr().0 as u32,
+            d.vq.avail_ring_addr().0 as u32,
         );
         w(
             &mut t,
             mmio::QUEUE_DEVICE_LOW_REG,
-            d.vq.used_addr().0 as u32,
+            d.vq.used_ring_addr().0 as u32,
         );
         w(&mut t, mmio::QUEUE_READY_REG, 1);
         w(
@@ -975,7 +827,7 @@ mod tests {
         }
 
         header(&m, VIRTIO_BLK_T_IN, 3);
-        d.add(&[(HDR, 16, R), (DATA, 512, W), (STATUS, 1, W)]);
+        d.vq.add(&[(HDR, 16, R), (DATA, 512, W), (STATUS, 1, W)]);
         w(&mut t, mmio::NOTIFY_REG_OFFSET, 0);
         assert_eq!(em.run_with_timeout(100).unwrap(), 1);
         assert_eq!(d.result(), (513, VIRTIO_BLK_S_OK as u8));

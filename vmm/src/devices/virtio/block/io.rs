@@ -17,6 +17,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, VolatileSlice};
 
 use super::request::{Request, RequestType, Segment};
 use super::{BlockError, BLOCK_ID_BYTES, SECTOR_SHIFT, SECTOR_SIZE};
+use crate::devices::virtio::fd::retry_on_eintr;
 use crate::devices::virtio::GuestMemory;
 
 /// Why a request failed on the host side (the guest sees `VIRTIO_BLK_S_IOERR`).
@@ -203,26 +204,22 @@ fn pread_exact<B: BitmapSlice>(
             Err(e) => return (done, Err(e)),
         };
         let guard = rest.ptr_guard_mut();
-        // SAFETY: the fd is valid for the lifetime of `file`; `guard` points to `rest.len()`
-        // bytes of mapped guest memory, valid for writes while the guard lives.
-        let n = unsafe {
-            libc::pread(
-                file.as_raw_fd(),
-                guard.as_ptr().cast::<libc::c_void>(),
-                rest.len(),
-                off,
-            )
-        };
-        match n {
-            n if n < 0 => {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return (done, Err(e));
-                }
+        let read = retry_on_eintr(|| {
+            // SAFETY: the fd is valid for the lifetime of `file`; `guard` points to
+            // `rest.len()` bytes of mapped guest memory, valid for writes while it lives.
+            unsafe {
+                libc::pread(
+                    file.as_raw_fd(),
+                    guard.as_ptr().cast::<libc::c_void>(),
+                    rest.len(),
+                    off,
+                )
             }
-            0 => return (done, Err(std::io::ErrorKind::UnexpectedEof.into())),
-            n => {
-                let n = n as usize;
+        });
+        match read {
+            Err(e) => return (done, Err(e)),
+            Ok(0) => return (done, Err(std::io::ErrorKind::UnexpectedEof.into())),
+            Ok(n) => {
                 rest.bitmap().mark_dirty(0, n);
                 done += n;
                 offset += n as u64;
@@ -243,29 +240,23 @@ fn pwrite_all<B: BitmapSlice>(
         let rest = slice.offset(done).map_err(std::io::Error::other)?;
         let off = file_offset(offset)?;
         let guard = rest.ptr_guard();
-        // SAFETY: the fd is valid for the lifetime of `file`; `guard` points to `rest.len()`
-        // bytes of mapped guest memory, valid for reads while the guard lives.
-        let n = unsafe {
-            libc::pwrite(
-                file.as_raw_fd(),
-                guard.as_ptr().cast::<libc::c_void>(),
-                rest.len(),
-                off,
-            )
-        };
-        match n {
-            n if n < 0 => {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
+        let written = retry_on_eintr(|| {
+            // SAFETY: the fd is valid for the lifetime of `file`; `guard` points to
+            // `rest.len()` bytes of mapped guest memory, valid for reads while it lives.
+            unsafe {
+                libc::pwrite(
+                    file.as_raw_fd(),
+                    guard.as_ptr().cast::<libc::c_void>(),
+                    rest.len(),
+                    off,
+                )
             }
-            0 => return Err(std::io::ErrorKind::WriteZero.into()),
-            n => {
-                done += n as usize;
-                offset += n as u64;
-            }
+        })?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
         }
+        done += written;
+        offset += written as u64;
     }
     Ok(())
 }

@@ -36,5 +36,5 @@ pub enum BlockError {
         source: std::io::Error,
     },
     #[error("cannot create the queue eventfd: {0}")]
-    EventFd(std::io::Error),
+    EventFd(#[source] std::io::Error),
 }

@@ -1,8 +1,11 @@
 //! The virtio-net device: what the transport and the event loop see.
 //!
-//! Owns the virtio side of one network interface: offered and acked features, the config
-//! space (MAC, MTU), the RX and TX queues and their eventfds, activation (which tells the
-//! TAP what offloads the guest takes) and reset, and the handlers that move frames:
+//! Owns the virtio side of one network interface: the features it offers (checksum and TSO
+//! offloads, MAC, MTU, indirect descriptors, event index), the config space (MAC, MTU),
+//! what activation does to the TAP (tell it the offloads the guest takes) and reset to the
+//! frame in flight, and the handlers that move frames (feature negotiation, the RX and TX
+//! queues and their eventfds, activation and reset themselves are the shared
+//! [`VirtioState`]):
 //! - TX: each chain the guest makes available is checked (readable descriptors only, inside
 //!   guest memory, not looping, at most [`MAX_BUFFER_LEN`] bytes), copied out once, its
 //!   vnet header checked ([`super::header`]), and written to the TAP as one frame. A bad
@@ -15,7 +18,7 @@
 //! themselves, so one busy interface cannot starve the other devices of the event loop.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
@@ -26,16 +29,17 @@ use virtio_bindings::virtio_net::{
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT, Reader, Writer};
-use vmm_sys_util::eventfd::EventFd;
 
 use super::header::VnetHeader;
 use super::tap::{Tap, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
 use super::{
-    guest_log_level, NetConfig, NetError, FRAMES_PER_EVENT, MAX_BUFFER_LEN, NUM_QUEUES, QUEUE_SIZE,
+    NetConfig, NetError, FRAMES_PER_EVENT, GUEST_LOG, MAX_BUFFER_LEN, NUM_QUEUES, QUEUE_SIZE,
     RXQ_INDEX, TXQ_INDEX, VNET_HDR_LEN,
 };
+use crate::devices::virtio::queue::{add_used, check_chain, signal_used, ChainShapeError};
+use crate::devices::virtio::state::{Active, VirtioState};
 use crate::devices::virtio::{
-    ActivateError, GuestMemory, IrqTrigger, VirtioDevice, INTERRUPT_STATUS_USED_RING, TYPE_NET,
+    read_config_space, ActivateError, GuestMemory, IrqTrigger, VirtioDevice, TYPE_NET,
     VIRTIO_F_VERSION_1,
 };
 
@@ -59,46 +63,26 @@ pub struct NetStats {
 /// Why a chain could not carry a frame.
 #[derive(Debug, thiserror::Error)]
 enum ChainError {
-    #[error("descriptor chain is empty, loops, or leaves the descriptor table")]
-    Broken,
-    #[error("descriptor {0} has the wrong direction")]
-    Direction(usize),
+    #[error(transparent)]
+    Shape(#[from] ChainShapeError),
     #[error("descriptor outside guest memory: {0}")]
-    Memory(virtio_queue::Error),
+    Memory(#[source] virtio_queue::Error),
     #[error("chain holds {0} bytes, more than a frame can be")]
     TooLong(usize),
     #[error("guest memory access failed: {0}")]
-    Access(io::Error),
+    Access(#[source] io::Error),
     #[error("frame of {frame} bytes does not fit the {capacity}-byte buffer")]
     TooSmall { frame: usize, capacity: usize },
 }
 
-/// Walks a chain without touching its buffers: all descriptors must go in one direction,
-/// and the chain must end properly (virtio-queue's iterator stops silently at a loop, an
-/// index outside the table or an unreadable indirect table, leaving NEXT set).
-fn check_chain(chain: &DescriptorChain<&GuestMemory>, writable: bool) -> Result<(), ChainError> {
-    let mut count = 0usize;
-    let mut last_has_next = false;
-    for (i, desc) in chain.clone().enumerate() {
-        if desc.is_write_only() != writable {
-            return Err(ChainError::Direction(i));
-        }
-        count += 1;
-        last_has_next = desc.has_next();
-    }
-    if count == 0 || last_has_next {
-        return Err(ChainError::Broken);
-    }
-    Ok(())
-}
-
-/// Copies a TX chain (vnet header and frame) into `buf`; returns its length.
+/// Copies a TX chain (vnet header and frame; device-readable descriptors only) into `buf`;
+/// returns its length.
 fn read_tx_chain(
     mem: &GuestMemory,
     chain: DescriptorChain<&GuestMemory>,
     buf: &mut [u8],
 ) -> Result<usize, ChainError> {
-    check_chain(&chain, false)?;
+    check_chain(&chain, Some(false))?;
     let mut reader: Reader<'_, ()> = Reader::new(mem, chain).map_err(ChainError::Memory)?;
     let len = reader.available_bytes();
     if len > buf.len() {
@@ -108,13 +92,14 @@ fn read_tx_chain(
     Ok(len)
 }
 
-/// Writes `frame` (vnet header included) into an RX chain; returns the used length.
+/// Writes `frame` (vnet header included) into an RX chain (device-writable descriptors
+/// only); returns the used length.
 fn write_rx_chain(
     mem: &GuestMemory,
     chain: DescriptorChain<&GuestMemory>,
     frame: &[u8],
 ) -> Result<u32, ChainError> {
-    check_chain(&chain, true)?;
+    check_chain(&chain, Some(true))?;
     let mut writer: Writer<'_, ()> = Writer::new(mem, chain).map_err(ChainError::Memory)?;
     let capacity = writer.available_bytes();
     if frame.len() > capacity {
@@ -128,22 +113,11 @@ fn write_rx_chain(
     Ok(frame.len() as u32)
 }
 
-/// Queues, memory and interrupt, once the driver has set the device up.
-struct Active {
-    mem: GuestMemory,
-    queues: Vec<Queue>,
-    irq: Arc<IrqTrigger>,
-}
-
 /// A virtio-net device with one RX and one TX queue.
 pub struct Net {
     tap: Tap,
-    avail_features: u64,
-    acked_features: u64,
     config: [u8; CONFIG_LEN],
-    queue_sizes: [u16; NUM_QUEUES],
-    queue_evts: Vec<EventFd>,
-    active: Option<Active>,
+    virtio: VirtioState,
     /// The frame being received: read from the TAP, not yet in a guest buffer.
     rx_buf: Vec<u8>,
     rx_pending: Option<usize>,
@@ -176,18 +150,12 @@ impl Net {
         cfg[..6].copy_from_slice(&config.mac);
         cfg[8..10].copy_from_slice(&1u16.to_le_bytes());
         cfg[10..12].copy_from_slice(&config.mtu.to_le_bytes());
-        let mut queue_evts = Vec::with_capacity(NUM_QUEUES);
-        for _ in 0..NUM_QUEUES {
-            queue_evts.push(EventFd::new(libc::EFD_NONBLOCK).map_err(NetError::EventFd)?);
-        }
+        let virtio = VirtioState::new(&GUEST_LOG, avail_features, &[QUEUE_SIZE; NUM_QUEUES])
+            .map_err(NetError::EventFd)?;
         Ok(Self {
             tap,
-            avail_features,
-            acked_features: 0,
             config: cfg,
-            queue_sizes: [QUEUE_SIZE; NUM_QUEUES],
-            queue_evts,
-            active: None,
+            virtio,
             rx_buf: vec![0; MAX_BUFFER_LEN],
             rx_pending: None,
             tap_readable: true,
@@ -205,36 +173,17 @@ impl Net {
 
     /// The features the driver acked.
     pub fn acked_features(&self) -> u64 {
-        self.acked_features
+        self.virtio.acked_features()
     }
 
     pub fn stats(&self) -> NetStats {
         self.stats
     }
 
-    fn signal_used(irq: &IrqTrigger) {
-        if let Err(e) = irq.trigger(INTERRUPT_STATUS_USED_RING) {
-            error!("virtio-net: cannot interrupt the guest: {e}");
-        }
-    }
-
-    /// Returns whether the guest must be interrupted for `queue` now.
-    fn needs_irq(queue: &mut Queue, mem: &GuestMemory) -> bool {
-        match queue.needs_notification(mem) {
-            Ok(n) => n,
-            Err(e) => {
-                log::log!(
-                    guest_log_level(),
-                    "virtio-net: cannot read the used event: {e}"
-                );
-                true
-            }
-        }
-    }
-
     /// Sends the frames the guest made available (up to [`FRAMES_PER_EVENT`]).
     pub fn process_tx(&mut self) {
-        let Some(Active { mem, queues, irq }) = self.active.as_mut() else {
+        let acked_features = self.virtio.acked_features();
+        let Some(Active { mem, queues, irq }) = self.virtio.active_mut() else {
             return;
         };
         let queue = &mut queues[TXQ_INDEX];
@@ -251,25 +200,21 @@ impl Net {
                 let head = chain.head_index();
                 match read_tx_chain(mem, chain, &mut self.tx_buf) {
                     Ok(len) => {
-                        if send_frame(&self.tap, &self.tx_buf[..len], self.acked_features) {
+                        if send_frame(&self.tap, &self.tx_buf[..len], acked_features) {
                             self.stats.tx_frames += 1;
                         } else {
                             self.stats.tx_dropped += 1;
                         }
                     }
                     Err(e) => {
-                        log::log!(guest_log_level(), "virtio-net: dropping a TX chain: {e}");
+                        log::log!(GUEST_LOG.level(), "virtio-net: dropping a TX chain: {e}");
                         self.stats.tx_dropped += 1;
                     }
                 }
-                if let Err(e) = queue.add_used(&*mem, head, 0) {
-                    error!("virtio-net: cannot return TX descriptor {head}: {e}");
-                }
+                add_used(&GUEST_LOG, queue, mem, head, 0);
                 used = true;
             }
             if budget == 0 {
-                // More may be waiting: go on at the next turn of the event loop.
-                let _ = self.queue_evts[TXQ_INDEX].write(1);
                 break;
             }
             // With EVENT_IDX this publishes where we are; true if more arrived meanwhile.
@@ -277,13 +222,17 @@ impl Net {
                 Ok(true) if !rechecked => rechecked = true,
                 Ok(_) => break,
                 Err(e) => {
-                    log::log!(guest_log_level(), "virtio-net: broken TX queue: {e}");
+                    log::log!(GUEST_LOG.level(), "virtio-net: broken TX queue: {e}");
                     break;
                 }
             }
         }
-        if used && Self::needs_irq(queue, mem) {
-            Self::signal_used(irq);
+        if used {
+            signal_used(&GUEST_LOG, queue, mem, irq);
+        }
+        if budget == 0 {
+            // More may be waiting: go on at the next turn of the event loop.
+            self.virtio.kick(TXQ_INDEX);
         }
     }
 
@@ -295,7 +244,7 @@ impl Net {
 
     /// Moves frames from the TAP into the guest's RX buffers (up to [`FRAMES_PER_EVENT`]).
     pub fn process_rx(&mut self) {
-        let Some(Active { mem, queues, irq }) = self.active.as_mut() else {
+        let Some(Active { mem, queues, irq }) = self.virtio.active_mut() else {
             return;
         };
         let queue = &mut queues[RXQ_INDEX];
@@ -340,7 +289,7 @@ impl Net {
                     }
                     Ok(_) => break,
                     Err(e) => {
-                        log::log!(guest_log_level(), "virtio-net: broken RX queue: {e}");
+                        log::log!(GUEST_LOG.level(), "virtio-net: broken RX queue: {e}");
                         break;
                     }
                 }
@@ -351,16 +300,14 @@ impl Net {
                 Ok(used_len) => {
                     self.rx_pending = None;
                     self.stats.rx_frames += 1;
-                    if let Err(e) = queue.add_used(&*mem, head, used_len) {
-                        error!("virtio-net: cannot return RX descriptor {head}: {e}");
-                    }
+                    add_used(&GUEST_LOG, queue, mem, head, used_len);
                     used = true;
                 }
                 Err(e @ ChainError::TooSmall { .. }) => {
                     // The buffer is fine, the frame is not for it: drop the frame, keep
                     // the buffer for the next one.
                     log::log!(
-                        guest_log_level(),
+                        GUEST_LOG.level(),
                         "virtio-net: dropping a received frame: {e}"
                     );
                     self.rx_pending = None;
@@ -369,19 +316,18 @@ impl Net {
                 }
                 Err(e) => {
                     // A broken buffer: give it back unused, the frame waits for the next.
-                    log::log!(guest_log_level(), "virtio-net: unusable RX chain: {e}");
-                    if let Err(e) = queue.add_used(&*mem, head, 0) {
-                        error!("virtio-net: cannot return RX descriptor {head}: {e}");
-                    }
+                    log::log!(GUEST_LOG.level(), "virtio-net: unusable RX chain: {e}");
+                    add_used(&GUEST_LOG, queue, mem, head, 0);
                     used = true;
                 }
             }
         }
-        if budget == 0 && (self.rx_pending.is_some() || self.tap_readable) {
-            let _ = self.queue_evts[RXQ_INDEX].write(1);
+        if used {
+            signal_used(&GUEST_LOG, queue, mem, irq);
         }
-        if used && Self::needs_irq(queue, mem) {
-            Self::signal_used(irq);
+        if budget == 0 && (self.rx_pending.is_some() || self.tap_readable) {
+            // More may be waiting: go on at the next turn of the event loop.
+            self.virtio.kick(RXQ_INDEX);
         }
     }
 }
@@ -392,7 +338,7 @@ fn send_frame(tap: &Tap, buf: &[u8], acked: u64) -> bool {
     let checked =
         VnetHeader::from_bytes(buf).and_then(|h| h.check_tx(buf.len() - VNET_HDR_LEN, acked));
     if let Err(e) = checked {
-        log::log!(guest_log_level(), "virtio-net: dropping a TX frame: {e}");
+        log::log!(GUEST_LOG.level(), "virtio-net: dropping a TX frame: {e}");
         return false;
     }
     match tap.write(buf) {
@@ -403,7 +349,7 @@ fn send_frame(tap: &Tap, buf: &[u8], acked: u64) -> bool {
         }
         Err(e) => {
             log::log!(
-                guest_log_level(),
+                GUEST_LOG.level(),
                 "virtio-net: the TAP refused a TX frame: {e}"
             );
             false
@@ -416,38 +362,16 @@ impl VirtioDevice for Net {
         TYPE_NET
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_sizes
+    fn state(&self) -> &VirtioState {
+        &self.virtio
     }
 
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_evts
-    }
-
-    fn avail_features(&self) -> u64 {
-        self.avail_features
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features;
+    fn state_mut(&mut self) -> &mut VirtioState {
+        &mut self.virtio
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = offset
-                .checked_add(i as u64)
-                .and_then(|o| usize::try_from(o).ok())
-                .and_then(|o| self.config.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
-    }
-
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        debug!(
-            "virtio-net: {}-byte write to read-only config space at {offset:#x}; ignored",
-            data.len()
-        );
+        read_config_space(&self.config, offset, data);
     }
 
     fn activate(
@@ -456,16 +380,9 @@ impl VirtioDevice for Net {
         queues: Vec<Queue>,
         irq: Arc<IrqTrigger>,
     ) -> Result<(), ActivateError> {
-        if queues.len() != NUM_QUEUES {
-            return Err(ActivateError::QueueCount {
-                got: queues.len(),
-                want: NUM_QUEUES,
-            });
-        }
-        if let Some(i) = queues.iter().position(|q| !q.is_valid(&mem)) {
-            return Err(ActivateError::InvalidQueue(i));
-        }
-        let has = |b: u32| self.acked_features & (1u64 << b) != 0;
+        self.virtio.activate(mem, queues, irq)?;
+        let acked = self.virtio.acked_features();
+        let has = |b: u32| acked & (1u64 << b) != 0;
         let mut offload = 0;
         if has(VIRTIO_NET_F_GUEST_CSUM) {
             offload |= TUN_F_CSUM;
@@ -481,25 +398,14 @@ impl VirtioDevice for Net {
             // the guest takes whatever it negotiated.
             warn!("virtio-net: cannot set the TAP's offloads {offload:#x}: {e}");
         }
-        self.active = Some(Active { mem, queues, irq });
         self.tap_readable = true;
-        for evt in &self.queue_evts {
-            let _ = evt.write(1);
-        }
+        self.virtio.kick_all();
         Ok(())
     }
 
-    fn is_activated(&self) -> bool {
-        self.active.is_some()
-    }
-
     fn reset(&mut self) -> bool {
-        self.active = None;
-        self.acked_features = 0;
+        self.virtio.reset();
         self.rx_pending = None;
-        for evt in &self.queue_evts {
-            let _ = evt.read();
-        }
         true
     }
 }
@@ -507,12 +413,13 @@ impl VirtioDevice for Net {
 impl MutEventSubscriber for Net {
     fn init(&mut self, ops: &mut EventOps) {
         for (i, data) in [(RXQ_INDEX, DATA_RXQ), (TXQ_INDEX, DATA_TXQ)] {
-            if let Err(e) = ops.add(Events::with_data(&self.queue_evts[i], data, EventSet::IN)) {
+            let evt = &self.virtio.queue_events()[i];
+            if let Err(e) = ops.add(Events::with_data(evt, data, EventSet::IN)) {
                 error!("virtio-net: cannot register queue {i}'s eventfd: {e:?}");
             }
         }
         let tap_events = EventSet::IN | EventSet::EDGE_TRIGGERED;
-        if let Err(e) = ops.add(Events::with_data(&self.tap, DATA_TAP, tap_events)) {
+        if let Err(e) = ops.add(Events::with_data(&self.tap.as_fd(), DATA_TAP, tap_events)) {
             error!("virtio-net: cannot register the TAP: {e:?}");
         }
     }
@@ -520,11 +427,11 @@ impl MutEventSubscriber for Net {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
         match events.data() {
             DATA_RXQ => {
-                let _ = self.queue_evts[RXQ_INDEX].read();
+                self.virtio.take_kick(RXQ_INDEX);
                 self.process_rx();
             }
             DATA_TXQ => {
-                let _ = self.queue_evts[TXQ_INDEX].read();
+                self.virtio.take_kick(TXQ_INDEX);
                 self.process_tx();
             }
             DATA_TAP => self.process_tap(),
@@ -536,8 +443,9 @@ impl MutEventSubscriber for Net {
     }
 }
 
-impl AsRawFd for Net {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.tap.as_raw_fd()
+impl AsFd for Net {
+    /// The TAP.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.tap.as_fd()
     }
 }

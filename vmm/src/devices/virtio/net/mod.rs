@@ -22,6 +22,8 @@ mod tests;
 
 pub use device::Net;
 
+use super::GuestLog;
+
 /// Maximum size of each virtqueue.
 pub const QUEUE_SIZE: u16 = 256;
 /// Queues: receive (device → driver) and transmit (driver → device). No control queue.
@@ -56,22 +58,12 @@ pub struct NetConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     #[error("cannot make the TAP descriptor non-blocking: {0}")]
-    TapFlags(std::io::Error),
+    TapFlags(#[source] std::io::Error),
     #[error("MTU {0} is outside 68..=65535")]
     Mtu(u16),
     #[error("cannot create the queue eventfds: {0}")]
-    EventFd(std::io::Error),
+    EventFd(#[source] std::io::Error),
 }
 
-/// Level for logging something a guest caused: `warn` the first few times, then `debug`,
-/// so that a hostile guest cannot flood the host's logs.
-pub(crate) fn guest_log_level() -> log::Level {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static WARNINGS: AtomicU32 = AtomicU32::new(0);
-    if WARNINGS.load(Ordering::Relaxed) < 32 {
-        WARNINGS.fetch_add(1, Ordering::Relaxed);
-        log::Level::Warn
-    } else {
-        log::Level::Debug
-    }
-}
+/// The virtio-net devices' log name and their budget of warnings about guest misbehaviour.
+pub(crate) static GUEST_LOG: GuestLog = GuestLog::new("virtio-net");

@@ -7,9 +7,10 @@
 //! checksum-partial and TSO frames only when the guest's driver can take them.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use super::NetError;
+use crate::devices::virtio::fd::{retry_on_eintr, set_nonblocking};
 
 /// `TUNSETOFFLOAD` (`_IOW('T', 208, unsigned int)`) and its flags (linux/if_tun.h).
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
@@ -26,44 +27,24 @@ pub struct Tap {
 impl Tap {
     /// Takes `fd` and makes it non-blocking.
     pub fn new(fd: OwnedFd) -> Result<Self, NetError> {
-        let raw = fd.as_raw_fd();
-        // SAFETY: fcntl on a descriptor we own, with integer arguments only.
-        let flags = unsafe { libc::fcntl(raw, libc::F_GETFL) };
-        // SAFETY: as above.
-        if flags < 0 || unsafe { libc::fcntl(raw, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-            return Err(NetError::TapFlags(io::Error::last_os_error()));
-        }
+        set_nonblocking(fd.as_fd()).map_err(NetError::TapFlags)?;
         Ok(Self { fd })
     }
 
     /// Reads one frame into `buf`. `WouldBlock` when none is waiting.
     pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
+        retry_on_eintr(|| {
             // SAFETY: `buf` is valid for writes of `buf.len()` bytes; the fd is ours.
-            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n >= 0 {
-                return Ok(n as usize);
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
+            unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) }
+        })
     }
 
     /// Writes one frame.
     pub fn write(&self, frame: &[u8]) -> io::Result<usize> {
-        loop {
+        retry_on_eintr(|| {
             // SAFETY: `frame` is valid for reads of `frame.len()` bytes; the fd is ours.
-            let n = unsafe { libc::write(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) };
-            if n >= 0 {
-                return Ok(n as usize);
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
+            unsafe { libc::write(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len()) }
+        })
     }
 
     /// Tells the TAP which offloads (`TUN_F_*`) the guest accepts on received frames.
@@ -83,8 +64,8 @@ impl Tap {
     }
 }
 
-impl AsRawFd for Tap {
-    fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+impl AsFd for Tap {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }

@@ -9,13 +9,14 @@ use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, SubscriberOps};
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_CSUM, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_MAC};
-use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::virtio_ring::VRING_DESC_F_INDIRECT;
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::header::VnetHeader;
 use super::*;
+use crate::devices::virtio::test_utils::{DriverQueue, NEXT, R, W};
 use crate::devices::virtio::{ActivateError, GuestMemory, IrqTrigger, VirtioDevice, TYPE_NET};
 
 const MEM_SIZE: u64 = 0x100_0000;
@@ -24,124 +25,22 @@ const RXQ_BASE: u64 = 0;
 const TXQ_BASE: u64 = 0x1_0000;
 const BUF: u64 = 0x10_0000;
 const INDIRECT: u64 = 0x80_0000;
-const R: u16 = 0;
-const W: u16 = VRING_DESC_F_WRITE as u16;
 const MAC: [u8; 6] = [0x02, 0x42, 0xac, 0x11, 0x00, 0x02];
 
 fn mem() -> GuestMemory {
     GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap()
 }
 
-/// One split queue as the driver sees it, laid out by hand (descriptor table, then the
-/// available ring at +0x1000, the used ring at +0x2000).
-struct DriverQueue<'a> {
-    mem: &'a GuestMemory,
-    base: u64,
-    next_desc: u16,
-    avail_idx: u16,
-    used_seen: u16,
-}
-
-impl<'a> DriverQueue<'a> {
-    fn new(mem: &'a GuestMemory, base: u64) -> Self {
-        for off in [0x1000u64, 0x2000] {
-            mem.write_slice(&[0u8; 0x1000], GuestAddress(base + off))
-                .unwrap();
-        }
-        Self {
-            mem,
-            base,
-            next_desc: 0,
-            avail_idx: 0,
-            used_seen: 0,
-        }
-    }
-
-    fn avail(&self) -> u64 {
-        self.base + 0x1000
-    }
-
-    fn used(&self) -> u64 {
-        self.base + 0x2000
-    }
-
-    fn create_queue(&self) -> Queue {
-        let mut q = Queue::new(QSIZE).unwrap();
-        q.set_ready(true);
-        q.try_set_desc_table_address(GuestAddress(self.base))
-            .unwrap();
-        q.try_set_avail_ring_address(GuestAddress(self.avail()))
-            .unwrap();
-        q.try_set_used_ring_address(GuestAddress(self.used()))
-            .unwrap();
-        q
-    }
-
-    /// Publishes `head` on the available ring.
-    fn push_avail(&mut self, head: u16) {
-        let slot = self.avail() + 4 + 2 * u64::from(self.avail_idx % QSIZE);
-        self.mem.write_obj(head, GuestAddress(slot)).unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.mem
-            .write_obj(self.avail_idx, GuestAddress(self.avail() + 2))
-            .unwrap();
-    }
-
-    /// Claims `n` more available entries than were published (a broken driver).
-    fn skew_avail(&mut self, n: u16) {
-        self.avail_idx = self.avail_idx.wrapping_add(n);
-        self.mem
-            .write_obj(self.avail_idx, GuestAddress(self.avail() + 2))
-            .unwrap();
-    }
-
-    /// Adds a chain: (addr, len, flags, next relative to the chain's first index or None).
-    fn add_raw(&mut self, descs: &[(u64, u32, u16, Option<u16>)]) {
-        let n = descs.len() as u16;
-        if self.next_desc + n > QSIZE {
-            self.next_desc = 0;
-        }
-        let base = self.next_desc;
-        for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
-            let i = i as u16;
-            let (flags, next) = match next {
-                Some(next) => (flags | VRING_DESC_F_NEXT as u16, base + next),
-                None if i + 1 < n => (flags | VRING_DESC_F_NEXT as u16, base + i + 1),
-                None => (flags, 0),
-            };
-            let d = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
-            let at = self.base + 16 * u64::from(base + i);
-            self.mem.write_obj(d, GuestAddress(at)).unwrap();
-        }
-        self.push_avail(base);
-        self.next_desc = base + n;
-    }
-
-    fn add(&mut self, descs: &[(u64, u32, u16)]) {
-        let d: Vec<_> = descs.iter().map(|&(a, l, f)| (a, l, f, None)).collect();
-        self.add_raw(&d);
-    }
-
-    /// Used entries since the last call: (head, len).
-    fn take_used(&mut self) -> Vec<(u16, u32)> {
-        let idx: u16 = self.mem.read_obj(GuestAddress(self.used() + 2)).unwrap();
-        let mut out = vec![];
-        while self.used_seen != idx {
-            let at = self.used() + 4 + 8 * u64::from(self.used_seen % QSIZE);
-            let id: u32 = self.mem.read_obj(GuestAddress(at)).unwrap();
-            let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
-            out.push((id as u16, len));
-            self.used_seen = self.used_seen.wrapping_add(1);
-        }
-        out
-    }
+/// One of the device's queues, driver side, of `QSIZE` entries at `base`.
+fn driver_queue(mem: &GuestMemory, base: u64) -> DriverQueue {
+    DriverQueue::new(mem, base, QSIZE)
 }
 
 struct Bed<'a> {
     mem: &'a GuestMemory,
     net: Net,
-    rx: DriverQueue<'a>,
-    tx: DriverQueue<'a>,
+    rx: DriverQueue,
+    tx: DriverQueue,
     /// The other end of the fake TAP: what the device writes, the host network sends.
     peer: UnixDatagram,
     irq: Arc<IrqTrigger>,
@@ -167,8 +66,8 @@ impl<'a> Bed<'a> {
         let (tap, peer) = fake_tap();
         let mut net = net(tap);
         net.set_acked_features(net.avail_features());
-        let rx = DriverQueue::new(mem, RXQ_BASE);
-        let tx = DriverQueue::new(mem, TXQ_BASE);
+        let rx = driver_queue(mem, RXQ_BASE);
+        let tx = driver_queue(mem, TXQ_BASE);
         let irq = Arc::new(IrqTrigger::new().unwrap());
         let queues: Vec<Queue> = vec![rx.create_queue(), tx.create_queue()];
         net.activate(mem.clone(), queues, irq.clone()).unwrap();
@@ -216,6 +115,19 @@ impl<'a> Bed<'a> {
         let used = self.rx.take_used();
         assert_eq!(used.len(), 1, "RX still works");
         assert_eq!(used[0].1 as usize, f.len());
+    }
+}
+
+/// The header of a TCP/IPv4 TSO frame with a partial checksum (NEEDS_CSUM, GSO_TCPV4).
+fn tso_header() -> VnetHeader {
+    VnetHeader {
+        flags: 1,
+        gso_type: 1,
+        hdr_len: 54,
+        gso_size: 1448,
+        csum_start: 34,
+        csum_offset: 16,
+        num_buffers: 0,
     }
 }
 
@@ -274,15 +186,7 @@ fn transmits_frames_with_any_descriptor_layout() {
         (BUF + 0x3000, (f2.len() - 1000) as u32, R),
     ]);
     // A TSO frame with a partial checksum (both negotiated).
-    let tso = VnetHeader {
-        flags: 1,
-        gso_type: 1,
-        hdr_len: 54,
-        gso_size: 1448,
-        csum_start: 34,
-        csum_offset: 16,
-        num_buffers: 0,
-    };
+    let tso = tso_header();
     let f3 = frame(tso, 60_000, 3);
     b.put(BUF + 0x10_000, &f3);
     b.tx.add(&[(BUF + 0x10_000, f3.len() as u32, R)]);
@@ -420,20 +324,12 @@ fn offloads_that_were_not_negotiated_are_refused() {
     let (tap, peer) = fake_tap();
     let mut n = net(tap);
     n.set_acked_features(crate::devices::virtio::VIRTIO_F_VERSION_1);
-    let mut tx = DriverQueue::new(&m, TXQ_BASE);
-    let rx = DriverQueue::new(&m, RXQ_BASE);
+    let mut tx = driver_queue(&m, TXQ_BASE);
+    let rx = driver_queue(&m, RXQ_BASE);
     let irq = Arc::new(IrqTrigger::new().unwrap());
     n.activate(m.clone(), vec![rx.create_queue(), tx.create_queue()], irq)
         .unwrap();
-    let tso = VnetHeader {
-        flags: 1,
-        gso_type: 1,
-        hdr_len: 54,
-        gso_size: 1448,
-        csum_start: 34,
-        csum_offset: 16,
-        num_buffers: 0,
-    };
+    let tso = tso_header();
     let f = frame(tso, 3000, 1);
     m.write_slice(&f, GuestAddress(BUF)).unwrap();
     tx.add(&[(BUF, f.len() as u32, R)]);
@@ -518,7 +414,7 @@ fn indirect_chains_are_followed() {
     b.put(BUF, &f);
     let table = [(BUF, 12u32), (BUF + 12, 300u32)];
     for (i, (addr, len)) in table.iter().enumerate() {
-        let flags = if i == 0 { VRING_DESC_F_NEXT as u16 } else { 0 };
+        let flags = if i == 0 { NEXT } else { 0 };
         let d = RawDescriptor::from(SplitDescriptor::new(*addr, *len, flags, i as u16 + 1));
         m.write_obj(d, GuestAddress(INDIRECT + i as u64 * 16))
             .unwrap();
@@ -563,8 +459,8 @@ fn activation_checks_queues_and_reset_stops_the_device() {
         n.activate(m.clone(), vec![], irq.clone()),
         Err(ActivateError::QueueCount { got: 0, want: 2 })
     ));
-    let mut rx = DriverQueue::new(&m, RXQ_BASE);
-    let tx = DriverQueue::new(&m, TXQ_BASE);
+    let mut rx = driver_queue(&m, RXQ_BASE);
+    let tx = driver_queue(&m, TXQ_BASE);
     n.activate(m.clone(), vec![rx.create_queue(), tx.create_queue()], irq)
         .unwrap();
     assert!(n.is_activated());

@@ -22,6 +22,7 @@ use std::time::Instant;
 use event_manager::EventSet;
 use log::debug;
 
+use super::super::fd::retry_on_eintr;
 use super::packet::*;
 use super::{CONN_TX_BUF_SIZE, HOST_CID};
 
@@ -335,7 +336,7 @@ impl Connection {
             }
             (_, ConnState::LocalInit { .. }) => {
                 log::log!(
-                    super::guest_log_level(),
+                    super::GUEST_LOG.level(),
                     "vsock: guest sent op {} before accepting connection {}:{}",
                     hdr.op,
                     self.local_port,
@@ -345,7 +346,7 @@ impl Connection {
             }
             (OP_REQUEST, _) | (OP_RESPONSE, _) => {
                 log::log!(
-                    super::guest_log_level(),
+                    super::GUEST_LOG.level(),
                     "vsock: unexpected op {} on established connection {}:{}",
                     hdr.op,
                     self.local_port,
@@ -375,7 +376,7 @@ impl Connection {
     fn handle_rw(&mut self, payload: &[u8]) -> Verdict {
         if self.peer_shut_send {
             log::log!(
-                super::guest_log_level(),
+                super::GUEST_LOG.level(),
                 "vsock: guest sent data after shutting down {}:{}",
                 self.local_port,
                 self.peer_port
@@ -388,7 +389,7 @@ impl Connection {
         let outstanding = (self.guest_bytes - self.fwd_cnt).0 as usize;
         if outstanding + payload.len() > CONN_TX_BUF_SIZE as usize {
             log::log!(
-                super::guest_log_level(),
+                super::GUEST_LOG.level(),
                 "vsock: guest exceeded its credit on {}:{} ({} + {} > {})",
                 self.local_port,
                 self.peer_port,
@@ -479,23 +480,16 @@ fn would_block(e: &io::Error) -> bool {
 
 /// `send(2)` with `MSG_NOSIGNAL`: a closed peer yields `EPIPE`, never `SIGPIPE`.
 pub(crate) fn send_nosignal(stream: &UnixStream, buf: &[u8]) -> io::Result<usize> {
-    loop {
+    retry_on_eintr(|| {
         // SAFETY: `buf` is a valid readable slice of `buf.len()` bytes for the duration of
         // the call, and the fd is owned by `stream`.
-        let ret = unsafe {
+        unsafe {
             libc::send(
                 stream.as_raw_fd(),
                 buf.as_ptr().cast(),
                 buf.len(),
                 libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
             )
-        };
-        if ret >= 0 {
-            return Ok(ret as usize);
         }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    })
 }

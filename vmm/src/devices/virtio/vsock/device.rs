@@ -12,7 +12,9 @@
 //! Connection sockets are then added to and removed from the event manager by the device
 //! itself as they come and go. Queue kicks before activation are ignored; `activate`
 //! re-signals the queue eventfds so that anything the driver queued early is picked up.
-//! `reset` drops every connection (at the next event) and returns true.
+//! `reset` drops every connection (at the next event) and returns true. Feature
+//! negotiation, the queues and their eventfds, activation and reset themselves are the
+//! shared [`VirtioState`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,30 +22,23 @@ use std::sync::Arc;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{debug, error, warn};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vmm_sys_util::eventfd::EventFd;
 
+use super::super::queue::{add_used, signal_used};
+use super::super::state::{Active, VirtioState};
 use super::super::{
-    ActivateError, GuestMemory, IrqTrigger, VirtioDevice, INTERRUPT_STATUS_USED_RING, TYPE_VSOCK,
+    read_config_space, ActivateError, GuestMemory, IrqTrigger, VirtioDevice, TYPE_VSOCK,
     VIRTIO_F_VERSION_1,
 };
 use super::muxer::*;
 use super::packet::{read_tx_packet, PacketError, RxBuffer};
-use super::{VsockError, EVQ_INDEX, MAX_PKT_PAYLOAD, NUM_QUEUES, QUEUE_SIZE, RXQ_INDEX, TXQ_INDEX};
-
-/// Queues, memory and interrupt, once the driver has set the device up.
-struct Active {
-    mem: GuestMemory,
-    queues: Vec<Queue>,
-    irq: Arc<IrqTrigger>,
-}
+use super::{
+    VsockError, EVQ_INDEX, GUEST_LOG, MAX_PKT_PAYLOAD, NUM_QUEUES, QUEUE_SIZE, RXQ_INDEX, TXQ_INDEX,
+};
 
 /// The virtio-vsock device.
 pub struct Vsock {
     guest_cid: u64,
-    queue_sizes: [u16; NUM_QUEUES],
-    queue_evts: Vec<EventFd>,
-    acked_features: u64,
-    active: Option<Active>,
+    virtio: VirtioState,
     muxer: Muxer,
     /// Connections must be dropped, but fds can only leave epoll in `process`.
     reset_pending: bool,
@@ -59,17 +54,12 @@ impl Vsock {
         if !(3..u64::from(u32::MAX)).contains(&guest_cid) {
             return Err(VsockError::InvalidCid(guest_cid));
         }
-        let mut queue_evts = Vec::with_capacity(NUM_QUEUES);
-        for _ in 0..NUM_QUEUES {
-            queue_evts.push(EventFd::new(libc::EFD_NONBLOCK).map_err(VsockError::EventFd)?);
-        }
+        let virtio = VirtioState::new(&GUEST_LOG, VIRTIO_F_VERSION_1, &[QUEUE_SIZE; NUM_QUEUES])
+            .map_err(VsockError::EventFd)?;
         let muxer = Muxer::new(guest_cid, uds_path)?;
         Ok(Vsock {
             guest_cid,
-            queue_sizes: [QUEUE_SIZE; NUM_QUEUES],
-            queue_evts,
-            acked_features: 0,
-            active: None,
+            virtio,
             muxer,
             reset_pending: false,
             scratch: vec![0; MAX_PKT_PAYLOAD],
@@ -91,25 +81,18 @@ impl Vsock {
         self.muxer.num_connections()
     }
 
-    fn signal_used(irq: &IrqTrigger) {
-        if let Err(e) = irq.trigger(INTERRUPT_STATUS_USED_RING) {
-            error!("vsock: cannot raise interrupt: {e}");
-        }
-    }
-
     /// Processes the TX queue: every packet the driver made available, up to one queue's
     /// worth per call (the rest on a self-kick, so a flooding guest cannot hold the loop).
     fn process_tx(&mut self) {
-        let Some(active) = self.active.as_mut() else {
+        let Some(Active { mem, queues, irq }) = self.virtio.active_mut() else {
             return;
         };
-        let mem = &active.mem;
-        let queue = &mut active.queues[TXQ_INDEX];
+        let queue = &mut queues[TXQ_INDEX];
         let budget = queue.size().max(1);
         let mut used = false;
         let mut exhausted = true;
         for _ in 0..budget {
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            let Some(chain) = queue.pop_descriptor_chain(&*mem) else {
                 exhausted = false;
                 break;
             };
@@ -118,26 +101,25 @@ impl Vsock {
                 Ok(hdr) => self.muxer.handle_guest_pkt(&hdr, &self.scratch),
                 Err(PacketError::BadLen { hdr, len, avail }) => {
                     log::log!(
-                        super::guest_log_level(),
+                        GUEST_LOG.level(),
                         "vsock: TX packet with bad length {len} ({avail} bytes available)"
                     );
                     self.muxer.reject_guest_pkt(&hdr);
                 }
                 Err(e) => log::log!(
-                    super::guest_log_level(),
+                    GUEST_LOG.level(),
                     "vsock: dropping malformed TX packet: {e}"
                 ),
             }
-            if let Err(e) = queue.add_used(mem, head, 0) {
-                error!("vsock: cannot return TX descriptor {head}: {e:?}");
-            }
+            add_used(&GUEST_LOG, queue, mem, head, 0);
             used = true;
         }
-        if exhausted {
-            let _ = self.queue_evts[TXQ_INDEX].write(1);
-        }
         if used {
-            Self::signal_used(&active.irq);
+            signal_used(&GUEST_LOG, queue, mem, irq);
+        }
+        if exhausted {
+            // More may be waiting: go on at the next turn of the event loop.
+            self.virtio.kick(TXQ_INDEX);
         }
         // Make sure the scratch buffer keeps its full size for RX reads.
         self.scratch.resize(MAX_PKT_PAYLOAD, 0);
@@ -145,11 +127,10 @@ impl Vsock {
 
     /// Fills RX buffers with whatever the muxer has for the guest.
     fn process_rx(&mut self) {
-        let Some(active) = self.active.as_mut() else {
+        let Some(Active { mem, queues, irq }) = self.virtio.active_mut() else {
             return;
         };
-        let mem = &active.mem;
-        let queue = &mut active.queues[RXQ_INDEX];
+        let queue = &mut queues[RXQ_INDEX];
         let budget = queue.size().max(1);
         let mut used = false;
         let mut exhausted = true;
@@ -158,7 +139,7 @@ impl Vsock {
                 exhausted = false;
                 break;
             }
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            let Some(chain) = queue.pop_descriptor_chain(&*mem) else {
                 exhausted = false;
                 break;
             };
@@ -173,7 +154,7 @@ impl Vsock {
                                 Ok(len) => len,
                                 Err(e) => {
                                     log::log!(
-                                        super::guest_log_level(),
+                                        GUEST_LOG.level(),
                                         "vsock: cannot write RX packet: {e}"
                                     );
                                     // Its bytes are gone: the stream cannot continue.
@@ -197,20 +178,19 @@ impl Vsock {
                     }
                 }
                 Err(e) => {
-                    log::log!(super::guest_log_level(), "vsock: malformed RX buffer: {e}");
+                    log::log!(GUEST_LOG.level(), "vsock: malformed RX buffer: {e}");
                     0
                 }
             };
-            if let Err(e) = queue.add_used(mem, head, used_len) {
-                error!("vsock: cannot return RX descriptor {head}: {e:?}");
-            }
+            add_used(&GUEST_LOG, queue, mem, head, used_len);
             used = true;
         }
-        if exhausted && self.muxer.has_rx_work() {
-            let _ = self.queue_evts[RXQ_INDEX].write(1);
-        }
         if used {
-            Self::signal_used(&active.irq);
+            signal_used(&GUEST_LOG, queue, mem, irq);
+        }
+        if exhausted && self.muxer.has_rx_work() {
+            // More may be waiting: go on at the next turn of the event loop.
+            self.virtio.kick(RXQ_INDEX);
         }
     }
 }
@@ -220,39 +200,17 @@ impl VirtioDevice for Vsock {
         TYPE_VSOCK
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_sizes
+    fn state(&self) -> &VirtioState {
+        &self.virtio
     }
 
-    fn queue_events(&self) -> &[EventFd] {
-        &self.queue_evts
+    fn state_mut(&mut self) -> &mut VirtioState {
+        &mut self.virtio
     }
 
-    fn avail_features(&self) -> u64 {
-        VIRTIO_F_VERSION_1
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features();
-    }
-
+    /// Config space: `le64 guest_cid` (virtio 1.x, 5.10.4).
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.guest_cid.to_le_bytes();
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = offset
-                .checked_add(i as u64)
-                .and_then(|o| usize::try_from(o).ok())
-                .and_then(|o| config.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
-    }
-
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        debug!(
-            "vsock: ignoring config write of {} bytes at {offset}",
-            data.len()
-        );
+        read_config_space(&self.guest_cid.to_le_bytes(), offset, data);
     }
 
     fn activate(
@@ -261,40 +219,24 @@ impl VirtioDevice for Vsock {
         queues: Vec<Queue>,
         irq: Arc<IrqTrigger>,
     ) -> Result<(), ActivateError> {
-        if queues.len() != NUM_QUEUES {
-            return Err(ActivateError::QueueCount {
-                got: queues.len(),
-                want: NUM_QUEUES,
-            });
-        }
-        if let Some(i) = queues.iter().position(|q| !q.is_valid(&mem)) {
-            return Err(ActivateError::InvalidQueue(i));
-        }
-        self.active = Some(Active { mem, queues, irq });
+        self.virtio.activate(mem, queues, irq)?;
         // Pick up anything the driver queued before DRIVER_OK.
-        for evt in &self.queue_evts {
-            let _ = evt.write(1);
-        }
+        self.virtio.kick_all();
         Ok(())
     }
 
-    fn is_activated(&self) -> bool {
-        self.active.is_some()
-    }
-
     fn reset(&mut self) -> bool {
-        self.active = None;
-        self.acked_features = 0;
+        self.virtio.reset();
         self.reset_pending = true;
         // Wake the event loop so that the connections are dropped promptly.
-        let _ = self.queue_evts[EVQ_INDEX].write(1);
+        self.virtio.kick(EVQ_INDEX);
         true
     }
 }
 
 impl MutEventSubscriber for Vsock {
     fn init(&mut self, ops: &mut EventOps) {
-        for (i, evt) in self.queue_evts.iter().enumerate() {
+        for (i, evt) in self.virtio.queue_events().iter().enumerate() {
             let data = match i {
                 RXQ_INDEX => DATA_RXQ,
                 TXQ_INDEX => DATA_TXQ,
@@ -314,16 +256,12 @@ impl MutEventSubscriber for Vsock {
         }
         let evset = events.event_set();
         match events.data() {
-            DATA_RXQ => {
-                let _ = self.queue_evts[RXQ_INDEX].read();
-            }
+            DATA_RXQ => self.virtio.take_kick(RXQ_INDEX),
             DATA_TXQ => {
-                let _ = self.queue_evts[TXQ_INDEX].read();
+                self.virtio.take_kick(TXQ_INDEX);
                 self.process_tx();
             }
-            DATA_EVQ => {
-                let _ = self.queue_evts[EVQ_INDEX].read();
-            }
+            DATA_EVQ => self.virtio.take_kick(EVQ_INDEX),
             DATA_LISTENER => self.muxer.handle_listener(),
             DATA_TIMER => self.muxer.handle_timer(),
             DATA_CLIENT => self.muxer.handle_client(events.fd()),

@@ -29,6 +29,8 @@ pub use device::Vsock;
 
 use std::io;
 
+use super::GuestLog;
+
 /// The host's CID (the guest talks to the host at this address).
 pub const HOST_CID: u64 = 2;
 /// Number of virtqueues: rx, tx, event.
@@ -55,18 +57,8 @@ pub const MAX_CONNECTIONS: usize = 256;
 /// Most host clients that have connected but not yet sent their `CONNECT` line.
 pub const MAX_PENDING_CLIENTS: usize = 64;
 
-/// Level for logging something a guest caused: `warn` the first few times, then `debug`,
-/// so that a hostile guest cannot flood the host's logs.
-pub(crate) fn guest_log_level() -> log::Level {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static WARNINGS: AtomicU32 = AtomicU32::new(0);
-    if WARNINGS.load(Ordering::Relaxed) < 32 {
-        WARNINGS.fetch_add(1, Ordering::Relaxed);
-        log::Level::Warn
-    } else {
-        log::Level::Debug
-    }
-}
+/// The vsock device's log name and its budget of warnings about guest misbehaviour.
+pub(crate) static GUEST_LOG: GuestLog = GuestLog::new("vsock");
 
 /// Why the vsock device could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -74,9 +66,9 @@ pub enum VsockError {
     #[error("vsock Unix socket path {0:?} already exists")]
     PathExists(std::path::PathBuf),
     #[error("cannot bind vsock Unix socket {0:?}: {1}")]
-    Bind(std::path::PathBuf, io::Error),
+    Bind(std::path::PathBuf, #[source] io::Error),
     #[error("invalid guest CID {0} (must be at least 3)")]
     InvalidCid(u64),
     #[error("cannot create eventfd or timerfd: {0}")]
-    EventFd(io::Error),
+    EventFd(#[source] io::Error),
 }

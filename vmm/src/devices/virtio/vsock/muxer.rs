@@ -14,6 +14,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::io::{self, Read};
+use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -24,6 +25,7 @@ use event_manager::{EventOps, EventSet, Events};
 use log::{debug, error, warn};
 use vmm_sys_util::timerfd::TimerFd;
 
+use super::super::fd::set_nonblocking;
 use super::connection::{ConnState, Connection, RxData, Verdict};
 use super::packet::*;
 use super::{VsockError, CONNECT_TIMEOUT, HOST_CID, MAX_CONNECTIONS, MAX_PENDING_CLIENTS};
@@ -92,7 +94,9 @@ impl Muxer {
         let setup = || -> io::Result<TimerFd> {
             listener.set_nonblocking(true)?;
             let timer = TimerFd::new()?;
-            set_nonblocking(timer.as_raw_fd())?;
+            // SAFETY: `timer` owns the descriptor and outlives this borrow (`TimerFd` offers
+            // only `AsRawFd`).
+            set_nonblocking(unsafe { BorrowedFd::borrow_raw(timer.as_raw_fd()) })?;
             Ok(timer)
         };
         let timer = match setup() {
@@ -165,7 +169,7 @@ impl Muxer {
     pub fn handle_guest_pkt(&mut self, hdr: &Header, payload: &[u8]) {
         if hdr.src_cid != self.guest_cid || hdr.dst_cid != HOST_CID {
             log::log!(
-                super::guest_log_level(),
+                super::GUEST_LOG.level(),
                 "vsock: dropping packet from cid {} to cid {} (guest cid is {})",
                 hdr.src_cid,
                 hdr.dst_cid,
@@ -180,7 +184,7 @@ impl Muxer {
             return;
         }
         if !(OP_REQUEST..=OP_CREDIT_REQUEST).contains(&hdr.op) {
-            log::log!(super::guest_log_level(), "vsock: unknown op {}", hdr.op);
+            log::log!(super::GUEST_LOG.level(), "vsock: unknown op {}", hdr.op);
             if self.conns.contains_key(&key) {
                 self.kill(key, true);
             } else {
@@ -220,7 +224,7 @@ impl Muxer {
     fn guest_connect(&mut self, hdr: &Header) {
         if self.conns.len() >= MAX_CONNECTIONS {
             log::log!(
-                super::guest_log_level(),
+                super::GUEST_LOG.level(),
                 "vsock: too many connections, refusing port {}",
                 hdr.dst_port
             );
@@ -635,19 +639,6 @@ fn parse_connect(line: &[u8]) -> Result<u32, &'static str> {
         .ok()
         .and_then(|s| s.parse::<u32>().ok())
         .ok_or("bad port in CONNECT line")
-}
-
-fn set_nonblocking(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl on an fd we own, with no pointers involved.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: as above.
-    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Connects a non-blocking Unix stream socket to `path`. A full backlog fails with

@@ -4,7 +4,7 @@
 //! Chains are read and written through virtio-queue's [`Reader`]/[`Writer`], which accept
 //! any descriptor layout: header and payload in one descriptor, in two, or the payload
 //! spread over several (Linux puts fragmented socket buffers, e.g. with `MSG_ZEROCOPY`, in
-//! several descriptors; `virtio_vsock::packet::VsockPacket` only takes one data descriptor
+//! several descriptors; the `virtio-vsock` crate's `VsockPacket` only takes one data descriptor
 //! and would make us drop such packets). Every descriptor is checked against guest memory
 //! before use, chains that loop or run past the queue are rejected, the header is copied
 //! out once (no time-of-check/time-of-use), and the payload is bounded by
@@ -13,13 +13,15 @@
 use std::io::{self, Read, Write};
 
 use virtio_queue::{DescriptorChain, Reader, Writer};
-use virtio_vsock::packet::PKT_HEADER_SIZE;
 
+use super::super::queue::{check_chain, ChainShapeError};
 use super::super::GuestMemory;
 use super::MAX_PKT_PAYLOAD;
 
-/// Size of the packet header (`struct virtio_vsock_hdr`): 44 bytes.
-pub const HEADER_SIZE: usize = PKT_HEADER_SIZE;
+/// Size of the packet header, `struct virtio_vsock_hdr` (virtio 1.x, 5.10.6): `le64 src_cid;
+/// le64 dst_cid; le32 src_port; le32 dst_port; le32 len; le16 type; le16 op; le32 flags;
+/// le32 buf_alloc; le32 fwd_cnt`, packed: 44 bytes.
+pub const HEADER_SIZE: usize = 44;
 
 /// `type_`: stream socket, the only type we support.
 pub const TYPE_STREAM: u16 = 1;
@@ -93,32 +95,16 @@ impl Header {
 /// Why a descriptor chain was not a usable packet or buffer.
 #[derive(Debug, thiserror::Error)]
 pub enum PacketError {
-    #[error("descriptor chain is empty, loops, or leaves the descriptor table")]
-    BrokenChain,
+    #[error(transparent)]
+    BrokenChain(#[from] ChainShapeError),
     #[error("descriptor outside guest memory or chain too long: {0}")]
-    Chain(virtio_queue::Error),
+    Chain(#[source] virtio_queue::Error),
     #[error("{0} bytes available, a packet header needs {HEADER_SIZE}")]
     ShortHeader(usize),
     #[error("payload length {len} exceeds the {avail} bytes available or the maximum")]
     BadLen { hdr: Header, len: u32, avail: usize },
     #[error("guest memory access failed: {0}")]
-    Memory(io::Error),
-}
-
-/// Walks a chain once without touching buffers: the iterator silently stops at a loop
-/// (after queue-size descriptors), at an out-of-table index or at an unreadable
-/// descriptor, so a last descriptor that still says NEXT means the chain is broken.
-fn check_chain(chain: &DescriptorChain<&GuestMemory>) -> Result<(), PacketError> {
-    let mut count = 0usize;
-    let mut last_has_next = false;
-    for desc in chain.clone() {
-        count += 1;
-        last_has_next = desc.has_next();
-    }
-    if count == 0 || last_has_next {
-        return Err(PacketError::BrokenChain);
-    }
-    Ok(())
+    Memory(#[source] io::Error),
 }
 
 /// Reads one packet from a TX descriptor chain. The payload (`header.len` bytes, at most
@@ -129,7 +115,7 @@ pub fn read_tx_packet(
     payload: &mut Vec<u8>,
 ) -> Result<Header, PacketError> {
     payload.clear();
-    check_chain(&chain)?;
+    check_chain(&chain, None)?;
     let mut reader: Reader<'_, ()> = Reader::new(mem, chain).map_err(PacketError::Chain)?;
     let avail = reader.available_bytes();
     if avail < HEADER_SIZE {
@@ -164,7 +150,7 @@ impl<'a> RxBuffer<'a> {
         mem: &'a GuestMemory,
         chain: DescriptorChain<&GuestMemory>,
     ) -> Result<Self, PacketError> {
-        check_chain(&chain)?;
+        check_chain(&chain, None)?;
         let writer: Writer<'a, ()> = Writer::new(mem, chain).map_err(PacketError::Chain)?;
         if writer.available_bytes() < HEADER_SIZE {
             return Err(PacketError::ShortHeader(writer.available_bytes()));
@@ -193,5 +179,31 @@ impl<'a> RxBuffer<'a> {
             .write_all(&payload[..n])
             .map_err(PacketError::Memory)?;
         Ok((HEADER_SIZE + n) as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_layout_ends_with_fwd_cnt_at_header_size() {
+        let hdr = Header {
+            src_cid: 3,
+            dst_cid: 2,
+            src_port: 1024,
+            dst_port: 5000,
+            len: 7,
+            type_: TYPE_STREAM,
+            op: OP_RW,
+            flags: SHUTDOWN_SEND,
+            buf_alloc: 0x1_0000,
+            fwd_cnt: 0xaabb_ccdd,
+        };
+        let bytes = hdr.to_bytes();
+        assert_eq!(bytes[HEADER_SIZE - 4..], 0xaabb_ccdd_u32.to_le_bytes());
+        assert_eq!(bytes[28..30], TYPE_STREAM.to_le_bytes());
+        assert_eq!(Header::from_bytes(&bytes), Some(hdr));
+        assert_eq!(Header::from_bytes(&bytes[..HEADER_SIZE - 1]), None);
     }
 }

@@ -1,6 +1,7 @@
 //! Tests that drive the vsock device the way a guest driver would: guest memory with split
-//! virtqueues, descriptors written by a tiny test driver, kicks through the queue eventfds, and a real `EventManager` running the
-//! device, against real Unix sockets on the host side.
+//! virtqueues driven by the shared test driver ([`DriverQueue`]), kicks through the queue
+//! eventfds, and a real `EventManager` running the device, against real Unix sockets on
+//! the host side.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -17,6 +18,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::packet::*;
 use super::*;
+use crate::devices::virtio::test_utils::{DriverQueue, R, W};
 use crate::devices::virtio::{
     GuestMemory, IrqTrigger, VirtioDevice, INTERRUPT_STATUS_USED_RING, TYPE_VSOCK,
     VIRTIO_F_VERSION_1,
@@ -33,153 +35,13 @@ const SLOT: u64 = 0x1_1000;
 const GUEST_BUF_ALLOC: u32 = 64 * 1024;
 const RX_DATA_LEN: u32 = 4096;
 
-const VRING_DESC_F_NEXT: u16 = 1;
-const VRING_DESC_F_WRITE: u16 = 2;
-
-/// A descriptor as the test driver writes it.
-#[derive(Clone, Copy)]
-struct Desc {
-    addr: u64,
-    len: u32,
-    flags: u16,
-    next: u16,
-}
-
-/// The driver side of one split virtqueue.
-struct GuestQueue {
-    index: usize,
-    desc: u64,
-    avail: u64,
-    used: u64,
-    free: Vec<u16>,
-    chains: HashMap<u16, Vec<u16>>,
-    avail_idx: u16,
-    last_used: u16,
-}
-
-impl GuestQueue {
-    /// Lays out a split queue of `QSIZE` at `QUEUE_BASE[index]` (descriptor table, then
-    /// the available ring at +4 KiB, the used ring at +8 KiB) and creates the device's
-    /// `Queue` for it, as the transport would from the driver's register writes.
-    ///
-    /// (virtio-queue's `MockSplitQueue` is not used for the layout: with 256 entries it
-    /// places the used ring inside the available ring.)
-    fn new(mem: &GuestMemory, index: usize) -> (Self, Queue) {
-        let desc = QUEUE_BASE[index];
-        let avail = desc + 0x1000;
-        let used = desc + 0x2000;
-        mem.write_slice(&[0u8; 0x3000], GuestAddress(desc)).unwrap();
-        let mut q = Queue::new(QSIZE).unwrap();
-        q.set_size(QSIZE);
-        q.set_desc_table_address(Some(desc as u32), Some((desc >> 32) as u32));
-        q.set_avail_ring_address(Some(avail as u32), Some((avail >> 32) as u32));
-        q.set_used_ring_address(Some(used as u32), Some((used >> 32) as u32));
-        q.set_ready(true);
-        assert!(q.is_valid(mem));
-        let gq = GuestQueue {
-            index,
-            desc,
-            avail,
-            used,
-            free: (0..QSIZE).rev().collect(),
-            chains: HashMap::new(),
-            avail_idx: 0,
-            last_used: 0,
-        };
-        (gq, q)
-    }
-
-    /// Guest address of the buffer slot of descriptor `idx`.
-    fn slot(&self, idx: u16) -> u64 {
-        BUF_BASE + (self.index as u64 * QSIZE as u64 + idx as u64) * SLOT
-    }
-
-    fn write_desc(&self, mem: &GuestMemory, idx: u16, d: Desc) {
-        let a = self.desc + 16 * idx as u64;
-        mem.write_obj(d.addr, GuestAddress(a)).unwrap();
-        mem.write_obj(d.len, GuestAddress(a + 8)).unwrap();
-        mem.write_obj(d.flags, GuestAddress(a + 12)).unwrap();
-        mem.write_obj(d.next, GuestAddress(a + 14)).unwrap();
-    }
-
-    fn publish(&mut self, mem: &GuestMemory, head: u16) {
-        let slot = self.avail + 4 + 2 * (self.avail_idx % QSIZE) as u64;
-        mem.write_obj(head, GuestAddress(slot)).unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2))
-            .unwrap();
-    }
-
-    /// Adds a chain of buffers, each `(len, writable)`, placed in the descriptors' slots;
-    /// `fill` gives the contents of each read-only buffer. Returns the descriptor indices.
-    fn add_chain(&mut self, mem: &GuestMemory, bufs: &[(u32, bool)], fill: &[&[u8]]) -> Vec<u16> {
-        assert!(
-            self.free.len() >= bufs.len(),
-            "test driver out of descriptors"
-        );
-        let idxs: Vec<u16> = (0..bufs.len()).map(|_| self.free.pop().unwrap()).collect();
-        for (i, &(len, writable)) in bufs.iter().enumerate() {
-            let idx = idxs[i];
-            let addr = self.slot(idx);
-            if let Some(content) = fill.get(i) {
-                mem.write_slice(content, GuestAddress(addr)).unwrap();
-            }
-            let mut flags = if writable { VRING_DESC_F_WRITE } else { 0 };
-            let mut next = 0;
-            if i + 1 < bufs.len() {
-                flags |= VRING_DESC_F_NEXT;
-                next = idxs[i + 1];
-            }
-            self.write_desc(
-                mem,
-                idx,
-                Desc {
-                    addr,
-                    len,
-                    flags,
-                    next,
-                },
-            );
-        }
-        self.chains.insert(idxs[0], idxs.clone());
-        self.publish(mem, idxs[0]);
-        idxs
-    }
-
-    /// Adds a chain of raw descriptors (addresses, flags and links as given, `next` values
-    /// being positions in `descs`).
-    fn add_raw_chain(&mut self, mem: &GuestMemory, descs: &[Desc]) {
-        let idxs: Vec<u16> = (0..descs.len()).map(|_| self.free.pop().unwrap()).collect();
-        for (i, d) in descs.iter().enumerate() {
-            let mut d = *d;
-            d.next = idxs[d.next as usize % idxs.len()];
-            self.write_desc(mem, idxs[i], d);
-        }
-        self.chains.insert(idxs[0], idxs.clone());
-        self.publish(mem, idxs[0]);
-    }
-
-    /// Takes the next used element: (head, len).
-    fn pop_used(&mut self, mem: &GuestMemory) -> Option<(u16, u32)> {
-        let used_idx: u16 = mem.read_obj(GuestAddress(self.used + 2)).unwrap();
-        if used_idx == self.last_used {
-            return None;
-        }
-        let elem = self.used + 4 + 8 * (self.last_used % QSIZE) as u64;
-        let id: u32 = mem.read_obj(GuestAddress(elem)).unwrap();
-        let len: u32 = mem.read_obj(GuestAddress(elem + 4)).unwrap();
-        self.last_used = self.last_used.wrapping_add(1);
-        let head = id as u16;
-        let Some(idxs) = self.chains.remove(&head) else {
-            panic!("device used unknown head {head} on queue {}", self.index);
-        };
-        self.free.extend(idxs);
-        Some((head, len))
-    }
-
-    fn in_flight(&self) -> usize {
-        self.chains.len()
-    }
+/// The driver side of queue `index`: `QSIZE` entries at `QUEUE_BASE[index]`, each
+/// descriptor with a buffer slot of its own, and the device's `Queue` for it.
+fn driver_queue(mem: &GuestMemory, index: usize) -> (DriverQueue, Queue) {
+    let slots = BUF_BASE + index as u64 * QSIZE as u64 * SLOT;
+    let dq = DriverQueue::new(mem, QUEUE_BASE[index], QSIZE).with_buffer_slots(slots, SLOT);
+    let q = dq.create_queue();
+    (dq, q)
 }
 
 static TEST_DIR_COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -215,8 +77,8 @@ struct Harness {
     dev: Arc<Mutex<Vsock>>,
     em: EventManager<Arc<Mutex<Vsock>>>,
     irq: Arc<IrqTrigger>,
-    rxq: GuestQueue,
-    txq: GuestQueue,
+    rxq: DriverQueue,
+    txq: DriverQueue,
     uds: PathBuf,
     /// RX chain head → its writable segments (address, length), to read packets back.
     rx_layout: HashMap<u16, Vec<(u64, u32)>>,
@@ -233,9 +95,9 @@ impl Harness {
         let dev = Arc::new(Mutex::new(Vsock::new(GUEST_CID, uds.clone()).unwrap()));
         let mut em = EventManager::<Arc<Mutex<Vsock>>>::new().unwrap();
         em.add_subscriber(dev.clone());
-        let (rxq, q0) = GuestQueue::new(&mem, 0);
-        let (txq, q1) = GuestQueue::new(&mem, 1);
-        let (_evq, q2) = GuestQueue::new(&mem, 2);
+        let (rxq, q0) = driver_queue(&mem, 0);
+        let (txq, q1) = driver_queue(&mem, 1);
+        let (_evq, q2) = driver_queue(&mem, 2);
         let irq = Arc::new(IrqTrigger::new().unwrap());
         {
             let mut d = dev.lock().unwrap();
@@ -275,7 +137,7 @@ impl Harness {
     /// Posts one RX chain made of writable segments of the given lengths.
     fn post_rx_chain(&mut self, lens: &[u32]) {
         let bufs: Vec<(u32, bool)> = lens.iter().map(|&l| (l, true)).collect();
-        let idxs = self.rxq.add_chain(&self.mem, &bufs, &[]);
+        let idxs = self.rxq.add_buffers(&bufs, &[]);
         let segs = idxs
             .iter()
             .zip(lens)
@@ -300,7 +162,7 @@ impl Harness {
     /// Collects the RX packets the device has written.
     fn recv(&mut self) -> Vec<RxPkt> {
         let mut out = Vec::new();
-        while let Some((head, len)) = self.rxq.pop_used(&self.mem) {
+        while let Some((head, len)) = self.rxq.pop_used() {
             let Some(segs) = self.rx_layout.remove(&head) else {
                 assert_eq!(len, 0);
                 self.empty_rx += 1;
@@ -354,11 +216,9 @@ impl Harness {
     fn send_raw(&mut self, hdr: &Header, data: &[u8]) {
         let hb = hdr.to_bytes();
         if data.is_empty() {
-            self.txq
-                .add_chain(&self.mem, &[(HEADER_SIZE as u32, false)], &[&hb]);
+            self.txq.add_buffers(&[(HEADER_SIZE as u32, false)], &[&hb]);
         } else {
-            self.txq.add_chain(
-                &self.mem,
+            self.txq.add_buffers(
                 &[(HEADER_SIZE as u32, false), (data.len() as u32, false)],
                 &[&hb, data],
             );
@@ -370,7 +230,7 @@ impl Harness {
 
     /// Returns the used TX descriptors to the driver; all TX buffers must come back.
     fn reap_tx(&mut self) {
-        while let Some((_, len)) = self.txq.pop_used(&self.mem) {
+        while let Some((_, len)) = self.txq.pop_used() {
             assert_eq!(len, 0);
         }
         assert_eq!(self.txq.in_flight(), 0, "device kept TX descriptors");
@@ -826,80 +686,41 @@ fn host_initiated_timeout() {
 fn garbage_is_survived() {
     let mut h = Harness::new();
     // A broken (read-only) RX buffer first in line.
-    h.rxq
-        .add_chain(&h.mem, &[(HEADER_SIZE as u32 + 64, false)], &[]);
+    h.rxq.add_buffers(&[(HEADER_SIZE as u32 + 64, false)], &[]);
     h.top_up_rx();
     let good = GuestConn::new(7000, 1025);
 
     // Header shorter than 44 bytes.
     let hb = good.hdr(OP_REQUEST, 0, 0).to_bytes();
-    h.txq.add_chain(&h.mem, &[(20, false)], &[&hb[..20]]);
+    h.txq.add_buffers(&[(20, false)], &[&hb[..20]]);
     // `len` larger than the sane maximum.
     let mut big = good.hdr(OP_RW, 0, 100_000);
     let hb_big = big.to_bytes();
-    h.txq.add_chain(
-        &h.mem,
-        &[(HEADER_SIZE as u32, false), (60_000, false)],
-        &[&hb_big],
-    );
+    h.txq
+        .add_buffers(&[(HEADER_SIZE as u32, false), (60_000, false)], &[&hb_big]);
     // `len` larger than its descriptor.
     big.len = 1000;
     let hb_long = big.to_bytes();
-    h.txq.add_chain(
-        &h.mem,
-        &[(HEADER_SIZE as u32, false), (100, false)],
-        &[&hb_long],
-    );
+    h.txq
+        .add_buffers(&[(HEADER_SIZE as u32, false), (100, false)], &[&hb_long]);
     // Descriptor outside guest memory.
-    h.txq.add_raw_chain(
-        &h.mem,
-        &[Desc {
-            addr: 0xffff_ffff_0000,
-            len: HEADER_SIZE as u32,
-            flags: 0,
-            next: 0,
-        }],
-    );
+    h.txq
+        .add_raw(&[(0xffff_ffff_0000, HEADER_SIZE as u32, R, None)]);
     // A data descriptor that runs past the end of guest memory.
     let hb_rw = good.hdr(OP_RW, 0, 4096).to_bytes();
-    let idxs = h.txq.add_chain(
-        &h.mem,
-        &[(HEADER_SIZE as u32, false), (4096, false)],
-        &[&hb_rw],
-    );
-    h.txq.write_desc(
-        &h.mem,
-        idxs[1],
-        Desc {
-            addr: MEM_SIZE as u64 - 100,
-            len: 4096,
-            flags: 0,
-            next: 0,
-        },
-    );
+    let idxs = h
+        .txq
+        .add_buffers(&[(HEADER_SIZE as u32, false), (4096, false)], &[&hb_rw]);
+    h.txq.set_desc(idxs[1], MEM_SIZE as u64 - 100, 4096, R, 0);
     // A descriptor loop: header → data → header ...
     let slot = h.txq.slot(0);
     h.mem.write_slice(&hb_rw, GuestAddress(slot)).unwrap();
-    h.txq.add_raw_chain(
-        &h.mem,
-        &[
-            Desc {
-                addr: slot,
-                len: HEADER_SIZE as u32,
-                flags: VRING_DESC_F_NEXT,
-                next: 1,
-            },
-            Desc {
-                addr: slot,
-                len: 10,
-                flags: VRING_DESC_F_NEXT,
-                next: 0,
-            },
-        ],
-    );
+    h.txq.add_raw(&[
+        (slot, HEADER_SIZE as u32, R, Some(1)),
+        (slot, 10, R, Some(0)),
+    ]);
     // A write-only TX descriptor.
-    h.txq
-        .add_chain(&h.mem, &[(HEADER_SIZE as u32, true)], &[&hb]);
+    h.txq.add_buffers(&[(HEADER_SIZE as u32, true)], &[&hb]);
     h.kick(TXQ_INDEX);
     h.pump();
     h.reap_tx();
@@ -992,12 +813,10 @@ fn descriptor_layouts() {
     // TX: header and payload in one descriptor.
     let mut one = gc.hdr(OP_RW, 0, 5).to_bytes().to_vec();
     one.extend_from_slice(b"one..");
-    h.txq
-        .add_chain(&h.mem, &[(one.len() as u32, false)], &[&one]);
+    h.txq.add_buffers(&[(one.len() as u32, false)], &[&one]);
     // TX: payload over three descriptors.
     let hb = gc.hdr(OP_RW, 0, 9).to_bytes();
-    h.txq.add_chain(
-        &h.mem,
+    h.txq.add_buffers(
         &[
             (HEADER_SIZE as u32, false),
             (3, false),
@@ -1008,8 +827,7 @@ fn descriptor_layouts() {
     );
     // TX: header split over two descriptors, then the payload.
     let hb = gc.hdr(OP_RW, 0, 4).to_bytes();
-    h.txq.add_chain(
-        &h.mem,
+    h.txq.add_buffers(
         &[(20, false), (24, false), (4, false)],
         &[&hb[..20], &hb[20..], b"wxyz"],
     );
@@ -1075,18 +893,14 @@ fn random_tx_chains() {
                 1 => 0,
                 _ => rng.below(200) as u32,
             };
-            let mut flags = if rng.chance(10) {
-                VRING_DESC_F_WRITE
-            } else {
-                0
-            };
-            let mut next = 0;
-            if i + 1 < ndesc {
-                flags |= VRING_DESC_F_NEXT;
-                next = i as u16 + 1;
+            let flags = if rng.chance(10) { W } else { R };
+            let next = if i + 1 < ndesc {
+                Some(i as u16 + 1)
             } else if rng.chance(20) {
-                flags |= VRING_DESC_F_NEXT; // loop back to the head
-            }
+                Some(0) // loop back to the head
+            } else {
+                None
+            };
             if slot == addr {
                 // Fill the buffer: a header that is sometimes plausible, then junk.
                 let mut bytes: Vec<u8> = (0..200).map(|_| rng.next() as u8).collect();
@@ -1115,14 +929,9 @@ fn random_tx_chains() {
                 }
                 h.mem.write_slice(&bytes, GuestAddress(addr)).unwrap();
             }
-            descs.push(Desc {
-                addr,
-                len,
-                flags,
-                next,
-            });
+            descs.push((addr, len, flags, next));
         }
-        h.txq.add_raw_chain(&h.mem, &descs);
+        h.txq.add_raw(&descs);
         if round % 16 == 15 {
             h.kick(TXQ_INDEX);
             h.pump();

@@ -8,7 +8,9 @@
 
 use std::time::{Duration, Instant};
 
-use runvm_tests::docker::{self, wait_for, Harness, Tmux, BUSYBOX};
+use runvm_tests::docker::{self, Harness, BUSYBOX};
+use runvm_tests::tmux::Tmux;
+use runvm_tests::wait_for;
 
 const TESTS: &[(&str, docker::TestFn)] = &[
     ("echo_and_exit_codes", echo_and_exit_codes),

@@ -127,8 +127,8 @@ fn ps_lists_the_workload_and_an_exec_and_json_gives_host_pids() {
     unsafe { libc::kill(holder, libc::SIGKILL) };
     assert_eq!(reap(holder, Duration::from_secs(30)), 137);
     wait_for("the exec'd process to go", Duration::from_secs(30), || {
-        let table = stdout(&root.cmd(&["ps", "ps"]));
-        (!table.contains("sleep 5555")).then_some(())
+        let out = root.cmd(&["ps", "ps"]);
+        (code(&out) == 0 && !stdout(&out).contains("sleep 5555")).then_some(())
     });
 
     // `events` without --stats streams until the container stops.

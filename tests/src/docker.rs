@@ -274,22 +274,6 @@ fn short(s: &str, n: usize) -> String {
     }
 }
 
-/// Polls `f` every 100 ms until it returns `Some`, or panics with `what` after `timeout`.
-#[track_caller]
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// The engine's CLI, pointed at our private daemon or storage.
 #[derive(Clone, Debug)]
 pub struct Cli {
@@ -668,6 +652,11 @@ impl Dockerd {
                 }
             }
             if start.elapsed() > Duration::from_secs(180) {
+                // Not left running behind a failed setup.
+                if let Some(mut c) = self.child.take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
                 return Err(format!(
                     "dockerd did not answer on {} within 180 s; its log:\n{}",
                     self.sock.display(),
@@ -1145,7 +1134,10 @@ fn run_one(engine: Engine, name: &str, body: TestFn) -> Result<(), Failed> {
     // The standard daemon for every test.
     if let Some(d) = world.dockerd.as_mut() {
         if d.child.is_none() || d.default_runtime != "runc" {
-            let _ = d.stop();
+            let problems = d.stop();
+            if !problems.is_empty() {
+                return Err(format!("stopping dockerd to restart it: {problems:?}").into());
+            }
             if let Err(e) = d.start(&world.runvm, "runc") {
                 return Err(format!("restarting dockerd: {e}").into());
             }
@@ -1226,129 +1218,6 @@ pub fn main(engine: Engine, tests: &[(&'static str, TestFn)]) {
         std::process::exit(1);
     }
     conclusion.exit();
-}
-
-/// A tmux session running one command line in a pane of a given size, for driving
-/// `docker run -it` and `docker exec -it` like a user at a terminal.
-pub struct Tmux {
-    socket: PathBuf,
-    code_file: PathBuf,
-}
-
-impl Tmux {
-    /// Starts `command` (a shell command line) in a detached `cols`×`rows` session.
-    pub fn start(dir: &Path, command: &str, cols: u16, rows: u16) -> Tmux {
-        let socket = dir.join("tmux.sock");
-        let code_file = dir.join("tmux.code");
-        let _ = std::fs::remove_file(&code_file);
-        let line = format!(
-            "{command}; echo $? > {}.tmp; mv {0}.tmp {0}; sleep 3600",
-            code_file.display()
-        );
-        let t = Tmux { socket, code_file };
-        let out = t.tmux(&[
-            "new-session",
-            "-d",
-            "-s",
-            "t",
-            "-x",
-            &cols.to_string(),
-            "-y",
-            &rows.to_string(),
-            &line,
-            // No status line: the pane is the whole cols×rows window.
-            ";",
-            "set-option",
-            "-t",
-            "t",
-            "status",
-            "off",
-        ]);
-        out.ok();
-        t
-    }
-
-    fn tmux(&self, args: &[&str]) -> Out {
-        let mut c = Command::new("tmux");
-        c.arg("-S")
-            .arg(&self.socket)
-            .args(args)
-            .env("TERM", "xterm");
-        run_cmd_quiet(c, None, Duration::from_secs(30))
-    }
-
-    /// Types `text` literally, then Enter.
-    pub fn type_line(&self, text: &str) {
-        self.tmux(&["send-keys", "-t", "t", "-l", text]).ok();
-        self.tmux(&["send-keys", "-t", "t", "Enter"]).ok();
-    }
-
-    /// Sends tmux key names (`C-c`, `C-d`).
-    pub fn keys(&self, keys: &str) {
-        self.tmux(&["send-keys", "-t", "t", keys]).ok();
-    }
-
-    /// The visible screen.
-    pub fn screen(&self) -> String {
-        self.tmux(&["capture-pane", "-p", "-t", "t"]).stdout
-    }
-
-    /// Waits until the screen satisfies `pred`, returning it.
-    #[track_caller]
-    pub fn wait_screen(
-        &self,
-        what: &str,
-        timeout: Duration,
-        pred: impl Fn(&str) -> bool,
-    ) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let s = self.screen();
-            if pred(&s) {
-                return s;
-            }
-            if Instant::now() > deadline {
-                let ended = std::fs::read_to_string(&self.code_file)
-                    .map(|c| format!(" (the command has exited with {})", c.trim()))
-                    .unwrap_or_default();
-                panic!("timed out after {timeout:?} waiting for {what}{ended}; the screen:\n{s}");
-            }
-            std::thread::sleep(Duration::from_millis(300));
-        }
-    }
-
-    pub fn resize(&self, cols: u16, rows: u16) {
-        self.tmux(&[
-            "resize-window",
-            "-t",
-            "t",
-            "-x",
-            &cols.to_string(),
-            "-y",
-            &rows.to_string(),
-        ])
-        .ok();
-    }
-
-    /// Waits for the command to end; its exit code.
-    #[track_caller]
-    pub fn wait_exit(&self, timeout: Duration) -> i32 {
-        wait_for("the tmux command to exit", timeout, || {
-            std::fs::read_to_string(&self.code_file)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-        })
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .arg("-S")
-            .arg(&self.socket)
-            .arg("kill-server")
-            .output();
-    }
 }
 
 /// The kernel release string embedded in a kernel image ("Linux version X ...").

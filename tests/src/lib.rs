@@ -1,5 +1,7 @@
 //! Test harness for runvm's integration tests: bundles, a private state root per test,
-//! and checks that nothing (process, socket, state directory) is left behind.
+//! checks that nothing (process, socket, state directory) is left behind, and waits for
+//! events (a line of output, a process, a file's content) with a deadline and a message
+//! saying what never happened: a test never sleeps in the hope that something happened.
 //!
 //! The tests that boot a guest read what to use from the environment that
 //! `cargo xtask test` sets: `RUNVM_BIN` (the runvm binary), `RUNVM_TEST_ROOTFS` (a
@@ -7,10 +9,12 @@
 //! `#[ignore]`d for a plain `cargo test`, and fail loudly if run without that environment.
 
 pub mod docker;
+pub mod tmux;
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 fn required_env(name: &str) -> String {
@@ -24,31 +28,33 @@ pub fn runvm_bin() -> PathBuf {
     PathBuf::from(required_env("RUNVM_BIN"))
 }
 
-/// A temporary directory removed on drop.
-pub struct TempDir(pub PathBuf);
+/// The busybox root filesystem the tests' bundles share (`RUNVM_TEST_ROOTFS`).
+pub fn test_rootfs() -> String {
+    required_env("RUNVM_TEST_ROOTFS")
+}
+
+/// A temporary directory (the `tempfile` crate's) named after what it is for, mode 0755
+/// like a directory made by `mkdir` (it may be a container's root or a bundle); removed on drop.
+pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     pub fn new(tag: &str) -> Self {
-        let base = std::env::var_os("RUNVM_TEST_TMP")
-            .map(PathBuf::from)
-            .unwrap_or_else(std::env::temp_dir);
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        let mut i = 0u32;
-        loop {
-            let p = base.join(format!("runvm-{tag}-{}-{stamp:x}-{i}", std::process::id()));
-            match std::fs::create_dir(&p) {
-                Ok(()) => return Self(p),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => i += 1,
-                Err(e) => panic!("cannot create {}: {e}", p.display()),
-            }
-        }
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("runvm-{tag}-"))
+            .permissions(std::fs::Permissions::from_mode(0o755))
+            .tempdir()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot create a temporary directory in {}: {e}",
+                    std::env::temp_dir().display()
+                )
+            });
+        Self(dir)
     }
 
     pub fn path(&self) -> &Path {
-        &self.0
+        self.0.path()
     }
 }
 
@@ -62,10 +68,190 @@ pub fn process_file(process: &serde_json::Value) -> (TempDir, String) {
     (dir, s)
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+/// Polls `f` every 100 ms until it returns `Some`; panics after `timeout`, saying what
+/// never happened (`what` completes "waiting for …").
+#[track_caller]
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Waits until the file at `path` contains `needle`; returns its text. Panics after
+/// `timeout` with what the file held.
+#[track_caller]
+pub fn wait_for_text(path: &Path, needle: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} did not appear in {} within {timeout:?}; it holds {text:?}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The pid in a pid file, if the file exists and holds one.
+pub fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+/// The lines a child writes to a pipe, read on a thread of their own, so that a test can
+/// wait for one (with a deadline) while the child runs.
+pub struct Lines {
+    rx: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Lines {
+    pub fn new(pipe: impl std::io::Read + Send + 'static) -> Self {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut r = std::io::BufReader::new(pipe);
+            let mut line = Vec::new();
+            while matches!(r.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+                if line.last() == Some(&b'\n') {
+                    line.pop();
+                }
+                let text = String::from_utf8_lossy(&line).into_owned();
+                if tx.send(text).is_err() {
+                    return;
+                }
+                line.clear();
+            }
+        });
+        Self {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for the next line for which `pred` holds, and returns it. Panics after
+    /// `timeout`, or when the output ends first, with every line read.
+    #[track_caller]
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if pred(&line) {
+                        return line;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!(
+                    "timed out after {timeout:?} waiting for {what}; lines read: {:?}",
+                    self.seen
+                ),
+                Err(mpsc::RecvTimeoutError::Disconnected) => panic!(
+                    "the output ended before {what}; lines read: {:?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    /// Every line read, from the first, once the output has ended (the caller makes it
+    /// end, e.g. by waiting for the child). Panics if it has not ended within `timeout`.
+    #[track_caller]
+    pub fn all(mut self, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return self.seen,
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!(
+                    "the output did not end within {timeout:?}; lines read: {:?}",
+                    self.seen
+                ),
+            }
+        }
+    }
+}
+
+/// Runs `cmd` to its end with `stdin` written to it (then closed) and its stdout and
+/// stderr captured; kills it after `timeout` (then the test fails on its status).
+pub fn run_with_input(mut cmd: Command, stdin: &[u8], timeout: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()));
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    // A process that ends without reading all its input makes this write fail: what the
+    // test checks is the process's output and status, not that.
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = wait_with_timeout(child, timeout);
+    let _ = writer.join();
+    out
+}
+
+/// Runs `cmd` to its end with no input and its stdout and stderr captured; kills it after
+/// `timeout` (then the test fails on its status).
+pub fn output_of(mut cmd: Command, timeout: Duration) -> Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()));
+    wait_with_timeout(child, timeout)
+}
+
+/// `RUNVM create --bundle B --pid-file P ID` as containerd runs it, `runvm` being the
+/// runvm command with its global options and environment (as [`StateRoot::command`]
+/// makes it with no arguments). The container's stdout and stderr go to the files
+/// `stdout` and `stderr` of the bundle (see [`Bundle::stdout`]). Returns create's output,
+/// its stderr being that file, and the pid from the pid file.
+pub fn create_with(mut runvm: Command, bundle: &Bundle, id: &str) -> (Output, Option<i32>) {
+    become_subreaper();
+    let pid_file = bundle.path().join("init.pid");
+    let out_file = std::fs::File::create(bundle.path().join("stdout")).unwrap();
+    let err_file = std::fs::File::create(bundle.path().join("stderr")).unwrap();
+    let child = runvm
+        .args([
+            "create",
+            "--bundle",
+            bundle.path().to_str().unwrap(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            id,
+        ])
+        .stdin(Stdio::null())
+        .stdout(out_file)
+        .stderr(err_file)
+        .spawn()
+        .expect("cannot start runvm create");
+    let mut out = wait_with_timeout(child, Duration::from_secs(180));
+    // What create itself said (the file then carries the container's stderr too).
+    out.stderr = std::fs::read(bundle.path().join("stderr")).unwrap_or_default();
+    (out, read_pid(&pid_file))
 }
 
 /// The namespaces of `runc spec` (a new network namespace included: runvm refuses to run
@@ -89,14 +275,13 @@ impl Bundle {
     }
 
     pub fn with(args: &[&str], cwd: &str, extra_env: &[&str]) -> Self {
-        let rootfs = required_env("RUNVM_TEST_ROOTFS");
         let mut env =
             vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()];
         env.extend(extra_env.iter().map(|s| s.to_string()));
         let config = serde_json::json!({
             "ociVersion": "1.0.2",
             "process": { "terminal": false, "user": { "uid": 0, "gid": 0 }, "args": args, "env": env, "cwd": cwd },
-            "root": { "path": rootfs, "readonly": false },
+            "root": { "path": test_rootfs(), "readonly": false },
             "hostname": "runvm-test",
             "linux": { "namespaces": default_namespaces() },
         });
@@ -113,6 +298,34 @@ impl Bundle {
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
+
+    /// Changes the bundle's config.json with `edit`.
+    pub fn edit_config(&self, edit: impl FnOnce(&mut serde_json::Value)) {
+        let path = self.path().join("config.json");
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        edit(&mut v);
+        std::fs::write(&path, v.to_string()).unwrap();
+    }
+
+    /// A bundle whose process gets a terminal (`process.terminal: true`).
+    pub fn terminal(args: &[&str]) -> Self {
+        let b = Self::new(args);
+        b.edit_config(|v| v["process"]["terminal"] = true.into());
+        b
+    }
+
+    /// What the container wrote to its stdout (for bundles run with [`StateRoot::create`]).
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.path().join("stdout")).unwrap_or_default()
+    }
+
+    /// Waits until the container's stdout (see [`Bundle::stdout`]) contains `needle`;
+    /// returns it. Panics after `timeout` with what it holds.
+    #[track_caller]
+    pub fn wait_for_stdout(&self, needle: &str, timeout: Duration) -> String {
+        wait_for_text(&self.path().join("stdout"), needle, timeout)
+    }
 }
 
 /// A private `--root` for one test; checks on drop that nothing was left in it.
@@ -127,15 +340,6 @@ impl Default for StateRoot {
 }
 
 impl StateRoot {
-    /// Creates and starts `bundle` as `id`, asserting both succeed; the monitor's pid.
-    pub fn running(&self, bundle: &Bundle, id: &str) -> i32 {
-        let (out, pid) = self.create(bundle, id);
-        assert_eq!(code(&out), 0, "create: {}", stderr(&out));
-        let out = self.cmd(&["start", id]);
-        assert_eq!(code(&out), 0, "start: {}", stderr(&out));
-        pid.expect("create wrote no pid file")
-    }
-
     pub fn new() -> Self {
         Self {
             dir: TempDir::new("root"),
@@ -155,21 +359,64 @@ impl StateRoot {
 
     /// Runs `runvm run --bundle B ID` to completion with `stdin` as input.
     pub fn run(&self, bundle: &Bundle, id: &str, stdin: &[u8]) -> Output {
-        let mut child = self
-            .command(&["run", "--bundle", bundle.path().to_str().unwrap(), id])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start runvm");
-        let mut input = child.stdin.take().unwrap();
-        let data = stdin.to_vec();
-        let writer = std::thread::spawn(move || {
-            let _ = input.write_all(&data);
-        });
-        let out = wait_with_timeout(child, Duration::from_secs(120));
-        let _ = writer.join();
-        out
+        let cmd = self.command(&["run", "--bundle", bundle.path().to_str().unwrap(), id]);
+        run_with_input(cmd, stdin, Duration::from_secs(120))
+    }
+
+    /// Runs `runvm <args…>` and returns its output.
+    pub fn cmd(&self, args: &[&str]) -> Output {
+        output_of(self.command(args), Duration::from_secs(120))
+    }
+
+    /// `runvm create --bundle B --pid-file P ID` (see [`create_with`]).
+    pub fn create(&self, bundle: &Bundle, id: &str) -> (Output, Option<i32>) {
+        create_with(self.command(&[]), bundle, id)
+    }
+
+    /// Creates and starts `bundle` as `id`, asserting both succeed; the monitor's pid.
+    #[track_caller]
+    pub fn running(&self, bundle: &Bundle, id: &str) -> i32 {
+        let (out, pid) = self.create(bundle, id);
+        assert_eq!(code(&out), 0, "create: {}", stderr(&out));
+        let out = self.cmd(&["start", id]);
+        assert_eq!(code(&out), 0, "start: {}", stderr(&out));
+        pid.expect("create wrote no pid file")
+    }
+
+    /// `runvm state ID` parsed, or None when it fails.
+    pub fn state(&self, id: &str) -> Option<serde_json::Value> {
+        let out = self.cmd(&["state", id]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).expect("state prints JSON"))
+    }
+
+    /// The container's status from `runvm state`, or "gone" when state fails.
+    pub fn status(&self, id: &str) -> String {
+        self.state(id)
+            .map(|s| s["status"].as_str().unwrap_or("?").to_string())
+            .unwrap_or_else(|| "gone".into())
+    }
+
+    /// Waits until `runvm ps ID` lists a guest process whose command line is `cmdline`
+    /// (a process the workload started, once it has exec'd). Panics after `timeout` with
+    /// the last table.
+    #[track_caller]
+    pub fn wait_for_guest_process(&self, id: &str, cmdline: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.cmd(&["ps", id]);
+            let table = stdout(&out);
+            if code(&out) == 0 && table.lines().any(|l| l.ends_with(&format!(" {cmdline}"))) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "`runvm ps {id}` did not list {cmdline:?} within {timeout:?}; it printed {table:?}, stderr {:?}",
+                stderr(&out)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Entries left in the state root.
@@ -190,6 +437,7 @@ impl StateRoot {
 
     /// Asserts that no state directory and no process of this root remain, allowing
     /// `grace` for the cleanup guard to finish.
+    #[track_caller]
     pub fn assert_clean(&self, grace: Duration) {
         let deadline = Instant::now() + grace;
         loop {
@@ -310,65 +558,6 @@ pub fn reap(pid: i32, timeout: Duration) -> i32 {
     }
 }
 
-impl StateRoot {
-    /// `runvm create --bundle B --pid-file P ID` with the container's stdout and stderr
-    /// going to files in the bundle; returns create's output and the pid from the pid file.
-    pub fn create(&self, bundle: &Bundle, id: &str) -> (Output, Option<i32>) {
-        become_subreaper();
-        let pid_file = bundle.path().join("init.pid");
-        let out_file = std::fs::File::create(bundle.path().join("stdout")).unwrap();
-        let err_file = std::fs::File::create(bundle.path().join("stderr")).unwrap();
-        let child = self
-            .command(&[
-                "create",
-                "--bundle",
-                bundle.path().to_str().unwrap(),
-                "--pid-file",
-                pid_file.to_str().unwrap(),
-                id,
-            ])
-            .stdin(Stdio::null())
-            .stdout(out_file)
-            .stderr(err_file)
-            .spawn()
-            .expect("cannot start runvm create");
-        let mut out = wait_with_timeout(child, Duration::from_secs(120));
-        // What create itself said (the file then carries the container's stderr too).
-        out.stderr = std::fs::read(bundle.path().join("stderr")).unwrap_or_default();
-        let pid = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|s| s.trim().parse().ok());
-        (out, pid)
-    }
-
-    /// Runs `runvm <args…>` and returns its output.
-    pub fn cmd(&self, args: &[&str]) -> Output {
-        let child = self
-            .command(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        wait_with_timeout(child, Duration::from_secs(120))
-    }
-
-    /// `runvm state ID` parsed, or None when it fails.
-    pub fn state(&self, id: &str) -> Option<serde_json::Value> {
-        let out = self.cmd(&["state", id]);
-        out.status
-            .success()
-            .then(|| serde_json::from_slice(&out.stdout).expect("state prints JSON"))
-    }
-}
-
-impl Bundle {
-    /// What the container wrote to its stdout (for bundles run with [`StateRoot::create`]).
-    pub fn stdout(&self) -> String {
-        std::fs::read_to_string(self.path().join("stdout")).unwrap_or_default()
-    }
-}
-
 /// Whether process `pid` holds a KVM VM (an `anon_inode:kvm-vm` descriptor).
 pub fn holds_vm(pid: i32) -> bool {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -379,22 +568,10 @@ pub fn holds_vm(pid: i32) -> bool {
         .any(|l| l.to_string_lossy().contains("kvm-vm"))
 }
 
-impl Bundle {
-    /// A bundle whose process gets a terminal (`process.terminal: true`).
-    pub fn terminal(args: &[&str]) -> Self {
-        let b = Self::new(args);
-        let path = b.path().join("config.json");
-        let mut v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        v["process"]["terminal"] = true.into();
-        std::fs::write(&path, v.to_string()).unwrap();
-        b
-    }
-}
-
 impl StateRoot {
-    /// `runvm create --bundle B --pid-file P --console-socket S ID`: returns create's
-    /// output and the monitor's pid from the pid file.
+    /// `runvm create --bundle B --pid-file P --console-socket S ID` with create's stdout
+    /// and stderr piped and read to their end, as go-runc does (so the monitor must not
+    /// hold them): returns create's output and the monitor's pid from the pid file.
     pub fn create_with_console(
         &self,
         bundle: &Bundle,
@@ -403,30 +580,18 @@ impl StateRoot {
     ) -> (Output, Option<i32>) {
         become_subreaper();
         let pid_file = bundle.path().join("init.pid");
-        let child = self
-            .command(&[
-                "create",
-                "--bundle",
-                bundle.path().to_str().unwrap(),
-                "--pid-file",
-                pid_file.to_str().unwrap(),
-                "--console-socket",
-                console.path().to_str().unwrap(),
-                id,
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start runvm create");
-        // Like go-runc: create's output is read to EOF, so the monitor must not hold it.
-        let mut out = wait_with_timeout(child, Duration::from_secs(120));
-        // What create itself said (the file then carries the container's stderr too).
-        out.stderr = std::fs::read(bundle.path().join("stderr")).unwrap_or_default();
-        let pid = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|s| s.trim().parse().ok());
-        (out, pid)
+        let cmd = self.command(&[
+            "create",
+            "--bundle",
+            bundle.path().to_str().unwrap(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            "--console-socket",
+            console.path().to_str().unwrap(),
+            id,
+        ]);
+        let out = output_of(cmd, Duration::from_secs(120));
+        (out, read_pid(&pid_file))
     }
 }
 
@@ -627,25 +792,10 @@ impl StateRoot {
         full.extend_from_slice(args);
         full.push(id);
         full.extend_from_slice(cmd);
-        let mut child = self
-            .command(&full)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start runvm exec");
-        let mut input = child.stdin.take().unwrap();
-        let data = stdin.to_vec();
-        let writer = std::thread::spawn(move || {
-            let _ = input.write_all(&data);
-        });
         // The pipes reach EOF once runvm exec has returned and the monitor has closed its
         // copies, i.e. when the process has ended.
-        let out = wait_with_timeout(child, Duration::from_secs(120));
-        let _ = writer.join();
-        let pid: Option<i32> = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|s| s.trim().parse().ok());
+        let out = run_with_input(self.command(&full), stdin, Duration::from_secs(120));
+        let pid = read_pid(&pid_file);
         ExecResult {
             exec_code: code(&out),
             stdout: stdout(&out),

@@ -115,7 +115,7 @@ fn unknown_ids_and_bad_signals() {
 #[ignore = "needs the runvm binary: run through `cargo xtask test`"]
 fn unknown_keys_are_refused_naming_their_path() {
     let root = StateRoot::new();
-    let rootfs = std::env::var("RUNVM_TEST_ROOTFS").unwrap_or_else(|_| "/".into());
+    let rootfs = test_rootfs();
     let base = serde_json::json!({
         "ociVersion": "1.0.2",
         "process": { "args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0} },
@@ -159,7 +159,7 @@ fn unknown_keys_are_ignored_and_named_in_the_log() {
     // A config that parses gets as far as looking for the guest kernel: pointing
     // RUNVM_KERNEL at nothing stops it there, before any state is made.
     let root = StateRoot::new();
-    let rootfs = std::env::var("RUNVM_TEST_ROOTFS").unwrap_or_else(|_| "/".into());
+    let rootfs = test_rootfs();
     let cfg = |extra: serde_json::Value| {
         let mut c = serde_json::json!({
             "ociVersion": "1.0.2",

@@ -2,7 +2,9 @@
 //! nothing is left behind, including after the host side is SIGKILLed.
 //! Run with `cargo xtask test` (directly, or inside the nested test host).
 
-use std::time::{Duration, Instant};
+use std::io::Write;
+use std::process::Stdio;
+use std::time::Duration;
 
 use runvm_tests::*;
 
@@ -85,8 +87,8 @@ fn one_mib_written_just_before_exit_is_not_lost() {
         "stderr tail: {}",
         &stderr(&out)[..stderr(&out).len().min(300)]
     );
+    // 1,288,895 bytes: more than 1 MiB.
     let want: String = (1..=200000).map(|i| format!("{i}\n")).collect();
-    assert!(want.len() > 1 << 20);
     assert_eq!(out.stdout.len(), want.len(), "stdout length");
     assert!(out.stdout == want.as_bytes(), "stdout bytes differ");
     let want_err: String = (1..=1000).map(|i| format!("{i}\n")).collect();
@@ -139,30 +141,25 @@ fn missing_program_is_127() {
 #[ignore = "boots a guest: run through `cargo xtask test`"]
 fn sigkill_of_the_host_side_leaves_nothing() {
     let root = StateRoot::new();
-    let bundle = Bundle::new(&["sleep", "60"]);
+    let bundle = Bundle::new(&["sh", "-c", "echo running; exec sleep 60"]);
     let mut child = root
         .command(&["run", "--bundle", bundle.path().to_str().unwrap(), "killed"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // Wait until the guest is up (its vsock control socket exists), then SIGKILL.
-    let sock = root
-        .path()
-        .join("killed")
-        .join("run")
-        .join("vsock.sock_1024");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !sock.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(
-        sock.exists(),
-        "the monitor never created {}",
-        sock.display()
+    // The guest runs the workload once it has printed: SIGKILL then.
+    let mut out = Lines::new(child.stdout.take().unwrap());
+    out.wait_for(
+        "the workload to print `running`",
+        Duration::from_secs(60),
+        |l| l == "running",
     );
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        holds_vm(child.id() as i32),
+        "runvm run holds the VM while its workload runs"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     root.assert_clean(Duration::from_secs(5));
@@ -172,27 +169,53 @@ fn sigkill_of_the_host_side_leaves_nothing() {
 #[ignore = "boots a guest: run through `cargo xtask test`"]
 fn duplicate_id_is_refused_while_the_first_runs() {
     let root = StateRoot::new();
-    let long = Bundle::new(&["sleep", "3"]);
+    // The first container runs until it is given a line.
+    let first_bundle = Bundle::new(&["sh", "-c", "echo running; read line; echo got $line"]);
     let mut first = root
-        .command(&["run", "--bundle", long.path().to_str().unwrap(), "dup"])
-        .stdin(std::process::Stdio::null())
+        .command(&[
+            "run",
+            "--bundle",
+            first_bundle.path().to_str().unwrap(),
+            "dup",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let dir = root.path().join("dup");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !dir.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut first_out = Lines::new(first.stdout.take().unwrap());
+    first_out.wait_for(
+        "the first container's workload to print `running`",
+        Duration::from_secs(60),
+        |l| l == "running",
+    );
+
     let out = root.run(&Bundle::new(&["true"]), "dup", b"");
-    assert_eq!(code(&out), 1);
+    assert_eq!(code(&out), 1, "stderr: {}", stderr(&out));
     assert!(
         stderr(&out).contains("already exists"),
         "stderr: {}",
         stderr(&out)
     );
     assert!(
-        first.wait().unwrap().success(),
-        "the first container must be unaffected"
+        first.try_wait().unwrap().is_none(),
+        "the first container still runs after the refusal"
+    );
+
+    let mut input = first.stdin.take().unwrap();
+    input.write_all(b"go\n").unwrap();
+    drop(input);
+    let done = wait_with_timeout(first, Duration::from_secs(60));
+    assert_eq!(
+        code(&done),
+        0,
+        "the first container is unaffected: {}",
+        stderr(&done)
+    );
+    assert_eq!(
+        first_out.all(Duration::from_secs(5)),
+        ["running", "got go"],
+        "the first container's output"
     );
     root.assert_clean(Duration::from_secs(2));
 }

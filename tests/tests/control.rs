@@ -3,42 +3,19 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use runvm_tests::*;
 
-fn status(root: &StateRoot, id: &str) -> String {
-    root.state(id)
-        .map(|s| s["status"].as_str().unwrap_or("?").to_string())
-        .unwrap_or_else(|| "gone".into())
-}
-
 /// A busybox bundle running `args`, with `linux` merged into its `linux` section.
 fn bundle_with_linux(args: &[&str], linux: serde_json::Value) -> Bundle {
-    let rootfs = std::env::var("RUNVM_TEST_ROOTFS").expect("RUNVM_TEST_ROOTFS");
-    let mut l = serde_json::json!({ "namespaces": default_namespaces() });
-    for (k, v) in linux.as_object().unwrap() {
-        l[k] = v.clone();
-    }
-    let config = serde_json::json!({
-        "ociVersion": "1.0.2",
-        "process": {
-            "terminal": false, "user": { "uid": 0, "gid": 0 }, "args": args,
-            "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "cwd": "/",
-        },
-        "root": { "path": rootfs, "readonly": false },
-        "hostname": "runvm-test",
-        "linux": l,
+    let b = Bundle::new(args);
+    b.edit_config(|c| {
+        for (k, v) in linux.as_object().unwrap() {
+            c["linux"][k] = v.clone();
+        }
     });
-    Bundle::from_config(&config.to_string())
-}
-
-fn started(root: &StateRoot, bundle: &Bundle, id: &str) -> i32 {
-    let (out, pid) = root.create(bundle, id);
-    assert_eq!(code(&out), 0, "create: {}", stderr(&out));
-    let out = root.cmd(&["start", id]);
-    assert_eq!(code(&out), 0, "start: {}", stderr(&out));
-    pid.expect("create wrote no pid file")
+    b
 }
 
 /// Runs `sh -c script` in the container; returns (exit code, stdout, stderr).
@@ -46,6 +23,14 @@ fn sh(root: &StateRoot, id: &str, script: &str) -> (Option<i32>, String, String)
     let r = root.exec_detached(id, &[], &["sh", "-c", script], b"");
     assert_eq!(r.exec_code, 0, "exec {script:?}: {}", r.stderr);
     (r.code, r.stdout, r.stderr)
+}
+
+/// Runs `sh -c script` in the container, asserting it exits 0; returns its stdout.
+#[track_caller]
+fn sh_ok(root: &StateRoot, id: &str, script: &str) -> String {
+    let (c, out, err) = sh(root, id, script);
+    assert_eq!(c, Some(0), "{script:?}: stdout {out:?} stderr {err:?}");
+    out
 }
 
 /// Every directory of cgroup `path` on this host (v2, and each v1 hierarchy).
@@ -70,7 +55,7 @@ fn cgroup_dirs(path: &str) -> Vec<PathBuf> {
 fn ps_lists_the_workload_and_an_exec_and_json_gives_host_pids() {
     let root = StateRoot::new();
     let bundle = Bundle::new(&["sleep", "7777"]);
-    let monitor = started(&root, &bundle, "ps");
+    let monitor = root.running(&bundle, "ps");
 
     // A detached exec that keeps running: its pid file names its host waiter.
     become_subreaper();
@@ -96,11 +81,7 @@ fn ps_lists_the_workload_and_an_exec_and_json_gives_host_pids() {
         .unwrap();
     let err = std::fs::read_to_string(&err_file).unwrap_or_default();
     assert!(status.success(), "exec: {err}");
-    let holder: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let holder = read_pid(&pid_file).expect("exec --detach wrote no pid file");
 
     let out = root.cmd(&["ps", "ps"]);
     assert_eq!(code(&out), 0, "ps: {}", stderr(&out));
@@ -144,28 +125,28 @@ fn ps_lists_the_workload_and_an_exec_and_json_gives_host_pids() {
     // The waiter's end kills the exec'd process, which leaves the list.
     // SAFETY: kill(2) on a child of this test (a subreaper).
     unsafe { libc::kill(holder, libc::SIGKILL) };
-    reap(holder, Duration::from_secs(30));
-    wait_until("the exec'd process to go", Duration::from_secs(30), || {
-        !stdout(&root.cmd(&["ps", "ps"])).contains("sleep 5555")
+    assert_eq!(reap(holder, Duration::from_secs(30)), 137);
+    wait_for("the exec'd process to go", Duration::from_secs(30), || {
+        let out = root.cmd(&["ps", "ps"]);
+        (code(&out) == 0 && !stdout(&out).contains("sleep 5555")).then_some(())
     });
 
     // `events` without --stats streams until the container stops.
-    let events = root
+    let mut events = root
         .command(&["events", "--interval", "1", "ps"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(3));
+    let mut lines = Lines::new(events.stdout.take().unwrap());
+    lines.wait_for("a first event", Duration::from_secs(30), |_| true);
     assert_eq!(code(&root.cmd(&["kill", "ps", "KILL"])), 0);
     assert_eq!(reap(monitor, Duration::from_secs(60)), 137);
     let out = wait_with_timeout(events, Duration::from_secs(30));
     assert_eq!(code(&out), 0, "events: {}", stderr(&out));
-    let text = stdout(&out);
-    assert!(!text.is_empty(), "events printed nothing");
-    for line in text.lines() {
-        let ev: serde_json::Value = serde_json::from_str(line).expect("one JSON event a line");
+    for line in lines.all(Duration::from_secs(5)) {
+        let ev: serde_json::Value = serde_json::from_str(&line).expect("one JSON event a line");
         assert_eq!(ev["type"], "stats", "{line}");
     }
     let out = root.cmd(&["ps", "ps"]);
@@ -176,14 +157,6 @@ fn ps_lists_the_workload_and_an_exec_and_json_gives_host_pids() {
     );
     assert_eq!(code(&root.cmd(&["delete", "ps"])), 0);
     root.assert_clean(Duration::from_secs(5));
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn lines_of(bundle: &Bundle) -> usize {
@@ -199,15 +172,16 @@ fn pause_stops_the_guest_and_resume_continues_it_and_kill_works_while_paused() {
         "-c",
         "i=0; while true; do i=$((i+1)); echo $i; sleep 0.2; done",
     ]);
-    let monitor = started(&root, &bundle, "pz");
-    wait_until("the counter to count", Duration::from_secs(60), || {
-        lines_of(&bundle) >= 3
+    let monitor = root.running(&bundle, "pz");
+    wait_for("the counter to count", Duration::from_secs(60), || {
+        (lines_of(&bundle) >= 3).then_some(())
     });
 
     let out = root.cmd(&["pause", "pz"]);
     assert_eq!(code(&out), 0, "pause: {}", stderr(&out));
-    assert_eq!(status(&root, "pz"), "paused");
-    // Output already on its way may land; then nothing more.
+    assert_eq!(root.status("pz"), "paused");
+    // Part of what is tested: output already on its way may land within a second; then
+    // three seconds in which a running counter (five lines a second) would have written.
     std::thread::sleep(Duration::from_secs(1));
     let frozen = lines_of(&bundle);
     std::thread::sleep(Duration::from_secs(3));
@@ -220,9 +194,9 @@ fn pause_stops_the_guest_and_resume_continues_it_and_kill_works_while_paused() {
 
     let out = root.cmd(&["resume", "pz"]);
     assert_eq!(code(&out), 0, "resume: {}", stderr(&out));
-    assert_eq!(status(&root, "pz"), "running");
-    wait_until("the counter to go on", Duration::from_secs(30), || {
-        lines_of(&bundle) > frozen + 2
+    assert_eq!(root.status("pz"), "running");
+    wait_for("the counter to go on", Duration::from_secs(30), || {
+        (lines_of(&bundle) > frozen + 2).then_some(())
     });
     let out = root.cmd(&["resume", "pz"]);
     assert_ne!(code(&out), 0, "resume of a running container must fail");
@@ -233,7 +207,7 @@ fn pause_stops_the_guest_and_resume_continues_it_and_kill_works_while_paused() {
     let out = root.cmd(&["kill", "pz", "KILL"]);
     assert_eq!(code(&out), 0, "kill: {}", stderr(&out));
     assert_eq!(reap(monitor, Duration::from_secs(60)), 137);
-    assert_eq!(status(&root, "pz"), "stopped");
+    assert_eq!(root.status("pz"), "stopped");
     assert_eq!(code(&root.cmd(&["delete", "pz"])), 0);
     root.assert_clean(Duration::from_secs(5));
 }
@@ -254,7 +228,7 @@ fn cgroups_limits_events_and_update_and_nothing_left_after_sigkill() {
             },
         }),
     );
-    let monitor = started(&root, &bundle, "cg");
+    let monitor = root.running(&bundle, "cg");
 
     // The monitor is in the host cgroup, which exists.
     let own = std::fs::read_to_string(format!("/proc/{monitor}/cgroup")).unwrap();
@@ -276,10 +250,15 @@ fn cgroups_limits_events_and_update_and_nothing_left_after_sigkill() {
     assert!(usage.expect("the host cgroup has memory figures") > 0);
     let limit = read("memory.max").or_else(|| read("memory.limit_in_bytes"));
     assert_eq!(limit, Some((64 + 96 + 64) << 20), "host memory limit");
-    if let Some(v2) = dirs.iter().find(|d| d.join("cpu.max").exists()) {
-        let cpu = std::fs::read_to_string(v2.join("cpu.max")).unwrap();
-        assert_eq!(cpu.trim(), "50000 100000", "host cpu.max");
-    }
+    // The CPU quota: cgroup v2's cpu.max, or v1's pair of files.
+    let cpu = match read("cpu.cfs_quota_us").zip(read("cpu.cfs_period_us")) {
+        Some((quota, period)) => format!("{quota} {period}"),
+        None => dirs
+            .iter()
+            .find_map(|d| std::fs::read_to_string(d.join("cpu.max")).ok())
+            .unwrap_or_else(|| panic!("no cpu.max or cpu.cfs_quota_us in {dirs:?}")),
+    };
+    assert_eq!(cpu.trim(), "50000 100000", "host CPU quota and period");
 
     // events --stats: one JSON line, memory of the VM non-zero.
     let out = root.cmd(&["events", "--stats", "cg"]);
@@ -297,18 +276,17 @@ fn cgroups_limits_events_and_update_and_nothing_left_after_sigkill() {
     assert_eq!(ev["data"]["pids"]["limit"], 20, "{ev}");
 
     // The guest's cgroup, as the container sees it (its own cgroup namespace).
-    let (c, out, err) = sh(
+    let out = sh_ok(
         &root,
         "cg",
         "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max /sys/fs/cgroup/cpu.max",
     );
-    assert_eq!(c, Some(0), "{err}");
     assert_eq!(out, format!("{}\n20\n50000 100000\n", 64 << 20));
 
     // update: visible in the guest; a pids limit makes forks fail.
     let out = root.cmd(&["update", "--pids-limit", "4", "--memory", "104857600", "cg"]);
     assert_eq!(code(&out), 0, "update: {}", stderr(&out));
-    let (_, out, _) = sh(
+    let out = sh_ok(
         &root,
         "cg",
         "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max",
@@ -328,7 +306,7 @@ fn cgroups_limits_events_and_update_and_nothing_left_after_sigkill() {
     std::fs::write(&file, r#"{"pids":{"limit":100}}"#).unwrap();
     let out = root.cmd(&["update", "-r", file.to_str().unwrap(), "cg"]);
     assert_eq!(code(&out), 0, "update -r: {}", stderr(&out));
-    let (_, out, _) = sh(&root, "cg", "cat /sys/fs/cgroup/pids.max");
+    let out = sh_ok(&root, "cg", "cat /sys/fs/cgroup/pids.max");
     assert_eq!(out, "100\n");
     let out = root.cmd(&["update", "--cpuset-cpus", "0", "cg"]);
     assert_ne!(code(&out), 0);
@@ -342,8 +320,8 @@ fn cgroups_limits_events_and_update_and_nothing_left_after_sigkill() {
     // SAFETY: kill(2) on the monitor, a child of this test (a subreaper).
     unsafe { libc::kill(monitor, libc::SIGKILL) };
     assert_eq!(reap(monitor, Duration::from_secs(30)), 137);
-    wait_until("the cgroup to be removed", Duration::from_secs(10), || {
-        cgroup_dirs(&cg).is_empty()
+    wait_for("the cgroup to be removed", Duration::from_secs(10), || {
+        cgroup_dirs(&cg).is_empty().then_some(())
     });
     assert_eq!(code(&root.cmd(&["delete", "cg"])), 0);
     root.assert_clean(Duration::from_secs(5));

@@ -8,7 +8,9 @@
 
 use std::time::{Duration, Instant};
 
-use runvm_tests::docker::{self, wait_for, Harness, Tmux, BUSYBOX};
+use runvm_tests::docker::{self, Cli, Harness, BUSYBOX};
+use runvm_tests::tmux::Tmux;
+use runvm_tests::wait_for;
 
 const TESTS: &[(&str, docker::TestFn)] = &[
     ("echo_and_exit_codes", echo_and_exit_codes),
@@ -113,6 +115,27 @@ CMD [\"sh\", \"-c\", \"trap 'exit 42' USR1; echo ready; sleep 600 & wait\"]
 
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
+}
+
+/// The time now as Docker takes it in `--since` and `--until` (Unix seconds.nanoseconds).
+fn docker_time_now() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    format!("{}.{:09}", t.as_secs(), t.subsec_nanos())
+}
+
+/// Waits until `docker exec NAME ps -o args` lists `cmdline`: a process the container's
+/// shell started runs (as the foreground job, once it has exec'd).
+fn wait_for_process_in(d: &Cli, name: &str, cmdline: &str) {
+    wait_for(
+        &format!("{cmdline:?} to run in container {name}"),
+        Duration::from_secs(60),
+        || {
+            let ps = d.cmd(&["exec", name, "ps", "-o", "args"]);
+            (ps.code == 0 && ps.text().lines().any(|l| l.trim() == cmdline)).then_some(())
+        },
+    );
 }
 
 fn echo_and_exit_codes(h: &mut Harness) {
@@ -341,6 +364,7 @@ fn attach_to_a_running_container(h: &mut Harness) {
     ]);
     d.wait_status("att-in", "running", Duration::from_secs(120));
     // stdin stays open until the container has answered (closing it detaches).
+    let since = docker_time_now();
     let mut attach = d
         .command(&["attach", "att-in"])
         .stdin(std::process::Stdio::piped())
@@ -348,7 +372,27 @@ fn attach_to_a_running_container(h: &mut Harness) {
         .spawn()
         .expect("docker attach");
     let mut input = attach.stdin.take().unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    // The line is typed once the daemon has the attach (its `attach` event).
+    wait_for(
+        "the daemon to report the attach to att-in",
+        Duration::from_secs(60),
+        || {
+            let events = d.cmd(&[
+                "events",
+                "--since",
+                &since,
+                "--until",
+                &docker_time_now(),
+                "--filter",
+                "container=att-in",
+                "--filter",
+                "event=attach",
+                "--format",
+                "{{.Action}}",
+            ]);
+            events.text().lines().any(|l| l == "attach").then_some(())
+        },
+    );
     std::io::Write::write_all(&mut input, b"typed\n").unwrap();
     let out = runvm_tests::wait_with_timeout(attach, Duration::from_secs(60));
     drop(input);
@@ -419,12 +463,12 @@ fn engine_api_create_attach_start_wait_logs(h: &mut Harness) {
     out.ok();
     let waited: serde_json::Value = serde_json::from_str(out.text()).expect("wait answers JSON");
     assert_eq!(waited["StatusCode"], 0, "{waited}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while attach.try_wait().unwrap().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = attach.kill();
-    let _ = attach.wait();
+    // (How curl ends a stream the daemon closes is curl's business: its output is checked.)
+    wait_for(
+        "the attach stream to end with the container",
+        Duration::from_secs(30),
+        || attach.try_wait().unwrap(),
+    );
     let attached = demux(&std::fs::read(&stream).unwrap_or_default());
     assert_eq!(
         attached,
@@ -471,13 +515,17 @@ fn demux(mut data: &[u8]) -> Vec<(u8, String)> {
 
 fn interactive_tty_through_tmux(h: &mut Harness) {
     let d = h.cli().clone();
-    let mut args = vec!["run".to_string(), "-it".into(), "--rm".into()];
-    args.extend(d.container_args(false));
-    args.extend([BUSYBOX.to_string(), "sh".into()]);
-    let line = d.shell_line(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    // `docker run -it --rm --name NAME … busybox sh` as a shell command line.
+    let line = |name: &str| {
+        let mut args = vec!["run".to_string(), "-it".into(), "--rm".into()];
+        args.extend(["--name".to_string(), name.to_string()]);
+        args.extend(d.container_args(false));
+        args.extend([BUSYBOX.to_string(), "sh".into()]);
+        d.shell_line(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
 
     // exit → 0; typed commands run; resize reaches the guest.
-    let t = Tmux::start(&h.tmp, &line, 80, 24);
+    let t = Tmux::start(&h.tmp, &line("tty-a"), 80, 24);
     t.wait_screen("the shell prompt", Duration::from_secs(120), |s| {
         s.contains("/ #")
     });
@@ -489,12 +537,13 @@ fn interactive_tty_through_tmux(h: &mut Harness) {
     t.wait_screen("stty size 24 80", Duration::from_secs(30), |s| {
         s.contains("24 80")
     });
+    // The new size travels (SIGWINCH, docker, containerd, the runtime, the guest) while
+    // the shell waits: ask until the guest sees it.
     t.resize(100, 30);
-    std::thread::sleep(Duration::from_secs(1));
-    t.type_line("stty size");
-    t.wait_screen(
+    t.ask_until(
+        "stty size",
         "stty size 30 100 after the resize",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         |s| s.contains("30 100"),
     );
     t.type_line("tty");
@@ -506,19 +555,20 @@ fn interactive_tty_through_tmux(h: &mut Harness) {
     drop(t);
 
     // Ctrl-C kills the foreground command, not the shell; exit then gives 130.
-    let t = Tmux::start(&h.tmp, &line, 80, 24);
+    // (A ^C typed before `sleep` runs would reach the shell only.)
+    let t = Tmux::start(&h.tmp, &line("tty-b"), 80, 24);
     t.wait_screen("the shell prompt", Duration::from_secs(120), |s| {
         s.contains("/ #")
     });
     t.type_line("sleep 600");
-    std::thread::sleep(Duration::from_secs(2));
+    wait_for_process_in(&d, "tty-b", "sleep 600");
     t.keys("C-c");
     t.type_line("echo after-$?");
     t.wait_screen("sleep interrupted (130)", Duration::from_secs(30), |s| {
         s.contains("after-130")
     });
     t.type_line("sleep 600");
-    std::thread::sleep(Duration::from_secs(2));
+    wait_for_process_in(&d, "tty-b", "sleep 600");
     t.keys("C-c");
     t.type_line("exit");
     assert_eq!(
@@ -625,6 +675,7 @@ fn exec_kill_15_stops_init_container_only(h: &mut Harness) {
     d.wait_status("withinit", "exited", Duration::from_secs(60));
     assert_eq!(d.inspect("withinit", "{{.State.ExitCode}}"), "143");
     d.cmd(&["exec", "noinit", "kill", "-15", "1"]).ok();
+    // Part of what is tested: three seconds in which a TERM that killed would have shown.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
         d.inspect("noinit", "{{.State.Status}}"),
@@ -724,6 +775,8 @@ fn pause_and_unpause(h: &mut Harness) {
     });
     d.cmd(&["pause", "pz"]).ok();
     assert_eq!(d.inspect("pz", "{{.State.Status}}"), "paused");
+    // Part of what is tested: a line already on its way may land within a second; then
+    // three seconds in which a running counter (five lines a second) would have written.
     std::thread::sleep(Duration::from_secs(1));
     let before = count();
     std::thread::sleep(Duration::from_secs(3));
@@ -859,6 +912,7 @@ fn restart_on_failure(h: &mut Harness) {
     // A success is not restarted.
     d.run_detached(&["--name", "rf0", "--restart", "on-failure", BUSYBOX, "true"]);
     d.wait_status("rf0", "exited", Duration::from_secs(120));
+    // Part of what is tested: three seconds in which a restart would have shown.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
         d.inspect("rf0", "{{.RestartCount}} {{.State.Status}}"),
@@ -885,6 +939,7 @@ fn restart_always_until_stop(h: &mut Harness) {
     d.cmd(&["stop", "-t", "5", "ra"]).ok();
     let n = d.inspect("ra", "{{.RestartCount}}");
     assert_eq!(d.inspect("ra", "{{.State.Status}}"), "exited");
+    // Part of what is tested: five seconds in which a restart would have shown.
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(
         d.inspect("ra", "{{.RestartCount}} {{.State.Status}}"),
@@ -936,15 +991,19 @@ fn daemon_restart_brings_back_restart_always(h: &mut Harness) {
             "and it holds a VM"
         );
     }
-    wait_for("its output", Duration::from_secs(60), || {
-        (d.cmd(&["logs", "back"])
-            .text()
-            .lines()
-            .filter(|l| *l == "up")
-            .count()
-            == 2)
-            .then_some(())
-    });
+    wait_for(
+        "the second instance's output",
+        Duration::from_secs(60),
+        || {
+            (d.cmd(&["logs", "back"])
+                .text()
+                .lines()
+                .filter(|l| *l == "up")
+                .count()
+                == 2)
+                .then_some(())
+        },
+    );
 }
 
 fn writable_layer_persists_diff_commit_cp(h: &mut Harness) {
@@ -1107,6 +1166,7 @@ fn twenty_parallel_containers(h: &mut Harness) {
                     secs(start.elapsed()),
                     monitor_tasks().join("; ")
                 ));
+                // The sampling period, not a wait for anything.
                 std::thread::sleep(Duration::from_secs(2));
             }
             samples

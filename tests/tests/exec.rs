@@ -2,7 +2,7 @@
 //! --detach --pid-file F ID` with pipes, the pid-file process reaped by us (a subreaper)
 //! for the exit code, signals sent straight to that pid. Run with `cargo xtask test`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use runvm_tests::*;
 
@@ -154,28 +154,8 @@ fn exec_to_file(
     let o = wait_with_timeout(child, Duration::from_secs(120));
     let err = std::fs::read_to_string(dir.path().join(format!("{n}.err"))).unwrap_or_default();
     assert_eq!(code(&o), 0, "exec {script:?}: {err}");
-    let pid = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = read_pid(&pid_file).expect("exec --detach wrote no pid file");
     (pid, out)
-}
-
-fn wait_for_file(path: &std::path::Path, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        if text.contains(want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{want:?} never appeared in {}: {text:?}",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -194,7 +174,7 @@ fn exec_signals_kills_concurrency_and_refusals() {
         &dir,
         1,
     );
-    wait_for_file(&out, "ready\n");
+    wait_for_text(&out, "ready\n", Duration::from_secs(60));
     // SAFETY: signalling the pid-file process, our (inherited) child.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     assert_eq!(reap(pid, Duration::from_secs(60)), 7);
@@ -202,23 +182,18 @@ fn exec_signals_kills_concurrency_and_refusals() {
 
     // SIGKILL of the pid-file process kills the exec'd process in the guest.
     let (pid, out) = exec_to_file(&root, "sig", "echo up; exec sleep 4242", &dir, 2);
-    wait_for_file(&out, "up\n");
+    wait_for_text(&out, "up\n", Duration::from_secs(60));
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     assert_eq!(reap(pid, Duration::from_secs(60)), 137);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = exec_p(&root, "sig", &["ps", "-o", "args"], b"");
-        if !r.stdout.contains("sleep 4242") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the killed exec still runs: {}",
-            r.stdout
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for(
+        "the killed exec's process to go",
+        Duration::from_secs(30),
+        || {
+            let r = exec_p(&root, "sig", &["ps", "-o", "args"], b"");
+            (r.code == Some(0) && !r.stdout.contains("sleep 4242")).then_some(())
+        },
+    );
 
     // Two execs at once.
     let (a, a_out) = exec_to_file(&root, "sig", "sleep 2; echo A", &dir, 3);
@@ -230,7 +205,7 @@ fn exec_signals_kills_concurrency_and_refusals() {
 
     // An exec'd process dies with the container's main process (137).
     let (c, c_out) = exec_to_file(&root, "sig", "echo up; sleep 5555", &dir, 5);
-    wait_for_file(&c_out, "up\n");
+    wait_for_text(&c_out, "up\n", Duration::from_secs(60));
     assert_eq!(code(&root.cmd(&["kill", "sig", "KILL"])), 0);
     assert_eq!(reap(c, Duration::from_secs(60)), 137);
     assert_eq!(reap(monitor, Duration::from_secs(60)), 137);

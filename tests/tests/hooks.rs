@@ -10,12 +10,6 @@ use std::time::{Duration, Instant};
 
 use runvm_tests::*;
 
-fn status(root: &StateRoot, id: &str) -> String {
-    root.state(id)
-        .map(|s| s["status"].as_str().unwrap_or("?").to_string())
-        .unwrap_or_else(|| "gone".into())
-}
-
 /// A `/bin/sh -c SCRIPT` hook.
 fn sh(script: &str) -> serde_json::Value {
     serde_json::json!({ "path": "/bin/sh", "args": ["sh", "-c", script] })
@@ -32,12 +26,10 @@ fn recorder(dir: &Path, kind: &str) -> serde_json::Value {
 
 /// Sets `hooks` (and an annotation) in the bundle's config.json.
 fn with_hooks(bundle: &Bundle, hooks: serde_json::Value) {
-    let path = bundle.path().join("config.json");
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    v["hooks"] = hooks;
-    v["annotations"] = serde_json::json!({ "org.example.hook-test": "yes" });
-    std::fs::write(&path, v.to_string()).unwrap();
+    bundle.edit_config(|v| {
+        v["hooks"] = hooks;
+        v["annotations"] = serde_json::json!({ "org.example.hook-test": "yes" });
+    });
 }
 
 /// The state JSON a hook must get, byte for byte (runc's fields and order).
@@ -309,7 +301,7 @@ fn a_failing_start_container_hook_fails_start_and_stops_the_container() {
         137,
         "the container is killed"
     );
-    assert_eq!(status(&root, "sc"), "stopped");
+    assert_eq!(root.status("sc"), "stopped");
     assert_eq!(b.stdout(), "", "the process never ran");
     assert!(!b.path().join("poststart-ran").exists());
     assert_eq!(code(&root.cmd(&["delete", "sc"])), 0);
@@ -407,14 +399,10 @@ fn run_detach_returns_with_the_container_running() {
         "the monitor holds the VM after run --detach returned"
     );
     // The container writes to the stdout run --detach was given.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while b.stdout() != "hello\n" && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(b.stdout(), "hello\n");
+    assert_eq!(b.wait_for_stdout("\n", Duration::from_secs(30)), "hello\n");
     assert_eq!(code(&root.cmd(&["kill", "det", "KILL"])), 0);
     assert_eq!(reap(pid, Duration::from_secs(30)), 137);
-    assert_eq!(status(&root, "det"), "stopped");
+    assert_eq!(root.status("det"), "stopped");
     assert_eq!(code(&root.cmd(&["delete", "det"])), 0);
     root.assert_clean(Duration::from_secs(2));
 }

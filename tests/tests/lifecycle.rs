@@ -6,12 +6,6 @@ use std::time::Duration;
 
 use runvm_tests::*;
 
-fn status(root: &StateRoot, id: &str) -> String {
-    root.state(id)
-        .map(|s| s["status"].as_str().unwrap_or("?").to_string())
-        .unwrap_or_else(|| "gone".into())
-}
-
 #[test]
 #[ignore = "boots a guest: run through `cargo xtask test`"]
 fn create_start_wait_delete_and_exit_codes() {
@@ -28,6 +22,8 @@ fn create_start_wait_delete_and_exit_codes() {
         let st = root.state("life").unwrap();
         assert_eq!(st["status"], "created");
         assert_eq!(st["pid"], pid, "state.pid is the pid in --pid-file");
+        // Part of what is tested: half a second in which a process started too early
+        // would have printed.
         std::thread::sleep(Duration::from_millis(500));
         assert_eq!(bundle.stdout(), "", "the process must not run before start");
         assert!(
@@ -43,7 +39,7 @@ fn create_start_wait_delete_and_exit_codes() {
             "the monitor exits with the workload's code"
         );
         assert_eq!(bundle.stdout(), "ran\n");
-        assert_eq!(status(&root, "life"), "stopped");
+        assert_eq!(root.status("life"), "stopped");
         assert_ne!(
             code(&root.cmd(&["start", "life"])),
             0,
@@ -69,12 +65,13 @@ fn kill_follows_pid1_rules() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let pid = pid.unwrap();
     assert_eq!(code(&root.cmd(&["start", "plain"])), 0);
-    assert_eq!(status(&root, "plain"), "running");
+    assert_eq!(root.status("plain"), "running");
     assert!(holds_vm(pid), "a running container's monitor holds its VM");
     assert_eq!(code(&root.cmd(&["kill", "plain", "TERM"])), 0);
+    // Part of what is tested: two seconds in which a TERM that killed would have shown.
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
-        status(&root, "plain"),
+        root.status("plain"),
         "running",
         "TERM to a PID 1 without a handler does nothing"
     );
@@ -91,12 +88,12 @@ fn kill_follows_pid1_rules() {
 
     // With handlers: TERM and INT reach the process.
     for (sig, want) in [("15", 143), ("INT", 130)] {
-        let script = "trap 'exit 143' TERM; trap 'exit 130' INT; sleep 600 & wait";
+        let script = "trap 'exit 143' TERM; trap 'exit 130' INT; echo ready; sleep 600 & wait";
         let b = Bundle::new(&["sh", "-c", script]);
         let (out, pid) = root.create(&b, "trap");
         assert_eq!(code(&out), 0, "{}", stderr(&out));
         assert_eq!(code(&root.cmd(&["start", "trap"])), 0);
-        std::thread::sleep(Duration::from_millis(500));
+        b.wait_for_stdout("ready\n", Duration::from_secs(60));
         assert_eq!(code(&root.cmd(&["kill", "trap", sig])), 0);
         assert_eq!(
             reap(pid.unwrap(), Duration::from_secs(30)),
@@ -117,7 +114,7 @@ fn kill_before_start_and_delete_rules() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(code(&root.cmd(&["kill", "early", "KILL"])), 0);
     assert_eq!(reap(pid.unwrap(), Duration::from_secs(30)), 137);
-    assert_eq!(status(&root, "early"), "stopped");
+    assert_eq!(root.status("early"), "stopped");
     assert_eq!(b.stdout(), "", "a container killed before start never runs");
     assert_eq!(code(&root.cmd(&["delete", "early"])), 0);
 
@@ -128,11 +125,11 @@ fn kill_before_start_and_delete_rules() {
     let out = root.cmd(&["delete", "busy"]);
     assert_ne!(code(&out), 0, "delete of a running container must fail");
     assert!(stderr(&out).contains("not stopped"), "{}", stderr(&out));
-    assert_eq!(status(&root, "busy"), "running");
+    assert_eq!(root.status("busy"), "running");
     let out = root.cmd(&["delete", "--force", "busy"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(reap(pid.unwrap(), Duration::from_secs(30)), 137);
-    assert_eq!(status(&root, "busy"), "gone");
+    assert_eq!(root.status("busy"), "gone");
     root.assert_clean(Duration::from_secs(2));
 }
 

@@ -157,7 +157,7 @@ impl Drop for Netns {
 /// A bundle running `script` under `sh -c` in the namespace at `netns` (None: a new one),
 /// with an optional resolv.conf bind mount (the host reads its nameservers).
 fn bundle(script: &str, netns: Option<&str>, resolv_conf: Option<&str>) -> Bundle {
-    let rootfs = std::env::var("RUNVM_TEST_ROOTFS").expect("RUNVM_TEST_ROOTFS");
+    let rootfs = test_rootfs();
     let mut namespaces = default_namespaces();
     if let Some(p) = netns {
         for ns in namespaces.as_array_mut().unwrap() {
@@ -201,18 +201,6 @@ fn run_ok(root: &StateRoot, b: &Bundle, id: &str) -> String {
     stdout(&out)
 }
 
-fn wait_for_line(b: &Bundle, line: &str, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while !b.stdout().contains(line) {
-        assert!(
-            Instant::now() < deadline,
-            "no {line:?} from the container within {timeout:?}; its output: {}",
-            b.stdout()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 #[ignore = "boots a guest: run through `cargo xtask test`"]
 fn an_empty_namespace_gives_the_guest_loopback_only() {
@@ -252,7 +240,7 @@ fn the_guest_has_the_veths_address_and_mac_and_talks_both_ways() {
     let pid = pid.unwrap();
     let out = root.cmd(&["start", "web"]);
     assert_eq!(code(&out), 0, "start: {}", stderr(&out));
-    wait_for_line(&b, "READY", Duration::from_secs(60));
+    b.wait_for_stdout("READY", Duration::from_secs(60));
     let seen = b.stdout();
     assert!(seen.contains(&format!("inet {ip}/24")), "{seen}");
     assert!(seen.contains(&format!("link/ether {mac}")), "{seen}");
@@ -444,7 +432,7 @@ fn bad_namespaces_and_an_impossible_tap_fail_cleanly() {
     root.assert_clean(Duration::from_secs(2));
 
     // --network host (no network namespace): refused with the reason.
-    let rootfs = std::env::var("RUNVM_TEST_ROOTFS").unwrap();
+    let rootfs = test_rootfs();
     let host = Bundle::from_config(
         &serde_json::json!({
             "ociVersion": "1.0.2",
@@ -502,7 +490,7 @@ fn a_killed_monitor_leaves_nothing_in_the_namespace() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let pid = pid.unwrap();
     assert_eq!(code(&root.cmd(&["start", "killed"])), 0);
-    wait_for_line(&b, "READY", Duration::from_secs(60));
+    b.wait_for_stdout("READY", Duration::from_secs(60));
     assert!(sh(&format!("tc -n {} qdisc show dev eth0", ns.name)).contains("ingress"));
     // SAFETY: signalling the monitor we created.
     unsafe { libc::kill(pid, libc::SIGKILL) };

@@ -32,8 +32,7 @@ fn mounts() -> Value {
 /// A bundle on the shared busybox tree (read-only) running `script` with `sh -c`;
 /// `process` and `linux` are merged over the defaults. The environment has no HOME.
 fn bundle(script: &str, process: Value, linux: Value) -> Bundle {
-    let rootfs = std::env::var("RUNVM_TEST_ROOTFS")
-        .expect("RUNVM_TEST_ROOTFS is not set: run through `cargo xtask guest-test process`");
+    let rootfs = test_rootfs();
     let mut config = json!({
         "ociVersion": "1.0.2",
         "process": {

@@ -8,7 +8,7 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use runvm_tests::*;
@@ -48,22 +48,13 @@ impl Cache {
 
     /// `runvm run` to completion.
     fn run(&self, root: &StateRoot, bundle: &Bundle, id: &str, log: Option<&Path>) -> Output {
-        let child = self
-            .runvm(
-                root,
-                log,
-                &["run", "--bundle", bundle.path().to_str().unwrap(), id],
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start runvm");
-        wait_with_timeout(child, Duration::from_secs(180))
+        let bundle = bundle.path().to_str().unwrap();
+        let cmd = self.runvm(root, log, &["run", "--bundle", bundle, id]);
+        output_of(cmd, Duration::from_secs(180))
     }
 
-    /// `runvm create` with the container's stdout and stderr in files of the bundle;
-    /// returns create's output and the monitor's pid.
+    /// `runvm create` with the container's stdout and stderr in files of the bundle
+    /// (see [`create_with`]).
     fn create(
         &self,
         root: &StateRoot,
@@ -71,42 +62,11 @@ impl Cache {
         id: &str,
         log: Option<&Path>,
     ) -> (Output, Option<i32>) {
-        become_subreaper();
-        let pid_file = bundle.path().join("init.pid");
-        let child = self
-            .runvm(
-                root,
-                log,
-                &[
-                    "create",
-                    "--bundle",
-                    bundle.path().to_str().unwrap(),
-                    "--pid-file",
-                    pid_file.to_str().unwrap(),
-                    id,
-                ],
-            )
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(bundle.path().join("stdout")).unwrap())
-            .stderr(std::fs::File::create(bundle.path().join("stderr")).unwrap())
-            .spawn()
-            .expect("cannot start runvm create");
-        let out = wait_with_timeout(child, Duration::from_secs(180));
-        let pid = std::fs::read_to_string(&pid_file)
-            .ok()
-            .and_then(|s| s.trim().parse().ok());
-        (out, pid)
+        create_with(self.runvm(root, log, &[]), bundle, id)
     }
 
     fn cmd(&self, root: &StateRoot, args: &[&str]) -> Output {
-        let child = self
-            .runvm(root, None, args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        wait_with_timeout(child, Duration::from_secs(120))
+        output_of(self.runvm(root, None, args), Duration::from_secs(120))
     }
 
     /// The shared images in the cache.
@@ -150,7 +110,7 @@ impl Cache {
 /// A copy of the busybox root filesystem that a test may change.
 fn rootfs_copy() -> TempDir {
     let dir = TempDir::new("rootfs");
-    let src = std::env::var("RUNVM_TEST_ROOTFS").expect("RUNVM_TEST_ROOTFS is not set");
+    let src = test_rootfs();
     let st = Command::new("cp")
         .arg("-a")
         .arg(format!("{src}/."))
@@ -349,11 +309,7 @@ fn changes_land_in_a_plain_rootfs_and_the_next_container_sees_them() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let pid = pid.unwrap();
     assert_eq!(code(&cache.cmd(&root, &["start", "wb3"])), 0);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while b3.stdout() != "ready\n" {
-        assert!(Instant::now() < deadline, "the container never got ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    b3.wait_for_stdout("ready\n", Duration::from_secs(60));
     assert_eq!(code(&cache.cmd(&root, &["kill", "wb3", "KILL"])), 0);
     assert_eq!(reap(pid, Duration::from_secs(60)), 137);
     assert_eq!(
@@ -373,11 +329,7 @@ fn changes_land_in_a_plain_rootfs_and_the_next_container_sees_them() {
     let (out, pid) = cache.create(&root, &b4, "wb4", None);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(code(&cache.cmd(&root, &["start", "wb4"])), 0);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while b4.stdout() != "ready\n" {
-        assert!(Instant::now() < deadline, "the container never got ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    b4.wait_for_stdout("ready\n", Duration::from_secs(60));
     let out = cache.cmd(&root, &["delete", "--force", "wb4"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(

@@ -3,11 +3,40 @@
 //! the window resized on the master; and `exec -t --console-socket`. Run with
 //! `cargo xtask test`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use runvm_tests::tmux::Tmux;
 use runvm_tests::*;
 
 const T: Duration = Duration::from_secs(60);
+
+/// Asks the shell on `t` for its terminal's size until it is `rows` `cols`: a size set on
+/// the master travels to the guest's pty while the shell waits.
+fn wait_for_size(t: &mut Terminal, rows: u16, cols: u16) {
+    let want = format!("\r\n{rows} {cols}\r\n");
+    let deadline = Instant::now() + T;
+    loop {
+        // (`e''nd` is echoed as typed; only the command prints `end`.)
+        t.type_keys(b"stty size; echo e''nd\n");
+        let answer = t.expect("end\r\n", T);
+        if answer.contains(&want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the guest's pty did not become {rows}x{cols} within {T:?}; the last answer: {answer:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Types `sleep 100` on `t`, waits until it runs in container `id` (listed by `runvm ps`,
+/// so it is the foreground job), then ^C.
+fn interrupt_a_sleep(root: &StateRoot, id: &str, t: &mut Terminal) {
+    t.type_keys(b"sleep 100\n");
+    root.wait_for_guest_process(id, "sleep 100", T);
+    t.type_keys(b"\x03");
+}
 
 #[test]
 #[ignore = "boots a guest: run through `cargo xtask test`"]
@@ -28,14 +57,10 @@ fn console_socket_shell_resize_interrupt_and_exit() {
 
     // The guest's pty follows TIOCSWINSZ on the master.
     t.resize(40, 123);
-    std::thread::sleep(Duration::from_millis(500));
-    t.type_keys(b"stty size\n");
-    t.expect("\r\n40 123\r\n", T);
+    wait_for_size(&mut t, 40, 123);
 
     // ^C interrupts a foreground sleep; the shell goes on.
-    t.type_keys(b"sleep 100\n");
-    std::thread::sleep(Duration::from_secs(2));
-    t.type_keys(b"\x03");
+    interrupt_a_sleep(&root, "tty", &mut t);
     t.type_keys(b"echo af''ter $?\n");
     t.expect("after 130", T);
 
@@ -63,20 +88,13 @@ fn console_socket_shell_resize_interrupt_and_exit() {
     let (emaster, _) = exec_console.receive(Duration::from_secs(30));
     let o = wait_with_timeout(child, Duration::from_secs(60));
     assert_eq!(code(&o), 0, "exec -t: {}", stderr(&o));
-    let epid: i32 = std::fs::read_to_string(&pid_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let epid = read_pid(&pid_file).expect("exec -t wrote no pid file");
     let mut e = Terminal::new(emaster);
-    e.resize(30, 90);
-    std::thread::sleep(Duration::from_millis(500));
-    e.type_keys(b"tty; stty size\n");
+    e.type_keys(b"tty\n");
     e.expect("/dev/pts/", T);
-    e.expect("30 90\r\n", T);
-    e.type_keys(b"sleep 100\n");
-    std::thread::sleep(Duration::from_secs(2));
-    e.type_keys(b"\x03");
+    e.resize(30, 90);
+    wait_for_size(&mut e, 30, 90);
+    interrupt_a_sleep(&root, "tty", &mut e);
     e.type_keys(b"echo ex''ec $?; exit 5\n");
     e.expect("exec 130", T);
     assert_eq!(reap(epid, T), 5);
@@ -101,43 +119,12 @@ fn interrupted_foreground_command_exits_130() {
     let mut t = Terminal::new(master);
     assert_eq!(code(&root.cmd(&["start", "int"])), 0);
     t.expect("started", T);
-    std::thread::sleep(Duration::from_secs(1));
+    // A ^C before `sleep` runs would reach only the shell, a PID 1 that ignores it.
+    root.wait_for_guest_process("int", "sleep 100", T);
     t.type_keys(b"\x03");
     assert_eq!(reap(pid.unwrap(), T), 130);
     assert_eq!(code(&root.cmd(&["delete", "int"])), 0);
     root.assert_clean(Duration::from_secs(5));
-}
-
-/// Runs `tmux -L <socket> args…`, panicking on failure; returns stdout.
-fn tmux(socket: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new("tmux")
-        .arg("-L")
-        .arg(socket)
-        .args(args)
-        .output()
-        .expect("tmux is installed in the test host");
-    assert!(
-        out.status.success(),
-        "tmux {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Waits until the tmux pane shows `want`.
-fn pane_shows(socket: &str, want: &str) -> String {
-    let deadline = std::time::Instant::now() + T;
-    loop {
-        let screen = tmux(socket, &["capture-pane", "-p", "-t", "t"]);
-        if screen.contains(want) {
-            return screen;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{want:?} never appeared in the pane:\n{screen}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]
@@ -146,72 +133,33 @@ fn run_in_the_foreground_relays_the_callers_terminal() {
     let root = StateRoot::new();
     let bundle = Bundle::terminal(&["sh"]);
     let dir = TempDir::new("tmux");
-    let socket = format!("runvm-test-{}", std::process::id());
-    let (before, after, exit) = (
-        dir.path().join("before"),
-        dir.path().join("after"),
-        dir.path().join("exit"),
-    );
-    let script = format!(
-        "stty -g > {b}; {bin} --root {root} run --bundle {bundle} fg; echo $? > {e}.tmp; stty -g > {a}; mv {e}.tmp {e}; sleep 600",
+    let (before, after) = (dir.path().join("before"), dir.path().join("after"));
+    // The terminal's settings before and after `runvm run`; the line's code is run's.
+    let line = format!(
+        "stty -g > {b}; {bin} --root {root} run --bundle {bundle} fg; rc=$?; stty -g > {a}; (exit $rc)",
         b = before.display(),
         a = after.display(),
-        e = exit.display(),
         bin = runvm_bin().display(),
         root = root.path().display(),
         bundle = bundle.path().display(),
     );
-    tmux(
-        &socket,
-        &[
-            "new-session",
-            "-d",
-            "-s",
-            "t",
-            "-x",
-            "100",
-            "-y",
-            "30",
-            &script,
-        ],
-    );
-    let result = std::panic::catch_unwind(|| {
-        tmux(&socket, &["send-keys", "-t", "t", "echo h''i", "Enter"]);
-        pane_shows(&socket, "\nhi\n");
-        tmux(&socket, &["send-keys", "-t", "t", "stty size", "Enter"]);
-        pane_shows(&socket, "30 100");
-        // The caller's terminal changes size: SIGWINCH reaches runvm, the guest follows.
-        tmux(
-            &socket,
-            &["resize-window", "-t", "t", "-x", "120", "-y", "40"],
-        );
-        std::thread::sleep(Duration::from_secs(1));
-        tmux(
-            &socket,
-            &["send-keys", "-t", "t", "clear; stty size", "Enter"],
-        );
-        pane_shows(&socket, "40 120");
-        tmux(&socket, &["send-keys", "-t", "t", "exit 3", "Enter"]);
-        let deadline = std::time::Instant::now() + T;
-        while !exit.exists() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "runvm run did not end"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        assert_eq!(std::fs::read_to_string(&exit).unwrap().trim(), "3");
-        assert_eq!(
-            std::fs::read_to_string(&before).unwrap(),
-            std::fs::read_to_string(&after).unwrap(),
-            "the caller's terminal settings are restored"
-        );
+    let t = Tmux::start(dir.path(), &line, 100, 30);
+    t.type_line("echo h''i");
+    t.wait_screen("the shell's answer", T, |s| s.contains("\nhi\n"));
+    t.type_line("stty size");
+    t.wait_screen("stty size 30 100", T, |s| s.contains("30 100"));
+    // The caller's terminal changes size: SIGWINCH reaches runvm, the guest follows.
+    t.resize(120, 40);
+    t.ask_until("clear; stty size", "stty size 40 120", T, |s| {
+        s.contains("40 120")
     });
-    let _ = std::process::Command::new("tmux")
-        .args(["-L", &socket, "kill-server"])
-        .status();
-    if let Err(e) = result {
-        std::panic::resume_unwind(e);
-    }
+    t.type_line("exit 3");
+    assert_eq!(t.wait_exit(T), 3, "runvm run exits with the shell's code");
+    assert_eq!(
+        std::fs::read_to_string(&before).unwrap(),
+        std::fs::read_to_string(&after).unwrap(),
+        "the caller's terminal settings are restored"
+    );
+    drop(t);
     root.assert_clean(Duration::from_secs(5));
 }

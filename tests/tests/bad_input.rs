@@ -237,7 +237,7 @@ fn unknown_keys_are_ignored_and_named_in_the_log() {
 #[ignore = "needs the runvm binary: run through `cargo xtask test`"]
 fn a_namespace_path_of_the_wrong_type_is_refused_naming_both() {
     let root = StateRoot::new();
-    let rootfs = std::env::var("RUNVM_TEST_ROOTFS").unwrap_or_else(|_| "/".into());
+    let rootfs = test_rootfs();
     let mut namespaces = runvm_tests::default_namespaces();
     for ns in namespaces.as_array_mut().unwrap() {
         if ns["type"] == "uts" {

@@ -176,7 +176,8 @@ fn unknown_keys_are_ignored_and_named_in_the_log() {
         }
         Bundle::from_config(&c.to_string())
     };
-    let log = root.path().join("runvm.log");
+    let logs = TempDir::new("log");
+    let log = logs.path().join("runvm.log");
     let run = |bundle: &Bundle| {
         let mut c = root.command(&[
             "--log",

@@ -8,6 +8,7 @@ mod container;
 mod id;
 mod logging;
 mod monitor;
+mod mountinfo;
 mod network;
 mod rootfs;
 mod scm;

@@ -20,6 +20,8 @@ use oci_spec::runtime::LinuxResources;
 use runvm_protocol::Resources;
 use serde::{Deserialize, Serialize};
 
+use crate::mountinfo::{self, MountEntry, MountinfoError};
+
 /// `--systemd-cgroup` was given (set once by `main`).
 pub static SYSTEMD_CGROUP: AtomicBool = AtomicBool::new(false);
 /// File in the state directory naming the container's cgroups.
@@ -48,6 +50,8 @@ pub enum CgroupError {
     NoCgroupFs,
     #[error("cannot apply {0}")]
     Unsupported(String),
+    #[error(transparent)]
+    Mountinfo(#[from] MountinfoError),
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> CgroupError + 'a {
@@ -270,44 +274,37 @@ struct Hierarchy {
     v2: bool,
 }
 
-/// The cgroup hierarchies mounted under /sys/fs/cgroup, from a mountinfo text.
-fn hierarchies(mountinfo: &str) -> Vec<Hierarchy> {
+/// The cgroup hierarchies mounted under /sys/fs/cgroup.
+fn hierarchies(mounts: &[MountEntry]) -> Vec<Hierarchy> {
     let mut out: Vec<Hierarchy> = Vec::new();
-    for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let f: Vec<&str> = left.split(' ').collect();
-        let r: Vec<&str> = right.split(' ').collect();
-        let (Some(root), Some(mountpoint), Some(fstype)) = (f.get(3), f.get(4), r.first()) else {
-            continue;
-        };
-        let mountpoint = PathBuf::from(unescape(mountpoint));
+    for m in mounts {
+        let mountpoint = m.mount_path();
         if !mountpoint.starts_with(CGROUP_ROOT) {
             continue;
         }
-        let h = match *fstype {
+        let root = String::from_utf8_lossy(&m.root).into_owned();
+        let h = match m.fstype.as_str() {
             "cgroup2" => Hierarchy {
                 mountpoint,
-                root: unescape(root),
+                root,
                 controllers: Vec::new(),
                 v2: true,
             },
             "cgroup" => {
-                let opts = r.get(2).copied().unwrap_or("");
-                let controllers: Vec<String> = opts
-                    .split(',')
-                    .filter(|o| !matches!(*o, "rw" | "ro") && !o.contains("release_agent"))
+                let controllers: Vec<String> = m
+                    .super_options
+                    .iter()
+                    .map(|o| String::from_utf8_lossy(o).into_owned())
+                    .filter(|o| !matches!(o.as_str(), "rw" | "ro") && !o.contains("release_agent"))
                     .filter(|o| !o.contains('=') || o.starts_with("name="))
-                    .filter(|o| !matches!(*o, "noprefix" | "clone_children" | "xattr"))
-                    .map(str::to_string)
+                    .filter(|o| !matches!(o.as_str(), "noprefix" | "clone_children" | "xattr"))
                     .collect();
                 if controllers.is_empty() {
                     continue;
                 }
                 Hierarchy {
                     mountpoint,
-                    root: unescape(root),
+                    root,
                     controllers,
                     v2: false,
                 }
@@ -323,24 +320,6 @@ fn hierarchies(mountinfo: &str) -> Vec<Hierarchy> {
         }
     }
     out
-}
-
-/// mountinfo escapes spaces and the like as `\040`.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The directory of cgroup `path` in hierarchy `h`, if the hierarchy's mount shows it.
@@ -624,9 +603,7 @@ pub fn join(
     let Some(path) = cgroup_path(cgroups_path, id, has_limits)? else {
         return Ok(None);
     };
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(io("read", Path::new("/proc/self/mountinfo")))?;
-    let all = hierarchies(&mountinfo);
+    let all = hierarchies(&mountinfo::read_own()?);
     if all.is_empty() {
         return Err(CgroupError::NoCgroupFs);
     }
@@ -694,11 +671,11 @@ pub fn leave_and_remove(state_dir: &Path) {
     let Some(cg) = HostCgroup::load(state_dir) else {
         return;
     };
-    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+    let Ok(mounts) = mountinfo::read_own() else {
         return;
     };
     let me = std::process::id().to_string();
-    for h in hierarchies(&mountinfo) {
+    for h in hierarchies(&mounts) {
         let _ = write(&h.mountpoint, "cgroup.procs", &me);
     }
     cg.remove();
@@ -750,7 +727,7 @@ mod tests {
 34 30 0:30 /docker/x /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
 35 30 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu,cpuacct
 40 25 0:40 / /proc rw - proc proc rw";
-        let h = hierarchies(hybrid);
+        let h = hierarchies(&mountinfo::parse(hybrid.as_bytes()).unwrap());
         assert_eq!(h.len(), 4, "{h:?}");
         assert!(h[0].v2);
         assert_eq!(h[1].controllers, ["name=systemd"]);
@@ -761,7 +738,7 @@ mod tests {
         );
         assert_eq!(dir_in(&h[3], "/elsewhere"), None);
         let unified = "29 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate";
-        let h = hierarchies(unified);
+        let h = hierarchies(&mountinfo::parse(unified.as_bytes()).unwrap());
         assert_eq!(h.len(), 1);
         assert_eq!(
             dir_in(&h[0], "/system.slice/docker-a.scope"),

@@ -13,7 +13,7 @@
 pub mod binds;
 pub mod cache;
 pub mod erofs;
-pub mod mountinfo;
+pub mod overlay;
 pub mod scratch;
 mod signature;
 pub mod writeback;
@@ -26,9 +26,10 @@ use runvm_protocol::RootfsSpec;
 use sha2::{Digest, Sha256};
 use vmm::DiskConfig;
 
+use crate::mountinfo::{self, MountEntry, MountinfoError};
 use cache::{CacheError, ImageCache};
 use erofs::ErofsError;
-use mountinfo::MountinfoError;
+use overlay::UnsupportedOverlay;
 use scratch::{ScratchError, ScratchFile};
 use writeback::{Limits, WritebackTarget};
 
@@ -46,6 +47,8 @@ pub const DEFAULT_WRITEBACK_TIMEOUT: Duration = Duration::from_secs(300);
 pub enum RootfsError {
     #[error(transparent)]
     Mountinfo(#[from] MountinfoError),
+    #[error(transparent)]
+    Overlay(#[from] UnsupportedOverlay),
     #[error(transparent)]
     Erofs(#[from] ErofsError),
     #[error(transparent)]
@@ -165,15 +168,14 @@ fn is_init_layer(p: &Path) -> bool {
             .is_some_and(|n| n.to_string_lossy().ends_with("-init"))
 }
 
-/// Finds out what `root` (canonical) is, from mountinfo.
-pub fn detect(root: &Path, mountinfo_text: &[u8]) -> Result<Layers, RootfsError> {
-    let entries = mountinfo::parse(mountinfo_text)?;
+/// Finds out what `root` (canonical) is, from the mounts.
+pub fn detect(root: &Path, mounts: &[MountEntry]) -> Result<Layers, RootfsError> {
     let Some(e) =
-        mountinfo::mount_at(&entries, root).filter(|e| e.fstype == "overlay" && e.root == b"/")
+        mountinfo::mount_at(mounts, root).filter(|e| e.fstype == "overlay" && e.root == b"/")
     else {
         return Ok(Layers::Plain(root.to_path_buf()));
     };
-    let layers = mountinfo::overlay_layers(e, root)?;
+    let layers = overlay::overlay_layers(e, root)?;
     // Docker and containers-storage mount with paths relative to their driver home when
     // the options would not fit in a page: `<home>/<id>/merged`, `l/<short>`, `<id>/diff`.
     let base = root
@@ -247,8 +249,7 @@ pub fn prepare(rootfs: &Path, readonly: bool) -> Result<RootfsPlan, RootfsError>
         move |source| RootfsError::Io { path, source }
     };
     let root = std::fs::canonicalize(rootfs).map_err(io(rootfs))?;
-    let mountinfo = std::fs::read("/proc/self/mountinfo").map_err(MountinfoError::Read)?;
-    let layers = detect(&root, &mountinfo)?;
+    let layers = detect(&root, &mountinfo::read_own()?)?;
 
     let mut held: Vec<File> = Vec::new();
     let own_image = |dir: &Path| -> Result<ScratchFile, RootfsError> {
@@ -358,6 +359,10 @@ pub fn prepare(rootfs: &Path, readonly: bool) -> Result<RootfsPlan, RootfsError>
 mod tests {
     use super::*;
 
+    fn parse(mountinfo: &str) -> Vec<MountEntry> {
+        mountinfo::parse(mountinfo.as_bytes()).unwrap()
+    }
+
     #[test]
     fn sizes_parse_with_binary_suffixes() {
         assert_eq!(parse_size("8G"), Some(8 << 30));
@@ -397,7 +402,7 @@ mod tests {
             "5 1 0:40 / {} rw - overlay overlay rw,lowerdir=l/III:l/BBB:l/AAA,upperdir=c1/diff,workdir=c1/work\n",
             merged.display()
         );
-        let layers = detect(&merged, mi.as_bytes()).unwrap();
+        let layers = detect(&merged, &parse(&mi)).unwrap();
         assert_eq!(
             layers,
             Layers::Overlay {
@@ -411,7 +416,7 @@ mod tests {
             "5 1 0:40 / {} rw - overlay overlay rw,lowerdir={h}/l/BBB:{h}/l/AAA,upperdir={h}/c2/diff,workdir={h}/c2/work\n",
             merged.display()
         );
-        let Layers::Overlay { own, shared } = detect(&merged, mi.as_bytes()).unwrap() else {
+        let Layers::Overlay { own, shared } = detect(&merged, &parse(&mi)).unwrap() else {
             panic!("not an overlay")
         };
         assert!(own.is_empty());
@@ -421,12 +426,12 @@ mod tests {
         assert_ne!(cache_key(&shared, "m"), cache_key(&shared[1..], "m"));
         // Not a mount point, or not an overlay: a plain directory.
         assert_eq!(
-            detect(&home, mi.as_bytes()).unwrap(),
+            detect(&home, &parse(&mi)).unwrap(),
             Layers::Plain(home.clone())
         );
         let mi = format!("5 1 0:40 / {} rw - ext4 /dev/x rw\n", merged.display());
         assert_eq!(
-            detect(&merged, mi.as_bytes()).unwrap(),
+            detect(&merged, &parse(&mi)).unwrap(),
             Layers::Plain(merged.clone())
         );
         // A layer that is gone is an error naming it.
@@ -434,7 +439,7 @@ mod tests {
             "5 1 0:40 / {} rw - overlay overlay rw,lowerdir={h}/l/GONE:{h}/l/AAA\n",
             merged.display()
         );
-        let e = detect(&merged, mi.as_bytes()).unwrap_err().to_string();
+        let e = detect(&merged, &parse(&mi)).unwrap_err().to_string();
         assert!(e.contains("GONE"), "{e}");
         std::fs::remove_dir_all(&base).unwrap();
     }

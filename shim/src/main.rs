@@ -4,7 +4,9 @@
 //! and exit codes. The semantics live in `container/`, the VM side in `monitor/`.
 
 mod assets;
+mod cgroup;
 mod container;
+mod hooks;
 mod id;
 mod logging;
 mod monitor;
@@ -47,7 +49,7 @@ fn version_text() -> String {
         "runvm version {}\ncommit: {}\nspec: {}\nrust: {}\nlibseccomp: {seccomp}\n",
         env!("CARGO_PKG_VERSION"),
         env!("RUNVM_COMMIT"),
-        container::hooks::OCI_VERSION,
+        hooks::OCI_VERSION,
         env!("RUNVM_RUSTC"),
     )
 }
@@ -71,7 +73,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         print!("{}", version_text());
         return Ok(0);
     };
-    container::cgroup::SYSTEMD_CGROUP.store(
+    cgroup::SYSTEMD_CGROUP.store(
         cli.global.systemd_cgroup,
         std::sync::atomic::Ordering::Relaxed,
     );

@@ -162,7 +162,7 @@ impl ContainerState {
     pub fn oci_state(&self, root: &Path) -> serde_json::Value {
         let status = self.status(root);
         let mut v = serde_json::json!({
-            "ociVersion": crate::container::hooks::OCI_VERSION,
+            "ociVersion": crate::hooks::OCI_VERSION,
             "id": self.id,
             "status": status.as_str(),
             "bundle": self.bundle,

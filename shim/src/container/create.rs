@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use super::hooks::HookKind;
+use crate::hooks::HookKind;
 use crate::monitor::{self, api, tty, HostStdio, Launch};
 use crate::state::{process_start_time, ContainerState};
 
@@ -120,7 +120,7 @@ pub fn create(opts: CreateOptions) -> Result<i32> {
     }
     // The monitor lives in the container's network namespace now: the hooks that run at
     // create (Docker 20.10's libnetwork-setkey among them) find it through the pid.
-    let hook_container = super::hooks::Container::from_spec(&p.id, &p.spec);
+    let hook_container = crate::hooks::Container::from_spec(&p.id, &p.spec);
     if let Err(e) = run_create_hooks(&hook_container, pid) {
         stop_monitor(pid);
         let e = fail(anyhow::anyhow!("cannot create container {:?}: {e}", p.id));
@@ -159,9 +159,9 @@ fn stop_monitor(pid: i32) {
 /// monitor's pid: prestart and createRuntime, then createContainer (on the host too: the
 /// container's mount namespace is in the guest, which does not exist before `start`).
 pub(crate) fn run_create_hooks(
-    c: &super::hooks::Container,
+    c: &crate::hooks::Container,
     pid: i32,
-) -> Result<(), super::hooks::HookError> {
+) -> Result<(), crate::hooks::HookError> {
     for kind in [
         HookKind::Prestart,
         HookKind::CreateRuntime,

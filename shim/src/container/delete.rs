@@ -31,7 +31,7 @@ pub fn delete(root: &Option<PathBuf>, id: &str, force: bool) -> Result<i32> {
         }
         Status::Created | Status::Running | Status::Paused => kill_and_wait(&state, &root_dir),
     }
-    super::cgroup::remove_recorded(&dir);
+    crate::cgroup::remove_recorded(&dir);
     std::fs::remove_dir_all(&dir).or_else(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             Ok(())
@@ -39,8 +39,8 @@ pub fn delete(root: &Option<PathBuf>, id: &str, force: bool) -> Result<i32> {
             Err(e)
         }
     })?;
-    super::hooks::Container::from_state(&state).run_warn(
-        super::hooks::HookKind::Poststop,
+    crate::hooks::Container::from_state(&state).run_warn(
+        crate::hooks::HookKind::Poststop,
         "stopped",
         0,
     );

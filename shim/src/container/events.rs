@@ -14,7 +14,7 @@ use anyhow::{bail, Result};
 use runvm_protocol::GuestStats;
 use serde_json::{json, Value};
 
-use super::cgroup::{HostCgroup, HostStats};
+use crate::cgroup::{HostCgroup, HostStats};
 use crate::monitor::api::{self, ControlResponse, Request};
 use crate::state::{ContainerState, Status};
 

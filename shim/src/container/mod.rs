@@ -4,13 +4,11 @@
 //! and `run/`, the monitor's runtime files (vsock sockets, `monitor.sock`, the root
 //! filesystem image), which the cleanup guard removes if the monitor dies.
 
-pub mod cgroup;
 pub mod create;
 pub mod delete;
 pub mod events;
 pub mod exec;
 pub mod features;
-pub mod hooks;
 pub mod kill;
 pub mod list;
 pub mod pause;
@@ -101,7 +99,8 @@ pub fn prepare(id: &str, bundle: &Path, root: &Option<PathBuf>) -> Result<Prepar
     };
     let assets = GuestAssets::locate()?;
     let vcpus: u8 = env_num("RUNVM_VCPUS", 1)?;
-    let mem_mib = cgroup::vm_memory_mib(env_num("RUNVM_MEM_MIB", 256)?, &spec.linux.resources);
+    let mem_mib =
+        crate::cgroup::vm_memory_mib(env_num("RUNVM_MEM_MIB", 256)?, &spec.linux.resources);
     let boot_timeout = Duration::from_secs(env_num("RUNVM_BOOT_TIMEOUT", 60)?);
 
     let root = root_dir(root);
@@ -181,12 +180,12 @@ pub fn enter_network_and_guard(
     let state_dir = p.dir.clone();
     let guard = crate::monitor::guard::spawn_with(dir, move || {
         crate::network::mirror::teardown_recorded(&record);
-        cgroup::remove_recorded(&state_dir);
+        crate::cgroup::remove_recorded(&state_dir);
     })
     .context("cannot start the cleanup guard")?;
     // After the guard's fork: the guard stays out of the cgroup it removes.
     let res = &p.spec.linux.resources;
-    cgroup::join(
+    crate::cgroup::join(
         p.spec.cgroups_path.as_deref(),
         &p.id,
         &p.dir,

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 
-use super::hooks::{self, HookKind};
+use crate::hooks::{self, HookKind};
 use crate::monitor::{self, tty, HostStdio, Launch};
 
 /// What `run` needs, already parsed.

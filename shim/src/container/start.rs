@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 
-use super::hooks::HookKind;
+use crate::hooks::HookKind;
 use crate::monitor::api::{self, Request, Response};
 use crate::state::{ContainerState, Status};
 
@@ -19,7 +19,7 @@ pub fn start(root: &Option<PathBuf>, id: &str) -> Result<i32> {
         Status::Stopped => bail!("cannot start a container that has stopped"),
     }
     let dir = ContainerState::runtime_dir(&super::root_dir(root), id);
-    let hooks = super::hooks::Container::from_state(&state);
+    let hooks = crate::hooks::Container::from_state(&state);
     if let Err(e) = hooks.run(HookKind::StartContainer, "created", state.pid) {
         // The process must not run: the container stops (and `delete` removes it).
         super::delete::kill_and_wait(&state, &super::root_dir(root));

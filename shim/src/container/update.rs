@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use oci_spec::runtime::LinuxResources;
 use runvm_protocol::Resources;
 
-use super::cgroup::{self, HostCgroup};
+use crate::cgroup::{self, HostCgroup};
 use crate::monitor::api::{self, ControlResponse, Request};
 use crate::state::{ContainerState, Status};
 

@@ -17,7 +17,6 @@ pub mod resources;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use runvm_protocol::Resources;
@@ -26,12 +25,11 @@ use serde::{Deserialize, Serialize};
 use crate::mountinfo::{self, MountinfoError};
 use hierarchy::{dir_in, hierarchies, CGROUP_ROOT};
 use path::cgroup_path;
+pub use path::PathSyntax;
 pub use resources::{
     host_memory_max, resources_from_oci, shares_to_weight, unsupported_in_update, vm_memory_mib,
 };
 
-/// `--systemd-cgroup` was given (set once by `main`).
-pub static SYSTEMD_CGROUP: AtomicBool = AtomicBool::new(false);
 /// File in the state directory naming the container's cgroups.
 pub const RECORD: &str = "cgroup.json";
 /// The v2 controllers the host cgroup needs.
@@ -313,16 +311,18 @@ fn enable_v2_controllers(mountpoint: &Path, dir: &Path) {
 
 /// Puts the calling process (the monitor) into the container's host cgroup, creating
 /// it, recording it in `state_dir`, and applying the host side of `resources` (the VM has
-/// `vm_mib` of RAM). Returns `None` when the container has no cgroup of its own.
+/// `vm_mib` of RAM). `cgroups_path` is written in `syntax`. Returns `None` when the
+/// container has no cgroup of its own.
 pub fn join(
     cgroups_path: Option<&str>,
+    syntax: PathSyntax,
     id: &str,
     state_dir: &Path,
     resources: &Resources,
     vm_mib: u64,
 ) -> Result<Option<HostCgroup>, CgroupError> {
     let has_limits = *resources != Resources::default();
-    let Some(path) = cgroup_path(cgroups_path, id, has_limits)? else {
+    let Some(path) = cgroup_path(cgroups_path, syntax, id, has_limits)? else {
         return Ok(None);
     };
     let all = hierarchies(&mountinfo::read_own()?);

@@ -2,9 +2,27 @@
 //! cgroupfs path (absolute, or relative to the monitor's own cgroup) or, with
 //! `--systemd-cgroup`, a systemd `slice:prefix:name` turned into runc's path.
 
-use std::sync::atomic::Ordering;
+use super::CgroupError;
 
-use super::{CgroupError, SYSTEMD_CGROUP};
+/// How `linux.cgroupsPath` is written: a cgroupfs path, or (with `--systemd-cgroup`)
+/// systemd's `slice:prefix:name`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PathSyntax {
+    #[default]
+    Cgroupfs,
+    Systemd,
+}
+
+impl PathSyntax {
+    /// The syntax the global `--systemd-cgroup` flag selects.
+    pub fn from_systemd_flag(systemd_cgroup: bool) -> Self {
+        if systemd_cgroup {
+            Self::Systemd
+        } else {
+            Self::Cgroupfs
+        }
+    }
+}
 
 /// Turns a systemd `slice:prefix:name` into a path, as runc does: the slice expands to
 /// its parents (`a-b.slice` → `a.slice/a-b.slice`), the unit is `prefix-name.scope` (or
@@ -69,6 +87,7 @@ fn expand_slice(slice: &str) -> Result<String, String> {
 /// taken from the monitor's current cgroup, as runc does).
 pub fn cgroup_path(
     cgroups_path: Option<&str>,
+    syntax: PathSyntax,
     id: &str,
     has_limits: bool,
 ) -> Result<Option<String>, CgroupError> {
@@ -76,7 +95,7 @@ pub fn cgroup_path(
         path: p.to_string(),
         message: m,
     };
-    let systemd = SYSTEMD_CGROUP.load(Ordering::Relaxed);
+    let systemd = syntax == PathSyntax::Systemd;
     let path = match cgroups_path {
         None if !has_limits => return Ok(None),
         None if systemd => format!("/system.slice/runvm-{id}.scope"),
@@ -132,12 +151,50 @@ mod tests {
 
     #[test]
     fn paths_default_only_with_limits_and_refuse_dotdot() {
-        assert_eq!(cgroup_path(None, "c", false).unwrap(), None);
-        assert_eq!(cgroup_path(None, "c", true).unwrap().unwrap(), "/runvm/c");
         assert_eq!(
-            cgroup_path(Some("/a/b"), "c", false).unwrap().unwrap(),
+            cgroup_path(None, PathSyntax::Cgroupfs, "c", false).unwrap(),
+            None
+        );
+        assert_eq!(
+            cgroup_path(None, PathSyntax::Cgroupfs, "c", true)
+                .unwrap()
+                .unwrap(),
+            "/runvm/c"
+        );
+        assert_eq!(
+            cgroup_path(Some("/a/b"), PathSyntax::Cgroupfs, "c", false)
+                .unwrap()
+                .unwrap(),
             "/a/b"
         );
-        assert!(cgroup_path(Some("/a/../b"), "c", false).is_err());
+        assert!(cgroup_path(Some("/a/../b"), PathSyntax::Cgroupfs, "c", false).is_err());
+    }
+
+    #[test]
+    fn the_systemd_flag_reads_slice_prefix_name() {
+        let systemd = |p| cgroup_path(p, PathSyntax::from_systemd_flag(true), "c", true);
+        assert_eq!(
+            systemd(None).unwrap().unwrap(),
+            "/system.slice/runvm-c.scope"
+        );
+        assert_eq!(
+            systemd(Some("system.slice:docker:abc")).unwrap().unwrap(),
+            "/system.slice/docker-abc.scope"
+        );
+        // A cgroupfs path is no systemd one, and the other way round.
+        assert!(systemd(Some("/a/b")).is_err());
+        assert_eq!(
+            cgroup_path(
+                Some("system.slice:docker:abc"),
+                PathSyntax::from_systemd_flag(false),
+                "c",
+                true
+            )
+            .unwrap()
+            .unwrap()
+            .rsplit('/')
+            .next(),
+            Some("system.slice:docker:abc")
+        );
     }
 }

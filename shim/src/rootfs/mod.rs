@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 use vmm::DiskConfig;
 
 use crate::mountinfo::{self, MountEntry, MountinfoError};
+use crate::settings::InvalidSetting;
 use cache::{CacheError, ImageCache};
 use erofs::ErofsError;
 use overlay::UnsupportedOverlay;
@@ -60,12 +61,8 @@ pub enum RootfsError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{var}={value:?} is not a valid {what}")]
-    Setting {
-        var: &'static str,
-        value: String,
-        what: &'static str,
-    },
+    #[error(transparent)]
+    Setting(#[from] InvalidSetting),
     #[error("the overlay on {root} names the layer {layer}, which cannot be opened: {source}")]
     Layer {
         root: PathBuf,
@@ -101,16 +98,16 @@ impl Settings {
         let size = |var: &'static str, default: u64| -> Result<u64, RootfsError> {
             match std::env::var(var) {
                 Err(_) => Ok(default),
-                Ok(v) => parse_size(&v).ok_or(RootfsError::Setting {
+                Ok(v) => parse_size(&v).ok_or(RootfsError::from(InvalidSetting {
                     var,
                     value: v,
                     what: "size (bytes, or a number with K, M, G or T)",
-                }),
+                })),
             }
         };
         let writeback_timeout = match std::env::var("RUNVM_WRITEBACK_TIMEOUT") {
             Err(_) => DEFAULT_WRITEBACK_TIMEOUT,
-            Ok(v) => Duration::from_secs(v.trim().parse().map_err(|_| RootfsError::Setting {
+            Ok(v) => Duration::from_secs(v.trim().parse().map_err(|_| InvalidSetting {
                 var: "RUNVM_WRITEBACK_TIMEOUT",
                 value: v.clone(),
                 what: "number of seconds",
@@ -118,11 +115,12 @@ impl Settings {
         };
         let writable_size = size("RUNVM_WRITABLE_SIZE", DEFAULT_WRITABLE_SIZE)?;
         if writable_size < 16 << 20 {
-            return Err(RootfsError::Setting {
+            return Err(InvalidSetting {
                 var: "RUNVM_WRITABLE_SIZE",
                 value: writable_size.to_string(),
                 what: "writable layer size (at least 16M)",
-            });
+            }
+            .into());
         }
         Ok(Self {
             cache_dir: std::env::var_os("RUNVM_IMAGE_CACHE")

@@ -2,7 +2,9 @@
 //! nothing outside it changes.
 
 use super::*;
-use runvm_protocol::{write_frame_limited, FileMeta, SpecialKind, WritebackEntry};
+use runvm_protocol::{
+    write_frame_limited, FileMeta, SpecialKind, WritebackEntry, MAX_WRITEBACK_FRAME_LEN,
+};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -400,17 +400,10 @@ mod tests {
         );
     }
 
-    fn tmp(tag: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("runvm-hooks-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
     #[test]
     fn hooks_get_state_args_and_exact_env_and_run_in_order() {
-        let d = tmp("order");
-        let out = d.join("out");
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("out");
         let sh = |tag: &str| {
             serde_json::json!({
                 "path": "/bin/sh",
@@ -430,13 +423,12 @@ mod tests {
         // Other kinds are not run.
         c.run(HookKind::Poststop, "stopped", 0).unwrap();
         assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 4);
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
     fn a_failure_stops_the_list_and_says_why() {
-        let d = tmp("fail");
-        let marker = d.join("second-ran");
+        let d = tempfile::tempdir().unwrap();
+        let marker = d.path().join("second-ran");
         let h = hooks(serde_json::json!({ "createRuntime": [
             { "path": "/bin/sh", "args": ["sh", "-c", "echo out; echo err >&2; exit 3"] },
             { "path": "/bin/sh", "args": ["sh", "-c", format!("touch {}", marker.display())] },
@@ -452,13 +444,12 @@ mod tests {
         // As a warning, every hook runs.
         c.run_warn(HookKind::CreateRuntime, "creating", 1);
         assert!(marker.exists());
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
     fn a_timeout_kills_the_hook_and_what_it_started() {
-        let d = tmp("timeout");
-        let pidfile = d.join("pid");
+        let d = tempfile::tempdir().unwrap();
+        let pidfile = d.path().join("pid");
         let h = hooks(serde_json::json!({ "poststart": [
             { "path": "/bin/sh", "args": ["sh", "-c", format!("sleep 30 & echo $! > {}; wait", pidfile.display())], "timeout": 1 },
         ]}));
@@ -485,7 +476,6 @@ mod tests {
             state.is_empty() || state.contains(") Z"),
             "the hook's child still runs: {state}"
         );
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

@@ -21,6 +21,8 @@ mod sockpath;
 mod spec;
 mod state;
 mod status;
+#[cfg(test)]
+mod test_support;
 
 use clap::{Parser, Subcommand};
 use liboci_cli::{CommonCmd, GlobalOpts, StandardCmd};

@@ -149,16 +149,10 @@ pub fn load_files(mounts: &mut [MountSpec]) -> Result<(), BindError> {
 mod tests {
     use super::*;
 
-    fn tmp(tag: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("runvm-binds-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
     #[test]
     fn files_are_copied_at_load_time_directories_refused() {
-        let d = tmp("files");
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
         let hosts = d.join("hosts");
         std::fs::write(&hosts, "at create\n").unwrap();
         let ro = vec!["rbind".to_string(), "ro".to_string()];
@@ -185,12 +179,12 @@ mod tests {
         std::fs::remove_file(&hosts).unwrap();
         let e = load_files(&mut m).unwrap_err().to_string();
         assert!(e.contains("/etc/hosts"), "{e}");
-        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     fn a_shm_directory_becomes_a_tmpfs_of_its_size() {
-        let d = tmp("shm");
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
         let opts: Vec<String> = ["rbind", "nosuid", "nodev", "noexec", "rprivate"]
             .iter()
             .map(|s| s.to_string())
@@ -199,11 +193,10 @@ mod tests {
         assert_eq!(m.fstype, "tmpfs");
         assert_eq!(&m.options[..3], ["nosuid", "nodev", "noexec"]);
         assert_eq!(m.options[3], "mode=1777");
-        let st = nix::sys::statvfs::statvfs(&d).unwrap();
+        let st = nix::sys::statvfs::statvfs(d).unwrap();
         assert_eq!(
             m.options[4],
             format!("size={}", st.blocks() as u64 * st.fragment_size() as u64)
         );
-        std::fs::remove_dir_all(&d).unwrap();
     }
 }

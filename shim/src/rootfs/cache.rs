@@ -283,15 +283,12 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    fn temp_cache(max: u64) -> ImageCache {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "runvm-cache-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        ImageCache::new(dir, max)
+    /// A cache in a directory that does not exist yet, in a temporary directory that
+    /// goes with the first value.
+    fn temp_cache(max: u64) -> (tempfile::TempDir, ImageCache) {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = ImageCache::new(tmp.path().join("images"), max);
+        (tmp, cache)
     }
 
     fn fake_build(bytes: usize) -> impl FnOnce(&Path) -> Result<(), std::io::Error> {
@@ -300,7 +297,7 @@ mod tests {
 
     #[test]
     fn concurrent_gets_build_once_and_leave_no_temp_files() {
-        let cache = temp_cache(u64::MAX);
+        let (_tmp, cache) = temp_cache(u64::MAX);
         let builds = std::sync::Arc::new(AtomicUsize::new(0));
         let threads: Vec<_> = (0..8)
             .map(|_| {
@@ -331,12 +328,11 @@ mod tests {
         let rec: serde_json::Value =
             serde_json::from_slice(&std::fs::read(cache.dir.join("k1.json")).unwrap()).unwrap();
         assert_eq!(rec["bytes"], 5);
-        std::fs::remove_dir_all(&cache.dir).unwrap();
     }
 
     #[test]
     fn a_failed_build_leaves_nothing_and_is_retried() {
-        let cache = temp_cache(u64::MAX);
+        let (_tmp, cache) = temp_cache(u64::MAX);
         let r = cache
             .get_or_build("k", serde_json::json!({}), |p| {
                 std::fs::write(p, b"half")?;
@@ -354,13 +350,12 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(img.built);
-        std::fs::remove_dir_all(&cache.dir).unwrap();
     }
 
     #[test]
     fn eviction_removes_least_recently_used_images_not_in_use() {
         // Each image takes at least one 4 KiB block; the cap holds two of them.
-        let cache = temp_cache(3 * 4096);
+        let (_tmp, cache) = temp_cache(3 * 4096);
         let a = cache
             .get_or_build("a", serde_json::json!({}), fake_build(4096))
             .unwrap()
@@ -388,6 +383,5 @@ mod tests {
         assert!(!cache.dir.join("b.json").exists());
         assert!(cache.dir.join("c.erofs").exists());
         drop(a);
-        std::fs::remove_dir_all(&cache.dir).unwrap();
     }
 }

@@ -216,17 +216,11 @@ pub fn mkfs_version() -> String {
 mod tests {
     use super::*;
 
-    fn have(tool: &str) -> bool {
-        Command::new(tool).arg("--help").output().is_ok()
-    }
-
     #[test]
     fn flattening_resolves_whiteouts_and_opaque_directories() {
-        // SAFETY: geteuid has no preconditions.
-        if !have("mkfs.erofs") || !have("fsck.erofs") || unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: needs root, mkfs.erofs and fsck.erofs (erofs-utils)");
-            return;
-        }
+        crate::test_support::require_tool("mkfs.erofs", "erofs-utils");
+        crate::test_support::require_tool("fsck.erofs", "erofs-utils");
+        crate::test_support::require_root("the overlay mount that flattens the layers");
         let v = mkfs_version();
         assert!(
             v.starts_with("mkfs.erofs ") && v.chars().any(|c| c.is_ascii_digit()),
@@ -237,8 +231,8 @@ mod tests {
             "{}",
             mkfs_identity()
         );
-        let base = std::env::temp_dir().join(format!("runvm-flatten-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path();
         let (l1, l2) = (base.join("l1"), base.join("l2"));
         for d in [
             l1.join("etc"),
@@ -291,6 +285,5 @@ mod tests {
         // Nothing of the private mount is visible here.
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(!mounts.contains(&base.display().to_string()));
-        std::fs::remove_dir_all(&base).unwrap();
     }
 }

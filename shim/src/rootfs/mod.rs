@@ -375,9 +375,9 @@ mod tests {
 
     #[test]
     fn overlay_roots_split_into_own_and_shared_layers() {
-        let base = std::env::temp_dir().join(format!("runvm-detect-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
-        let home = base.join("overlay2");
+        let tmp = tempfile::tempdir().unwrap();
+        // Canonical, as prepare gives detect (the temporary directory may be a symlink).
+        let home = std::fs::canonicalize(tmp.path()).unwrap().join("overlay2");
         for d in [
             "img1/diff",
             "img2/diff",
@@ -439,6 +439,5 @@ mod tests {
         );
         let e = detect(&merged, &parse(&mi)).unwrap_err().to_string();
         assert!(e.contains("GONE"), "{e}");
-        std::fs::remove_dir_all(&base).unwrap();
     }
 }

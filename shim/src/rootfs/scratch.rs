@@ -122,18 +122,18 @@ mod tests {
 
     #[test]
     fn scratch_files_are_unlinked_but_stay_readable() {
-        let dir = std::env::temp_dir().join(format!("runvm-scratch-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let s = make::<ScratchError>(&dir, "img", false, |p| {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let s = make::<ScratchError>(dir, "img", false, |p| {
             std::fs::write(p, b"data").map_err(|source| ScratchError::Io {
                 path: p.to_path_buf(),
                 source,
             })
         })
         .unwrap();
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(dir).unwrap().count(), 0);
         assert_eq!(std::fs::read(s.proc_path()).unwrap(), b"data");
-        let e = make::<ScratchError>(&dir, "img", false, |p| {
+        let e = make::<ScratchError>(dir, "img", false, |p| {
             std::fs::write(p, b"x").unwrap();
             Err(ScratchError::Io {
                 path: p.to_path_buf(),
@@ -141,23 +141,14 @@ mod tests {
             })
         });
         assert!(e.is_err());
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
-        std::fs::remove_dir(&dir).unwrap();
+        assert_eq!(std::fs::read_dir(dir).unwrap().count(), 0);
     }
 
     #[test]
     fn ext4_layers_are_sparse() {
-        if std::process::Command::new("mkfs.ext4")
-            .arg("-V")
-            .output()
-            .is_err()
-        {
-            eprintln!("skipped: no mkfs.ext4");
-            return;
-        }
-        let dir = std::env::temp_dir().join(format!("runvm-ext4-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let s = make::<ScratchError>(&dir, "ext4", true, |p| make_ext4(p, 8 << 30)).unwrap();
+        crate::test_support::require_tool("mkfs.ext4", "e2fsprogs");
+        let tmp = tempfile::tempdir().unwrap();
+        let s = make::<ScratchError>(tmp.path(), "ext4", true, |p| make_ext4(p, 8 << 30)).unwrap();
         use std::os::unix::fs::MetadataExt;
         let md = s.file.metadata().unwrap();
         assert_eq!(md.len(), 8 << 30);
@@ -166,6 +157,5 @@ mod tests {
             "{} bytes used",
             md.blocks() * 512
         );
-        std::fs::remove_dir(&dir).unwrap();
     }
 }

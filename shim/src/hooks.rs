@@ -75,12 +75,45 @@ impl HookKind {
 
 /// A hook that failed: the error names its kind and index, as runc's does.
 #[derive(Debug, thiserror::Error)]
-#[error("error running {kind} hook #{index} ({path}): {message}")]
+#[error("error running {kind} hook #{index} ({path}): {failure}")]
 pub struct HookError {
     pub kind: &'static str,
     pub index: usize,
     pub path: String,
-    pub message: String,
+    #[source]
+    pub failure: HookFailure,
+}
+
+/// What went wrong with one hook.
+#[derive(Debug, thiserror::Error)]
+pub enum HookFailure {
+    #[error("cannot set up the hook's stdio: {0}")]
+    Stdio(#[source] std::io::Error),
+    #[error("cannot execute {}: {source}", path.display())]
+    Spawn {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot wait for the hook: {0}")]
+    Wait(#[source] std::io::Error),
+    #[error("hook ran past specified timeout of {:.1}s", .0.as_secs_f64())]
+    Timeout(Duration),
+    /// It ended unsuccessfully; its output is quoted.
+    #[error("{}, stdout: {stdout}, stderr: {stderr}", describe(*status))]
+    Failed {
+        status: std::process::ExitStatus,
+        stdout: String,
+        stderr: String,
+    },
+}
+
+/// An exit status as runc words it: `exit status N` or `killed by signal N`.
+fn describe(status: std::process::ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit status {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => format!("{status}"),
+    }
 }
 
 /// The container as its hooks see it.
@@ -164,14 +197,8 @@ impl Container {
         };
         let state = self.state_json(status, pid);
         for (index, hook) in kind.of(hooks).iter().enumerate() {
-            run_hook(hook, &state, self.host_netns.as_ref().map(|f| f.as_fd())).map_err(
-                |message| HookError {
-                    kind: kind.name(),
-                    index,
-                    path: hook.path().display().to_string(),
-                    message,
-                },
-            )?;
+            run_hook(hook, &state, self.host_netns.as_ref().map(|f| f.as_fd()))
+                .map_err(|failure| HookError::new(kind, index, hook, failure))?;
         }
         Ok(())
     }
@@ -184,17 +211,23 @@ impl Container {
         };
         let state = self.state_json(status, pid);
         for (index, hook) in kind.of(hooks).iter().enumerate() {
-            if let Err(message) =
+            if let Err(failure) =
                 run_hook(hook, &state, self.host_netns.as_ref().map(|f| f.as_fd()))
             {
-                let e = HookError {
-                    kind: kind.name(),
-                    index,
-                    path: hook.path().display().to_string(),
-                    message,
-                };
+                let e = HookError::new(kind, index, hook, failure);
                 log::warn!("container {:?}: {e}", self.id);
             }
+        }
+    }
+}
+
+impl HookError {
+    fn new(kind: HookKind, index: usize, hook: &Hook, failure: HookFailure) -> Self {
+        Self {
+            kind: kind.name(),
+            index,
+            path: hook.path().display().to_string(),
+            failure,
         }
     }
 }
@@ -246,8 +279,8 @@ fn read_quoted(mut f: &std::fs::File) -> String {
 
 /// Runs one hook with `state` on its stdin; the error says what happened (its exit
 /// status or the timeout, with its output).
-fn run_hook(hook: &Hook, state: &[u8], host_netns: Option<BorrowedFd>) -> Result<(), String> {
-    let io = |e: std::io::Error| format!("cannot set up the hook's stdio: {e}");
+fn run_hook(hook: &Hook, state: &[u8], host_netns: Option<BorrowedFd>) -> Result<(), HookFailure> {
+    let io = HookFailure::Stdio;
     let mut stdin = anonymous_file(c"runvm-hook-stdin").map_err(io)?;
     stdin.write_all(state).map_err(io)?;
     stdin.rewind().map_err(io)?;
@@ -292,9 +325,10 @@ fn run_hook(hook: &Hook, state: &[u8], host_netns: Option<BorrowedFd>) -> Result
             Ok(())
         });
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot execute {}: {e}", hook.path().display()))?;
+    let mut child = cmd.spawn().map_err(|source| HookFailure::Spawn {
+        path: hook.path().clone(),
+        source,
+    })?;
     let timeout = hook
         .timeout()
         .map(|t| Duration::from_secs(u64::try_from(t).unwrap_or(1)));
@@ -308,28 +342,20 @@ fn run_hook(hook: &Hook, state: &[u8], host_netns: Option<BorrowedFd>) -> Result
                 unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!(
-                    "hook ran past specified timeout of {:.1}s",
-                    t.as_secs_f64()
-                ));
+                return Err(HookFailure::Timeout(t));
             }
             Err(e) => Err(e),
         },
     }
-    .map_err(|e| format!("cannot wait for the hook: {e}"))?;
+    .map_err(HookFailure::Wait)?;
     if status.success() {
         return Ok(());
     }
-    let how = match (status.code(), status.signal()) {
-        (Some(c), _) => format!("exit status {c}"),
-        (None, Some(s)) => format!("killed by signal {s}"),
-        _ => format!("{status}"),
-    };
-    Err(format!(
-        "{how}, stdout: {}, stderr: {}",
-        read_quoted(&stdout).trim_end(),
-        read_quoted(&stderr).trim_end()
-    ))
+    Err(HookFailure::Failed {
+        status,
+        stdout: read_quoted(&stdout).trim_end().to_string(),
+        stderr: read_quoted(&stderr).trim_end().to_string(),
+    })
 }
 
 /// Waits for `child` until `deadline`: `None` when it is still running then.

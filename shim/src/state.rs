@@ -26,11 +26,17 @@ pub const PAUSED_FILE: &str = "paused";
 pub enum StateError {
     #[error("container {0:?} does not exist")]
     NotFound(String),
-    #[error("cannot read the state of container {id:?} in {path}: {message}")]
+    #[error("cannot read the state of container {id:?} in {path}: {source}")]
     Read {
         id: String,
         path: PathBuf,
-        message: String,
+        source: std::io::Error,
+    },
+    #[error("cannot read the state of container {id:?} in {path}: {source}")]
+    Parse {
+        id: String,
+        path: PathBuf,
+        source: serde_json::Error,
     },
     #[error("cannot write the state of container {id:?} in {path}: {source}")]
     Write {
@@ -79,18 +85,18 @@ impl ContainerState {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(StateError::NotFound(id.into()))
             }
-            Err(e) => {
+            Err(source) => {
                 return Err(StateError::Read {
                     id: id.into(),
                     path,
-                    message: e.to_string(),
+                    source,
                 })
             }
         };
-        serde_json::from_str(&text).map_err(|e| StateError::Read {
+        serde_json::from_str(&text).map_err(|source| StateError::Parse {
             id: id.into(),
             path,
-            message: e.to_string(),
+            source,
         })
     }
 

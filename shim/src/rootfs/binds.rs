@@ -20,11 +20,11 @@ pub const MAX_TOTAL_BYTES: u64 = 32 << 20;
 /// Errors copying in the bind-mounted files at start.
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
-    #[error("mounts: {dest}: cannot read the bind mount source {path}: {error}")]
+    #[error("mounts: {dest}: cannot read the bind mount source {path}: {source}")]
     Read {
         dest: String,
         path: String,
-        error: std::io::Error,
+        source: std::io::Error,
     },
     #[error("mounts: {dest}: the bind-mounted file {path} is over {limit} bytes, the most runvm copies into a VM")]
     TooLarge {
@@ -96,32 +96,22 @@ fn shm_tmpfs(source: &str, options: &[String]) -> MountSpec {
 pub fn load_files(mounts: &mut [MountSpec]) -> Result<(), BindError> {
     let mut total = 0u64;
     for m in mounts.iter_mut().filter(|m| m.fstype == "bind") {
-        let read_err = |error| BindError::Read {
+        let read_err = |source| BindError::Read {
             dest: m.destination.clone(),
             path: m.source.clone(),
-            error,
+            source,
         };
         let f = std::fs::File::open(&m.source).map_err(read_err)?;
-        let md = f.metadata().map_err(|e| BindError::Read {
-            dest: m.destination.clone(),
-            path: m.source.clone(),
-            error: e,
-        })?;
+        let md = f.metadata().map_err(read_err)?;
         if !md.is_file() {
-            return Err(BindError::Read {
-                dest: m.destination.clone(),
-                path: m.source.clone(),
-                error: std::io::Error::other("not a regular file any more"),
-            });
+            return Err(read_err(std::io::Error::other(
+                "not a regular file any more",
+            )));
         }
         let mut data = Vec::with_capacity(md.len().min(MAX_FILE_BYTES) as usize);
         f.take(MAX_FILE_BYTES + 1)
             .read_to_end(&mut data)
-            .map_err(|e| BindError::Read {
-                dest: m.destination.clone(),
-                path: m.source.clone(),
-                error: e,
-            })?;
+            .map_err(read_err)?;
         if data.len() as u64 > MAX_FILE_BYTES {
             return Err(BindError::TooLarge {
                 dest: m.destination.clone(),

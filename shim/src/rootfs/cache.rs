@@ -16,7 +16,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -30,7 +30,8 @@ enum FlockArg {
 
 /// `flock(2)` (nix's wrapper is deprecated in favour of an owning type that does not fit
 /// a lock held by an inherited descriptor).
-fn flock(fd: std::os::fd::RawFd, arg: FlockArg) -> nix::Result<()> {
+fn flock(file: &impl AsFd, arg: FlockArg) -> nix::Result<()> {
+    let fd = file.as_fd().as_raw_fd();
     let op = match arg {
         FlockArg::LockShared => libc::LOCK_SH,
         FlockArg::LockExclusiveNonblock => libc::LOCK_EX | libc::LOCK_NB,
@@ -108,7 +109,7 @@ impl ImageCache {
                 Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(io(&path)(e)),
             };
-            flock(file.as_raw_fd(), FlockArg::LockShared).map_err(|e| io(&path)(e.into()))?;
+            flock(&file, FlockArg::LockShared).map_err(|e| io(&path)(e.into()))?;
             // An evictor unlinks while it holds the lock exclusively: a file it removed
             // has no links left by the time our shared lock is granted.
             let md = file.metadata().map_err(io(&path))?;
@@ -191,7 +192,7 @@ impl ImageCache {
         else {
             return;
         };
-        if flock(lock.as_raw_fd(), FlockArg::LockExclusiveNonblock).is_err() {
+        if flock(&lock, FlockArg::LockExclusiveNonblock).is_err() {
             return;
         }
         let mut images: Vec<(PathBuf, u64, i64)> = std::fs::read_dir(&self.dir)
@@ -211,7 +212,7 @@ impl ImageCache {
                 break;
             }
             let Ok(f) = File::open(&path) else { continue };
-            if flock(f.as_raw_fd(), FlockArg::LockExclusiveNonblock).is_err() {
+            if flock(&f, FlockArg::LockExclusiveNonblock).is_err() {
                 continue; // in use
             }
             if std::fs::remove_file(&path).is_ok() {
@@ -237,7 +238,7 @@ fn lock_exclusive(path: &Path, timeout: Duration) -> Result<File, CacheError> {
             .write(true)
             .open(path)
             .map_err(io(path))?;
-        match flock(f.as_raw_fd(), FlockArg::LockExclusiveNonblock) {
+        match flock(&f, FlockArg::LockExclusiveNonblock) {
             Ok(()) => return Ok(f),
             Err(nix::errno::Errno::EWOULDBLOCK) => {}
             Err(e) => return Err(io(path)(e.into())),

@@ -12,7 +12,7 @@ use std::process::Command;
 #[derive(Debug, thiserror::Error)]
 pub enum ErofsError {
     #[error("cannot run mkfs.erofs (install the erofs-utils package): {0}")]
-    Spawn(std::io::Error),
+    Spawn(#[source] std::io::Error),
     #[error("mkfs.erofs failed on {dir} with {status}: {stderr}")]
     Mkfs {
         dir: PathBuf,

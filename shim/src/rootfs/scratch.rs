@@ -18,7 +18,7 @@ pub enum ScratchError {
         source: std::io::Error,
     },
     #[error("cannot run mkfs.ext4 (install the e2fsprogs package): {0}")]
-    Spawn(std::io::Error),
+    Spawn(#[source] std::io::Error),
     #[error("mkfs.ext4 failed on {path} with {status}: {stderr}")]
     Mkfs {
         path: PathBuf,

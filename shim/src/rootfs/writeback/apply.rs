@@ -24,8 +24,28 @@ const KEPT_ERRORS: usize = 8;
 /// Most bytes of directory paths kept for setting their mtimes at the end.
 const MAX_DIR_TIME_BYTES: usize = 64 << 20;
 
-/// What one entry did not manage (the stream goes on).
-type EntryResult = Result<(), String>;
+/// Why one entry was not applied (the stream goes on; the report keeps the message).
+#[derive(Debug, thiserror::Error)]
+enum EntryError {
+    /// A file operation failed; `what` says which, of the entry's path ("it").
+    #[error("{what}: {}", .source.desc())]
+    Op { what: String, source: Errno },
+    #[error("cannot write it: {0}")]
+    Write(#[source] std::io::Error),
+    /// The entry is one the host does not apply.
+    #[error("{0}")]
+    Refused(&'static str),
+}
+
+/// The error of the file operation `what`.
+fn failed(what: impl Into<String>) -> impl FnOnce(Errno) -> EntryError {
+    move |source| EntryError::Op {
+        what: what.into(),
+        source,
+    }
+}
+
+type EntryResult = Result<(), EntryError>;
 
 /// A file being written under its temporary name in its directory.
 struct TempFile {
@@ -134,7 +154,7 @@ impl<'a> Applier<'a> {
                 }
                 WritebackEntry::Dir { meta, opaque, .. } => self.dir(&path, &meta, opaque),
                 WritebackEntry::Symlink { meta, target, .. } => check_symlink_target(&target)
-                    .map_err(String::from)
+                    .map_err(EntryError::Refused)
                     .and_then(|()| self.symlink(&path, &meta, &target)),
                 WritebackEntry::Hardlink { target, .. } => {
                     checked(&target)?;
@@ -161,7 +181,7 @@ impl<'a> Applier<'a> {
     }
 
     /// The parent directory of `path` (`O_PATH`), reusing the last one opened.
-    fn parent_of(&mut self, path: &[u8]) -> Result<Rc<OwnedFd>, String> {
+    fn parent_of(&mut self, path: &[u8]) -> Result<Rc<OwnedFd>, EntryError> {
         let (parent, _) = split(path);
         if let Some((p, fd)) = &self.parent {
             if p == parent && !self.parent_stale {
@@ -171,7 +191,7 @@ impl<'a> Applier<'a> {
         self.parent_stale = false;
         let fd = self
             .open_dir(parent, OFlag::O_PATH)
-            .map_err(|e| format!("cannot open its directory: {}", e.desc()))?;
+            .map_err(failed("cannot open its directory"))?;
         let fd = Rc::new(fd);
         self.parent = Some((parent.to_vec(), fd.clone()));
         Ok(fd)
@@ -198,15 +218,12 @@ impl<'a> Applier<'a> {
             self.forget_parent();
             if let Err(e) = self.remove_tree(dir, name) {
                 let _ = dirfd::remove_file_at(dir, tmp);
-                return Err(format!(
-                    "cannot remove the directory in its place: {}",
-                    e.desc()
-                ));
+                return Err(failed("cannot remove the directory in its place")(e));
             }
         }
         dirfd::rename_at(dir, tmp, name).map_err(|e| {
             let _ = dirfd::remove_file_at(dir, tmp);
-            format!("cannot move it into place: {}", e.desc())
+            failed("cannot move it into place")(e)
         })
     }
 
@@ -222,7 +239,7 @@ impl<'a> Applier<'a> {
     ) -> EntryResult {
         if let Err(e) = set() {
             let _ = dirfd::remove_file_at(dir, tmp);
-            return Err(format!("cannot set its {what}: {}", e.desc()));
+            return Err(failed(format!("cannot set its {what}"))(e));
         }
         self.replace(dir, tmp, split(path).1)
     }
@@ -236,28 +253,27 @@ impl<'a> Applier<'a> {
                 if opaque {
                     self.forget_parent();
                     let fd = dirfd::open_dir_at(pfd, name, OFlag::O_RDONLY)
-                        .map_err(|e| format!("cannot open it: {}", e.desc()))?;
+                        .map_err(failed("cannot open it"))?;
                     if dirfd::device(fd.as_fd()).ok() != Some(self.root_dev) {
-                        return Err("another file system is mounted there".into());
+                        return Err(EntryError::Refused("another file system is mounted there"));
                     }
                     dirfd::clear_dir(fd.as_fd(), self.root_dev, 0)
-                        .map_err(|e| format!("cannot empty it: {}", e.desc()))?;
+                        .map_err(failed("cannot empty it"))?;
                 }
             }
             other => {
                 if other.is_some() {
                     self.forget_parent();
                     self.remove_tree(pfd, name)
-                        .map_err(|e| format!("cannot remove what is in its place: {}", e.desc()))?;
+                        .map_err(failed("cannot remove what is in its place"))?;
                 }
-                dirfd::mkdir_at(pfd, name)
-                    .map_err(|e| format!("cannot create it: {}", e.desc()))?;
+                dirfd::mkdir_at(pfd, name).map_err(failed("cannot create it"))?;
             }
         }
-        let fd = dirfd::open_dir_at(pfd, name, OFlag::O_RDONLY)
-            .map_err(|e| format!("cannot open it: {}", e.desc()))?;
+        let fd =
+            dirfd::open_dir_at(pfd, name, OFlag::O_RDONLY).map_err(failed("cannot open it"))?;
         dirfd::set_owner_and_mode(fd.as_fd(), meta)
-            .map_err(|e| format!("cannot set its owner or mode: {}", e.desc()))?;
+            .map_err(failed("cannot set its owner or mode"))?;
         if self.dir_time_bytes + path.len() <= MAX_DIR_TIME_BYTES {
             self.dir_time_bytes += path.len();
             self.dir_times.push((path.to_vec(), *meta));
@@ -279,7 +295,7 @@ impl<'a> Applier<'a> {
             let name = self.tmp_name();
             match dirfd::create_file_at(dir.as_fd(), &name) {
                 Ok(file) => Ok(TempFile { dir, name, file }),
-                Err(e) => Err(format!("cannot create it: {}", e.desc())),
+                Err(e) => Err(failed("cannot create it")(e)),
             }
         });
         let mut out = target.as_ref().ok().map(|t| &t.file);
@@ -302,7 +318,7 @@ impl<'a> Applier<'a> {
             left -= n as u64;
             if let Some(mut f) = out {
                 if let Err(e) = f.write_all(&self.buf[..n]) {
-                    write_err = Some(format!("cannot write it: {e}"));
+                    write_err = Some(EntryError::Write(e));
                     out = None;
                 }
             }
@@ -323,10 +339,7 @@ impl<'a> Applier<'a> {
         }
         if let Err(e) = dirfd::set_meta(t.file.as_fd(), meta) {
             t.discard();
-            return Ok(Err(format!(
-                "cannot set its owner, mode or time: {}",
-                e.desc()
-            )));
+            return Ok(Err(failed("cannot set its owner, mode or time")(e)));
         }
         let TempFile { dir, name, file } = t;
         drop(file);
@@ -336,8 +349,7 @@ impl<'a> Applier<'a> {
     fn symlink(&mut self, path: &[u8], meta: &FileMeta, target: &[u8]) -> EntryResult {
         let pfd = self.parent_of(path)?;
         let tmp = self.tmp_name();
-        dirfd::symlink_at(target, pfd.as_fd(), &tmp)
-            .map_err(|e| format!("cannot create it: {}", e.desc()))?;
+        dirfd::symlink_at(target, pfd.as_fd(), &tmp).map_err(failed("cannot create it"))?;
         self.finish_node(pfd.as_fd(), &tmp, path, "owner or time", || {
             dirfd::set_meta_at(pfd.as_fd(), &tmp, meta, false)
         })
@@ -347,11 +359,11 @@ impl<'a> Applier<'a> {
         let (tparent, tname) = split(target);
         let tfd = self
             .open_dir(tparent, OFlag::O_PATH)
-            .map_err(|e| format!("cannot open the directory of its target: {}", e.desc()))?;
+            .map_err(failed("cannot open the directory of its target"))?;
         let pfd = self.parent_of(path)?;
         let tmp = self.tmp_name();
         dirfd::link_at(tfd.as_fd(), tname, pfd.as_fd(), &tmp)
-            .map_err(|e| format!("cannot link it to {}: {}", show(target), e.desc()))?;
+            .map_err(failed(format!("cannot link it to {}", show(target))))?;
         self.replace(pfd.as_fd(), &tmp, split(path).1)
     }
 
@@ -367,15 +379,16 @@ impl<'a> Applier<'a> {
             SpecialKind::Socket => (SFlag::S_IFSOCK, 0),
             // A 0/0 character device is what overlayfs takes for a whiteout.
             SpecialKind::CharDevice if rdev == 0 => {
-                return Err("a 0:0 character device (that is a whiteout)".into())
+                return Err(EntryError::Refused(
+                    "a 0:0 character device (that is a whiteout)",
+                ))
             }
             SpecialKind::CharDevice => (SFlag::S_IFCHR, rdev),
             SpecialKind::BlockDevice => (SFlag::S_IFBLK, rdev),
         };
         let pfd = self.parent_of(path)?;
         let tmp = self.tmp_name();
-        dirfd::mknod_at(pfd.as_fd(), &tmp, sflag, dev)
-            .map_err(|e| format!("cannot create it: {}", e.desc()))?;
+        dirfd::mknod_at(pfd.as_fd(), &tmp, sflag, dev).map_err(failed("cannot create it"))?;
         self.finish_node(pfd.as_fd(), &tmp, path, "owner, mode or time", || {
             dirfd::set_meta_at(pfd.as_fd(), &tmp, meta, true)
         })
@@ -397,7 +410,7 @@ impl<'a> Applier<'a> {
         };
         self.forget_parent();
         self.remove_tree(pfd.as_fd(), split(path).1)
-            .map_err(|e| format!("cannot delete it: {}", e.desc()))
+            .map_err(failed("cannot delete it"))
     }
 
     /// Sets the directories' times, deepest last-made first (making their contents
@@ -441,5 +454,7 @@ fn entry_path(e: &WritebackEntry) -> &[u8] {
 
 /// `End` is handled before entries are dispatched.
 fn unreachable_end() -> EntryResult {
-    Err("an end marker in the middle of the stream".into())
+    Err(EntryError::Refused(
+        "an end marker in the middle of the stream",
+    ))
 }

@@ -8,16 +8,18 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::tool::{self, ToolFailed};
+
 /// Errors building an image.
 #[derive(Debug, thiserror::Error)]
 pub enum ErofsError {
     #[error("cannot run mkfs.erofs (install the erofs-utils package): {0}")]
     Spawn(#[source] std::io::Error),
-    #[error("mkfs.erofs failed on {dir} with {status}: {stderr}")]
+    #[error("mkfs.erofs failed on {dir} with {failed}")]
     Mkfs {
         dir: PathBuf,
-        status: std::process::ExitStatus,
-        stderr: String,
+        #[source]
+        failed: ToolFailed,
     },
     #[error("cannot open the image layer {path}: {source}")]
     Layer {
@@ -50,18 +52,12 @@ pub fn build_erofs(dir: &Path, image: &Path) -> Result<(), ErofsError> {
 }
 
 fn run_mkfs(mut cmd: Command, dir: &Path) -> Result<(), ErofsError> {
-    let out = cmd
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(ErofsError::Spawn)?;
-    if !out.status.success() {
-        return Err(ErofsError::Mkfs {
+    tool::run(&mut cmd)
+        .map_err(ErofsError::Spawn)?
+        .map_err(|failed| ErofsError::Mkfs {
             dir: dir.to_path_buf(),
-            status: out.status,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(())
+            failed,
+        })
 }
 
 /// Writes one EROFS image of the merged view of `layers` (top layer first, as in

@@ -16,6 +16,7 @@ pub mod erofs;
 pub mod overlay;
 pub mod scratch;
 mod signature;
+mod tool;
 pub mod writeback;
 
 use std::fs::File;
@@ -235,6 +236,30 @@ pub fn cache_key(shared: &[PathBuf], mkfs_identity: &str) -> String {
         .collect()
 }
 
+/// The cached image `key` of the root filesystem `root` (built with `build` when it is
+/// not there yet), its record naming the mkfs.erofs of `mkfs_identity`; logged as
+/// `what`.
+fn cached_image(
+    cache: &ImageCache,
+    key: &str,
+    mut record: serde_json::Value,
+    mkfs_identity: &str,
+    root: &Path,
+    what: &str,
+    build: impl FnOnce(&Path) -> Result<(), ErofsError>,
+) -> Result<File, RootfsError> {
+    record["mkfs_erofs"] = erofs::mkfs_version().into();
+    record["mkfs_erofs_binary"] = mkfs_identity.into();
+    let img = cache.get_or_build(key, record, build)??;
+    log::debug!(
+        "root filesystem {}: {what} {} ({})",
+        root.display(),
+        img.path.display(),
+        if img.built { "built" } else { "cached" }
+    );
+    Ok(img.file)
+}
+
 /// Builds (or finds) the images for `rootfs` and the writable layer, at create.
 pub fn prepare(rootfs: &Path, readonly: bool) -> Result<RootfsPlan, RootfsError> {
     let started = Instant::now();
@@ -268,17 +293,16 @@ pub fn prepare(rootfs: &Path, readonly: bool) -> Result<RootfsPlan, RootfsError>
             let record = serde_json::json!({
                 "plain_directory": dir,
                 "tree_signature": signature,
-                "mkfs_erofs": erofs::mkfs_version(),
-                "mkfs_erofs_binary": identity,
             });
-            let img = cache.get_or_build(&key, record, |tmp| erofs::build_erofs(dir, tmp))??;
-            log::debug!(
-                "root filesystem {}: image {} ({})",
-                root.display(),
-                img.path.display(),
-                if img.built { "built" } else { "cached" }
-            );
-            held.push(img.file);
+            held.push(cached_image(
+                &cache,
+                &key,
+                record,
+                &identity,
+                &root,
+                "image",
+                |tmp| erofs::build_erofs(dir, tmp),
+            )?);
         }
         Layers::Overlay { own, shared } => {
             for dir in own {
@@ -287,21 +311,16 @@ pub fn prepare(rootfs: &Path, readonly: bool) -> Result<RootfsPlan, RootfsError>
             if !shared.is_empty() {
                 let identity = erofs::mkfs_identity();
                 let key = cache_key(shared, &identity);
-                let record = serde_json::json!({
-                    "layers": shared,
-                    "mkfs_erofs": erofs::mkfs_version(),
-                    "mkfs_erofs_binary": identity,
-                });
-                let img = cache.get_or_build(&key, record, |tmp| {
-                    erofs::build_flattened(shared, tmp, &tmp.with_extension("mnt"))
-                })??;
-                log::debug!(
-                    "root filesystem {}: shared image {} ({})",
-                    root.display(),
-                    img.path.display(),
-                    if img.built { "built" } else { "cached" }
-                );
-                held.push(img.file);
+                let record = serde_json::json!({ "layers": shared });
+                held.push(cached_image(
+                    &cache,
+                    &key,
+                    record,
+                    &identity,
+                    &root,
+                    "shared image",
+                    |tmp| erofs::build_flattened(shared, tmp, &tmp.with_extension("mnt")),
+                )?);
             }
         }
     }

@@ -7,6 +7,8 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use super::tool::{self, ToolFailed};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Errors making a scratch image.
@@ -19,11 +21,11 @@ pub enum ScratchError {
     },
     #[error("cannot run mkfs.ext4 (install the e2fsprogs package): {0}")]
     Spawn(#[source] std::io::Error),
-    #[error("mkfs.ext4 failed on {path} with {status}: {stderr}")]
+    #[error("mkfs.ext4 failed on {path} with {failed}")]
     Mkfs {
         path: PathBuf,
-        status: std::process::ExitStatus,
-        stderr: String,
+        #[source]
+        failed: ToolFailed,
     },
 }
 
@@ -91,29 +93,24 @@ pub fn make_ext4(path: &Path, size: u64) -> Result<(), ScratchError> {
     let f = File::create(path).map_err(io)?;
     f.set_len(size).map_err(io)?;
     drop(f);
-    let out = Command::new("mkfs.ext4")
-        .args([
-            "-q",
-            "-F",
-            "-m",
-            "0",
-            "-O",
-            "^has_journal",
-            "-E",
-            "lazy_itable_init=1,nodiscard,root_owner=0:0",
-        ])
-        .arg(path)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(ScratchError::Spawn)?;
-    if !out.status.success() {
-        return Err(ScratchError::Mkfs {
+    let mut cmd = Command::new("mkfs.ext4");
+    cmd.args([
+        "-q",
+        "-F",
+        "-m",
+        "0",
+        "-O",
+        "^has_journal",
+        "-E",
+        "lazy_itable_init=1,nodiscard,root_owner=0:0",
+    ])
+    .arg(path);
+    tool::run(&mut cmd)
+        .map_err(ScratchError::Spawn)?
+        .map_err(|failed| ScratchError::Mkfs {
             path: path.to_path_buf(),
-            status: out.status,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(())
+            failed,
+        })
 }
 
 #[cfg(test)]

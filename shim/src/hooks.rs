@@ -21,8 +21,7 @@ use std::time::{Duration, Instant};
 use oci_spec::runtime::{Hook, Hooks};
 use serde::Serialize;
 
-/// The OCI runtime-spec version runvm reports (in `state`, in hooks' stdin).
-pub const OCI_VERSION: &str = oci_spec::runtime::VERSION;
+use crate::state::OCI_VERSION;
 
 /// The six points of the lifecycle that have hooks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,17 +128,6 @@ pub struct Container {
 }
 
 impl Container {
-    /// The container of a config.json being created.
-    pub fn from_spec(id: &str, spec: &crate::spec::ContainerSpec) -> Self {
-        Self {
-            id: id.to_string(),
-            bundle: spec.bundle.clone(),
-            annotations: spec.annotations.clone(),
-            hooks: spec.hooks.clone(),
-            host_netns: None,
-        }
-    }
-
     /// A created container, with the hooks saved in its state.
     pub fn from_state(state: &crate::state::ContainerState) -> Self {
         Self {

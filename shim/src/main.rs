@@ -54,7 +54,7 @@ fn version_text() -> String {
         "runvm version {}\ncommit: {}\nspec: {}\nrust: {}\nlibseccomp: {seccomp}\n",
         env!("CARGO_PKG_VERSION"),
         env!("RUNVM_COMMIT"),
-        hooks::OCI_VERSION,
+        state::OCI_VERSION,
         env!("RUNVM_RUSTC"),
     )
 }

@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 use crate::host_process;
 use crate::status::ContainerStatus;
 
+/// The OCI runtime-spec version runvm reports (in `state`, in hooks' stdin).
+pub const OCI_VERSION: &str = oci_spec::runtime::VERSION;
+
 /// File names inside a container's state directory.
 pub const STATE_FILE: &str = "state.json";
 /// Written by the monitor once the container's process runs.
@@ -146,7 +149,7 @@ impl ContainerState {
     pub fn oci_state(&self, root: &Path) -> serde_json::Value {
         let status = self.status(root);
         let mut v = serde_json::json!({
-            "ociVersion": crate::hooks::OCI_VERSION,
+            "ociVersion": OCI_VERSION,
             "id": self.id,
             "status": status.as_str(),
             "bundle": self.bundle,

@@ -115,7 +115,7 @@ pub fn create(root: &Path, cgroups: PathSyntax, args: &liboci_cli::Create) -> Re
     }
     // The monitor lives in the container's network namespace now: the hooks that run at
     // create (Docker 20.10's libnetwork-setkey among them) find it through the pid.
-    let hook_container = crate::hooks::Container::from_spec(&p.id, &p.spec);
+    let hook_container = super::hook_container(&p);
     if let Err(e) = run_create_hooks(&hook_container, pid) {
         stop_monitor(pid);
         let e = fail(anyhow::anyhow!("cannot create container {:?}: {e}", p.id));

@@ -113,7 +113,7 @@ struct Enabled {
 pub fn document() -> Features {
     Features {
         oci_version_min: "1.0.0",
-        oci_version_max: crate::hooks::OCI_VERSION,
+        oci_version_max: crate::state::OCI_VERSION,
         hooks: HookKind::ALL.iter().map(|k| k.name()).collect(),
         mount_options: MOUNT_OPTIONS,
         linux: Linux {

@@ -182,6 +182,17 @@ pub fn enter_network_and_guard(
     Ok(guard)
 }
 
+/// The container of `p`, as its hooks see it.
+pub fn hook_container(p: &Prepared) -> crate::hooks::Container {
+    crate::hooks::Container {
+        id: p.id.clone(),
+        bundle: p.spec.bundle.clone(),
+        annotations: p.spec.annotations.clone(),
+        hooks: p.spec.hooks.clone(),
+        host_netns: None,
+    }
+}
+
 /// Loads a container's state from the state root `root`; an unknown id gives runc's
 /// "does not exist" wording.
 pub fn load(root: &Path, id: &str) -> Result<crate::state::ContainerState> {

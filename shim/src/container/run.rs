@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use liboci_cli::Run;
 
 use crate::cgroup::PathSyntax;
-use crate::hooks::{self, HookKind};
+use crate::hooks::HookKind;
 use crate::host_process;
 use crate::monitor::{self, tty, HostStdio, Launch};
 
@@ -35,7 +35,7 @@ pub fn run(root: &Path, cgroups: PathSyntax, args: &Run) -> Result<i32> {
 /// Runs the container; returns the workload's exit code.
 fn run_foreground(root: &Path, cgroups: PathSyntax, args: &Run) -> Result<i32> {
     let mut p = super::prepare(&args.container_id, &args.bundle, root, cgroups)?;
-    let mut container = hooks::Container::from_spec(&p.id, &p.spec);
+    let mut container = super::hook_container(&p);
     // The hooks run in the namespace this process is about to leave.
     container.host_netns = match std::fs::File::open("/proc/self/ns/net") {
         Ok(f) => Some(f.into()),

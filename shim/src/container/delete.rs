@@ -9,7 +9,6 @@ use anyhow::Result;
 
 use crate::monitor::api::{self, Request};
 use crate::state::ContainerState;
-use crate::status::ContainerStatus;
 
 pub fn delete(root: &Path, args: &liboci_cli::Delete) -> Result<i32> {
     let (id, force) = (&args.container_id, args.force);
@@ -17,7 +16,8 @@ pub fn delete(root: &Path, args: &liboci_cli::Delete) -> Result<i32> {
     let dir = ContainerState::dir(root, id);
     let status = state.status(root);
     status.can_delete(id, force)?;
-    if status != ContainerStatus::Stopped {
+    if status.has_pid() {
+        // Created, running or paused: its process goes first.
         kill_and_wait(&state, root);
     } else if !force {
         // The process has ended; the monitor may still be writing the container's changes

@@ -17,7 +17,6 @@ use serde_json::{json, Value};
 use crate::cgroup::{HostCgroup, HostStats};
 use crate::monitor::api::{self, ControlResponse, Request};
 use crate::state::ContainerState;
-use crate::status::ContainerStatus;
 
 pub fn events(root: &Path, args: &liboci_cli::Events) -> Result<i32> {
     let (id, stats_once, interval) = (&args.container_id, args.stats, args.interval);
@@ -30,7 +29,8 @@ pub fn events(root: &Path, args: &liboci_cli::Events) -> Result<i32> {
     let runtime = ContainerState::runtime_dir(root, id);
     let mut oom_seen: Option<u64> = None;
     loop {
-        if state.status(root) == ContainerStatus::Stopped {
+        // Until the container stops.
+        if state.status(root).can_events().is_err() {
             return Ok(0);
         }
         let host = HostCgroup::load(&state_dir).map(|c| c.stats());

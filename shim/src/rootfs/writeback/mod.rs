@@ -31,7 +31,7 @@ mod dirfd;
 mod path;
 
 use std::io::{ErrorKind, Read};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -124,13 +124,7 @@ impl WritebackTarget {
     /// the outcome. Gives up when `abort` (the VM's end) becomes readable or at the
     /// deadline. A connection that closes before its first frame (a guest connect that
     /// gave up and retries) is dropped and the next one awaited.
-    ///
-    /// `abort` is a raw descriptor because the monitor holds it so; it must stay open
-    /// for the whole call.
-    pub fn receive(&self, listener: &UnixListener, abort: RawFd) {
-        // SAFETY: the caller keeps `abort` open until this call returns (above), and the
-        // borrow does not outlive the call.
-        let abort = unsafe { BorrowedFd::borrow_raw(abort) };
+    pub fn receive(&self, listener: &UnixListener, abort: BorrowedFd) {
         let started = Instant::now();
         let deadline = started + self.timeout;
         let result = (|| -> Result<Report, WritebackError> {

@@ -2,7 +2,7 @@
 //! a reused pid is not taken for the monitor), this process's title as `ps` shows it, and
 //! pid files.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The fields of `/proc/<pid>/stat` from field 3 (the state letter) on: the command name
 /// before them may hold spaces and parentheses, so they start after the last `)`.
@@ -58,9 +58,28 @@ pub fn set_title(title: &str) {
     }
 }
 
+/// A pid file that could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write pid file {}: {source}", path.display())]
+pub struct PidFileError {
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+/// Writes `pid` to `path` (`--pid-file`), if one is given.
+pub fn write_pid_file_if(path: Option<&Path>, pid: u32) -> Result<(), PidFileError> {
+    match path {
+        Some(path) => write_pid_file(path, pid).map_err(|source| PidFileError {
+            path: path.to_path_buf(),
+            source,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Writes `pid` to `path` atomically (a temporary file in the same directory, then a
 /// rename), as runc does, so a reader never sees a partial pid.
-pub fn write_pid_file(path: &Path, pid: u32) -> std::io::Result<()> {
+fn write_pid_file(path: &Path, pid: u32) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -100,7 +119,13 @@ mod tests {
         write_pid_file(&path, 42).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "42");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-        assert!(write_pid_file(Path::new("/"), 1).is_err());
+        assert_eq!(
+            write_pid_file_if(Some(Path::new("/")), 1)
+                .unwrap_err()
+                .to_string(),
+            "cannot write pid file /: pid file path has no file name"
+        );
+        write_pid_file_if(None, 1).unwrap();
     }
 
     #[test]

@@ -134,10 +134,7 @@ pub fn create(root: &Path, cgroups: PathSyntax, args: &liboci_cli::Create) -> Re
         hooks: p.spec.hooks.clone(),
     };
     state.save(&p.root).map_err(|e| fail(e.into()))?;
-    if let Some(f) = &args.pid_file {
-        host_process::write_pid_file(f, pid as u32)
-            .with_context(|| format!("cannot write pid file {}", f.display()))?;
-    }
+    host_process::write_pid_file_if(args.pid_file.as_deref(), pid as u32)?;
     Ok(0)
 }
 

@@ -94,7 +94,6 @@ pub fn exec(root: &Path, opts: &Exec) -> Result<i32> {
         ctty = nix::unistd::setsid().is_ok() && tty::make_controlling(slave.as_raw_fd()).is_ok();
     }
     let sigfd = forwarded_signals()?;
-    let pid_file = opts.pid_file.clone();
     let waiter = Waiter {
         conn,
         sigfd,
@@ -102,10 +101,7 @@ pub fn exec(root: &Path, opts: &Exec) -> Result<i32> {
         poll_size: console_slave.is_some() && !ctty,
     };
     waiter.wait(|_pid| {
-        if let Some(f) = &pid_file {
-            host_process::write_pid_file(f, std::process::id())
-                .with_context(|| format!("cannot write pid file {}", f.display()))?;
-        }
+        host_process::write_pid_file_if(opts.pid_file.as_deref(), std::process::id())?;
         Ok(())
     })
 }
@@ -266,10 +262,7 @@ fn detach(
     let _ = BufReader::new(std::fs::File::from(ready_r)).read_line(&mut line);
     let line = line.trim_end_matches('\n');
     if line == "ok" {
-        if let Some(f) = pid_file {
-            host_process::write_pid_file(f, pid as u32)
-                .with_context(|| format!("cannot write pid file {}", f.display()))?;
-        }
+        host_process::write_pid_file_if(pid_file, pid as u32)?;
         return Ok(0);
     }
     // SAFETY: the waiter is our child; reap it (it exits right after reporting).

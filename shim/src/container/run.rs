@@ -111,10 +111,7 @@ fn run_foreground(root: &Path, cgroups: PathSyntax, args: &Run) -> Result<i32> {
                 }
             }
         };
-        if let Some(f) = &args.pid_file {
-            host_process::write_pid_file(f, std::process::id())
-                .with_context(|| format!("cannot write pid file {}", f.display()))?;
-        }
+        host_process::write_pid_file_if(args.pid_file.as_deref(), std::process::id())?;
         let id = p.id.clone();
         monitor::run_vm(p.config, p.run, stdio, Launch::Immediate)
             .with_context(|| format!("container {id:?}"))

@@ -94,13 +94,27 @@ impl log::Log for Logger {
     fn flush(&self) {}
 }
 
+/// Why the logger could not be installed.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("unknown --log-format {0:?}: use text or json")]
+    UnknownFormat(String),
+    #[error("cannot open log file {}: {source}", path.display())]
+    Open {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    AlreadySet(#[source] log::SetLoggerError),
+}
+
 /// Installs the logger. Errors opening the log file are reported on stderr and logging
 /// falls back to stderr.
-pub fn init(path: Option<&Path>, format: Option<&str>, debug: bool) -> Result<(), String> {
+pub fn init(path: Option<&Path>, format: Option<&str>, debug: bool) -> Result<(), LogError> {
     let format = match format {
         None | Some("text") => Format::Text,
         Some("json") => Format::Json,
-        Some(other) => return Err(format!("unknown --log-format {other:?}: use text or json")),
+        Some(other) => return Err(LogError::UnknownFormat(other.to_string())),
     };
     let file = match path {
         Some(p) => Some(Mutex::new(
@@ -108,7 +122,10 @@ pub fn init(path: Option<&Path>, format: Option<&str>, debug: bool) -> Result<()
                 .create(true)
                 .append(true)
                 .open(p)
-                .map_err(|e| format!("cannot open log file {}: {e}", p.display()))?,
+                .map_err(|source| LogError::Open {
+                    path: p.to_path_buf(),
+                    source,
+                })?,
         )),
         None => None,
     };
@@ -122,7 +139,7 @@ pub fn init(path: Option<&Path>, format: Option<&str>, debug: bool) -> Result<()
         format,
         level,
     }))
-    .map_err(|e| e.to_string())?;
+    .map_err(LogError::AlreadySet)?;
     log::set_max_level(level);
     Ok(())
 }

@@ -4,17 +4,25 @@
 //! and exit codes. The semantics live in `container/`, the VM side in `monitor/`.
 
 mod assets;
+mod cgroup;
 mod container;
+mod hooks;
+mod host_process;
 mod id;
 mod logging;
 mod monitor;
+mod mountinfo;
 mod network;
 mod rootfs;
 mod scm;
 mod seccomp;
+mod settings;
 mod sockpath;
 mod spec;
 mod state;
+mod status;
+#[cfg(test)]
+mod test_support;
 
 use clap::{Parser, Subcommand};
 use liboci_cli::{CommonCmd, GlobalOpts, StandardCmd};
@@ -46,7 +54,7 @@ fn version_text() -> String {
         "runvm version {}\ncommit: {}\nspec: {}\nrust: {}\nlibseccomp: {seccomp}\n",
         env!("CARGO_PKG_VERSION"),
         env!("RUNVM_COMMIT"),
-        container::hooks::OCI_VERSION,
+        state::OCI_VERSION,
         env!("RUNVM_RUSTC"),
     )
 }
@@ -64,106 +72,35 @@ fn not_yet(verb: &str) -> anyhow::Result<i32> {
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<i32> {
-    let root = cli.global.root;
     let Some(command) = cli.command else {
         // `runvm -v` (clap asks for a command otherwise).
         print!("{}", version_text());
         return Ok(0);
     };
-    container::cgroup::SYSTEMD_CGROUP.store(
-        cli.global.systemd_cgroup,
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    use container::*;
+    let root = &root_dir(cli.global.root.as_deref());
+    let cgroups = cgroup::PathSyntax::from_systemd_flag(cli.global.systemd_cgroup);
     match command {
         Command::Standard(s) => match *s {
-            StandardCmd::Create(c) => container::create::create(container::create::CreateOptions {
-                id: c.container_id,
-                bundle: c.bundle,
-                root,
-                pid_file: c.pid_file,
-                console_socket: c.console_socket,
-            }),
-            StandardCmd::Start(s) => container::start::start(&root, &s.container_id),
-            StandardCmd::State(s) => container::state::state(&root, &s.container_id),
-            // --all needs nothing more: every process of the container lives in its PID
-            // namespace in the VM, which goes with its PID 1.
-            StandardCmd::Kill(k) => container::kill::kill(&root, &k.container_id, &k.signal),
-            StandardCmd::Delete(d) => container::delete::delete(&root, &d.container_id, d.force),
+            StandardCmd::Create(args) => create::create(root, cgroups, &args),
+            StandardCmd::Start(args) => start::start(root, &args),
+            StandardCmd::State(args) => state::state(root, &args),
+            StandardCmd::Kill(args) => kill::kill(root, &args),
+            StandardCmd::Delete(args) => delete::delete(root, &args),
         },
         Command::Common(c) => match *c {
-            CommonCmd::Run(r) => {
-                let opts = container::run::RunOptions {
-                    id: r.container_id,
-                    bundle: r.bundle,
-                    root,
-                    pid_file: r.pid_file,
-                    console_socket: r.console_socket,
-                };
-                if r.detach {
-                    container::run::run_detached(opts)
-                } else {
-                    container::run::run(opts)
-                }
-            }
-            CommonCmd::Exec(e) => container::exec::exec(container::exec::ExecOptions {
-                id: e.container_id,
-                root,
-                process: e.process,
-                args: e.command,
-                detach: e.detach,
-                pid_file: e.pid_file,
-                console_socket: e.console_socket,
-                tty: e.tty,
-                env: e.env,
-                cwd: e.cwd,
-                user: e.user,
-                additional_gids: e.additional_gids,
-                caps: e.cap,
-                no_new_privs: e.no_new_privs,
-            }),
-            CommonCmd::Features(_) => container::features::features(),
-            CommonCmd::List(l) => container::list::list(&root, &l.format, l.quiet),
-            CommonCmd::Pause(p) => container::pause::pause(&root, &p.container_id),
-            CommonCmd::Resume(r) => container::resume::resume(&root, &r.container_id),
-            CommonCmd::Ps(p) => container::ps::ps(&root, &p.container_id, &p.format, &p.ps_options),
-            CommonCmd::Events(e) => {
-                container::events::events(&root, &e.container_id, e.stats, e.interval)
-            }
-            CommonCmd::Update(u) => {
-                let unsupported = [
-                    ("--blkio-weight", u.blkio_weight.is_some()),
-                    ("--cpu-rt-period", u.cpu_rt_period.is_some()),
-                    ("--cpu-rt-runtime", u.cpu_rt_runtime.is_some()),
-                    ("--cpuset-cpus", u.cpuset_cpus.is_some()),
-                    ("--cpuset-mems", u.cpuset_mems.is_some()),
-                    ("--memory-reservation", u.memory_reservation.is_some()),
-                    ("--memory-swap", u.memory_swap.is_some()),
-                    ("--l3-cache-schema", u.l3_cache_schema.is_some()),
-                    ("--mem-bw-schema", u.mem_bw_schema.is_some()),
-                ]
-                .into_iter()
-                .filter_map(|(name, given)| given.then_some(name))
-                .collect();
-                container::update::update(container::update::UpdateOptions {
-                    id: u.container_id,
-                    root,
-                    resources: u.resources,
-                    memory: u.memory,
-                    cpu_quota: u.cpu_quota,
-                    cpu_period: u.cpu_period,
-                    cpu_shares: u.cpu_share,
-                    pids_limit: u.pids_limit,
-                    unsupported,
-                })
-            }
-            CommonCmd::Spec(s) => container::spec::spec(&s),
-            other => not_yet(
-                &format!("{other:?}")
-                    .split([' ', '('])
-                    .next()
-                    .unwrap_or("")
-                    .to_lowercase(),
-            ),
+            CommonCmd::Run(args) => run::run(root, cgroups, &args),
+            CommonCmd::Exec(args) => exec::exec(root, &args),
+            CommonCmd::Features(_) => features::features(),
+            CommonCmd::List(args) => list::list(root, &args),
+            CommonCmd::Pause(args) => pause::pause(root, &args),
+            CommonCmd::Resume(args) => resume::resume(root, &args),
+            CommonCmd::Ps(args) => ps::ps(root, &args),
+            CommonCmd::Events(args) => events::events(root, &args),
+            CommonCmd::Update(args) => update::update(root, &args),
+            CommonCmd::Spec(args) => container::spec::spec(&args),
+            // liboci-cli spells the command so.
+            CommonCmd::Checkpointt(_) => not_yet("checkpointt"),
         },
     }
 }

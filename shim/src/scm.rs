@@ -17,9 +17,9 @@ pub const MAX_FDS: usize = 4;
 #[derive(Debug, thiserror::Error)]
 pub enum ScmError {
     #[error("sendmsg with SCM_RIGHTS: {0}")]
-    Send(nix::Error),
+    Send(#[source] nix::Error),
     #[error("recvmsg: {0}")]
-    Recv(nix::Error),
+    Recv(#[source] nix::Error),
     #[error("the peer closed the connection before sending its descriptors")]
     Closed,
     #[error("expected {expected} descriptors, got {got}")]

@@ -32,11 +32,36 @@ const FLAG_SPEC_ALLOW: u32 = 4;
 
 /// A `linux.seccomp` profile that cannot be compiled; the message names the field.
 #[derive(Debug, thiserror::Error)]
-#[error("linux.seccomp: {0}")]
-pub struct SeccompError(String);
+pub enum SeccompError {
+    /// What the profile asks that runvm refuses or cannot do.
+    #[error("linux.seccomp: {0}")]
+    Invalid(String),
+    /// libseccomp refused a step (`what`, naming the field).
+    #[error("linux.seccomp: {what}: {source}")]
+    Libseccomp {
+        what: String,
+        source: libseccomp::error::SeccompError,
+    },
+    /// Getting the compiled program out of libseccomp.
+    #[error("linux.seccomp: {what}: {source}")]
+    Export {
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
 
 fn err(msg: impl Into<String>) -> SeccompError {
-    SeccompError(msg.into())
+    SeccompError::Invalid(msg.into())
+}
+
+/// Wraps libseccomp's error of the step `what`.
+fn refused(
+    what: impl Into<String>,
+) -> impl FnOnce(libseccomp::error::SeccompError) -> SeccompError {
+    move |source| SeccompError::Libseccomp {
+        what: what.into(),
+        source,
+    }
 }
 
 /// Compiles `profile` into the BPF program and `seccomp(2)` flags the guest installs.
@@ -49,26 +74,22 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<SeccompProgram, SeccompError> {
     let default_errno = profile.default_errno_ret();
     let default = action(profile.default_action(), default_errno)
         .map_err(|m| err(format!("defaultAction: {m}")))?;
-    let mut ctx = ScmpFilterContext::new(default)
-        .map_err(|e| err(format!("cannot create the filter: {e}")))?;
+    let mut ctx = ScmpFilterContext::new(default).map_err(refused("cannot create the filter"))?;
     // runc sets no_new_privs itself (process.noNewPrivileges); so does the guest.
-    ctx.set_ctl_nnp(false).map_err(|e| {
-        err(format!(
-            "cannot clear the filter's no_new_privs attribute: {e}"
-        ))
-    })?;
+    ctx.set_ctl_nnp(false)
+        .map_err(refused("cannot clear the filter's no_new_privs attribute"))?;
     for arch in profile.architectures().iter().flatten() {
         let name = arch_name(*arch);
         let scmp: ScmpArch = name
             .parse()
             .map_err(|_| err(format!("architectures: {name} is not known to libseccomp")))?;
         ctx.add_arch(scmp)
-            .map_err(|e| err(format!("architectures: cannot add {name}: {e}")))?;
+            .map_err(refused(format!("architectures: cannot add {name}")))?;
     }
 
     for (i, call) in profile.syscalls().iter().flatten().enumerate() {
-        add_syscall_rules(&mut ctx, call, default)
-            .map_err(|m| err(format!("syscalls[{i}] ({}): {m}", call.names().join(", "))))?;
+        let at = format!("syscalls[{i}] ({})", call.names().join(", "));
+        add_syscall_rules(&mut ctx, call, default, &at)?;
     }
 
     let mut flags = 0;
@@ -83,13 +104,15 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<SeccompProgram, SeccompError> {
     Ok(SeccompProgram { filter, flags })
 }
 
-/// The rules of one `syscalls` entry; unknown names are skipped as runc does.
+/// The rules of one `syscalls` entry (`at` names it in errors); unknown names are
+/// skipped as runc does.
 fn add_syscall_rules(
     ctx: &mut ScmpFilterContext,
     call: &LinuxSyscall,
     default: ScmpAction,
-) -> Result<(), String> {
-    let act = action(call.action(), call.errno_ret())?;
+    at: &str,
+) -> Result<(), SeccompError> {
+    let act = action(call.action(), call.errno_ret()).map_err(|m| err(format!("{at}: {m}")))?;
     if act == default {
         // runc: libseccomp refuses a rule that does what the default action does.
         return Ok(());
@@ -101,10 +124,10 @@ fn add_syscall_rules(
             .ok()
             .filter(|i| *i < SYSCALL_MAX_ARGS)
             .ok_or_else(|| {
-                format!(
-                    "args: index {} is out of range (a syscall has {SYSCALL_MAX_ARGS} arguments)",
+                err(format!(
+                    "{at}: args: index {} is out of range (a syscall has {SYSCALL_MAX_ARGS} arguments)",
                     a.index()
-                )
+                ))
             })?;
         per_index[index as usize] += 1;
         let op = match a.op() {
@@ -142,7 +165,7 @@ fn add_syscall_rules(
         } else {
             ctx.add_rule_conditional(act, nr, &conditions).map(|_| ())
         };
-        added.map_err(|e| format!("cannot add the rule for {name}: {e}"))?;
+        added.map_err(refused(format!("{at}: cannot add the rule for {name}")))?;
     }
     Ok(())
 }
@@ -183,14 +206,20 @@ fn export(ctx: &ScmpFilterContext) -> Result<Vec<u8>, SeccompError> {
         c"runvm-seccomp",
         nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
     )
-    .map_err(|e| err(format!("memfd_create for the BPF program: {e}")))?;
+    .map_err(|e| SeccompError::Export {
+        what: "memfd_create for the BPF program",
+        source: e.into(),
+    })?;
     let mut file = std::fs::File::from(fd);
     ctx.export_bpf(&file)
-        .map_err(|e| err(format!("cannot export the BPF program: {e}")))?;
+        .map_err(refused("cannot export the BPF program"))?;
     let mut filter = Vec::new();
     file.rewind()
         .and_then(|_| file.read_to_end(&mut filter))
-        .map_err(|e| err(format!("cannot read the BPF program back: {e}")))?;
+        .map_err(|source| SeccompError::Export {
+            what: "cannot read the BPF program back",
+            source,
+        })?;
     if filter.is_empty() || !filter.len().is_multiple_of(SECCOMP_INSTRUCTION_LEN) {
         return Err(err(format!(
             "libseccomp wrote a BPF program of {} bytes, not a whole number of instructions",

@@ -56,7 +56,8 @@ mod tests {
 
     #[test]
     fn long_directories_get_working_short_paths() {
-        let base = std::env::temp_dir().join(format!("runvm-sockpath-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path();
         let long = base.join("x".repeat(60)).join("y".repeat(60));
         std::fs::create_dir_all(&long).unwrap();
         let d = SocketDir::open(&long).unwrap();
@@ -70,8 +71,7 @@ mod tests {
         let _client =
             UnixStream::connect(SocketDir::open(&long).unwrap().path("monitor.sock")).unwrap();
         let _conn = listener.accept().unwrap();
-        let short = SocketDir::open(&base).unwrap();
+        let short = SocketDir::open(base).unwrap();
         assert_eq!(short.path("a.sock"), base.join("a.sock"));
-        std::fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -120,7 +120,7 @@ impl ContainerSpec {
                     resources: l
                         .resources()
                         .as_ref()
-                        .map(crate::container::cgroup::resources_from_oci)
+                        .map(crate::cgroup::resources_from_oci)
                         .unwrap_or_default(),
                 }
             }
@@ -136,7 +136,7 @@ impl ContainerSpec {
             .next_back()
             .unwrap_or_else(|| rootfs.join("etc/resolv.conf"));
         if let Some(h) = spec.hooks() {
-            crate::container::hooks::validate(h).map_err(invalid)?;
+            crate::hooks::validate(h).map_err(invalid)?;
         }
         let mut mounts = Vec::new();
         for m in spec.mounts().iter().flatten() {

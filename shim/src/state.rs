@@ -5,6 +5,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::host_process;
+use crate::status::ContainerStatus;
+
+/// The OCI runtime-spec version runvm reports (in `state`, in hooks' stdin).
+pub const OCI_VERSION: &str = oci_spec::runtime::VERSION;
+
 /// File names inside a container's state directory.
 pub const STATE_FILE: &str = "state.json";
 /// Written by the monitor once the container's process runs.
@@ -23,11 +29,17 @@ pub const PAUSED_FILE: &str = "paused";
 pub enum StateError {
     #[error("container {0:?} does not exist")]
     NotFound(String),
-    #[error("cannot read the state of container {id:?} in {path}: {message}")]
+    #[error("cannot read the state of container {id:?} in {path}: {source}")]
     Read {
         id: String,
         path: PathBuf,
-        message: String,
+        source: std::io::Error,
+    },
+    #[error("cannot read the state of container {id:?} in {path}: {source}")]
+    Parse {
+        id: String,
+        path: PathBuf,
+        source: serde_json::Error,
     },
     #[error("cannot write the state of container {id:?} in {path}: {source}")]
     Write {
@@ -35,26 +47,6 @@ pub enum StateError {
         path: PathBuf,
         source: std::io::Error,
     },
-}
-
-/// OCI status.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
-    Created,
-    Running,
-    Paused,
-    Stopped,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Created => "created",
-            Status::Running => "running",
-            Status::Paused => "paused",
-            Status::Stopped => "stopped",
-        }
-    }
 }
 
 /// What runvm remembers about a container between commands.
@@ -77,20 +69,6 @@ pub struct ContainerState {
     pub hooks: Option<oci_spec::runtime::Hooks>,
 }
 
-/// Start time of `pid` in clock ticks since boot, if it is alive.
-pub fn process_start_time(pid: i32) -> Option<u64> {
-    process_stat(pid).map(|(_, t)| t)
-}
-
-/// The state letter (`R`, `S`, `Z`, …) and start time of `pid`.
-fn process_stat(pid: i32) -> Option<(char, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: fields start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let state = rest.chars().next()?;
-    Some((state, rest.split(' ').nth(19)?.parse().ok()?))
-}
-
 impl ContainerState {
     pub fn dir(root: &Path, id: &str) -> PathBuf {
         root.join(id)
@@ -110,18 +88,18 @@ impl ContainerState {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(StateError::NotFound(id.into()))
             }
-            Err(e) => {
+            Err(source) => {
                 return Err(StateError::Read {
                     id: id.into(),
                     path,
-                    message: e.to_string(),
+                    source,
                 })
             }
         };
-        serde_json::from_str(&text).map_err(|e| StateError::Read {
+        serde_json::from_str(&text).map_err(|source| StateError::Parse {
             id: id.into(),
             path,
-            message: e.to_string(),
+            source,
         })
     }
 
@@ -142,19 +120,28 @@ impl ContainerState {
     /// Whether the monitor still runs (a zombie, exited but not yet reaped by its
     /// parent, does not).
     pub fn monitor_alive(&self) -> bool {
-        matches!(process_stat(self.pid), Some((state, t)) if t == self.pid_start_time && state != 'Z')
+        matches!(host_process::stat(self.pid), Some((state, t)) if t == self.pid_start_time && state != 'Z')
     }
 
-    pub fn status(&self, root: &Path) -> Status {
+    pub fn status(&self, root: &Path) -> ContainerStatus {
         let dir = Self::dir(root, &self.id);
         if !self.monitor_alive() || dir.join(EXITED_FILE).exists() {
-            Status::Stopped
+            ContainerStatus::Stopped
         } else if dir.join(PAUSED_FILE).exists() {
-            Status::Paused
+            ContainerStatus::Paused
         } else if dir.join(STARTED_FILE).exists() {
-            Status::Running
+            ContainerStatus::Running
         } else {
-            Status::Created
+            ContainerStatus::Created
+        }
+    }
+
+    /// The pid `state` and `list` show: the monitor's, 0 once the container stopped.
+    pub fn visible_pid(&self, status: ContainerStatus) -> i32 {
+        if status.has_pid() {
+            self.pid
+        } else {
+            0
         }
     }
 
@@ -162,7 +149,7 @@ impl ContainerState {
     pub fn oci_state(&self, root: &Path) -> serde_json::Value {
         let status = self.status(root);
         let mut v = serde_json::json!({
-            "ociVersion": crate::container::hooks::OCI_VERSION,
+            "ociVersion": OCI_VERSION,
             "id": self.id,
             "status": status.as_str(),
             "bundle": self.bundle,
@@ -170,11 +157,7 @@ impl ContainerState {
             "created": self.created,
             "owner": "",
         });
-        if status != Status::Stopped {
-            v["pid"] = self.pid.into();
-        } else {
-            v["pid"] = 0.into();
-        }
+        v["pid"] = self.visible_pid(status).into();
         if !self.annotations.is_empty() {
             v["annotations"] = serde_json::to_value(&self.annotations).unwrap_or_default();
         }
@@ -187,14 +170,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn start_time_of_this_process_is_stable_and_dead_pids_have_none() {
-        let me = std::process::id() as i32;
-        let t = process_start_time(me).unwrap();
-        assert_eq!(process_start_time(me), Some(t));
-        assert_eq!(process_start_time(i32::MAX), None);
-    }
-
-    #[test]
     fn an_exited_unreaped_monitor_is_not_alive() {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id() as i32;
@@ -203,19 +178,19 @@ mod tests {
             bundle: "/".into(),
             rootfs: "/".into(),
             pid,
-            pid_start_time: process_start_time(pid).unwrap(),
+            pid_start_time: host_process::start_time(pid).unwrap(),
             created: String::new(),
             annotations: Default::default(),
             hooks: None,
         };
         // It exits, and stays a zombie until it is reaped below.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while process_stat(pid).is_some_and(|(s, _)| s != 'Z')
+        while host_process::stat(pid).is_some_and(|(s, _)| s != 'Z')
             && std::time::Instant::now() < deadline
         {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        assert_eq!(process_stat(pid).map(|(s, _)| s), Some('Z'));
+        assert_eq!(host_process::stat(pid).map(|(s, _)| s), Some('Z'));
         assert!(!state.monitor_alive());
         child.wait().unwrap();
     }

@@ -7,31 +7,26 @@
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
+use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use super::hooks::HookKind;
+use crate::cgroup::PathSyntax;
+use crate::hooks::HookKind;
+use crate::host_process;
 use crate::monitor::{self, api, tty, HostStdio, Launch};
-use crate::state::{process_start_time, ContainerState};
+use crate::state::ContainerState;
 
-/// What `create` needs, already parsed.
-pub struct CreateOptions {
-    pub id: String,
-    pub bundle: PathBuf,
-    pub root: Option<PathBuf>,
-    pub pid_file: Option<PathBuf>,
-    pub console_socket: Option<PathBuf>,
-}
-
-pub fn create(opts: CreateOptions) -> Result<i32> {
-    let p = super::prepare(&opts.id, &opts.bundle, &opts.root)?;
+/// Creates container `args.container_id` in the state root `root`; its cgroups path is
+/// written in `cgroups`.
+pub fn create(root: &Path, cgroups: PathSyntax, args: &liboci_cli::Create) -> Result<i32> {
+    let p = super::prepare(&args.container_id, &args.bundle, root, cgroups)?;
     let fail = |e: anyhow::Error| -> anyhow::Error {
         let _ = std::fs::remove_dir_all(&p.dir);
         e
     };
     let terminal = p.spec.process.as_ref().is_some_and(|p| p.terminal);
-    let console = match (terminal, &opts.console_socket) {
+    let console = match (terminal, &args.console_socket) {
         (true, None) => {
             return Err(fail(anyhow::anyhow!(
                 "cannot allocate tty if runvm will detach without setting console socket (process.terminal is true: pass --console-socket)"
@@ -120,7 +115,7 @@ pub fn create(opts: CreateOptions) -> Result<i32> {
     }
     // The monitor lives in the container's network namespace now: the hooks that run at
     // create (Docker 20.10's libnetwork-setkey among them) find it through the pid.
-    let hook_container = super::hooks::Container::from_spec(&p.id, &p.spec);
+    let hook_container = super::hook_container(&p);
     if let Err(e) = run_create_hooks(&hook_container, pid) {
         stop_monitor(pid);
         let e = fail(anyhow::anyhow!("cannot create container {:?}: {e}", p.id));
@@ -133,16 +128,13 @@ pub fn create(opts: CreateOptions) -> Result<i32> {
         bundle: p.spec.bundle.clone(),
         rootfs: p.spec.rootfs.clone(),
         pid,
-        pid_start_time: process_start_time(pid).unwrap_or(0),
+        pid_start_time: host_process::start_time(pid).unwrap_or(0),
         created: crate::logging::rfc3339_now(),
         annotations: p.spec.annotations.clone(),
         hooks: p.spec.hooks.clone(),
     };
     state.save(&p.root).map_err(|e| fail(e.into()))?;
-    if let Some(f) = &opts.pid_file {
-        super::write_pid_file(f, pid as u32)
-            .with_context(|| format!("cannot write pid file {}", f.display()))?;
-    }
+    host_process::write_pid_file_if(args.pid_file.as_deref(), pid as u32)?;
     Ok(0)
 }
 
@@ -159,9 +151,9 @@ fn stop_monitor(pid: i32) {
 /// monitor's pid: prestart and createRuntime, then createContainer (on the host too: the
 /// container's mount namespace is in the guest, which does not exist before `start`).
 pub(crate) fn run_create_hooks(
-    c: &super::hooks::Container,
+    c: &crate::hooks::Container,
     pid: i32,
-) -> Result<(), super::hooks::HookError> {
+) -> Result<(), crate::hooks::HookError> {
     for kind in [
         HookKind::Prestart,
         HookKind::CreateRuntime,

@@ -2,36 +2,31 @@
 //! kills it first. Nothing of it is left: monitor, VM, sockets, state directory. Then
 //! the poststop hooks run (a failure is a warning: the delete still succeeds).
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use crate::monitor::api::{self, Request};
-use crate::state::{ContainerState, Status};
+use crate::state::ContainerState;
 
-pub fn delete(root: &Option<PathBuf>, id: &str, force: bool) -> Result<i32> {
+pub fn delete(root: &Path, args: &liboci_cli::Delete) -> Result<i32> {
+    let (id, force) = (&args.container_id, args.force);
     let state = super::load(root, id)?;
-    let root_dir = super::root_dir(root);
-    let dir = ContainerState::dir(&root_dir, id);
-    match state.status(&root_dir) {
+    let dir = ContainerState::dir(root, id);
+    let status = state.status(root);
+    status.can_delete(id, force)?;
+    if status.has_pid() {
+        // Created, running or paused: its process goes first.
+        kill_and_wait(&state, root);
+    } else if !force {
         // The process has ended; the monitor may still be writing the container's changes
         // back: let it finish (bounded), as the write-back is part of the stop.
-        Status::Stopped if !force => wait_for_monitor(&state, &root_dir),
-        Status::Stopped => {
-            if state.monitor_alive() {
-                kill_and_wait(&state, &root_dir)
-            }
-        }
-        s @ (Status::Running | Status::Paused) if !force => {
-            bail!(
-                "cannot delete container {id} that is not stopped: {}",
-                s.as_str()
-            )
-        }
-        Status::Created | Status::Running | Status::Paused => kill_and_wait(&state, &root_dir),
+        wait_for_monitor(&state, root);
+    } else if state.monitor_alive() {
+        kill_and_wait(&state, root);
     }
-    super::cgroup::remove_recorded(&dir);
+    crate::cgroup::remove_recorded(&dir);
     std::fs::remove_dir_all(&dir).or_else(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             Ok(())
@@ -39,8 +34,8 @@ pub fn delete(root: &Option<PathBuf>, id: &str, force: bool) -> Result<i32> {
             Err(e)
         }
     })?;
-    super::hooks::Container::from_state(&state).run_warn(
-        super::hooks::HookKind::Poststop,
+    crate::hooks::Container::from_state(&state).run_warn(
+        crate::hooks::HookKind::Poststop,
         "stopped",
         0,
     );
@@ -49,7 +44,7 @@ pub fn delete(root: &Option<PathBuf>, id: &str, force: bool) -> Result<i32> {
 
 /// Waits up to 30 s for the monitor of a stopped container to end by itself, then kills
 /// it.
-fn wait_for_monitor(state: &ContainerState, root_dir: &std::path::Path) {
+fn wait_for_monitor(state: &ContainerState, root_dir: &Path) {
     if !monitor_gone_by(state, Instant::now() + Duration::from_secs(30)) {
         log::warn!(
             "the monitor of stopped container {} did not end within 30 s: killing it",
@@ -61,7 +56,7 @@ fn wait_for_monitor(state: &ContainerState, root_dir: &std::path::Path) {
 
 /// Kills the container (SIGKILL through its monitor, which stops the VM) and waits up to
 /// 10 s for the monitor to end, then SIGKILLs the monitor itself.
-pub(super) fn kill_and_wait(state: &ContainerState, root_dir: &std::path::Path) {
+pub(super) fn kill_and_wait(state: &ContainerState, root_dir: &Path) {
     let _ = api::request(
         &ContainerState::runtime_dir(root_dir, &state.id),
         &Request::Signal {

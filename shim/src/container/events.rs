@@ -7,31 +7,30 @@
 //! pids from the guest's cgroup of the container (the host cgroup holds only the VMM's
 //! threads); the guest's own figures are under `data.guest` too.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
 use runvm_protocol::GuestStats;
 use serde_json::{json, Value};
 
-use super::cgroup::{HostCgroup, HostStats};
+use crate::cgroup::{HostCgroup, HostStats};
 use crate::monitor::api::{self, ControlResponse, Request};
-use crate::state::{ContainerState, Status};
+use crate::state::ContainerState;
 
-pub fn events(root: &Option<PathBuf>, id: &str, stats_once: bool, interval: u32) -> Result<i32> {
+pub fn events(root: &Path, args: &liboci_cli::Events) -> Result<i32> {
+    let (id, stats_once, interval) = (&args.container_id, args.stats, args.interval);
     let state = super::load(root, id)?;
-    let root_dir = super::root_dir(root);
-    if state.status(&root_dir) == Status::Stopped {
-        bail!("container not running");
-    }
+    state.status(root).can_events()?;
     if !stats_once && interval == 0 {
         bail!("--interval must be at least 1 second");
     }
-    let state_dir = ContainerState::dir(&root_dir, id);
-    let runtime = ContainerState::runtime_dir(&root_dir, id);
+    let state_dir = ContainerState::dir(root, id);
+    let runtime = ContainerState::runtime_dir(root, id);
     let mut oom_seen: Option<u64> = None;
     loop {
-        if state.status(&root_dir) == Status::Stopped {
+        // Until the container stops.
+        if state.status(root).can_events().is_err() {
             return Ok(0);
         }
         let host = HostCgroup::load(&state_dir).map(|c| c.stats());
@@ -53,7 +52,7 @@ pub fn events(root: &Option<PathBuf>, id: &str, stats_once: bool, interval: u32)
 }
 
 /// The guest's figures, if its monitor can ask it (not while paused or starting).
-fn guest_stats(runtime: &std::path::Path) -> Option<GuestStats> {
+fn guest_stats(runtime: &Path) -> Option<GuestStats> {
     match api::request_control(runtime, &Request::Stats, Duration::from_secs(10)) {
         Ok(ControlResponse::Stats(s)) => Some(s),
         Ok(other) => {

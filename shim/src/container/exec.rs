@@ -17,36 +17,20 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use liboci_cli::Exec;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, SigmaskHow};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use runvm_protocol::{read_frame, write_frame, FrameError, ProcessSpec, WindowSize};
 
+use crate::host_process;
 use crate::monitor::api::{self, exec_fd_count, ExecControl, ExecEvent, Request};
 use crate::monitor::tty;
-use crate::state::{ContainerState, Status};
-
-/// What `exec` needs, already parsed.
-pub struct ExecOptions {
-    pub id: String,
-    pub root: Option<PathBuf>,
-    pub process: Option<PathBuf>,
-    pub args: Vec<String>,
-    pub detach: bool,
-    pub pid_file: Option<PathBuf>,
-    pub console_socket: Option<PathBuf>,
-    pub tty: bool,
-    pub env: Vec<(String, String)>,
-    pub cwd: Option<PathBuf>,
-    pub user: Option<(u32, Option<u32>)>,
-    pub additional_gids: Vec<u32>,
-    pub caps: Vec<String>,
-    pub no_new_privs: bool,
-}
+use crate::state::ContainerState;
 
 /// The exec'd process did not start: `runvm exec` exits with `code` (runc's 255).
 #[derive(Debug, thiserror::Error)]
@@ -67,16 +51,10 @@ fn start_failure(message: &str) -> anyhow::Error {
     .into()
 }
 
-pub fn exec(opts: ExecOptions) -> Result<i32> {
-    let state = super::load(&opts.root, &opts.id)?;
-    let root = super::root_dir(&opts.root);
-    match state.status(&root) {
-        Status::Running => {}
-        Status::Stopped => bail!("cannot exec in a stopped container"),
-        Status::Created => bail!("cannot exec in a created container: container not running"),
-        Status::Paused => bail!("cannot exec in a paused container (resume it first)"),
-    }
-    let mut spec = process_spec(&opts, &state)?;
+pub fn exec(root: &Path, opts: &Exec) -> Result<i32> {
+    let state = super::load(root, &opts.container_id)?;
+    state.status(root).can_exec()?;
+    let mut spec = process_spec(opts, &state)?;
     if spec.terminal && opts.detach && opts.console_socket.is_none() {
         bail!("cannot allocate tty if runvm will detach without setting console socket");
     }
@@ -88,7 +66,7 @@ pub fn exec(opts: ExecOptions) -> Result<i32> {
         spec.console_size = host.window_size();
     }
 
-    let dir = ContainerState::runtime_dir(&root, &opts.id);
+    let dir = ContainerState::runtime_dir(root, &opts.container_id);
     let mut conn = api::connect(&dir)?;
     conn.set_write_timeout(Some(Duration::from_secs(10)))?;
     let want = exec_fd_count(spec.terminal);
@@ -116,7 +94,6 @@ pub fn exec(opts: ExecOptions) -> Result<i32> {
         ctty = nix::unistd::setsid().is_ok() && tty::make_controlling(slave.as_raw_fd()).is_ok();
     }
     let sigfd = forwarded_signals()?;
-    let pid_file = opts.pid_file.clone();
     let waiter = Waiter {
         conn,
         sigfd,
@@ -124,17 +101,14 @@ pub fn exec(opts: ExecOptions) -> Result<i32> {
         poll_size: console_slave.is_some() && !ctty,
     };
     waiter.wait(|_pid| {
-        if let Some(f) = &pid_file {
-            super::write_pid_file(f, std::process::id())
-                .with_context(|| format!("cannot write pid file {}", f.display()))?;
-        }
+        host_process::write_pid_file_if(opts.pid_file.as_deref(), std::process::id())?;
         Ok(())
     })
 }
 
 /// The process to run: `--process`, or the container's process with the overrides.
 /// Either way it runs under the container's seccomp filter, as under runc.
-fn process_spec(opts: &ExecOptions, state: &ContainerState) -> Result<ProcessSpec> {
+fn process_spec(opts: &Exec, state: &ContainerState) -> Result<ProcessSpec> {
     let bundle = crate::spec::ContainerSpec::load(&state.bundle)?;
     if let Some(path) = &opts.process {
         let text = std::fs::read_to_string(path)
@@ -154,11 +128,11 @@ fn process_spec(opts: &ExecOptions, state: &ContainerState) -> Result<ProcessSpe
 }
 
 /// runc's `getProcess` without `--process`: the command line over the container's spec.
-fn apply_overrides(p: &mut ProcessSpec, opts: &ExecOptions) -> Result<()> {
-    if opts.args.is_empty() {
+fn apply_overrides(p: &mut ProcessSpec, opts: &Exec) -> Result<()> {
+    if opts.command.is_empty() {
         bail!("exec args cannot be empty");
     }
-    p.args = opts.args.clone();
+    p.args = opts.command.clone();
     p.terminal = opts.tty;
     p.console_size = None;
     p.env
@@ -181,7 +155,7 @@ fn apply_overrides(p: &mut ProcessSpec, opts: &ExecOptions) -> Result<()> {
         // runc: added to bounding, effective and permitted, and to ambient only when the
         // spec has inheritable capabilities (ambient ones need them).
         let has_inheritable = !c.inheritable.is_empty();
-        for cap in &opts.caps {
+        for cap in &opts.cap {
             c.bounding.push(cap.clone());
             c.effective.push(cap.clone());
             c.permitted.push(cap.clone());
@@ -210,13 +184,12 @@ struct HostSide {
 
 impl HostSide {
     fn new(spec: &ProcessSpec, console_socket: Option<&Path>) -> Result<Self> {
-        let dup = |fd: RawFd| -> Result<OwnedFd> {
-            // SAFETY: fds 0–2 of this process are open; borrowed only to duplicate them.
-            Ok(unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?)
-        };
+        let dup = |fd: BorrowedFd| -> Result<OwnedFd> { Ok(fd.try_clone_to_owned()?) };
+        let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+        let (stdin, stdout, stderr) = (stdin.as_fd(), stdout.as_fd(), stderr.as_fd());
         if !spec.terminal {
             return Ok(Self {
-                fds: vec![dup(0)?, dup(1)?, dup(2)?],
+                fds: vec![dup(stdin)?, dup(stdout)?, dup(stderr)?],
                 raw_mode: None,
                 size_from: None,
                 console_slave: None,
@@ -232,9 +205,9 @@ impl HostSide {
             });
         }
         Ok(Self {
-            fds: vec![dup(0)?, dup(1)?],
+            fds: vec![dup(stdin)?, dup(stdout)?],
             raw_mode: tty::RawMode::enter(0),
-            size_from: Some(dup(0)?),
+            size_from: Some(dup(stdin)?),
             console_slave: None,
         })
     }
@@ -289,10 +262,7 @@ fn detach(
     let _ = BufReader::new(std::fs::File::from(ready_r)).read_line(&mut line);
     let line = line.trim_end_matches('\n');
     if line == "ok" {
-        if let Some(f) = pid_file {
-            super::write_pid_file(f, pid as u32)
-                .with_context(|| format!("cannot write pid file {}", f.display()))?;
-        }
+        host_process::write_pid_file_if(pid_file, pid as u32)?;
         return Ok(0);
     }
     // SAFETY: the waiter is our child; reap it (it exits right after reporting).
@@ -472,12 +442,11 @@ mod tests {
     use super::*;
     use runvm_protocol::Capabilities;
 
-    fn opts() -> ExecOptions {
-        ExecOptions {
-            id: "c".into(),
-            root: None,
+    fn opts() -> Exec {
+        Exec {
+            container_id: "c".into(),
             process: None,
-            args: vec!["id".into(), "-u".into()],
+            command: vec!["id".into(), "-u".into()],
             detach: false,
             pid_file: None,
             console_socket: None,
@@ -486,8 +455,13 @@ mod tests {
             cwd: Some("/tmp".into()),
             user: Some((1000, Some(1001))),
             additional_gids: vec![5],
-            caps: vec!["CAP_NET_ADMIN".into()],
+            cap: vec!["CAP_NET_ADMIN".into()],
             no_new_privs: true,
+            process_label: None,
+            apparmor: None,
+            preserve_fds: 0,
+            ignore_paused: false,
+            cgroup: None,
         }
     }
 
@@ -535,7 +509,7 @@ mod tests {
         o.user = Some((1000, None));
         apply_overrides(&mut p, &o).unwrap();
         assert_eq!((p.uid, p.gid), (1000, 7));
-        o.args.clear();
+        o.command.clear();
         let e = apply_overrides(&mut base(), &o).unwrap_err();
         assert!(e.to_string().contains("exec args cannot be empty"));
         let mut o = opts();

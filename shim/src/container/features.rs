@@ -5,7 +5,7 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use super::hooks::HookKind;
+use crate::hooks::HookKind;
 
 /// The mount options the guest init applies (`mount_options::parse` in
 /// guest-init/src/mount_options.rs: flags, and the propagation words).
@@ -113,7 +113,7 @@ struct Enabled {
 pub fn document() -> Features {
     Features {
         oci_version_min: "1.0.0",
-        oci_version_max: super::hooks::OCI_VERSION,
+        oci_version_max: crate::state::OCI_VERSION,
         hooks: HookKind::ALL.iter().map(|k| k.name()).collect(),
         mount_options: MOUNT_OPTIONS,
         linux: Linux {

@@ -1,6 +1,6 @@
 //! `kill`: delivers a signal to the container's process (through its monitor).
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use nix::sys::signal::Signal;
 
 use crate::monitor::api::{self, Request, Response};
-use crate::state::{ContainerState, Status};
+use crate::state::ContainerState;
 
 /// Parses a signal the way runc does: a number, or a name with or without `SIG`.
 pub fn parse_signal(s: &str) -> Result<i32> {
@@ -29,13 +29,14 @@ pub fn parse_signal(s: &str) -> Result<i32> {
         .map_err(|_| anyhow::anyhow!("invalid signal {s:?}"))
 }
 
-pub fn kill(root: &Option<PathBuf>, id: &str, signal: &str) -> Result<i32> {
-    let signal = parse_signal(signal)?;
+/// `--all` needs nothing more: every process of the container lives in its PID namespace
+/// in the VM, which goes with its PID 1.
+pub fn kill(root: &Path, args: &liboci_cli::Kill) -> Result<i32> {
+    let id = &args.container_id;
+    let signal = parse_signal(&args.signal)?;
     let state = super::load(root, id)?;
-    if state.status(&super::root_dir(root)) == Status::Stopped {
-        bail!("container not running");
-    }
-    let dir = ContainerState::runtime_dir(&super::root_dir(root), id);
+    state.status(root).can_kill()?;
+    let dir = ContainerState::runtime_dir(root, id);
     match api::request(&dir, &Request::Signal { signal }, Duration::from_secs(10))? {
         Response::Ok => Ok(0),
         Response::Error(e) => bail!("cannot signal container {id:?}: {e}"),

@@ -1,16 +1,15 @@
-//! Containers: OCI semantics on top of the monitor, one file per operation.
+//! Containers: OCI semantics on top of the monitor, one file per operation (each takes
+//! liboci-cli's arguments of its command).
 //!
 //! A container's state directory `<root>/<id>/` holds `state.json` (see [`crate::state`])
 //! and `run/`, the monitor's runtime files (vsock sockets, `monitor.sock`, the root
 //! filesystem image), which the cleanup guard removes if the monitor dies.
 
-pub mod cgroup;
 pub mod create;
 pub mod delete;
 pub mod events;
 pub mod exec;
 pub mod features;
-pub mod hooks;
 pub mod kill;
 pub mod list;
 pub mod pause;
@@ -23,51 +22,23 @@ pub mod state;
 pub mod update;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use runvm_protocol::HostMessage;
 
 use crate::assets::GuestAssets;
+use crate::cgroup::PathSyntax;
+use crate::host_process;
 use crate::monitor::MonitorConfig;
+use crate::settings::{self, env_num};
 use crate::spec::ContainerSpec;
 
 /// Default state root, like runc's `/run/runc`.
 pub const DEFAULT_ROOT: &str = "/run/runvm";
 
 /// The state root in effect (`--root` or the default).
-pub fn root_dir(root: &Option<PathBuf>) -> PathBuf {
-    root.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT))
-}
-
-/// Writes `pid` to `path` atomically (a temporary file in the same directory, then a
-/// rename), as runc does, so a reader never sees a partial pid.
-pub fn write_pid_file(path: &Path, pid: u32) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("pid file path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, pid.to_string())?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
-}
-
-pub fn env_num<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .map_err(|_| anyhow::anyhow!("{name}={v:?} is not a valid number")),
-        Err(_) => Ok(default),
-    }
+pub fn root_dir(root: Option<&Path>) -> PathBuf {
+    root.map_or_else(|| PathBuf::from(DEFAULT_ROOT), Path::to_path_buf)
 }
 
 /// A validated container whose state directory exists and whose root filesystem image
@@ -79,6 +50,8 @@ pub struct Prepared {
     pub spec: ContainerSpec,
     pub run: HostMessage,
     pub config: MonitorConfig,
+    /// How `linux.cgroupsPath` is written (`--systemd-cgroup`).
+    pub cgroups: PathSyntax,
 }
 
 impl Prepared {
@@ -89,8 +62,9 @@ impl Prepared {
 }
 
 /// Validates everything before creating anything, then creates `<root>/<id>/run/` and the
-/// root filesystem image. On error after the directory exists, it is removed again.
-pub fn prepare(id: &str, bundle: &Path, root: &Option<PathBuf>) -> Result<Prepared> {
+/// root filesystem image in the state root `root`. On error after the directory exists,
+/// it is removed again.
+pub fn prepare(id: &str, bundle: &Path, root: &Path, cgroups: PathSyntax) -> Result<Prepared> {
     crate::id::validate(id)?;
     let spec = ContainerSpec::load(bundle)?;
     let Some(process) = spec.process.clone() else {
@@ -101,11 +75,11 @@ pub fn prepare(id: &str, bundle: &Path, root: &Option<PathBuf>) -> Result<Prepar
     };
     let assets = GuestAssets::locate()?;
     let vcpus: u8 = env_num("RUNVM_VCPUS", 1)?;
-    let mem_mib = cgroup::vm_memory_mib(env_num("RUNVM_MEM_MIB", 256)?, &spec.linux.resources);
-    let boot_timeout = Duration::from_secs(env_num("RUNVM_BOOT_TIMEOUT", 60)?);
+    let mem_mib =
+        crate::cgroup::vm_memory_mib(env_num("RUNVM_MEM_MIB", 256)?, &spec.linux.resources);
+    let boot_timeout = settings::boot_timeout()?;
 
-    let root = root_dir(root);
-    std::fs::create_dir_all(&root)
+    std::fs::create_dir_all(root)
         .with_context(|| format!("cannot create state root {}", root.display()))?;
     let dir = root.join(id);
     match std::fs::create_dir(&dir) {
@@ -119,7 +93,7 @@ pub fn prepare(id: &str, bundle: &Path, root: &Option<PathBuf>) -> Result<Prepar
         }
     }
     let built = (|| -> Result<MonitorConfig> {
-        let runtime = crate::state::ContainerState::runtime_dir(&root, id);
+        let runtime = crate::state::ContainerState::runtime_dir(root, id);
         std::fs::create_dir(&runtime)
             .with_context(|| format!("cannot create {}", runtime.display()))?;
         let rootfs = crate::rootfs::prepare(&spec.rootfs, spec.readonly)?;
@@ -161,11 +135,12 @@ pub fn prepare(id: &str, bundle: &Path, root: &Option<PathBuf>) -> Result<Prepar
     };
     Ok(Prepared {
         id: id.to_string(),
-        root,
+        root: root.to_path_buf(),
         dir,
         spec,
         run,
         config,
+        cgroups,
     })
 }
 
@@ -181,13 +156,14 @@ pub fn enter_network_and_guard(
     let state_dir = p.dir.clone();
     let guard = crate::monitor::guard::spawn_with(dir, move || {
         crate::network::mirror::teardown_recorded(&record);
-        cgroup::remove_recorded(&state_dir);
+        crate::cgroup::remove_recorded(&state_dir);
     })
     .context("cannot start the cleanup guard")?;
     // After the guard's fork: the guard stays out of the cgroup it removes.
     let res = &p.spec.linux.resources;
-    cgroup::join(
+    crate::cgroup::join(
         p.spec.cgroups_path.as_deref(),
+        p.cgroups,
         &p.id,
         &p.dir,
         res,
@@ -202,12 +178,24 @@ pub fn enter_network_and_guard(
         p.id,
         args.unwrap_or_default()
     );
-    ps::set_process_title(&title);
+    host_process::set_title(&title);
     Ok(guard)
 }
 
-/// Loads a container's state; an unknown id gives runc's "does not exist" wording.
-pub fn load(root: &Option<PathBuf>, id: &str) -> Result<crate::state::ContainerState> {
+/// The container of `p`, as its hooks see it.
+pub fn hook_container(p: &Prepared) -> crate::hooks::Container {
+    crate::hooks::Container {
+        id: p.id.clone(),
+        bundle: p.spec.bundle.clone(),
+        annotations: p.spec.annotations.clone(),
+        hooks: p.spec.hooks.clone(),
+        host_netns: None,
+    }
+}
+
+/// Loads a container's state from the state root `root`; an unknown id gives runc's
+/// "does not exist" wording.
+pub fn load(root: &Path, id: &str) -> Result<crate::state::ContainerState> {
     crate::id::validate(id)?;
-    Ok(crate::state::ContainerState::load(&root_dir(root), id)?)
+    Ok(crate::state::ContainerState::load(root, id)?)
 }

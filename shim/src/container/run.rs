@@ -11,27 +11,31 @@
 //! or, with `--console-socket`, a new pty whose master goes to that socket.
 
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
+use liboci_cli::Run;
 
-use super::hooks::{self, HookKind};
+use crate::cgroup::PathSyntax;
+use crate::hooks::HookKind;
+use crate::host_process;
 use crate::monitor::{self, tty, HostStdio, Launch};
 
-/// What `run` needs, already parsed.
-pub struct RunOptions {
-    pub id: String,
-    pub bundle: PathBuf,
-    pub root: Option<PathBuf>,
-    pub pid_file: Option<PathBuf>,
-    pub console_socket: Option<PathBuf>,
+/// `run`, in the foreground or (`--detach`) as `create` and `start`, in the state root
+/// `root`; the cgroups path is written in `cgroups`.
+pub fn run(root: &Path, cgroups: PathSyntax, args: &Run) -> Result<i32> {
+    if args.detach {
+        run_detached(root, cgroups, args)
+    } else {
+        run_foreground(root, cgroups, args)
+    }
 }
 
 /// Runs the container; returns the workload's exit code.
-pub fn run(opts: RunOptions) -> Result<i32> {
-    let mut p = super::prepare(&opts.id, &opts.bundle, &opts.root)?;
-    let mut container = hooks::Container::from_spec(&p.id, &p.spec);
+fn run_foreground(root: &Path, cgroups: PathSyntax, args: &Run) -> Result<i32> {
+    let mut p = super::prepare(&args.container_id, &args.bundle, root, cgroups)?;
+    let mut container = super::hook_container(&p);
     // The hooks run in the namespace this process is about to leave.
     container.host_netns = match std::fs::File::open("/proc/self/ns/net") {
         Ok(f) => Some(f.into()),
@@ -80,7 +84,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     let mut raw_mode = None;
     let result = (|| -> Result<i32> {
         let terminal = p.spec.process.as_ref().is_some_and(|p| p.terminal);
-        let stdio = match (terminal, &opts.console_socket) {
+        let stdio = match (terminal, &args.console_socket) {
             (false, Some(_)) => bail!(
                 "cannot use console socket if runvm will not detach or allocate tty (process.terminal is false)"
             ),
@@ -107,10 +111,7 @@ pub fn run(opts: RunOptions) -> Result<i32> {
                 }
             }
         };
-        if let Some(f) = &opts.pid_file {
-            super::write_pid_file(f, std::process::id())
-                .with_context(|| format!("cannot write pid file {}", f.display()))?;
-        }
+        host_process::write_pid_file_if(args.pid_file.as_deref(), std::process::id())?;
         let id = p.id.clone();
         monitor::run_vm(p.config, p.run, stdio, Launch::Immediate)
             .with_context(|| format!("container {id:?}"))
@@ -126,20 +127,31 @@ pub fn run(opts: RunOptions) -> Result<i32> {
     result
 }
 
-/// `run --detach`: `create`, then `start`; a container that cannot start is deleted.
-pub fn run_detached(opts: RunOptions) -> Result<i32> {
-    let (root, id) = (opts.root.clone(), opts.id.clone());
-    super::create::create(super::create::CreateOptions {
-        id: opts.id,
-        bundle: opts.bundle,
-        root: opts.root,
-        pid_file: opts.pid_file,
-        console_socket: opts.console_socket,
-    })?;
-    match super::start::start(&root, &id) {
+/// `run --detach`: `create` with `run`'s arguments, then `start`; a container that
+/// cannot start is deleted.
+fn run_detached(root: &Path, cgroups: PathSyntax, args: &Run) -> Result<i32> {
+    let id = &args.container_id;
+    let create = liboci_cli::Create {
+        bundle: args.bundle.clone(),
+        console_socket: args.console_socket.clone(),
+        pid_file: args.pid_file.clone(),
+        no_pivot: args.no_pivot,
+        no_new_keyring: args.no_new_keyring,
+        preserve_fds: args.preserve_fds,
+        container_id: id.clone(),
+    };
+    super::create::create(root, cgroups, &create)?;
+    let start = liboci_cli::Start {
+        container_id: id.clone(),
+    };
+    match super::start::start(root, &start) {
         Ok(code) => Ok(code),
         Err(e) => {
-            if let Err(d) = super::delete::delete(&root, &id, true) {
+            let delete = liboci_cli::Delete {
+                container_id: id.clone(),
+                force: true,
+            };
+            if let Err(d) = super::delete::delete(root, &delete) {
                 log::warn!("cannot delete container {id:?} after its failed start: {d:#}");
             }
             Err(e)

@@ -86,15 +86,14 @@ mod tests {
 
     #[test]
     fn an_existing_config_is_not_overwritten() {
-        let dir = std::env::temp_dir().join(format!("runvm-spec-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        write(&dir, false).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        write(dir, false).unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.join("config.json")).unwrap(),
             DEFAULT
         );
-        let e = write(&dir, false).unwrap_err().to_string();
+        let e = write(dir, false).unwrap_err().to_string();
         assert_eq!(e, "File config.json exists. Remove it first");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -3,42 +3,47 @@
 //! apply is refused by name, before anything changes.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use liboci_cli::Update;
 use oci_spec::runtime::LinuxResources;
 use runvm_protocol::Resources;
 
-use super::cgroup::{self, HostCgroup};
+use crate::cgroup::{self, HostCgroup};
 use crate::monitor::api::{self, ControlResponse, Request};
-use crate::state::{ContainerState, Status};
+use crate::state::ContainerState;
 
-/// `runvm update`'s options, already parsed.
-pub struct UpdateOptions {
-    pub id: String,
-    pub root: Option<PathBuf>,
-    /// `-r FILE` (`-` for stdin): an OCI `linux.resources` document.
-    pub resources: Option<PathBuf>,
-    pub memory: Option<u64>,
-    pub cpu_quota: Option<u64>,
-    pub cpu_period: Option<u64>,
-    pub cpu_shares: Option<u64>,
-    pub pids_limit: Option<i64>,
-    /// Flags given that runvm cannot apply, by name.
-    pub unsupported: Vec<&'static str>,
+/// The flags given that runvm cannot apply, by name.
+fn unsupported_flags(u: &Update) -> Vec<&'static str> {
+    [
+        ("--blkio-weight", u.blkio_weight.is_some()),
+        ("--cpu-rt-period", u.cpu_rt_period.is_some()),
+        ("--cpu-rt-runtime", u.cpu_rt_runtime.is_some()),
+        ("--cpuset-cpus", u.cpuset_cpus.is_some()),
+        ("--cpuset-mems", u.cpuset_mems.is_some()),
+        ("--memory-reservation", u.memory_reservation.is_some()),
+        ("--memory-swap", u.memory_swap.is_some()),
+        ("--l3-cache-schema", u.l3_cache_schema.is_some()),
+        ("--mem-bw-schema", u.mem_bw_schema.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, given)| given.then_some(name))
+    .collect()
 }
 
-/// The limits `opts` asks for: the document's, overridden by the flags.
-fn wanted(opts: &UpdateOptions) -> Result<Resources> {
-    if !opts.unsupported.is_empty() {
+/// The limits `args` asks for: the document's, overridden by the flags.
+fn wanted(args: &Update) -> Result<Resources> {
+    let unsupported = unsupported_flags(args);
+    if !unsupported.is_empty() {
         bail!(
             "runvm cannot apply {} (it applies --memory, --cpu-quota, --cpu-period, --cpu-share, --pids-limit)",
-            opts.unsupported.join(", ")
+            unsupported.join(", ")
         );
     }
     let mut r = Resources::default();
-    if let Some(path) = &opts.resources {
+    if let Some(path) = &args.resources {
         let text = if path.as_os_str() == "-" {
             let mut s = String::new();
             std::io::stdin()
@@ -61,43 +66,38 @@ fn wanted(opts: &UpdateOptions) -> Result<Resources> {
         }
         r = cgroup::resources_from_oci(&doc);
     }
-    if let Some(m) = opts.memory {
+    if let Some(m) = args.memory {
         r.memory_limit = Some(i64::try_from(m).unwrap_or(i64::MAX));
     }
-    if let Some(q) = opts.cpu_quota {
+    if let Some(q) = args.cpu_quota {
         r.cpu_quota = Some(i64::try_from(q).unwrap_or(i64::MAX));
     }
-    if let Some(p) = opts.cpu_period {
+    if let Some(p) = args.cpu_period {
         r.cpu_period = Some(p);
     }
-    if let Some(s) = opts.cpu_shares {
+    if let Some(s) = args.cpu_share {
         r.cpu_shares = Some(s);
     }
-    if let Some(p) = opts.pids_limit {
+    if let Some(p) = args.pids_limit {
         r.pids_limit = Some(p);
     }
     Ok(r)
 }
 
-pub fn update(opts: UpdateOptions) -> Result<i32> {
-    let r = wanted(&opts)?;
-    let id = &opts.id;
-    let state = super::load(&opts.root, id)?;
-    let root_dir = super::root_dir(&opts.root);
-    match state.status(&root_dir) {
-        Status::Running => {}
-        Status::Paused => bail!("cannot update container {id:?}: it is paused (its guest applies the limits: resume it first)"),
-        Status::Created | Status::Stopped => bail!("container not running"),
-    }
+pub fn update(root: &Path, args: &Update) -> Result<i32> {
+    let r = wanted(args)?;
+    let id = &args.container_id;
+    let state = super::load(root, id)?;
+    state.status(root).can_update(id)?;
     if r == Resources::default() {
         return Ok(0);
     }
-    if let Some(cg) = HostCgroup::load(&ContainerState::dir(&root_dir, id)) {
+    if let Some(cg) = HostCgroup::load(&ContainerState::dir(root, id)) {
         // The VM's memory is fixed at boot: the host cgroup's memory limit stays.
         cg.apply(&r, None)
             .with_context(|| format!("cannot update the host cgroup of container {id:?}"))?;
     }
-    let dir = ContainerState::runtime_dir(&root_dir, id);
+    let dir = ContainerState::runtime_dir(root, id);
     match api::request_control(
         &dir,
         &Request::Update { resources: r },

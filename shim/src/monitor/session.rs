@@ -10,7 +10,7 @@
 //! untrusted: a message out of order is a protocol error that stops the VM).
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -210,7 +210,7 @@ impl<'a> Session<'a> {
         if let (Some(Ending::Exited(_)), Some((listener, target))) =
             (&self.main_ending, self.io.writeback)
         {
-            target.receive(listener, self.vm_done.as_raw_fd());
+            target.receive(listener, self.vm_done);
         }
         let _ = self.send(&HostMessage::Shutdown);
         Ok(self

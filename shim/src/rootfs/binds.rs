@@ -20,11 +20,11 @@ pub const MAX_TOTAL_BYTES: u64 = 32 << 20;
 /// Errors copying in the bind-mounted files at start.
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
-    #[error("mounts: {dest}: cannot read the bind mount source {path}: {error}")]
+    #[error("mounts: {dest}: cannot read the bind mount source {path}: {source}")]
     Read {
         dest: String,
         path: String,
-        error: std::io::Error,
+        source: std::io::Error,
     },
     #[error("mounts: {dest}: the bind-mounted file {path} is over {limit} bytes, the most runvm copies into a VM")]
     TooLarge {
@@ -96,32 +96,22 @@ fn shm_tmpfs(source: &str, options: &[String]) -> MountSpec {
 pub fn load_files(mounts: &mut [MountSpec]) -> Result<(), BindError> {
     let mut total = 0u64;
     for m in mounts.iter_mut().filter(|m| m.fstype == "bind") {
-        let read_err = |error| BindError::Read {
+        let read_err = |source| BindError::Read {
             dest: m.destination.clone(),
             path: m.source.clone(),
-            error,
+            source,
         };
         let f = std::fs::File::open(&m.source).map_err(read_err)?;
-        let md = f.metadata().map_err(|e| BindError::Read {
-            dest: m.destination.clone(),
-            path: m.source.clone(),
-            error: e,
-        })?;
+        let md = f.metadata().map_err(read_err)?;
         if !md.is_file() {
-            return Err(BindError::Read {
-                dest: m.destination.clone(),
-                path: m.source.clone(),
-                error: std::io::Error::other("not a regular file any more"),
-            });
+            return Err(read_err(std::io::Error::other(
+                "not a regular file any more",
+            )));
         }
         let mut data = Vec::with_capacity(md.len().min(MAX_FILE_BYTES) as usize);
         f.take(MAX_FILE_BYTES + 1)
             .read_to_end(&mut data)
-            .map_err(|e| BindError::Read {
-                dest: m.destination.clone(),
-                path: m.source.clone(),
-                error: e,
-            })?;
+            .map_err(read_err)?;
         if data.len() as u64 > MAX_FILE_BYTES {
             return Err(BindError::TooLarge {
                 dest: m.destination.clone(),
@@ -149,16 +139,10 @@ pub fn load_files(mounts: &mut [MountSpec]) -> Result<(), BindError> {
 mod tests {
     use super::*;
 
-    fn tmp(tag: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("runvm-binds-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
     #[test]
     fn files_are_copied_at_load_time_directories_refused() {
-        let d = tmp("files");
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
         let hosts = d.join("hosts");
         std::fs::write(&hosts, "at create\n").unwrap();
         let ro = vec!["rbind".to_string(), "ro".to_string()];
@@ -185,12 +169,12 @@ mod tests {
         std::fs::remove_file(&hosts).unwrap();
         let e = load_files(&mut m).unwrap_err().to_string();
         assert!(e.contains("/etc/hosts"), "{e}");
-        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
     fn a_shm_directory_becomes_a_tmpfs_of_its_size() {
-        let d = tmp("shm");
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
         let opts: Vec<String> = ["rbind", "nosuid", "nodev", "noexec", "rprivate"]
             .iter()
             .map(|s| s.to_string())
@@ -199,11 +183,10 @@ mod tests {
         assert_eq!(m.fstype, "tmpfs");
         assert_eq!(&m.options[..3], ["nosuid", "nodev", "noexec"]);
         assert_eq!(m.options[3], "mode=1777");
-        let st = nix::sys::statvfs::statvfs(&d).unwrap();
+        let st = nix::sys::statvfs::statvfs(d).unwrap();
         assert_eq!(
             m.options[4],
             format!("size={}", st.blocks() as u64 * st.fragment_size() as u64)
         );
-        std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -16,7 +16,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -30,7 +30,8 @@ enum FlockArg {
 
 /// `flock(2)` (nix's wrapper is deprecated in favour of an owning type that does not fit
 /// a lock held by an inherited descriptor).
-fn flock(fd: std::os::fd::RawFd, arg: FlockArg) -> nix::Result<()> {
+fn flock(file: &impl AsFd, arg: FlockArg) -> nix::Result<()> {
+    let fd = file.as_fd().as_raw_fd();
     let op = match arg {
         FlockArg::LockShared => libc::LOCK_SH,
         FlockArg::LockExclusiveNonblock => libc::LOCK_EX | libc::LOCK_NB,
@@ -108,7 +109,7 @@ impl ImageCache {
                 Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(io(&path)(e)),
             };
-            flock(file.as_raw_fd(), FlockArg::LockShared).map_err(|e| io(&path)(e.into()))?;
+            flock(&file, FlockArg::LockShared).map_err(|e| io(&path)(e.into()))?;
             // An evictor unlinks while it holds the lock exclusively: a file it removed
             // has no links left by the time our shared lock is granted.
             let md = file.metadata().map_err(io(&path))?;
@@ -191,7 +192,7 @@ impl ImageCache {
         else {
             return;
         };
-        if flock(lock.as_raw_fd(), FlockArg::LockExclusiveNonblock).is_err() {
+        if flock(&lock, FlockArg::LockExclusiveNonblock).is_err() {
             return;
         }
         let mut images: Vec<(PathBuf, u64, i64)> = std::fs::read_dir(&self.dir)
@@ -211,7 +212,7 @@ impl ImageCache {
                 break;
             }
             let Ok(f) = File::open(&path) else { continue };
-            if flock(f.as_raw_fd(), FlockArg::LockExclusiveNonblock).is_err() {
+            if flock(&f, FlockArg::LockExclusiveNonblock).is_err() {
                 continue; // in use
             }
             if std::fs::remove_file(&path).is_ok() {
@@ -237,7 +238,7 @@ fn lock_exclusive(path: &Path, timeout: Duration) -> Result<File, CacheError> {
             .write(true)
             .open(path)
             .map_err(io(path))?;
-        match flock(f.as_raw_fd(), FlockArg::LockExclusiveNonblock) {
+        match flock(&f, FlockArg::LockExclusiveNonblock) {
             Ok(()) => return Ok(f),
             Err(nix::errno::Errno::EWOULDBLOCK) => {}
             Err(e) => return Err(io(path)(e.into())),
@@ -283,15 +284,12 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    fn temp_cache(max: u64) -> ImageCache {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "runvm-cache-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        ImageCache::new(dir, max)
+    /// A cache in a directory that does not exist yet, in a temporary directory that
+    /// goes with the first value.
+    fn temp_cache(max: u64) -> (tempfile::TempDir, ImageCache) {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = ImageCache::new(tmp.path().join("images"), max);
+        (tmp, cache)
     }
 
     fn fake_build(bytes: usize) -> impl FnOnce(&Path) -> Result<(), std::io::Error> {
@@ -300,7 +298,7 @@ mod tests {
 
     #[test]
     fn concurrent_gets_build_once_and_leave_no_temp_files() {
-        let cache = temp_cache(u64::MAX);
+        let (_tmp, cache) = temp_cache(u64::MAX);
         let builds = std::sync::Arc::new(AtomicUsize::new(0));
         let threads: Vec<_> = (0..8)
             .map(|_| {
@@ -331,12 +329,11 @@ mod tests {
         let rec: serde_json::Value =
             serde_json::from_slice(&std::fs::read(cache.dir.join("k1.json")).unwrap()).unwrap();
         assert_eq!(rec["bytes"], 5);
-        std::fs::remove_dir_all(&cache.dir).unwrap();
     }
 
     #[test]
     fn a_failed_build_leaves_nothing_and_is_retried() {
-        let cache = temp_cache(u64::MAX);
+        let (_tmp, cache) = temp_cache(u64::MAX);
         let r = cache
             .get_or_build("k", serde_json::json!({}), |p| {
                 std::fs::write(p, b"half")?;
@@ -354,13 +351,12 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(img.built);
-        std::fs::remove_dir_all(&cache.dir).unwrap();
     }
 
     #[test]
     fn eviction_removes_least_recently_used_images_not_in_use() {
         // Each image takes at least one 4 KiB block; the cap holds two of them.
-        let cache = temp_cache(3 * 4096);
+        let (_tmp, cache) = temp_cache(3 * 4096);
         let a = cache
             .get_or_build("a", serde_json::json!({}), fake_build(4096))
             .unwrap()
@@ -388,6 +384,5 @@ mod tests {
         assert!(!cache.dir.join("b.json").exists());
         assert!(cache.dir.join("c.erofs").exists());
         drop(a);
-        std::fs::remove_dir_all(&cache.dir).unwrap();
     }
 }

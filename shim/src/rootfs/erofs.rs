@@ -8,16 +8,18 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::tool::{self, ToolFailed};
+
 /// Errors building an image.
 #[derive(Debug, thiserror::Error)]
 pub enum ErofsError {
     #[error("cannot run mkfs.erofs (install the erofs-utils package): {0}")]
-    Spawn(std::io::Error),
-    #[error("mkfs.erofs failed on {dir} with {status}: {stderr}")]
+    Spawn(#[source] std::io::Error),
+    #[error("mkfs.erofs failed on {dir} with {failed}")]
     Mkfs {
         dir: PathBuf,
-        status: std::process::ExitStatus,
-        stderr: String,
+        #[source]
+        failed: ToolFailed,
     },
     #[error("cannot open the image layer {path}: {source}")]
     Layer {
@@ -50,18 +52,12 @@ pub fn build_erofs(dir: &Path, image: &Path) -> Result<(), ErofsError> {
 }
 
 fn run_mkfs(mut cmd: Command, dir: &Path) -> Result<(), ErofsError> {
-    let out = cmd
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(ErofsError::Spawn)?;
-    if !out.status.success() {
-        return Err(ErofsError::Mkfs {
+    tool::run(&mut cmd)
+        .map_err(ErofsError::Spawn)?
+        .map_err(|failed| ErofsError::Mkfs {
             dir: dir.to_path_buf(),
-            status: out.status,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(())
+            failed,
+        })
 }
 
 /// Writes one EROFS image of the merged view of `layers` (top layer first, as in
@@ -216,17 +212,11 @@ pub fn mkfs_version() -> String {
 mod tests {
     use super::*;
 
-    fn have(tool: &str) -> bool {
-        Command::new(tool).arg("--help").output().is_ok()
-    }
-
     #[test]
     fn flattening_resolves_whiteouts_and_opaque_directories() {
-        // SAFETY: geteuid has no preconditions.
-        if !have("mkfs.erofs") || !have("fsck.erofs") || unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipped: needs root, mkfs.erofs and fsck.erofs (erofs-utils)");
-            return;
-        }
+        crate::test_support::require_tool("mkfs.erofs", "erofs-utils");
+        crate::test_support::require_tool("fsck.erofs", "erofs-utils");
+        crate::test_support::require_root("the overlay mount that flattens the layers");
         let v = mkfs_version();
         assert!(
             v.starts_with("mkfs.erofs ") && v.chars().any(|c| c.is_ascii_digit()),
@@ -237,8 +227,8 @@ mod tests {
             "{}",
             mkfs_identity()
         );
-        let base = std::env::temp_dir().join(format!("runvm-flatten-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path();
         let (l1, l2) = (base.join("l1"), base.join("l2"));
         for d in [
             l1.join("etc"),
@@ -291,6 +281,5 @@ mod tests {
         // Nothing of the private mount is visible here.
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(!mounts.contains(&base.display().to_string()));
-        std::fs::remove_dir_all(&base).unwrap();
     }
 }

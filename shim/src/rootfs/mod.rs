@@ -13,9 +13,10 @@
 pub mod binds;
 pub mod cache;
 pub mod erofs;
-pub mod mountinfo;
+pub mod overlay;
 pub mod scratch;
 mod signature;
+mod tool;
 pub mod writeback;
 
 use std::fs::File;
@@ -26,9 +27,11 @@ use runvm_protocol::RootfsSpec;
 use sha2::{Digest, Sha256};
 use vmm::DiskConfig;
 
+use crate::mountinfo::{self, MountEntry, MountinfoError};
+use crate::settings::InvalidSetting;
 use cache::{CacheError, ImageCache};
 use erofs::ErofsError;
-use mountinfo::MountinfoError;
+use overlay::UnsupportedOverlay;
 use scratch::{ScratchError, ScratchFile};
 use writeback::{Limits, WritebackTarget};
 
@@ -47,6 +50,8 @@ pub enum RootfsError {
     #[error(transparent)]
     Mountinfo(#[from] MountinfoError),
     #[error(transparent)]
+    Overlay(#[from] UnsupportedOverlay),
+    #[error(transparent)]
     Erofs(#[from] ErofsError),
     #[error(transparent)]
     Cache(#[from] CacheError),
@@ -57,12 +62,8 @@ pub enum RootfsError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{var}={value:?} is not a valid {what}")]
-    Setting {
-        var: &'static str,
-        value: String,
-        what: &'static str,
-    },
+    #[error(transparent)]
+    Setting(#[from] InvalidSetting),
     #[error("the overlay on {root} names the layer {layer}, which cannot be opened: {source}")]
     Layer {
         root: PathBuf,
@@ -98,16 +99,16 @@ impl Settings {
         let size = |var: &'static str, default: u64| -> Result<u64, RootfsError> {
             match std::env::var(var) {
                 Err(_) => Ok(default),
-                Ok(v) => parse_size(&v).ok_or(RootfsError::Setting {
+                Ok(v) => parse_size(&v).ok_or(RootfsError::from(InvalidSetting {
                     var,
                     value: v,
                     what: "size (bytes, or a number with K, M, G or T)",
-                }),
+                })),
             }
         };
         let writeback_timeout = match std::env::var("RUNVM_WRITEBACK_TIMEOUT") {
             Err(_) => DEFAULT_WRITEBACK_TIMEOUT,
-            Ok(v) => Duration::from_secs(v.trim().parse().map_err(|_| RootfsError::Setting {
+            Ok(v) => Duration::from_secs(v.trim().parse().map_err(|_| InvalidSetting {
                 var: "RUNVM_WRITEBACK_TIMEOUT",
                 value: v.clone(),
                 what: "number of seconds",
@@ -115,11 +116,12 @@ impl Settings {
         };
         let writable_size = size("RUNVM_WRITABLE_SIZE", DEFAULT_WRITABLE_SIZE)?;
         if writable_size < 16 << 20 {
-            return Err(RootfsError::Setting {
+            return Err(InvalidSetting {
                 var: "RUNVM_WRITABLE_SIZE",
                 value: writable_size.to_string(),
                 what: "writable layer size (at least 16M)",
-            });
+            }
+            .into());
         }
         Ok(Self {
             cache_dir: std::env::var_os("RUNVM_IMAGE_CACHE")
@@ -165,15 +167,14 @@ fn is_init_layer(p: &Path) -> bool {
             .is_some_and(|n| n.to_string_lossy().ends_with("-init"))
 }
 
-/// Finds out what `root` (canonical) is, from mountinfo.
-pub fn detect(root: &Path, mountinfo_text: &[u8]) -> Result<Layers, RootfsError> {
-    let entries = mountinfo::parse(mountinfo_text)?;
+/// Finds out what `root` (canonical) is, from the mounts.
+pub fn detect(root: &Path, mounts: &[MountEntry]) -> Result<Layers, RootfsError> {
     let Some(e) =
-        mountinfo::mount_at(&entries, root).filter(|e| e.fstype == "overlay" && e.root == b"/")
+        mountinfo::mount_at(mounts, root).filter(|e| e.fstype == "overlay" && e.root == b"/")
     else {
         return Ok(Layers::Plain(root.to_path_buf()));
     };
-    let layers = mountinfo::overlay_layers(e, root)?;
+    let layers = overlay::overlay_layers(e, root)?;
     // Docker and containers-storage mount with paths relative to their driver home when
     // the options would not fit in a page: `<home>/<id>/merged`, `l/<short>`, `<id>/diff`.
     let base = root
@@ -235,6 +236,30 @@ pub fn cache_key(shared: &[PathBuf], mkfs_identity: &str) -> String {
         .collect()
 }
 
+/// The cached image `key` of the root filesystem `root` (built with `build` when it is
+/// not there yet), its record naming the mkfs.erofs of `mkfs_identity`; logged as
+/// `what`.
+fn cached_image(
+    cache: &ImageCache,
+    key: &str,
+    mut record: serde_json::Value,
+    mkfs_identity: &str,
+    root: &Path,
+    what: &str,
+    build: impl FnOnce(&Path) -> Result<(), ErofsError>,
+) -> Result<File, RootfsError> {
+    record["mkfs_erofs"] = erofs::mkfs_version().into();
+    record["mkfs_erofs_binary"] = mkfs_identity.into();
+    let img = cache.get_or_build(key, record, build)??;
+    log::debug!(
+        "root filesystem {}: {what} {} ({})",
+        root.display(),
+        img.path.display(),
+        if img.built { "built" } else { "cached" }
+    );
+    Ok(img.file)
+}
+
 /// Builds (or finds) the images for `rootfs` and the writable layer, at create.
 pub fn prepare(rootfs: &Path, readonly: bool) -> Result<RootfsPlan, RootfsError> {
     let started = Instant::now();
@@ -247,8 +272,7 @@ pub fn prepare(rootfs: &Path, readonly: bool) -> Result<RootfsPlan, RootfsError>
         move |source| RootfsError::Io { path, source }
     };
     let root = std::fs::canonicalize(rootfs).map_err(io(rootfs))?;
-    let mountinfo = std::fs::read("/proc/self/mountinfo").map_err(MountinfoError::Read)?;
-    let layers = detect(&root, &mountinfo)?;
+    let layers = detect(&root, &mountinfo::read_own()?)?;
 
     let mut held: Vec<File> = Vec::new();
     let own_image = |dir: &Path| -> Result<ScratchFile, RootfsError> {
@@ -269,17 +293,16 @@ pub fn prepare(rootfs: &Path, readonly: bool) -> Result<RootfsPlan, RootfsError>
             let record = serde_json::json!({
                 "plain_directory": dir,
                 "tree_signature": signature,
-                "mkfs_erofs": erofs::mkfs_version(),
-                "mkfs_erofs_binary": identity,
             });
-            let img = cache.get_or_build(&key, record, |tmp| erofs::build_erofs(dir, tmp))??;
-            log::debug!(
-                "root filesystem {}: image {} ({})",
-                root.display(),
-                img.path.display(),
-                if img.built { "built" } else { "cached" }
-            );
-            held.push(img.file);
+            held.push(cached_image(
+                &cache,
+                &key,
+                record,
+                &identity,
+                &root,
+                "image",
+                |tmp| erofs::build_erofs(dir, tmp),
+            )?);
         }
         Layers::Overlay { own, shared } => {
             for dir in own {
@@ -288,21 +311,16 @@ pub fn prepare(rootfs: &Path, readonly: bool) -> Result<RootfsPlan, RootfsError>
             if !shared.is_empty() {
                 let identity = erofs::mkfs_identity();
                 let key = cache_key(shared, &identity);
-                let record = serde_json::json!({
-                    "layers": shared,
-                    "mkfs_erofs": erofs::mkfs_version(),
-                    "mkfs_erofs_binary": identity,
-                });
-                let img = cache.get_or_build(&key, record, |tmp| {
-                    erofs::build_flattened(shared, tmp, &tmp.with_extension("mnt"))
-                })??;
-                log::debug!(
-                    "root filesystem {}: shared image {} ({})",
-                    root.display(),
-                    img.path.display(),
-                    if img.built { "built" } else { "cached" }
-                );
-                held.push(img.file);
+                let record = serde_json::json!({ "layers": shared });
+                held.push(cached_image(
+                    &cache,
+                    &key,
+                    record,
+                    &identity,
+                    &root,
+                    "shared image",
+                    |tmp| erofs::build_flattened(shared, tmp, &tmp.with_extension("mnt")),
+                )?);
             }
         }
     }
@@ -358,6 +376,10 @@ pub fn prepare(rootfs: &Path, readonly: bool) -> Result<RootfsPlan, RootfsError>
 mod tests {
     use super::*;
 
+    fn parse(mountinfo: &str) -> Vec<MountEntry> {
+        mountinfo::parse(mountinfo.as_bytes()).unwrap()
+    }
+
     #[test]
     fn sizes_parse_with_binary_suffixes() {
         assert_eq!(parse_size("8G"), Some(8 << 30));
@@ -372,9 +394,9 @@ mod tests {
 
     #[test]
     fn overlay_roots_split_into_own_and_shared_layers() {
-        let base = std::env::temp_dir().join(format!("runvm-detect-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
-        let home = base.join("overlay2");
+        let tmp = tempfile::tempdir().unwrap();
+        // Canonical, as prepare gives detect (the temporary directory may be a symlink).
+        let home = std::fs::canonicalize(tmp.path()).unwrap().join("overlay2");
         for d in [
             "img1/diff",
             "img2/diff",
@@ -397,7 +419,7 @@ mod tests {
             "5 1 0:40 / {} rw - overlay overlay rw,lowerdir=l/III:l/BBB:l/AAA,upperdir=c1/diff,workdir=c1/work\n",
             merged.display()
         );
-        let layers = detect(&merged, mi.as_bytes()).unwrap();
+        let layers = detect(&merged, &parse(&mi)).unwrap();
         assert_eq!(
             layers,
             Layers::Overlay {
@@ -411,7 +433,7 @@ mod tests {
             "5 1 0:40 / {} rw - overlay overlay rw,lowerdir={h}/l/BBB:{h}/l/AAA,upperdir={h}/c2/diff,workdir={h}/c2/work\n",
             merged.display()
         );
-        let Layers::Overlay { own, shared } = detect(&merged, mi.as_bytes()).unwrap() else {
+        let Layers::Overlay { own, shared } = detect(&merged, &parse(&mi)).unwrap() else {
             panic!("not an overlay")
         };
         assert!(own.is_empty());
@@ -421,12 +443,12 @@ mod tests {
         assert_ne!(cache_key(&shared, "m"), cache_key(&shared[1..], "m"));
         // Not a mount point, or not an overlay: a plain directory.
         assert_eq!(
-            detect(&home, mi.as_bytes()).unwrap(),
+            detect(&home, &parse(&mi)).unwrap(),
             Layers::Plain(home.clone())
         );
         let mi = format!("5 1 0:40 / {} rw - ext4 /dev/x rw\n", merged.display());
         assert_eq!(
-            detect(&merged, mi.as_bytes()).unwrap(),
+            detect(&merged, &parse(&mi)).unwrap(),
             Layers::Plain(merged.clone())
         );
         // A layer that is gone is an error naming it.
@@ -434,8 +456,7 @@ mod tests {
             "5 1 0:40 / {} rw - overlay overlay rw,lowerdir={h}/l/GONE:{h}/l/AAA\n",
             merged.display()
         );
-        let e = detect(&merged, mi.as_bytes()).unwrap_err().to_string();
+        let e = detect(&merged, &parse(&mi)).unwrap_err().to_string();
         assert!(e.contains("GONE"), "{e}");
-        std::fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -7,6 +7,8 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use super::tool::{self, ToolFailed};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Errors making a scratch image.
@@ -18,12 +20,12 @@ pub enum ScratchError {
         source: std::io::Error,
     },
     #[error("cannot run mkfs.ext4 (install the e2fsprogs package): {0}")]
-    Spawn(std::io::Error),
-    #[error("mkfs.ext4 failed on {path} with {status}: {stderr}")]
+    Spawn(#[source] std::io::Error),
+    #[error("mkfs.ext4 failed on {path} with {failed}")]
     Mkfs {
         path: PathBuf,
-        status: std::process::ExitStatus,
-        stderr: String,
+        #[source]
+        failed: ToolFailed,
     },
 }
 
@@ -91,29 +93,24 @@ pub fn make_ext4(path: &Path, size: u64) -> Result<(), ScratchError> {
     let f = File::create(path).map_err(io)?;
     f.set_len(size).map_err(io)?;
     drop(f);
-    let out = Command::new("mkfs.ext4")
-        .args([
-            "-q",
-            "-F",
-            "-m",
-            "0",
-            "-O",
-            "^has_journal",
-            "-E",
-            "lazy_itable_init=1,nodiscard,root_owner=0:0",
-        ])
-        .arg(path)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(ScratchError::Spawn)?;
-    if !out.status.success() {
-        return Err(ScratchError::Mkfs {
+    let mut cmd = Command::new("mkfs.ext4");
+    cmd.args([
+        "-q",
+        "-F",
+        "-m",
+        "0",
+        "-O",
+        "^has_journal",
+        "-E",
+        "lazy_itable_init=1,nodiscard,root_owner=0:0",
+    ])
+    .arg(path);
+    tool::run(&mut cmd)
+        .map_err(ScratchError::Spawn)?
+        .map_err(|failed| ScratchError::Mkfs {
             path: path.to_path_buf(),
-            status: out.status,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(())
+            failed,
+        })
 }
 
 #[cfg(test)]
@@ -122,18 +119,18 @@ mod tests {
 
     #[test]
     fn scratch_files_are_unlinked_but_stay_readable() {
-        let dir = std::env::temp_dir().join(format!("runvm-scratch-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let s = make::<ScratchError>(&dir, "img", false, |p| {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let s = make::<ScratchError>(dir, "img", false, |p| {
             std::fs::write(p, b"data").map_err(|source| ScratchError::Io {
                 path: p.to_path_buf(),
                 source,
             })
         })
         .unwrap();
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(dir).unwrap().count(), 0);
         assert_eq!(std::fs::read(s.proc_path()).unwrap(), b"data");
-        let e = make::<ScratchError>(&dir, "img", false, |p| {
+        let e = make::<ScratchError>(dir, "img", false, |p| {
             std::fs::write(p, b"x").unwrap();
             Err(ScratchError::Io {
                 path: p.to_path_buf(),
@@ -141,23 +138,14 @@ mod tests {
             })
         });
         assert!(e.is_err());
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
-        std::fs::remove_dir(&dir).unwrap();
+        assert_eq!(std::fs::read_dir(dir).unwrap().count(), 0);
     }
 
     #[test]
     fn ext4_layers_are_sparse() {
-        if std::process::Command::new("mkfs.ext4")
-            .arg("-V")
-            .output()
-            .is_err()
-        {
-            eprintln!("skipped: no mkfs.ext4");
-            return;
-        }
-        let dir = std::env::temp_dir().join(format!("runvm-ext4-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let s = make::<ScratchError>(&dir, "ext4", true, |p| make_ext4(p, 8 << 30)).unwrap();
+        crate::test_support::require_tool("mkfs.ext4", "e2fsprogs");
+        let tmp = tempfile::tempdir().unwrap();
+        let s = make::<ScratchError>(tmp.path(), "ext4", true, |p| make_ext4(p, 8 << 30)).unwrap();
         use std::os::unix::fs::MetadataExt;
         let md = s.file.metadata().unwrap();
         assert_eq!(md.len(), 8 << 30);
@@ -166,6 +154,5 @@ mod tests {
             "{} bytes used",
             md.blocks() * 512
         );
-        std::fs::remove_dir(&dir).unwrap();
     }
 }

@@ -66,26 +66,25 @@ mod tests {
 
     #[test]
     fn any_change_in_the_tree_changes_the_signature() {
-        let dir = std::env::temp_dir().join(format!("runvm-sig-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         std::fs::create_dir_all(dir.join("a/b")).unwrap();
         std::fs::write(dir.join("a/b/f"), "one").unwrap();
-        let s0 = tree_signature(&dir).unwrap();
-        assert_eq!(s0, tree_signature(&dir).unwrap(), "stable");
+        let s0 = tree_signature(dir).unwrap();
+        assert_eq!(s0, tree_signature(dir).unwrap(), "stable");
         // Same size, new content: the file's mtime/ctime move.
         std::thread::sleep(std::time::Duration::from_millis(10));
         std::fs::write(dir.join("a/b/f"), "two").unwrap();
-        let s1 = tree_signature(&dir).unwrap();
+        let s1 = tree_signature(dir).unwrap();
         assert_ne!(s0, s1);
         // A mode change alone.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.join("a/b/f"), std::fs::Permissions::from_mode(0o600))
             .unwrap();
-        let s2 = tree_signature(&dir).unwrap();
+        let s2 = tree_signature(dir).unwrap();
         assert_ne!(s1, s2);
         // A new empty file deep down.
         std::fs::write(dir.join("a/b/g"), "").unwrap();
-        assert_ne!(s2, tree_signature(&dir).unwrap());
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert_ne!(s2, tree_signature(dir).unwrap());
     }
 }

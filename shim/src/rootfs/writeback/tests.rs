@@ -2,39 +2,37 @@
 //! nothing outside it changes.
 
 use super::*;
-use runvm_protocol::{write_frame_limited, FileMeta, SpecialKind, WritebackEntry};
+use runvm_protocol::{
+    write_frame_limited, FileMeta, SpecialKind, WritebackEntry, MAX_WRITEBACK_FRAME_LEN,
+};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// `root/` (the container's tree) and `outside/` (must never change), removed on drop.
 struct Trees {
-    base: PathBuf,
+    base: tempfile::TempDir,
 }
 
 impl Trees {
     fn new() -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let base = std::env::temp_dir().join(format!(
-            "runvm-wb-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&base);
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path();
         std::fs::create_dir_all(base.join("root/etc")).unwrap();
         std::fs::create_dir_all(base.join("outside/dir")).unwrap();
         std::fs::write(base.join("root/etc/passwd"), "root\n").unwrap();
         std::fs::write(base.join("outside/secret"), "secret\n").unwrap();
         std::fs::write(base.join("outside/dir/y"), "y\n").unwrap();
-        Self { base }
+        Self { base: tmp }
     }
 
     fn root(&self) -> PathBuf {
-        self.base.join("root")
+        self.base.path().join("root")
     }
 
     fn outside(&self) -> PathBuf {
-        self.base.join("outside")
+        self.base.path().join("outside")
     }
 
     fn apply(&self, stream: &[u8]) -> Result<Report, WritebackError> {
@@ -96,12 +94,6 @@ impl Trees {
                     .starts_with(".runvm-wb")
             })
             .collect()
-    }
-}
-
-impl Drop for Trees {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.base);
     }
 }
 

@@ -21,8 +21,7 @@ use std::time::{Duration, Instant};
 use oci_spec::runtime::{Hook, Hooks};
 use serde::Serialize;
 
-/// The OCI runtime-spec version runvm reports (in `state`, in hooks' stdin).
-pub const OCI_VERSION: &str = oci_spec::runtime::VERSION;
+use crate::state::OCI_VERSION;
 
 /// The six points of the lifecycle that have hooks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,12 +74,45 @@ impl HookKind {
 
 /// A hook that failed: the error names its kind and index, as runc's does.
 #[derive(Debug, thiserror::Error)]
-#[error("error running {kind} hook #{index} ({path}): {message}")]
+#[error("error running {kind} hook #{index} ({path}): {failure}")]
 pub struct HookError {
     pub kind: &'static str,
     pub index: usize,
     pub path: String,
-    pub message: String,
+    #[source]
+    pub failure: HookFailure,
+}
+
+/// What went wrong with one hook.
+#[derive(Debug, thiserror::Error)]
+pub enum HookFailure {
+    #[error("cannot set up the hook's stdio: {0}")]
+    Stdio(#[source] std::io::Error),
+    #[error("cannot execute {}: {source}", path.display())]
+    Spawn {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot wait for the hook: {0}")]
+    Wait(#[source] std::io::Error),
+    #[error("hook ran past specified timeout of {:.1}s", .0.as_secs_f64())]
+    Timeout(Duration),
+    /// It ended unsuccessfully; its output is quoted.
+    #[error("{}, stdout: {stdout}, stderr: {stderr}", describe(*status))]
+    Failed {
+        status: std::process::ExitStatus,
+        stdout: String,
+        stderr: String,
+    },
+}
+
+/// An exit status as runc words it: `exit status N` or `killed by signal N`.
+fn describe(status: std::process::ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit status {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => format!("{status}"),
+    }
 }
 
 /// The container as its hooks see it.
@@ -96,17 +128,6 @@ pub struct Container {
 }
 
 impl Container {
-    /// The container of a config.json being created.
-    pub fn from_spec(id: &str, spec: &crate::spec::ContainerSpec) -> Self {
-        Self {
-            id: id.to_string(),
-            bundle: spec.bundle.clone(),
-            annotations: spec.annotations.clone(),
-            hooks: spec.hooks.clone(),
-            host_netns: None,
-        }
-    }
-
     /// A created container, with the hooks saved in its state.
     pub fn from_state(state: &crate::state::ContainerState) -> Self {
         Self {
@@ -164,14 +185,8 @@ impl Container {
         };
         let state = self.state_json(status, pid);
         for (index, hook) in kind.of(hooks).iter().enumerate() {
-            run_hook(hook, &state, self.host_netns.as_ref().map(|f| f.as_fd())).map_err(
-                |message| HookError {
-                    kind: kind.name(),
-                    index,
-                    path: hook.path().display().to_string(),
-                    message,
-                },
-            )?;
+            run_hook(hook, &state, self.host_netns.as_ref().map(|f| f.as_fd()))
+                .map_err(|failure| HookError::new(kind, index, hook, failure))?;
         }
         Ok(())
     }
@@ -184,17 +199,23 @@ impl Container {
         };
         let state = self.state_json(status, pid);
         for (index, hook) in kind.of(hooks).iter().enumerate() {
-            if let Err(message) =
+            if let Err(failure) =
                 run_hook(hook, &state, self.host_netns.as_ref().map(|f| f.as_fd()))
             {
-                let e = HookError {
-                    kind: kind.name(),
-                    index,
-                    path: hook.path().display().to_string(),
-                    message,
-                };
+                let e = HookError::new(kind, index, hook, failure);
                 log::warn!("container {:?}: {e}", self.id);
             }
+        }
+    }
+}
+
+impl HookError {
+    fn new(kind: HookKind, index: usize, hook: &Hook, failure: HookFailure) -> Self {
+        Self {
+            kind: kind.name(),
+            index,
+            path: hook.path().display().to_string(),
+            failure,
         }
     }
 }
@@ -246,8 +267,8 @@ fn read_quoted(mut f: &std::fs::File) -> String {
 
 /// Runs one hook with `state` on its stdin; the error says what happened (its exit
 /// status or the timeout, with its output).
-fn run_hook(hook: &Hook, state: &[u8], host_netns: Option<BorrowedFd>) -> Result<(), String> {
-    let io = |e: std::io::Error| format!("cannot set up the hook's stdio: {e}");
+fn run_hook(hook: &Hook, state: &[u8], host_netns: Option<BorrowedFd>) -> Result<(), HookFailure> {
+    let io = HookFailure::Stdio;
     let mut stdin = anonymous_file(c"runvm-hook-stdin").map_err(io)?;
     stdin.write_all(state).map_err(io)?;
     stdin.rewind().map_err(io)?;
@@ -292,9 +313,10 @@ fn run_hook(hook: &Hook, state: &[u8], host_netns: Option<BorrowedFd>) -> Result
             Ok(())
         });
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot execute {}: {e}", hook.path().display()))?;
+    let mut child = cmd.spawn().map_err(|source| HookFailure::Spawn {
+        path: hook.path().clone(),
+        source,
+    })?;
     let timeout = hook
         .timeout()
         .map(|t| Duration::from_secs(u64::try_from(t).unwrap_or(1)));
@@ -308,28 +330,20 @@ fn run_hook(hook: &Hook, state: &[u8], host_netns: Option<BorrowedFd>) -> Result
                 unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!(
-                    "hook ran past specified timeout of {:.1}s",
-                    t.as_secs_f64()
-                ));
+                return Err(HookFailure::Timeout(t));
             }
             Err(e) => Err(e),
         },
     }
-    .map_err(|e| format!("cannot wait for the hook: {e}"))?;
+    .map_err(HookFailure::Wait)?;
     if status.success() {
         return Ok(());
     }
-    let how = match (status.code(), status.signal()) {
-        (Some(c), _) => format!("exit status {c}"),
-        (None, Some(s)) => format!("killed by signal {s}"),
-        _ => format!("{status}"),
-    };
-    Err(format!(
-        "{how}, stdout: {}, stderr: {}",
-        read_quoted(&stdout).trim_end(),
-        read_quoted(&stderr).trim_end()
-    ))
+    Err(HookFailure::Failed {
+        status,
+        stdout: read_quoted(&stdout).trim_end().to_string(),
+        stderr: read_quoted(&stderr).trim_end().to_string(),
+    })
 }
 
 /// Waits for `child` until `deadline`: `None` when it is still running then.
@@ -400,17 +414,10 @@ mod tests {
         );
     }
 
-    fn tmp(tag: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("runvm-hooks-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
     #[test]
     fn hooks_get_state_args_and_exact_env_and_run_in_order() {
-        let d = tmp("order");
-        let out = d.join("out");
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("out");
         let sh = |tag: &str| {
             serde_json::json!({
                 "path": "/bin/sh",
@@ -430,13 +437,12 @@ mod tests {
         // Other kinds are not run.
         c.run(HookKind::Poststop, "stopped", 0).unwrap();
         assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 4);
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
     fn a_failure_stops_the_list_and_says_why() {
-        let d = tmp("fail");
-        let marker = d.join("second-ran");
+        let d = tempfile::tempdir().unwrap();
+        let marker = d.path().join("second-ran");
         let h = hooks(serde_json::json!({ "createRuntime": [
             { "path": "/bin/sh", "args": ["sh", "-c", "echo out; echo err >&2; exit 3"] },
             { "path": "/bin/sh", "args": ["sh", "-c", format!("touch {}", marker.display())] },
@@ -452,13 +458,12 @@ mod tests {
         // As a warning, every hook runs.
         c.run_warn(HookKind::CreateRuntime, "creating", 1);
         assert!(marker.exists());
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
     fn a_timeout_kills_the_hook_and_what_it_started() {
-        let d = tmp("timeout");
-        let pidfile = d.join("pid");
+        let d = tempfile::tempdir().unwrap();
+        let pidfile = d.path().join("pid");
         let h = hooks(serde_json::json!({ "poststart": [
             { "path": "/bin/sh", "args": ["sh", "-c", format!("sleep 30 & echo $! > {}; wait", pidfile.display())], "timeout": 1 },
         ]}));
@@ -485,7 +490,6 @@ mod tests {
             state.is_empty() || state.contains(") Z"),
             "the hook's child still runs: {state}"
         );
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

@@ -1,33 +1,19 @@
-//! Reading `/proc/self/mountinfo`: which mount a directory is, and, for an overlayfs,
-//! its layer directories.
+//! The layers of an overlay mount, from its mountinfo entry ([`crate::mountinfo`]).
 //!
-//! The kernel escapes space, tab, newline and backslash in mountinfo as `\ooo` octal
-//! (`\040`), and overlayfs also escapes the option separator `,` (`\054`) inside its option
-//! values. Inside `lowerdir`, layers are separated by `:`, and overlayfs itself lets a
-//! backslash escape the next character (`\:` is a colon inside a path).
+//! Inside `lowerdir`, layers are separated by `:`, and overlayfs itself lets a backslash
+//! escape the next character (`\:` is a colon inside a path); `upperdir` is escaped the
+//! same way.
 
 use std::path::{Path, PathBuf};
 
-/// Errors reading mountinfo or an overlay's options.
-#[derive(Debug, thiserror::Error)]
-pub enum MountinfoError {
-    #[error("cannot read /proc/self/mountinfo: {0}")]
-    Read(std::io::Error),
-    #[error("/proc/self/mountinfo line {line}: {why}")]
-    Malformed { line: usize, why: &'static str },
-    #[error("the overlay mount on {root} has {why}; runvm cannot use it as a root filesystem")]
-    Unsupported { root: PathBuf, why: String },
-}
+use crate::mountinfo::MountEntry;
 
-/// One line of mountinfo, unescaped.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MountEntry {
-    /// The directory of the mounted file system that is mounted here (`/` for its root).
-    pub root: Vec<u8>,
-    pub mount_point: Vec<u8>,
-    pub fstype: String,
-    /// The super block options, split at `,` and unescaped.
-    pub super_options: Vec<Vec<u8>>,
+/// An overlay mount runvm cannot take apart.
+#[derive(Debug, thiserror::Error)]
+#[error("the overlay mount on {root} has {why}; runvm cannot use it as a root filesystem")]
+pub struct UnsupportedOverlay {
+    pub root: PathBuf,
+    pub why: String,
 }
 
 /// The layers of an overlay mount, as the mount options name them (possibly relative).
@@ -36,72 +22,6 @@ pub struct OverlayLayers {
     /// Top layer first (overlayfs `lowerdir` order).
     pub lower: Vec<PathBuf>,
     pub upper: Option<PathBuf>,
-}
-
-/// Replaces every `\ooo` octal escape with its byte; anything else is kept.
-pub fn unescape_octal(s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        if s[i] == b'\\' && i + 3 < s.len() {
-            let d = &s[i + 1..i + 4];
-            if d.iter().all(|c| (b'0'..=b'7').contains(c)) {
-                let v = u32::from(d[0] - b'0') * 64
-                    + u32::from(d[1] - b'0') * 8
-                    + u32::from(d[2] - b'0');
-                if let Ok(b) = u8::try_from(v) {
-                    out.push(b);
-                    i += 4;
-                    continue;
-                }
-            }
-        }
-        out.push(s[i]);
-        i += 1;
-    }
-    out
-}
-
-/// Parses mountinfo text. Lines that do not parse are errors (the kernel writes it).
-pub fn parse(text: &[u8]) -> Result<Vec<MountEntry>, MountinfoError> {
-    let mut out = Vec::new();
-    for (n, line) in text.split(|&b| b == b'\n').enumerate() {
-        if line.is_empty() {
-            continue;
-        }
-        let bad = |why| MountinfoError::Malformed { line: n + 1, why };
-        let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-        let sep = fields
-            .iter()
-            .position(|f| *f == b"-")
-            .ok_or_else(|| bad("no ' - ' separator"))?;
-        if sep < 6 || fields.len() < sep + 4 {
-            return Err(bad("too few fields"));
-        }
-        let super_options = split_unescaped(fields[sep + 3], b',')
-            .into_iter()
-            .map(|o| unescape_octal(&o))
-            .collect();
-        out.push(MountEntry {
-            root: unescape_octal(fields[3]),
-            mount_point: unescape_octal(fields[4]),
-            fstype: String::from_utf8_lossy(&unescape_octal(fields[sep + 1])).into_owned(),
-            super_options,
-        });
-    }
-    Ok(out)
-}
-
-/// Splits at `sep`; octal escapes stay escaped (so an escaped separator does not split).
-fn split_unescaped(s: &[u8], sep: u8) -> Vec<Vec<u8>> {
-    s.split(|&b| b == sep).map(<[u8]>::to_vec).collect()
-}
-
-/// The mount whose mount point is `dir` (the last one, if several are stacked there).
-pub fn mount_at<'a>(entries: &'a [MountEntry], dir: &Path) -> Option<&'a MountEntry> {
-    use std::os::unix::ffi::OsStrExt;
-    let want = dir.as_os_str().as_bytes();
-    entries.iter().rev().find(|e| e.mount_point == want)
 }
 
 /// Splits an overlay `lowerdir` value at unescaped `:` and removes overlayfs's backslash
@@ -129,9 +49,9 @@ pub fn split_lowerdir(value: &[u8]) -> Result<Vec<Vec<u8>>, String> {
 
 /// The layers of an overlay mount entry. Paths are as the mount options give them;
 /// relative ones are resolved by the caller.
-pub fn overlay_layers(e: &MountEntry, root: &Path) -> Result<OverlayLayers, MountinfoError> {
+pub fn overlay_layers(e: &MountEntry, root: &Path) -> Result<OverlayLayers, UnsupportedOverlay> {
     use std::os::unix::ffi::OsStrExt;
-    let unsupported = |why: String| MountinfoError::Unsupported {
+    let unsupported = |why: String| UnsupportedOverlay {
         root: root.to_path_buf(),
         why,
     };
@@ -162,19 +82,9 @@ pub fn overlay_layers(e: &MountEntry, root: &Path) -> Result<OverlayLayers, Moun
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mountinfo::{mount_at, parse};
 
     const DOCKER: &str = "1049 29 0:120 / /var/lib/docker/overlay2/5f0c/merged rw,relatime shared:570 - overlay overlay rw,lowerdir=/var/lib/docker/overlay2/l/ABC:/var/lib/docker/overlay2/l/DEF,upperdir=/var/lib/docker/overlay2/5f0c/diff,workdir=/var/lib/docker/overlay2/5f0c/work\n";
-
-    #[test]
-    fn octal_escapes_become_bytes() {
-        assert_eq!(unescape_octal(br"a\040b\011c\012d\134e"), b"a b\tc\nd\\e");
-        assert_eq!(unescape_octal(br"x\054y"), b"x,y");
-        // Not an escape: kept as is.
-        assert_eq!(unescape_octal(br"a\9b\04"), br"a\9b\04");
-        assert_eq!(unescape_octal(br"\777"), br"\777");
-        assert_eq!(unescape_octal(b"\\"), b"\\");
-        assert_eq!(unescape_octal(b""), b"");
-    }
 
     #[test]
     fn docker_overlay_lines_give_their_layers() {
@@ -240,20 +150,15 @@ mod tests {
     }
 
     #[test]
-    fn stacked_mounts_take_the_top_one_and_optional_fields_are_skipped() {
-        let text = b"20 1 8:1 / /r rw shared:1 - ext4 /dev/sda1 rw\n21 20 0:30 / /r rw shared:2 master:3 - overlay overlay rw,lowerdir=/a:/b\n";
-        let entries = parse(text).unwrap();
-        let e = mount_at(&entries, Path::new("/r")).unwrap();
-        assert_eq!(e.fstype, "overlay");
-        let l = overlay_layers(e, Path::new("/r")).unwrap();
+    fn a_lower_only_overlay_has_no_upper_layer() {
+        let entries = parse(b"21 20 0:30 / /r rw - overlay overlay ro,lowerdir=/a:/b\n").unwrap();
+        let l = overlay_layers(&entries[0], Path::new("/r")).unwrap();
         assert_eq!(l.upper, None);
         assert_eq!(l.lower.len(), 2);
     }
 
     #[test]
-    fn malformed_and_unsupported_are_errors() {
-        assert!(parse(b"1 2 3\n").is_err());
-        assert!(parse(b"1 2 0:1 / /x rw -\n").is_err());
+    fn unsupported_layer_options_are_errors() {
         for opts in [
             "rw,lowerdir=/a::/b",
             "rw,upperdir=/u",

@@ -1,0 +1,187 @@
+//! Which of a container's OCI resources runvm applies and how they map to the VM: the
+//! protocol's [`Resources`] (memory, CPU, pids), the VM's RAM under a memory limit, the
+//! host cgroup's share of it, and runc's shares-to-weight conversion.
+
+use oci_spec::runtime::LinuxResources;
+use runvm_protocol::Resources;
+
+/// Host memory the VMM needs besides the guest's RAM (its own heap, stacks, device buffers).
+pub const VMM_OVERHEAD_MIB: u64 = 64;
+/// Guest RAM beyond the container's memory limit: the guest kernel, init and page cache.
+pub const GUEST_OVERHEAD_MIB: u64 = 96;
+
+/// The OCI resources runvm applies, in the protocol's form. Docker fills in fields it
+/// does not mean (shares 0, pids 0): those stay unset.
+pub fn resources_from_oci(r: &LinuxResources) -> Resources {
+    let mem = r.memory().as_ref();
+    let cpu = r.cpu().as_ref();
+    Resources {
+        memory_limit: mem.and_then(|m| m.limit()).filter(|l| *l != 0),
+        cpu_quota: cpu.and_then(|c| c.quota()).filter(|q| *q != 0),
+        cpu_period: cpu.and_then(|c| c.period()).filter(|p| *p != 0),
+        cpu_shares: cpu.and_then(|c| c.shares()).filter(|s| *s != 0),
+        pids_limit: r.pids().as_ref().map(|p| p.limit()).filter(|l| *l != 0),
+    }
+}
+
+/// What of an OCI resources document (`runvm update -r`) runvm cannot apply, by name.
+pub fn unsupported_in_update(r: &LinuxResources) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if let Some(m) = r.memory() {
+        if m.reservation().is_some_and(|v| v > 0) {
+            out.push("memory.reservation");
+        }
+        if m.kernel().is_some_and(|v| v > 0) {
+            out.push("memory.kernel");
+        }
+        if m.kernel_tcp().is_some_and(|v| v > 0) {
+            out.push("memory.kernelTCP");
+        }
+        if m.swappiness().is_some_and(|v| v != u64::MAX) {
+            out.push("memory.swappiness");
+        }
+    }
+    if let Some(c) = r.cpu() {
+        if c.realtime_runtime().is_some_and(|v| v > 0) {
+            out.push("cpu.realtimeRuntime");
+        }
+        if c.realtime_period().is_some_and(|v| v > 0) {
+            out.push("cpu.realtimePeriod");
+        }
+        if c.cpus().as_ref().is_some_and(|v| !v.is_empty()) {
+            out.push("cpu.cpus");
+        }
+        if c.mems().as_ref().is_some_and(|v| !v.is_empty()) {
+            out.push("cpu.mems");
+        }
+    }
+    // Docker sends the sections it does not mean with zeros (`"blockIO":{"weight":0}`).
+    let non_empty = |v: serde_json::Result<serde_json::Value>| v.is_ok_and(|v| meaningful(&v));
+    if r.block_io()
+        .as_ref()
+        .is_some_and(|b| non_empty(serde_json::to_value(b)))
+    {
+        out.push("blockIO");
+    }
+    if r.hugepage_limits().as_ref().is_some_and(|v| !v.is_empty()) {
+        out.push("hugepageLimits");
+    }
+    if r.network()
+        .as_ref()
+        .is_some_and(|n| non_empty(serde_json::to_value(n)))
+    {
+        out.push("network");
+    }
+    if r.rdma().as_ref().is_some_and(|v| !v.is_empty()) {
+        out.push("rdma");
+    }
+    if r.unified().as_ref().is_some_and(|v| !v.is_empty()) {
+        out.push("unified");
+    }
+    out
+}
+
+/// Whether a JSON value says anything: not null, zero, false or empty, nor made only of such.
+fn meaningful(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::Null | Value::Bool(false) => false,
+        Value::Number(n) => n.as_f64() != Some(0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => a.iter().any(meaningful),
+        Value::Object(o) => o.values().any(meaningful),
+        Value::Bool(true) => true,
+    }
+}
+
+/// The VM's RAM for a container: what was asked (`RUNVM_MEM_MIB`), but no more than the
+/// memory limit plus the guest's own needs, so the whole VM fits its host cgroup.
+pub fn vm_memory_mib(requested: u64, r: &Resources) -> u64 {
+    match r.memory_limit.filter(|l| *l > 0) {
+        Some(limit) => {
+            let limit_mib = (limit as u64).div_ceil(1 << 20);
+            requested.min(limit_mib + GUEST_OVERHEAD_MIB)
+        }
+        None => requested,
+    }
+}
+
+/// The host cgroup's memory limit when the container has one: the VM's RAM plus the
+/// VMM's overhead (the limit proper holds in the guest, where exceeding it OOM-kills the
+/// container's process, not the VM).
+pub fn host_memory_max(vm_mib: u64, r: &Resources) -> Option<u64> {
+    r.memory_limit
+        .filter(|l| *l > 0)
+        .map(|_| (vm_mib + VMM_OVERHEAD_MIB) << 20)
+}
+
+/// runc's conversion of cgroup v1 `cpu.shares` (2..262144) to v2 `cpu.weight` (1..10000).
+pub fn shares_to_weight(shares: u64) -> u64 {
+    if shares == 0 {
+        return 100;
+    }
+    let s = shares.clamp(2, 262_144);
+    1 + ((s - 2) * 9999) / 262_142
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_vm_fits_its_memory_limit() {
+        let r = Resources {
+            memory_limit: Some(32 << 20),
+            ..Default::default()
+        };
+        assert_eq!(vm_memory_mib(256, &r), 32 + GUEST_OVERHEAD_MIB);
+        assert_eq!(vm_memory_mib(64, &r), 64);
+        assert_eq!(vm_memory_mib(256, &Resources::default()), 256);
+        assert_eq!(
+            host_memory_max(128, &r),
+            Some((128 + VMM_OVERHEAD_MIB) << 20)
+        );
+        assert_eq!(host_memory_max(128, &Resources::default()), None);
+        let unlimited = Resources {
+            memory_limit: Some(-1),
+            ..Default::default()
+        };
+        assert_eq!(host_memory_max(128, &unlimited), None);
+    }
+
+    #[test]
+    fn shares_convert_like_runc() {
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(1024), 39);
+        assert_eq!(shares_to_weight(262_144), 10_000);
+    }
+
+    #[test]
+    fn update_names_what_it_cannot_apply() {
+        let r: LinuxResources = serde_json::from_str(
+            r#"{"memory":{"limit":1000,"reservation":10},"cpu":{"cpus":"0-1","quota":5},"blockIO":{"weight":10}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            unsupported_in_update(&r),
+            ["memory.reservation", "cpu.cpus", "blockIO"]
+        );
+        // Docker's update: sections it does not mean, with zeros.
+        let docker: LinuxResources = serde_json::from_str(
+            r#"{"memory":{"limit":314572800,"swap":314572800},"cpu":{"shares":0,"cpus":"","mems":""},"blockIO":{"weight":0},"pids":{"limit":0}}"#,
+        )
+        .unwrap();
+        assert!(
+            unsupported_in_update(&docker).is_empty(),
+            "{:?}",
+            unsupported_in_update(&docker)
+        );
+        let ok: LinuxResources =
+            serde_json::from_str(r#"{"memory":{"limit":1000},"pids":{"limit":5}}"#).unwrap();
+        assert!(unsupported_in_update(&ok).is_empty());
+        let res = resources_from_oci(&ok);
+        assert_eq!(res.memory_limit, Some(1000));
+        assert_eq!(res.pids_limit, Some(5));
+        assert_eq!(res.cpu_shares, None);
+    }
+}

@@ -98,3 +98,30 @@ fn version_prints_runcs_lines_with_runvms_values() {
         assert_eq!(Some(lines[4].to_string()), runc_seccomp, "{text}");
     }
 }
+
+#[test]
+#[ignore = "needs the runvm binary: run through `cargo xtask test`"]
+fn delete_force_of_a_missing_container_succeeds_as_under_runc() {
+    let root = StateRoot::new();
+    for runtime in [runvm_bin(), runc()] {
+        let state = TempDir::new("state");
+        let run = |args: &[&str]| {
+            Command::new(&runtime)
+                .arg("--root")
+                .arg(state.path())
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        let out = run(&["delete", "--force", "no-such-container"]);
+        assert_eq!(out.status.code(), Some(0), "{}: {out:?}", runtime.display());
+        let out = run(&["delete", "no-such-container"]);
+        assert_eq!(out.status.code(), Some(1), "{}: {out:?}", runtime.display());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("does not exist"),
+            "{}: {out:?}",
+            runtime.display()
+        );
+    }
+    root.assert_clean(std::time::Duration::from_millis(100));
+}

@@ -162,3 +162,67 @@ fn two_containers_at_once() {
     assert_eq!(code(&root.cmd(&["delete", "b"])), 0);
     root.assert_clean(Duration::from_secs(2));
 }
+
+#[test]
+#[ignore = "boots a guest: run through `cargo xtask test`"]
+fn a_foreground_run_is_a_container_others_can_see_signal_and_exec_into() {
+    let root = StateRoot::new();
+    let bundle = Bundle::new(&["sh", "-c", "echo running; exec sleep 600"]);
+    let mut child = root
+        .command(&["run", "--bundle", bundle.path().to_str().unwrap(), "fg"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = Lines::new(child.stdout.take().unwrap());
+    lines.wait_for("the workload's first line", Duration::from_secs(90), |l| {
+        l == "running"
+    });
+    // As under runc: the running container is listed, with `run` as its process.
+    let st = root.state("fg").expect("state of a foreground run");
+    assert_eq!(st["status"], "running");
+    assert_eq!(st["pid"], child.id());
+    assert!(stdout(&root.cmd(&["list", "-q"]))
+        .lines()
+        .any(|l| l == "fg"));
+    // exec reaches into it.
+    let out = root.cmd(&["exec", "fg", "sh", "-c", "echo from-exec"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "from-exec\n");
+    // kill ends it, and `run` exits with the signal's code; nothing is left.
+    assert_eq!(code(&root.cmd(&["kill", "fg", "KILL"])), 0);
+    let out = wait_with_timeout(child, Duration::from_secs(60));
+    assert_eq!(code(&out), 137, "{}", stderr(&out));
+    assert!(root.state("fg").is_none());
+    root.assert_clean(Duration::from_secs(2));
+}
+
+#[test]
+#[ignore = "boots a guest: run through `cargo xtask test`"]
+fn run_keep_leaves_the_stopped_container_until_delete() {
+    let root = StateRoot::new();
+    let bundle = Bundle::new(&["sh", "-c", "exit 3"]);
+    let out = wait_with_timeout(
+        root.command(&[
+            "run",
+            "--keep",
+            "--bundle",
+            bundle.path().to_str().unwrap(),
+            "kept",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap(),
+        Duration::from_secs(90),
+    );
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert_eq!(root.status("kept"), "stopped");
+    assert!(root.processes().is_empty(), "{:?}", root.processes());
+    let out = root.cmd(&["delete", "kept"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(root.state("kept").is_none());
+    root.assert_clean(Duration::from_secs(2));
+}

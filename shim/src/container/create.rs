@@ -123,7 +123,16 @@ pub fn create(root: &Path, cgroups: PathSyntax, args: &liboci_cli::Create) -> Re
         hook_container.run_warn(HookKind::Poststop, "stopped", 0);
         return Err(e);
     }
-    let state = ContainerState {
+    state_of(&p, pid)
+        .save(&p.root)
+        .map_err(|e| fail(e.into()))?;
+    host_process::write_pid_file_if(args.pid_file.as_deref(), pid as u32)?;
+    Ok(0)
+}
+
+/// The state of the prepared container `p` whose monitor is `pid`.
+pub(crate) fn state_of(p: &super::Prepared, pid: i32) -> ContainerState {
+    ContainerState {
         id: p.id.clone(),
         bundle: p.spec.bundle.clone(),
         rootfs: p.spec.rootfs.clone(),
@@ -132,10 +141,7 @@ pub fn create(root: &Path, cgroups: PathSyntax, args: &liboci_cli::Create) -> Re
         created: crate::logging::rfc3339_now(),
         annotations: p.spec.annotations.clone(),
         hooks: p.spec.hooks.clone(),
-    };
-    state.save(&p.root).map_err(|e| fail(e.into()))?;
-    host_process::write_pid_file_if(args.pid_file.as_deref(), pid as u32)?;
-    Ok(0)
+    }
 }
 
 /// Stops the monitor (our child) and reaps it, before cleaning up after a failed create.

@@ -12,7 +12,16 @@ use crate::state::ContainerState;
 
 pub fn delete(root: &Path, args: &liboci_cli::Delete) -> Result<i32> {
     let (id, force) = (&args.container_id, args.force);
-    let state = super::load(root, id)?;
+    let state = match super::load(root, id) {
+        Ok(state) => state,
+        // runc: `delete --force` of a container that does not exist succeeds, after
+        // removing whatever an aborted create left under its id.
+        Err(e) if force && is_not_found(&e) => {
+            remove_dir_if_exists(&ContainerState::dir(root, id))?;
+            return Ok(0);
+        }
+        Err(e) => return Err(e),
+    };
     let dir = ContainerState::dir(root, id);
     let status = state.status(root);
     status.can_delete(id, force)?;
@@ -27,19 +36,27 @@ pub fn delete(root: &Path, args: &liboci_cli::Delete) -> Result<i32> {
         kill_and_wait(&state, root);
     }
     crate::cgroup::remove_recorded(&dir);
-    std::fs::remove_dir_all(&dir).or_else(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            Ok(())
-        } else {
-            Err(e)
-        }
-    })?;
+    remove_dir_if_exists(&dir)?;
     crate::hooks::Container::from_state(&state).run_warn(
         crate::hooks::HookKind::Poststop,
         "stopped",
         0,
     );
     Ok(0)
+}
+
+fn is_not_found(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<crate::state::StateError>(),
+        Some(crate::state::StateError::NotFound(_))
+    )
+}
+
+fn remove_dir_if_exists(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
 }
 
 /// Waits up to 30 s for the monitor of a stopped container to end by itself, then kills

@@ -11,6 +11,7 @@
 //! or, with `--console-socket`, a new pty whose master goes to that socket.
 
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -20,7 +21,7 @@ use liboci_cli::Run;
 use crate::cgroup::PathSyntax;
 use crate::hooks::HookKind;
 use crate::host_process;
-use crate::monitor::{self, tty, HostStdio, Launch};
+use crate::monitor::{self, api, tty, HostStdio, Launch};
 
 /// `run`, in the foreground or (`--detach`) as `create` and `start`, in the state root
 /// `root`; the cgroups path is written in `cgroups`.
@@ -44,8 +45,25 @@ fn run_foreground(root: &Path, cgroups: PathSyntax, args: &Run) -> Result<i32> {
             return Err(e).context("cannot open runvm's network namespace (/proc/self/ns/net)");
         }
     };
-    // From here on the directory is ours: the guard removes it whatever happens to us.
-    let guard = match super::enter_network_and_guard(&p, &p.dir) {
+    // The host API of the running container (`state`, `kill`, `exec`, … from other
+    // commands), as for a created one.
+    let api_listener = match crate::sockpath::SocketDir::open(&p.runtime_dir())
+        .and_then(|d| UnixListener::bind(d.path(api::SOCKET)))
+    {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&p.dir);
+            return Err(e).context("cannot create the monitor socket");
+        }
+    };
+    // From here on the directory is ours: the guard removes it whatever happens to us
+    // (with --keep only the runtime files, so that the stopped container stays listed).
+    let guarded = if args.keep {
+        p.runtime_dir()
+    } else {
+        p.dir.clone()
+    };
+    let guard = match super::enter_network_and_guard(&p, &guarded) {
         Ok(g) => g,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&p.dir);
@@ -56,7 +74,11 @@ fn run_foreground(root: &Path, cgroups: PathSyntax, args: &Run) -> Result<i32> {
     let pid = std::process::id() as i32;
     let before = super::create::run_create_hooks(&container, pid)
         .and_then(|()| container.run(HookKind::StartContainer, "created", pid));
-    if let Err(e) = before {
+    let saved = before.map_err(anyhow::Error::from).and_then(|()| {
+        let state = super::create::state_of(&p, pid);
+        state.save(&p.root).map_err(anyhow::Error::from)
+    });
+    if let Err(e) = saved {
         let _ = std::fs::remove_dir_all(&p.dir);
         drop(guard);
         container.run_warn(HookKind::Poststop, "stopped", 0);
@@ -81,6 +103,7 @@ fn run_foreground(root: &Path, cgroups: PathSyntax, args: &Run) -> Result<i32> {
             }
         }));
     }
+    let runtime_dir = p.runtime_dir();
     let mut raw_mode = None;
     let result = (|| -> Result<i32> {
         let terminal = p.spec.process.as_ref().is_some_and(|p| p.terminal);
@@ -113,11 +136,19 @@ fn run_foreground(root: &Path, cgroups: PathSyntax, args: &Run) -> Result<i32> {
         };
         host_process::write_pid_file_if(args.pid_file.as_deref(), std::process::id())?;
         let id = p.id.clone();
-        monitor::run_vm(p.config, p.run, stdio, Launch::Immediate)
-            .with_context(|| format!("container {id:?}"))
+        let launch = Launch::Immediate {
+            api: api_listener,
+            state_dir: p.dir.clone(),
+        };
+        monitor::run_vm(p.config, p.run, stdio, launch).with_context(|| format!("container {id:?}"))
     })();
     drop(raw_mode);
-    let _ = std::fs::remove_dir_all(&p.dir);
+    if args.keep {
+        // runc's `run --keep`: the stopped container stays until `delete`.
+        let _ = std::fs::remove_dir_all(&runtime_dir);
+    } else {
+        let _ = std::fs::remove_dir_all(&p.dir);
+    }
     drop(guard);
     let thread = poststart.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(t) = thread {

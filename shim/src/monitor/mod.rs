@@ -154,8 +154,13 @@ pub fn network_record(runtime_dir: &Path) -> PathBuf {
 
 /// When the container's process runs.
 pub enum Launch {
-    /// `runvm run`: as soon as the guest is up.
-    Immediate,
+    /// `runvm run` in the foreground: as soon as the guest is up, serving the host API on
+    /// `api` meanwhile (`state`, `kill`, `exec`, … of the running container); `state_dir`
+    /// gets the started and exit files.
+    Immediate {
+        api: UnixListener,
+        state_dir: PathBuf,
+    },
     /// `runvm create`: report readiness (a line on `ready`: `ok`, or the error), wait
     /// for `runvm start` on `api`, and only then boot the VM, so a created container holds
     /// no VM (and the network namespace is complete: Docker fills it between create and
@@ -229,16 +234,15 @@ pub fn run_vm(
     launch: Launch,
 ) -> Result<i32, MonitorError> {
     let (api, ready, state_dir) = match launch {
-        Launch::Immediate => (None, None, None),
+        Launch::Immediate { api, state_dir } => (api, None, state_dir),
         Launch::OnStart {
             api,
             ready,
             state_dir,
-        } => (Some(api), Some(ready), Some(state_dir)),
+        } => (api, Some(ready), state_dir),
     };
-    let result = run_container(&cfg, run, stdio, api.as_ref(), ready, state_dir.as_deref())
-        .map_err(Failed::tell);
-    if let (Ok(code), Some(dir)) = (&result, &state_dir) {
+    let result = run_container(&cfg, run, stdio, &api, ready, &state_dir).map_err(Failed::tell);
+    if let (Ok(code), dir) = (&result, &state_dir) {
         let _ = std::fs::write(dir.join(crate::state::EXIT_FILE), format!("{code}\n"));
     }
     // The VM is gone: so goes its cgroup (the runtime directory is in the state directory).
@@ -254,9 +258,9 @@ fn run_container(
     cfg: &MonitorConfig,
     run: HostMessage,
     stdio: HostStdio,
-    api: Option<&UnixListener>,
+    api: &UnixListener,
     ready: Option<std::fs::File>,
-    state_dir: Option<&Path>,
+    state_dir: &Path,
 ) -> Result<i32, Failed> {
     let sigfd = match block_signals() {
         Ok(sigfd) => sigfd,
@@ -271,13 +275,12 @@ fn run_container(
             });
         }
     };
-    let start = match api {
+    let start = match ready {
+        // `runvm run`: the process starts at once.
         None => None,
-        Some(api) => {
-            if let Some(mut r) = ready {
-                // create returns now; nothing runs, and no VM exists, until `runvm start`.
-                let _ = writeln!(r, "ok");
-            }
+        Some(mut r) => {
+            // create returns now; nothing runs, and no VM exists, until `runvm start`.
+            let _ = writeln!(r, "ok");
             match prestart::wait_for_start(api, &sigfd).map_err(Failed::alone)? {
                 BeforeStart::Start(conn) => Some(conn),
                 BeforeStart::Killed(signal) => return Ok(128 + signal),
@@ -286,8 +289,8 @@ fn run_container(
     };
     let host = HostSide {
         sigfd: &sigfd,
-        api,
-        state_dir,
+        api: Some(api),
+        state_dir: Some(state_dir),
     };
     run_started(cfg, run, stdio, host, start)
 }

@@ -69,6 +69,9 @@ const TREE_MIN_FILE: f64 = 256.0;
 const TREE_MAX_FILE: f64 = 32768.0;
 /// One container's whole life (boot, workload, write-back) may take this long.
 const RUN_DEADLINE: Duration = Duration::from_secs(20 * 60);
+/// runvm's VM size, set rather than left to runvm's defaults so the table can say it.
+const VM_VCPUS: u32 = 1;
+const VM_MEM_MIB: u64 = 256;
 /// Where the bind mount appears in the container.
 const BIND_DEST: &str = "/bind";
 
@@ -311,7 +314,9 @@ impl Bed {
         c.arg("--root").arg(self.state_root(who));
         // runvm's image cache and the writable layers it makes go here too, on the same
         // disk as runc's root filesystem, and go away with the rest.
-        c.env("RUNVM_IMAGE_CACHE", self.work.join("runvm-images"));
+        c.env("RUNVM_IMAGE_CACHE", self.work.join("runvm-images"))
+            .env("RUNVM_VCPUS", VM_VCPUS.to_string())
+            .env("RUNVM_MEM_MIB", VM_MEM_MIB.to_string());
         c.stdin(Stdio::null());
         c
     }
@@ -606,6 +611,7 @@ fn measure(p: &Params, prog: &Path) -> Result<Value> {
             std::io::Error::last_os_error()
         );
     }
+    let started = Instant::now();
     let mut bed = Bed::new(runvm, &busybox, prog)?;
     let tree = source_tarball();
     let mut rows = Vec::new();
@@ -698,7 +704,8 @@ fn measure(p: &Params, prog: &Path) -> Result<Value> {
         "mem": sh("free -m | awk '/^Mem:/ {print $2}'"),
         "kernel": sh("uname -r"),
         "runc": sh("runc --version | head -1"),
-        "runvm_mem_mib": std::env::var("RUNVM_MEM_MIB").unwrap_or_else(|_| "256 (default)".into()),
+        "runvm_vm": { "vcpus": VM_VCPUS, "mem_mib": VM_MEM_MIB },
+        "measure_s": started.elapsed().as_secs_f64().round(),
         "rows": rows,
     }))
 }
@@ -768,7 +775,7 @@ fn markdown(raw: &Value, place: Place) -> String {
     md.push_str(&format!(
         "Measured {} {}: {} ({} CPUs, {} MiB seen there), {}, runvm at commit {}. One bundle \
          (`runc spec`, writable root) and one root filesystem directory (busybox) for both; \
-         runvm's VM has {} MiB. p50 of {} runs each, runvm and runc alternating; each run is \
+         runvm's VM has {} vCPU and {} MiB, runc's container no memory limit. p50 of {} runs each, runvm and runc alternating; each run is \
          its own container.\n\n",
         raw["date"].as_str().unwrap_or("?"),
         match place {
@@ -781,7 +788,8 @@ fn markdown(raw: &Value, place: Place) -> String {
         raw["mem"].as_str().unwrap_or("?"),
         raw["runc"].as_str().unwrap_or("runc"),
         raw["commit"].as_str().filter(|c| !c.is_empty()).unwrap_or("?"),
-        raw["runvm_mem_mib"].as_str().unwrap_or("?"),
+        raw["runvm_vm"]["vcpus"],
+        raw["runvm_vm"]["mem_mib"],
         p["runs"],
     ));
     md.push_str(
@@ -864,7 +872,8 @@ fn markdown(raw: &Value, place: Place) -> String {
     ));
     md.push_str(&format!(
         "\nWall time of each row (both runtimes, every run, with the containers' life): {}; \
-         the whole benchmark {} s.\n",
+         {} s in all where the guests ran, {} s for the whole command (with the builds and \
+         the test host's boot).\n",
         raw["rows"]
             .as_array()
             .unwrap_or(&empty)
@@ -877,6 +886,7 @@ fn markdown(raw: &Value, place: Place) -> String {
             ))
             .collect::<Vec<_>>()
             .join(", "),
+        raw["measure_s"],
         raw["total_s"],
     ));
     md

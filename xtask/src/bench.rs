@@ -63,6 +63,8 @@ pub enum BenchCmd {
     Docker(crate::docker::DockerArgs),
     /// create → start → wait → delete of `true`: runvm vs runc, same bundle and place.
     Cycle(crate::bench_cycle::CycleArgs),
+    /// runvm vs runc: streaming write/read, small files, untar; on the root filesystem and a bind mount.
+    Fs(crate::bench_fs::FsArgs),
 }
 
 #[derive(clap::Args)]
@@ -94,6 +96,7 @@ pub fn cmd_bench(cmd: BenchCmd) -> Result<i32> {
         BenchCmd::Net(a) => crate::bench_net::cmd(a),
         BenchCmd::Docker(a) => crate::docker::cmd_bench_docker(a),
         BenchCmd::Cycle(a) => crate::bench_cycle::cmd(a),
+        BenchCmd::Fs(a) => crate::bench_fs::cmd(a),
     }
 }
 

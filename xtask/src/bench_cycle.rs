@@ -19,7 +19,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::guests::Place;
-use crate::util::{repo_root, splice_readme, write_results};
+use crate::util::{percentile, repo_root, splice_readme, write_results};
 
 #[derive(clap::Args)]
 pub struct CycleArgs {
@@ -98,23 +98,9 @@ fn tempfile_in_tmp() -> Result<std::fs::File> {
 
 /// `runc spec`'s config (which runvm accepts whole) running `true` from `rootfs`.
 fn write_bundle(dir: &Path, rootfs: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let _ = std::fs::remove_file(dir.join("config.json"));
-    if !Command::new("runc")
-        .arg("spec")
-        .current_dir(dir)
-        .status()?
-        .success()
-    {
-        bail!("runc spec failed");
-    }
-    let mut c: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?;
+    let mut c = crate::util::runc_spec(dir)?;
     c["root"] = json!({ "path": rootfs, "readonly": true });
-    c["process"]["terminal"] = json!(false);
     c["process"]["args"] = json!(["true"]);
-    // runc 1.1's spec lists ambient capabilities that are not inheritable; runc ignores
-    // the failed raise, runvm's guest init refuses it. Not what this measures.
-    c["process"]["capabilities"]["ambient"] = json!([]);
     std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&c)?)?;
     Ok(())
 }
@@ -221,15 +207,6 @@ fn measure(runs: usize) -> Result<Value> {
         "runc": sh("runc --version | head -1"),
         "results": results,
     }))
-}
-
-fn percentile(v: &[f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    s[((s.len() - 1) as f64 * p).round() as usize]
 }
 
 fn markdown(raw: &Value, place: Place) -> String {

@@ -21,7 +21,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::guests::{GuestSetup, Place};
-use crate::util::{repo_root, target_dir};
+use crate::util::{percentile, repo_root, target_dir};
 
 #[derive(clap::Args)]
 pub struct NetArgs {
@@ -172,18 +172,8 @@ fn build_rootfs(busybox: &Path, dir: &Path) -> Result<()> {
 
 /// `runc spec`'s config (which runvm accepts whole), running the servers, in `netns`.
 fn write_bundle(dir: &Path, rootfs: &Path, netns: &str) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let _ = std::fs::remove_file(dir.join("config.json"));
-    let ok = Command::new("runc").arg("spec").current_dir(dir).status()?;
-    if !ok.success() {
-        bail!("runc spec failed");
-    }
-    let mut c: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?;
+    let mut c = crate::util::runc_spec(dir)?;
     c["root"] = json!({ "path": rootfs, "readonly": false });
-    c["process"]["terminal"] = json!(false);
-    // runc 1.1's spec lists ambient capabilities that are not inheritable; runc ignores
-    // the failed raise, runvm's guest init refuses it. Not what this benchmark measures.
-    c["process"]["capabilities"]["ambient"] = json!([]);
     c["process"]["args"] = json!(["sh", "-c", "httpd -p 8080 -h /www && exec iperf3 -s"]);
     // iperf3 mmaps a scratch file in /tmp; under runc /tmp would be the bundle's root
     // directory, which in the test host is on 9p, where that fails. Both get a tmpfs.
@@ -291,14 +281,6 @@ fn http_latency(ip: &str, n: usize) -> Result<Vec<f64>> {
         out.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     Ok(out)
-}
-
-fn percentile(v: &[f64], p: f64) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    s.get(((s.len() as f64 - 1.0) * p).round() as usize)
-        .copied()
-        .unwrap_or(f64::NAN)
 }
 
 fn measure(secs: u32, requests: usize) -> Result<Value> {

@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_cycle;
+mod bench_fs;
 mod bench_net;
 mod demo;
 mod docker;

@@ -66,6 +66,35 @@ pub fn splice_readme(name: &str, content: &str) -> Result<()> {
     Ok(())
 }
 
+/// The `p` quantile (0.0–1.0, nearest rank) of `v`; NaN when `v` is empty.
+pub fn percentile(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    s[((s.len() - 1) as f64 * p).round() as usize]
+}
+
+/// The config `runc spec` writes in `dir` (which runvm accepts whole), for the benchmarks
+/// that run one bundle under both: without a terminal, and without ambient capabilities
+/// (runc 1.1's spec lists ambient capabilities that are not inheritable; runc ignores the
+/// failed raise, runvm's guest init refuses it). The caller sets `root`, the process
+/// and the mounts, and writes it to `dir/config.json`.
+pub fn runc_spec(dir: &Path) -> Result<serde_json::Value> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("config.json");
+    let _ = std::fs::remove_file(&path);
+    run_quiet(Command::new("runc").arg("spec").current_dir(dir))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut c: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    c["process"]["terminal"] = serde_json::json!(false);
+    c["process"]["capabilities"]["ambient"] = serde_json::json!([]);
+    Ok(c)
+}
+
 /// `$HOME/.cache/runvm`, created if missing.
 pub fn cache_dir() -> PathBuf {
     let home = std::env::var_os("HOME")

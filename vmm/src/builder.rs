@@ -20,6 +20,7 @@ use crate::boot::{cpu, loader, mptable};
 use crate::bus::{Bus, BusError};
 use crate::devices::legacy::{BootTimer, BootTimes, SerialConsole, I8042};
 use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::fs::{self, Fs, FsConfig, FsError, VhostUserBackend};
 use crate::devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
 use crate::devices::virtio::net::{Net, NetConfig, NetError};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
@@ -67,6 +68,11 @@ pub struct VmConfig {
     /// Network interfaces, each a virtio-net device on its TAP (in this order after the
     /// disks and the vsock device; the guest tells them apart by MAC).
     pub nics: Vec<NetConfig>,
+    /// File-system shares, each a virtio-fs device served by the virtiofsd listening on
+    /// its socket (after the network interfaces; the guest mounts them by tag). The VMM
+    /// connects while it builds the VM; if a virtiofsd goes away later, the VM stops with
+    /// [`VmExitReason::BackendFailed`].
+    pub fs: Vec<FsConfig>,
     /// Where the serial console goes; `None` leaves the guest without a serial port.
     pub serial: Option<Box<dyn Write + Send>>,
     /// Install the per-thread seccomp filters (disable only to debug).
@@ -96,6 +102,12 @@ pub enum VmmError {
     Vsock { path: PathBuf, source: VsockError },
     #[error("cannot create network interface {index}: {source}")]
     Net { index: usize, source: NetError },
+    #[error("cannot create the file-system share {tag:?} (virtiofsd socket {socket}): {source}")]
+    Fs {
+        tag: String,
+        socket: PathBuf,
+        source: FsError,
+    },
     #[error("too many devices: no IRQ left for device {0}")]
     TooManyDevices(usize),
     #[error("{0} vCPUs requested; between 1 and {max} are supported", max = mptable::MAX_VCPUS)]
@@ -252,6 +264,21 @@ impl Vmm {
         }
         for (index, nic) in std::mem::take(&mut config.nics).into_iter().enumerate() {
             let dev = Net::new(nic).map_err(|source| VmmError::Net { index, source })?;
+            slots.attach(Arc::new(Mutex::new(dev)))?;
+        }
+        for share in &config.fs {
+            let error = |source| VmmError::Fs {
+                tag: share.tag.clone(),
+                socket: share.socket.clone(),
+                source,
+            };
+            let backend = VhostUserBackend::connect(&share.socket, fs::NUM_QUEUES)
+                .map_err(|e| error(FsError::Backend(e)))?;
+            let exit = state.clone();
+            let on_failure = Box::new(move |message| {
+                exit.request_exit(VmExitReason::BackendFailed(message));
+            });
+            let dev = Fs::new(&share.tag, backend, on_failure).map_err(error)?;
             slots.attach(Arc::new(Mutex::new(dev)))?;
         }
         if !config.cmdline.is_empty() {

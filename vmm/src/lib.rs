@@ -2,7 +2,8 @@
 //!
 //! Owns everything between `/dev/kvm` and the guest: the VM and its vCPUs (run, paused,
 //! stopped), guest memory, loading the kernel and initramfs, the devices (serial, i8042
-//! reset, boot timer, virtio-mmio block, net and vsock), the event loop that drives them,
+//! reset, boot timer, virtio-mmio block, net, vsock, and file-system shares served by
+//! virtiofsd over vhost-user), the event loop that drives them,
 //! and the seccomp filters of each VMM thread. It knows nothing about containers or OCI:
 //! that is the shim's job.
 
@@ -17,6 +18,7 @@ pub mod vstate;
 
 pub use builder::{DiskConfig, VmConfig, VmExit, Vmm, VmmError, VmmHandle, VsockConfig};
 pub use devices::legacy::BootTimes;
+pub use devices::virtio::fs::FsConfig;
 pub use devices::virtio::net::NetConfig;
 pub use vstate::pause::PauseError;
 pub use vstate::VmExitReason;

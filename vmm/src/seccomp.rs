@@ -95,10 +95,15 @@ const DEVICES: &[i64] = &[
     libc::SYS_ppoll,
 ];
 
+/// A vCPU thread also talks to vhost-user backends (virtiofsd): the driver's activation
+/// and reset of such a device, which the vCPU that wrote `Status` carries out, send
+/// requests (with descriptors) on the backend's socket and read the answers.
+const VCPU: &[i64] = &[libc::SYS_sendmsg, libc::SYS_recvmsg];
+
 /// Builds the BPF program for `kind`.
 pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
     let extra: &[i64] = match kind {
-        ThreadKind::Vcpu => &[],
+        ThreadKind::Vcpu => VCPU,
         ThreadKind::Devices => DEVICES,
     };
     let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =

@@ -786,12 +786,12 @@ fn converse(
 // Memory.
 
 /// Sums of `/proc/<pid>/smaps`: total Rss, and the Rss of the guest-memory mapping (the
-/// anonymous mapping of exactly `MEM_MIB`).
+/// mapping of exactly `MEM_MIB`: anonymous for qemu, runvm's `runvm-guest-ram` memfd).
 fn smaps(pid: u32) -> Result<Value> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
         .with_context(|| format!("reading /proc/{pid}/smaps"))?;
     let (mut total, mut guest, mut found) = (0u64, 0u64, 0usize);
-    let (mut anon, mut size) = (false, 0u64);
+    let (mut ram, mut size) = (false, 0u64);
     for line in text.lines() {
         let mut w = line.split_whitespace();
         let first = w.next().unwrap_or("");
@@ -799,14 +799,15 @@ fn smaps(pid: u32) -> Result<Value> {
             // A mapping's header: address perms offset dev inode [path].
             let inode = line.split_whitespace().nth(4).unwrap_or("1");
             let path = line.split_whitespace().nth(5).unwrap_or("");
-            anon = inode == "0" && (path.is_empty() || path.starts_with("[anon"));
+            ram = (inode == "0" && (path.is_empty() || path.starts_with("[anon")))
+                || path.starts_with("/memfd:runvm-guest-ram");
             size = 0;
         } else if first == "Size:" {
             size = w.next().and_then(|v| v.parse().ok()).unwrap_or(0);
         } else if first == "Rss:" {
             let rss: u64 = w.next().and_then(|v| v.parse().ok()).unwrap_or(0);
             total += rss;
-            if anon && size == MEM_MIB * 1024 {
+            if ram && size == MEM_MIB * 1024 {
                 guest += rss;
                 found += 1;
             }
@@ -814,7 +815,7 @@ fn smaps(pid: u32) -> Result<Value> {
     }
     if found != 1 {
         bail!(
-            "pid {pid}: expected one anonymous {MEM_MIB} MiB mapping (guest memory), found {found}"
+            "pid {pid}: expected one {MEM_MIB} MiB guest-memory mapping (anonymous or runvm's memfd), found {found}"
         );
     }
     Ok(json!({ "rss_kib": total, "guest_rss_kib": guest, "overhead_kib": total - guest }))

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::util::{run, target_dir, Step};
-use crate::{initramfs, kernel, rootfs, testhost};
+use crate::{initramfs, kernel, rootfs, testhost, virtiofsd};
 
 /// Everything a guest needs, built.
 pub struct GuestSetup {
@@ -17,6 +17,8 @@ pub struct GuestSetup {
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
     pub rootfs: PathBuf,
+    /// The virtio-fs daemon runvm starts for file-system shares.
+    pub virtiofsd: PathBuf,
 }
 
 /// How long the probe guest may take on a host with hardware KVM.
@@ -75,6 +77,7 @@ impl GuestSetup {
         let kernel_cached = kernel::kernel()?;
         let initramfs = initramfs::initramfs()?;
         let rootfs = rootfs::busybox_rootfs()?;
+        let virtiofsd = virtiofsd::virtiofsd()?;
         let mut step = Step::new("runvm");
         step.phase(&format!(
             "building runvm ({})",
@@ -101,6 +104,7 @@ impl GuestSetup {
             kernel,
             initramfs,
             rootfs,
+            virtiofsd,
         })
     }
 
@@ -112,6 +116,7 @@ impl GuestSetup {
             ("RUNVM_KERNEL".into(), s(&self.kernel)),
             ("RUNVM_INITRAMFS".into(), s(&self.initramfs)),
             ("RUNVM_TEST_ROOTFS".into(), s(&self.rootfs)),
+            ("RUNVM_VIRTIOFSD".into(), s(&self.virtiofsd)),
         ]
     }
 

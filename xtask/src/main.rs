@@ -17,6 +17,7 @@ mod rootfs;
 mod test;
 mod testhost;
 mod util;
+mod virtiofsd;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -47,6 +48,9 @@ enum Cmd {
     Initramfs,
     /// Build the guest kernel (cached) and print the path of its vmlinux.
     Kernel,
+    /// Build virtiofsd (cached) and print the path of its binary
+    /// (`RUNVM_VIRTIOFSD=$(cargo xtask virtiofsd) cargo test -p vmm --test virtio_fs`).
+    Virtiofsd,
     /// Boot the guest kernel with qemu microvm inside the test host (smoke test).
     KernelSmoke,
     /// Benchmarks: `cargo xtask bench boot [--runs N]` (runvm vs qemu microvm boot times and VMM memory),
@@ -74,6 +78,10 @@ fn main() {
         Cmd::GuestTest { suites, test_args } => test::cmd_guest_test(&suites, &test_args),
         Cmd::Initramfs => initramfs::initramfs().map(|_| 0),
         Cmd::Kernel => kernel::cmd_kernel().map(|()| 0),
+        Cmd::Virtiofsd => virtiofsd::virtiofsd().map(|p| {
+            println!("{}", p.display());
+            0
+        }),
         Cmd::KernelSmoke => testhost::cmd_kernel_smoke(),
         Cmd::Bench { what } => bench::cmd_bench(what),
         Cmd::Oci(args) => oci::cmd_oci(args),

@@ -101,6 +101,7 @@ fn vm_config(cfg: &MonitorConfig, vsock_path: PathBuf, nics: Vec<NetConfig>) -> 
             uds_path: vsock_path,
         }),
         nics,
+        fs: Vec::new(),
         serial: cfg
             .debug_console
             .then(|| Box::new(std::io::stderr()) as Box<dyn std::io::Write + Send>),

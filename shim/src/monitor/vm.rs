@@ -45,7 +45,7 @@ fn explain(reason: &VmExitReason) -> &str {
             "the guest rebooted (its init exited, or its kernel panicked or rebooted)"
         }
         VmExitReason::TripleFault => "the guest kernel crashed (triple fault)",
-        VmExitReason::KvmError(m) => m,
+        VmExitReason::KvmError(m) | VmExitReason::BackendFailed(m) => m,
         VmExitReason::Stopped => "the VM was stopped",
     }
 }

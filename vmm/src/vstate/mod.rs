@@ -20,6 +20,9 @@ pub enum VmExitReason {
     KvmError(String),
     /// The host asked the VM to stop (for example the container was killed).
     Stopped,
+    /// A device's backend process failed or went away (the virtiofsd of a file-system
+    /// share exited, stalled or misbehaved); the message says which and what happened.
+    BackendFailed(String),
 }
 
 /// Shared between the vCPU threads, devices and the VMM thread: the first exit reason

@@ -19,7 +19,7 @@ use vm_memory::GuestAddress;
 
 use super::{
     ActivateError, GuestMemory, IrqTrigger, VirtioDevice, INTERRUPT_STATUS_CONFIG_CHANGED,
-    VIRTIO_F_VERSION_1,
+    INTERRUPT_STATUS_USED_RING, VIRTIO_F_VERSION_1,
 };
 use crate::bus::BusDevice;
 
@@ -87,6 +87,9 @@ pub struct MmioTransport {
     queue_sel: u32,
     /// The driver's view of each queue, as configured through the queue registers.
     queues: Vec<Queue>,
+    /// Bits `InterruptStatus` always shows: the used-ring bit for a device whose backend
+    /// interrupts the guest itself ([`VirtioDevice::interrupts_guest_directly`]).
+    interrupt_status_always: u32,
 }
 
 /// Locks the device; a poisoned lock (a panic elsewhere) is not a reason to panic here too.
@@ -99,6 +102,11 @@ impl MmioTransport {
     /// be created or the device reports an invalid maximum queue size (not a power of two,
     /// zero, or above 32768).
     pub fn new(mem: GuestMemory, device: Arc<Mutex<dyn VirtioDevice>>) -> std::io::Result<Self> {
+        let interrupt_status_always = if lock(&device).interrupts_guest_directly() {
+            INTERRUPT_STATUS_USED_RING
+        } else {
+            0
+        };
         let queues = lock(&device)
             .queue_max_sizes()
             .iter()
@@ -121,6 +129,7 @@ impl MmioTransport {
             driver_features: 0,
             queue_sel: 0,
             queues,
+            interrupt_status_always,
         })
     }
 
@@ -186,7 +195,7 @@ impl MmioTransport {
             }
             QUEUE_NUM_MAX_REG => self.selected_queue().map_or(0, |q| q.max_size().into()),
             QUEUE_READY_REG => self.selected_queue().map_or(0, |q| q.ready().into()),
-            INTERRUPT_STATUS_REG => self.irq.status(),
+            INTERRUPT_STATUS_REG => self.irq.status() | self.interrupt_status_always,
             STATUS_REG => self.status,
             // The config space of our devices never changes behind the driver's back.
             CONFIG_GENERATION_REG => 0,
@@ -460,6 +469,7 @@ mod tests {
         fail_activate: bool,
         can_reset: bool,
         resets: usize,
+        direct_interrupts: bool,
     }
 
     impl MockDevice {
@@ -471,6 +481,7 @@ mod tests {
                 fail_activate: false,
                 can_reset: true,
                 resets: 0,
+                direct_interrupts: false,
             }
         }
 
@@ -522,6 +533,9 @@ mod tests {
                 return Err(ActivateError::Backend(std::io::Error::other("mock")));
             }
             self.virtio.activate(mem, queues, irq)
+        }
+        fn interrupts_guest_directly(&self) -> bool {
+            self.direct_interrupts
         }
         fn reset(&mut self) -> bool {
             self.resets += 1;
@@ -875,6 +889,28 @@ mod tests {
         // InterruptStatus is read-only.
         f.w(INTERRUPT_STATUS_REG, 0);
         assert_eq!(f.r(INTERRUPT_STATUS_REG), 2);
+    }
+
+    #[test]
+    fn interrupt_status_of_a_device_whose_backend_interrupts_the_guest() {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let mut mock = MockDevice::new(1);
+        mock.direct_interrupts = true;
+        let device = Arc::new(Mutex::new(mock));
+        let transport = MmioTransport::new(mem, device.clone()).unwrap();
+        let mut f = Fixture { transport, device };
+        // The transport never sees the backend's interrupts: the used-ring bit is always
+        // there for the driver to find.
+        assert_eq!(f.r(INTERRUPT_STATUS_REG), INTERRUPT_STATUS_USED_RING);
+        f.w(INTERRUPT_ACK_REG, INTERRUPT_STATUS_USED_RING);
+        assert_eq!(f.r(INTERRUPT_STATUS_REG), INTERRUPT_STATUS_USED_RING);
+        let irq = f.transport.interrupt();
+        irq.trigger(INTERRUPT_STATUS_CONFIG_CHANGED).unwrap();
+        assert_eq!(f.r(INTERRUPT_STATUS_REG), 3);
+        f.w(INTERRUPT_ACK_REG, 3);
+        assert_eq!(f.r(INTERRUPT_STATUS_REG), INTERRUPT_STATUS_USED_RING);
+        // Other devices show only what is pending.
+        assert_eq!(fixture(1).r(INTERRUPT_STATUS_REG), 0);
     }
 
     #[test]

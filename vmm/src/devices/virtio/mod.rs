@@ -19,15 +19,21 @@
 //! - [`read_config_space`] for config-space reads, [`GuestLog`] for logging what a guest
 //!   did without letting it flood the host's logs;
 //! - [`fd`]: non-blocking mode and `EINTR` retries for the backends' host descriptors.
+//!
+//! A vhost-user device ([`fs`]) is the exception to the event loop's part: its backend, a
+//! process of its own, reads the queue eventfds and interrupts the guest itself, and the
+//! device only watches the connection to it
+//! ([`VirtioDevice::interrupts_guest_directly`]).
 
 pub mod block;
 pub mod fd;
+pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod queue;
 pub mod state;
-#[cfg(test)]
-pub(crate) mod test_utils;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_utils;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -50,6 +56,7 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_VSOCK: u32 = 19;
+pub const TYPE_FS: u32 = 26;
 
 /// Bits of the virtio-mmio `InterruptStatus` register.
 pub const INTERRUPT_STATUS_USED_RING: u32 = 0x1;
@@ -64,6 +71,8 @@ pub enum ActivateError {
     InvalidQueue(usize),
     #[error("device backend failed to activate: {0}")]
     Backend(#[source] std::io::Error),
+    #[error("vhost-user backend failed to activate: {0}")]
+    VhostUser(#[source] fs::VhostUserError),
 }
 
 /// The interrupt line of one device: an eventfd registered with KVM as an irqfd on the
@@ -151,6 +160,13 @@ pub trait VirtioDevice: Send {
         irq: Arc<IrqTrigger>,
     ) -> Result<(), ActivateError> {
         self.state_mut().activate(mem, queues, irq)
+    }
+    /// Whether a backend outside the VMM (vhost-user) returns the chains and interrupts
+    /// the guest itself, through the interrupt eventfd: the transport then never learns
+    /// that the used ring changed, and `InterruptStatus` always shows the used-ring bit
+    /// (a virtio-mmio driver ignores an interrupt whose status reads 0).
+    fn interrupts_guest_directly(&self) -> bool {
+        false
     }
     /// Whether `activate` has succeeded (and no reset happened since).
     fn is_activated(&self) -> bool {

@@ -1,4 +1,5 @@
-//! Test support shared by the unit tests of the virtio devices.
+//! Test support shared by the tests of the virtio devices: the unit tests, and the
+//! integration tests through the `test-utils` feature.
 //!
 //! [`DriverQueue`] plays the guest driver's half of one split virtqueue: it lays out the
 //! descriptor table and the available and used rings in guest memory, writes descriptor

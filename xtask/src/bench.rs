@@ -786,7 +786,7 @@ fn converse(
 // Memory.
 
 /// Sums of `/proc/<pid>/smaps`: total Rss, and the Rss of the guest-memory mapping (the
-/// mapping of exactly `MEM_MIB`: anonymous for qemu, runvm's `runvm-guest-ram` memfd).
+/// mapping of exactly `MEM_MIB`: anonymous for qemu, a shared file mapping for runvm).
 fn smaps(pid: u32) -> Result<Value> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
         .with_context(|| format!("reading /proc/{pid}/smaps"))?;
@@ -797,10 +797,13 @@ fn smaps(pid: u32) -> Result<Value> {
         let first = w.next().unwrap_or("");
         if first.contains('-') && !first.ends_with(':') {
             // A mapping's header: address perms offset dev inode [path].
+            let perms = line.split_whitespace().nth(1).unwrap_or("");
             let inode = line.split_whitespace().nth(4).unwrap_or("1");
             let path = line.split_whitespace().nth(5).unwrap_or("");
+            // qemu's RAM is private anonymous memory; runvm's a shared file (a file on a
+            // tmpfs of its own, or a memfd).
             ram = (inode == "0" && (path.is_empty() || path.starts_with("[anon")))
-                || path.starts_with("/memfd:runvm-guest-ram");
+                || perms.ends_with('s');
             size = 0;
         } else if first == "Size:" {
             size = w.next().and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -815,7 +818,7 @@ fn smaps(pid: u32) -> Result<Value> {
     }
     if found != 1 {
         bail!(
-            "pid {pid}: expected one {MEM_MIB} MiB guest-memory mapping (anonymous or runvm's memfd), found {found}"
+            "pid {pid}: expected one {MEM_MIB} MiB guest-memory mapping (anonymous, or runvm's shared file), found {found}"
         );
     }
     Ok(json!({ "rss_kib": total, "guest_rss_kib": guest, "overhead_kib": total - guest }))

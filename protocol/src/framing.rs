@@ -8,9 +8,8 @@
 //! with [`FrameDecoder::push`] (or [`FrameDecoder::read_from`]) and takes frames out
 //! with [`FrameDecoder::next_frame`].
 //!
-//! Limits are per direction: guest → host frames are small ([`MAX_FRAME_LEN`],
-//! [`MAX_WRITEBACK_FRAME_LEN`]); host → guest frames may carry the copied-in files of
-//! bind mounts ([`MAX_HOST_FRAME_LEN`]).
+//! Limits are per direction: guest → host frames are small ([`MAX_FRAME_LEN`]); host →
+//! guest frames are bounded by [`MAX_HOST_FRAME_LEN`].
 
 use std::io::{self, Read, Write};
 
@@ -20,13 +19,10 @@ use serde::Serialize;
 /// Largest guest → host frame (and the default of [`read_frame`]/[`write_frame`]).
 /// Larger length prefixes are garbage.
 pub const MAX_FRAME_LEN: u32 = 1 << 20;
-/// Largest host → guest frame ([`HostMessage`](crate::HostMessage)): `Run` carries the
-/// content of file bind mounts. The guest reads these; the host never accepts a frame
-/// this large.
-pub const MAX_HOST_FRAME_LEN: u32 = 64 << 20;
-/// Largest [`WritebackEntry`](crate::WritebackEntry) frame (guest → host): a path and a
-/// link target, no data.
-pub const MAX_WRITEBACK_FRAME_LEN: u32 = 16 << 10;
+/// Largest host → guest frame ([`HostMessage`](crate::HostMessage)): a `Run` with a large
+/// environment, seccomp filter and mount list. The guest reads these; the host never
+/// accepts a frame this large.
+pub const MAX_HOST_FRAME_LEN: u32 = 16 << 20;
 
 /// Size of the length prefix.
 const PREFIX_LEN: usize = 4;
@@ -192,7 +188,7 @@ impl FrameDecoder {
 mod tests {
     use super::*;
     use crate::{ExitStatus, GuestMessage, HostMessage, MountSpec, NetworkSpec, RootfsSpec};
-    use crate::{FileContent, LinuxSpec, ProcessSpec};
+    use crate::{LinuxSpec, ProcessSpec};
 
     #[test]
     fn frames_round_trip() {
@@ -318,16 +314,16 @@ mod tests {
         let run = HostMessage::Run {
             rootfs: RootfsSpec::default(),
             hostname: None,
-            process: ProcessSpec::default(),
+            // A large environment: more than a guest may send, less than the host may.
+            process: ProcessSpec {
+                env: vec![format!("BIG={}", "x".repeat(2 << 20))],
+                ..Default::default()
+            },
             linux: LinuxSpec::default(),
             mounts: vec![MountSpec {
-                destination: "/sbin/docker-init".into(),
+                destination: "/data".into(),
                 fstype: "bind".into(),
-                file: Some(FileContent {
-                    data: vec![0x7f; 2 << 20],
-                    mode: 0o755,
-                    ..Default::default()
-                }),
+                share: Some("m0".into()),
                 ..Default::default()
             }],
             network: NetworkSpec::default(),

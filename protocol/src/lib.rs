@@ -12,13 +12,15 @@
 //! - [`STREAM_PORT`]: one connection per stdio stream of a process. The guest writes one
 //!   [`StreamHeader`] frame, then the connection carries raw bytes. EOF (shutdown of the
 //!   write side) is end of stream.
-//! - [`WRITEBACK_PORT`]: one connection after the main process exited, carrying the
-//!   changes of the writable layer as [`WritebackEntry`] frames (a regular file's bytes
-//!   follow its frame raw), ended by [`WritebackEntry::End`].
+//! - [`DNS_PORT`]: one connection per DNS query or TCP client of the guest's forwarder.
+//! - [`SOCKET_PORT`]: one connection per client of a bind-mounted host UNIX socket: a
+//!   [`SocketRelayHeader`] frame, then raw bytes both ways.
+//!
+//! Files are not carried here: the container's root filesystem and bind mounts are a
+//! virtio-fs share ([`SHARE_TAG`]) that the host serves with virtiofsd.
 //!
 //! Frame size limits are per direction: guest → host frames are small
-//! ([`MAX_FRAME_LEN`], [`MAX_WRITEBACK_FRAME_LEN`]); host → guest frames may carry the
-//! copied-in files of bind mounts ([`MAX_HOST_FRAME_LEN`]).
+//! ([`MAX_FRAME_LEN`]); host → guest frames are bounded by [`MAX_HOST_FRAME_LEN`].
 //!
 //! Modules: [`framing`] (frames, their limits and the one decoder), [`messages`] (what
 //! each connection carries), [`spec`] (what the guest builds and runs), [`boot`] (the
@@ -38,26 +40,26 @@ pub mod spec;
 pub use boot::{BootMark, BOOT_TIMER_PORT};
 pub use framing::{
     read_frame, read_frame_limited, write_frame, write_frame_limited, FrameDecoder, FrameError,
-    MAX_FRAME_LEN, MAX_HOST_FRAME_LEN, MAX_WRITEBACK_FRAME_LEN,
+    MAX_FRAME_LEN, MAX_HOST_FRAME_LEN,
 };
 pub use messages::{
-    DnsRelayHeader, ExitStatus, FileMeta, GuestMessage, GuestProcess, GuestStats, HostMessage,
-    ProcessId, SpecialKind, StreamHeader, WritebackEntry, MAIN_PROCESS,
+    DnsRelayHeader, ExitStatus, GuestMessage, GuestProcess, GuestStats, HostMessage, ProcessId,
+    SocketRelayHeader, StreamHeader, MAIN_PROCESS,
 };
 pub use spec::{
-    AddressSpec, Capabilities, DeviceSpec, FileContent, InterfaceSpec, LinuxSpec, MountSpec,
-    NetworkSpec, ProcessSpec, Resources, Rlimit, RootfsSpec, RouteSpec, SeccompProgram, WindowSize,
-    CAPABILITY_NAMES, SECCOMP_INSTRUCTION_LEN,
+    AddressSpec, Capabilities, DeviceSpec, InterfaceSpec, LinuxSpec, MountSpec, NetworkSpec,
+    ProcessSpec, Resources, Rlimit, RootfsSpec, RouteSpec, SeccompProgram, WindowSize,
+    CAPABILITY_NAMES, SECCOMP_INSTRUCTION_LEN, SHARE_ROOT, SHARE_TAG,
 };
 
 /// Version of this protocol; the guest sends it in `Hello` and the host refuses others.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// vsock port of the control connection (guest → host).
 pub const CONTROL_PORT: u32 = 1024;
 /// vsock port of the stdio stream connections (guest → host).
 pub const STREAM_PORT: u32 = 1025;
-/// vsock port of the write-back stream (guest → host), see [`WritebackEntry`].
-pub const WRITEBACK_PORT: u32 = 1026;
+/// vsock port of the socket relays (guest → host), see [`SocketRelayHeader`].
+pub const SOCKET_PORT: u32 = 1028;
 /// vsock port of the DNS relay (guest → host): the guest's forwarder opens one connection
 /// per query (UDP) or per client connection (TCP), sends a [`DnsRelayHeader`] frame, and
 /// then the connection carries DNS messages in DNS-over-TCP framing (a big-endian `u16`

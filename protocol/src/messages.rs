@@ -1,7 +1,7 @@
 //! The messages of each connection: [`GuestMessage`] up and [`HostMessage`] down the
-//! control connection, the first frame of a stream connection ([`StreamHeader`]) and of
-//! a DNS relay connection ([`DnsRelayHeader`]), and the write-back stream's
-//! [`WritebackEntry`]s. All are closed enums or plain structs: anything else a guest
+//! control connection, and the first frame of a stream connection ([`StreamHeader`]),
+//! of a DNS relay connection ([`DnsRelayHeader`]) and of a socket relay connection
+//! ([`SocketRelayHeader`]). All are closed enums or plain structs: anything else a guest
 //! sends fails to decode.
 
 use serde::{Deserialize, Serialize};
@@ -57,6 +57,15 @@ pub struct DnsRelayHeader {
     pub server: String,
     /// Whether the messages go to the server over TCP (a TCP client) or UDP.
     pub tcp: bool,
+}
+
+/// First frame on a [`SOCKET_PORT`](crate::SOCKET_PORT) connection: which of the
+/// container's socket relays ([`MountSpec::relay`]) the connection is for. The host
+/// connects to the socket it recorded for that number (the guest never names a host path).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SocketRelayHeader {
+    pub relay: u32,
 }
 
 /// How a process ended.
@@ -177,88 +186,14 @@ pub struct StreamHeader {
     pub fd: u8,
 }
 
-/// Ownership, permissions and modification time of a written-back file.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileMeta {
-    /// Permission bits only (`0o7777`); the file type is the entry's kind.
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub mtime: i64,
-    pub mtime_nsec: u32,
-}
-
-/// The kind of a [`WritebackEntry::Special`] file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SpecialKind {
-    Fifo,
-    Socket,
-    CharDevice,
-    BlockDevice,
-}
-
-/// One change of the writable layer, in the order the guest walks it (a directory before
-/// its contents). Paths are relative to the container's root, as raw bytes (base64 in the
-/// JSON), `/`-separated, with no empty, `.` or `..` component; the host refuses others.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum WritebackEntry {
-    /// A directory that exists in the writable layer. `opaque`: it replaces the one below
-    /// (what was in it before is gone), otherwise it is merged with it.
-    Dir {
-        #[serde(with = "crate::base64_field")]
-        path: Vec<u8>,
-        meta: FileMeta,
-        opaque: bool,
-    },
-    /// A regular file; exactly `size` raw bytes follow this frame on the connection.
-    File {
-        #[serde(with = "crate::base64_field")]
-        path: Vec<u8>,
-        meta: FileMeta,
-        size: u64,
-    },
-    Symlink {
-        #[serde(with = "crate::base64_field")]
-        path: Vec<u8>,
-        meta: FileMeta,
-        #[serde(with = "crate::base64_field")]
-        target: Vec<u8>,
-    },
-    /// Another name of a file sent earlier (`target`, a path like `path`).
-    Hardlink {
-        #[serde(with = "crate::base64_field")]
-        path: Vec<u8>,
-        #[serde(with = "crate::base64_field")]
-        target: Vec<u8>,
-    },
-    Special {
-        #[serde(with = "crate::base64_field")]
-        path: Vec<u8>,
-        meta: FileMeta,
-        kind: SpecialKind,
-        rdev: u64,
-    },
-    /// The path was deleted (an overlay whiteout).
-    Whiteout {
-        #[serde(with = "crate::base64_field")]
-        path: Vec<u8>,
-    },
-    /// End of the stream: `entries` entries came before it; `skipped` changes the guest
-    /// could not read (it logged them). A stream without `End` is truncated.
-    End { entries: u64, skipped: u64 },
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        read_frame, read_frame_limited, write_frame, FrameError, WindowSize,
-        MAX_WRITEBACK_FRAME_LEN,
-    };
+    use crate::{read_frame, read_frame_limited, write_frame, FrameError, WindowSize};
 
     #[test]
     fn a_run_without_the_newer_fields_still_decodes() {
-        let old = br#"{"Run":{"rootfs":{"lower_devices":["/dev/vda"]},"hostname":null,
+        let old = br#"{"Run":{"rootfs":{"share_tag":"runvm","root":"root"},"hostname":null,
             "process":{"args":["sh"],"env":[],"cwd":"/"}}}"#;
         let HostMessage::Run {
             process,
@@ -306,28 +241,17 @@ mod tests {
     }
 
     #[test]
-    fn writeback_entries_carry_raw_byte_paths() {
-        let e = WritebackEntry::File {
-            path: b"etc/\xff\n name".to_vec(),
-            meta: FileMeta {
-                mode: 0o4755,
-                uid: 1,
-                gid: 2,
-                mtime: -5,
-                mtime_nsec: 7,
-            },
-            size: 3,
-        };
+    fn a_socket_relay_header_is_a_number_and_nothing_else() {
         let mut buf = Vec::new();
-        write_frame(&mut buf, &e).unwrap();
-        let back: WritebackEntry =
-            read_frame_limited(&mut buf.as_slice(), MAX_WRITEBACK_FRAME_LEN).unwrap();
-        assert_eq!(back, e);
-        let bad = br#"{"Whiteout":{"path":"not base64!"}}"#;
+        write_frame(&mut buf, &SocketRelayHeader { relay: 3 }).unwrap();
+        let back: SocketRelayHeader = read_frame(&mut buf.as_slice()).unwrap();
+        assert_eq!(back.relay, 3);
+        // A guest naming a host path gets nowhere: the frame does not decode.
+        let bad = br#"{"relay":1,"path":"/var/run/docker.sock"}"#;
         let mut f = (bad.len() as u32).to_le_bytes().to_vec();
         f.extend_from_slice(bad);
         assert!(matches!(
-            read_frame_limited::<_, WritebackEntry>(&mut f.as_slice(), MAX_WRITEBACK_FRAME_LEN),
+            read_frame_limited::<_, SocketRelayHeader>(&mut f.as_slice(), 64),
             Err(FrameError::Malformed(_))
         ));
     }

@@ -1,8 +1,8 @@
 //! What the guest is told to build and run: the process ([`ProcessSpec`] with its
 //! rlimits, capabilities, seccomp filter, terminal size), the container's Linux settings
 //! ([`LinuxSpec`]: sysctls, masked paths, devices, cgroup [`Resources`]), its mounts
-//! ([`MountSpec`], copied-in files [`FileContent`]), its network ([`NetworkSpec`]) and
-//! its root filesystem ([`RootfsSpec`]).
+//! ([`MountSpec`]: bind mounts come from the container's share), its network
+//! ([`NetworkSpec`]) and its root filesystem ([`RootfsSpec`], also from the share).
 //!
 //! The host resolves and checks all of it from the OCI spec before it sends
 //! [`HostMessage::Run`](crate::HostMessage::Run) or
@@ -226,10 +226,10 @@ impl Resources {
     }
 }
 
-/// One OCI `mounts` entry the guest makes itself (proc, sysfs, tmpfs, devpts, mqueue,
-/// cgroup/cgroup2), or a file bind mount (`fstype` "bind") whose content the host copied
-/// into [`MountSpec::file`]. Directory bind mounts never get here: the host refuses them
-/// (or turns Docker's `/dev/shm` into a tmpfs).
+/// One OCI `mounts` entry: one the guest makes itself (proc, sysfs, tmpfs, devpts,
+/// mqueue, cgroup/cgroup2), or a bind mount (`fstype` "bind") of a host file or
+/// directory, which the host shares live with the guest ([`MountSpec::share`]), or of a
+/// host UNIX socket, which the guest relays to the host ([`MountSpec::relay`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MountSpec {
     pub destination: String,
@@ -240,21 +240,15 @@ pub struct MountSpec {
     /// guest into mount flags and file-system data as runc does.
     #[serde(default)]
     pub options: Vec<String>,
-    /// For a file bind mount: the source file as the host read it at start. The guest
-    /// recreates it and binds it on `destination` (a copy: later host changes are not seen).
+    /// For a bind mount of a host file or directory: its name in the container's share
+    /// (a single path component). The guest binds `<share>/<name>` on `destination`.
     #[serde(default)]
-    pub file: Option<FileContent>,
-}
-
-/// A copied-in file: its bytes and attributes.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileContent {
-    #[serde(with = "crate::base64_field")]
-    pub data: Vec<u8>,
-    /// Permission bits (`0o644`, setuid and sticky included).
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
+    pub share: Option<String>,
+    /// For a bind mount of a host UNIX socket: its number among the container's socket
+    /// relays. The guest listens on `destination` and carries each connection to the host
+    /// over [`SOCKET_PORT`](crate::SOCKET_PORT) with a [`SocketRelayHeader`](crate::SocketRelayHeader).
+    #[serde(default)]
+    pub relay: Option<u32>,
 }
 
 /// The guest's network, mirrored by the host from the container's network namespace.
@@ -313,31 +307,34 @@ pub struct RouteSpec {
     pub ipv6: bool,
 }
 
-/// How the guest builds the container's root filesystem.
+/// How the guest builds the container's root filesystem: a directory of the container's
+/// share (virtio-fs, served by the host from `root.path` itself, so that what the
+/// container writes is on the host at once and what the host writes is seen inside).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootfsSpec {
-    /// Read-only EROFS block devices, lowest layer last (overlayfs `lowerdir` order).
-    pub lower_devices: Vec<String>,
-    /// Mount the result read-only (`root.readonly`).
+    /// The virtio-fs tag of the container's share.
+    pub share_tag: String,
+    /// The root's directory in the share (a single path component).
+    pub root: String,
+    /// Mount it read-only (`root.readonly`); the host enforces it too.
     #[serde(default)]
     pub readonly: bool,
-    /// The writable layer: an ext4 block device holding the overlay's upper and work
-    /// directories. When set, the guest sends its changes on [`WRITEBACK_PORT`](crate::WRITEBACK_PORT) after the
-    /// main process exits. `None`: a tmpfs upper whose changes are dropped (read-only
-    /// roots, and hosts from before this field).
-    #[serde(default)]
-    pub writable_device: Option<String>,
 }
 
 impl Default for RootfsSpec {
     fn default() -> Self {
         Self {
-            lower_devices: vec!["/dev/vda".into()],
+            share_tag: SHARE_TAG.into(),
+            root: SHARE_ROOT.into(),
             readonly: false,
-            writable_device: None,
         }
     }
 }
+
+/// The virtio-fs tag of a container's share.
+pub const SHARE_TAG: &str = "runvm";
+/// The root filesystem's directory in the share.
+pub const SHARE_ROOT: &str = "root";
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,8 @@
-//! Finds the guest kernel and initramfs: `RUNVM_KERNEL`/`RUNVM_INITRAMFS`, then next to
-//! the `runvm` binary, then `<binary dir>/../runvm/` (where `cargo xtask` puts them), then
-//! `/usr/lib/runvm/`.
+//! Finds the guest kernel and initramfs, and virtiofsd (the daemon that serves each
+//! container's share): `RUNVM_KERNEL`/`RUNVM_INITRAMFS`/`RUNVM_VIRTIOFSD`, then next to the
+//! `runvm` binary, then `<binary dir>/../runvm/` (where `cargo xtask` puts them), then
+//! `/usr/lib/runvm/` (and for virtiofsd `/usr/libexec/virtiofsd`, where Debian's package
+//! puts it).
 
 use std::path::PathBuf;
 
@@ -18,14 +20,20 @@ pub enum AssetError {
     BadEnv { var: &'static str, path: PathBuf },
 }
 
-/// The kernel and initramfs every guest boots.
+/// The kernel and initramfs every guest boots, and the file-sharing daemon.
 #[derive(Debug, Clone)]
 pub struct GuestAssets {
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
+    pub virtiofsd: PathBuf,
 }
 
-fn find(what: &'static str, var: &'static str, file: &'static str) -> Result<PathBuf, AssetError> {
+fn find(
+    what: &'static str,
+    var: &'static str,
+    file: &'static str,
+    more: &[&str],
+) -> Result<PathBuf, AssetError> {
     if let Some(p) = std::env::var_os(var) {
         let p = PathBuf::from(p);
         return if p.is_file() {
@@ -43,6 +51,7 @@ fn find(what: &'static str, var: &'static str, file: &'static str) -> Result<Pat
         candidates.push(dir.join("..").join("runvm").join(file));
     }
     candidates.push(PathBuf::from("/usr/lib/runvm").join(file));
+    candidates.extend(more.iter().map(PathBuf::from));
     for c in &candidates {
         if c.is_file() {
             return Ok(c.clone());
@@ -64,8 +73,14 @@ fn find(what: &'static str, var: &'static str, file: &'static str) -> Result<Pat
 impl GuestAssets {
     pub fn locate() -> Result<Self, AssetError> {
         Ok(Self {
-            kernel: find("guest kernel", "RUNVM_KERNEL", "vmlinux")?,
-            initramfs: find("guest initramfs", "RUNVM_INITRAMFS", "initramfs.cpio")?,
+            kernel: find("guest kernel", "RUNVM_KERNEL", "vmlinux", &[])?,
+            initramfs: find("guest initramfs", "RUNVM_INITRAMFS", "initramfs.cpio", &[])?,
+            virtiofsd: find(
+                "virtiofsd (it serves each container's files to its VM)",
+                "RUNVM_VIRTIOFSD",
+                "virtiofsd",
+                &["/usr/libexec/virtiofsd"],
+            )?,
         })
     }
 }

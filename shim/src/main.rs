@@ -13,16 +13,15 @@ mod logging;
 mod monitor;
 mod mountinfo;
 mod network;
-mod rootfs;
 mod scm;
 mod seccomp;
 mod settings;
+mod share;
 mod sockpath;
 mod spec;
 mod state;
 mod status;
-#[cfg(test)]
-mod test_support;
+mod vsock_service;
 
 use clap::{Parser, Subcommand};
 use liboci_cli::{CommonCmd, GlobalOpts, StandardCmd};

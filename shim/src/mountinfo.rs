@@ -7,7 +7,7 @@
 //! (`\040`), and overlayfs also escapes the option separator `,` (`\054`) inside its option
 //! values.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Where the kernel shows this process's mounts.
 pub const SELF_MOUNTINFO: &str = "/proc/self/mountinfo";
@@ -101,13 +101,6 @@ pub fn read_own() -> Result<Vec<MountEntry>, MountinfoError> {
     parse(&std::fs::read(SELF_MOUNTINFO).map_err(MountinfoError::Read)?)
 }
 
-/// The mount whose mount point is `dir` (the last one, if several are stacked there).
-pub fn mount_at<'a>(entries: &'a [MountEntry], dir: &Path) -> Option<&'a MountEntry> {
-    use std::os::unix::ffi::OsStrExt;
-    let want = dir.as_os_str().as_bytes();
-    entries.iter().rev().find(|e| e.mount_point == want)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,10 +126,10 @@ mod tests {
     }
 
     #[test]
-    fn stacked_mounts_take_the_top_one_and_optional_fields_are_skipped() {
+    fn optional_fields_are_skipped() {
         let text = b"20 1 8:1 / /r rw shared:1 - ext4 /dev/sda1 rw\n21 20 0:30 / /r rw shared:2 master:3 - overlay overlay rw,lowerdir=/a:/b\n";
         let entries = parse(text).unwrap();
-        let e = mount_at(&entries, Path::new("/r")).unwrap();
+        let e = &entries[1];
         assert_eq!(e.fstype, "overlay");
         assert_eq!(
             e.super_options,
@@ -154,6 +147,6 @@ mod tests {
     #[test]
     fn this_process_mounts_are_read() {
         let entries = read_own().unwrap();
-        assert!(mount_at(&entries, Path::new("/")).is_some());
+        assert!(entries.iter().any(|e| e.mount_point == b"/"));
     }
 }

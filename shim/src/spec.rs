@@ -29,6 +29,8 @@ pub struct ContainerSpec {
     pub process: Option<ProcessSpec>,
     pub linux: LinuxSpec,
     pub mounts: Vec<MountSpec>,
+    /// What the host shares with the guest: the root filesystem and the binds of `mounts`.
+    pub share: crate::share::SharePlan,
     /// The container's network namespace (`linux.namespaces`), already checked.
     pub network: crate::network::NetworkMode,
     /// The container's `resolv.conf` on the host (the source of Docker's bind mount of
@@ -144,6 +146,7 @@ impl ContainerSpec {
                 mounts.push(m);
             }
         }
+        let share = crate::share::SharePlan::number(&rootfs, readonly, &mut mounts);
         let cgroups_path = spec
             .linux()
             .as_ref()
@@ -154,6 +157,7 @@ impl ContainerSpec {
             seccomp,
             cgroups_path,
             mounts,
+            share,
             network,
             resolv_conf,
             linux,
@@ -298,7 +302,9 @@ fn convert_mount(m: &oci_spec::runtime::Mount) -> Result<Option<MountSpec>, Stri
     }
     let bind = typ == "bind" || options.iter().any(|o| o == "bind" || o == "rbind");
     if bind {
-        return crate::rootfs::binds::convert(&dest, &source, &options).map(Some);
+        return crate::share::bind_mount(&dest, &source, &options)
+            .map(Some)
+            .map_err(|e| e.to_string());
     }
     match typ.as_str() {
         "proc" | "sysfs" | "tmpfs" | "devpts" | "mqueue" | "cgroup" | "cgroup2" => {
@@ -307,7 +313,8 @@ fn convert_mount(m: &oci_spec::runtime::Mount) -> Result<Option<MountSpec>, Stri
                 fstype: typ,
                 source,
                 options,
-                file: None,
+                share: None,
+                relay: None,
             }))
         }
         _ => Err(format!(
@@ -516,7 +523,7 @@ mod tests {
     }
 
     #[test]
-    fn kernel_mounts_and_file_binds_are_carried_directory_binds_refused() {
+    fn kernel_mounts_and_binds_are_carried_binds_through_the_share() {
         let b = Bundle::new(json!({ "mounts": [
             { "destination": "/proc", "type": "proc", "source": "proc" },
             { "destination": "/dev/shm", "type": "tmpfs", "source": "shm",
@@ -529,25 +536,27 @@ mod tests {
         assert_eq!(m[1].destination, "/dev/shm");
         assert_eq!(m[1].fstype, "tmpfs");
         assert_eq!(m[1].options[4], "size=65536k");
-        // A file bind is copied in at start (rootfs::binds).
+        // A file bind is shared live: the first entry of the share after the root.
         assert_eq!(
-            (m[2].fstype.as_str(), m[2].source.as_str()),
-            ("bind", "/etc/hostname")
+            (m[2].fstype.as_str(), m[2].source.as_str(), m[2].share.as_deref()),
+            ("bind", "/etc/hostname", Some("m0"))
         );
 
         let b = Bundle::new(json!({ "mounts": [
             { "destination": "/data", "type": "bind", "source": "/tmp", "options": ["rbind"] },
+            // A bind given by its options only.
+            { "destination": "/data2", "source": "/tmp", "options": ["bind", "ro"] },
+        ]}));
+        let spec = b.load().unwrap();
+        let shares: Vec<_> = spec.mounts.iter().map(|m| m.share.as_deref()).collect();
+        assert_eq!(shares, [Some("m0"), Some("m1")]);
+        assert!(spec.share.entries[2].readonly);
+        // A source that does not exist is an error naming the mount.
+        let b = Bundle::new(json!({ "mounts": [
+            { "destination": "/data", "type": "bind", "source": "/no/such/dir", "options": ["rbind"] },
         ]}));
         let e = b.load().unwrap_err().to_string();
-        assert!(
-            e.contains("/data") && e.contains("directory /tmp is not supported"),
-            "{e}"
-        );
-        // A bind given by its options only.
-        let b = Bundle::new(json!({ "mounts": [
-            { "destination": "/data", "source": "/tmp", "options": ["bind", "ro"] },
-        ]}));
-        assert!(b.load().unwrap_err().to_string().contains("/data"));
+        assert!(e.contains("/data") && e.contains("/no/such/dir"), "{e}");
         let b = Bundle::new(json!({ "mounts": [
             { "destination": "/mnt", "type": "nfs", "source": "srv:/x" },
         ]}));

@@ -263,7 +263,28 @@ pub fn default_namespaces() -> serde_json::Value {
     ])
 }
 
-/// A bundle whose root filesystem is the shared busybox tree.
+/// Copies the busybox tree into `dir/rootfs` (`cp -a`: owners, modes, links) and returns
+/// that path. The container's root filesystem is shared live with the host, as under
+/// runc, so a container that writes needs a tree of its own: one shared by every test
+/// would carry one test's files into the next (and into later runs).
+pub fn private_rootfs(dir: &Path) -> PathBuf {
+    let to = dir.join("rootfs");
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(test_rootfs())
+        .arg(&to)
+        .output()
+        .expect("running cp");
+    assert!(
+        out.status.success(),
+        "copying the test rootfs to {}: {}",
+        to.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    to
+}
+
+/// A bundle with its own copy of the busybox tree (`rootfs/` in the bundle).
 pub struct Bundle {
     pub dir: TempDir,
 }
@@ -281,11 +302,13 @@ impl Bundle {
         let config = serde_json::json!({
             "ociVersion": "1.0.2",
             "process": { "terminal": false, "user": { "uid": 0, "gid": 0 }, "args": args, "env": env, "cwd": cwd },
-            "root": { "path": test_rootfs(), "readonly": false },
+            "root": { "path": "rootfs", "readonly": false },
             "hostname": "runvm-test",
             "linux": { "namespaces": default_namespaces() },
         });
-        Self::from_config(&config.to_string())
+        let b = Self::from_config(&config.to_string());
+        private_rootfs(b.path());
+        b
     }
 
     /// A bundle with this exact config.json text (for malformed-input tests).

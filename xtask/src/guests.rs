@@ -77,7 +77,7 @@ impl GuestSetup {
         let kernel_cached = kernel::kernel()?;
         let initramfs = initramfs::initramfs()?;
         let rootfs = rootfs::busybox_rootfs()?;
-        let virtiofsd = virtiofsd::virtiofsd()?;
+        let virtiofsd_cached = virtiofsd::virtiofsd()?;
         let mut step = Step::new("runvm");
         step.phase(&format!(
             "building runvm ({})",
@@ -97,6 +97,14 @@ impl GuestSetup {
         if std::fs::read(&kernel).ok() != std::fs::read(&kernel_cached).ok() {
             std::fs::copy(&kernel_cached, &kernel)
                 .with_context(|| format!("installing {}", kernel.display()))?;
+        }
+        // And virtiofsd beside it (runvm finds it there, as Docker runs it, without
+        // RUNVM_VIRTIOFSD).
+        let virtiofsd = target_dir().join("runvm").join("virtiofsd");
+        if std::fs::read(&virtiofsd).ok() != std::fs::read(&virtiofsd_cached).ok() {
+            let _ = std::fs::remove_file(&virtiofsd);
+            std::fs::copy(&virtiofsd_cached, &virtiofsd)
+                .with_context(|| format!("installing {}", virtiofsd.display()))?;
         }
         step.finish("runvm built", &runvm);
         Ok(Self {

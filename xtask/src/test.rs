@@ -475,7 +475,8 @@ pub fn cmd_guest_test(suites: &[String], test_args: &[String]) -> Result<i32> {
     Ok(code)
 }
 
-/// runvm processes (monitors, cleanup guards) still alive on this host.
+/// runvm processes (monitors, cleanup guards) and file-sharing daemons still alive on
+/// this host.
 fn leftover_processes() -> Vec<String> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -484,7 +485,7 @@ fn leftover_processes() -> Vec<String> {
             continue;
         }
         let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
-        if comm.trim() == "runvm" || comm.trim() == "runvm-guard" {
+        if ["runvm", "runvm-guard", "virtiofsd"].contains(&comm.trim()) {
             out.push(format!("{name} {}", comm.trim()));
         }
     }

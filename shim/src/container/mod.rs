@@ -96,16 +96,18 @@ pub fn prepare(id: &str, bundle: &Path, root: &Path, cgroups: PathSyntax) -> Res
         let runtime = crate::state::ContainerState::runtime_dir(root, id);
         std::fs::create_dir(&runtime)
             .with_context(|| format!("cannot create {}", runtime.display()))?;
-        let rootfs = crate::rootfs::prepare(&spec.rootfs, spec.readonly)?;
         Ok(MonitorConfig {
             assets,
             vcpus,
             mem_mib,
             runtime_dir: runtime,
-            disks: rootfs.disks,
-            rootfs_spec: rootfs.spec,
-            writeback: rootfs.writeback,
-            held_files: rootfs.held,
+            share: spec.share.clone(),
+            bounding_caps: spec
+                .process
+                .as_ref()
+                .and_then(|p| p.capabilities.as_ref())
+                .map(|c| c.bounding.clone())
+                .unwrap_or_default(),
             debug_console: std::env::var_os("RUNVM_DEBUG_CONSOLE").is_some_and(|v| v != "0"),
             seccomp: std::env::var_os("RUNVM_NO_SECCOMP").is_none_or(|v| v == "0"),
             boot_timeout,
@@ -125,7 +127,10 @@ pub fn prepare(id: &str, bundle: &Path, root: &Path, cgroups: PathSyntax) -> Res
         }
     };
     let run = HostMessage::Run {
-        rootfs: config.rootfs_spec.clone(),
+        rootfs: runvm_protocol::RootfsSpec {
+            readonly: spec.readonly,
+            ..Default::default()
+        },
         hostname: spec.hostname.clone(),
         process,
         linux: spec.linux.clone(),

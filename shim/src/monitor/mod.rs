@@ -37,7 +37,7 @@ use runvm_protocol::{
     write_frame_limited, ExitStatus, FrameError, HostMessage, ProcessId, MAX_HOST_FRAME_LEN,
     PROTOCOL_VERSION,
 };
-use vmm::{DiskConfig, Vmm, VmmError};
+use vmm::{Vmm, VmmError};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::assets::GuestAssets;
@@ -111,7 +111,9 @@ pub enum MonitorError {
     #[error("the VM stopped before the workload's exit status was reported: {0}")]
     GuestDied(#[source] VmGone),
     #[error(transparent)]
-    Binds(#[from] crate::rootfs::binds::BindError),
+    Share(#[from] crate::share::ShareError),
+    #[error(transparent)]
+    Virtiofsd(#[from] crate::share::daemon::DaemonError),
     #[error(transparent)]
     Network(#[from] crate::network::NetworkError),
 }
@@ -123,15 +125,11 @@ pub struct MonitorConfig {
     pub mem_mib: u64,
     /// Private directory for the vsock sockets (removed by the caller).
     pub runtime_dir: PathBuf,
-    pub disks: Vec<DiskConfig>,
-    /// How the guest stacks the disks (sent in `Run`).
-    pub rootfs_spec: runvm_protocol::RootfsSpec,
-    /// Where the guest's changes are written back when the container stops.
-    pub writeback: Option<crate::rootfs::writeback::WritebackTarget>,
-    /// Images the disks name as `/proc/self/fd/N` (and the cache locks): held until exit,
-    /// never read.
-    #[allow(dead_code)]
-    pub held_files: Vec<std::fs::File>,
+    /// What the host shares with the guest (its root filesystem, its binds, its sockets).
+    pub share: crate::share::SharePlan,
+    /// The container's capability bounding set: virtiofsd keeps only those of its own
+    /// capabilities that are in it.
+    pub bounding_caps: Vec<String>,
     pub debug_console: bool,
     pub seccomp: bool,
     pub boot_timeout: Duration,
@@ -291,6 +289,7 @@ fn run_container(
         sigfd: &sigfd,
         api: Some(api),
         state_dir: Some(state_dir),
+        foreground: start.is_none(),
     };
     run_started(cfg, run, stdio, host, start)
 }
@@ -316,6 +315,8 @@ struct HostSide<'a> {
     api: Option<&'a UnixListener>,
     /// Where the started, exited and paused files go (a created container).
     state_dir: Option<&'a Path>,
+    /// `runvm run` in the foreground: its own stderr is where a failed start is told.
+    foreground: bool,
 }
 
 /// The started container: the plumbing, the VM, the conversation with its guest, and the
@@ -343,7 +344,6 @@ fn run_started(
     let io = Io {
         control_listener: &plumbing.control,
         stream_listener: &plumbing.streams,
-        writeback: plumbing.writeback.as_ref().zip(cfg.writeback.as_ref()),
         sigfd: host.sigfd,
         api: host.api,
         state_dir: host.state_dir,
@@ -359,18 +359,19 @@ fn run_started(
             })
         }
     };
-    // Everything the container leaves is on the host now (exit status, output, the
-    // write-back of its writable layer); what the guest would still do after `Shutdown`,
-    // sync a writable layer that dies with this process and reboot, is of no use. Stop
-    // the VM now: its exit then costs no guest CPU time, which twenty guests stopping at
-    // once under emulation did not have within Docker's SIGKILL deadline.
+    // Everything the container leaves is on the host now (exit status, output; its files
+    // were written through the share as it ran); what the guest would still do after
+    // `Shutdown`, sync and reboot, is of no use. Stop the VM now: its exit then costs no
+    // guest CPU time, which twenty guests stopping at once under emulation did not have
+    // within Docker's SIGKILL deadline.
     vm.handle.stop();
     let exit = vm.finish(Duration::from_secs(10)).map_err(Failed::alone)?;
     report_times(cfg, &exit.times);
     match ending {
         Ending::Exited(status) => Ok(status.code()),
         Ending::StartFailed(code, message) => {
-            if host.api.is_none() {
+            if host.foreground {
+                // `runvm run`: nobody else reads the reason.
                 eprintln!("runvm: {message}");
             }
             Ok(code)
@@ -382,11 +383,6 @@ fn run_started(
 pub(crate) struct Io<'a> {
     control_listener: &'a UnixListener,
     stream_listener: &'a UnixListener,
-    /// The guest's write-back connection and where it goes (containers with a writable layer).
-    writeback: Option<(
-        &'a UnixListener,
-        &'a crate::rootfs::writeback::WritebackTarget,
-    )>,
     sigfd: &'a SignalFd,
     api: Option<&'a UnixListener>,
     state_dir: Option<&'a Path>,

@@ -1,17 +1,19 @@
 //! What the monitor sets up when the container starts, just before the VM boots: the
-//! vsock sockets the guest connects to, the bind-mounted files read into `Run` (Docker
-//! writes them after create), the container's network mirrored into the guest with a
-//! DNS relay for its loopback nameservers, and the [`VmConfig`] of the VM.
+//! vsock sockets the guest connects to, virtiofsd serving the container's share (its root
+//! filesystem and binds) with the relays of its bind-mounted sockets, the container's
+//! network mirrored into the guest with a DNS relay for its loopback nameservers, and the
+//! [`VmConfig`] of the VM.
 
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 
 use runvm_protocol::{
-    HostMessage, NetworkSpec, CONTROL_PORT, DNS_PORT, STREAM_PORT, WRITEBACK_PORT,
+    HostMessage, NetworkSpec, CONTROL_PORT, DNS_PORT, SHARE_TAG, SOCKET_PORT, STREAM_PORT,
 };
-use vmm::{NetConfig, VmConfig, VsockConfig};
+use vmm::{FsConfig, NetConfig, VmConfig, VsockConfig};
 
 use crate::network::Mirror;
+use crate::share::daemon::Virtiofsd;
 use crate::sockpath::SocketDir;
 
 use super::{network_record, MonitorConfig, MonitorError, GUEST_CID};
@@ -25,10 +27,10 @@ pub(super) struct Plumbing {
     pub(super) control: UnixListener,
     /// [`STREAM_PORT`]: the stdio streams of the guest's processes.
     pub(super) streams: UnixListener,
-    /// [`WRITEBACK_PORT`], for a container with a writable layer.
-    pub(super) writeback: Option<UnixListener>,
     /// The TAPs and tc rules of the mirrored network, undone when dropped.
     _mirror: Mirror,
+    /// virtiofsd, killed when dropped (after the VM, which is its only client).
+    _virtiofsd: Virtiofsd,
 }
 
 impl Plumbing {
@@ -47,13 +49,20 @@ impl Plumbing {
         let port_path = |port: u32| PathBuf::from(format!("{}_{port}", uds.display()));
         let control = UnixListener::bind(port_path(CONTROL_PORT)).map_err(setup)?;
         let streams = UnixListener::bind(port_path(STREAM_PORT)).map_err(setup)?;
-        let writeback = match cfg.writeback {
-            Some(_) => Some(UnixListener::bind(port_path(WRITEBACK_PORT)).map_err(setup)?),
-            None => None,
-        };
-        // Bind-mounted files are read now, at start: Docker writes them after create.
-        if let HostMessage::Run { mounts, .. } = run {
-            crate::rootfs::binds::load_files(mounts)?;
+        // The share: the sources as they are now (Docker and Podman make some between
+        // create and start), served by virtiofsd, and the relays of bind-mounted sockets.
+        cfg.share.recheck()?;
+        let virtiofsd = Virtiofsd::start(
+            &cfg.assets.virtiofsd,
+            &cfg.share,
+            &cfg.runtime_dir.join("share"),
+            sockets.path("virtiofs.sock"),
+            &cfg.bounding_caps,
+        )?;
+        if !cfg.share.sockets.is_empty() {
+            let relay_listener = UnixListener::bind(port_path(SOCKET_PORT)).map_err(setup)?;
+            crate::share::relay::serve(relay_listener, cfg.share.sockets.clone())
+                .map_err(setup)?;
         }
 
         // The network namespace is as Docker left it: mirror it into the guest.
@@ -74,34 +83,42 @@ impl Plumbing {
                 dns_forward,
             };
         }
-        let vm = vm_config(cfg, uds, nics);
+        let vm = vm_config(cfg, uds, nics, virtiofsd.socket.clone());
         let plumbing = Self {
             _sockets: sockets,
             control,
             streams,
-            writeback,
             _mirror: mirror,
+            _virtiofsd: virtiofsd,
         };
         Ok((plumbing, vm))
     }
 }
 
-/// The VM of the container: the guest assets, its disks, the vsock device behind
-/// `vsock_path`, its NICs.
-fn vm_config(cfg: &MonitorConfig, vsock_path: PathBuf, nics: Vec<NetConfig>) -> VmConfig {
+/// The VM of the container: the guest assets, the vsock device behind `vsock_path`, its
+/// NICs, and its share served on `share_socket`.
+fn vm_config(
+    cfg: &MonitorConfig,
+    vsock_path: PathBuf,
+    nics: Vec<NetConfig>,
+    share_socket: PathBuf,
+) -> VmConfig {
     VmConfig {
         vcpus: cfg.vcpus,
         mem_mib: cfg.mem_mib,
         kernel: cfg.assets.kernel.clone(),
         initramfs: Some(cfg.assets.initramfs.clone()),
         cmdline: kernel_cmdline(cfg),
-        disks: cfg.disks.clone(),
+        disks: Vec::new(),
         vsock: Some(VsockConfig {
             guest_cid: GUEST_CID,
             uds_path: vsock_path,
         }),
         nics,
-        fs: Vec::new(),
+        fs: vec![FsConfig {
+            tag: SHARE_TAG.into(),
+            socket: share_socket,
+        }],
         serial: cfg
             .debug_console
             .then(|| Box::new(std::io::stderr()) as Box<dyn std::io::Write + Send>),

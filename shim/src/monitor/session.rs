@@ -205,13 +205,6 @@ impl<'a> Session<'a> {
                 p.end();
             }
         }
-        // The guest sends its writable layer's changes after the main process exited:
-        // apply them before the monitor exits (Docker reads the upperdir once it is gone).
-        if let (Some(Ending::Exited(_)), Some((listener, target))) =
-            (&self.main_ending, self.io.writeback)
-        {
-            target.receive(listener, self.vm_done);
-        }
         let _ = self.send(&HostMessage::Shutdown);
         Ok(self
             .main_ending

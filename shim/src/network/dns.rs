@@ -13,8 +13,6 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use runvm_protocol::{read_frame, DnsRelayHeader};
@@ -50,32 +48,7 @@ pub fn loopback_nameservers_in(path: &Path) -> Vec<String> {
 /// Serves relay connections from the guest on `listener` (the vsock Unix socket of
 /// [`runvm_protocol::DNS_PORT`]) on a thread of its own, for as long as the monitor lives.
 pub fn serve(listener: UnixListener) -> std::io::Result<()> {
-    let active = Arc::new(AtomicUsize::new(0));
-    std::thread::Builder::new()
-        .name("runvm-dns".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
-                if active.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
-                    active.fetch_sub(1, Ordering::SeqCst);
-                    log::debug!("dns relay: too many clients; one refused");
-                    continue;
-                }
-                let a = active.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("runvm-dns-client".into())
-                    .spawn(move || {
-                        if let Err(e) = relay(conn) {
-                            log::debug!("dns relay: {e}");
-                        }
-                        a.fetch_sub(1, Ordering::SeqCst);
-                    });
-                if spawned.is_err() {
-                    active.fetch_sub(1, Ordering::SeqCst);
-                }
-            }
-        })?;
-    Ok(())
+    crate::vsock_service::serve(listener, "dns", MAX_CLIENTS, relay)
 }
 
 fn relay(mut conn: UnixStream) -> Result<(), String> {
@@ -141,19 +114,7 @@ fn relay_tcp(conn: UnixStream, server: SocketAddr) -> Result<(), String> {
         .map_err(|e| format!("{server}: {e}"))?;
     tcp.set_read_timeout(Some(IDLE_TIMEOUT))
         .map_err(|e| e.to_string())?;
-    let (mut up_r, mut up_w) = (
-        conn.try_clone().map_err(|e| e.to_string())?,
-        tcp.try_clone().map_err(|e| e.to_string())?,
-    );
-    let up = std::thread::spawn(move || {
-        let _ = std::io::copy(&mut up_r, &mut up_w);
-        let _ = up_w.shutdown(std::net::Shutdown::Write);
-    });
-    let (mut down_r, mut down_w) = (tcp, conn);
-    let _ = std::io::copy(&mut down_r, &mut down_w);
-    let _ = down_w.shutdown(std::net::Shutdown::Write);
-    let _ = up.join();
-    Ok(())
+    crate::vsock_service::splice(conn, tcp).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

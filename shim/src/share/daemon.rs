@@ -1,0 +1,332 @@
+//! virtiofsd for one container: started by the monitor at `start`, just before the VM is
+//! built (the VMM connects to it then), in a mount namespace of its own where the share's
+//! directory is staged, and ended with the monitor on every path.
+//!
+//! Staging happens in the child between `fork` and `exec` (async-signal-safe system calls
+//! only, every path prepared before): a new mount namespace with everything private, a
+//! small tmpfs on the share directory (`<runtime>/share`, empty on the host), one
+//! bind mount per [`Entry`] in it (recursive for `rbind`), read-only ones made read-only
+//! recursively with `mount_setattr`, and the tmpfs itself made read-only, so that the
+//! guest cannot add entries at the top of its share. Nothing is mounted on the host, so
+//! nothing is left to unmount: the namespace goes with the daemon.
+//!
+//! virtiofsd then sandboxes itself (its own namespaces and `pivot_root` into the share,
+//! seccomp `kill`), keeps only the capabilities the container has of those it uses, and
+//! serves exactly one connection, the VMM's: it exits when the VMM closes it. The monitor
+//! also kills it when it ends (and the kernel does, `PR_SET_PDEATHSIG`, if the monitor is
+//! SIGKILLed).
+
+use std::ffi::CString;
+use std::io::{BufRead, BufReader};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use super::{Entry, EntryKind, SharePlan};
+
+/// Capabilities virtiofsd keeps by default that bound what the guest can do to host
+/// files, with the container capability each stands for.
+const BOUNDED_CAPS: &[(&str, &str)] = &[
+    ("CAP_CHOWN", "chown"),
+    ("CAP_DAC_OVERRIDE", "dac_override"),
+    ("CAP_FOWNER", "fowner"),
+    ("CAP_FSETID", "fsetid"),
+    ("CAP_MKNOD", "mknod"),
+    ("CAP_SETFCAP", "setfcap"),
+];
+
+/// Open files virtiofsd may hold: it keeps one per inode the guest looked up where the
+/// file system cannot give file handles (overlayfs without `nfs_export`).
+const RLIMIT_NOFILE: u64 = 1 << 19;
+
+/// Errors starting virtiofsd.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot create the virtio-fs socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot create the share directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("a share path contains a NUL byte: {0}")]
+    Nul(PathBuf),
+    #[error("cannot start virtiofsd ({program}) with the container's share staged in its mount namespace (binds of {sources}): {source}")]
+    Spawn {
+        program: PathBuf,
+        sources: String,
+        source: std::io::Error,
+    },
+}
+
+/// A running virtiofsd, killed and reaped when dropped.
+pub struct Virtiofsd {
+    child: Child,
+    /// Where the VMM connects.
+    pub socket: PathBuf,
+}
+
+/// The `--modcaps` words that drop what the container lacks (`None` if it lacks nothing).
+pub fn modcaps(bounding: &[String]) -> Option<String> {
+    let dropped: Vec<String> = BOUNDED_CAPS
+        .iter()
+        .filter(|(cap, _)| !bounding.iter().any(|b| b == cap))
+        .map(|(_, word)| format!("-{word}"))
+        .collect();
+    (!dropped.is_empty()).then(|| format!("--modcaps={}", dropped.join(":")))
+}
+
+/// One staging step, prepared before `fork` (no allocation after it).
+struct Stage {
+    target: CString,
+    source: CString,
+    dir: bool,
+    readonly: bool,
+    recursive: bool,
+}
+
+fn cstring(p: &Path) -> Result<CString, DaemonError> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| DaemonError::Nul(p.to_path_buf()))
+}
+
+impl Virtiofsd {
+    /// Starts virtiofsd serving `plan` (staged at `share_dir`, which must not exist yet)
+    /// on a listening socket bound at `socket` (a path from [`crate::sockpath::SocketDir`]),
+    /// keeping those of its capabilities that are in the container's `bounding` set.
+    pub fn start(
+        program: &Path,
+        plan: &SharePlan,
+        share_dir: &Path,
+        socket: PathBuf,
+        bounding: &[String],
+    ) -> Result<Virtiofsd, DaemonError> {
+        std::fs::create_dir(share_dir).map_err(|source| DaemonError::Dir {
+            path: share_dir.to_path_buf(),
+            source,
+        })?;
+        let listener = UnixListener::bind(&socket).map_err(|source| DaemonError::Socket {
+            path: socket.clone(),
+            source,
+        })?;
+        let stages = plan
+            .entries
+            .iter()
+            .map(|e: &Entry| {
+                Ok(Stage {
+                    target: cstring(&share_dir.join(&e.name))?,
+                    source: cstring(&e.source)?,
+                    dir: e.kind == EntryKind::Dir,
+                    readonly: e.readonly,
+                    recursive: e.recursive,
+                })
+            })
+            .collect::<Result<Vec<_>, DaemonError>>()?;
+        let share = cstring(share_dir)?;
+
+        let mut cmd = Command::new(program);
+        cmd.args(["--fd", "3", "--shared-dir"])
+            .arg(share_dir)
+            .args([
+                "--sandbox",
+                "namespace",
+                "--seccomp",
+                "kill",
+                "--cache",
+                "auto",
+                "--xattr",
+                "--announce-submounts",
+                "--log-level",
+                "error",
+            ])
+            .arg(format!("--rlimit-nofile={RLIMIT_NOFILE}"));
+        if let Some(m) = modcaps(bounding) {
+            cmd.arg(m);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let listen_fd = listener.as_raw_fd();
+        // SAFETY: the closure runs in the child between fork and exec and makes only
+        // async-signal-safe system calls on data prepared before the fork (no allocation);
+        // it touches nothing of the parent's.
+        unsafe {
+            cmd.pre_exec(move || stage_in_child(listen_fd, &share, &stages));
+        }
+        let sources = plan
+            .entries
+            .iter()
+            .map(|e| e.source.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut child = cmd.spawn().map_err(|source| DaemonError::Spawn {
+            program: program.to_path_buf(),
+            sources,
+            source,
+        })?;
+        drop(listener);
+        if let Some(err) = child.stderr.take() {
+            // virtiofsd's own messages go to runvm's log, never to the container's stderr.
+            let spawned = std::thread::Builder::new()
+                .name("runvm-virtiofsd-log".into())
+                .spawn(move || {
+                    for line in BufReader::new(err).lines().map_while(Result::ok).take(1000) {
+                        log::warn!("virtiofsd: {line}");
+                    }
+                });
+            if let Err(e) = spawned {
+                log::warn!("cannot read virtiofsd's messages: {e}");
+            }
+        }
+        Ok(Virtiofsd { child, socket })
+    }
+}
+
+impl Drop for Virtiofsd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `struct mount_attr` (linux/mount.h).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// In the child: dies with the monitor, takes the listening socket as fd 3, and stages
+/// the share in a mount namespace of its own.
+fn stage_in_child(listen_fd: i32, share: &CString, stages: &[Stage]) -> std::io::Result<()> {
+    let check = |r: libc::c_long| {
+        if r < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    // SAFETY (for every call below): plain system calls with NUL-terminated strings and
+    // a `MountAttr` that live in the parent's prepared data or on this stack.
+    unsafe {
+        check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL).into())?;
+        // dup2 clears close-on-exec on the copy.
+        check(libc::dup2(listen_fd, 3).into())?;
+        check(libc::unshare(libc::CLONE_NEWNS).into())?;
+        check(
+            libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            )
+            .into(),
+        )?;
+        check(
+            libc::mount(
+                c"runvm-share".as_ptr(),
+                share.as_ptr(),
+                c"tmpfs".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                c"mode=0755,size=64k,nr_inodes=4096".as_ptr().cast(),
+            )
+            .into(),
+        )?;
+        for s in stages {
+            if s.dir {
+                check(libc::mkdir(s.target.as_ptr(), 0o755).into())?;
+            } else {
+                let fd = libc::open(
+                    s.target.as_ptr(),
+                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
+                    0o644,
+                );
+                check(fd.into())?;
+                libc::close(fd);
+            }
+            let flags = libc::MS_BIND | if s.recursive { libc::MS_REC } else { 0 };
+            check(
+                libc::mount(
+                    s.source.as_ptr(),
+                    s.target.as_ptr(),
+                    std::ptr::null(),
+                    flags,
+                    std::ptr::null(),
+                )
+                .into(),
+            )?;
+            if s.readonly {
+                let attr = MountAttr {
+                    attr_set: libc::MOUNT_ATTR_RDONLY,
+                    attr_clr: 0,
+                    propagation: 0,
+                    userns_fd: 0,
+                };
+                let at = libc::AT_SYMLINK_NOFOLLOW | if s.recursive { libc::AT_RECURSIVE } else { 0 };
+                check(libc::syscall(
+                    libc::SYS_mount_setattr,
+                    libc::AT_FDCWD,
+                    s.target.as_ptr(),
+                    at,
+                    &attr as *const MountAttr,
+                    std::mem::size_of::<MountAttr>(),
+                ))?;
+            }
+        }
+        check(
+            libc::mount(
+                std::ptr::null(),
+                share.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                std::ptr::null(),
+            )
+            .into(),
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn virtiofsd_keeps_only_the_containers_file_capabilities() {
+        let caps = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // Docker's default set has them all.
+        let docker = caps(&[
+            "CAP_CHOWN",
+            "CAP_DAC_OVERRIDE",
+            "CAP_FSETID",
+            "CAP_FOWNER",
+            "CAP_MKNOD",
+            "CAP_NET_RAW",
+            "CAP_SETGID",
+            "CAP_SETUID",
+            "CAP_SETFCAP",
+            "CAP_SETPCAP",
+            "CAP_NET_BIND_SERVICE",
+            "CAP_SYS_CHROOT",
+            "CAP_KILL",
+            "CAP_AUDIT_WRITE",
+        ]);
+        assert_eq!(modcaps(&docker), None);
+        assert_eq!(
+            modcaps(&caps(&["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_SETFCAP"])),
+            Some("--modcaps=-fsetid:-mknod".into())
+        );
+        assert_eq!(
+            modcaps(&[]),
+            Some("--modcaps=-chown:-dac_override:-fowner:-fsetid:-mknod:-setfcap".into())
+        );
+    }
+}

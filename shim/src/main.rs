@@ -9,6 +9,7 @@ mod container;
 mod hooks;
 mod host_process;
 mod id;
+mod in_root;
 mod logging;
 mod monitor;
 mod mountinfo;

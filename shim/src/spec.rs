@@ -35,7 +35,7 @@ pub struct ContainerSpec {
     pub network: crate::network::NetworkMode,
     /// The container's `resolv.conf` on the host (the source of Docker's bind mount of
     /// `/etc/resolv.conf`, else the root filesystem's), for the DNS forwarder.
-    pub resolv_conf: PathBuf,
+    pub resolv_conf: crate::in_root::InRoot,
     /// `annotations`, for the state and the hooks.
     pub annotations: std::collections::HashMap<String, String>,
     /// `hooks`, already checked (absolute paths, positive timeouts).
@@ -136,7 +136,17 @@ impl ContainerSpec {
             .filter(|m| m.destination() == Path::new("/etc/resolv.conf"))
             .filter_map(|m| m.source().clone())
             .next_back()
-            .unwrap_or_else(|| rootfs.join("etc/resolv.conf"));
+            .and_then(|source| {
+                let name = source.file_name()?.to_string_lossy().into_owned();
+                Some(crate::in_root::InRoot {
+                    root: source.parent()?.to_path_buf(),
+                    path: name,
+                })
+            })
+            .unwrap_or_else(|| crate::in_root::InRoot {
+                root: rootfs.clone(),
+                path: "/etc/resolv.conf".into(),
+            });
         if let Some(h) = spec.hooks() {
             crate::hooks::validate(h).map_err(invalid)?;
         }
@@ -538,7 +548,11 @@ mod tests {
         assert_eq!(m[1].options[4], "size=65536k");
         // A file bind is shared live: the first entry of the share after the root.
         assert_eq!(
-            (m[2].fstype.as_str(), m[2].source.as_str(), m[2].share.as_deref()),
+            (
+                m[2].fstype.as_str(),
+                m[2].source.as_str(),
+                m[2].share.as_deref()
+            ),
             ("bind", "/etc/hostname", Some("m0"))
         );
 

@@ -79,10 +79,16 @@ pub fn prepare(id: &str, bundle: &Path, root: &Path, cgroups: PathSyntax) -> Res
         crate::cgroup::vm_memory_mib(env_num("RUNVM_MEM_MIB", 256)?, &spec.linux.resources);
     let boot_timeout = settings::boot_timeout()?;
 
-    std::fs::create_dir_all(root)
+    // State is root's alone (0700, as runc makes its root): it names the container's
+    // sockets, its pid and its bundle.
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(root)
         .with_context(|| format!("cannot create state root {}", root.display()))?;
     let dir = root.join(id);
-    match std::fs::create_dir(&dir) {
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             bail!("container with id {id:?} already exists")

@@ -52,9 +52,12 @@ pub fn ps(root: &Path, args: &liboci_cli::Ps) -> Result<i32> {
     }
 }
 
-/// uid → name from the container's `/etc/passwd` on the host (its root filesystem).
+/// uid → name from the container's `/etc/passwd` on the host (its root filesystem, read
+/// as the guest left it: inside the root, a regular file of at most 1 MiB).
 fn users(state: &ContainerState) -> Vec<(u32, String)> {
-    let text = std::fs::read_to_string(state.rootfs.join("etc/passwd")).unwrap_or_default();
+    let text = crate::in_root::read(&state.rootfs, "/etc/passwd", 1 << 20)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     text.lines()
         .filter_map(|l| {
             let mut f = l.split(':');

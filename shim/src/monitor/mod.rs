@@ -136,7 +136,7 @@ pub struct MonitorConfig {
     pub timings_file: Option<PathBuf>,
     /// The container's `resolv.conf` on the host: its loopback nameservers get a DNS
     /// forwarder in the guest.
-    pub resolv_conf: PathBuf,
+    pub resolv_conf: crate::in_root::InRoot,
     /// Words appended to the guest kernel's command line (`RUNVM_KERNEL_CMDLINE_APPEND`).
     pub cmdline_append: Option<String>,
     /// Called once, on the monitor's thread, when the container's process has started

@@ -61,8 +61,7 @@ impl Plumbing {
         )?;
         if !cfg.share.sockets.is_empty() {
             let relay_listener = UnixListener::bind(port_path(SOCKET_PORT)).map_err(setup)?;
-            crate::share::relay::serve(relay_listener, cfg.share.sockets.clone())
-                .map_err(setup)?;
+            crate::share::relay::serve(relay_listener, cfg.share.sockets.clone()).map_err(setup)?;
         }
 
         // The network namespace is as Docker left it: mirror it into the guest.

@@ -12,7 +12,6 @@
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
 use std::time::Duration;
 
 use runvm_protocol::{read_frame, DnsRelayHeader};
@@ -38,10 +37,12 @@ pub fn loopback_nameservers(resolv_conf: &str) -> Vec<String> {
         .collect()
 }
 
-/// The loopback nameservers of the `resolv.conf` at `path` (none if it cannot be read).
-pub fn loopback_nameservers_in(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .map(|t| loopback_nameservers(&t))
+/// The loopback nameservers of the container's `resolv.conf` (none if it cannot be read:
+/// read inside its directory, a regular file of at most 64 KiB, as the guest may have
+/// written it through the share).
+pub fn loopback_nameservers_in(file: &crate::in_root::InRoot) -> Vec<String> {
+    file.read(64 << 10)
+        .map(|t| loopback_nameservers(&String::from_utf8_lossy(&t)))
         .unwrap_or_default()
 }
 

@@ -270,7 +270,8 @@ fn stage_in_child(listen_fd: i32, share: &CString, stages: &[Stage]) -> std::io:
                     propagation: 0,
                     userns_fd: 0,
                 };
-                let at = libc::AT_SYMLINK_NOFOLLOW | if s.recursive { libc::AT_RECURSIVE } else { 0 };
+                let at =
+                    libc::AT_SYMLINK_NOFOLLOW | if s.recursive { libc::AT_RECURSIVE } else { 0 };
                 check(libc::syscall(
                     libc::SYS_mount_setattr,
                     libc::AT_FDCWD,
@@ -286,7 +287,11 @@ fn stage_in_child(listen_fd: i32, share: &CString, stages: &[Stage]) -> std::io:
                 std::ptr::null(),
                 share.as_ptr(),
                 std::ptr::null(),
-                libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                libc::MS_REMOUNT
+                    | libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV
+                    | libc::MS_NOEXEC,
                 std::ptr::null(),
             )
             .into(),
@@ -321,7 +326,12 @@ mod tests {
         ]);
         assert_eq!(modcaps(&docker), None);
         assert_eq!(
-            modcaps(&caps(&["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_SETFCAP"])),
+            modcaps(&caps(&[
+                "CAP_CHOWN",
+                "CAP_DAC_OVERRIDE",
+                "CAP_FOWNER",
+                "CAP_SETFCAP"
+            ])),
             Some("--modcaps=-fsetid:-mknod".into())
         );
         assert_eq!(

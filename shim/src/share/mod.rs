@@ -266,16 +266,29 @@ mod tests {
         assert_eq!(plan.entries[0].name, "root");
         assert!(plan.entries[0].readonly && plan.entries[0].recursive);
         let e = &plan.entries[1];
-        assert_eq!((e.kind, e.readonly, e.recursive), (EntryKind::Dir, true, true));
+        assert_eq!(
+            (e.kind, e.readonly, e.recursive),
+            (EntryKind::Dir, true, true)
+        );
         let e = &plan.entries[2];
-        assert_eq!((e.kind, e.readonly, e.recursive), (EntryKind::File, false, false));
+        assert_eq!(
+            (e.kind, e.readonly, e.recursive),
+            (EntryKind::File, false, false)
+        );
         // The last of ro/rw wins, as in runc.
         assert!(!plan.entries[3].readonly);
         assert_eq!(plan.sockets, vec![sock.clone()]);
         plan.recheck().unwrap_err(); // /root/fs does not exist
-        let e = bind_mount("/dev/null", "/dev/null", &[]).unwrap_err().to_string();
-        assert!(e.contains("character device") && e.contains("/dev/null"), "{e}");
-        let e = bind_mount("/x", "/no/such/dir", &[]).unwrap_err().to_string();
+        let e = bind_mount("/dev/null", "/dev/null", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("character device") && e.contains("/dev/null"),
+            "{e}"
+        );
+        let e = bind_mount("/x", "/no/such/dir", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/x") && e.contains("/no/such/dir"), "{e}");
     }
 

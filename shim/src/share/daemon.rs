@@ -213,8 +213,8 @@ fn stage_in_child(listen_fd: i32, share: &CString, stages: &[Stage]) -> std::io:
             Ok(())
         }
     };
-    // SAFETY (for every call below): plain system calls with NUL-terminated strings and
-    // a `MountAttr` that live in the parent's prepared data or on this stack.
+    // SAFETY: plain system calls with NUL-terminated strings and a `MountAttr` that live
+    // in the parent's prepared data or on this stack, in a child that is about to exec.
     unsafe {
         check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL).into())?;
         // dup2 clears close-on-exec on the copy.

@@ -1,96 +1,101 @@
-//! File bind mounts, copied in: the host sends each bind-mounted file's content in `Run`
-//! ([`MountSpec::file`]); the workload's child writes it under init's `/run/binds/`, takes
-//! a detached bind mount of it (`open_tree(OPEN_TREE_CLONE)`) while init's `/run` is still
-//! visible, and after the root switch attaches it on the destination in the order of the
-//! spec's mounts (`move_mount`), remounted read-only for `ro`. The copy is private to the
-//! guest: writes to it never reach the host.
+//! The container's bind mounts: a host file or directory is an entry of the container's
+//! share ([`MountSpec::share`], live both ways), a host UNIX socket is the listening
+//! socket of one of init's relays ([`MountSpec::relay`], see `socket_relay`).
+//!
+//! The workload's child takes a detached copy of each source (`open_tree`, recursive for
+//! `rbind`) while init's `/run` is still visible ([`prepare`]); after the root switch it
+//! makes the mount point inside the container's root as runc does (`in_root`), attaches
+//! the copy there in the order of the spec's mounts, and applies the option words: `ro`,
+//! `nosuid`, `nodev`, `noexec` and the access-time words (to every mount of the copy for
+//! `rbind`), then the propagation words one by one ([`Prepared::attach`]).
 
 use crate::error::{Context, Error, Result};
-use crate::mount_options;
+use crate::in_root::{self, Kind};
+use crate::mount_api::{self, MountAttr};
+use crate::mount_options::{self, MountOptions};
+use crate::mounts::{self, Paths};
 use nix::mount::MsFlags;
 use runvm_protocol::MountSpec;
-use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
-// From <linux/mount.h> (not in the libc crate).
-const OPEN_TREE_CLONE: libc::c_uint = 1;
-const OPEN_TREE_CLOEXEC: libc::c_uint = libc::O_CLOEXEC as libc::c_uint;
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x04;
-const MOVE_MOUNT_T_SYMLINKS: libc::c_uint = 0x10;
-
-/// Detached bind mounts of the copied-in files, by index in the spec's mounts.
-#[derive(Default)]
-pub struct Prepared {
-    trees: Vec<Option<OwnedFd>>,
+/// A detached copy of one bind mount's source.
+struct Tree {
+    fd: OwnedFd,
+    kind: Kind,
+    recursive: bool,
 }
 
-/// Writes the content of every file bind in `mounts` under `run/binds/` and takes a
-/// detached bind mount of each. Runs in the workload's child, before the root switch.
-pub fn prepare(mounts: &[MountSpec], run: &Path) -> Result<Prepared> {
+/// Detached copies of the bind mounts' sources, by index in the spec's mounts.
+#[derive(Default)]
+pub struct Prepared {
+    trees: Vec<Option<Tree>>,
+}
+
+/// Takes a detached copy of the source of every bind mount in `mounts`: its entry in the
+/// share, or its relay's socket. Runs in the workload's child, before the root switch.
+pub fn prepare(mounts: &[MountSpec], paths: &Paths) -> Result<Prepared> {
     let mut trees = Vec::with_capacity(mounts.len());
-    for (i, m) in mounts.iter().enumerate() {
+    for m in mounts {
         if m.fstype != "bind" {
             trees.push(None);
             continue;
         }
-        let Some(file) = &m.file else {
-            return Err(Error::new(format!(
-                "mount on {}: the host sent no content for this file bind mount",
-                m.destination
-            )));
+        let recursive = mount_options::parse(&m.options)
+            .flags
+            .contains(MsFlags::MS_REC);
+        let source = match (&m.share, m.relay) {
+            (Some(name), None) => paths
+                .share()
+                .join(mounts::single_component("share entry", name)?),
+            (None, Some(relay)) => paths.relay_socket(relay),
+            _ => {
+                return Err(Error::new(format!(
+                    "bind mount on {}: the host must give either a share entry or a socket \
+                     relay for it",
+                    m.destination
+                )))
+            }
         };
-        let dir = run.join("binds");
-        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-        let path = dir.join(i.to_string());
-        std::fs::write(&path, &file.data).with_context(|| format!("write {}", path.display()))?;
-        nix::unistd::chown(
-            &path,
-            Some(nix::unistd::Uid::from_raw(file.uid)),
-            Some(nix::unistd::Gid::from_raw(file.gid)),
-        )
-        .with_context(|| format!("chown {}", path.display()))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(file.mode & 0o7777))
-            .with_context(|| format!("chmod {}", path.display()))?;
-        trees.push(Some(open_tree(&path)?));
+        trees.push(Some(clone_source(&source, recursive, &m.destination)?));
     }
     Ok(Prepared { trees })
 }
 
-fn cstring(p: &Path) -> Result<CString> {
-    CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| Error::new(format!("path {} has a NUL byte", p.display())))
-}
-
-/// A detached bind mount of `path`.
-fn open_tree(path: &Path) -> Result<OwnedFd> {
-    let c = cstring(path)?;
-    // SAFETY: open_tree reads the NUL-terminated path and returns a new descriptor or -1.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC,
+fn clone_source(source: &Path, recursive: bool, destination: &str) -> Result<Tree> {
+    let fd = mount_api::clone_tree(source, recursive).with_context(|| {
+        format!(
+            "bind mount on {destination}: take its source {}",
+            source.display()
         )
+    })?;
+    let kind = match mount_api::file_type(&fd) {
+        Ok(libc::S_IFDIR) => Kind::Dir,
+        Ok(libc::S_IFLNK) => {
+            return Err(Error::new(format!(
+                "bind mount on {destination}: its source {} is a symlink",
+                source.display()
+            )))
+        }
+        Ok(_) => Kind::NonDir,
+        Err(e) => {
+            return Err(Error::new(format!(
+                "bind mount on {destination}: stat {}: {e}",
+                source.display()
+            )))
+        }
     };
-    if fd < 0 {
-        return Err(Error::new(format!(
-            "open_tree {}: {}",
-            path.display(),
-            nix::errno::Errno::last()
-        )));
-    }
-    // SAFETY: the kernel just returned this descriptor; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    Ok(Tree {
+        fd,
+        kind,
+        recursive,
+    })
 }
 
 impl Prepared {
-    /// Attaches the copy of mount `index` (`m`) on its destination, inside the container's
-    /// root: the destination file is created if missing (as runc creates mount points),
-    /// symlinks on the way are followed within the root.
+    /// Attaches the copy of mount `index` (`m`) on its destination inside the container's
+    /// root (the caller's `/`), making the mount point if it is missing, then applies its
+    /// options.
     pub fn attach(&mut self, index: usize, m: &MountSpec) -> Result<()> {
         let tree = self
             .trees
@@ -98,71 +103,103 @@ impl Prepared {
             .and_then(Option::take)
             .ok_or_else(|| {
                 Error::new(format!(
-                    "mount on {}: file bind was not prepared",
+                    "mount on {}: bind mount was not prepared",
                     m.destination
                 ))
             })?;
-        let dest = Path::new(&m.destination);
-        if !dest.is_absolute() {
-            return Err(Error::new(format!(
-                "mount destination {:?} must be an absolute path",
-                m.destination
-            )));
-        }
-        match std::fs::metadata(dest) {
-            Ok(md) if md.is_dir() => {
-                return Err(Error::new(format!(
-                    "mount on {}: cannot bind a file on a directory",
-                    m.destination
-                )))
-            }
-            Ok(_) => {}
-            Err(_) => {
-                if let Some(parent) = dest.parent() {
-                    std::fs::create_dir_all(parent)
-                        .with_context(|| format!("create {}", parent.display()))?;
-                }
-                // Through a dangling symlink this creates its target, as runc does.
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(dest)
-                    .with_context(|| format!("create the mount point {}", dest.display()))?;
-            }
-        }
-        let c = cstring(dest)?;
-        // SAFETY: move_mount reads the NUL-terminated paths ("" and `c`) and two fds.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_move_mount,
-                tree.as_raw_fd(),
-                c"".as_ptr(),
-                libc::AT_FDCWD,
-                c.as_ptr(),
-                MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_SYMLINKS,
-            )
-        };
-        if rc != 0 {
-            return Err(Error::new(format!(
-                "mount on {}: move_mount: {}",
-                m.destination,
-                nix::errno::Errno::last()
-            )));
-        }
+        let root = std::fs::File::open("/").context("open the container's root")?;
+        let target = in_root::mount_point(root.as_fd(), &m.destination, tree.kind)?;
+        mount_api::attach_tree(tree.fd.as_fd(), target.as_fd())
+            .with_context(|| format!("bind mount on {}", m.destination))?;
         let opts = mount_options::parse(&m.options);
-        let keep = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-        let flags = opts.flags & keep;
-        if !flags.is_empty() {
-            nix::mount::mount(
-                None::<&str>,
-                dest,
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
-                None::<&str>,
-            )
-            .with_context(|| format!("remount {} with {:?}", m.destination, m.options))?;
+        let attr = flag_attrs(&opts);
+        if attr.attr_set != 0 || attr.attr_clr != 0 {
+            mount_api::set_attr_fd(tree.fd.as_fd(), tree.recursive, &attr).with_context(|| {
+                format!("bind mount on {}: apply {:?}", m.destination, m.options)
+            })?;
+        }
+        for propagation in &opts.propagation {
+            let attr = MountAttr {
+                propagation: (*propagation - MsFlags::MS_REC).bits(),
+                ..Default::default()
+            };
+            let recursive = propagation.contains(MsFlags::MS_REC);
+            mount_api::set_attr_fd(tree.fd.as_fd(), recursive, &attr).with_context(|| {
+                format!(
+                    "bind mount on {}: set propagation {:?}",
+                    m.destination, m.options
+                )
+            })?;
         }
         Ok(())
+    }
+}
+
+/// The mount attributes the option words of a bind mount ask for. Flags it does not name
+/// stay as the source has them (an `rw` bind of a read-only source stays read-only).
+fn flag_attrs(opts: &MountOptions) -> MountAttr {
+    let mut attr = MountAttr::default();
+    for (flag, bit) in [
+        (MsFlags::MS_RDONLY, mount_api::MOUNT_ATTR_RDONLY),
+        (MsFlags::MS_NOSUID, mount_api::MOUNT_ATTR_NOSUID),
+        (MsFlags::MS_NODEV, mount_api::MOUNT_ATTR_NODEV),
+        (MsFlags::MS_NOEXEC, mount_api::MOUNT_ATTR_NOEXEC),
+        (MsFlags::MS_NODIRATIME, mount_api::MOUNT_ATTR_NODIRATIME),
+    ] {
+        if opts.flags.contains(flag) {
+            attr.attr_set |= bit;
+        }
+    }
+    // One access-time mode: strictatime before noatime before relatime.
+    let atime = if opts.flags.contains(MsFlags::MS_STRICTATIME) {
+        Some(mount_api::MOUNT_ATTR_STRICTATIME)
+    } else if opts.flags.contains(MsFlags::MS_NOATIME) {
+        Some(mount_api::MOUNT_ATTR_NOATIME)
+    } else if opts.flags.contains(MsFlags::MS_RELATIME) {
+        Some(mount_api::MOUNT_ATTR_RELATIME)
+    } else {
+        None
+    };
+    if let Some(mode) = atime {
+        attr.attr_clr |= mount_api::MOUNT_ATTR_ATIME;
+        attr.attr_set |= mode;
+    }
+    attr
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(s: &str) -> Vec<String> {
+        s.split(',').map(String::from).collect()
+    }
+
+    #[test]
+    fn option_words_become_mount_attributes() {
+        let a = flag_attrs(&mount_options::parse(&words(
+            "rbind,ro,nosuid,nodev,noexec",
+        )));
+        assert_eq!(
+            a,
+            MountAttr {
+                attr_set: mount_api::MOUNT_ATTR_RDONLY
+                    | mount_api::MOUNT_ATTR_NOSUID
+                    | mount_api::MOUNT_ATTR_NODEV
+                    | mount_api::MOUNT_ATTR_NOEXEC,
+                ..Default::default()
+            }
+        );
+        // Docker's plain `-v`: nothing to change.
+        assert_eq!(
+            flag_attrs(&mount_options::parse(&words("rbind,rprivate"))),
+            MountAttr::default()
+        );
+        let a = flag_attrs(&mount_options::parse(&words("bind,noatime,nodiratime")));
+        assert_eq!(
+            a.attr_set,
+            mount_api::MOUNT_ATTR_NOATIME | mount_api::MOUNT_ATTR_NODIRATIME
+        );
+        assert_eq!(a.attr_clr, mount_api::MOUNT_ATTR_ATIME);
     }
 }

@@ -1,23 +1,26 @@
 //! runvm's guest init: PID 1 of the microVM.
 //!
 //! The sequence (see `runvm_protocol` for the wire side): report the boot mark, mount the
-//! basics, say `Hello` on the control connection, receive `Run`, assemble the container's
-//! root filesystem, open the stdio streams, start the workload as PID 1 of a new PID
+//! basics, say `Hello` on the control connection, receive `Run`, mount the container's
+//! share (virtio-fs) and bind its root directory as the container's root, listen for the
+//! socket relays, open the stdio streams, start the workload as PID 1 of a new PID
 //! namespace, relay stdio and signals (and run exec'd processes) until it and every
-//! exec'd process exited, report `Exited`, wait for the host's
+//! exec'd process exited, end the socket relays, report `Exited`, wait for the host's
 //! `Shutdown`, sync, and reboot. Any failure is reported as `StartFailed` (when the
 //! control connection is up) and ends in a reboot too: PID 1 never exits and never panics.
 //!
 //! Host test mode: with `RUNVM_INIT_TEST=<dir>` in the environment, init uses Unix sockets
-//! `<dir>/1024` and `<dir>/1025` instead of vsock, builds the root under `<dir>`, skips the
-//! boot timer and its own mounts, and exits instead of rebooting. Run it inside
+//! `<dir>/<port>` (`1024`, `1025`, `1028`, …) instead of vsock, builds the root under
+//! `<dir>`, takes the directory `<dir>/virtiofs/<tag>` as the share of virtio-fs tag
+//! `<tag>` (bind-mounted where the share would be mounted), skips the boot timer, the
+//! network and its own mounts, and exits instead of rebooting. Run it inside
 //! `unshare -m` so its mounts vanish with it.
 //!
 //! Modules and what each uses; the graph has no cycle. `error` and `log` are used nearly
 //! everywhere and left out.
 //!
-//! - `main` → `boot_timer`, `mounts`, `net`, `net_dns`, `cgroup`, `vsock`, `relay`,
-//!   `signals`, `spawn`, `workload`, `supervisor`, `writeback`
+//! - `main` → `boot_timer`, `mounts`, `net`, `net_dns`, `socket_relay`, `cgroup`, `vsock`,
+//!   `relay`, `signals`, `spawn`, `workload`, `supervisor`
 //! - `supervisor` (the control-message loop) → `relay`, `workload`, `spawn`, `signals`,
 //!   `reap`, `terminal`, `cgroup`, `vsock`
 //! - `relay` (stdio bytes over the host streams) → `spawn`, `vsock`
@@ -28,10 +31,11 @@
 //! - `credentials` (uid/gid/groups, capabilities, no_new_privs, seccomp order) → `caps`,
 //!   `seccomp`
 //! - `spawn` (clone, stdio plumbing, exec status) → `signals`, `terminal`
-//! - `mounts` → `binds`, `mount_options`; `binds` → `mount_options`
-//! - `net_dns`, `writeback` → `vsock`
+//! - `mounts` → `binds`, `mount_options`, `mount_api`; `binds` → `mounts` (paths only),
+//!   `mount_options`, `mount_api`, `in_root`; `in_root` → `mount_api`
+//! - `net_dns`, `socket_relay` (the bind-mounted host sockets) → `vsock`, `helper_process`
 //! - `signals`, `reap`, `terminal`, `path_lookup`, `attrs`, `caps`, `seccomp`, `cgroup`,
-//!   `net`, `vsock`, `mount_options`, `boot_timer` → none
+//!   `net`, `vsock`, `mount_options`, `mount_api`, `helper_process`, `boot_timer` → none
 
 mod attrs;
 mod binds;
@@ -41,7 +45,10 @@ mod cgroup;
 mod credentials;
 mod error;
 mod execve;
+mod helper_process;
+mod in_root;
 mod log;
+mod mount_api;
 mod mount_options;
 mod mounts;
 mod net;
@@ -51,15 +58,15 @@ mod reap;
 mod relay;
 mod seccomp;
 mod signals;
+mod socket_relay;
 mod spawn;
 mod supervisor;
 mod terminal;
 mod vsock;
 mod workload;
-mod writeback;
 
 use error::{Error, Result};
-use mounts::Paths;
+use mounts::{Paths, ShareSource};
 use runvm_protocol::{
     BootMark, GuestMessage, HostMessage, LinuxSpec, MountSpec, NetworkSpec, ProcessSpec,
     RootfsSpec, CONTROL_PORT, MAIN_PROCESS, PROTOCOL_VERSION,
@@ -101,6 +108,13 @@ impl Mode {
         match &self.test_dir {
             Some(d) => Paths::under(d),
             None => Paths::under(std::path::Path::new("/")),
+        }
+    }
+
+    fn share_source(&self) -> ShareSource {
+        match &self.test_dir {
+            Some(d) => ShareSource::Directories(d.join("virtiofs")),
+            None => ShareSource::VirtioFs,
         }
     }
 }
@@ -220,8 +234,7 @@ fn receive_run(control: &mut Control) -> Result<Option<RunRequest>> {
     }
 }
 
-/// Runs the container from `Run` to its reported exit, the write-back of its writable
-/// layer, and the host's `Shutdown`.
+/// Runs the container from `Run` to its reported exit and the host's `Shutdown`.
 fn run(mode: &Mode, transport: &Transport, control: &mut Control) -> Result<()> {
     let Some(run) = receive_run(control)? else {
         log::info("host closed the control connection before Run");
@@ -237,8 +250,15 @@ fn run(mode: &Mode, transport: &Transport, control: &mut Control) -> Result<()> 
     }
 
     let paths = mode.paths();
+    mounts::share(&paths, &run.rootfs, &mode.share_source())?;
     mounts::rootfs(&paths, &run.rootfs)?;
     log::info("root filesystem assembled");
+    // Before any thread or workload exists: the relays run in a helper process.
+    let owner = (
+        nix::unistd::Uid::from_raw(run.process.uid),
+        nix::unistd::Gid::from_raw(run.process.gid),
+    );
+    let mut relays = socket_relay::Relays::start(&run.mounts, &paths, owner, transport)?;
 
     // The container's own cgroup, with its limits (host test mode has none).
     if mode.test_dir.is_none() {
@@ -258,6 +278,8 @@ fn run(mode: &Mode, transport: &Transport, control: &mut Control) -> Result<()> 
     let outcome = supervisor::Supervisor::new(control, &sigchld, transport, spawned, streams)?
         .run(|_| boot_timer::mark(BootMark::WorkloadExited))?;
     log::info(&format!("workload exited: {:?}", outcome.status));
+    // The container has ended: so do its socket relays.
+    relays.stop();
     if outcome.host_gone {
         return Ok(());
     }
@@ -265,7 +287,6 @@ fn run(mode: &Mode, transport: &Transport, control: &mut Control) -> Result<()> 
         process: MAIN_PROCESS,
         status: outcome.status,
     })?;
-    write_back(&run.rootfs, &paths, transport);
     wait_for_shutdown(control);
     Ok(())
 }
@@ -295,7 +316,6 @@ fn start_main_process(
         linux: &run.linux,
         mounts: &run.mounts,
         hostname: run.hostname.as_deref(),
-        readonly_root: run.rootfs.readonly,
     };
     match workload::spawn_main(&req)? {
         spawn::Started::Running(spawned) => Ok(spawned),
@@ -305,17 +325,6 @@ fn start_main_process(
             streams.shut_down();
             Err(failed.error)
         }
-    }
-}
-
-/// Sends the changes of the writable layer, if the root has one; a failure is logged.
-fn write_back(rootfs: &RootfsSpec, paths: &Paths, transport: &Transport) {
-    if rootfs.writable_device.is_none() || rootfs.readonly {
-        return;
-    }
-    // The workload's PID namespace is gone with it: nothing writes the layer any more.
-    if let Err(e) = writeback::send(transport, &mounts::writable_dir(paths).join("upper")) {
-        log::error(&format!("write-back: {e}"));
     }
 }
 

@@ -1,10 +1,11 @@
-//! Mounts: the init's own (`/proc`, `/sys`, `/dev`, cgroup2), the container's root
-//! filesystem (EROFS layers + tmpfs upper + overlayfs), and the container's view after the
-//! root switch (fresh `/proc`, a minimal `/dev`, `/sys`, cgroup2).
+//! Mounts: the init's own (`/proc`, `/sys`, `/dev`, cgroup2, `/run`), the container's
+//! share (virtio-fs) and its root filesystem (a directory of the share), and the
+//! container's view after the root switch (its `mounts`, or a fresh `/proc`, a minimal
+//! `/dev`, `/sys` and cgroup2).
 
 use crate::binds;
 use crate::error::{Context, Error, Result};
-use crate::mount_options;
+use crate::{mount_api, mount_options};
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
@@ -25,6 +26,18 @@ impl Paths {
             run: base.join("run"),
             newroot: base.join("newroot"),
         }
+    }
+
+    /// Where the container's share is mounted (in init's tmpfs, never seen by the
+    /// container itself).
+    pub fn share(&self) -> PathBuf {
+        self.run.join("share")
+    }
+
+    /// The listening socket of socket relay `relay` (in init's tmpfs, not on the share:
+    /// a socket there would be a socket file in the container's directory on the host).
+    pub fn relay_socket(&self, relay: u32) -> PathBuf {
+        self.run.join("relays").join(relay.to_string())
     }
 }
 
@@ -91,115 +104,95 @@ pub fn early() -> Result<()> {
     Ok(())
 }
 
-/// Builds the container's root filesystem at `paths.newroot`: every lower device (or, for
-/// tests, a directory) read-only under `run/layers/N`, the writable layer at `run/rw`
-/// holding the overlay's upper and work directories, and an overlay of them.
-///
-/// The writable layer is the ext4 device `spec.writable_device` (a directory in host test
-/// mode), whose upper directory the write-back walks when the container stops; without
-/// one it is a tmpfs whose changes are dropped. A read-only root gets a small tmpfs that
-/// only holds the mount points the container's mounts may need: the overlay is mounted
-/// read-write so they can be made, and the child remounts `/` read-only after its mounts
-/// ([`container`]).
-pub fn rootfs(paths: &Paths, spec: &RootfsSpec) -> Result<()> {
-    if spec.lower_devices.is_empty() {
-        return Err(Error::new("rootfs: no lower devices given"));
-    }
-    let mut lowers = Vec::new();
-    for (i, dev) in spec.lower_devices.iter().enumerate() {
-        let dir = paths.run.join("layers").join(i.to_string());
-        mkdir_p(&dir)?;
-        if Path::new(dev).is_dir() {
-            bind_dir(dev, &dir, true)?;
-        } else {
-            do_mount(Some(dev), &dir, Some("erofs"), MsFlags::MS_RDONLY, None)?;
-        }
-        lowers.push(dir.display().to_string());
-    }
-    let rw = writable_dir(paths);
-    mkdir_p(&rw)?;
-    match (&spec.writable_device, spec.readonly) {
-        (Some(dev), false) if Path::new(dev).is_dir() => bind_dir(dev, &rw, false)?,
-        (Some(dev), false) => do_mount(
-            Some(dev),
-            &rw,
-            Some("ext4"),
-            MsFlags::MS_NOATIME | MsFlags::MS_NODEV,
-            None,
-        )?,
-        (_, readonly) => do_mount(
-            Some("tmpfs"),
-            &rw,
-            Some("tmpfs"),
+/// Where the container's share is: a virtio-fs device found by its tag (the VM), or, in
+/// host test mode, a directory standing in for each tag.
+#[derive(Clone, Debug)]
+pub enum ShareSource {
+    VirtioFs,
+    /// `<dir>/<tag>` is the share of tag `<tag>`.
+    Directories(PathBuf),
+}
+
+/// Mounts the container's share (`spec.share_tag`) at [`Paths::share`], once, before the
+/// root filesystem is built. A tag no virtio-fs device has fails at once, naming the tag.
+pub fn share(paths: &Paths, spec: &RootfsSpec, source: &ShareSource) -> Result<()> {
+    let tag = &spec.share_tag;
+    let target = paths.share();
+    mkdir_p(&target)?;
+    let mounted = match source {
+        ShareSource::VirtioFs => mount(
+            Some(tag.as_str()),
+            &target,
+            Some("virtiofs"),
             MsFlags::empty(),
-            Some(if readonly {
-                "mode=0755,size=4m"
-            } else {
-                "mode=0755"
-            }),
-        )?,
+            None::<&str>,
+        ),
+        ShareSource::Directories(dir) => {
+            let stand_in = dir.join(single_component("share tag", tag)?);
+            mount(
+                Some(&stand_in),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+        }
+    };
+    mounted.map_err(|e| {
+        let why = match (source, e) {
+            (ShareSource::VirtioFs, Errno::EINVAL) => {
+                "no virtio-fs device has this tag (the host attaches it before the guest boots)"
+            }
+            (ShareSource::VirtioFs, Errno::ENODEV) => "the guest kernel has no virtiofs support",
+            (ShareSource::Directories(_), Errno::ENOENT) => "no directory stands in for this tag",
+            _ => "mount failed",
+        };
+        Error::new(format!(
+            "mount the container's share (virtio-fs tag {tag:?}) on {}: {why}: {e}",
+            target.display()
+        ))
+    })
+}
+
+/// `name` if it is a single path component (what the host names share entries with).
+pub fn single_component<'a>(what: &str, name: &'a str) -> Result<&'a str> {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+        return Err(Error::new(format!(
+            "{what} {name:?} is not a single path component"
+        )));
     }
-    let (upper, work) = (rw.join("upper"), rw.join("work"));
-    mkdir_p(&upper)?;
-    mkdir_p(&work)?;
+    Ok(name)
+}
+
+/// Builds the container's root filesystem at `paths.newroot`: the share's root
+/// directory (`spec.root`), bound with every mount below it, and made read-only in the
+/// guest too, recursively, when `spec.readonly` (mounts the host announces below it later
+/// inherit that). What the container writes there is on the host at once.
+pub fn rootfs(paths: &Paths, spec: &RootfsSpec) -> Result<()> {
+    let root = paths
+        .share()
+        .join(single_component("root directory", &spec.root)?);
     mkdir_p(&paths.newroot)?;
-    let mut opts = overlay_options(
-        &lowers,
-        &upper.display().to_string(),
-        &work.display().to_string(),
-    )?;
-    // Keep the upper directory plain for the write-back: no redirects (a renamed lower
-    // directory is copied instead), no index, no metacopy. The layer lives for one boot,
-    // so its syncs can be skipped ("volatile").
-    opts.push_str(",redirect_dir=off,index=off,metacopy=off,volatile");
     do_mount(
-        Some("overlay"),
+        Some(&root.display().to_string()),
         &paths.newroot,
-        Some("overlay"),
-        MsFlags::empty(),
-        Some(&opts),
-    )
-}
-
-/// Where the writable layer is mounted; its `upper` directory holds the container's changes.
-pub fn writable_dir(paths: &Paths) -> PathBuf {
-    paths.run.join("rw")
-}
-
-/// Bind-mounts directory `src` on `dir`, read-only if asked (host test mode's "devices").
-fn bind_dir(src: &str, dir: &Path, readonly: bool) -> Result<()> {
-    do_mount(
-        Some(src),
-        dir,
         None,
         MsFlags::MS_BIND | MsFlags::MS_REC,
         None,
     )?;
-    if readonly {
-        do_mount(
-            None,
-            dir,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            None,
-        )?;
+    if spec.readonly {
+        let attr = mount_api::MountAttr {
+            attr_set: mount_api::MOUNT_ATTR_RDONLY,
+            ..Default::default()
+        };
+        mount_api::set_attr_path(&paths.newroot, true, &attr).with_context(|| {
+            format!(
+                "make the root filesystem {} read-only",
+                paths.newroot.display()
+            )
+        })?;
     }
     Ok(())
-}
-
-/// The overlayfs option string. Paths with the option separators cannot be expressed.
-pub fn overlay_options(lowers: &[String], upper: &str, work: &str) -> Result<String> {
-    for p in lowers.iter().map(String::as_str).chain([upper, work]) {
-        if p.contains([',', ':']) {
-            return Err(Error::new(format!(
-                "overlay path {p:?} contains ',' or ':'"
-            )));
-        }
-    }
-    Ok(format!(
-        "lowerdir={},upperdir={upper},workdir={work}",
-        lowers.join(":")
-    ))
 }
 
 /// Switches the calling process (the container's child, in its own mount namespace) into
@@ -243,14 +236,11 @@ pub fn switch_root(newroot: &Path) -> Result<()> {
     std::env::set_current_dir("/").context("chdir / in the container root")
 }
 
-/// The container's own mounts, after [`switch_root`]: the spec's `mounts` in order (file
-/// binds from `binds`, prepared before the switch), or the default set when there are
-/// none; then the read-only remount of `/` when asked for.
-pub fn container(
-    spec_mounts: &[MountSpec],
-    readonly_root: bool,
-    binds: &mut binds::Prepared,
-) -> Result<()> {
+/// The container's own mounts, after [`switch_root`]: the spec's `mounts` in order (bind
+/// mounts from `binds`, prepared before the switch), or the default set when there are
+/// none. (A read-only root is read-only since [`rootfs`]; the bind of [`switch_root`]
+/// keeps that.)
+pub fn container(spec_mounts: &[MountSpec], binds: &mut binds::Prepared) -> Result<()> {
     if spec_mounts.is_empty() {
         default_mounts()?;
     } else {
@@ -270,15 +260,6 @@ pub fn container(
         if !dev_done {
             dev_nodes()?;
         }
-    }
-    if readonly_root {
-        do_mount(
-            None,
-            Path::new("/"),
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            None,
-        )?;
     }
     Ok(())
 }
@@ -305,7 +286,8 @@ fn spec_mount(m: &MountSpec) -> Result<()> {
     let opts = mount_options::parse(&m.options);
     if opts.flags.contains(MsFlags::MS_BIND) {
         return Err(Error::new(format!(
-            "mount on {}: bind mounts are not supported",
+            "mount on {}: type {fstype:?} with a bind option is not supported (a bind \
+             mount has type \"bind\")",
             m.destination
         )));
     }
@@ -322,8 +304,8 @@ fn spec_mount(m: &MountSpec) -> Result<()> {
         Some(opts.data.as_str())
     };
     do_mount(Some(source), target, Some(fstype), opts.flags, data)?;
-    if !opts.propagation.is_empty() {
-        do_mount(None, target, None, opts.propagation, None)?;
+    for propagation in opts.propagation {
+        do_mount(None, target, None, propagation, None)?;
     }
     Ok(())
 }
@@ -474,25 +456,4 @@ fn dev_nodes() -> Result<()> {
         std::os::unix::fs::symlink(target, link).with_context(|| format!("symlink {link}"))?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn overlay_options_keep_lower_order() {
-        let o = overlay_options(
-            &["/run/layers/0".into(), "/run/layers/1".into()],
-            "/run/rw/upper",
-            "/run/rw/work",
-        )
-        .unwrap();
-        assert_eq!(
-            o,
-            "lowerdir=/run/layers/0:/run/layers/1,upperdir=/run/rw/upper,workdir=/run/rw/work"
-        );
-        assert!(overlay_options(&["/a:b".into()], "/u", "/w").is_err());
-        assert!(overlay_options(&["/a".into()], "/u,x", "/w").is_err());
-    }
 }

@@ -1,13 +1,11 @@
-//! The guest's DNS forwarder: a small process, forked by the init before the workload
-//! (so it lives in the guest's root PID namespace and the container's `ps` never sees
-//! it), that answers on the loopback nameservers of the container's `resolv.conf`
-//! (Docker's `127.0.0.11`, UDP and TCP port 53) by relaying each query over vsock to the
-//! monitor, which asks the resolver inside the container's network namespace
-//! (`runvm_protocol::DNS_PORT`).
+//! The guest's DNS forwarder: a helper process of init (`helper_process`) that answers
+//! on the loopback nameservers of the container's `resolv.conf` (Docker's `127.0.0.11`,
+//! UDP and TCP port 53) by relaying each query over vsock to the monitor, which asks the
+//! resolver inside the container's network namespace (`runvm_protocol::DNS_PORT`).
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,43 +41,17 @@ pub fn start(servers: &[String], transport: &Transport) -> Result<Option<nix::un
             TcpListener::bind(addr).with_context(|| format!("dns: bind tcp {addr}"))?,
         ));
     }
-    // SAFETY: the init is single-threaded here; the child only runs the forwarder (its
-    // own threads) and never returns.
-    match unsafe { nix::unistd::fork() }.context("dns: fork the forwarder")? {
-        nix::unistd::ForkResult::Parent { child } => Ok(Some(child)),
-        nix::unistd::ForkResult::Child => {
-            let keep: Vec<BorrowedFd<'_>> = udp
-                .iter()
-                .map(|(_, s)| s.as_fd())
-                .chain(tcp.iter().map(|(_, s)| s.as_fd()))
-                .collect();
-            close_other_fds(&keep);
-            run(udp, tcp, transport.clone())
-        }
-    }
-}
-
-/// Closes every descriptor but stdio and `keep` (the init's control connection and
-/// streams must not stay open in the forwarder).
-fn close_other_fds(keep: &[BorrowedFd<'_>]) {
-    let keep: Vec<RawFd> = keep.iter().map(AsRawFd::as_raw_fd).collect();
-    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+    let keep: Vec<RawFd> = udp
+        .iter()
+        .map(|(_, s)| s.as_raw_fd())
+        .chain(tcp.iter().map(|(_, s)| s.as_raw_fd()))
         .collect();
-    for fd in fds {
-        if fd > 2 && !keep.contains(&fd) {
-            // SAFETY: closing descriptors this fresh process inherited and will not use.
-            unsafe { libc::close(fd) };
-        }
-    }
+    let transport = transport.clone();
+    let pid = crate::helper_process::fork(c"runvm-dns", &keep, move || run(udp, tcp, transport))?;
+    Ok(Some(pid))
 }
 
 fn run(udp: Vec<(String, UdpSocket)>, tcp: Vec<(String, TcpListener)>, transport: Transport) -> ! {
-    // SAFETY: prctl(PR_SET_NAME) with a NUL-terminated name.
-    unsafe { libc::prctl(libc::PR_SET_NAME, c"runvm-dns".as_ptr()) };
     let in_flight = Arc::new(AtomicUsize::new(0));
     for (server, listener) in tcp {
         let t = transport.clone();

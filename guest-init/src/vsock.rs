@@ -138,7 +138,7 @@ impl Control {
 
     /// One `read` into the frame buffer. Returns false on EOF.
     pub fn read_available(&mut self) -> Result<bool> {
-        // Large enough that a Run with copied-in files arrives in few reads.
+        // Large enough that a large Run (environment, seccomp filter) arrives in few reads.
         let mut chunk = vec![0u8; 64 << 10];
         loop {
             match nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&self.file), &mut chunk) {

@@ -23,7 +23,6 @@ pub struct Request<'a> {
     pub linux: &'a LinuxSpec,
     pub mounts: &'a [MountSpec],
     pub hostname: Option<&'a str>,
-    pub readonly_root: bool,
 }
 
 /// Starts the container's main process in new PID, mount and UTS namespaces.
@@ -65,10 +64,11 @@ fn main_child(req: &Request<'_>, stdio: ChildStdio) -> Result<Infallible> {
 
 /// The root switch and everything the container sees under its new root.
 fn build_container_view(req: &Request<'_>) -> Result<()> {
-    // Copied-in files are taken from init's /run, which the root switch hides.
-    let mut binds = binds::prepare(req.mounts, &req.paths.run)?;
+    // Bind sources are taken from init's /run (the share, the relay sockets), which the
+    // root switch hides.
+    let mut binds = binds::prepare(req.mounts, req.paths)?;
     mounts::switch_root(&req.paths.newroot)?;
-    mounts::container(req.mounts, req.readonly_root, &mut binds)?;
+    mounts::container(req.mounts, &mut binds)?;
     mounts::devices(&req.linux.devices)?;
     // runc's order: sysctls, then read-only paths (Docker lists /proc/sys), then masks.
     attrs::apply_sysctls(&req.linux.sysctl)?;

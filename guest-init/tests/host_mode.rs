@@ -1,6 +1,7 @@
 //! Drives the real guest-init binary on this host, without a VM, in its host test mode
 //! (`RUNVM_INIT_TEST=<dir>`): this test plays the host side of the protocol on Unix
-//! sockets `<dir>/1024` and `<dir>/1025`, and the root filesystem is a busybox directory.
+//! sockets `<dir>/1024` and `<dir>/1025`, and the root filesystem is a busybox directory
+//! in the directory standing in for the container's share (`<dir>/virtiofs/runvm/root`).
 //! Init runs under `unshare -m`, so its mounts die with it; the workload still gets its
 //! own PID, mount and UTS namespaces.
 //!
@@ -46,7 +47,7 @@ fn scratch() -> TempDir {
             "wc", "mount", "grep", "cut", "stty", "tty",
         ],
     );
-    let root = scratch.path().join("rootfs");
+    let root = common::root_dir(scratch.path());
     std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
     std::fs::write(root.join("bin/notexec"), "#!/bin/sh\n").unwrap();
     scratch
@@ -359,10 +360,7 @@ impl Session {
         write_frame(
             &mut ctl,
             &HostMessage::Run {
-                rootfs: RootfsSpec {
-                    lower_devices: vec![scratch.path().join("rootfs").display().to_string()],
-                    ..Default::default()
-                },
+                rootfs: RootfsSpec::default(),
                 hostname: Some("testbox".into()),
                 process,
                 linux,
@@ -897,14 +895,17 @@ fn spec_mounts_are_made_with_their_options() {
 }
 
 #[test]
-fn a_bind_mount_reaching_the_guest_is_refused() {
+fn a_bind_option_on_another_mount_type_is_refused() {
     require_root!();
     let mut m = docker_mounts();
     m.push(mnt("/data", "tmpfs", "rbind"));
     let o = run_with(spec(&["true"]), LinuxSpec::default(), m, b"", |_| {});
     let (code, msg) = o.start_failed.unwrap();
     assert_eq!(code, 1);
-    assert!(msg.contains("/data") && msg.contains("bind"), "{msg}");
+    assert!(
+        msg.contains("/data") && msg.contains("\"tmpfs\" with a bind option"),
+        "{msg}"
+    );
 }
 
 /// Everything a default `docker run` config asks for (less its bind mounts), together.

@@ -1,8 +1,9 @@
 //! What both host-mode test files need: the init binary, a scratch directory with a
-//! busybox root, init started under `unshare` in its host test mode, its connections
-//! accepted, and its exit awaited.
+//! busybox root in the directory that stands in for the container's virtio-fs share,
+//! init started under `unshare` in its host test mode, its connections accepted, and its
+//! exit awaited.
 
-use runvm_protocol::{read_frame, GuestMessage, PROTOCOL_VERSION};
+use runvm_protocol::{read_frame, GuestMessage, PROTOCOL_VERSION, SHARE_ROOT, SHARE_TAG};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
@@ -20,14 +21,25 @@ pub fn init_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_guest-init")))
 }
 
-/// A scratch directory, removed on drop, holding `rootfs/`: a busybox tree with the
-/// directories `dirs` and the `applets` as links to busybox.
+/// The directory that stands in for the share of the default virtio-fs tag in host test
+/// mode (`<dir>/virtiofs/<tag>`).
+pub fn share_dir(scratch: &Path) -> PathBuf {
+    scratch.join("virtiofs").join(SHARE_TAG)
+}
+
+/// The container's root directory in the share of `scratch` (the host's `root.path`).
+pub fn root_dir(scratch: &Path) -> PathBuf {
+    share_dir(scratch).join(SHARE_ROOT)
+}
+
+/// A scratch directory, removed on drop, holding a share whose root is a busybox tree
+/// with the directories `dirs` and the `applets` as links to busybox.
 pub fn busybox_scratch(dirs: &[&str], applets: &[&str]) -> TempDir {
     let scratch = tempfile::Builder::new()
         .prefix("runvm-init-test-")
         .tempdir()
         .unwrap();
-    let root = scratch.path().join("rootfs");
+    let root = root_dir(scratch.path());
     for d in ["bin"].iter().chain(dirs) {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }

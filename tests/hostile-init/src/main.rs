@@ -8,6 +8,14 @@
 //! the list. Where a mode says "then behaves", it speaks the protocol like the real init
 //! for a workload that prints one line and exits 0, without running any workload.
 //!
+//! The `share-*` modes attack the container's virtio-fs share instead of the vsock
+//! protocol: after `Run` they mount the whole share (tag `RootfsSpec::share_tag`) at
+//! `/share`, which a well-behaved guest shows the container only in part, try what a
+//! guest root can do to the host's files through it, and then behave, printing one
+//! line per attempt before the usual line: `<attempt> <share path>: ok` or
+//! `<attempt> <share path>: <errno>` (`mount: <errno>` when the share cannot be mounted).
+//! A host test decides which of those must have failed and checks the host's files.
+//!
 //! It refuses to run as anything but PID 1, so starting it by accident on a host does
 //! nothing.
 
@@ -22,9 +30,12 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, VsockAddr};
 use runvm_protocol::{
-    read_frame, write_frame, ExitStatus, GuestMessage, HostMessage, StreamHeader, CONTROL_PORT,
-    MAIN_PROCESS, MAX_FRAME_LEN, PROTOCOL_VERSION, STREAM_PORT,
+    read_frame, read_frame_limited, write_frame, ExitStatus, GuestMessage, HostMessage, MountSpec,
+    RootfsSpec, StreamHeader, CONTROL_PORT, MAIN_PROCESS, MAX_FRAME_LEN, MAX_HOST_FRAME_LEN,
+    PROTOCOL_VERSION, STREAM_PORT,
 };
+
+mod share;
 
 /// The host's vsock CID.
 const HOST_CID: u32 = 2;
@@ -76,10 +87,47 @@ enum Mode {
     WrongPorts,
     /// Says hello, gets `Run`, reports `Started`, then exits (the guest kernel panics).
     CrashAfterStart,
+    /// In the share's root directory: a setuid-root and a setgid-root executable
+    /// (`hostile-setuid`, `hostile-setgid`, owned 0:0, modes 4755 and 2755), then behaves.
+    ShareSetuid,
+    /// In the share's root directory: device nodes (`hostile-mem` c 1:1, `hostile-null`
+    /// c 1:3, `hostile-sda` b 8:0), a fifo (`hostile-fifo`) and a bound UNIX socket
+    /// (`hostile-socket`), then behaves.
+    ShareMknod,
+    /// In the share's root directory: files given away to other owners
+    /// (`hostile-chown` to 12345:12345, `hostile-chown-root` to 0:0), and the root
+    /// directory's first regular file (by name) chowned to 12345:12345, then behaves.
+    ShareChown,
+    /// Extended attributes the host would act on: a file capability
+    /// (`security.capability`, CAP_SYS_ADMIN) on `hostile-fcap`, overlay's
+    /// `trusted.overlay.opaque` and `trusted.overlay.redirect` on `hostile-opaque/`, and a
+    /// `user.hostile` attribute, all in the root directory, then behaves.
+    ShareXattr,
+    /// Symlinks out of the share in the root directory (`hostile-abs` → `/etc/shadow`,
+    /// `hostile-climb` → `../../../../../../../../etc/shadow`, `hostile-proc` →
+    /// `/proc/1/root/etc/shadow`), then behaves.
+    ShareSymlink,
+    /// Hard links across the share's entries: each file entry (and the first file of each
+    /// directory entry) linked into the root directory as `hostile-link-<entry>`, each
+    /// successful link then appended to; and the root's `hostile-own` linked into each
+    /// directory entry. Then behaves.
+    ShareHardlink,
+    /// Writes to every entry the host shares read-only (a bind mount with `ro` or `rro`,
+    /// and the root when `RootfsSpec::readonly`): create, append, truncate, chmod,
+    /// setxattr, mkdir, rename and unlink, then behaves.
+    ShareWriteRo,
+    /// Changes the share's top level, which a container never sees: creates
+    /// `hostile-top`, `hostile-topdir/` and `hostile-toplink` (→ `/`), renames each entry
+    /// `<e>` to `hostile-moved-<e>` and puts a symlink to `/` in its place, then behaves.
+    ShareTopLevel,
+    /// Opens one file of the share's root directory again and again (up to 200000 times
+    /// or 20 s, with the descriptor limit raised), then closes them all and behaves: the
+    /// host's file server must stay bounded.
+    ShareOpenFlood,
 }
 
 impl Mode {
-    const ALL: [(&'static str, Mode); 21] = [
+    const ALL: [(&'static str, Mode); 30] = [
         ("never-connect", Mode::NeverConnect),
         ("panic", Mode::Panic),
         ("silent", Mode::Silent),
@@ -101,6 +149,15 @@ impl Mode {
         ("stdout-flood", Mode::StdoutFlood),
         ("wrong-ports", Mode::WrongPorts),
         ("crash-after-start", Mode::CrashAfterStart),
+        ("share-setuid", Mode::ShareSetuid),
+        ("share-mknod", Mode::ShareMknod),
+        ("share-chown", Mode::ShareChown),
+        ("share-xattr", Mode::ShareXattr),
+        ("share-symlink", Mode::ShareSymlink),
+        ("share-hardlink", Mode::ShareHardlink),
+        ("share-write-ro", Mode::ShareWriteRo),
+        ("share-top-level", Mode::ShareTopLevel),
+        ("share-open-flood", Mode::ShareOpenFlood),
     ];
 
     fn parse(name: &str) -> Option<Mode> {
@@ -328,6 +385,20 @@ fn misbehave(mode: Mode) -> Result<()> {
             started(&mut c)?;
             std::process::exit(1)
         }
+        Mode::ShareSetuid
+        | Mode::ShareMknod
+        | Mode::ShareChown
+        | Mode::ShareXattr
+        | Mode::ShareSymlink
+        | Mode::ShareHardlink
+        | Mode::ShareWriteRo
+        | Mode::ShareTopLevel
+        | Mode::ShareOpenFlood => {
+            let (c, run) = hello_and_run_spec()?;
+            let report = share::attack(mode, &run);
+            say(&report);
+            behave_printing(c, &report)
+        }
     }
 }
 
@@ -378,8 +449,19 @@ fn send(c: &mut UnixStream, msg: &GuestMessage) -> Result<()> {
     write_frame(c, msg).map_err(|e| format!("send {msg:?}: {e}"))
 }
 
+/// What `Run` said about the container's files.
+pub struct RunFiles {
+    pub rootfs: RootfsSpec,
+    pub mounts: Vec<MountSpec>,
+}
+
 /// Connects the control channel, says a proper hello and waits for `Run`.
 fn hello_and_run() -> Result<UnixStream> {
+    hello_and_run_spec().map(|(c, _)| c)
+}
+
+/// [`hello_and_run`], keeping what `Run` said about the container's files.
+fn hello_and_run_spec() -> Result<(UnixStream, RunFiles)> {
     let mut c = connect(CONTROL_PORT)?;
     send(
         &mut c,
@@ -387,8 +469,8 @@ fn hello_and_run() -> Result<UnixStream> {
             version: PROTOCOL_VERSION,
         },
     )?;
-    match read_frame::<_, HostMessage>(&mut c) {
-        Ok(HostMessage::Run { .. }) => Ok(c),
+    match read_frame_limited::<_, HostMessage>(&mut c, MAX_HOST_FRAME_LEN) {
+        Ok(HostMessage::Run { rootfs, mounts, .. }) => Ok((c, RunFiles { rootfs, mounts })),
         Ok(other) => Err(format!("expected Run, got {other:?}")),
         Err(e) => Err(format!("waiting for Run: {e}")),
     }
@@ -439,11 +521,17 @@ fn trickle(c: &mut UnixStream) -> ! {
 
 /// The rest of a well-behaved run: streams, `Started`, one line of output, `Exited` with
 /// code 0, and the reboot once the host says `Shutdown`.
-fn behave(mut c: UnixStream) -> Result<()> {
+fn behave(c: UnixStream) -> Result<()> {
+    behave_printing(c, "")
+}
+
+/// [`behave`], printing `first` before the line.
+fn behave_printing(mut c: UnixStream, first: &str) -> Result<()> {
     let mut streams = main_streams()?;
     started(&mut c)?;
     streams[1]
-        .write_all(BEHAVED_OUTPUT.as_bytes())
+        .write_all(first.as_bytes())
+        .and_then(|()| streams[1].write_all(BEHAVED_OUTPUT.as_bytes()))
         .map_err(|e| format!("write stdout: {e}"))?;
     close_outputs(&streams);
     send(

@@ -405,7 +405,7 @@ pub fn devices(devices: &[runvm_protocol::DeviceSpec]) -> Result<()> {
             _ => SFlag::S_IFCHR,
         };
         let mode = Mode::from_bits_truncate(d.mode);
-        mknod(p, kind, mode, makedev(d.major, d.minor))
+        make_node(p, kind, mode, makedev(d.major, d.minor))
             .with_context(|| format!("linux.devices: mknod {}", p.display()))?;
         // mknod is subject to the umask; the node just made is no symlink.
         nix::sys::stat::fchmodat(None, p, mode, nix::sys::stat::FchmodatFlags::FollowSymlink)
@@ -418,6 +418,51 @@ pub fn devices(devices: &[runvm_protocol::DeviceSpec]) -> Result<()> {
         .with_context(|| format!("linux.devices: chown {}", p.display()))?;
     }
     Ok(())
+}
+
+/// Makes a device node at `p`. Where the container's `/dev` is no tmpfs of its own (a
+/// config without a `/dev` mount), `p` is on the host's share, and the host refuses
+/// device nodes to a container without `CAP_MKNOD` (the file server keeps only the
+/// container's capabilities). Then, as runc does where it cannot make nodes (in a user
+/// namespace), the node is made in a tmpfs of the init's, mounted for the moment beside
+/// `p`, and bind-mounted on an empty file at `p`; the tmpfs is then detached and its
+/// directory removed. The host sees an empty file, the container a working device.
+fn make_node(p: &Path, kind: SFlag, mode: Mode, dev: libc::dev_t) -> Result<()> {
+    match mknod(p, kind, mode, dev) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EPERM) => {
+            let dir = p.with_file_name(".runvm-node");
+            std::fs::create_dir(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+            let made = (|| {
+                do_mount(
+                    Some("tmpfs"),
+                    &dir,
+                    Some("tmpfs"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+                    Some("mode=0700,size=4k"),
+                )?;
+                let node = dir.join("node");
+                mknod(&node, kind, mode, dev)
+                    .with_context(|| format!("mknod {}", node.display()))?;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(p)
+                    .with_context(|| format!("creating the mount point {}", p.display()))?;
+                do_mount(
+                    Some(&node.to_string_lossy()),
+                    p,
+                    None,
+                    MsFlags::MS_BIND,
+                    None,
+                )
+            })();
+            let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_dir(&dir);
+            made
+        }
+        Err(e) => Err(Error::new(e.to_string())),
+    }
 }
 
 /// The usual device nodes and links of a container's `/dev` (what runc creates).
@@ -436,7 +481,7 @@ fn dev_nodes() -> Result<()> {
             // Already there (a /dev that is not a fresh tmpfs).
             continue;
         }
-        mknod(&p, SFlag::S_IFCHR, mode, makedev(major, minor))
+        make_node(&p, SFlag::S_IFCHR, mode, makedev(major, minor))
             .with_context(|| format!("mknod {}", p.display()))?;
         // mknod is subject to the umask; set the mode explicitly.
         nix::sys::stat::fchmodat(None, &p, mode, nix::sys::stat::FchmodatFlags::FollowSymlink)

@@ -59,6 +59,82 @@ pub fn read(root: &Path, rel: &str, max: u64) -> std::io::Result<Vec<u8>> {
     Ok(data)
 }
 
+/// Makes sure the mount point `rel` exists in the root filesystem at `root`: a directory
+/// (`dir`) or an empty file, with every missing parent directory, each created inside the
+/// root (a symlink on the way resolves inside it, as runc's securejoin does). What is
+/// already there is left alone, whatever it is. runc makes the mount points of a
+/// container's mounts in its root filesystem on the host, read-only root or not; a
+/// read-only root shared with a guest cannot be written by the guest, so the host makes
+/// them first.
+pub fn make_mount_point(root: &Path, rel: &str, dir: bool) -> std::io::Result<()> {
+    use nix::errno::Errno;
+    let root_fd = nix::fcntl::open(
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    // SAFETY: open returned a new descriptor that nothing else owns.
+    let root_fd = unsafe { OwnedFd::from_raw_fd(root_fd) };
+    let open_in_root = |path: &str, flags: OFlag| -> Result<OwnedFd, Errno> {
+        let how = OpenHow::new()
+            .flags(flags | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        let fd = nix::fcntl::openat2(root_fd.as_raw_fd(), path, how)?;
+        // SAFETY: openat2 returned a new descriptor that nothing else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    };
+    let components: Vec<&str> = rel
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    let mut done = String::new();
+    for (i, c) in components.iter().enumerate() {
+        let parent = if done.is_empty() {
+            ".".to_string()
+        } else {
+            done.clone()
+        };
+        let path = format!("{parent}/{c}");
+        let last = i + 1 == components.len();
+        match open_in_root(&path, OFlag::O_PATH) {
+            Ok(_) => {}
+            Err(Errno::ENOENT) => {
+                let parent_fd = open_in_root(&parent, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
+                if last && !dir {
+                    let fd = nix::fcntl::openat(
+                        Some(parent_fd.as_raw_fd()),
+                        *c,
+                        OFlag::O_CREAT
+                            | OFlag::O_EXCL
+                            | OFlag::O_WRONLY
+                            | OFlag::O_CLOEXEC
+                            | OFlag::O_NOFOLLOW,
+                        Mode::from_bits_truncate(0o755),
+                    );
+                    match fd {
+                        // SAFETY: openat returned a new descriptor that nothing else owns.
+                        Ok(fd) => drop(unsafe { OwnedFd::from_raw_fd(fd) }),
+                        Err(Errno::EEXIST) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                } else {
+                    match nix::sys::stat::mkdirat(
+                        Some(parent_fd.as_raw_fd()),
+                        *c,
+                        Mode::from_bits_truncate(0o755),
+                    ) {
+                        Ok(()) | Err(Errno::EEXIST) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        done = path;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +167,26 @@ mod tests {
         assert!(read(&root, "etc/fifo", 100).is_err());
         assert!(read(&root, "etc", 100).is_err());
         assert!(read(&root, "etc/passwd", 5).is_err());
+    }
+
+    #[test]
+    fn mount_points_are_made_inside_the_root() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        make_mount_point(&root, "/scratch/deep", true).unwrap();
+        assert!(root.join("scratch/deep").is_dir());
+        make_mount_point(&root, "/etc/hosts", false).unwrap();
+        assert!(root.join("etc/hosts").is_file());
+        // Again: nothing changes, nothing fails.
+        make_mount_point(&root, "/etc/hosts", false).unwrap();
+        // A symlink out of the root is followed inside it: to a directory there, or to
+        // nothing (an error), never out of the root.
+        std::os::unix::fs::symlink("/scratch", root.join("in")).unwrap();
+        make_mount_point(&root, "/in/via-link", true).unwrap();
+        assert!(root.join("scratch/via-link").is_dir());
+        std::os::unix::fs::symlink(t.path(), root.join("out")).unwrap();
+        assert!(make_mount_point(&root, "/out/escaped", true).is_err());
+        assert!(!t.path().join("escaped").exists());
     }
 }

@@ -52,6 +52,9 @@ impl Plumbing {
         // The share: the sources as they are now (Docker and Podman make some between
         // create and start), served by virtiofsd, and the relays of bind-mounted sockets.
         cfg.share.recheck()?;
+        if let HostMessage::Run { mounts, .. } = run {
+            cfg.share.make_mount_points(mounts)?;
+        }
         let virtiofsd = Virtiofsd::start(
             &cfg.assets.virtiofsd,
             &cfg.share,

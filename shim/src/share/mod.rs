@@ -75,6 +75,12 @@ pub enum ShareError {
         source_path: String,
         source: std::io::Error,
     },
+    #[error("mounts: {dest}: cannot make its mount point in the read-only root filesystem {root}: {source}")]
+    MountPoint {
+        dest: String,
+        root: PathBuf,
+        source: std::io::Error,
+    },
     #[error("mounts: {dest}: bind mount of {source_path}, a {kind}, is not supported by runvm (a VM has its own devices; only directories, regular files and UNIX sockets can be bound)")]
     Unsupported {
         dest: String,
@@ -205,6 +211,49 @@ impl SharePlan {
         plan
     }
 
+    /// On a read-only root, makes the mount points of `mounts` in the root filesystem on
+    /// the host (the guest cannot: the host enforces the read-only root), as runc makes
+    /// them; a writable root gets them from the guest, through the share. Mount points
+    /// below an earlier mount the guest makes itself (`/dev/pts` in the `/dev` tmpfs)
+    /// are the guest's to make, in that mount.
+    pub fn make_mount_points(&self, mounts: &[MountSpec]) -> Result<(), ShareError> {
+        let root = &self.entries[0];
+        if !root.readonly {
+            return Ok(());
+        }
+        let mut guest_made: Vec<&str> = Vec::new();
+        for m in mounts {
+            let below_guest_mount = guest_made.iter().any(|d| {
+                m.destination
+                    .strip_prefix(d.trim_end_matches('/'))
+                    .is_some_and(|rest| rest.starts_with('/'))
+            });
+            if m.fstype != "bind" {
+                guest_made.push(&m.destination);
+            }
+            if below_guest_mount {
+                continue;
+            }
+            let dir = match (&m.share, m.relay) {
+                (Some(name), _) => self
+                    .entries
+                    .iter()
+                    .find(|e| &e.name == name)
+                    .is_none_or(|e| e.kind == EntryKind::Dir),
+                (None, Some(_)) => false,
+                (None, None) => true,
+            };
+            crate::in_root::make_mount_point(&root.source, &m.destination, dir).map_err(
+                |source| ShareError::MountPoint {
+                    dest: m.destination.clone(),
+                    root: root.source.clone(),
+                    source,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
     /// Checks, at start, that every source is still what it was at create (Docker and
     /// Podman may replace a file between the two); the error names the mount.
     pub fn recheck(&self) -> Result<(), ShareError> {
@@ -290,6 +339,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("/x") && e.contains("/no/such/dir"), "{e}");
+    }
+
+    #[test]
+    fn a_read_only_root_gets_its_mount_points_from_the_host() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let file = t.path().join("hosts");
+        std::fs::write(&file, "").unwrap();
+        let m = |dest: &str, fstype: &str| MountSpec {
+            destination: dest.into(),
+            fstype: fstype.into(),
+            ..Default::default()
+        };
+        let mut mounts = vec![
+            m("/dev", "tmpfs"),
+            m("/dev/pts", "devpts"),
+            m("/scratch", "tmpfs"),
+            bind_mount("/etc/hosts", file.to_str().unwrap(), &[]).unwrap(),
+            bind_mount("/data/in", t.path().to_str().unwrap(), &[]).unwrap(),
+        ];
+        let writable = SharePlan::number(&root, false, &mut mounts);
+        writable.make_mount_points(&mounts).unwrap();
+        assert!(
+            !root.join("dev").exists(),
+            "a writable root is the guest's to change"
+        );
+        let plan = SharePlan::number(&root, true, &mut mounts);
+        plan.make_mount_points(&mounts).unwrap();
+        assert!(root.join("dev").is_dir() && root.join("scratch").is_dir());
+        assert!(
+            !root.join("dev/pts").exists(),
+            "made by the guest, in its /dev tmpfs"
+        );
+        assert!(root.join("etc/hosts").is_file());
+        assert!(root.join("data/in").is_dir());
     }
 
     #[test]

@@ -18,7 +18,6 @@ use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -467,12 +466,6 @@ struct Report {
     runtimes: Vec<RuntimeResult>,
 }
 
-static SIGNAL: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn on_signal(sig: libc::c_int) {
-    SIGNAL.store(sig, Ordering::SeqCst);
-}
-
 /// Runs one program with its own process group (so a timeout kills all it started).
 fn run_program(
     suite: &Suite,
@@ -508,7 +501,7 @@ fn run_program(
         {
             break st;
         }
-        let sig = SIGNAL.load(Ordering::SeqCst);
+        let sig = util::interrupted();
         if sig != 0 || start.elapsed() > timeout {
             timed_out = sig == 0;
             // SAFETY: kill of the process group our unreaped child leads.
@@ -648,12 +641,7 @@ fn run_here(suite: &Suite, args: &OciArgs, place: &str) -> Result<i32> {
         }
         v
     };
-    // SAFETY: `on_signal` is async-signal-safe (one atomic store) and lives forever.
-    unsafe {
-        let h = on_signal as *const () as libc::sighandler_t;
-        libc::signal(libc::SIGINT, h);
-        libc::signal(libc::SIGTERM, h);
-    }
+    util::catch_interrupts();
     let tmp = util::TmpDir(std::env::temp_dir().join(format!("runvm-oci-{}", std::process::id())));
     remove_dir_if_exists(&tmp.0)?;
     std::fs::create_dir_all(&tmp.0).with_context(|| format!("creating {}", tmp.0.display()))?;

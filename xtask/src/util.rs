@@ -708,6 +708,28 @@ impl Progress {
     }
 }
 
+static INTERRUPT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn on_interrupt(sig: libc::c_int) {
+    INTERRUPT.store(sig, Ordering::SeqCst);
+}
+
+/// From now on SIGINT and SIGTERM only set a flag ([`interrupted`]), so that a suite run
+/// can kill what it started, clean up and stop.
+pub fn catch_interrupts() {
+    // SAFETY: `on_interrupt` is async-signal-safe (one atomic store) and lives forever.
+    unsafe {
+        let h = on_interrupt as *const () as libc::sighandler_t;
+        libc::signal(libc::SIGINT, h);
+        libc::signal(libc::SIGTERM, h);
+    }
+}
+
+/// The SIGINT or SIGTERM caught since [`catch_interrupts`], or 0.
+pub fn interrupted() -> i32 {
+    INTERRUPT.load(Ordering::SeqCst)
+}
+
 /// A directory removed (with everything in it) when dropped: a suite run's private TMPDIR.
 pub struct TmpDir(pub PathBuf);
 impl Drop for TmpDir {

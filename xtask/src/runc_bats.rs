@@ -12,8 +12,9 @@
 //!
 //! Then it runs each bats file as root under `script -qec` (a controlling terminal, as the
 //! tty tests need) with `RUNC` set to the runtime under test, a timeout per file and a
-//! watch for stalled tests (not bats's own `BATS_TEST_TIMEOUT`: in bats 1.8.2 its watchdog
-//! forks without end under this suite), parses bats's TAP per test, cleans up what a file left behind (containers, their
+//! watch for stalled tests (which also catches what bats's own `BATS_TEST_TIMEOUT` cannot: a
+//! process outside the test, such as a `recvtty`, holding bats's output open after the last
+//! test), parses bats's TAP per test, cleans up what a file left behind (containers, their
 //! processes, mounts), and writes a per-file table (`bench/runc-bats.md`, raw results in
 //! `bench/runc-bats.json`, with `--save`). `--check` compares runvm's results test by test
 //! with `xtask/runc-bats-expected.json` and runc's in the same run (`runc_bats_expected`).
@@ -76,7 +77,7 @@ const BUILD_PACKAGES: &[&str] = &[
 /// a bats file needs it ("" for every file). criu makes `checkpoint.bats` run instead of
 /// skipping, as in runc's own CI.
 const RUN_PACKAGES: &[(&str, &[&str])] = &[
-    ("", &["bats", "jq"]),
+    ("", &["bats", "jq", "xz-utils"]),
     ("gcc ", &["gcc", "libc6-dev"]),
     ("requires criu", &["criu"]),
 ];
@@ -1067,13 +1068,11 @@ fn clean_up_after(runtime: &str, dir: &Path) -> (Vec<String>, usize) {
     (leaked, stray)
 }
 
-/// How many test results (`ok …`, `not ok …`) bats has printed so far.
-fn count_results(tap: &Path) -> usize {
+/// How many test results bats has printed so far, and its plan.
+fn count_results(tap: &Path) -> (usize, Option<usize>) {
     let text = std::fs::read(tap).unwrap_or_default();
-    String::from_utf8_lossy(&text)
-        .lines()
-        .filter(|l| l.starts_with("ok ") || l.starts_with("not ok "))
-        .count()
+    let tap = parse_bats_tap(&String::from_utf8_lossy(&text));
+    (tap.tests.len(), tap.plan)
 }
 
 /// The command line of a process, its arguments joined by spaces.
@@ -1083,17 +1082,25 @@ fn cmdline(pid: i32) -> String {
 }
 
 /// Kills what the running test executes (runtimes, `sleep`, `jq`…) but not bats: the
-/// processes under a `bats-exec-test` that are not themselves bats-exec-test shells.
-fn kill_test_commands(script: i32) {
-    let is_test_shell = |p: i32| cmdline(p).contains("bats-core/bats-exec-test");
-    for p in descendants(script) {
-        if !is_test_shell(p) {
+/// processes under a `bats-exec-test` that are not themselves bats shells, and the
+/// processes outside bats that use the file's TMPDIR (`recvtty`, containers).
+fn kill_test_commands(script: i32, file_tmp: &Path) {
+    let is_bats = |p: i32| cmdline(p).contains("bats-core/");
+    let tree = descendants(script);
+    for p in &tree {
+        if !cmdline(*p).contains("bats-core/bats-exec-test") {
             continue;
         }
-        for c in direct_children(p) {
-            if !is_test_shell(c) {
+        for c in direct_children(*p) {
+            if !is_bats(c) {
                 kill_tree(c);
             }
+        }
+    }
+    let me = std::process::id() as i32;
+    for (p, _) in process_parents() {
+        if p != me && p != script && !tree.contains(&p) && process_uses(p, file_tmp) {
+            kill_tree(p);
         }
     }
 }
@@ -1140,8 +1147,7 @@ fn run_file(
         .current_dir(suite.integration())
         .env("RUNC", runtime)
         .env("TMPDIR", &file_tmp)
-        // Not BATS_TEST_TIMEOUT: bats 1.8.2's watchdog forks without end under this
-        // suite's helpers.bash (a fork bomb); the harness watches for stalls instead.
+        // One timeout mechanism: the harness's watch for stalls (see `kill_test_commands`).
         .env_remove("BATS_TEST_TIMEOUT")
         .env_remove("RUNC_USE_SYSTEMD")
         .env_remove("ROOTLESS_FEATURES")
@@ -1165,12 +1171,19 @@ fn run_file(
         }
         if last_look.elapsed() >= Duration::from_secs(1) {
             last_look = Instant::now();
-            let n = count_results(&out_path);
+            let (n, plan) = count_results(&out_path);
+            // After the last result bats only waits for its output to close, which a
+            // process left behind (a `recvtty` of a failed setup) can hold open.
+            let limit = if plan.is_some_and(|p| n >= p) {
+                Duration::from_secs(15)
+            } else {
+                test_timeout
+            };
             if n != results_seen {
                 (results_seen, last_result) = (n, Instant::now());
-            } else if last_result.elapsed() > test_timeout {
-                // Test n+1 is stuck: kill the commands it runs, so bats fails it and goes on.
-                kill_test_commands(pid);
+            } else if last_result.elapsed() > limit {
+                // Test n+1 is stuck: kill what it runs, so bats fails it and goes on.
+                kill_test_commands(pid, &file_tmp);
                 stalled.insert(n + 1);
                 last_result = Instant::now();
             }
@@ -1635,7 +1648,12 @@ fn markdown_table(report: &Report) -> String {
         s.push_str(&format!(" {} time |", r.label));
     }
     if many {
-        s.push_str(" runc passes, others not |");
+        let others = if rts.len() == 2 {
+            rts[1].label.as_str()
+        } else {
+            "others"
+        };
+        s.push_str(&format!(" {} passes, {others} not |", rts[0].label));
     }
     s.push_str("\n|---|---:|");
     for _ in rts {

@@ -1742,6 +1742,17 @@ fn markdown_table(report: &Report) -> String {
     s
 }
 
+/// The last line bats printed about a failed test (usually the runtime's error), made
+/// safe for a Markdown code span.
+fn last_detail(t: &TestResult) -> String {
+    t.detail
+        .iter()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| l.trim().replace('`', "'"))
+        .unwrap_or_default()
+}
+
 fn markdown_report(report: &Report, table: &str, record: Option<&Record>) -> String {
     let mut s = String::from("# runc's integration suite (bats), runc and runvm\n\n");
     s.push_str(
@@ -1786,8 +1797,9 @@ fn markdown_report(report: &Report, table: &str, record: Option<&Record>) -> Str
     let divergent = divergences(report, record);
     if !divergent.is_empty() {
         s.push_str(
-            "\n## Tests runc passes and runvm does not\n\nWith the reason recorded in \
-             `xtask/runc-bats-expected.json`; UNEXPLAINED where there is none yet.\n\n",
+            "\n## Tests runc passes and runvm does not\n\nWith the last line bats printed \
+             about the failure, and the reason recorded in `xtask/runc-bats-expected.json` \
+             (UNEXPLAINED where there is none yet).\n\n",
         );
         for d in &divergent {
             let what = match (d.test.outcome, d.test.timed_out) {
@@ -1800,8 +1812,12 @@ fn markdown_report(report: &Report, table: &str, record: Option<&Record>) -> Str
             } else {
                 String::new()
             };
+            let said = match last_detail(d.test) {
+                l if l.is_empty() => l,
+                l => format!(" (`{l}`)"),
+            };
             s.push_str(&format!(
-                "- `{}` \"{}\": {label}{what}; {}\n",
+                "- `{}` \"{}\": {label}{what}{said}; {}\n",
                 d.file,
                 d.test.name,
                 d.why.unwrap_or(expected::UNEXPLAINED)
@@ -1825,17 +1841,10 @@ fn markdown_report(report: &Report, table: &str, record: Option<&Record>) -> Str
                 first.label
             ));
             for (file, t) in failed {
-                let last = t
-                    .detail
-                    .iter()
-                    .rev()
-                    .find(|l| !l.trim().is_empty())
-                    .map(|l| l.trim())
-                    .unwrap_or("");
                 s.push_str(&format!(
                     "- `{file}` \"{}\": `{}`\n",
                     t.name,
-                    last.replace('`', "'")
+                    last_detail(t)
                 ));
             }
         }

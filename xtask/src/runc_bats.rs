@@ -32,7 +32,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::guests::{GuestSetup, Place};
 use crate::runc_bats_expected::{self as expected, Outcome, Record, Run};
@@ -119,6 +119,11 @@ pub struct RuncBatsArgs {
     /// reason, UNEXPLAINED where one is missing); review the diff before committing it.
     #[arg(long)]
     pub record: bool,
+    /// Run nothing: take the results of an earlier run from its report (the
+    /// `target/runc-bats/report.json` it wrote, or `bench/runc-bats.json`) for the table,
+    /// `--save`, `--check` and `--record`, e.g. after writing reasons into the record.
+    #[arg(long, value_name = "REPORT_JSON", conflicts_with_all = ["only", "inside", "build_only"])]
+    pub from_report: Option<PathBuf>,
     /// Internal: already placed where the runtimes run (`direct` or `testhost`).
     #[arg(long, hide = true, value_name = "PLACE")]
     pub inside: Option<String>,
@@ -673,18 +678,18 @@ fn install_debs(debs: &Path, groups: &[&[&str]]) -> Result<f64> {
 }
 
 /// One test's result, from bats's TAP.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct TestResult {
     name: String,
     outcome: Outcome,
     /// The harness killed what it ran after the per-test timeout (or bats did:
     /// `not ok … # timeout after Ns`).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     timed_out: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     skip_reason: Option<String>,
     /// What bats printed about a failure (its `# ` lines), the first [`DETAIL_LINES`].
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     detail: Vec<String>,
 }
 
@@ -785,7 +790,7 @@ fn parse_bats_tap(text: &str) -> Tap {
 }
 
 /// Pass / fail / skip counts.
-#[derive(Debug, Default, Clone, Copy, Serialize)]
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize)]
 struct Counts {
     pass: usize,
     fail: usize,
@@ -808,7 +813,7 @@ impl Counts {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct FileResult {
     file: String,
     #[serde(flatten)]
@@ -820,10 +825,10 @@ struct FileResult {
     /// Killed after the per-file timeout.
     timed_out: bool,
     /// Containers still listed after the file ended (deleted by the harness).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     leaked_containers: Vec<String>,
     /// Processes still running in the file's private TMPDIR after it ended (killed).
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     stray_processes: usize,
     seconds: f64,
     tests: Vec<TestResult>,
@@ -857,7 +862,7 @@ impl FileResult {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct RuntimeResult {
     label: String,
     /// What the suite was given as `RUNC`.
@@ -888,7 +893,7 @@ impl RuntimeResult {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Report {
     date: String,
     machine: String,
@@ -1273,6 +1278,13 @@ fn select_files(suite: &Suite, only: &[String]) -> Result<Vec<String>> {
 
 /// `cargo xtask runc-bats`.
 pub fn cmd_runc_bats(args: RuncBatsArgs) -> Result<i32> {
+    if let Some(path) = &args.from_report {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the report {}", path.display()))?;
+        let report: Report = serde_json::from_str(&text)
+            .with_context(|| format!("parsing the report {}", path.display()))?;
+        return finish(&report, &args);
+    }
     if let Some(place) = args.inside.clone() {
         // Re-invoked where the runtimes run: the suite was built by the caller.
         let suite = load_suite(&suite_dir()).context(
@@ -1500,16 +1512,22 @@ fn run_here(suite: &Suite, args: &RuncBatsArgs, place: &str) -> Result<i32> {
         test_timeout_seconds: args.test_timeout,
         runtimes: results,
     };
+    finish(&report, args)
+}
+
+/// What follows a run (or `--from-report`): the table, the reports under
+/// `target/runc-bats/`, then `--record`, `--save` and `--check`.
+fn finish(report: &Report, args: &RuncBatsArgs) -> Result<i32> {
     let record = Record::load().ok();
-    let table = markdown_table(&report);
+    let table = markdown_table(report);
     println!("{table}");
     let out = util::target_dir().join("runc-bats");
     std::fs::create_dir_all(&out)?;
     let json = out.join("report.json");
-    std::fs::write(&json, serde_json::to_string_pretty(&report)? + "\n")
+    std::fs::write(&json, serde_json::to_string_pretty(report)? + "\n")
         .with_context(|| format!("writing {}", json.display()))?;
     let md = out.join("report.md");
-    std::fs::write(&md, markdown_report(&report, &table, record.as_ref()))
+    std::fs::write(&md, markdown_report(report, &table, record.as_ref()))
         .with_context(|| format!("writing {}", md.display()))?;
     eprintln!(
         "[runc-bats] results in {} and {}",
@@ -1544,7 +1562,7 @@ fn run_here(suite: &Suite, args: &RuncBatsArgs, place: &str) -> Result<i32> {
         if !args.only.is_empty() {
             bail!("--save needs the full suite (no --only)");
         }
-        save_results(&report, &table)?;
+        save_results(report, &table)?;
     }
     if args.check {
         if runvm.is_empty() || runc.is_empty() {
@@ -1742,15 +1760,37 @@ fn markdown_table(report: &Report) -> String {
     s
 }
 
-/// The last line bats printed about a failed test (usually the runtime's error), made
-/// safe for a Markdown code span.
-fn last_detail(t: &TestResult) -> String {
-    t.detail
+/// The line that best says why a test failed, made safe for a Markdown code span: the
+/// runtime's first error message (`runvm: …`, not a warning, info or debug line), passing
+/// over "… does not exist" (the usual answer to a test's own check that a container is
+/// gone) when there is another; else the last line bats printed.
+fn telling_line(t: &TestResult, label: &str) -> String {
+    let prefix = format!("{label}: ");
+    let errors: Vec<&str> = t
+        .detail
         .iter()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .map(|l| l.trim().replace('`', "'"))
-        .unwrap_or_default()
+        .map(|l| l.trim())
+        .filter(|l| l.starts_with(&prefix))
+        .filter(|l| {
+            !["warning", "info", "debug"]
+                .iter()
+                .any(|level| l[prefix.len()..].starts_with(level))
+        })
+        .collect();
+    errors
+        .iter()
+        .find(|l| !l.ends_with("does not exist"))
+        .or(errors.first())
+        .copied()
+        .or_else(|| {
+            t.detail
+                .iter()
+                .map(|l| l.trim())
+                .rev()
+                .find(|l| !l.is_empty())
+        })
+        .unwrap_or("")
+        .replace('`', "'")
 }
 
 fn markdown_report(report: &Report, table: &str, record: Option<&Record>) -> String {
@@ -1797,9 +1837,9 @@ fn markdown_report(report: &Report, table: &str, record: Option<&Record>) -> Str
     let divergent = divergences(report, record);
     if !divergent.is_empty() {
         s.push_str(
-            "\n## Tests runc passes and runvm does not\n\nWith the last line bats printed \
-             about the failure, and the reason recorded in `xtask/runc-bats-expected.json` \
-             (UNEXPLAINED where there is none yet).\n\n",
+            "\n## Tests runc passes and runvm does not\n\nWith runvm's error (or the last \
+             line bats printed about the failure), and the reason recorded in \
+             `xtask/runc-bats-expected.json` (UNEXPLAINED where there is none yet).\n\n",
         );
         for d in &divergent {
             let what = match (d.test.outcome, d.test.timed_out) {
@@ -1812,7 +1852,7 @@ fn markdown_report(report: &Report, table: &str, record: Option<&Record>) -> Str
             } else {
                 String::new()
             };
-            let said = match last_detail(d.test) {
+            let said = match telling_line(d.test, d.label) {
                 l if l.is_empty() => l,
                 l => format!(" (`{l}`)"),
             };
@@ -1837,14 +1877,15 @@ fn markdown_report(report: &Report, table: &str, record: Option<&Record>) -> Str
             .collect();
         if !failed.is_empty() {
             s.push_str(&format!(
-                "\n## Tests {} itself fails here\n\nWith the last line bats printed about each.\n\n",
+                "\n## Tests {} itself fails here\n\nWith its error (or the last line bats \
+                 printed about the failure).\n\n",
                 first.label
             ));
             for (file, t) in failed {
                 s.push_str(&format!(
                     "- `{file}` \"{}\": `{}`\n",
                     t.name,
-                    last_detail(t)
+                    telling_line(t, &first.label)
                 ));
             }
         }
@@ -1909,6 +1950,69 @@ mod tests {
         assert!(t.tests[5].detail.is_empty());
         let c = Counts::of(&t.tests);
         assert_eq!((c.pass, c.fail, c.skip), (2, 2, 2));
+    }
+
+    #[test]
+    fn the_telling_line_is_the_runtimes_error() {
+        let t = |detail: &[&str]| TestResult {
+            name: "t".into(),
+            outcome: Outcome::Fail,
+            timed_out: false,
+            skip_reason: None,
+            detail: detail.iter().map(|l| l.to_string()).collect(),
+        };
+        let d = t(&[
+            "(in test file state.bats, line 19)",
+            "runvm state ct (status=1):",
+            "runvm: container \"ct\" does not exist",
+            "runvm: warning: ignoring unknown key \"x\"",
+            "runvm: cannot use `console` socket",
+            "rmdir: failed to remove '/sys/fs/cgroup/x'",
+        ]);
+        assert_eq!(
+            telling_line(&d, "runvm"),
+            "runvm: cannot use 'console' socket"
+        );
+        let d = t(&[
+            "runvm run ct (status=1):",
+            "runvm: container \"ct\" does not exist",
+            "",
+        ]);
+        assert_eq!(
+            telling_line(&d, "runvm"),
+            "runvm: container \"ct\" does not exist"
+        );
+        let d = t(&["  `[ \"$status\" -eq 0 ]' failed", "pipe:[21]", ""]);
+        assert_eq!(telling_line(&d, "runvm"), "pipe:[21]");
+        assert_eq!(telling_line(&t(&[]), "runvm"), "");
+    }
+
+    #[test]
+    fn a_report_reads_back_what_it_wrote() {
+        let file = FileResult {
+            file: "a.bats".into(),
+            counts: Counts {
+                pass: 1,
+                fail: 1,
+                skip: 1,
+            },
+            plan: Some(3),
+            exit_code: Some(1),
+            signal: None,
+            timed_out: false,
+            leaked_containers: Vec::new(),
+            stray_processes: 0,
+            seconds: 2.5,
+            tests: parse_bats_tap("ok 1 a\nnot ok 2 b\n# why\nok 3 c # skip no\n").tests,
+        };
+        let text = serde_json::to_string(&file).unwrap();
+        let back: FileResult = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.tests, file.tests);
+        assert_eq!(
+            (back.counts.pass, back.counts.fail, back.counts.skip),
+            (1, 1, 1)
+        );
+        assert_eq!(back.cell(), file.cell());
     }
 
     #[test]

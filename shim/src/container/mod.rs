@@ -187,6 +187,7 @@ pub fn hook_container(p: &Prepared) -> crate::hooks::Container {
     crate::hooks::Container {
         id: p.id.clone(),
         bundle: p.spec.bundle.clone(),
+        rootfs: p.spec.rootfs.clone(),
         annotations: p.spec.annotations.clone(),
         hooks: p.spec.hooks.clone(),
         host_netns: None,

@@ -49,6 +49,13 @@ fn scratch() -> TempDir {
     let root = scratch.path().join("rootfs");
     std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
     std::fs::write(root.join("bin/notexec"), "#!/bin/sh\n").unwrap();
+    // Root's own, which another user cannot enter.
+    std::fs::create_dir(root.join("private")).unwrap();
+    std::fs::set_permissions(
+        root.join("private"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
     scratch
 }
 
@@ -317,6 +324,25 @@ fn not_executable_is_start_failed_126() {
     require_root!();
     let o = run(spec(&["/bin/notexec"]), b"", |_| {});
     assert_eq!(o.start_failed.as_ref().map(|f| f.0), Some(126), "{o:?}");
+}
+
+#[test]
+fn a_cwd_only_root_can_enter_is_entered_before_the_user_switch_as_runc_does() {
+    require_root!();
+    let mut p = spec(&[
+        "sh",
+        "-c",
+        "pwd; id -u; ls . 2>/dev/null || echo cannot-list",
+    ]);
+    p.uid = 1000;
+    p.gid = 1000;
+    p.cwd = "/private".into();
+    let o = run(p, b"", |_| {});
+    assert_eq!(o.exited, Some(ExitStatus::Exited(0)), "{o:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "/private\n1000\ncannot-list\n"
+    );
 }
 
 #[test]
@@ -1078,4 +1104,30 @@ fn the_seccomp_filter_applies_with_and_without_no_new_privs() {
     let (code, message) = o.start_failed.expect("start failed");
     assert_eq!(code, 1);
     assert!(message.contains("seccomp"), "{message}");
+}
+
+#[test]
+fn a_read_only_dev_gets_its_devices_first_as_under_runc() {
+    require_root!();
+    let mounts = vec![
+        mnt("/proc", "proc", ""),
+        mnt(
+            "/dev",
+            "tmpfs",
+            "nosuid,strictatime,mode=755,size=65536k,ro",
+        ),
+    ];
+    let o = run_with(
+        spec(&[
+            "sh",
+            "-c",
+            "echo x > /dev/null && echo null-ok; (echo > /dev/new) 2>/dev/null || echo dev-ro",
+        ]),
+        LinuxSpec::default(),
+        mounts,
+        b"",
+        |_| {},
+    );
+    assert_eq!(o.exited, Some(ExitStatus::Exited(0)), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "null-ok\ndev-ro\n");
 }

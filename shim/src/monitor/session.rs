@@ -30,6 +30,11 @@ use super::{Ending, Io, MonitorError};
 
 /// How long the monitor waits, once the main process ended, for the rest to be complete.
 const DRAIN_WAIT: Duration = Duration::from_secs(10);
+/// How long the guest has to report the end of a SIGKILLed main process before the host
+/// stops the VM itself: `kill -9` and `docker stop` never wait on the guest's cooperation
+/// (a hostile or wedged guest kernel cannot keep a container alive), and Docker, which
+/// waits 10 s for the exit after its SIGKILL, always gets it in time.
+pub(super) const KILL_GRACE: Duration = Duration::from_secs(3);
 /// How long a new stream connection may take to send its header before it is dropped.
 const HEADER_WAIT: Duration = Duration::from_secs(5);
 /// Most stream connections waiting for their headers at once (the vsock device allows
@@ -55,6 +60,11 @@ pub(super) struct Session<'a> {
     /// `runvm start`, waiting until the main process has started (or failed to).
     pending_start: Option<UnixStream>,
     main_ending: Option<Ending>,
+    /// When the host stops the VM if the guest has not reported the SIGKILLed main
+    /// process's end ([`KILL_GRACE`]).
+    kill_deadline: Option<Instant>,
+    /// The host stopped the VM at the kill deadline: the session ends at once.
+    killed_by_host: bool,
     /// Host API requests waiting for the guest's answer (`ps`, `events`, `update`).
     pub(super) queries: super::control::Queries,
 }
@@ -108,6 +118,8 @@ impl<'a> Session<'a> {
             queued,
             pending_start,
             main_ending: None,
+            kill_deadline: None,
+            killed_by_host: false,
             queries: Default::default(),
         }
     }
@@ -137,6 +149,9 @@ impl<'a> Session<'a> {
         let mut drain_deadline = None;
         loop {
             self.finish_complete_execs();
+            if self.killed_by_host {
+                break;
+            }
             if let Some(ending) = &self.main_ending {
                 let deadline = *drain_deadline.get_or_insert_with(|| Instant::now() + DRAIN_WAIT);
                 // A process that failed to start may never have opened its streams.
@@ -155,6 +170,7 @@ impl<'a> Session<'a> {
             }
             let wake = [
                 drain_deadline,
+                self.kill_deadline.filter(|_| self.main_ending.is_none()),
                 self.reader.deadline(),
                 self.pending_streams.iter().map(|(_, p)| p.deadline).min(),
             ]
@@ -212,7 +228,10 @@ impl<'a> Session<'a> {
         {
             target.receive(listener, self.vm_done);
         }
-        let _ = self.send(&HostMessage::Shutdown);
+        if !self.killed_by_host {
+            // (A stopped VM reads nothing more: the write could only wait.)
+            let _ = self.send(&HostMessage::Shutdown);
+        }
         Ok(self
             .main_ending
             .take()
@@ -225,6 +244,15 @@ impl<'a> Session<'a> {
         if self.io.vm.is_paused() {
             // A frozen guest completes nothing: its deadlines wait for the resume.
             return Ok(());
+        }
+        if self.main_ending.is_none() && self.kill_deadline.is_some_and(|d| now >= d) {
+            log::warn!(
+                "the guest did not report the end of the SIGKILLed process within \
+                 {KILL_GRACE:?}; the host stops the VM"
+            );
+            self.io.vm.stop();
+            self.main_ending = Some(Ending::Exited(ExitStatus::Signaled(libc::SIGKILL)));
+            self.killed_by_host = true;
         }
         if self.reader.deadline().is_some_and(|d| now >= d) {
             return Err(MonitorError::Protocol(format!(
@@ -331,6 +359,9 @@ impl<'a> Session<'a> {
             return Ok(());
         }
         for signal in std::mem::take(&mut self.queued) {
+            if signal == libc::SIGKILL && self.kill_deadline.is_none() {
+                self.kill_deadline = Some(Instant::now() + KILL_GRACE);
+            }
             self.send(&HostMessage::Signal {
                 process: MAIN_PROCESS,
                 signal,

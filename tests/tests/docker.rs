@@ -872,6 +872,29 @@ fn oom_events(d: &docker::Cli, name: &str, since: &str) -> usize {
     out.text().lines().filter(|l| l.trim() == "oom").count()
 }
 
+/// The host cgroup directories whose name has `id` in it (the container's, whatever the
+/// cgroup driver), a few levels down from /sys/fs/cgroup.
+fn host_cgroups_named(id: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut level = vec![std::path::PathBuf::from("/sys/fs/cgroup")];
+    for _ in 0..4 {
+        let mut next = Vec::new();
+        for dir in &level {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                if e.file_name().to_string_lossy().contains(id) {
+                    found.push(e.path());
+                }
+                next.push(e.path());
+            }
+        }
+        level = next;
+    }
+    found
+}
+
 fn oom_kill_sets_oomkilled_and_an_oom_event(h: &mut Harness) {
     let d = h.cli().clone();
     let since = docker_time_now();
@@ -881,6 +904,12 @@ fn oom_kill_sets_oomkilled_and_an_oom_event(h: &mut Harness) {
     ]
     .concat();
     d.run(&limited).code_is(137);
+    let id = d.inspect("oom1", "{{.Id}}");
+    wait_for(
+        "the container's host cgroup to go with it",
+        Duration::from_secs(10),
+        || host_cgroups_named(&id).is_empty().then_some(()),
+    );
     assert_eq!(d.inspect("oom1", "{{.State.ExitCode}}"), "137");
     assert_eq!(
         d.inspect("oom1", "{{.State.OOMKilled}}"),

@@ -64,11 +64,13 @@ impl OomWatch {
         }
         let kills = count - self.guest_count;
         self.guest_count = count;
-        let Some(Ok(reporter)) = &mut self.reporter else {
-            if let Some(Err(e)) = &self.reporter {
-                log::debug!("the guest's OOM killer killed {kills} more process(es); not shown on the host: {e}");
+        let reporter = match &mut self.reporter {
+            None => return,
+            Some(Err(e)) => {
+                log::warn!("the guest's OOM killer killed {kills} more process(es) of the container; container engines will not report it: {e}");
+                return;
             }
-            return;
+            Some(Ok(reporter)) => reporter,
         };
         match reporter.report() {
             Ok(host_count) => {

@@ -946,23 +946,29 @@ fn oom_kill_in_a_running_container_is_an_oom_event(h: &mut Harness) {
         (oom_events(&d, "oomr", &since) >= 1).then_some(())
     });
     assert_eq!(d.inspect("oomr", "{{.State.Status}}"), "running");
-    // The container's host cgroup, from its pid's (the monitor's under runvm, which has
-    // moved into a leaf of it to show the OOM kill).
+    // The container's host cgroup, from its pid's (the monitor's under runvm): the
+    // container's own, with no cgroup of runvm's left in it.
     let pid = d.inspect("oomr", "{{.State.Pid}}");
     let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     let path = own
         .lines()
         .find_map(|l| l.strip_prefix("0::"))
-        .expect("a cgroup v2 host")
-        .to_string();
-    let path = if h.is_runvm() {
-        path.strip_suffix("/runvm-vmm")
-            .unwrap_or_else(|| panic!("the monitor is in the leaf runvm-vmm: {path}"))
-            .to_string()
-    } else {
-        path
-    };
+        .expect("a cgroup v2 host");
+    let id = d.inspect("oomr", "{{.Id}}");
+    assert!(
+        path.rsplit('/')
+            .next()
+            .is_some_and(|leaf| leaf.contains(&id)),
+        "the container's pid is in the container's cgroup: {path}"
+    );
     let dir = std::path::PathBuf::from("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+    let children: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name())
+        .collect();
+    assert!(children.is_empty(), "cgroups left in {dir:?}: {children:?}");
     // docker stats still reads the container's memory, and update still applies.
     let usage = d.cmd(&["stats", "--no-stream", "--format", "{{.MemUsage}}", "oomr"]);
     usage.ok();

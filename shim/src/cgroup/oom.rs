@@ -5,21 +5,23 @@
 //! the container's process, so the host cgroup's count would never rise by itself.
 //!
 //! So the monitor raises it, with a process of its own that the host's OOM killer
-//! kills: the first time, it moves the container's processes (the monitor, with all
-//! its threads) down into a leaf [`VMM_LEAF`] and makes a sibling [`VICTIM_LEAF`] whose
-//! `memory.max` is [`VICTIM_MEMORY_MAX`] (cgroup v2 lets a cgroup give its children the
-//! memory controller only once it holds no process itself). Each report forks a victim
-//! that joins [`VICTIM_LEAF`], asks to be killed first (`oom_score_adj` 1000) and
-//! touches more memory than it may: the kernel kills it, and `memory.events` counts the
-//! kill in the victim's cgroup and every ancestor, the container's cgroup included.
+//! kills. For each report, for a few milliseconds, it moves the container's processes
+//! (the monitor, with all its threads) down into a leaf [`VMM_LEAF`] and makes a sibling
+//! [`VICTIM_LEAF`] whose `memory.max` is [`VICTIM_MEMORY_MAX`] (cgroup v2 lets a cgroup
+//! give its children the memory controller only once it holds no process itself). A
+//! forked victim joins [`VICTIM_LEAF`], asks to be killed first (`oom_score_adj` 1000)
+//! and touches more memory than it may: the kernel kills it, and `memory.events` counts
+//! the kill in the victim's cgroup and every ancestor, the container's cgroup included.
+//! Then everything is put back: the processes in the container's cgroup, no leaf (so
+//! whatever reads the container pid's cgroup later still finds the container's).
 //!
 //! The VMM is never at risk: an OOM in [`VICTIM_LEAF`] only ever chooses among that
 //! cgroup's processes, and the victim's at most [`VICTIM_MEMORY_MAX`] come out of the
 //! VMM's 64 MiB of headroom in the container's cgroup; were that cgroup itself ever
 //! short, the victim's score (1000) makes it the one the kernel takes before the VMM.
-//! The container's cgroup keeps its limits, its usage (hierarchical: `docker stats`,
-//! `runvm events`) and its path; the two leaves are recorded in `cgroup.json` before
-//! they are made, so every cleanup removes them with it.
+//! The container's cgroup keeps its limits, its usage and its path; the two leaves are
+//! recorded in `cgroup.json` before they are first made, so that a cleanup after a
+//! monitor killed in the middle of a report removes them too.
 //!
 //! cgroup v1 is not done: its OOM notification (an eventfd on `memory.oom_control`)
 //! fires only for an OOM of the cgroup itself or of an ancestor, never a child's, so
@@ -70,8 +72,8 @@ pub struct OomReporter {
     dir: PathBuf,
     /// Where its record (`cgroup.json`) is.
     state_dir: PathBuf,
-    /// Whether the two leaves are set up.
-    prepared: bool,
+    /// Whether the two leaves are in the record.
+    recorded: bool,
 }
 
 impl OomReporter {
@@ -83,7 +85,7 @@ impl OomReporter {
             (true, Some(dir)) => Ok(Self {
                 dir,
                 state_dir: state_dir.to_path_buf(),
-                prepared: false,
+                recorded: false,
             }),
             _ => Err(OomReportError::NotV2),
         })
@@ -104,15 +106,24 @@ impl OomReporter {
     }
 
     /// Has the host's OOM killer kill one victim in the container's cgroup, so that its
-    /// `oom_kill` count rises by one; returns the count after.
+    /// `oom_kill` count rises by one; returns the count after. The container's cgroup is
+    /// as before when it returns (its processes in it, no leaf), whatever happened.
     pub fn report(&mut self) -> Result<u64, OomReportError> {
-        if !self.prepared {
-            self.prepare()?;
-            self.prepared = true;
+        let vmm = self.dir.join(VMM_LEAF);
+        let victims = self.dir.join(VICTIM_LEAF);
+        if !self.recorded {
+            // Recorded before they exist, so that every cleanup finds them.
+            record_created(&self.state_dir, &[victims.clone(), vmm.clone()])?;
+            self.recorded = true;
         }
         let before = self.oom_kills();
-        let victims = self.dir.join(VICTIM_LEAF);
-        kill_a_victim(&victims)?;
+        let killed = self
+            .set_aside(&vmm, &victims)
+            .map_err(OomReportError::from)
+            .and_then(|()| kill_a_victim(&victims));
+        let restored = self.restore(&vmm, &victims);
+        killed?;
+        restored?;
         let after = self.oom_kills();
         if after <= before {
             return Err(OomReportError::NotCounted {
@@ -123,32 +134,62 @@ impl OomReporter {
         Ok(after)
     }
 
-    /// Records the two leaves, moves the container's processes into [`VMM_LEAF`], gives
-    /// the children the memory controller and makes [`VICTIM_LEAF`] with its limit.
-    fn prepare(&self) -> Result<(), CgroupError> {
-        let vmm = self.dir.join(VMM_LEAF);
-        let victims = self.dir.join(VICTIM_LEAF);
-        // Recorded before they exist, so that every cleanup finds them.
-        record_created(&self.state_dir, &[victims.clone(), vmm.clone()])?;
-        make_dir(&vmm)?;
-        let procs = self.dir.join("cgroup.procs");
-        let pids = std::fs::read_to_string(&procs).map_err(io("read", &procs))?;
-        for pid in pids.split_whitespace() {
-            match write(&vmm, "cgroup.procs", pid) {
-                // A process that has exited since.
-                Err(CgroupError::Io { source, .. })
-                    if source.raw_os_error() == Some(libc::ESRCH) => {}
-                r => r?,
-            }
-        }
+    /// Moves the container's processes into [`VMM_LEAF`], gives the children the memory
+    /// controller and makes [`VICTIM_LEAF`] with its limit.
+    fn set_aside(&self, vmm: &Path, victims: &Path) -> Result<(), CgroupError> {
+        make_dir(vmm)?;
+        move_processes(&self.dir, vmm)?;
         write(&self.dir, "cgroup.subtree_control", "+memory")?;
-        make_dir(&victims)?;
-        write(&victims, "memory.max", &VICTIM_MEMORY_MAX.to_string())?;
+        make_dir(victims)?;
+        write(victims, "memory.max", &VICTIM_MEMORY_MAX.to_string())?;
         // With swap, the victim's pages could go there instead of its being killed.
         if victims.join("memory.swap.max").exists() {
-            write(&victims, "memory.swap.max", "0")?;
+            write(victims, "memory.swap.max", "0")?;
         }
         Ok(())
+    }
+
+    /// Undoes [`Self::set_aside`], or as much of it as was done: the processes back in
+    /// the container's cgroup, which gives no controller to children again, and no leaf.
+    fn restore(&self, vmm: &Path, victims: &Path) -> Result<(), CgroupError> {
+        remove_leaf(victims)?;
+        write(&self.dir, "cgroup.subtree_control", "-memory")?;
+        move_processes(vmm, &self.dir)?;
+        remove_leaf(vmm)
+    }
+}
+
+/// Moves every process of cgroup `from` (all its threads with it) into `to`; nothing
+/// when `from` does not exist.
+fn move_processes(from: &Path, to: &Path) -> Result<(), CgroupError> {
+    let procs = from.join("cgroup.procs");
+    let pids = match std::fs::read_to_string(&procs) {
+        Ok(pids) => pids,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io("read", &procs)(e)),
+    };
+    for pid in pids.split_whitespace() {
+        match write(to, "cgroup.procs", pid) {
+            // A process that has exited since.
+            Err(CgroupError::Io { source, .. }) if source.raw_os_error() == Some(libc::ESRCH) => {}
+            r => r?,
+        }
+    }
+    Ok(())
+}
+
+/// Removes the leaf `dir` if it exists, waiting a little for a process that has just
+/// left it (or died in it) to be gone.
+fn remove_leaf(dir: &Path) -> Result<(), CgroupError> {
+    let deadline = Instant::now() + VICTIM_WAIT;
+    loop {
+        match std::fs::remove_dir(dir) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            r => return r.map_err(io("remove cgroup", dir)),
+        }
     }
 }
 

@@ -425,6 +425,17 @@ mod tests {
     }
 
     #[test]
+    fn undoing_what_was_never_done_is_no_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let leaf = dir.path().join(VMM_LEAF);
+        move_processes(&leaf, dir.path()).unwrap();
+        remove_leaf(&leaf).unwrap();
+        std::fs::create_dir(&leaf).unwrap();
+        remove_leaf(&leaf).unwrap();
+        assert!(!leaf.exists());
+    }
+
+    #[test]
     fn a_reporter_needs_a_v2_cgroup() {
         let state = tempfile::tempdir().unwrap();
         assert!(OomReporter::for_container(state.path()).is_none());

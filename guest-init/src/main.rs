@@ -264,6 +264,7 @@ fn run(mode: &Mode, transport: &Transport, control: &mut Control) -> Result<()> 
     control.send(&GuestMessage::Exited {
         process: MAIN_PROCESS,
         status: outcome.status,
+        oom_kills: cgroup::oom_kills(),
     })?;
     write_back(&run.rootfs, &paths, transport);
     wait_for_shutdown(control);

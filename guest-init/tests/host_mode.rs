@@ -124,7 +124,9 @@ fn run_with(
             o.started_pid = Some(pid);
             after_start(&mut s.ctl);
             match s.recv() {
-                GuestMessage::Exited { process: 0, status } => o.exited = Some(status),
+                GuestMessage::Exited {
+                    process: 0, status, ..
+                } => o.exited = Some(status),
                 m => panic!("expected Exited, got {m:?}"),
             }
         }
@@ -456,7 +458,9 @@ impl Session {
         let mut v = vec![];
         loop {
             match self.recv() {
-                GuestMessage::Exited { process, status } => {
+                GuestMessage::Exited {
+                    process, status, ..
+                } => {
                     v.push((process, status));
                     if process == 0 {
                         return v;
@@ -572,7 +576,9 @@ fn exec_joins_the_container_and_reports_its_exit() {
     );
     assert_eq!(err, b"got input\n");
     match s.recv() {
-        GuestMessage::Exited { process: 1, status } => assert_eq!(status, ExitStatus::Exited(5)),
+        GuestMessage::Exited {
+            process: 1, status, ..
+        } => assert_eq!(status, ExitStatus::Exited(5)),
         m => panic!("expected Exited of 1, got {m:?}"),
     }
     s.send(&HostMessage::Signal {
@@ -621,7 +627,9 @@ fn exec_failures_and_signals_and_death_with_the_main_process() {
     });
     assert_eq!(read_all(out2), b"term\n");
     match s.recv() {
-        GuestMessage::Exited { process: 2, status } => assert_eq!(status, ExitStatus::Exited(9)),
+        GuestMessage::Exited {
+            process: 2, status, ..
+        } => assert_eq!(status, ExitStatus::Exited(9)),
         m => panic!("expected Exited of 2, got {m:?}"),
     }
     // An exec'd process dies with the main process (its PID namespace).
@@ -631,7 +639,9 @@ fn exec_failures_and_signals_and_death_with_the_main_process() {
     let mut tty = s.exec(4, t).remove(0);
     read_until(&mut tty, "/dev/pts/");
     match s.recv() {
-        GuestMessage::Exited { process: 4, status } => assert_eq!(status, ExitStatus::Exited(0)),
+        GuestMessage::Exited {
+            process: 4, status, ..
+        } => assert_eq!(status, ExitStatus::Exited(0)),
         m => panic!("expected Exited of 4, got {m:?}"),
     }
     s.send(&HostMessage::Signal {

@@ -107,7 +107,9 @@ fn run(scratch: &TempDir, rootfs: RootfsSpec, mounts: Vec<MountSpec>, script: &s
     let exited = loop {
         match read_frame::<_, GuestMessage>(&mut ctl).unwrap() {
             GuestMessage::Started { .. } => {}
-            GuestMessage::Exited { process: 0, status } => break status,
+            GuestMessage::Exited {
+                process: 0, status, ..
+            } => break status,
             m => panic!("expected Exited, got {m:?} (stderr: {stderr})"),
         }
     };

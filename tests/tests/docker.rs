@@ -60,6 +60,14 @@ const TESTS: &[(&str, docker::TestFn)] = &[
     ("stats_no_stream_shows_memory", stats_no_stream_shows_memory),
     ("update_memory_limit", update_memory_limit),
     (
+        "oom_kill_sets_oomkilled_and_an_oom_event",
+        oom_kill_sets_oomkilled_and_an_oom_event,
+    ),
+    (
+        "oom_kill_in_a_running_container_is_an_oom_event",
+        oom_kill_in_a_running_container_is_an_oom_event,
+    ),
+    (
         "create_holds_no_vm_until_start",
         create_holds_no_vm_until_start,
     ),
@@ -838,6 +846,142 @@ fn update_memory_limit(h: &mut Harness) {
         limit(&d),
         (300u64 << 20).to_string(),
         "the update applies inside"
+    );
+}
+
+/// A process that needs 80 MB: one 80 MiB buffer, filled.
+const ALLOC_80M: [&str; 5] = ["dd", "if=/dev/zero", "of=/dev/null", "bs=80M", "count=1"];
+
+/// The `oom` events of container `name` since `since` (up to now).
+fn oom_events(d: &docker::Cli, name: &str, since: &str) -> usize {
+    let until = docker_time_now();
+    let out = d.cmd(&[
+        "events",
+        "--since",
+        since,
+        "--until",
+        &until,
+        "--filter",
+        &format!("container={name}"),
+        "--filter",
+        "event=oom",
+        "--format",
+        "{{.Action}}",
+    ]);
+    out.ok();
+    out.text().lines().filter(|l| l.trim() == "oom").count()
+}
+
+/// The host cgroup directories whose name has `id` in it (the container's, whatever the
+/// cgroup driver), a few levels down from /sys/fs/cgroup.
+fn host_cgroups_named(id: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut level = vec![std::path::PathBuf::from("/sys/fs/cgroup")];
+    for _ in 0..4 {
+        let mut next = Vec::new();
+        for dir in &level {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                if e.file_name().to_string_lossy().contains(id) {
+                    found.push(e.path());
+                }
+                next.push(e.path());
+            }
+        }
+        level = next;
+    }
+    found
+}
+
+fn oom_kill_sets_oomkilled_and_an_oom_event(h: &mut Harness) {
+    let d = h.cli().clone();
+    let since = docker_time_now();
+    let limited = [
+        &["--name", "oom1", "--memory", "32m", BUSYBOX][..],
+        &ALLOC_80M,
+    ]
+    .concat();
+    d.run(&limited).code_is(137);
+    let id = d.inspect("oom1", "{{.Id}}");
+    wait_for(
+        "the container's host cgroup to go with it",
+        Duration::from_secs(10),
+        || host_cgroups_named(&id).is_empty().then_some(()),
+    );
+    assert_eq!(d.inspect("oom1", "{{.State.ExitCode}}"), "137");
+    assert_eq!(
+        d.inspect("oom1", "{{.State.OOMKilled}}"),
+        "true",
+        "a process killed for the memory limit is OOMKilled"
+    );
+    assert!(
+        oom_events(&d, "oom1", &since) >= 1,
+        "docker events shows an oom event of oom1"
+    );
+    // The same process without the limit completes, and nothing says OOM.
+    let free = [&["--name", "oom2", BUSYBOX][..], &ALLOC_80M].concat();
+    d.run(&free).ok();
+    assert_eq!(d.inspect("oom2", "{{.State.OOMKilled}}"), "false");
+    assert_eq!(oom_events(&d, "oom2", &since), 0);
+}
+
+/// A process killed while the container goes on (not its main process, nor an exec):
+/// the `oom` event comes while it runs, and the container's cgroup keeps working.
+fn oom_kill_in_a_running_container_is_an_oom_event(h: &mut Harness) {
+    let d = h.cli().clone();
+    let since = docker_time_now();
+    let script = format!("{}; echo dd ended $?; sleep 600", ALLOC_80M.join(" "));
+    d.run_detached(&[
+        "--name", "oomr", "--memory", "32m", BUSYBOX, "sh", "-c", &script,
+    ]);
+    wait_for("dd to be killed", Duration::from_secs(120), || {
+        d.cmd(&["logs", "oomr"])
+            .text()
+            .contains("dd ended 137")
+            .then_some(())
+    });
+    wait_for("the oom event", Duration::from_secs(30), || {
+        (oom_events(&d, "oomr", &since) >= 1).then_some(())
+    });
+    assert_eq!(d.inspect("oomr", "{{.State.Status}}"), "running");
+    // The container's host cgroup, from its pid's (the monitor's under runvm): the
+    // container's own, with no cgroup of runvm's left in it.
+    let pid = d.inspect("oomr", "{{.State.Pid}}");
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let path = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup v2 host");
+    let id = d.inspect("oomr", "{{.Id}}");
+    assert!(
+        path.rsplit('/')
+            .next()
+            .is_some_and(|leaf| leaf.contains(&id)),
+        "the container's pid is in the container's cgroup: {path}"
+    );
+    let dir = std::path::PathBuf::from("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+    let children: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name())
+        .collect();
+    assert!(children.is_empty(), "cgroups left in {dir:?}: {children:?}");
+    // docker stats still reads the container's memory, and update still applies.
+    let usage = d.cmd(&["stats", "--no-stream", "--format", "{{.MemUsage}}", "oomr"]);
+    usage.ok();
+    assert!(!usage.text().starts_with("0B"), "{}", usage.text());
+    d.cmd(&["update", "--memory", "64m", "--memory-swap", "64m", "oomr"])
+        .ok();
+    let out = d.cmd(&["exec", "oomr", "cat", "/sys/fs/cgroup/memory.max"]);
+    out.ok().prints(&(64u64 << 20).to_string());
+    d.cmd(&["rm", "-f", "oomr"]).ok();
+    wait_for(
+        "the host cgroup to be removed",
+        Duration::from_secs(10),
+        || (!dir.exists()).then_some(()),
     );
 }
 

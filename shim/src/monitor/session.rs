@@ -7,7 +7,8 @@
 //! Call-outs other parts of the monitor may add: more API requests go to
 //! [`Session::api_request`]; more guest messages to `Session::handle_guest_message`,
 //! which checks each against what the guest may say at that point (the guest is
-//! untrusted: a message out of order is a protocol error that stops the VM).
+//! untrusted: a message out of order is a protocol error that stops the VM). The guest's
+//! OOM kills are watched in [`oom`].
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -27,6 +28,8 @@ use super::process::{HostStdio, Process};
 use super::untrusted::{self, FrameReader, GuestText, Header, PendingStream, FRAME_STALL};
 use super::vm::VmGone;
 use super::{Ending, Io, MonitorError};
+
+mod oom;
 
 /// How long the monitor waits, once the main process ended, for the rest to be complete.
 const DRAIN_WAIT: Duration = Duration::from_secs(10);
@@ -67,6 +70,8 @@ pub(super) struct Session<'a> {
     killed_by_host: bool,
     /// Host API requests waiting for the guest's answer (`ps`, `events`, `update`).
     pub(super) queries: super::control::Queries,
+    /// The guest's OOM kills, shown in the host cgroup.
+    oom: oom::OomWatch,
 }
 
 /// How a session ended.
@@ -121,6 +126,7 @@ impl<'a> Session<'a> {
             kill_deadline: None,
             killed_by_host: false,
             queries: Default::default(),
+            oom: oom::OomWatch::new(io.state_dir),
         }
     }
 
@@ -173,6 +179,7 @@ impl<'a> Session<'a> {
                 self.kill_deadline.filter(|_| self.main_ending.is_none()),
                 self.reader.deadline(),
                 self.pending_streams.iter().map(|(_, p)| p.deadline).min(),
+                self.oom.poll_deadline(),
             ]
             .into_iter()
             .flatten()
@@ -212,6 +219,7 @@ impl<'a> Session<'a> {
                 }
             }
             self.expire(Instant::now())?;
+            self.poll_oom()?;
         }
         for (id, p) in std::mem::take(&mut self.processes) {
             if id != MAIN_PROCESS {
@@ -432,13 +440,18 @@ impl<'a> Session<'a> {
     }
 
     fn handle_guest_message(&mut self, msg: GuestMessage) -> Result<(), MonitorError> {
+        if self.oom_count_in(&msg) {
+            return Ok(());
+        }
         match &msg {
             GuestMessage::StartFailed { process, code, .. } if !(1..=255).contains(code) => {
                 return Err(MonitorError::Protocol(format!(
                     "the guest reported a failed start with exit code {code} for process {process}"
                 )))
             }
-            GuestMessage::Exited { process, status } => check_status(*process, *status)?,
+            GuestMessage::Exited {
+                process, status, ..
+            } => check_status(*process, *status)?,
             _ => {}
         }
         match msg {
@@ -487,7 +500,9 @@ impl<'a> Session<'a> {
                 self.main_ending = Some(Ending::StartFailed(code, message));
                 self.mark_exited();
             }
-            GuestMessage::Exited { process, status } if process == MAIN_PROCESS => {
+            GuestMessage::Exited {
+                process, status, ..
+            } if process == MAIN_PROCESS => {
                 if self.main_ending.is_some() {
                     return Err(MonitorError::Protocol(
                         "the guest reported the end of process 0 twice".into(),
@@ -510,7 +525,9 @@ impl<'a> Session<'a> {
                 code,
                 message,
             } => self.exec_failed(process, code, untrusted::text(&message))?,
-            GuestMessage::Exited { process, status } => self.exec_exited(process, status)?,
+            GuestMessage::Exited {
+                process, status, ..
+            } => self.exec_exited(process, status)?,
             GuestMessage::Hello { .. } => {
                 return Err(MonitorError::Protocol(
                     "the guest sent a second Hello".into(),

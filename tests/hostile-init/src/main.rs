@@ -189,6 +189,7 @@ fn misbehave(mode: Mode) -> Result<()> {
                 &GuestMessage::Exited {
                     process: 77,
                     status: ExitStatus::Exited(0),
+                    oom_kills: 0,
                 },
             )?;
             hang()
@@ -214,6 +215,7 @@ fn misbehave(mode: Mode) -> Result<()> {
                 &GuestMessage::Exited {
                     process: MAIN_PROCESS,
                     status: ExitStatus::Exited(0),
+                    oom_kills: 0,
                 },
             )?;
             hang()
@@ -228,6 +230,7 @@ fn misbehave(mode: Mode) -> Result<()> {
                 &GuestMessage::Exited {
                     process: MAIN_PROCESS,
                     status: ExitStatus::Signaled(i32::MAX),
+                    oom_kills: 0,
                 },
             )?;
             hang()
@@ -451,6 +454,7 @@ fn behave(mut c: UnixStream) -> Result<()> {
         &GuestMessage::Exited {
             process: MAIN_PROCESS,
             status: ExitStatus::Exited(0),
+            oom_kills: 0,
         },
     )?;
     wait_for_shutdown(&mut c);
@@ -502,6 +506,7 @@ fn flood(mut c: UnixStream) -> Result<()> {
         &GuestMessage::Exited {
             process: MAIN_PROCESS,
             status: ExitStatus::Signaled(libc::SIGKILL),
+            oom_kills: 0,
         },
     )?;
     wait_for_shutdown(&mut c);

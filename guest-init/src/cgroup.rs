@@ -150,12 +150,7 @@ pub fn stats() -> GuestStats {
     let d = dir();
     let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap_or_default();
     let num = |f: &str| read(f).trim().parse::<u64>().ok();
-    let keyed = |f: &str, key: &str| {
-        read(f).lines().find_map(|l| {
-            let (k, v) = l.split_once(' ')?;
-            (k == key).then(|| v.trim().parse::<u64>().ok()).flatten()
-        })
-    };
+    let keyed = |f: &str, key: &str| keyed_value(&read(f), key);
     GuestStats {
         memory_usage: num("memory.current").unwrap_or(0),
         memory_limit: num("memory.max"),
@@ -164,6 +159,26 @@ pub fn stats() -> GuestStats {
         pids_limit: num("pids.max"),
         oom_kills: keyed("memory.events", "oom_kill").unwrap_or(0),
     }
+}
+
+/// The container cgroup's `memory.events` `oom_kill` count: processes of the container
+/// the kernel's OOM killer killed (for the limit, or for the VM's RAM), reported with
+/// each exit so that the host can tell its own container engine before the exit. 0 when
+/// init made no cgroup (host test mode).
+pub fn oom_kills() -> u64 {
+    if !READY.load(Ordering::Acquire) {
+        return 0;
+    }
+    let text = std::fs::read_to_string(dir().join("memory.events")).unwrap_or_default();
+    keyed_value(&text, "oom_kill").unwrap_or(0)
+}
+
+/// The number of `key` in a flat-keyed cgroup file (`key value` lines).
+fn keyed_value(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse::<u64>().ok()).flatten()
+    })
 }
 
 /// A process of the container as init lists it.
@@ -275,6 +290,15 @@ mod tests {
             .expect("this process is listed");
         assert!(!mine.cmd.is_empty());
         assert_eq!(mine.uid, nix::unistd::getuid().as_raw());
+    }
+
+    #[test]
+    fn oom_kill_counts_are_read_by_key() {
+        let events = "low 0\nhigh 0\nmax 12\noom 3\noom_kill 2\noom_group_kill 0\n";
+        assert_eq!(keyed_value(events, "oom_kill"), Some(2));
+        assert_eq!(keyed_value(events, "oom"), Some(3));
+        assert_eq!(keyed_value(events, "absent"), None);
+        assert_eq!(keyed_value("oom_kill x\n", "oom_kill"), None);
     }
 
     #[test]

@@ -33,8 +33,16 @@ pub fn become_process(p: &ProcessSpec, stdio: ChildStdio) -> Result<Infallible> 
     attrs::set_oom_score_adj(p.oom_score_adj)?;
     let credentials = Credentials::resolve(p, seccomp)?;
     credentials.drop_before_user_switch()?;
+    // As runc: the working directory is entered before the user switch (the user may not
+    // reach it, root can), and again after it only if root was refused (a file system
+    // that checks permissions as the user, such as the share of a read-only root).
+    let entered = enter_cwd(p, true)?;
     credentials.switch_user()?;
-    let cwd = enter_cwd(p)?;
+    let cwd = if entered {
+        cwd_of(p)
+    } else {
+        enter_cwd(p, false).map(|_| cwd_of(p))?
+    };
     // Like runc: the working directory is entered with the full permitted set, then the
     // process's own capabilities are set.
     credentials.set_capabilities()?;
@@ -77,20 +85,28 @@ fn close_other_fds() -> Result<()> {
     Ok(())
 }
 
-/// Enters the process's working directory (`/` when the spec has none) and returns it.
-fn enter_cwd(p: &ProcessSpec) -> Result<&Path> {
-    let cwd = if p.cwd.is_empty() {
+/// The process's working directory (`/` when the spec has none).
+fn cwd_of(p: &ProcessSpec) -> &Path {
+    Path::new(if p.cwd.is_empty() {
         "/"
     } else {
         p.cwd.as_str()
-    };
-    std::env::set_current_dir(cwd).map_err(|e| {
-        Error::new(format!(
-            "chdir to cwd ({cwd:?}) set in config.json failed: {}",
+    })
+}
+
+/// Enters the process's working directory. `may_retry`: a permission error is not yet
+/// an error (false is returned: the caller tries again as the container's user).
+fn enter_cwd(p: &ProcessSpec, may_retry: bool) -> Result<bool> {
+    let cwd = cwd_of(p);
+    match std::env::set_current_dir(cwd) {
+        Ok(()) => Ok(true),
+        Err(e) if may_retry && e.kind() == std::io::ErrorKind::PermissionDenied => Ok(false),
+        Err(e) => Err(Error::new(format!(
+            "chdir to cwd ({:?}) set in config.json failed: {}",
+            cwd.display().to_string(),
             errno_text(&e)
-        ))
-    })?;
-    Ok(Path::new(cwd))
+        ))),
+    }
 }
 
 /// An I/O error as runc words it: the errno's description in lower case.

@@ -286,6 +286,7 @@ fn run(mode: &Mode, transport: &Transport, control: &mut Control) -> Result<()> 
     control.send(&GuestMessage::Exited {
         process: MAIN_PROCESS,
         status: outcome.status,
+        oom_kills: cgroup::oom_kills(),
     })?;
     wait_for_shutdown(control);
     Ok(())

@@ -293,6 +293,12 @@ fn spec_mount(m: &MountSpec) -> Result<()> {
     }
     let target = Path::new(&m.destination);
     mkdir_p(target)?;
+    let mut flags = opts.flags;
+    if is_dev(&m.destination) {
+        // As runc: a read-only /dev is made read-only only once its devices are in it
+        // (`finalize_dev`).
+        flags -= MsFlags::MS_RDONLY;
+    }
     let source = if m.source.is_empty() {
         fstype
     } else {
@@ -303,9 +309,34 @@ fn spec_mount(m: &MountSpec) -> Result<()> {
     } else {
         Some(opts.data.as_str())
     };
-    do_mount(Some(source), target, Some(fstype), opts.flags, data)?;
+    do_mount(Some(source), target, Some(fstype), flags, data)?;
     for propagation in opts.propagation {
         do_mount(None, target, None, propagation, None)?;
+    }
+    Ok(())
+}
+
+fn is_dev(destination: &str) -> bool {
+    destination.trim_end_matches('/') == "/dev"
+}
+
+/// The read-only remount of a `/dev` mount with `ro`, after the devices were made in it
+/// (`linux.devices` and the default ones), as runc finalizes its root filesystem.
+pub fn finalize_dev(spec_mounts: &[MountSpec]) -> Result<()> {
+    for m in spec_mounts
+        .iter()
+        .filter(|m| m.fstype != "bind" && is_dev(&m.destination))
+    {
+        let opts = mount_options::parse(&m.options);
+        if opts.flags.contains(MsFlags::MS_RDONLY) {
+            do_mount(
+                None,
+                Path::new("/dev"),
+                None,
+                opts.flags | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None,
+            )?;
+        }
     }
     Ok(())
 }

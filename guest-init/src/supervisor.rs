@@ -246,6 +246,7 @@ impl<'a> Supervisor<'a> {
                 self.control.send(&GuestMessage::Exited {
                     process: id,
                     status,
+                    oom_kills: cgroup::oom_kills(),
                 })?;
             }
         }

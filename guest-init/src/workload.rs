@@ -70,6 +70,7 @@ fn build_container_view(req: &Request<'_>) -> Result<()> {
     mounts::switch_root(&req.paths.newroot)?;
     mounts::container(req.mounts, &mut binds)?;
     mounts::devices(&req.linux.devices)?;
+    mounts::finalize_dev(req.mounts)?;
     // runc's order: sysctls, then read-only paths (Docker lists /proc/sys), then masks.
     attrs::apply_sysctls(&req.linux.sysctl)?;
     for p in &req.linux.readonly_paths {

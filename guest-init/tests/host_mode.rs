@@ -50,6 +50,13 @@ fn scratch() -> TempDir {
     let root = common::root_dir(scratch.path());
     std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
     std::fs::write(root.join("bin/notexec"), "#!/bin/sh\n").unwrap();
+    // Root's own, which another user cannot enter.
+    std::fs::create_dir(root.join("private")).unwrap();
+    std::fs::set_permissions(
+        root.join("private"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
     scratch
 }
 
@@ -118,7 +125,9 @@ fn run_with(
             o.started_pid = Some(pid);
             after_start(&mut s.ctl);
             match s.recv() {
-                GuestMessage::Exited { process: 0, status } => o.exited = Some(status),
+                GuestMessage::Exited {
+                    process: 0, status, ..
+                } => o.exited = Some(status),
                 m => panic!("expected Exited, got {m:?}"),
             }
         }
@@ -321,6 +330,25 @@ fn not_executable_is_start_failed_126() {
 }
 
 #[test]
+fn a_cwd_only_root_can_enter_is_entered_before_the_user_switch_as_runc_does() {
+    require_root!();
+    let mut p = spec(&[
+        "sh",
+        "-c",
+        "pwd; id -u; ls . 2>/dev/null || echo cannot-list",
+    ]);
+    p.uid = 1000;
+    p.gid = 1000;
+    p.cwd = "/private".into();
+    let o = run(p, b"", |_| {});
+    assert_eq!(o.exited, Some(ExitStatus::Exited(0)), "{o:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "/private\n1000\ncannot-list\n"
+    );
+}
+
+#[test]
 fn missing_cwd_is_start_failed_1() {
     require_root!();
     let mut p = spec(&["true"]);
@@ -428,7 +456,9 @@ impl Session {
         let mut v = vec![];
         loop {
             match self.recv() {
-                GuestMessage::Exited { process, status } => {
+                GuestMessage::Exited {
+                    process, status, ..
+                } => {
                     v.push((process, status));
                     if process == 0 {
                         return v;
@@ -544,7 +574,9 @@ fn exec_joins_the_container_and_reports_its_exit() {
     );
     assert_eq!(err, b"got input\n");
     match s.recv() {
-        GuestMessage::Exited { process: 1, status } => assert_eq!(status, ExitStatus::Exited(5)),
+        GuestMessage::Exited {
+            process: 1, status, ..
+        } => assert_eq!(status, ExitStatus::Exited(5)),
         m => panic!("expected Exited of 1, got {m:?}"),
     }
     s.send(&HostMessage::Signal {
@@ -593,7 +625,9 @@ fn exec_failures_and_signals_and_death_with_the_main_process() {
     });
     assert_eq!(read_all(out2), b"term\n");
     match s.recv() {
-        GuestMessage::Exited { process: 2, status } => assert_eq!(status, ExitStatus::Exited(9)),
+        GuestMessage::Exited {
+            process: 2, status, ..
+        } => assert_eq!(status, ExitStatus::Exited(9)),
         m => panic!("expected Exited of 2, got {m:?}"),
     }
     // An exec'd process dies with the main process (its PID namespace).
@@ -603,7 +637,9 @@ fn exec_failures_and_signals_and_death_with_the_main_process() {
     let mut tty = s.exec(4, t).remove(0);
     read_until(&mut tty, "/dev/pts/");
     match s.recv() {
-        GuestMessage::Exited { process: 4, status } => assert_eq!(status, ExitStatus::Exited(0)),
+        GuestMessage::Exited {
+            process: 4, status, ..
+        } => assert_eq!(status, ExitStatus::Exited(0)),
         m => panic!("expected Exited of 4, got {m:?}"),
     }
     s.send(&HostMessage::Signal {
@@ -1079,4 +1115,30 @@ fn the_seccomp_filter_applies_with_and_without_no_new_privs() {
     let (code, message) = o.start_failed.expect("start failed");
     assert_eq!(code, 1);
     assert!(message.contains("seccomp"), "{message}");
+}
+
+#[test]
+fn a_read_only_dev_gets_its_devices_first_as_under_runc() {
+    require_root!();
+    let mounts = vec![
+        mnt("/proc", "proc", ""),
+        mnt(
+            "/dev",
+            "tmpfs",
+            "nosuid,strictatime,mode=755,size=65536k,ro",
+        ),
+    ];
+    let o = run_with(
+        spec(&[
+            "sh",
+            "-c",
+            "echo x > /dev/null && echo null-ok; (echo > /dev/new) 2>/dev/null || echo dev-ro",
+        ]),
+        LinuxSpec::default(),
+        mounts,
+        b"",
+        |_| {},
+    );
+    assert_eq!(o.exited, Some(ExitStatus::Exited(0)), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "null-ok\ndev-ro\n");
 }

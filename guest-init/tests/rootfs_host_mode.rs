@@ -237,7 +237,9 @@ impl Container {
         self.stdout.read_to_string(&mut stdout).unwrap();
         let stderr = self.stderr.join().unwrap();
         let exited = match read_frame::<_, GuestMessage>(&mut self.ctl).unwrap() {
-            GuestMessage::Exited { process: 0, status } => status,
+            GuestMessage::Exited {
+                process: 0, status, ..
+            } => status,
             m => panic!("expected Exited, got {m:?} (stderr: {stderr})"),
         };
         write_frame(&mut self.ctl, &HostMessage::Shutdown).unwrap();

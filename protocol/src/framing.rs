@@ -196,6 +196,7 @@ mod tests {
         let msg = GuestMessage::Exited {
             process: 0,
             status: ExitStatus::Signaled(9),
+            oom_kills: 1,
         };
         write_frame(&mut buf, &msg).unwrap();
         let back: GuestMessage = read_frame(&mut buf.as_slice()).unwrap();

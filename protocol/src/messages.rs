@@ -110,6 +110,12 @@ pub enum GuestMessage {
     Exited {
         process: ProcessId,
         status: ExitStatus,
+        /// The container cgroup's `memory.events` `oom_kill` count when the exit is
+        /// reported (0 from a guest that does not say): how the host learns of an OOM
+        /// kill before it reports the exit (a process the guest's OOM killer killed has
+        /// ended by then, its count included).
+        #[serde(default)]
+        oom_kills: u64,
     },
     /// The answer to [`HostMessage::ListProcesses`]: the container's processes.
     Processes {
@@ -213,6 +219,19 @@ mod tests {
         assert_eq!(process.oom_score_adj, None);
         assert_eq!(process.capabilities, None);
         assert_eq!(process.console_size, None);
+    }
+
+    #[test]
+    fn an_exit_without_its_oom_count_still_decodes() {
+        let old = br#"{"Exited":{"process":3,"status":{"Signaled":9}}}"#;
+        assert_eq!(
+            serde_json::from_slice::<GuestMessage>(old).unwrap(),
+            GuestMessage::Exited {
+                process: 3,
+                status: ExitStatus::Signaled(9),
+                oom_kills: 0,
+            }
+        );
     }
 
     #[test]

@@ -119,6 +119,9 @@ fn describe(status: std::process::ExitStatus) -> String {
 pub struct Container {
     pub id: String,
     pub bundle: PathBuf,
+    /// The container's root filesystem on the host: the working directory of the hooks
+    /// runc runs in the container's mount namespace (createContainer, startContainer).
+    pub rootfs: PathBuf,
     pub annotations: HashMap<String, String>,
     /// The hooks saved at create (config.json changes after create do not count).
     pub hooks: Option<Hooks>,
@@ -133,6 +136,7 @@ impl Container {
         Self {
             id: state.id.clone(),
             bundle: state.bundle.clone(),
+            rootfs: state.rootfs.clone(),
             annotations: state.annotations.clone(),
             hooks: state.hooks.clone(),
             host_netns: None,
@@ -177,6 +181,16 @@ impl Container {
         serde_json::to_vec(&doc).unwrap_or_default()
     }
 
+    /// Where `kind`'s hooks run: runc runs createContainer and startContainer in the
+    /// container's mount namespace, where the working directory is its root filesystem
+    /// (a hook that writes `./lib/x` writes into it); runvm runs them on the host in the
+    /// root filesystem's directory, which the container sees live. The others run where
+    /// runvm was started.
+    fn cwd(&self, kind: HookKind) -> Option<&Path> {
+        matches!(kind, HookKind::CreateContainer | HookKind::StartContainer)
+            .then_some(self.rootfs.as_path())
+    }
+
     /// Runs `kind`'s hooks in order; the first failure stops them and is returned (for
     /// the hooks whose failure fails the operation).
     pub fn run(&self, kind: HookKind, status: &str, pid: i32) -> Result<(), HookError> {
@@ -185,8 +199,13 @@ impl Container {
         };
         let state = self.state_json(status, pid);
         for (index, hook) in kind.of(hooks).iter().enumerate() {
-            run_hook(hook, &state, self.host_netns.as_ref().map(|f| f.as_fd()))
-                .map_err(|failure| HookError::new(kind, index, hook, failure))?;
+            run_hook(
+                hook,
+                &state,
+                self.cwd(kind),
+                self.host_netns.as_ref().map(|f| f.as_fd()),
+            )
+            .map_err(|failure| HookError::new(kind, index, hook, failure))?;
         }
         Ok(())
     }
@@ -199,9 +218,12 @@ impl Container {
         };
         let state = self.state_json(status, pid);
         for (index, hook) in kind.of(hooks).iter().enumerate() {
-            if let Err(failure) =
-                run_hook(hook, &state, self.host_netns.as_ref().map(|f| f.as_fd()))
-            {
+            if let Err(failure) = run_hook(
+                hook,
+                &state,
+                self.cwd(kind),
+                self.host_netns.as_ref().map(|f| f.as_fd()),
+            ) {
                 let e = HookError::new(kind, index, hook, failure);
                 log::warn!("container {:?}: {e}", self.id);
             }
@@ -267,7 +289,12 @@ fn read_quoted(mut f: &std::fs::File) -> String {
 
 /// Runs one hook with `state` on its stdin; the error says what happened (its exit
 /// status or the timeout, with its output).
-fn run_hook(hook: &Hook, state: &[u8], host_netns: Option<BorrowedFd>) -> Result<(), HookFailure> {
+fn run_hook(
+    hook: &Hook,
+    state: &[u8],
+    cwd: Option<&Path>,
+    host_netns: Option<BorrowedFd>,
+) -> Result<(), HookFailure> {
     let io = HookFailure::Stdio;
     let mut stdin = anonymous_file(c"runvm-hook-stdin").map_err(io)?;
     stdin.write_all(state).map_err(io)?;
@@ -292,6 +319,9 @@ fn run_hook(hook: &Hook, state: &[u8], host_netns: Option<BorrowedFd>) -> Result
                 ),
             }
         }
+    }
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
     }
     cmd.stdin(Stdio::from(stdin))
         .stdout(Stdio::from(stdout.try_clone().map_err(io)?))
@@ -392,9 +422,42 @@ mod tests {
         Container {
             id: "c1".into(),
             bundle: "/b".into(),
+            rootfs: std::env::temp_dir(),
             annotations: annotations.clone(),
             hooks: hooks.cloned(),
             host_netns: None,
+        }
+    }
+
+    #[test]
+    fn create_and_start_container_hooks_run_in_the_root_filesystem() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("cwd");
+        let hook = |kind: &str| serde_json::json!({ kind: [ { "path": "/bin/sh", "args": ["sh", "-c", format!("pwd >> {}", out.display())] } ] });
+        for (kind, k, want) in [
+            (
+                "createContainer",
+                HookKind::CreateContainer,
+                dir.path().to_path_buf(),
+            ),
+            (
+                "startContainer",
+                HookKind::StartContainer,
+                dir.path().to_path_buf(),
+            ),
+            (
+                "prestart",
+                HookKind::Prestart,
+                std::env::current_dir().unwrap(),
+            ),
+        ] {
+            let hooks: Hooks = serde_json::from_value(hook(kind)).unwrap();
+            let mut c = container(Some(&hooks), &HashMap::new());
+            c.rootfs = dir.path().to_path_buf();
+            let _ = std::fs::remove_file(&out);
+            c.run(k, "created", 1).unwrap();
+            let got = std::fs::read_to_string(&out).unwrap();
+            assert_eq!(std::path::Path::new(got.trim()), want, "{kind}");
         }
     }
 

@@ -84,8 +84,10 @@ impl log::Log for Logger {
                 let _ = f.write_all(line(self.format, record.level(), &msg).as_bytes());
             }
             None => {
+                // Without --log, records go to stderr as runc's go there (logrus lines:
+                // `time=… level=debug msg=…`): warnings always, the rest with --debug.
                 if record.level() <= log::Level::Warn || self.level >= log::LevelFilter::Debug {
-                    eprintln!("runvm: {}: {msg}", level_name(record.level()));
+                    eprint!("{}", line(self.format, record.level(), &msg));
                 }
             }
         }

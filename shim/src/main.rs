@@ -6,6 +6,7 @@
 mod assets;
 mod cgroup;
 mod container;
+mod help;
 mod hooks;
 mod host_process;
 mod id;
@@ -31,10 +32,13 @@ use liboci_cli::{CommonCmd, GlobalOpts, StandardCmd};
 #[command(
     name = "runvm",
     disable_version_flag = true,
-    arg_required_else_help = true,
-    about = "A runc-compatible OCI runtime that runs each container in a KVM microVM"
+    about = "A runc-compatible OCI runtime that runs each container in a KVM microVM",
+    // liboci-cli's name for checkpoint, misspelt; runvm's own `checkpoint` takes its place.
+    mut_subcommand("checkpointt", |c| c.hide(true)),
+    // runc's `list -f json`.
+    mut_subcommand("list", |c| c.mut_arg("format", |a| a.short('f')))
 )]
-struct Cli {
+pub(crate) struct Cli {
     #[command(flatten)]
     global: GlobalOpts,
     /// Print the version (as `runc --version` does: version, commit, spec, libseccomp)
@@ -46,7 +50,7 @@ struct Cli {
 
 /// What `runvm --version` prints: runc's lines, with runvm's own values (the language
 /// line names Rust where runc names Go).
-fn version_text() -> String {
+pub(crate) fn version_text() -> String {
     let seccomp = libseccomp::ScmpVersion::current()
         .map(|v| v.to_string())
         .unwrap_or_else(|e| format!("unknown ({e})"));
@@ -65,15 +69,42 @@ enum Command {
     Standard(Box<StandardCmd>),
     #[command(flatten)]
     Common(Box<CommonCmd>),
+    /// Checkpoint a running container (not supported by runvm)
+    Checkpoint(liboci_cli::Checkpoint),
+    /// Restore a container from a previous checkpoint (not supported by runvm)
+    Restore(Restore),
 }
 
-fn not_yet(verb: &str) -> anyhow::Result<i32> {
-    anyhow::bail!("`runvm {verb}` is not implemented yet")
+/// `runvm restore`'s arguments, as runc's (liboci-cli has no restore).
+#[derive(clap::Args, Debug)]
+struct Restore {
+    /// Path to the root of the bundle directory
+    #[arg(long, short)]
+    bundle: Option<std::path::PathBuf>,
+    /// Path for saving criu image files
+    #[arg(long)]
+    image_path: Option<std::path::PathBuf>,
+    /// Detach from the container's process
+    #[arg(long, short)]
+    detach: bool,
+    /// Specify the file to write the process id to
+    #[arg(long)]
+    pid_file: Option<std::path::PathBuf>,
+    container_id: String,
+}
+
+/// checkpoint and restore: runc drives CRIU, which saves a container's processes; a
+/// runvm container's processes live in a guest kernel that CRIU cannot reach.
+fn no_checkpoints(verb: &str) -> anyhow::Result<i32> {
+    anyhow::bail!(
+        "`runvm {verb}` is not supported: the container's processes live in its VM's own \
+         kernel, which CRIU cannot checkpoint or restore"
+    )
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<i32> {
     let Some(command) = cli.command else {
-        // `runvm -v` (clap asks for a command otherwise).
+        // `runvm -v` (no arguments at all get the help, before parsing).
         print!("{}", version_text());
         return Ok(0);
     };
@@ -99,9 +130,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             CommonCmd::Events(args) => events::events(root, &args),
             CommonCmd::Update(args) => update::update(root, &args),
             CommonCmd::Spec(args) => container::spec::spec(&args),
-            // liboci-cli spells the command so.
-            CommonCmd::Checkpointt(_) => not_yet("checkpointt"),
+            CommonCmd::Checkpointt(_) => no_checkpoints("checkpoint"),
         },
+        Command::Checkpoint(_) => no_checkpoints("checkpoint"),
+        Command::Restore(_) => no_checkpoints("restore"),
     }
 }
 
@@ -126,6 +158,18 @@ pub static LAUNCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock
 
 fn main() {
     LAUNCH.get_or_init(std::time::Instant::now);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match help::requested(&args) {
+        Some(help::Help::Show(text)) => {
+            print!("{text}");
+            std::process::exit(0);
+        }
+        Some(help::Help::NoTopic(message)) => {
+            eprintln!("runvm: {message}");
+            std::process::exit(3);
+        }
+        None => {}
+    }
     let cli = Cli::parse();
     if let Err(e) = logging::init(
         cli.global.log.as_deref(),
@@ -135,6 +179,7 @@ fn main() {
         eprintln!("runvm: {e}");
         std::process::exit(1);
     }
+    log::debug!("runvm {} (pid {})", args.join(" "), std::process::id());
     let to_file = cli.global.log.is_some();
     match dispatch(cli) {
         Ok(code) => std::process::exit(code),

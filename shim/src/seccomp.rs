@@ -87,9 +87,15 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<SeccompProgram, SeccompError> {
             .map_err(refused(format!("architectures: cannot add {name}")))?;
     }
 
+    let mut last_syscall = 0i32;
     for (i, call) in profile.syscalls().iter().flatten().enumerate() {
         let at = format!("syscalls[{i}] ({})", call.names().join(", "));
         add_syscall_rules(&mut ctx, call, default, &at)?;
+        for name in call.names() {
+            if let Ok(nr) = ScmpSyscall::from_name(name) {
+                last_syscall = last_syscall.max(i32::from(nr));
+            }
+        }
     }
 
     let mut flags = 0;
@@ -100,8 +106,46 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<SeccompProgram, SeccompError> {
             LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => FLAG_SPEC_ALLOW,
         };
     }
-    let filter = export(&ctx)?;
+    let mut filter = export(&ctx)?;
+    if default != ScmpAction::Allow && last_syscall > 0 {
+        filter = [enosys_stub(last_syscall as u32), filter].concat();
+    }
     Ok(SeccompProgram { filter, flags })
+}
+
+/// runc's answer for syscalls newer than the profile: a program that only denies what it
+/// lists would give a syscall it has never heard of the default action (often `EPERM`),
+/// and programs (glibc among them) fall back from a new syscall to an old one only on
+/// `ENOSYS`. So, as runc does, a native (x86_64, not x32) syscall numbered above the
+/// highest one the profile names gets `ENOSYS`; everything else goes on to the profile's
+/// own program. Classic BPF, put before it.
+fn enosys_stub(last: u32) -> Vec<u8> {
+    const LD_W_ABS: u16 = 0x20;
+    const JEQ_K: u16 = 0x15;
+    const JGE_K: u16 = 0x35;
+    const JGT_K: u16 = 0x25;
+    const RET_K: u16 = 0x06;
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+    const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+    // (code, jt, jf, k); offsetof(struct seccomp_data, nr) = 0, arch = 4. Index 6 is the
+    // profile's first instruction.
+    let stub: [(u16, u8, u8, u32); 6] = [
+        (LD_W_ABS, 0, 0, 4),
+        (JEQ_K, 0, 4, AUDIT_ARCH_X86_64),
+        (LD_W_ABS, 0, 0, 0),
+        (JGE_K, 2, 0, X32_SYSCALL_BIT),
+        (JGT_K, 0, 1, last),
+        (RET_K, 0, 0, SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
+    ];
+    let mut out = Vec::with_capacity(stub.len() * SECCOMP_INSTRUCTION_LEN);
+    for (code, jt, jf, k) in stub {
+        out.extend_from_slice(&code.to_ne_bytes());
+        out.push(jt);
+        out.push(jf);
+        out.extend_from_slice(&k.to_ne_bytes());
+    }
+    out
 }
 
 /// The rules of one `syscalls` entry (`at` names it in errors); unknown names are
@@ -344,6 +388,43 @@ mod tests {
         .unwrap();
         assert_eq!(exited(run_under(&p, probe_getpid)), 0);
         assert_eq!(exited(run_under(&p, probe_mkdir)), libc::EACCES);
+    }
+
+    fn probe_syscall_1000() -> i32 {
+        // SAFETY: a syscall number no kernel has; arguments are plain numbers.
+        errno_of(unsafe { libc::syscall(1000, 0xdead_beef_u64, 0xcafe_feed_u64) })
+    }
+
+    fn probe_openat() -> i32 {
+        // SAFETY: an empty NUL-terminated path: ENOENT if it reaches the kernel.
+        errno_of(unsafe { libc::syscall(libc::SYS_openat, libc::AT_FDCWD, c"".as_ptr(), 0) })
+    }
+
+    #[test]
+    fn syscalls_newer_than_the_profile_get_enosys_as_under_runc() {
+        let p = compile(&profile(json!({
+            "defaultAction": "SCMP_ACT_ERRNO",
+            "syscalls": [ { "names": ["getpid", "exit_group", "exit", "mkdir"], "action": "SCMP_ACT_ALLOW" } ],
+        })))
+        .unwrap();
+        // Numbered above exit_group (231), the profile's highest: ENOSYS.
+        assert_eq!(exited(run_under(&p, probe_syscall_1000)), libc::ENOSYS);
+        assert_eq!(exited(run_under(&p, probe_openat)), libc::ENOSYS);
+        // Below it and not listed: the default action; listed: allowed.
+        let probe_chdir = || -> i32 {
+            // SAFETY: an empty NUL-terminated path: ENOENT if it reaches the kernel.
+            errno_of(unsafe { libc::syscall(libc::SYS_chdir, c"".as_ptr()) })
+        };
+        assert_eq!(exited(run_under(&p, probe_chdir)), libc::EPERM);
+        assert_eq!(exited(run_under(&p, probe_mkdir)), libc::ENOENT);
+        // An allow-by-default profile gets no stub.
+        let allow = compile(&profile(json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [ { "names": ["mkdir"], "action": "SCMP_ACT_ERRNO" } ],
+        })))
+        .unwrap();
+        assert_eq!(exited(run_under(&allow, probe_syscall_1000)), libc::ENOSYS);
+        assert_eq!(exited(run_under(&allow, probe_openat)), libc::ENOENT);
     }
 
     #[test]

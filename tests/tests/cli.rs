@@ -125,3 +125,104 @@ fn delete_force_of_a_missing_container_succeeds_as_under_runc() {
     }
     root.assert_clean(std::time::Duration::from_millis(100));
 }
+
+#[test]
+#[ignore = "needs the runvm binary: run through `cargo xtask test`"]
+fn help_is_laid_out_as_runcs_and_an_unknown_topic_is_runcs_error() {
+    let run = |args: &[&str]| Command::new(runvm_bin()).args(args).output().unwrap();
+    for args in [&["-h"][..], &["--help"], &[]] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "NAME:", "{args:?}: {text}");
+        assert!(
+            lines[1].starts_with("   runvm - Open Container Initiative runtime"),
+            "{text}"
+        );
+    }
+    // Every command runc documents answers -h with its NAME section (runc's commands,
+    // checkpoint and restore included, which runvm refuses to run).
+    for cmd in [
+        "checkpoint",
+        "create",
+        "delete",
+        "events",
+        "exec",
+        "kill",
+        "list",
+        "pause",
+        "ps",
+        "restore",
+        "resume",
+        "run",
+        "spec",
+        "start",
+        "state",
+        "update",
+        "features",
+    ] {
+        let out = run(&[cmd, "-h"]);
+        assert_eq!(out.status.code(), Some(0), "{cmd}");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(
+            text.lines()
+                .nth(1)
+                .map(|l| l.starts_with(&format!("   runvm {cmd} - "))),
+            Some(true),
+            "{cmd}: {text}"
+        );
+    }
+    let out = run(&["foo", "-h"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("No help topic for 'foo'"),
+        "{out:?}"
+    );
+    // checkpoint is refused with the reason, not mistaken for another command.
+    let out = run(&["checkpoint", "c1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("CRIU"),
+        "{out:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs the runvm binary: run through `cargo xtask test`"]
+fn debug_lines_go_to_stderr_or_the_log_as_runcs_do() {
+    let state = TempDir::new("state");
+    let root = state.path().to_str().unwrap();
+    // Without --log: logrus lines on stderr.
+    let out = Command::new(runvm_bin())
+        .args(["--debug", "--root", root, "delete", "--force", "gone"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("level=debug"),
+        "{out:?}"
+    );
+    // With --log, in the log (text or JSON), and not on stderr.
+    for (format, needle) in [("text", "level=debug"), ("json", "\"level\":\"debug\"")] {
+        let log = state.path().join(format!("log.{format}"));
+        let out = Command::new(runvm_bin())
+            .args([
+                "--debug",
+                "--log",
+                log.to_str().unwrap(),
+                "--log-format",
+                format,
+            ])
+            .args(["--root", root, "delete", "--force", "gone"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        assert!(
+            !String::from_utf8_lossy(&out.stderr).contains("level=debug"),
+            "{out:?}"
+        );
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains(needle), "{format}: {text}");
+    }
+}

@@ -14,6 +14,8 @@ mod kernel;
 mod oci;
 mod oci_expected;
 mod rootfs;
+mod runc_bats;
+mod runc_bats_expected;
 mod test;
 mod testhost;
 mod util;
@@ -62,6 +64,11 @@ enum Cmd {
     /// Build the OCI runtime-tools validation suite (cached) and run it against runtimes:
     /// `cargo xtask oci [--runtime NAME_OR_PATH]… [--only PROG…] [--check] [--save] [--record]` (results under target/oci-validation/; `--save` writes bench/oci-validation.md).
     Oci(oci::OciArgs),
+    /// Run runc's own integration suite (the bats files of runc 1.1.5, from Debian's source
+    /// package; built and cached) against runc and runvm in the same place:
+    /// `cargo xtask runc-bats [--only FILE…] [--check] [--save] [--record]` (results under
+    /// target/runc-bats/; `--save` writes bench/runc-bats.md).
+    RuncBats(runc_bats::RuncBatsArgs),
     /// Run a command as root inside the nested KVM test host: `cargo xtask testhost -- CMD…`.
     Testhost {
         /// The command and its arguments.
@@ -85,6 +92,7 @@ fn main() {
         Cmd::KernelSmoke => testhost::cmd_kernel_smoke(),
         Cmd::Bench { what } => bench::cmd_bench(what),
         Cmd::Oci(args) => oci::cmd_oci(args),
+        Cmd::RuncBats(args) => runc_bats::cmd_runc_bats(args),
         Cmd::Testhost { cmd } => testhost::run_in_testhost(&cmd, &[]),
     };
     match result {

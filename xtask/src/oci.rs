@@ -18,7 +18,6 @@ use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -172,48 +171,17 @@ fn ensure_suite() -> Result<Suite> {
     load_suite(&dir)
 }
 
-fn sha256_file(path: &Path) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}
-
 /// Adds the trixie `deb-src` entry (if missing) and refreshes apt's lists for it alone.
 fn add_trixie_deb_src() -> Result<()> {
     // The archive this machine's apt already uses for bookworm also serves trixie.
     let mirror = util::debian_mirror("bookworm")?;
-    let text = format!(
+    util::add_deb_src(
+        DEB_SRC_FILE,
+        &mirror,
+        "trixie",
         "# Added by `cargo xtask oci` (runvm): trixie's source packages, to fetch the OCI\n\
-         # runtime-tools validation suite. Source entries only: nothing is installed from it.\n\
-         Types: deb-src\nURIs: {mirror}\nSuites: trixie\nComponents: main\n\
-         Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
-    );
-    if std::fs::read_to_string(DEB_SRC_FILE).ok().as_deref() != Some(text.as_str()) {
-        std::fs::write(DEB_SRC_FILE, &text).with_context(|| format!("writing {DEB_SRC_FILE}"))?;
-    }
-    util::run_quiet(
-        Command::new("apt-get")
-            .args(["update", "-q"])
-            .arg(format!("-o=Dir::Etc::sourcelist={DEB_SRC_FILE}"))
-            .args(["-o=Dir::Etc::sourceparts=-", "-o=APT::Get::List-Cleanup=0"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
+         # runtime-tools validation suite. Source entries only: nothing is installed from it.\n",
     )
-    .context("apt-get update for the trixie deb-src entry failed")
-}
-
-/// A `go` command for GOPATH-mode builds in `root`.
-fn go(root: &Path, gopath: &Path, gocache: &Path) -> Command {
-    let mut c = Command::new("go");
-    c.current_dir(root)
-        .env("GO111MODULE", "off")
-        .env("GOPATH", format!("{}:/usr/share/gocode", gopath.display()))
-        .env("GOPROXY", "off")
-        .env("CGO_ENABLED", "0")
-        .env("GOCACHE", gocache)
-        .env_remove("GOFLAGS");
-    c
 }
 
 fn build_suite(dir: &Path) -> Result<()> {
@@ -237,23 +205,8 @@ fn build_suite(dir: &Path) -> Result<()> {
     step.phase(&format!(
         "apt-get source --download-only --tar-only {SRC_PACKAGE}={SRC_VERSION}"
     ));
-    util::run_quiet(
-        Command::new("apt-get")
-            .args(["source", "--download-only", "--tar-only", "-q"])
-            // The download dir is root's: do not hand it to the _apt sandbox user.
-            .arg("-o=APT::Sandbox::User=root")
-            .arg(format!("{SRC_PACKAGE}={SRC_VERSION}"))
-            .current_dir(&download),
-    )
-    .context("downloading the runtime-tools source package failed")?;
-    let tarball = download.join(SRC_TARBALL);
-    let sum = sha256_file(&tarball)?;
-    if sum != SRC_SHA256 {
-        bail!(
-            "{} has sha256 {sum}, expected {SRC_SHA256}",
-            tarball.display()
-        );
-    }
+    let tarball =
+        util::apt_source_tarball(&download, SRC_PACKAGE, SRC_VERSION, SRC_TARBALL, SRC_SHA256)?;
 
     step.phase("unpacking the source into a GOPATH, adding the tap-go stand-in");
     let gopath = tmp.join("gopath");
@@ -293,7 +246,7 @@ fn build_suite(dir: &Path) -> Result<()> {
     step.phase(&format!("building runtimetest ({go_version})"));
     let mut n = 0usize;
     util::run_lines(
-        go(&root, &gopath, &gocache).args([
+        util::go_gopath(&root, &gopath, &gocache).args([
             "build",
             "-v",
             "-tags",
@@ -329,7 +282,7 @@ fn build_suite(dir: &Path) -> Result<()> {
     ));
     let bin = tmp.join("bin");
     std::fs::create_dir_all(&bin)?;
-    let mut build = go(&root, &gopath, &gocache);
+    let mut build = util::go_gopath(&root, &gopath, &gocache);
     build
         .args(["build", "-v", "-o"])
         .arg(format!("{}/", bin.display()));
@@ -513,12 +466,6 @@ struct Report {
     runtimes: Vec<RuntimeResult>,
 }
 
-static SIGNAL: AtomicI32 = AtomicI32::new(0);
-
-extern "C" fn on_signal(sig: libc::c_int) {
-    SIGNAL.store(sig, Ordering::SeqCst);
-}
-
 /// Runs one program with its own process group (so a timeout kills all it started).
 fn run_program(
     suite: &Suite,
@@ -554,7 +501,7 @@ fn run_program(
         {
             break st;
         }
-        let sig = SIGNAL.load(Ordering::SeqCst);
+        let sig = util::interrupted();
         if sig != 0 || start.elapsed() > timeout {
             timed_out = sig == 0;
             // SAFETY: kill of the process group our unreaped child leads.
@@ -587,111 +534,6 @@ fn run_program(
     })
 }
 
-/// First line of `<runtime> --version` (given 10 s).
-fn runtime_version(runtime: &str) -> String {
-    let Ok(mut child) = Command::new(runtime)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    else {
-        return "unknown (cannot run it)".into();
-    };
-    let start = Instant::now();
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if start.elapsed() < Duration::from_secs(10) => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return "unknown (`--version` hung)".into();
-            }
-        }
-    }
-    let out = child.wait_with_output().map(|o| {
-        let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
-        if s.trim().is_empty() {
-            s = String::from_utf8_lossy(&o.stderr).into_owned();
-        }
-        s
-    });
-    match out {
-        Ok(s) if !s.trim().is_empty() => s.lines().next().unwrap_or("").trim().to_string(),
-        _ => "unknown (`--version` printed nothing)".into(),
-    }
-}
-
-fn machine_description(place: &str) -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mem_gib = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        })
-        .map(|kib| kib as f64 / (1024.0 * 1024.0))
-        .unwrap_or(0.0);
-    let where_ = if place == "testhost" {
-        "inside the nested KVM test host (QEMU, emulated CPU)"
-    } else {
-        "directly on this host"
-    };
-    format!(
-        "{model}, {cpus} CPUs, {mem_gib:.0} GiB, Linux {}, {where_}",
-        kernel.trim()
-    )
-}
-
-fn now_utc() -> String {
-    Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown date".into())
-}
-
-/// Column labels: the runtime's file name, made unique.
-fn labels(runtimes: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for r in runtimes {
-        let base = Path::new(r)
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_else(|| r.clone());
-        let mut label = base.clone();
-        let mut i = 2;
-        while out.contains(&label) {
-            label = format!("{base}#{i}");
-            i += 1;
-        }
-        out.push(label);
-    }
-    out
-}
-
-fn is_runvm(runtime: &str) -> bool {
-    runtime.contains('/')
-        && Path::new(runtime)
-            .file_name()
-            .is_some_and(|f| f.to_string_lossy().starts_with("runvm"))
-}
-
 /// `cargo xtask oci`.
 pub fn cmd_oci(args: OciArgs) -> Result<i32> {
     if let Some(place) = args.inside.clone() {
@@ -721,7 +563,7 @@ pub fn cmd_oci(args: OciArgs) -> Result<i32> {
         ensure_apt(&["runc"])?;
     }
     ensure_apt(&["util-linux"])?;
-    if let Some(runvm) = args.runtimes.iter().find(|r| is_runvm(r)).cloned() {
+    if let Some(runvm) = args.runtimes.iter().find(|r| util::is_runvm(r)).cloned() {
         let setup = GuestSetup::prepare(false)?;
         let setup = GuestSetup {
             runvm: PathBuf::from(&runvm),
@@ -772,62 +614,6 @@ pub fn cmd_oci(args: OciArgs) -> Result<i32> {
     run_here(&suite, &args, "direct")
 }
 
-/// Progress of a run: a [`Step`] here, plain lines inside the test host (whose stderr is
-/// a serial port that looks like a terminal but only carries bytes back).
-enum Progress {
-    Step(Step),
-    Plain(String, Instant),
-}
-
-impl Progress {
-    fn new(name: &str, place: &str) -> Progress {
-        if place == "testhost" {
-            Progress::Plain(name.to_string(), Instant::now())
-        } else {
-            Progress::Step(Step::new(name))
-        }
-    }
-    fn phase(&mut self, msg: &str) {
-        match self {
-            Progress::Step(s) => s.phase(msg),
-            Progress::Plain(name, _) => eprintln!("[{name}] {msg}"),
-        }
-    }
-    fn progress(&mut self, msg: &str) {
-        if let Progress::Step(s) = self {
-            s.progress(msg)
-        }
-    }
-    fn println(&self, line: &str) {
-        match self {
-            Progress::Step(s) => s.println(line),
-            Progress::Plain(..) => eprintln!("{line}"),
-        }
-    }
-    fn finish(self, what: &str, path: &Path) {
-        match self {
-            Progress::Step(s) => s.finish(what, path),
-            Progress::Plain(name, start) => eprintln!(
-                "[{name}] {what} in {}: {}",
-                fmt_duration(start.elapsed()),
-                path.display()
-            ),
-        }
-    }
-}
-
-/// Removes the private TMPDIR when dropped.
-struct TmpDir(PathBuf);
-impl Drop for TmpDir {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.0) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                eprintln!("[oci] warning: cannot remove {}: {e}", self.0.display());
-            }
-        }
-    }
-}
-
 /// Runs the programs against every runtime here, prints the table and writes the reports.
 fn run_here(suite: &Suite, args: &OciArgs, place: &str) -> Result<i32> {
     if !crate::util::is_root() {
@@ -855,13 +641,8 @@ fn run_here(suite: &Suite, args: &OciArgs, place: &str) -> Result<i32> {
         }
         v
     };
-    // SAFETY: `on_signal` is async-signal-safe (one atomic store) and lives forever.
-    unsafe {
-        let h = on_signal as *const () as libc::sighandler_t;
-        libc::signal(libc::SIGINT, h);
-        libc::signal(libc::SIGTERM, h);
-    }
-    let tmp = TmpDir(std::env::temp_dir().join(format!("runvm-oci-{}", std::process::id())));
+    util::catch_interrupts();
+    let tmp = util::TmpDir(std::env::temp_dir().join(format!("runvm-oci-{}", std::process::id())));
     remove_dir_if_exists(&tmp.0)?;
     std::fs::create_dir_all(&tmp.0).with_context(|| format!("creating {}", tmp.0.display()))?;
     {
@@ -871,16 +652,16 @@ fn run_here(suite: &Suite, args: &OciArgs, place: &str) -> Result<i32> {
         std::fs::set_permissions(&tmp.0, std::fs::Permissions::from_mode(0o755))?;
     }
     let timeout = Duration::from_secs(args.timeout);
-    let labels = labels(&runtimes);
+    let labels = util::runtime_labels(&runtimes);
     let mut results = Vec::new();
     for (runtime, label) in runtimes.iter().zip(&labels) {
-        let version = runtime_version(runtime);
+        let version = util::runtime_version(runtime);
         let logs = util::target_dir().join("oci-validation").join(label);
         if args.only.is_empty() {
             remove_dir_if_exists(&logs)?;
         }
         std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-        let mut progress = Progress::new(&format!("oci/{label}"), place);
+        let mut progress = util::Progress::new(&format!("oci/{label}"), place);
         progress.phase(&format!(
             "{} programs against {runtime} ({version}), {} s timeout each",
             programs.len(),
@@ -922,8 +703,8 @@ fn run_here(suite: &Suite, args: &OciArgs, place: &str) -> Result<i32> {
     }
     drop(tmp);
     let report = Report {
-        date: now_utc(),
-        machine: machine_description(place),
+        date: util::now_utc(),
+        machine: util::machine_description(place),
         place: place.to_string(),
         suite: format!("{SRC_PACKAGE} {SRC_VERSION} (Debian trixie source package)"),
         suite_dir: suite.dir.display().to_string(),
@@ -953,7 +734,7 @@ fn run_here(suite: &Suite, args: &OciArgs, place: &str) -> Result<i32> {
             })
             .unwrap_or_default()
     };
-    let runvm = by_program(&|r| is_runvm(&r.runtime));
+    let runvm = by_program(&|r| util::is_runvm(&r.runtime));
     let runc = by_program(&|r| r.label == "runc");
     if args.record {
         if !args.only.is_empty() || runvm.is_empty() {
@@ -1143,11 +924,5 @@ mod tests {
         assert!(saw);
         let (points, plans, saw) = parse_tap("failed to create\n");
         assert_eq!((points.len(), plans.len(), saw), (0, 0, false));
-    }
-
-    #[test]
-    fn labels_are_unique() {
-        let l = labels(&["runc".into(), "/a/runvm".into(), "/b/runvm".into()]);
-        assert_eq!(l, vec!["runc", "runvm", "runvm#2"]);
     }
 }

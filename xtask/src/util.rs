@@ -1,6 +1,8 @@
 //! Shared helpers for every `cargo xtask` command: where things are cached,
-//! installing missing apt packages, running commands with useful errors, and
-//! the `Step` progress reporter (spinner on a terminal, plain lines in CI).
+//! installing missing apt packages, running commands with useful errors, the
+//! `Step` progress reporter (spinner on a terminal, plain lines in CI), and what the
+//! suites run against container runtimes share (Debian source tarballs, GOPATH-mode Go
+//! builds, runtime versions and labels, the machine's description).
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, IsTerminal, Read};
@@ -510,9 +512,274 @@ fn mirror_in_one_line_format(text: &str, suite: &str) -> Option<String> {
     })
 }
 
+// Running a test suite against container runtimes (`cargo xtask oci`, `cargo xtask runc-bats`).
+
+/// The sha256 of a file, in hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes a `deb-src` entry for `suite` from `mirror` (deb822, after the `header` comment
+/// lines) to `file`, its own file under `/etc/apt/sources.list.d/` from which nothing is
+/// installed, and refreshes apt's lists for that file alone.
+pub fn add_deb_src(file: &str, mirror: &str, suite: &str, header: &str) -> Result<()> {
+    let text = format!(
+        "{header}Types: deb-src\nURIs: {mirror}\nSuites: {suite}\nComponents: main\n\
+         Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+    );
+    if std::fs::read_to_string(file).ok().as_deref() != Some(text.as_str()) {
+        std::fs::write(file, &text).with_context(|| format!("writing {file}"))?;
+    }
+    run_quiet(
+        Command::new("apt-get")
+            .args(["update", "-q"])
+            .arg(format!("-o=Dir::Etc::sourcelist={file}"))
+            .args(["-o=Dir::Etc::sourceparts=-", "-o=APT::Get::List-Cleanup=0"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .with_context(|| format!("apt-get update for the {suite} deb-src entry in {file} failed"))
+}
+
+/// Downloads the upstream tarball of Debian source package `package=version` into `dir`
+/// (`apt-get source --download-only --tar-only`, from a `deb-src` entry) and checks that
+/// it is `tarball` with sha256 `sha256`; returns its path.
+pub fn apt_source_tarball(
+    dir: &Path,
+    package: &str,
+    version: &str,
+    tarball: &str,
+    sha256: &str,
+) -> Result<PathBuf> {
+    run_quiet(
+        Command::new("apt-get")
+            .args(["source", "--download-only", "--tar-only", "-q"])
+            // The download dir is root's: do not hand it to the _apt sandbox user.
+            .arg("-o=APT::Sandbox::User=root")
+            .arg(format!("{package}={version}"))
+            .current_dir(dir),
+    )
+    .with_context(|| format!("downloading the source package {package}={version} failed"))?;
+    let path = dir.join(tarball);
+    let sum = sha256_file(&path)?;
+    if sum != sha256 {
+        bail!("{} has sha256 {sum}, expected {sha256}", path.display());
+    }
+    Ok(path)
+}
+
+/// A `go` command for GOPATH-mode builds in `root` (Debian's Go libraries in
+/// `/usr/share/gocode` after `gopath`; offline; cgo off unless the caller turns it on).
+pub fn go_gopath(root: &Path, gopath: &Path, gocache: &Path) -> Command {
+    let mut c = Command::new("go");
+    c.current_dir(root)
+        .env("GO111MODULE", "off")
+        .env("GOPATH", format!("{}:/usr/share/gocode", gopath.display()))
+        .env("GOPROXY", "off")
+        .env("CGO_ENABLED", "0")
+        .env("GOCACHE", gocache)
+        .env_remove("GOFLAGS");
+    c
+}
+
+/// First line of `<runtime> --version` (given 10 s).
+pub fn runtime_version(runtime: &str) -> String {
+    let Ok(mut child) = Command::new(runtime)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        return "unknown (cannot run it)".into();
+    };
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if start.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return "unknown (`--version` hung)".into();
+            }
+        }
+    }
+    let out = child.wait_with_output().map(|o| {
+        let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
+        if s.trim().is_empty() {
+            s = String::from_utf8_lossy(&o.stderr).into_owned();
+        }
+        s
+    });
+    match out {
+        Ok(s) if !s.trim().is_empty() => s.lines().next().unwrap_or("").trim().to_string(),
+        _ => "unknown (`--version` printed nothing)".into(),
+    }
+}
+
+/// The CPU, memory and kernel of where a suite runs, and whether that is the test host.
+pub fn machine_description(place: &str) -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map(|kib| kib as f64 / (1024.0 * 1024.0))
+        .unwrap_or(0.0);
+    let where_ = if place == "testhost" {
+        "inside the nested KVM test host (QEMU, emulated CPU)"
+    } else {
+        "directly on this host"
+    };
+    format!(
+        "{model}, {cpus} CPUs, {mem_gib:.0} GiB, Linux {}, {where_}",
+        kernel.trim()
+    )
+}
+
+/// The date and time, `2026-12-01 21:42 UTC`.
+pub fn now_utc() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown date".into())
+}
+
+/// Column labels for runtimes: each one's file name, made unique.
+pub fn runtime_labels(runtimes: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for r in runtimes {
+        let base = Path::new(r)
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_else(|| r.clone());
+        let mut label = base.clone();
+        let mut i = 2;
+        while out.contains(&label) {
+            label = format!("{base}#{i}");
+            i += 1;
+        }
+        out.push(label);
+    }
+    out
+}
+
+/// Whether a runtime (a path) is a runvm binary.
+pub fn is_runvm(runtime: &str) -> bool {
+    runtime.contains('/')
+        && Path::new(runtime)
+            .file_name()
+            .is_some_and(|f| f.to_string_lossy().starts_with("runvm"))
+}
+
+/// Progress of a run: a [`Step`] here, plain lines inside the test host (whose stderr is
+/// a serial port that looks like a terminal but only carries bytes back).
+pub enum Progress {
+    Step(Step),
+    Plain(String, Instant),
+}
+
+impl Progress {
+    pub fn new(name: &str, place: &str) -> Progress {
+        if place == "testhost" {
+            Progress::Plain(name.to_string(), Instant::now())
+        } else {
+            Progress::Step(Step::new(name))
+        }
+    }
+    pub fn phase(&mut self, msg: &str) {
+        match self {
+            Progress::Step(s) => s.phase(msg),
+            Progress::Plain(name, _) => eprintln!("[{name}] {msg}"),
+        }
+    }
+    pub fn progress(&mut self, msg: &str) {
+        if let Progress::Step(s) = self {
+            s.progress(msg)
+        }
+    }
+    pub fn println(&self, line: &str) {
+        match self {
+            Progress::Step(s) => s.println(line),
+            Progress::Plain(..) => eprintln!("{line}"),
+        }
+    }
+    pub fn finish(self, what: &str, path: &Path) {
+        match self {
+            Progress::Step(s) => s.finish(what, path),
+            Progress::Plain(name, start) => eprintln!(
+                "[{name}] {what} in {}: {}",
+                fmt_duration(start.elapsed()),
+                path.display()
+            ),
+        }
+    }
+}
+
+static INTERRUPT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn on_interrupt(sig: libc::c_int) {
+    INTERRUPT.store(sig, Ordering::SeqCst);
+}
+
+/// From now on SIGINT and SIGTERM only set a flag ([`interrupted`]), so that a suite run
+/// can kill what it started, clean up and stop.
+pub fn catch_interrupts() {
+    // SAFETY: `on_interrupt` is async-signal-safe (one atomic store) and lives forever.
+    unsafe {
+        let h = on_interrupt as *const () as libc::sighandler_t;
+        libc::signal(libc::SIGINT, h);
+        libc::signal(libc::SIGTERM, h);
+    }
+}
+
+/// The SIGINT or SIGTERM caught since [`catch_interrupts`], or 0.
+pub fn interrupted() -> i32 {
+    INTERRUPT.load(Ordering::SeqCst)
+}
+
+/// A directory removed (with everything in it) when dropped: a suite run's private TMPDIR.
+pub struct TmpDir(pub PathBuf);
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                eprintln!("[xtask] warning: cannot remove {}: {e}", self.0.display());
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runtime_labels_are_unique() {
+        let l = runtime_labels(&["runc".into(), "/a/runvm".into(), "/b/runvm".into()]);
+        assert_eq!(l, vec!["runc", "runvm", "runvm#2"]);
+    }
 
     #[test]
     fn mirror_comes_from_the_apt_configuration() {

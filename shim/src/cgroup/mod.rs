@@ -7,11 +7,15 @@
 //! ([`RECORD`]) and removed when the monitor ends, however it ends (its cleanup guard
 //! does it), and again at `delete`.
 //!
+//! The guest's OOM kills are shown in this cgroup too ([`oom`]), with two leaves made
+//! for a few milliseconds each time.
+//!
 //! With `--systemd-cgroup`, `slice:prefix:name` becomes runc's path
 //! (`/system.slice/prefix-name.scope`), made directly in the cgroup file system: runvm
 //! does not ask systemd (over D-Bus) for a transient unit, so systemd does not know it.
 
 mod hierarchy;
+pub mod oom;
 mod path;
 pub mod resources;
 

@@ -61,6 +61,17 @@ impl Prepared {
     }
 }
 
+/// Whether the VMM's threads get their seccomp filters: always in a release build;
+/// `RUNVM_NO_SECCOMP=1` turns them off in a debug build only (for debugging a filter).
+fn seccomp_on() -> bool {
+    let off = std::env::var_os("RUNVM_NO_SECCOMP").is_some_and(|v| v != "0");
+    if off && !cfg!(debug_assertions) {
+        log::warn!("RUNVM_NO_SECCOMP is ignored: this runvm is a release build");
+        return true;
+    }
+    !off
+}
+
 /// Validates everything before creating anything, then creates `<root>/<id>/run/` and the
 /// root filesystem image in the state root `root`. On error after the directory exists,
 /// it is removed again.
@@ -115,7 +126,7 @@ pub fn prepare(id: &str, bundle: &Path, root: &Path, cgroups: PathSyntax) -> Res
                 .map(|c| c.bounding.clone())
                 .unwrap_or_default(),
             debug_console: std::env::var_os("RUNVM_DEBUG_CONSOLE").is_some_and(|v| v != "0"),
-            seccomp: std::env::var_os("RUNVM_NO_SECCOMP").is_none_or(|v| v == "0"),
+            seccomp: seccomp_on(),
             boot_timeout,
             timings_file: std::env::var_os("RUNVM_TIMINGS_FILE").map(PathBuf::from),
             resolv_conf: spec.resolv_conf.clone(),
@@ -198,6 +209,7 @@ pub fn hook_container(p: &Prepared) -> crate::hooks::Container {
     crate::hooks::Container {
         id: p.id.clone(),
         bundle: p.spec.bundle.clone(),
+        rootfs: p.spec.rootfs.clone(),
         annotations: p.spec.annotations.clone(),
         hooks: p.spec.hooks.clone(),
         host_netns: None,

@@ -156,7 +156,7 @@ impl Session<'_> {
         self.send(&msg)
     }
 
-    fn next_query(&mut self) -> u32 {
+    pub(super) fn next_query(&mut self) -> u32 {
         self.queries.next = self.queries.next.wrapping_add(1);
         self.queries.next
     }

@@ -7,7 +7,8 @@
 //! Call-outs other parts of the monitor may add: more API requests go to
 //! [`Session::api_request`]; more guest messages to `Session::handle_guest_message`,
 //! which checks each against what the guest may say at that point (the guest is
-//! untrusted: a message out of order is a protocol error that stops the VM).
+//! untrusted: a message out of order is a protocol error that stops the VM). The guest's
+//! OOM kills are watched in [`oom`].
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -28,8 +29,15 @@ use super::untrusted::{self, FrameReader, GuestText, Header, PendingStream, FRAM
 use super::vm::VmGone;
 use super::{Ending, Io, MonitorError};
 
+mod oom;
+
 /// How long the monitor waits, once the main process ended, for the rest to be complete.
 const DRAIN_WAIT: Duration = Duration::from_secs(10);
+/// How long the guest has to report the end of a SIGKILLed main process before the host
+/// stops the VM itself: `kill -9` and `docker stop` never wait on the guest's cooperation
+/// (a hostile or wedged guest kernel cannot keep a container alive), and Docker, which
+/// waits 10 s for the exit after its SIGKILL, always gets it in time.
+pub(super) const KILL_GRACE: Duration = Duration::from_secs(3);
 /// How long a new stream connection may take to send its header before it is dropped.
 const HEADER_WAIT: Duration = Duration::from_secs(5);
 /// Most stream connections waiting for their headers at once (the vsock device allows
@@ -55,8 +63,15 @@ pub(super) struct Session<'a> {
     /// `runvm start`, waiting until the main process has started (or failed to).
     pending_start: Option<UnixStream>,
     main_ending: Option<Ending>,
+    /// When the host stops the VM if the guest has not reported the SIGKILLed main
+    /// process's end ([`KILL_GRACE`]).
+    kill_deadline: Option<Instant>,
+    /// The host stopped the VM at the kill deadline: the session ends at once.
+    killed_by_host: bool,
     /// Host API requests waiting for the guest's answer (`ps`, `events`, `update`).
     pub(super) queries: super::control::Queries,
+    /// The guest's OOM kills, shown in the host cgroup.
+    oom: oom::OomWatch,
 }
 
 /// How a session ended.
@@ -108,7 +123,10 @@ impl<'a> Session<'a> {
             queued,
             pending_start,
             main_ending: None,
+            kill_deadline: None,
+            killed_by_host: false,
             queries: Default::default(),
+            oom: oom::OomWatch::new(io.state_dir),
         }
     }
 
@@ -137,6 +155,9 @@ impl<'a> Session<'a> {
         let mut drain_deadline = None;
         loop {
             self.finish_complete_execs();
+            if self.killed_by_host {
+                break;
+            }
             if let Some(ending) = &self.main_ending {
                 let deadline = *drain_deadline.get_or_insert_with(|| Instant::now() + DRAIN_WAIT);
                 // A process that failed to start may never have opened its streams.
@@ -155,8 +176,10 @@ impl<'a> Session<'a> {
             }
             let wake = [
                 drain_deadline,
+                self.kill_deadline.filter(|_| self.main_ending.is_none()),
                 self.reader.deadline(),
                 self.pending_streams.iter().map(|(_, p)| p.deadline).min(),
+                self.oom.poll_deadline(),
             ]
             .into_iter()
             .flatten()
@@ -196,6 +219,7 @@ impl<'a> Session<'a> {
                 }
             }
             self.expire(Instant::now())?;
+            self.poll_oom()?;
         }
         for (id, p) in std::mem::take(&mut self.processes) {
             if id != MAIN_PROCESS {
@@ -205,7 +229,10 @@ impl<'a> Session<'a> {
                 p.end();
             }
         }
-        let _ = self.send(&HostMessage::Shutdown);
+        if !self.killed_by_host {
+            // (A stopped VM reads nothing more: the write could only wait.)
+            let _ = self.send(&HostMessage::Shutdown);
+        }
         Ok(self
             .main_ending
             .take()
@@ -218,6 +245,15 @@ impl<'a> Session<'a> {
         if self.io.vm.is_paused() {
             // A frozen guest completes nothing: its deadlines wait for the resume.
             return Ok(());
+        }
+        if self.main_ending.is_none() && self.kill_deadline.is_some_and(|d| now >= d) {
+            log::warn!(
+                "the guest did not report the end of the SIGKILLed process within \
+                 {KILL_GRACE:?}; the host stops the VM"
+            );
+            self.io.vm.stop();
+            self.main_ending = Some(Ending::Exited(ExitStatus::Signaled(libc::SIGKILL)));
+            self.killed_by_host = true;
         }
         if self.reader.deadline().is_some_and(|d| now >= d) {
             return Err(MonitorError::Protocol(format!(
@@ -324,6 +360,9 @@ impl<'a> Session<'a> {
             return Ok(());
         }
         for signal in std::mem::take(&mut self.queued) {
+            if signal == libc::SIGKILL && self.kill_deadline.is_none() {
+                self.kill_deadline = Some(Instant::now() + KILL_GRACE);
+            }
             self.send(&HostMessage::Signal {
                 process: MAIN_PROCESS,
                 signal,
@@ -394,13 +433,18 @@ impl<'a> Session<'a> {
     }
 
     fn handle_guest_message(&mut self, msg: GuestMessage) -> Result<(), MonitorError> {
+        if self.oom_count_in(&msg) {
+            return Ok(());
+        }
         match &msg {
             GuestMessage::StartFailed { process, code, .. } if !(1..=255).contains(code) => {
                 return Err(MonitorError::Protocol(format!(
                     "the guest reported a failed start with exit code {code} for process {process}"
                 )))
             }
-            GuestMessage::Exited { process, status } => check_status(*process, *status)?,
+            GuestMessage::Exited {
+                process, status, ..
+            } => check_status(*process, *status)?,
             _ => {}
         }
         match msg {
@@ -449,7 +493,9 @@ impl<'a> Session<'a> {
                 self.main_ending = Some(Ending::StartFailed(code, message));
                 self.mark_exited();
             }
-            GuestMessage::Exited { process, status } if process == MAIN_PROCESS => {
+            GuestMessage::Exited {
+                process, status, ..
+            } if process == MAIN_PROCESS => {
                 if self.main_ending.is_some() {
                     return Err(MonitorError::Protocol(
                         "the guest reported the end of process 0 twice".into(),
@@ -472,7 +518,9 @@ impl<'a> Session<'a> {
                 code,
                 message,
             } => self.exec_failed(process, code, untrusted::text(&message))?,
-            GuestMessage::Exited { process, status } => self.exec_exited(process, status)?,
+            GuestMessage::Exited {
+                process, status, ..
+            } => self.exec_exited(process, status)?,
             GuestMessage::Hello { .. } => {
                 return Err(MonitorError::Protocol(
                     "the guest sent a second Hello".into(),

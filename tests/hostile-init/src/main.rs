@@ -246,6 +246,7 @@ fn misbehave(mode: Mode) -> Result<()> {
                 &GuestMessage::Exited {
                     process: 77,
                     status: ExitStatus::Exited(0),
+                    oom_kills: 0,
                 },
             )?;
             hang()
@@ -271,6 +272,7 @@ fn misbehave(mode: Mode) -> Result<()> {
                 &GuestMessage::Exited {
                     process: MAIN_PROCESS,
                     status: ExitStatus::Exited(0),
+                    oom_kills: 0,
                 },
             )?;
             hang()
@@ -285,6 +287,7 @@ fn misbehave(mode: Mode) -> Result<()> {
                 &GuestMessage::Exited {
                     process: MAIN_PROCESS,
                     status: ExitStatus::Signaled(i32::MAX),
+                    oom_kills: 0,
                 },
             )?;
             hang()
@@ -539,6 +542,7 @@ fn behave_printing(mut c: UnixStream, first: &str) -> Result<()> {
         &GuestMessage::Exited {
             process: MAIN_PROCESS,
             status: ExitStatus::Exited(0),
+            oom_kills: 0,
         },
     )?;
     wait_for_shutdown(&mut c);
@@ -590,6 +594,7 @@ fn flood(mut c: UnixStream) -> Result<()> {
         &GuestMessage::Exited {
             process: MAIN_PROCESS,
             status: ExitStatus::Signaled(libc::SIGKILL),
+            oom_kills: 0,
         },
     )?;
     wait_for_shutdown(&mut c);

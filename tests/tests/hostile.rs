@@ -4,8 +4,18 @@
 //! through `runvm run` and through `create`/`start`; a normal container beside a hostile
 //! one is not disturbed. Run with `cargo xtask guest-test hostile`, which builds the
 //! hostile initramfs and sets `RUNVM_HOSTILE_INITRAMFS`.
+//!
+//! The `share-*` modes attack the host's files through the container's virtio-fs share
+//! as a guest root can: the tests check the host's files afterwards. What the guest makes
+//! is bounded by the container's capabilities as under runc, read-only stays read-only,
+//! nothing is made outside the share, and an open flood stays within virtiofsd's limit.
 
+use std::collections::BTreeMap;
+use std::ffi::CString;
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -448,5 +458,467 @@ fn a_normal_container_beside_hostile_ones_is_not_disturbed() {
     let start = silent_start.join().unwrap();
     assert_ne!(code(&start), 0, "start of the silent guest succeeded");
     assert_ne!(reap(silent_pid, BOUND), 0);
+    root.assert_clean(Duration::from_secs(5));
+}
+
+/// Docker's default capabilities.
+const DOCKER_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// Docker's default capabilities without those that make privileged files or other
+/// owners' files: CAP_CHOWN, CAP_FSETID, CAP_MKNOD, CAP_SETFCAP, CAP_SETUID, CAP_SETGID.
+const WITHOUT_FILE_CAPS: &[&str] = &[
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_NET_RAW",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// A bundle for the share attacks: its own copy of the busybox tree as the root
+/// (read-only if `readonly`), a root process with capabilities `caps`, and `mounts`.
+fn share_bundle(caps: &[&str], readonly: bool, mounts: serde_json::Value) -> Bundle {
+    let config = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false, "user": { "uid": 0, "gid": 0 }, "args": ["true"], "cwd": "/",
+            "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
+            "capabilities": { "bounding": caps, "effective": caps, "permitted": caps },
+        },
+        "root": { "path": "rootfs", "readonly": readonly },
+        "mounts": mounts,
+        "linux": { "namespaces": runvm_tests::default_namespaces() },
+    });
+    let b = Bundle::from_config(&config.to_string());
+    private_rootfs(b.path());
+    b
+}
+
+/// A bind mount of `source` on `dest` with `options`, as config.json has it.
+fn bind(dest: &str, source: &Path, options: &[&str]) -> serde_json::Value {
+    serde_json::json!({
+        "destination": dest, "type": "bind", "source": source, "options": options,
+    })
+}
+
+/// `runvm run` of `bundle` as `id` with the hostile init attacking the share in `modes`
+/// (comma-separated): the attempts it reported, one line each (`<attempt> <share path>:
+/// ok` or `…: <errno>`). The guest then behaves: the run must end with code 0.
+fn attack_share(root: &StateRoot, bundle: &Bundle, modes: &str, id: &str) -> String {
+    let child = hostile(
+        root,
+        modes,
+        &["run", "--bundle", bundle.path().to_str().unwrap(), id],
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("cannot start runvm run");
+    let out = wait_with_timeout(child, BOUND);
+    assert_eq!(code(&out), 0, "{modes}: stderr: {}", stderr(&out));
+    let all = stdout(&out);
+    let report = all
+        .strip_suffix(BEHAVED)
+        .unwrap_or_else(|| panic!("{modes}: the hostile init did not behave: {all}"));
+    assert!(!report.contains("mount: "), "{modes}: {report}");
+    // Shown with a failure.
+    println!("{modes}:\n{report}");
+    report.to_string()
+}
+
+/// Asserts that every attempt of `report` for which `pred` holds was refused.
+#[track_caller]
+fn all_refused(report: &str, pred: impl Fn(&str) -> bool) {
+    let done: Vec<&str> = report
+        .lines()
+        .filter(|l| pred(l) && l.ends_with(": ok"))
+        .collect();
+    assert!(done.is_empty(), "succeeded: {done:#?}\nreport:\n{report}");
+}
+
+/// The share path an attempt names (`root/x` in `chmod 777 root/x: ok`).
+fn attempt_path(line: &str) -> &str {
+    let attempt = line.split_once(": ").map_or(line, |(a, _)| a);
+    attempt.rsplit(' ').next().unwrap_or("")
+}
+
+/// Mode bits (permissions, setuid, setgid, sticky) of `path`, not following a symlink.
+fn mode_of(path: &Path) -> u32 {
+    let md = path
+        .symlink_metadata()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    md.mode() & 0o7777
+}
+
+fn owner_of(path: &Path) -> (u32, u32) {
+    let md = path
+        .symlink_metadata()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (md.uid(), md.gid())
+}
+
+/// The extended attribute `name` of `path` (not following a symlink), if it has one.
+fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let p = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = CString::new(name).unwrap();
+    let mut buf = vec![0u8; 1024];
+    // SAFETY: lgetxattr reads the two NUL-terminated strings and writes at most
+    // `buf.len()` bytes into `buf`.
+    let len =
+        unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (len >= 0).then(|| {
+        buf.truncate(len as usize);
+        buf
+    })
+}
+
+/// Every path under `dir` (itself included), not following symlinks.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i].clone();
+        if p.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(&p)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+                .map(|e| e.unwrap().path())
+                .collect();
+            entries.sort();
+            out.extend(entries);
+        }
+        i += 1;
+    }
+    out
+}
+
+/// What the host's inode of a file says: any change to a file (content, mode, owner,
+/// links, extended attributes) changes its ctime.
+#[derive(Debug, PartialEq, Eq)]
+struct Inode {
+    mode: u32,
+    owner: (u32, u32),
+    nlink: u64,
+    size: u64,
+    ctime: (i64, i64),
+}
+
+/// The inode of every path under `dir`.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Inode> {
+    walk(dir)
+        .into_iter()
+        .map(|p| {
+            let m = p.symlink_metadata().unwrap();
+            let inode = Inode {
+                mode: m.mode(),
+                owner: (m.uid(), m.gid()),
+                nlink: m.nlink(),
+                size: m.size(),
+                ctime: (m.ctime(), m.ctime_nsec()),
+            };
+            (p, inode)
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "boots a guest: run through `cargo xtask guest-test hostile`"]
+fn without_the_capabilities_the_guest_makes_no_device_foreign_owner_or_file_capability() {
+    let b = share_bundle(WITHOUT_FILE_CAPS, false, serde_json::json!([]));
+    let rootfs = b.path().join("rootfs");
+    let root = StateRoot::new();
+    let report = attack_share(
+        &root,
+        &b,
+        "share-setuid,share-mknod,share-chown,share-xattr",
+        "no-caps",
+    );
+    root.assert_clean(Duration::from_secs(5));
+    let f = |name: &str| rootfs.join(name);
+
+    // No CAP_MKNOD: no device node. A fifo and a socket need no capability, as under runc.
+    for dev in ["hostile-mem", "hostile-null", "hostile-sda"] {
+        assert!(
+            f(dev).symlink_metadata().is_err(),
+            "{dev} is on the host; report:\n{report}"
+        );
+    }
+    let ft = |name: &str| f(name).symlink_metadata().unwrap().file_type();
+    assert!(ft("hostile-fifo").is_fifo(), "{report}");
+    assert!(ft("hostile-socket").is_socket(), "{report}");
+
+    // No CAP_CHOWN, CAP_SETUID or CAP_SETGID: nothing given away, nothing made as another
+    // user, anywhere in the root.
+    let foreign: Vec<_> = walk(&rootfs)
+        .into_iter()
+        .filter(|p| {
+            let (uid, gid) = owner_of(p);
+            uid == 12345 || gid == 12345
+        })
+        .collect();
+    assert!(foreign.is_empty(), "{foreign:?}; report:\n{report}");
+    assert!(!f("hostile-open/hostile-made-as-12345").exists());
+
+    // No CAP_SETFCAP: no file capability; never overlay's trusted attributes (they need
+    // CAP_SYS_ADMIN).
+    let x = |name: &str, attr: &str| xattr(&f(name), attr);
+    assert_eq!(x("hostile-fcap", "security.capability"), None);
+    assert_eq!(x("hostile-opaque", "trusted.overlay.opaque"), None);
+    assert_eq!(x("hostile-opaque", "trusted.overlay.redirect"), None);
+
+    // No CAP_FSETID: a write clears setuid and setgid. The owner may still set them with
+    // chmod or at create, as under runc, where neither needs CAP_FSETID.
+    assert_eq!(mode_of(&f("hostile-setuid-written")), 0o755, "{report}");
+    assert_eq!(mode_of(&f("hostile-setuid")), 0o4755, "{report}");
+    assert_eq!(mode_of(&f("hostile-setgid")), 0o2755, "{report}");
+    assert_eq!(mode_of(&f("hostile-setuid-created")), 0o6755, "{report}");
+}
+
+#[test]
+#[ignore = "boots a guest: run through `cargo xtask guest-test hostile`"]
+fn with_dockers_capabilities_the_guest_makes_them_as_under_runc() {
+    let b = share_bundle(DOCKER_CAPS, false, serde_json::json!([]));
+    let rootfs = b.path().join("rootfs");
+    let root = StateRoot::new();
+    let report = attack_share(
+        &root,
+        &b,
+        "share-setuid,share-mknod,share-chown,share-xattr",
+        "docker-caps",
+    );
+    root.assert_clean(Duration::from_secs(5));
+    let f = |name: &str| rootfs.join(name);
+
+    for (dev, char_dev, major, minor) in [
+        ("hostile-mem", true, 1, 1),
+        ("hostile-null", true, 1, 3),
+        ("hostile-sda", false, 8, 0),
+    ] {
+        let md = f(dev)
+            .symlink_metadata()
+            .unwrap_or_else(|e| panic!("{dev}: {e}; report:\n{report}"));
+        let ft = md.file_type();
+        assert!(
+            if char_dev {
+                ft.is_char_device()
+            } else {
+                ft.is_block_device()
+            },
+            "{dev}: {ft:?}"
+        );
+        assert_eq!(
+            (libc::major(md.rdev()), libc::minor(md.rdev())),
+            (major, minor)
+        );
+    }
+    assert_eq!(owner_of(&f("hostile-chown")), (12345, 12345), "{report}");
+    assert_eq!(
+        owner_of(&f("hostile-open/hostile-made-as-12345")),
+        (12345, 12345),
+        "{report}"
+    );
+    assert!(
+        xattr(&f("hostile-fcap"), "security.capability").is_some(),
+        "{report}"
+    );
+    // Docker's set has no CAP_SYS_ADMIN.
+    assert_eq!(xattr(&f("hostile-opaque"), "trusted.overlay.opaque"), None);
+    // CAP_FSETID: the bits stay through a write.
+    for (name, mode) in [
+        ("hostile-setuid", 0o4755),
+        ("hostile-setgid", 0o2755),
+        ("hostile-setuid-created", 0o6755),
+        ("hostile-setuid-written", 0o6755),
+    ] {
+        assert_eq!(mode_of(&f(name)), mode, "{name}; report:\n{report}");
+    }
+}
+
+#[test]
+#[ignore = "boots a guest: run through `cargo xtask guest-test hostile`"]
+fn read_only_binds_and_root_stay_unchanged_whatever_the_guest_tries() {
+    let b = share_bundle(DOCKER_CAPS, true, serde_json::json!([]));
+    let (dir, file) = (b.path().join("ro-dir"), b.path().join("ro-file"));
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("data"), "data\n").unwrap();
+    std::fs::write(&file, "conf\n").unwrap();
+    b.edit_config(|v| {
+        v["mounts"] = serde_json::json!([
+            bind("/ro-dir", &dir, &["rbind", "ro"]),
+            bind("/ro-file", &file, &["bind", "ro"]),
+        ])
+    });
+    // The mount points (the host would make them at start).
+    let rootfs = b.path().join("rootfs");
+    std::fs::create_dir(rootfs.join("ro-dir")).unwrap();
+    std::fs::write(rootfs.join("ro-file"), "").unwrap();
+    let before: Vec<_> = [&rootfs, &dir, &file].map(|p| snapshot(p)).into();
+
+    let root = StateRoot::new();
+    let report = attack_share(
+        &root,
+        &b,
+        "share-write-ro,share-setuid,share-mknod,share-chown,share-xattr,share-symlink,share-hardlink,share-top-level",
+        "read-only",
+    );
+    root.assert_clean(Duration::from_secs(5));
+    all_refused(&report, |_| true);
+    assert!(report.contains("append m1: "), "{report}");
+    let after: Vec<_> = [&rootfs, &dir, &file].map(|p| snapshot(p)).into();
+    assert!(
+        before == after,
+        "the host's files changed; report:\n{report}"
+    );
+    assert_eq!(std::fs::read_to_string(dir.join("data")).unwrap(), "data\n");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "conf\n");
+}
+
+#[test]
+#[ignore = "boots a guest: run through `cargo xtask guest-test hostile`"]
+fn nothing_is_made_outside_the_share_and_runvm_does_not_follow_the_guests_symlinks() {
+    let b = share_bundle(DOCKER_CAPS, false, serde_json::json!([]));
+    // Next to the shared sources: files the guest must not reach.
+    let (data, conf) = (b.path().join("data"), b.path().join("conf"));
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("file"), "data\n").unwrap();
+    std::fs::write(&conf, "conf\n").unwrap();
+    std::fs::write(b.path().join("secret"), "secret\n").unwrap();
+    std::fs::write(b.path().join("passwd"), "leaked:x:0:0:leaked:/:/bin/sh\n").unwrap();
+    b.edit_config(|v| {
+        v["mounts"] = serde_json::json!([
+            bind("/data", &data, &["rbind", "rw"]),
+            bind("/conf", &conf, &["bind", "rw"]),
+        ])
+    });
+    let listing = |d: &Path| {
+        let mut v: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        v.sort();
+        v
+    };
+    let bundle_before = listing(b.path());
+    let data_before = snapshot(&data);
+
+    let root = StateRoot::new();
+    let report = attack_share(
+        &root,
+        &b,
+        "share-symlink,share-hardlink,share-top-level",
+        "outside",
+    );
+    root.assert_clean(Duration::from_secs(5));
+    let rootfs = b.path().join("rootfs");
+
+    // Symlinks are made as they are: plain symlinks in the root, which the host never follows.
+    assert_eq!(
+        std::fs::read_link(rootfs.join("hostile-abs")).unwrap(),
+        Path::new("/etc/shadow"),
+        "{report}"
+    );
+    assert_eq!(
+        std::fs::read_link(rootfs.join("etc/passwd")).unwrap(),
+        Path::new("../../passwd"),
+        "{report}"
+    );
+    // Hard links cross no entry of the share: each file keeps its one name.
+    all_refused(&report, |l| l.starts_with("link "));
+    assert_eq!(snapshot(&data), data_before, "{report}");
+    for f in [&conf, &rootfs.join("hostile-own")] {
+        assert_eq!(f.metadata().unwrap().nlink(), 1, "{}", f.display());
+    }
+    assert_eq!(std::fs::read_to_string(&conf).unwrap(), "conf\n");
+    // The share's top level is the host's to make: nothing is added, moved or replaced.
+    all_refused(&report, |l| !attempt_path(l).contains('/'));
+    assert!(report.contains("rename root: "), "{report}");
+    assert_eq!(listing(b.path()), bundle_before, "{report}");
+    assert!(rootfs.join("bin/busybox").is_file() && conf.is_file());
+
+    // runvm reads the root's /etc/passwd (`ps` names users) inside the root: the guest's
+    // symlink leads nowhere, not to the `passwd` next to the root.
+    b.edit_config(|v| v["process"]["args"] = serde_json::json!(["sleep", "60"]));
+    let pid = root.running(&b, "after");
+    root.wait_for_guest_process("after", "sleep 60", Duration::from_secs(60));
+    let table = stdout(&root.cmd(&["ps", "after"]));
+    assert!(!table.contains("leaked"), "{table}");
+    let row = table.lines().find(|l| l.ends_with(" sleep 60")).unwrap();
+    assert_eq!(row.split_whitespace().nth(2), Some("0"), "{table}");
+    let kill = root.cmd(&["kill", "after", "KILL"]);
+    assert_eq!(code(&kill), 0, "kill: {}", stderr(&kill));
+    assert_eq!(reap(pid, Duration::from_secs(30)), 137);
+    let del = root.cmd(&["delete", "after"]);
+    assert_eq!(code(&del), 0, "delete: {}", stderr(&del));
+    root.assert_clean(Duration::from_secs(5));
+}
+
+/// The pids of the virtiofsd processes of `root`'s containers (virtiofsd serves from a
+/// child in namespaces of its own).
+fn virtiofsd_of(root: &StateRoot) -> Vec<i32> {
+    root.processes()
+        .iter()
+        .filter(|p| p.contains("virtiofsd") && p.contains("--shared-dir"))
+        .filter_map(|p| p.split(':').next()?.parse().ok())
+        .collect()
+}
+
+/// How many descriptors process `pid` has open.
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// The soft `RLIMIT_NOFILE` of process `pid`.
+fn max_open_files(pid: i32) -> Option<u64> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+#[test]
+#[ignore = "boots a guest: run through `cargo xtask guest-test hostile`"]
+fn an_open_flood_stays_in_virtiofsds_limit_and_disturbs_no_other_container() {
+    let root = Arc::new(StateRoot::new());
+    let b = share_bundle(DOCKER_CAPS, false, serde_json::json!([]));
+    let r = root.clone();
+    let flood = std::thread::spawn(move || attack_share(&r, &b, "share-open-flood", "flood"));
+    // virtiofsd opens a file for each of the guest's opens, up to its limit.
+    let (pid, limit) = wait_for("virtiofsd to hold the flood's files", BOUND, || {
+        let pid = virtiofsd_of(&root)
+            .into_iter()
+            .max_by_key(|p| open_fds(*p))?;
+        (open_fds(pid) > 1000).then(|| (pid, max_open_files(pid)))
+    });
+    assert!(
+        limit.is_some_and(|l| l <= 1 << 19),
+        "virtiofsd {pid}: descriptor limit {limit:?}"
+    );
+    // Meanwhile another container runs as usual.
+    let normal = Bundle::new(&["sh", "-c", "echo normal output"]);
+    let out = root.run(&normal, "normal", b"");
+    assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "normal output\n");
+    // The flooded container stops as usual, its file still opens, nothing is left.
+    let report = flood.join().unwrap();
+    assert!(
+        report.contains("open once more root/hostile-flood: ok"),
+        "{report}"
+    );
     root.assert_clean(Duration::from_secs(5));
 }

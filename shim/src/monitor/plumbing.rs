@@ -13,7 +13,7 @@ use runvm_protocol::{
 use vmm::{FsConfig, NetConfig, VmConfig, VsockConfig};
 
 use crate::network::Mirror;
-use crate::share::daemon::Virtiofsd;
+use crate::share::daemon::{Owners, Virtiofsd};
 use crate::sockpath::SocketDir;
 
 use super::{network_record, MonitorConfig, MonitorError, GUEST_CID};
@@ -52,8 +52,13 @@ impl Plumbing {
         // The share: the sources as they are now (Docker and Podman make some between
         // create and start), served by virtiofsd, and the relays of bind-mounted sockets.
         cfg.share.recheck()?;
-        if let HostMessage::Run { mounts, .. } = run {
+        let mut owners = Owners::default();
+        if let HostMessage::Run {
+            mounts, process, ..
+        } = run
+        {
             cfg.share.make_mount_points(mounts)?;
+            owners = Owners::of(process);
         }
         let virtiofsd = Virtiofsd::start(
             &cfg.assets.virtiofsd,
@@ -61,6 +66,7 @@ impl Plumbing {
             &cfg.runtime_dir.join("share"),
             sockets.path("virtiofs.sock"),
             &cfg.bounding_caps,
+            &owners,
         )?;
         if !cfg.share.sockets.is_empty() {
             let relay_listener = UnixListener::bind(port_path(SOCKET_PORT)).map_err(setup)?;

@@ -5,13 +5,16 @@
 //! Staging happens in the child between `fork` and `exec` (async-signal-safe system calls
 //! only, every path prepared before): a new mount namespace with everything private, a
 //! small tmpfs on the share directory (`<runtime>/share`, empty on the host), one
-//! bind mount per [`Entry`] in it (recursive for `rbind`), read-only ones made read-only
-//! recursively with `mount_setattr`, and the tmpfs itself made read-only, so that the
-//! guest cannot add entries at the top of its share. Nothing is mounted on the host, so
+//! bind mount per [`Entry`] in it (recursive for `rbind`), each made `nosuid,nodev` (and
+//! read-only ones read-only) recursively with `mount_setattr`, and the tmpfs itself made
+//! read-only, so that the guest cannot add entries at the top of its share. (`nosuid` and
+//! `nodev` only bind virtiofsd's own opens, which already refuse device nodes: the files
+//! the guest makes also exist at their host paths, bound by the capabilities below.) Nothing is mounted on the host, so
 //! nothing is left to unmount: the namespace goes with the daemon.
 //!
 //! virtiofsd then sandboxes itself (its own namespaces and `pivot_root` into the share,
-//! seccomp `kill`), keeps only the capabilities the container has of those it uses, and
+//! seccomp `kill`), keeps only the capabilities the container has of those it uses,
+//! refuses file owners the container could not give ([`forbidden_owners`]), and
 //! serves exactly one connection, the VMM's: it exits when the VMM closes it. The monitor
 //! also kills it when it ends (and the kernel does, `PR_SET_PDEATHSIG`, if the monitor is
 //! SIGKILLed).
@@ -24,6 +27,8 @@ use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+
+use runvm_protocol::ProcessSpec;
 
 use super::{Entry, EntryKind, SharePlan};
 
@@ -82,6 +87,68 @@ pub fn modcaps(bounding: &[String]) -> Option<String> {
     (!dropped.is_empty()).then(|| format!("--modcaps={}", dropped.join(":")))
 }
 
+/// The owners a container's files may get from its processes without `CAP_CHOWN`,
+/// `CAP_SETUID` or `CAP_SETGID`: root (the guest init makes mount points, and an exec may
+/// run as root) and the process's user and groups.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Owners {
+    pub uid: u32,
+    /// The process's group and its additional groups.
+    pub gids: Vec<u32>,
+}
+
+impl Owners {
+    /// The owners of `process`'s files.
+    pub fn of(process: &ProcessSpec) -> Owners {
+        let mut gids = vec![process.gid];
+        gids.extend(&process.additional_gids);
+        Owners {
+            uid: process.uid,
+            gids,
+        }
+    }
+}
+
+/// The `--translate-uid`/`--translate-gid` words that refuse (`EPERM`) a file owner the
+/// container could not give. virtiofsd creates each file as the uid and gid the guest
+/// names in the request, so a guest root could make files owned by anyone: under runc a
+/// process needs `CAP_SETUID` (to act as another user) or `CAP_CHOWN` (to give a file
+/// away) for that, so without both only root's and the process's uid are allowed; likewise
+/// gids without `CAP_SETGID` and `CAP_CHOWN`.
+pub fn forbidden_owners(bounding: &[String], owners: &Owners) -> Vec<String> {
+    let has = |cap: &str| bounding.iter().any(|b| b == cap);
+    let mut words = Vec::new();
+    if !has("CAP_CHOWN") && !has("CAP_SETUID") {
+        words.extend(forbid_all_but("uid", &[0, owners.uid]));
+    }
+    if !has("CAP_CHOWN") && !has("CAP_SETGID") {
+        let mut gids = owners.gids.clone();
+        gids.push(0);
+        words.extend(forbid_all_but("gid", &gids));
+    }
+    words
+}
+
+/// `--translate-<kind>=forbid-guest:<first>:<count>` for every id but `allowed` (up to
+/// 2^32-2: -1 means "unchanged" and virtiofsd's ranges end below 2^32).
+fn forbid_all_but(kind: &str, allowed: &[u32]) -> Vec<String> {
+    let mut allowed = allowed.to_vec();
+    allowed.sort_unstable();
+    allowed.dedup();
+    let mut words = Vec::new();
+    let mut next: u32 = 0;
+    for a in allowed.into_iter().chain([u32::MAX]) {
+        if a > next {
+            words.push(format!(
+                "--translate-{kind}=forbid-guest:{next}:{}",
+                a - next
+            ));
+        }
+        next = a.saturating_add(1);
+    }
+    words
+}
+
 /// One staging step, prepared before `fork` (no allocation after it).
 struct Stage {
     target: CString,
@@ -98,13 +165,15 @@ fn cstring(p: &Path) -> Result<CString, DaemonError> {
 impl Virtiofsd {
     /// Starts virtiofsd serving `plan` (staged at `share_dir`, which must not exist yet)
     /// on a listening socket bound at `socket` (a path from [`crate::sockpath::SocketDir`]),
-    /// keeping those of its capabilities that are in the container's `bounding` set.
+    /// keeping those of its capabilities that are in the container's `bounding` set and
+    /// refusing the file owners the container could not give (its processes' are `owners`).
     pub fn start(
         program: &Path,
         plan: &SharePlan,
         share_dir: &Path,
         socket: PathBuf,
         bounding: &[String],
+        owners: &Owners,
     ) -> Result<Virtiofsd, DaemonError> {
         std::fs::create_dir(share_dir).map_err(|source| DaemonError::Dir {
             path: share_dir.to_path_buf(),
@@ -148,6 +217,7 @@ impl Virtiofsd {
         if let Some(m) = modcaps(bounding) {
             cmd.arg(m);
         }
+        cmd.args(forbidden_owners(bounding, owners));
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -263,24 +333,26 @@ fn stage_in_child(listen_fd: i32, share: &CString, stages: &[Stage]) -> std::io:
                 )
                 .into(),
             )?;
-            if s.readonly {
-                let attr = MountAttr {
-                    attr_set: libc::MOUNT_ATTR_RDONLY,
-                    attr_clr: 0,
-                    propagation: 0,
-                    userns_fd: 0,
-                };
-                let at =
-                    libc::AT_SYMLINK_NOFOLLOW | if s.recursive { libc::AT_RECURSIVE } else { 0 };
-                check(libc::syscall(
-                    libc::SYS_mount_setattr,
-                    libc::AT_FDCWD,
-                    s.target.as_ptr(),
-                    at,
-                    &attr as *const MountAttr,
-                    std::mem::size_of::<MountAttr>(),
-                ))?;
-            }
+            let readonly = if s.readonly {
+                libc::MOUNT_ATTR_RDONLY
+            } else {
+                0
+            };
+            let attr = MountAttr {
+                attr_set: libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV | readonly,
+                attr_clr: 0,
+                propagation: 0,
+                userns_fd: 0,
+            };
+            let at = libc::AT_SYMLINK_NOFOLLOW | if s.recursive { libc::AT_RECURSIVE } else { 0 };
+            check(libc::syscall(
+                libc::SYS_mount_setattr,
+                libc::AT_FDCWD,
+                s.target.as_ptr(),
+                at,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            ))?;
         }
         check(
             libc::mount(
@@ -337,6 +409,55 @@ mod tests {
         assert_eq!(
             modcaps(&[]),
             Some("--modcaps=-chown:-dac_override:-fowner:-fsetid:-mknod:-setfcap".into())
+        );
+    }
+
+    #[test]
+    fn owners_the_container_could_not_give_are_forbidden() {
+        let caps = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let user = Owners {
+            uid: 1000,
+            gids: vec![1000, 10, 1000],
+        };
+        // CAP_CHOWN, or CAP_SETUID and CAP_SETGID: any owner, as under runc.
+        assert!(forbidden_owners(&caps(&["CAP_CHOWN"]), &user).is_empty());
+        assert!(forbidden_owners(&caps(&["CAP_SETUID", "CAP_SETGID"]), &user).is_empty());
+        // Neither: root's and the process's ids only.
+        let max = u32::MAX;
+        assert_eq!(
+            forbidden_owners(&caps(&["CAP_SETGID"]), &user),
+            [
+                "--translate-uid=forbid-guest:1:999".to_string(),
+                format!("--translate-uid=forbid-guest:1001:{}", max - 1001),
+            ]
+        );
+        assert_eq!(
+            forbidden_owners(&[], &user)[2..],
+            [
+                "--translate-gid=forbid-guest:1:9".to_string(),
+                "--translate-gid=forbid-guest:11:989".to_string(),
+                format!("--translate-gid=forbid-guest:1001:{}", max - 1001),
+            ]
+        );
+        let root = Owners::of(&ProcessSpec::default());
+        assert_eq!(
+            forbidden_owners(&[], &root),
+            [
+                format!("--translate-uid=forbid-guest:1:{}", max - 1),
+                format!("--translate-gid=forbid-guest:1:{}", max - 1),
+            ]
+        );
+        // Ids at the top: nothing is left to forbid after them.
+        let top = Owners {
+            uid: max - 1,
+            gids: vec![max],
+        };
+        assert_eq!(
+            forbidden_owners(&[], &top),
+            [
+                format!("--translate-uid=forbid-guest:1:{}", max - 2),
+                format!("--translate-gid=forbid-guest:1:{}", max - 1),
+            ]
         );
     }
 }

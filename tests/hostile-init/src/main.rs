@@ -15,6 +15,8 @@
 //! line per attempt before the usual line: `<attempt> <share path>: ok` or
 //! `<attempt> <share path>: <errno>` (`mount: <errno>` when the share cannot be mounted).
 //! A host test decides which of those must have failed and checks the host's files.
+//! Several share modes run in one boot, in order, when named with commas
+//! (`runvm_hostile=share-setuid,share-mknod`).
 //!
 //! It refuses to run as anything but PID 1, so starting it by accident on a host does
 //! nothing.
@@ -88,15 +90,19 @@ enum Mode {
     /// Says hello, gets `Run`, reports `Started`, then exits (the guest kernel panics).
     CrashAfterStart,
     /// In the share's root directory: a setuid-root and a setgid-root executable
-    /// (`hostile-setuid`, `hostile-setgid`, owned 0:0, modes 4755 and 2755), then behaves.
+    /// (`hostile-setuid`, `hostile-setgid`, owned 0:0, modes 4755 and 2755), one created
+    /// with mode 6755 (`hostile-setuid-created`), and one given mode 6755 and then
+    /// appended to (`hostile-setuid-written`), then behaves.
     ShareSetuid,
     /// In the share's root directory: device nodes (`hostile-mem` c 1:1, `hostile-null`
     /// c 1:3, `hostile-sda` b 8:0), a fifo (`hostile-fifo`) and a bound UNIX socket
     /// (`hostile-socket`), then behaves.
     ShareMknod,
     /// In the share's root directory: files given away to other owners
-    /// (`hostile-chown` to 12345:12345, `hostile-chown-root` to 0:0), and the root
-    /// directory's first regular file (by name) chowned to 12345:12345, then behaves.
+    /// (`hostile-chown` to 12345:12345, `hostile-chown-root` to 0:0), a directory anyone
+    /// may write (`hostile-open/`) with a file created in it as 12345:12345
+    /// (`hostile-made-as-12345`), and the root directory's first regular file (by name)
+    /// chowned to 12345:12345, then behaves.
     ShareChown,
     /// Extended attributes the host would act on: a file capability
     /// (`security.capability`, CAP_SYS_ADMIN) on `hostile-fcap`, overlay's
@@ -105,7 +111,8 @@ enum Mode {
     ShareXattr,
     /// Symlinks out of the share in the root directory (`hostile-abs` → `/etc/shadow`,
     /// `hostile-climb` → `../../../../../../../../etc/shadow`, `hostile-proc` →
-    /// `/proc/1/root/etc/shadow`), then behaves.
+    /// `/proc/1/root/etc/shadow`), and `etc/passwd` replaced by a symlink to
+    /// `../../passwd` (one level above the root), then behaves.
     ShareSymlink,
     /// Hard links across the share's entries: each file entry (and the first file of each
     /// directory entry) linked into the root directory as `hostile-link-<entry>`, each
@@ -163,6 +170,31 @@ impl Mode {
     fn parse(name: &str) -> Option<Mode> {
         Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, m)| *m)
     }
+
+    /// Whether this mode attacks the share (and so may run with others).
+    fn is_share(self) -> bool {
+        matches!(
+            self,
+            Mode::ShareSetuid
+                | Mode::ShareMknod
+                | Mode::ShareChown
+                | Mode::ShareXattr
+                | Mode::ShareSymlink
+                | Mode::ShareHardlink
+                | Mode::ShareWriteRo
+                | Mode::ShareTopLevel
+                | Mode::ShareOpenFlood
+        )
+    }
+
+    /// The modes of `runvm_hostile`: one, or several share modes separated by commas.
+    fn parse_list(names: &str) -> Option<Vec<Mode>> {
+        let modes = names
+            .split(',')
+            .map(Mode::parse)
+            .collect::<Option<Vec<Mode>>>()?;
+        (modes.len() == 1 || modes.iter().all(|m| m.is_share())).then_some(modes)
+    }
 }
 
 fn say(msg: &str) {
@@ -178,12 +210,16 @@ fn main() {
         std::process::exit(2);
     }
     let name = std::env::var("runvm_hostile").unwrap_or_default();
-    let Some(mode) = Mode::parse(&name) else {
+    let Some(modes) = Mode::parse_list(&name) else {
         say(&format!("unknown mode {name:?}; sleeping"));
         hang()
     };
     say(&format!("mode {name}"));
-    if let Err(e) = misbehave(mode) {
+    let done = match modes[..] {
+        [mode] => misbehave(mode),
+        _ => attack_share(&modes),
+    };
+    if let Err(e) = done {
         say(&e);
     }
     // Whatever happened, never exit by accident (Panic and CrashAfterStart exit on purpose).
@@ -396,13 +432,17 @@ fn misbehave(mode: Mode) -> Result<()> {
         | Mode::ShareHardlink
         | Mode::ShareWriteRo
         | Mode::ShareTopLevel
-        | Mode::ShareOpenFlood => {
-            let (c, run) = hello_and_run_spec()?;
-            let report = share::attack(mode, &run);
-            say(&report);
-            behave_printing(c, &report)
-        }
+        | Mode::ShareOpenFlood => attack_share(&[mode]),
     }
+}
+
+/// Gets `Run`, attacks the share in each of `modes` in turn, then behaves, printing every
+/// attack's report.
+fn attack_share(modes: &[Mode]) -> Result<()> {
+    let (c, run) = hello_and_run_spec()?;
+    let report = share::attack(modes, &run);
+    say(&report);
+    behave_printing(c, &report)
 }
 
 fn hang() -> ! {
@@ -599,4 +639,21 @@ fn flood(mut c: UnixStream) -> Result<()> {
     )?;
     wait_for_shutdown(&mut c);
     reboot()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn share_modes_combine_and_the_others_stand_alone() {
+        assert_eq!(
+            Mode::parse_list("share-setuid,share-mknod"),
+            Some(vec![Mode::ShareSetuid, Mode::ShareMknod])
+        );
+        assert_eq!(Mode::parse_list("panic"), Some(vec![Mode::Panic]));
+        assert_eq!(Mode::parse_list("share-setuid,panic"), None);
+        assert_eq!(Mode::parse_list("share-setuid,"), None);
+        assert_eq!(Mode::parse_list(""), None);
+    }
 }

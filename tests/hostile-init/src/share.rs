@@ -41,9 +41,9 @@ impl Report {
     }
 }
 
-/// Mounts the share `run` names at [`SHARE`] and runs the attack of `mode` on it;
-/// returns the report.
-pub fn attack(mode: Mode, run: &RunFiles) -> String {
+/// Mounts the share `run` names at [`SHARE`] and runs the attack of each of `modes` on
+/// it, in order; returns the reports.
+pub fn attack(modes: &[Mode], run: &RunFiles) -> String {
     let share = Path::new(SHARE);
     let mounted = std::fs::create_dir_all(share)
         .map_err(|e| e.to_string())
@@ -58,7 +58,7 @@ pub fn attack(mode: Mode, run: &RunFiles) -> String {
             .map_err(|e| e.to_string())
         });
     match mounted {
-        Ok(()) => attack_in(share, mode, run),
+        Ok(()) => modes.iter().map(|m| attack_in(share, *m, run)).collect(),
         Err(e) => format!("mount: {e}\n"),
     }
 }
@@ -116,9 +116,26 @@ fn owned_file(r: &mut Report, path: &Path, content: &str, uid: u32, gid: u32, mo
 }
 
 fn setuid(r: &mut Report, root: &Path) {
+    use std::os::unix::fs::OpenOptionsExt;
     let script = "#!/bin/sh\nid\n";
     owned_file(r, &root.join("hostile-setuid"), script, 0, 0, 0o4755);
     owned_file(r, &root.join("hostile-setgid"), script, 0, 0, 0o2755);
+    // The bits in the create request itself, not in a later chmod.
+    let p = root.join("hostile-setuid-created");
+    r.note(
+        "create with mode 6755",
+        &p,
+        io(std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o6755)
+            .open(&p)),
+    );
+    // Written after the chmod: the host's kernel clears the bits unless the writer has
+    // CAP_FSETID.
+    let p = root.join("hostile-setuid-written");
+    owned_file(r, &p, script, 0, 0, 0o6755);
+    r.note("append", &p, io(append(&p)));
 }
 
 fn special_files(r: &mut Report, root: &Path) {
@@ -148,6 +165,18 @@ fn special_files(r: &mut Report, root: &Path) {
     );
 }
 
+/// Creates `path` as `uid:gid` (the ids the guest kernel puts in the request are the
+/// thread's file-system ids), then acts as root again.
+fn create_as(path: &Path, uid: u32, gid: u32) -> Result<(), String> {
+    use nix::unistd::{setfsgid, setfsuid, Gid, Uid};
+    setfsgid(Gid::from_raw(gid));
+    setfsuid(Uid::from_raw(uid));
+    let made = io(std::fs::write(path, "made as another user\n"));
+    setfsuid(Uid::from_raw(0));
+    setfsgid(Gid::from_raw(0));
+    made
+}
+
 fn chown(r: &mut Report, root: &Path) {
     owned_file(
         r,
@@ -158,6 +187,19 @@ fn chown(r: &mut Report, root: &Path) {
         0o644,
     );
     owned_file(r, &root.join("hostile-chown-root"), "root's\n", 0, 0, 0o644);
+    // A directory anyone may write, and a file made in it as another user.
+    let open = root.join("hostile-open");
+    r.note("mkdir", &open, io(std::fs::create_dir(&open)));
+    r.note(
+        "chmod 777",
+        &open,
+        io(std::fs::set_permissions(
+            &open,
+            std::fs::Permissions::from_mode(0o777),
+        )),
+    );
+    let p = open.join("hostile-made-as-12345");
+    r.note("create as 12345:12345", &p, create_as(&p, 12345, 12345));
     let first = std::fs::read_dir(root).ok().and_then(|d| {
         let mut files: Vec<PathBuf> = d
             .flatten()
@@ -247,6 +289,15 @@ fn symlinks(r: &mut Report, root: &Path) {
             io(std::os::unix::fs::symlink(target, &p)),
         );
     }
+    // A file the host reads (runvm's `ps` reads the users), replaced by a symlink that
+    // climbs one level out of the root: `passwd` next to the root filesystem.
+    let passwd = root.join("etc/passwd");
+    r.note("unlink", &passwd, io(std::fs::remove_file(&passwd)));
+    r.note(
+        "symlink to ../../passwd",
+        &passwd,
+        io(std::os::unix::fs::symlink("../../passwd", &passwd)),
+    );
 }
 
 /// A regular file to link: the entry itself, or the first file (by name) in it.
@@ -415,6 +466,9 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(t.path().join("root")).unwrap();
         std::fs::write(t.path().join("root/app"), "app\n").unwrap();
+        std::fs::create_dir(t.path().join("root/etc")).unwrap();
+        std::fs::write(t.path().join("root/etc/passwd"), "root:x:0:0::/:/bin/sh\n").unwrap();
+        std::fs::write(t.path().join("passwd"), "outside\n").unwrap();
         std::fs::create_dir(t.path().join("m0")).unwrap();
         std::fs::write(t.path().join("m0/data"), "data\n").unwrap();
         std::fs::write(t.path().join("m1"), "conf\n").unwrap();
@@ -446,7 +500,14 @@ mod tests {
                 "symlink to /etc/shadow root/hostile-abs: ok",
                 "symlink to ../../../../../../../../etc/shadow root/hostile-climb: ok",
                 "symlink to /proc/1/root/etc/shadow root/hostile-proc: ok",
+                "unlink root/etc/passwd: ok",
+                "symlink to ../../passwd root/etc/passwd: ok",
             ]
+        );
+        assert_eq!(
+            std::fs::read_to_string(t.path().join("root/etc/passwd")).unwrap(),
+            "outside\n",
+            "followed on this host, it leaves the root"
         );
         // A refusal is its errno.
         let report = attack_in(t.path(), Mode::ShareSymlink, &run);
@@ -501,9 +562,9 @@ mod tests {
     #[test]
     fn the_other_attacks_report_every_step() {
         for (mode, steps) in [
-            (Mode::ShareSetuid, 6),
+            (Mode::ShareSetuid, 11),
             (Mode::ShareMknod, 5),
-            (Mode::ShareChown, 7),
+            (Mode::ShareChown, 10),
             (Mode::ShareXattr, 8),
         ] {
             let (t, run) = share();
@@ -520,5 +581,26 @@ mod tests {
             report.contains("chown 12345:12345 root/app: ok"),
             "{report}"
         );
+        assert!(
+            report.contains("create as 12345:12345 root/hostile-open/hostile-made-as-12345: ok"),
+            "{report}"
+        );
+        use std::os::unix::fs::MetadataExt;
+        let made =
+            std::fs::metadata(t.path().join("root/hostile-open/hostile-made-as-12345")).unwrap();
+        assert_eq!((made.uid(), made.gid()), (12345, 12345));
+
+        let (t, run) = share();
+        let report = attack_in(t.path(), Mode::ShareSetuid, &run);
+        assert!(report.contains("create with mode 6755 root/hostile-setuid-created: ok"));
+        let mode = |name: &str| {
+            std::fs::metadata(t.path().join("root").join(name))
+                .unwrap()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode("hostile-setuid-created"), 0o6755);
+        // This test runs as root, with CAP_FSETID: the write keeps the bits.
+        assert_eq!(mode("hostile-setuid-written"), 0o6755);
     }
 }

@@ -244,6 +244,26 @@ fn arch_name(a: Arch) -> String {
     }
 }
 
+/// A filter for runvm's own use on a host process: everything allowed but the rules
+/// given, each an action on a syscall when all of its argument comparisons hold. Names
+/// libseccomp does not know are skipped. The BPF program, as [`compile`] gives it.
+pub fn host_filter(
+    rules: &[(ScmpAction, &str, Vec<ScmpArgCompare>)],
+) -> Result<Vec<u8>, SeccompError> {
+    let mut ctx =
+        ScmpFilterContext::new(ScmpAction::Allow).map_err(refused("cannot create the filter"))?;
+    ctx.set_ctl_nnp(false)
+        .map_err(refused("cannot clear the filter's no_new_privs attribute"))?;
+    for (act, name, conditions) in rules {
+        let Ok(nr) = ScmpSyscall::from_name(name) else {
+            continue;
+        };
+        ctx.add_rule_conditional(*act, nr, conditions)
+            .map_err(refused(format!("cannot add the rule for {name}")))?;
+    }
+    export(&ctx)
+}
+
 /// The filter as BPF instructions (libseccomp writes them to a descriptor: a memfd).
 fn export(ctx: &ScmpFilterContext) -> Result<Vec<u8>, SeccompError> {
     let fd = nix::sys::memfd::memfd_create(

@@ -683,12 +683,21 @@ fn without_the_capabilities_the_guest_makes_no_device_foreign_owner_or_file_capa
     assert_eq!(x("hostile-opaque", "trusted.overlay.opaque"), None);
     assert_eq!(x("hostile-opaque", "trusted.overlay.redirect"), None);
 
-    // No CAP_FSETID: a write clears setuid and setgid. The owner may still set them with
-    // chmod or at create, as under runc, where neither needs CAP_FSETID.
-    assert_eq!(mode_of(&f("hostile-setuid-written")), 0o755, "{report}");
-    assert_eq!(mode_of(&f("hostile-setuid")), 0o4755, "{report}");
-    assert_eq!(mode_of(&f("hostile-setgid")), 0o2755, "{report}");
-    assert_eq!(mode_of(&f("hostile-setuid-created")), 0o6755, "{report}");
+    // No CAP_FSETID: no setuid or setgid bit reaches the host, by chmod, at create or
+    // kept through a write (the host's file server refuses such modes: stricter than
+    // runc, where the owner of a file may set them without the capability).
+    for name in [
+        "hostile-setuid",
+        "hostile-setgid",
+        "hostile-setuid-created",
+        "hostile-setuid-written",
+    ] {
+        let p = f(name);
+        if p.exists() {
+            assert_eq!(mode_of(&p) & 0o6000, 0, "{name}: {report}");
+        }
+    }
+    assert!(f("hostile-setuid").exists(), "{report}");
 }
 
 #[test]

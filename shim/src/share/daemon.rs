@@ -60,6 +60,8 @@ pub enum DaemonError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot build virtiofsd's setuid guard: {0}")]
+    Filter(#[source] crate::seccomp::SeccompError),
     #[error("a share path contains a NUL byte: {0}")]
     Nul(PathBuf),
     #[error("cannot start virtiofsd ({program}) with the container's share staged in its mount namespace (binds of {sources}): {source}")]
@@ -149,6 +151,53 @@ fn forbid_all_but(kind: &str, allowed: &[u32]) -> Vec<String> {
     words
 }
 
+/// Where the container lacks `CAP_FSETID`, a seccomp filter virtiofsd runs under (stacked
+/// under its own) that refuses (`EPERM`) every mode with the setuid or setgid bit in a
+/// `chmod`, a creating `open` and a `mknod`, and takes `openat2` away (`ENOSYS`: its mode
+/// is in memory a filter cannot read; virtiofsd then uses `openat`). virtiofsd changes
+/// modes as root, the owner of what the guest's root creates, and an owner may set those
+/// bits whatever its capabilities (so runc would let such a container set them too): the
+/// filter is what keeps setuid and setgid files from a container without `CAP_FSETID` off
+/// the host. (Stricter than runc: a `chmod` that keeps an existing setuid bit is refused
+/// too; directories keep their setgid bit, `mkdir` is not filtered.)
+pub fn fsetid_guard(bounding: &[String]) -> Result<Option<Vec<libc::sock_filter>>, DaemonError> {
+    use libseccomp::{ScmpAction, ScmpArgCompare, ScmpCompareOp};
+    if bounding.iter().any(|c| c == "CAP_FSETID") {
+        return Ok(None);
+    }
+    let eperm = ScmpAction::Errno(libc::EPERM);
+    let mut rules = Vec::new();
+    for (name, mode_arg) in [
+        ("chmod", 1),
+        ("fchmod", 1),
+        ("fchmodat", 2),
+        ("fchmodat2", 2),
+        ("creat", 1),
+        ("open", 2),
+        ("openat", 3),
+        ("mknod", 1),
+        ("mknodat", 2),
+    ] {
+        for bit in [libc::S_ISUID, libc::S_ISGID] {
+            let bit = u64::from(bit);
+            let cmp = ScmpArgCompare::new(mode_arg, ScmpCompareOp::MaskedEqual(bit), bit);
+            rules.push((eperm, name, vec![cmp]));
+        }
+    }
+    rules.push((ScmpAction::Errno(libc::ENOSYS), "openat2", vec![]));
+    let bpf = crate::seccomp::host_filter(&rules).map_err(DaemonError::Filter)?;
+    Ok(Some(
+        bpf.chunks_exact(runvm_protocol::SECCOMP_INSTRUCTION_LEN)
+            .map(|c| libc::sock_filter {
+                code: u16::from_ne_bytes([c[0], c[1]]),
+                jt: c[2],
+                jf: c[3],
+                k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
+            })
+            .collect(),
+    ))
+}
+
 /// One staging step, prepared before `fork` (no allocation after it).
 struct Stage {
     target: CString,
@@ -197,6 +246,7 @@ impl Virtiofsd {
             })
             .collect::<Result<Vec<_>, DaemonError>>()?;
         let share = cstring(share_dir)?;
+        let guard = fsetid_guard(bounding)?;
 
         let mut cmd = Command::new(program);
         cmd.args(["--fd", "3", "--shared-dir"])
@@ -226,7 +276,13 @@ impl Virtiofsd {
         // async-signal-safe system calls on data prepared before the fork (no allocation);
         // it touches nothing of the parent's.
         unsafe {
-            cmd.pre_exec(move || stage_in_child(listen_fd, &share, &stages));
+            cmd.pre_exec(move || {
+                stage_in_child(listen_fd, &share, &stages)?;
+                match &guard {
+                    Some(filter) => install_filter(filter),
+                    None => Ok(()),
+                }
+            });
         }
         let sources = plan
             .entries
@@ -271,6 +327,27 @@ struct MountAttr {
     attr_clr: u64,
     propagation: u64,
     userns_fd: u64,
+}
+
+/// In the child: loads `filter` (root may, without no_new_privs: virtiofsd sets that itself).
+fn install_filter(filter: &[libc::sock_filter]) -> std::io::Result<()> {
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: `prog` points at the prepared instructions, which outlive the call; the
+    // kernel copies them.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// In the child: dies with the monitor, takes the listening socket as fd 3, and stages
@@ -375,6 +452,59 @@ fn stage_in_child(listen_fd: i32, share: &CString, stages: &[Stage]) -> std::io:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_cap_fsetid_the_guard_refuses_setuid_and_setgid_modes() {
+        assert!(fsetid_guard(&["CAP_FSETID".to_string()]).unwrap().is_none());
+        let filter = fsetid_guard(&[]).unwrap().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = CString::new(dir.path().join("f").as_os_str().as_bytes()).unwrap();
+        let made = CString::new(dir.path().join("made").as_os_str().as_bytes()).unwrap();
+        std::fs::write(dir.path().join("f"), "x").unwrap();
+        // SAFETY: the child makes only raw system calls on prepared data, then _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let errno = || std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            // SAFETY: raw system calls with prepared NUL-terminated paths; exits at once.
+            unsafe {
+                if install_filter(&filter).is_err() {
+                    libc::_exit(100);
+                }
+                let code = if libc::chmod(file.as_ptr(), 0o4755) == 0 || errno() != libc::EPERM {
+                    1
+                } else if libc::chmod(file.as_ptr(), 0o2755) == 0 || errno() != libc::EPERM {
+                    2
+                } else if libc::chmod(file.as_ptr(), 0o1777) != 0 {
+                    3
+                } else if libc::open(made.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o6755) >= 0
+                    || errno() != libc::EPERM
+                {
+                    4
+                } else if libc::syscall(libc::SYS_openat2, libc::AT_FDCWD, file.as_ptr(), 0, 0) >= 0
+                    || errno() != libc::ENOSYS
+                {
+                    5
+                } else if libc::open(made.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644) < 0 {
+                    6
+                } else {
+                    0
+                };
+                libc::_exit(code);
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status), "{status:#x}");
+        assert_eq!(libc::WEXITSTATUS(status), 0, "the step that went wrong");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("f"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o1777);
+    }
 
     #[test]
     fn virtiofsd_keeps_only_the_containers_file_capabilities() {

@@ -28,7 +28,10 @@
 //!   connects to the host socket. Sockets cannot cross virtio-fs.
 //! - What a guest can do to host files is bounded by the container's capabilities:
 //!   virtiofsd keeps only those of `CAP_CHOWN`, `CAP_DAC_OVERRIDE`, `CAP_FOWNER`,
-//!   `CAP_FSETID`, `CAP_MKNOD` and `CAP_SETFCAP` that are in the container's bounding set.
+//!   `CAP_FSETID`, `CAP_MKNOD` and `CAP_SETFCAP` that are in the container's bounding set;
+//!   without `CAP_CHOWN` and `CAP_SETUID`/`CAP_SETGID` it refuses files owned by ids
+//!   other than the container's processes' (and root's); without `CAP_FSETID` a seccomp
+//!   filter refuses it every setuid or setgid mode (see [`daemon`]).
 
 pub mod daemon;
 pub mod relay;

@@ -1234,21 +1234,19 @@ fn volumes_named_image_and_volumes_from(h: &mut Harness) {
         "echo first > /vol/f",
     ])
     .ok();
-    d.run(&[
-        "--rm",
+    // The next container has the named volume and its image's VOLUME.
+    d.run_detached(&[
+        "--name",
+        "vol-a",
         "-v",
         "runvm-test-vol:/vol",
-        BUSYBOX,
-        "cat",
-        "/vol/f",
-    ])
-    .ok()
-    .prints("first");
-
-    d.run_detached(&["--name", "vol-a", &img, "sleep", "600"]);
-    d.cmd(&["exec", "vol-a", "cat", "/seed/file"])
+        &img,
+        "sleep",
+        "600",
+    ]);
+    d.cmd(&["exec", "vol-a", "cat", "/vol/f", "/seed/file"])
         .ok()
-        .prints("seeded");
+        .prints("first\nseeded");
     d.cmd(&["exec", "vol-a", "sh", "-c", "echo from-a > /seed/a"])
         .ok();
     d.run(&[

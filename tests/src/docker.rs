@@ -12,8 +12,8 @@
 //!
 //! and imports a `busybox` image made from `$RUNVM_TEST_ROOTFS` (Debian's busybox-static;
 //! no registry). After **every** test its containers are removed and the harness asserts
-//! that nothing is left: no runvm monitor or guard, no containerd shim or conmon, no state
-//! directory, no new mount, no tap device. When all tests are done [`main`] stops the
+//! that nothing is left: no runvm monitor or guard, no virtiofsd, no containerd shim or
+//! conmon, no state directory, no new mount, no tap device. When all tests are done [`main`] stops the
 //! daemon, checks that no daemon process and no mount under the private directory remain,
 //! removes it, and fails the binary if anything leaked, whatever the tests did.
 //!
@@ -515,13 +515,16 @@ pub fn process_table() -> Vec<(i32, String, String)> {
     out
 }
 
-/// runvm monitors/guards, containerd shims and conmons: what a removed container must not leave.
-fn container_processes() -> Vec<String> {
+/// runvm monitors/guards, the virtiofsd serving a container's files, containerd shims
+/// and conmons: what a removed container must not leave (nor a container that has ended).
+pub fn container_processes() -> Vec<String> {
     process_table()
         .into_iter()
         .filter(|(_, comm, cmd)| {
-            matches!(comm.as_str(), "runvm" | "runvm-guard" | "conmon")
-                || comm.starts_with("containerd-shim")
+            matches!(
+                comm.as_str(),
+                "runvm" | "runvm-guard" | "virtiofsd" | "conmon"
+            ) || comm.starts_with("containerd-shim")
                 || cmd.contains("containerd-shim-runc")
         })
         .map(|(pid, comm, cmd)| format!("{pid} {comm}: {}", short(&cmd, 200)))
@@ -1056,6 +1059,17 @@ impl Harness<'_> {
             .expect("Docker suite only")
     }
 
+    /// The lines of dockerd's log (with its managed containerd's) that contain `needle`.
+    pub fn docker_log_lines(&self, needle: &str) -> Vec<String> {
+        let d = self.world.dockerd.as_ref().expect("Docker suite only");
+        std::fs::read_to_string(d.log_path())
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Restarts dockerd with `default_runtime` (`runvm` for the `docker build` test). The
     /// next test gets the standard daemon (default runtime runc) back.
     pub fn restart_daemon(&mut self, default_runtime: &str) {
@@ -1185,6 +1199,10 @@ fn run_one(engine: Engine, name: &str, body: TestFn) -> Result<(), Failed> {
 /// The `main` of a suite binary: runs `tests` (only with `--ignored`: they need the
 /// engine and guests), one at a time, then tears the engine down and checks for leaks.
 pub fn main(engine: Engine, tests: &[(&'static str, TestFn)]) {
+    // Started in a container as the socket client of a test (`crate::socket_client`).
+    if crate::socket_client::run_if_asked() {
+        return;
+    }
     let mut args = Arguments::from_args();
     args.test_threads = Some(1);
     // A failing test's message says what failed; a backtrace of the harness does not help.

@@ -9,6 +9,7 @@
 //! `#[ignore]`d for a plain `cargo test`, and fail loudly if run without that environment.
 
 pub mod docker;
+pub mod socket_client;
 pub mod tmux;
 
 use std::io::{BufRead, Write};

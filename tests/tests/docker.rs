@@ -6,9 +6,11 @@
 //! Run: `cargo xtask guest-test docker [-- FILTER]`. `RUNVM_DOCKER_RUNTIME=runc` runs the
 //! same tests against runc as a control.
 
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use runvm_tests::docker::{self, Cli, Harness, BUSYBOX};
+use runvm_tests::socket_client;
 use runvm_tests::tmux::Tmux;
 use runvm_tests::wait_for;
 
@@ -86,6 +88,22 @@ const TESTS: &[(&str, docker::TestFn)] = &[
         writable_layer_persists_diff_commit_cp,
     ),
     ("read_only_rootfs_gives_erofs", read_only_rootfs_gives_erofs),
+    (
+        "bind_mounts_are_live_both_ways_while_running",
+        bind_mounts_are_live_both_ways_while_running,
+    ),
+    (
+        "volumes_named_image_and_volumes_from",
+        volumes_named_image_and_volumes_from,
+    ),
+    (
+        "cp_diff_commit_export_of_a_running_container",
+        cp_diff_commit_export_of_a_running_container,
+    ),
+    (
+        "a_missing_command_fails_127_and_leaves_nothing",
+        a_missing_command_fails_127_and_leaves_nothing,
+    ),
     ("twenty_parallel_containers", twenty_parallel_containers),
     ("default_bridge_echo", default_bridge_echo),
     (
@@ -1214,6 +1232,298 @@ fn read_only_rootfs_gives_erofs(h: &mut Harness) {
     ])
     .ok()
     .prints("ok");
+}
+
+/// How long a host change may take to show in a container: virtio-fs keeps a guest's
+/// cached attributes and names for one second (`--cache auto`).
+const HOST_CHANGE_SEEN: Duration = Duration::from_secs(10);
+
+/// Waits until `docker exec NAME cat PATH` prints `want` (a host change reaching the
+/// container); panics with the last output after [`HOST_CHANGE_SEEN`].
+fn wait_for_cat(d: &Cli, name: &str, path: &str, want: &str) {
+    let mut last = String::new();
+    let found = wait_for_or_none(HOST_CHANGE_SEEN, || {
+        let out = d.cmd(&["exec", name, "cat", path]);
+        last = format!("{} {}", out.stdout, out.stderr);
+        (out.code == 0 && out.text() == want).then_some(())
+    });
+    assert!(
+        found.is_some(),
+        "{path} in container {name} did not become {want:?} within {HOST_CHANGE_SEEN:?}; it was {last:?}"
+    );
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, or `None` after `timeout`.
+fn wait_for_or_none<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `-v` binds of a host directory, a read-only directory, a file and a UNIX socket, seen
+/// live both ways while the container runs: what the container writes is on the host at
+/// once, what the host writes is seen in the container, `:ro` refuses writes, and a
+/// client in the container reaches the host's socket server.
+fn bind_mounts_are_live_both_ways_while_running(h: &mut Harness) {
+    let d = h.cli().clone();
+    let app = h.tmp.join("app");
+    let ro = h.tmp.join("ro");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::create_dir_all(&ro).unwrap();
+    std::fs::write(app.join("at-start"), "at start\n").unwrap();
+    std::fs::write(ro.join("present"), "read-only\n").unwrap();
+    let numbers = h.tmp.join("numbers");
+    std::fs::write(&numbers, "1\n").unwrap();
+    let sock = h.tmp.join("app.sock");
+    let server = socket_client::Server::start(&sock);
+    let kit = h.tmp.join("kit");
+    socket_client::install(&kit);
+    let v = |host: &std::path::Path, rest: &str| format!("{}:{rest}", host.display());
+    let sock_s = sock.display().to_string();
+    d.run_detached(&[
+        "--name",
+        "binds",
+        "-v",
+        &v(&app, "/app"),
+        "-v",
+        &v(&ro, "/ro:ro"),
+        "-v",
+        &v(&numbers, "/numbers"),
+        "-v",
+        &format!("{sock_s}:{sock_s}"),
+        "-v",
+        &v(&kit, "/kit:ro"),
+        BUSYBOX,
+        "sleep",
+        "600",
+    ]);
+
+    // The container's writes, on the host at once.
+    d.cmd(&[
+        "exec",
+        "binds",
+        "sh",
+        "-c",
+        "cat /app/at-start /ro/present && echo from-container > /app/from-container && \
+         echo 2 >> /numbers",
+    ])
+    .ok()
+    .prints("at start\nread-only");
+    assert_eq!(
+        std::fs::read_to_string(app.join("from-container")).unwrap(),
+        "from-container\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&numbers).unwrap(),
+        "1\n2\n",
+        "the container's append is in the host file"
+    );
+
+    // The host's writes, in the container: a new file in the directory, and the bound
+    // file rewritten in place.
+    std::fs::write(app.join("from-host"), "from host\n").unwrap();
+    wait_for_cat(&d, "binds", "/app/from-host", "from host");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&numbers)
+        .unwrap()
+        .write_all(b"rewritten\n")
+        .unwrap();
+    wait_for_cat(&d, "binds", "/numbers", "rewritten");
+
+    // `:ro`.
+    d.cmd(&["exec", "binds", "touch", "/ro/x"])
+        .fails_with("Read-only file system");
+    assert!(!ro.join("x").exists());
+
+    // The host's socket, from the container.
+    let mut exec = vec![
+        "exec".to_string(),
+        "-e".into(),
+        format!("{}={sock_s}", socket_client::SOCKET_ENV),
+        "-e".into(),
+        format!("{}=hello from docker", socket_client::REQUEST_ENV),
+        "binds".into(),
+    ];
+    exec.extend(socket_client::argv("/kit", &[]));
+    d.cmd(&exec.iter().map(String::as_str).collect::<Vec<_>>())
+        .ok()
+        .prints("reply: host got: hello from docker");
+    assert_eq!(server.received(), ["hello from docker"]);
+}
+
+/// A named volume outlives its container, an image's `VOLUME` starts with the image's
+/// files, and `--volumes-from` shares a running container's volume both ways.
+fn volumes_named_image_and_volumes_from(h: &mut Harness) {
+    let img = h.image(
+        "runvm-test-volume",
+        "FROM busybox\nRUN mkdir /seed && echo seeded > /seed/file\nVOLUME /seed\n",
+    );
+    let d = h.cli().clone();
+    d.run(&[
+        "--rm",
+        "-v",
+        "runvm-test-vol:/vol",
+        BUSYBOX,
+        "sh",
+        "-c",
+        "echo first > /vol/f",
+    ])
+    .ok();
+    // The next container has the named volume and its image's VOLUME.
+    d.run_detached(&[
+        "--name",
+        "vol-a",
+        "-v",
+        "runvm-test-vol:/vol",
+        &img,
+        "sleep",
+        "600",
+    ]);
+    d.cmd(&["exec", "vol-a", "cat", "/vol/f", "/seed/file"])
+        .ok()
+        .prints("first\nseeded");
+    d.cmd(&["exec", "vol-a", "sh", "-c", "echo from-a > /seed/a"])
+        .ok();
+    d.run(&[
+        "--rm",
+        "--volumes-from",
+        "vol-a",
+        BUSYBOX,
+        "sh",
+        "-c",
+        "cat /seed/file /seed/a && echo from-b > /seed/b",
+    ])
+    .ok()
+    .prints("seeded\nfrom-a");
+    wait_for_cat(&d, "vol-a", "/seed/b", "from-b");
+
+    d.cmd(&["rm", "-f", "-v", "vol-a"]).ok();
+    d.cmd(&["volume", "rm", "runvm-test-vol"]).ok();
+}
+
+/// `docker cp` (both ways), `diff`, `export` and `commit` of a running container show
+/// what it wrote a moment before.
+fn cp_diff_commit_export_of_a_running_container(h: &mut Harness) {
+    let d = h.cli().clone();
+    d.run_detached(&["--name", "live", BUSYBOX, "sleep", "600"]);
+    d.cmd(&[
+        "exec",
+        "live",
+        "sh",
+        "-c",
+        "echo moment > /written && mkdir /made && echo inner > /made/f && rm /bin/ls",
+    ])
+    .ok();
+
+    let out_copy = h.tmp.join("written.copy");
+    d.cmd(&["cp", "live:/written", &out_copy.display().to_string()])
+        .ok();
+    assert_eq!(std::fs::read_to_string(&out_copy).unwrap(), "moment\n");
+    let in_copy = h.tmp.join("copied-in");
+    std::fs::write(&in_copy, "copied in\n").unwrap();
+    d.cmd(&["cp", &in_copy.display().to_string(), "live:/copied-in"])
+        .ok();
+    wait_for_cat(&d, "live", "/copied-in", "copied in");
+
+    let diff = d.cmd(&["diff", "live"]);
+    diff.ok();
+    let changes: Vec<&str> = diff.text().lines().collect();
+    for want in [
+        "A /written",
+        "A /made",
+        "A /made/f",
+        "D /bin/ls",
+        "A /copied-in",
+    ] {
+        assert!(
+            changes.contains(&want),
+            "docker diff lacks {want:?}: {changes:?}"
+        );
+    }
+
+    let tar = h.tmp.join("live.tar");
+    let tar_s = tar.display().to_string();
+    d.cmd(&["export", "-o", &tar_s, "live"]).ok();
+    let listing = docker::run_cmd(
+        {
+            let mut c = std::process::Command::new("tar");
+            c.args(["-tf", &tar_s]);
+            c
+        },
+        None,
+        Duration::from_secs(60),
+    );
+    listing.ok();
+    let names: Vec<&str> = listing
+        .text()
+        .lines()
+        .map(|l| l.trim_start_matches("./"))
+        .collect();
+    for want in ["written", "made/f", "copied-in"] {
+        assert!(names.contains(&want), "docker export lacks {want}");
+    }
+    assert!(
+        !names.contains(&"bin/ls"),
+        "docker export has the removed /bin/ls"
+    );
+
+    d.cmd(&["exec", "live", "sh", "-c", "echo late > /late"])
+        .ok();
+    d.cmd(&["commit", "live", "runvm-test-live-commit"]).ok();
+    d.run(&[
+        "--rm",
+        "runvm-test-live-commit",
+        "sh",
+        "-c",
+        "cat /written /made/f /copied-in /late; test -e /bin/ls || echo ls-gone",
+    ])
+    .ok()
+    .prints("moment\ninner\ncopied in\nlate\nls-gone");
+    d.cmd(&["rm", "-f", "live"]).ok();
+    d.cmd(&["rmi", "runvm-test-live-commit"]).ok();
+}
+
+/// `docker run busybox no-such-command` fails with 127, naming the command, and nothing
+/// of it runs on afterwards (no monitor, no virtiofsd, no containerd shim), before and
+/// after the container is removed.
+fn a_missing_command_fails_127_and_leaves_nothing(h: &mut Harness) {
+    let d = h.cli().clone();
+    d.run(&["--name", "nocmd", BUSYBOX, "no-such-command"])
+        .code_is(127)
+        .fails_with("no-such-command");
+    let mut left = Vec::new();
+    let gone = wait_for_or_none(Duration::from_secs(30), || {
+        left = docker::container_processes();
+        left.is_empty().then_some(())
+    });
+    if gone.is_none() {
+        // What containerd thinks of the task, and what Docker said when it tried to
+        // clean up after the failed start.
+        let id = d.inspect("nocmd", "{{.Id}}");
+        let sock = h.docker_exec_root().join("containerd/containerd.sock");
+        let mut ctr = std::process::Command::new("ctr");
+        ctr.arg("--address")
+            .arg(&sock)
+            .args(["--namespace", "moby", "task", "ls"]);
+        let tasks = docker::run_cmd(ctr, None, Duration::from_secs(30));
+        panic!(
+            "processes left by the failed start of container nocmd (not removed yet): \
+             {left:#?}\ncontainerd's tasks:\n{}\ndockerd's log about it:\n{}",
+            tasks.stdout,
+            h.docker_log_lines(&id).join("\n")
+        );
+    }
+    d.cmd(&["rm", "nocmd"]).ok();
+    h.assert_nothing_left();
 }
 
 fn build_with_runvm_as_default_runtime(h: &mut Harness) {

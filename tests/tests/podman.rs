@@ -5,7 +5,10 @@
 //! Run: `cargo xtask guest-test podman [-- FILTER]`. `RUNVM_DOCKER_RUNTIME=runc` runs the
 //! same tests against runc as a control.
 
+use std::time::Duration;
+
 use runvm_tests::docker::{self, Harness};
+use runvm_tests::wait_for;
 
 const TESTS: &[(&str, docker::TestFn)] = &[
     ("echo_and_exit_codes", echo_and_exit_codes),
@@ -14,6 +17,10 @@ const TESTS: &[(&str, docker::TestFn)] = &[
         image_entrypoint_cmd_env_user_workdir,
     ),
     ("run_flags_env_user_workdir", run_flags_env_user_workdir),
+    (
+        "bind_mount_is_live_both_ways_while_running",
+        bind_mount_is_live_both_ways_while_running,
+    ),
 ];
 
 fn main() {
@@ -75,4 +82,55 @@ fn run_flags_env_user_workdir(h: &mut Harness) {
     p.run(&["--rm", "-w", "/tmp", bb, "pwd"])
         .ok()
         .prints("/tmp");
+}
+
+/// `-v /hostdir:/app` while the container runs: what it writes is on the host at once,
+/// what the host writes is seen in it, and `:ro` refuses writes.
+fn bind_mount_is_live_both_ways_while_running(h: &mut Harness) {
+    let bb = h.busybox();
+    let p = h.cli().clone();
+    let app = h.tmp.join("app");
+    let ro = h.tmp.join("ro");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::create_dir_all(&ro).unwrap();
+    std::fs::write(ro.join("present"), "read-only\n").unwrap();
+    p.run(&[
+        "-d",
+        "--name",
+        "binds",
+        "-v",
+        &format!("{}:/app", app.display()),
+        "-v",
+        &format!("{}:/ro:ro", ro.display()),
+        bb,
+        "sleep",
+        "600",
+    ])
+    .ok();
+    p.cmd(&[
+        "exec",
+        "binds",
+        "sh",
+        "-c",
+        "cat /ro/present && echo from-container > /app/from-container",
+    ])
+    .ok()
+    .prints("read-only");
+    assert_eq!(
+        std::fs::read_to_string(app.join("from-container")).unwrap(),
+        "from-container\n"
+    );
+    std::fs::write(app.join("from-host"), "from host\n").unwrap();
+    // (virtio-fs keeps a guest's cached names and attributes for one second.)
+    wait_for(
+        "the host's file to show in the container",
+        Duration::from_secs(10),
+        || {
+            let out = p.cmd(&["exec", "binds", "cat", "/app/from-host"]);
+            (out.code == 0 && out.text() == "from host").then_some(())
+        },
+    );
+    p.cmd(&["exec", "binds", "touch", "/ro/x"])
+        .fails_with("Read-only file system");
+    assert!(!ro.join("x").exists());
 }

@@ -339,7 +339,7 @@ pub const GUEST_SUITES: &[&str] = &[
     "lifecycle",
     "exec",
     "tty",
-    "rootfs",
+    "share",
     "network",
     "hostile",
     "hooks",

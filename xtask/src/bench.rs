@@ -995,6 +995,9 @@ struct Smaps {
     guest_maps: usize,
     /// Every shared mapping (for virtiofsd: the guest RAM it maps from the VMM's file).
     shared: u64,
+    /// Rss by what is mapped (a file's path, `[heap]`, `[stack]`, `anon`), largest first:
+    /// where an overhead comes from.
+    by_name: Vec<(String, u64)>,
 }
 
 fn read_smaps(pid: u32) -> Result<Smaps> {
@@ -1005,7 +1008,10 @@ fn read_smaps(pid: u32) -> Result<Smaps> {
         guest: 0,
         guest_maps: 0,
         shared: 0,
+        by_name: Vec::new(),
     };
+    let mut names: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut name = String::new();
     let (mut ram, mut shared, mut size) = (false, false, 0u64);
     for line in text.lines() {
         let mut w = line.split_whitespace();
@@ -1015,6 +1021,11 @@ fn read_smaps(pid: u32) -> Result<Smaps> {
             let perms = line.split_whitespace().nth(1).unwrap_or("");
             let inode = line.split_whitespace().nth(4).unwrap_or("1");
             let path = line.split_whitespace().nth(5).unwrap_or("");
+            name = if path.is_empty() {
+                "anon".into()
+            } else {
+                path.to_string()
+            };
             // Guest RAM is a shared file on both sides now (runvm: a file on a tmpfs of
             // its own, or a memfd; the peer: a file on the bench's tmpfs); private
             // anonymous memory is still recognised, as QEMU's default RAM.
@@ -1026,6 +1037,7 @@ fn read_smaps(pid: u32) -> Result<Smaps> {
         } else if first == "Rss:" {
             let rss: u64 = w.next().and_then(|v| v.parse().ok()).unwrap_or(0);
             m.total += rss;
+            *names.entry(name.clone()).or_default() += rss;
             if shared {
                 m.shared += rss;
             }
@@ -1035,6 +1047,8 @@ fn read_smaps(pid: u32) -> Result<Smaps> {
             }
         }
     }
+    m.by_name = names.into_iter().filter(|(_, rss)| *rss > 0).collect();
+    m.by_name.sort_by_key(|e| std::cmp::Reverse(e.1));
     Ok(m)
 }
 
@@ -1048,7 +1062,20 @@ fn smaps(pid: u32) -> Result<Value> {
             m.guest_maps
         );
     }
-    Ok(json!({ "rss_kib": m.total, "guest_rss_kib": m.guest, "overhead_kib": m.total - m.guest }))
+    Ok(json!({
+        "rss_kib": m.total, "guest_rss_kib": m.guest, "overhead_kib": m.total - m.guest,
+        "rss_kib_by_mapping": by_name_json(&m),
+    }))
+}
+
+/// The largest entries of `m.by_name` (those of 64 KiB or more), largest first, as
+/// `[name, KiB]` pairs.
+fn by_name_json(m: &Smaps) -> Value {
+    m.by_name
+        .iter()
+        .filter(|(_, rss)| *rss >= 64)
+        .map(|(n, rss)| json!([n, rss]))
+        .collect()
 }
 
 /// virtiofsd's memory: every process named `virtiofsd` among `root` and its descendants
@@ -1069,7 +1096,10 @@ fn virtiofsd_memory(root: u32) -> Result<Value> {
         let m = read_smaps(p)?;
         total += m.total;
         shared += m.shared;
-        each.push(json!({ "pid": p, "rss_kib": m.total, "shared_rss_kib": m.shared }));
+        each.push(json!({
+            "pid": p, "rss_kib": m.total, "shared_rss_kib": m.shared,
+            "rss_kib_by_mapping": by_name_json(&m),
+        }));
     }
     Ok(json!({
         "processes": each,

@@ -1,8 +1,10 @@
 //! `cargo xtask bench boot [--runs N]`: how long runvm takes to launch a microVM, boot
 //! it to the guest init, run `true` and get out, next to qemu's `microvm` machine booting
-//! **the same kernel, initramfs and EROFS root image with the same guest init doing the
-//! same work**, measured in the same run and the same place; plus the resident memory
-//! each VMM costs on top of the guest's own memory.
+//! **the same kernel and initramfs, with the same guest init doing the same work on the
+//! same root filesystem served the same way** (virtio-fs from runvm's own virtiofsd,
+//! guest RAM in a shared file on a huge-page tmpfs), measured in the same run and the same
+//! place; plus the resident memory each VMM, and each side's virtiofsd, costs on top of
+//! the guest's own memory.
 //!
 //! Where: guests boot on this host's KVM when it can (`Place::Direct`), else inside the
 //! nested test host (`Place::TestHost`, TCG-emulated CPU). In the test host the outer
@@ -15,18 +17,27 @@
 //! The qemu peer plays the host side of runvm's protocol (`protocol/src/lib.rs`) itself
 //! over `vhost-vsock`: it listens on vsock ports 1024 and 1025 of the (test) host, reads
 //! `Hello`, sends the `Run` that runvm would send for the same bundle, accepts the stdio
-//! streams, reads `Exited`, sends `Shutdown`, and QEMU exits on the guest's reset.
+//! streams, reads `Exited`, sends `Shutdown`, and QEMU exits on the guest's reset. Its
+//! root filesystem is a `vhost-user-fs-device` (tag [`SHARE_TAG`]) backed by virtiofsd
+//! started with runvm's flags on a directory whose [`SHARE_ROOT`] is a copy of the
+//! rootfs; the peer's launch is the spawn of that virtiofsd, as runvm's `start` spawns its
+//! own before the VM.
 //!
-//! Runs are interleaved (runvm, qemu, mkfs.erofs, runvm, qemu, …) after one warm-up run
-//! of each that is not counted, so drift affects all of them alike.
+//! Runs are interleaved (runvm, qemu, virtiofsd alone, runvm, qemu, …) after one warm-up
+//! run of each that is not counted, so drift affects all of them alike.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use runvm_protocol::{
+    RootfsSpec, CONTROL_PORT, PROTOCOL_VERSION, SHARE_ROOT, SHARE_TAG, STREAM_PORT,
+};
 use serde_json::{json, Value};
 
 use crate::guests::{GuestSetup, Place};
@@ -38,7 +49,6 @@ const VCPUS: u32 = 1;
 const MEM_MIB: u64 = 128;
 /// Guest CID of the qemu peer (runvm uses 3 as well).
 const PEER_CID: u32 = 3;
-use runvm_protocol::{CONTROL_PORT, PROTOCOL_VERSION, STREAM_PORT};
 const MAX_FRAME_LEN: u32 = 1 << 20;
 /// Kernel parameters of the qemu peer: `vmm::builder::BASE_CMDLINE` (copied, keep in
 /// sync) with `reboot=t` instead of `reboot=k` (microvm has no i8042 to reset through),
@@ -51,6 +61,27 @@ const PEER_CMDLINE: &str = "reboot=t panic=1 pci=off nomodule i8042.noaux i8042.
      rcupdate.rcu_expedited=1";
 /// How long one boot may take before the benchmark gives up (TCG is slow).
 const BOOT_DEADLINE: Duration = Duration::from_secs(120);
+/// virtiofsd's flags after `--fd 3 --shared-dir DIR`: those runvm starts it with
+/// (`shim/src/share/daemon.rs`, copied, keep in sync), including the `--modcaps` runvm
+/// derives from a bundle without `process.capabilities` (it drops all six it bounds).
+const VIRTIOFSD_FLAGS: &[&str] = &[
+    "--sandbox",
+    "namespace",
+    "--seccomp",
+    "kill",
+    "--cache",
+    "auto",
+    "--xattr",
+    "--announce-submounts",
+    "--log-level",
+    "error",
+    "--rlimit-nofile=524288",
+    "--modcaps=-chown:-dac_override:-fowner:-fsetid:-mknod:-setfcap",
+];
+/// `VHOST_USER_GET_FEATURES` and the protocol's version flag (vhost-user spec).
+const VHOST_USER_GET_FEATURES: u32 = 1;
+const VHOST_USER_VERSION: u32 = 1;
+const VHOST_USER_REPLY: u32 = 1 << 2;
 
 /// `cargo xtask bench …`.
 #[derive(clap::Subcommand)]
@@ -106,7 +137,6 @@ fn boot(runs: usize, peer_only: bool) -> Result<i32> {
         bail!("--runs must be at least 1");
     }
     let (env, place) = if peer_only {
-        crate::util::ensure_apt(&["erofs-utils"])?;
         let s = |p: PathBuf| p.display().to_string();
         let env = vec![
             ("RUNVM_KERNEL".to_string(), s(kernel::kernel()?)),
@@ -114,6 +144,10 @@ fn boot(runs: usize, peer_only: bool) -> Result<i32> {
             (
                 "RUNVM_TEST_ROOTFS".to_string(),
                 s(rootfs::busybox_rootfs()?),
+            ),
+            (
+                "RUNVM_VIRTIOFSD".to_string(),
+                s(crate::virtiofsd::virtiofsd()?),
             ),
         ];
         (env, peer_place()?)
@@ -255,8 +289,14 @@ struct Bed {
     initramfs: PathBuf,
     rootfs: PathBuf,
     bundle: PathBuf,
-    /// The peer's EROFS image of `rootfs` (built the way runvm builds its own).
-    image: PathBuf,
+    /// The virtiofsd both sides run (runvm through `RUNVM_VIRTIOFSD`).
+    virtiofsd: PathBuf,
+    /// The peer's share: `SHARE_ROOT` in it is a copy of `rootfs`.
+    share: PathBuf,
+    /// A tmpfs with `huge=within_size` mounted here: the peer's guest RAM file (runvm
+    /// makes the same kind of tmpfs, detached, for its own).
+    ram: PathBuf,
+    ram_mounted: bool,
     /// The `Run` message runvm sends for `bundle` (the peer sends the same).
     run_msg: Value,
 }
@@ -279,51 +319,79 @@ impl Bed {
         };
         let kernel = copy(&env_path("RUNVM_KERNEL")?, "vmlinux")?;
         let initramfs = copy(&env_path("RUNVM_INITRAMFS")?, "initramfs.cpio")?;
+        let virtiofsd = copy(&env_path("RUNVM_VIRTIOFSD")?, "virtiofsd")?;
         let rootfs = copy(&env_path("RUNVM_TEST_ROOTFS")?, "rootfs")?;
+        let share = work.join("peer-share");
+        std::fs::create_dir(&share).with_context(|| format!("creating {}", share.display()))?;
+        crate::util::run_quiet(
+            Command::new("cp")
+                .arg("-a")
+                .arg(&rootfs)
+                .arg(share.join(SHARE_ROOT)),
+        )
+        .context("copying the rootfs into the peer's share")?;
         let bundle = work.join("bundle-true");
         rootfs::write_bundle(&bundle, &rootfs, &["true"])?;
-        let image = work.join("peer.erofs");
-        mkfs_erofs(&rootfs, &image)?;
+        let ram = work.join("peer-ram");
+        std::fs::create_dir(&ram).with_context(|| format!("creating {}", ram.display()))?;
         let run_msg = run_message(&bundle.join("config.json"))?;
-        Ok(Self {
+        let mut bed = Self {
             work,
             runvm,
             kernel,
             initramfs,
             rootfs,
             bundle,
-            image,
+            virtiofsd,
+            share,
+            ram,
+            ram_mounted: false,
             run_msg,
-        })
+        };
+        // Room for one guest's RAM and a spare (a run's file goes when its QEMU exits).
+        crate::util::run_quiet(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o"])
+                .arg(format!("size={}m,huge=within_size,mode=0700", 2 * MEM_MIB))
+                .arg("runvm-bench-ram")
+                .arg(&bed.ram),
+        )
+        .with_context(|| {
+            format!(
+                "mounting a huge-page tmpfs on {} for the peer's guest RAM (needs root)",
+                bed.ram.display()
+            )
+        })?;
+        bed.ram_mounted = true;
+        Ok(bed)
     }
 }
 
 impl Drop for Bed {
     fn drop(&mut self) {
+        if self.ram_mounted {
+            let _ = Command::new("umount").arg(&self.ram).status();
+        }
         let _ = std::fs::remove_dir_all(&self.work);
     }
 }
 
-/// `mkfs.erofs` exactly as runvm runs it (`shim/src/rootfs.rs`); returns its wall time.
-fn mkfs_erofs(dir: &Path, image: &Path) -> Result<Duration> {
-    let _ = std::fs::remove_file(image);
-    let t0 = Instant::now();
-    crate::util::run_quiet(
-        Command::new("mkfs.erofs")
-            .arg("--quiet")
-            .arg(image)
-            .arg(dir),
-    )?;
-    Ok(t0.elapsed())
-}
-
 /// The `HostMessage::Run` runvm builds from a bundle's config.json (`shim/src/spec.rs`,
-/// `shim/src/container/run.rs`), as its serde JSON.
+/// `shim/src/container/mod.rs`), as its serde JSON: the root is the share's
+/// [`SHARE_ROOT`] under tag [`SHARE_TAG`] (the protocol's own default `RootfsSpec`).
 fn run_message(config: &Path) -> Result<Value> {
     let c: Value = serde_json::from_str(&std::fs::read_to_string(config)?)?;
     let p = &c["process"];
+    let rootfs = RootfsSpec {
+        readonly: c["root"]["readonly"].as_bool().unwrap_or(false),
+        ..Default::default()
+    };
+    debug_assert_eq!(
+        (rootfs.share_tag.as_str(), rootfs.root.as_str()),
+        (SHARE_TAG, SHARE_ROOT)
+    );
     Ok(json!({ "Run": {
-        "rootfs": { "lower_devices": ["/dev/vda"], "readonly": c["root"]["readonly"].as_bool().unwrap_or(false) },
+        "rootfs": serde_json::to_value(&rootfs)?,
         "hostname": c["hostname"],
         "process": {
             "args": p["args"], "env": p["env"], "cwd": p["cwd"],
@@ -332,6 +400,75 @@ fn run_message(config: &Path) -> Result<Value> {
             "terminal": false,
         },
     }}))
+}
+
+/// Starts virtiofsd as runvm does: serving `share` on the listening socket `listener`,
+/// handed over as its fd 3, with runvm's flags.
+fn spawn_virtiofsd(bed: &Bed, listener: &UnixListener, log: &Path) -> Result<Child> {
+    let mut cmd = Command::new(&bed.virtiofsd);
+    cmd.args(["--fd", "3", "--shared-dir"])
+        .arg(&bed.share)
+        .args(VIRTIOFSD_FLAGS)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log)?);
+    let fd = listener.as_raw_fd();
+    // SAFETY: runs in the child between fork and exec and makes only async-signal-safe
+    // calls (dup2, fcntl) on a descriptor the parent keeps open across the spawn.
+    unsafe {
+        cmd.pre_exec(move || {
+            let r = if fd == 3 {
+                libc::fcntl(fd, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .with_context(|| format!("starting {}", bed.virtiofsd.display()))
+}
+
+/// virtiofsd started alone on the peer's share until it answers the first vhost-user
+/// request (`GET_FEATURES`, the first thing a VMM asks): what both sides wait for before
+/// their VM can be built. Milliseconds from the socket's creation to the answer.
+fn virtiofsd_ready(bed: &Bed) -> Result<f64> {
+    let sock = bed.work.join("probe.sock");
+    let _ = std::fs::remove_file(&sock);
+    let log = bed.work.join("probe-virtiofsd.log");
+    let t0 = Instant::now();
+    let listener =
+        UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
+    let mut child = spawn_virtiofsd(bed, &listener, &log)?;
+    drop(listener);
+    let answered = (|| -> Result<f64> {
+        let mut s = UnixStream::connect(&sock)
+            .with_context(|| format!("connecting to {}", sock.display()))?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut req = Vec::with_capacity(12);
+        for w in [VHOST_USER_GET_FEATURES, VHOST_USER_VERSION, 0] {
+            req.extend_from_slice(&w.to_le_bytes());
+        }
+        s.write_all(&req)
+            .context("sending GET_FEATURES to virtiofsd")?;
+        let mut reply = [0u8; 20];
+        s.read_exact(&mut reply)
+            .context("reading virtiofsd's answer to GET_FEATURES")?;
+        let word = |i: usize| u32::from_le_bytes(reply[i..i + 4].try_into().unwrap_or_default());
+        if word(0) != VHOST_USER_GET_FEATURES || word(4) & VHOST_USER_REPLY == 0 || word(8) != 8 {
+            bail!("virtiofsd answered GET_FEATURES with {reply:02x?}");
+        }
+        Ok(ms(t0.elapsed()))
+    })();
+    // virtiofsd serves one connection: it ends when ours is closed (above).
+    let ended = wait_child(&mut child, Duration::from_secs(30));
+    let _ = std::fs::remove_file(&sock);
+    let took = answered.with_context(|| format!("virtiofsd probe; its output:\n{}", tail(&log)))?;
+    ended.context("virtiofsd did not exit after its only connection closed")?;
+    Ok(took)
 }
 
 /// The inside process: every measurement, as raw JSON.
@@ -352,7 +489,7 @@ fn measure(runs: usize, peer_only: bool) -> Result<Value> {
 
     let mut runvm_runs: Vec<Value> = Vec::new();
     let mut qemu_runs: Vec<Value> = Vec::new();
-    let mut mkfs_runs: Vec<f64> = Vec::new();
+    let mut ready_runs: Vec<f64> = Vec::new();
     let mut warmup = json!({});
     for i in 0..=runs {
         let label = if i == 0 {
@@ -374,15 +511,15 @@ fn measure(runs: usize, peer_only: bool) -> Result<Value> {
             " qemu {:.0} ms",
             q["exit_ms"].as_f64().unwrap_or(0.0)
         ));
-        let m = ms(mkfs_erofs(&bed.rootfs, &bed.work.join("mkfs-check.erofs"))?);
-        line.push_str(&format!(" mkfs.erofs {m:.0} ms"));
+        let v = virtiofsd_ready(&bed)?;
+        line.push_str(&format!(" virtiofsd ready {v:.0} ms"));
         step.phase(&line);
         if i == 0 {
-            warmup = json!({ "runvm": r, "qemu": q, "mkfs_erofs_ms": m });
+            warmup = json!({ "runvm": r, "qemu": q, "virtiofsd_ready_ms": v });
         } else {
             runvm_runs.extend(r);
             qemu_runs.push(q);
-            mkfs_runs.push(m);
+            ready_runs.push(v);
         }
     }
 
@@ -401,16 +538,19 @@ fn measure(runs: usize, peer_only: bool) -> Result<Value> {
             "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             "kernel": first_line("uname", &["-r"]),
             "qemu": first_line("qemu-system-x86_64", &["--version"]),
-            "mkfs_erofs": first_line("mkfs.erofs", &["--version"]),
+            "virtiofsd": first_line(&bed.virtiofsd.display().to_string(), &["--version"]),
+            "shmem_enabled": std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/shmem_enabled")
+                .unwrap_or_default().trim().to_string(),
         },
         "runs": runs,
         "vcpus": VCPUS,
         "mem_mib": MEM_MIB,
         "peer_cmdline": PEER_CMDLINE.to_string() + " 8250.nr_uarts=0 quiet",
+        "virtiofsd_flags": VIRTIOFSD_FLAGS,
         "warmup": warmup,
         "runvm": runvm_runs,
         "qemu": qemu_runs,
-        "mkfs_erofs_ms": mkfs_runs,
+        "virtiofsd_ready_ms": ready_runs,
         "rss": { "runvm": runvm_rss, "qemu": qemu_rss },
     }))
 }
@@ -473,6 +613,7 @@ fn runvm_once(
         .env("RUNVM_TIMINGS_FILE", &timings)
         .env("RUNVM_KERNEL", &bed.kernel)
         .env("RUNVM_INITRAMFS", &bed.initramfs)
+        .env("RUNVM_VIRTIOFSD", &bed.virtiofsd)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&err)?)
@@ -497,6 +638,7 @@ fn runvm_once(
     .context("parsing runvm's timings file")?;
     let mut json = json!({ "wall_ms": ms(wall) });
     for k in [
+        "launch_to_vmm_start_ms",
         "kernel_entry_ms",
         "init_started_ms",
         "workload_started_ms",
@@ -668,10 +810,44 @@ fn accept_from(
     }
 }
 
-/// Called with QEMU's pid once the guest reports `Started` (the memory measurement).
-type PidSampler<'a> = dyn FnMut(u32) -> Result<()> + 'a;
+/// Called with the pids of QEMU and of its virtiofsd once the guest reports `Started`
+/// (the memory measurement).
+type PidSampler<'a> = dyn FnMut(u32, u32) -> Result<()> + 'a;
+
+/// The qemu peer's command line: `testhost::microvm_peer_args` without a disk, its RAM
+/// the shared file `mem` on the bench's huge-page tmpfs (vhost-user needs shared guest
+/// memory), the share behind `vhost-user-fs-device` on `socket`, and vhost-vsock.
+fn peer_args(kernel: &Path, initramfs: &Path, ram: &Path, socket: &Path) -> Vec<String> {
+    let mut args = testhost::microvm_peer_args(
+        kernel,
+        initramfs,
+        None,
+        &format!("{PEER_CMDLINE} 8250.nr_uarts=0 quiet"),
+    );
+    if let Some(i) = args.iter().position(|a| a == "-M") {
+        if let Some(machine) = args.get_mut(i + 1) {
+            machine.push_str(",memory-backend=mem");
+        }
+    }
+    args.extend([
+        "-object".to_string(),
+        format!(
+            "memory-backend-file,id=mem,size={MEM_MIB}M,mem-path={},share=on",
+            ram.display()
+        ),
+        "-chardev".to_string(),
+        format!("socket,id=share,path={}", socket.display()),
+        "-device".to_string(),
+        format!("vhost-user-fs-device,chardev=share,tag={SHARE_TAG}"),
+        "-device".to_string(),
+        format!("vhost-vsock-device,guest-cid={PEER_CID}"),
+    ]);
+    args
+}
 
 /// One boot of the qemu peer running `run_msg` (the bundle's `true` unless given).
+/// Launch is the spawn of its virtiofsd; QEMU is spawned right after it and connects
+/// while virtiofsd starts, as runvm's VMM does.
 fn qemu_once(
     bed: &Bed,
     peer: &Peer,
@@ -679,47 +855,72 @@ fn qemu_once(
     sample: Option<(&Value, &mut PidSampler<'_>)>,
 ) -> Result<Value> {
     peer.drain();
-    let mut args = testhost::microvm_peer_args(
-        &bed.kernel,
-        &bed.initramfs,
-        Some(&bed.image),
-        &format!("{PEER_CMDLINE} 8250.nr_uarts=0 quiet"),
-    );
-    args.extend([
-        "-device".to_string(),
-        format!("vhost-vsock-device,guest-cid={PEER_CID}"),
-    ]);
+    let socket = bed.work.join("peer-virtiofs.sock");
+    let _ = std::fs::remove_file(&socket);
+    let args = peer_args(&bed.kernel, &bed.initramfs, &bed.ram, &socket);
     let log = bed.work.join("qemu.log");
     let logf = std::fs::File::create(&log)?;
+    let vlog = bed.work.join("peer-virtiofsd.log");
     let t0 = Instant::now();
-    let mut child = Command::new("qemu-system-x86_64")
+    let listener =
+        UnixListener::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
+    let mut virtiofsd = spawn_virtiofsd(bed, &listener, &vlog)?;
+    drop(listener);
+    let spawned = Command::new("qemu-system-x86_64")
         .args(&args)
         .stdin(Stdio::null())
         .stdout(logf.try_clone()?)
         .stderr(logf)
         .spawn()
-        .context("starting qemu-system-x86_64")?;
+        .context("starting qemu-system-x86_64");
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = virtiofsd.kill();
+            let _ = virtiofsd.wait();
+            return Err(e);
+        }
+    };
     let (run_msg, mut sample) = match sample {
         Some((m, f)) => (m, Some(f)),
         None => (&bed.run_msg, None),
     };
-    let result = converse(peer, &mut child, t0, run_msg, &mut sample);
-    match result {
-        Ok(mut v) => {
-            let status = wait_child(&mut child, Duration::from_secs(30))
-                .context("QEMU did not exit after Shutdown (the guest should reset with reboot=t and -no-reboot)")?;
-            v["exit_ms"] = json!(ms(t0.elapsed()));
-            if !status.success() {
-                bail!("QEMU exited with {status} in run {i}:\n{}", tail(&log));
+    let result = converse(peer, &mut child, t0, run_msg, &mut sample, virtiofsd.id());
+    let result = match result {
+        Ok(mut v) => match wait_child(&mut child, Duration::from_secs(30)) {
+            Ok(status) if status.success() => {
+                v["exit_ms"] = json!(ms(t0.elapsed()));
+                Ok(v)
             }
-            Ok(v)
-        }
+            Ok(status) => Err(anyhow::anyhow!(
+                "QEMU exited with {status} in run {i}:\n{}",
+                tail(&log)
+            )),
+            Err(e) => Err(e.context(
+                "QEMU did not exit after Shutdown (the guest should reset with reboot=t and -no-reboot)",
+            )),
+        },
         Err(e) => {
             let _ = child.kill();
             let _ = child.wait();
-            Err(e.context(format!("qemu peer run {i}; its output:\n{}", tail(&log))))
+            Err(e.context(format!(
+                "qemu peer run {i}; its output:\n{}\nvirtiofsd's:\n{}",
+                tail(&log),
+                tail(&vlog)
+            )))
         }
-    }
+    };
+    // virtiofsd serves QEMU's one connection and ends with it.
+    let ended = wait_child(&mut virtiofsd, Duration::from_secs(10));
+    let _ = std::fs::remove_file(&socket);
+    let v = result?;
+    ended.with_context(|| {
+        format!(
+            "the peer's virtiofsd did not exit after QEMU; its output:\n{}",
+            tail(&vlog)
+        )
+    })?;
+    Ok(v)
 }
 
 fn converse(
@@ -728,6 +929,7 @@ fn converse(
     t0: Instant,
     run_msg: &Value,
     sample: &mut Option<&mut PidSampler<'_>>,
+    virtiofsd: u32,
 ) -> Result<Value> {
     let deadline = t0 + BOOT_DEADLINE;
     let mut control =
@@ -762,7 +964,7 @@ fn converse(
         if msg.get("Started").is_some() {
             started_ms = Some(ms(t0.elapsed()));
             if let Some(f) = sample.as_mut() {
-                f(child.id())?;
+                f(child.id(), virtiofsd)?;
             }
         } else if let Some(e) = msg.get("Exited") {
             break (ms(t0.elapsed()), e["status"].clone());
@@ -785,13 +987,32 @@ fn converse(
 // ---------------------------------------------------------------------------------------
 // Memory.
 
-/// Sums of `/proc/<pid>/smaps`: total Rss, and the Rss of the guest-memory mapping (the
-/// mapping of exactly `MEM_MIB`: anonymous for qemu, a shared file mapping for runvm).
-fn smaps(pid: u32) -> Result<Value> {
+/// Rss sums of one process's `/proc/<pid>/smaps`, in KiB.
+struct Smaps {
+    total: u64,
+    /// Mappings of exactly `MEM_MIB` that can be guest RAM (anonymous, or shared).
+    guest: u64,
+    guest_maps: usize,
+    /// Every shared mapping (for virtiofsd: the guest RAM it maps from the VMM's file).
+    shared: u64,
+    /// Rss by what is mapped (a file's path, `[heap]`, `[stack]`, `anon`), largest first:
+    /// where an overhead comes from.
+    by_name: Vec<(String, u64)>,
+}
+
+fn read_smaps(pid: u32) -> Result<Smaps> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
         .with_context(|| format!("reading /proc/{pid}/smaps"))?;
-    let (mut total, mut guest, mut found) = (0u64, 0u64, 0usize);
-    let (mut ram, mut size) = (false, 0u64);
+    let mut m = Smaps {
+        total: 0,
+        guest: 0,
+        guest_maps: 0,
+        shared: 0,
+        by_name: Vec::new(),
+    };
+    let mut names: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut name = String::new();
+    let (mut ram, mut shared, mut size) = (false, false, 0u64);
     for line in text.lines() {
         let mut w = line.split_whitespace();
         let first = w.next().unwrap_or("");
@@ -800,32 +1021,96 @@ fn smaps(pid: u32) -> Result<Value> {
             let perms = line.split_whitespace().nth(1).unwrap_or("");
             let inode = line.split_whitespace().nth(4).unwrap_or("1");
             let path = line.split_whitespace().nth(5).unwrap_or("");
-            // qemu's RAM is private anonymous memory; runvm's a shared file (a file on a
-            // tmpfs of its own, or a memfd).
-            ram = (inode == "0" && (path.is_empty() || path.starts_with("[anon")))
-                || perms.ends_with('s');
+            name = if path.is_empty() {
+                "anon".into()
+            } else {
+                path.to_string()
+            };
+            // Guest RAM is a shared file on both sides now (runvm: a file on a tmpfs of
+            // its own, or a memfd; the peer: a file on the bench's tmpfs); private
+            // anonymous memory is still recognised, as QEMU's default RAM.
+            shared = perms.ends_with('s');
+            ram = (inode == "0" && (path.is_empty() || path.starts_with("[anon"))) || shared;
             size = 0;
         } else if first == "Size:" {
             size = w.next().and_then(|v| v.parse().ok()).unwrap_or(0);
         } else if first == "Rss:" {
             let rss: u64 = w.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-            total += rss;
+            m.total += rss;
+            *names.entry(name.clone()).or_default() += rss;
+            if shared {
+                m.shared += rss;
+            }
             if ram && size == MEM_MIB * 1024 {
-                guest += rss;
-                found += 1;
+                m.guest += rss;
+                m.guest_maps += 1;
             }
         }
     }
-    if found != 1 {
-        bail!(
-            "pid {pid}: expected one {MEM_MIB} MiB guest-memory mapping (anonymous, or runvm's shared file), found {found}"
-        );
-    }
-    Ok(json!({ "rss_kib": total, "guest_rss_kib": guest, "overhead_kib": total - guest }))
+    m.by_name = names.into_iter().filter(|(_, rss)| *rss > 0).collect();
+    m.by_name.sort_by_key(|e| std::cmp::Reverse(e.1));
+    Ok(m)
 }
 
-/// Children of `pid` named `comm`.
-fn children_named(pid: u32, comm: &str) -> Vec<u32> {
+/// A VMM's memory: total Rss, the Rss of its guest-memory mapping (exactly one), and the
+/// difference, its overhead.
+fn smaps(pid: u32) -> Result<Value> {
+    let m = read_smaps(pid)?;
+    if m.guest_maps != 1 {
+        bail!(
+            "pid {pid}: expected one {MEM_MIB} MiB guest-memory mapping (a shared file, or anonymous), found {}",
+            m.guest_maps
+        );
+    }
+    Ok(json!({
+        "rss_kib": m.total, "guest_rss_kib": m.guest, "overhead_kib": m.total - m.guest,
+        "rss_kib_by_mapping": by_name_json(&m),
+    }))
+}
+
+/// The largest entries of `m.by_name` (those of 64 KiB or more), largest first, as
+/// `[name, KiB]` pairs.
+fn by_name_json(m: &Smaps) -> Value {
+    m.by_name
+        .iter()
+        .filter(|(_, rss)| *rss >= 64)
+        .map(|(n, rss)| json!([n, rss]))
+        .collect()
+}
+
+/// virtiofsd's memory: every process named `virtiofsd` among `root` and its descendants
+/// (with `--sandbox namespace` it forks a worker into a new PID namespace, and the parent
+/// waits for it); the guest RAM it maps from the VMM (shared mappings) is counted apart,
+/// since those pages are the guest's, already counted in the VMM's.
+fn virtiofsd_memory(root: u32) -> Result<Value> {
+    let pids: Vec<u32> = descendants(root)
+        .into_iter()
+        .filter(|&p| comm(p).as_deref() == Some("virtiofsd"))
+        .collect();
+    if pids.is_empty() {
+        bail!("no virtiofsd process under pid {root}");
+    }
+    let (mut total, mut shared) = (0u64, 0u64);
+    let mut each = Vec::new();
+    for &p in &pids {
+        let m = read_smaps(p)?;
+        total += m.total;
+        shared += m.shared;
+        each.push(json!({
+            "pid": p, "rss_kib": m.total, "shared_rss_kib": m.shared,
+            "rss_kib_by_mapping": by_name_json(&m),
+        }));
+    }
+    Ok(json!({
+        "processes": each,
+        "rss_kib": total,
+        "guest_rss_kib": shared,
+        "overhead_kib": total - shared,
+    }))
+}
+
+/// `(pid, comm, ppid)` of every process, from `/proc/*/stat`.
+fn processes() -> Vec<(u32, String, u32)> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
@@ -837,15 +1122,48 @@ fn children_named(pid: u32, comm: &str) -> Vec<u32> {
             continue;
         };
         let name = head.split_once('(').map(|x| x.1).unwrap_or("");
-        let ppid = rest
+        let Some(ppid) = rest
             .split_whitespace()
             .nth(1)
-            .and_then(|v| v.parse::<u32>().ok());
-        if ppid == Some(pid) && name == comm {
-            out.push(p);
-        }
+            .and_then(|v| v.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        out.push((p, name.to_string(), ppid));
     }
     out
+}
+
+fn comm(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|c| c.trim_end().to_string())
+}
+
+/// `root` and every process below it.
+fn descendants(root: u32) -> Vec<u32> {
+    let all = processes();
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        let parent = out[i];
+        out.extend(
+            all.iter()
+                .filter(|(_, _, pp)| *pp == parent)
+                .map(|(p, _, _)| *p),
+        );
+        i += 1;
+    }
+    out
+}
+
+/// Children of `pid` named `comm`.
+fn children_named(pid: u32, comm: &str) -> Vec<u32> {
+    processes()
+        .into_iter()
+        .filter(|(_, name, ppid)| *ppid == pid && name == comm)
+        .map(|(p, _, _)| p)
+        .collect()
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -888,6 +1206,7 @@ fn runvm_rss(bed: &Bed, bin: &Path, runs: &[Value]) -> Result<Value> {
             .map(|g| json!(rss_kib(g)))
             .collect();
         v["guard_rss_kib"] = json!(guards);
+        v["virtiofsd"] = virtiofsd_memory(pid)?;
         sampled = v;
         Ok(())
     };
@@ -912,9 +1231,10 @@ fn qemu_rss(bed: &Bed, peer: &Peer) -> Result<Value> {
     msg["Run"]["process"]["args"] = json!(["sleep", "3"]);
     let mut sampled = json!(null);
     let t0 = Instant::now();
-    let mut sampler = |pid: u32| -> Result<()> {
+    let mut sampler = |pid: u32, virtiofsd: u32| -> Result<()> {
         std::thread::sleep(Duration::from_secs(1));
         sampled = smaps(pid)?;
+        sampled["virtiofsd"] = virtiofsd_memory(virtiofsd)?;
         sampled["sampled_at_ms"] = json!(ms(t0.elapsed()));
         Ok(())
     };
@@ -965,6 +1285,13 @@ struct Report {
     host_cpus: usize,
 }
 
+/// Rows of `Report::runvm_rows` and `Report::qemu_rows` the summary uses.
+const RUNVM_INIT_UPPER: usize = 8;
+const RUNVM_INIT_LOWER: usize = 9;
+const RUNVM_EXIT: usize = 10;
+const QEMU_INIT: usize = 4;
+const QEMU_EXIT: usize = 5;
+
 /// A row: label and per-run values.
 struct Row {
     label: String,
@@ -994,58 +1321,53 @@ impl Report {
 
     fn runvm_rows(&self) -> Vec<Row> {
         let g = |r: &Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
-        let mkfs: Vec<f64> = self.raw["mkfs_erofs_ms"]
-            .as_array()
-            .map(|a| a.iter().map(|x| x.as_f64().unwrap_or(f64::NAN)).collect())
-            .unwrap_or_default();
-        let outside = self.col("runvm", |r| g(r, "wall_ms") - g(r, "vm_exit_ms"));
-        let minus_mkfs =
-            |v: Vec<f64>| -> Vec<f64> { v.iter().zip(&mkfs).map(|(a, b)| a - b).collect() };
-        let rows = vec![
-            Row { label: "launch → VMM start, upper bound (wall − VM exit: process start, mkfs.erofs, exit after the VM)".into(), values: outside.clone() },
-            Row { label: "VMM start → kernel entry (first vCPU run)".into(), values: self.col("runvm", |r| g(r, "kernel_entry_ms")) },
-            Row { label: "kernel entry → init started (boot-timer port)".into(), values: self.col("runvm", |r| g(r, "init_started_ms") - g(r, "kernel_entry_ms")) },
-            Row { label: "init started → workload started".into(), values: self.col("runvm", |r| g(r, "workload_started_ms") - g(r, "init_started_ms")) },
-            Row { label: "workload started → exited".into(), values: self.col("runvm", |r| g(r, "workload_exited_ms") - g(r, "workload_started_ms")) },
-            Row { label: "workload exited → VM exit".into(), values: self.col("runvm", |r| g(r, "vm_exit_ms") - g(r, "workload_exited_ms")) },
-            Row { label: "VMM start → VM exit".into(), values: self.col("runvm", |r| g(r, "vm_exit_ms")) },
-            Row { label: "**launch → init**, upper bound".into(), values: self.col("runvm", |r| g(r, "wall_ms") - g(r, "vm_exit_ms") + g(r, "init_started_ms")) },
-            Row { label: "**launch → exit** (wall)".into(), values: self.col("runvm", |r| g(r, "wall_ms")) },
-            Row { label: "launch → init without mkfs.erofs".into(), values: minus_mkfs(self.col("runvm", |r| g(r, "wall_ms") - g(r, "vm_exit_ms") + g(r, "init_started_ms"))) },
-            Row { label: "launch → exit without mkfs.erofs".into(), values: minus_mkfs(self.col("runvm", |r| g(r, "wall_ms"))) },
-            Row { label: "`mkfs.erofs` of the rootfs, measured alone".into(), values: mkfs.clone() },
-        ];
-        rows
+        let row = |label: &str, f: &dyn Fn(&Value) -> f64| Row {
+            label: label.into(),
+            values: self.col("runvm", f),
+        };
+        // The order is what `RUNVM_*` indices below name.
+        vec![
+            row("launch → VMM start, upper bound (wall − VM exit: process start, container set-up, virtiofsd spawn; and the exit after the VM)", &|r| g(r, "wall_ms") - g(r, "vm_exit_ms")),
+            row("runvm's own mark: process start → VMM start (config, share, virtiofsd spawn)", &|r| g(r, "launch_to_vmm_start_ms")),
+            row("VMM start → kernel entry (guest RAM file, devices, vhost-user handshake with virtiofsd, first vCPU run)", &|r| g(r, "kernel_entry_ms")),
+            row("kernel entry → init started (boot-timer port)", &|r| g(r, "init_started_ms") - g(r, "kernel_entry_ms")),
+            row("init started → workload started (share mounted, root bound, workload spawned)", &|r| g(r, "workload_started_ms") - g(r, "init_started_ms")),
+            row("workload started → exited", &|r| g(r, "workload_exited_ms") - g(r, "workload_started_ms")),
+            row("workload exited → VM exit", &|r| g(r, "vm_exit_ms") - g(r, "workload_exited_ms")),
+            row("VMM start → VM exit", &|r| g(r, "vm_exit_ms")),
+            row("**launch → init**, upper bound", &|r| g(r, "wall_ms") - g(r, "vm_exit_ms") + g(r, "init_started_ms")),
+            row("launch → init, lower bound (runvm's own mark + boot)", &|r| g(r, "launch_to_vmm_start_ms") + g(r, "init_started_ms")),
+            row("**launch → exit** (wall)", &|r| g(r, "wall_ms")),
+        ]
     }
 
     fn qemu_rows(&self) -> Vec<Row> {
         let g = |r: &Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+        let row = |label: &str, f: &dyn Fn(&Value) -> f64| Row {
+            label: label.into(),
+            values: self.col("qemu", f),
+        };
+        // The order is what `QEMU_*` indices below name.
         vec![
-            Row {
-                label: "launch → `Hello` received (init up, mounts done, vsock connected)".into(),
-                values: self.col("qemu", |r| g(r, "hello_ms")),
-            },
-            Row {
-                label: "`Hello` → `Started` received (rootfs assembled, workload started)".into(),
-                values: self.col("qemu", |r| g(r, "started_ms") - g(r, "hello_ms")),
-            },
-            Row {
-                label: "`Started` → `Exited` received".into(),
-                values: self.col("qemu", |r| g(r, "exited_ms") - g(r, "started_ms")),
-            },
-            Row {
-                label: "`Exited` → QEMU exit (Shutdown, sync, reset)".into(),
-                values: self.col("qemu", |r| g(r, "exit_ms") - g(r, "exited_ms")),
-            },
-            Row {
-                label: "**launch → init** (`Hello`)".into(),
-                values: self.col("qemu", |r| g(r, "hello_ms")),
-            },
-            Row {
-                label: "**launch → exit** (wall)".into(),
-                values: self.col("qemu", |r| g(r, "exit_ms")),
-            },
+            row("launch (virtiofsd spawn, then QEMU's) → `Hello` received (init up, early mounts done, vsock connected)", &|r| g(r, "hello_ms")),
+            row("`Hello` → `Started` received (share mounted, root bound, workload started)", &|r| g(r, "started_ms") - g(r, "hello_ms")),
+            row("`Started` → `Exited` received", &|r| g(r, "exited_ms") - g(r, "started_ms")),
+            row("`Exited` → QEMU exit (Shutdown, sync, reset)", &|r| g(r, "exit_ms") - g(r, "exited_ms")),
+            row("**launch → init** (`Hello`)", &|r| g(r, "hello_ms")),
+            row("**launch → exit** (wall)", &|r| g(r, "exit_ms")),
         ]
+    }
+
+    /// What both sides wait for: virtiofsd started alone until it answers.
+    fn virtiofsd_row(&self) -> Row {
+        Row {
+            label: "virtiofsd spawn → answer to the first vhost-user request, measured alone"
+                .into(),
+            values: self.raw["virtiofsd_ready_ms"]
+                .as_array()
+                .map(|a| a.iter().map(|x| x.as_f64().unwrap_or(f64::NAN)).collect())
+                .unwrap_or_default(),
+        }
     }
 
     fn where_measured(&self) -> String {
@@ -1069,20 +1391,30 @@ impl Report {
     fn markdown(&self) -> String {
         let mut s = String::new();
         let runs = self.raw["runs"].as_u64().unwrap_or(0);
+        let inside = &self.raw["inside"];
         s.push_str("# Boot benchmark: runvm vs qemu `microvm`\n\n");
         s.push_str(&format!(
             "`cargo xtask bench boot` on {}: {runs} runs of `true` per VMM (interleaved, after 1 uncounted warm-up run each), \
-             {VCPUS} vCPU, {MEM_MIB} MiB, the same kernel, initramfs (guest init) and EROFS image of the busybox rootfs.\n\n",
+             {VCPUS} vCPU, {MEM_MIB} MiB, the same kernel, initramfs (guest init) and busybox root filesystem, served to the guest \
+             over virtio-fs by the same virtiofsd with the same flags, guest RAM a shared file on a `huge=within_size` tmpfs on both sides.\n\n",
             self.date
         ));
         s.push_str(&format!("Measured {}.\n\n", self.where_measured()));
         s.push_str(&format!(
-            "Peer: {} with `microvm,x-option-roms=off,rtc=off,acpi=off,isa-serial=on`, `-device virtio-blk-device` (the EROFS image, read-only), \
+            "Peer: {} with `microvm,x-option-roms=off,rtc=off,acpi=off,isa-serial=on,memory-backend=mem`, \
+             `-object memory-backend-file,id=mem,size={MEM_MIB}M,mem-path=<tmpfs huge=within_size>,share=on`, \
+             `-device vhost-user-fs-device,tag={SHARE_TAG}` on a `-chardev socket` to its own virtiofsd (spawned first: the peer's launch), \
              `-device vhost-vsock-device`, kernel parameters `{}`; this benchmark plays runvm's side of the protocol over vsock. \
-             {}.\n\n",
-            self.raw["inside"]["qemu"].as_str().unwrap_or("QEMU"),
+             virtiofsd: {} with `{}` (runvm's flags), on a directory whose `{SHARE_ROOT}` is a copy of the rootfs. \
+             `shmem_enabled` here: `{}`.\n\n",
+            inside["qemu"].as_str().unwrap_or("QEMU"),
             self.raw["peer_cmdline"].as_str().unwrap_or(""),
-            self.raw["inside"]["mkfs_erofs"].as_str().unwrap_or("mkfs.erofs"),
+            inside["virtiofsd"].as_str().unwrap_or("virtiofsd"),
+            self.raw["virtiofsd_flags"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" "))
+                .unwrap_or_default(),
+            inside["shmem_enabled"].as_str().unwrap_or("?"),
         ));
         if self.peer_only {
             s.push_str("**Peer only** (`--peer-only`): runvm was not measured.\n\n");
@@ -1099,23 +1431,22 @@ impl Report {
         };
         let rr = self.runvm_rows();
         let qr = self.qemu_rows();
+        let q_init = Self::stats(&qr[QEMU_INIT].values).0;
+        let q_exit = Self::stats(&qr[QEMU_EXIT].values).0;
         if !self.peer_only {
             s.push_str("## runvm vs qemu (p50)\n\n| | runvm | qemu microvm | runvm / qemu |\n|---|---:|---:|---:|\n");
-            let q_init = Self::stats(&qr[4].values).0;
-            let q_exit = Self::stats(&qr[5].values).0;
             for (label, v, q) in [
-                ("launch → init", &rr[7].values, q_init),
-                ("launch → exit", &rr[8].values, q_exit),
                 (
-                    "launch → init, runvm without mkfs.erofs",
-                    &rr[9].values,
+                    "launch → init (runvm: upper bound)",
+                    &rr[RUNVM_INIT_UPPER].values,
                     q_init,
                 ),
                 (
-                    "launch → exit, runvm without mkfs.erofs",
-                    &rr[10].values,
-                    q_exit,
+                    "launch → init (runvm: lower bound, its own launch mark)",
+                    &rr[RUNVM_INIT_LOWER].values,
+                    q_init,
                 ),
+                ("launch → exit", &rr[RUNVM_EXIT].values, q_exit),
             ] {
                 let r = Self::stats(v).0;
                 s.push_str(&format!(
@@ -1134,12 +1465,17 @@ impl Report {
         }
         table(
             &mut s,
-            "qemu microvm phases (launch = spawn of qemu-system-x86_64)",
+            "qemu microvm phases (launch = spawn of the peer's virtiofsd, QEMU right after it)",
             &qr,
+        );
+        table(
+            &mut s,
+            "virtiofsd start (both sides pay it before their VM is built)",
+            &[self.virtiofsd_row()],
         );
 
         s.push_str("## Memory (RSS from `/proc/<pid>/smaps` while the guest runs `sleep`)\n\n");
-        s.push_str("| VMM | total RSS | guest memory RSS | VMM overhead (total − guest) | other |\n|---|---:|---:|---:|---|\n");
+        s.push_str("| process | total RSS | guest memory RSS | overhead (total − guest) | other |\n|---|---:|---:|---:|---|\n");
         let mib = |v: &Value| {
             v.as_f64()
                 .map(|k| format!("{:.1} MiB", k / 1024.0))
@@ -1174,12 +1510,25 @@ impl Report {
                 }
             };
             s.push_str(&format!(
-                "| {who} (`{}`, sampled at {:.0} ms){when} | {} | {} | {} | {other} |\n",
+                "| {who} VMM (`{}`, sampled at {:.0} ms){when} | {} | {} | {} | {other} |\n",
                 m["workload"].as_str().unwrap_or(""),
                 m["sampled_at_ms"].as_f64().unwrap_or(f64::NAN),
                 mib(&m["rss_kib"]),
                 mib(&m["guest_rss_kib"]),
                 mib(&m["overhead_kib"]),
+            ));
+        }
+        for who in ["runvm", "qemu"] {
+            let v = &self.raw["rss"][who]["virtiofsd"];
+            if v.is_null() {
+                continue;
+            }
+            let n = v["processes"].as_array().map(Vec::len).unwrap_or(0);
+            s.push_str(&format!(
+                "| virtiofsd of {who} (same sample) | {} | {} | {} | {n} processes (`--sandbox namespace` forks a worker); guest memory = the guest RAM it maps from the VMM's file, already in the VMM's row |\n",
+                mib(&v["rss_kib"]),
+                mib(&v["guest_rss_kib"]),
+                mib(&v["overhead_kib"]),
             ));
         }
         s.push('\n');
@@ -1188,8 +1537,8 @@ impl Report {
         if self.peer_only {
             s.push_str("- not evaluated: runvm was not measured\n");
         } else {
-            let (ri, qi) = (Self::stats(&rr[7].values).0, Self::stats(&qr[4].values).0);
-            let (re, qe) = (Self::stats(&rr[8].values).0, Self::stats(&qr[5].values).0);
+            let ri = Self::stats(&rr[RUNVM_INIT_UPPER].values).0;
+            let re = Self::stats(&rr[RUNVM_EXIT].values).0;
             let yes = |b: bool| if b { "met" } else { "**not met**" };
             let faster = |r: f64, q: f64| {
                 if (r / q).is_finite() {
@@ -1200,8 +1549,8 @@ impl Report {
             };
             s.push_str(&format!(
                 "- launch → init → exit faster than qemu microvm in the same place: init {}, exit {}\n",
-                faster(ri, qi),
-                faster(re, qe)
+                faster(ri, q_init),
+                faster(re, q_exit)
             ));
             let hw = match self.place {
                 Place::Direct if ri.is_finite() => format!("{} ({ri:.1} ms p50)", yes(ri <= 125.0)),
@@ -1213,8 +1562,12 @@ impl Report {
                 .as_f64()
                 .unwrap_or(f64::NAN)
                 / 1024.0;
+            let v = self.raw["rss"]["runvm"]["virtiofsd"]["overhead_kib"]
+                .as_f64()
+                .unwrap_or(f64::NAN)
+                / 1024.0;
             s.push_str(&format!(
-                "- VMM overhead ≤ 5 MiB: {} ({o:.1} MiB)\n",
+                "- VMM overhead ≤ 5 MiB: {} ({o:.1} MiB; virtiofsd, a process of its own, adds {v:.1} MiB beside it)\n",
                 yes(o <= 5.0)
             ));
         }
@@ -1230,12 +1583,14 @@ impl Report {
         }
         s.push_str(
             "\nNotes: runvm's phases are offsets from `Vmm::new` in its timings file; \"launch → VMM start\" is the wall time minus the VM-exit \
-             offset, so it also holds the time after the VM exit, which makes runvm's launch → init an upper bound. runvm builds the EROFS \
-             image of the rootfs in every `run` (in the launch → VMM start phase); the peer's image is built once beforehand, so the \
-             \"without mkfs.erofs\" rows subtract the `mkfs.erofs` time measured alone right after each pair of runs. The peer's \"init\" is \
-             the host receiving `Hello`, which the guest sends after the point runvm's boot-timer mark records (init's early \
-             mounts and the vsock connection come in between): that tilts launch → init slightly towards runvm, while the upper bound \
-             tilts it against runvm; launch → exit is the same work on both sides. Raw numbers of every run: `boot.json`.\n",
+             offset, so it also holds the time after the VM exit (ending virtiofsd, removing the state), which makes runvm's launch → init \
+             an upper bound; the lower bound starts at runvm's own launch mark (its `main`), so it leaves out the exec of the binary. \
+             Both sides start virtiofsd before the VM and build the VM while it sandboxes itself: runvm's VMM connects in `Vmm::new` \
+             (in VMM start → kernel entry), QEMU while it realizes the device; the \"measured alone\" row is that start on its own, \
+             taken right after each pair of runs. The peer's \"init\" is the host receiving `Hello`, which the guest sends after the \
+             point runvm's boot-timer mark records (init's early mounts and the vsock connection come in between): that tilts launch → \
+             init slightly towards runvm, while the upper bound tilts it against runvm; launch → exit is the same work on both sides. \
+             Raw numbers of every run: `boot.json`.\n",
         );
         s
     }
@@ -1259,6 +1614,7 @@ impl Report {
                 },
             ),
             ("qemu", self.qemu_rows()),
+            ("virtiofsd", vec![self.virtiofsd_row()]),
         ] {
             let mut m = serde_json::Map::new();
             for r in rows {
@@ -1272,5 +1628,60 @@ impl Report {
         }
         v["summary"] = summary;
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_peer_boots_from_the_share_with_shared_huge_page_ram() {
+        let a = peer_args(
+            Path::new("/k"),
+            Path::new("/i"),
+            Path::new("/ram"),
+            Path::new("/s.sock"),
+        );
+        let after = |flag: &str| -> Vec<&str> {
+            a.windows(2)
+                .filter(|w| w[0] == flag)
+                .map(|w| w[1].as_str())
+                .collect()
+        };
+        let machine = after("-M");
+        assert_eq!(machine.len(), 1, "{a:?}");
+        assert!(machine[0].starts_with("microvm,"), "{a:?}");
+        assert!(machine[0].ends_with(",memory-backend=mem"), "{a:?}");
+        assert_eq!(
+            after("-object"),
+            ["memory-backend-file,id=mem,size=128M,mem-path=/ram,share=on"]
+        );
+        assert_eq!(after("-chardev"), ["socket,id=share,path=/s.sock"]);
+        assert_eq!(
+            after("-device"),
+            [
+                "vhost-user-fs-device,chardev=share,tag=runvm",
+                "vhost-vsock-device,guest-cid=3"
+            ]
+        );
+        // No disk: the root comes from the share only.
+        assert!(after("-drive").is_empty(), "{a:?}");
+        assert_eq!(after("-m"), [MEM_MIB.to_string().as_str()]);
+    }
+
+    #[test]
+    fn the_peer_is_sent_the_share_root_runvm_sends() {
+        let dir = tempfile::tempdir().unwrap();
+        rootfs::write_bundle(dir.path(), Path::new("/rootfs"), &["true"]).unwrap();
+        let m = run_message(&dir.path().join("config.json")).unwrap();
+        assert_eq!(
+            m["Run"]["rootfs"],
+            json!({ "share_tag": "runvm", "root": "root", "readonly": false })
+        );
+        assert_eq!(m["Run"]["process"]["args"], json!(["true"]));
+        // The guest reads it as the protocol's own message.
+        let msg: runvm_protocol::HostMessage = serde_json::from_value(m).unwrap();
+        assert!(matches!(msg, runvm_protocol::HostMessage::Run { .. }));
     }
 }

@@ -5,17 +5,15 @@
 //! the container's root filesystem and on a directory bind mount. Prints p50 per runtime
 //! and the runvm/runc ratio against the targets (streaming ≥ 50% of runc's throughput,
 //! metadata within 3× of runc's time), writes `bench/fs.md` and `bench/fs.json`, and the
-//! table into the README.
+//! table into the README, beside runvm's figures from before its root filesystem moved
+//! to virtio-fs ([`BASELINE`]: the EROFS image and ext4 writable layer on virtio-blk).
 //!
 //! What is timed: only the workload, by the container's own process
 //! (`bench_fs_workload.rs`, a static binary copied into the root filesystem), so neither
 //! the VM's boot nor the runtime's work counts. Each measurement is its own container:
-//! `create`, then the host's page cache is dropped (so the input files and runvm's disk
-//! images are cold; a VM's page cache starts empty anyway), then `start`, wait, `delete`.
-//!
-//! A runtime that refuses a directory bind mount for want of virtio-fs (runvm before it
-//! has it) gets "refused" in those rows instead of failing the benchmark; the rows are
-//! measured as soon as the runtime accepts the bind.
+//! `create`, then the host's page cache is dropped (so the input files are cold for
+//! runc's container and for the virtiofsd serving runvm's; a VM's page cache starts empty
+//! anyway), then `start`, wait, `delete`.
 //!
 //! Where: on this host's KVM when it can boot guests, else inside the nested test host
 //! (TCG: compare the ratios only). As `bench cycle` does, the outer process builds, re-runs
@@ -67,13 +65,18 @@ const TREE_FILES_PER_DIR: usize = 20;
 /// File sizes in the tree: log-uniform between these (about 6.5 KiB on average).
 const TREE_MIN_FILE: f64 = 256.0;
 const TREE_MAX_FILE: f64 = 32768.0;
-/// One container's whole life (boot, workload, write-back) may take this long.
+/// One container's whole life (boot, workload, stop) may take this long.
 const RUN_DEADLINE: Duration = Duration::from_secs(20 * 60);
 /// runvm's VM size, set rather than left to runvm's defaults so the table can say it.
 const VM_VCPUS: u32 = 1;
 const VM_MEM_MIB: u64 = 256;
 /// Where the bind mount appears in the container.
 const BIND_DEST: &str = "/bind";
+/// runvm's figures with the EROFS root (before issue 13), kept in `bench/` for the
+/// "before" columns: the raw JSON this benchmark wrote on 2026-12-06 at commit a81329a.
+const BASELINE: &str = "fs-erofs-root-2026-12-06.json";
+/// How the baseline's runvm served its root filesystem, for the table.
+const BASELINE_DESIGN: &str = "EROFS root, 2026-12-06";
 
 /// Where a workload's files are.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -137,8 +140,8 @@ impl Workload {
         }
     }
 
-    /// The container's shell script. It cleans up after itself: under runvm what the
-    /// container leaves on its root filesystem is written back to the host at stop.
+    /// The container's shell script. It cleans up after itself: the root filesystem is the
+    /// host's directory itself under both runtimes, shared by every run.
     fn script(self, loc: Location, p: &Params) -> String {
         let (inp, out) = loc.dirs();
         let w = "/bench-in/fs-workload";
@@ -201,7 +204,21 @@ pub fn cmd(a: FsArgs) -> Result<i32> {
     )?;
     raw["total_s"] = json!(started.elapsed().as_secs_f64().round());
     raw["commit"] = json!(git_commit());
-    let md = markdown(&raw, place);
+    let baseline_path = repo_root().join("bench").join(BASELINE);
+    let baseline: Option<Value> = match std::fs::read_to_string(&baseline_path) {
+        Ok(text) => Some(
+            serde_json::from_str(&text)
+                .with_context(|| format!("parsing {}", baseline_path.display()))?,
+        ),
+        Err(e) => {
+            eprintln!(
+                "[bench] no baseline {} ({e}): the table has no \"before\" columns",
+                baseline_path.display()
+            );
+            None
+        }
+    };
+    let md = markdown(&raw, place, baseline.as_ref());
     write_results(&repo_root().join("bench"), "fs", &md, &raw)?;
     splice_readme("bench-fs", &md.replacen("# ", "#### ", 1))?;
     Ok(0)
@@ -254,8 +271,8 @@ fn build_workload_program() -> Result<PathBuf> {
 }
 
 /// The benchmark's files on the measuring machine's disk (not a tmpfs, not the 9p share):
-/// the root filesystem, the bind mount's source, the bundle, both runtimes' state and
-/// runvm's image cache. Containers still there and the whole tree go on drop.
+/// the root filesystem, the bind mount's source, the bundle and both runtimes' state.
+/// Containers still there and the whole tree go on drop.
 struct Bed {
     work: PathBuf,
     runvm: PathBuf,
@@ -312,10 +329,7 @@ impl Bed {
             "runc".as_ref()
         });
         c.arg("--root").arg(self.state_root(who));
-        // runvm's image cache and the writable layers it makes go here too, on the same
-        // disk as runc's root filesystem, and go away with the rest.
-        c.env("RUNVM_IMAGE_CACHE", self.work.join("runvm-images"))
-            .env("RUNVM_VCPUS", VM_VCPUS.to_string())
+        c.env("RUNVM_VCPUS", VM_VCPUS.to_string())
             .env("RUNVM_MEM_MIB", VM_MEM_MIB.to_string());
         c.stdin(Stdio::null());
         c
@@ -372,13 +386,6 @@ struct RunOutput {
     wall_ms: f64,
 }
 
-/// The outcome of one measurement.
-enum Outcome {
-    Done(RunOutput),
-    /// The runtime refused the bundle for want of virtio-fs: its error.
-    Refused(String),
-}
-
 /// Drops the page cache (as root): the next reads come from the disk.
 fn drop_caches() -> Result<bool> {
     if !crate::util::is_root() {
@@ -390,7 +397,7 @@ fn drop_caches() -> Result<bool> {
 }
 
 /// One container: create, drop the caches, start, wait for it, delete.
-fn run_once(bed: &mut Bed, who: &'static str, loc: Location, id: &str) -> Result<Outcome> {
+fn run_once(bed: &mut Bed, who: &'static str, id: &str) -> Result<RunOutput> {
     let t0 = Instant::now();
     let out_path = bed.work.join(format!("{id}.out"));
     let err_path = bed.work.join(format!("{id}.err"));
@@ -414,9 +421,6 @@ fn run_once(bed: &mut Bed, who: &'static str, loc: Location, id: &str) -> Result
     if !status.success() {
         let text = read(&err_path);
         let _ = bed.delete(who, id);
-        if loc == Location::Bind && text.contains("virtio-fs") {
-            return Ok(Outcome::Refused(text.trim().to_string()));
-        }
         bail!("{who} create {id} failed ({status}): {}", text.trim());
     }
     let pid: i32 = read(&pid_path)
@@ -461,11 +465,11 @@ fn run_once(bed: &mut Bed, who: &'static str, loc: Location, id: &str) -> Result
     for f in [out_path, err_path, pid_path] {
         let _ = std::fs::remove_file(f);
     }
-    Ok(Outcome::Done(RunOutput {
+    Ok(RunOutput {
         results,
         fstype,
         wall_ms,
-    }))
+    })
 }
 
 /// Waits for our child (we are the subreaper of the container's process) to exit; its
@@ -617,7 +621,6 @@ fn measure(p: &Params, prog: &Path) -> Result<Value> {
     let mut rows = Vec::new();
     let mut caches_dropped = true;
     for loc in [Location::Root, Location::Bind] {
-        let mut refused: Option<String> = None;
         for wl in WORKLOADS {
             let t0 = Instant::now();
             // The read's input, written by the host: cold for the guest and, with the
@@ -634,36 +637,24 @@ fn measure(p: &Params, prog: &Path) -> Result<Value> {
             let mut per: Vec<Vec<RunOutput>> = vec![vec![], vec![]];
             for i in 1..=p.runs {
                 for (k, who) in RUNTIMES.iter().enumerate() {
-                    if *who == "runvm" && refused.is_some() {
-                        continue;
-                    }
                     let id = format!("fs-{}-{}-{i}", loc.name(), wl.name());
-                    match run_once(&mut bed, who, loc, &id).with_context(|| {
+                    let r = run_once(&mut bed, who, &id).with_context(|| {
                         format!("{} {} run {i} under {who}", loc.name(), wl.name())
-                    })? {
-                        Outcome::Refused(e) => {
-                            eprintln!("[bench] {who} refuses the bind mount: {e}");
-                            refused = Some(e);
-                        }
-                        Outcome::Done(r) => {
-                            let inside: Vec<String> = r
-                                .results
-                                .iter()
-                                .map(|(l, ns)| {
-                                    format!("{l} {:.0} ms", ns.as_f64().unwrap_or(0.0) / 1e6)
-                                })
-                                .collect();
-                            eprintln!(
-                                "[bench] {} {} {i}/{}: {who}: {} ({:.1} s with the container's life)",
-                                loc.name(),
-                                wl.name(),
-                                p.runs,
-                                inside.join(", "),
-                                r.wall_ms / 1000.0
-                            );
-                            per[k].push(r);
-                        }
-                    }
+                    })?;
+                    let inside: Vec<String> = r
+                        .results
+                        .iter()
+                        .map(|(l, ns)| format!("{l} {:.0} ms", ns.as_f64().unwrap_or(0.0) / 1e6))
+                        .collect();
+                    eprintln!(
+                        "[bench] {} {} {i}/{}: {who}: {} ({:.1} s with the container's life)",
+                        loc.name(),
+                        wl.name(),
+                        p.runs,
+                        inside.join(", "),
+                        r.wall_ms / 1000.0
+                    );
+                    per[k].push(r);
                 }
             }
             if let Some(f) = &input {
@@ -675,10 +666,7 @@ fn measure(p: &Params, prog: &Path) -> Result<Value> {
                 "took_s": (t0.elapsed().as_secs_f64() * 10.0).round() / 10.0,
             });
             for (k, who) in RUNTIMES.iter().enumerate() {
-                row[*who] = match (&refused, *who) {
-                    (Some(e), "runvm") => json!({ "status": "refused", "error": e }),
-                    _ => summarize(&per[k], wl),
-                };
+                row[*who] = summarize(&per[k], wl);
             }
             rows.push(row);
         }
@@ -769,8 +757,35 @@ fn group(n: u64) -> String {
     out
 }
 
-fn markdown(raw: &Value, place: Place) -> String {
+/// Whether `baseline` measured with the sizes of `raw` (else its figures are not set
+/// beside them).
+fn same_sizes(baseline: &Value, raw: &Value) -> bool {
+    [
+        "size_mib",
+        "files",
+        "file_bytes",
+        "tree_files",
+        "tree_content_bytes",
+    ]
+    .iter()
+    .all(|k| baseline["params"][k] == raw["params"][k])
+}
+
+/// The baseline's row for `location` and `workload`.
+fn baseline_row<'a>(
+    baseline: Option<&'a Value>,
+    location: &str,
+    workload: &str,
+) -> Option<&'a Value> {
+    baseline?["rows"]
+        .as_array()?
+        .iter()
+        .find(|r| r["location"] == location && r["workload"] == workload)
+}
+
+fn markdown(raw: &Value, place: Place, baseline: Option<&Value>) -> String {
     let p = &raw["params"];
+    let baseline = baseline.filter(|b| same_sizes(b, raw));
     let mut md = String::from("# File system benchmark: runvm vs runc\n\n");
     md.push_str(&format!(
         "Measured {} {}: {} ({} CPUs, {} MiB seen there), {}, runvm at commit {}. One bundle \
@@ -792,10 +807,18 @@ fn markdown(raw: &Value, place: Place) -> String {
         raw["runvm_vm"]["mem_mib"],
         p["runs"],
     ));
-    md.push_str(
-        "| workload | on | runvm | runc | runvm / runc | target | file system (runvm / runc) |\n\
-         |---|---|---:|---:|---:|---|---|\n",
-    );
+    let with_before = baseline.is_some();
+    if with_before {
+        md.push_str(&format!(
+            "| workload | on | runvm | runc | runvm / runc | target | file system (runvm / runc) | before: runvm ({BASELINE_DESIGN}) | before: runc | before: runvm / runc |\n\
+             |---|---|---:|---:|---:|---|---|---:|---:|---:|\n"
+        ));
+    } else {
+        md.push_str(
+            "| workload | on | runvm | runc | runvm / runc | target | file system (runvm / runc) |\n\
+             |---|---|---:|---:|---:|---|---|\n",
+        );
+    }
     let size_mib = p["size_mib"].as_f64().unwrap_or(f64::NAN);
     let empty = Vec::new();
     for row in raw["rows"].as_array().unwrap_or(&empty) {
@@ -805,29 +828,40 @@ fn markdown(raw: &Value, place: Place) -> String {
             Some("files") => Workload::Files,
             _ => Workload::Untar,
         };
-        let on = match row["location"].as_str() {
-            Some("bind") => format!("bind mount (`{BIND_DEST}`)"),
+        let location = row["location"].as_str().unwrap_or("?");
+        let on = match location {
+            "bind" => format!("bind mount (`{BIND_DEST}`)"),
             _ => "root filesystem".into(),
         };
         let fs = |who: &str| match row[who]["fstype"].as_str() {
             Some(t) if !t.is_empty() => t.to_string(),
             _ => "—".into(),
         };
+        let before = baseline_row(baseline, location, wl.name());
         for m in wl.metrics() {
             let streaming = matches!(wl, Workload::Write | Workload::Read);
-            let ms = |who: &str| row[who]["p50_ms"][*m].as_f64().unwrap_or(f64::NAN);
-            let cell = |who: &str| {
-                if row[who]["status"] == "refused" {
-                    "refused (no virtio-fs yet)".to_string()
+            let ms = |r: &Value, who: &str| r[who]["p50_ms"][*m].as_f64().unwrap_or(f64::NAN);
+            let cell = |r: &Value, who: &str| {
+                if r[who]["status"] == "refused" {
+                    "refused (no virtio-fs then)".to_string()
+                } else if !ms(r, who).is_finite() {
+                    "—".to_string()
                 } else if streaming {
-                    format!("{:.1} MiB/s", size_mib / (ms(who) / 1000.0))
+                    format!("{:.1} MiB/s", size_mib / (ms(r, who) / 1000.0))
                 } else {
-                    format!("{:.0} ms", ms(who))
+                    format!("{:.0} ms", ms(r, who))
                 }
             };
-            let (a, b) = (ms("runvm"), ms("runc"));
             // Throughput ratio for streaming (runvm's MiB/s over runc's), time ratio else.
-            let ratio = if streaming { b / a } else { a / b };
+            let ratio_of = |r: &Value| {
+                let (a, b) = (ms(r, "runvm"), ms(r, "runc"));
+                if streaming {
+                    b / a
+                } else {
+                    a / b
+                }
+            };
+            let ratio = ratio_of(row);
             let (ratio_cell, target) = if !ratio.is_finite() {
                 ("—".to_string(), "—".to_string())
             } else if streaming {
@@ -838,31 +872,65 @@ fn markdown(raw: &Value, place: Place) -> String {
                 (format!("{ratio:.2}"), format!("≤ 3× runc: {met}"))
             };
             md.push_str(&format!(
-                "| {} | {on} | {} | {} | {ratio_cell} | {target} | {} / {} |\n",
+                "| {} | {on} | {} | {} | {ratio_cell} | {target} | {} / {} |",
                 metric_label(m, raw),
-                cell("runvm"),
-                cell("runc"),
+                cell(row, "runvm"),
+                cell(row, "runc"),
                 fs("runvm"),
                 fs("runc"),
             ));
+            if with_before {
+                match before {
+                    Some(b) => {
+                        let r = ratio_of(b);
+                        md.push_str(&format!(
+                            " {} | {} | {} |",
+                            cell(b, "runvm"),
+                            cell(b, "runc"),
+                            if r.is_finite() {
+                                format!("{r:.2}")
+                            } else {
+                                "—".into()
+                            }
+                        ));
+                    }
+                    None => md.push_str(" — | — | — |"),
+                }
+            }
+            md.push('\n');
         }
     }
     md.push_str(&format!(
         "\nTargets (issue 13): streaming throughput ≥ 50% of runc's; metadata (create, stat, \
          delete, untar) within 3× of runc's time. The ratio is runvm / runc of throughput for \
          streaming and of time otherwise.\n\n\
+         runvm's root filesystem and its bind mounts are the host's directories themselves, \
+         served live over virtio-fs by one virtiofsd per container (`--cache auto`): what the \
+         container writes is on the host at once, nothing is built at `create` or written back \
+         at stop. The guest mounts the share and binds its `root` directory as the container's \
+         root; the file system column is the type of the mount the workload's directory is \
+         on, as the container sees it.{}\n\n\
          What is timed: only the workload, by the container's own process (a static helper \
          that runs busybox `dd`, `tar` and `sync -f`, or makes the small files itself; \
-         `CLOCK_MONOTONIC` inside the container), not the VM's boot, runvm's image build at \
-         `create`, or the write-back at stop; every workload removes what it wrote before it \
-         exits. Before each `start` the host's page cache is dropped{}, so the inputs are \
-         read cold (the read's {} MiB file and the tarball are written by the host); a VM \
-         starts with an empty page cache. The small files are in directories of 1,000; \
-         `lstat` runs right after they are made (warm). \"syncfs\" is `sync -f` on the \
-         directory's file system. The file system column is the type of the mount the \
-         workload's directory is on, as the container sees it: runvm's root at this commit \
-         is an overlay of an EROFS image of the root filesystem and an ext4 writable layer \
-         on virtio-blk, written back to the host directory when the container stops.\n",
+         `CLOCK_MONOTONIC` inside the container), not the VM's boot or the runtime's work at \
+         `create` and stop; every workload removes what it wrote before it exits. Before each \
+         `start` the host's page cache is dropped{}, so the inputs are read cold (the read's \
+         {} MiB file and the tarball are written by the host); a VM starts with an empty page \
+         cache. The small files are in directories of 1,000; `lstat` runs right after they \
+         are made (warm). \"syncfs\" is `sync -f` on the directory's file system.\n",
+        if with_before {
+            format!(
+                " The \"before\" columns are this benchmark's run of {} at commit {} (same \
+                 sizes, same place, its own runc figures beside it), when runvm's root was an \
+                 overlay of an EROFS image of the root filesystem and an ext4 writable layer on \
+                 virtio-blk, written back to the host directory when the container stopped, and \
+                 runvm refused directory bind mounts (`bench/{BASELINE}`).",
+                baseline.and_then(|b| b["date"].as_str()).unwrap_or("?"),
+                baseline.and_then(|b| b["commit"].as_str()).unwrap_or("?"),
+            )
+        } else {
+            String::new()
+        },
         if raw["caches_dropped"] == true {
             ""
         } else {
@@ -963,31 +1031,56 @@ mod tests {
     }
 
     #[test]
-    fn the_table_marks_targets_and_refused_binds() {
+    fn the_table_marks_targets_and_shows_the_erofs_baseline_beside() {
         let v = |runvm: f64, runc: f64| {
             (
-                json!({ "status": "ok", "fstype": "overlay", "p50_ms": { "write": runvm, "read": runvm, "create": runvm, "stat": runvm, "delete": runvm, "untar": runvm } }),
+                json!({ "status": "ok", "fstype": "virtiofs", "p50_ms": { "write": runvm, "read": runvm, "create": runvm, "stat": runvm, "delete": runvm, "untar": runvm } }),
                 json!({ "status": "ok", "fstype": "ext4", "p50_ms": { "write": runc, "read": runc, "create": runc, "stat": runc, "delete": runc, "untar": runc } }),
             )
         };
+        let params = json!({ "size_mib": 256, "files": 20000, "file_bytes": 1024, "runs": 3,
+                             "tree_files": 3000, "tree_content_bytes": 20971520 });
         let (slow_vm, c1) = v(3000.0, 1000.0);
         let (ok_vm, c2) = v(1500.0, 1000.0);
+        let (bind_vm, c3) = v(1000.0, 900.0);
         let raw = json!({
-            "params": { "size_mib": 256, "files": 20000, "file_bytes": 1024, "runs": 3,
-                        "tree_files": 3000, "tree_content_bytes": 20971520 },
-            "caches_dropped": true, "total_s": 60,
+            "params": params, "caches_dropped": true, "total_s": 60,
             "rows": [
                 { "location": "root", "workload": "write", "runvm": slow_vm, "runc": c1, "took_s": 10 },
                 { "location": "root", "workload": "files", "runvm": ok_vm, "runc": c2, "took_s": 10 },
-                { "location": "bind", "workload": "untar",
-                  "runvm": { "status": "refused", "error": "needs virtio-fs" },
-                  "runc": { "status": "ok", "fstype": "ext4", "p50_ms": { "untar": 900.0 } }, "took_s": 5 },
+                { "location": "bind", "workload": "untar", "runvm": bind_vm, "runc": c3, "took_s": 5 },
             ],
         });
-        let md = markdown(&raw, Place::TestHost);
-        // 256 MiB in 3 s against 1 s: a third of runc's throughput.
-        assert!(md.contains("| streaming write, 256 MiB (`dd bs=1M conv=fsync`) | root filesystem | 85.3 MiB/s | 256.0 MiB/s | 0.33 | ≥ 0.50 of runc: **not met** | overlay / ext4 |"), "{md}");
-        assert!(md.contains("| create 20,000 files of 1024 B + syncfs | root filesystem | 1500 ms | 1000 ms | 1.50 | ≤ 3× runc: met |"), "{md}");
-        assert!(md.contains("| untar 3,000 files, 20.0 MiB (busybox `tar -x`) + syncfs | bind mount (`/bind`) | refused (no virtio-fs yet) | 900 ms | — | — | — / ext4 |"), "{md}");
+        let (old_vm, old_c) = v(2000.0, 1000.0);
+        let baseline = json!({
+            "params": params, "date": "2026-12-06", "commit": "a81329a",
+            "rows": [
+                { "location": "root", "workload": "write", "runvm": old_vm, "runc": old_c },
+                { "location": "bind", "workload": "untar",
+                  "runvm": { "status": "refused", "error": "needs virtio-fs" },
+                  "runc": { "status": "ok", "fstype": "ext4", "p50_ms": { "untar": 800.0 } } },
+            ],
+        });
+        let md = markdown(&raw, Place::TestHost, Some(&baseline));
+        // 256 MiB in 3 s against 1 s: a third of runc's throughput; before, half of it.
+        assert!(md.contains("| streaming write, 256 MiB (`dd bs=1M conv=fsync`) | root filesystem | 85.3 MiB/s | 256.0 MiB/s | 0.33 | ≥ 0.50 of runc: **not met** | virtiofs / ext4 | 128.0 MiB/s | 256.0 MiB/s | 0.50 |"), "{md}");
+        // A workload the baseline lacks has empty "before" cells.
+        assert!(md.contains("| create 20,000 files of 1024 B + syncfs | root filesystem | 1500 ms | 1000 ms | 1.50 | ≤ 3× runc: met | virtiofs / ext4 | — | — | — |"), "{md}");
+        assert!(md.contains("| untar 3,000 files, 20.0 MiB (busybox `tar -x`) + syncfs | bind mount (`/bind`) | 1000 ms | 900 ms | 1.11 | ≤ 3× runc: met | virtiofs / ext4 | refused (no virtio-fs then) | 800 ms | — |"), "{md}");
+        assert!(md.contains("EROFS root, 2026-12-06"), "{md}");
+
+        // Without a baseline, or one of other sizes, the table has no "before" columns.
+        let mut other = raw.clone();
+        other["params"]["size_mib"] = json!(64);
+        for md in [
+            markdown(&other, Place::TestHost, Some(&baseline)),
+            markdown(&raw, Place::TestHost, None),
+        ] {
+            assert!(!md.contains("before:"), "{md}");
+            assert!(
+                md.contains("| ≥ 0.50 of runc: **not met** | virtiofs / ext4 |\n"),
+                "{md}"
+            );
+        }
     }
 }

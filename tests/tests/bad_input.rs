@@ -113,48 +113,6 @@ fn unknown_ids_and_bad_signals() {
 
 #[test]
 #[ignore = "needs the runvm binary: run through `cargo xtask test`"]
-fn unknown_keys_are_refused_naming_their_path() {
-    let root = StateRoot::new();
-    let rootfs = test_rootfs();
-    let base = serde_json::json!({
-        "ociVersion": "1.0.2",
-        "process": { "args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0} },
-        "root": { "path": rootfs },
-    });
-    let with = |f: &dyn Fn(&mut serde_json::Value)| {
-        let mut c = base.clone();
-        f(&mut c);
-        Bundle::from_config(&c.to_string())
-    };
-    refused(
-        &root,
-        &with(&|c| c["process"]["argz"] = serde_json::json!(["true"])),
-        "argz",
-        "\"process.argz\"",
-    );
-    refused(
-        &root,
-        &with(&|c| {
-            c["mounts"] =
-                serde_json::json!([{ "destination": "/tmp", "type": "tmpfs", "opts": ["size=1m"] }])
-        }),
-        "opts",
-        "\"mounts[0].opts\"",
-    );
-    refused(
-        &root,
-        &with(&|c| c["root"]["readOnly"] = true.into()),
-        "readonly",
-        "\"root.readOnly\"",
-    );
-    // exec's --process file is checked the same way (the id is looked up first, so it
-    // needs none; a missing container still says so).
-    let out = root.cmd(&["exec", "--process", "/nonexistent/p.json", "nope"]);
-    assert_ne!(code(&out), 0);
-}
-
-#[test]
-#[ignore = "needs the runvm binary: run through `cargo xtask test`"]
 fn unknown_keys_are_ignored_and_named_in_the_log() {
     // A config that parses gets as far as looking for the guest kernel: pointing
     // RUNVM_KERNEL at nothing stops it there, before any state is made.

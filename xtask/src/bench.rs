@@ -152,7 +152,7 @@ fn boot(runs: usize, peer_only: bool) -> Result<i32> {
         ];
         (env, peer_place()?)
     } else {
-        let setup = GuestSetup::prepare(true)?;
+        let setup = GuestSetup::prepare()?;
         let place = setup.choose_place()?;
         (setup.env(), place)
     };

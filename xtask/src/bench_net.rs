@@ -70,7 +70,7 @@ pub fn cmd(a: NetArgs) -> Result<i32> {
 /// the test host, with runvm built in release) and reads the raw numbers back from F
 /// in the shared target directory.
 pub fn measure_inside(what: &str, args: &[String]) -> Result<(Value, Place)> {
-    let setup = GuestSetup::prepare(true)?;
+    let setup = GuestSetup::prepare()?;
     let place = setup.choose_place()?;
     let dir = target_dir().join("runvm").join("bench");
     std::fs::create_dir_all(&dir)?;

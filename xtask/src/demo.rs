@@ -8,7 +8,7 @@ use crate::rootfs::write_bundle;
 use crate::util::target_dir;
 
 pub fn cmd_demo() -> Result<i32> {
-    let setup = GuestSetup::prepare(true)?;
+    let setup = GuestSetup::prepare()?;
     let place = setup.choose_place()?;
     let dir = target_dir().join("runvm").join("demo");
     let _ = std::fs::remove_dir_all(&dir);

@@ -47,7 +47,7 @@ pub fn cmd_bench_docker(a: DockerArgs) -> Result<i32> {
             .with_context(|| format!("writing {}", out.display()))?;
         return Ok(0);
     }
-    let setup = GuestSetup::prepare(true)?;
+    let setup = GuestSetup::prepare()?;
     let place = setup.choose_place()?;
     let dir = target_dir().join("runvm").join("bench");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

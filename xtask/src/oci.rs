@@ -564,7 +564,7 @@ pub fn cmd_oci(args: OciArgs) -> Result<i32> {
     }
     ensure_apt(&["util-linux"])?;
     if let Some(runvm) = args.runtimes.iter().find(|r| util::is_runvm(r)).cloned() {
-        let setup = GuestSetup::prepare(false)?;
+        let setup = GuestSetup::prepare()?;
         let setup = GuestSetup {
             runvm: PathBuf::from(&runvm),
             ..setup

@@ -90,7 +90,7 @@ const DETAIL_LINES: usize = 40;
 #[derive(clap::Args, Debug, Default)]
 pub struct RuncBatsArgs {
     /// A runtime to test: a command name on PATH or a path (repeatable; default: runc and
-    /// the runvm the harness builds, target/debug/runvm). The first is the reference.
+    /// the runvm the harness builds, target/release/runvm). The first is the reference.
     #[arg(long = "runtime", value_name = "NAME_OR_PATH")]
     pub runtimes: Vec<String>,
     /// Run only these bats files (`exec`, `exec.bats` or a path ending in it).
@@ -1301,7 +1301,7 @@ pub fn cmd_runc_bats(args: RuncBatsArgs) -> Result<i32> {
     let mut args = args;
     let mut setup = None;
     if args.runtimes.is_empty() {
-        let s = GuestSetup::prepare(false)?;
+        let s = GuestSetup::prepare()?;
         args.runtimes = vec!["runc".into(), s.runvm.display().to_string()];
         setup = Some(s);
     }
@@ -1319,7 +1319,7 @@ pub fn cmd_runc_bats(args: RuncBatsArgs) -> Result<i32> {
     };
     let setup = match setup {
         Some(s) => s,
-        None => GuestSetup::prepare(false)?,
+        None => GuestSetup::prepare()?,
     };
     let setup = GuestSetup {
         runvm: PathBuf::from(&runvm),

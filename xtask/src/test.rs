@@ -223,7 +223,7 @@ pub fn cmd_test() -> Result<i32> {
 
     step.phase("building runvm, the guest kernel, the initramfs and the test rootfs");
     t.begin();
-    let setup = GuestSetup::prepare(false)?;
+    let setup = GuestSetup::prepare()?;
     let exes = test_executables()?;
     let unlisted = unlisted_suites(&exes);
     if !unlisted.is_empty() {
@@ -450,7 +450,7 @@ fn run_guest_suites(
 /// named guest suites where guests boot (directly or in the test host), in one go.
 /// TEST-ARGS go to every suite binary (a test-name filter, `--nocapture`, …).
 pub fn cmd_guest_test(suites: &[String], test_args: &[String]) -> Result<i32> {
-    let setup = GuestSetup::prepare(false)?;
+    let setup = GuestSetup::prepare()?;
     let exes = test_executables()?;
     let place = setup.choose_place()?;
     let names: Vec<&str> = if suites.is_empty() {

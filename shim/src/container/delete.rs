@@ -29,8 +29,8 @@ pub fn delete(root: &Path, args: &liboci_cli::Delete) -> Result<i32> {
         // Created, running or paused: its process goes first.
         kill_and_wait(&state, root);
     } else if !force {
-        // The process has ended; the monitor may still be writing the container's changes
-        // back: let it finish (bounded), as the write-back is part of the stop.
+        // The process has ended; the monitor may still be relaying the last output and
+        // stopping the VM: let it finish (bounded), as both are part of the stop.
         wait_for_monitor(&state, root);
     } else if state.monitor_alive() {
         kill_and_wait(&state, root);
@@ -90,7 +90,7 @@ pub(super) fn kill_and_wait(state: &ContainerState, root_dir: &Path) {
 }
 
 /// Polls until the monitor has ended or `deadline` passed; whether it ended.
-fn monitor_gone_by(state: &ContainerState, deadline: Instant) -> bool {
+pub(super) fn monitor_gone_by(state: &ContainerState, deadline: Instant) -> bool {
     while state.monitor_alive() {
         if Instant::now() >= deadline {
             return false;

@@ -3,13 +3,17 @@
 //! once it runs (a failure is a warning).
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
 use crate::hooks::HookKind;
 use crate::monitor::api::{self, Request, Response};
 use crate::state::ContainerState;
+
+/// How long a monitor whose container failed to start may take to end (it stops the VM,
+/// which takes up to 10 s) before `start` kills it.
+const MONITOR_END: Duration = Duration::from_secs(15);
 
 pub fn start(root: &Path, args: &liboci_cli::Start) -> Result<i32> {
     let id = &args.container_id;
@@ -29,6 +33,15 @@ pub fn start(root: &Path, args: &liboci_cli::Start) -> Result<i32> {
             hooks.run_warn(HookKind::Poststart, "running", state.pid);
             Ok(0)
         }
-        Response::Error(e) => bail!("cannot start container {id:?}: {e}"),
+        Response::Error(e) => {
+            // The container has stopped; `start` returns once its monitor has ended, as
+            // the failed start's caller acts at once: containerd's shim says "created"
+            // (and containerd refuses to delete the task) until it has reaped the monitor.
+            let deadline = Instant::now() + MONITOR_END;
+            if !super::delete::monitor_gone_by(&state, deadline) {
+                super::delete::kill_and_wait(&state, root);
+            }
+            bail!("cannot start container {id:?}: {e}")
+        }
     }
 }

@@ -239,7 +239,13 @@ pub fn run_vm(
             state_dir,
         } => (api, Some(ready), state_dir),
     };
-    let result = run_container(&cfg, run, stdio, &api, ready, &state_dir).map_err(Failed::tell);
+    let result = run_container(&cfg, run, stdio, &api, ready, &state_dir).map_err(|failed| {
+        // The container has stopped before `create` or `start` hears why: their callers
+        // act at once (containerd deletes a task whose start failed, and refuses to while
+        // `state` still says "created").
+        let _ = std::fs::write(state_dir.join(crate::state::EXITED_FILE), b"");
+        failed.tell()
+    });
     if let (Ok(code), dir) = (&result, &state_dir) {
         let _ = std::fs::write(dir.join(crate::state::EXIT_FILE), format!("{code}\n"));
     }
@@ -409,6 +415,9 @@ fn converse(
         Ok(Hello::Said { control, queued }) => (control, queued),
         Ok(Hello::Killed) => {
             vm.handle.stop();
+            if let Some(dir) = io.state_dir {
+                let _ = std::fs::write(dir.join(crate::state::EXITED_FILE), b"");
+            }
             if let Some(mut c) = start {
                 api::answer(
                     &mut c,

@@ -36,8 +36,11 @@ const DRAIN_WAIT: Duration = Duration::from_secs(10);
 /// How long the guest has to report the end of a SIGKILLed main process before the host
 /// stops the VM itself: `kill -9` and `docker stop` never wait on the guest's cooperation
 /// (a hostile or wedged guest kernel cannot keep a container alive), and Docker, which
-/// waits 10 s for the exit after its SIGKILL, always gets it in time.
-pub(super) const KILL_GRACE: Duration = Duration::from_secs(3);
+/// waits 10 s for the exit after its SIGKILL, always gets it in time. The exit code of a
+/// SIGKILLed process is 137 whoever reports it; the grace only lets output already
+/// written reach the host. Short, as every guest still running takes CPU time from the
+/// others: twenty stopped at once under emulation missed Docker's deadline with 3 s.
+pub(super) const KILL_GRACE: Duration = Duration::from_secs(1);
 /// How long a new stream connection may take to send its header before it is dropped.
 const HEADER_WAIT: Duration = Duration::from_secs(5);
 /// Most stream connections waiting for their headers at once (the vsock device allows
@@ -484,14 +487,16 @@ impl<'a> Session<'a> {
                     ));
                 }
                 let message = untrusted::text(&message);
-                if let Some(mut c) = self.pending_start.take() {
-                    api::answer(&mut c, &Response::Error(message.clone()));
-                }
                 if let Some(p) = self.processes.get_mut(&MAIN_PROCESS) {
                     p.status = Some(ExitStatus::Exited(code));
                 }
-                self.main_ending = Some(Ending::StartFailed(code, message));
+                // Stopped before `start` hears of it: its caller acts at once (containerd
+                // deletes a task whose start failed, which must not still be "created").
                 self.mark_exited();
+                if let Some(mut c) = self.pending_start.take() {
+                    api::answer(&mut c, &Response::Error(message.clone()));
+                }
+                self.main_ending = Some(Ending::StartFailed(code, message));
             }
             GuestMessage::Exited {
                 process, status, ..

@@ -185,6 +185,9 @@ impl FrameDecoder {
 }
 
 #[cfg(test)]
+mod fuzz_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::{ExitStatus, GuestMessage, HostMessage, MountSpec, NetworkSpec, RootfsSpec};

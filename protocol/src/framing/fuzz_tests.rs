@@ -176,3 +176,30 @@ proptest! {
         prop_assert!(d.buf.capacity() <= 2 * (PREFIX_LEN + READ_CHUNK));
     }
 }
+
+/// Found by `fuzz_decoder_is_independent_of_the_split`: a frame whose body is `null` was
+/// taken out and reported as "no complete frame yet" (`null` decoded as the `Option`
+/// around the message), so a complete frame behind it stayed in the buffer until more
+/// bytes arrived, and the blocking reader took it for the end of the connection. It is
+/// a malformed frame like any other.
+#[test]
+fn a_null_frame_is_malformed_and_the_next_frame_still_comes_out() {
+    let mut wire = 4u32.to_le_bytes().to_vec();
+    wire.extend_from_slice(b"null");
+    write_frame(&mut wire, &GuestMessage::Hello { version: 3 }).unwrap();
+    let mut d = FrameDecoder::default();
+    d.push(&wire);
+    assert!(matches!(
+        d.next_frame::<GuestMessage>(),
+        Err(FrameError::Malformed(_))
+    ));
+    assert_eq!(
+        d.next_frame::<GuestMessage>().unwrap(),
+        Some(GuestMessage::Hello { version: 3 })
+    );
+    assert!(d.is_empty());
+    assert!(matches!(
+        read_frame::<_, GuestMessage>(&mut &wire[..8]),
+        Err(FrameError::Malformed(_))
+    ));
+}

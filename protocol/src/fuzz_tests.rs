@@ -191,7 +191,8 @@ proptest! {
     /// A socket-relay header is a number and nothing else: any extra key is refused.
     #[test]
     fn fuzz_socket_relay_header_takes_no_extra_key(relay in any::<u32>(), key in name(), extra in json()) {
-        prop_assume!(key != "relay");
+        // Any key but the one the header has.
+        let key = if key == "relay" { format!("{key}_") } else { key };
         let mut obj = serde_json::Map::new();
         obj.insert("relay".into(), relay.into());
         let exact = serde_json::to_vec(&obj).unwrap();

@@ -89,7 +89,15 @@ proptest! {
     fn fuzz_vsock_muxer_guest_packets(
         packets in prop::collection::vec((packet(), any::<bool>()), 1..40)
     ) {
-        let dir = tempfile::tempdir().unwrap();
+        // Sockets come and go by the hundred thousand under `cargo xtask fuzz`: on tmpfs
+        // where there is one, not on a disk's journal.
+        let shm = std::path::Path::new("/dev/shm");
+        let dir = if shm.is_dir() {
+            tempfile::tempdir_in(shm)
+        } else {
+            tempfile::tempdir()
+        }
+        .unwrap();
         let uds = dir.path().join("v.sock");
         // Nobody accepts or reads: the connection's socket fills, and guest bytes wait.
         let _open = UnixListener::bind(dir.path().join(format!("v.sock_{OPEN_PORT}"))).unwrap();

@@ -168,9 +168,10 @@ impl FrameDecoder {
         let Some(body) = self.buf.get(PREFIX_LEN..end) else {
             return Ok(None);
         };
-        let msg = serde_json::from_slice(body);
+        // Decoded as `T` itself: as `Option<T>`, a `null` body would read as no frame.
+        let msg = serde_json::from_slice::<T>(body);
         self.buf.drain(..end);
-        Ok(msg?)
+        Ok(Some(msg?))
     }
 
     /// Bytes held: the part of the next frame that has arrived (and any after it).
@@ -183,6 +184,9 @@ impl FrameDecoder {
         self.buf.is_empty()
     }
 }
+
+#[cfg(test)]
+mod fuzz_tests;
 
 #[cfg(test)]
 mod tests {

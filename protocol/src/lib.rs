@@ -34,6 +34,8 @@
 mod base64_field;
 pub mod boot;
 pub mod framing;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod messages;
 pub mod spec;
 

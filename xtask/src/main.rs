@@ -8,6 +8,7 @@ mod bench_fs;
 mod bench_net;
 mod demo;
 mod docker;
+mod fuzz;
 mod guests;
 mod initramfs;
 mod kernel;
@@ -69,6 +70,9 @@ enum Cmd {
     /// `cargo xtask runc-bats [--only FILE…] [--check] [--save] [--record]` (results under
     /// target/runc-bats/; `--save` writes bench/runc-bats.md).
     RuncBats(runc_bats::RuncBatsArgs),
+    /// Fuzz the guest-facing parsers (the `fuzz_` properties of vmm and protocol) with new
+    /// seeds until the time is over: `cargo xtask fuzz [--minutes N] [--cases N]`.
+    Fuzz(fuzz::FuzzArgs),
     /// Run a command as root inside the nested KVM test host: `cargo xtask testhost -- CMD…`.
     Testhost {
         /// The command and its arguments.
@@ -93,6 +97,7 @@ fn main() {
         Cmd::Bench { what } => bench::cmd_bench(what),
         Cmd::Oci(args) => oci::cmd_oci(args),
         Cmd::RuncBats(args) => runc_bats::cmd_runc_bats(args),
+        Cmd::Fuzz(args) => fuzz::cmd_fuzz(args),
         Cmd::Testhost { cmd } => testhost::run_in_testhost(&cmd, &[]),
     };
     match result {

@@ -77,6 +77,9 @@ pub fn signal_used(log: &GuestLog, queue: &mut Queue, mem: &GuestMemory, irq: &I
 }
 
 #[cfg(test)]
+mod fuzz_tests;
+
+#[cfg(test)]
 mod tests {
     use vm_memory::GuestAddress;
 

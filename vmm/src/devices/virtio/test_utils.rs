@@ -231,6 +231,114 @@ impl DriverQueue {
     }
 }
 
+/// Support for the property-based fuzzing of the guest-facing parsers (the `fuzz_tests`
+/// modules beside them; `cargo xtask fuzz` runs them at length): the proptest
+/// configuration, and descriptors as a hostile driver writes them.
+#[cfg(test)]
+pub mod fuzz {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, RngSeed};
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::{DESC_SIZE, NEXT, W};
+    use crate::devices::virtio::GuestMemory;
+
+    /// `VRING_DESC_F_INDIRECT`.
+    pub const INDIRECT: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_INDIRECT as u16;
+
+    /// The configuration of every property: `RUNVM_FUZZ_CASES` cases (default 256, what
+    /// `cargo test` runs), from the seed `RUNVM_FUZZ_SEED` (default fixed, so that
+    /// `cargo test` is reproducible; `cargo xtask fuzz` gives a new one each round), and no
+    /// regression files written into the source tree.
+    pub fn config() -> Config {
+        let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
+        Config {
+            cases: env("RUNVM_FUZZ_CASES").map_or(256, |n: u64| n.min(u64::from(u32::MAX)) as u32),
+            rng_seed: RngSeed::Fixed(env("RUNVM_FUZZ_SEED").unwrap_or(0x5eed_f022)),
+            failure_persistence: None,
+            max_shrink_iters: 4096,
+            ..Config::default()
+        }
+    }
+
+    /// One descriptor as it sits in a table: `(addr, len, flags, next)`, nothing checked.
+    pub type RawDesc = (u64, u32, u16, u16);
+
+    /// Writes `descs` as a descriptor table at `at` (an indirect table, or a queue's).
+    pub fn write_table(mem: &GuestMemory, at: u64, descs: &[RawDesc]) {
+        for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
+            let desc = virtio_queue::desc::RawDescriptor::from(
+                virtio_queue::desc::split::Descriptor::new(addr, len, flags, next),
+            );
+            mem.write_obj(desc, GuestAddress(at + DESC_SIZE * i as u64))
+                .unwrap();
+        }
+    }
+
+    /// A guest address a hostile driver might write: inside `[lo, hi)`, one of `special`
+    /// (the address of a table or buffer the test placed), straddling the end of guest
+    /// memory (`mem_end`), or anything.
+    pub fn guest_addr(lo: u64, hi: u64, mem_end: u64, special: Vec<u64>) -> BoxedStrategy<u64> {
+        let special = if special.is_empty() {
+            vec![lo]
+        } else {
+            special
+        };
+        prop_oneof![
+            4 => lo..hi,
+            2 => proptest::sample::select(special),
+            1 => (mem_end - 64)..(mem_end + 64),
+            1 => (u64::MAX - 64)..=u64::MAX,
+            1 => any::<u64>(),
+        ]
+        .boxed()
+    }
+
+    /// A descriptor length: small, a multiple of a descriptor's size (indirect tables),
+    /// near the `u32` bound (total-length overflows), or anything.
+    pub fn desc_len() -> BoxedStrategy<u32> {
+        prop_oneof![
+            4 => 0u32..600,
+            2 => (0u32..40).prop_map(|n| n * DESC_SIZE as u32),
+            1 => (u32::MAX - 600)..=u32::MAX,
+            1 => any::<u32>(),
+        ]
+        .boxed()
+    }
+
+    /// Descriptor flags: the meaningful bits (`NEXT`, `WRITE`, `INDIRECT`) in any mix, or
+    /// anything.
+    pub fn desc_flags() -> BoxedStrategy<u16> {
+        prop_oneof![
+            6 => (any::<bool>(), any::<bool>(), prop::bool::weighted(0.1)).prop_map(
+                |(next, write, indirect)| {
+                    (if next { NEXT } else { 0 })
+                        | (if write { W } else { 0 })
+                        | (if indirect { INDIRECT } else { 0 })
+                }
+            ),
+            1 => any::<u16>(),
+        ]
+        .boxed()
+    }
+
+    /// A `next` index for a table of `size` entries: mostly inside it, sometimes just past
+    /// it, sometimes anything.
+    pub fn desc_next(size: u16) -> BoxedStrategy<u16> {
+        prop_oneof![
+            8 => 0..size.max(1),
+            1 => size..size.saturating_add(4),
+            1 => any::<u16>(),
+        ]
+        .boxed()
+    }
+
+    /// A descriptor of a table of `size` entries, its buffer address drawn from `addr`.
+    pub fn raw_desc(addr: BoxedStrategy<u64>, size: u16) -> BoxedStrategy<RawDesc> {
+        (addr, desc_len(), desc_flags(), desc_next(size)).boxed()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use virtio_queue::QueueOwnedT;

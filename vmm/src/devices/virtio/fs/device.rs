@@ -193,3 +193,6 @@ impl MutEventSubscriber for Fs {
         ));
     }
 }
+
+#[cfg(test)]
+mod fuzz_tests;

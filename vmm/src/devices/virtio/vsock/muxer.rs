@@ -686,6 +686,9 @@ fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
 }
 
 #[cfg(test)]
+mod fuzz_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

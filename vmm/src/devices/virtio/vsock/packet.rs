@@ -183,6 +183,9 @@ impl<'a> RxBuffer<'a> {
 }
 
 #[cfg(test)]
+mod fuzz_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

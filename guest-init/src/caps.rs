@@ -156,17 +156,22 @@ pub fn after_user_switch(sets: &Sets) -> Result<()> {
     .map_err(|e| Error::new(format!("clear the ambient capabilities: {e}")))?;
     for cap in 0..=last {
         if sets.ambient & (1 << cap) != 0 {
-            prctl(
+            match prctl(
                 libc::PR_CAP_AMBIENT,
                 libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
                 u64::from(cap),
-            )
-            .map_err(|e| {
-                Error::new(format!(
-                    "raise ambient capability {} (it must be permitted and inheritable): {e}",
-                    name(cap)
-                ))
-            })?;
+            ) {
+                // The kernel raises only a capability that is permitted and inheritable.
+                // runc ignores its refusal, and `runc spec` itself asks for ambient
+                // capabilities that are not inheritable: the process runs without them.
+                Ok(_) | Err(Errno::EPERM) => {}
+                Err(e) => {
+                    return Err(Error::new(format!(
+                        "raise ambient capability {}: {e}",
+                        name(cap)
+                    )))
+                }
+            }
         }
     }
     Ok(())

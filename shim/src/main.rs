@@ -36,7 +36,12 @@ use liboci_cli::{CommonCmd, GlobalOpts, StandardCmd};
     // liboci-cli's name for checkpoint, misspelt; runvm's own `checkpoint` takes its place.
     mut_subcommand("checkpointt", |c| c.hide(true)),
     // runc's `list -f json`.
-    mut_subcommand("list", |c| c.mut_arg("format", |a| a.short('f')))
+    mut_subcommand("list", |c| c.mut_arg("format", |a| a.short('f'))),
+    // runc's `events --interval` is a Go duration (`5s`, `100ms`); kept in milliseconds.
+    mut_subcommand("events", |c| c.mut_arg("interval", |a| a
+        .value_parser(container::events::interval_ms)
+        .default_value("5s")
+        .help("Sets the stats collection interval (a duration: 5s, 100ms, 1m)")))
 )]
 pub(crate) struct Cli {
     #[command(flatten)]
@@ -121,7 +126,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         },
         Command::Common(c) => match *c {
             CommonCmd::Run(args) => run::run(root, cgroups, &args),
-            CommonCmd::Exec(args) => exec::exec(root, &args),
+            CommonCmd::Exec(args) => exec::exec(root, &args).map_err(exec::as_exec_failure),
             CommonCmd::Features(_) => features::features(),
             CommonCmd::List(args) => list::list(root, &args),
             CommonCmd::Pause(args) => pause::pause(root, &args),

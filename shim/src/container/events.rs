@@ -18,12 +18,29 @@ use crate::cgroup::{HostCgroup, HostStats};
 use crate::monitor::api::{self, ControlResponse, Request};
 use crate::state::ContainerState;
 
+/// One line of `events`, with runc's key order (`type`, `id`, `data`).
+#[derive(serde::Serialize)]
+struct Event<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Value>,
+}
+
+impl Event<'_> {
+    fn line(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// `events --interval`: the value in milliseconds (see [`interval_ms`]).
 pub fn events(root: &Path, args: &liboci_cli::Events) -> Result<i32> {
     let (id, stats_once, interval) = (&args.container_id, args.stats, args.interval);
     let state = super::load(root, id)?;
     state.status(root).can_events()?;
     if !stats_once && interval == 0 {
-        bail!("--interval must be at least 1 second");
+        bail!("--interval must be more than 0");
     }
     let state_dir = ContainerState::dir(root, id);
     let runtime = ContainerState::runtime_dir(root, id);
@@ -39,15 +56,25 @@ pub fn events(root: &Path, args: &liboci_cli::Events) -> Result<i32> {
             guest.as_ref().map_or(0, |g| g.oom_kills) + host.as_ref().map_or(0, |h| h.oom_kills);
         if !stats_once {
             if oom_seen.is_some_and(|seen| ooms > seen) {
-                println!("{}", json!({ "type": "oom", "id": id }));
+                let oom = Event {
+                    kind: "oom",
+                    id,
+                    data: None,
+                };
+                println!("{}", oom.line());
             }
             oom_seen = Some(ooms);
         }
-        println!("{}", stats_event(id, host.as_ref(), guest.as_ref()));
+        let stats = Event {
+            kind: "stats",
+            id,
+            data: Some(stats_data(host.as_ref(), guest.as_ref())),
+        };
+        println!("{}", stats.line());
         if stats_once {
             return Ok(0);
         }
-        std::thread::sleep(Duration::from_secs(interval.into()));
+        std::thread::sleep(Duration::from_millis(interval.into()));
     }
 }
 
@@ -66,8 +93,49 @@ fn guest_stats(runtime: &Path) -> Option<GuestStats> {
     }
 }
 
-/// A runc `stats` event (`types.Stats` of runc's events: cpu, memory, pids).
-pub fn stats_event(id: &str, host: Option<&HostStats>, guest: Option<&GuestStats>) -> Value {
+/// `--interval` as runc takes it, a Go duration (`5s`, `100ms`, `1m30s`; a bare number
+/// is seconds, as runvm took it before), in milliseconds (what clap stores in
+/// liboci-cli's `u32` field).
+pub fn interval_ms(text: &str) -> Result<u32, String> {
+    let bad = || format!("invalid duration {text:?} (for example 5s, 100ms or 1m)");
+    if let Ok(secs) = text.parse::<u32>() {
+        return secs.checked_mul(1000).ok_or_else(bad);
+    }
+    let mut rest = text;
+    let mut total_ns: f64 = 0.0;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let value: f64 = rest[..num_len].parse().map_err(|_| bad())?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return Err(bad()),
+        };
+        total_ns += value * scale;
+        rest = &rest[unit_len..];
+    }
+    let ms = (total_ns / 1e6).ceil();
+    if !(0.0..=f64::from(u32::MAX)).contains(&ms) {
+        return Err(bad());
+    }
+    Ok(ms as u32)
+}
+
+/// The `data` of a runc `stats` event (`types.Stats` of runc's events: cpu, memory, pids).
+pub fn stats_data(host: Option<&HostStats>, guest: Option<&GuestStats>) -> Value {
     let (mem_usage, mem_limit, mem_max) = match (host, guest) {
         (Some(h), _) if h.memory_usage > 0 => (h.memory_usage, h.memory_limit, h.memory_max_usage),
         (_, Some(g)) => (g.memory_usage, g.memory_limit, None),
@@ -113,7 +181,7 @@ pub fn stats_event(id: &str, host: Option<&HostStats>, guest: Option<&GuestStats
             "oom_kills": g.oom_kills,
         });
     }
-    json!({ "type": "stats", "id": id, "data": data })
+    data
 }
 
 #[cfg(test)]
@@ -135,15 +203,42 @@ mod tests {
             pids_limit: Some(10),
             ..Default::default()
         };
-        let e = stats_event("c", Some(&host), Some(&guest));
-        assert_eq!(e["type"], "stats");
-        assert_eq!(e["data"]["memory"]["usage"]["usage"], 5 << 20);
-        assert_eq!(e["data"]["cpu"]["usage"]["total"], 7000);
-        assert_eq!(e["data"]["pids"]["current"], 2);
-        assert_eq!(e["data"]["guest"]["memory"]["usage"], 1 << 20);
-        let only_guest = stats_event("c", None, Some(&guest));
-        assert_eq!(only_guest["data"]["memory"]["usage"]["usage"], 1 << 20);
-        let nothing = stats_event("c", None, None);
-        assert_eq!(nothing["data"]["memory"]["usage"]["usage"], 0);
+        let e = stats_data(Some(&host), Some(&guest));
+        assert_eq!(e["memory"]["usage"]["usage"], 5 << 20);
+        assert_eq!(e["cpu"]["usage"]["total"], 7000);
+        assert_eq!(e["pids"]["current"], 2);
+        assert_eq!(e["guest"]["memory"]["usage"], 1 << 20);
+        let only_guest = stats_data(None, Some(&guest));
+        assert_eq!(only_guest["memory"]["usage"]["usage"], 1 << 20);
+        let nothing = stats_data(None, None);
+        assert_eq!(nothing["memory"]["usage"]["usage"], 0);
+    }
+
+    #[test]
+    fn intervals_are_go_durations_or_seconds() {
+        assert_eq!(interval_ms("5"), Ok(5000));
+        assert_eq!(interval_ms("1s"), Ok(1000));
+        assert_eq!(interval_ms("100ms"), Ok(100));
+        assert_eq!(interval_ms("1m30s"), Ok(90_000));
+        assert_eq!(interval_ms("1.5s"), Ok(1500));
+        for bad in ["", "s", "5x", "-1s", "1s5", "99999999999s"] {
+            assert!(interval_ms(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn event_lines_have_runcs_key_order() {
+        let e = Event {
+            kind: "stats",
+            id: "c",
+            data: Some(json!({ "pids": {} })),
+        };
+        assert_eq!(e.line(), r#"{"type":"stats","id":"c","data":{"pids":{}}}"#);
+        let oom = Event {
+            kind: "oom",
+            id: "c",
+            data: None,
+        };
+        assert_eq!(oom.line(), r#"{"type":"oom","id":"c"}"#);
     }
 }

@@ -51,6 +51,20 @@ fn start_failure(message: &str) -> anyhow::Error {
     .into()
 }
 
+/// Every error of `exec` is runc's "exec failed: …" with code 255 (runc's exec exits so
+/// whatever kept the process from running: an unknown id, a stopped container, a pid
+/// file it cannot write).
+pub fn as_exec_failure(e: anyhow::Error) -> anyhow::Error {
+    if e.is::<ExecFailed>() {
+        return e;
+    }
+    ExecFailed {
+        code: EXEC_FAILED_CODE,
+        message: format!("exec failed: {}", crate::error_message(&e)),
+    }
+    .into()
+}
+
 pub fn exec(root: &Path, opts: &Exec) -> Result<i32> {
     let state = super::load(root, &opts.container_id)?;
     state.status(root).can_exec()?;

@@ -145,24 +145,42 @@ impl ContainerState {
         }
     }
 
-    /// The OCI state document (`runvm state`).
-    pub fn oci_state(&self, root: &Path) -> serde_json::Value {
+    /// The OCI state document (`runvm state`, `list --format json`), with runc's keys in
+    /// runc's order.
+    pub fn oci_state(&self, root: &Path) -> OciState<'_> {
         let status = self.status(root);
-        let mut v = serde_json::json!({
-            "ociVersion": OCI_VERSION,
-            "id": self.id,
-            "status": status.as_str(),
-            "bundle": self.bundle,
-            "rootfs": self.rootfs,
-            "created": self.created,
-            "owner": "",
-        });
-        v["pid"] = self.visible_pid(status).into();
-        if !self.annotations.is_empty() {
-            v["annotations"] = serde_json::to_value(&self.annotations).unwrap_or_default();
+        OciState {
+            oci_version: OCI_VERSION,
+            id: &self.id,
+            pid: self.visible_pid(status),
+            status: status.as_str(),
+            bundle: &self.bundle,
+            rootfs: &self.rootfs,
+            created: &self.created,
+            annotations: self
+                .annotations
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
+            owner: "",
         }
-        v
     }
+}
+
+/// What `state` prints: runc's `containerState`, field for field and in its order.
+#[derive(Debug, serde::Serialize)]
+pub struct OciState<'a> {
+    #[serde(rename = "ociVersion")]
+    pub oci_version: &'a str,
+    pub id: &'a str,
+    pub pid: i32,
+    pub status: &'a str,
+    pub bundle: &'a Path,
+    pub rootfs: &'a Path,
+    pub created: &'a str,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub annotations: std::collections::BTreeMap<&'a str, &'a str>,
+    pub owner: &'a str,
 }
 
 #[cfg(test)]

@@ -10,10 +10,11 @@ use nix::sys::signal::Signal;
 use crate::monitor::api::{self, Request, Response};
 use crate::state::ContainerState;
 
-/// Parses a signal the way runc does: a number, or a name with or without `SIG`.
+/// Parses a signal the way runc does: a number (0, as kill(2)'s, only checks that the
+/// container's process is there), or a name with or without `SIG`.
 pub fn parse_signal(s: &str) -> Result<i32> {
     if let Ok(n) = s.parse::<i32>() {
-        if (1..=64).contains(&n) {
+        if (0..=64).contains(&n) {
             return Ok(n);
         }
         bail!("invalid signal {s:?}");
@@ -35,7 +36,16 @@ pub fn kill(root: &Path, args: &liboci_cli::Kill) -> Result<i32> {
     let id = &args.container_id;
     let signal = parse_signal(&args.signal)?;
     let state = super::load(root, id)?;
-    state.status(root).can_kill()?;
+    let status = state.status(root);
+    if args.all && status == crate::status::ContainerStatus::Stopped {
+        // runc: `kill --all` of a stopped container has no process left to signal.
+        return Ok(0);
+    }
+    status.can_kill()?;
+    if signal == 0 {
+        // The container's process is there (its monitor is: the status says so).
+        return Ok(0);
+    }
     let dir = ContainerState::runtime_dir(root, id);
     match api::request(&dir, &Request::Signal { signal }, Duration::from_secs(10))? {
         Response::Ok => Ok(0),
@@ -54,7 +64,8 @@ mod tests {
         assert_eq!(parse_signal("SIGTERM").unwrap(), 15);
         assert_eq!(parse_signal("term").unwrap(), 15);
         assert!(parse_signal("SIGNOPE").is_err());
-        assert!(parse_signal("0").is_err());
+        assert_eq!(parse_signal("0").unwrap(), 0);
+        assert!(parse_signal("-1").is_err());
         assert!(parse_signal("65").is_err());
         assert!(parse_signal("").is_err());
     }

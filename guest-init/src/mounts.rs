@@ -292,6 +292,18 @@ fn spec_mount(m: &MountSpec) -> Result<()> {
         )));
     }
     let target = Path::new(&m.destination);
+    if matches!(fstype, "proc" | "sysfs") {
+        // As runc: never through a symlink (or onto anything but a directory), which
+        // could point the kernel's files somewhere else.
+        if let Ok(meta) = std::fs::symlink_metadata(target) {
+            if !meta.is_dir() {
+                return Err(Error::new(format!(
+                    "mount on {}: filesystem {fstype:?} must be mounted on ordinary directory",
+                    m.destination
+                )));
+            }
+        }
+    }
     mkdir_p(target)?;
     let mut flags = opts.flags;
     if is_dev(&m.destination) {

@@ -17,6 +17,7 @@ mod oci_expected;
 mod rootfs;
 mod runc_bats;
 mod runc_bats_expected;
+mod soak;
 mod test;
 mod testhost;
 mod util;
@@ -73,6 +74,10 @@ enum Cmd {
     /// Fuzz the guest-facing parsers (the `fuzz_` properties of vmm and protocol) with new
     /// seeds until the time is over: `cargo xtask fuzz [--minutes N] [--cases N]`.
     Fuzz(fuzz::FuzzArgs),
+    /// Leak soak (not in CI): N create/start/kill -9 of the monitor/delete cycles, then
+    /// everything runvm left is reported: `cargo xtask soak [--cycles N] [--keep-going]
+    /// [--check-every K]` (report in target/runvm/soak.json; exits 1 on a failure or leftover).
+    Soak(soak::SoakArgs),
     /// Run a command as root inside the nested KVM test host: `cargo xtask testhost -- CMD…`.
     Testhost {
         /// The command and its arguments.
@@ -98,6 +103,7 @@ fn main() {
         Cmd::Oci(args) => oci::cmd_oci(args),
         Cmd::RuncBats(args) => runc_bats::cmd_runc_bats(args),
         Cmd::Fuzz(args) => fuzz::cmd_fuzz(args),
+        Cmd::Soak(args) => soak::cmd_soak(args),
         Cmd::Testhost { cmd } => testhost::run_in_testhost(&cmd, &[]),
     };
     match result {

@@ -120,6 +120,19 @@ pub fn exec(root: &Path, opts: &Exec) -> Result<i32> {
     })
 }
 
+/// A `--process` document without `user` runs as uid 0, gid 0, as under runc (whose
+/// process type has the zero user where the key is missing).
+fn with_default_user(text: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(mut m)) if !m.contains_key("user") => {
+            m.insert("user".into(), serde_json::json!({ "uid": 0, "gid": 0 }));
+            serde_json::Value::Object(m).to_string()
+        }
+        // Anything else is parsed as it is (and its errors named as they are).
+        _ => text.to_string(),
+    }
+}
+
 /// The process to run: `--process`, or the container's process with the overrides.
 /// Either way it runs under the container's seccomp filter, as under runc.
 fn process_spec(opts: &Exec, state: &ContainerState) -> Result<ProcessSpec> {
@@ -127,7 +140,7 @@ fn process_spec(opts: &Exec, state: &ContainerState) -> Result<ProcessSpec> {
     if let Some(path) = &opts.process {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the process spec {}", path.display()))?;
-        let p: oci_spec::runtime::Process = crate::spec::from_json(&text)
+        let p: oci_spec::runtime::Process = crate::spec::from_json(&with_default_user(&text))
             .map_err(|e| anyhow!("{}: not a valid OCI process: {e}", path.display()))?;
         let mut spec =
             crate::spec::process_spec(&p).map_err(|e| anyhow!("{}: {e}", path.display()))?;
@@ -453,6 +466,17 @@ impl Waiter {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_process_without_user_runs_as_root_like_runcs() {
+        let out = super::with_default_user(r#"{"args":["true"],"cwd":"/"}"#);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["user"], serde_json::json!({ "uid": 0, "gid": 0 }));
+        assert_eq!(v["args"][0], "true");
+        let given = r#"{"args":["true"],"cwd":"/","user":{"uid":7,"gid":8}}"#;
+        assert_eq!(super::with_default_user(given), given);
+        assert_eq!(super::with_default_user("not json"), "not json");
+    }
+
     use super::*;
     use runvm_protocol::Capabilities;
 

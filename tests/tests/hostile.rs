@@ -461,24 +461,6 @@ fn a_normal_container_beside_hostile_ones_is_not_disturbed() {
     root.assert_clean(Duration::from_secs(5));
 }
 
-/// Docker's default capabilities.
-const DOCKER_CAPS: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
-
 /// Docker's default capabilities without those that make privileged files or other
 /// owners' files: CAP_CHOWN, CAP_FSETID, CAP_MKNOD, CAP_SETFCAP, CAP_SETUID, CAP_SETGID.
 const WITHOUT_FILE_CAPS: &[&str] = &[
@@ -703,7 +685,7 @@ fn without_the_capabilities_the_guest_makes_no_device_foreign_owner_or_file_capa
 #[test]
 #[ignore = "boots a guest: run through `cargo xtask guest-test hostile`"]
 fn with_dockers_capabilities_the_guest_makes_them_as_under_runc() {
-    let b = share_bundle(DOCKER_CAPS, false, serde_json::json!([]));
+    let b = share_bundle(runvm_tests::DOCKER_CAPS, false, serde_json::json!([]));
     let rootfs = b.path().join("rootfs");
     let root = StateRoot::new();
     let report = attack_share(
@@ -763,7 +745,7 @@ fn with_dockers_capabilities_the_guest_makes_them_as_under_runc() {
 #[test]
 #[ignore = "boots a guest: run through `cargo xtask guest-test hostile`"]
 fn read_only_binds_and_root_stay_unchanged_whatever_the_guest_tries() {
-    let b = share_bundle(DOCKER_CAPS, true, serde_json::json!([]));
+    let b = share_bundle(runvm_tests::DOCKER_CAPS, true, serde_json::json!([]));
     let (dir, file) = (b.path().join("ro-dir"), b.path().join("ro-file"));
     std::fs::create_dir(&dir).unwrap();
     std::fs::write(dir.join("data"), "data\n").unwrap();
@@ -802,7 +784,7 @@ fn read_only_binds_and_root_stay_unchanged_whatever_the_guest_tries() {
 #[test]
 #[ignore = "boots a guest: run through `cargo xtask guest-test hostile`"]
 fn nothing_is_made_outside_the_share_and_runvm_does_not_follow_the_guests_symlinks() {
-    let b = share_bundle(DOCKER_CAPS, false, serde_json::json!([]));
+    let b = share_bundle(runvm_tests::DOCKER_CAPS, false, serde_json::json!([]));
     // Next to the shared sources: files the guest must not reach.
     let (data, conf) = (b.path().join("data"), b.path().join("conf"));
     std::fs::create_dir(&data).unwrap();
@@ -904,7 +886,7 @@ fn max_open_files(pid: i32) -> Option<u64> {
 #[ignore = "boots a guest: run through `cargo xtask guest-test hostile`"]
 fn an_open_flood_stays_in_virtiofsds_limit_and_disturbs_no_other_container() {
     let root = Arc::new(StateRoot::new());
-    let b = share_bundle(DOCKER_CAPS, false, serde_json::json!([]));
+    let b = share_bundle(runvm_tests::DOCKER_CAPS, false, serde_json::json!([]));
     let r = root.clone();
     let flood = std::thread::spawn(move || attack_share(&r, &b, "share-open-flood", "flood"));
     // virtiofsd opens a file for each of the guest's opens, up to its limit.

@@ -22,23 +22,8 @@ const EVENT: Duration = Duration::from_secs(120);
 /// Docker's default capabilities and `CAP_SYS_ADMIN` (for a container that remounts), in
 /// every set that bounds what the container and its virtiofsd may do.
 fn capabilities() -> Value {
-    let caps = [
-        "CAP_CHOWN",
-        "CAP_DAC_OVERRIDE",
-        "CAP_FSETID",
-        "CAP_FOWNER",
-        "CAP_MKNOD",
-        "CAP_NET_RAW",
-        "CAP_SETGID",
-        "CAP_SETUID",
-        "CAP_SETFCAP",
-        "CAP_SETPCAP",
-        "CAP_NET_BIND_SERVICE",
-        "CAP_SYS_CHROOT",
-        "CAP_KILL",
-        "CAP_AUDIT_WRITE",
-        "CAP_SYS_ADMIN",
-    ];
+    let mut caps = runvm_tests::DOCKER_CAPS.to_vec();
+    caps.push("CAP_SYS_ADMIN");
     json!({ "bounding": caps, "effective": caps, "permitted": caps })
 }
 

@@ -1707,6 +1707,17 @@ fn twenty_parallel_containers(h: &mut Harness) {
         took.join(", "),
         late.len()
     );
+    // Whether Docker gave up waiting and SIGKILLed the containers' pids (the monitors)
+    // itself: where the rest of the time goes.
+    let direct = h.docker_log_lines("trying direct SIGKILL");
+    println!(
+        "[twenty] Docker killed a container's pid directly {} time(s){}",
+        direct.len(),
+        direct
+            .first()
+            .map(|l| format!(", first: {l}"))
+            .unwrap_or_default()
+    );
 }
 
 /// Every runvm process as `pid:state[thread:state:wchan,…]`.

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::docker::{run_cmd_quiet, Out};
@@ -17,8 +18,13 @@ pub struct Tmux {
 impl Tmux {
     /// Starts `command` (a shell command line) in a detached `cols`×`rows` session.
     pub fn start(dir: &Path, command: &str, cols: u16, rows: u16) -> Tmux {
-        let socket = dir.join("tmux.sock");
-        let code_file = dir.join("tmux.code");
+        // A socket of its own for every session: a new server on the socket of one just
+        // killed (the `kill-server` of the previous session's drop) can meet that one
+        // still exiting ("server exited unexpectedly").
+        static SESSIONS: AtomicUsize = AtomicUsize::new(0);
+        let n = SESSIONS.fetch_add(1, Ordering::Relaxed);
+        let socket = dir.join(format!("tmux-{n}.sock"));
+        let code_file = dir.join(format!("tmux-{n}.code"));
         let _ = std::fs::remove_file(&code_file);
         let line = format!(
             "{command}; echo $? > {}.tmp; mv {0}.tmp {0}; sleep 3600",

@@ -755,29 +755,11 @@ fn run_here(suite: &Suite, args: &OciArgs, place: &str) -> Result<i32> {
     }
     if args.check {
         let record = Record::load()?;
-        let mut findings = oci_expected::check(&record, &runvm, &runc);
-        if !args.only.is_empty() {
-            findings
-                .notes
-                .retain(|n| !n.ends_with("in the record but not run"));
-        }
-        for n in &findings.notes {
-            eprintln!("[oci] note: {n}");
-        }
-        for f in &findings.failures {
-            eprintln!("[oci] FAILED: {f}");
-        }
-        if !findings.failures.is_empty() {
-            eprintln!(
-                "[oci] {} finding(s) against {} (and runc in this run)",
-                findings.failures.len(),
-                oci_expected::record_path().display()
-            );
+        let findings = oci_expected::check(&record, &runvm, &runc);
+        let path = oci_expected::record_path();
+        if !findings.report("oci", &path, !args.only.is_empty(), "test point") {
             return Ok(1);
         }
-        eprintln!(
-            "[oci] every test point is as recorded; every divergence from runc has its reason"
-        );
     }
     Ok(0)
 }

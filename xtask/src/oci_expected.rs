@@ -15,6 +15,7 @@
 //! them with `cargo xtask oci --record`. Programs marked `flaky` (with the reason) are
 //! reported, not failed.
 
+use crate::util::Findings;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
@@ -205,15 +206,6 @@ impl Record {
 
 /// The placeholder `--record` writes where a reason is missing.
 const UNEXPLAINED: &str = "UNEXPLAINED";
-
-/// What a check found.
-#[derive(Debug, Default)]
-pub struct Findings {
-    /// Each makes the check fail.
-    pub failures: Vec<String>,
-    /// Reported only.
-    pub notes: Vec<String>,
-}
 
 /// Checks runvm's results (and runc's, from the same run) against the record.
 pub fn check(

@@ -1569,29 +1569,11 @@ fn finish(report: &Report, args: &RuncBatsArgs) -> Result<i32> {
             bail!("--check needs runc and runvm in the same run");
         }
         let record = Record::load()?;
-        let mut findings = expected::check(&record, &runvm, &runc);
-        if !args.only.is_empty() {
-            findings
-                .notes
-                .retain(|n| !n.ends_with("in the record but not run"));
-        }
-        for n in &findings.notes {
-            eprintln!("[runc-bats] note: {n}");
-        }
-        for f in &findings.failures {
-            eprintln!("[runc-bats] FAILED: {f}");
-        }
-        if !findings.failures.is_empty() {
-            eprintln!(
-                "[runc-bats] {} finding(s) against {} (and runc in this run)",
-                findings.failures.len(),
-                expected::record_path().display()
-            );
+        let findings = expected::check(&record, &runvm, &runc);
+        let path = expected::record_path();
+        if !findings.report("runc-bats", &path, !args.only.is_empty(), "test") {
             return Ok(1);
         }
-        eprintln!(
-            "[runc-bats] every test is as recorded; every divergence from runc has its reason"
-        );
     }
     Ok(0)
 }

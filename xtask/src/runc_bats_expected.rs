@@ -14,6 +14,7 @@
 //! them with `cargo xtask runc-bats --record`. Files marked `flaky` (with the reason) have
 //! their regressions reported, not failed.
 
+use crate::util::Findings;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
@@ -139,15 +140,6 @@ impl Record {
         std::fs::write(&path, serde_json::to_string_pretty(self)? + "\n")
             .with_context(|| format!("writing {}", path.display()))
     }
-}
-
-/// What a check found.
-#[derive(Debug, Default)]
-pub struct Findings {
-    /// Each makes the check fail.
-    pub failures: Vec<String>,
-    /// Reported only.
-    pub notes: Vec<String>,
 }
 
 fn outcome_word(o: Option<Outcome>) -> &'static str {

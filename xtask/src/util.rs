@@ -771,6 +771,46 @@ impl Drop for TmpDir {
     }
 }
 
+/// What a check found.
+#[derive(Debug, Default)]
+pub struct Findings {
+    /// Each makes the check fail.
+    pub failures: Vec<String>,
+    /// Reported only.
+    pub notes: Vec<String>,
+}
+
+impl Findings {
+    /// Prints the notes and failures of a check against the record at `record` (lines
+    /// tagged `[tag]`; `point` names what the suite counts, e.g. "test"); with `subset`
+    /// (a run of some files only), the notes about recorded files that did not run are
+    /// left out. Whether the check passed.
+    pub fn report(mut self, tag: &str, record: &Path, subset: bool, point: &str) -> bool {
+        if subset {
+            self.notes
+                .retain(|n| !n.ends_with("in the record but not run"));
+        }
+        for n in &self.notes {
+            eprintln!("[{tag}] note: {n}");
+        }
+        for f in &self.failures {
+            eprintln!("[{tag}] FAILED: {f}");
+        }
+        if !self.failures.is_empty() {
+            eprintln!(
+                "[{tag}] {} finding(s) against {} (and runc in this run)",
+                self.failures.len(),
+                record.display()
+            );
+            return false;
+        }
+        eprintln!(
+            "[{tag}] every {point} is as recorded; every divergence from runc has its reason"
+        );
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

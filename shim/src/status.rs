@@ -112,8 +112,8 @@ impl ContainerStatus {
         }
     }
 
-    /// `ps`: a container that has not stopped (`ps --format json` of a stopped one is
-    /// an empty list instead, as under runc).
+    /// `ps`: asks the guest of a container that has not stopped (`ps` of a stopped one
+    /// lists no process instead, as under runc).
     pub fn can_ps(self) -> Result<(), StatusError> {
         self.not_stopped()
     }

@@ -149,8 +149,11 @@ fn ps_lists_the_workload_and_an_exec_and_json_gives_host_pids() {
         let ev: serde_json::Value = serde_json::from_str(&line).expect("one JSON event a line");
         assert_eq!(ev["type"], "stats", "{line}");
     }
+    // A stopped container has no process: runc prints the header alone, exit 0.
     let out = root.cmd(&["ps", "ps"]);
-    assert_ne!(code(&out), 0, "ps of a stopped container must fail");
+    assert_eq!(code(&out), 0, "ps of a stopped container: {}", stderr(&out));
+    assert_eq!(stdout(&out).lines().count(), 1, "{}", stdout(&out));
+    assert!(stdout(&out).contains("PID"), "{}", stdout(&out));
     assert_eq!(
         stdout(&root.cmd(&["ps", "--format", "json", "ps"])).trim(),
         "[]"
@@ -344,5 +347,70 @@ fn a_cgroup_is_removed_at_delete() {
         "left behind: {:?}",
         cgroup_dirs(&cg)
     );
+    root.assert_clean(Duration::from_secs(5));
+}
+
+#[test]
+#[ignore = "boots a guest: run through `cargo xtask guest-test control`"]
+fn events_streams_an_oom_kill_as_it_happens() {
+    let root = StateRoot::new();
+    // runc's events.bats: a 32 MiB limit without swap, and an exec'd process that
+    // allocates more.
+    let bundle = bundle_with_linux(
+        &["sleep", "7777"],
+        serde_json::json!({
+            "resources": { "memory": { "limit": 32 << 20, "swap": 32 << 20 } },
+        }),
+    );
+    let monitor = root.running(&bundle, "oom");
+    // A long interval between stats: the oom event must not wait for it.
+    let mut events = root
+        .command(&["events", "--interval", "60s", "oom"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = Lines::new(events.stdout.take().unwrap());
+    lines.wait_for("a first stats event", Duration::from_secs(30), |l| {
+        l.contains(r#""type":"stats""#)
+    });
+    let (c, _, _) = sh(&root, "oom", "dd if=/dev/zero of=/dev/null bs=80M count=1");
+    assert_eq!(c, Some(137), "the allocation must be OOM-killed");
+    // Long before the next stats event is due.
+    lines.wait_for("the oom event", Duration::from_secs(15), |l| {
+        l == r#"{"type":"oom","id":"oom"}"#
+    });
+    assert_eq!(code(&root.cmd(&["kill", "oom", "KILL"])), 0);
+    assert_eq!(reap(monitor, Duration::from_secs(60)), 137);
+    let out = wait_with_timeout(events, Duration::from_secs(30));
+    assert_eq!(code(&out), 0, "events: {}", stderr(&out));
+    assert_eq!(code(&root.cmd(&["delete", "oom"])), 0);
+    root.assert_clean(Duration::from_secs(5));
+}
+
+#[test]
+#[ignore = "boots a guest: run through `cargo xtask guest-test control`"]
+fn a_small_cpu_quota_without_period_starts_and_holds_on_the_host() {
+    let root = StateRoot::new();
+    let cg = format!("/runvm-control-test-q{}", std::process::id());
+    // update.bats: 5 % of a CPU, runc's default period of 100 ms.
+    let bundle = bundle_with_linux(
+        &["sleep", "7777"],
+        serde_json::json!({ "cgroupsPath": cg, "resources": { "cpu": { "quota": 5000 } } }),
+    );
+    let monitor = root.running(&bundle, "quota");
+    let host = cgroup_dirs(&cg)
+        .iter()
+        .find_map(|d| std::fs::read_to_string(d.join("cpu.max")).ok())
+        .expect("the host cgroup has cpu.max");
+    assert_eq!(
+        host.trim(),
+        "5000 100000",
+        "the VM's quota once the process runs"
+    );
+    assert_eq!(code(&root.cmd(&["kill", "quota", "KILL"])), 0);
+    assert_eq!(reap(monitor, Duration::from_secs(60)), 137);
+    assert_eq!(code(&root.cmd(&["delete", "quota"])), 0);
     root.assert_clean(Duration::from_secs(5));
 }

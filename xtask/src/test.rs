@@ -259,10 +259,11 @@ pub fn cmd_test() -> Result<i32> {
         let code = testhost::run_in_testhost(&["sh".into(), "-c".into(), "exit 7".into()], &[])?;
         t.record_ok("testhost exit code 7", code == 7);
     }
-    // The OCI validation suite, against runc and runvm in the same place, once. In the
-    // test host it runs in a test host of its own beside the guest suites' (each is one
-    // single-threaded QEMU: together they use both cores); directly on this host it runs
-    // after them, so that their leak checks do not see its containers.
+    // The OCI validation suite and then runc's bats files, against runc and runvm in the
+    // same place, once each. In the test host they run in test hosts of their own beside
+    // the guest suites' (each is one single-threaded QEMU: together they use both cores);
+    // directly on this host they run after them, so that the guest suites' leak checks do
+    // not see their containers.
     let oci_args = crate::oci::OciArgs {
         runtimes: vec!["runc".into(), setup.runvm.display().to_string()],
         timeout: 180,
@@ -279,21 +280,48 @@ pub fn cmd_test() -> Result<i32> {
             });
         (ok, began.elapsed())
     };
+    // runc's own integration suite (bats), the files that fit beside the guest suites; the
+    // rest runs in `cargo xtask runc-bats`.
+    let bats_args = crate::runc_bats::RuncBatsArgs {
+        runtimes: vec!["runc".into(), setup.runvm.display().to_string()],
+        only: CI_BATS_FILES.iter().map(|f| f.to_string()).collect(),
+        timeout: 900,
+        test_timeout: 180,
+        check: true,
+        ..Default::default()
+    };
+    let run_bats = |args| {
+        let began = Instant::now();
+        let ok = crate::runc_bats::cmd_runc_bats(args)
+            .map(|code| code == 0)
+            .unwrap_or_else(|e| {
+                eprintln!("[test] runc's integration suite: {e:#}");
+                false
+            });
+        (ok, began.elapsed())
+    };
     const OCI: &str =
         "OCI validation suite (runvm passes what it passed before, and what runc passes)";
+    let bats_stage = format!(
+        "runc's bats files ({}): runvm passes what it passed before, and what runc passes",
+        CI_BATS_FILES.len()
+    );
     let guest_tests = format!("guest tests ({})", GUEST_SUITES.join(", "));
     let (guests, oci) = if place == Place::TestHost {
         step.phase(&format!(
-            "guest tests ({}) and, in a second test host, the OCI validation suite",
+            "guest tests ({}) and, in a second test host, the OCI validation suite, then \
+             runc's bats files",
             GUEST_SUITES.join(", ")
         ));
         std::thread::scope(|s| {
-            let oci = s.spawn(|| run_oci(oci_args));
+            let oci = s.spawn(|| (run_oci(oci_args), run_bats(bats_args)));
             // All guest suites in one go (one test-host boot): each runs even if another
             // fails.
             let began = Instant::now();
             let guests = run_guest_suites(&setup, place, &exes, GUEST_SUITES, &[], &[]);
-            let oci = oci.join().unwrap_or((false, Duration::ZERO));
+            let oci = oci
+                .join()
+                .unwrap_or(((false, Duration::ZERO), (false, Duration::ZERO)));
             ((guests, began.elapsed()), oci)
         })
     } else {
@@ -302,8 +330,11 @@ pub fn cmd_test() -> Result<i32> {
         let guests = run_guest_suites(&setup, place, &exes, GUEST_SUITES, &[], &[]);
         let guests = (guests, began.elapsed());
         step.phase("OCI validation suite (runc, then runvm)");
-        (guests, run_oci(oci_args))
+        let oci = run_oci(oci_args);
+        step.phase("runc's integration suite (runc, then runvm)");
+        (guests, (oci, run_bats(bats_args)))
     };
+    let (oci, bats) = oci;
     let (guest_run, guest_time) = guests;
     let guest_run = guest_run?;
     t.stages
@@ -318,6 +349,15 @@ pub fn cmd_test() -> Result<i32> {
         },
         oci.1,
     ));
+    t.stages.push((
+        bats_stage,
+        if bats.0 {
+            Outcome::Passed
+        } else {
+            Outcome::Failed
+        },
+        bats.1,
+    ));
 
     let left = leftover_processes();
     t.record_ok("no runvm process left on the host", left.is_empty());
@@ -327,6 +367,30 @@ pub fn cmd_test() -> Result<i32> {
     drop(step);
     Ok(t.close(started.elapsed()))
 }
+
+/// The files of runc's integration suite CI runs (against runc and runvm, checked against
+/// `xtask/runc-bats-expected.json`): those about the runc CLI and the container lifecycle
+/// that fit beside the guest suites. `cargo xtask runc-bats` runs them all.
+pub const CI_BATS_FILES: &[&str] = &[
+    "create",
+    "delete",
+    "exec",
+    "help",
+    "kill",
+    "list",
+    "run",
+    "spec",
+    "start",
+    "start_detached",
+    "start_hello",
+    "state",
+    "tty",
+    "version",
+    "umask",
+    "cwd",
+    "root",
+    "mounts",
+];
 
 /// The integration test binaries (in `tests/tests/`) that need the runvm binary but boot
 /// no guest: they run on this host, before the guest suites.

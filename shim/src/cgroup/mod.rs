@@ -83,6 +83,11 @@ pub struct HostCgroup {
     /// Whether the v2 cgroup is the only one (no v1 hierarchies: limits go there).
     #[serde(default)]
     pub unified: bool,
+    /// The CPU quota, lifted while the guest boots and applied once the container's
+    /// process runs ([`apply_at_start`]): a container's quota is for its workload, and a
+    /// small one (runc's tests use 5 % of a CPU) would stretch the boot past its timeout.
+    #[serde(default)]
+    pub quota_at_start: Option<Resources>,
 }
 
 impl HostCgroup {
@@ -142,6 +147,12 @@ impl HostCgroup {
             write(need("cpu")?, "cpu.shares", &s.to_string())?;
         }
         Ok(())
+    }
+
+    /// Writes the record into `state_dir`.
+    fn save(&self, state_dir: &Path) -> Result<(), CgroupError> {
+        let json = serde_json::to_vec(self).map_err(|e| io("record", state_dir)(e.into()))?;
+        std::fs::write(state_dir.join(RECORD), json).map_err(io("write", &state_dir.join(RECORD)))
     }
 
     /// Moves `pid` into every directory of the cgroup.
@@ -373,10 +384,14 @@ pub fn join(
             }
         }
         // Recorded before anything joins, so the cleanup finds it whatever happens next.
-        let json = serde_json::to_vec(&cg).map_err(|e| io("record", state_dir)(e.into()))?;
-        std::fs::write(state_dir.join(RECORD), json)
-            .map_err(io("write", &state_dir.join(RECORD)))?;
+        cg.quota_at_start = quota_of(resources);
+        cg.save(state_dir)?;
+        // Every limit is applied (and so checked) now; the quota is then lifted for the
+        // boot.
         cg.apply(resources, host_memory_max(vm_mib, resources))?;
+        if cg.quota_at_start.is_some() {
+            cg.apply(&UNLIMITED_QUOTA, None)?;
+        }
         cg.join(std::process::id())
     })();
     match result {
@@ -386,6 +401,39 @@ pub fn join(
             let _ = std::fs::remove_file(state_dir.join(RECORD));
             Err(e)
         }
+    }
+}
+
+/// A quota of "max": what the VM boots with.
+const UNLIMITED_QUOTA: Resources = Resources {
+    memory_limit: None,
+    cpu_quota: Some(-1),
+    cpu_period: None,
+    cpu_shares: None,
+    pids_limit: None,
+};
+
+/// The CPU quota and period of `r`, if it limits the CPU time.
+fn quota_of(r: &Resources) -> Option<Resources> {
+    r.cpu_quota.filter(|q| *q > 0).map(|_| Resources {
+        cpu_quota: r.cpu_quota,
+        cpu_period: r.cpu_period,
+        ..Default::default()
+    })
+}
+
+/// Once the container's process runs: applies the CPU quota lifted for the boot (see
+/// [`HostCgroup::quota_at_start`]). A failure is logged; the guest's own cgroup holds the
+/// quota all the same.
+pub fn apply_at_start(state_dir: &Path) {
+    let Some(mut cg) = HostCgroup::load(state_dir) else {
+        return;
+    };
+    let Some(quota) = cg.quota_at_start.take() else {
+        return;
+    };
+    if let Err(e) = cg.apply(&quota, None).and_then(|()| cg.save(state_dir)) {
+        log::error!("cannot apply the container's CPU quota to its host cgroup: {e}");
     }
 }
 

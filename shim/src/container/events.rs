@@ -1,14 +1,17 @@
 //! `events`: the container's usage as runc prints it, one JSON object a line. `--stats`
 //! prints one `stats` event and exits; without it, a `stats` event every `--interval`
-//! seconds (and an `oom` event when the guest kernel OOM-killed a process of the
-//! container) until the container stops.
+//! seconds (and an `oom` event, within half a second, when the guest kernel OOM-killed a
+//! process of the container) until the container stops.
 //!
 //! Memory and CPU come from the host cgroup (the whole VM: what `docker stats` shows),
 //! pids from the guest's cgroup of the container (the host cgroup holds only the VMM's
 //! threads); the guest's own figures are under `data.guest` too.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How often a streaming `events` looks for an OOM kill, whatever its `--interval`.
+const OOM_POLL: Duration = Duration::from_millis(500);
 
 use anyhow::{bail, Result};
 use runvm_protocol::GuestStats;
@@ -45,6 +48,7 @@ pub fn events(root: &Path, args: &liboci_cli::Events) -> Result<i32> {
     let state_dir = ContainerState::dir(root, id);
     let runtime = ContainerState::runtime_dir(root, id);
     let mut oom_seen: Option<u64> = None;
+    let mut next_stats = Instant::now();
     loop {
         // Until the container stops.
         if state.status(root).can_events().is_err() {
@@ -65,20 +69,29 @@ pub fn events(root: &Path, args: &liboci_cli::Events) -> Result<i32> {
             }
             oom_seen = Some(ooms);
         }
-        let stats = Event {
-            kind: "stats",
-            id,
-            data: Some(stats_data(host.as_ref(), guest.as_ref())),
-        };
-        println!("{}", stats.line());
-        if stats_once {
-            return Ok(0);
+        let now = Instant::now();
+        if stats_once || now >= next_stats {
+            let stats = Event {
+                kind: "stats",
+                id,
+                data: Some(stats_data(host.as_ref(), guest.as_ref())),
+            };
+            println!("{}", stats.line());
+            if stats_once {
+                return Ok(0);
+            }
+            next_stats = now + Duration::from_millis(interval.into());
         }
-        std::thread::sleep(Duration::from_millis(interval.into()));
+        // runc reports an OOM as it happens, whatever the interval: look at least every
+        // OOM_POLL.
+        std::thread::sleep(
+            next_stats
+                .saturating_duration_since(Instant::now())
+                .min(OOM_POLL),
+        );
     }
 }
 
-/// The guest's figures, if its monitor can ask it (not while paused or starting).
 fn guest_stats(runtime: &Path) -> Option<GuestStats> {
     match api::request_control(runtime, &Request::Stats, Duration::from_secs(10)) {
         Ok(ControlResponse::Stats(s)) => Some(s),

@@ -26,12 +26,13 @@ pub fn ps(root: &Path, args: &liboci_cli::Ps) -> Result<i32> {
         );
     }
     let state = super::load(root, id)?;
-    if let Err(e) = state.status(root).can_ps() {
+    if state.status(root).can_ps().is_err() {
+        // runc lists no processes for a stopped container: the header alone, or no pids.
         if table {
-            return Err(e.into());
+            print!("{}", render_table(&[], &[]));
+        } else {
+            println!("[]");
         }
-        // runc lists no pids for a stopped container.
-        println!("[]");
         return Ok(0);
     }
     let dir = ContainerState::runtime_dir(root, id);

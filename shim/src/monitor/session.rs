@@ -462,6 +462,7 @@ impl<'a> Session<'a> {
                     p.started = true;
                 }
                 if let Some(dir) = self.io.state_dir {
+                    crate::cgroup::apply_at_start(dir);
                     let _ = std::fs::write(dir.join(crate::state::STARTED_FILE), b"");
                 }
                 if let Some(started) = self.io.on_started {

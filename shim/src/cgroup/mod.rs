@@ -325,7 +325,7 @@ pub fn join(
     resources: &Resources,
     vm_mib: u64,
 ) -> Result<Option<HostCgroup>, CgroupError> {
-    let has_limits = *resources != Resources::default();
+    let has_limits = resources.has_limits();
     let Some(path) = cgroup_path(cgroups_path, syntax, id, has_limits)? else {
         return Ok(None);
     };

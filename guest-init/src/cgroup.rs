@@ -3,17 +3,22 @@
 //! every exec'd one join it before anything of theirs runs; the main process then gets a
 //! cgroup namespace of its own, so the container's `/sys/fs/cgroup` shows this cgroup as
 //! its root (as under runc with Docker's private cgroup namespace). Exceeding
-//! `memory.max` OOM-kills a process of the container, not the VM.
+//! `memory.max` OOM-kills a process of the container, not the VM. The device rules are
+//! put in force on it as an eBPF program ([`crate::device_filter`]) before any process
+//! joins it; an update without rules leaves that program attached as it is.
 //!
 //! Also here: the answers to the host's `ListProcesses`, `Stats` and `Update`.
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 use nix::unistd::Pid;
 use runvm_protocol::{GuestProcess, GuestStats, Resources};
 
+use crate::device_filter::DeviceFilterError;
 use crate::error::{Context, Error, Result};
 
 /// The guest's cgroup2 mount (init's own).
@@ -29,6 +34,8 @@ const MAX_CMD: usize = 256;
 
 /// Set once the cgroup exists (so processes join it).
 static READY: AtomicBool = AtomicBool::new(false);
+/// The device cgroup program attached to the container's cgroup, kept to replace it.
+static DEVICE_PROGRAM: Mutex<Option<OwnedFd>> = Mutex::new(None);
 
 fn dir() -> PathBuf {
     Path::new(ROOT).join(NAME)
@@ -51,6 +58,10 @@ pub enum LimitsError {
     /// Each limit that failed; the others are set.
     #[error("{}", join(.0))]
     Writes(Vec<WriteError>),
+    /// The device rules are not in force (nor, then, any other limit of this request:
+    /// the rules come first).
+    #[error("device rules: {0}")]
+    Devices(#[from] DeviceFilterError),
 }
 
 fn join(errors: &[WriteError]) -> String {
@@ -94,12 +105,21 @@ pub fn setup(resources: &Resources) -> Result<()> {
     apply(resources).map_err(|e| Error::new(format!("the container's cgroup: {e}")))
 }
 
-/// Applies the limits that are set; the error names each that failed.
+/// Applies the limits that are set; the error names each that failed. The device rules,
+/// when given, first: they replace the program in force in one step.
 pub fn apply(r: &Resources) -> std::result::Result<(), LimitsError> {
     if !READY.load(Ordering::Acquire) {
         return Err(LimitsError::NoCgroup);
     }
     let d = dir();
+    if let Some(rules) = &r.devices {
+        // A poisoned lock only means a panic elsewhere; the fd in it is still right.
+        let mut current = DEVICE_PROGRAM
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let program = crate::device_filter::install(rules, &d, current.as_ref())?;
+        *current = Some(program);
+    }
     let mut failed = Vec::new();
     let mut set = |file: &str, value: String| {
         if let Err(e) = write(&d, file, &value) {

@@ -21,6 +21,7 @@
 //!
 //! - `main` → `boot_timer`, `mounts`, `net`, `net_dns`, `socket_relay`, `cgroup`, `vsock`,
 //!   `relay`, `signals`, `spawn`, `workload`, `supervisor`
+//! - `cgroup` → `device_filter`
 //! - `supervisor` (the control-message loop) → `relay`, `workload`, `spawn`, `signals`,
 //!   `reap`, `terminal`, `cgroup`, `vsock`
 //! - `relay` (stdio bytes over the host streams) → `spawn`, `vsock`
@@ -34,8 +35,9 @@
 //! - `mounts` → `binds`, `mount_options`, `mount_api`; `binds` → `mounts` (paths only),
 //!   `mount_options`, `mount_api`, `in_root`; `in_root` → `mount_api`
 //! - `net_dns`, `socket_relay` (the bind-mounted host sockets) → `vsock`, `helper_process`
-//! - `signals`, `reap`, `terminal`, `path_lookup`, `attrs`, `caps`, `seccomp`, `cgroup`,
-//!   `net`, `vsock`, `mount_options`, `mount_api`, `helper_process`, `boot_timer` → none
+//! - `signals`, `reap`, `terminal`, `path_lookup`, `attrs`, `caps`, `seccomp`,
+//!   `device_filter`, `net`, `vsock`, `mount_options`, `mount_api`, `helper_process`,
+//!   `boot_timer` → none
 
 mod attrs;
 mod binds;
@@ -43,6 +45,7 @@ mod boot_timer;
 mod caps;
 mod cgroup;
 mod credentials;
+mod device_filter;
 mod error;
 mod execve;
 mod helper_process;

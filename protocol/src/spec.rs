@@ -204,9 +204,62 @@ pub struct Resources {
     /// `pids.max`; zero or negative is "max".
     #[serde(default)]
     pub pids_limit: Option<i64>,
+    /// The device cgroup: `linux.resources.devices` in order, with runc's own allowed
+    /// devices appended by the host, as runc does. The guest emulates them as cgroup v1
+    /// would and attaches the result as an eBPF program to the container's cgroup. `None`
+    /// leaves the rules in force as they are (an update); `Some` of an empty list is
+    /// runc's start: every device denied.
+    #[serde(default)]
+    pub devices: Option<Vec<DeviceRule>>,
+}
+
+/// One device cgroup rule (OCI `linux.resources.devices[]`), checked by the host.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRule {
+    /// Allow (else deny) the access.
+    pub allow: bool,
+    pub kind: DeviceRuleKind,
+    /// `None` matches every major number.
+    #[serde(default)]
+    pub major: Option<u32>,
+    /// `None` matches every minor number.
+    #[serde(default)]
+    pub minor: Option<u32>,
+    /// The access (`r`, `w`, `m` of the OCI `access` string).
+    #[serde(default)]
+    pub read: bool,
+    #[serde(default)]
+    pub write: bool,
+    #[serde(default)]
+    pub mknod: bool,
+}
+
+/// The devices a [`DeviceRule`] is about.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeviceRuleKind {
+    /// `a`: every device and every access, whatever the rule's numbers and access say
+    /// (cgroup v1's reset of the whole list to allow-all or deny-all).
+    #[default]
+    #[serde(rename = "a")]
+    All,
+    /// `c`: character devices.
+    #[serde(rename = "c")]
+    Char,
+    /// `b`: block devices.
+    #[serde(rename = "b")]
+    Block,
 }
 
 impl Resources {
+    /// Whether any memory, CPU or pids limit is given (the device rules aside): what
+    /// makes the host give a container without `cgroupsPath` a cgroup of its own.
+    pub fn has_limits(&self) -> bool {
+        Self {
+            devices: None,
+            ..self.clone()
+        } != Self::default()
+    }
+
     /// The cgroup v2 `cpu.max` line for this quota and period over `current` (the file's
     /// present content): what is not given stays as it is; a quota ≤ 0 is "max".
     pub fn cpu_max(&self, current: &str) -> Option<String> {
@@ -357,5 +410,28 @@ mod tests {
             "30000 20000"
         );
         assert_eq!(r(Some(-1), Some(1000)).cpu_max("").unwrap(), "max 1000");
+    }
+
+    #[test]
+    fn device_rules_are_optional_and_older_messages_parse() {
+        // What a host without device rules sent.
+        let old: Resources = serde_json::from_str(r#"{"pids_limit":5}"#).unwrap();
+        assert_eq!(old.devices, None);
+        assert!(old.has_limits());
+        let rules: Resources = serde_json::from_str(
+            r#"{"devices":[{"allow":false,"kind":"a"},
+                           {"allow":true,"kind":"c","major":1,"minor":11,"read":true,"write":true}]}"#,
+        )
+        .unwrap();
+        let d = rules.devices.as_deref().unwrap();
+        assert_eq!(d[0].kind, DeviceRuleKind::All);
+        assert_eq!(
+            (d[1].major, d[1].minor, d[1].read, d[1].mknod),
+            (Some(1), Some(11), true, false)
+        );
+        // Device rules alone are no limit of the host's.
+        assert!(!rules.has_limits());
+        // A kind the protocol does not define is refused, not guessed.
+        assert!(serde_json::from_str::<DeviceRule>(r#"{"allow":true,"kind":"x"}"#).is_err());
     }
 }

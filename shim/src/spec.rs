@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
+use runvm_protocol::spec::{DeviceRule, DeviceRuleKind};
 use runvm_protocol::{
     Capabilities, LinuxSpec, MountSpec, ProcessSpec, Rlimit, SeccompProgram, WindowSize,
 };
@@ -114,16 +115,20 @@ impl ContainerSpec {
                             None => Ok(v),
                         }
                     };
+                let devices = devices(l.devices()).map_err(invalid)?;
+                let mut resources = l
+                    .resources()
+                    .as_ref()
+                    .map(crate::cgroup::resources_from_oci)
+                    .unwrap_or_default();
+                let rules = l.resources().as_ref().and_then(|r| r.devices().as_ref());
+                resources.devices = Some(device_rules(rules, &devices).map_err(invalid)?);
                 LinuxSpec {
                     sysctl: sysctl.into_iter().collect(),
                     masked_paths: paths(l.masked_paths(), "maskedPaths")?,
                     readonly_paths: paths(l.readonly_paths(), "readonlyPaths")?,
-                    devices: devices(l.devices()).map_err(invalid)?,
-                    resources: l
-                        .resources()
-                        .as_ref()
-                        .map(crate::cgroup::resources_from_oci)
-                        .unwrap_or_default(),
+                    devices,
+                    resources,
                 }
             }
         };
@@ -426,6 +431,109 @@ fn devices(
         .collect()
 }
 
+/// The devices runc allows in every container, after the config's own rules (runc's
+/// `AllowedDevices`): mknod of any node, and the standard nodes and ptys. Those with a
+/// path are left out when `linux.devices` has a node of that path, as runc leaves them out.
+const RUNC_ALLOWED_DEVICES: [(Option<&str>, DeviceRule); 11] = [
+    (None, allowed(DeviceRuleKind::Char, None, None, false)),
+    (None, allowed(DeviceRuleKind::Block, None, None, false)),
+    (Some("/dev/null"), allowed_rwm(1, 3)),
+    (Some("/dev/random"), allowed_rwm(1, 8)),
+    (Some("/dev/full"), allowed_rwm(1, 7)),
+    (Some("/dev/tty"), allowed_rwm(5, 0)),
+    (Some("/dev/zero"), allowed_rwm(1, 5)),
+    (Some("/dev/urandom"), allowed_rwm(1, 9)),
+    (None, allowed(DeviceRuleKind::Char, Some(136), None, true)),
+    (None, allowed_rwm(5, 2)),
+    (None, allowed_rwm(10, 200)),
+];
+
+/// An allow rule: mknod, and read and write too with `rw`.
+const fn allowed(
+    kind: DeviceRuleKind,
+    major: Option<u32>,
+    minor: Option<u32>,
+    rw: bool,
+) -> DeviceRule {
+    DeviceRule {
+        allow: true,
+        kind,
+        major,
+        minor,
+        read: rw,
+        write: rw,
+        mknod: true,
+    }
+}
+
+/// An allow rule of every access for one character device.
+const fn allowed_rwm(major: u32, minor: u32) -> DeviceRule {
+    allowed(DeviceRuleKind::Char, Some(major), Some(minor), true)
+}
+
+/// `linux.resources.devices` for the guest's device cgroup, with runc's allowed devices
+/// appended ([`RUNC_ALLOWED_DEVICES`]; `nodes` is `linux.devices`). As runc: a missing
+/// type is `a`, a missing or negative number any; an empty access is an error. Access
+/// letters other than `r`, `w` and `m` are ignored with a warning, as runc ignores them
+/// (its own tests write `rwa`), but an access with none of the three is an error.
+fn device_rules(
+    rules: Option<&Vec<oci_spec::runtime::LinuxDeviceCgroup>>,
+    nodes: &[runvm_protocol::DeviceSpec],
+) -> Result<Vec<DeviceRule>, String> {
+    use oci_spec::runtime::LinuxDeviceType;
+    let mut out = Vec::new();
+    for (i, r) in rules.into_iter().flatten().enumerate() {
+        let at = format!("linux.resources.devices[{i}]");
+        let kind = match r.typ() {
+            None | Some(LinuxDeviceType::A) => DeviceRuleKind::All,
+            Some(LinuxDeviceType::C) => DeviceRuleKind::Char,
+            Some(LinuxDeviceType::B) => DeviceRuleKind::Block,
+            Some(other) => {
+                return Err(format!(
+                    "{at}.type: {:?} is no device cgroup type (a, b or c)",
+                    other.as_str()
+                ))
+            }
+        };
+        let number = |n: Option<i64>, field: &str| match n {
+            None => Ok(None),
+            Some(n) if n < 0 => Ok(None),
+            Some(n) => u32::try_from(n)
+                .map(Some)
+                .map_err(|_| format!("{at}.{field}: {n} is beyond the largest device number")),
+        };
+        let access = r.access().as_deref().unwrap_or("");
+        if access.is_empty() {
+            return Err(format!("{at}.access: must not be empty (r, w and m)"));
+        }
+        let unknown: String = access.chars().filter(|c| !"rwm".contains(*c)).collect();
+        if unknown.len() == access.chars().count() {
+            return Err(format!(
+                "{at}.access: {access:?} has none of r (read), w (write) and m (mknod)"
+            ));
+        }
+        if !unknown.is_empty() {
+            log::warn!("{at}.access {access:?}: ignoring {unknown:?} (only r, w and m mean anything), as runc does");
+        }
+        out.push(DeviceRule {
+            allow: r.allow(),
+            kind,
+            major: number(r.major(), "major")?,
+            minor: number(r.minor(), "minor")?,
+            read: access.contains('r'),
+            write: access.contains('w'),
+            mknod: access.contains('m'),
+        });
+    }
+    for (path, rule) in RUNC_ALLOWED_DEVICES {
+        if path.is_some_and(|p| nodes.iter().any(|n| n.path == p)) {
+            continue;
+        }
+        out.push(rule);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -501,6 +609,85 @@ mod tests {
             ]}}));
             let e = b.load().unwrap_err().to_string();
             assert!(e.contains("linux.devices[0].path"), "{e}");
+        }
+    }
+
+    #[test]
+    fn device_rules_are_carried_with_runc_s_allowed_devices_after_them() {
+        // No rules: runc's allowed devices alone (the guest starts from deny-all).
+        let r = Bundle::new(json!({})).load().unwrap().linux.resources;
+        let d = r.devices.unwrap();
+        assert_eq!(d.len(), RUNC_ALLOWED_DEVICES.len());
+        assert_eq!(
+            (d[0].kind, d[0].major, d[0].mknod, d[0].read),
+            (DeviceRuleKind::Char, None, true, false)
+        );
+        // runc's deny test: deny all, and /dev/kmsg as a node; Docker-like rules after it.
+        let b = Bundle::new(json!({ "linux": {
+            "devices": [ { "path": "/dev/null", "type": "c", "major": 1, "minor": 3 } ],
+            "resources": { "devices": [
+                { "allow": false, "access": "rwm" },
+                { "allow": true, "type": "c", "major": 136, "access": "rwm" },
+                { "allow": false, "type": "c", "major": 1, "minor": 11, "access": "rwa" },
+                { "allow": true, "type": "b", "major": -1, "minor": 4294967295_i64, "access": "r" },
+            ]},
+        }}));
+        let d = b.load().unwrap().linux.resources.devices.unwrap();
+        let deny_all = DeviceRule {
+            read: true,
+            write: true,
+            mknod: true,
+            ..DeviceRule::default()
+        };
+        assert_eq!(d[0], deny_all);
+        assert_eq!(
+            (d[1].allow, d[1].kind, d[1].major, d[1].minor),
+            (true, DeviceRuleKind::Char, Some(136), None)
+        );
+        // Unknown access letters are ignored, as runc ignores them.
+        assert_eq!((d[2].read, d[2].write, d[2].mknod), (true, true, false));
+        assert_eq!(
+            (d[3].kind, d[3].major, d[3].minor),
+            (DeviceRuleKind::Block, None, Some(u32::MAX))
+        );
+        // runc's /dev/null rule is left out: the config has a node of that path.
+        assert_eq!(d.len(), 4 + RUNC_ALLOWED_DEVICES.len() - 1);
+        assert!(!d[4..]
+            .iter()
+            .any(|r| r.major == Some(1) && r.minor == Some(3)));
+        // Device rules make no host cgroup of their own.
+        assert!(!b.load().unwrap().linux.resources.has_limits());
+    }
+
+    #[test]
+    fn malformed_device_rules_are_refused_naming_their_index() {
+        for (rule, want) in [
+            (
+                json!({ "allow": true, "type": "p", "access": "rwm" }),
+                "linux.resources.devices[1].type",
+            ),
+            (
+                json!({ "allow": true, "type": "x", "access": "rwm" }),
+                "linux.resources.devices[1].type",
+            ),
+            (
+                json!({ "allow": true, "type": "c" }),
+                "linux.resources.devices[1].access: must not be empty",
+            ),
+            (
+                json!({ "allow": true, "type": "c", "access": "xyz" }),
+                "linux.resources.devices[1].access: \"xyz\" has none",
+            ),
+            (
+                json!({ "allow": true, "type": "c", "major": 4294967296_i64, "access": "r" }),
+                "linux.resources.devices[1].major: 4294967296",
+            ),
+        ] {
+            let b = Bundle::new(json!({ "linux": { "resources": { "devices": [
+                { "allow": false, "access": "rwm" }, rule,
+            ]}}}));
+            let e = b.load().unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains("config.json"), "{want}: {e}");
         }
     }
 

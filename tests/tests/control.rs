@@ -414,3 +414,123 @@ fn a_small_cpu_quota_without_period_starts_and_holds_on_the_host() {
     assert_eq!(code(&root.cmd(&["delete", "quota"])), 0);
     root.assert_clean(Duration::from_secs(5));
 }
+
+/// `linux.resources.devices` as runc's deny-all rule list, with `/dev/kmsg` made as a node.
+fn kmsg_bundle(args: &[&str], rules: serde_json::Value) -> Bundle {
+    bundle_with_linux(
+        args,
+        serde_json::json!({
+            "devices": [ { "path": "/dev/kmsg", "type": "c", "major": 1, "minor": 11 } ],
+            "resources": { "devices": rules },
+        }),
+    )
+}
+
+/// Runs `sh -c script` in the container, asserting it fails with EPERM.
+#[track_caller]
+fn sh_eperm(root: &StateRoot, id: &str, script: &str) {
+    let (c, out, err) = sh(root, id, script);
+    assert!(
+        c != Some(0) && err.contains("Operation not permitted"),
+        "{script:?} must fail with EPERM: code {c:?} stdout {out:?} stderr {err:?}"
+    );
+}
+
+#[test]
+#[ignore = "boots a guest: run through `cargo xtask guest-test control`"]
+fn device_rules_deny_kmsg_in_main_and_exec_through_updates_and_keep_the_standard_nodes() {
+    let root = StateRoot::new();
+    // runc's "update devices [minimal transition rules]": the main process reads
+    // /dev/kmsg in a loop; nothing it reads may ever come through, updates or not.
+    let bundle = kmsg_bundle(
+        &[
+            "sh",
+            "-c",
+            "while true; do head -c 100 /dev/kmsg; echo . >/dev/null; sleep 0.05; done",
+        ],
+        serde_json::json!([{ "allow": false, "access": "rwm" }]),
+    );
+    let monitor = root.running(&bundle, "devd");
+
+    // runc's "runc run/update [device cgroup deny]".
+    sh_eperm(&root, "devd", "hostname | tee /dev/kmsg");
+    sh_eperm(&root, "devd", "head -n 1 /dev/kmsg");
+    // runc's own allowed devices stay allowed: the standard nodes, mknod of any node.
+    let out = sh_ok(
+        &root,
+        "devd",
+        "echo x >/dev/null && head -c 3 /dev/zero | wc -c && head -c 3 /dev/urandom | wc -c \
+         && mknod /dev/sda b 8 0 && echo made",
+    );
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["3", "3", "made"]
+    );
+    sh_eperm(&root, "devd", "head -c 1 /dev/sda");
+
+    for _ in 0..30 {
+        let out = root.cmd(&["update", "--pids-limit", "42", "devd"]);
+        assert_eq!(code(&out), 0, "update: {}", stderr(&out));
+    }
+    sh_eperm(&root, "devd", "hostname | tee /dev/kmsg");
+    sh_eperm(&root, "devd", "head -n 1 /dev/kmsg");
+    // The loop ran all along (its reads failed with EPERM), and read nothing.
+    let errors = std::fs::read_to_string(bundle.path().join("stderr")).unwrap_or_default();
+    assert!(errors.contains("Operation not permitted"), "{errors}");
+    assert_eq!(bundle.stdout(), "", "the main process read /dev/kmsg");
+
+    // SAFETY: kill(2) on the monitor, a child of this test (a subreaper).
+    unsafe { libc::kill(monitor, libc::SIGKILL) };
+    reap(monitor, Duration::from_secs(30));
+    assert_eq!(code(&root.cmd(&["delete", "--force", "devd"])), 0);
+    root.assert_clean(Duration::from_secs(5));
+}
+
+#[test]
+#[ignore = "boots a guest: run through `cargo xtask guest-test control`"]
+fn docker_s_device_rules_with_an_allow_rule_open_kmsg_and_the_standard_nodes_only() {
+    let root = StateRoot::new();
+    // What dockerd sends (deny all, the standard nodes, ptys, fuse denied), and
+    // `--device-cgroup-rule 'c 1:11 rw'`.
+    let mut rules = vec![serde_json::json!({ "allow": false, "access": "rwm" })];
+    for (major, minor) in [(1, 5), (1, 3), (1, 9), (1, 8), (5, 0), (5, 1)] {
+        rules.push(serde_json::json!({ "allow": true, "type": "c", "major": major, "minor": minor, "access": "rwm" }));
+    }
+    rules.push(serde_json::json!({ "allow": false, "type": "c", "major": 10, "minor": 229, "access": "rwm" }));
+    rules.push(serde_json::json!({ "allow": true, "type": "c", "major": 136, "access": "rwm" }));
+    rules.push(
+        serde_json::json!({ "allow": true, "type": "c", "major": 5, "minor": 2, "access": "rwm" }),
+    );
+    rules.push(
+        serde_json::json!({ "allow": true, "type": "c", "major": 1, "minor": 11, "access": "rw" }),
+    );
+    let bundle = kmsg_bundle(&["sleep", "7777"], serde_json::Value::Array(rules));
+    root.running(&bundle, "deva");
+
+    let out = sh_ok(
+        &root,
+        "deva",
+        "hostname | tee /dev/kmsg && head -n 1 /dev/kmsg",
+    );
+    assert!(
+        out.starts_with("runvm-test\n") && out.lines().count() == 2,
+        "{out:?}"
+    );
+    let out = sh_ok(
+        &root,
+        "deva",
+        "echo x >/dev/null && head -c 3 /dev/zero | wc -c && head -c 3 /dev/random | wc -c \
+         && head -c 1 /dev/full | wc -c",
+    );
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["3", "3", "1"]);
+    // Docker's own example: the node can be made, not opened.
+    sh_eperm(&root, "deva", "mknod /dev/sda b 8 0 && head -c 1 /dev/sda");
+    sh_eperm(
+        &root,
+        "deva",
+        "mknod /dev/fuse c 10 229 && head -c 1 /dev/fuse",
+    );
+
+    assert_eq!(code(&root.cmd(&["delete", "--force", "deva"])), 0);
+    root.assert_clean(Duration::from_secs(10));
+}

@@ -336,7 +336,7 @@ pub fn join(
     resources: &Resources,
     vm_mib: u64,
 ) -> Result<Option<HostCgroup>, CgroupError> {
-    let has_limits = *resources != Resources::default();
+    let has_limits = resources.has_limits();
     let Some(path) = cgroup_path(cgroups_path, syntax, id, has_limits)? else {
         return Ok(None);
     };
@@ -411,6 +411,7 @@ const UNLIMITED_QUOTA: Resources = Resources {
     cpu_period: None,
     cpu_shares: None,
     pids_limit: None,
+    devices: None,
 };
 
 /// The CPU quota and period of `r`, if it limits the CPU time.

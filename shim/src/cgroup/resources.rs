@@ -21,6 +21,8 @@ pub fn resources_from_oci(r: &LinuxResources) -> Resources {
         cpu_period: cpu.and_then(|c| c.period()).filter(|p| *p != 0),
         cpu_shares: cpu.and_then(|c| c.shares()).filter(|s| *s != 0),
         pids_limit: r.pids().as_ref().map(|p| p.limit()).filter(|l| *l != 0),
+        // Set by the spec's reader; an update (as runc's) leaves the rules as they are.
+        devices: None,
     }
 }
 

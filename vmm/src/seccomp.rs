@@ -118,8 +118,26 @@ pub fn entries(kind: ThreadKind) -> Vec<Entry> {
     by_nr.into_values().collect()
 }
 
+/// glibc fixes its limit on malloc arenas the first time a thread needs a new arena past
+/// the eighth, by reading `/sys/devices/system/cpu/online`: a confined thread must not be
+/// the one (the open traps). Setting the limit first, to glibc's own default (8 per CPU),
+/// takes that read out. Done once, when the first filter is built (before any thread of
+/// the process is confined).
+fn fix_malloc_arena_limit() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: sysconf reads the CPU count; mallopt sets a malloc parameter. Neither
+        // touches memory of ours.
+        unsafe {
+            let cpus = libc::sysconf(libc::_SC_NPROCESSORS_ONLN).clamp(1, 1 << 16);
+            libc::mallopt(libc::M_ARENA_MAX, (cpus * 8) as libc::c_int);
+        }
+    });
+}
+
 /// Builds the BPF program for `kind`.
 pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
+    fix_malloc_arena_limit();
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for entry in entries(kind) {
         let mut alternatives = Vec::with_capacity(entry.when.len());

@@ -118,27 +118,35 @@ pub fn entries(kind: ThreadKind) -> Vec<Entry> {
     by_nr.into_values().collect()
 }
 
-/// glibc fixes its limit on malloc arenas the first time a thread needs a new arena past
-/// the eighth, by reading `/sys/devices/system/cpu/online`: a confined thread must not be
-/// the one (the open traps). Setting the limit first, to glibc's own default (8 per CPU),
-/// takes that read out. Done once, when the first filter is built (before any thread of
-/// the process is confined).
-fn fix_malloc_arena_limit() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: sysconf reads the CPU count; mallopt sets a malloc parameter. Neither
-        // touches memory of ours.
-        unsafe {
-            let cpus = libc::sysconf(libc::_SC_NPROCESSORS_ONLN).clamp(1, 1 << 16);
-            libc::mallopt(libc::M_ARENA_MAX, (cpus * 8) as libc::c_int);
-        }
-    });
+/// The calls every thread makes fail with `EACCES` instead of trapping: `open` and
+/// `openat`. glibc opens files behind the program's back, once per process, from whatever
+/// thread first needs them (`/proc/sys/vm/overcommit_memory` at the first trim of a malloc
+/// heap, `/sys/devices/system/cpu/online` for the ninth malloc arena), and goes on
+/// without them when the open fails. A confined thread that makes such a call gets an
+/// error, never a file: [`DENY_OPEN`]'s filter answers them, stacked on the thread's own
+/// (whose allow-list lets them through to it).
+const DENIED: &[(&str, i64)] = &[("open", libc::SYS_open), ("openat", libc::SYS_openat)];
+
+/// The filter that answers [`DENIED`] with `EACCES` and allows everything else (the
+/// thread's own filter decides that).
+fn deny_open() -> Result<BpfProgram, SeccompError> {
+    let rules = DENIED.iter().map(|(_, nr)| (*nr, vec![])).collect();
+    let f = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EACCES as u32),
+        TargetArch::x86_64,
+    )?;
+    Ok(f.try_into()?)
 }
 
 /// Builds the BPF program for `kind`.
 pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
-    fix_malloc_arena_limit();
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    // Failed by the stacked [`deny_open`] filter: they must not trap here.
+    for (_, nr) in DENIED {
+        rules.insert(*nr, vec![]);
+    }
     for entry in entries(kind) {
         let mut alternatives = Vec::with_capacity(entry.when.len());
         for checks in &entry.when {
@@ -169,6 +177,9 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
 /// `kind`'s allow-list for people: one line per system call, `name` or
 /// `name: alternative | alternative`, each alternative its checks joined by ` && `.
 pub fn describe(kind: ThreadKind) -> Vec<String> {
+    let denied = DENIED
+        .iter()
+        .map(|(name, _)| format!("{name}: fails with EACCES"));
     entries(kind)
         .iter()
         .map(|e| {
@@ -197,6 +208,7 @@ pub fn describe(kind: ThreadKind) -> Vec<String> {
                 .collect();
             format!("{}: {}", e.name, alternatives.join(" | "))
         })
+        .chain(denied)
         .collect()
 }
 
@@ -231,11 +243,20 @@ fn program(kind: ThreadKind) -> Result<&'static BpfProgram, SeccompError> {
 }
 
 /// Installs `program`, built by [`filter`] for `kind`, on the calling thread (after the
-/// SIGSYS reporter).
+/// SIGSYS reporter), with the [`deny_open`] filter stacked on it.
 pub fn apply(kind: ThreadKind, program: &BpfProgram) -> Result<(), SeccompError> {
+    static DENY_OPEN: OnceLock<BpfProgram> = OnceLock::new();
+    let deny = match DENY_OPEN.get() {
+        Some(p) => p,
+        None => {
+            let built = deny_open()?;
+            DENY_OPEN.get_or_init(|| built)
+        }
+    };
     vmm_sys_util::signal::register_signal_handler(libc::SIGSYS, sigsys_handler)
         .map_err(|e| SeccompError::Handler(e.into()))?;
     CONFINED_AS.with(|k| k.set(kind.index() as u8));
+    seccompiler::apply_filter(deny)?;
     seccompiler::apply_filter(program)?;
     Ok(())
 }

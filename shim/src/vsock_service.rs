@@ -7,12 +7,14 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// Serves `listener` on a thread named `name`: each connection is handed to `handle` on a
-/// thread of its own, at most `max` at once (more are closed at once). `handle`'s error
-/// is logged (debug: it is the guest's doing).
+/// Serves `listener` on a thread named `name`, confined as `kind` (its connections'
+/// threads inherit the filter): each connection is handed to `handle` on a thread of its
+/// own, at most `max` at once (more are closed at once). `handle`'s error is logged
+/// (debug: it is the guest's doing).
 pub fn serve(
     listener: UnixListener,
     name: &'static str,
+    kind: vmm::seccomp::ThreadKind,
     max: usize,
     handle: impl Fn(UnixStream) -> Result<(), String> + Send + Sync + 'static,
 ) -> std::io::Result<()> {
@@ -21,6 +23,7 @@ pub fn serve(
     std::thread::Builder::new()
         .name(format!("runvm-{name}"))
         .spawn(move || {
+            vmm::seccomp::enter(kind);
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
                 if active.fetch_add(1, Ordering::SeqCst) >= max {
@@ -90,6 +93,7 @@ pub fn splice<A: Duplex, B: Duplex>(a: A, b: B) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+    use vmm::seccomp::ThreadKind::SocketRelay;
 
     #[test]
     fn splice_carries_both_ways_and_half_closes() {
@@ -116,7 +120,7 @@ mod tests {
         let listener = UnixListener::bind(&path).unwrap();
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let rx = std::sync::Mutex::new(rx);
-        serve(listener, "test", 1, move |mut c| {
+        serve(listener, "test", SocketRelay, 1, move |mut c| {
             c.write_all(b"hi").map_err(|e| e.to_string())?;
             // Holds its slot until told.
             let _ = rx.lock().unwrap().recv();

@@ -368,18 +368,21 @@ impl Vmm {
         let dev_state = state.clone();
         let device_thread = std::thread::Builder::new()
             .name("runvm-devices".into())
+            // The event loop goes back to this thread to be dropped: the vsock muxer's
+            // drop unlinks its socket, which the device thread's filter does not allow.
             .spawn(move || {
-                if !install_filter(dev_filter.as_ref(), &dev_state, "device thread") {
-                    return;
+                if !install_filter(ThreadKind::Devices, dev_filter.as_ref(), &dev_state) {
+                    return events;
                 }
                 while !loop_stop.load(Ordering::Acquire) {
                     if let Err(e) = events.run() {
                         dev_state.request_exit(VmExitReason::KvmError(format!(
                             "device event loop failed: {e:?}"
                         )));
-                        return;
+                        break;
                     }
                 }
+                events
             })?;
 
         let vcpu_stop = Arc::new(AtomicBool::new(false));
@@ -392,7 +395,7 @@ impl Vmm {
             let spawned = std::thread::Builder::new()
                 .name("runvm-vcpu".into())
                 .spawn(move || {
-                    if !install_filter(filter.as_deref(), &st, "vCPU thread") {
+                    if !install_filter(ThreadKind::Vcpu, filter.as_deref(), &st) {
                         return;
                     }
                     v.run(stop, pause)
@@ -436,10 +439,15 @@ impl Vmm {
 
 /// Installs a VMM thread's seccomp filter (when filters are on). On failure the VM is
 /// told to stop with the reason, and the thread must not go on: returns false.
-fn install_filter(filter: Option<&seccompiler::BpfProgram>, state: &VmState, thread: &str) -> bool {
-    match filter.map(seccomp::apply) {
+fn install_filter(
+    kind: ThreadKind,
+    filter: Option<&seccompiler::BpfProgram>,
+    state: &VmState,
+) -> bool {
+    match filter.map(|f| seccomp::apply(kind, f)) {
         Some(Err(e)) => {
-            state.request_exit(VmExitReason::KvmError(format!("{thread}: {e}")));
+            let thread = kind.name();
+            state.request_exit(VmExitReason::KvmError(format!("{thread} thread: {e}")));
             false
         }
         _ => true,

@@ -1,10 +1,33 @@
-//! The seccomp filters of the VMM's threads: a vCPU thread and the device (event loop)
-//! thread each get an allow-list of the system calls they make while handling guest
-//! input. Anything else traps: the process reports the call and exits.
+//! The seccomp filters of runvm's monitor threads: each thread that handles guest input,
+//! or whose work a hostile guest drives, is confined to an allow-list of the system calls
+//! it makes, with their arguments checked where they decide what the call can do (`ioctl`
+//! request numbers, socket families and types, `fcntl` commands, no `PROT_EXEC` memory,
+//! futex operations). Anything else traps: the process reports the call (thread, number,
+//! arguments) and exits with 159.
+//!
+//! The threads ([`ThreadKind`]): the vCPUs and the device thread (applied by
+//! [`crate::Vmm`]), the vhost-user watchdog, and in the monitor the stdio relays and the
+//! vsock services (DNS relay, socket relays), which call [`enter`] first thing. Threads a
+//! relay starts inherit its filter. The allow-lists are in [`rules`]; [`describe`] prints
+//! them (`runvm features`, under the `io.github.runvm.seccomp.*` annotations).
+//!
+//! Not confined: the monitor's main thread (the host API, the control connection and
+//! process table, hooks, which fork and exec, state files and cgroups) and the thread
+//! that starts and stops the VM's threads.
+
+pub mod rules;
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+use rules::Allowed;
 
 /// Errors building or applying a filter.
 #[derive(Debug, thiserror::Error)]
@@ -17,97 +40,131 @@ pub enum SeccompError {
     Handler(#[source] std::io::Error),
 }
 
-/// Which VMM thread a filter is for.
-#[derive(Clone, Copy, Debug)]
+/// Which thread a filter is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ThreadKind {
+    /// A vCPU thread (`KVM_RUN`, the exits, device activation).
     Vcpu,
+    /// The device thread: the event loop of the virtio devices.
     Devices,
+    /// One direction of a process's stdio between a host descriptor and the guest.
+    StdioRelay,
+    /// The DNS relay's listener and its connections.
+    DnsRelay,
+    /// The socket relays' listener and its connections.
+    SocketRelay,
+    /// The vhost-user front end's request watchdog.
+    VhostWatchdog,
 }
 
-/// Calls every VMM thread makes: memory, locks, time, signals, eventfds, logging.
-const COMMON: &[i64] = &[
-    libc::SYS_read,
-    libc::SYS_write,
-    libc::SYS_readv,
-    libc::SYS_writev,
-    libc::SYS_close,
-    libc::SYS_futex,
-    libc::SYS_mmap,
-    libc::SYS_munmap,
-    libc::SYS_mremap,
-    libc::SYS_mprotect,
-    libc::SYS_madvise,
-    libc::SYS_brk,
-    libc::SYS_rt_sigreturn,
-    libc::SYS_rt_sigprocmask,
-    libc::SYS_sigaltstack,
-    libc::SYS_exit,
-    libc::SYS_exit_group,
-    libc::SYS_sched_yield,
-    libc::SYS_clock_gettime,
-    libc::SYS_clock_nanosleep,
-    libc::SYS_nanosleep,
-    libc::SYS_getrandom,
-    libc::SYS_gettid,
-    libc::SYS_getpid,
-    libc::SYS_tgkill,
-    libc::SYS_ioctl,
-    libc::SYS_fstat,
-    libc::SYS_newfstatat,
-    libc::SYS_statx,
-    libc::SYS_lseek,
-    libc::SYS_fcntl,
-    libc::SYS_rseq,
-];
+impl ThreadKind {
+    pub const ALL: [ThreadKind; 6] = [
+        ThreadKind::Vcpu,
+        ThreadKind::Devices,
+        ThreadKind::StdioRelay,
+        ThreadKind::DnsRelay,
+        ThreadKind::SocketRelay,
+        ThreadKind::VhostWatchdog,
+    ];
 
-/// The device thread also does block I/O, the vsock Unix sockets and virtio-net's TAP
-/// frames (`read`/`write` on the TAP, already in [`COMMON`]; its one ioctl,
-/// `TUNSETOFFLOAD`, runs at activation on a vCPU thread).
-const DEVICES: &[i64] = &[
-    libc::SYS_epoll_wait,
-    libc::SYS_epoll_pwait,
-    libc::SYS_epoll_ctl,
-    libc::SYS_pread64,
-    libc::SYS_pwrite64,
-    libc::SYS_preadv,
-    libc::SYS_pwritev,
-    libc::SYS_preadv2,
-    libc::SYS_pwritev2,
-    libc::SYS_fsync,
-    libc::SYS_fdatasync,
-    libc::SYS_socket,
-    libc::SYS_connect,
-    libc::SYS_accept4,
-    libc::SYS_accept,
-    libc::SYS_shutdown,
-    libc::SYS_sendto,
-    libc::SYS_recvfrom,
-    libc::SYS_sendmsg,
-    libc::SYS_recvmsg,
-    libc::SYS_getsockopt,
-    libc::SYS_setsockopt,
-    libc::SYS_unlink,
-    libc::SYS_unlinkat,
-    libc::SYS_eventfd2,
-    libc::SYS_timerfd_create,
-    libc::SYS_timerfd_settime,
-    libc::SYS_poll,
-    libc::SYS_ppoll,
-];
+    /// The thread's name in reports and listings.
+    pub fn name(self) -> &'static str {
+        match self {
+            ThreadKind::Vcpu => "vcpu",
+            ThreadKind::Devices => "devices",
+            ThreadKind::StdioRelay => "stdio-relay",
+            ThreadKind::DnsRelay => "dns-relay",
+            ThreadKind::SocketRelay => "socket-relay",
+            ThreadKind::VhostWatchdog => "vhost-watchdog",
+        }
+    }
 
-/// A vCPU thread also talks to vhost-user backends (virtiofsd): the driver's activation
-/// and reset of such a device, which the vCPU that wrote `Status` carries out, send
-/// requests (with descriptors) on the backend's socket and read the answers.
-const VCPU: &[i64] = &[libc::SYS_sendmsg, libc::SYS_recvmsg];
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|k| *k == self).unwrap_or(0)
+    }
+}
+
+/// One system call of a thread's list, its alternatives merged across the groups.
+pub struct Entry {
+    pub name: &'static str,
+    pub nr: i64,
+    /// Empty: allowed with any arguments. Otherwise, allowed when every check of one of
+    /// the alternatives holds.
+    pub when: Vec<&'static [rules::Check]>,
+}
+
+/// The allow-list of `kind`, by system call number.
+pub fn entries(kind: ThreadKind) -> Vec<Entry> {
+    let mut by_nr: BTreeMap<i64, Entry> = BTreeMap::new();
+    for a in rules::groups(kind).into_iter().flatten() {
+        let Allowed { name, nr, when } = *a;
+        match by_nr.get_mut(&nr) {
+            // Allowed unconditionally somewhere: stays so.
+            Some(e) if e.when.is_empty() => {}
+            Some(e) if when.is_empty() => e.when.clear(),
+            Some(e) => e.when.extend_from_slice(when),
+            None => {
+                by_nr.insert(
+                    nr,
+                    Entry {
+                        name,
+                        nr,
+                        when: when.to_vec(),
+                    },
+                );
+            }
+        }
+    }
+    by_nr.into_values().collect()
+}
+
+/// The calls every thread makes fail with `EACCES` instead of trapping: `open` and
+/// `openat`. glibc opens files behind the program's back, once per process, from whatever
+/// thread first needs them (`/proc/sys/vm/overcommit_memory` at the first trim of a malloc
+/// heap, `/sys/devices/system/cpu/online` for the ninth malloc arena), and goes on
+/// without them when the open fails. A confined thread that makes such a call gets an
+/// error, never a file: [`DENY_OPEN`]'s filter answers them, stacked on the thread's own
+/// (whose allow-list lets them through to it).
+const DENIED: &[(&str, i64)] = &[("open", libc::SYS_open), ("openat", libc::SYS_openat)];
+
+/// The filter that answers [`DENIED`] with `EACCES` and allows everything else (the
+/// thread's own filter decides that).
+fn deny_open() -> Result<BpfProgram, SeccompError> {
+    let rules = DENIED.iter().map(|(_, nr)| (*nr, vec![])).collect();
+    let f = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EACCES as u32),
+        TargetArch::x86_64,
+    )?;
+    Ok(f.try_into()?)
+}
 
 /// Builds the BPF program for `kind`.
 pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
-    let extra: &[i64] = match kind {
-        ThreadKind::Vcpu => VCPU,
-        ThreadKind::Devices => DEVICES,
-    };
-    let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> =
-        COMMON.iter().chain(extra).map(|&nr| (nr, vec![])).collect();
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    // Failed by the stacked [`deny_open`] filter: they must not trap here.
+    for (_, nr) in DENIED {
+        rules.insert(*nr, vec![]);
+    }
+    for entry in entries(kind) {
+        let mut alternatives = Vec::with_capacity(entry.when.len());
+        for checks in &entry.when {
+            let conditions = checks
+                .iter()
+                .map(|c| {
+                    let op = if c.mask == u64::MAX {
+                        SeccompCmpOp::Eq
+                    } else {
+                        SeccompCmpOp::MaskedEq(c.mask)
+                    };
+                    SeccompCondition::new(c.arg, SeccompCmpArgLen::Dword, op, c.value)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            alternatives.push(SeccompRule::new(conditions)?);
+        }
+        rules.insert(entry.nr, alternatives);
+    }
     let f = SeccompFilter::new(
         rules,
         SeccompAction::Trap,
@@ -117,103 +174,189 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
     Ok(f.try_into()?)
 }
 
-extern "C" fn sigsys_handler(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    // SAFETY: the kernel passes a valid siginfo for SIGSYS; `si_syscall` is the int at
-    // byte offset 24 of it on x86_64 (after signo, errno, code and `si_call_addr`).
-    let nr = unsafe { *(info as *const u8).add(24).cast::<i32>() };
-    const PREFIX: &[u8] = b"runvm: a VMM thread made system call #";
-    const SUFFIX: &[u8] = b", outside its seccomp filter; stopping\n";
-    let mut msg = [0u8; 128];
-    msg[..PREFIX.len()].copy_from_slice(PREFIX);
-    let mut len = PREFIX.len();
-    let mut digits = [0u8; 10];
-    let mut n = nr.unsigned_abs();
-    let mut d = 0;
-    loop {
-        digits[d] = b'0' + (n % 10) as u8;
-        d += 1;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    while d > 0 {
-        d -= 1;
-        msg[len] = digits[d];
-        len += 1;
-    }
-    msg[len..len + SUFFIX.len()].copy_from_slice(SUFFIX);
-    len += SUFFIX.len();
-    // SAFETY: write(2) and _exit(2) are async-signal-safe; the buffer is valid.
-    unsafe {
-        libc::write(2, msg.as_ptr().cast(), len);
-        libc::_exit(159);
-    }
+/// `kind`'s allow-list for people: one line per system call, `name` or
+/// `name: alternative | alternative`, each alternative its checks joined by ` && `.
+pub fn describe(kind: ThreadKind) -> Vec<String> {
+    let denied = DENIED
+        .iter()
+        .map(|(name, _)| format!("{name}: fails with EACCES"));
+    entries(kind)
+        .iter()
+        .map(|e| {
+            if e.when.is_empty() {
+                return e.name.to_string();
+            }
+            let alternatives: Vec<String> = e
+                .when
+                .iter()
+                .map(|checks| {
+                    checks
+                        .iter()
+                        .map(|c| {
+                            if c.mask == u64::MAX {
+                                format!("arg{} == {} ({:#x})", c.arg, c.what, c.value)
+                            } else {
+                                format!(
+                                    "arg{} & {:#x} == {:#x} ({})",
+                                    c.arg, c.mask, c.value, c.what
+                                )
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" && ")
+                })
+                .collect();
+            format!("{}: {}", e.name, alternatives.join(" | "))
+        })
+        .chain(denied)
+        .collect()
 }
 
-/// Installs `program` on the calling thread (after the SIGSYS reporter).
-pub fn apply(program: &BpfProgram) -> Result<(), SeccompError> {
+/// The exit code of a process one of whose threads broke its filter or could not be
+/// confined.
+pub const EXIT_CODE: i32 = 159;
+
+/// Set (debug builds' `RUNVM_NO_SECCOMP`) through [`disable_for_process`].
+static DISABLED: AtomicBool = AtomicBool::new(false);
+
+/// Makes [`enter`] a no-op in this process: only to debug a filter.
+pub fn disable_for_process() {
+    DISABLED.store(true, Ordering::SeqCst);
+}
+
+thread_local! {
+    /// The calling thread's kind once confined (an index into [`ThreadKind::ALL`]), for
+    /// the SIGSYS report.
+    static CONFINED_AS: std::cell::Cell<u8> = const { std::cell::Cell::new(u8::MAX) };
+}
+
+/// `kind`'s program, built once per process.
+fn program(kind: ThreadKind) -> Result<&'static BpfProgram, SeccompError> {
+    static PROGRAMS: [OnceLock<BpfProgram>; ThreadKind::ALL.len()] =
+        [const { OnceLock::new() }; ThreadKind::ALL.len()];
+    let slot = &PROGRAMS[kind.index()];
+    if let Some(p) = slot.get() {
+        return Ok(p);
+    }
+    let built = filter(kind)?;
+    Ok(slot.get_or_init(|| built))
+}
+
+/// Installs `program`, built by [`filter`] for `kind`, on the calling thread (after the
+/// SIGSYS reporter), with the [`deny_open`] filter stacked on it.
+pub fn apply(kind: ThreadKind, program: &BpfProgram) -> Result<(), SeccompError> {
+    static DENY_OPEN: OnceLock<BpfProgram> = OnceLock::new();
+    let deny = match DENY_OPEN.get() {
+        Some(p) => p,
+        None => {
+            let built = deny_open()?;
+            DENY_OPEN.get_or_init(|| built)
+        }
+    };
     vmm_sys_util::signal::register_signal_handler(libc::SIGSYS, sigsys_handler)
         .map_err(|e| SeccompError::Handler(e.into()))?;
+    CONFINED_AS.with(|k| k.set(kind.index() as u8));
+    seccompiler::apply_filter(deny)?;
     seccompiler::apply_filter(program)?;
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn filters_build_for_every_thread_kind() {
-        assert!(!filter(ThreadKind::Vcpu).unwrap().is_empty());
-        assert!(
-            filter(ThreadKind::Devices).unwrap().len() > filter(ThreadKind::Vcpu).unwrap().len()
-        );
+/// Confines the calling thread as `kind` (unless [`disable_for_process`] was called). A
+/// thread that cannot be confined must not go on with guest input: the process logs why
+/// and exits with [`EXIT_CODE`].
+pub fn enter(kind: ThreadKind) {
+    if DISABLED.load(Ordering::SeqCst) {
+        return;
     }
-
-    #[test]
-    fn a_filtered_thread_keeps_working_for_allowed_calls() {
-        let prog = filter(ThreadKind::Devices).unwrap();
-        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
-        let t = std::thread::spawn(move || {
-            apply(&prog).unwrap();
-            let v: Vec<u8> = (0..100_000).map(|i| i as u8).collect();
-            use std::io::{Read, Write};
-            (&a).write_all(&v[..1000]).unwrap();
-            let mut got = [0u8; 1000];
-            (&b).read_exact(&mut got).unwrap();
-            got[999]
-        });
-        assert_eq!(t.join().unwrap(), (999 % 256) as u8);
-    }
-
-    #[test]
-    fn a_call_outside_the_filter_stops_the_process() {
-        let prog = filter(ThreadKind::Vcpu).unwrap();
-        // SAFETY: the child only installs the filter, makes one system call and exits;
-        // the parent waits for it.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0);
-        if pid == 0 {
-            if apply(&prog).is_err() {
-                // SAFETY: leaving the forked child.
-                unsafe { libc::_exit(2) };
-            }
-            // socket(2) is not on a vCPU thread's list.
-            // SAFETY: a plain system call; the filter traps it.
-            unsafe {
-                libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
-                libc::_exit(0);
-            }
-        }
-        let mut status = 0;
-        // SAFETY: waiting for our own child.
-        unsafe { libc::waitpid(pid, &mut status, 0) };
-        assert!(libc::WIFEXITED(status), "status {status:#x}");
-        assert_eq!(
-            libc::WEXITSTATUS(status),
-            159,
-            "the SIGSYS reporter exits with 159"
-        );
+    if let Err(e) = program(kind).and_then(|p| apply(kind, p)) {
+        log::error!("cannot confine the {} thread: {e}; stopping", kind.name());
+        std::process::exit(EXIT_CODE);
     }
 }
+
+/// The name of system call `nr` if some list has it (without allocating: it runs in the
+/// SIGSYS handler).
+fn name_of(nr: i64) -> &'static str {
+    use rules::*;
+    [
+        BASE,
+        SPAWN,
+        VCPU,
+        DEVICES,
+        STDIO_RELAY,
+        RELAY,
+        DNS_RELAY,
+        SOCKET_RELAY,
+        VHOST_WATCHDOG,
+    ]
+    .into_iter()
+    .flatten()
+    .find(|a| a.nr == nr)
+    .map_or("", |a| a.name)
+}
+
+/// A fixed buffer to format the SIGSYS report in without allocating; what does not fit
+/// is cut.
+struct ReportBuf {
+    bytes: [u8; 384],
+    len: usize,
+}
+
+impl std::fmt::Write for ReportBuf {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let n = s.len().min(self.bytes.len() - self.len);
+        self.bytes[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+extern "C" fn sigsys_handler(_: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo for SIGSYS; `si_syscall` is the int at
+    // byte offset 24 of it on x86_64 (after signo, errno, code and `si_call_addr`).
+    let nr = unsafe { *(info as *const u8).add(24).cast::<i32>() };
+    // SAFETY: the handler is installed with SA_SIGINFO, so `ctx` is the interrupted
+    // thread's ucontext; its registers hold the system call's arguments.
+    let args = unsafe {
+        let g = &(*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs;
+        [
+            libc::REG_RDI,
+            libc::REG_RSI,
+            libc::REG_RDX,
+            libc::REG_R10,
+            libc::REG_R8,
+            libc::REG_R9,
+        ]
+        .map(|r| g[r as usize] as u64)
+    };
+    let kind = CONFINED_AS.with(|k| k.get());
+    let mut msg = ReportBuf {
+        bytes: [0; 384],
+        len: 0,
+    };
+    let _ = match ThreadKind::ALL.get(usize::from(kind)) {
+        Some(k) => write!(msg, "runvm: the {} thread", k.name()),
+        // Filters are inherited: a thread started by a confined one.
+        None => write!(msg, "runvm: a thread started by a confined one"),
+    };
+    let _ = writeln!(
+        msg,
+        " made system call {nr} {}({:#x}, {:#x}, {:#x}, {:#x}, {:#x}, {:#x}), outside its \
+         seccomp filter; stopping",
+        name_of(i64::from(nr)),
+        args[0],
+        args[1],
+        args[2],
+        args[3],
+        args[4],
+        args[5]
+    );
+    // SAFETY: write(2) and _exit(2) are async-signal-safe; the buffer is valid.
+    unsafe {
+        libc::write(2, msg.bytes.as_ptr().cast(), msg.len);
+        libc::_exit(EXIT_CODE);
+    }
+}
+
+#[cfg(test)]
+mod tests;

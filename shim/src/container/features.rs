@@ -1,6 +1,11 @@
 //! `features`: what this runvm supports, as the JSON document of the runtime spec's
 //! `features.md` (runc 1.1's `runc features`). Each list says what runvm really applies
 //! today, not what it parses: update it with the code.
+//!
+//! Beside the spec's fields, `annotations` (which runc's consumers read only for the keys
+//! they know) carries the seccomp allow-list of each confined monitor thread, under
+//! `io.github.runvm.seccomp.<thread>`: the system calls, `; `-separated, each with its
+//! argument checks (`vmm::seccomp::describe`).
 
 use anyhow::Result;
 use serde::Serialize;
@@ -62,6 +67,7 @@ pub struct Features {
     hooks: Vec<&'static str>,
     mount_options: &'static [&'static str],
     linux: Linux,
+    annotations: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Serialize)]
@@ -158,8 +164,18 @@ pub fn document() -> Features {
             selinux: Enabled { enabled: false },
             intel_rdt: Enabled { enabled: false },
         },
+        annotations: vmm::seccomp::ThreadKind::ALL
+            .iter()
+            .map(|k| {
+                let key = format!("{SECCOMP_ANNOTATION}{}", k.name());
+                (key, vmm::seccomp::describe(*k).join("; "))
+            })
+            .collect(),
     }
 }
+
+/// The prefix of the annotations that list each monitor thread's seccomp allow-list.
+pub const SECCOMP_ANNOTATION: &str = "io.github.runvm.seccomp.";
 
 /// `runvm features`: prints the document.
 pub fn features() -> Result<i32> {
@@ -181,6 +197,9 @@ mod tests {
         let f: oci_spec::runtime::Features = serde_json::from_str(&text).unwrap();
         assert_eq!(f.oci_version_min(), "1.0.0");
         assert_eq!(f.hooks().as_ref().unwrap().len(), 6);
+        let vcpu = &f.annotations().as_ref().unwrap()["io.github.runvm.seccomp.vcpu"];
+        assert!(vcpu.contains("ioctl: arg1 == KVM_RUN (0xae80)"), "{vcpu}");
+        assert!(!vcpu.contains("socket"), "{vcpu}");
     }
 
     #[test]

@@ -231,6 +231,9 @@ pub fn run_vm(
     stdio: HostStdio,
     launch: Launch,
 ) -> Result<i32, MonitorError> {
+    if !cfg.seccomp {
+        vmm::seccomp::disable_for_process();
+    }
     let (api, ready, state_dir) = match launch {
         Launch::Immediate { api, state_dir } => (api, None, state_dir),
         Launch::OnStart {

@@ -46,6 +46,7 @@ pub fn spawn_output(
     let handle = std::thread::Builder::new()
         .name("runvm-out".into())
         .spawn(move || {
+            vmm::seccomp::enter(vmm::seccomp::ThreadKind::StdioRelay);
             let mut buf = vec![0u8; 64 * 1024];
             let mut total = 0u64;
             let mut host_open = true;
@@ -89,6 +90,7 @@ pub fn spawn_input(input: File, stream: UnixStream) -> std::io::Result<InputRela
     std::thread::Builder::new()
         .name("runvm-stdin".into())
         .spawn(move || {
+            vmm::seccomp::enter(vmm::seccomp::ThreadKind::StdioRelay);
             let mut input = input;
             let mut stream = stream;
             let mut buf = vec![0u8; 64 * 1024];

@@ -49,7 +49,8 @@ pub fn loopback_nameservers_in(file: &crate::in_root::InRoot) -> Vec<String> {
 /// Serves relay connections from the guest on `listener` (the vsock Unix socket of
 /// [`runvm_protocol::DNS_PORT`]) on a thread of its own, for as long as the monitor lives.
 pub fn serve(listener: UnixListener) -> std::io::Result<()> {
-    crate::vsock_service::serve(listener, "dns", MAX_CLIENTS, relay)
+    let kind = vmm::seccomp::ThreadKind::DnsRelay;
+    crate::vsock_service::serve(listener, "dns", kind, MAX_CLIENTS, relay)
 }
 
 fn relay(mut conn: UnixStream) -> Result<(), String> {

@@ -26,9 +26,14 @@ const HEADER_WAIT: Duration = Duration::from_secs(5);
 /// socket of [`runvm_protocol::SOCKET_PORT`], for as long as the monitor lives.
 pub fn serve(listener: UnixListener, sockets: Vec<PathBuf>) -> std::io::Result<()> {
     let sockets = Arc::new(sockets);
-    crate::vsock_service::serve(listener, "socket-relay", MAX_CONNECTIONS, move |conn| {
-        relay(conn, &sockets)
-    })
+    let kind = vmm::seccomp::ThreadKind::SocketRelay;
+    crate::vsock_service::serve(
+        listener,
+        "socket-relay",
+        kind,
+        MAX_CONNECTIONS,
+        move |conn| relay(conn, &sockets),
+    )
 }
 
 fn relay(mut conn: UnixStream, sockets: &[PathBuf]) -> Result<(), String> {

@@ -366,15 +366,17 @@ impl WatchShared {
 }
 
 impl Watchdog {
-    /// Starts the thread (before the VMM's threads are sandboxed: it is the only one that
-    /// shuts sockets down, and it never touches guest input).
+    /// Starts the thread, confined to sleeping and shutting the socket down.
     fn spawn(socket: UnixStream) -> std::io::Result<Self> {
         let shared = Arc::new(WatchShared::default());
         let watched = shared.clone();
         let thread = std::thread::Builder::new()
             .name("runvm-vhost-watchdog".into())
             .stack_size(64 << 10)
-            .spawn(move || watch(&watched, &socket))?;
+            .spawn(move || {
+                crate::seccomp::enter(crate::seccomp::ThreadKind::VhostWatchdog);
+                watch(&watched, &socket)
+            })?;
         Ok(Self {
             shared,
             thread: Some(thread),

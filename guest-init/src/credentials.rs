@@ -58,8 +58,9 @@ impl Credentials {
         Ok(())
     }
 
-    /// Step 2: supplementary groups, gid, uid.
+    /// Step 2: the owner of the stdio, supplementary groups, gid, uid.
     pub fn switch_user(&self) -> Result<()> {
+        give_stdio_to(self.uid)?;
         nix::unistd::setgroups(&self.additional_gids).context("setgroups")?;
         nix::unistd::setgid(self.gid).with_context(|| format!("setgid {}", self.gid))?;
         nix::unistd::setuid(self.uid).with_context(|| format!("setuid {}", self.uid))?;
@@ -89,4 +90,30 @@ impl Credentials {
             None => Ok(()),
         }
     }
+}
+
+/// Makes `uid` the owner of fds 0–2 (the pty slave above all, whose owner `tty` users
+/// and `mesg` check), keeping their group (the devpts `gid=5`), as runc's
+/// `fixStdioPermissions` does: `/dev/null` and what `uid` already owns stay as they are,
+/// and EINVAL or EPERM (an owner the user namespace does not map) leave the fd untouched.
+fn give_stdio_to(uid: Uid) -> Result<()> {
+    let null = nix::sys::stat::stat("/dev/null").ok().map(|s| s.st_rdev);
+    for fd in 0..3 {
+        let Ok(st) = nix::sys::stat::fstat(fd) else {
+            continue;
+        };
+        let is_null = st.st_mode & libc::S_IFMT == libc::S_IFCHR && Some(st.st_rdev) == null;
+        if is_null || st.st_uid == uid.as_raw() {
+            continue;
+        }
+        match nix::unistd::fchown(fd, Some(uid), Some(Gid::from_raw(st.st_gid))) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::EPERM) => {}
+            Err(e) => {
+                return Err(Error::new(format!(
+                    "fchown stdio fd {fd} to uid {uid}: {e}"
+                )))
+            }
+        }
+    }
+    Ok(())
 }

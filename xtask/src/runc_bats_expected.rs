@@ -34,7 +34,7 @@ pub enum Outcome {
 pub type Run = BTreeMap<String, BTreeMap<String, Outcome>>;
 
 /// What runvm is expected to do in one file.
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Expected {
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub pass: BTreeSet<String>,
@@ -89,9 +89,10 @@ impl Record {
     /// A record of `runvm`'s results, keeping the reasons of `old` for every test runvm
     /// still does not pass; a test runc passes and runvm does not, that `old` has no reason
     /// for, gets the placeholder the check refuses. A test runc ran that runvm did not (its
-    /// file stopped early) is recorded as failing.
+    /// file stopped early) is recorded as failing. Files the run did not include (`--only`)
+    /// keep their old record.
     pub fn from_run(old: &Record, runvm: &Run, runc: &Run) -> Record {
-        let mut files = BTreeMap::new();
+        let mut files = old.files.clone();
         for (file, tests) in runvm {
             let prev = old.files.get(file);
             let mut e = Expected {
@@ -312,6 +313,22 @@ mod tests {
             .notes
             .iter()
             .any(|n| n.starts_with("a.bats: \"x\" passes now and is not recorded")));
+    }
+
+    #[test]
+    fn a_run_of_some_files_keeps_the_record_of_the_others() {
+        let rc = run(&[("a.bats", &[("x", Pass)]), ("b.bats", &[("y", Pass)])]);
+        let vm = run(&[("a.bats", &[("x", Fail)]), ("b.bats", &[("y", Pass)])]);
+        let mut old = Record::from_run(&Record::default(), &vm, &rc);
+        old.files
+            .get_mut("a.bats")
+            .unwrap()
+            .why
+            .insert("x".into(), "a reason".into());
+        let only_b = run(&[("b.bats", &[("y", Fail)])]);
+        let rec = Record::from_run(&old, &only_b, &rc);
+        assert_eq!(rec.files["a.bats"], old.files["a.bats"]);
+        assert!(rec.files["b.bats"].fail.contains("y"));
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod delete;
 pub mod events;
 pub mod exec;
 pub mod features;
+mod hook_runner;
 pub mod kill;
 pub mod list;
 pub mod pause;

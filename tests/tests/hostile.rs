@@ -975,12 +975,20 @@ fn descriptors(pid: i32) -> BTreeMap<i32, String> {
 }
 
 /// Whether a monitor's descriptor above 2 is one it may hold: KVM's, eventfds and the
-/// like, sockets (vsock, API, virtiofsd), pipes (the guard's, virtiofsd's log), the TAP
-/// device, the terminal, and directories of its own state under `root`.
-fn expected_descriptor(target: &str, root: &Path) -> bool {
-    ["anon_inode:", "socket:[", "pipe:[", "/dev/pts/"]
-        .iter()
-        .any(|p| target.starts_with(p))
+/// like, sockets (vsock, API, virtiofsd), pipes (the guard's, virtiofsd's log), the
+/// guest's memory, the TAP device, the terminal, copies of its stdio `stdio`, and
+/// directories of its own state under `root`.
+fn expected_descriptor(target: &str, root: &Path, stdio: &[&String]) -> bool {
+    [
+        "anon_inode:",
+        "socket:[",
+        "pipe:[",
+        "/dev/pts/",
+        "/memfd:runvm-guest-ram",
+    ]
+    .iter()
+    .any(|p| target.starts_with(p))
+        || stdio.iter().any(|s| s.as_str() == target)
         || ["/dev/kvm", "/dev/net/tun", "/dev/null", "/dev/ptmx"].contains(&target)
         || Path::new(target).starts_with(root)
 }
@@ -1024,9 +1032,10 @@ fn assert_jailed_then_lifecycle(root: &StateRoot, id: &str, pid: i32, leak: &Pat
         !fds.values().any(|t| Path::new(t) == leak),
         "the monitor kept the descriptor its caller leaked: {shown}"
     );
+    let stdio: Vec<&String> = (0..3).filter_map(|fd| fds.get(&fd)).collect();
     let unexpected: Vec<_> = fds
         .iter()
-        .filter(|(fd, t)| **fd > 2 && !expected_descriptor(t, root.path()))
+        .filter(|(fd, t)| **fd > 2 && !expected_descriptor(t, root.path(), &stdio))
         .collect();
     assert!(
         unexpected.is_empty(),

@@ -913,3 +913,252 @@ fn an_open_flood_stays_in_virtiofsds_limit_and_disturbs_no_other_container() {
     );
     root.assert_clean(Duration::from_secs(5));
 }
+
+/// The capability and `no_new_privs` lines of every thread of process `pid`: those that
+/// show a privilege (a capability set that is not empty, `NoNewPrivs` not 1), as
+/// `tid name: line`, and how many threads were read.
+fn privileged_threads(pid: i32) -> (Vec<String>, usize) {
+    let mut found = Vec::new();
+    let mut threads = 0;
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the monitor's threads");
+    for task in tasks.flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        threads += 1;
+        let name = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Name:"))
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let mut seen = 0;
+        for line in status.lines() {
+            let Some((key, value)) = line.split_once(':') else {
+                continue;
+            };
+            let value = value.trim();
+            let bad = match key {
+                "CapInh" | "CapPrm" | "CapEff" | "CapBnd" | "CapAmb" => {
+                    seen += 1;
+                    u64::from_str_radix(value, 16) != Ok(0)
+                }
+                "NoNewPrivs" => {
+                    seen += 1;
+                    value != "1"
+                }
+                _ => false,
+            };
+            if bad {
+                found.push(format!(
+                    "{} {name}: {line}",
+                    task.file_name().to_string_lossy()
+                ));
+            }
+        }
+        assert_eq!(seen, 6, "thread {name}: missing lines in {status}");
+    }
+    (found, threads)
+}
+
+/// What the descriptors of process `pid` point to, by number.
+fn descriptors(pid: i32) -> BTreeMap<i32, String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the monitor's descriptors")
+        .flatten()
+        .filter_map(|e| {
+            let fd = e.file_name().to_str()?.parse().ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            Some((fd, target.to_string_lossy().into_owned()))
+        })
+        .collect()
+}
+
+/// Whether a monitor's descriptor above 2 is one it may hold: KVM's, eventfds and the
+/// like, sockets (vsock, API, virtiofsd), pipes (the guard's, virtiofsd's log), the
+/// guest's memory, the TAP device, the terminal, copies of its stdio `stdio`, and
+/// directories of its own state under `root`.
+fn expected_descriptor(target: &str, root: &Path, stdio: &[&String]) -> bool {
+    [
+        "anon_inode:",
+        "socket:[",
+        "pipe:[",
+        "/dev/pts/",
+        "/memfd:runvm-guest-ram",
+    ]
+    .iter()
+    .any(|p| target.starts_with(p))
+        || stdio.iter().any(|s| s.as_str() == target)
+        || ["/dev/kvm", "/dev/net/tun", "/dev/null", "/dev/ptmx"].contains(&target)
+        || Path::new(target).starts_with(root)
+}
+
+/// `runvm create` whose monitor inherits a descriptor its caller leaked (not
+/// close-on-exec, number 9) to the file `leak`.
+fn create_with_leaked_descriptor(root: &StateRoot, b: &Bundle, id: &str, leak: &Path) -> i32 {
+    let file = std::fs::File::create(leak).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    let mut cmd = root.command(&[]);
+    // SAFETY: dup2 is async-signal-safe; the copy (fd 9) is not close-on-exec, as a
+    // caller's leaked descriptor would be.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            if libc::dup2(fd, 9) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let (out, pid) = create_with(cmd, b, id);
+    drop(file);
+    assert_eq!(code(&out), 0, "create: {}", stderr(&out));
+    pid.expect("create wrote no pid file")
+}
+
+/// The running monitor `pid` of `id`: no thread keeps a capability or lacks
+/// `no_new_privs`, it holds only descriptors it needs (not the leaked `leak`, KVM's, and
+/// `/dev/net/tun` if `tap`); then exec, kill and delete still work and leave nothing.
+fn assert_jailed_then_lifecycle(root: &StateRoot, id: &str, pid: i32, leak: &Path, tap: bool) {
+    let (privileged, threads) = privileged_threads(pid);
+    assert!(
+        privileged.is_empty(),
+        "threads of the monitor with privileges: {privileged:#?}"
+    );
+    // The main thread, the VMM's, its device and vCPU threads at least.
+    assert!(threads >= 4, "only {threads} threads read");
+    let fds = descriptors(pid);
+    let shown = format!("{fds:#?}");
+    assert!(
+        !fds.values().any(|t| Path::new(t) == leak),
+        "the monitor kept the descriptor its caller leaked: {shown}"
+    );
+    let stdio: Vec<&String> = (0..3).filter_map(|fd| fds.get(&fd)).collect();
+    let unexpected: Vec<_> = fds
+        .iter()
+        .filter(|(fd, t)| **fd > 2 && !expected_descriptor(t, root.path(), &stdio))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "unexpected descriptors {unexpected:?} in {shown}"
+    );
+    assert!(fds.values().any(|t| t == "/dev/kvm"), "{shown}");
+    assert!(
+        fds.values().any(|t| t.starts_with("anon_inode:kvm-vm")),
+        "{shown}"
+    );
+    assert_eq!(fds.values().any(|t| t == "/dev/net/tun"), tap, "{shown}");
+
+    // The unprivileged monitor still serves exec, kill and delete.
+    let out = root.cmd(&["exec", id, "echo", "exec after the drop"]);
+    assert_eq!(code(&out), 0, "exec: {}", stderr(&out));
+    assert_eq!(stdout(&out), "exec after the drop\n");
+    let out = root.cmd(&["kill", id, "KILL"]);
+    assert_eq!(code(&out), 0, "kill: {}", stderr(&out));
+    assert_eq!(reap(pid, BOUND), 137);
+}
+
+#[test]
+#[ignore = "boots a guest: run through `cargo xtask guest-test hostile`"]
+fn the_running_monitor_keeps_no_privilege_and_no_inherited_descriptor() {
+    let root = StateRoot::new();
+    let b = Bundle::new(&["sh", "-c", "echo up; exec sleep 600"]);
+    let leak = b.path().join("leaked-descriptor");
+    let pid = create_with_leaked_descriptor(&root, &b, "jailed", &leak);
+    let out = root.cmd(&["start", "jailed"]);
+    assert_eq!(code(&out), 0, "start: {}", stderr(&out));
+    b.wait_for_stdout("up", Duration::from_secs(60));
+    // A new namespace with loopback only: no TAP.
+    assert_jailed_then_lifecycle(&root, "jailed", pid, &leak, false);
+    let del = root.cmd(&["delete", "jailed"]);
+    assert_eq!(code(&del), 0, "delete: {}", stderr(&del));
+    root.assert_clean(Duration::from_secs(5));
+}
+
+/// A network namespace with a veth `eth0` (its peer on the host), removed on drop.
+struct VethNamespace {
+    name: String,
+    peer: String,
+}
+
+impl VethNamespace {
+    fn new() -> Self {
+        let n = std::process::id() % 10_000;
+        let (name, peer) = (format!("rvpriv-{n}"), format!("rvpv{n}"));
+        let script = format!(
+            "ip netns add {name} && ip -n {name} link set lo up && \
+             ip link add {peer} type veth peer name rvpt{n} && ip link set {peer} up && \
+             ip link set rvpt{n} netns {name} && ip -n {name} link set rvpt{n} name eth0 && \
+             ip -n {name} addr add 10.213.0.2/24 dev eth0 && ip -n {name} link set eth0 up"
+        );
+        let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { name, peer }
+    }
+
+    fn sh(&self, cmd: &str) -> String {
+        let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// What runvm changes in the namespace: its links, its qdiscs, its port range.
+    fn plumbing(&self) -> String {
+        let n = &self.name;
+        self.sh(&format!(
+            "ip -n {n} -o link | grep -o 'runvm-tap[0-9]*'; tc -n {n} qdisc show | grep ingress; \
+             ip netns exec {n} cat /proc/sys/net/ipv4/ip_local_port_range"
+        ))
+    }
+}
+
+impl Drop for VethNamespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.peer])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+#[test]
+#[ignore = "boots a guest: run through `cargo xtask guest-test hostile`"]
+fn a_monitor_with_a_network_keeps_no_privilege_and_its_guard_undoes_the_network() {
+    let ns = VethNamespace::new();
+    let before = ns.plumbing();
+    let root = StateRoot::new();
+    let b = Bundle::new(&["sh", "-c", "echo up; exec sleep 600"]);
+    let path = format!("/run/netns/{}", ns.name);
+    b.edit_config(|v| {
+        for n in v["linux"]["namespaces"].as_array_mut().unwrap() {
+            if n["type"] == "network" {
+                n["path"] = path.clone().into();
+            }
+        }
+    });
+    let leak = b.path().join("leaked-descriptor");
+    let pid = create_with_leaked_descriptor(&root, &b, "jailed-net", &leak);
+    let out = root.cmd(&["start", "jailed-net"]);
+    assert_eq!(code(&out), 0, "start: {}", stderr(&out));
+    b.wait_for_stdout("up", Duration::from_secs(60));
+    let running = ns.plumbing();
+    assert!(
+        running.contains("runvm-tap0") && running.contains("ingress"),
+        "the network is not mirrored: {running}"
+    );
+    assert_jailed_then_lifecycle(&root, "jailed-net", pid, &leak, true);
+    // The monitor could not undo its tc rules itself: its guard did, before it exited.
+    assert_eq!(
+        ns.plumbing(),
+        before,
+        "left in the namespace after the monitor's exit"
+    );
+    let del = root.cmd(&["delete", "jailed-net"]);
+    assert_eq!(code(&del), 0, "delete: {}", stderr(&del));
+    root.assert_clean(Duration::from_secs(5));
+}

@@ -10,6 +10,7 @@ pub mod delete;
 pub mod events;
 pub mod exec;
 pub mod features;
+mod hook_runner;
 pub mod kill;
 pub mod list;
 pub mod pause;
@@ -176,10 +177,15 @@ pub fn enter_network_and_guard(
     crate::network::namespace::enter(&p.spec.network)?;
     let record = crate::monitor::network_record(&p.runtime_dir());
     let state_dir = p.dir.clone();
-    let guard = crate::monitor::guard::spawn_with(dir, move || {
-        crate::network::mirror::teardown_recorded(&record);
-        crate::cgroup::remove_recorded(&state_dir);
-    })
+    let undo = record.clone();
+    let guard = crate::monitor::guard::spawn_with(
+        dir,
+        move || crate::network::mirror::teardown_recorded(&undo),
+        move || {
+            crate::network::mirror::teardown_recorded(&record);
+            crate::cgroup::remove_recorded(&state_dir);
+        },
+    )
     .context("cannot start the cleanup guard")?;
     // After the guard's fork: the guard stays out of the cgroup it removes.
     let res = &p.spec.linux.resources;

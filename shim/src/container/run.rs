@@ -13,11 +13,12 @@
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use liboci_cli::Run;
 
+use super::hook_runner::HookRunner;
 use crate::cgroup::PathSyntax;
 use crate::hooks::HookKind;
 use crate::host_process;
@@ -70,7 +71,6 @@ fn run_foreground(root: &Path, cgroups: PathSyntax, args: &Run) -> Result<i32> {
             return Err(e);
         }
     };
-    let container = Arc::new(container);
     let pid = std::process::id() as i32;
     let before = super::create::run_create_hooks(&container, pid)
         .and_then(|()| container.run(HookKind::StartContainer, "created", pid));
@@ -78,30 +78,33 @@ fn run_foreground(root: &Path, cgroups: PathSyntax, args: &Run) -> Result<i32> {
         let state = super::create::state_of(&p, pid);
         state.save(&p.root).map_err(anyhow::Error::from)
     });
-    if let Err(e) = saved {
-        let _ = std::fs::remove_dir_all(&p.dir);
-        drop(guard);
-        container.run_warn(HookKind::Poststop, "stopped", 0);
-        return Err(anyhow::anyhow!("cannot run container {:?}: {e}", p.id));
-    }
-    // poststart runs beside the monitor's loop, which must not wait for it.
-    let poststart: Arc<Mutex<Option<std::thread::JoinHandle<()>>>> = Default::default();
-    if container
-        .hooks
-        .as_ref()
-        .is_some_and(|h| !HookKind::Poststart.of(h).is_empty())
-    {
-        let (c, slot) = (container.clone(), poststart.clone());
-        p.config.on_started = Some(Box::new(move || {
-            let c = c.clone();
-            let thread = std::thread::Builder::new()
-                .name("runvm-poststart".into())
-                .spawn(move || c.run_warn(HookKind::Poststart, "running", pid));
-            match thread {
-                Ok(t) => *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(t),
-                Err(e) => log::warn!("cannot run the poststart hooks: {e}"),
-            }
-        }));
+    // The hooks after the start run in a process that keeps runvm's privileges: this
+    // process, the monitor, drops its own before the guest boots.
+    let after_start = |h: &oci_spec::runtime::Hooks| {
+        !HookKind::Poststart.of(h).is_empty() || !HookKind::Poststop.of(h).is_empty()
+    };
+    let runner = saved.and_then(|()| {
+        if !container.hooks.as_ref().is_some_and(after_start) {
+            return Ok(None);
+        }
+        HookRunner::spawn(&container, pid, &[api_listener.as_raw_fd()])
+            .map(|r| Some(Arc::new(r)))
+            .map_err(|e| {
+                anyhow::anyhow!("cannot fork the runner of its poststart and poststop hooks: {e}")
+            })
+    });
+    let runner = match runner {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&p.dir);
+            drop(guard);
+            container.run_warn(HookKind::Poststop, "stopped", 0);
+            return Err(anyhow::anyhow!("cannot run container {:?}: {e}", p.id));
+        }
+    };
+    if let Some(r) = runner.clone() {
+        // poststart runs beside the monitor's loop, which must not wait for it.
+        p.config.on_started = Some(Box::new(move || r.poststart()));
     }
     let runtime_dir = p.runtime_dir();
     let mut raw_mode = None;
@@ -150,11 +153,11 @@ fn run_foreground(root: &Path, cgroups: PathSyntax, args: &Run) -> Result<i32> {
         let _ = std::fs::remove_dir_all(&p.dir);
     }
     drop(guard);
-    let thread = poststart.lock().unwrap_or_else(|e| e.into_inner()).take();
-    if let Some(t) = thread {
-        let _ = t.join();
+    match runner {
+        // After the poststart hooks, if they still run.
+        Some(r) => r.poststop(),
+        None => container.run_warn(HookKind::Poststop, "stopped", 0),
     }
-    container.run_warn(HookKind::Poststop, "stopped", 0);
     result
 }
 

@@ -8,7 +8,8 @@
 //! guest's hello ([`hello`]), the running container ([`session`]) with its process table
 //! ([`process`]), exec requests ([`exec`]) and control requests ([`control`]). Beside
 //! them: host terminals [`tty`], byte relays [`stdio`], the host API's messages [`api`],
-//! waiting on descriptors [`poll`], reading the guest's bytes [`untrusted`].
+//! waiting on descriptors [`poll`], reading the guest's bytes [`untrusted`], and what the
+//! monitor keeps once the VM is set up ([`privileges`]: nothing but its descriptors).
 
 pub mod api;
 mod control;
@@ -18,6 +19,7 @@ mod hello;
 mod plumbing;
 mod poll;
 mod prestart;
+pub mod privileges;
 pub mod process;
 mod session;
 mod stdio;
@@ -116,6 +118,8 @@ pub enum MonitorError {
     Virtiofsd(#[from] crate::share::daemon::DaemonError),
     #[error(transparent)]
     Network(#[from] crate::network::NetworkError),
+    #[error("cannot drop the monitor's privileges, so the guest was not started: {0}")]
+    Privileges(#[from] privileges::PrivilegeError),
 }
 
 /// How to build and run one container's VM.
@@ -339,10 +343,21 @@ fn run_started(
 ) -> Result<i32, Failed> {
     // Dropped (sockets closed, network undone) when this function returns, after the VM
     // has stopped.
-    let (plumbing, vm_config) = match Plumbing::set_up(cfg, &mut run) {
+    let (mut plumbing, vm_config) = match Plumbing::set_up(cfg, &mut run) {
         Ok(set_up) => set_up,
         Err(error) => return Err(Failed::start_waits(error, start)),
     };
+    // Nothing from here on needs a privilege, and no thread of the monitor's has started
+    // yet (but virtiofsd's log reader, which drops its own): drop them all now, before
+    // any guest byte is read. The network's teardown, which needs CAP_NET_ADMIN, is the
+    // cleanup guard's from now on.
+    plumbing.hand_over();
+    let dropped = privileges::drop_all(&stdio.raw_fds())
+        .map_err(MonitorError::from)
+        .and_then(|()| plumbing.serve(cfg));
+    if let Err(error) = dropped {
+        return Err(Failed::start_waits(error, start));
+    }
     let booted = Vmm::new(vm_config)
         .map_err(MonitorError::from)
         .and_then(RunningVm::start);

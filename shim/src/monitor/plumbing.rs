@@ -3,9 +3,15 @@
 //! filesystem and binds) with the relays of its bind-mounted sockets, the container's
 //! network mirrored into the guest with a DNS relay for its loopback nameservers, and the
 //! [`VmConfig`] of the VM.
+//!
+//! In two steps around the monitor's privilege drop ([`super::privileges`]): [`Plumbing::set_up`]
+//! does what needs privileges and starts no thread of the monitor's; [`Plumbing::hand_over`]
+//! leaves the network's teardown to the cleanup guard; [`Plumbing::serve`], after the drop,
+//! starts the relays' threads, which so inherit no privilege.
 
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use runvm_protocol::{
     HostMessage, NetworkSpec, CONTROL_PORT, DNS_PORT, SHARE_TAG, SOCKET_PORT, STREAM_PORT,
@@ -27,11 +33,22 @@ pub(super) struct Plumbing {
     pub(super) control: UnixListener,
     /// [`STREAM_PORT`]: the stdio streams of the guest's processes.
     pub(super) streams: UnixListener,
-    /// The TAPs and tc rules of the mirrored network, undone when dropped.
-    _mirror: Mirror,
+    /// The TAPs and tc rules of the mirrored network, undone when dropped; `None` once
+    /// handed over to the cleanup guard.
+    mirror: Option<Mirror>,
+    /// The guard undoes the network when this is dropped (it was handed over with
+    /// something to undo).
+    guard_undoes_network: bool,
+    /// The listeners of the relays [`Plumbing::serve`] starts: the bind-mounted sockets'
+    /// and the DNS forwarder's.
+    socket_relay: Option<UnixListener>,
+    dns_relay: Option<UnixListener>,
     /// virtiofsd, killed when dropped (after the VM, which is its only client).
     _virtiofsd: Virtiofsd,
 }
+
+/// How long the monitor waits for the cleanup guard to undo the network.
+const GUARD_UNDO_WAIT: Duration = Duration::from_secs(10);
 
 impl Plumbing {
     /// Sets up everything the VM needs at start, completes `run` with the bind-mounted
@@ -68,10 +85,11 @@ impl Plumbing {
             &cfg.bounding_caps,
             &owners,
         )?;
-        if !cfg.share.sockets.is_empty() {
-            let relay_listener = UnixListener::bind(port_path(SOCKET_PORT)).map_err(setup)?;
-            crate::share::relay::serve(relay_listener, cfg.share.sockets.clone()).map_err(setup)?;
-        }
+        let socket_relay = if cfg.share.sockets.is_empty() {
+            None
+        } else {
+            Some(UnixListener::bind(port_path(SOCKET_PORT)).map_err(setup)?)
+        };
 
         // The network namespace is as Docker left it: mirror it into the guest.
         let mut mirror = Mirror::setup(&network_record(&cfg.runtime_dir))?;
@@ -81,10 +99,11 @@ impl Plumbing {
         } else {
             crate::network::dns::loopback_nameservers_in(&cfg.resolv_conf)
         };
-        if !dns_forward.is_empty() {
-            let dns_listener = UnixListener::bind(port_path(DNS_PORT)).map_err(setup)?;
-            crate::network::dns::serve(dns_listener).map_err(setup)?;
-        }
+        let dns_relay = if dns_forward.is_empty() {
+            None
+        } else {
+            Some(UnixListener::bind(port_path(DNS_PORT)).map_err(setup)?)
+        };
         if let HostMessage::Run { network, .. } = run {
             *network = NetworkSpec {
                 interfaces: mirror.interfaces().to_vec(),
@@ -96,10 +115,48 @@ impl Plumbing {
             _sockets: sockets,
             control,
             streams,
-            _mirror: mirror,
+            mirror: Some(mirror),
+            guard_undoes_network: false,
+            socket_relay,
+            dns_relay,
             _virtiofsd: virtiofsd,
         };
         Ok((plumbing, vm))
+    }
+
+    /// Leaves the network's teardown to the cleanup guard, which keeps the privilege to
+    /// do it: asked when this is dropped (the VM has stopped), or when the monitor dies.
+    pub(super) fn hand_over(&mut self) {
+        if let Some(mirror) = self.mirror.take() {
+            self.guard_undoes_network = !mirror.is_empty();
+            mirror.hand_over();
+        }
+    }
+
+    /// Starts the relays' threads (after the privilege drop: they inherit none).
+    pub(super) fn serve(&mut self, cfg: &MonitorConfig) -> Result<(), MonitorError> {
+        let setup = |source| MonitorError::Setup {
+            dir: cfg.runtime_dir.clone(),
+            source,
+        };
+        if let Some(listener) = self.socket_relay.take() {
+            crate::share::relay::serve(listener, cfg.share.sockets.clone()).map_err(setup)?;
+        }
+        if let Some(listener) = self.dns_relay.take() {
+            crate::network::dns::serve(listener).map_err(setup)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Plumbing {
+    fn drop(&mut self) {
+        if self.guard_undoes_network {
+            if let Err(e) = super::guard::request_undo(GUARD_UNDO_WAIT) {
+                // The record stays: the guard undoes it when the monitor has gone.
+                log::warn!("the cleanup guard did not undo the container's network now ({e}); it will once the monitor exits");
+            }
+        }
     }
 }
 

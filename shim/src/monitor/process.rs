@@ -42,6 +42,19 @@ impl HostStdio {
         })
     }
 
+    /// The descriptors of the host's stdio.
+    pub fn raw_fds(&self) -> Vec<i32> {
+        use std::os::fd::AsRawFd;
+        match self {
+            Self::Pipes {
+                stdin,
+                stdout,
+                stderr,
+            } => vec![stdin.as_raw_fd(), stdout.as_raw_fd(), stderr.as_raw_fd()],
+            Self::Terminal { input, output } => vec![input.as_raw_fd(), output.as_raw_fd()],
+        }
+    }
+
     pub fn is_terminal(&self) -> bool {
         matches!(self, Self::Terminal { .. })
     }

@@ -23,7 +23,10 @@
 //! Teardown deletes the veths' ingress qdiscs (their filters go with them), the TAPs and
 //! restores the port range. It runs when the [`Mirror`] is dropped, and from the cleanup
 //! guard (via the record file written before each change) if the monitor is killed; a
-//! TAP also vanishes by itself when the monitor's descriptor closes.
+//! TAP also vanishes by itself when the monitor's descriptor closes. Once the monitor
+//! has dropped its privileges (and with them `CAP_NET_ADMIN`), it hands the teardown
+//! over ([`Mirror::hand_over`]): the guard runs it from the record, on the monitor's
+//! request when the VM has stopped, or when the monitor has gone.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -63,6 +66,8 @@ pub struct Mirror {
     record: Record,
     nics: Vec<NetConfig>,
     interfaces: Vec<InterfaceSpec>,
+    /// The record is someone else's to undo ([`Mirror::hand_over`]).
+    handed_over: bool,
 }
 
 fn mirror_err(name: &str) -> impl Fn(runvm_netlink::Error) -> NetworkError + '_ {
@@ -105,6 +110,7 @@ impl Mirror {
             record: Record::default(),
             nics: Vec::new(),
             interfaces: Vec::new(),
+            handed_over: false,
         };
         match m.setup_all() {
             Ok(()) => Ok(m),
@@ -262,6 +268,19 @@ impl Mirror {
         &self.interfaces
     }
 
+    /// Whether nothing was changed in the namespace (nothing to undo).
+    pub fn is_empty(&self) -> bool {
+        let r = &self.record;
+        r.veths.is_empty() && r.taps.is_empty() && r.port_range.is_none()
+    }
+
+    /// Leaves the teardown to whoever undoes the record file ([`teardown_recorded`]: the
+    /// cleanup guard), for a process about to lose the privilege to do it itself: when
+    /// dropped, the mirror then leaves the namespace and its record as they are.
+    pub fn hand_over(mut self) {
+        self.handed_over = true;
+    }
+
     /// Undoes everything recorded (idempotent).
     pub fn teardown(&mut self) {
         self.nics.clear();
@@ -273,7 +292,9 @@ impl Mirror {
 
 impl Drop for Mirror {
     fn drop(&mut self) {
-        self.teardown();
+        if !self.handed_over {
+            self.teardown();
+        }
     }
 }
 
@@ -466,6 +487,19 @@ mod tests {
             assert_eq!(state(&mut s), before, "drop undoes everything");
             assert!(!qdiscs("eth0").contains("ingress"));
             assert!(!record.exists());
+
+            // The mirror is handed over (the monitor drops its privileges): dropping it
+            // leaves everything to the record, which the guard undoes.
+            let mut m = Mirror::setup(&record).unwrap();
+            let nics = m.take_nics();
+            assert!(!m.is_empty());
+            m.hand_over();
+            assert!(record.exists());
+            assert!(qdiscs("eth0").contains("ingress"), "left as it was");
+            teardown_recorded(&record);
+            assert_eq!(state(&mut s), before, "the record undoes everything");
+            assert!(!record.exists());
+            drop(nics);
 
             // The monitor dies (its Mirror never drops): the guard undoes the record.
             let mut m = Mirror::setup(&record).unwrap();

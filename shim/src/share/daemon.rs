@@ -301,6 +301,10 @@ impl Virtiofsd {
             let spawned = std::thread::Builder::new()
                 .name("runvm-virtiofsd-log".into())
                 .spawn(move || {
+                    // Started before the monitor's privilege drop, which waits for this.
+                    if let Err(e) = crate::monitor::privileges::drop_in_this_thread() {
+                        log::warn!("virtiofsd's log reader keeps its privileges: {e}");
+                    }
                     for line in BufReader::new(err).lines().map_while(Result::ok).take(1000) {
                         log::warn!("virtiofsd: {line}");
                     }

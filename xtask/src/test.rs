@@ -390,6 +390,13 @@ pub const CI_BATS_FILES: &[&str] = &[
     "cwd",
     "root",
     "mounts",
+    "mounts_recursive",
+    "mask",
+    "no_pivot",
+    "ps",
+    "events",
+    "seccomp",
+    "debug",
 ];
 
 /// The integration test binaries (in `tests/tests/`) that need the runvm binary but boot

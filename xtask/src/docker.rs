@@ -1,19 +1,20 @@
 //! `cargo xtask bench docker [--runs N]`: end-to-end latency of `docker run --rm busybox
-//! true` under runvm next to runc (and crun where Docker can run it), measured in one
+//! true`, of `docker stop -t 1` of a container whose PID 1 ignores TERM and of `docker
+//! kill`, under runvm next to runc (and crun where Docker can run it), measured in one
 //! run in the same place: the host when guests boot on its KVM, else the nested test host
 //! (whose CPU is emulated: only the ratios mean something there).
 //!
 //! The daemon is the acceptance suites' own (`runvm_tests::docker::World`: a private
 //! dockerd with runvm registered and a busybox image made from busybox-static), so the
 //! benchmark measures exactly what the tests drive. Runs are interleaved (runc, runvm,
-//! crun, runc, …) after one warm-up run of each, for two networks: `--network none` and
-//! the default bridge. The outer process writes `bench/docker.md` and `bench/docker.json`.
+//! crun, runc, …) after one warm-up run of each; `run` on two networks (`--network none`
+//! and the default bridge), stop and kill with `--network none`. The outer process writes `bench/docker.md` and `bench/docker.json`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use runvm_tests::docker::{find_in_path, Engine, World};
+use runvm_tests::docker::{find_in_path, Cli, Engine, Out, World};
 use serde_json::{json, Value};
 
 use crate::guests::{GuestSetup, Place};
@@ -104,6 +105,90 @@ fn measure(runs: usize) -> Result<Value> {
     result
 }
 
+/// What one sample times, for one runtime.
+#[derive(Clone, Copy)]
+enum Case {
+    /// `docker run --rm busybox true` on a network.
+    Run(Option<&'static str>),
+    /// `docker stop -t 1` of a container whose PID 1 ignores TERM (Docker sends TERM,
+    /// waits a second, then KILL, and returns once the container has exited).
+    Stop,
+    /// `docker kill` of a running container (returns once it has exited).
+    Kill,
+}
+
+impl Case {
+    /// (operation, network) as the table shows them.
+    fn labels(self) -> (&'static str, &'static str) {
+        let net = |n: Option<&str>| {
+            NETWORKS
+                .iter()
+                .find(|(_, v)| *v == n)
+                .map_or("?", |(l, _)| *l)
+        };
+        match self {
+            Self::Run(n) => ("docker run --rm busybox true", net(n)),
+            Self::Stop => ("docker stop -t 1 (PID 1 ignores TERM)", net(Some("none"))),
+            Self::Kill => ("docker kill", net(Some("none"))),
+        }
+    }
+
+    /// Times the case under `--runtime=rt`: milliseconds, or the error's last line.
+    fn sample(self, cli: &Cli, rt: &str) -> Result<f64, String> {
+        let runtime = format!("--runtime={rt}");
+        let checked = |out: Out| {
+            if out.code == 0 {
+                Ok(out)
+            } else {
+                Err(out
+                    .stderr
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("")
+                    .trim()
+                    .to_string())
+            }
+        };
+        let long = Duration::from_secs(300);
+        match self {
+            Self::Run(net) => {
+                let network = net.map(|n| format!("--network={n}"));
+                let mut args = vec!["run", "--rm", runtime.as_str()];
+                args.extend(network.as_deref());
+                args.extend(["busybox", "true"]);
+                checked(cli.cmd_timeout(&args, long)).map(|o| o.elapsed.as_secs_f64() * 1e3)
+            }
+            Self::Stop | Self::Kill => {
+                // PID 1 of a PID namespace ignores TERM unless it handles it: sleep does not.
+                let started = checked(cli.cmd_timeout(
+                    &[
+                        "run",
+                        "-d",
+                        &runtime,
+                        "--network=none",
+                        "busybox",
+                        "sleep",
+                        "1000",
+                    ],
+                    long,
+                ))?;
+                let id = started.text().to_string();
+                let verb: &[&str] = match self {
+                    Self::Stop => &["stop", "-t", "1"],
+                    _ => &["kill"],
+                };
+                let mut args = verb.to_vec();
+                args.push(&id);
+                let timed = checked(cli.cmd_timeout(&args, long));
+                let removed = checked(cli.cmd_timeout(&["rm", "-f", &id], long));
+                let ms = timed?.elapsed.as_secs_f64() * 1e3;
+                removed.map(|_| ms)
+            }
+        }
+    }
+}
+
 fn measure_with(world: &World, runs: usize) -> Result<Value> {
     let cli = world.cli();
     let mut runtimes = vec!["runc", "runvm"];
@@ -111,51 +196,39 @@ fn measure_with(world: &World, runs: usize) -> Result<Value> {
         runtimes.push("crun");
     }
     let version = cli.cmd(&["version", "--format", "{{.Server.Version}}"]);
-    let mut samples: Vec<Vec<Vec<f64>>> = vec![vec![vec![]; runtimes.len()]; NETWORKS.len()];
-    let mut errors: Vec<Vec<Option<String>>> = vec![vec![None; runtimes.len()]; NETWORKS.len()];
+    let mut cases: Vec<Case> = NETWORKS.iter().map(|(_, n)| Case::Run(*n)).collect();
+    cases.extend([Case::Stop, Case::Kill]);
+    let mut samples: Vec<Vec<Vec<f64>>> = vec![vec![vec![]; runtimes.len()]; cases.len()];
+    let mut errors: Vec<Vec<Option<String>>> = vec![vec![None; runtimes.len()]; cases.len()];
     for round in 0..=runs {
-        for (n, (_, net)) in NETWORKS.iter().enumerate() {
+        for (c, case) in cases.iter().enumerate() {
             for (r, rt) in runtimes.iter().enumerate() {
-                if errors[n][r].is_some() {
+                if errors[c][r].is_some() {
                     continue;
                 }
-                let runtime = format!("--runtime={rt}");
-                let mut args = vec!["run", "--rm", runtime.as_str()];
-                let network;
-                if let Some(net) = net {
-                    network = format!("--network={net}");
-                    args.push(&network);
-                }
-                args.extend(["busybox", "true"]);
-                let out = cli.cmd_timeout(&args, Duration::from_secs(300));
-                if out.code != 0 {
-                    let why = out
-                        .stderr
-                        .lines()
-                        .rev()
-                        .find(|l| !l.trim().is_empty())
-                        .unwrap_or("")
-                        .trim()
-                        .to_string();
-                    eprintln!("[bench] {rt} ({}) failed: {why}", NETWORKS[n].0);
-                    errors[n][r] = Some(why);
-                    continue;
-                }
-                if round > 0 {
-                    samples[n][r].push(out.elapsed.as_secs_f64() * 1e3);
+                match case.sample(cli, rt) {
+                    Ok(ms) if round > 0 => samples[c][r].push(ms),
+                    Ok(_) => {}
+                    Err(why) => {
+                        let (op, net) = case.labels();
+                        eprintln!("[bench] {rt} ({op}, {net}) failed: {why}");
+                        errors[c][r] = Some(why);
+                    }
                 }
             }
         }
         eprintln!("[bench] round {round} of {runs} done");
     }
     let mut rows = Vec::new();
-    for (n, (label, _)) in NETWORKS.iter().enumerate() {
+    for (c, case) in cases.iter().enumerate() {
+        let (op, net) = case.labels();
         for (r, rt) in runtimes.iter().enumerate() {
             rows.push(json!({
-                "network": label,
+                "operation": op,
+                "network": net,
                 "runtime": rt,
-                "ms": samples[n][r],
-                "error": errors[n][r],
+                "ms": samples[c][r],
+                "error": errors[c][r],
             }));
         }
     }
@@ -199,7 +272,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// The table: p50/p95/min per runtime and network, and each p50 over runc's.
 fn markdown(raw: &Value, place: Place) -> String {
-    let mut md = String::from("# `docker run --rm busybox true`: runvm vs runc\n\n");
+    let mut md = String::from("# Docker's run, stop and kill: runvm vs runc\n\n");
     md.push_str(&format!(
         "Measured {} {}, Docker {}, {} counted runs each (after one warm-up), interleaved; CPU: {}.\n",
         raw["date"].as_str().unwrap_or("?"),
@@ -216,15 +289,19 @@ fn markdown(raw: &Value, place: Place) -> String {
     ));
     md.push_str("Produced by `cargo xtask bench docker`.\n\n");
     md.push_str(
-        "| network | runtime | p50 | p95 | min | p50 / runc |\n|---|---|---:|---:|---:|---:|\n",
+        "| operation | network | runtime | p50 | p95 | min | p50 / runc |\n|---|---|---|---:|---:|---:|---:|\n",
     );
     let rows = raw["rows"].as_array().cloned().unwrap_or_default();
     for row in &rows {
+        // Results from before the stop and kill rows have no operation.
+        let op = row["operation"]
+            .as_str()
+            .unwrap_or("docker run --rm busybox true");
         let net = row["network"].as_str().unwrap_or("?");
         let rt = row["runtime"].as_str().unwrap_or("?");
         if let Some(err) = row["error"].as_str() {
             md.push_str(&format!(
-                "| {net} | {rt} | fails: {} | | | |\n",
+                "| {op} | {net} | {rt} | fails: {} | | | |\n",
                 err.replace('|', "\\|")
             ));
             continue;
@@ -236,7 +313,11 @@ fn markdown(raw: &Value, place: Place) -> String {
         v.sort_by(|a, b| a.total_cmp(b));
         let runc_p50 = rows
             .iter()
-            .find(|r| r["network"] == row["network"] && r["runtime"] == "runc")
+            .find(|r| {
+                r["operation"] == row["operation"]
+                    && r["network"] == row["network"]
+                    && r["runtime"] == "runc"
+            })
             .and_then(|r| r["ms"].as_array())
             .map(|a| {
                 let mut s: Vec<f64> = a.iter().filter_map(Value::as_f64).collect();
@@ -246,7 +327,7 @@ fn markdown(raw: &Value, place: Place) -> String {
             .unwrap_or(f64::NAN);
         let p50 = percentile(&v, 0.5);
         md.push_str(&format!(
-            "| {net} | {rt} | {:.0} ms | {:.0} ms | {:.0} ms | {} |\n",
+            "| {op} | {net} | {rt} | {:.0} ms | {:.0} ms | {:.0} ms | {} |\n",
             p50,
             percentile(&v, 0.95),
             v.first().copied().unwrap_or(f64::NAN),
@@ -257,7 +338,11 @@ fn markdown(raw: &Value, place: Place) -> String {
             }
         ));
     }
-    md.push_str("\nTarget (issue 5): runvm under 2× runc end to end.\n");
+    md.push_str(
+        "\nTargets: `docker run` under 2× runc end to end (issue 5); `docker stop` and \
+         `docker kill` as close to runc as the VM allows (issue 15): both return once the \
+         container has exited, so they measure the whole stop path.\n",
+    );
     if place == Place::TestHost {
         md.push_str(
             "\nUnder TCG every process start is emulated too: runc's several Go processes per \

@@ -226,3 +226,30 @@ fn run_keep_leaves_the_stopped_container_until_delete() {
     assert!(root.state("kept").is_none());
     root.assert_clean(Duration::from_secs(2));
 }
+
+#[test]
+#[ignore = "boots a guest: run through `cargo xtask test`"]
+fn a_restrictive_umask_of_the_caller_changes_nothing() {
+    // A containerd shim ran runvm with a umask that left the state directories 0500,
+    // which the monitor, without capabilities once the VM is set up, could not write.
+    use std::os::unix::process::CommandExt;
+    let root = StateRoot::new();
+    let bundle = Bundle::new(&["sh", "-c", "echo up; exit 3"]);
+    let mut runvm = root.command(&[]);
+    // SAFETY: umask(2) in the child before exec; async-signal-safe, no memory touched.
+    unsafe {
+        runvm.pre_exec(|| {
+            libc::umask(0o277);
+            Ok(())
+        });
+    }
+    let (out, pid) = create_with(runvm, &bundle, "um");
+    assert_eq!(code(&out), 0, "create: {}", stderr(&out));
+    let pid = pid.expect("create wrote the pid file");
+    let out = root.cmd(&["start", "um"]);
+    assert_eq!(code(&out), 0, "start: {}", stderr(&out));
+    assert_eq!(reap(pid, Duration::from_secs(60)), 3);
+    assert_eq!(bundle.stdout(), "up\n");
+    assert_eq!(code(&root.cmd(&["delete", "um"])), 0);
+    root.assert_clean(Duration::from_secs(5));
+}

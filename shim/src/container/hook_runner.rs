@@ -33,6 +33,7 @@ impl HookRunner {
             -1 => Err(std::io::Error::last_os_error()),
             0 => {
                 drop(write_end);
+                super::restore_caller_umask();
                 for fd in close {
                     // SAFETY: closes this new process's copy of a descriptor its parent
                     // keeps; nothing in the runner uses it.

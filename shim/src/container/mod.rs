@@ -93,14 +93,27 @@ pub fn prepare(id: &str, bundle: &Path, root: &Path, cgroups: PathSyntax) -> Res
 
     // State is root's alone (0700, as runc makes its root): it names the container's
     // sockets, its pid and its bundle.
-    use std::os::unix::fs::DirBuilderExt;
+    // The modes are set outright, whatever the caller's umask: the monitor, which keeps
+    // no capability once the VM is set up, must still search and write these as their
+    // owner (a containerd shim's umask had left them 0500).
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let owner_only = || std::fs::Permissions::from_mode(0o700);
+    let made_root = !root.exists();
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(root)
+        .and_then(|()| match made_root {
+            true => std::fs::set_permissions(root, owner_only()),
+            false => Ok(()),
+        })
         .with_context(|| format!("cannot create state root {}", root.display()))?;
     let dir = root.join(id);
-    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+    match std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .and_then(|()| std::fs::set_permissions(&dir, owner_only()))
+    {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             bail!("container with id {id:?} already exists")
@@ -113,6 +126,7 @@ pub fn prepare(id: &str, bundle: &Path, root: &Path, cgroups: PathSyntax) -> Res
     let built = (|| -> Result<MonitorConfig> {
         let runtime = crate::state::ContainerState::runtime_dir(root, id);
         std::fs::create_dir(&runtime)
+            .and_then(|()| std::fs::set_permissions(&runtime, owner_only()))
             .with_context(|| format!("cannot create {}", runtime.display()))?;
         Ok(MonitorConfig {
             assets,
@@ -167,6 +181,16 @@ pub fn prepare(id: &str, bundle: &Path, root: &Path, cgroups: PathSyntax) -> Res
     })
 }
 
+/// The umask `runvm` was started with, before the monitor set its own.
+static CALLER_UMASK: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0o022);
+
+/// Gives the calling process (a hook runner forked by the monitor) the umask `runvm` was
+/// started with, as runc's hooks have.
+pub fn restore_caller_umask() {
+    let bits = CALLER_UMASK.load(std::sync::atomic::Ordering::Relaxed);
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(bits));
+}
+
 /// Makes the calling process (the monitor, still single-threaded) live in the container's
 /// network namespace, and forks the cleanup guard for `dir` there, which also undoes the
 /// network plumbing recorded in `runtime_dir` if the monitor dies.
@@ -174,6 +198,11 @@ pub fn enter_network_and_guard(
     p: &Prepared,
     dir: &Path,
 ) -> Result<crate::monitor::guard::CleanupGuard> {
+    // What the monitor makes (its sockets, state files) is its owner's alone, and the
+    // owner's in full, whatever umask the caller had: after the privilege drop it can use
+    // only what its mode gives it. Hooks get the caller's back ([`caller_umask`]).
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    CALLER_UMASK.store(old.bits(), std::sync::atomic::Ordering::Relaxed);
     crate::network::namespace::enter(&p.spec.network)?;
     let record = crate::monitor::network_record(&p.runtime_dir());
     let state_dir = p.dir.clone();

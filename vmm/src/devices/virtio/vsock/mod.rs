@@ -60,13 +60,33 @@ pub const MAX_PENDING_CLIENTS: usize = 64;
 /// The vsock device's log name and its budget of warnings about guest misbehaviour.
 pub(crate) static GUEST_LOG: GuestLog = GuestLog::new("vsock");
 
+/// Owner and mode of each directory above `path`, for an error (`/run 0:0 755, …`).
+pub(crate) fn ancestors_described(path: &std::path::Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    path.ancestors()
+        .skip(1)
+        .filter(|a| !a.as_os_str().is_empty())
+        .map(|a| match std::fs::metadata(a) {
+            Ok(m) => format!(
+                "{} {}:{} {:o}",
+                a.display(),
+                m.uid(),
+                m.gid(),
+                m.mode() & 0o7777
+            ),
+            Err(e) => format!("{} ({e})", a.display()),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Why the vsock device could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum VsockError {
     #[error("vsock Unix socket path {0:?} already exists")]
     PathExists(std::path::PathBuf),
-    #[error("cannot bind vsock Unix socket {0:?}: {1}")]
-    Bind(std::path::PathBuf, #[source] io::Error),
+    #[error("cannot bind vsock Unix socket {0:?}: {1} (the directories above it: {2})")]
+    Bind(std::path::PathBuf, #[source] io::Error, String),
     #[error("invalid guest CID {0} (must be at least 3)")]
     InvalidCid(u64),
     #[error("cannot create eventfd or timerfd: {0}")]

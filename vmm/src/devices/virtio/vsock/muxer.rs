@@ -89,8 +89,9 @@ impl Muxer {
         if uds_path.symlink_metadata().is_ok() {
             return Err(VsockError::PathExists(uds_path));
         }
-        let listener =
-            UnixListener::bind(&uds_path).map_err(|e| VsockError::Bind(uds_path.clone(), e))?;
+        let listener = UnixListener::bind(&uds_path).map_err(|e| {
+            VsockError::Bind(uds_path.clone(), e, super::ancestors_described(&uds_path))
+        })?;
         let setup = || -> io::Result<TimerFd> {
             listener.set_nonblocking(true)?;
             let timer = TimerFd::new()?;

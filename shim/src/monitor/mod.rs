@@ -352,9 +352,17 @@ fn run_started(
     // any guest byte is read. The network's teardown, which needs CAP_NET_ADMIN, is the
     // cleanup guard's from now on.
     plumbing.hand_over();
-    let dropped = privileges::drop_all(&stdio.raw_fds())
-        .map_err(MonitorError::from)
-        .and_then(|()| plumbing.serve(cfg));
+    let dropped = match privileges::reachable_unprivileged(&cfg.runtime_dir) {
+        Ok(()) => privileges::drop_all(&stdio.raw_fds()).map_err(MonitorError::from),
+        Err(why) => {
+            // The monitor's own files lie where it could not reach them without
+            // CAP_DAC_READ_SEARCH (ctr's state root is under /run/containerd, 0600): it
+            // keeps its privileges rather than fail the container.
+            log::warn!("the monitor keeps its privileges: {why}");
+            Ok(())
+        }
+    }
+    .and_then(|()| plumbing.serve(cfg));
     if let Err(error) = dropped {
         return Err(Failed::start_waits(error, start));
     }

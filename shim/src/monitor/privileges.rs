@@ -73,6 +73,41 @@ pub enum PrivilegeError {
     },
 }
 
+/// Whether uid 0 without capabilities can still use `dir`: search every directory from
+/// the root down to it, and write in it (where the monitor binds its sockets). The error
+/// names the first directory that stops it, with its owner and mode.
+pub fn reachable_unprivileged(dir: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut dirs: Vec<&std::path::Path> = dir.ancestors().collect();
+    dirs.reverse();
+    for d in dirs {
+        let m = std::fs::metadata(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        let bits = if m.uid() == 0 {
+            m.mode() >> 6
+        } else if m.gid() == 0 {
+            m.mode() >> 3
+        } else {
+            m.mode()
+        };
+        let need = if d == dir { 0o3 } else { 0o1 };
+        if bits & need != need {
+            return Err(format!(
+                "{} ({}:{} {:o}) is not {} by its owner without CAP_DAC_OVERRIDE",
+                d.display(),
+                m.uid(),
+                m.gid(),
+                m.mode() & 0o7777,
+                if d == dir {
+                    "writable and searchable"
+                } else {
+                    "searchable"
+                }
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// `_LINUX_CAPABILITY_VERSION_3` (linux/capability.h): two 32-bit words per set.
 const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 /// securebits (linux/securebits.h): uid 0 gets no capabilities from exec or setuid, no
@@ -273,6 +308,24 @@ mod tests {
     use super::*;
 
     const DROPPED_STATUS: &str = "Name:\trunvm-vmm\nCapInh:\t0000000000000000\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nCapBnd:\t0000000000000000\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\nSeccomp:\t2\n";
+
+    #[test]
+    fn a_directory_under_one_its_owner_cannot_search_is_not_reachable() {
+        use std::os::unix::fs::PermissionsExt;
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("state/run");
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(reachable_unprivileged(&dir), Ok(()));
+        let state = top.path().join("state");
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let err = reachable_unprivileged(&dir).unwrap_err();
+        assert!(err.contains("state (0:0 600) is not searchable"), "{err}");
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o500)).unwrap();
+        assert!(reachable_unprivileged(&dir)
+            .unwrap_err()
+            .contains("not writable and searchable"));
+    }
 
     #[test]
     fn a_status_with_any_capability_or_without_no_new_privs_is_privileged() {

@@ -270,16 +270,7 @@ pub fn cmd_test() -> Result<i32> {
         check: true,
         ..Default::default()
     };
-    let run_oci = |args| {
-        let began = Instant::now();
-        let ok = crate::oci::cmd_oci(args)
-            .map(|code| code == 0)
-            .unwrap_or_else(|e| {
-                eprintln!("[test] OCI validation suite: {e:#}");
-                false
-            });
-        (ok, began.elapsed())
-    };
+    let run_oci = |args| timed("OCI validation suite", || crate::oci::cmd_oci(args));
     // runc's own integration suite (bats), the files that fit beside the guest suites; the
     // rest runs in `cargo xtask runc-bats`.
     let bats_args = crate::runc_bats::RuncBatsArgs {
@@ -291,14 +282,9 @@ pub fn cmd_test() -> Result<i32> {
         ..Default::default()
     };
     let run_bats = |args| {
-        let began = Instant::now();
-        let ok = crate::runc_bats::cmd_runc_bats(args)
-            .map(|code| code == 0)
-            .unwrap_or_else(|e| {
-                eprintln!("[test] runc's integration suite: {e:#}");
-                false
-            });
-        (ok, began.elapsed())
+        timed("runc's integration suite", || {
+            crate::runc_bats::cmd_runc_bats(args)
+        })
     };
     const OCI: &str =
         "OCI validation suite (runvm passes what it passed before, and what runc passes)";
@@ -366,6 +352,17 @@ pub fn cmd_test() -> Result<i32> {
     }
     drop(step);
     Ok(t.close(started.elapsed()))
+}
+
+/// Runs a conformance suite (`what`, for its error line): whether it exited 0, and how
+/// long it took.
+fn timed(what: &str, suite: impl FnOnce() -> Result<i32>) -> (bool, Duration) {
+    let began = Instant::now();
+    let ok = suite().map(|code| code == 0).unwrap_or_else(|e| {
+        eprintln!("[test] {what}: {e:#}");
+        false
+    });
+    (ok, began.elapsed())
 }
 
 /// The files of runc's integration suite CI runs (against runc and runvm, checked against

@@ -103,9 +103,12 @@ pub fn prepare(id: &str, bundle: &Path, root: &Path, cgroups: PathSyntax) -> Res
         .recursive(true)
         .mode(0o700)
         .create(root)
-        .and_then(|()| match made_root {
-            true => std::fs::set_permissions(root, owner_only()),
-            false => Ok(()),
+        .and_then(|()| {
+            if made_root {
+                std::fs::set_permissions(root, owner_only())
+            } else {
+                Ok(())
+            }
         })
         .with_context(|| format!("cannot create state root {}", root.display()))?;
     let dir = root.join(id);

@@ -44,7 +44,8 @@ const BOUNDED_CAPS: &[(&str, &str)] = &[
 ];
 
 /// Open files virtiofsd may hold: it keeps one per inode the guest looked up where the
-/// file system cannot give file handles (overlayfs without `nfs_export`).
+/// file system cannot give file handles (overlayfs without `nfs_export`). Where runvm
+/// lacks `CAP_SYS_RESOURCE` (runvm itself in a container), the hard limit it has.
 const RLIMIT_NOFILE: u64 = 1 << 19;
 
 /// Errors starting virtiofsd.
@@ -263,7 +264,8 @@ impl Virtiofsd {
                 "--log-level",
                 "error",
             ])
-            .arg(format!("--rlimit-nofile={RLIMIT_NOFILE}"));
+            // Set in the child before the exec ([`raise_nofile`]): virtiofsd leaves it.
+            .arg("--rlimit-nofile=0");
         if let Some(m) = modcaps(bounding) {
             cmd.arg(m);
         }
@@ -354,6 +356,33 @@ fn install_filter(filter: &[libc::sock_filter]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// In the child: raises the open-file limit to [`RLIMIT_NOFILE`], or as far as the hard
+/// limit where raising that is refused (no `CAP_SYS_RESOURCE`: virtiofsd asked for more
+/// itself, and exited when it could not).
+fn raise_nofile() -> std::io::Result<()> {
+    let wanted = libc::rlimit {
+        rlim_cur: RLIMIT_NOFILE,
+        rlim_max: RLIMIT_NOFILE,
+    };
+    // SAFETY: setrlimit and getrlimit read or fill a `rlimit` on this stack.
+    unsafe {
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+            return Ok(());
+        }
+        let mut now = wanted;
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut now) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if now.rlim_cur < now.rlim_max {
+            now.rlim_cur = now.rlim_max.min(RLIMIT_NOFILE);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &now) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// In the child: dies with the monitor, takes the listening socket as fd 3, and stages
 /// the share in a mount namespace of its own.
 fn stage_in_child(listen_fd: i32, share: &CString, stages: &[Stage]) -> std::io::Result<()> {
@@ -368,6 +397,7 @@ fn stage_in_child(listen_fd: i32, share: &CString, stages: &[Stage]) -> std::io:
     // in the parent's prepared data or on this stack, in a child that is about to exec.
     unsafe {
         check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL).into())?;
+        raise_nofile()?;
         // dup2 clears close-on-exec on the copy.
         check(libc::dup2(listen_fd, 3).into())?;
         check(libc::unshare(libc::CLONE_NEWNS).into())?;
@@ -508,6 +538,51 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o7777, 0o1777);
+    }
+
+    #[test]
+    fn without_cap_sys_resource_virtiofsd_gets_the_hard_limit() {
+        // SAFETY: the child makes only raw system calls on stack data, then _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: capget/capset on a version-3 header and two data structs on this
+            // stack; setrlimit/getrlimit on a `rlimit` here; exits at once.
+            unsafe {
+                let mut header = [0x2008_0522u32, 0];
+                let mut data = [0u32; 6];
+                if libc::syscall(libc::SYS_capget, header.as_mut_ptr(), data.as_mut_ptr()) != 0 {
+                    libc::_exit(100);
+                }
+                // CAP_SYS_RESOURCE (24) out of the effective set.
+                data[0] &= !(1 << 24);
+                if libc::syscall(libc::SYS_capset, header.as_mut_ptr(), data.as_ptr()) != 0 {
+                    libc::_exit(101);
+                }
+                let low = libc::rlimit {
+                    rlim_cur: 1024,
+                    rlim_max: 4096,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &low) != 0 {
+                    libc::_exit(102);
+                }
+                if raise_nofile().is_err() {
+                    libc::_exit(1);
+                }
+                let mut now = low;
+                libc::getrlimit(libc::RLIMIT_NOFILE, &mut now);
+                libc::_exit(if (now.rlim_cur, now.rlim_max) == (4096, 4096) {
+                    0
+                } else {
+                    2
+                });
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status), "{status:#x}");
+        assert_eq!(libc::WEXITSTATUS(status), 0, "the step that went wrong");
     }
 
     #[test]

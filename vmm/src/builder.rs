@@ -21,10 +21,10 @@ use crate::bus::{Bus, BusError};
 use crate::devices::legacy::{BootTimer, BootTimes, SerialConsole, I8042};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::fs::{self, Fs, FsConfig, FsError, VhostUserBackend};
-use crate::devices::virtio::mmio::{MmioTransport, NOTIFY_REG_OFFSET};
+use crate::devices::virtio::mmio::{MmioTransport, INTERRUPT_ACK_REG, NOTIFY_REG_OFFSET};
 use crate::devices::virtio::net::{Net, NetConfig, NetError};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
-use crate::devices::virtio::VirtioDevice;
+use crate::devices::virtio::{VirtioDevice, INTERRUPT_STATUS_USED_RING};
 use crate::layout::*;
 use crate::memory::{create_guest_memory, MemoryError};
 use crate::seccomp::{self, SeccompError, ThreadKind};
@@ -501,6 +501,22 @@ impl VirtioSlots<'_> {
             for (i, evt) in d.queue_events().iter().enumerate() {
                 self.vm
                     .register_mmio_ioevent(evt, base + NOTIFY_REG_OFFSET, i as u32)?;
+            }
+            if d.interrupts_guest_directly() {
+                // The guest acknowledges every used-ring interrupt of a device whose
+                // backend interrupts it directly, and the transport has nothing to do
+                // with that acknowledgement (it reports the bit as always set): KVM
+                // swallows the write instead of stopping the vCPU for the VMM. The
+                // eventfd is only a sink (KVM holds its own reference; its count
+                // saturates, it never blocks). Other values (a configuration change)
+                // still reach the transport.
+                let sink =
+                    EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(VmmError::Io)?;
+                self.vm.register_mmio_ioevent(
+                    &sink,
+                    base + INTERRUPT_ACK_REG,
+                    INTERRUPT_STATUS_USED_RING,
+                )?;
             }
         }
         self.mmio

@@ -151,7 +151,43 @@ pub fn share(paths: &Paths, spec: &RootfsSpec, source: &ShareSource) -> Result<(
             "mount the container's share (virtio-fs tag {tag:?}) on {}: {why}: {e}",
             target.display()
         ))
-    })
+    })?;
+    if let ShareSource::VirtioFs = source {
+        raise_readahead(&target);
+    }
+    Ok(())
+}
+
+/// Read-ahead of the share, in KiB: as large as one FUSE request can be (virtiofsd takes
+/// 1 MiB), where the kernel's default, 128 KiB, made a cold sequential read eight times
+/// as many requests, each a round trip to virtiofsd.
+pub const SHARE_READ_AHEAD_KIB: u32 = 1024;
+
+/// Sets the read-ahead of the file system mounted at `target` (its backing device
+/// info, shared by the submounts virtiofsd announces) to [`SHARE_READ_AHEAD_KIB`].
+/// Best effort: a slower read is no reason to fail the container.
+fn raise_readahead(target: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let dev = match std::fs::metadata(target) {
+        Ok(m) => m.dev(),
+        Err(e) => {
+            crate::log::error(&format!(
+                "cannot stat the share at {}: {e}",
+                target.display()
+            ));
+            return;
+        }
+    };
+    let knob = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev)
+    );
+    if let Err(e) = std::fs::write(&knob, SHARE_READ_AHEAD_KIB.to_string()) {
+        crate::log::error(&format!(
+            "cannot raise the share's read-ahead ({knob}): {e}"
+        ));
+    }
 }
 
 /// `name` if it is a single path component (what the host names share entries with).

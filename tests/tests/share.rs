@@ -2,7 +2,8 @@
 //! host's own files, served to the guest over virtio-fs while it runs. What the container
 //! writes is on the host at once and what the host writes is seen in the container; `ro`
 //! (a bind's, and `root.readonly`) holds whatever the guest does; `rbind` takes the
-//! mounts under its source and `bind` does not; a bind-mounted host UNIX socket is
+//! mounts under its source and `bind` does not; the share reads ahead 1 MiB (one FUSE
+//! request) at a time; a bind-mounted host UNIX socket is
 //! reached from the container; and whatever way a container ends, no virtiofsd, no
 //! process and no mount of it is left on the host. Run with `cargo xtask guest-test share`.
 
@@ -326,6 +327,30 @@ fn rbind_takes_the_mounts_under_the_source_and_bind_does_not() {
         "rbind shows the tmpfs mounted under the source, bind the directory under it"
     );
     drop(tmpfs);
+    root.assert_clean(Duration::from_secs(5));
+}
+
+#[test]
+#[ignore = "boots a guest: run through `cargo xtask test`"]
+fn the_share_reads_ahead_a_whole_fuse_request() {
+    // A cold sequential read is one FUSE round trip per read-ahead window: the share's
+    // window is 1 MiB (what virtiofsd takes in one request), not the kernel's 128 KiB.
+    // The root and the binds are submounts of the share, with its backing device info:
+    // the only ones with major 0 in the guest (tmpfs, proc and sysfs have none listed).
+    let root = StateRoot::new();
+    let src = TempDir::new("readahead");
+    let b = bundle(
+        "ls /b >/dev/null && cat /sys/class/bdi/0:*/read_ahead_kb | sort -u",
+        false,
+        vec![
+            json!({ "destination": "/sys", "type": "sysfs", "source": "sysfs",
+                    "options": ["nosuid", "noexec", "nodev", "ro"] }),
+            bind("/b", src.path(), &["rbind", "rw"]),
+        ],
+    );
+    let out = root.run(&b, "readahead", b"");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "1024\n");
     root.assert_clean(Duration::from_secs(5));
 }
 

@@ -93,6 +93,7 @@ pub fn create(root: &Path, cgroups: PathSyntax, args: &liboci_cli::Create) -> Re
             }
         };
         let _ = std::fs::remove_dir_all(&runtime);
+        log::debug!("stop path: the monitor exits ({code})");
         std::process::exit(code);
     }
     drop(ready_w);

@@ -54,6 +54,8 @@ use vm::{report_times, RunningVm};
 
 /// Guest CID of every runvm guest (each VM has its own vsock device, so they never clash).
 pub const GUEST_CID: u64 = 3;
+/// How long the monitor waits for its cleanup guard to take the VM's descriptor.
+const GUARD_ANSWER_WAIT: Duration = Duration::from_secs(5);
 /// Signals a foreground monitor forwards to the workload, as runc does.
 const FORWARDED: [Signal; 7] = [
     Signal::SIGHUP,
@@ -368,6 +370,12 @@ fn run_started(
     }
     let booted = Vmm::new(vm_config)
         .map_err(MonitorError::from)
+        .inspect(|vmm| {
+            // The VM's teardown then runs in the guard, after the monitor's exit.
+            if let Err(e) = guard::keep_until_gone(&[vmm.vm_fd()], GUARD_ANSWER_WAIT) {
+                log::debug!("the cleanup guard does not hold the VM: {e}");
+            }
+        })
         .and_then(RunningVm::start);
     let mut vm = match booted {
         Ok(vm) => vm,

@@ -224,6 +224,7 @@ impl<'a> Session<'a> {
             self.expire(Instant::now())?;
             self.poll_oom()?;
         }
+        log::debug!("stop path: the session is over (output drained)");
         for (id, p) in std::mem::take(&mut self.processes) {
             if id != MAIN_PROCESS {
                 // Its guest process died with the VM without a report.
@@ -389,6 +390,7 @@ impl<'a> Session<'a> {
                 self.flush_queued()?;
             }
             Request::Signal { signal } => {
+                log::debug!("stop path: signal {signal} asked for on the host API");
                 self.queued.push(signal);
                 api::answer(&mut conn, &Response::Ok);
                 self.flush_queued()?;
@@ -515,6 +517,7 @@ impl<'a> Session<'a> {
                 if let Some(p) = self.processes.get_mut(&MAIN_PROCESS) {
                     p.status = Some(status);
                 }
+                log::debug!("stop path: the guest reported the main process's end ({status:?})");
                 self.main_ending = Some(Ending::Exited(status));
                 self.mark_exited();
             }

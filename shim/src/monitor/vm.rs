@@ -94,6 +94,7 @@ impl RunningVm {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        log::debug!("stop path: the VM's threads have ended");
         match self.result.lock().unwrap_or_else(|e| e.into_inner()).take() {
             Some(r) => Ok(r?),
             None => Err(MonitorError::GuestDied(VmGone::NoResult)),

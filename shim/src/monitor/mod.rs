@@ -429,10 +429,9 @@ fn run_started(
 ///
 /// The foreground `runvm run` keeps the host's root: after its VM it removes its own
 /// state directory, which is a mount point in the jail. Every other monitor (`create`,
-/// `run --detach`) is jailed with its state directory, the cgroup file system, the
-/// sockets the container binds and the timings file bound at their own paths.
-/// Says whether it jailed the monitor (whose main thread then takes its seccomp filter
-/// once the VM runs: the foreground `run` still removes its state directory and runs
+/// `run --detach`) is jailed with what it still opens by name bound at its own path.
+/// Says whether it jailed the monitor, whose main thread then takes its seccomp filter
+/// once the VM runs (the foreground `run` still removes its state directory and runs
 /// hooks after the VM).
 fn confine(cfg: &MonitorConfig, host: &HostSide, stdio: &HostStdio) -> Result<bool, MonitorError> {
     let mut jailed = false;

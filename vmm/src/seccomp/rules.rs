@@ -407,6 +407,13 @@ pub const MONITOR_MAIN: &[Allowed] = &[
             &[eq(1, libc::TIOCSWINSZ, "TIOCSWINSZ")],
         ],
     ),
+    // The OOM report waits until the engine has read the cgroup's `memory.events`.
+    any("inotify_init1", libc::SYS_inotify_init1),
+    when(
+        "inotify_add_watch",
+        libc::SYS_inotify_add_watch,
+        &[&[eq(2, libc::IN_ACCESS as u64, "IN_ACCESS")]],
+    ),
     any("eventfd2", libc::SYS_eventfd2),
     any("pipe2", libc::SYS_pipe2),
     when("clone", libc::SYS_clone, &[&[eq(0, FORK_FLAGS, "fork")]]),

@@ -182,14 +182,32 @@ fn outermost(binds: &[Bind]) -> Vec<Bind> {
     kept
 }
 
-/// `path` under `base`: its normal components only (no `..` climbs out of the new root).
-fn under(base: &Path, path: &Path) -> PathBuf {
-    let mut out = base.to_path_buf();
-    out.extend(path.components().filter_map(|c| match c {
-        Component::Normal(n) => Some(n),
-        _ => None::<&OsStr>,
-    }));
-    out
+/// Where a lookup of `path` lands in the new root at `base`, component by component as
+/// the kernel walks it there (`..` goes back a directory, never above `base`; the new
+/// root has no symlinks), and the directories it walks through on the way, which must
+/// exist for it to get there (`<exe>/../runvm/vmlinux` needs `<exe>` as well).
+fn lookup(base: &Path, path: &Path) -> (PathBuf, Vec<PathBuf>) {
+    let at = |names: &[&OsStr]| {
+        let mut p = base.to_path_buf();
+        p.extend(names);
+        p
+    };
+    let components: Vec<Component> = path.components().collect();
+    let mut names: Vec<&OsStr> = Vec::new();
+    let mut walked = Vec::new();
+    for (i, c) in components.iter().enumerate() {
+        match c {
+            Component::Normal(n) => names.push(n),
+            Component::ParentDir => {
+                names.pop();
+            }
+            _ => continue,
+        }
+        if i + 1 < components.len() {
+            walked.push(at(&names));
+        }
+    }
+    (at(&names), walked)
 }
 
 fn make_dir(dir: &Path) -> Result<(), JailError> {
@@ -213,13 +231,13 @@ fn bind(base: &Path, b: &Bind) -> Result<(), JailError> {
         log::debug!("monitor jail: {} is gone, not bound", source.display());
         return Ok(());
     };
-    let target = under(base, source);
+    let (target, walked) = lookup(base, source);
+    for dir in &walked {
+        make_dir(dir)?;
+    }
     if meta.is_dir() {
         make_dir(&target)?;
     } else {
-        if let Some(parent) = target.parent() {
-            make_dir(parent)?;
-        }
         std::fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -299,9 +317,21 @@ mod tests {
 
     #[test]
     fn no_path_climbs_out_of_the_new_root() {
+        let (target, walked) = lookup(Path::new("/base"), Path::new("/a/../../etc/./x"));
+        assert_eq!(target, PathBuf::from("/base/etc/x"));
         assert_eq!(
-            under(Path::new("/base"), Path::new("/a/../../etc/./x")),
-            PathBuf::from("/base/a/etc/x")
+            walked,
+            ["/base/a", "/base", "/base", "/base/etc"]
+                .iter()
+                .map(PathBuf::from)
+                .collect::<Vec<_>>()
         );
+        // The guest kernel next to runvm: the lookup goes through `release`.
+        let (target, walked) = lookup(
+            Path::new("/base"),
+            Path::new("/w/target/release/../runvm/vmlinux"),
+        );
+        assert_eq!(target, PathBuf::from("/base/w/target/runvm/vmlinux"));
+        assert!(walked.contains(&PathBuf::from("/base/w/target/release")));
     }
 }

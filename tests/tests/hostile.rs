@@ -993,6 +993,80 @@ fn expected_descriptor(target: &str, root: &Path, stdio: &[&String]) -> bool {
         || Path::new(target).starts_with(root)
 }
 
+/// The root of the monitor `pid` is not the host's: another file system, holding only
+/// its procfs and the paths bound at their own places (the state root's first
+/// directory, the cgroups under `/sys`, `/dev/kvm` alone in `/dev`, the guest's kernel
+/// and initramfs), none of the host's files (`/etc`, `/usr`, `/bin`), and no way to
+/// write a new file into it.
+fn assert_root_is_not_the_hosts(root: &StateRoot, pid: i32) {
+    let jail = PathBuf::from(format!("/proc/{pid}/root"));
+    let (theirs, ours) = (
+        std::fs::metadata(jail.join(".")).expect("the monitor's root"),
+        std::fs::metadata("/").unwrap(),
+    );
+    assert_ne!(
+        (theirs.dev(), theirs.ino()),
+        (ours.dev(), ours.ino()),
+        "the monitor's root is the host's"
+    );
+    let mut top: Vec<String> = std::fs::read_dir(&jail)
+        .expect("the monitor's root")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    top.sort();
+    let state_top = root
+        .path()
+        .components()
+        .nth(1)
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .unwrap();
+    let assets = ["RUNVM_KERNEL", "RUNVM_INITRAMFS"].map(|v| {
+        std::env::var(v)
+            .ok()
+            .and_then(|p| {
+                Path::new(&p)
+                    .components()
+                    .nth(1)
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            })
+            .unwrap_or_default()
+    });
+    let allowed = [
+        "proc",
+        "sys",
+        "dev",
+        state_top.as_str(),
+        assets[0].as_str(),
+        assets[1].as_str(),
+    ];
+    assert!(
+        top.iter().all(|n| allowed.contains(&n.as_str())) && top.contains(&"proc".to_string()),
+        "the monitor's root holds {top:?}, not only {allowed:?}"
+    );
+    for host in ["etc", "usr", "bin"] {
+        assert!(
+            !jail.join(host).exists() || allowed.contains(&host),
+            "the host's /{host} is in the monitor's root"
+        );
+    }
+    let devices: Vec<String> = std::fs::read_dir(jail.join("dev"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(devices, ["kvm"], "the devices in the monitor's root");
+    // Read-only: the monitor cannot make a file in it (root, with every capability,
+    // cannot either).
+    let probe = jail.join("runvm-probe");
+    assert!(
+        std::fs::write(&probe, b"").is_err(),
+        "the monitor's root is writable"
+    );
+}
+
 /// `runvm create` whose monitor inherits a descriptor its caller leaked (not
 /// close-on-exec, number 9) to the file `leak`.
 fn create_with_leaked_descriptor(root: &StateRoot, b: &Bundle, id: &str, leak: &Path) -> i32 {
@@ -1047,6 +1121,7 @@ fn assert_jailed_then_lifecycle(root: &StateRoot, id: &str, pid: i32, leak: &Pat
         "{shown}"
     );
     assert_eq!(fds.values().any(|t| t == "/dev/net/tun"), tap, "{shown}");
+    assert_root_is_not_the_hosts(root, pid);
 
     // The unprivileged monitor still serves exec, kill and delete.
     let out = root.cmd(&["exec", id, "echo", "exec after the drop"]);

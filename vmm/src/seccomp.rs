@@ -11,9 +11,15 @@
 //! relay starts inherit its filter. The allow-lists are in [`rules`]; [`describe`] prints
 //! them (`runvm features`, under the `io.github.runvm.seccomp.*` annotations).
 //!
-//! Not confined: the monitor's main thread (the host API, the control connection and
-//! process table, hooks, which fork and exec, state files and cgroups) and the thread
-//! that starts and stops the VM's threads.
+//! The monitor's main thread ([`ThreadKind::MonitorMain`]) is confined once its VM runs,
+//! after its jail and privilege drop: its list is longer (it writes the state and cgroup
+//! files bound in its jail, forks the OOM report's victim), but it has no `execve`
+//! (hooks run in the hook runner's process), and no `socket`, `mount` or `ptrace`.
+//! Where the monitor keeps its privileges (its state directory out of reach without
+//! them), so does its main thread keep an unconfined course.
+//!
+//! Not confined: the thread that starts and stops the VM's threads (it runs before the
+//! guest does and only joins them afterwards).
 
 pub mod rules;
 
@@ -55,17 +61,26 @@ pub enum ThreadKind {
     SocketRelay,
     /// The vhost-user front end's request watchdog.
     VhostWatchdog,
+    /// The monitor's main thread once its VM runs, jailed and without privileges.
+    MonitorMain,
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 6] = [
+    pub const ALL: [ThreadKind; 7] = [
         ThreadKind::Vcpu,
         ThreadKind::Devices,
         ThreadKind::StdioRelay,
         ThreadKind::DnsRelay,
         ThreadKind::SocketRelay,
         ThreadKind::VhostWatchdog,
+        ThreadKind::MonitorMain,
     ];
+
+    /// Whether `open` and `openat` fail with `EACCES` on the thread ([`DENIED`]): every
+    /// kind but the monitor's main thread, which opens its state and cgroup files by name.
+    pub fn denies_open(self) -> bool {
+        self != ThreadKind::MonitorMain
+    }
 
     /// The thread's name in reports and listings.
     pub fn name(self) -> &'static str {
@@ -76,6 +91,7 @@ impl ThreadKind {
             ThreadKind::DnsRelay => "dns-relay",
             ThreadKind::SocketRelay => "socket-relay",
             ThreadKind::VhostWatchdog => "vhost-watchdog",
+            ThreadKind::MonitorMain => "monitor-main",
         }
     }
 
@@ -144,7 +160,7 @@ fn deny_open() -> Result<BpfProgram, SeccompError> {
 pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     // Failed by the stacked [`deny_open`] filter: they must not trap here.
-    for (_, nr) in DENIED {
+    for (_, nr) in DENIED.iter().filter(|_| kind.denies_open()) {
         rules.insert(*nr, vec![]);
     }
     for entry in entries(kind) {
@@ -179,6 +195,7 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
 pub fn describe(kind: ThreadKind) -> Vec<String> {
     let denied = DENIED
         .iter()
+        .filter(|_| kind.denies_open())
         .map(|(name, _)| format!("{name}: fails with EACCES"));
     entries(kind)
         .iter()
@@ -256,7 +273,9 @@ pub fn apply(kind: ThreadKind, program: &BpfProgram) -> Result<(), SeccompError>
     vmm_sys_util::signal::register_signal_handler(libc::SIGSYS, sigsys_handler)
         .map_err(|e| SeccompError::Handler(e.into()))?;
     CONFINED_AS.with(|k| k.set(kind.index() as u8));
-    seccompiler::apply_filter(deny)?;
+    if kind.denies_open() {
+        seccompiler::apply_filter(deny)?;
+    }
     seccompiler::apply_filter(program)?;
     Ok(())
 }
@@ -288,6 +307,7 @@ fn name_of(nr: i64) -> &'static str {
         DNS_RELAY,
         SOCKET_RELAY,
         VHOST_WATCHDOG,
+        MONITOR_MAIN,
     ]
     .into_iter()
     .flatten()

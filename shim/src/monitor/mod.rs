@@ -16,6 +16,7 @@ mod control;
 mod exec;
 pub mod guard;
 mod hello;
+mod jail;
 mod plumbing;
 mod poll;
 mod prestart;
@@ -44,6 +45,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::assets::GuestAssets;
 use hello::Hello;
+use jail::Bind;
 use plumbing::Plumbing;
 use prestart::BeforeStart;
 pub use process::{AttachError, HostStdio};
@@ -56,6 +58,10 @@ use vm::{report_times, RunningVm};
 pub const GUEST_CID: u64 = 3;
 /// How long the monitor waits for its cleanup guard to take the VM's descriptor.
 const GUARD_ANSWER_WAIT: Duration = Duration::from_secs(5);
+/// Where the host's cgroup file systems are mounted (bound into the monitor's jail).
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// KVM's device, opened when the VM is built (in the monitor's jail).
+const KVM_DEVICE: &str = "/dev/kvm";
 /// Signals a foreground monitor forwards to the workload, as runc does.
 const FORWARDED: [Signal; 7] = [
     Signal::SIGHUP,
@@ -122,6 +128,8 @@ pub enum MonitorError {
     Network(#[from] crate::network::NetworkError),
     #[error("cannot drop the monitor's privileges, so the guest was not started: {0}")]
     Privileges(#[from] privileges::PrivilegeError),
+    #[error("cannot jail the monitor, so the guest was not started: {0}")]
+    Jail(#[from] jail::JailError),
 }
 
 /// How to build and run one container's VM.
@@ -350,24 +358,24 @@ fn run_started(
         Err(error) => return Err(Failed::start_waits(error, start)),
     };
     // Nothing from here on needs a privilege, and no thread of the monitor's has started
-    // yet (but virtiofsd's log reader, which drops its own): drop them all now, before
-    // any guest byte is read. The network's teardown, which needs CAP_NET_ADMIN, is the
-    // cleanup guard's from now on.
+    // yet: move into the jail and drop every privilege now, before the VM is built (it
+    // starts threads) and any guest byte is read. The network's teardown, which needs
+    // CAP_NET_ADMIN, is the cleanup guard's from now on.
     plumbing.hand_over();
-    let dropped = match privileges::reachable_unprivileged(&cfg.runtime_dir) {
-        Ok(()) => privileges::drop_all(&stdio.raw_fds()).map_err(MonitorError::from),
+    let jailed = match privileges::reachable_unprivileged(&cfg.runtime_dir) {
+        Ok(()) => confine(cfg, &host, &stdio),
         Err(why) => {
             // The monitor's own files lie where it could not reach them without
             // CAP_DAC_READ_SEARCH (ctr's state root is under /run/containerd, 0600): it
-            // keeps its privileges rather than fail the container.
-            log::warn!("the monitor keeps its privileges: {why}");
-            Ok(())
+            // keeps its privileges, and the host's root, rather than fail the container.
+            log::warn!("the monitor keeps its privileges and the host's root: {why}");
+            Ok(false)
         }
-    }
-    .and_then(|()| plumbing.serve(cfg));
-    if let Err(error) = dropped {
-        return Err(Failed::start_waits(error, start));
-    }
+    };
+    let jailed = match jailed.and_then(|jailed| plumbing.serve(cfg).map(|()| jailed)) {
+        Ok(jailed) => jailed,
+        Err(error) => return Err(Failed::start_waits(error, start)),
+    };
     let booted = Vmm::new(vm_config)
         .map_err(MonitorError::from)
         .inspect(|vmm| {
@@ -381,6 +389,11 @@ fn run_started(
         Ok(vm) => vm,
         Err(error) => return Err(Failed::start_waits(error, start)),
     };
+    if jailed {
+        // The VM's and the relays' threads run under filters of their own; from here on
+        // the main thread (and the stdio relays it starts, which stack theirs) does too.
+        vmm::seccomp::enter(vmm::seccomp::ThreadKind::MonitorMain);
+    }
     let io = Io {
         control_listener: &plumbing.control,
         stream_listener: &plumbing.streams,
@@ -417,6 +430,56 @@ fn run_started(
             Ok(code)
         }
     }
+}
+
+/// Jails the monitor ([`jail`]) where it can leave the host's root, then drops its
+/// privileges for good ([`privileges`]).
+///
+/// The foreground `runvm run` keeps the host's root: after its VM it removes its own
+/// state directory, which is a mount point in the jail. Every other monitor (`create`,
+/// `run --detach`) is jailed with what it still opens by name bound at its own path.
+/// Says whether it jailed the monitor, whose main thread then takes its seccomp filter
+/// once the VM runs (the foreground `run` still removes its state directory and runs
+/// hooks after the VM).
+fn confine(cfg: &MonitorConfig, host: &HostSide, stdio: &HostStdio) -> Result<bool, MonitorError> {
+    let mut jailed = false;
+    if let (false, Some(state_dir)) = (host.foreground, host.state_dir) {
+        let base = cfg.runtime_dir.join("jail");
+        std::fs::create_dir(&base).map_err(|source| MonitorError::Setup {
+            dir: base.clone(),
+            source,
+        })?;
+        // What the VM is built from (it is built in the jail: building it starts a
+        // thread, which must start there), the files the monitor writes and the sockets
+        // it connects to.
+        let mut binds = vec![
+            Bind::device(KVM_DEVICE),
+            Bind::read_only(&cfg.assets.kernel),
+            Bind::read_only(&cfg.assets.initramfs),
+            Bind::writable(state_dir),
+            Bind::writable(&cfg.runtime_dir),
+        ];
+        // Where KVM is PVM, building the VM says so at once (vmm's `Vm::new`).
+        let pvm = Path::new("/sys/module/kvm_pvm");
+        if pvm.exists() {
+            binds.push(Bind::read_only(pvm));
+        }
+        let cgroups = Path::new(CGROUP_ROOT);
+        if cgroups.is_dir() {
+            binds.push(Bind::writable(cgroups));
+        }
+        binds.extend(cfg.share.sockets.iter().map(Bind::writable));
+        if let Some(timings) = &cfg.timings_file {
+            // Made now, so that it can be bound and written at the end.
+            if std::fs::write(timings, b"").is_ok() {
+                binds.push(Bind::writable(timings));
+            }
+        }
+        jail::enter(&base, &binds)?;
+        jailed = true;
+    }
+    privileges::drop_all(&stdio.raw_fds())?;
+    Ok(jailed)
 }
 
 /// The descriptors the monitor listens on.

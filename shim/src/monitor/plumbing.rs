@@ -4,10 +4,11 @@
 //! network mirrored into the guest with a DNS relay for its loopback nameservers, and the
 //! [`VmConfig`] of the VM.
 //!
-//! In two steps around the monitor's privilege drop ([`super::privileges`]): [`Plumbing::set_up`]
-//! does what needs privileges and starts no thread of the monitor's; [`Plumbing::hand_over`]
-//! leaves the network's teardown to the cleanup guard; [`Plumbing::serve`], after the drop,
-//! starts the relays' threads, which so inherit no privilege.
+//! In two steps around the monitor's jail and privilege drop ([`super::jail`],
+//! [`super::privileges`]): [`Plumbing::set_up`] does what needs privileges and starts no
+//! thread of the monitor's; [`Plumbing::hand_over`] leaves the network's teardown to the
+//! cleanup guard; [`Plumbing::serve`], after the drop, starts the threads of the relays
+//! and of virtiofsd's log, which so inherit neither privilege nor the host's root.
 
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
@@ -44,7 +45,7 @@ pub(super) struct Plumbing {
     socket_relay: Option<UnixListener>,
     dns_relay: Option<UnixListener>,
     /// virtiofsd, killed when dropped (after the VM, which is its only client).
-    _virtiofsd: Virtiofsd,
+    virtiofsd: Virtiofsd,
 }
 
 /// How long the monitor waits for the cleanup guard to undo the network.
@@ -119,7 +120,7 @@ impl Plumbing {
             guard_undoes_network: false,
             socket_relay,
             dns_relay,
-            _virtiofsd: virtiofsd,
+            virtiofsd,
         };
         Ok((plumbing, vm))
     }
@@ -133,8 +134,10 @@ impl Plumbing {
         }
     }
 
-    /// Starts the relays' threads (after the privilege drop: they inherit none).
+    /// Starts the threads of the relays and of virtiofsd's log (after the jail and the
+    /// privilege drop: they share them).
     pub(super) fn serve(&mut self, cfg: &MonitorConfig) -> Result<(), MonitorError> {
+        self.virtiofsd.read_log();
         let setup = |source| MonitorError::Setup {
             dir: cfg.runtime_dir.clone(),
             source,

@@ -23,12 +23,16 @@
 //! drop ([`super::guard`]): undoing the network plumbing (deleting ingress qdiscs needs
 //! `CAP_NET_ADMIN`) when the VM has stopped or the monitor died.
 //!
-//! Capabilities and `no_new_privs` belong to a thread, and a new thread copies them from
-//! the one that makes it. So the monitor drops them before it starts any long-lived
-//! thread; a thread made before (virtiofsd's log reader) drops its own with
-//! [`drop_in_this_thread`], and [`drop_all`] checks every thread of the process: a
-//! thread still privileged is a failure to start the container, never a guest that
-//! runs with privileges.
+//! Just before the drop, the monitor (but the foreground `runvm run`'s) moves into a
+//! mount namespace whose root is not the host's ([`super::jail`]); the files it names
+//! after the drop are bound there at their own paths.
+//!
+//! Capabilities and `no_new_privs`, like the mount namespace and the root, belong to a
+//! thread, and a new thread copies them from the one that makes it. So the monitor
+//! jails itself and drops them before it starts any thread, and [`drop_all`] checks
+//! every thread of the process: a thread still privileged is a failure to start the
+//! container, never a guest that runs with privileges. ([`drop_in_this_thread`] is
+//! there for a thread that must drop its own.)
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -78,6 +78,8 @@ pub struct Virtiofsd {
     child: Child,
     /// Where the VMM connects.
     pub socket: PathBuf,
+    /// virtiofsd's stderr, until [`Virtiofsd::read_log`] reads it.
+    log: Option<std::process::ChildStderr>,
 }
 
 /// The `--modcaps` words that drop what the container lacks (`None` if it lacks nothing).
@@ -298,24 +300,29 @@ impl Virtiofsd {
             source,
         })?;
         drop(listener);
-        if let Some(err) = child.stderr.take() {
-            // virtiofsd's own messages go to runvm's log, never to the container's stderr.
-            let spawned = std::thread::Builder::new()
-                .name("runvm-virtiofsd-log".into())
-                .spawn(move || {
-                    // Started before the monitor's privilege drop, which waits for this.
-                    if let Err(e) = crate::monitor::privileges::drop_in_this_thread() {
-                        log::warn!("virtiofsd's log reader keeps its privileges: {e}");
-                    }
-                    for line in BufReader::new(err).lines().map_while(Result::ok).take(1000) {
-                        log::warn!("virtiofsd: {line}");
-                    }
-                });
-            if let Err(e) = spawned {
-                log::warn!("cannot read virtiofsd's messages: {e}");
-            }
+        let log = child.stderr.take();
+        Ok(Virtiofsd { child, socket, log })
+    }
+}
+
+impl Virtiofsd {
+    /// Starts the thread that passes virtiofsd's messages to runvm's log (never to the
+    /// container's stderr). Called after the monitor's jail and privilege drop, so the
+    /// thread shares them.
+    pub fn read_log(&mut self) {
+        let Some(err) = self.log.take() else {
+            return;
+        };
+        let spawned = std::thread::Builder::new()
+            .name("runvm-virtiofsd-log".into())
+            .spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok).take(1000) {
+                    log::warn!("virtiofsd: {line}");
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("cannot read virtiofsd's messages: {e}");
         }
-        Ok(Virtiofsd { child, socket })
     }
 }
 

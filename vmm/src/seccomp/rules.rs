@@ -324,6 +324,130 @@ pub const SOCKET_RELAY: &[Allowed] = &[when(
 /// The vhost-user watchdog: sleeps until a request's deadline and shuts the socket down.
 pub const VHOST_WATCHDOG: &[Allowed] = &[any("shutdown", libc::SYS_shutdown)];
 
+/// `clone` as glibc's `fork` makes it (a child process with a copy of the memory; no
+/// namespace, no shared anything): the OOM report's victim.
+const FORK_FLAGS: u64 =
+    (libc::CLONE_CHILD_SETTID | libc::CLONE_CHILD_CLEARTID | libc::SIGCHLD) as u64;
+
+/// The monitor's main thread once the VM runs (after the jail and the privilege drop):
+/// the control connection and the process table, the host API (`runvm state`, `kill`,
+/// `exec`, `pause`; descriptors come with `recvmsg`, the caller's credentials with
+/// `SO_PEERCRED`), the stdio relays it starts, the state files and the cgroup files
+/// (bound in its jail: written, made, removed), the OOM report's victim (a `fork`, with
+/// glibc's flags only), the VM's stop (a signal to its threads) and its end, virtiofsd's
+/// end (`kill`, `wait4`). Files are opened by name (the jail holds only its own), so
+/// `openat` is neither failed nor checked here (glibc's `open` is an `openat`). No `execve`: hooks run in the hook
+/// runner, a process of their own. No `socket`, `connect`, `bind`, `mount`, `ptrace`,
+/// `setns` or `unshare`.
+pub const MONITOR_MAIN: &[Allowed] = &[
+    any("read", libc::SYS_read),
+    any("readv", libc::SYS_readv),
+    any("writev", libc::SYS_writev),
+    any("lseek", libc::SYS_lseek),
+    any("openat", libc::SYS_openat),
+    any("fstat", libc::SYS_fstat),
+    any("newfstatat", libc::SYS_newfstatat),
+    any("statx", libc::SYS_statx),
+    any("getdents64", libc::SYS_getdents64),
+    any("mkdir", libc::SYS_mkdir),
+    any("mkdirat", libc::SYS_mkdirat),
+    any("rmdir", libc::SYS_rmdir),
+    any("unlink", libc::SYS_unlink),
+    any("unlinkat", libc::SYS_unlinkat),
+    // The cgroup record is replaced whole (a temporary file renamed over it).
+    any("rename", libc::SYS_rename),
+    any("renameat", libc::SYS_renameat),
+    any("renameat2", libc::SYS_renameat2),
+    any("poll", libc::SYS_poll),
+    any("ppoll", libc::SYS_ppoll),
+    when(
+        "accept4",
+        libc::SYS_accept4,
+        &[&[eq(3, libc::SOCK_CLOEXEC as u64, "SOCK_CLOEXEC")]],
+    ),
+    any("recvfrom", libc::SYS_recvfrom),
+    any("sendto", libc::SYS_sendto),
+    any("recvmsg", libc::SYS_recvmsg),
+    any("sendmsg", libc::SYS_sendmsg),
+    any("shutdown", libc::SYS_shutdown),
+    when(
+        "getsockopt",
+        libc::SYS_getsockopt,
+        &[
+            &[
+                eq(1, libc::SOL_SOCKET as u64, "SOL_SOCKET"),
+                eq(2, libc::SO_PEERCRED as u64, "SO_PEERCRED"),
+            ],
+            &[
+                eq(1, libc::SOL_SOCKET as u64, "SOL_SOCKET"),
+                eq(2, libc::SO_ERROR as u64, "SO_ERROR"),
+            ],
+        ],
+    ),
+    when("setsockopt", libc::SYS_setsockopt, TIMEOUTS),
+    when(
+        "fcntl",
+        libc::SYS_fcntl,
+        &[
+            &[eq(1, libc::F_GETFD as u64, "F_GETFD")],
+            &[eq(1, libc::F_SETFD as u64, "F_SETFD")],
+            &[eq(1, libc::F_GETFL as u64, "F_GETFL")],
+            &[eq(1, libc::F_SETFL as u64, "F_SETFL")],
+            &[eq(1, libc::F_DUPFD_CLOEXEC as u64, "F_DUPFD_CLOEXEC")],
+        ],
+    ),
+    when(
+        "ioctl",
+        libc::SYS_ioctl,
+        &[
+            &[eq(1, FIONBIO, "FIONBIO")],
+            &[eq(1, libc::FIOCLEX, "FIOCLEX")],
+            &[eq(1, libc::TCGETS, "TCGETS")],
+            &[eq(1, libc::TIOCGWINSZ, "TIOCGWINSZ")],
+            &[eq(1, libc::TIOCSWINSZ, "TIOCSWINSZ")],
+        ],
+    ),
+    // The OOM report waits until the engine has read the cgroup's `memory.events`.
+    any("inotify_init1", libc::SYS_inotify_init1),
+    when(
+        "inotify_add_watch",
+        libc::SYS_inotify_add_watch,
+        &[&[eq(2, libc::IN_ACCESS as u64, "IN_ACCESS")]],
+    ),
+    any("eventfd2", libc::SYS_eventfd2),
+    any("pipe2", libc::SYS_pipe2),
+    when("clone", libc::SYS_clone, &[&[eq(0, FORK_FLAGS, "fork")]]),
+    any("wait4", libc::SYS_wait4),
+    any("kill", libc::SYS_kill),
+    any("tgkill", libc::SYS_tgkill),
+    any("getpid", libc::SYS_getpid),
+    any("getrandom", libc::SYS_getrandom),
+    any("sched_yield", libc::SYS_sched_yield),
+    any("nanosleep", libc::SYS_nanosleep),
+    any("clock_nanosleep", libc::SYS_clock_nanosleep),
+    // A stdio relay it starts stacks its own filter (only ever narrower): its SIGSYS
+    // handler, `no_new_privs` (set already) and the filter.
+    any("rt_sigaction", libc::SYS_rt_sigaction),
+    when(
+        "prctl",
+        libc::SYS_prctl,
+        &[&[eq(
+            0,
+            libc::PR_SET_NO_NEW_PRIVS as u64,
+            "PR_SET_NO_NEW_PRIVS",
+        )]],
+    ),
+    when(
+        "seccomp",
+        libc::SYS_seccomp,
+        &[&[eq(
+            0,
+            libc::SECCOMP_SET_MODE_FILTER as u64,
+            "SECCOMP_SET_MODE_FILTER",
+        )]],
+    ),
+];
+
 /// In a debug build, Rust checks that a descriptor is open before closing it, with
 /// `fcntl(F_GETFD)`.
 pub const DEBUG_BUILD: &[Allowed] = &[when(
@@ -341,6 +465,7 @@ pub fn groups(kind: ThreadKind) -> Vec<&'static [Allowed]> {
         ThreadKind::DnsRelay => vec![BASE, SPAWN, RELAY, DNS_RELAY],
         ThreadKind::SocketRelay => vec![BASE, SPAWN, RELAY, SOCKET_RELAY],
         ThreadKind::VhostWatchdog => vec![BASE, VHOST_WATCHDOG],
+        ThreadKind::MonitorMain => vec![BASE, SPAWN, MONITOR_MAIN],
     };
     if cfg!(debug_assertions) {
         groups.push(DEBUG_BUILD);

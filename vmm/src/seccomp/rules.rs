@@ -53,6 +53,13 @@ const fn eq(arg: u8, value: u64, what: &'static str) -> Check {
     }
 }
 
+/// `accept4` of a connection that is close-on-exec (how Rust's std accepts).
+const ACCEPT_CLOEXEC: Allowed = when(
+    "accept4",
+    libc::SYS_accept4,
+    &[&[eq(3, libc::SOCK_CLOEXEC as u64, "SOCK_CLOEXEC")]],
+);
+
 const fn masked(arg: u8, mask: u64, value: u64, what: &'static str) -> Check {
     Check {
         arg,
@@ -213,11 +220,7 @@ pub const DEVICES: &[Allowed] = &[
         ]],
     ),
     any("connect", libc::SYS_connect),
-    when(
-        "accept4",
-        libc::SYS_accept4,
-        &[&[eq(3, libc::SOCK_CLOEXEC as u64, "SOCK_CLOEXEC")]],
-    ),
+    ACCEPT_CLOEXEC,
     when("ioctl", libc::SYS_ioctl, &[&[eq(1, FIONBIO, "FIONBIO")]]),
     any("recvfrom", libc::SYS_recvfrom),
     any("sendto", libc::SYS_sendto),
@@ -254,11 +257,7 @@ const TIMEOUTS: &[&[Check]] = &[
 /// thread per two-way copy): accept, read the guest's header, copy both ways with
 /// half-close. `F_DUPFD_CLOEXEC` is `try_clone` of a stream for the second direction.
 pub const RELAY: &[Allowed] = &[
-    when(
-        "accept4",
-        libc::SYS_accept4,
-        &[&[eq(3, libc::SOCK_CLOEXEC as u64, "SOCK_CLOEXEC")]],
-    ),
+    ACCEPT_CLOEXEC,
     any("recvfrom", libc::SYS_recvfrom),
     any("sendto", libc::SYS_sendto),
     any("shutdown", libc::SYS_shutdown),
@@ -360,11 +359,7 @@ pub const MONITOR_MAIN: &[Allowed] = &[
     any("renameat2", libc::SYS_renameat2),
     any("poll", libc::SYS_poll),
     any("ppoll", libc::SYS_ppoll),
-    when(
-        "accept4",
-        libc::SYS_accept4,
-        &[&[eq(3, libc::SOCK_CLOEXEC as u64, "SOCK_CLOEXEC")]],
-    ),
+    ACCEPT_CLOEXEC,
     any("recvfrom", libc::SYS_recvfrom),
     any("sendto", libc::SYS_sendto),
     any("recvmsg", libc::SYS_recvmsg),

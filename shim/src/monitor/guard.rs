@@ -9,8 +9,8 @@
 //! message it reads is a request, answered with a byte: a plain one runs its `undo_now`
 //! action; one that carries descriptors ([`keep_until_gone`]: the VM's) makes it hold
 //! them until the monitor is gone. When that read returns EOF (the monitor dropped its
-//! [`CleanupGuard`] or died) it runs its `cleanup`, removes the directory and exits,
-//! closing what it held. It never reads anything the guest wrote.
+//! [`CleanupGuard`] or died) it closes what it held, runs its `cleanup`, removes the
+//! directory and exits. It never reads anything the guest wrote.
 //!
 //! Why it holds the VM: the kernel tears a KVM VM down when its last descriptor closes,
 //! and on an emulated CPU that takes up to a second (the TDP MMU's `rcu_barrier`, which
@@ -219,10 +219,12 @@ fn guard_main(
         // ignored: a monitor gone meanwhile is an EPIPE).
         unsafe { libc::write(answers, b"d".as_ptr().cast(), 1) };
     }
+    // First the VM's teardown (the monitor's parent has been told already): KVM's
+    // per-VM kernel thread sits in the container's cgroup until then, and `cleanup`
+    // removes that cgroup.
+    drop(held);
     cleanup();
     let _ = std::fs::remove_dir_all(dir);
-    // Last: the VM's teardown, which nobody waits for any more.
-    drop(held);
     // SAFETY: ends this process without running the parent's atexit handlers.
     unsafe { libc::_exit(0) }
 }

@@ -44,19 +44,6 @@ pub fn recv_fds(
     sock: BorrowedFd<'_>,
     expected: usize,
 ) -> Result<(Vec<OwnedFd>, Vec<u8>), ScmError> {
-    let (fds, data) = recv_message(sock)?;
-    if fds.len() != expected {
-        return Err(ScmError::Count {
-            expected,
-            got: fds.len(),
-        });
-    }
-    Ok((fds, data))
-}
-
-/// Receives one message with up to [`MAX_FDS`] descriptors (close-on-exec); returns
-/// them and the data bytes.
-pub fn recv_message(sock: BorrowedFd<'_>) -> Result<(Vec<OwnedFd>, Vec<u8>), ScmError> {
     let mut data = vec![0u8; 4096];
     let mut iov = [IoSliceMut::new(&mut data)];
     let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
@@ -88,6 +75,12 @@ pub fn recv_message(sock: BorrowedFd<'_>) -> Result<(Vec<OwnedFd>, Vec<u8>), Scm
     }
     if truncated {
         return Err(ScmError::Truncated);
+    }
+    if fds.len() != expected {
+        return Err(ScmError::Count {
+            expected,
+            got: fds.len(),
+        });
     }
     data.truncate(n);
     Ok((fds, data))

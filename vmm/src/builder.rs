@@ -195,15 +195,6 @@ pub struct Vmm {
 }
 
 impl Vmm {
-    /// The KVM VM's descriptor, for a process that should hold the VM past this one (the
-    /// kernel tears the VM down when its last descriptor closes).
-    pub fn vm_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        use std::os::fd::AsRawFd;
-        // SAFETY: the VmFd owns this descriptor and lives as long as `self`, which the
-        // borrow is tied to.
-        unsafe { std::os::fd::BorrowedFd::borrow_raw(self._vm.fd().as_raw_fd()) }
-    }
-
     /// Builds the VM. Nothing of the guest runs until [`Vmm::run`].
     pub fn new(mut config: VmConfig) -> Result<Self, VmmError> {
         let start = Instant::now();

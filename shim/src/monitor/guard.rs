@@ -4,21 +4,13 @@
 //! itself once it has dropped its privileges ([`super::privileges`]).
 //!
 //! It is forked before the monitor starts any thread and before the drop, so it keeps
-//! the monitor's privileges and namespaces; it holds nothing but one end of a socket
-//! pair whose other end only the monitor has, and the write end of a pipe back. Each
-//! message it reads is a request, answered with a byte: a plain one runs its `undo_now`
-//! action; one that carries descriptors ([`keep_until_gone`]: the VM's) makes it hold
-//! them until the monitor is gone. When that read returns EOF (the monitor dropped its
-//! [`CleanupGuard`] or died) it closes what it held, runs its `cleanup`, removes the
-//! directory and exits. It never reads anything the guest wrote.
-//!
-//! Why it holds the VM: the kernel tears a KVM VM down when its last descriptor closes,
-//! and on an emulated CPU that takes up to a second (the TDP MMU's `rcu_barrier`, which
-//! the kernel runs one VM at a time). Closed by the monitor, it would run in the
-//! monitor's exit, before its parent (containerd's shim, Docker) learns that the
-//! container ended; held by the guard, it runs after.
+//! the monitor's privileges and namespaces; it holds nothing but the read end of a pipe
+//! whose write end only the monitor has, and the write end of a pipe back. Each byte it
+//! reads is a request: it runs its `undo_now` action and answers with a byte. When that
+//! read returns EOF (the monitor dropped its [`CleanupGuard`] or died) it runs its
+//! `cleanup` and removes the directory. It never reads anything the guest wrote.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -38,10 +30,9 @@ pub enum GuardError {
     NoAnswer(Duration),
 }
 
-/// The monitor's ends of the channel to its guard (one guard per monitor process).
+/// The monitor's ends of the pipes to its guard (one guard per monitor process).
 struct Channel {
-    /// Requests (a `SOCK_SEQPACKET` socket, which carries descriptors); closing it (the
-    /// only copy) tells the guard to clean up.
+    /// Requests; closing it (the only copy) tells the guard to clean up.
     requests: OwnedFd,
     /// The guard's answers.
     answers: OwnedFd,
@@ -75,14 +66,7 @@ pub fn spawn_with(
 ) -> Result<CleanupGuard, GuardError> {
     let pipe =
         || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| GuardError::Pipe(e.into()));
-    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
-    let (read_end, write_end) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|e| GuardError::Pipe(e.into()))?;
+    let (read_end, write_end) = pipe()?;
     let (answers, answer_end) = pipe()?;
     let dir: PathBuf = dir.to_path_buf();
     // SAFETY: the caller guarantees the process is single-threaded, so the child may
@@ -113,31 +97,13 @@ pub fn spawn_with(
 /// Asks this process's guard to run its `undo_now` action and waits up to `timeout` for
 /// it to be done.
 pub fn request_undo(timeout: Duration) -> Result<(), GuardError> {
-    ask(&[], timeout)
-}
-
-/// Hands `fds` (the VM's descriptor) to this process's guard, which holds them until the
-/// monitor is gone, and waits up to `timeout` for it to have them.
-pub fn keep_until_gone(fds: &[BorrowedFd<'_>], timeout: Duration) -> Result<(), GuardError> {
-    ask(fds, timeout)
-}
-
-/// Sends the guard one request (with `fds`, if any) and waits up to `timeout` for its
-/// answer.
-fn ask(fds: &[BorrowedFd<'_>], timeout: Duration) -> Result<(), GuardError> {
     let channel = CHANNEL.lock().unwrap_or_else(|e| e.into_inner());
     let Some(c) = channel.as_ref() else {
         return Err(GuardError::NoGuard);
     };
-    let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    if raw.is_empty() {
-        // SAFETY: writes one byte from a literal to a socket this process owns.
-        if unsafe { libc::write(c.requests.as_raw_fd(), b"u".as_ptr().cast(), 1) } != 1 {
-            return Err(GuardError::Request(std::io::Error::last_os_error()));
-        }
-    } else {
-        crate::scm::send_fds(c.requests.as_fd(), b"k", &raw)
-            .map_err(|e| GuardError::Request(std::io::Error::other(e)))?;
+    // SAFETY: writes one byte from a literal to a pipe this process owns.
+    if unsafe { libc::write(c.requests.as_raw_fd(), b"u".as_ptr().cast(), 1) } != 1 {
+        return Err(GuardError::Request(std::io::Error::last_os_error()));
     }
     let mut pfd = libc::pollfd {
         fd: c.answers.as_raw_fd(),
@@ -203,26 +169,21 @@ fn guard_main(
             }
         }
     }
-    // SAFETY: `requests` is this process's own socket, open for its whole life.
-    let socket = unsafe { BorrowedFd::borrow_raw(requests) };
-    // What the monitor handed over to hold until it is gone (the VM's descriptor).
-    let mut held: Vec<OwnedFd> = Vec::new();
+    let mut b = [0u8; 1];
     loop {
-        match crate::scm::recv_message(socket) {
-            Ok((fds, _)) if !fds.is_empty() => held.extend(fds),
-            Ok(_) => undo_now(),
-            // EOF: the monitor is gone (or dropped its guard).
-            Err(crate::scm::ScmError::Closed) => break,
-            Err(_) => break,
+        // SAFETY: reads one byte into a local buffer from this process's own pipe.
+        match unsafe { libc::read(requests, b.as_mut_ptr().cast(), 1) } {
+            0 => break,
+            1 => {
+                undo_now();
+                // SAFETY: writes one byte from a literal to this process's own pipe
+                // (SIGPIPE is ignored: a monitor gone meanwhile is an EPIPE).
+                unsafe { libc::write(answers, b"d".as_ptr().cast(), 1) };
+            }
+            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
+            _ => break,
         }
-        // SAFETY: writes one byte from a literal to this process's own pipe (SIGPIPE is
-        // ignored: a monitor gone meanwhile is an EPIPE).
-        unsafe { libc::write(answers, b"d".as_ptr().cast(), 1) };
     }
-    // First the VM's teardown (the monitor's parent has been told already): KVM's
-    // per-VM kernel thread sits in the container's cgroup until then, and `cleanup`
-    // removes that cgroup.
-    drop(held);
     cleanup();
     let _ = std::fs::remove_dir_all(dir);
     // SAFETY: ends this process without running the parent's atexit handlers.

@@ -6,7 +6,7 @@
 //!
 //! - opened before and kept: the TAPs (`/dev/net/tun`), the vsock and relay listeners,
 //!   virtiofsd's log pipe, the log file, the API socket, stdio, the signalfd, the
-//!   cleanup guard's socket and pipe (the guard also holds the VM's descriptor);
+//!   cleanup guard's pipes;
 //! - bound at its own path: what the VM is built from, in the jail because building it
 //!   starts a thread (`/dev/kvm`, the only device node; the guest kernel and initramfs,
 //!   read-only; `/sys/module/kvm_pvm` where it exists, for the PVM check), the

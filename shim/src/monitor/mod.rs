@@ -56,8 +56,6 @@ use vm::{report_times, RunningVm};
 
 /// Guest CID of every runvm guest (each VM has its own vsock device, so they never clash).
 pub const GUEST_CID: u64 = 3;
-/// How long the monitor waits for its cleanup guard to take the VM's descriptor.
-const GUARD_ANSWER_WAIT: Duration = Duration::from_secs(5);
 /// Where the host's cgroup file systems are mounted (bound into the monitor's jail).
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// KVM's device, opened when the VM is built (in the monitor's jail).
@@ -378,12 +376,6 @@ fn run_started(
     };
     let booted = Vmm::new(vm_config)
         .map_err(MonitorError::from)
-        .inspect(|vmm| {
-            // The VM's teardown then runs in the guard, after the monitor's exit.
-            if let Err(e) = guard::keep_until_gone(&[vmm.vm_fd()], GUARD_ANSWER_WAIT) {
-                log::debug!("the cleanup guard does not hold the VM: {e}");
-            }
-        })
         .and_then(RunningVm::start);
     let mut vm = match booted {
         Ok(vm) => vm,

@@ -82,6 +82,16 @@ impl ThreadKind {
         self != ThreadKind::MonitorMain
     }
 
+    /// The calls the stacked [`deny_open`] filter fails on this thread: [`DENIED`], or
+    /// none where it [does not deny them](Self::denies_open).
+    fn denied(self) -> &'static [(&'static str, i64)] {
+        if self.denies_open() {
+            DENIED
+        } else {
+            &[]
+        }
+    }
+
     /// The thread's name in reports and listings.
     pub fn name(self) -> &'static str {
         match self {
@@ -160,7 +170,7 @@ fn deny_open() -> Result<BpfProgram, SeccompError> {
 pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     // Failed by the stacked [`deny_open`] filter: they must not trap here.
-    for (_, nr) in DENIED.iter().filter(|_| kind.denies_open()) {
+    for (_, nr) in kind.denied() {
         rules.insert(*nr, vec![]);
     }
     for entry in entries(kind) {
@@ -193,9 +203,9 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
 /// `kind`'s allow-list for people: one line per system call, `name` or
 /// `name: alternative | alternative`, each alternative its checks joined by ` && `.
 pub fn describe(kind: ThreadKind) -> Vec<String> {
-    let denied = DENIED
+    let denied = kind
+        .denied()
         .iter()
-        .filter(|_| kind.denies_open())
         .map(|(name, _)| format!("{name}: fails with EACCES"));
     entries(kind)
         .iter()

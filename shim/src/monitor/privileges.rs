@@ -35,7 +35,6 @@
 //! there for a thread that must drop its own.)
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 /// Errors dropping the monitor's privileges: the container does not start.
 #[derive(Debug, thiserror::Error)]
@@ -120,8 +119,6 @@ const SECBIT_NOROOT: libc::c_ulong = 1 << 0;
 const SECBIT_NOROOT_LOCKED: libc::c_ulong = 1 << 1;
 const SECBIT_NO_CAP_AMBIENT_RAISE: libc::c_ulong = 1 << 6;
 const SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED: libc::c_ulong = 1 << 7;
-/// How long [`drop_all`] waits for threads that drop their own privileges.
-const THREADS_WAIT: Duration = Duration::from_secs(2);
 
 #[repr(C)]
 struct CapHeader {
@@ -205,20 +202,14 @@ pub fn drop_in_this_thread() -> Result<(), PrivilegeError> {
 /// Drops the monitor's privileges for good: closes the descriptors above 2 it inherited
 /// (those without close-on-exec, apart from `keep`), drops the calling thread's
 /// capabilities, makes the process non-dumpable, then checks that every thread of the
-/// process has neither capability nor a missing `no_new_privs` (waiting a little for
-/// threads that drop their own). Call it before starting any long-lived thread.
+/// process has neither capability nor a missing `no_new_privs`. Call it before starting
+/// any thread.
 pub fn drop_all(keep: &[i32]) -> Result<(), PrivilegeError> {
     close_inherited(keep)?;
     drop_in_this_thread()?;
     prctl(libc::PR_SET_DUMPABLE, 0).map_err(PrivilegeError::Dumpable)?;
-    let deadline = Instant::now() + THREADS_WAIT;
-    loop {
-        match first_privileged_thread() {
-            Ok(None) => break,
-            Ok(Some(kept)) if Instant::now() >= deadline => return Err(kept),
-            Ok(Some(_)) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Err(e),
-        }
+    if let Some(kept) = first_privileged_thread()? {
+        return Err(kept);
     }
     log::debug!("monitor: privileges dropped");
     Ok(())

@@ -96,7 +96,7 @@ impl Credentials {
 /// and `mesg` check), keeping their group (the devpts `gid=5`), as runc's
 /// `fixStdioPermissions` does: `/dev/null` and what `uid` already owns stay as they are,
 /// and EINVAL or EPERM (an owner the user namespace does not map) leave the fd untouched.
-fn give_stdio_to(uid: Uid) -> Result<()> {
+pub fn give_stdio_to(uid: Uid) -> Result<()> {
     let null = nix::sys::stat::stat("/dev/null").ok().map(|s| s.st_rdev);
     for fd in 0..3 {
         let Ok(st) = nix::sys::stat::fstat(fd) else {

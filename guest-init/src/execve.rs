@@ -10,6 +10,7 @@ use crate::error::{Context, Error, Result};
 use crate::path_lookup::{self, FsProbe};
 use crate::seccomp;
 use crate::spawn::ChildStdio;
+use crate::user_ns::UserNamespace;
 use nix::errno::Errno;
 use nix::sys::stat::Mode;
 use runvm_protocol::ProcessSpec;
@@ -21,8 +22,13 @@ use std::path::Path;
 /// runc's umask when `process.user.umask` is not set.
 const DEFAULT_UMASK: u32 = 0o022;
 
-/// Turns the calling child into the process `p` describes; returns only on failure.
-pub fn become_process(p: &ProcessSpec, stdio: ChildStdio) -> Result<Infallible> {
+/// Turns the calling child into the process `p` describes, in `user_ns`; returns only on
+/// failure.
+pub fn become_process(
+    p: &ProcessSpec,
+    stdio: ChildStdio,
+    user_ns: UserNamespace,
+) -> Result<Infallible> {
     stdio.install()?;
     close_other_fds()?;
     // runc: a process without HOME gets its user's home from the container's passwd.
@@ -31,6 +37,9 @@ pub fn become_process(p: &ProcessSpec, stdio: ChildStdio) -> Result<Infallible> 
     let seccomp = seccomp::Filter::from_spec(p.seccomp.as_ref())?;
     attrs::apply_rlimits(&p.rlimits)?;
     attrs::set_oom_score_adj(p.oom_score_adj)?;
+    // Last of what needs the guest's own capabilities (rlimits above their hard limit, a
+    // lower OOM score); from here on the user and capabilities are the namespace's.
+    user_ns.enter(p.uid)?;
     let credentials = Credentials::resolve(p, seccomp)?;
     credentials.drop_before_user_switch()?;
     // As runc: the working directory is entered before the user switch (the user may not

@@ -65,6 +65,7 @@ mod socket_relay;
 mod spawn;
 mod supervisor;
 mod terminal;
+mod user_ns;
 mod vsock;
 mod workload;
 

@@ -1,12 +1,14 @@
 //! The container's processes: the main one, started in new PID, mount and UTS namespaces
 //! with the container's view built in its child (cgroup, hostname, root switch, mounts,
-//! devices, sysctls, read-only and masked paths), and exec'd ones, which join the main
-//! process's namespaces and root. Both then become their process ([`crate::execve`]).
+//! devices, sysctls, read-only and masked paths) and a user namespace when the spec maps
+//! ids ([`crate::user_ns`]), and exec'd ones, which join the main process's namespaces and
+//! root. Both then become their process ([`crate::execve`]).
 
 use crate::error::{Context, Result};
 use crate::execve::become_process;
 use crate::mounts::{self, Paths};
 use crate::spawn::{self, ChildStdio, Started};
+use crate::user_ns::UserNamespace;
 use crate::{attrs, binds, cgroup};
 use nix::sched::CloneFlags;
 use nix::sys::stat::Mode;
@@ -58,8 +60,9 @@ fn main_child(req: &Request<'_>, stdio: ChildStdio) -> Result<Infallible> {
     if let Some(h) = req.hostname {
         nix::unistd::sethostname(h).with_context(|| format!("sethostname {h:?}"))?;
     }
+    let user_ns = UserNamespace::for_main(&req.linux.uid_mappings, &req.linux.gid_mappings)?;
     build_container_view(req)?;
-    become_process(req.process, stdio)
+    become_process(req.process, stdio, user_ns)
 }
 
 /// The root switch and everything the container sees under its new root.
@@ -101,13 +104,15 @@ fn exec_child(main: Pid, p: &ProcessSpec, stdio: ChildStdio) -> Result<Infallibl
     let root_path = format!("/proc/{main}/root");
     let root = std::fs::File::open(&root_path)
         .with_context(|| format!("open the container's root {root_path}"))?;
+    // Joined last, in `become_process`: the other namespaces are joined as the guest's root.
+    let user_ns = UserNamespace::of_process(main)?;
     join_namespaces_of(main)?;
     // The container's root, whatever way its main process entered it.
     nix::unistd::fchdir(root.as_raw_fd()).context("enter the container's root")?;
     nix::unistd::chroot(".").context("chroot into the container's root")?;
     std::env::set_current_dir("/").context("chdir / in the container root")?;
     drop(root);
-    become_process(p, stdio)
+    become_process(p, stdio, user_ns)
 }
 
 /// Joins each of [`EXEC_NAMESPACES`] of `main` that differs from the caller's own.

@@ -12,8 +12,8 @@ mod common;
 
 use common::{accept, BUSYBOX};
 use runvm_protocol::{
-    read_frame, write_frame, Capabilities, ExitStatus, GuestMessage, HostMessage, LinuxSpec,
-    MountSpec, ProcessSpec, Rlimit, RootfsSpec, StreamHeader,
+    read_frame, write_frame, Capabilities, ExitStatus, GuestMessage, HostMessage, IdMapping,
+    LinuxSpec, MountSpec, ProcessSpec, Rlimit, RootfsSpec, StreamHeader,
 };
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -578,6 +578,89 @@ fn exec_joins_the_container_and_reports_its_exit() {
             process: 1, status, ..
         } => assert_eq!(status, ExitStatus::Exited(5)),
         m => panic!("expected Exited of 1, got {m:?}"),
+    }
+    s.send(&HostMessage::Signal {
+        process: 0,
+        signal: 9,
+    });
+    assert_eq!(s.exits_until_main(), vec![(0, ExitStatus::Signaled(9))]);
+    assert!(s.shutdown().success());
+}
+
+#[test]
+fn a_user_namespace_maps_the_containers_ids_and_exec_joins_it() {
+    require_root!();
+    let map = |host_id| {
+        vec![IdMapping {
+            container_id: 0,
+            host_id,
+            size: 65_536,
+        }]
+    };
+    let linux = LinuxSpec {
+        uid_mappings: map(100_000),
+        gid_mappings: map(200_000),
+        ..LinuxSpec::default()
+    };
+    let mut s = Session::launch(spec(&["sleep", "100"]), linux, vec![]);
+    match s.recv() {
+        GuestMessage::Started { process: 0, .. } => {}
+        m => panic!("expected Started, got {m:?}"),
+    }
+    // As Docker's userns-remap leaves an image: owned by the container's root.
+    let work = common::root_dir(s.scratch.path()).join("work");
+    std::os::unix::fs::chown(&work, Some(100_000), Some(200_000)).unwrap();
+    let streams = s.exec(
+        1,
+        spec(&[
+            "sh",
+            "-c",
+            "cat /proc/1/uid_map /proc/self/uid_map /proc/self/gid_map; id -u; id -g; \
+             touch /work/made; echo x >> /etc/passwd || echo host-root-file-denied",
+        ]),
+    );
+    let out = read_all(streams.into_iter().nth(1).unwrap());
+    let words: Vec<String> = String::from_utf8_lossy(&out)
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        words,
+        [
+            "0 100000 65536",
+            "0 100000 65536",
+            "0 200000 65536",
+            "0",
+            "0",
+            "host-root-file-denied"
+        ]
+    );
+    match s.recv() {
+        GuestMessage::Exited {
+            process: 1, status, ..
+        } => assert_eq!(status, ExitStatus::Exited(0)),
+        m => panic!("expected Exited of 1, got {m:?}"),
+    }
+    // What the container's root made is the mapped ids' on the host.
+    let made = std::fs::metadata(work.join("made")).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((made.uid(), made.gid()), (100_000, 200_000));
+    // A terminal is the container user's, as runc's console is (not the guest root's,
+    // which the namespace shows as 65534).
+    let mut t = spec(&[
+        "sh",
+        "-c",
+        "ls -lnL /proc/self/fd/0 | tr -s ' ' | cut -d' ' -f3",
+    ]);
+    t.terminal = true;
+    let tty = s.exec(2, t).into_iter().next().unwrap();
+    let owner = String::from_utf8_lossy(&read_all(tty)).trim().to_string();
+    assert_eq!(owner, "0");
+    match s.recv() {
+        GuestMessage::Exited {
+            process: 2, status, ..
+        } => assert_eq!(status, ExitStatus::Exited(0)),
+        m => panic!("expected Exited of 2, got {m:?}"),
     }
     s.send(&HostMessage::Signal {
         process: 0,

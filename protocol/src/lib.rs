@@ -49,13 +49,13 @@ pub use messages::{
     SocketRelayHeader, StreamHeader, MAIN_PROCESS,
 };
 pub use spec::{
-    AddressSpec, Capabilities, DeviceSpec, InterfaceSpec, LinuxSpec, MountSpec, NetworkSpec,
-    ProcessSpec, Resources, Rlimit, RootfsSpec, RouteSpec, SeccompProgram, WindowSize,
+    AddressSpec, Capabilities, DeviceSpec, IdMapping, InterfaceSpec, LinuxSpec, MountSpec,
+    NetworkSpec, ProcessSpec, Resources, Rlimit, RootfsSpec, RouteSpec, SeccompProgram, WindowSize,
     CAPABILITY_NAMES, SECCOMP_INSTRUCTION_LEN, SHARE_ROOT, SHARE_TAG,
 };
 
 /// Version of this protocol; the guest sends it in `Hello` and the host refuses others.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// vsock port of the control connection (guest → host).
 pub const CONTROL_PORT: u32 = 1024;
 /// vsock port of the stdio stream connections (guest → host).

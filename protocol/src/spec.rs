@@ -168,6 +168,40 @@ pub struct LinuxSpec {
     /// exec'd process joins too. Empty: no limits, as before this field existed.
     #[serde(default)]
     pub resources: Resources,
+    /// `linux.uidMappings`: when not empty, the workload runs in a user namespace of its
+    /// own with this uid map (and [`LinuxSpec::gid_mappings`]); exec'd processes join it.
+    #[serde(default)]
+    pub uid_mappings: Vec<IdMapping>,
+    /// `linux.gidMappings`, with [`LinuxSpec::uid_mappings`].
+    #[serde(default)]
+    pub gid_mappings: Vec<IdMapping>,
+}
+
+impl LinuxSpec {
+    /// Whether the workload gets a user namespace of its own.
+    pub fn user_namespace(&self) -> bool {
+        !self.uid_mappings.is_empty()
+    }
+}
+
+/// One line of a user namespace's id map: `size` ids from `container_id` in the
+/// namespace are `host_id`… in the guest's initial namespace, whose ids are the host's
+/// (the shared files carry them unchanged).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMapping {
+    pub container_id: u32,
+    pub host_id: u32,
+    pub size: u32,
+}
+
+impl IdMapping {
+    /// The host id of `container_id` in `maps`, if one maps it.
+    pub fn host_of(maps: &[IdMapping], container_id: u32) -> Option<u32> {
+        maps.iter().find_map(|m| {
+            let offset = container_id.checked_sub(m.container_id)?;
+            (offset < m.size).then(|| m.host_id.checked_add(offset))?
+        })
+    }
 }
 
 /// One `linux.devices` entry, checked by the host.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::Spec;
 use runvm_protocol::spec::{DeviceRule, DeviceRuleKind};
 use runvm_protocol::{
-    Capabilities, LinuxSpec, MountSpec, ProcessSpec, Rlimit, SeccompProgram, WindowSize,
+    Capabilities, IdMapping, LinuxSpec, MountSpec, ProcessSpec, Rlimit, SeccompProgram, WindowSize,
 };
 
 /// Errors reading a bundle.
@@ -123,12 +123,15 @@ impl ContainerSpec {
                     .unwrap_or_default();
                 let rules = l.resources().as_ref().and_then(|r| r.devices().as_ref());
                 resources.devices = Some(device_rules(rules, &devices).map_err(invalid)?);
+                let (uid_mappings, gid_mappings) = id_mappings(l).map_err(invalid)?;
                 LinuxSpec {
                     sysctl: sysctl.into_iter().collect(),
                     masked_paths: paths(l.masked_paths(), "maskedPaths")?,
                     readonly_paths: paths(l.readonly_paths(), "readonlyPaths")?,
                     devices,
                     resources,
+                    uid_mappings,
+                    gid_mappings,
                 }
             }
         };
@@ -185,6 +188,81 @@ impl ContainerSpec {
             hooks: spec.hooks().clone(),
         })
     }
+}
+
+/// Most lines of a user namespace's id map (the kernel's limit).
+const MAX_ID_MAPPINGS: usize = 340;
+
+/// `linux.uidMappings` and `gidMappings`, checked as runc checks them: mappings only with a
+/// new user namespace in `linux.namespaces` and a new user namespace only with both maps;
+/// joining one by path is refused (the workload lives in its own guest kernel). Each
+/// range is non-empty and inside the 32-bit id space, and no two overlap on either side.
+fn id_mappings(l: &oci_spec::runtime::Linux) -> Result<(Vec<IdMapping>, Vec<IdMapping>), String> {
+    use oci_spec::runtime::LinuxNamespaceType as T;
+    let user = l.namespaces().iter().flatten().find(|n| n.typ() == T::User);
+    if let Some(path) = user.and_then(|n| n.path().as_ref()) {
+        return Err(format!(
+            "linux.namespaces: joining the user namespace {} is not supported by runvm: the container's processes live in its own guest kernel; give uidMappings and gidMappings for a new one",
+            path.display()
+        ));
+    }
+    let convert = |field: &str, v: &Option<Vec<oci_spec::runtime::LinuxIdMapping>>| {
+        let maps: Vec<IdMapping> = v
+            .iter()
+            .flatten()
+            .map(|m| IdMapping {
+                container_id: m.container_id(),
+                host_id: m.host_id(),
+                size: m.size(),
+            })
+            .collect();
+        check_id_mappings(&maps).map_err(|m| format!("linux.{field}: {m}"))?;
+        Ok::<_, String>(maps)
+    };
+    let uids = convert("uidMappings", l.uid_mappings())?;
+    let gids = convert("gidMappings", l.gid_mappings())?;
+    match (user.is_some(), uids.is_empty() || gids.is_empty()) {
+        (true, true) => Err(
+            "linux.namespaces has a user namespace but linux.uidMappings or linux.gidMappings is empty: give both maps".into(),
+        ),
+        (false, _) if !uids.is_empty() || !gids.is_empty() => Err(
+            "linux.uidMappings/gidMappings are given but linux.namespaces has no user namespace: add {\"type\": \"user\"}".into(),
+        ),
+        _ => Ok((uids, gids)),
+    }
+}
+
+/// One id map: at most [`MAX_ID_MAPPINGS`] lines of non-empty ranges that end inside the
+/// 32-bit id space and overlap no other line on either side.
+fn check_id_mappings(maps: &[IdMapping]) -> Result<(), String> {
+    if maps.len() > MAX_ID_MAPPINGS {
+        return Err(format!(
+            "{} ranges; the kernel takes at most {MAX_ID_MAPPINGS}",
+            maps.len()
+        ));
+    }
+    let end = |start: u32, size: u32| u64::from(start) + u64::from(size);
+    for (i, m) in maps.iter().enumerate() {
+        if m.size == 0 {
+            return Err(format!("range {i} has size 0"));
+        }
+        if end(m.container_id, m.size) > 1 << 32 || end(m.host_id, m.size) > 1 << 32 {
+            return Err(format!(
+                "range {i} ({} {} {}) ends past the last id 4294967295",
+                m.container_id, m.host_id, m.size
+            ));
+        }
+        let overlaps = |a: u32, b: u32, size_a: u32, size_b: u32| {
+            u64::from(a) < end(b, size_b) && u64::from(b) < end(a, size_a)
+        };
+        if let Some(j) = maps[..i].iter().position(|o| {
+            overlaps(m.container_id, o.container_id, m.size, o.size)
+                || overlaps(m.host_id, o.host_id, m.size, o.size)
+        }) {
+            return Err(format!("ranges {j} and {i} overlap"));
+        }
+    }
+    Ok(())
 }
 
 /// Most unknown keys named in one warning.
@@ -688,6 +766,72 @@ mod tests {
             ]}}}));
             let e = b.load().unwrap_err().to_string();
             assert!(e.contains(want) && e.contains("config.json"), "{want}: {e}");
+        }
+    }
+
+    #[test]
+    fn id_mappings_are_carried_with_a_user_namespace_and_refused_without_one() {
+        let ns = |user: Value| json!([{ "type": "pid" }, { "type": "ipc" }, { "type": "network" }, { "type": "mount" }, user]);
+        let map = |c: u64, h: u64, n: u64| json!({ "containerID": c, "hostID": h, "size": n });
+        let l = Bundle::new(json!({ "linux": {
+            "namespaces": ns(json!({ "type": "user" })),
+            "uidMappings": [map(0, 100000, 65536)],
+            "gidMappings": [map(0, 200000, 1), map(1, 300000, 10)],
+        }}))
+        .load()
+        .unwrap()
+        .linux;
+        let m = |container_id, host_id, size| IdMapping {
+            container_id,
+            host_id,
+            size,
+        };
+        assert_eq!(l.uid_mappings, [m(0, 100_000, 65_536)]);
+        assert_eq!(l.gid_mappings, [m(0, 200_000, 1), m(1, 300_000, 10)]);
+        assert!(l.user_namespace());
+        assert!(!Bundle::new(json!({}))
+            .load()
+            .unwrap()
+            .linux
+            .user_namespace());
+
+        for (linux, want) in [
+            (
+                json!({ "namespaces": ns(json!({ "type": "user" })) }),
+                "has a user namespace but linux.uidMappings or linux.gidMappings is empty",
+            ),
+            (
+                json!({ "uidMappings": [map(0, 1000, 1)], "gidMappings": [map(0, 1000, 1)] }),
+                "linux.namespaces has no user namespace",
+            ),
+            (
+                json!({ "namespaces": ns(json!({ "type": "user", "path": "/proc/self/ns/user" })),
+                        "uidMappings": [map(0, 1000, 1)], "gidMappings": [map(0, 1000, 1)] }),
+                "joining the user namespace /proc/self/ns/user is not supported",
+            ),
+            (
+                json!({ "namespaces": ns(json!({ "type": "user" })),
+                        "uidMappings": [map(0, 1000, 0)], "gidMappings": [map(0, 1000, 1)] }),
+                "linux.uidMappings: range 0 has size 0",
+            ),
+            (
+                json!({ "namespaces": ns(json!({ "type": "user" })),
+                        "uidMappings": [map(0, 1000, 1)],
+                        "gidMappings": [map(0, 4294967295, 2)] }),
+                "linux.gidMappings: range 0 (0 4294967295 2) ends past the last id",
+            ),
+            (
+                json!({ "namespaces": ns(json!({ "type": "user" })),
+                        "uidMappings": [map(0, 1000, 10), map(10, 1005, 10)],
+                        "gidMappings": [map(0, 1000, 1)] }),
+                "linux.uidMappings: ranges 0 and 1 overlap",
+            ),
+        ] {
+            let e = Bundle::new(json!({ "linux": linux }))
+                .load()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{e}");
         }
     }
 

@@ -30,8 +30,7 @@ fn features_prints_the_spec_document() {
     let linux = &v["linux"];
     assert_eq!(
         linux["namespaces"],
-        serde_json::json!(["cgroup", "ipc", "mount", "network", "pid", "uts"]),
-        "no user namespace: uid/gid mappings are not applied"
+        serde_json::json!(["cgroup", "ipc", "mount", "network", "pid", "user", "uts"]),
     );
     let caps = linux["capabilities"].as_array().unwrap();
     assert_eq!(caps.len(), 41);

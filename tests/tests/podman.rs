@@ -21,6 +21,10 @@ const TESTS: &[(&str, docker::TestFn)] = &[
         "bind_mount_is_live_both_ways_while_running",
         bind_mount_is_live_both_ways_while_running,
     ),
+    (
+        "uidmap_gives_the_containers_files_the_mapped_ids",
+        uidmap_gives_the_containers_files_the_mapped_ids,
+    ),
 ];
 
 fn main() {
@@ -133,4 +137,48 @@ fn bind_mount_is_live_both_ways_while_running(h: &mut Harness) {
     p.cmd(&["exec", "binds", "touch", "/ro/x"])
         .fails_with("Read-only file system");
     assert!(!ro.join("x").exists());
+}
+
+/// `--uidmap`/`--gidmap` (a user namespace): the container's root is the mapped id on the
+/// host, in the main process and in `exec`, and in what it writes to a volume.
+fn uidmap_gives_the_containers_files_the_mapped_ids(h: &mut Harness) {
+    use std::os::unix::fs::MetadataExt;
+    let bb = h.busybox();
+    let p = h.cli().clone();
+    let vol = h.tmp.join("userns-vol");
+    std::fs::create_dir_all(&vol).unwrap();
+    std::os::unix::fs::chown(&vol, Some(100_000), Some(100_000)).unwrap();
+    let map = |l: &str| l.split_whitespace().collect::<Vec<_>>().join(" ");
+    let out = p.run(&[
+        "-d",
+        "--name",
+        "userns",
+        "--uidmap",
+        "0:100000:65536",
+        "--gidmap",
+        "0:100000:65536",
+        "-v",
+        &format!("{}:/vol", vol.display()),
+        bb,
+        "sh",
+        "-c",
+        "touch /vol/from-main; sleep 600",
+    ]);
+    out.ok();
+    let out = p.cmd(&[
+        "exec",
+        "userns",
+        "sh",
+        "-c",
+        "cat /proc/1/uid_map /proc/self/gid_map; id -u; touch /vol/from-exec",
+    ]);
+    let lines: Vec<String> = out.ok().text().lines().map(map).collect();
+    assert_eq!(lines, ["0 100000 65536", "0 100000 65536", "0"]);
+    wait_for("the main process's file", Duration::from_secs(30), || {
+        vol.join("from-main").exists().then_some(())
+    });
+    for f in ["from-main", "from-exec"] {
+        let m = std::fs::metadata(vol.join(f)).unwrap();
+        assert_eq!((m.uid(), m.gid()), (100_000, 100_000), "{f}");
+    }
 }

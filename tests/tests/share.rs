@@ -2,7 +2,8 @@
 //! host's own files, served to the guest over virtio-fs while it runs. What the container
 //! writes is on the host at once and what the host writes is seen in the container; `ro`
 //! (a bind's, and `root.readonly`) holds whatever the guest does; `rbind` takes the
-//! mounts under its source and `bind` does not; the share reads ahead 1 MiB (one FUSE
+//! mounts under its source and `bind` does not; in a user namespace the container's
+//! files carry the ids its map gives them; the share reads ahead 1 MiB (one FUSE
 //! request) at a time; a bind-mounted host UNIX socket is
 //! reached from the container; and whatever way a container ends, no virtiofsd, no
 //! process and no mount of it is left on the host. Run with `cargo xtask guest-test share`.
@@ -299,6 +300,80 @@ fn directory_and_file_binds_are_live_both_ways_and_ro_is_enforced_by_the_host() 
         assert!(!ro.join(p).exists(), "/ro/{p} was written on the host");
     }
     assert_eq!(code(&root.cmd(&["delete", "binds"])), 0);
+    root.assert_clean(Duration::from_secs(5));
+}
+
+#[test]
+#[ignore = "boots a guest: run through `cargo xtask test`"]
+fn in_a_user_namespace_the_containers_files_carry_the_mapped_ids_on_the_host() {
+    let root = StateRoot::new();
+    let host = TempDir::new("userns");
+    let vol = host.path().join("vol");
+    let host_root = host.path().join("host-root");
+    std::fs::create_dir(&vol).unwrap();
+    std::fs::create_dir(&host_root).unwrap();
+    std::fs::write(host_root.join("f"), "host\n").unwrap();
+    let b = bundle(
+        "cat /proc/self/uid_map /proc/self/gid_map; id -u; echo a > /made; \
+         mkdir /vol/d && echo b > /vol/d/f && chown 1000:1000 /vol/d/f && echo chowned; \
+         (echo x >> /host-root/f) 2>/dev/null || echo write-denied",
+        false,
+        vec![
+            bind("/vol", &vol, &["rbind", "rprivate"]),
+            bind("/host-root", &host_root, &["rbind", "rprivate"]),
+        ],
+    );
+    let map = |host_id: u32| json!([{ "containerID": 0, "hostID": host_id, "size": 65536 }]);
+    b.edit_config(|v| {
+        v["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({ "type": "user" }));
+        v["linux"]["uidMappings"] = map(100_000);
+        v["linux"]["gidMappings"] = map(200_000);
+    });
+    // As Docker's userns-remap leaves an image and a volume: the container root's.
+    for dir in [rootfs(&b), vol.clone()] {
+        let st = Command::new("chown")
+            .args(["-R", "100000:200000"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let pid = root.running(&b, "userns");
+    assert_eq!(reap(pid, EVENT), 0, "{}", container_stderr(&b));
+    let out = b.stdout();
+    let lines: Vec<String> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "0 100000 65536",
+            "0 200000 65536",
+            "0",
+            "chowned",
+            "write-denied"
+        ],
+        "{out}"
+    );
+    let owner = |p: &Path| {
+        let m = std::fs::metadata(p).unwrap();
+        (m.uid(), m.gid())
+    };
+    assert_eq!(owner(&rootfs(&b).join("made")), (100_000, 200_000));
+    assert_eq!(owner(&vol.join("d")), (100_000, 200_000));
+    assert_eq!(owner(&vol.join("d/f")), (101_000, 201_000));
+    // The mount points the guest's root made for the binds: the container root's too,
+    // never the host's root.
+    assert_eq!(owner(&rootfs(&b).join("host-root")), (100_000, 200_000));
+    assert_eq!(
+        std::fs::read_to_string(host_root.join("f")).unwrap(),
+        "host\n"
+    );
+    assert_eq!(code(&root.cmd(&["delete", "userns"])), 0);
     root.assert_clean(Duration::from_secs(5));
 }
 

@@ -51,9 +51,9 @@ pub const MOUNT_OPTIONS: &[&str] = &[
 ];
 
 /// The namespaces a runvm container has: PID, mount and UTS namespaces of its own in the
-/// guest, and IPC, network and cgroup ones in that it has a kernel of its own. No user
-/// namespace (uid/gid mappings are not applied).
-pub const NAMESPACES: &[&str] = &["cgroup", "ipc", "mount", "network", "pid", "uts"];
+/// guest, IPC, network and cgroup ones in that it has a kernel of its own, and a user
+/// namespace in the guest when the spec maps ids (`linux.uidMappings`).
+pub const NAMESPACES: &[&str] = &["cgroup", "ipc", "mount", "network", "pid", "user", "uts"];
 
 /// The capabilities `process.capabilities` may name (guest-init/src/caps.rs applies them).
 pub const CAPABILITIES: &[&str] = &runvm_protocol::CAPABILITY_NAMES;

@@ -72,11 +72,14 @@ impl Plumbing {
         cfg.share.recheck()?;
         let mut owners = Owners::default();
         if let HostMessage::Run {
-            mounts, process, ..
+            mounts,
+            process,
+            linux,
+            ..
         } = run
         {
             cfg.share.make_mount_points(mounts)?;
-            owners = Owners::of(process);
+            owners = Owners::of(process, linux);
         }
         let virtiofsd = Virtiofsd::start(
             &cfg.assets.virtiofsd,

@@ -28,7 +28,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use runvm_protocol::ProcessSpec;
+use runvm_protocol::{IdMapping, LinuxSpec, ProcessSpec};
 
 use super::{Entry, EntryKind, SharePlan};
 
@@ -94,22 +94,28 @@ pub fn modcaps(bounding: &[String]) -> Option<String> {
 
 /// The owners a container's files may get from its processes without `CAP_CHOWN`,
 /// `CAP_SETUID` or `CAP_SETGID`: root (the guest init makes mount points, and an exec may
-/// run as root) and the process's user and groups.
+/// run as root) and the process's user and groups. With a user namespace, the ids it maps.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Owners {
     pub uid: u32,
     /// The process's group and its additional groups.
     pub gids: Vec<u32>,
+    /// The container's user namespace (`linux.uidMappings`), empty without one.
+    pub uid_mappings: Vec<IdMapping>,
+    /// `linux.gidMappings`.
+    pub gid_mappings: Vec<IdMapping>,
 }
 
 impl Owners {
-    /// The owners of `process`'s files.
-    pub fn of(process: &ProcessSpec) -> Owners {
+    /// The owners of the files of a container whose main process is `process`.
+    pub fn of(process: &ProcessSpec, linux: &LinuxSpec) -> Owners {
         let mut gids = vec![process.gid];
         gids.extend(&process.additional_gids);
         Owners {
             uid: process.uid,
             gids,
+            uid_mappings: linux.uid_mappings.clone(),
+            gid_mappings: linux.gid_mappings.clone(),
         }
     }
 }
@@ -119,37 +125,76 @@ impl Owners {
 /// names in the request, so a guest root could make files owned by anyone: under runc a
 /// process needs `CAP_SETUID` (to act as another user) or `CAP_CHOWN` (to give a file
 /// away) for that, so without both only root's and the process's uid are allowed; likewise
-/// gids without `CAP_SETGID` and `CAP_CHOWN`.
+/// gids without `CAP_SETGID` and `CAP_CHOWN`. In a user namespace every capability stops at
+/// its map ([`mapped_owners`]).
 pub fn forbidden_owners(bounding: &[String], owners: &Owners) -> Vec<String> {
+    if !owners.uid_mappings.is_empty() {
+        let mut words = mapped_owners("uid", &owners.uid_mappings);
+        words.extend(mapped_owners("gid", &owners.gid_mappings));
+        return words;
+    }
     let has = |cap: &str| bounding.iter().any(|b| b == cap);
+    let single = |ids: &[u32]| -> Vec<(u64, u64)> {
+        ids.iter()
+            .map(|&a| (u64::from(a), u64::from(a) + 1))
+            .collect()
+    };
     let mut words = Vec::new();
     if !has("CAP_CHOWN") && !has("CAP_SETUID") {
-        words.extend(forbid_all_but("uid", &[0, owners.uid]));
+        words.extend(forbid_outside("uid", &single(&[0, owners.uid])));
     }
     if !has("CAP_CHOWN") && !has("CAP_SETGID") {
         let mut gids = owners.gids.clone();
         gids.push(0);
-        words.extend(forbid_all_but("gid", &gids));
+        words.extend(forbid_outside("gid", &single(&gids)));
     }
     words
 }
 
-/// `--translate-<kind>=forbid-guest:<first>:<count>` for every id but `allowed` (up to
-/// 2^32-2: -1 means "unchanged" and virtiofsd's ranges end below 2^32).
-fn forbid_all_but(kind: &str, allowed: &[u32]) -> Vec<String> {
+/// The owners a container with a user namespace may give: the host ids of its `maps`
+/// only, as under runc, where its capabilities end at its map. The guest sees the host's
+/// ids, so these are the ids its kernel sends. The guest's root, which makes the
+/// container's mount points before the workload enters its namespace, creates them as the
+/// container's root (`guest:0:<host id of container root>:1`), as runc does; with no
+/// container root mapped, it may create nothing.
+fn mapped_owners(kind: &str, maps: &[IdMapping]) -> Vec<String> {
+    let mut allowed: Vec<(u64, u64)> = maps
+        .iter()
+        .map(|m| {
+            (
+                u64::from(m.host_id),
+                u64::from(m.host_id) + u64::from(m.size),
+            )
+        })
+        .collect();
+    let mut words = Vec::new();
+    let root_is_mapped = allowed.iter().any(|&(start, _)| start == 0);
+    if let Some(host_root) = IdMapping::host_of(maps, 0).filter(|_| !root_is_mapped) {
+        words.push(format!("--translate-{kind}=guest:0:{host_root}:1"));
+        allowed.push((0, 1));
+    }
+    words.extend(forbid_outside(kind, &allowed));
+    words
+}
+
+/// `--translate-<kind>=forbid-guest:<first>:<count>` for every id outside the `allowed`
+/// ranges (start, end exclusive), up to 2^32-2: -1 means "unchanged" and virtiofsd's
+/// ranges end below 2^32.
+fn forbid_outside(kind: &str, allowed: &[(u64, u64)]) -> Vec<String> {
+    let last = u64::from(u32::MAX);
     let mut allowed = allowed.to_vec();
     allowed.sort_unstable();
-    allowed.dedup();
     let mut words = Vec::new();
-    let mut next: u32 = 0;
-    for a in allowed.into_iter().chain([u32::MAX]) {
-        if a > next {
+    let mut next: u64 = 0;
+    for (start, end) in allowed.into_iter().chain([(last, last)]) {
+        let start = start.min(last);
+        if start > next {
             words.push(format!(
                 "--translate-{kind}=forbid-guest:{next}:{}",
-                a - next
+                start - next
             ));
         }
-        next = a.saturating_add(1);
+        next = next.max(end);
     }
     words
 }
@@ -634,6 +679,7 @@ mod tests {
         let user = Owners {
             uid: 1000,
             gids: vec![1000, 10, 1000],
+            ..Owners::default()
         };
         // CAP_CHOWN, or CAP_SETUID and CAP_SETGID: any owner, as under runc.
         assert!(forbidden_owners(&caps(&["CAP_CHOWN"]), &user).is_empty());
@@ -655,7 +701,7 @@ mod tests {
                 format!("--translate-gid=forbid-guest:1001:{}", max - 1001),
             ]
         );
-        let root = Owners::of(&ProcessSpec::default());
+        let root = Owners::of(&ProcessSpec::default(), &LinuxSpec::default());
         assert_eq!(
             forbidden_owners(&[], &root),
             [
@@ -667,12 +713,56 @@ mod tests {
         let top = Owners {
             uid: max - 1,
             gids: vec![max],
+            ..Owners::default()
         };
         assert_eq!(
             forbidden_owners(&[], &top),
             [
                 format!("--translate-uid=forbid-guest:1:{}", max - 2),
                 format!("--translate-gid=forbid-guest:1:{}", max - 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn in_a_user_namespace_only_the_mapped_owners_are_allowed_whatever_the_capabilities() {
+        let map = |container_id, host_id, size| IdMapping {
+            container_id,
+            host_id,
+            size,
+        };
+        let caps = vec!["CAP_CHOWN".to_string(), "CAP_SETUID".to_string()];
+        let remapped = Owners {
+            uid_mappings: vec![map(0, 100_000, 65_536)],
+            gid_mappings: vec![map(0, 200_000, 10), map(10, 300_000, 1)],
+            ..Owners::default()
+        };
+        let max = u32::MAX;
+        assert_eq!(
+            forbidden_owners(&caps, &remapped),
+            [
+                "--translate-uid=guest:0:100000:1".to_string(),
+                "--translate-uid=forbid-guest:1:99999".to_string(),
+                format!("--translate-uid=forbid-guest:165536:{}", max - 165_536),
+                "--translate-gid=guest:0:200000:1".to_string(),
+                "--translate-gid=forbid-guest:1:199999".to_string(),
+                "--translate-gid=forbid-guest:200010:99990".to_string(),
+                format!("--translate-gid=forbid-guest:300001:{}", max - 300_001),
+            ]
+        );
+        // Container root unmapped: the guest's root may create nothing; a map that holds
+        // host id 0 itself needs no translation; a map up to the last id leaves no tail.
+        let odd = Owners {
+            uid_mappings: vec![map(1000, 1000, 1)],
+            gid_mappings: vec![map(0, 0, 1), map(1, max - 5, 5)],
+            ..Owners::default()
+        };
+        assert_eq!(
+            forbidden_owners(&[], &odd),
+            [
+                "--translate-uid=forbid-guest:0:1000".to_string(),
+                format!("--translate-uid=forbid-guest:1001:{}", max - 1001),
+                format!("--translate-gid=forbid-guest:1:{}", max - 6),
             ]
         );
     }

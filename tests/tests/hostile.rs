@@ -914,9 +914,9 @@ fn an_open_flood_stays_in_virtiofsds_limit_and_disturbs_no_other_container() {
     root.assert_clean(Duration::from_secs(5));
 }
 
-/// The capability and `no_new_privs` lines of every thread of process `pid`: those that
-/// show a privilege (a capability set that is not empty, `NoNewPrivs` not 1), as
-/// `tid name: line`, and how many threads were read.
+/// The capability, `no_new_privs` and id lines of every thread of process `pid`: those
+/// that show a privilege (a capability set that is not empty, `NoNewPrivs` not 1, ids
+/// other than the monitor's own), as `tid name: line`, and how many threads were read.
 fn privileged_threads(pid: i32) -> (Vec<String>, usize) {
     let mut found = Vec::new();
     let mut threads = 0;
@@ -947,6 +947,15 @@ fn privileged_threads(pid: i32) -> (Vec<String>, usize) {
                     seen += 1;
                     value != "1"
                 }
+                // Its own uid and gid (runvm's MONITOR_ID_BASE, 0x7e000000, plus its
+                // pid) as real, effective and saved ids, file-system ids 0: it signals no
+                // host process, yet writes its root-owned files.
+                "Uid" | "Gid" => {
+                    seen += 1;
+                    let own = (0x7e00_0000 + pid).to_string();
+                    value.split_whitespace().collect::<Vec<_>>()
+                        != [own.as_str(), own.as_str(), own.as_str(), "0"]
+                }
                 _ => false,
             };
             if bad {
@@ -956,7 +965,7 @@ fn privileged_threads(pid: i32) -> (Vec<String>, usize) {
                 ));
             }
         }
-        assert_eq!(seen, 6, "thread {name}: missing lines in {status}");
+        assert_eq!(seen, 8, "thread {name}: missing lines in {status}");
     }
     (found, threads)
 }

@@ -470,7 +470,7 @@ fn confine(cfg: &MonitorConfig, host: &HostSide, stdio: &HostStdio) -> Result<bo
         jail::enter(&base, &binds)?;
         jailed = true;
     }
-    privileges::drop_all(&stdio.raw_fds())?;
+    privileges::drop_all(&stdio.raw_fds(), jailed.then(privileges::own_id))?;
     Ok(jailed)
 }
 

@@ -7,9 +7,17 @@
 //! rules, the mount points in the root filesystem, virtiofsd (which keeps the
 //! capabilities the container has, in its own process). After it, the monitor keeps:
 //!
-//! - uid and gid 0, so that it can still write the root-owned files it writes at run time
-//!   (the state directory's started/exit files, the container's cgroup files:
-//!   `cpu.max` at start, the OOM report's leaf cgroups), which needs no capability;
+//! - a jailed monitor, a uid and gid of its own as its real, effective and saved ids
+//!   ([`MONITOR_ID_BASE`] plus its pid, so that no two live monitors share one), and no
+//!   supplementary group: it can signal no process but itself and the children it forks
+//!   later (not the host's root processes, containerd, virtiofsd or another container's
+//!   monitor), and the per-user limits are its own; its file-system uid and gid stay 0, so
+//!   that it still opens and writes the root-owned files it uses at run time (the state
+//!   directory's started/exit files, `/dev/kvm`, the guest kernel, the container's cgroup
+//!   files: `cpu.max` at start, the OOM report's leaf cgroups), which needs no capability.
+//!   (The foreground `runvm run`, not jailed, keeps uid 0: its hooks run after the VM.)
+//!   Processes the monitor connects to over a UNIX socket (the host sockets the container
+//!   binds) see its own uid as the peer's;
 //! - no capability in any set (effective, permitted, inheritable, ambient, bounding), with
 //!   the securebits locked so that uid 0 never brings them back (`SECBIT_NOROOT`);
 //! - `no_new_privs` (nothing it could execute gains privileges);
@@ -53,6 +61,13 @@ pub enum PrivilegeError {
     Capset(#[source] std::io::Error),
     #[error("cannot set no_new_privs: {0}")]
     NoNewPrivs(#[source] std::io::Error),
+    #[error("cannot run the monitor as uid and gid {id}: {what}: {source}")]
+    OwnId {
+        id: u32,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot make the monitor non-dumpable: {0}")]
     Dumpable(#[source] std::io::Error),
     #[error("cannot read {path}: {source}")]
@@ -106,6 +121,67 @@ pub fn reachable_unprivileged(dir: &std::path::Path) -> Result<(), String> {
                     "searchable"
                 }
             ));
+        }
+    }
+    Ok(())
+}
+
+/// The first uid and gid of jailed monitors: a monitor's is this plus its pid (below 2^22),
+/// above the ranges container engines give user namespaces (systemd's end at 0x6fffffff)
+/// and below 2^31. Files never get it: the monitor's file-system ids stay 0.
+pub const MONITOR_ID_BASE: u32 = 0x7e00_0000;
+
+/// The uid and gid of the calling monitor once jailed ([`take_own_id`]).
+pub fn own_id() -> u32 {
+    MONITOR_ID_BASE + std::process::id()
+}
+
+/// securebits: a uid change leaves the capability sets as they are.
+const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
+
+/// Makes `id` the calling thread's real, effective and saved uid and gid, with no
+/// supplementary groups, while its file-system uid and gid stay 0 (see the module
+/// comment). Needs `CAP_SETUID`, `CAP_SETGID` and `CAP_SETPCAP`; call it before
+/// [`drop_in_this_thread`], with no other thread (the ids belong to a thread, and a
+/// thread started later copies them).
+pub fn take_own_id(id: u32) -> Result<(), PrivilegeError> {
+    let err = |what: &'static str| PrivilegeError::OwnId {
+        id,
+        what,
+        source: std::io::Error::last_os_error(),
+    };
+    // The capabilities survive the change of uid: setfsuid(0) below needs CAP_SETUID.
+    // (drop_in_this_thread replaces these bits with its own.)
+    prctl(libc::PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP).map_err(|source| {
+        PrivilegeError::OwnId {
+            id,
+            what: "keep the capabilities across it (SECBIT_NO_SETUID_FIXUP)",
+            source,
+        }
+    })?;
+    // SAFETY: raw id system calls on this thread with integer arguments (setgroups with
+    // an empty list reads no memory); no other thread exists to disagree with it.
+    unsafe {
+        if libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0 {
+            return Err(err("setgroups"));
+        }
+        if libc::syscall(libc::SYS_setresgid, id, id, id) != 0 {
+            return Err(err("setresgid"));
+        }
+        if libc::syscall(libc::SYS_setresuid, id, id, id) != 0 {
+            return Err(err("setresuid"));
+        }
+        libc::syscall(libc::SYS_setfsuid, 0);
+        libc::syscall(libc::SYS_setfsgid, 0);
+        // setfsuid(-1) changes nothing and says what the id is.
+        if libc::syscall(libc::SYS_setfsuid, u32::MAX) != 0
+            || libc::syscall(libc::SYS_setfsgid, u32::MAX) != 0
+        {
+            return Err(PrivilegeError::OwnId {
+                id,
+                what: "keep file-system uid and gid 0",
+                source: std::io::Error::from_raw_os_error(libc::EPERM),
+            });
         }
     }
     Ok(())
@@ -200,15 +276,19 @@ pub fn drop_in_this_thread() -> Result<(), PrivilegeError> {
 }
 
 /// Drops the monitor's privileges for good: closes the descriptors above 2 it inherited
-/// (those without close-on-exec, apart from `keep`), drops the calling thread's
-/// capabilities, makes the process non-dumpable, then checks that every thread of the
-/// process has neither capability nor a missing `no_new_privs`. Call it before starting
-/// any thread.
-pub fn drop_all(keep: &[i32]) -> Result<(), PrivilegeError> {
+/// (those without close-on-exec, apart from `keep`), takes `own_id` as its uid and gid
+/// ([`take_own_id`]) if given, drops the calling thread's capabilities, makes the process
+/// non-dumpable, then checks that every thread of the process has neither capability nor
+/// a missing `no_new_privs` (nor, with `own_id`, another uid or gid). Call it before
+/// starting any thread.
+pub fn drop_all(keep: &[i32], own_id: Option<u32>) -> Result<(), PrivilegeError> {
     close_inherited(keep)?;
+    if let Some(id) = own_id {
+        take_own_id(id)?;
+    }
     drop_in_this_thread()?;
     prctl(libc::PR_SET_DUMPABLE, 0).map_err(PrivilegeError::Dumpable)?;
-    if let Some(kept) = first_privileged_thread()? {
+    if let Some(kept) = first_privileged_thread(own_id)? {
         return Err(kept);
     }
     log::debug!("monitor: privileges dropped");
@@ -253,9 +333,9 @@ fn close_if_inherited(fds: &[i32], keep: &[i32]) -> Result<(), PrivilegeError> {
     Ok(())
 }
 
-/// The first thread of this process that still has a capability or lacks
-/// `no_new_privs`, as the error that says so.
-fn first_privileged_thread() -> Result<Option<PrivilegeError>, PrivilegeError> {
+/// The first thread of this process that still has a capability, lacks `no_new_privs`
+/// or (with `own_id`) has other ids, as the error that says so.
+fn first_privileged_thread(own_id: Option<u32>) -> Result<Option<PrivilegeError>, PrivilegeError> {
     let tasks = PathBuf::from("/proc/self/task");
     let entries = std::fs::read_dir(&tasks).map_err(|source| PrivilegeError::Proc {
         path: tasks.clone(),
@@ -269,7 +349,7 @@ fn first_privileged_thread() -> Result<Option<PrivilegeError>, PrivilegeError> {
         let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
             continue;
         };
-        if let Some(line) = privileged_line(&status) {
+        if let Some(line) = privileged_line(&status).or_else(|| other_ids(&status, own_id?)) {
             let name = status
                 .lines()
                 .find_map(|l| l.strip_prefix("Name:"))
@@ -294,6 +374,19 @@ fn privileged_line(status: &str) -> Option<&str> {
             u64::from_str_radix(v.trim(), 16) != Ok(0)
         }
         Some(("NoNewPrivs", v)) => v.trim() != "1",
+        _ => false,
+    })
+}
+
+/// The `Uid:` or `Gid:` line of a thread's status whose real, effective or saved id is not
+/// `id` or whose file-system id is not 0.
+fn other_ids(status: &str, id: u32) -> Option<&str> {
+    let want = [id, id, id, 0];
+    status.lines().find(|l| match l.split_once(':') {
+        Some(("Uid" | "Gid", v)) => {
+            let ids: Vec<Option<u32>> = v.split_whitespace().map(|n| n.parse().ok()).collect();
+            ids != want.map(Some)
+        }
         _ => false,
     })
 }
@@ -356,6 +449,70 @@ mod tests {
             status.0
         );
         assert_eq!(status.1 & SECBIT_NOROOT_LOCKED, SECBIT_NOROOT_LOCKED);
+    }
+
+    #[test]
+    fn a_status_with_other_ids_than_the_monitors_own_is_privileged() {
+        let own = "Uid:\t7\t7\t7\t0\nGid:\t7\t7\t7\t0\n";
+        assert_eq!(other_ids(own, 7), None);
+        assert_eq!(
+            other_ids("Uid:\t7\t7\t0\t0\nGid:\t7\t7\t7\t0\n", 7),
+            Some("Uid:\t7\t7\t0\t0")
+        );
+        assert_eq!(
+            other_ids("Uid:\t7\t7\t7\t0\nGid:\t7\t7\t7\t7\n", 7),
+            Some("Gid:\t7\t7\t7\t7")
+        );
+    }
+
+    /// In a forked child (ids belong to a thread; the test's other threads keep theirs):
+    /// with its own id the child still writes in a root-only directory as root, but can
+    /// signal neither its root parent nor init, and cannot get uid 0 back.
+    #[test]
+    fn with_its_own_id_the_monitor_writes_as_root_but_signals_only_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .unwrap();
+        let file = std::ffi::CString::new(dir.path().join("f").to_str().unwrap()).unwrap();
+        let id = MONITOR_ID_BASE + 12_345;
+        // SAFETY: the child makes raw system calls only (take_own_id's, open, kill,
+        // getpid) and ends with _exit; the parent waits for it.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: as above; each step that goes wrong exits with its own code.
+            unsafe {
+                let parent = libc::getppid();
+                if take_own_id(id).is_err() || drop_in_this_thread().is_err() {
+                    libc::_exit(10);
+                }
+                let fd = libc::open(file.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o600);
+                if fd < 0 {
+                    libc::_exit(11);
+                }
+                if libc::kill(parent, 0) == 0 || libc::kill(1, 0) == 0 {
+                    libc::_exit(12);
+                }
+                if libc::kill(libc::getpid(), 0) != 0 {
+                    libc::_exit(13);
+                }
+                if libc::syscall(libc::SYS_setresuid, 0, 0, 0) == 0 {
+                    libc::_exit(14);
+                }
+                libc::_exit(0);
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status), "{status:#x}");
+        assert_eq!(libc::WEXITSTATUS(status), 0, "the step that went wrong");
+        use std::os::unix::fs::MetadataExt;
+        let made = std::fs::metadata(dir.path().join("f")).unwrap();
+        assert_eq!((made.uid(), made.gid()), (0, 0));
     }
 
     #[test]

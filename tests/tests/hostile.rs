@@ -983,20 +983,25 @@ fn descriptors(pid: i32) -> BTreeMap<i32, String> {
         .collect()
 }
 
+/// Whether a descriptor's target is the guest's RAM file on its own huge-page tmpfs (an
+/// unlinked file on a detached mount: `/#<inode> (deleted)`), not the 4 KiB memfd a
+/// monitor falls back to when it cannot mount one.
+fn is_guest_ram_on_its_tmpfs(target: &str) -> bool {
+    target
+        .strip_prefix("/#")
+        .and_then(|t| t.strip_suffix(" (deleted)"))
+        .is_some_and(|ino| !ino.is_empty() && ino.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Whether a monitor's descriptor above 2 is one it may hold: KVM's, eventfds and the
 /// like, sockets (vsock, API, virtiofsd), pipes (the guard's, virtiofsd's log), the
 /// guest's memory, the TAP device, the terminal, copies of its stdio `stdio`, and
 /// directories of its own state under `root`.
 fn expected_descriptor(target: &str, root: &Path, stdio: &[&String]) -> bool {
-    [
-        "anon_inode:",
-        "socket:[",
-        "pipe:[",
-        "/dev/pts/",
-        "/memfd:runvm-guest-ram",
-    ]
-    .iter()
-    .any(|p| target.starts_with(p))
+    ["anon_inode:", "socket:[", "pipe:[", "/dev/pts/"]
+        .iter()
+        .any(|p| target.starts_with(p))
+        || is_guest_ram_on_its_tmpfs(target)
         || stdio.iter().any(|s| s.as_str() == target)
         || ["/dev/kvm", "/dev/net/tun", "/dev/null", "/dev/ptmx"].contains(&target)
         || Path::new(target).starts_with(root)
@@ -1125,6 +1130,11 @@ fn assert_jailed_then_lifecycle(root: &StateRoot, id: &str, pid: i32, leak: &Pat
         "unexpected descriptors {unexpected:?} in {shown}"
     );
     assert!(fds.values().any(|t| t == "/dev/kvm"), "{shown}");
+    // Made before the drop: a monitor without capabilities cannot mount it any more.
+    assert!(
+        fds.values().any(|t| is_guest_ram_on_its_tmpfs(t)),
+        "the guest's RAM is not on its huge-page tmpfs: {shown}"
+    );
     assert!(
         fds.values().any(|t| t.starts_with("anon_inode:kvm-vm")),
         "{shown}"

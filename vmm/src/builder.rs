@@ -26,7 +26,7 @@ use crate::devices::virtio::net::{Net, NetConfig, NetError};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::{VirtioDevice, INTERRUPT_STATUS_USED_RING};
 use crate::layout::*;
-use crate::memory::{create_guest_memory, MemoryError};
+use crate::memory::{create_guest_memory, guest_memory_in, GuestRamFile, MemoryError};
 use crate::seccomp::{self, SeccompError, ThreadKind};
 use crate::vstate::pause::{PauseControl, PauseError};
 use crate::vstate::vcpu::{self, Vcpu};
@@ -77,6 +77,9 @@ pub struct VmConfig {
     pub serial: Option<Box<dyn Write + Send>>,
     /// Install the per-thread seccomp filters (disable only to debug).
     pub seccomp: bool,
+    /// The guest RAM file, made beforehand by a caller that drops its capabilities
+    /// before it builds the VM (`None`: made now). Its size must be `mem_mib`.
+    pub ram: Option<GuestRamFile>,
 }
 
 /// Errors building or running a VM.
@@ -86,6 +89,8 @@ pub enum VmmError {
     Vm(#[from] VmError),
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    #[error("the guest RAM file made beforehand holds {0} MiB, the VM wants {1} MiB")]
+    RamSize(u64, u64),
     #[error(transparent)]
     Loader(#[from] loader::LoaderError),
     #[error(transparent)]
@@ -204,7 +209,11 @@ impl Vmm {
         let timer = BootTimer::new(start);
         let state = Arc::new(VmState::new()?);
         let vm = Vm::new()?;
-        let mem = create_guest_memory(config.mem_mib)?;
+        let mem = match config.ram.take() {
+            Some(ram) if ram.size_mib() == config.mem_mib => guest_memory_in(ram)?,
+            Some(ram) => return Err(VmmError::RamSize(ram.size_mib(), config.mem_mib)),
+            None => create_guest_memory(config.mem_mib)?,
+        };
         vm.register_memory(&mem)?;
 
         let mut pio = Bus::new();

@@ -80,19 +80,47 @@ pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, usize)> {
 /// device threads may still hold clones of the memory while the VM winds down, so the
 /// mapping lives until the process exits.
 pub fn create_guest_memory(size_mib: u64) -> Result<GuestMemoryMmap<()>, MemoryError> {
-    if !(16..=64 * 1024).contains(&size_mib) {
-        return Err(MemoryError::BadSize(size_mib));
-    }
-    let memfd = Arc::new(match huge_tmpfs_file(size_mib) {
-        Ok(file) => file,
-        Err(e) => {
-            log::debug!(
-                "no huge-page tmpfs for guest RAM ({e}); using a memfd (4 KiB pages unless \
-                 shmem_enabled allows huge ones)"
-            );
-            create_memfd(size_mib)?
+    guest_memory_in(GuestRamFile::create(size_mib)?)
+}
+
+/// The file that holds a guest's RAM, made before the VM (see [`create_guest_memory`]).
+/// A process that gives up its capabilities before it builds its VM (runvm's jailed
+/// monitor) makes it first: the huge-page tmpfs needs `CAP_SYS_ADMIN`.
+#[derive(Debug)]
+pub struct GuestRamFile {
+    file: File,
+    size_mib: u64,
+}
+
+impl GuestRamFile {
+    /// `size_mib` MiB on a huge-page tmpfs of its own, else in a sealed memfd.
+    pub fn create(size_mib: u64) -> Result<Self, MemoryError> {
+        if !(16..=64 * 1024).contains(&size_mib) {
+            return Err(MemoryError::BadSize(size_mib));
         }
-    });
+        let file = match huge_tmpfs_file(size_mib) {
+            Ok(file) => file,
+            Err(e) => {
+                log::debug!(
+                    "no huge-page tmpfs for guest RAM ({e}); using a memfd (4 KiB pages \
+                     unless shmem_enabled allows huge ones)"
+                );
+                create_memfd(size_mib)?
+            }
+        };
+        Ok(Self { file, size_mib })
+    }
+
+    /// Its size in MiB.
+    pub fn size_mib(&self) -> u64 {
+        self.size_mib
+    }
+}
+
+/// Maps the guest's RAM from `ram` (see [`create_guest_memory`]).
+pub fn guest_memory_in(ram: GuestRamFile) -> Result<GuestMemoryMmap<()>, MemoryError> {
+    let size_mib = ram.size_mib;
+    let memfd = Arc::new(ram.file);
     let mut regions = Vec::new();
     let mut offset = 0u64;
     for (base, len) in ram_ranges(size_mib << 20) {

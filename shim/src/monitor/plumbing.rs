@@ -114,7 +114,13 @@ impl Plumbing {
                 dns_forward,
             };
         }
-        let vm = vm_config(cfg, uds, nics, virtiofsd.socket.clone());
+        let mut vm = vm_config(cfg, uds, nics, virtiofsd.socket.clone());
+        // Made now, while the monitor may still mount its huge-page tmpfs: the VM is built
+        // after the privilege drop, and a 4 KiB memfd makes a nested guest much slower.
+        vm.ram = Some(
+            vmm::memory::GuestRamFile::create(cfg.mem_mib)
+                .map_err(|e| MonitorError::Vmm(vmm::VmmError::Memory(e)))?,
+        );
         let plumbing = Self {
             _sockets: sockets,
             control,
@@ -194,6 +200,7 @@ fn vm_config(
             .debug_console
             .then(|| Box::new(std::io::stderr()) as Box<dyn std::io::Write + Send>),
         seccomp: cfg.seccomp,
+        ram: None,
     }
 }
 

@@ -38,9 +38,10 @@ const DRAIN_WAIT: Duration = Duration::from_secs(10);
 /// (a hostile or wedged guest kernel cannot keep a container alive), and Docker, which
 /// waits 10 s for the exit after its SIGKILL, always gets it in time. The exit code of a
 /// SIGKILLed process is 137 whoever reports it; the grace only lets output already
-/// written reach the host. Short, as every guest still running takes CPU time from the
-/// others: twenty stopped at once under emulation missed Docker's deadline with 3 s.
-pub(super) const KILL_GRACE: Duration = Duration::from_secs(1);
+/// written reach the host (a guest on hardware KVM reports within milliseconds). Short, as
+/// every guest still running takes CPU time from the others: twenty stopped at once under
+/// emulation missed Docker's deadline with 3 s.
+pub(super) const KILL_GRACE: Duration = Duration::from_millis(250);
 /// How long a new stream connection may take to send its header before it is dropped.
 const HEADER_WAIT: Duration = Duration::from_secs(5);
 /// Most stream connections waiting for their headers at once (the vsock device allows

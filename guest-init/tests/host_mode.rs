@@ -451,6 +451,16 @@ impl Session {
         self.accept_streams(process, n)
     }
 
+    /// The status of the next message, which must be `Exited` of `process`.
+    fn exit_of(&mut self, process: u32) -> ExitStatus {
+        match self.recv() {
+            GuestMessage::Exited {
+                process: p, status, ..
+            } if p == process => status,
+            m => panic!("expected Exited of {process}, got {m:?}"),
+        }
+    }
+
     /// Reads `Exited` messages until the main process's; returns them all in order.
     fn exits_until_main(&mut self) -> Vec<(u32, ExitStatus)> {
         let mut v = vec![];
@@ -573,12 +583,7 @@ fn exec_joins_the_container_and_reports_its_exit() {
         "the main process is PID 1 in the exec's PID namespace: {out:?}"
     );
     assert_eq!(err, b"got input\n");
-    match s.recv() {
-        GuestMessage::Exited {
-            process: 1, status, ..
-        } => assert_eq!(status, ExitStatus::Exited(5)),
-        m => panic!("expected Exited of 1, got {m:?}"),
-    }
+    assert_eq!(s.exit_of(1), ExitStatus::Exited(5));
     s.send(&HostMessage::Signal {
         process: 0,
         signal: 9,
@@ -635,12 +640,7 @@ fn a_user_namespace_maps_the_containers_ids_and_exec_joins_it() {
             "host-root-file-denied"
         ]
     );
-    match s.recv() {
-        GuestMessage::Exited {
-            process: 1, status, ..
-        } => assert_eq!(status, ExitStatus::Exited(0)),
-        m => panic!("expected Exited of 1, got {m:?}"),
-    }
+    assert_eq!(s.exit_of(1), ExitStatus::Exited(0));
     // What the container's root made is the mapped ids' on the host.
     let made = std::fs::metadata(work.join("made")).unwrap();
     use std::os::unix::fs::MetadataExt;
@@ -656,12 +656,7 @@ fn a_user_namespace_maps_the_containers_ids_and_exec_joins_it() {
     let tty = s.exec(2, t).into_iter().next().unwrap();
     let owner = String::from_utf8_lossy(&read_all(tty)).trim().to_string();
     assert_eq!(owner, "0");
-    match s.recv() {
-        GuestMessage::Exited {
-            process: 2, status, ..
-        } => assert_eq!(status, ExitStatus::Exited(0)),
-        m => panic!("expected Exited of 2, got {m:?}"),
-    }
+    assert_eq!(s.exit_of(2), ExitStatus::Exited(0));
     s.send(&HostMessage::Signal {
         process: 0,
         signal: 9,
@@ -707,24 +702,14 @@ fn exec_failures_and_signals_and_death_with_the_main_process() {
         signal: 15,
     });
     assert_eq!(read_all(out2), b"term\n");
-    match s.recv() {
-        GuestMessage::Exited {
-            process: 2, status, ..
-        } => assert_eq!(status, ExitStatus::Exited(9)),
-        m => panic!("expected Exited of 2, got {m:?}"),
-    }
+    assert_eq!(s.exit_of(2), ExitStatus::Exited(9));
     // An exec'd process dies with the main process (its PID namespace).
     let _st3 = s.exec(3, spec(&["sleep", "100"]));
     let mut t = spec(&["sh", "-c", "tty"]);
     t.terminal = true;
     let mut tty = s.exec(4, t).remove(0);
     read_until(&mut tty, "/dev/pts/");
-    match s.recv() {
-        GuestMessage::Exited {
-            process: 4, status, ..
-        } => assert_eq!(status, ExitStatus::Exited(0)),
-        m => panic!("expected Exited of 4, got {m:?}"),
-    }
+    assert_eq!(s.exit_of(4), ExitStatus::Exited(0));
     s.send(&HostMessage::Signal {
         process: 0,
         signal: 9,

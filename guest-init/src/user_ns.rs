@@ -10,6 +10,8 @@
 //! namespace it has just made, so the main process forks a helper first, still in the
 //! guest's namespace, that writes both maps through the main process's `/proc` directory
 //! (opened before the root switch, so it does not depend on the container's `/proc`).
+//! The main process then takes mount and UTS namespaces owned by the new one; its PID,
+//! IPC, network and cgroup namespaces stay the guest root's.
 
 use crate::credentials::give_stdio_to;
 use crate::error::{Context, Error, Result};
@@ -167,13 +169,18 @@ fn create(task: &OwnedFd, uid: &[IdMapping], gid: &[IdMapping]) -> Result<()> {
         }
     };
     unshared?;
-    match status {
-        WaitStatus::Exited(_, 0) => Ok(()),
-        _ => Err(Error::new(format!(
+    if !matches!(status, WaitStatus::Exited(_, 0)) {
+        return Err(Error::new(format!(
             "write the user namespace's maps (linux.uidMappings/gidMappings): {}",
             String::from_utf8_lossy(&report)
-        ))),
+        )));
     }
+    // Mount and UTS namespaces of the new user namespace's own, copies of those the
+    // container's view was built in (its mounts locked together, as the kernel does for a
+    // less privileged owner): as under runc, the container's root may mount and set the
+    // hostname with CAP_SYS_ADMIN, and exec'd processes join these.
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS)
+        .context("unshare the mount and UTS namespaces of the user namespace")
 }
 
 /// Blocks until the parent writes its byte (EOF: it gave up).

@@ -621,7 +621,9 @@ fn a_user_namespace_maps_the_containers_ids_and_exec_joins_it() {
             "sh",
             "-c",
             "cat /proc/1/uid_map /proc/self/uid_map /proc/self/gid_map; id -u; id -g; \
-             touch /work/made; echo x >> /etc/passwd || echo host-root-file-denied",
+             touch /work/made; echo x >> /etc/passwd || echo host-root-file-denied; \
+             mkdir /work/m && mount -t tmpfs none /work/m && echo mounted; \
+             hostname inside && hostname",
         ]),
     );
     let out = read_all(streams.into_iter().nth(1).unwrap());
@@ -637,7 +639,9 @@ fn a_user_namespace_maps_the_containers_ids_and_exec_joins_it() {
             "0 200000 65536",
             "0",
             "0",
-            "host-root-file-denied"
+            "host-root-file-denied",
+            "mounted",
+            "inside"
         ]
     );
     assert_eq!(s.exit_of(1), ExitStatus::Exited(0));

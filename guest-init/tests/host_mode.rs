@@ -479,6 +479,17 @@ impl Session {
         }
     }
 
+    /// SIGKILLs the main process (with no other process left), expects its exit, and
+    /// shuts init down cleanly.
+    fn end_by_sigkill(mut self) {
+        self.send(&HostMessage::Signal {
+            process: 0,
+            signal: 9,
+        });
+        assert_eq!(self.exits_until_main(), vec![(0, ExitStatus::Signaled(9))]);
+        assert!(self.shutdown().success());
+    }
+
     /// Sends `Shutdown`, waits for init to exit, checks that none of its mounts is left,
     /// and returns how it exited.
     fn shutdown(mut self) -> std::process::ExitStatus {
@@ -584,12 +595,7 @@ fn exec_joins_the_container_and_reports_its_exit() {
     );
     assert_eq!(err, b"got input\n");
     assert_eq!(s.exit_of(1), ExitStatus::Exited(5));
-    s.send(&HostMessage::Signal {
-        process: 0,
-        signal: 9,
-    });
-    assert_eq!(s.exits_until_main(), vec![(0, ExitStatus::Signaled(9))]);
-    assert!(s.shutdown().success());
+    s.end_by_sigkill();
 }
 
 #[test]
@@ -661,12 +667,7 @@ fn a_user_namespace_maps_the_containers_ids_and_exec_joins_it() {
     let owner = String::from_utf8_lossy(&read_all(tty)).trim().to_string();
     assert_eq!(owner, "0");
     assert_eq!(s.exit_of(2), ExitStatus::Exited(0));
-    s.send(&HostMessage::Signal {
-        process: 0,
-        signal: 9,
-    });
-    assert_eq!(s.exits_until_main(), vec![(0, ExitStatus::Signaled(9))]);
-    assert!(s.shutdown().success());
+    s.end_by_sigkill();
 }
 
 #[test]

@@ -177,13 +177,6 @@ pub struct LinuxSpec {
     pub gid_mappings: Vec<IdMapping>,
 }
 
-impl LinuxSpec {
-    /// Whether the workload gets a user namespace of its own.
-    pub fn user_namespace(&self) -> bool {
-        !self.uid_mappings.is_empty()
-    }
-}
-
 /// One line of a user namespace's id map: `size` ids from `container_id` in the
 /// namespace are `host_id`… in the guest's initial namespace, whose ids are the host's
 /// (the shared files carry them unchanged).
@@ -195,12 +188,26 @@ pub struct IdMapping {
 }
 
 impl IdMapping {
+    /// The ids the range covers in the namespace (end exclusive; 64-bit, so a range that
+    /// runs past the last 32-bit id shows it).
+    pub fn container_ids(&self) -> std::ops::Range<u64> {
+        let start = u64::from(self.container_id);
+        start..start + u64::from(self.size)
+    }
+
+    /// The ids the range covers in the guest's initial namespace, as
+    /// [`IdMapping::container_ids`].
+    pub fn host_ids(&self) -> std::ops::Range<u64> {
+        let start = u64::from(self.host_id);
+        start..start + u64::from(self.size)
+    }
+
     /// The host id of `container_id` in `maps`, if one maps it.
     pub fn host_of(maps: &[IdMapping], container_id: u32) -> Option<u32> {
-        maps.iter().find_map(|m| {
-            let offset = container_id.checked_sub(m.container_id)?;
-            (offset < m.size).then(|| m.host_id.checked_add(offset))?
-        })
+        let m = maps
+            .iter()
+            .find(|m| m.container_ids().contains(&u64::from(container_id)))?;
+        m.host_id.checked_add(container_id - m.container_id)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Reads a bundle's `config.json` and turns it into what the guest needs, with errors
 //! that name the file and the field.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
@@ -241,23 +242,19 @@ fn check_id_mappings(maps: &[IdMapping]) -> Result<(), String> {
             maps.len()
         ));
     }
-    let end = |start: u32, size: u32| u64::from(start) + u64::from(size);
+    let overlap = |a: Range<u64>, b: Range<u64>| a.start < b.end && b.start < a.end;
     for (i, m) in maps.iter().enumerate() {
         if m.size == 0 {
             return Err(format!("range {i} has size 0"));
         }
-        if end(m.container_id, m.size) > 1 << 32 || end(m.host_id, m.size) > 1 << 32 {
+        if m.container_ids().end > 1 << 32 || m.host_ids().end > 1 << 32 {
             return Err(format!(
                 "range {i} ({} {} {}) ends past the last id 4294967295",
                 m.container_id, m.host_id, m.size
             ));
         }
-        let overlaps = |a: u32, b: u32, size_a: u32, size_b: u32| {
-            u64::from(a) < end(b, size_b) && u64::from(b) < end(a, size_a)
-        };
         if let Some(j) = maps[..i].iter().position(|o| {
-            overlaps(m.container_id, o.container_id, m.size, o.size)
-                || overlaps(m.host_id, o.host_id, m.size, o.size)
+            overlap(m.container_ids(), o.container_ids()) || overlap(m.host_ids(), o.host_ids())
         }) {
             return Err(format!("ranges {j} and {i} overlap"));
         }
@@ -788,12 +785,8 @@ mod tests {
         };
         assert_eq!(l.uid_mappings, [m(0, 100_000, 65_536)]);
         assert_eq!(l.gid_mappings, [m(0, 200_000, 1), m(1, 300_000, 10)]);
-        assert!(l.user_namespace());
-        assert!(!Bundle::new(json!({}))
-            .load()
-            .unwrap()
-            .linux
-            .user_namespace());
+        let none = Bundle::new(json!({})).load().unwrap().linux;
+        assert!(none.uid_mappings.is_empty() && none.gid_mappings.is_empty());
 
         for (linux, want) in [
             (

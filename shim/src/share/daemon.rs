@@ -21,6 +21,7 @@
 
 use std::ffi::CString;
 use std::io::{BufRead, BufReader};
+use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixListener;
@@ -134,9 +135,9 @@ pub fn forbidden_owners(bounding: &[String], owners: &Owners) -> Vec<String> {
         return words;
     }
     let has = |cap: &str| bounding.iter().any(|b| b == cap);
-    let single = |ids: &[u32]| -> Vec<(u64, u64)> {
+    let single = |ids: &[u32]| -> Vec<Range<u64>> {
         ids.iter()
-            .map(|&a| (u64::from(a), u64::from(a) + 1))
+            .map(|&a| u64::from(a)..u64::from(a) + 1)
             .collect()
     };
     let mut words = Vec::new();
@@ -158,35 +159,26 @@ pub fn forbidden_owners(bounding: &[String], owners: &Owners) -> Vec<String> {
 /// container's root (`guest:0:<host id of container root>:1`), as runc does; with no
 /// container root mapped, it may create nothing.
 fn mapped_owners(kind: &str, maps: &[IdMapping]) -> Vec<String> {
-    let mut allowed: Vec<(u64, u64)> = maps
-        .iter()
-        .map(|m| {
-            (
-                u64::from(m.host_id),
-                u64::from(m.host_id) + u64::from(m.size),
-            )
-        })
-        .collect();
+    let mut allowed: Vec<Range<u64>> = maps.iter().map(IdMapping::host_ids).collect();
     let mut words = Vec::new();
-    let root_is_mapped = allowed.iter().any(|&(start, _)| start == 0);
+    let root_is_mapped = allowed.iter().any(|r| r.contains(&0));
     if let Some(host_root) = IdMapping::host_of(maps, 0).filter(|_| !root_is_mapped) {
         words.push(format!("--translate-{kind}=guest:0:{host_root}:1"));
-        allowed.push((0, 1));
+        allowed.push(0..1);
     }
     words.extend(forbid_outside(kind, &allowed));
     words
 }
 
 /// `--translate-<kind>=forbid-guest:<first>:<count>` for every id outside the `allowed`
-/// ranges (start, end exclusive), up to 2^32-2: -1 means "unchanged" and virtiofsd's
-/// ranges end below 2^32.
-fn forbid_outside(kind: &str, allowed: &[(u64, u64)]) -> Vec<String> {
+/// ranges, up to 2^32-2: -1 means "unchanged" and virtiofsd's ranges end below 2^32.
+fn forbid_outside(kind: &str, allowed: &[Range<u64>]) -> Vec<String> {
     let last = u64::from(u32::MAX);
     let mut allowed = allowed.to_vec();
-    allowed.sort_unstable();
+    allowed.sort_unstable_by_key(|r| (r.start, r.end));
     let mut words = Vec::new();
     let mut next: u64 = 0;
-    for (start, end) in allowed.into_iter().chain([(last, last)]) {
+    for Range { start, end } in allowed.into_iter().chain(std::iter::once(last..last)) {
         let start = start.min(last);
         if start > next {
             words.push(format!(

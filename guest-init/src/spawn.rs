@@ -145,7 +145,9 @@ pub fn start(
         ForkResult::Parent { child: pid } => pid,
     };
     drop((plumbing.child, status.write));
-    if let Some(error) = decode_report(&read_report(status.read)?) {
+    let report = read_to_eof(&status.read)
+        .map_err(|e| Error::new(format!("read the workload's exec status: {e}")))?;
+    if let Some(error) = decode_report(&report) {
         return Ok(Started::Failed(Failed { pid, error }));
     }
     Ok(match take_stdio(pid, plumbing.parent) {
@@ -199,16 +201,17 @@ fn take_stdio(pid: Pid, parent: ParentStdio) -> Result<Stdio> {
     }
 }
 
-/// Everything the child wrote on the status pipe until EOF (its `execve` or its exit).
-fn read_report(status: OwnedFd) -> Result<Vec<u8>> {
+/// Everything a child wrote on a report pipe until EOF (here: the status pipe, until its
+/// `execve` or its exit).
+pub fn read_to_eof(pipe: &OwnedFd) -> std::result::Result<Vec<u8>, Errno> {
     let mut report = Vec::new();
     let mut chunk = [0u8; 1024];
     loop {
-        match nix::unistd::read(status.as_raw_fd(), &mut chunk) {
+        match nix::unistd::read(pipe.as_raw_fd(), &mut chunk) {
             Ok(0) => return Ok(report),
             Ok(n) => report.extend_from_slice(chunk.get(..n).unwrap_or_default()),
             Err(Errno::EINTR) => {}
-            Err(e) => return Err(Error::new(format!("read the workload's exec status: {e}"))),
+            Err(e) => return Err(e),
         }
     }
 }

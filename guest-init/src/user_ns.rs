@@ -15,6 +15,7 @@
 
 use crate::credentials::give_stdio_to;
 use crate::error::{Context, Error, Result};
+use crate::spawn::read_to_eof;
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sched::CloneFlags;
@@ -62,24 +63,13 @@ impl UserNamespace {
         })
     }
 
-    /// What an exec'd process does: join `main`'s user namespace if it is not the
-    /// caller's. Opened now, while init's `/proc` is in view.
-    pub fn of_process(main: nix::unistd::Pid) -> Result<Self> {
-        let theirs = format!("/proc/{main}/ns/user");
-        let same = std::fs::metadata(&theirs)
-            .and_then(|t| Ok((t, std::fs::metadata("/proc/self/ns/user")?)))
-            .map(|(t, o)| {
-                use std::os::unix::fs::MetadataExt;
-                t.ino() == o.ino()
-            })
-            .with_context(|| format!("stat {theirs}"))?;
-        if same {
-            return Ok(Self::None);
-        }
+    /// What an exec'd process does: join `ns`, the user namespace of the container's main
+    /// process `main` (read now, while init's `/proc` is in view).
+    pub fn join(ns: File, main: nix::unistd::Pid) -> Result<Self> {
         let map_path = format!("/proc/{main}/uid_map");
         let map = std::fs::read_to_string(&map_path).with_context(|| format!("read {map_path}"))?;
         Ok(Self::Join {
-            ns: File::open(&theirs).with_context(|| format!("open {theirs}"))?,
+            ns,
             uid: parse_map(&map),
         })
     }
@@ -89,19 +79,30 @@ impl UserNamespace {
     /// all) is first given to the host id of `uid`, the user it becomes, as runc's console
     /// belongs to the container's user: inside, the guest's root owns nothing.
     pub fn enter(self, uid: u32) -> Result<()> {
-        let map = match &self {
-            Self::None => return Ok(()),
-            Self::Create { uid, .. } | Self::Join { uid, .. } => uid,
-        };
-        if let Some(host_uid) = IdMapping::host_of(map, uid) {
-            give_stdio_to(nix::unistd::Uid::from_raw(host_uid))?;
-        }
         match self {
             Self::None => Ok(()),
-            Self::Join { ns, .. } => nix::sched::setns(&ns, CloneFlags::CLONE_NEWUSER)
-                .context("join the container's user namespace"),
-            Self::Create { task, uid, gid } => create(&task, &uid, &gid),
+            Self::Join { ns, uid: map } => {
+                give_stdio_to_mapped(&map, uid)?;
+                nix::sched::setns(&ns, CloneFlags::CLONE_NEWUSER)
+                    .context("join the container's user namespace")
+            }
+            Self::Create {
+                task,
+                uid: map,
+                gid,
+            } => {
+                give_stdio_to_mapped(&map, uid)?;
+                create(&task, &map, &gid)
+            }
         }
+    }
+}
+
+/// Gives stdio to the host id `map` gives container user `uid`, if it maps it.
+fn give_stdio_to_mapped(map: &[IdMapping], uid: u32) -> Result<()> {
+    match IdMapping::host_of(map, uid) {
+        Some(host_uid) => give_stdio_to(nix::unistd::Uid::from_raw(host_uid)),
+        None => Ok(()),
     }
 }
 
@@ -161,7 +162,7 @@ fn create(task: &OwnedFd, uid: &[IdMapping], gid: &[IdMapping]) -> Result<()> {
         let _ = nix::unistd::write(&go_write, b"g");
     }
     drop(go_write);
-    let report = read_all(&report_read);
+    let report = read_to_eof(&report_read).unwrap_or_default();
     let status = loop {
         match nix::sys::wait::waitpid(helper, None) {
             Err(Errno::EINTR) => {}
@@ -215,21 +216,6 @@ fn write_maps(task: &OwnedFd, maps: &[(&str, String)]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Everything on `fd` until EOF (a bounded report).
-fn read_all(fd: &OwnedFd) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut chunk = [0u8; 512];
-    while out.len() < 4096 {
-        match nix::unistd::read(fd.as_raw_fd(), &mut chunk) {
-            Ok(0) => break,
-            Ok(n) => out.extend_from_slice(chunk.get(..n).unwrap_or_default()),
-            Err(Errno::EINTR) => {}
-            Err(_) => break,
-        }
-    }
-    out
 }
 
 #[cfg(test)]

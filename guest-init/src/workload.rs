@@ -105,7 +105,10 @@ fn exec_child(main: Pid, p: &ProcessSpec, stdio: ChildStdio) -> Result<Infallibl
     let root = std::fs::File::open(&root_path)
         .with_context(|| format!("open the container's root {root_path}"))?;
     // Joined last, in `become_process`: the other namespaces are joined as the guest's root.
-    let user_ns = UserNamespace::of_process(main)?;
+    let user_ns = match namespace_of(main, "user")? {
+        Some(ns) => UserNamespace::join(ns, main)?,
+        None => UserNamespace::None,
+    };
     join_namespaces_of(main)?;
     // The container's root, whatever way its main process entered it.
     nix::unistd::fchdir(root.as_raw_fd()).context("enter the container's root")?;
@@ -118,17 +121,24 @@ fn exec_child(main: Pid, p: &ProcessSpec, stdio: ChildStdio) -> Result<Infallibl
 /// Joins each of [`EXEC_NAMESPACES`] of `main` that differs from the caller's own.
 fn join_namespaces_of(main: Pid) -> Result<()> {
     for (name, flag) in EXEC_NAMESPACES {
-        let theirs = format!("/proc/{main}/ns/{name}");
-        let ours = format!("/proc/self/ns/{name}");
-        let (Ok(t), Ok(o)) = (std::fs::metadata(&theirs), std::fs::metadata(&ours)) else {
-            // A namespace type the kernel does not have.
-            continue;
-        };
-        if t.ino() == o.ino() {
-            continue;
+        if let Some(f) = namespace_of(main, name)? {
+            nix::sched::setns(&f, flag).with_context(|| format!("join the {name} namespace"))?;
         }
-        let f = std::fs::File::open(&theirs).with_context(|| format!("open {theirs}"))?;
-        nix::sched::setns(&f, flag).with_context(|| format!("join the {name} namespace"))?;
     }
     Ok(())
+}
+
+/// `main`'s namespace `name` (`/proc/<main>/ns/<name>`), opened, where it is not the
+/// caller's own; `None` where it is, or where the kernel has no such namespace.
+fn namespace_of(main: Pid, name: &str) -> Result<Option<std::fs::File>> {
+    let theirs = format!("/proc/{main}/ns/{name}");
+    let ours = format!("/proc/self/ns/{name}");
+    let (Ok(t), Ok(o)) = (std::fs::metadata(&theirs), std::fs::metadata(&ours)) else {
+        return Ok(None);
+    };
+    if t.ino() == o.ino() {
+        return Ok(None);
+    }
+    let f = std::fs::File::open(&theirs).with_context(|| format!("open {theirs}"))?;
+    Ok(Some(f))
 }

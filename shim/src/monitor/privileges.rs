@@ -145,31 +145,27 @@ const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
 /// [`drop_in_this_thread`], with no other thread (the ids belong to a thread, and a
 /// thread started later copies them).
 pub fn take_own_id(id: u32) -> Result<(), PrivilegeError> {
-    let err = |what: &'static str| PrivilegeError::OwnId {
-        id,
-        what,
-        source: std::io::Error::last_os_error(),
-    };
+    let err = |what: &'static str, source| PrivilegeError::OwnId { id, what, source };
+    let last = std::io::Error::last_os_error;
     // The capabilities survive the change of uid: setfsuid(0) below needs CAP_SETUID.
     // (drop_in_this_thread replaces these bits with its own.)
     prctl(libc::PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP).map_err(|source| {
-        PrivilegeError::OwnId {
-            id,
-            what: "keep the capabilities across it (SECBIT_NO_SETUID_FIXUP)",
+        err(
+            "keep the capabilities across it (SECBIT_NO_SETUID_FIXUP)",
             source,
-        }
+        )
     })?;
     // SAFETY: raw id system calls on this thread with integer arguments (setgroups with
     // an empty list reads no memory); no other thread exists to disagree with it.
     unsafe {
         if libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0 {
-            return Err(err("setgroups"));
+            return Err(err("setgroups", last()));
         }
         if libc::syscall(libc::SYS_setresgid, id, id, id) != 0 {
-            return Err(err("setresgid"));
+            return Err(err("setresgid", last()));
         }
         if libc::syscall(libc::SYS_setresuid, id, id, id) != 0 {
-            return Err(err("setresuid"));
+            return Err(err("setresuid", last()));
         }
         libc::syscall(libc::SYS_setfsuid, 0);
         libc::syscall(libc::SYS_setfsgid, 0);
@@ -177,11 +173,10 @@ pub fn take_own_id(id: u32) -> Result<(), PrivilegeError> {
         if libc::syscall(libc::SYS_setfsuid, u32::MAX) != 0
             || libc::syscall(libc::SYS_setfsgid, u32::MAX) != 0
         {
-            return Err(PrivilegeError::OwnId {
-                id,
-                what: "keep file-system uid and gid 0",
-                source: std::io::Error::from_raw_os_error(libc::EPERM),
-            });
+            return Err(err(
+                "keep file-system uid and gid 0",
+                std::io::Error::from_raw_os_error(libc::EPERM),
+            ));
         }
     }
     Ok(())

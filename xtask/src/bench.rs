@@ -1212,15 +1212,7 @@ fn runvm_rss(bed: &Bed, bin: &Path, runs: &[Value]) -> Result<Value> {
     let mut sampled = json!(null);
     let mut sampler = |pid: u32, t0: Instant| -> Result<()> {
         std::thread::sleep(at.saturating_sub(t0.elapsed()));
-        let mut v = smaps(pid)?;
-        v["sampled_at_ms"] = json!(ms(t0.elapsed()));
-        let guards: Vec<Value> = children_named(pid, "runvm-guard")
-            .into_iter()
-            .map(|g| json!(rss_kib(g)))
-            .collect();
-        v["guard_rss_kib"] = json!(guards);
-        v["virtiofsd"] = virtiofsd_memory(pid)?;
-        sampled = v;
+        sampled = runvm_memory(pid, t0)?;
         Ok(())
     };
     let r = runvm_once(bed, bin, 9999, &["sleep", &secs], Some(&mut sampler))?;
@@ -1236,6 +1228,20 @@ fn runvm_rss(bed: &Bed, bin: &Path, runs: &[Value]) -> Result<Value> {
         json!(null)
     };
     Ok(sampled)
+}
+
+/// The memory of runvm's VMM process `pid` (see [`smaps`]), of its cleanup guard and of
+/// its virtiofsd, sampled now, `t0` being when the run began.
+fn runvm_memory(pid: u32, t0: Instant) -> Result<Value> {
+    let mut v = smaps(pid)?;
+    v["sampled_at_ms"] = json!(ms(t0.elapsed()));
+    let guards: Vec<Value> = children_named(pid, "runvm-guard")
+        .into_iter()
+        .map(|g| json!(rss_kib(g)))
+        .collect();
+    v["guard_rss_kib"] = json!(guards);
+    v["virtiofsd"] = virtiofsd_memory(pid)?;
+    Ok(v)
 }
 
 /// runvm as Docker, containerd and Podman run it: `create` forks the VMM process (the
@@ -1277,14 +1283,7 @@ fn runvm_created_rss(bed: &Bed, bin: &Path) -> Result<Value> {
             .as_u64()
             .and_then(|p| u32::try_from(p).ok())
             .context("runvm state gave no pid")?;
-        let mut v = smaps(pid)?;
-        v["sampled_at_ms"] = json!(ms(t0.elapsed()));
-        let guards: Vec<Value> = children_named(pid, "runvm-guard")
-            .into_iter()
-            .map(|g| json!(rss_kib(g)))
-            .collect();
-        v["guard_rss_kib"] = json!(guards);
-        v["virtiofsd"] = virtiofsd_memory(pid)?;
+        let mut v = runvm_memory(pid, t0)?;
         v["workload"] = json!("sleep 60");
         v["sampled_after_workload_start"] = json!(true);
         Ok(v)

@@ -1630,17 +1630,13 @@ impl Report {
                 Place::TestHost => "not measurable here (emulated CPU)".into(),
             };
             s.push_str(&format!("- ≤ 125 ms to init on real hardware: {hw}\n"));
-            let overhead = |who: &str| {
-                self.raw["rss"][who]["overhead_kib"]
-                    .as_f64()
-                    .unwrap_or(f64::NAN)
-                    / 1024.0
-            };
-            let (o, c) = (overhead("runvm"), overhead("runvm_created"));
-            let v = self.raw["rss"]["runvm"]["virtiofsd"]["overhead_kib"]
-                .as_f64()
-                .unwrap_or(f64::NAN)
-                / 1024.0;
+            let overhead_mib = |m: &Value| m["overhead_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0;
+            let rss = &self.raw["rss"];
+            let (o, c, v) = (
+                overhead_mib(&rss["runvm"]),
+                overhead_mib(&rss["runvm_created"]),
+                overhead_mib(&rss["runvm"]["virtiofsd"]),
+            );
             s.push_str(&format!(
                 "- VMM overhead ≤ 5 MiB: after `create` + `start` (Docker's, containerd's and Podman's way) {} ({c:.1} MiB); `runvm run` {} ({o:.1} MiB: the same process did the CLI's work first, and the binary's pages that work touched stay mapped); virtiofsd, a process of its own, adds {v:.1} MiB beside it\n",
                 yes(c <= 5.0),

@@ -1,8 +1,9 @@
 //! The stdio relay: the bytes between a process's stdio (pipes or pty master) and its
 //! stream connections to the host ([`Streams`]).
 //!
-//! Every direction is a [`Pump`] with its own buffer; a source is read only when its
-//! buffer is empty, and the buffer is written out with partial writes and EAGAIN handled,
+//! Every direction is a [`Pump`] with its own buffer; its sources (one, or stdout and
+//! stderr, whose reads become output chunks in the order they were read) are read only
+//! when its buffer is empty, and the buffer is written out with partial writes and EAGAIN handled,
 //! so bytes are never dropped and a slow reader applies back-pressure to the writer. The
 //! pumps only move bytes when told: the supervisor's `poll` loop says which is ready
 //! ([`ProcessRelay::poll_slots`], [`ProcessRelay::ready`]).
@@ -14,45 +15,41 @@ use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::PollFlags;
 use nix::sys::socket::{shutdown, Shutdown};
-use runvm_protocol::{ProcessId, StreamHeader, STREAM_PORT};
+use runvm_protocol::{
+    chunk_header, ProcessId, StreamHeader, CHUNK_HEADER_LEN, OUTPUT_STREAM_FD, STREAM_PORT,
+};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
-const BUF_SIZE: usize = 64 * 1024;
+/// What one read takes from a source: one output chunk at most.
+const BUF_SIZE: usize = runvm_protocol::MAX_CHUNK_LEN;
 
-/// The host stream connections of one process: three for pipes (fd order), or one
-/// bidirectional stream for a terminal.
+/// The host stream connections of one process: stdin and the output stream (stdout and
+/// stderr as chunks, see [`runvm_protocol::output`]) for pipes, or one bidirectional
+/// stream for a terminal.
 pub enum Streams {
-    Pipes {
-        stdin: OwnedFd,
-        stdout: OwnedFd,
-        stderr: OwnedFd,
-    },
+    Pipes { stdin: OwnedFd, output: OwnedFd },
     Terminal(OwnedFd),
 }
 
 impl Streams {
-    /// Opens the streams of `process` (one with a terminal, else three), each announced by
-    /// its [`StreamHeader`].
+    /// Opens the streams of `process`, each announced by its [`StreamHeader`].
     pub fn open(transport: &Transport, process: ProcessId, terminal: bool) -> Result<Self> {
         if terminal {
             return Ok(Self::Terminal(open_stream(transport, process, 0)?));
         }
         Ok(Self::Pipes {
             stdin: open_stream(transport, process, 0)?,
-            stdout: open_stream(transport, process, 1)?,
-            stderr: open_stream(transport, process, 2)?,
+            output: open_stream(transport, process, OUTPUT_STREAM_FD)?,
         })
     }
 
     /// Ends the output side of every stream (for a process that never started).
     pub fn shut_down(&self) {
-        let fds = match self {
-            Self::Pipes { stdout, stderr, .. } => vec![stdout, stderr],
-            Self::Terminal(s) => vec![s],
+        let s = match self {
+            Self::Pipes { output, .. } => output,
+            Self::Terminal(s) => s,
         };
-        for s in fds {
-            let _ = shutdown(s.as_raw_fd(), Shutdown::Write);
-        }
+        let _ = shutdown(s.as_raw_fd(), Shutdown::Write);
     }
 }
 
@@ -84,32 +81,36 @@ impl Wait {
     }
 }
 
+/// Which descriptor of a [`ProcessRelay`] a [`PollSlot`] stands for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct SlotKey {
+    pump: usize,
+    /// The source, for a read; unused for a write.
+    source: usize,
+}
+
 /// One descriptor a process's relay waits on.
 pub struct PollSlot<'a> {
-    /// The pump, by index in its [`ProcessRelay`].
-    pub pump: usize,
+    pub key: SlotKey,
     pub fd: BorrowedFd<'a>,
     pub wait: Wait,
 }
 
 /// The pumps of one process, and its pty master for resizes.
 pub struct ProcessRelay {
-    /// Input pumps first, then output pumps.
+    /// The input pump first, then the output pump.
     pumps: Vec<Pump>,
     master: Option<OwnedFd>,
 }
 
 impl ProcessRelay {
     /// Pairs the host `streams` of a process with its `stdio`: stdin in, stdout and stderr
-    /// out; or the terminal stream both ways through the pty master.
+    /// out as chunks on one stream; or the terminal stream both ways through the pty
+    /// master.
     pub fn new(streams: Streams, stdio: Stdio) -> Result<Self> {
         match (streams, stdio) {
             (
-                Streams::Pipes {
-                    stdin,
-                    stdout,
-                    stderr,
-                },
+                Streams::Pipes { stdin, output },
                 Stdio::Pipes {
                     stdin: stdin_pipe,
                     stdout: stdout_pipe,
@@ -117,16 +118,21 @@ impl ProcessRelay {
                 },
             ) => Ok(Self {
                 pumps: vec![
-                    Pump::new(Dir::In, stdin, stdin_pipe)?,
-                    Pump::new(Dir::Out, stdout_pipe, stdout)?,
-                    Pump::new(Dir::Out, stderr_pipe, stderr)?,
+                    Pump::new(Dir::In, vec![Source::raw(stdin)], stdin_pipe)?,
+                    Pump::new(
+                        Dir::Out,
+                        std::iter::once(Source::chunked(stdout_pipe, 1))
+                            .chain(stderr_pipe.map(|e| Source::chunked(e, 2)))
+                            .collect(),
+                        output,
+                    )?,
                 ],
                 master: None,
             }),
             (Streams::Terminal(sock), Stdio::Terminal { master }) => Ok(Self {
                 pumps: vec![
-                    Pump::new(Dir::In, dup(&sock)?, dup(&master)?)?,
-                    Pump::new(Dir::Out, dup(&master)?, sock)?,
+                    Pump::new(Dir::In, vec![Source::raw(dup(&sock)?)], dup(&master)?)?,
+                    Pump::new(Dir::Out, vec![Source::raw(dup(&master)?)], sock)?,
                 ],
                 master: Some(master),
             }),
@@ -164,9 +170,13 @@ impl ProcessRelay {
     /// Reads the draining pty masters once, without `poll`; whether there was any.
     pub fn drain_once(&mut self) -> bool {
         let mut drained = false;
-        for pump in self.pumps.iter_mut().filter(|p| p.drain && p.want_read()) {
-            pump.read();
-            drained = true;
+        for pump in self.pumps.iter_mut().filter(|p| p.drain) {
+            for source in 0..pump.sources.len() {
+                if pump.want_read(source) {
+                    pump.read(source);
+                    drained = true;
+                }
+            }
         }
         drained
     }
@@ -176,16 +186,16 @@ impl ProcessRelay {
         self.pumps
             .iter()
             .enumerate()
-            .filter_map(|(pump, p)| p.poll_slot(pump))
+            .flat_map(|(pump, p)| p.poll_slots(pump))
     }
 
-    /// Moves bytes of pump `pump`, which `poll` found ready for `wait`.
-    pub fn ready(&mut self, pump: usize, wait: Wait) {
-        let Some(p) = self.pumps.get_mut(pump) else {
+    /// Moves bytes at `key`, which `poll` found ready for `wait`.
+    pub fn ready(&mut self, key: SlotKey, wait: Wait) {
+        let Some(p) = self.pumps.get_mut(key.pump) else {
             return;
         };
         match wait {
-            Wait::Readable => p.read(),
+            Wait::Readable => p.read(key.source),
             Wait::Writable => p.write(),
         }
     }
@@ -196,15 +206,49 @@ impl ProcessRelay {
 enum Dir {
     /// host stream → process (stdin pipe or pty master): at EOF the destination is closed.
     In,
-    /// process (pipe or pty master) → host stream: at EOF the stream's write side is shut
+    /// process (pipes or pty master) → host stream: at EOF the stream's write side is shut
     /// down, which is EOF for the host.
     Out,
 }
 
-/// Moves bytes from `src` to `dst`.
+/// A descriptor a [`Pump`] reads.
+struct Source {
+    fd: Option<OwnedFd>,
+    /// The fd its bytes are tagged with, as output chunks; `None`: sent as they are.
+    chunk_fd: Option<u8>,
+}
+
+impl Source {
+    fn raw(fd: OwnedFd) -> Self {
+        Self {
+            fd: Some(fd),
+            chunk_fd: None,
+        }
+    }
+
+    fn chunked(fd: OwnedFd, chunk_fd: u8) -> Self {
+        Self {
+            fd: Some(fd),
+            chunk_fd: Some(chunk_fd),
+        }
+    }
+
+    /// Where the data starts in the buffer of a read.
+    fn data_offset(&self) -> usize {
+        if self.chunk_fd.is_some() {
+            CHUNK_HEADER_LEN
+        } else {
+            0
+        }
+    }
+}
+
+/// Moves bytes from its sources to `dst`, one read at a time, in the order read: the
+/// buffer holds what one read brought (as a chunk, for chunked sources) until it is
+/// written out, and no source is read before it is.
 struct Pump {
     dir: Dir,
-    src: Option<OwnedFd>,
+    sources: Vec<Source>,
     dst: Option<OwnedFd>,
     buf: Vec<u8>,
     start: usize,
@@ -216,14 +260,18 @@ struct Pump {
 }
 
 impl Pump {
-    fn new(dir: Dir, src: OwnedFd, dst: OwnedFd) -> Result<Self> {
-        set_nonblocking(src.as_fd())?;
+    fn new(dir: Dir, sources: Vec<Source>, dst: OwnedFd) -> Result<Self> {
+        for s in &sources {
+            if let Some(fd) = &s.fd {
+                set_nonblocking(fd.as_fd())?;
+            }
+        }
         set_nonblocking(dst.as_fd())?;
         Ok(Self {
             dir,
-            src: Some(src),
+            sources,
             dst: Some(dst),
-            buf: Vec::with_capacity(BUF_SIZE),
+            buf: Vec::with_capacity(CHUNK_HEADER_LEN + BUF_SIZE),
             start: 0,
             discard: false,
             drain: false,
@@ -234,33 +282,51 @@ impl Pump {
         self.start < self.buf.len()
     }
 
-    /// Finished: source at EOF and everything written (or discarded).
-    fn done(&self) -> bool {
-        self.src.is_none() && self.dst.is_none()
+    fn sources_open(&self) -> bool {
+        self.sources.iter().any(|s| s.fd.is_some())
     }
 
-    fn want_read(&self) -> bool {
-        self.src.is_some() && !self.pending()
+    /// Finished: every source at EOF and everything written (or discarded).
+    fn done(&self) -> bool {
+        !self.sources_open() && self.dst.is_none()
+    }
+
+    fn want_read(&self, source: usize) -> bool {
+        self.sources.get(source).is_some_and(|s| s.fd.is_some()) && !self.pending()
     }
 
     fn want_write(&self) -> bool {
         self.dst.is_some() && self.pending()
     }
 
-    /// What this pump, number `pump` of its relay, waits on; `None` when it is finished.
-    fn poll_slot(&self, pump: usize) -> Option<PollSlot<'_>> {
-        let (fd, wait) = if self.want_read() {
-            (self.src.as_ref()?, Wait::Readable)
-        } else if self.want_write() {
-            (self.dst.as_ref()?, Wait::Writable)
-        } else {
-            return None;
-        };
-        Some(PollSlot {
-            pump,
-            fd: fd.as_fd(),
-            wait,
-        })
+    /// What this pump, number `pump` of its relay, waits on: its destination while bytes
+    /// are pending, else every open source.
+    fn poll_slots(&self, pump: usize) -> Vec<PollSlot<'_>> {
+        if self.want_write() {
+            let dst = self.dst.as_ref().map(AsFd::as_fd);
+            return dst
+                .map(|fd| PollSlot {
+                    key: SlotKey { pump, source: 0 },
+                    fd,
+                    wait: Wait::Writable,
+                })
+                .into_iter()
+                .collect();
+        }
+        if self.pending() {
+            return Vec::new();
+        }
+        self.sources
+            .iter()
+            .enumerate()
+            .filter_map(|(source, s)| {
+                Some(PollSlot {
+                    key: SlotKey { pump, source },
+                    fd: s.fd.as_ref()?.as_fd(),
+                    wait: Wait::Readable,
+                })
+            })
+            .collect()
     }
 
     fn clear_buffer(&mut self) {
@@ -268,22 +334,41 @@ impl Pump {
         self.start = 0;
     }
 
-    fn end_of_source(&mut self) {
+    /// Source `source` is at its end; a chunked one says so to the host.
+    fn end_of_source(&mut self, source: usize) {
         self.clear_buffer();
-        self.src = None;
+        let s = &mut self.sources[source];
+        s.fd = None;
+        if let Some(fd) = s.chunk_fd {
+            if !self.discard && self.dst.is_some() {
+                self.buf.extend_from_slice(&chunk_header(fd, 0));
+            }
+        }
     }
 
-    fn read(&mut self) {
-        let Some(src) = &self.src else { return };
-        self.buf.resize(BUF_SIZE, 0);
+    /// Reads source `source` once, if the buffer is free (a source found ready in the same
+    /// `poll` as another waits for the next one).
+    fn read(&mut self, source: usize) {
+        if !self.want_read(source) {
+            return;
+        }
+        let s = &self.sources[source];
+        let (offset, chunk_fd) = (s.data_offset(), s.chunk_fd);
+        let Some(src) = s.fd.as_ref().map(AsRawFd::as_raw_fd) else {
+            return;
+        };
+        self.buf.resize(offset + BUF_SIZE, 0);
         loop {
-            match nix::unistd::read(src.as_raw_fd(), &mut self.buf) {
+            match nix::unistd::read(src, &mut self.buf[offset..]) {
                 Ok(0) => {
-                    self.end_of_source();
+                    self.end_of_source(source);
                     break;
                 }
                 Ok(n) => {
-                    self.buf.truncate(n);
+                    self.buf.truncate(offset + n);
+                    if let Some(fd) = chunk_fd {
+                        self.buf[..offset].copy_from_slice(&chunk_header(fd, n));
+                    }
                     self.start = 0;
                     if self.discard || self.dst.is_none() {
                         self.buf.clear();
@@ -292,7 +377,7 @@ impl Pump {
                 }
                 Err(Errno::EINTR) => {}
                 Err(Errno::EAGAIN) if self.drain => {
-                    self.end_of_source();
+                    self.end_of_source(source);
                     break;
                 }
                 Err(Errno::EAGAIN) => {
@@ -301,12 +386,12 @@ impl Pump {
                 }
                 // A pty master reads EIO once every slave descriptor is closed.
                 Err(Errno::EIO) => {
-                    self.end_of_source();
+                    self.end_of_source(source);
                     break;
                 }
                 Err(e) => {
                     crate::log::error(&format!("relay ({:?}) read: {e}", self.dir));
-                    self.end_of_source();
+                    self.end_of_source(source);
                     break;
                 }
             }
@@ -336,11 +421,11 @@ impl Pump {
         self.finish_if_drained();
     }
 
-    /// At source EOF with nothing pending, end the destination: close the stdin pipe (or
-    /// this pump's copy of the pty master), or shut down the write side of an output
-    /// socket (EOF for the host).
+    /// With every source at EOF and nothing pending, end the destination: close the
+    /// stdin pipe (or this pump's copy of the pty master), or shut down the write side of
+    /// an output socket (EOF for the host).
     fn finish_if_drained(&mut self) {
-        if self.src.is_some() || self.pending() {
+        if self.sources_open() || self.pending() {
             return;
         }
         if let Some(dst) = self.dst.take() {
@@ -354,7 +439,9 @@ impl Pump {
 
     /// Stops reading: nobody consumes this direction any more.
     fn stop(&mut self) {
-        self.src = None;
+        for s in &mut self.sources {
+            s.fd = None;
+        }
         self.dst = None;
         self.clear_buffer();
     }

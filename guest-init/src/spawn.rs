@@ -1,7 +1,8 @@
 //! Starting one child of init: a raw `clone` with fork semantics (into new namespaces when
 //! asked), the plumbing of its stdio, and the report of how far it got.
 //!
-//! Stdio is three pipes, or with `terminal` a socketpair over which the child sends the
+//! Stdio is three pipes (two when stdout and stderr share one, as the host's do for
+//! `2>&1`: `ProcessSpec::shared_output`), or with `terminal` a socketpair over which the child sends the
 //! master of the pty it opens ([`crate::terminal`]). The child reports through a
 //! close-on-exec pipe: EOF means `execve` succeeded; otherwise it writes a runc-like code
 //! (`i32`, little endian) and a message, and exits with that code.
@@ -19,11 +20,12 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 /// The parent's side of a started process's stdio.
 pub enum Stdio {
-    /// Pipes: the write end of stdin, the read ends of stdout and stderr.
+    /// Pipes: the write end of stdin, the read ends of stdout and stderr (`None`: stderr
+    /// is the stdout pipe).
     Pipes {
         stdin: OwnedFd,
         stdout: OwnedFd,
-        stderr: OwnedFd,
+        stderr: Option<OwnedFd>,
     },
     /// The master of the process's pty (allocated from the container's devpts).
     Terminal { master: OwnedFd },
@@ -78,8 +80,8 @@ impl ChildStdio {
 
 /// The parent's ends of the stdio plumbing, before the child runs.
 enum ParentStdio {
-    /// The write end of stdin, the read ends of stdout and stderr.
-    Pipes([OwnedFd; 3]),
+    /// The write end of stdin, the read ends of stdout and stderr (`None`: shared).
+    Pipes(OwnedFd, OwnedFd, Option<OwnedFd>),
     /// Where the child sends its pty master.
     Terminal(OwnedFd),
 }
@@ -90,8 +92,8 @@ struct Plumbing {
     child: ChildStdio,
 }
 
-fn plumbing(terminal: bool, size: Option<WindowSize>) -> Result<Plumbing> {
-    if terminal {
+fn plumbing(p: &ProcessSpec) -> Result<Plumbing> {
+    if p.terminal {
         let (parent, child) = socket::socketpair(
             socket::AddressFamily::Unix,
             socket::SockType::Stream,
@@ -103,13 +105,21 @@ fn plumbing(terminal: bool, size: Option<WindowSize>) -> Result<Plumbing> {
             parent: ParentStdio::Terminal(parent),
             child: ChildStdio::Terminal {
                 to_parent: child,
-                size,
+                size: p.console_size,
             },
         });
     }
-    let (stdin, stdout, stderr) = (Pipe::new()?, Pipe::new()?, Pipe::new()?);
+    let (stdin, stdout) = (Pipe::new()?, Pipe::new()?);
+    if p.shared_output {
+        let stderr = stdout.write.try_clone().context("dup the output pipe")?;
+        return Ok(Plumbing {
+            parent: ParentStdio::Pipes(stdin.write, stdout.read, None),
+            child: ChildStdio::Pipes([stdin.read, stdout.write, stderr]),
+        });
+    }
+    let stderr = Pipe::new()?;
     Ok(Plumbing {
-        parent: ParentStdio::Pipes([stdin.write, stdout.read, stderr.read]),
+        parent: ParentStdio::Pipes(stdin.write, stdout.read, Some(stderr.read)),
         child: ChildStdio::Pipes([stdin.read, stdout.write, stderr.write]),
     })
 }
@@ -135,7 +145,7 @@ pub fn start(
     p: &ProcessSpec,
     child: impl FnOnce(ChildStdio) -> Result<Infallible>,
 ) -> Result<Started> {
-    let plumbing = plumbing(p.terminal, p.console_size)?;
+    let plumbing = plumbing(p)?;
     let status = Pipe::new()?;
     let pid = match clone(namespaces)? {
         ForkResult::Child => {
@@ -186,7 +196,7 @@ fn clone(namespaces: CloneFlags) -> Result<ForkResult> {
 /// sent (a child whose master cannot be received is killed).
 fn take_stdio(pid: Pid, parent: ParentStdio) -> Result<Stdio> {
     match parent {
-        ParentStdio::Pipes([stdin, stdout, stderr]) => Ok(Stdio::Pipes {
+        ParentStdio::Pipes(stdin, stdout, stderr) => Ok(Stdio::Pipes {
             stdin,
             stdout,
             stderr,

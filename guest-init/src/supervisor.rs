@@ -9,7 +9,7 @@
 
 use crate::error::{Error, Result};
 use crate::reap::{self, Reaped};
-use crate::relay::{ProcessRelay, Streams, Wait};
+use crate::relay::{ProcessRelay, SlotKey, Streams, Wait};
 use crate::spawn::{Spawned, Started};
 use crate::vsock::{Control, Transport};
 use crate::{cgroup, signals, terminal, workload};
@@ -62,7 +62,7 @@ pub struct Outcome {
 enum Tag {
     Pump {
         process: ProcessId,
-        pump: usize,
+        key: SlotKey,
         wait: Wait,
     },
     Control,
@@ -149,7 +149,7 @@ impl<'a> Supervisor<'a> {
             for slot in p.relay.poll_slots() {
                 tags.push(Tag::Pump {
                     process: *id,
-                    pump: slot.pump,
+                    key: slot.key,
                     wait: slot.wait,
                 });
                 fds.push(PollFd::new(slot.fd, slot.wait.poll_flags()));
@@ -175,13 +175,9 @@ impl<'a> Supervisor<'a> {
 
     fn dispatch(&mut self, tag: Tag, on_main_exit: &mut impl FnMut(ExitStatus)) -> Result<()> {
         match tag {
-            Tag::Pump {
-                process,
-                pump,
-                wait,
-            } => {
+            Tag::Pump { process, key, wait } => {
                 if let Some(p) = self.processes.get_mut(&process) {
-                    p.relay.ready(pump, wait);
+                    p.relay.ready(key, wait);
                 }
                 Ok(())
             }

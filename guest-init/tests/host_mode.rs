@@ -13,7 +13,7 @@ mod common;
 use common::{accept, BUSYBOX};
 use runvm_protocol::{
     read_frame, write_frame, Capabilities, ExitStatus, GuestMessage, HostMessage, IdMapping,
-    LinuxSpec, MountSpec, ProcessSpec, Rlimit, RootfsSpec, StreamHeader,
+    LinuxSpec, MountSpec, ProcessSpec, Rlimit, RootfsSpec, StreamHeader, OUTPUT_STREAM_FD,
 };
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -178,6 +178,41 @@ fn exit_code_is_reported() {
     let o = run(spec(&["sh", "-c", "echo oops >&2; exit 42"]), b"", |_| {});
     assert_eq!(o.exited, Some(ExitStatus::Exited(42)));
     assert_eq!(o.stderr, b"oops\n");
+}
+
+#[test]
+fn shared_output_is_one_pipe_in_write_order() {
+    require_root!();
+    let script = "i=0; while [ $i -lt 200 ]; do echo out$i; echo err$i >&2; i=$((i+1)); done";
+    let mut p = spec(&["sh", "-c", script]);
+    p.shared_output = true;
+    let o = run(p, b"", |_| {});
+    assert_eq!(o.exited, Some(ExitStatus::Exited(0)), "{o:?}");
+    let want: String = (0..200).map(|i| format!("out{i}\nerr{i}\n")).collect();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), want);
+    assert!(o.stderr.is_empty());
+}
+
+#[test]
+fn the_workload_runs_at_nice_0_while_init_relays_at_nice_minus_20() {
+    require_root!();
+    // Field 19 of /proc/PID/stat is the nice value.
+    let nice = |stat: &str| stat.split(' ').nth(18).map(str::to_string);
+    let mut init_nice = None;
+    let o = run(
+        spec(&["sh", "-c", "cut -d' ' -f19 /proc/self/stat"]),
+        b"",
+        |ctl| {
+            let init =
+                nix::sys::socket::getsockopt(ctl, nix::sys::socket::sockopt::PeerCredentials)
+                    .unwrap()
+                    .pid();
+            let stat = std::fs::read_to_string(format!("/proc/{init}/stat")).unwrap();
+            init_nice = nice(&stat);
+        },
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "0\n", "{o:?}");
+    assert_eq!(init_nice.as_deref(), Some("-20"));
 }
 
 #[test]
@@ -384,7 +419,7 @@ impl Session {
             .unwrap();
         let mut ctl = accept(&ctl_l, &mut child);
         common::expect_hello(&mut ctl);
-        let n = if process.terminal { 1 } else { 3 };
+        let terminal = process.terminal;
         write_frame(
             &mut ctl,
             &HostMessage::Run {
@@ -404,7 +439,7 @@ impl Session {
             streams,
             main: vec![],
         };
-        s.main = s.accept_streams(0, n);
+        s.main = s.accept_streams(0, terminal);
         s
     }
 
@@ -426,29 +461,40 @@ impl Session {
         write_frame(&mut self.ctl, m).unwrap();
     }
 
-    /// Accepts `n` streams of `process`, returned in fd order.
-    fn accept_streams(&mut self, process: u32, n: usize) -> Vec<UnixStream> {
-        let mut got: Vec<Option<UnixStream>> = (0..n).map(|_| None).collect();
-        for _ in 0..n {
+    /// Accepts the streams of `process`: stdin, stdout and stderr (split from the output
+    /// stream), or the terminal's.
+    fn accept_streams(&mut self, process: u32, terminal: bool) -> Vec<UnixStream> {
+        let mut got: [Option<UnixStream>; 2] = [None, None];
+        for _ in 0..if terminal { 1 } else { 2 } {
             let mut s = accept(&self.streams, &mut self.child);
             let h: StreamHeader = read_frame(&mut s).unwrap();
             assert_eq!(h.process, process);
-            let slot = &mut got[usize::from(h.fd)];
-            assert!(slot.is_none(), "stream {} opened twice", h.fd);
-            *slot = Some(s);
+            let i = match h.fd {
+                0 => 0,
+                OUTPUT_STREAM_FD if !terminal => 1,
+                fd => panic!("unexpected stream fd {fd}"),
+            };
+            assert!(got[i].is_none(), "stream {} opened twice", h.fd);
+            got[i] = Some(s);
         }
-        got.into_iter().map(|s| s.unwrap()).collect()
+        let [stdin, output] = got;
+        let mut streams = vec![stdin.unwrap()];
+        if let Some(output) = output {
+            let (stdout, stderr) = common::split_output(output);
+            streams.extend([stdout, stderr]);
+        }
+        streams
     }
 
     /// Sends `Exec`, expects `Started`, and returns the new process's streams.
     fn exec(&mut self, process: u32, spec: ProcessSpec) -> Vec<UnixStream> {
-        let n = if spec.terminal { 1 } else { 3 };
+        let terminal = spec.terminal;
         self.send(&HostMessage::Exec { process, spec });
         match self.recv() {
             GuestMessage::Started { process: p, .. } if p == process => {}
             m => panic!("expected Started for {process}, got {m:?}"),
         }
-        self.accept_streams(process, n)
+        self.accept_streams(process, terminal)
     }
 
     /// The status of the next message, which must be `Exited` of `process`.

@@ -13,7 +13,7 @@ mod common;
 use common::{accept, BUSYBOX, TIMEOUT};
 use runvm_protocol::{
     read_frame, write_frame, ExitStatus, GuestMessage, HostMessage, MountSpec, ProcessSpec,
-    RootfsSpec, SocketRelayHeader, StreamHeader,
+    RootfsSpec, SocketRelayHeader, StreamHeader, OUTPUT_STREAM_FD,
 };
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::Shutdown;
@@ -167,7 +167,7 @@ fn start(
         }
         m => panic!("expected Started, got {m:?}"),
     };
-    let mut streams: Vec<(u8, UnixStream)> = (0..3)
+    let mut streams: Vec<(u8, UnixStream)> = (0..2)
         .map(|_| {
             let mut s = accept(&str_l, &mut child);
             let h: StreamHeader = read_frame(&mut s).unwrap();
@@ -175,8 +175,13 @@ fn start(
         })
         .collect();
     streams.sort_by_key(|s| s.0);
-    let mut it = streams.into_iter().map(|(_, s)| s);
-    let (stdin, stdout, mut stderr) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
+    assert_eq!(
+        streams[1].0, OUTPUT_STREAM_FD,
+        "stdin and the output stream"
+    );
+    let output = streams.pop().unwrap().1;
+    let stdin = streams.pop().unwrap().1;
+    let (stdout, mut stderr) = common::split_output(output);
     let stderr = std::thread::spawn(move || {
         let mut v = String::new();
         let _ = stderr.read_to_string(&mut v);

@@ -9,9 +9,10 @@
 //! - [`CONTROL_PORT`]: one connection carrying length-prefixed JSON frames
 //!   ([`GuestMessage`] up, [`HostMessage`] down). The guest speaks first with
 //!   [`GuestMessage::Hello`].
-//! - [`STREAM_PORT`]: one connection per stdio stream of a process. The guest writes one
-//!   [`StreamHeader`] frame, then the connection carries raw bytes. EOF (shutdown of the
-//!   write side) is end of stream.
+//! - [`STREAM_PORT`]: the stdio of a process: stdin and one output stream ([`output`]:
+//!   stdout and stderr as chunks, in order), or one stream both ways for a terminal. The
+//!   guest writes one [`StreamHeader`] frame, then the connection carries the bytes. EOF
+//!   (shutdown of the write side) is end of stream.
 //! - [`DNS_PORT`]: one connection per DNS query or TCP client of the guest's forwarder.
 //! - [`SOCKET_PORT`]: one connection per client of a bind-mounted host UNIX socket: a
 //!   [`SocketRelayHeader`] frame, then raw bytes both ways.
@@ -23,8 +24,8 @@
 //! ([`MAX_FRAME_LEN`]); host → guest frames are bounded by [`MAX_HOST_FRAME_LEN`].
 //!
 //! Modules: [`framing`] (frames, their limits and the one decoder), [`messages`] (what
-//! each connection carries), [`spec`] (what the guest builds and runs), [`boot`] (the
-//! boot-timer port). Everything is re-exported here.
+//! each connection carries), [`output`] (the chunks of a process's output stream),
+//! [`spec`] (what the guest builds and runs), [`boot`] (the boot-timer port). Everything is re-exported here.
 //!
 //! Shutdown handshake: after the workload exits, the guest drains its output pipes,
 //! shuts down the output streams, sends [`GuestMessage::Exited`], and waits for
@@ -37,6 +38,7 @@ pub mod framing;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod messages;
+pub mod output;
 pub mod spec;
 
 pub use boot::{BootMark, BOOT_TIMER_PORT};
@@ -48,6 +50,10 @@ pub use messages::{
     DnsRelayHeader, ExitStatus, GuestMessage, GuestProcess, GuestStats, HostMessage, ProcessId,
     SocketRelayHeader, StreamHeader, MAIN_PROCESS,
 };
+pub use output::{
+    chunk_header, Chunk, OutputError, OutputReader, CHUNK_HEADER_LEN, MAX_CHUNK_LEN,
+    OUTPUT_STREAM_FD,
+};
 pub use spec::{
     AddressSpec, Capabilities, DeviceSpec, IdMapping, InterfaceSpec, LinuxSpec, MountSpec,
     NetworkSpec, ProcessSpec, Resources, Rlimit, RootfsSpec, RouteSpec, SeccompProgram, WindowSize,
@@ -55,7 +61,7 @@ pub use spec::{
 };
 
 /// Version of this protocol; the guest sends it in `Hello` and the host refuses others.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 /// vsock port of the control connection (guest → host).
 pub const CONTROL_PORT: u32 = 1024;
 /// vsock port of the stdio stream connections (guest → host).

@@ -188,7 +188,8 @@ pub enum HostMessage {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamHeader {
     pub process: ProcessId,
-    /// 0 stdin, 1 stdout, 2 stderr.
+    /// 0 stdin (or a terminal, both ways), [`OUTPUT_STREAM_FD`](crate::OUTPUT_STREAM_FD)
+    /// stdout and stderr together.
     pub fd: u8,
 }
 

@@ -50,6 +50,11 @@ pub struct ProcessSpec {
     /// `process.user.umask`; `None` is runc's default, `0o022`.
     #[serde(default)]
     pub umask: Option<u32>,
+    /// Without a terminal: stdout and stderr are one pipe, because the host's are one
+    /// file (`2>&1`), so the process's writes to both stay in the order it made them, as
+    /// under runc. Set by the host from its descriptors, not from config.json.
+    #[serde(default)]
+    pub shared_output: bool,
 }
 
 /// A seccomp filter compiled to classic BPF (`struct sock_filter`, 8 bytes each, in the

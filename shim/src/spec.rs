@@ -371,6 +371,8 @@ pub fn process_spec(p: &oci_spec::runtime::Process) -> Result<ProcessSpec, Strin
         // The container's `linux.seccomp`, set by the caller that has the whole spec.
         seccomp: None,
         umask: user.umask(),
+        // Set by the monitor, which has the host's descriptors.
+        shared_output: false,
     })
 }
 

@@ -274,6 +274,27 @@ fn a_stream_opened_twice() {
 
 #[test]
 #[ignore = "boots a guest: run through `cargo xtask guest-test hostile`"]
+fn an_output_stream_that_turns_to_garbage_is_cut_where_it_breaks() {
+    let root = StateRoot::new();
+    let (out, took) = hostile_run(&root, "output-garbage", "hostile-run");
+    let err = stderr(&out);
+    assert_eq!(code(&out), 0, "stderr: {err}");
+    assert_eq!(
+        stdout(&out),
+        BEHAVED,
+        "what came before the garbage, nothing after"
+    );
+    assert!(!err.contains("GARBAGE"), "{err}");
+    assert!(
+        err.contains("output stream is broken") && err.contains("fd 9"),
+        "the monitor says why the rest was dropped: {err}"
+    );
+    assert!(took < BOUND, "run took {took:?}");
+    root.assert_clean(Duration::from_secs(5));
+}
+
+#[test]
+#[ignore = "boots a guest: run through `cargo xtask guest-test hostile`"]
 fn a_crash_after_the_start() {
     refused(
         "crash-after-start",

@@ -253,3 +253,54 @@ fn a_restrictive_umask_of_the_caller_changes_nothing() {
     assert_eq!(code(&root.cmd(&["delete", "um"])), 0);
     root.assert_clean(Duration::from_secs(5));
 }
+
+#[test]
+#[ignore = "boots a guest: run through `cargo xtask test`"]
+fn stdout_and_stderr_keep_their_order_in_one_file_or_pipe_as_under_runc() {
+    let root = StateRoot::new();
+    let lines = "i=0; while [ $i -lt 300 ]; do echo out$i; echo err$i >&2; i=$((i+1)); done";
+    let want: String = (0..300).map(|i| format!("out{i}\nerr{i}\n")).collect();
+    let bundle = Bundle::new(&["sh", "-c", &format!("{lines}; exec sleep 600")]);
+    // `runvm run … >f 2>&1`: one file description for both.
+    let dir = TempDir::new("order");
+    let out = dir.path().join("run.out");
+    let f = std::fs::File::create(&out).unwrap();
+    let child = root
+        .command(&["run", "--bundle", bundle.path().to_str().unwrap(), "ord"])
+        .stdin(std::process::Stdio::null())
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap();
+    wait_for("the 600 lines of run", Duration::from_secs(90), || {
+        let got = std::fs::read_to_string(&out).unwrap_or_default();
+        (got.len() >= want.len()).then_some(got)
+    });
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), want);
+    // `runvm exec … 2>&1 | …`: one pipe for both.
+    let (mut r, w) = std::io::pipe().unwrap();
+    let exec = root
+        .command(&["exec", "ord", "sh", "-c", lines])
+        .stdin(std::process::Stdio::null())
+        .stdout(w.try_clone().unwrap())
+        .stderr(w)
+        .spawn()
+        .unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut r, &mut s).map(|_| s)
+    });
+    let o = wait_with_timeout(exec, Duration::from_secs(60));
+    assert_eq!(code(&o), 0);
+    assert_eq!(reader.join().unwrap().unwrap(), want);
+    // Separate pipes: each gets its own lines, whole and in order.
+    let o = root.cmd(&["exec", "ord", "sh", "-c", lines]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let only = |p: &str| -> String { (0..300).map(|i| format!("{p}{i}\n")).collect() };
+    assert_eq!((stdout(&o), stderr(&o)), (only("out"), only("err")));
+
+    assert_eq!(code(&root.cmd(&["kill", "ord", "KILL"])), 0);
+    let o = wait_with_timeout(child, Duration::from_secs(60));
+    assert_eq!(code(&o), 137);
+    root.assert_clean(Duration::from_secs(2));
+}

@@ -36,7 +36,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use runvm_protocol::{
-    RootfsSpec, CONTROL_PORT, PROTOCOL_VERSION, SHARE_ROOT, SHARE_TAG, STREAM_PORT,
+    RootfsSpec, CONTROL_PORT, OUTPUT_STREAM_FD, PROTOCOL_VERSION, SHARE_ROOT, SHARE_TAG,
+    STREAM_PORT,
 };
 use serde_json::{json, Value};
 
@@ -966,9 +967,11 @@ fn converse(
                     unsafe { libc::shutdown(s.as_raw_fd(), libc::SHUT_WR) };
                     stdin_stream = Some(s);
                 }
-                Some(1 | 2) => outputs.push(std::thread::spawn(move || {
-                    std::io::copy(&mut s, &mut std::io::sink()).unwrap_or(0)
-                })),
+                Some(fd) if fd == u64::from(OUTPUT_STREAM_FD) => {
+                    outputs.push(std::thread::spawn(move || {
+                        std::io::copy(&mut s, &mut std::io::sink()).unwrap_or(0)
+                    }))
+                }
                 _ => bail!("unexpected stream header {h}"),
             }
             continue;

@@ -3,7 +3,11 @@
 //! init started under `unshare` in its host test mode, its connections accepted, and its
 //! exit awaited.
 
-use runvm_protocol::{read_frame, GuestMessage, PROTOCOL_VERSION, SHARE_ROOT, SHARE_TAG};
+use runvm_protocol::{
+    read_frame, Chunk, GuestMessage, OutputReader, MAX_CHUNK_LEN, PROTOCOL_VERSION, SHARE_ROOT,
+    SHARE_TAG,
+};
+use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
@@ -116,4 +120,30 @@ pub fn assert_no_mounts_under(dir: &Path) {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let d = dir.display().to_string();
     assert!(!mounts.contains(&d), "mounts left behind under {d}");
+}
+
+/// Splits a process's output stream (stdout and stderr as chunks) into two streams that
+/// carry each as its own bytes, ended where init ends it, as the monitor writes them
+/// to the host's two descriptors.
+pub fn split_output(stream: UnixStream) -> (UnixStream, UnixStream) {
+    let (out_r, out_w) = UnixStream::pair().unwrap();
+    let (err_r, err_w) = UnixStream::pair().unwrap();
+    std::thread::spawn(move || {
+        let mut outs = [Some(out_w), Some(err_w)];
+        let mut reader = OutputReader::new(stream);
+        let mut buf = vec![0u8; MAX_CHUNK_LEN];
+        while let Some(chunk) = reader.next_chunk(&mut buf).expect("a valid output stream") {
+            match chunk {
+                Chunk::Data { fd, len } => {
+                    let out = outs[usize::from(fd - 1)].as_mut();
+                    let out = out.expect("no data after the end of an output");
+                    let _ = out.write_all(&buf[..len]);
+                }
+                Chunk::End { fd } => {
+                    assert!(outs[usize::from(fd - 1)].take().is_some(), "ended twice");
+                }
+            }
+        }
+    });
+    (out_r, err_r)
 }

@@ -36,7 +36,7 @@ impl Session<'_> {
     pub(super) fn exec_request(
         &mut self,
         conn: UnixStream,
-        spec: ProcessSpec,
+        mut spec: ProcessSpec,
     ) -> Result<(), MonitorError> {
         let mut conn = Some(conn);
         let want = exec_fd_count(spec.terminal);
@@ -88,6 +88,7 @@ impl Session<'_> {
                 .ok()
                 .map(|cred| cred.pid())
         });
+        spec.shared_output = stdio.output_shared();
         let mut process = Process::new(stdio, conn);
         process.holder = holder;
         self.processes.insert(id, process);

@@ -11,10 +11,10 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 
-use runvm_protocol::{ExitStatus, WindowSize};
+use runvm_protocol::{ExitStatus, WindowSize, OUTPUT_STREAM_FD};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::stdio::{self, InputRelay, OutputRelay};
+use super::stdio::{self, HostOutput, InputRelay, OutputRelay};
 
 /// A process's descriptors on the host side.
 pub enum HostStdio {
@@ -58,6 +58,22 @@ impl HostStdio {
     pub fn is_terminal(&self) -> bool {
         matches!(self, Self::Terminal { .. })
     }
+
+    /// Whether stdout and stderr are one file, as `2>&1` makes them: the same pipe,
+    /// socket, device or file. The guest process then gets one pipe for both, as it would
+    /// get the one file under runc. (Two separate opens of one regular file, `>f 2>f`,
+    /// count as one too: under runc their writes overwrite each other, here they follow
+    /// each other.)
+    pub fn output_shared(&self) -> bool {
+        let Self::Pipes { stdout, stderr, .. } = self else {
+            return false;
+        };
+        use std::os::unix::fs::MetadataExt;
+        match (stdout.metadata(), stderr.metadata()) {
+            (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+            _ => false,
+        }
+    }
 }
 
 /// Why a guest stream could not be attached to its process.
@@ -82,7 +98,8 @@ pub struct Process {
     /// Where the window size is read (a terminal's input), for resizes.
     size_from: Option<File>,
     inputs: Vec<InputRelay>,
-    outputs: Vec<OutputRelay>,
+    /// The relay of the output stream (both outputs, or a terminal's).
+    output: Option<OutputRelay>,
     /// The guest's word on how it ended (set for a start failure too).
     pub status: Option<ExitStatus>,
     pub started: bool,
@@ -111,7 +128,7 @@ impl Process {
             terminal,
             size_from,
             inputs: Vec::new(),
-            outputs: Vec::new(),
+            output: None,
             status: None,
             started: false,
             client,
@@ -147,11 +164,12 @@ impl Process {
                 self.inputs
                     .push(stdio::spawn_input(stdin, stream).map_err(relay)?);
             }
-            (false, 1 | 2) => {
-                let out = taken(&mut self.slots, fd as usize)?;
+            (false, OUTPUT_STREAM_FD) => {
+                let stdout = taken(&mut self.slots, 1)?;
+                let stderr = taken(&mut self.slots, 2)?;
                 let done = done.try_clone().map_err(relay)?;
-                self.outputs
-                    .push(stdio::spawn_output(stream, out, done).map_err(relay)?);
+                let out = HostOutput::Chunked { stdout, stderr };
+                self.output = Some(stdio::spawn_output(stream, out, done).map_err(relay)?);
             }
             (true, 0) => {
                 let input = taken(&mut self.slots, 0)?;
@@ -160,20 +178,12 @@ impl Process {
                 self.inputs
                     .push(stdio::spawn_input(input, theirs).map_err(relay)?);
                 let done = done.try_clone().map_err(relay)?;
-                self.outputs
-                    .push(stdio::spawn_output(stream, output, done).map_err(relay)?);
+                let out = HostOutput::Raw(output);
+                self.output = Some(stdio::spawn_output(stream, out, done).map_err(relay)?);
             }
             _ => return Err(AttachError::UnexpectedFd(fd)),
         }
         Ok(())
-    }
-
-    fn expected_outputs(&self) -> usize {
-        if self.terminal {
-            1
-        } else {
-            2
-        }
     }
 
     /// Ended in the guest and every output relayed to its end.
@@ -181,14 +191,13 @@ impl Process {
         self.status.is_some() && self.outputs_done()
     }
 
-    /// Every output stream accepted so far was relayed to its end.
+    /// The output stream, if the guest opened it, was relayed to its end.
     pub fn accepted_outputs_done(&self) -> bool {
-        self.outputs.iter().all(OutputRelay::finished)
+        self.output.as_ref().is_none_or(OutputRelay::finished)
     }
 
     pub fn outputs_done(&self) -> bool {
-        self.outputs.len() == self.expected_outputs()
-            && self.outputs.iter().all(OutputRelay::finished)
+        self.output.as_ref().is_some_and(OutputRelay::finished)
     }
 
     /// Stops the input relays and closes every host descriptor of the process.
@@ -196,7 +205,7 @@ impl Process {
         for i in &self.inputs {
             i.cancel();
         }
-        for t in self.outputs {
+        if let Some(t) = self.output {
             if t.finished() {
                 let _ = t.join();
             } else {

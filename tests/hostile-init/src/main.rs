@@ -32,9 +32,9 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, VsockAddr};
 use runvm_protocol::{
-    read_frame, read_frame_limited, write_frame, ExitStatus, GuestMessage, HostMessage, MountSpec,
-    RootfsSpec, StreamHeader, CONTROL_PORT, MAIN_PROCESS, MAX_FRAME_LEN, MAX_HOST_FRAME_LEN,
-    PROTOCOL_VERSION, STREAM_PORT,
+    chunk_header, read_frame, read_frame_limited, write_frame, ExitStatus, GuestMessage,
+    HostMessage, MountSpec, RootfsSpec, StreamHeader, CONTROL_PORT, MAIN_PROCESS, MAX_CHUNK_LEN,
+    MAX_FRAME_LEN, MAX_HOST_FRAME_LEN, OUTPUT_STREAM_FD, PROTOCOL_VERSION, STREAM_PORT,
 };
 
 mod share;
@@ -81,10 +81,14 @@ enum Mode {
     StreamBogus,
     /// Opens 200 stream connections that never send a header, then behaves.
     StreamSilent,
-    /// Opens the main process's stdout stream twice.
+    /// Opens the main process's output stream twice.
     StreamTwice,
     /// Floods the main process's stdout for ever; only SIGKILL from the host ends it.
     StdoutFlood,
+    /// Behaves, but its output stream turns to garbage after the behaved line: a chunk for
+    /// an fd that does not exist, then a stderr chunk, an overlong chunk header and 1 MiB
+    /// of raw bytes, which the host must all drop without blocking the guest.
+    OutputGarbage,
     /// Connects to vsock ports (and a CID) nobody listens on, many times, then behaves.
     WrongPorts,
     /// Says hello, gets `Run`, reports `Started`, then exits (the guest kernel panics).
@@ -134,7 +138,7 @@ enum Mode {
 }
 
 impl Mode {
-    const ALL: [(&'static str, Mode); 30] = [
+    const ALL: [(&'static str, Mode); 31] = [
         ("never-connect", Mode::NeverConnect),
         ("panic", Mode::Panic),
         ("silent", Mode::Silent),
@@ -154,6 +158,7 @@ impl Mode {
         ("stream-silent", Mode::StreamSilent),
         ("stream-twice", Mode::StreamTwice),
         ("stdout-flood", Mode::StdoutFlood),
+        ("output-garbage", Mode::OutputGarbage),
         ("wrong-ports", Mode::WrongPorts),
         ("crash-after-start", Mode::CrashAfterStart),
         ("share-setuid", Mode::ShareSetuid),
@@ -394,13 +399,29 @@ fn misbehave(mode: Mode) -> Result<()> {
         Mode::StreamTwice => {
             let mut c = hello_and_run()?;
             let _streams = main_streams()?;
-            let _again = open_stream(MAIN_PROCESS, 1)?;
+            let _again = open_stream(MAIN_PROCESS, OUTPUT_STREAM_FD)?;
             started(&mut c)?;
             hang()
         }
         Mode::StdoutFlood => {
             let c = hello_and_run()?;
             flood(c)
+        }
+        Mode::OutputGarbage => {
+            let mut c = hello_and_run()?;
+            let mut streams = main_streams()?;
+            started(&mut c)?;
+            let mut out = chunk(1, BEHAVED_OUTPUT.as_bytes());
+            out.extend(chunk(9, b"GARBAGE-FD\n"));
+            out.extend(chunk(2, b"GARBAGE-AFTER\n"));
+            let mut long = chunk_header(1, 0).to_vec();
+            long[1..].copy_from_slice(&u32::MAX.to_le_bytes());
+            out.extend(long);
+            out.extend(vec![b'G'; 1 << 20]);
+            streams[1]
+                .write_all(&out)
+                .map_err(|e| format!("write the output stream: {e}"))?;
+            finish_behaving(c, streams)
         }
         Mode::WrongPorts => {
             for round in 0..10 {
@@ -526,13 +547,19 @@ fn open_stream(process: u32, fd: u8) -> Result<UnixStream> {
     Ok(s)
 }
 
-/// The main process's stdin, stdout and stderr streams.
-fn main_streams() -> Result<[UnixStream; 3]> {
+/// The main process's stdin and output streams.
+fn main_streams() -> Result<[UnixStream; 2]> {
     Ok([
         open_stream(MAIN_PROCESS, 0)?,
-        open_stream(MAIN_PROCESS, 1)?,
-        open_stream(MAIN_PROCESS, 2)?,
+        open_stream(MAIN_PROCESS, OUTPUT_STREAM_FD)?,
     ])
+}
+
+/// `data` as one output chunk of `fd`.
+fn chunk(fd: u8, data: &[u8]) -> Vec<u8> {
+    let mut v = chunk_header(fd, data.len()).to_vec();
+    v.extend_from_slice(data);
+    v
 }
 
 fn started(c: &mut UnixStream) -> Result<()> {
@@ -545,10 +572,8 @@ fn started(c: &mut UnixStream) -> Result<()> {
     )
 }
 
-fn close_outputs(streams: &[UnixStream; 3]) {
-    for s in &streams[1..] {
-        let _ = s.shutdown(Shutdown::Write);
-    }
+fn close_outputs(streams: &[UnixStream; 2]) {
+    let _ = streams[1].shutdown(Shutdown::Write);
 }
 
 /// Announces a 1000-byte frame and sends it one byte a second.
@@ -573,9 +598,14 @@ fn behave_printing(mut c: UnixStream, first: &str) -> Result<()> {
     let mut streams = main_streams()?;
     started(&mut c)?;
     streams[1]
-        .write_all(first.as_bytes())
-        .and_then(|()| streams[1].write_all(BEHAVED_OUTPUT.as_bytes()))
+        .write_all(&chunk(1, format!("{first}{BEHAVED_OUTPUT}").as_bytes()))
         .map_err(|e| format!("write stdout: {e}"))?;
+    finish_behaving(c, streams)
+}
+
+/// The end of a well-behaved run, once its output is written: `Exited` with code 0 and
+/// the reboot once the host says `Shutdown`.
+fn finish_behaving(mut c: UnixStream, streams: [UnixStream; 2]) -> Result<()> {
     close_outputs(&streams);
     send(
         &mut c,
@@ -609,9 +639,9 @@ fn flood(mut c: UnixStream) -> Result<()> {
         .map_err(|e| format!("clone stdout: {e}"))?;
     let flag = stop.clone();
     let writer = std::thread::spawn(move || {
-        let chunk = vec![b'y'; 64 * 1024];
+        let flood = chunk(1, &vec![b'y'; MAX_CHUNK_LEN]);
         while !flag.load(Ordering::Relaxed) {
-            if out.write_all(&chunk).is_err() {
+            if out.write_all(&flood).is_err() {
                 return;
             }
         }

@@ -180,7 +180,6 @@ fn report_failure(control: &mut Control, result: Result<()>) -> bool {
 /// init's own mounts and the debug switch of the kernel command line.
 fn prepare(mode: &Mode) -> Result<()> {
     ensure_std_fds();
-    raise_priority();
     if mode.test_dir.is_none() {
         if let Err(e) = mounts::rebase_initramfs_root() {
             // Not fatal: the workload falls back to MS_MOVE + chroot.
@@ -193,28 +192,6 @@ fn prepare(mode: &Mode) -> Result<()> {
     }
     log::info("started");
     Ok(())
-}
-
-/// Init relays the workload's output as it is written: at nice -20 it preempts a busy
-/// workload whenever one of its pipes wakes it, so writes to stdout and stderr are read,
-/// and reach the host, in the order they were made (and a spinning workload cannot delay
-/// the host's signals). `SCHED_RESET_ON_FORK` starts every child, the workload included,
-/// at nice 0 again.
-fn raise_priority() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sched_setscheduler on this process, with a parameter that lives across the
-    // call.
-    let policy = unsafe {
-        libc::sched_setscheduler(0, libc::SCHED_OTHER | libc::SCHED_RESET_ON_FORK, &param)
-    };
-    // SAFETY: setpriority of this process; no memory is passed.
-    let nice = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -20) };
-    if policy != 0 || nice != 0 {
-        log::error(&format!(
-            "cannot raise init's priority: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
 }
 
 /// Opens the control connection and says `Hello`.

@@ -19,9 +19,15 @@ use runvm_protocol::{
     chunk_header, ProcessId, StreamHeader, CHUNK_HEADER_LEN, OUTPUT_STREAM_FD, STREAM_PORT,
 };
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 /// What one read takes from a source: one output chunk at most.
 const BUF_SIZE: usize = runvm_protocol::MAX_CHUNK_LEN;
+/// Output chunks are gathered until this many bytes are pending…
+const GATHER_BYTES: usize = 32 * 1024;
+/// …or the oldest has waited this long: init reads every write of the workload as it is
+/// made (which keeps stdout and stderr in order), but sends them in fewer, larger pieces.
+const GATHER_TIME: Duration = Duration::from_millis(2);
 
 /// The host stream connections of one process: stdin and the output stream (stdout and
 /// stderr as chunks, see [`runvm_protocol::output`]) for pipes, or one bidirectional
@@ -181,6 +187,17 @@ impl ProcessRelay {
         drained
     }
 
+    /// Whether the process writes both stdout and stderr (on separate pipes): their
+    /// order is kept only if init reads each write as it is made.
+    pub fn mixed_output(&self) -> bool {
+        self.pumps.iter().any(Pump::mixed)
+    }
+
+    /// When gathered output is due to be sent even if nothing else happens.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.pumps.iter().filter_map(Pump::deadline).min()
+    }
+
     /// What the pumps wait for in the next `poll`.
     pub fn poll_slots(&self) -> impl Iterator<Item = PollSlot<'_>> {
         self.pumps
@@ -216,6 +233,8 @@ struct Source {
     fd: Option<OwnedFd>,
     /// The fd its bytes are tagged with, as output chunks; `None`: sent as they are.
     chunk_fd: Option<u8>,
+    /// It has delivered bytes.
+    delivered: bool,
 }
 
 impl Source {
@@ -223,6 +242,7 @@ impl Source {
         Self {
             fd: Some(fd),
             chunk_fd: None,
+            delivered: false,
         }
     }
 
@@ -230,6 +250,7 @@ impl Source {
         Self {
             fd: Some(fd),
             chunk_fd: Some(chunk_fd),
+            delivered: false,
         }
     }
 
@@ -243,15 +264,18 @@ impl Source {
     }
 }
 
-/// Moves bytes from its sources to `dst`, one read at a time, in the order read: the
-/// buffer holds what one read brought (as a chunk, for chunked sources) until it is
-/// written out, and no source is read before it is.
+/// Moves bytes from its sources to `dst` in the order read. Raw bytes: the buffer holds
+/// what one read brought until it is written out, and no source is read before it is.
+/// Chunks: reads are appended as chunks while fewer than [`GATHER_BYTES`] are pending,
+/// and written out once that many are, or after [`GATHER_TIME`], or at the end.
 struct Pump {
     dir: Dir,
     sources: Vec<Source>,
     dst: Option<OwnedFd>,
     buf: Vec<u8>,
     start: usize,
+    /// Since when the oldest pending chunk waits (chunks only).
+    gathering_since: Option<Instant>,
     /// The destination failed for good (reader went away): keep draining, drop the bytes.
     discard: bool,
     /// The process has exited and this is a pty master: a read that finds nothing is the
@@ -271,8 +295,9 @@ impl Pump {
             dir,
             sources,
             dst: Some(dst),
-            buf: Vec::with_capacity(CHUNK_HEADER_LEN + BUF_SIZE),
+            buf: Vec::with_capacity(GATHER_BYTES + CHUNK_HEADER_LEN + BUF_SIZE),
             start: 0,
+            gathering_since: None,
             discard: false,
             drain: false,
         })
@@ -291,52 +316,73 @@ impl Pump {
         !self.sources_open() && self.dst.is_none()
     }
 
+    /// Whether several sources share this pump and each has delivered bytes.
+    fn mixed(&self) -> bool {
+        self.sources.len() > 1 && self.sources.iter().all(|s| s.delivered)
+    }
+
+    /// Whether this pump sends chunks (and so gathers them).
+    fn chunked(&self) -> bool {
+        self.sources.iter().any(|s| s.chunk_fd.is_some())
+    }
+
     fn want_read(&self, source: usize) -> bool {
-        self.sources.get(source).is_some_and(|s| s.fd.is_some()) && !self.pending()
+        let room = if self.chunked() {
+            self.buf.len() - self.start < GATHER_BYTES
+        } else {
+            !self.pending()
+        };
+        self.sources.get(source).is_some_and(|s| s.fd.is_some()) && room
     }
 
     fn want_write(&self) -> bool {
-        self.dst.is_some() && self.pending()
+        self.dst.is_some() && self.pending() && self.deadline().is_none()
     }
 
-    /// What this pump, number `pump` of its relay, waits on: its destination while bytes
-    /// are pending, else every open source.
+    /// When pending chunks are due to be written; `None` once they are due (the time has
+    /// come, no source is left, the buffer is full, a pty drains) and for raw bytes,
+    /// which never wait.
+    fn deadline(&self) -> Option<Instant> {
+        let since = self.gathering_since?;
+        let full = self.buf.len() - self.start >= GATHER_BYTES;
+        (self.pending() && self.sources_open() && !full && !self.drain)
+            .then_some(since + GATHER_TIME)
+            .filter(|d| *d > Instant::now())
+    }
+
+    /// What this pump, number `pump` of its relay, waits on: its destination when bytes
+    /// are due, and every source it may read.
     fn poll_slots(&self, pump: usize) -> Vec<PollSlot<'_>> {
+        let mut slots = Vec::new();
         if self.want_write() {
-            let dst = self.dst.as_ref().map(AsFd::as_fd);
-            return dst
-                .map(|fd| PollSlot {
+            if let Some(fd) = self.dst.as_ref() {
+                slots.push(PollSlot {
                     key: SlotKey { pump, source: 0 },
-                    fd,
+                    fd: fd.as_fd(),
                     wait: Wait::Writable,
-                })
-                .into_iter()
-                .collect();
+                });
+            }
         }
-        if self.pending() {
-            return Vec::new();
-        }
-        self.sources
-            .iter()
-            .enumerate()
-            .filter_map(|(source, s)| {
-                Some(PollSlot {
+        for (source, s) in self.sources.iter().enumerate() {
+            if let (Some(fd), true) = (s.fd.as_ref(), self.want_read(source)) {
+                slots.push(PollSlot {
                     key: SlotKey { pump, source },
-                    fd: s.fd.as_ref()?.as_fd(),
+                    fd: fd.as_fd(),
                     wait: Wait::Readable,
-                })
-            })
-            .collect()
+                });
+            }
+        }
+        slots
     }
 
     fn clear_buffer(&mut self) {
         self.buf.clear();
         self.start = 0;
+        self.gathering_since = None;
     }
 
     /// Source `source` is at its end; a chunked one says so to the host.
     fn end_of_source(&mut self, source: usize) {
-        self.clear_buffer();
         let s = &mut self.sources[source];
         s.fd = None;
         if let Some(fd) = s.chunk_fd {
@@ -346,51 +392,63 @@ impl Pump {
         }
     }
 
-    /// Reads source `source` once, if the buffer is free (a source found ready in the same
-    /// `poll` as another waits for the next one).
+    /// Reads source `source` once, if the buffer has room (a source found ready in the
+    /// same `poll` as another may have to wait for the next one).
     fn read(&mut self, source: usize) {
         if !self.want_read(source) {
             return;
+        }
+        if !self.pending() {
+            self.clear_buffer();
+        } else if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
         }
         let s = &self.sources[source];
         let (offset, chunk_fd) = (s.data_offset(), s.chunk_fd);
         let Some(src) = s.fd.as_ref().map(AsRawFd::as_raw_fd) else {
             return;
         };
-        self.buf.resize(offset + BUF_SIZE, 0);
+        let before = self.buf.len();
+        self.buf.resize(before + offset + BUF_SIZE, 0);
         loop {
-            match nix::unistd::read(src, &mut self.buf[offset..]) {
+            match nix::unistd::read(src, &mut self.buf[before + offset..]) {
                 Ok(0) => {
+                    self.buf.truncate(before);
                     self.end_of_source(source);
                     break;
                 }
                 Ok(n) => {
-                    self.buf.truncate(offset + n);
+                    self.sources[source].delivered = true;
+                    self.buf.truncate(before + offset + n);
                     if let Some(fd) = chunk_fd {
-                        self.buf[..offset].copy_from_slice(&chunk_header(fd, n));
+                        self.buf[before..before + offset].copy_from_slice(&chunk_header(fd, n));
+                        self.gathering_since.get_or_insert_with(Instant::now);
                     }
-                    self.start = 0;
                     if self.discard || self.dst.is_none() {
-                        self.buf.clear();
+                        self.clear_buffer();
                     }
                     break;
                 }
                 Err(Errno::EINTR) => {}
                 Err(Errno::EAGAIN) if self.drain => {
+                    self.buf.truncate(before);
                     self.end_of_source(source);
                     break;
                 }
                 Err(Errno::EAGAIN) => {
-                    self.clear_buffer();
+                    self.buf.truncate(before);
                     break;
                 }
                 // A pty master reads EIO once every slave descriptor is closed.
                 Err(Errno::EIO) => {
+                    self.buf.truncate(before);
                     self.end_of_source(source);
                     break;
                 }
                 Err(e) => {
                     crate::log::error(&format!("relay ({:?}) read: {e}", self.dir));
+                    self.buf.truncate(before);
                     self.end_of_source(source);
                     break;
                 }
@@ -417,6 +475,9 @@ impl Pump {
                     break;
                 }
             }
+        }
+        if !self.pending() {
+            self.clear_buffer();
         }
         self.finish_if_drained();
     }
@@ -456,4 +517,97 @@ fn set_nonblocking(fd: BorrowedFd<'_>) -> Result<()> {
 
 fn dup(fd: &OwnedFd) -> Result<OwnedFd> {
     fd.try_clone().context("dup")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runvm_protocol::{Chunk, OutputReader};
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    /// A relay for pipes: the process's ends of stdout and stderr, and the host's end of
+    /// the output stream.
+    fn pipes_relay() -> (ProcessRelay, [std::fs::File; 2], UnixStream) {
+        let pipe = || nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        let ((in_r, _in_w), (out_r, out_w), (err_r, err_w)) = (pipe(), pipe(), pipe());
+        let (host_in, guest_in) = UnixStream::pair().unwrap();
+        let (host_out, guest_out) = UnixStream::pair().unwrap();
+        std::mem::forget(host_in);
+        let relay = ProcessRelay::new(
+            Streams::Pipes {
+                stdin: guest_in.into(),
+                output: guest_out.into(),
+            },
+            Stdio::Pipes {
+                stdin: in_r,
+                stdout: out_r,
+                stderr: Some(err_r),
+            },
+        )
+        .unwrap();
+        (relay, [out_w.into(), err_w.into()], host_out)
+    }
+
+    /// Reads every slot that `poll` would find ready now (by trying them all).
+    fn step(relay: &mut ProcessRelay) -> Vec<Wait> {
+        let slots: Vec<_> = relay.poll_slots().map(|s| (s.key, s.wait)).collect();
+        for (key, wait) in &slots {
+            relay.ready(*key, *wait);
+        }
+        slots.into_iter().map(|(_, w)| w).collect()
+    }
+
+    #[test]
+    fn writes_are_gathered_in_read_order_and_sent_by_the_deadline() {
+        let (mut relay, mut outs, host) = pipes_relay();
+        for (fd, line) in [(0, "out1\n"), (1, "err1\n"), (0, "out2\n")] {
+            outs[fd].write_all(line.as_bytes()).unwrap();
+            // Init reads each write as it comes (it preempts the writer).
+            step(&mut relay);
+        }
+        // Gathered, not yet sent: nothing waits for the socket, and a deadline is set.
+        let deadline = relay
+            .deadline()
+            .expect("a deadline for the gathered chunks");
+        assert!(deadline <= Instant::now() + GATHER_TIME);
+        assert!(!step(&mut relay).contains(&Wait::Writable));
+        std::thread::sleep(GATHER_TIME + Duration::from_millis(1));
+        assert_eq!(relay.deadline(), None);
+        assert!(step(&mut relay).contains(&Wait::Writable));
+        drop(outs);
+        for _ in 0..4 {
+            step(&mut relay);
+        }
+        assert!(relay.outputs_done());
+        let mut reader = OutputReader::new(host);
+        let mut buf = vec![0u8; runvm_protocol::MAX_CHUNK_LEN];
+        let mut got = Vec::new();
+        while let Some(c) = reader.next_chunk(&mut buf).unwrap() {
+            got.push(match c {
+                Chunk::Data { fd, len } => format!("{fd}:{}", String::from_utf8_lossy(&buf[..len])),
+                Chunk::End { fd } => format!("{fd}:end"),
+            });
+        }
+        assert_eq!(got, ["1:out1\n", "2:err1\n", "1:out2\n", "1:end", "2:end"]);
+    }
+
+    #[test]
+    fn a_full_buffer_is_sent_at_once() {
+        let (mut relay, [mut out, _err], _host) = pipes_relay();
+        let big = vec![b'x'; GATHER_BYTES];
+        let writer = std::thread::spawn(move || out.write_all(&big).map(|()| out));
+        let mut sent = false;
+        for _ in 0..100 {
+            if step(&mut relay).contains(&Wait::Writable) {
+                sent = true;
+                break;
+            }
+        }
+        assert!(
+            sent,
+            "a buffer of {GATHER_BYTES} bytes waited for its deadline"
+        );
+        drop(writer.join().unwrap());
+    }
 }

@@ -194,25 +194,41 @@ fn shared_output_is_one_pipe_in_write_order() {
 }
 
 #[test]
-fn the_workload_runs_at_nice_0_while_init_relays_at_nice_minus_20() {
+fn init_relays_at_nice_minus_20_once_stdout_and_stderr_mix_and_forks_at_0() {
     require_root!();
+    let mut s = Session::start(spec(&[
+        "sh",
+        "-c",
+        "echo out; sleep 1; echo err >&2; sleep 100",
+    ]));
+    let init = nix::sys::socket::getsockopt(&s.ctl, nix::sys::socket::sockopt::PeerCredentials)
+        .unwrap()
+        .pid();
     // Field 19 of /proc/PID/stat is the nice value.
-    let nice = |stat: &str| stat.split(' ').nth(18).map(str::to_string);
-    let mut init_nice = None;
-    let o = run(
-        spec(&["sh", "-c", "cut -d' ' -f19 /proc/self/stat"]),
-        b"",
-        |ctl| {
-            let init =
-                nix::sys::socket::getsockopt(ctl, nix::sys::socket::sockopt::PeerCredentials)
-                    .unwrap()
-                    .pid();
-            let stat = std::fs::read_to_string(format!("/proc/{init}/stat")).unwrap();
-            init_nice = nice(&stat);
-        },
+    let nice = |pid: String| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        stat.split(' ').nth(18).unwrap().to_string()
+    };
+    let [_, mut out, mut err]: [UnixStream; 3] = std::mem::take(&mut s.main).try_into().unwrap();
+    let mut line = [0u8; 4];
+    out.read_exact(&mut line).unwrap();
+    assert_eq!(
+        nice(init.to_string()),
+        "0",
+        "stdout alone: init gathers at nice 0"
     );
-    assert_eq!(String::from_utf8_lossy(&o.stdout), "0\n", "{o:?}");
-    assert_eq!(init_nice.as_deref(), Some("-20"));
+    err.read_exact(&mut line).unwrap();
+    assert_eq!(&line, b"err\n");
+    assert_eq!(
+        nice(init.to_string()),
+        "-20",
+        "stdout and stderr: init reads each write"
+    );
+    // What init forks starts at nice 0 (SCHED_RESET_ON_FORK).
+    let streams = s.exec(1, spec(&["sh", "-c", "cut -d' ' -f19 /proc/self/stat"]));
+    assert_eq!(read_all(streams.into_iter().nth(1).unwrap()), b"0\n");
+    assert_eq!(s.exit_of(1), ExitStatus::Exited(0));
+    s.end_by_sigkill();
 }
 
 #[test]

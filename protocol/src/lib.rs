@@ -57,7 +57,7 @@ pub use output::{
 pub use spec::{
     AddressSpec, Capabilities, DeviceSpec, IdMapping, InterfaceSpec, LinuxSpec, MountSpec,
     NetworkSpec, ProcessSpec, Resources, Rlimit, RootfsSpec, RouteSpec, SeccompProgram, WindowSize,
-    CAPABILITY_NAMES, SECCOMP_INSTRUCTION_LEN, SHARE_ROOT, SHARE_TAG,
+    CAPABILITY_NAMES, SECCOMP_INSTRUCTION_LEN, SHARE_ROOT, SHARE_TAG, VIRTIOFSD_FLAGS,
 };
 
 /// Version of this protocol; the guest sends it in `Hello` and the host refuses others.

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use runvm_protocol::{
     RootfsSpec, CONTROL_PORT, OUTPUT_STREAM_FD, PROTOCOL_VERSION, SHARE_ROOT, SHARE_TAG,
-    STREAM_PORT,
+    STREAM_PORT, VIRTIOFSD_FLAGS,
 };
 use serde_json::{json, Value};
 
@@ -62,21 +62,11 @@ const PEER_CMDLINE: &str = "reboot=t panic=1 pci=off nomodule i8042.noaux i8042.
      rcupdate.rcu_expedited=1";
 /// How long one boot may take before the benchmark gives up (TCG is slow).
 const BOOT_DEADLINE: Duration = Duration::from_secs(120);
-/// virtiofsd's flags after `--fd 3 --shared-dir DIR`: those runvm starts it with
-/// (`shim/src/share/daemon.rs`, copied, keep in sync), including the `--modcaps` runvm
-/// derives from a bundle without `process.capabilities` (it drops all six it bounds).
-const VIRTIOFSD_FLAGS: &[&str] = &[
-    "--sandbox",
-    "namespace",
-    "--seccomp",
-    "kill",
-    "--cache",
-    "auto",
-    "--xattr",
-    "--killpriv-v2",
-    "--announce-submounts",
-    "--log-level",
-    "error",
+/// virtiofsd's flags after `--fd 3 --shared-dir DIR` beyond those runvm always gives it
+/// ([`VIRTIOFSD_FLAGS`]): the file limit the monitor raises before the exec, and the
+/// `--modcaps` it derives from a bundle without `process.capabilities` (it drops all six
+/// it bounds).
+const VIRTIOFSD_EXTRA_FLAGS: &[&str] = &[
     "--rlimit-nofile=524288",
     "--modcaps=-chown:-dac_override:-fowner:-fsetid:-mknod:-setfcap",
 ];
@@ -411,6 +401,7 @@ fn spawn_virtiofsd(bed: &Bed, listener: &UnixListener, log: &Path) -> Result<Chi
     cmd.args(["--fd", "3", "--shared-dir"])
         .arg(&bed.share)
         .args(VIRTIOFSD_FLAGS)
+        .args(VIRTIOFSD_EXTRA_FLAGS)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log)?);
@@ -553,7 +544,7 @@ fn measure(runs: usize, peer_only: bool) -> Result<Value> {
         "vcpus": VCPUS,
         "mem_mib": MEM_MIB,
         "peer_cmdline": PEER_CMDLINE.to_string() + " 8250.nr_uarts=0 quiet",
-        "virtiofsd_flags": VIRTIOFSD_FLAGS,
+        "virtiofsd_flags": ([VIRTIOFSD_FLAGS, VIRTIOFSD_EXTRA_FLAGS].concat()),
         "warmup": warmup,
         "runvm": runvm_runs,
         "qemu": qemu_runs,

@@ -29,7 +29,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use runvm_protocol::{IdMapping, LinuxSpec, ProcessSpec};
+use runvm_protocol::{IdMapping, LinuxSpec, ProcessSpec, VIRTIOFSD_FLAGS};
 
 use super::{Entry, EntryKind, SharePlan};
 
@@ -291,25 +291,7 @@ impl Virtiofsd {
         let mut cmd = Command::new(program);
         cmd.args(["--fd", "3", "--shared-dir"])
             .arg(share_dir)
-            .args([
-                "--sandbox",
-                "namespace",
-                "--seccomp",
-                "kill",
-                "--cache",
-                "auto",
-                "--xattr",
-                // The guest kernel then leaves it to virtiofsd to clear setuid/setgid
-                // bits and file capabilities on write, truncate and chown (asking with
-                // the request when its caller lacks CAP_FSETID), and stops asking for
-                // `security.capability` before every write: one FUSE request fewer per
-                // write. virtiofsd drops CAP_FSETID for such a request, and has none at
-                // all when the container lacks it ([`modcaps`]).
-                "--killpriv-v2",
-                "--announce-submounts",
-                "--log-level",
-                "error",
-            ])
+            .args(VIRTIOFSD_FLAGS)
             // Set in the child before the exec ([`raise_nofile`]): virtiofsd leaves it.
             .arg("--rlimit-nofile=0");
         if let Some(m) = modcaps(bounding) {

@@ -51,7 +51,7 @@ pub use messages::{
     SocketRelayHeader, StreamHeader, MAIN_PROCESS,
 };
 pub use output::{
-    chunk_header, Chunk, OutputError, OutputReader, CHUNK_HEADER_LEN, MAX_CHUNK_LEN,
+    chunk, chunk_header, Chunk, OutputError, OutputReader, CHUNK_HEADER_LEN, MAX_CHUNK_LEN,
     OUTPUT_STREAM_FD,
 };
 pub use spec::{

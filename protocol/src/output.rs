@@ -24,6 +24,13 @@ pub fn chunk_header(fd: u8, len: usize) -> [u8; CHUNK_HEADER_LEN] {
     [fd, a, b, c, d]
 }
 
+/// `data` as one whole chunk of `fd` (for writers that do not build chunks in place).
+pub fn chunk(fd: u8, data: &[u8]) -> Vec<u8> {
+    let mut v = chunk_header(fd, data.len()).to_vec();
+    v.extend_from_slice(data);
+    v
+}
+
 /// What the guest sent that is not an output stream.
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
@@ -120,11 +127,10 @@ mod tests {
 
     #[test]
     fn chunks_come_back_in_order_with_their_ends() {
-        let mut wire = Vec::new();
-        for (fd, data) in [(1, &b"out\n"[..]), (2, b"err\n"), (1, b""), (2, b"more\n")] {
-            wire.extend_from_slice(&chunk_header(fd, data.len()));
-            wire.extend_from_slice(data);
-        }
+        let wire: Vec<u8> = [(1, &b"out\n"[..]), (2, b"err\n"), (1, b""), (2, b"more\n")]
+            .into_iter()
+            .flat_map(|(fd, data)| chunk(fd, data))
+            .collect();
         let got = chunks(&wire).unwrap();
         assert_eq!(
             got,
@@ -146,8 +152,8 @@ mod tests {
         let mut long = vec![1u8];
         long.extend_from_slice(&(MAX_CHUNK_LEN as u32 + 1).to_le_bytes());
         assert!(matches!(chunks(&long), Err(OutputError::TooLong(_))));
-        let mut short = chunk_header(2, 10).to_vec();
-        short.extend_from_slice(b"abc");
+        let mut short = chunk(2, b"abc");
+        short[1] = 10;
         assert!(matches!(chunks(&short), Err(OutputError::Truncated)));
         assert!(matches!(chunks(&[1, 0]), Err(OutputError::Truncated)));
         assert!(chunks(&[]).unwrap().is_empty());

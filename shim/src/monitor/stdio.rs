@@ -182,13 +182,7 @@ pub fn spawn_input(input: File, stream: UnixStream) -> std::io::Result<InputRela
 #[cfg(test)]
 mod tests {
     use super::*;
-    use runvm_protocol::chunk_header;
-
-    fn chunk(fd: u8, data: &[u8]) -> Vec<u8> {
-        let mut v = chunk_header(fd, data.len()).to_vec();
-        v.extend_from_slice(data);
-        v
-    }
+    use runvm_protocol::{chunk, chunk_header};
 
     /// Relays `wire` with stdout and stderr both going into one pipe (so the order of
     /// the writes shows) and returns what the pipe got, and the bytes counted.

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, VsockAddr};
 use runvm_protocol::{
-    chunk_header, read_frame, read_frame_limited, write_frame, ExitStatus, GuestMessage,
+    chunk, chunk_header, read_frame, read_frame_limited, write_frame, ExitStatus, GuestMessage,
     HostMessage, MountSpec, RootfsSpec, StreamHeader, CONTROL_PORT, MAIN_PROCESS, MAX_CHUNK_LEN,
     MAX_FRAME_LEN, MAX_HOST_FRAME_LEN, OUTPUT_STREAM_FD, PROTOCOL_VERSION, STREAM_PORT,
 };
@@ -553,13 +553,6 @@ fn main_streams() -> Result<[UnixStream; 2]> {
         open_stream(MAIN_PROCESS, 0)?,
         open_stream(MAIN_PROCESS, OUTPUT_STREAM_FD)?,
     ])
-}
-
-/// `data` as one output chunk of `fd`.
-fn chunk(fd: u8, data: &[u8]) -> Vec<u8> {
-    let mut v = chunk_header(fd, data.len()).to_vec();
-    v.extend_from_slice(data);
-    v
 }
 
 fn started(c: &mut UnixStream) -> Result<()> {

@@ -194,16 +194,17 @@ impl ProcessRelay {
     }
 
     /// When gathered output is due to be sent even if nothing else happens.
-    pub fn deadline(&self) -> Option<Instant> {
-        self.pumps.iter().filter_map(Pump::deadline).min()
+    /// `now` is the one the `poll_slots` of the same round were given.
+    pub fn deadline(&self, now: Instant) -> Option<Instant> {
+        self.pumps.iter().filter_map(|p| p.deadline(now)).min()
     }
 
     /// What the pumps wait for in the next `poll`.
-    pub fn poll_slots(&self) -> impl Iterator<Item = PollSlot<'_>> {
+    pub fn poll_slots(&self, now: Instant) -> impl Iterator<Item = PollSlot<'_>> {
         self.pumps
             .iter()
             .enumerate()
-            .flat_map(|(pump, p)| p.poll_slots(pump))
+            .flat_map(move |(pump, p)| p.poll_slots(pump, now))
     }
 
     /// Moves bytes at `key`, which `poll` found ready for `wait`.
@@ -335,26 +336,28 @@ impl Pump {
         self.sources.get(source).is_some_and(|s| s.fd.is_some()) && room
     }
 
-    fn want_write(&self) -> bool {
-        self.dst.is_some() && self.pending() && self.deadline().is_none()
+    fn want_write(&self, now: Instant) -> bool {
+        self.dst.is_some() && self.pending() && self.deadline(now).is_none()
     }
 
     /// When pending chunks are due to be written; `None` once they are due (the time has
     /// come, no source is left, the buffer is full, a pty drains) and for raw bytes,
     /// which never wait.
-    fn deadline(&self) -> Option<Instant> {
+    /// (One `now` for a whole round of `poll_slots` and `deadline`: a deadline that
+    /// passed between the two would otherwise be neither a write slot nor a timeout.)
+    fn deadline(&self, now: Instant) -> Option<Instant> {
         let since = self.gathering_since?;
         let full = self.buf.len() - self.start >= GATHER_BYTES;
         (self.pending() && self.sources_open() && !full && !self.drain)
             .then_some(since + GATHER_TIME)
-            .filter(|d| *d > Instant::now())
+            .filter(|d| *d > now)
     }
 
     /// What this pump, number `pump` of its relay, waits on: its destination when bytes
     /// are due, and every source it may read.
-    fn poll_slots(&self, pump: usize) -> Vec<PollSlot<'_>> {
+    fn poll_slots(&self, pump: usize, now: Instant) -> Vec<PollSlot<'_>> {
         let mut slots = Vec::new();
-        if self.want_write() {
+        if self.want_write(now) {
             if let Some(fd) = self.dst.as_ref() {
                 slots.push(PollSlot {
                     key: SlotKey { pump, source: 0 },
@@ -551,7 +554,10 @@ mod tests {
 
     /// Reads every slot that `poll` would find ready now (by trying them all).
     fn step(relay: &mut ProcessRelay) -> Vec<Wait> {
-        let slots: Vec<_> = relay.poll_slots().map(|s| (s.key, s.wait)).collect();
+        let slots: Vec<_> = relay
+            .poll_slots(Instant::now())
+            .map(|s| (s.key, s.wait))
+            .collect();
         for (key, wait) in &slots {
             relay.ready(*key, *wait);
         }
@@ -568,12 +574,19 @@ mod tests {
         }
         // Gathered, not yet sent: nothing waits for the socket, and a deadline is set.
         let deadline = relay
-            .deadline()
+            .deadline(Instant::now())
             .expect("a deadline for the gathered chunks");
         assert!(deadline <= Instant::now() + GATHER_TIME);
+        // For any one instant, pending bytes are either due (a write slot) or have a
+        // deadline (a poll timeout): never neither, which would wait for ever.
+        for late in [0, 1, 2, 3, 50] {
+            let now = Instant::now() + Duration::from_millis(late);
+            let writable = relay.poll_slots(now).any(|s| s.wait == Wait::Writable);
+            assert!(writable != relay.deadline(now).is_some(), "at +{late} ms");
+        }
         assert!(!step(&mut relay).contains(&Wait::Writable));
         std::thread::sleep(GATHER_TIME + Duration::from_millis(1));
-        assert_eq!(relay.deadline(), None);
+        assert_eq!(relay.deadline(Instant::now()), None);
         assert!(step(&mut relay).contains(&Wait::Writable));
         drop(outs);
         for _ in 0..4 {

@@ -82,6 +82,8 @@ pub struct Supervisor<'a> {
     host_gone: bool,
     /// Init runs at nice -20 (see [`Supervisor::set_priority`]).
     prompt: bool,
+    /// Init's own nice value otherwise (0 in the VM).
+    base_nice: i32,
 }
 
 impl<'a> Supervisor<'a> {
@@ -105,6 +107,8 @@ impl<'a> Supervisor<'a> {
             control_open: true,
             host_gone: false,
             prompt: false,
+            // SAFETY: getpriority of this process; no memory is passed.
+            base_nice: unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) },
         })
     }
 
@@ -132,7 +136,7 @@ impl<'a> Supervisor<'a> {
     /// Init runs at nice -20 while a process writes both stdout and stderr (on separate
     /// pipes): then it preempts the writer at each write and reads it at once, so the two
     /// reach the host in the order they were written (read later, both pipes would hold
-    /// data and their order would be lost). Otherwise at nice 0, where reads gather many
+    /// data and their order would be lost). Otherwise at its own (0), where reads gather many
     /// writes and cost the workload fewer context switches. `SCHED_RESET_ON_FORK` starts
     /// every process init forks at nice 0.
     fn set_priority(&mut self) {
@@ -147,9 +151,9 @@ impl<'a> Supervisor<'a> {
         let policy = unsafe {
             libc::sched_setscheduler(0, libc::SCHED_OTHER | libc::SCHED_RESET_ON_FORK, &param)
         };
+        let value = if prompt { -20 } else { self.base_nice };
         // SAFETY: setpriority of this process; no memory is passed.
-        let nice =
-            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, if prompt { -20 } else { 0 }) };
+        let nice = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, value) };
         if policy != 0 || nice != 0 {
             crate::log::error(&format!(
                 "cannot set init's priority: {}",
@@ -179,8 +183,10 @@ impl<'a> Supervisor<'a> {
     fn poll_ready(&self) -> Result<Vec<Tag>> {
         let mut tags = Vec::new();
         let mut fds = Vec::new();
+        // One instant for the slots and the deadlines of this round (see `Pump::deadline`).
+        let now = Instant::now();
         for (id, p) in &self.processes {
-            for slot in p.relay.poll_slots() {
+            for slot in p.relay.poll_slots(now) {
                 tags.push(Tag::Pump {
                     process: *id,
                     key: slot.key,
@@ -199,7 +205,7 @@ impl<'a> Supervisor<'a> {
         let deadline = self
             .processes
             .values()
-            .filter_map(|p| p.relay.deadline())
+            .filter_map(|p| p.relay.deadline(now))
             .min();
         let timeout = match deadline {
             Some(d) => {

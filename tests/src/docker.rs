@@ -618,6 +618,12 @@ impl Dockerd {
         ] {
             cmd.env_remove(k);
         }
+        // containerd finds runvm's shim v2 (`containerd-shim-runvm-v2`, built beside
+        // runvm) on its PATH, as where the two are installed together.
+        if let Some(dir) = Path::new(runvm).parent() {
+            let path = std::env::var("PATH").unwrap_or_default();
+            cmd.env("PATH", format!("{}:{path}", dir.display()));
+        }
         // Twenty guests booting at once under TCG take longer than runvm's default 60 s
         // (the variable reaches runvm through containerd and its shim).
         if std::env::var_os("RUNVM_BOOT_TIMEOUT").is_none() {

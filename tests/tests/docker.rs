@@ -111,6 +111,10 @@ const TESTS: &[(&str, docker::TestFn)] = &[
         default_bridge_container_has_its_address,
     ),
     ("ctr_run_with_runc_binary", ctr_run_with_runc_binary),
+    (
+        "ctr_tasks_through_the_shim_v2",
+        ctr_tasks_through_the_shim_v2,
+    ),
     // Last: it restarts dockerd with runvm as the default runtime, and the test after it
     // would pay for another restart back to the standard daemon (~30 s emulated).
     (
@@ -1823,4 +1827,137 @@ fn ctr_run_with_runc_binary(h: &mut Harness) {
     let _ = ctr(&["containers", "rm", "ctr-test"]);
     let _ = ctr(&["images", "rm", "docker.io/library/busybox:latest"]);
     out.ok().prints("from-ctr");
+}
+
+/// containerd's own client against the runtime's shim v2 (`io.containerd.runvm.v2`, the
+/// `containerd-shim-runvm-v2` beside runvm; runc's `io.containerd.runc.v2` for the peer):
+/// a foreground run passes output and exit code through; a detached task is listed,
+/// exec'd into, paused and resumed, killed and removed, and nothing is left.
+fn ctr_tasks_through_the_shim_v2(h: &mut Harness) {
+    let sock = h.docker_exec_root().join("containerd/containerd.sock");
+    let sock = sock.display().to_string();
+    let runtime = if h.is_runvm() {
+        "io.containerd.runvm.v2"
+    } else {
+        "io.containerd.runc.v2"
+    };
+    let image = "docker.io/library/busybox:latest";
+    let tar = h.tmp.join("busybox-image-shim.tar");
+    h.cli()
+        .cmd(&["save", "-o", &tar.display().to_string(), "busybox:latest"])
+        .ok();
+    let ctr = |args: &[&str]| {
+        let mut c = std::process::Command::new("ctr");
+        c.args(["--address", &sock, "--namespace", "runvm-shim-test"])
+            .args(args);
+        docker::run_cmd(c, None, Duration::from_secs(180))
+    };
+    ctr(&["images", "import", &tar.display().to_string()]).ok();
+
+    let out = ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        runtime,
+        image,
+        "shim-fg",
+        "sh",
+        "-c",
+        "echo from-shim; echo to-stderr >&2; exit 3",
+    ]);
+    out.code_is(3).prints("from-shim");
+    assert!(out.stderr.contains("to-stderr"), "{out:?}");
+    // A process that cannot start: the runtime's own error, through the shim.
+    ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        runtime,
+        image,
+        "shim-bad",
+        "nosuchcmd",
+    ])
+    .fails_with("nosuchcmd");
+    let _ = ctr(&["containers", "rm", "shim-bad"]);
+
+    ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        runtime,
+        image,
+        "shim-bg",
+        "sleep",
+        "600",
+    ])
+    .ok();
+    let listed = ctr(&["tasks", "ls"]);
+    listed.ok();
+    assert!(
+        listed
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("shim-bg") && l.contains("RUNNING")),
+        "{listed:?}"
+    );
+    // The task is a runvm container (its state in the shim's runvm root), with its VM.
+    let runvm_state = || {
+        let mut c = std::process::Command::new(h.runvm_bin());
+        c.args([
+            "--root",
+            "/run/containerd/runvm/runvm-shim-test",
+            "state",
+            "shim-bg",
+        ]);
+        docker::run_cmd(c, None, Duration::from_secs(30))
+    };
+    if h.is_runvm() {
+        let st = runvm_state();
+        st.ok();
+        assert!(st.stdout.contains("\"running\""), "{st:?}");
+    }
+    let exec = ctr(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "e1",
+        "shim-bg",
+        "sh",
+        "-c",
+        "echo exec-out; exit 4",
+    ]);
+    exec.code_is(4).prints("exec-out");
+    let ps = ctr(&["tasks", "ps", "shim-bg"]);
+    ps.ok();
+    assert!(
+        ps.stdout.lines().count() >= 2,
+        "a header and the task's pid: {ps:?}"
+    );
+    ctr(&["tasks", "pause", "shim-bg"]).ok();
+    assert!(ctr(&["tasks", "ls"])
+        .stdout
+        .lines()
+        .any(|l| l.starts_with("shim-bg") && l.contains("PAUSED")));
+    ctr(&["tasks", "resume", "shim-bg"]).ok();
+    ctr(&["tasks", "kill", "-s", "KILL", "shim-bg"]).ok();
+    wait_for("the killed task to stop", Duration::from_secs(60), || {
+        ctr(&["tasks", "ls"])
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("shim-bg") && l.contains("STOPPED"))
+            .then_some(())
+    });
+    ctr(&["tasks", "rm", "shim-bg"]).ok();
+    ctr(&["containers", "rm", "shim-bg"]).ok();
+    if h.is_runvm() {
+        runvm_state().fails_with("does not exist");
+    }
+    let _ = ctr(&["images", "rm", image]);
+    wait_for("the shims to end", Duration::from_secs(30), || {
+        let shims = std::process::Command::new("pgrep")
+            .args(["-f", "containerd-shim-runvm-v2"])
+            .output()
+            .ok()?;
+        shims.stdout.is_empty().then_some(())
+    });
 }

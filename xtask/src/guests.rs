@@ -84,7 +84,16 @@ impl GuestSetup {
         let mut step = Step::new("runvm");
         step.phase("building runvm (release)");
         let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cargo.args(["build", "--quiet", "--release", "-p", "runvm"]);
+        // runvm, and its containerd shim v2 beside it (as they are installed).
+        cargo.args([
+            "build",
+            "--quiet",
+            "--release",
+            "-p",
+            "runvm",
+            "-p",
+            "containerd-shim-runvm-v2",
+        ]);
         run(&mut cargo)?;
         let runvm = target_dir().join("release").join("runvm");
         // Install the kernel where runvm looks for it: <binary dir>/../runvm/vmlinux.

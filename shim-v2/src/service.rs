@@ -282,6 +282,33 @@ impl TaskService {
         found
     }
 
+    /// `runvm pause` (or `resume`) of container `id`, and its event.
+    fn freeze(&self, id: &str, pause: bool) -> TtrpcResult<api::Empty> {
+        let verb = if pause { "pause" } else { "resume" };
+        self.runvm.run(&[verb, id], None).map_err(failure)?;
+        let status = if pause {
+            Status::PAUSED
+        } else {
+            Status::RUNNING
+        };
+        Self::container(&mut self.lock(), id)?.init.status = status;
+        let container_id = id.to_string();
+        if pause {
+            let event = TaskPaused {
+                container_id,
+                ..Default::default()
+            };
+            self.publish(topics::TASK_PAUSED_EVENT_TOPIC, Box::new(event));
+        } else {
+            let event = TaskResumed {
+                container_id,
+                ..Default::default()
+            };
+            self.publish(topics::TASK_RESUMED_EVENT_TOPIC, Box::new(event));
+        }
+        Ok(api::Empty::new())
+    }
+
     /// Sets the pid of a process that just started, or its exit if it already ended.
     fn started(state: &mut State, id: &str, exec_id: &str, pid: u32) -> TtrpcResult<()> {
         let early = state.claim(pid);
@@ -724,31 +751,11 @@ impl containerd_shim::Task for TaskService {
     }
 
     fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
-        self.runvm.run(&["pause", &req.id], None).map_err(failure)?;
-        Self::container(&mut self.lock(), &req.id)?.init.status = Status::PAUSED;
-        self.publish(
-            topics::TASK_PAUSED_EVENT_TOPIC,
-            Box::new(TaskPaused {
-                container_id: req.id.clone(),
-                ..Default::default()
-            }),
-        );
-        Ok(api::Empty::new())
+        self.freeze(&req.id, true)
     }
 
     fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
-        self.runvm
-            .run(&["resume", &req.id], None)
-            .map_err(failure)?;
-        Self::container(&mut self.lock(), &req.id)?.init.status = Status::RUNNING;
-        self.publish(
-            topics::TASK_RESUMED_EVENT_TOPIC,
-            Box::new(TaskResumed {
-                container_id: req.id.clone(),
-                ..Default::default()
-            }),
-        );
-        Ok(api::Empty::new())
+        self.freeze(&req.id, false)
     }
 
     fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {

@@ -1793,25 +1793,33 @@ fn default_bridge_container_has_its_address(h: &mut Harness) {
     docker::run_cmd(c, None, Duration::from_secs(30)).ok();
 }
 
-fn ctr_run_with_runc_binary(h: &mut Harness) {
+/// A `ctr` client of the daemon's containerd in `namespace`, with the busybox image
+/// imported from Docker's.
+fn ctr_with_busybox(h: &Harness, namespace: &str) -> impl Fn(&[&str]) -> docker::Out {
     let sock = h.docker_exec_root().join("containerd/containerd.sock");
     let sock = sock.display().to_string();
+    let tar = h.tmp.join(format!("busybox-image-{namespace}.tar"));
+    h.cli()
+        .cmd(&["save", "-o", &tar.display().to_string(), "busybox:latest"])
+        .ok();
+    let namespace = namespace.to_string();
+    let ctr = move |args: &[&str]| {
+        let mut c = std::process::Command::new("ctr");
+        c.args(["--address", &sock, "--namespace", &namespace])
+            .args(args);
+        docker::run_cmd(c, None, Duration::from_secs(180))
+    };
+    ctr(&["images", "import", &tar.display().to_string()]).ok();
+    ctr
+}
+
+fn ctr_run_with_runc_binary(h: &mut Harness) {
     let runtime_bin = if h.is_runvm() {
         h.runvm_bin().to_string()
     } else {
         "runc".to_string()
     };
-    let tar = h.tmp.join("busybox-image.tar");
-    h.cli()
-        .cmd(&["save", "-o", &tar.display().to_string(), "busybox:latest"])
-        .ok();
-    let ctr = |args: &[&str]| {
-        let mut c = std::process::Command::new("ctr");
-        c.args(["--address", &sock, "--namespace", "runvm-test"])
-            .args(args);
-        docker::run_cmd(c, None, Duration::from_secs(180))
-    };
-    ctr(&["images", "import", &tar.display().to_string()]).ok();
+    let ctr = ctr_with_busybox(h, "runvm-test");
     let out = ctr(&[
         "run",
         "--rm",
@@ -1834,25 +1842,13 @@ fn ctr_run_with_runc_binary(h: &mut Harness) {
 /// a foreground run passes output and exit code through; a detached task is listed,
 /// exec'd into, paused and resumed, killed and removed, and nothing is left.
 fn ctr_tasks_through_the_shim_v2(h: &mut Harness) {
-    let sock = h.docker_exec_root().join("containerd/containerd.sock");
-    let sock = sock.display().to_string();
     let runtime = if h.is_runvm() {
         "io.containerd.runvm.v2"
     } else {
         "io.containerd.runc.v2"
     };
     let image = "docker.io/library/busybox:latest";
-    let tar = h.tmp.join("busybox-image-shim.tar");
-    h.cli()
-        .cmd(&["save", "-o", &tar.display().to_string(), "busybox:latest"])
-        .ok();
-    let ctr = |args: &[&str]| {
-        let mut c = std::process::Command::new("ctr");
-        c.args(["--address", &sock, "--namespace", "runvm-shim-test"])
-            .args(args);
-        docker::run_cmd(c, None, Duration::from_secs(180))
-    };
-    ctr(&["images", "import", &tar.display().to_string()]).ok();
+    let ctr = ctr_with_busybox(h, "runvm-shim-test");
 
     let out = ctr(&[
         "run",

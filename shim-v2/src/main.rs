@@ -5,7 +5,7 @@
 //! runc shim does it with runc ([`runvm`]); the container's stdio are containerd's FIFOs
 //! ([`stdio`]); [`service`] keeps the processes, waits for their exits and publishes the
 //! task events. Not built yet, and refused with an error that says so: pods (one VM per
-//! Kubernetes pod), terminals, stats and checkpoints.
+//! Kubernetes pod), terminals and checkpoints.
 
 mod runvm;
 mod service;

@@ -9,6 +9,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use containerd_shim::api;
 use containerd_shim::event::Event;
 use containerd_shim::monitor::{Subject, Topic};
+use containerd_shim::protos::cgroups::metrics::{
+    CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat,
+};
 use containerd_shim::protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
     TaskResumed, TaskStart,
@@ -322,6 +325,40 @@ impl TaskService {
             p.exited(exit);
         }
         Ok(())
+    }
+}
+
+/// The `data` of a runc `stats` event as containerd's cgroups v1 metrics.
+fn metrics(data: &serde_json::Value) -> Metrics {
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let usage = &data["cpu"]["usage"];
+    let memory = &data["memory"]["usage"];
+    Metrics {
+        pids: MessageField::some(PidsStat {
+            current: n(&data["pids"]["current"]),
+            limit: n(&data["pids"]["limit"]),
+            ..Default::default()
+        }),
+        cpu: MessageField::some(CPUStat {
+            usage: MessageField::some(CPUUsage {
+                total: n(&usage["total"]),
+                kernel: n(&usage["kernel"]),
+                user: n(&usage["user"]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        memory: MessageField::some(MemoryStat {
+            usage: MessageField::some(MemoryEntry {
+                usage: n(&memory["usage"]),
+                limit: n(&memory["limit"]),
+                max: n(&memory["max"]),
+                failcnt: n(&memory["failcnt"]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }
 
@@ -779,12 +816,24 @@ impl containerd_shim::Task for TaskService {
         Ok(api::Empty::new())
     }
 
+    /// `runvm events --stats`, as cgroups v1 metrics (the container's limits and usage
+    /// as the guest reports them, whatever the host's cgroup version).
     fn stats(
         &self,
         _ctx: &TtrpcContext,
-        _req: api::StatsRequest,
+        req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
-        Err(unimplemented("stats (runvm events --stats ID has them)"))
+        let out = self
+            .runvm
+            .run(&["events", "--stats", &req.id], None)
+            .map_err(failure)?;
+        let event: serde_json::Value = serde_json::from_str(&out).map_err(failure)?;
+        let metrics = metrics(&event["data"]);
+        let any = containerd_shim::util::convert_to_any(Box::new(metrics)).map_err(failure)?;
+        Ok(api::StatsResponse {
+            stats: MessageField::some(any),
+            ..Default::default()
+        })
     }
 
     fn resize_pty(
@@ -825,5 +874,26 @@ impl containerd_shim::Task for TaskService {
             self.exit.signal();
         }
         Ok(api::Empty::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stats_event_becomes_cgroups_v1_metrics() {
+        let data = serde_json::json!({
+            "cpu": { "usage": { "total": 7000, "kernel": 1000, "user": 6000, "percpu": [] } },
+            "memory": { "usage": { "usage": 5242880, "limit": 33554432, "max": 0, "failcnt": 0 } },
+            "pids": { "current": 2, "limit": 0 },
+        });
+        let m = metrics(&data);
+        assert_eq!((m.pids.current, m.pids.limit), (2, 0));
+        assert_eq!(m.cpu.usage.total, 7000);
+        assert_eq!(m.memory.usage.usage, 5 << 20);
+        assert_eq!(m.memory.usage.limit, 32 << 20);
+        let any = containerd_shim::util::convert_to_any(Box::new(m)).unwrap();
+        assert_eq!(any.type_url, "io.containerd.cgroups.v1.Metrics");
     }
 }

@@ -1929,6 +1929,17 @@ fn ctr_tasks_through_the_shim_v2(h: &mut Harness) {
         ps.stdout.lines().count() >= 2,
         "a header and the task's pid: {ps:?}"
     );
+    // Metrics: the task's processes are counted (the cgroups v1 names from runvm's shim,
+    // v2's from runc's; `pids.current` in both).
+    let metrics = ctr(&["tasks", "metrics", "shim-bg"]);
+    metrics.ok();
+    let pids: u64 = metrics
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("pids.current"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pids.current: {metrics:?}"));
+    assert!(pids >= 1, "{metrics:?}");
     ctr(&["tasks", "pause", "shim-bg"]).ok();
     assert!(ctr(&["tasks", "ls"])
         .stdout

@@ -3,8 +3,9 @@
 //!
 //! Every direction is a [`Pump`] with its own buffer; its sources (one, or stdout and
 //! stderr, whose reads become output chunks in the order they were read) are read only
-//! when its buffer is empty, and the buffer is written out with partial writes and EAGAIN handled,
-//! so bytes are never dropped and a slow reader applies back-pressure to the writer. The
+//! while the buffer has room (empty, for raw bytes), and the buffer is written out with
+//! partial writes and EAGAIN handled, so bytes are never dropped and a slow reader
+//! applies back-pressure to the writer. The
 //! pumps only move bytes when told: the supervisor's `poll` loop says which is ready
 //! ([`ProcessRelay::poll_slots`], [`ProcessRelay::ready`]).
 
@@ -401,12 +402,9 @@ impl Pump {
         if !self.want_read(source) {
             return;
         }
-        if !self.pending() {
-            self.clear_buffer();
-        } else if self.start > 0 {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
+        // What was written leaves the buffer before more is appended.
+        self.buf.drain(..self.start);
+        self.start = 0;
         let s = &self.sources[source];
         let (offset, chunk_fd) = (s.data_offset(), s.chunk_fd);
         let Some(src) = s.fd.as_ref().map(AsRawFd::as_raw_fd) else {
@@ -414,46 +412,37 @@ impl Pump {
         };
         let before = self.buf.len();
         self.buf.resize(before + offset + BUF_SIZE, 0);
-        loop {
+        let result = loop {
             match nix::unistd::read(src, &mut self.buf[before + offset..]) {
-                Ok(0) => {
-                    self.buf.truncate(before);
-                    self.end_of_source(source);
-                    break;
-                }
-                Ok(n) => {
-                    self.sources[source].delivered = true;
-                    self.buf.truncate(before + offset + n);
-                    if let Some(fd) = chunk_fd {
-                        self.buf[before..before + offset].copy_from_slice(&chunk_header(fd, n));
-                        self.gathering_since.get_or_insert_with(Instant::now);
-                    }
-                    if self.discard || self.dst.is_none() {
-                        self.clear_buffer();
-                    }
-                    break;
-                }
                 Err(Errno::EINTR) => {}
-                Err(Errno::EAGAIN) if self.drain => {
-                    self.buf.truncate(before);
-                    self.end_of_source(source);
-                    break;
+                r => break r,
+            }
+        };
+        match result {
+            Ok(n) if n > 0 => {
+                self.sources[source].delivered = true;
+                self.buf.truncate(before + offset + n);
+                if let Some(fd) = chunk_fd {
+                    self.buf[before..before + offset].copy_from_slice(&chunk_header(fd, n));
+                    self.gathering_since.get_or_insert_with(Instant::now);
                 }
-                Err(Errno::EAGAIN) => {
-                    self.buf.truncate(before);
-                    break;
+                if self.discard || self.dst.is_none() {
+                    self.clear_buffer();
                 }
-                // A pty master reads EIO once every slave descriptor is closed.
-                Err(Errno::EIO) => {
-                    self.buf.truncate(before);
+            }
+            other => {
+                self.buf.truncate(before);
+                let at_end = match other {
+                    // EOF, or a pty master with every slave descriptor closed.
+                    Ok(_) | Err(Errno::EIO) => true,
+                    Err(Errno::EAGAIN) => self.drain,
+                    Err(e) => {
+                        crate::log::error(&format!("relay ({:?}) read: {e}", self.dir));
+                        true
+                    }
+                };
+                if at_end {
                     self.end_of_source(source);
-                    break;
-                }
-                Err(e) => {
-                    crate::log::error(&format!("relay ({:?}) read: {e}", self.dir));
-                    self.buf.truncate(before);
-                    self.end_of_source(source);
-                    break;
                 }
             }
         }

@@ -97,6 +97,20 @@ impl<'a> Supervisor<'a> {
     ) -> Result<Self> {
         let main_pid = main.pid;
         let processes = BTreeMap::from([(MAIN_PROCESS, Proc::new(main, streams)?)]);
+        // Whatever init forks from now on starts at nice 0 even while init runs at -20
+        // (see `set_priority`).
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: sched_setscheduler of this process, with a parameter that lives across
+        // the call.
+        let policy = unsafe {
+            libc::sched_setscheduler(0, libc::SCHED_OTHER | libc::SCHED_RESET_ON_FORK, &param)
+        };
+        if policy != 0 {
+            crate::log::error(&format!(
+                "cannot set SCHED_RESET_ON_FORK on init: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
         Ok(Self {
             control,
             sigchld,
@@ -136,25 +150,18 @@ impl<'a> Supervisor<'a> {
     /// Init runs at nice -20 while a process writes both stdout and stderr (on separate
     /// pipes): then it preempts the writer at each write and reads it at once, so the two
     /// reach the host in the order they were written (read later, both pipes would hold
-    /// data and their order would be lost). Otherwise at its own (0), where reads gather many
-    /// writes and cost the workload fewer context switches. `SCHED_RESET_ON_FORK` starts
-    /// every process init forks at nice 0.
+    /// data and their order would be lost). Otherwise at its own (0), where reads gather
+    /// many writes and cost the workload fewer context switches. `SCHED_RESET_ON_FORK`
+    /// (set in [`Supervisor::new`]) starts every process init forks at nice 0.
     fn set_priority(&mut self) {
         let prompt = self.processes.values().any(|p| p.relay.mixed_output());
         if prompt == self.prompt {
             return;
         }
         self.prompt = prompt;
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: sched_setscheduler of this process, with a parameter that lives across
-        // the call.
-        let policy = unsafe {
-            libc::sched_setscheduler(0, libc::SCHED_OTHER | libc::SCHED_RESET_ON_FORK, &param)
-        };
         let value = if prompt { -20 } else { self.base_nice };
         // SAFETY: setpriority of this process; no memory is passed.
-        let nice = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, value) };
-        if policy != 0 || nice != 0 {
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, value) } != 0 {
             crate::log::error(&format!(
                 "cannot set init's priority: {}",
                 std::io::Error::last_os_error()

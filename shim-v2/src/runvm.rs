@@ -7,10 +7,10 @@
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use containerd_shim::monitor::Topic;
-use containerd_shim::synchronous::monitor::{monitor_subscribe, wait_pid};
+use containerd_shim::synchronous::monitor::{monitor_subscribe, wait_pid, Subscription};
 
 /// Why a runvm command failed.
 #[derive(Debug, thiserror::Error)]
@@ -68,11 +68,7 @@ impl Runvm {
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-        let subscription = subscribe()?;
-        let mut child = cmd.spawn().map_err(|source| RunvmError::Spawn {
-            bin: self.bin.clone(),
-            source,
-        })?;
+        let (mut child, subscription) = self.spawn(&mut cmd)?;
         if let (Some(mut stdin), Some(input)) = (child.stdin.take(), input) {
             use std::io::Write;
             let _ = stdin.write_all(input);
@@ -114,11 +110,7 @@ impl Runvm {
         cmd.stdin(stdio.stdin)
             .stdout(stdio.stdout)
             .stderr(stdio.stderr);
-        let subscription = subscribe()?;
-        let child = cmd.spawn().map_err(|source| RunvmError::Spawn {
-            bin: self.bin.clone(),
-            source,
-        })?;
+        let (child, subscription) = self.spawn(&mut cmd)?;
         let code = wait_pid(child.id() as i32, subscription);
         if code != 0 {
             return Err(failed(args, code, &log_errors(log)));
@@ -126,15 +118,23 @@ impl Runvm {
         Ok(())
     }
 
+    /// Starts `cmd`, watched by a subscription to the crate's exit monitor taken before
+    /// the spawn (so that its exit cannot be reaped unseen).
+    fn spawn(&self, cmd: &mut Command) -> Result<(Child, Subscription), RunvmError> {
+        let subscription =
+            monitor_subscribe(Topic::Pid).map_err(|e| RunvmError::Monitor(e.to_string()))?;
+        let child = cmd.spawn().map_err(|source| RunvmError::Spawn {
+            bin: self.bin.clone(),
+            source,
+        })?;
+        Ok((child, subscription))
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.bin);
         cmd.arg("--root").arg(&self.root).args(args);
         cmd
     }
-}
-
-fn subscribe() -> Result<containerd_shim::synchronous::monitor::Subscription, RunvmError> {
-    monitor_subscribe(Topic::Pid).map_err(|e| RunvmError::Monitor(e.to_string()))
 }
 
 fn failed(args: &[&str], code: i32, message: &str) -> RunvmError {

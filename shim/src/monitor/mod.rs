@@ -541,7 +541,7 @@ fn greet(
         return Ok(Hello::Killed);
     };
     if let HostMessage::Run { process, .. } = &mut run {
-        process.shared_output = !process.terminal && stdio.output_shared();
+        process.shared_output = stdio.output_shared();
         if process.terminal && process.console_size.is_none() {
             // The host terminal's size when the process starts.
             if let HostStdio::Terminal { input, .. } = stdio {

@@ -25,7 +25,9 @@
 //!
 //! Modules: [`framing`] (frames, their limits and the one decoder), [`messages`] (what
 //! each connection carries), [`output`] (the chunks of a process's output stream),
-//! [`spec`] (what the guest builds and runs), [`boot`] (the boot-timer port). Everything is re-exported here.
+//! [`spec`] (what the guest builds and runs), [`boot`] (the boot-timer port), [`scm`]
+//! (descriptors over local UNIX sockets: the console socket, the exec client). The
+//! wire types are re-exported here.
 //!
 //! Shutdown handshake: after the workload exits, the guest drains its output pipes,
 //! shuts down the output streams, sends [`GuestMessage::Exited`], and waits for
@@ -39,6 +41,7 @@ pub mod framing;
 mod fuzz_tests;
 pub mod messages;
 pub mod output;
+pub mod scm;
 pub mod spec;
 
 pub use boot::{BootMark, BOOT_TIMER_PORT};

@@ -13,7 +13,7 @@ use containerd_shim::protos::cgroups::metrics::{
     CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat,
 };
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused,
     TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
@@ -27,13 +27,16 @@ use containerd_shim::{
     Config, Context, DeleteResponse, ExitSignal, Flags, StartOpts, TtrpcContext, TtrpcResult,
 };
 
-use crate::runvm::Runvm;
+use crate::console::{Console, ConsoleSocket};
+use crate::runvm::{ProcessStdio, Runvm};
 use crate::stdio::{self, StdinFeed};
 
 /// What containerd calls this runtime (`ctr run --runtime io.containerd.runvm.v2`).
 pub const RUNTIME_ID: &str = "io.containerd.runvm.v2";
 /// The annotation CRI puts on pod sandboxes and their containers.
 const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+/// How long an exit waits for the rest of a terminal's output to reach containerd.
+const CONSOLE_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The shim process.
 pub struct Shim {
@@ -109,11 +112,13 @@ struct Proc {
     stdin: String,
     stdout: String,
     stderr: String,
+    terminal: bool,
     feed: StdinFeed,
+    console: Option<Console>,
 }
 
 impl Proc {
-    fn new(stdin: &str, stdout: &str, stderr: &str) -> Self {
+    fn new(stdin: &str, stdout: &str, stderr: &str, terminal: bool) -> Self {
         Self {
             pid: 0,
             status: Status::CREATED,
@@ -121,8 +126,38 @@ impl Proc {
             stdin: stdin.into(),
             stdout: stdout.into(),
             stderr: stderr.into(),
+            terminal,
             feed: StdinFeed::default(),
+            console: None,
         }
+    }
+
+    /// The stdio runvm gets for this process, and, with a terminal, the console socket
+    /// it hands the pty master to.
+    fn open_stdio(&self) -> Result<(ProcessStdio, StdinFeed, Option<ConsoleSocket>), String> {
+        if self.terminal {
+            let socket = ConsoleSocket::new().map_err(|e| e.to_string())?;
+            let io = stdio::none().map_err(|e| format!("open /dev/null: {e}"))?;
+            return Ok((io, StdinFeed::default(), Some(socket)));
+        }
+        let (io, feed) = stdio::open(&self.stdin, &self.stdout, &self.stderr)
+            .map_err(|e| format!("open the process's stdio: {e}"))?;
+        Ok((io, feed, None))
+    }
+
+    /// After runvm ran: the terminal's master from the console socket, copied to and
+    /// from containerd's FIFOs; else the feed of the stdin pipe.
+    fn attach(&mut self, feed: StdinFeed, socket: Option<ConsoleSocket>) -> TtrpcResult<()> {
+        let Some(socket) = socket else {
+            self.feed = feed;
+            return Ok(());
+        };
+        let master = socket.receive().map_err(failure)?;
+        let (console, feed) =
+            Console::attach(master, &self.stdin, &self.stdout).map_err(failure)?;
+        self.console = Some(console);
+        self.feed = feed;
+        Ok(())
     }
 
     fn exited(&mut self, exit: Exit) {
@@ -145,6 +180,15 @@ struct Container {
 }
 
 impl Container {
+    /// Every process, with its exec id ("" for the init).
+    fn processes(&mut self) -> impl Iterator<Item = (&str, &mut Proc)> {
+        std::iter::once(("", &mut self.init)).chain(
+            self.execs
+                .iter_mut()
+                .map(|(k, e)| (k.as_str(), &mut e.proc_)),
+        )
+    }
+
     fn process(&mut self, exec_id: &str) -> TtrpcResult<&mut Proc> {
         if exec_id.is_empty() {
             return Ok(&mut self.init);
@@ -243,6 +287,15 @@ impl TaskService {
                 let Subject::Pid(pid) = e.subject else {
                     continue;
                 };
+                // A terminal's last output reaches containerd before the exit does.
+                let copied = service.lock().container.as_mut().and_then(|c| {
+                    c.processes()
+                        .find(|(_, p)| p.pid == pid as u32 && p.exit.is_none())
+                        .and_then(|(_, p)| p.console.as_mut()?.take_copied())
+                });
+                if let Some(copied) = copied {
+                    let _ = copied.recv_timeout(CONSOLE_DRAIN);
+                }
                 let exit = Exit {
                     code: e.exit_code as u32,
                     at: now(),
@@ -259,14 +312,16 @@ impl TaskService {
         let mut state = self.lock();
         let found = state.container.as_mut().and_then(|c| {
             let id = c.id.clone();
-            let procs = std::iter::once((id.clone(), &mut c.init))
-                .chain(c.execs.iter_mut().map(|(k, e)| (k.clone(), &mut e.proc_)));
-            for (exec_id, p) in procs {
+            for (exec_id, p) in c.processes() {
                 if p.pid == pid && p.exit.is_none() {
                     p.exited(exit.clone());
                     return Some(TaskExit {
                         container_id: id.clone(),
-                        id: exec_id,
+                        id: if exec_id.is_empty() {
+                            id
+                        } else {
+                            exec_id.to_string()
+                        },
                         pid,
                         exit_status: exit.code,
                         exited_at: MessageField::some(exit.at.clone()),
@@ -388,9 +443,6 @@ impl containerd_shim::Task for TaskService {
                 ),
             ));
         }
-        if req.terminal {
-            return Err(unimplemented("a terminal (ctr run -t)"));
-        }
         if !req.checkpoint.is_empty() {
             return Err(unimplemented("restoring a checkpoint"));
         }
@@ -428,22 +480,28 @@ impl containerd_shim::Task for TaskService {
             }
             e
         };
-        let (io, feed) = stdio::open(&req.stdin, &req.stdout, &req.stderr)
-            .map_err(|e| undo(failure(format!("open the container's stdio: {e}"))))?;
+        let mut init = Proc::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
+        let (io, feed, console) = init
+            .open_stdio()
+            .map_err(|e| undo(failure(format!("create {}: {e}", req.id))))?;
         let pid_file = bundle.join("init.pid");
         let (b, p) = (bundle.display().to_string(), pid_file.display().to_string());
+        let socket = console.as_ref().map(|c| c.path().display().to_string());
+        let mut args = vec!["create", "--bundle", &b, "--pid-file", &p];
+        if let Some(socket) = &socket {
+            args.extend(["--console-socket", socket]);
+        }
+        args.push(&req.id);
         self.runvm
-            .run_with_stdio(
-                &["create", "--bundle", &b, "--pid-file", &p, &req.id],
-                io,
-                &bundle.join("log.json"),
-            )
+            .run_with_stdio(&args, io, &bundle.join("log.json"))
             .map_err(|e| undo(failure(e)))?;
         let pid = read_pid(&pid_file).map_err(undo)?;
+        if let Err(e) = init.attach(feed, console) {
+            let _ = self.runvm.run(&["delete", "--force", &req.id], None);
+            return Err(undo(e));
+        }
         {
             let mut state = self.lock();
-            let mut init = Proc::new(&req.stdin, &req.stdout, &req.stderr);
-            init.feed = feed;
             state.container = Some(Container {
                 id: req.id.clone(),
                 bundle: bundle.clone(),
@@ -451,6 +509,17 @@ impl containerd_shim::Task for TaskService {
                 execs: HashMap::new(),
             });
             Self::started(&mut state, &req.id, "", pid)?;
+        }
+        let (service, id) = (self.clone(), req.id.clone());
+        let watched = crate::oom::watch(pid, move || {
+            let event = TaskOOM {
+                container_id: id.clone(),
+                ..Default::default()
+            };
+            service.publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(event));
+        });
+        if let Err(e) = watched {
+            log::warn!("no OOM events for {}: {e}", req.id);
         }
         self.publish(
             topics::TASK_CREATE_EVENT_TOPIC,
@@ -506,7 +575,7 @@ impl containerd_shim::Task for TaskService {
                 ..Default::default()
             });
         }
-        let (bundle, spec, paths) = {
+        let (bundle, spec, mut proc_) = {
             let mut state = self.lock();
             let c = Self::container(&mut state, &req.id)?;
             let bundle = c.bundle.clone();
@@ -526,41 +595,44 @@ impl containerd_shim::Task for TaskService {
             (
                 bundle,
                 e.spec.clone(),
-                (p.stdin.clone(), p.stdout.clone(), p.stderr.clone()),
+                Proc::new(&p.stdin, &p.stdout, &p.stderr, p.terminal),
             )
         };
         let process_file = bundle.join(format!("exec-{}.json", req.exec_id));
         let pid_file = bundle.join(format!("exec-{}.pid", req.exec_id));
         std::fs::write(&process_file, &spec).map_err(failure)?;
-        let (io, feed) = stdio::open(&paths.0, &paths.1, &paths.2)
-            .map_err(|e| failure(format!("open the stdio of {}: {e}", req.exec_id)))?;
+        let (io, feed, console) = proc_
+            .open_stdio()
+            .map_err(|e| failure(format!("exec {} in {}: {e}", req.exec_id, req.id)))?;
         let (f, p) = (
             process_file.display().to_string(),
             pid_file.display().to_string(),
         );
-        let result = self.runvm.run_with_stdio(
-            &[
-                "exec",
-                "--process",
-                &f,
-                "--detach",
-                "--pid-file",
-                &p,
-                &req.id,
-            ],
-            io,
-            &bundle.join(format!("exec-{}.log", req.exec_id)),
-        );
+        let socket = console.as_ref().map(|c| c.path().display().to_string());
+        let mut args = vec!["exec", "--process", &f, "--detach", "--pid-file", &p];
+        if let Some(socket) = &socket {
+            args.extend(["--console-socket", socket]);
+        }
+        args.push(&req.id);
+        let result =
+            self.runvm
+                .run_with_stdio(&args, io, &bundle.join(format!("exec-{}.log", req.exec_id)));
         let _ = std::fs::remove_file(&process_file);
         result.map_err(failure)?;
         let pid = read_pid(&pid_file)?;
         let _ = std::fs::remove_file(&pid_file);
+        let attached = proc_.attach(feed, console);
         {
             let mut state = self.lock();
+            let p = Self::container(&mut state, &req.id)?.process(&req.exec_id)?;
+            p.feed = proc_.feed;
+            p.console = proc_.console;
             Self::started(&mut state, &req.id, &req.exec_id, pid)?;
-            Self::container(&mut state, &req.id)?
-                .process(&req.exec_id)?
-                .feed = feed;
+        }
+        if let Err(e) = attached {
+            // SAFETY: kill(2) with plain integers.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            return Err(e);
         }
         self.publish(
             topics::TASK_EXEC_STARTED_EVENT_TOPIC,
@@ -578,11 +650,6 @@ impl containerd_shim::Task for TaskService {
     }
 
     fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
-        if req.terminal {
-            return Err(unimplemented(
-                "a terminal for an exec'd process (ctr task exec -t)",
-            ));
-        }
         {
             let mut state = self.lock();
             let c = Self::container(&mut state, &req.id)?;
@@ -600,7 +667,7 @@ impl containerd_shim::Task for TaskService {
             c.execs.insert(
                 req.exec_id.clone(),
                 Exec {
-                    proc_: Proc::new(&req.stdin, &req.stdout, &req.stderr),
+                    proc_: Proc::new(&req.stdin, &req.stdout, &req.stderr, req.terminal),
                     spec,
                 },
             );
@@ -839,9 +906,18 @@ impl containerd_shim::Task for TaskService {
     fn resize_pty(
         &self,
         _ctx: &TtrpcContext,
-        _req: api::ResizePtyRequest,
+        req: api::ResizePtyRequest,
     ) -> TtrpcResult<api::Empty> {
-        Err(unimplemented("a terminal"))
+        let mut state = self.lock();
+        let p = Self::container(&mut state, &req.id)?.process(&req.exec_id)?;
+        let console = p.console.as_ref().ok_or_else(|| {
+            status(
+                Code::FAILED_PRECONDITION,
+                format!("process {} of {} has no terminal", req.exec_id, req.id),
+            )
+        })?;
+        console.resize(req.width, req.height).map_err(failure)?;
+        Ok(api::Empty::new())
     }
 
     fn checkpoint(

@@ -27,45 +27,52 @@ impl StdinFeed {
     }
 }
 
-/// Opens the stdio of a process from containerd's paths ("" is none: /dev/null).
-pub fn open(stdin: &str, stdout: &str, stderr: &str) -> std::io::Result<(ProcessStdio, StdinFeed)> {
+/// Opens an output FIFO of containerd's ("" is none: /dev/null).
+pub fn open_output(path: &str) -> std::io::Result<File> {
     // Read and write: opening a FIFO so never waits for its reader, and containerd
-    // reads until every writer (runvm's monitor, which outlives this call) is gone.
-    let output = |path: &str| -> std::io::Result<File> {
-        let path = if path.is_empty() { "/dev/null" } else { path };
-        OpenOptions::new().read(true).write(true).open(path)
-    };
-    let stdout = output(stdout)?;
-    let stderr = output(stderr)?;
-    let feed = StdinFeed::default();
-    let stdin = if stdin.is_empty() {
-        File::open("/dev/null")?
-    } else {
-        let (read, write) = std::io::pipe()?;
-        *feed.0.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(File::from(std::os::fd::OwnedFd::from(write)));
-        let path = stdin.to_string();
-        let theirs = feed.clone();
-        // Opening the FIFO for reading waits for containerd to open it for writing.
-        std::thread::spawn(move || {
-            let Ok(mut fifo) = File::open(&path) else {
-                theirs.close();
-                return;
-            };
-            let mut buf = vec![0u8; 32 * 1024];
-            loop {
-                match fifo.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if !theirs.write(&buf[..n]) {
-                            break;
-                        }
+    // reads until every writer (runvm's monitor, which outlives the shim's call) is gone.
+    let path = if path.is_empty() { "/dev/null" } else { path };
+    OpenOptions::new().read(true).write(true).open(path)
+}
+
+/// Copies containerd's stdin FIFO at `path` into `into` until either ends or the feed is
+/// closed.
+pub fn feed_from_fifo(path: &str, into: File) -> StdinFeed {
+    let feed = StdinFeed(Arc::new(Mutex::new(Some(into))));
+    let path = path.to_string();
+    let theirs = feed.clone();
+    // Opening the FIFO for reading waits for containerd to open it for writing.
+    std::thread::spawn(move || {
+        let Ok(mut fifo) = File::open(&path) else {
+            theirs.close();
+            return;
+        };
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match fifo.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if !theirs.write(&buf[..n]) {
+                        break;
                     }
                 }
             }
-            theirs.close();
-        });
-        File::from(std::os::fd::OwnedFd::from(read))
+        }
+        theirs.close();
+    });
+    feed
+}
+
+/// Opens the stdio of a process from containerd's paths ("" is none: /dev/null).
+pub fn open(stdin: &str, stdout: &str, stderr: &str) -> std::io::Result<(ProcessStdio, StdinFeed)> {
+    let stdout = open_output(stdout)?;
+    let stderr = open_output(stderr)?;
+    let (stdin, feed) = if stdin.is_empty() {
+        (File::open("/dev/null")?, StdinFeed::default())
+    } else {
+        let (read, write) = std::io::pipe()?;
+        let feed = feed_from_fifo(stdin, File::from(std::os::fd::OwnedFd::from(write)));
+        (File::from(std::os::fd::OwnedFd::from(read)), feed)
     };
     Ok((
         ProcessStdio {
@@ -75,4 +82,13 @@ pub fn open(stdin: &str, stdout: &str, stderr: &str) -> std::io::Result<(Process
         },
         feed,
     ))
+}
+
+/// The stdio of a process with a terminal: runvm's own, as its output is the pty's.
+pub fn none() -> std::io::Result<ProcessStdio> {
+    Ok(ProcessStdio {
+        stdin: File::open("/dev/null")?,
+        stdout: open_output("")?,
+        stderr: open_output("")?,
+    })
 }

@@ -15,7 +15,6 @@ mod logging;
 mod monitor;
 mod mountinfo;
 mod network;
-mod scm;
 mod seccomp;
 mod settings;
 mod share;

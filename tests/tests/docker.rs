@@ -115,6 +115,10 @@ const TESTS: &[(&str, docker::TestFn)] = &[
         "ctr_tasks_through_the_shim_v2",
         ctr_tasks_through_the_shim_v2,
     ),
+    (
+        "ctr_terminal_and_oom_through_the_shim_v2",
+        ctr_terminal_and_oom_through_the_shim_v2,
+    ),
     // Last: it restarts dockerd with runvm as the default runtime, and the test after it
     // would pay for another restart back to the standard daemon (~30 s emulated).
     (
@@ -1795,22 +1799,62 @@ fn default_bridge_container_has_its_address(h: &mut Harness) {
 
 /// A `ctr` client of the daemon's containerd in `namespace`, with the busybox image
 /// imported from Docker's.
-fn ctr_with_busybox(h: &Harness, namespace: &str) -> impl Fn(&[&str]) -> docker::Out {
-    let sock = h.docker_exec_root().join("containerd/containerd.sock");
-    let sock = sock.display().to_string();
-    let tar = h.tmp.join(format!("busybox-image-{namespace}.tar"));
-    h.cli()
-        .cmd(&["save", "-o", &tar.display().to_string(), "busybox:latest"])
-        .ok();
-    let namespace = namespace.to_string();
-    let ctr = move |args: &[&str]| {
+/// containerd's own client, `ctr`, against the Docker daemon's containerd in one
+/// namespace, with the busybox image imported there.
+struct Ctr {
+    global: Vec<String>,
+}
+
+impl Ctr {
+    fn with_busybox(h: &Harness, namespace: &str) -> Self {
+        let sock = h.docker_exec_root().join("containerd/containerd.sock");
+        let tar = h.tmp.join(format!("busybox-image-{namespace}.tar"));
+        h.cli()
+            .cmd(&["save", "-o", &tar.display().to_string(), "busybox:latest"])
+            .ok();
+        let ctr = Self {
+            global: vec![
+                "--address".into(),
+                sock.display().to_string(),
+                "--namespace".into(),
+                namespace.into(),
+            ],
+        };
+        ctr.run(&["images", "import", &tar.display().to_string()])
+            .ok();
+        ctr
+    }
+
+    fn run(&self, args: &[&str]) -> docker::Out {
         let mut c = std::process::Command::new("ctr");
-        c.args(["--address", &sock, "--namespace", &namespace])
-            .args(args);
+        c.args(&self.global).args(args);
         docker::run_cmd(c, None, Duration::from_secs(180))
-    };
-    ctr(&["images", "import", &tar.display().to_string()]).ok();
-    ctr
+    }
+
+    /// SIGKILLs task `name`, waits for it to be STOPPED, removes it and its container.
+    fn kill_and_remove(&self, name: &str) {
+        self.run(&["tasks", "kill", "-s", "KILL", name]).ok();
+        wait_for("the killed task to stop", Duration::from_secs(60), || {
+            self.run(&["tasks", "ls"])
+                .stdout
+                .lines()
+                .any(|l| l.starts_with(name) && l.contains("STOPPED"))
+                .then_some(())
+        });
+        self.run(&["tasks", "rm", name]).ok();
+        self.run(&["containers", "rm", name]).ok();
+    }
+
+    /// `ctr … ARGS` as a shell command line (for a terminal in tmux).
+    fn shell_line(&self, args: &[&str]) -> String {
+        let global = self.global.iter().map(String::as_str);
+        std::iter::once("ctr")
+            .chain(global)
+            .chain(args.iter().copied())
+            .map(docker::sh_quote)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
 }
 
 fn ctr_run_with_runc_binary(h: &mut Harness) {
@@ -1819,7 +1863,8 @@ fn ctr_run_with_runc_binary(h: &mut Harness) {
     } else {
         "runc".to_string()
     };
-    let ctr = ctr_with_busybox(h, "runvm-test");
+    let client = Ctr::with_busybox(h, "runvm-test");
+    let ctr = |args: &[&str]| client.run(args);
     let out = ctr(&[
         "run",
         "--rm",
@@ -1842,13 +1887,10 @@ fn ctr_run_with_runc_binary(h: &mut Harness) {
 /// a foreground run passes output and exit code through; a detached task is listed,
 /// exec'd into, paused and resumed, killed and removed, and nothing is left.
 fn ctr_tasks_through_the_shim_v2(h: &mut Harness) {
-    let runtime = if h.is_runvm() {
-        "io.containerd.runvm.v2"
-    } else {
-        "io.containerd.runc.v2"
-    };
+    let runtime = shim_runtime(h);
     let image = "docker.io/library/busybox:latest";
-    let ctr = ctr_with_busybox(h, "runvm-shim-test");
+    let client = Ctr::with_busybox(h, "runvm-shim-test");
+    let ctr = |args: &[&str]| client.run(args);
 
     let out = ctr(&[
         "run",
@@ -1946,20 +1988,24 @@ fn ctr_tasks_through_the_shim_v2(h: &mut Harness) {
         .lines()
         .any(|l| l.starts_with("shim-bg") && l.contains("PAUSED")));
     ctr(&["tasks", "resume", "shim-bg"]).ok();
-    ctr(&["tasks", "kill", "-s", "KILL", "shim-bg"]).ok();
-    wait_for("the killed task to stop", Duration::from_secs(60), || {
-        ctr(&["tasks", "ls"])
-            .stdout
-            .lines()
-            .any(|l| l.starts_with("shim-bg") && l.contains("STOPPED"))
-            .then_some(())
-    });
-    ctr(&["tasks", "rm", "shim-bg"]).ok();
-    ctr(&["containers", "rm", "shim-bg"]).ok();
+    client.kill_and_remove("shim-bg");
     if h.is_runvm() {
         runvm_state().fails_with("does not exist");
     }
     let _ = ctr(&["images", "rm", image]);
+    wait_for_no_runvm_shim();
+}
+
+/// The shim v2 runtime under test: runvm's, or runc's for a control run.
+fn shim_runtime(h: &Harness) -> &'static str {
+    if h.is_runvm() {
+        "io.containerd.runvm.v2"
+    } else {
+        "io.containerd.runc.v2"
+    }
+}
+
+fn wait_for_no_runvm_shim() {
     wait_for("the shims to end", Duration::from_secs(30), || {
         let shims = std::process::Command::new("pgrep")
             .args(["-f", "containerd-shim-runvm-v2"])
@@ -1967,4 +2013,109 @@ fn ctr_tasks_through_the_shim_v2(h: &mut Harness) {
             .ok()?;
         shims.stdout.is_empty().then_some(())
     });
+}
+
+/// Terminals and OOM kills through the shim v2 (runc's shim as the control): `ctr run -t`
+/// gives a shell on a pty whose size follows the client's window, `ctr task exec -t`
+/// another, each with its exit code; a task killed by the OOM killer exits 137 with a
+/// `/tasks/oom` event.
+fn ctr_terminal_and_oom_through_the_shim_v2(h: &mut Harness) {
+    let runtime = shim_runtime(h);
+    let image = "docker.io/library/busybox:latest";
+    let client = Ctr::with_busybox(h, "runvm-shim-tty");
+    let ctr = |args: &[&str]| client.run(args);
+
+    let line = client.shell_line(&[
+        "run",
+        "-t",
+        "--rm",
+        "--runtime",
+        runtime,
+        image,
+        "shim-tty",
+        "sh",
+    ]);
+    let t = Tmux::start(&h.tmp, &line, 80, 24);
+    t.wait_screen("the shell prompt", Duration::from_secs(120), |s| {
+        s.contains("/ #")
+    });
+    t.type_line("stty size; tty");
+    t.wait_screen("stty size 24 80 on a pty", Duration::from_secs(30), |s| {
+        s.contains("24 80") && s.contains("/dev/pts/")
+    });
+    t.resize(100, 30);
+    t.ask_until(
+        "stty size",
+        "stty size 30 100 after the resize",
+        Duration::from_secs(60),
+        |s| s.contains("30 100"),
+    );
+    t.type_line("exit 5");
+    assert_eq!(t.wait_exit(Duration::from_secs(60)), 5, "exit 5 gives 5");
+    drop(t);
+
+    ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        runtime,
+        image,
+        "shim-tty-bg",
+        "sleep",
+        "600",
+    ])
+    .ok();
+    let line = client.shell_line(&[
+        "tasks",
+        "exec",
+        "-t",
+        "--exec-id",
+        "t1",
+        "shim-tty-bg",
+        "sh",
+    ]);
+    let t = Tmux::start(&h.tmp, &line, 90, 20);
+    t.wait_screen("the exec'd shell's prompt", Duration::from_secs(120), |s| {
+        s.contains("/ #")
+    });
+    t.type_line("echo in-$((2+3)); stty size");
+    t.wait_screen("its output and size", Duration::from_secs(30), |s| {
+        s.contains("in-5") && s.contains("20 90")
+    });
+    t.type_line("exit 7");
+    assert_eq!(t.wait_exit(Duration::from_secs(60)), 7, "exit 7 gives 7");
+    drop(t);
+    client.kill_and_remove("shim-tty-bg");
+
+    // OOM: `ctr events` sees the task's oom event.
+    let events_file = h.tmp.join("ctr-events.txt");
+    let mut events = std::process::Command::new("ctr")
+        .args(&client.global)
+        .arg("events")
+        .stdout(std::fs::File::create(&events_file).unwrap())
+        .spawn()
+        .expect("ctr events");
+    let mut hog = vec![
+        "run",
+        "--rm",
+        "--runtime",
+        runtime,
+        "--memory-limit",
+        "33554432",
+        image,
+        "shim-oom",
+    ];
+    hog.extend(ALLOC_80M);
+    ctr(&hog).code_is(137);
+    let seen = wait_for("the task's oom event", Duration::from_secs(30), || {
+        let text = std::fs::read_to_string(&events_file).ok()?;
+        text.lines()
+            .find(|l| l.contains("/tasks/oom") && l.contains("shim-oom"))
+            .map(str::to_string)
+    });
+    let _ = events.kill();
+    let _ = events.wait();
+    assert!(seen.contains("shim-oom"), "{seen}");
+    let _ = ctr(&["images", "rm", image]);
+    wait_for_no_runvm_shim();
 }

@@ -87,7 +87,7 @@ pub fn exec(root: &Path, opts: &Exec) -> Result<i32> {
     write_frame(&mut conn, &Request::Exec { spec }).context("cannot send the exec request")?;
     let fds: Vec<RawFd> = host.fds.iter().map(|f| f.as_raw_fd()).collect();
     debug_assert_eq!(fds.len(), want);
-    crate::scm::send_fds(conn.as_fd(), b"\0", &fds)
+    runvm_protocol::scm::send_fds(conn.as_fd(), b"\0", &fds)
         .context("cannot hand the process's stdio to the monitor")?;
     let HostSide {
         fds: sent,

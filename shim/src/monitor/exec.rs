@@ -40,7 +40,9 @@ impl Session<'_> {
     ) -> Result<(), MonitorError> {
         let mut conn = Some(conn);
         let want = exec_fd_count(spec.terminal);
-        let received = conn.as_ref().map(|c| crate::scm::recv_fds(c.as_fd(), want));
+        let received = conn
+            .as_ref()
+            .map(|c| runvm_protocol::scm::recv_fds(c.as_fd(), want));
         let fds = match received {
             Some(Ok((fds, _))) => fds,
             Some(Err(e)) => {

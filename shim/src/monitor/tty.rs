@@ -22,7 +22,7 @@ pub enum TtyError {
     #[error("cannot send the pty master over the console socket {path}: {source}")]
     Send {
         path: String,
-        source: crate::scm::ScmError,
+        source: runvm_protocol::scm::ScmError,
     },
     #[error("cannot set the terminal's mode: {0}")]
     Mode(nix::Error),
@@ -72,7 +72,7 @@ impl Pty {
             path: shown.clone(),
             source,
         })?;
-        crate::scm::send_fds(sock.as_fd(), pty.name.as_bytes(), &[pty.master.as_raw_fd()])
+        runvm_protocol::scm::send_fds(sock.as_fd(), pty.name.as_bytes(), &[pty.master.as_raw_fd()])
             .map_err(|source| TtyError::Send {
                 path: shown,
                 source,
@@ -187,7 +187,7 @@ mod tests {
         let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
         let slave = Pty::for_console_socket(&path).unwrap();
         let (conn, _) = listener.accept().unwrap();
-        let (fds, name) = crate::scm::recv_fds(conn.as_fd(), 1).unwrap();
+        let (fds, name) = runvm_protocol::scm::recv_fds(conn.as_fd(), 1).unwrap();
         let name = String::from_utf8(name).unwrap();
         assert!(name.starts_with("/dev/pts/"), "{name}");
         // Bytes written on the slave come out of the master.

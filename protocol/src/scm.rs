@@ -1,6 +1,7 @@
-//! Passing file descriptors over Unix sockets (SCM_RIGHTS): the exec client hands its
-//! stdio to the monitor, and `create`/`exec` hand a pty master to a console socket
-//! (go-runc's `recvFd` protocol: exactly one descriptor, the pty's name as the data).
+//! Passing file descriptors over Unix sockets (SCM_RIGHTS), between host processes: the
+//! exec client hands its stdio to the monitor, and `create`/`exec` hand a pty master to a
+//! console socket (go-runc's `recvFd` protocol: exactly one descriptor, the pty's name as
+//! the data), where containerd-shim-runvm-v2 receives it.
 //!
 //! What arrives on a socket is checked: the number of descriptors must be the one
 //! expected, and every descriptor received is owned (closed on error), never leaked.

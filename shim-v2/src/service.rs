@@ -446,6 +446,8 @@ impl containerd_shim::Task for TaskService {
         if !req.checkpoint.is_empty() {
             return Err(unimplemented("restoring a checkpoint"));
         }
+        crate::options::check(req.options.as_ref())
+            .map_err(|e| status(Code::INVALID_ARGUMENT, e))?;
         let bundle = PathBuf::from(&req.bundle);
         let config = std::fs::read(bundle.join("config.json")).map_err(failure)?;
         let config: serde_json::Value = serde_json::from_slice(&config).map_err(failure)?;

@@ -1917,6 +1917,39 @@ fn ctr_tasks_through_the_shim_v2(h: &mut Harness) {
     ])
     .fails_with("nosuchcmd");
     let _ = ctr(&["containers", "rm", "shim-bad"]);
+    // A runtime option runvm cannot honour (ctr sends CRI's generic options type for a
+    // runtime other than runc's, so runc's shim is not asked): refused by name, and
+    // nothing is left.
+    if h.is_runvm() {
+        ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            runtime,
+            "--runtime-config-path",
+            "/etc/runvm-none.toml",
+            image,
+            "shim-opt",
+            "true",
+        ])
+        .fails_with("ConfigPath");
+        let _ = ctr(&["containers", "rm", "shim-opt"]);
+        let st = std::process::Command::new(h.runvm_bin())
+            .args([
+                "--root",
+                "/run/containerd/runvm/runvm-shim-test",
+                "list",
+                "-q",
+            ])
+            .output()
+            .expect("runvm list");
+        assert!(
+            !String::from_utf8_lossy(&st.stdout).contains("shim-opt"),
+            "{st:?}"
+        );
+    } else {
+        eprintln!("    (runtime options: runvm's own case, not run against runc's shim)");
+    }
 
     ctr(&[
         "run",

@@ -6,6 +6,7 @@ mod bench;
 mod bench_cycle;
 mod bench_fs;
 mod bench_net;
+mod cri;
 mod demo;
 mod docker;
 mod fuzz;
@@ -78,6 +79,12 @@ enum Cmd {
     /// everything runvm left is reported: `cargo xtask soak [--cycles N] [--keep-going]
     /// [--check-every K]` (report in target/runvm/soak.json; exits 1 on a failure or leftover).
     Soak(soak::SoakArgs),
+    /// Build `runvm-crictl` (crate cri-client; the CRI api.proto is fetched from Debian and
+    /// cached) and print its path.
+    CriCrictl,
+    /// Run one pod of two containers through containerd's CRI plugin with runc's shim,
+    /// every call by `runvm-crictl`, inside the nested test host; a pass/fail line per step.
+    CriSmoke(cri::CriSmokeArgs),
     /// Run a command as root inside the nested KVM test host: `cargo xtask testhost -- CMD…`.
     Testhost {
         /// The command and its arguments.
@@ -104,6 +111,8 @@ fn main() {
         Cmd::RuncBats(args) => runc_bats::cmd_runc_bats(args),
         Cmd::Fuzz(args) => fuzz::cmd_fuzz(args),
         Cmd::Soak(args) => soak::cmd_soak(args),
+        Cmd::CriCrictl => cri::cmd_cri_crictl(),
+        Cmd::CriSmoke(args) => cri::cmd_cri_smoke(args),
         Cmd::Testhost { cmd } => testhost::run_in_testhost(&cmd, &[]),
     };
     match result {

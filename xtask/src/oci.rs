@@ -172,7 +172,7 @@ fn ensure_suite() -> Result<Suite> {
 }
 
 /// Adds the trixie `deb-src` entry (if missing) and refreshes apt's lists for it alone.
-fn add_trixie_deb_src() -> Result<()> {
+pub(crate) fn add_trixie_deb_src() -> Result<()> {
     // The archive this machine's apt already uses for bookworm also serves trixie.
     let mirror = util::debian_mirror("bookworm")?;
     util::add_deb_src(

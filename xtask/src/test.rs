@@ -191,6 +191,8 @@ pub fn cmd_test() -> Result<i32> {
         // unit tests below build it, so this comes before them.
         "libseccomp-dev",
     ])?;
+    // cri-client (linted and unit-tested below) generates its code from the CRI api.proto.
+    let cri_proto = crate::cri::ensure_proto()?;
     let mut t = Tally::default();
 
     let mut step = Step::new("test");
@@ -204,7 +206,7 @@ pub fn cmd_test() -> Result<i32> {
     t.begin();
     t.record_ok(
         "cargo clippy",
-        status_ok(cargo().args([
+        status_ok(cargo().env("RUNVM_CRI_PROTO", &cri_proto).args([
             "clippy",
             "--quiet",
             "--workspace",
@@ -218,7 +220,11 @@ pub fn cmd_test() -> Result<i32> {
     t.begin();
     t.record_ok(
         "cargo test --workspace",
-        status_ok(cargo().args(["test", "--workspace"]))?,
+        status_ok(
+            cargo()
+                .env("RUNVM_CRI_PROTO", &cri_proto)
+                .args(["test", "--workspace"]),
+        )?,
     );
 
     step.phase("building runvm, the guest kernel, the initramfs and the test rootfs");

@@ -1,44 +1,81 @@
-//! The workload's cgroup (v2) in the guest: `/sys/fs/cgroup/container`, with the memory,
-//! cpu and pids controllers and the limits of `linux.resources`. The main process and
-//! every exec'd one join it before anything of theirs runs; the main process then gets a
-//! cgroup namespace of its own, so the container's `/sys/fs/cgroup` shows this cgroup as
-//! its root (as under runc with Docker's private cgroup namespace). Exceeding
-//! `memory.max` OOM-kills a process of the container, not the VM. The device rules are
-//! put in force on it as an eBPF program ([`crate::device_filter`]) before any process
-//! joins it; an update without rules leaves that program attached as it is.
+//! The containers' cgroups (v2) in the guest: `/sys/fs/cgroup/container` for the main
+//! container and `/sys/fs/cgroup/c<N>` for member container `N` (siblings: a cgroup with
+//! processes has no children with controllers), each with the memory, cpu and pids
+//! controllers and the limits of its `linux.resources`. A container's processes join its
+//! cgroup before anything of theirs runs; its main process then gets a cgroup namespace of
+//! its own, so the container's `/sys/fs/cgroup` shows this cgroup as its root (as under
+//! runc with Docker's private cgroup namespace). Exceeding `memory.max` OOM-kills a
+//! process of the container, not the VM. The device rules are put in force on it as an
+//! eBPF program ([`crate::device_filter`]) before any process joins it; an update without
+//! rules leaves that program attached as it is.
+//!
+//! Cgroups are made once [`enable`] named the cgroup2 root (init does in the VM; host test
+//! mode only when `RUNVM_INIT_CGROUP` names one); before, every container runs in init's
+//! cgroup and the functions here do nothing (or answer zeros).
 //!
 //! Also here: the answers to the host's `ListProcesses`, `Stats` and `Update`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use nix::unistd::Pid;
-use runvm_protocol::{GuestProcess, GuestStats, Resources};
+use runvm_protocol::{ContainerId, GuestProcess, GuestStats, Resources, MAIN_CONTAINER};
 
 use crate::device_filter::DeviceFilterError;
 use crate::error::{Context, Error, Result};
 
 /// The guest's cgroup2 mount (init's own).
-const ROOT: &str = "/sys/fs/cgroup";
-/// The container's cgroup, under [`ROOT`].
+pub const GUEST_ROOT: &str = "/sys/fs/cgroup";
+/// The main container's cgroup, under the root.
 const NAME: &str = "container";
-/// Controllers the container's cgroup gets.
+/// Controllers the containers' cgroups get.
 const CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
 
 /// Most processes one answer lists, and most bytes of a command line in it.
 const MAX_LISTED: usize = 2000;
 const MAX_CMD: usize = 256;
 
-/// Set once the cgroup exists (so processes join it).
-static READY: AtomicBool = AtomicBool::new(false);
-/// The device cgroup program attached to the container's cgroup, kept to replace it.
-static DEVICE_PROGRAM: Mutex<Option<OwnedFd>> = Mutex::new(None);
+/// The cgroup2 directory under which the containers' cgroups are made, once enabled.
+static ROOT: OnceLock<PathBuf> = OnceLock::new();
+/// The containers whose cgroup exists (so their processes join it), each with the device
+/// cgroup program attached to it, kept to replace it. Init has no threads, so a forked
+/// child never finds this lock held.
+static CGROUPS: Mutex<BTreeMap<ContainerId, Option<OwnedFd>>> = Mutex::new(BTreeMap::new());
 
-fn dir() -> PathBuf {
-    Path::new(ROOT).join(NAME)
+/// Makes cgroups for the containers from now on, under the cgroup2 directory `root`.
+pub fn enable(root: PathBuf) {
+    let _ = ROOT.set(root);
+}
+
+/// Whether [`enable`] was called: containers get cgroups of their own.
+pub fn enabled() -> bool {
+    ROOT.get().is_some()
+}
+
+fn cgroups() -> std::sync::MutexGuard<'static, BTreeMap<ContainerId, Option<OwnedFd>>> {
+    // A poisoned lock only means a panic elsewhere; the map is still right.
+    CGROUPS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn ready(container: ContainerId) -> bool {
+    cgroups().contains_key(&container)
+}
+
+fn root() -> &'static Path {
+    ROOT.get().map_or(Path::new(GUEST_ROOT), PathBuf::as_path)
+}
+
+/// The cgroup directory of `container`.
+fn dir(container: ContainerId) -> PathBuf {
+    if container == MAIN_CONTAINER {
+        root().join(NAME)
+    } else {
+        root().join(format!("c{container}"))
+    }
 }
 
 /// A cgroup file that did not take its value.
@@ -80,17 +117,18 @@ fn write(dir: &Path, file: &str, value: &str) -> std::result::Result<(), WriteEr
     })
 }
 
-/// Creates the container's cgroup with `resources` applied. Called by init before the
-/// main process starts.
-pub fn setup(resources: &Resources) -> Result<()> {
-    let root = Path::new(ROOT);
+/// Creates the cgroup of `container` with `resources` applied. Called by init before the
+/// container's main process starts. A cgroup whose limits fail is left for the caller to
+/// [`remove`].
+pub fn setup(container: ContainerId, resources: &Resources) -> Result<()> {
+    let root = root();
     for c in CONTROLLERS {
         // A controller the kernel lacks fails here; a limit that needs it fails below.
         if let Err(e) = write(root, "cgroup.subtree_control", &format!("+{c}")) {
             crate::log::error(&format!("cgroup controller {c}: {e}"));
         }
     }
-    let d = dir();
+    let d = dir(container);
     match std::fs::create_dir(&d) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -101,25 +139,66 @@ pub fn setup(resources: &Resources) -> Result<()> {
             )))
         }
     }
-    READY.store(true, Ordering::Release);
-    apply(resources).map_err(|e| Error::new(format!("the container's cgroup: {e}")))
+    cgroups().entry(container).or_insert(None);
+    apply(container, resources)
+        .map_err(|e| Error::new(format!("the container's cgroup {}: {e}", d.display())))
+}
+
+/// Removes the cgroup of `container` (a member whose processes have all ended) and
+/// forgets it; nothing to do for a container without one.
+pub fn remove(container: ContainerId) -> Result<()> {
+    let Some(program) = cgroups().remove(&container) else {
+        return Ok(());
+    };
+    drop(program);
+    let d = dir(container);
+    // The processes of a container that shared the main PID namespace may outlive its
+    // main process: end them first.
+    kill_all(container);
+    let mut tries = 0;
+    loop {
+        match std::fs::remove_dir(&d) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            // Killed processes leave the cgroup a moment after their SIGKILL.
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => {
+                return Err(Error::new(format!(
+                    "remove the cgroup {} of container {container}: {e}",
+                    d.display()
+                )))
+            }
+        }
+    }
+}
+
+/// SIGKILLs every process in the cgroup of `container` (`cgroup.kill`), if it has one.
+pub fn kill_all(container: ContainerId) {
+    if !ready(container) {
+        return;
+    }
+    let d = dir(container);
+    if let Err(e) = write(&d, "cgroup.kill", "1") {
+        crate::log::error(&format!("kill the processes of {}: {e}", d.display()));
+    }
 }
 
 /// Applies the limits that are set; the error names each that failed. The device rules,
 /// when given, first: they replace the program in force in one step.
-pub fn apply(r: &Resources) -> std::result::Result<(), LimitsError> {
-    if !READY.load(Ordering::Acquire) {
+pub fn apply(container: ContainerId, r: &Resources) -> std::result::Result<(), LimitsError> {
+    let d = dir(container);
+    let mut all = cgroups();
+    let Some(current) = all.get_mut(&container) else {
         return Err(LimitsError::NoCgroup);
-    }
-    let d = dir();
+    };
     if let Some(rules) = &r.devices {
-        // A poisoned lock only means a panic elsewhere; the fd in it is still right.
-        let mut current = DEVICE_PROGRAM
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let program = crate::device_filter::install(rules, &d, current.as_ref())?;
         *current = Some(program);
     }
+    drop(all);
     let mut failed = Vec::new();
     let mut set = |file: &str, value: String| {
         if let Err(e) = write(&d, file, &value) {
@@ -154,20 +233,20 @@ fn shares_to_weight(shares: u64) -> u64 {
     1 + ((s - 2) * 9999) / 262_142
 }
 
-/// Moves the calling process into the container's cgroup (in a child, before it
+/// Moves the calling process into the cgroup of `container` (in a child, before it
 /// execs). Nothing to do when init made no cgroup (host test mode).
-pub fn join_self() -> Result<()> {
-    if !READY.load(Ordering::Acquire) {
+pub fn join_self(container: ContainerId) -> Result<()> {
+    if !ready(container) {
         return Ok(());
     }
-    let procs = dir().join("cgroup.procs");
+    let procs = dir(container).join("cgroup.procs");
     std::fs::write(&procs, "0")
         .with_context(|| format!("join the container's cgroup ({})", procs.display()))
 }
 
-/// The container cgroup's usage.
-pub fn stats() -> GuestStats {
-    let d = dir();
+/// The usage of the cgroup of `container`.
+pub fn stats(container: ContainerId) -> GuestStats {
+    let d = dir(container);
     let read = |f: &str| std::fs::read_to_string(d.join(f)).unwrap_or_default();
     let num = |f: &str| read(f).trim().parse::<u64>().ok();
     let keyed = |f: &str, key: &str| keyed_value(&read(f), key);
@@ -185,11 +264,11 @@ pub fn stats() -> GuestStats {
 /// the kernel's OOM killer killed (for the limit, or for the VM's RAM), reported with
 /// each exit so that the host can tell its own container engine before the exit. 0 when
 /// init made no cgroup (host test mode).
-pub fn oom_kills() -> u64 {
-    if !READY.load(Ordering::Acquire) {
+pub fn oom_kills(container: ContainerId) -> u64 {
+    if !ready(container) {
         return 0;
     }
-    let text = std::fs::read_to_string(dir().join("memory.events")).unwrap_or_default();
+    let text = std::fs::read_to_string(dir(container).join("memory.events")).unwrap_or_default();
     keyed_value(&text, "oom_kill").unwrap_or(0)
 }
 
@@ -354,8 +433,6 @@ mod tests {
 
     #[test]
     fn limits_without_a_cgroup_are_an_error() {
-        if !READY.load(Ordering::Acquire) {
-            assert!(apply(&Resources::default()).is_err());
-        }
+        assert!(apply(7, &Resources::default()).is_err());
     }
 }

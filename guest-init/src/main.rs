@@ -13,7 +13,8 @@
 //! `<dir>/<port>` (`1024`, `1025`, `1028`, …) instead of vsock, builds the root under
 //! `<dir>`, takes the directory `<dir>/virtiofs/<tag>` as the share of virtio-fs tag
 //! `<tag>` (bind-mounted where the share would be mounted), skips the boot timer, the
-//! network and its own mounts, and exits instead of rebooting. Run it inside
+//! network and its own mounts, makes no cgroups unless `RUNVM_INIT_CGROUP` names a cgroup2
+//! directory to make them under, and exits instead of rebooting. Run it inside
 //! `unshare -m` so its mounts vanish with it.
 //!
 //! Modules and what each uses; the graph has no cycle. `error` and `log` are used nearly
@@ -22,8 +23,8 @@
 //! - `main` → `boot_timer`, `mounts`, `net`, `net_dns`, `socket_relay`, `cgroup`, `vsock`,
 //!   `relay`, `signals`, `spawn`, `workload`, `supervisor`
 //! - `cgroup` → `device_filter`
-//! - `supervisor` (the control-message loop) → `relay`, `workload`, `spawn`, `signals`,
-//!   `reap`, `terminal`, `cgroup`, `vsock`
+//! - `supervisor` (the control-message loop, member containers) → `relay`, `workload`,
+//!   `spawn`, `signals`, `reap`, `terminal`, `cgroup`, `vsock`, `mounts`, `socket_relay`
 //! - `relay` (stdio bytes over the host streams) → `spawn`, `vsock`
 //! - `workload` (main and exec'd processes) → `spawn`, `execve`, `mounts`, `binds`,
 //!   `attrs`, `cgroup`
@@ -73,7 +74,7 @@ use error::{Error, Result};
 use mounts::{Paths, ShareSource};
 use runvm_protocol::{
     BootMark, GuestMessage, HostMessage, LinuxSpec, MountSpec, NetworkSpec, ProcessSpec,
-    RootfsSpec, CONTROL_PORT, MAIN_PROCESS, PROTOCOL_VERSION,
+    RootfsSpec, CONTROL_PORT, MAIN_CONTAINER, MAIN_PROCESS, PROTOCOL_VERSION,
 };
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -112,6 +113,15 @@ impl Mode {
         match &self.test_dir {
             Some(d) => Paths::under(d),
             None => Paths::under(std::path::Path::new("/")),
+        }
+    }
+
+    /// The cgroup2 directory under which the containers' cgroups are made: the guest's
+    /// own; in host test mode `RUNVM_INIT_CGROUP` if set, else none.
+    fn cgroup_root(&self) -> Option<PathBuf> {
+        match &self.test_dir {
+            None => Some(PathBuf::from(cgroup::GUEST_ROOT)),
+            Some(_) => std::env::var_os("RUNVM_INIT_CGROUP").map(PathBuf::from),
         }
     }
 
@@ -264,9 +274,11 @@ fn run(mode: &Mode, transport: &Transport, control: &mut Control) -> Result<()> 
     );
     let mut relays = socket_relay::Relays::start(&run.mounts, &paths, owner, transport)?;
 
-    // The container's own cgroup, with its limits (host test mode has none).
-    if mode.test_dir.is_none() {
-        cgroup::setup(&run.linux.resources)?;
+    // The container's own cgroup, with its limits (host test mode has none, unless
+    // `RUNVM_INIT_CGROUP` names a cgroup2 directory for it).
+    if let Some(root) = mode.cgroup_root() {
+        cgroup::enable(root);
+        cgroup::setup(MAIN_CONTAINER, &run.linux.resources)?;
     }
     let streams = relay::Streams::open(transport, MAIN_PROCESS, run.process.terminal)?;
     // SIGCHLD goes to a signalfd; the child unblocks it before exec.
@@ -279,8 +291,13 @@ fn run(mode: &Mode, transport: &Transport, control: &mut Control) -> Result<()> 
     })?;
     log::info(&format!("workload started as pid {}", spawned.pid));
 
-    let outcome = supervisor::Supervisor::new(control, &sigchld, transport, spawned, streams)?
-        .run(|_| boot_timer::mark(BootMark::WorkloadExited))?;
+    let place = supervisor::Place {
+        paths: &paths,
+        share_source: &mode.share_source(),
+    };
+    let outcome =
+        supervisor::Supervisor::new(control, &sigchld, transport, place, spawned, streams)?
+            .run(|_| boot_timer::mark(BootMark::WorkloadExited))?;
     log::info(&format!("workload exited: {:?}", outcome.status));
     // The container has ended: so do its socket relays.
     relays.stop();
@@ -290,7 +307,7 @@ fn run(mode: &Mode, transport: &Transport, control: &mut Control) -> Result<()> 
     control.send(&GuestMessage::Exited {
         process: MAIN_PROCESS,
         status: outcome.status,
-        oom_kills: cgroup::oom_kills(),
+        oom_kills: cgroup::oom_kills(MAIN_CONTAINER),
     })?;
     wait_for_shutdown(control);
     Ok(())
@@ -316,13 +333,15 @@ fn start_main_process(
     streams: &relay::Streams,
 ) -> Result<spawn::Spawned> {
     let req = workload::Request {
+        container: MAIN_CONTAINER,
         paths,
         process: &run.process,
         linux: &run.linux,
         mounts: &run.mounts,
         hostname: run.hostname.as_deref(),
+        sandbox: None,
     };
-    match workload::spawn_main(&req)? {
+    match workload::spawn_container(&req)? {
         spawn::Started::Running(spawned) => Ok(spawned),
         spawn::Started::Failed(failed) => {
             log::error(&format!("workload failed to start: {}", failed.error));

@@ -9,11 +9,13 @@ use crate::{mount_api, mount_options};
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
-use runvm_protocol::{MountSpec, RootfsSpec};
+use runvm_protocol::{ContainerId, MountSpec, RootfsSpec, MAIN_CONTAINER};
 use std::path::{Path, PathBuf};
 
-/// Where init builds things: `/run` and `/newroot` in the VM, under the test directory in
-/// host test mode.
+/// Where init builds a container: for the main one `/run` and `/newroot` in the VM (under
+/// the test directory in host test mode), for member container `N` its own directory
+/// `/run/runvm/c<N>` ([`Paths::for_container`]), which holds its share, root and relay
+/// sockets apart from the main container's.
 #[derive(Clone, Debug)]
 pub struct Paths {
     pub run: PathBuf,
@@ -25,6 +27,19 @@ impl Paths {
         Self {
             run: base.join("run"),
             newroot: base.join("newroot"),
+        }
+    }
+
+    /// The paths of `container`, given the main container's (`self`): the same for
+    /// [`MAIN_CONTAINER`], `<run>/runvm/c<N>` and its `root` for a member.
+    pub fn for_container(&self, container: ContainerId) -> Self {
+        if container == MAIN_CONTAINER {
+            return self.clone();
+        }
+        let run = self.run.join("runvm").join(format!("c{container}"));
+        Self {
+            newroot: run.join("root"),
+            run,
         }
     }
 
@@ -229,6 +244,53 @@ pub fn rootfs(paths: &Paths, spec: &RootfsSpec) -> Result<()> {
         })?;
     }
     Ok(())
+}
+
+/// Undoes [`share`] and [`rootfs`] of a member container at `paths` (its processes have
+/// ended), and removes the directories init made for them. A directory whose mount could
+/// not be detached is left alone (removing it would mean descending into the share).
+pub fn undo_container(paths: &Paths) -> Result<()> {
+    let mut first_error = None;
+    for target in [paths.newroot.clone(), paths.share()] {
+        let detached = match umount2(&target, MntFlags::MNT_DETACH) {
+            Ok(()) | Err(Errno::EINVAL | Errno::ENOENT) => true,
+            Err(e) => {
+                first_error.get_or_insert_with(|| {
+                    Error::new(format!("unmount {}: {e}", target.display()))
+                });
+                false
+            }
+        };
+        if detached {
+            match std::fs::remove_dir(&target) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    first_error.get_or_insert_with(|| {
+                        Error::new(format!("remove {}: {e}", target.display()))
+                    });
+                }
+            }
+        }
+    }
+    // The relay sockets (init's own files, in its tmpfs).
+    let relays = paths.run.join("relays");
+    if let Ok(entries) = std::fs::read_dir(&relays) {
+        for entry in entries.flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+        let _ = std::fs::remove_dir(&relays);
+    }
+    if first_error.is_none() {
+        match std::fs::remove_dir(&paths.run) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                first_error = Some(Error::new(format!("remove {}: {e}", paths.run.display())))
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 /// Switches the calling process (the container's child, in its own mount namespace) into

@@ -1,15 +1,26 @@
 //! The control-message loop while the container runs: one `poll` loop, no threads, over
-//! the stdio relays of every process (the main one and exec'd ones, see [`crate::relay`]),
-//! the control connection (signals, exec, resize, process list, stats, updates), and
-//! SIGCHLD through a signalfd.
+//! the stdio relays of every process (the main one, exec'd ones and member containers'
+//! ones, see [`crate::relay`]), the control connection (signals, exec, resize, process
+//! list, stats, updates, member containers added and removed), and SIGCHLD through a
+//! signalfd.
 //!
 //! A process is reported `Exited` once it is reaped and its output streams are drained
 //! and shut down. When the main process exits, the kernel kills the rest of its PID
-//! namespace; the loop ends when every process is reported.
+//! namespace, and init kills the member containers; the loop ends when every process is
+//! reported.
+//!
+//! Member containers ([`HostMessage::AddContainer`]) are built like the main one
+//! (`mounts::share`, `mounts::rootfs`, socket relays, `cgroup::setup`,
+//! `workload::spawn_container`) at their own [`Paths`]; one that fails to start is undone
+//! at once. When a member's main process ends, the rest of the member ends too (its PID
+//! namespace, or, where it shares the main one, its cgroup and exec'd processes);
+//! [`HostMessage::RemoveContainer`] then undoes its mounts and cgroup.
 
 use crate::error::{Error, Result};
+use crate::mounts::{self, Paths, ShareSource};
 use crate::reap::{self, Reaped};
 use crate::relay::{ProcessRelay, SlotKey, Streams, Wait};
+use crate::socket_relay::Relays;
 use crate::spawn::{Spawned, Started};
 use crate::vsock::{Control, Transport};
 use crate::{cgroup, signals, terminal, workload};
@@ -18,22 +29,29 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signalfd::SignalFd;
 use nix::unistd::Pid;
 use runvm_protocol::{
-    ExitStatus, GuestMessage, HostMessage, ProcessId, ProcessSpec, WindowSize, MAIN_PROCESS,
+    ContainerId, ExitStatus, GuestMessage, HostMessage, LinuxSpec, MountSpec, ProcessId,
+    ProcessSpec, RootfsSpec, SharedNamespaces, WindowSize, MAIN_CONTAINER, MAIN_PROCESS,
 };
 use std::collections::BTreeMap;
 use std::os::fd::AsFd;
 use std::time::Instant;
 
+/// Most member containers at once (the host's ids are not trusted to be few).
+const MAX_MEMBERS: usize = 256;
+
 /// One running (or exited, still draining) process.
 struct Proc {
+    /// The container it runs in.
+    container: ContainerId,
     pid: Pid,
     relay: ProcessRelay,
     status: Option<ExitStatus>,
 }
 
 impl Proc {
-    fn new(spawned: Spawned, streams: Streams) -> Result<Self> {
+    fn new(container: ContainerId, spawned: Spawned, streams: Streams) -> Result<Self> {
         Ok(Self {
+            container,
             pid: spawned.pid,
             relay: ProcessRelay::new(streams, spawned.stdio)?,
             status: None,
@@ -48,6 +66,38 @@ impl Proc {
         self.status = Some(status);
         self.relay.process_exited();
     }
+}
+
+/// A member container, from its start to its removal.
+struct Member {
+    /// Its main process's id and pid.
+    process: ProcessId,
+    pid: Pid,
+    /// Whether its main process is PID 1 of a PID namespace of its own.
+    own_pid_ns: bool,
+    /// Whether its main process still runs.
+    running: bool,
+    paths: Paths,
+    relays: Relays,
+}
+
+/// Where init builds containers: the main container's paths (a member's are derived from
+/// them, [`Paths::for_container`]) and where the shares come from.
+pub struct Place<'a> {
+    pub paths: &'a Paths,
+    pub share_source: &'a ShareSource,
+}
+
+/// What an `AddContainer` asks for.
+struct AddRequest {
+    container: ContainerId,
+    process: ProcessId,
+    rootfs: RootfsSpec,
+    hostname: Option<String>,
+    spec: ProcessSpec,
+    linux: LinuxSpec,
+    mounts: Vec<MountSpec>,
+    share: SharedNamespaces,
 }
 
 /// The outcome of [`Supervisor::run`].
@@ -75,7 +125,10 @@ pub struct Supervisor<'a> {
     control: &'a mut Control,
     sigchld: &'a SignalFd,
     transport: &'a Transport,
+    place: Place<'a>,
     processes: BTreeMap<ProcessId, Proc>,
+    /// The member containers, by id, until removed.
+    members: BTreeMap<ContainerId, Member>,
     main_pid: Pid,
     main_status: Option<ExitStatus>,
     control_open: bool,
@@ -92,11 +145,12 @@ impl<'a> Supervisor<'a> {
         control: &'a mut Control,
         sigchld: &'a SignalFd,
         transport: &'a Transport,
+        place: Place<'a>,
         main: Spawned,
         streams: Streams,
     ) -> Result<Self> {
         let main_pid = main.pid;
-        let processes = BTreeMap::from([(MAIN_PROCESS, Proc::new(main, streams)?)]);
+        let processes = BTreeMap::from([(MAIN_PROCESS, Proc::new(MAIN_CONTAINER, main, streams)?)]);
         // Whatever init forks from now on starts at nice 0 even while init runs at -20
         // (see `set_priority`).
         let param = libc::sched_param { sched_priority: 0 };
@@ -115,7 +169,9 @@ impl<'a> Supervisor<'a> {
             control,
             sigchld,
             transport,
+            place,
             processes,
+            members: BTreeMap::new(),
             main_pid,
             main_status: None,
             control_open: true,
@@ -261,6 +317,7 @@ impl<'a> Supervisor<'a> {
                 crate::log::error("host closed the control connection; killing the workload");
                 self.host_gone = true;
                 signals::kill_pid_namespace(self.main_pid);
+                self.kill_members();
             }
         }
         while let Some(msg) = self.control.next_buffered()? {
@@ -276,10 +333,50 @@ impl<'a> Supervisor<'a> {
             let Some((id, p)) = self.processes.iter_mut().find(|(_, p)| p.pid == pid) else {
                 continue;
             };
-            if *id == MAIN_PROCESS {
-                on_main_exit(status);
-            }
+            let (id, container) = (*id, p.container);
             p.exited(status);
+            if id == MAIN_PROCESS {
+                on_main_exit(status);
+                // The VM lives for the main container: its members end with it (and are
+                // reported before it).
+                self.kill_members();
+            } else if let Some(m) = self.members.get_mut(&container) {
+                if m.process == id {
+                    m.running = false;
+                    self.member_ended(container);
+                }
+            }
+        }
+    }
+
+    /// SIGKILLs every member container that still runs.
+    fn kill_members(&mut self) {
+        for (id, m) in &self.members {
+            if m.running {
+                crate::log::info(&format!("killing container {id}"));
+                signals::kill(m.pid);
+                if !m.own_pid_ns {
+                    cgroup::kill_all(*id);
+                }
+            }
+        }
+    }
+
+    /// The rest of a member whose main process has ended: its socket relays, and, where
+    /// no PID namespace of its own took them with it, its other processes.
+    fn member_ended(&mut self, container: ContainerId) {
+        let Some(m) = self.members.get_mut(&container) else {
+            return;
+        };
+        m.relays.stop();
+        if m.own_pid_ns {
+            return;
+        }
+        cgroup::kill_all(container);
+        for p in self.processes.values() {
+            if p.container == container && p.running() {
+                signals::kill(p.pid);
+            }
         }
     }
 
@@ -293,7 +390,11 @@ impl<'a> Supervisor<'a> {
             .map(|(id, _)| *id)
             .collect();
         for id in done {
-            let Some(status) = self.processes.remove(&id).and_then(|p| p.status) else {
+            let Some((container, status)) = self
+                .processes
+                .remove(&id)
+                .and_then(|p| Some((p.container, p.status?)))
+            else {
                 continue;
             };
             if id == MAIN_PROCESS {
@@ -305,7 +406,7 @@ impl<'a> Supervisor<'a> {
                 self.control.send(&GuestMessage::Exited {
                     process: id,
                     status,
-                    oom_kills: cgroup::oom_kills(),
+                    oom_kills: cgroup::oom_kills(container),
                 })?;
             }
         }
@@ -320,9 +421,44 @@ impl<'a> Supervisor<'a> {
                 rows,
                 cols,
             } => self.resize(process, WindowSize { rows, cols }),
-            HostMessage::Exec { process, spec } => {
-                let reply = self.exec_reply(process, &spec);
+            HostMessage::Exec {
+                process,
+                spec,
+                container,
+            } => {
+                let reply = start_reply(process, self.exec(container, process, &spec));
                 self.control.send(&reply)?;
+            }
+            HostMessage::AddContainer {
+                container,
+                process,
+                rootfs,
+                hostname,
+                spec,
+                linux,
+                mounts,
+                share,
+            } => {
+                let req = AddRequest {
+                    container,
+                    process,
+                    rootfs,
+                    hostname,
+                    spec,
+                    linux,
+                    mounts,
+                    share,
+                };
+                let reply = start_reply(process, self.add_container(&req));
+                self.control.send(&reply)?;
+            }
+            HostMessage::RemoveContainer { container } => {
+                let error = self.remove_container(container).err().map(|e| {
+                    crate::log::error(&format!("remove container {container}: {e}"));
+                    e.message
+                });
+                self.control
+                    .send(&GuestMessage::ContainerRemoved { container, error })?;
             }
             HostMessage::ListProcesses { request } => {
                 let processes = cgroup::processes(self.main_pid);
@@ -330,11 +466,13 @@ impl<'a> Supervisor<'a> {
                     .send(&GuestMessage::Processes { request, processes })?;
             }
             HostMessage::Stats { request } => {
-                let stats = cgroup::stats();
+                let stats = cgroup::stats(MAIN_CONTAINER);
                 self.control.send(&GuestMessage::Stats { request, stats })?;
             }
             HostMessage::Update { request, resources } => {
-                let error = cgroup::apply(&resources).err().map(|e| e.to_string());
+                let error = cgroup::apply(MAIN_CONTAINER, &resources)
+                    .err()
+                    .map(|e| e.to_string());
                 self.control
                     .send(&GuestMessage::Updated { request, error })?;
             }
@@ -368,53 +506,231 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    /// `Started` or `StartFailed` for an `Exec` of `process`.
-    fn exec_reply(&mut self, process: ProcessId, spec: &ProcessSpec) -> GuestMessage {
-        match self.exec(process, spec) {
-            Ok(pid) => GuestMessage::Started {
-                process,
-                pid: pid.as_raw(),
-            },
-            Err(e) => {
-                crate::log::error(&format!("exec of process {process}: {e}"));
-                GuestMessage::StartFailed {
-                    process,
-                    code: e.code,
-                    message: e.message,
-                }
-            }
-        }
+    fn main_running(&self) -> bool {
+        self.main_status.is_none() && self.processes.get(&MAIN_PROCESS).is_some_and(Proc::running)
     }
 
-    /// Starts an exec'd process and its streams.
-    fn exec(&mut self, process: ProcessId, spec: &ProcessSpec) -> Result<Pid> {
-        let main_running = self.main_status.is_none()
-            && self.processes.get(&MAIN_PROCESS).is_some_and(Proc::running);
-        if !main_running {
-            return Err(Error::new(
-                "cannot exec: the container's main process has exited (container not running)",
-            ));
-        }
+    /// A new process id from the host: never the main process's, never one in use.
+    fn check_new_process(&self, process: ProcessId) -> Result<()> {
         if process == MAIN_PROCESS || self.processes.contains_key(&process) {
             return Err(Error::new(format!(
                 "protocol error: process id {process} is in use"
             )));
         }
-        crate::log::info(&format!("exec {process}: {:?}", spec.args));
-        let spawned = match workload::spawn_exec(self.main_pid, spec)? {
+        Ok(())
+    }
+
+    /// Starts an exec'd process in `container` and its streams.
+    fn exec(
+        &mut self,
+        container: ContainerId,
+        process: ProcessId,
+        spec: &ProcessSpec,
+    ) -> Result<Pid> {
+        if !self.main_running() {
+            return Err(Error::new(
+                "cannot exec: the container's main process has exited (container not running)",
+            ));
+        }
+        self.check_new_process(process)?;
+        let target = if container == MAIN_CONTAINER {
+            self.main_pid
+        } else {
+            match self.members.get(&container) {
+                Some(m) if m.running => m.pid,
+                Some(_) => {
+                    return Err(Error::new(format!(
+                        "cannot exec: the main process of container {container} has exited \
+                         (container not running)"
+                    )))
+                }
+                None => {
+                    return Err(Error::new(format!(
+                        "cannot exec: the guest has no container {container}"
+                    )))
+                }
+            }
+        };
+        crate::log::info(&format!(
+            "exec {process} in container {container}: {:?}",
+            spec.args
+        ));
+        let spawned = match workload::spawn_exec(container, target, spec)? {
             Started::Running(s) => s,
             // The failed child is reaped with the others on SIGCHLD.
             Started::Failed(failed) => return Err(failed.error),
         };
+        self.adopt(container, process, spawned, spec.terminal)
+    }
+
+    /// Opens the streams of a process that runs and takes it into the table (a process
+    /// whose streams cannot be opened is killed).
+    fn adopt(
+        &mut self,
+        container: ContainerId,
+        process: ProcessId,
+        spawned: Spawned,
+        terminal: bool,
+    ) -> Result<Pid> {
         let pid = spawned.pid;
-        let streams = match Streams::open(self.transport, process, spec.terminal) {
+        let streams = match Streams::open(self.transport, process, terminal) {
             Ok(s) => s,
             Err(e) => {
                 signals::kill(pid);
                 return Err(e);
             }
         };
-        self.processes.insert(process, Proc::new(spawned, streams)?);
+        self.processes
+            .insert(process, Proc::new(container, spawned, streams)?);
         Ok(pid)
+    }
+
+    /// Starts a member container; one that cannot start leaves nothing behind (mounts,
+    /// relays, cgroup, process).
+    fn add_container(&mut self, req: &AddRequest) -> Result<Pid> {
+        if !self.main_running() {
+            return Err(Error::new(
+                "cannot add a container: the main container's process has exited",
+            ));
+        }
+        let container = req.container;
+        if container == MAIN_CONTAINER || self.members.contains_key(&container) {
+            return Err(Error::new(format!(
+                "protocol error: container id {container} is in use"
+            )));
+        }
+        if self.members.len() >= MAX_MEMBERS {
+            return Err(Error::new(format!(
+                "cannot add container {container}: the guest runs {MAX_MEMBERS} containers already"
+            )));
+        }
+        self.check_new_process(req.process)?;
+        if req.share.uts && req.hostname.is_some() {
+            // As runc refuses it: the hostname would be the main container's too.
+            return Err(Error::new(format!(
+                "container {container}: unable to set hostname without a private UTS namespace"
+            )));
+        }
+        crate::log::info(&format!(
+            "add container {container} (process {}): {:?}",
+            req.process, req.spec.args
+        ));
+        let paths = self.place.paths.for_container(container);
+        let mut relays = Relays::default();
+        let started = self.build_and_spawn(req, &paths, &mut relays);
+        let failed = match started {
+            Ok(spawned) => {
+                let pid = spawned.pid;
+                match self.adopt(container, req.process, spawned, req.spec.terminal) {
+                    Ok(_) => {
+                        self.members.insert(
+                            container,
+                            Member {
+                                process: req.process,
+                                pid,
+                                own_pid_ns: !req.share.pid,
+                                running: true,
+                                paths,
+                                relays,
+                            },
+                        );
+                        return Ok(pid);
+                    }
+                    Err(e) => {
+                        // Killed by `adopt`; reaped here so that its cgroup can go.
+                        let _ = nix::sys::wait::waitpid(pid, None);
+                        e
+                    }
+                }
+            }
+            Err(e) => e,
+        };
+        relays.stop();
+        if let Err(e) = cgroup::remove(container) {
+            crate::log::error(&format!("undo container {container}: {e}"));
+        }
+        if let Err(e) = mounts::undo_container(&paths) {
+            crate::log::error(&format!("undo container {container}: {e}"));
+        }
+        Err(failed)
+    }
+
+    /// The share, root, relays and cgroup of a member, then its main process, until it
+    /// runs (a child that failed is reaped).
+    fn build_and_spawn(
+        &self,
+        req: &AddRequest,
+        paths: &Paths,
+        relays: &mut Relays,
+    ) -> Result<Spawned> {
+        mounts::share(paths, &req.rootfs, self.place.share_source)?;
+        mounts::rootfs(paths, &req.rootfs)?;
+        let owner = (
+            nix::unistd::Uid::from_raw(req.spec.uid),
+            nix::unistd::Gid::from_raw(req.spec.gid),
+        );
+        *relays = Relays::start(&req.mounts, paths, owner, self.transport)?;
+        if cgroup::enabled() {
+            cgroup::setup(req.container, &req.linux.resources)?;
+        }
+        let wreq = workload::Request {
+            container: req.container,
+            paths,
+            process: &req.spec,
+            linux: &req.linux,
+            mounts: &req.mounts,
+            hostname: req.hostname.as_deref(),
+            sandbox: Some(workload::Sandbox {
+                main: self.main_pid,
+                share: req.share,
+            }),
+        };
+        match workload::spawn_container(&wreq)? {
+            Started::Running(spawned) => Ok(spawned),
+            Started::Failed(failed) => {
+                let _ = nix::sys::wait::waitpid(failed.pid, None);
+                Err(failed.error)
+            }
+        }
+    }
+
+    /// Undoes a member container whose processes have all ended and forgets it.
+    fn remove_container(&mut self, container: ContainerId) -> Result<()> {
+        let Some(m) = self.members.get(&container) else {
+            return Err(Error::new(format!(
+                "the guest has no container {container}"
+            )));
+        };
+        if m.running || self.processes.values().any(|p| p.container == container) {
+            return Err(Error::new(format!(
+                "container {container} still runs: remove it once its main process has exited"
+            )));
+        }
+        let Some(mut m) = self.members.remove(&container) else {
+            return Ok(());
+        };
+        m.relays.stop();
+        let cgroup = cgroup::remove(container);
+        let mounts = mounts::undo_container(&m.paths);
+        crate::log::info(&format!("container {container} removed"));
+        cgroup.and(mounts)
+    }
+}
+
+/// `Started` or `StartFailed` of `process`, from how its start went.
+fn start_reply(process: ProcessId, started: Result<Pid>) -> GuestMessage {
+    match started {
+        Ok(pid) => GuestMessage::Started {
+            process,
+            pid: pid.as_raw(),
+        },
+        Err(e) => {
+            crate::log::error(&format!("start of process {process}: {e}"));
+            GuestMessage::StartFailed {
+                process,
+                code: e.code,
+                message: e.message,
+            }
+        }
     }
 }

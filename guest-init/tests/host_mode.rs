@@ -505,7 +505,11 @@ impl Session {
     /// Sends `Exec`, expects `Started`, and returns the new process's streams.
     fn exec(&mut self, process: u32, spec: ProcessSpec) -> Vec<UnixStream> {
         let terminal = spec.terminal;
-        self.send(&HostMessage::Exec { process, spec });
+        self.send(&HostMessage::Exec {
+            process,
+            spec,
+            container: runvm_protocol::MAIN_CONTAINER,
+        });
         match self.recv() {
             GuestMessage::Started { process: p, .. } if p == process => {}
             m => panic!("expected Started for {process}, got {m:?}"),
@@ -739,6 +743,7 @@ fn exec_failures_and_signals_and_death_with_the_main_process() {
     s.send(&HostMessage::Exec {
         process: 1,
         spec: spec(&["nosuchcmd"]),
+        container: runvm_protocol::MAIN_CONTAINER,
     });
     match s.recv() {
         GuestMessage::StartFailed {

@@ -137,6 +137,8 @@ fn guest_message() -> impl Strategy<Value = GuestMessage> {
         (any::<u32>(), stats).prop_map(|(request, stats)| GuestMessage::Stats { request, stats }),
         (any::<u32>(), any::<Option<String>>())
             .prop_map(|(request, error)| GuestMessage::Updated { request, error }),
+        (any::<u32>(), any::<Option<String>>())
+            .prop_map(|(container, error)| GuestMessage::ContainerRemoved { container, error }),
     ]
 }
 

@@ -50,8 +50,8 @@ pub use framing::{
     MAX_FRAME_LEN, MAX_HOST_FRAME_LEN,
 };
 pub use messages::{
-    DnsRelayHeader, ExitStatus, GuestMessage, GuestProcess, GuestStats, HostMessage, ProcessId,
-    SocketRelayHeader, StreamHeader, MAIN_PROCESS,
+    ContainerId, DnsRelayHeader, ExitStatus, GuestMessage, GuestProcess, GuestStats, HostMessage,
+    ProcessId, SharedNamespaces, SocketRelayHeader, StreamHeader, MAIN_CONTAINER, MAIN_PROCESS,
 };
 pub use output::{
     chunk, chunk_header, Chunk, OutputError, OutputReader, CHUNK_HEADER_LEN, MAX_CHUNK_LEN,

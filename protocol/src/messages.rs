@@ -13,6 +13,29 @@ pub type ProcessId = u32;
 /// The container's main process.
 pub const MAIN_PROCESS: ProcessId = 0;
 
+/// Identifies a container inside the guest: the VM's own (the one of
+/// [`HostMessage::Run`]) is [`MAIN_CONTAINER`]; the members of its pod, added by
+/// [`HostMessage::AddContainer`], get ids from the host (never 0, never reused while the
+/// VM runs).
+pub type ContainerId = u32;
+/// The container of [`HostMessage::Run`], whose main process the VM lives for.
+pub const MAIN_CONTAINER: ContainerId = 0;
+
+/// Which namespaces of the main container a member container joins instead of getting
+/// its own ([`HostMessage::AddContainer`]). The network namespace is always the VM's.
+/// Kubernetes shares IPC and UTS with the pod's sandbox, the PID namespace only with
+/// `shareProcessNamespace`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedNamespaces {
+    #[serde(default)]
+    pub pid: bool,
+    #[serde(default)]
+    pub ipc: bool,
+    #[serde(default)]
+    pub uts: bool,
+}
+
 /// One process of the container, as the guest's `/proc` shows it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestProcess {
@@ -133,6 +156,13 @@ pub enum GuestMessage {
         #[serde(default)]
         error: Option<String>,
     },
+    /// The answer to [`HostMessage::RemoveContainer`]: `error` names what could not be
+    /// undone (the container is forgotten either way).
+    ContainerRemoved {
+        container: ContainerId,
+        #[serde(default)]
+        error: Option<String>,
+    },
 }
 
 /// Messages from the host to the guest init.
@@ -165,6 +195,10 @@ pub enum HostMessage {
     Exec {
         process: ProcessId,
         spec: ProcessSpec,
+        /// The container whose namespaces and root the process joins
+        /// ([`MAIN_CONTAINER`] when absent, as before this field existed).
+        #[serde(default)]
+        container: ContainerId,
     },
     /// Set the window size of a process's terminal (`TIOCSWINSZ` on its pty master).
     Resize {
@@ -182,6 +216,34 @@ pub enum HostMessage {
     /// Change the container cgroup's limits (`runvm update`); answered by
     /// [`GuestMessage::Updated`].
     Update { request: u32, resources: Resources },
+    /// Start another container in the VM beside the main one (a member of the pod, or a
+    /// `--network container:` peer): its own root (the directory `rootfs.root` of the
+    /// virtio-fs share `rootfs.share_tag`), mount and PID namespaces, guest cgroup with
+    /// the limits of `linux.resources`, UTS and IPC namespaces unless `share` says it
+    /// joins the main container's; always the VM's network. `container` and `process`
+    /// are new ids from the host (never 0, never reused while the VM runs; `process`
+    /// shares its space with exec'd processes). The guest answers `Started` or
+    /// `StartFailed` (which leaves nothing of the container in the guest) for `process`,
+    /// then `Exited` when the container's main process has ended (with its own PID
+    /// namespace, everything else in it dies with it). The VM still lives as long as the
+    /// main container's process: when that ends, the members are killed and reported
+    /// first.
+    AddContainer {
+        container: ContainerId,
+        process: ProcessId,
+        rootfs: RootfsSpec,
+        hostname: Option<String>,
+        spec: ProcessSpec,
+        #[serde(default)]
+        linux: LinuxSpec,
+        #[serde(default)]
+        mounts: Vec<MountSpec>,
+        #[serde(default)]
+        share: SharedNamespaces,
+    },
+    /// Undo a member container whose main process has exited: unmount its root and
+    /// share, remove its cgroup; answered by [`GuestMessage::ContainerRemoved`].
+    RemoveContainer { container: ContainerId },
 }
 
 /// First frame on a [`STREAM_PORT`](crate::STREAM_PORT) connection.
@@ -246,6 +308,7 @@ mod tests {
                     console_size: Some(WindowSize { rows: 24, cols: 80 }),
                     ..Default::default()
                 },
+                container: 3,
             },
             HostMessage::Resize {
                 process: 7,
@@ -258,6 +321,59 @@ mod tests {
             let back: HostMessage = read_frame(&mut buf.as_slice()).unwrap();
             assert_eq!(back, msg);
         }
+    }
+
+    #[test]
+    fn an_exec_without_a_container_joins_the_main_one() {
+        let old = br#"{"Exec":{"process":4,"spec":{"args":["id"],"env":[],"cwd":"/"}}}"#;
+        let HostMessage::Exec { container, .. } = serde_json::from_slice(old).unwrap() else {
+            panic!("not an Exec")
+        };
+        assert_eq!(container, MAIN_CONTAINER);
+    }
+
+    #[test]
+    fn container_messages_round_trip() {
+        for msg in [
+            HostMessage::AddContainer {
+                container: 2,
+                process: 9,
+                rootfs: RootfsSpec {
+                    share_tag: "runvm-c2".into(),
+                    root: "root".into(),
+                    readonly: true,
+                },
+                hostname: Some("pod".into()),
+                spec: ProcessSpec {
+                    args: vec!["sh".into()],
+                    ..Default::default()
+                },
+                linux: LinuxSpec::default(),
+                mounts: vec![],
+                share: SharedNamespaces {
+                    pid: false,
+                    ipc: true,
+                    uts: true,
+                },
+            },
+            HostMessage::RemoveContainer { container: 2 },
+        ] {
+            let mut buf = Vec::new();
+            write_frame(&mut buf, &msg).unwrap();
+            let back: HostMessage = read_frame(&mut buf.as_slice()).unwrap();
+            assert_eq!(back, msg);
+        }
+        let removed = GuestMessage::ContainerRemoved {
+            container: 2,
+            error: Some("busy".into()),
+        };
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &removed).unwrap();
+        let back: GuestMessage = read_frame(&mut buf.as_slice()).unwrap();
+        assert_eq!(back, removed);
+        // Namespaces the protocol does not know do not decode.
+        let bad = br#"{"pid":true,"net":true}"#;
+        assert!(serde_json::from_slice::<SharedNamespaces>(bad).is_err());
     }
 
     #[test]

@@ -94,7 +94,11 @@ impl Session<'_> {
         let mut process = Process::new(stdio, conn);
         process.holder = holder;
         self.processes.insert(id, process);
-        self.send(&HostMessage::Exec { process: id, spec })
+        self.send(&HostMessage::Exec {
+            process: id,
+            spec,
+            container: runvm_protocol::MAIN_CONTAINER,
+        })
     }
 
     pub(super) fn exec_started(&mut self, id: ProcessId, pid: i32) -> Result<(), MonitorError> {

@@ -155,5 +155,8 @@ fn describe(m: &GuestMessage) -> String {
         GuestMessage::Processes { request, .. } => format!("Processes (request {request})"),
         GuestMessage::Stats { request, .. } => format!("Stats (request {request})"),
         GuestMessage::Updated { request, .. } => format!("Updated (request {request})"),
+        GuestMessage::ContainerRemoved { container, .. } => {
+            format!("ContainerRemoved (container {container})")
+        }
     }
 }

@@ -539,6 +539,11 @@ impl<'a> Session<'a> {
             answer @ (GuestMessage::Processes { .. }
             | GuestMessage::Stats { .. }
             | GuestMessage::Updated { .. }) => self.guest_answer(answer)?,
+            GuestMessage::ContainerRemoved { container, .. } => {
+                return Err(MonitorError::Protocol(format!(
+                    "the guest reported the removal of container {container}, which was not asked"
+                )))
+            }
         }
         Ok(())
     }

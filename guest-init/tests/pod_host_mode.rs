@@ -118,15 +118,26 @@ impl TestCgroup {
 }
 
 impl Drop for TestCgroup {
+    /// Kills what a failed test left running in the cgroups init made, then removes them.
     fn drop(&mut self) {
-        if let Ok(entries) = std::fs::read_dir(&self.dir) {
-            for e in entries.flatten() {
-                if e.path().is_dir() {
-                    let _ = std::fs::remove_dir(e.path());
+        let children: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect();
+        for dir in children.iter().chain([&self.dir]) {
+            let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+            for _ in 0..200 {
+                match std::fs::remove_dir(dir) {
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                        std::thread::sleep(std::time::Duration::from_millis(10))
+                    }
+                    _ => break,
                 }
             }
         }
-        let _ = std::fs::remove_dir(&self.dir);
     }
 }
 

@@ -13,8 +13,8 @@ mod common;
 use common::{accept, BUSYBOX};
 use runvm_protocol::spec::{DeviceRule, DeviceRuleKind};
 use runvm_protocol::{
-    read_frame, write_frame, ExitStatus, GuestMessage, HostMessage, LinuxSpec, ProcessSpec,
-    Resources, RootfsSpec, SharedNamespaces, StreamHeader, OUTPUT_STREAM_FD,
+    read_frame, write_frame, ExitStatus, GuestMessage, HostMessage, LinuxSpec, MountSpec,
+    ProcessSpec, Resources, RootfsSpec, SharedNamespaces, StreamHeader, OUTPUT_STREAM_FD,
 };
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -56,6 +56,7 @@ struct Add {
     linux: LinuxSpec,
     share: SharedNamespaces,
     hostname: Option<&'static str>,
+    mounts: Vec<MountSpec>,
 }
 
 impl Add {
@@ -70,6 +71,7 @@ impl Add {
             linux: LinuxSpec::default(),
             share: SharedNamespaces::default(),
             hostname: None,
+            mounts: vec![],
         }
     }
 }
@@ -238,7 +240,7 @@ impl Pod {
             hostname: m.hostname.map(String::from),
             spec: m.spec,
             linux: m.linux,
-            mounts: vec![],
+            mounts: m.mounts,
             share: m.share,
         });
         match self.recv() {
@@ -599,6 +601,49 @@ fn a_member_gets_its_own_cgroup_with_its_own_limits() {
     assert_eq!(pod.remove(4), None);
     assert!(!member_cg.exists(), "{} is left", member_cg.display());
     pod.assert_nothing_of(4);
+    pod.end(&[]);
+}
+
+#[test]
+fn a_member_binds_entries_of_its_own_share() {
+    require_root();
+    let mut pod = Pod::start(spec(&["sleep", "100"]), None);
+    member_share(pod.dir(), "member7");
+    let entry = pod.dir().join("virtiofs/member7/m0");
+    std::fs::create_dir(&entry).unwrap();
+    std::fs::write(entry.join("f"), "from the member's share\n").unwrap();
+    // The main container's share has an entry of the same name, which must not be used.
+    let main_entry = common::share_dir(pod.dir()).join("m0");
+    std::fs::create_dir(&main_entry).unwrap();
+    std::fs::write(main_entry.join("f"), "from the main share\n").unwrap();
+    let mounts = vec![
+        MountSpec {
+            destination: "/proc".into(),
+            fstype: "proc".into(),
+            source: "proc".into(),
+            ..Default::default()
+        },
+        MountSpec {
+            destination: "/data".into(),
+            fstype: "bind".into(),
+            options: vec!["rbind".into(), "ro".into()],
+            share: Some("m0".into()),
+            ..Default::default()
+        },
+    ];
+    let script = "cat /data/f; echo x 2>/dev/null >/data/g || echo read-only";
+    let (_, streams) = pod
+        .add(Add {
+            mounts,
+            ..Add::new(1, 10, "member7", &["sh", "-c", script])
+        })
+        .unwrap();
+    let out = read_all(streams.into_iter().nth(1).unwrap());
+    assert_eq!(pod.exit_of(10), ExitStatus::Exited(0));
+    assert_eq!(words(&out), ["from the member's share", "read-only"]);
+    assert!(!entry.join("g").exists());
+    assert_eq!(pod.remove(1), None);
+    pod.assert_nothing_of(1);
     pod.end(&[]);
 }
 

@@ -64,7 +64,7 @@ pub use spec::{
 };
 
 /// Version of this protocol; the guest sends it in `Hello` and the host refuses others.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 /// vsock port of the control connection (guest → host).
 pub const CONTROL_PORT: u32 = 1024;
 /// vsock port of the stdio stream connections (guest → host).

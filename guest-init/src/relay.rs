@@ -561,19 +561,25 @@ mod tests {
             // Init reads each write as it comes (it preempts the writer).
             step(&mut relay);
         }
-        // Gathered, not yet sent: nothing waits for the socket, and a deadline is set.
-        let deadline = relay
-            .deadline(Instant::now())
-            .expect("a deadline for the gathered chunks");
-        assert!(deadline <= Instant::now() + GATHER_TIME);
+        // Gathered, not yet sent: nothing waits for the socket while the deadline, at
+        // most the gathering time away, has not passed. (A loaded machine may take longer
+        // than that over the three steps: then they are due at once, checked below.)
+        let start = Instant::now();
+        let deadline = relay.deadline(start);
+        if let Some(d) = deadline {
+            assert!(d <= start + GATHER_TIME);
+        }
         // For any one instant, pending bytes are either due (a write slot) or have a
         // deadline (a poll timeout): never neither, which would wait for ever.
         for late in [0, 1, 2, 3, 50] {
-            let now = Instant::now() + Duration::from_millis(late);
+            let now = start + Duration::from_millis(late);
             let writable = relay.poll_slots(now).any(|s| s.wait == Wait::Writable);
             assert!(writable != relay.deadline(now).is_some(), "at +{late} ms");
         }
-        assert!(!step(&mut relay).contains(&Wait::Writable));
+        let waits = step(&mut relay);
+        if deadline.is_some_and(|d| Instant::now() < d) {
+            assert!(!waits.contains(&Wait::Writable), "sent before its deadline");
+        }
         std::thread::sleep(GATHER_TIME + Duration::from_millis(1));
         assert_eq!(relay.deadline(Instant::now()), None);
         assert!(step(&mut relay).contains(&Wait::Writable));

@@ -100,12 +100,14 @@ pub fn passwd_home(passwd: &str, uid: u32) -> Option<&str> {
         .filter(|h| !h.is_empty())
 }
 
-/// `env` with `HOME` set, as runc sets it: when the environment has no `HOME` (or an
-/// empty one), it is the home of `uid` in the container's `passwd`, else `/`.
+/// `env` as runc sets it: one entry per name, where the name first appears, with its last
+/// value (runc sets the variables one by one), and `HOME` set when the environment has
+/// none (or an empty one): the home of `uid` in the container's `passwd`, else `/`.
 pub fn env_with_home(env: &[String], uid: u32, passwd: &str) -> Vec<String> {
+    let env = one_per_name(env);
     let home = env.iter().rev().find_map(|kv| kv.strip_prefix("HOME="));
     if home.is_some_and(|h| !h.is_empty()) {
-        return env.to_vec();
+        return env;
     }
     let mut out: Vec<String> = env
         .iter()
@@ -116,9 +118,32 @@ pub fn env_with_home(env: &[String], uid: u32, passwd: &str) -> Vec<String> {
     out
 }
 
+/// `env` with each name once, at its first place, with its last value.
+fn one_per_name(env: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(env.len());
+    for kv in env {
+        let name = kv.split_once('=').map_or(kv.as_str(), |(n, _)| n);
+        let same = |o: &String| o.split_once('=').map_or(o.as_str(), |(n, _)| n) == name;
+        match out.iter_mut().find(|o| same(o)) {
+            Some(o) => o.clone_from(kv),
+            None => out.push(kv.clone()),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_given_twice_is_set_once_with_its_last_value() {
+        let env = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            env_with_home(&env(&["C=1", "PATH=/bin", "C=2", "HOME=/h"]), 0, ""),
+            ["C=2", "PATH=/bin", "HOME=/h"]
+        );
+    }
 
     #[test]
     fn home_comes_from_passwd_only_when_the_environment_has_none() {

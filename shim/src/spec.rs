@@ -182,13 +182,33 @@ impl ContainerSpec {
             linux,
             rootfs,
             readonly,
-            hostname: spec.hostname().clone(),
+            hostname: spec.hostname().clone().or_else(|| host_hostname(&spec)),
             process,
             bundle,
             annotations: spec.annotations().clone().unwrap_or_default(),
             hooks: spec.hooks().clone(),
         })
     }
+}
+
+/// The host's hostname for a container that shares the host's UTS namespace (no `uts`
+/// entry in `linux.namespaces`, `docker run --uts host`) and names no hostname: under
+/// runc it sees the host's; the guest, whose UTS namespace is its own, is given it.
+fn host_hostname(spec: &oci_spec::runtime::Spec) -> Option<String> {
+    let own_uts = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Uts)
+        });
+    if own_uts {
+        return None;
+    }
+    nix::unistd::gethostname()
+        .ok()
+        .map(|h| h.to_string_lossy().into_owned())
 }
 
 /// Most lines of a user namespace's id map (the kernel's limit).
@@ -330,6 +350,57 @@ fn key_path(p: &serde_ignored::Path<'_>) -> String {
     }
 }
 
+/// Every resource limit a process can have, by its OCI name.
+const RLIMITS: &[(&str, nix::sys::resource::Resource)] = {
+    use nix::sys::resource::Resource as R;
+    &[
+        ("RLIMIT_AS", R::RLIMIT_AS),
+        ("RLIMIT_CORE", R::RLIMIT_CORE),
+        ("RLIMIT_CPU", R::RLIMIT_CPU),
+        ("RLIMIT_DATA", R::RLIMIT_DATA),
+        ("RLIMIT_FSIZE", R::RLIMIT_FSIZE),
+        ("RLIMIT_LOCKS", R::RLIMIT_LOCKS),
+        ("RLIMIT_MEMLOCK", R::RLIMIT_MEMLOCK),
+        ("RLIMIT_MSGQUEUE", R::RLIMIT_MSGQUEUE),
+        ("RLIMIT_NICE", R::RLIMIT_NICE),
+        ("RLIMIT_NOFILE", R::RLIMIT_NOFILE),
+        ("RLIMIT_NPROC", R::RLIMIT_NPROC),
+        ("RLIMIT_RSS", R::RLIMIT_RSS),
+        ("RLIMIT_RTPRIO", R::RLIMIT_RTPRIO),
+        ("RLIMIT_RTTIME", R::RLIMIT_RTTIME),
+        ("RLIMIT_SIGPENDING", R::RLIMIT_SIGPENDING),
+        ("RLIMIT_STACK", R::RLIMIT_STACK),
+    ]
+};
+
+/// The guest kernel's `fs.nr_open`: no open-file limit can be set above it.
+const GUEST_NR_OPEN: u64 = 1 << 20;
+
+/// The limits a process gets where its spec sets none: under runc the container's process
+/// inherits every limit of the runtime's own process (the containerd shim's, or the
+/// caller's) that the spec does not set, so these are this process's own (`create` and
+/// `exec` run in the caller's process), not the guest kernel's defaults. The open-file
+/// limit is held to what the guest kernel allows.
+fn inherited_rlimits(set: &[Rlimit]) -> Vec<Rlimit> {
+    RLIMITS
+        .iter()
+        .filter(|(name, _)| !set.iter().any(|r| r.kind == *name))
+        .filter_map(|(name, resource)| {
+            let (soft, hard) = nix::sys::resource::getrlimit(*resource).ok()?;
+            let cap = if *name == "RLIMIT_NOFILE" {
+                GUEST_NR_OPEN
+            } else {
+                u64::MAX
+            };
+            Some(Rlimit {
+                kind: (*name).to_string(),
+                soft: soft.min(cap),
+                hard: hard.min(cap),
+            })
+        })
+        .collect()
+}
+
 /// An OCI `process` (from config.json, or `runvm exec --process`) as the guest runs it;
 /// the error names the field.
 pub fn process_spec(p: &oci_spec::runtime::Process) -> Result<ProcessSpec, String> {
@@ -342,7 +413,7 @@ pub fn process_spec(p: &oci_spec::runtime::Process) -> Result<ProcessSpec, Strin
         return Err(format!("process.cwd {cwd:?} must be an absolute path"));
     }
     let user = p.user();
-    let rlimits = p
+    let mut rlimits: Vec<Rlimit> = p
         .rlimits()
         .iter()
         .flatten()
@@ -352,6 +423,7 @@ pub fn process_spec(p: &oci_spec::runtime::Process) -> Result<ProcessSpec, Strin
             hard: r.hard(),
         })
         .collect();
+    rlimits.extend(inherited_rlimits(&rlimits));
     Ok(ProcessSpec {
         args,
         env: p.env().clone().unwrap_or_default(),
@@ -933,8 +1005,8 @@ mod tests {
         ]}}));
         let p = b.load().unwrap().process.unwrap();
         assert_eq!(
-            p.rlimits,
-            vec![
+            p.rlimits[..2],
+            [
                 Rlimit {
                     kind: "RLIMIT_NOFILE".into(),
                     soft: 1024,
@@ -947,6 +1019,16 @@ mod tests {
                 },
             ]
         );
+        // Every other limit is this process's own, as a runc container inherits runc's.
+        assert_eq!(p.rlimits.len(), RLIMITS.len());
+        let (soft, hard) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NPROC).unwrap();
+        assert!(p.rlimits[2..].contains(&Rlimit {
+            kind: "RLIMIT_NPROC".into(),
+            soft,
+            hard
+        }));
+        assert!(!p.rlimits[2..].iter().any(|r| r.kind == "RLIMIT_NOFILE"));
         let b = Bundle::new(json!({ "process": { "rlimits": [
             { "type": "RLIMIT_BOGUS", "soft": 1, "hard": 1 },
         ]}}));
@@ -1014,6 +1096,20 @@ mod tests {
         assert_eq!(c.hostname.as_deref(), Some("runc"));
         assert_eq!(c.mounts.len(), 7);
         assert!(c.process.unwrap().terminal);
+    }
+
+    #[test]
+    fn a_container_in_the_hosts_uts_namespace_gets_the_hosts_hostname() {
+        let host = nix::unistd::gethostname().unwrap();
+        let shared = Bundle::new(json!({})).load().unwrap();
+        assert_eq!(shared.hostname.as_deref(), host.to_str());
+        let own = Bundle::new(json!({ "linux": { "namespaces": [
+            { "type": "pid" }, { "type": "ipc" }, { "type": "network" }, { "type": "mount" },
+            { "type": "uts" },
+        ]}}));
+        assert_eq!(own.load().unwrap().hostname, None);
+        let named = Bundle::new(json!({ "hostname": "given" }));
+        assert_eq!(named.load().unwrap().hostname.as_deref(), Some("given"));
     }
 
     #[test]

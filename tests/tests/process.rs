@@ -238,7 +238,7 @@ fn the_other_process_and_linux_fields_are_applied() {
         echo 1 >/proc/sys/kernel/shmmni 2>/dev/null || echo sysctl-ro; \
         touch /dev/shm/x 2>/dev/null || echo shm-ro; wc -c </proc/version; \
         awk '$2 == \"/\" { o = $4 } END { split(o, a, \",\"); print a[1] }' /proc/mounts; \
-        touch /tmp/x && echo tmp-rw; id -u; id -g";
+        touch /tmp/x && echo tmp-rw; id -u; id -g; ulimit -u";
     let b = bundle(
         script,
         json!({
@@ -260,6 +260,22 @@ fn the_other_process_and_linux_fields_are_applied() {
             "readonlyPaths": ["/proc/sys", "/dev/shm"],
         }),
     );
+    // A limit the spec does not set is runvm's own, as a runc container inherits runc's
+    // (not the guest kernel's default, which depends on the VM's memory).
+    let mut nproc = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct it is given.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NPROC, &mut nproc) },
+        0
+    );
+    let nproc = if nproc.rlim_cur == libc::RLIM_INFINITY {
+        "unlimited".to_string()
+    } else {
+        nproc.rlim_cur.to_string()
+    };
     let root = StateRoot::new();
     let out = root.run(&b, "fields", b"");
     assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
@@ -270,7 +286,10 @@ fn the_other_process_and_linux_fields_are_applied() {
          CapEff:\t0000000000000020\n\
          CapBnd:\t0000000000000021\n\
          NoNewPrivs:\t1\n\
-         123\n1234\nsysctl-ro\nshm-ro\n0\nro\ntmp-rw\n1000\n1000\n",
+         123\n1234\nsysctl-ro\nshm-ro\n0\nro\ntmp-rw\n1000\n1000\n"
+            .to_string()
+            + &nproc
+            + "\n",
         "stderr: {}",
         stderr(&out)
     );

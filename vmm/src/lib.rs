@@ -16,6 +16,7 @@ pub mod memory;
 pub mod seccomp;
 pub mod vstate;
 
+pub use boot::mptable::MAX_VCPUS;
 pub use builder::{DiskConfig, VmConfig, VmExit, Vmm, VmmError, VmmHandle, VsockConfig};
 pub use devices::legacy::BootTimes;
 pub use devices::virtio::fs::FsConfig;

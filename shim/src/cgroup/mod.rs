@@ -31,7 +31,8 @@ use hierarchy::{dir_in, hierarchies, CGROUP_ROOT};
 use path::cgroup_path;
 pub use path::PathSyntax;
 pub use resources::{
-    host_memory_max, resources_from_oci, shares_to_weight, unsupported_in_update, vm_memory_mib,
+    host_memory_max, host_memory_mib, resources_from_oci, shares_to_weight, unsupported_in_update,
+    vm_memory_mib, vm_vcpus,
 };
 
 /// File in the state directory naming the container's cgroups.

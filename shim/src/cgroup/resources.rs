@@ -96,16 +96,47 @@ fn meaningful(v: &serde_json::Value) -> bool {
     }
 }
 
-/// The VM's RAM for a container: what was asked (`RUNVM_MEM_MIB`), but no more than the
-/// memory limit plus the guest's own needs, so the whole VM fits its host cgroup.
-pub fn vm_memory_mib(requested: u64, r: &Resources) -> u64 {
-    match r.memory_limit.filter(|l| *l > 0) {
-        Some(limit) => {
-            let limit_mib = (limit as u64).div_ceil(1 << 20);
-            requested.min(limit_mib + GUEST_OVERHEAD_MIB)
+/// The VM's RAM for a container: with a memory limit (`docker run --memory`), the limit
+/// plus the guest's own needs ([`GUEST_OVERHEAD_MIB`]), whatever `default` says, so that
+/// the container gets all the memory its limit gives it under runc and the whole VM fits
+/// its host cgroup; without one, `default` (`RUNVM_MEM_MIB`). Never more than the host
+/// has (`host_mib`, when known).
+pub fn vm_memory_mib(default: u64, r: &Resources, host_mib: Option<u64>) -> u64 {
+    let want = match r.memory_limit.filter(|l| *l > 0) {
+        Some(limit) => (limit as u64).div_ceil(1 << 20) + GUEST_OVERHEAD_MIB,
+        None => default,
+    };
+    host_mib.map_or(want, |host| want.min(host))
+}
+
+/// The VM's vCPUs for a container: with a CPU quota (`docker run --cpus N`), the quota
+/// over its period rounded up, so that the container can use the CPUs it may use under
+/// runc; without one, `default` (`RUNVM_VCPUS`). At most the host's online CPUs and
+/// `max` (the VMM's limit), at least 1.
+pub fn vm_vcpus(default: u8, r: &Resources, host_cpus: usize, max: u8) -> u8 {
+    let want = match (r.cpu_quota.filter(|q| *q > 0), r.cpu_period) {
+        (Some(quota), period) => {
+            let period = period.filter(|p| *p > 0).unwrap_or(100_000);
+            (quota as u64).div_ceil(period).min(u64::from(u8::MAX)) as u8
         }
-        None => requested,
-    }
+        (None, _) => default,
+    };
+    let host = u8::try_from(host_cpus.max(1)).unwrap_or(u8::MAX);
+    want.min(host).min(max).max(1)
+}
+
+/// The host's memory in MiB (`MemTotal` of `/proc/meminfo`), if it can be read.
+pub fn host_memory_mib() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib >> 10)
 }
 
 /// The host cgroup's memory limit when the container has one: the VM's RAM plus the
@@ -131,19 +162,46 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_cpu_quota_gives_the_vcpus_it_allows() {
+        let cpus = |quota: i64, period: u64| Resources {
+            cpu_quota: Some(quota),
+            cpu_period: Some(period),
+            ..Default::default()
+        };
+        assert_eq!(vm_vcpus(1, &Resources::default(), 16, 32), 1);
+        assert_eq!(vm_vcpus(2, &Resources::default(), 1, 32), 1);
+        assert_eq!(vm_vcpus(1, &cpus(200_000, 100_000), 16, 32), 2);
+        assert_eq!(vm_vcpus(1, &cpus(50_000, 100_000), 16, 32), 1);
+        assert_eq!(vm_vcpus(1, &cpus(250_000, 100_000), 16, 32), 3);
+        assert_eq!(vm_vcpus(1, &cpus(4_000_000, 100_000), 16, 32), 16);
+        assert_eq!(vm_vcpus(1, &cpus(4_000_000, 100_000), 64, 32), 32);
+    }
+
+    #[test]
     fn the_vm_fits_its_memory_limit() {
         let r = Resources {
             memory_limit: Some(32 << 20),
             ..Default::default()
         };
-        assert_eq!(vm_memory_mib(256, &r), 32 + GUEST_OVERHEAD_MIB);
-        assert_eq!(vm_memory_mib(64, &r), 64);
-        assert_eq!(vm_memory_mib(256, &Resources::default()), 256);
+        assert_eq!(vm_memory_mib(256, &r, None), 32 + GUEST_OVERHEAD_MIB);
+        assert_eq!(vm_memory_mib(64, &r, None), 32 + GUEST_OVERHEAD_MIB);
+        assert_eq!(vm_memory_mib(256, &Resources::default(), None), 256);
+        // A limit above the default raises the VM's RAM (`--memory 1500m`), up to the host's.
+        let big = Resources {
+            memory_limit: Some(1500 << 20),
+            ..Default::default()
+        };
+        assert_eq!(
+            vm_memory_mib(256, &big, Some(24 << 10)),
+            1500 + GUEST_OVERHEAD_MIB
+        );
+        assert_eq!(vm_memory_mib(256, &big, Some(1024)), 1024);
         assert_eq!(
             host_memory_max(128, &r),
             Some((128 + VMM_OVERHEAD_MIB) << 20)
         );
         assert_eq!(host_memory_max(128, &Resources::default()), None);
+        assert!(host_memory_mib().is_some_and(|m| m > 0));
         let unlimited = Resources {
             memory_limit: Some(-1),
             ..Default::default()

@@ -86,9 +86,19 @@ pub fn prepare(id: &str, bundle: &Path, root: &Path, cgroups: PathSyntax) -> Res
         );
     };
     let assets = GuestAssets::locate()?;
-    let vcpus: u8 = env_num("RUNVM_VCPUS", 1)?;
-    let mem_mib =
-        crate::cgroup::vm_memory_mib(env_num("RUNVM_MEM_MIB", 256)?, &spec.linux.resources);
+    let resources = &spec.linux.resources;
+    let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let vcpus = crate::cgroup::vm_vcpus(
+        env_num("RUNVM_VCPUS", 1)?,
+        resources,
+        host_cpus,
+        vmm::MAX_VCPUS,
+    );
+    let mem_mib = crate::cgroup::vm_memory_mib(
+        env_num("RUNVM_MEM_MIB", 256)?,
+        resources,
+        crate::cgroup::host_memory_mib(),
+    );
     let boot_timeout = settings::boot_timeout()?;
 
     // State is root's alone (0700, as runc makes its root): it names the container's

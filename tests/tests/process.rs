@@ -267,10 +267,8 @@ fn the_other_process_and_linux_fields_are_applied() {
         rlim_max: 0,
     };
     // SAFETY: getrlimit fills the struct it is given.
-    assert_eq!(
-        unsafe { libc::getrlimit(libc::RLIMIT_NPROC, &mut nproc) },
-        0
-    );
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NPROC, &mut nproc) };
+    assert_eq!(rc, 0);
     let nproc = if nproc.rlim_cur == libc::RLIM_INFINITY {
         "unlimited".to_string()
     } else {

@@ -29,6 +29,10 @@ const TESTS: &[(&str, docker::TestFn)] = &[
     ),
     ("run_flags_env_user_workdir", run_flags_env_user_workdir),
     (
+        "memory_uts_and_limits_as_under_runc",
+        memory_uts_and_limits_as_under_runc,
+    ),
+    (
         "detached_logs_tail_and_follow",
         detached_logs_tail_and_follow,
     ),
@@ -290,6 +294,38 @@ fn image_entrypoint_cmd_env_user_workdir(h: &mut Harness) {
         d.inspect("meta", "{{json .Config.ExposedPorts}}"),
         r#"{"8080/tcp":{}}"#
     );
+}
+
+/// What a runc container gets that a VM must be given: all the memory `--memory` allows
+/// (beyond runvm's default VM size), the host's hostname with `--uts host`, and the
+/// runtime's own process limit.
+fn memory_uts_and_limits_as_under_runc(h: &mut Harness) {
+    let d = h.cli().clone();
+    // 400 MiB in a tmpfs under a 700 MiB limit: more than the VM's default 256 MiB.
+    d.run(&[
+        "--rm",
+        "--memory",
+        "700m",
+        "--tmpfs",
+        "/big:size=600m",
+        BUSYBOX,
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/big/f bs=1M count=400 2>/dev/null && echo filled",
+    ])
+    .ok()
+    .prints("filled");
+    let host = std::process::Command::new("hostname").output().unwrap();
+    let host = String::from_utf8_lossy(&host.stdout).trim().to_string();
+    d.run(&["--rm", "--uts", "host", BUSYBOX, "hostname"])
+        .ok()
+        .prints(&host);
+    // The runtime's own process limit (the test host's is about 15,000), not the guest
+    // kernel's default for a 256 MiB VM (938).
+    let nproc = d.run(&["--rm", BUSYBOX, "sh", "-c", "ulimit -u"]);
+    nproc.ok();
+    let n: u64 = nproc.text().trim().parse().unwrap_or(u64::MAX);
+    assert!(n > 4096, "ulimit -u in the container: {nproc:?}");
 }
 
 fn run_flags_env_user_workdir(h: &mut Harness) {

@@ -1,7 +1,8 @@
 //! [`Vmm`]: builds a VM from a [`VmConfig`] (memory, kernel, devices on the buses and in
 //! the event loop, vCPUs) and runs it, one thread per vCPU and one for the devices, each
 //! under its seccomp filter, until the guest resets, crashes, or the host stops it.
-//! [`VmmHandle`] stops, pauses and resumes it from another thread.
+//! [`VmmHandle`] stops, pauses and resumes it from another thread, and fills and empties
+//! its spare file-system slots ([`crate::fs_slots`]).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -21,10 +22,13 @@ use crate::bus::{Bus, BusError};
 use crate::devices::legacy::{BootTimer, BootTimes, SerialConsole, I8042};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::fs::{self, Fs, FsConfig, FsError, VhostUserBackend};
-use crate::devices::virtio::mmio::{MmioTransport, INTERRUPT_ACK_REG, NOTIFY_REG_OFFSET};
+use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::net::{Net, NetConfig, NetError};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
-use crate::devices::virtio::{VirtioDevice, INTERRUPT_STATUS_USED_RING};
+use crate::devices::virtio::VirtioDevice;
+use crate::fs_slots::{
+    self, EmptiedFsSlot, FilledFsSlot, FsSlotError, FsSlotShare, FsSlots, MmioPlace, Subscriber,
+};
 use crate::layout::*;
 use crate::memory::{create_guest_memory, guest_memory_in, GuestRamFile, MemoryError};
 use crate::seccomp::{self, SeccompError, ThreadKind};
@@ -73,6 +77,10 @@ pub struct VmConfig {
     /// connects while it builds the VM; if a virtiofsd goes away later, the VM stops with
     /// [`VmExitReason::BackendFailed`].
     pub fs: Vec<FsConfig>,
+    /// Spare file-system slots (after the shares): empty virtio-mmio slots that
+    /// [`VmmHandle::fill_fs_slot`] fills with a share while the VM runs. 0: none, and the
+    /// VM is exactly as without them.
+    pub fs_slots: usize,
     /// Where the serial console goes; `None` leaves the guest without a serial port.
     pub serial: Option<Box<dyn Write + Send>>,
     /// Install the per-thread seccomp filters (disable only to debug).
@@ -130,8 +138,6 @@ pub struct VmExit {
     pub times: BootTimes,
 }
 
-type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
-
 /// Stops the event loop when its eventfd fires.
 struct LoopStopper {
     evt: EventFd,
@@ -151,12 +157,14 @@ impl MutEventSubscriber for LoopStopper {
     }
 }
 
-/// A cloneable handle to ask a running VM to stop.
+/// A cloneable handle to ask a running VM to stop, pause or resume, and to fill and empty
+/// its spare file-system slots.
 #[derive(Clone)]
 pub struct VmmHandle {
     state: Arc<VmState>,
     timer: BootTimer,
     pause: Arc<PauseControl>,
+    fs_slots: Arc<FsSlots>,
 }
 
 impl VmmHandle {
@@ -185,17 +193,41 @@ impl VmmHandle {
     pub fn times(&self) -> BootTimes {
         self.timer.times()
     }
+
+    /// The number of spare file-system slots ([`VmConfig::fs_slots`]).
+    pub fn fs_slot_count(&self) -> usize {
+        self.fs_slots.count()
+    }
+
+    /// Puts `share` in spare file-system slot `slot` (the first free one if `None`) and
+    /// says which platform device the guest binds to find it. The VM keeps running if
+    /// the share's virtiofsd fails later (see [`FsSlotShare::on_failure`]). Runs on the
+    /// calling thread, except for the event loop's part (see [`crate::fs_slots`]).
+    pub fn fill_fs_slot(
+        &self,
+        slot: Option<usize>,
+        share: FsSlotShare,
+    ) -> Result<FilledFsSlot, FsSlotError> {
+        self.fs_slots.fill(slot, share)
+    }
+
+    /// Takes the share out of spare slot `slot` (after the guest unbound its device) and
+    /// closes its virtiofsd connection; the slot is free again.
+    pub fn empty_fs_slot(&self, slot: usize) -> Result<EmptiedFsSlot, FsSlotError> {
+        self.fs_slots.empty(slot)
+    }
 }
 
 /// A built VM, ready to run.
 pub struct Vmm {
-    _vm: Vm,
+    _vm: Arc<Vm>,
     _mem: GuestMemoryMmap<()>,
     vcpus: Vec<Vcpu>,
     events: EventManager<Subscriber>,
     state: Arc<VmState>,
     timer: BootTimer,
     pause: Arc<PauseControl>,
+    fs_slots: Arc<FsSlots>,
     seccomp: bool,
 }
 
@@ -208,7 +240,7 @@ impl Vmm {
         }
         let timer = BootTimer::new(start);
         let state = Arc::new(VmState::new()?);
-        let vm = Vm::new()?;
+        let vm = Arc::new(Vm::new()?);
         let mem = match config.ram.take() {
             Some(ram) if ram.size_mib() == config.mem_mib => guest_memory_in(ram)?,
             Some(ram) => return Err(VmmError::RamSize(ram.size_mib(), config.mem_mib)),
@@ -290,6 +322,20 @@ impl Vmm {
             let dev = Fs::new(&share.tag, backend, on_failure).map_err(error)?;
             slots.attach(Arc::new(Mutex::new(dev)))?;
         }
+        let spare_places = (0..config.fs_slots)
+            .map(|_| slots.reserve())
+            .collect::<Result<Vec<_>, _>>()?;
+        let fs_slots = Arc::new(FsSlots::new(
+            vm.clone(),
+            mem.clone(),
+            events.remote_endpoint(),
+            &spare_places,
+        ));
+        for i in 0..spare_places.len() {
+            if let Some((place, slot)) = fs_slots.bus_device(i) {
+                mmio.insert(slot, place.base, VIRTIO_MMIO_SIZE)?;
+            }
+        }
         if !config.cmdline.is_empty() {
             cmdline.push(' ');
             cmdline.push_str(&config.cmdline);
@@ -334,6 +380,7 @@ impl Vmm {
             state,
             timer,
             pause: Arc::new(PauseControl::default()),
+            fs_slots,
             seccomp: config.seccomp,
         })
     }
@@ -343,6 +390,7 @@ impl Vmm {
             state: self.state.clone(),
             timer: self.timer.clone(),
             pause: self.pause.clone(),
+            fs_slots: self.fs_slots.clone(),
         }
     }
 
@@ -356,6 +404,7 @@ impl Vmm {
             state,
             timer,
             pause,
+            fs_slots: _,
             seccomp,
         } = self;
         vcpu::register_kick_handler()?;
@@ -496,44 +545,40 @@ impl VirtioSlots<'_> {
     where
         D: VirtioDevice + MutEventSubscriber + 'static,
     {
+        let place = self.reserve()?;
+        let transport = MmioTransport::new(self.mem.clone(), dev.clone())?;
+        let sink = {
+            let d = dev.lock().unwrap_or_else(|e| e.into_inner());
+            fs_slots::wire(self.vm, &transport, &*d, place)?
+        };
+        // KVM holds its own reference to the sink; the eventfd only has to exist when it
+        // is registered (its count saturates, it never blocks).
+        drop(sink);
+        self.mmio.insert(
+            Arc::new(Mutex::new(transport)),
+            place.base,
+            VIRTIO_MMIO_SIZE,
+        )?;
+        self.events.add_subscriber(dev);
+        Ok(())
+    }
+
+    /// Takes the next slot (window, IRQ, platform device number) and announces it on the
+    /// command line; the caller puts something on the bus there.
+    fn reserve(&mut self) -> Result<MmioPlace, VmmError> {
         let slot = self.next;
         let irq = VIRTIO_IRQ_START + slot as u32;
         if irq > IRQ_MAX {
             return Err(VmmError::TooManyDevices(slot));
         }
         let base = VIRTIO_MMIO_START + slot as u64 * VIRTIO_MMIO_SIZE;
-        let transport = MmioTransport::new(self.mem.clone(), dev.clone())?;
-        self.vm
-            .register_irqfd(transport.interrupt().eventfd(), irq)?;
-        {
-            let d = dev.lock().unwrap_or_else(|e| e.into_inner());
-            for (i, evt) in d.queue_events().iter().enumerate() {
-                self.vm
-                    .register_mmio_ioevent(evt, base + NOTIFY_REG_OFFSET, i as u32)?;
-            }
-            if d.interrupts_guest_directly() {
-                // The guest acknowledges every used-ring interrupt of a device whose
-                // backend interrupts it directly, and the transport has nothing to do
-                // with that acknowledgement (it reports the bit as always set): KVM
-                // swallows the write instead of stopping the vCPU for the VMM. The
-                // eventfd is only a sink (KVM holds its own reference; its count
-                // saturates, it never blocks). Other values (a configuration change)
-                // still reach the transport.
-                let sink =
-                    EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(VmmError::Io)?;
-                self.vm.register_mmio_ioevent(
-                    &sink,
-                    base + INTERRUPT_ACK_REG,
-                    INTERRUPT_STATUS_USED_RING,
-                )?;
-            }
-        }
-        self.mmio
-            .insert(Arc::new(Mutex::new(transport)), base, VIRTIO_MMIO_SIZE)?;
-        self.events.add_subscriber(dev);
         self.cmdline
             .push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
         self.next += 1;
-        Ok(())
+        Ok(MmioPlace {
+            platform: slot,
+            base,
+            irq,
+        })
     }
 }

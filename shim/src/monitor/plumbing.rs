@@ -196,6 +196,7 @@ fn vm_config(
             tag: SHARE_TAG.into(),
             socket: share_socket,
         }],
+        fs_slots: 0,
         serial: cfg
             .debug_console
             .then(|| Box::new(std::io::stderr()) as Box<dyn std::io::Write + Send>),

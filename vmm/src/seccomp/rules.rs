@@ -71,6 +71,10 @@ const fn masked(arg: u8, mask: u64, value: u64, what: &'static str) -> Check {
 
 /// `_IO(KVMIO, 0x80)`.
 pub const KVM_RUN: u64 = 0xae80;
+/// `_IOW(KVMIO, 0x76, struct kvm_irqfd)`.
+pub const KVM_IRQFD: u64 = 0x4020_ae76;
+/// `_IOW(KVMIO, 0x79, struct kvm_ioeventfd)`.
+pub const KVM_IOEVENTFD: u64 = 0x4040_ae79;
 /// `_IOW('T', 208, unsigned int)`.
 pub const TUNSETOFFLOAD: u64 = 0x4004_54d0;
 pub const FIONBIO: u64 = libc::FIONBIO;
@@ -334,7 +338,10 @@ const FORK_FLAGS: u64 =
 /// `SO_PEERCRED`), the stdio relays it starts, the state files and the cgroup files
 /// (bound in its jail: written, made, removed), the OOM report's victim (a `fork`, with
 /// glibc's flags only), the VM's stop (a signal to its threads) and its end, virtiofsd's
-/// end (`kill`, `wait4`). Files are opened by name (the jail holds only its own), so
+/// end (`kill`, `wait4`), and the spare file-system slots it fills and empties
+/// ([`crate::fs_slots`]: the device's eventfds registered with KVM and unregistered,
+/// `KVM_IRQFD` and `KVM_IOEVENTFD` only; the vhost-user talk on a connection made
+/// elsewhere; the watchdog thread it starts). Files are opened by name (the jail holds only its own), so
 /// `openat` is neither failed nor checked here (glibc's `open` is an `openat`). No `execve`: hooks run in the hook
 /// runner, a process of their own. No `socket`, `connect`, `bind`, `mount`, `ptrace`,
 /// `setns` or `unshare`.
@@ -400,6 +407,8 @@ pub const MONITOR_MAIN: &[Allowed] = &[
             &[eq(1, libc::TCGETS, "TCGETS")],
             &[eq(1, libc::TIOCGWINSZ, "TIOCGWINSZ")],
             &[eq(1, libc::TIOCSWINSZ, "TIOCSWINSZ")],
+            &[eq(1, KVM_IRQFD, "KVM_IRQFD")],
+            &[eq(1, KVM_IOEVENTFD, "KVM_IOEVENTFD")],
         ],
     ),
     // The OOM report waits until the engine has read the cgroup's `memory.events`.

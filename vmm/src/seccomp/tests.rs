@@ -572,3 +572,29 @@ fn glibc_malloc_probes_in_a_confined_thread_do_not_stop_the_process() {
         },
     );
 }
+
+#[test]
+fn spare_fs_slots_fill_and_empty_on_the_monitors_main_thread_under_its_filter() {
+    use crate::devices::virtio::fs::tests::virtiofsd_like;
+    use crate::fs_slots::tests::{fill_and_empty, raw_ioctl_recorder, Fixture};
+    in_own_process(
+        "spare_fs_slots_fill_and_empty_on_the_monitors_main_thread_under_its_filter",
+        || {
+            // The event loop on a thread confined as the device thread; the fill and the
+            // empty (the vhost-user talk, the watchdog thread, the eventfds, the KVM
+            // ioctls, the event loop's requests) on one confined as the monitor's.
+            let f = Fixture::with(raw_ioctl_recorder(), true);
+            let running = virtiofsd_like().spawn();
+            let backend = running.frontend.try_clone().unwrap();
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    enter(ThreadKind::MonitorMain);
+                    fill_and_empty(&f, backend);
+                })
+                .join()
+                .unwrap();
+            });
+            assert!(running.ended());
+        },
+    );
+}

@@ -20,6 +20,8 @@ pub enum VmError {
     MissingCap(&'static str),
     #[error("{0}")]
     Pvm(String),
+    #[error("cannot create an eventfd for a device's notifications: {0}")]
+    EventFd(#[source] std::io::Error),
     #[error("KVM refused to {what}: {source}")]
     Kvm {
         what: &'static str,
@@ -125,6 +127,25 @@ impl Vm {
         self.fd
             .register_ioevent(evt, &IoEventAddress::Mmio(addr), datamatch)
             .map_err(kvm_err("register an ioeventfd"))
+    }
+
+    /// Stops raising `gsi` when `evt` is written (undoes [`Vm::register_irqfd`]).
+    pub fn unregister_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), VmError> {
+        self.fd
+            .unregister_irqfd(evt, gsi)
+            .map_err(kvm_err("unregister an irqfd"))
+    }
+
+    /// Undoes [`Vm::register_mmio_ioevent`] (the same `evt`, `addr` and `datamatch`).
+    pub fn unregister_mmio_ioevent(
+        &self,
+        evt: &EventFd,
+        addr: u64,
+        datamatch: u32,
+    ) -> Result<(), VmError> {
+        self.fd
+            .unregister_ioevent(evt, &IoEventAddress::Mmio(addr), datamatch)
+            .map_err(kvm_err("unregister an ioeventfd"))
     }
 
     pub fn fd(&self) -> &VmFd {

@@ -31,6 +31,7 @@ pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod queue;
+pub mod slot;
 pub mod state;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;

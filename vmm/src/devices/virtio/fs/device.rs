@@ -77,6 +77,13 @@ impl Fs {
         self.failed
     }
 
+    /// Ends the connection to the backend on purpose (the share is being removed): the
+    /// hang-up that follows is not a failure and is not reported.
+    pub fn disconnect(&mut self) {
+        self.failed = true;
+        self.backend.disconnect();
+    }
+
     /// Reports the backend's failure, the first time.
     fn fail(&mut self, what: std::fmt::Arguments) {
         if self.failed {

@@ -18,15 +18,16 @@
 //!
 //! The backend is untrusted like the guest (the guest drives it): a backend that closes
 //! its connection, stalls or answers nonsense makes the share unusable, which the device
-//! reports once through the callback it was given ([`BackendFailed`]); the VMM then stops
-//! the VM ([`crate::VmExitReason::BackendFailed`]), as a container whose file system went
-//! away cannot go on.
+//! reports once through the callback it was given ([`BackendFailed`]); for a boot-time
+//! share the VMM then stops the VM ([`crate::VmExitReason::BackendFailed`]), as a
+//! container whose file system went away cannot go on; for a share in a spare slot
+//! ([`crate::fs_slots`]) the slot's owner is told and the VM goes on.
 
 pub mod device;
 pub mod vhost_user;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::path::PathBuf;
 

@@ -64,7 +64,7 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 const STALL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// One request the backend received.
-struct Msg {
+pub(crate) struct Msg {
     code: u32,
     flags: u32,
     body: Vec<u8>,
@@ -96,7 +96,7 @@ enum Answer {
 }
 
 /// The scripted backend: what it offers, and its answer to the `n`th request with a code.
-struct Backend {
+pub(crate) struct Backend {
     features: u64,
     protocol: u64,
     queues: u64,
@@ -104,7 +104,7 @@ struct Backend {
 }
 
 /// What virtiofsd offers, plus two features the VMM must not pass on.
-fn virtiofsd_like() -> Backend {
+pub(crate) fn virtiofsd_like() -> Backend {
     Backend {
         features: VIRTIO_F_VERSION_1
             | INDIRECT
@@ -121,16 +121,16 @@ fn virtiofsd_like() -> Backend {
 
 /// The backend's thread: the frontend's end of the socket, the requests as they arrive,
 /// and the backend's own end (to hang up from the test).
-struct Running {
-    frontend: UnixStream,
+pub(crate) struct Running {
+    pub(crate) frontend: UnixStream,
     requests: Receiver<Msg>,
-    backend_end: UnixStream,
+    pub(crate) backend_end: UnixStream,
     /// How long the frontend waits for each answer.
     timeout: Duration,
 }
 
 impl Backend {
-    fn spawn(self) -> Running {
+    pub(crate) fn spawn(self) -> Running {
         let (frontend, backend) = UnixStream::pair().unwrap();
         let backend_end = backend.try_clone().unwrap();
         let (tx, requests) = channel();
@@ -220,7 +220,7 @@ fn receive(sock: &mut UnixStream) -> Option<Msg> {
 
 impl Running {
     /// The next `n` requests the backend received.
-    fn take(&self, n: usize) -> Vec<Msg> {
+    pub(crate) fn take(&self, n: usize) -> Vec<Msg> {
         (0..n)
             .map(|i| {
                 self.requests
@@ -231,7 +231,7 @@ impl Running {
     }
 
     /// Whether the backend's thread ended (the connection closed) within a few seconds.
-    fn ended(&self) -> bool {
+    pub(crate) fn ended(&self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             match self.requests.recv_timeout(Duration::from_millis(50)) {

@@ -286,6 +286,12 @@ impl VhostUserBackend {
         }
     }
 
+    /// Ends the connection on purpose (the share is removed): the backend sees it closed,
+    /// and every later request fails at once.
+    pub fn disconnect(&mut self) {
+        self.fail();
+    }
+
     /// Shuts the connection down after a failure.
     fn fail(&mut self) {
         self.broken = true;

@@ -1,0 +1,505 @@
+//! Spare file-system slots: virtio-fs devices added to and removed from a running VM.
+//!
+//! virtio-mmio has no hotplug. Instead the VM is built with a number of spare slots
+//! ([`crate::VmConfig::fs_slots`]), each declared on the kernel command line like every
+//! other device (`virtio_mmio.device=4K@base:irq`, after the boot-time devices) and on
+//! the MMIO bus as an empty [`MmioSlot`], which reads as a placeholder (`DeviceID` 0): the
+//! guest's `virtio_mmio` driver leaves its platform device, `virtio-mmio.<N>` (N its place
+//! among the command line's devices, counted from 0 as the kernel counts them in
+//! `vm_cmdline_set`), unbound.
+//!
+//! [`FsSlots::fill`] puts a virtio-fs device in a free slot, made and wired exactly as a
+//! boot-time share: connected to its virtiofsd, its interrupt eventfd a KVM irqfd on the
+//! slot's IRQ, its queue eventfds KVM ioeventfds on the slot's `QueueNotify`, its backend
+//! connection watched by the event loop. The guest then binds the platform device (a write
+//! of its name to `/sys/bus/platform/drivers/virtio-mmio/bind`), which probes it again and
+//! finds the device; guest memory goes to virtiofsd when the driver activates the device,
+//! as for any share. [`FsSlots::empty`] undoes it all once the guest has unbound the
+//! device (unbinding resets it, which stops virtiofsd's rings); a slot emptied under a
+//! guest that did not unbind it loses its device all the same (the guest's mount stops
+//! working; the host's removal is not the guest's to refuse).
+//!
+//! Threads: fill and empty run on the caller's thread (the monitor's main thread, through
+//! [`crate::VmmHandle`]), under one lock for all slots. The KVM registrations are ioctls on
+//! the VM's descriptor from that thread (`KVM_IRQFD`, `KVM_IOEVENTFD`: allowed on the
+//! monitor's main thread's seccomp list for this); the event loop's subscription changes
+//! (`epoll_ctl`) run on the device thread, sent there through the event manager's remote
+//! endpoint and awaited for at most [`EVENT_LOOP_TIMEOUT`]. A confined monitor thread
+//! cannot make sockets: it passes a connection it got elsewhere
+//! ([`FsBackend::Connected`]). vCPU threads see a slot filled or empty from one access to
+//! the next (the slot's lock).
+//!
+//! A backend that dies while its slot is filled does **not** stop the VM (a boot-time
+//! share's does): the slot belongs to one member container, whose owner is told through
+//! the callback given at fill ([`FsSlotShare::on_failure`]) and decides (end the member,
+//! empty the slot).
+
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use event_manager::{MutEventSubscriber, RemoteEndpoint, SubscriberId, SubscriberOps};
+use log::{error, warn};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::devices::virtio::fs::vhost_user::REPLY_TIMEOUT;
+use crate::devices::virtio::fs::{self, BackendFailed, Fs, FsError, VhostUserBackend, NUM_QUEUES};
+use crate::devices::virtio::mmio::{MmioTransport, INTERRUPT_ACK_REG, NOTIFY_REG_OFFSET};
+use crate::devices::virtio::slot::MmioSlot;
+use crate::devices::virtio::{GuestMemory, IrqTrigger, VirtioDevice, INTERRUPT_STATUS_USED_RING};
+use crate::vstate::vm::{Vm, VmError};
+
+/// What the event loop holds: every device, behind its lock.
+pub(crate) type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// How long a fill or an empty waits for the event loop to take or drop the device.
+pub const EVENT_LOOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Wiring a virtio-mmio device into KVM: its interrupt and its queue notifications.
+/// The [`Vm`]'s; tests record the calls instead.
+pub trait DeviceWiring: Send + Sync {
+    fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), VmError>;
+    fn unregister_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), VmError>;
+    fn register_mmio_ioevent(
+        &self,
+        evt: &EventFd,
+        addr: u64,
+        datamatch: u32,
+    ) -> Result<(), VmError>;
+    fn unregister_mmio_ioevent(
+        &self,
+        evt: &EventFd,
+        addr: u64,
+        datamatch: u32,
+    ) -> Result<(), VmError>;
+}
+
+impl DeviceWiring for Vm {
+    fn register_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), VmError> {
+        Vm::register_irqfd(self, evt, gsi)
+    }
+    fn unregister_irqfd(&self, evt: &EventFd, gsi: u32) -> Result<(), VmError> {
+        Vm::unregister_irqfd(self, evt, gsi)
+    }
+    fn register_mmio_ioevent(
+        &self,
+        evt: &EventFd,
+        addr: u64,
+        datamatch: u32,
+    ) -> Result<(), VmError> {
+        Vm::register_mmio_ioevent(self, evt, addr, datamatch)
+    }
+    fn unregister_mmio_ioevent(
+        &self,
+        evt: &EventFd,
+        addr: u64,
+        datamatch: u32,
+    ) -> Result<(), VmError> {
+        Vm::unregister_mmio_ioevent(self, evt, addr, datamatch)
+    }
+}
+
+/// Where a virtio-mmio device sits: its register window and its IRQ, and its platform
+/// device's number in the guest (`virtio-mmio.<platform>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MmioPlace {
+    pub platform: usize,
+    pub base: u64,
+    pub irq: u32,
+}
+
+/// Wires the device behind `transport` at `place`: its interrupt eventfd becomes an irqfd
+/// on the IRQ, each queue eventfd an ioeventfd on `QueueNotify` with the queue's index.
+/// For a device whose backend interrupts the guest itself, the guest's acknowledgements
+/// of used-ring interrupts are swallowed by KVM (into the returned sink eventfd, which
+/// must live as long as the registration): the transport has nothing to do with them (it
+/// reports that bit as always set), and other values (a configuration change) still reach
+/// it. On failure, what was registered is unregistered.
+pub(crate) fn wire(
+    wiring: &dyn DeviceWiring,
+    transport: &MmioTransport,
+    device: &dyn VirtioDevice,
+    place: MmioPlace,
+) -> Result<Option<EventFd>, VmError> {
+    let irq = transport.interrupt();
+    let sink = if device.interrupts_guest_directly() {
+        Some(EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(VmError::EventFd)?)
+    } else {
+        None
+    };
+    let result = (|| {
+        wiring.register_irqfd(irq.eventfd(), place.irq)?;
+        for (i, evt) in device.queue_events().iter().enumerate() {
+            wiring.register_mmio_ioevent(evt, place.base + NOTIFY_REG_OFFSET, i as u32)?;
+        }
+        if let Some(sink) = &sink {
+            wiring.register_mmio_ioevent(
+                sink,
+                place.base + INTERRUPT_ACK_REG,
+                INTERRUPT_STATUS_USED_RING,
+            )?;
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Ok(sink),
+        Err(e) => {
+            // Some of these were never registered: KVM says so, and that is fine.
+            unwire(wiring, &irq, device, sink.as_ref(), place, false);
+            Err(e)
+        }
+    }
+}
+
+/// Undoes [`wire`]. Failures are logged when `log_failures` (a registration that cannot be
+/// undone leaves KVM signalling an eventfd nobody reads: harmless, but worth a line).
+fn unwire(
+    wiring: &dyn DeviceWiring,
+    irq: &IrqTrigger,
+    device: &dyn VirtioDevice,
+    sink: Option<&EventFd>,
+    place: MmioPlace,
+    log_failures: bool,
+) {
+    let mut results = vec![wiring.unregister_irqfd(irq.eventfd(), place.irq)];
+    for (i, evt) in device.queue_events().iter().enumerate() {
+        results.push(wiring.unregister_mmio_ioevent(evt, place.base + NOTIFY_REG_OFFSET, i as u32));
+    }
+    if let Some(sink) = sink {
+        results.push(wiring.unregister_mmio_ioevent(
+            sink,
+            place.base + INTERRUPT_ACK_REG,
+            INTERRUPT_STATUS_USED_RING,
+        ));
+    }
+    if log_failures {
+        for e in results.into_iter().filter_map(Result::err) {
+            error!("virtio-mmio.{}: {e}", place.platform);
+        }
+    }
+}
+
+/// The virtiofsd a slot's device talks to.
+pub enum FsBackend {
+    /// Its listening socket: connected on the caller's thread (which must be allowed to
+    /// make a Unix socket and connect it: not the confined monitor thread).
+    Socket(PathBuf),
+    /// A connection to it made beforehand (by a process or thread allowed to).
+    Connected(UnixStream),
+}
+
+/// A share to put in a slot.
+pub struct FsSlotShare {
+    /// The tag the guest mounts it by.
+    pub tag: String,
+    pub backend: FsBackend,
+    /// Told (once, with what happened) if the backend fails or goes away while the slot is
+    /// filled; the VM goes on. Runs on a vCPU thread or the device thread: it must not
+    /// fill or empty a slot itself (send the news elsewhere).
+    pub on_failure: BackendFailed,
+}
+
+/// A filled slot, as the guest finds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FilledFsSlot {
+    /// The slot's index among the spare slots.
+    pub slot: usize,
+    /// The guest's platform device to bind (`virtio-mmio.<N>`).
+    pub device: String,
+    /// The tag the guest mounts the share by.
+    pub tag: String,
+}
+
+/// What an emptied slot held.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EmptiedFsSlot {
+    pub tag: String,
+    /// Whether the guest had released the device (its driver reset it, as an unbind
+    /// does) before the slot was emptied.
+    pub released_by_guest: bool,
+}
+
+/// Why a slot could not be filled or emptied.
+#[derive(Debug, thiserror::Error)]
+pub enum FsSlotError {
+    #[error("the VM has no spare file-system slot {slot} (it has {count})")]
+    NoSuchSlot { slot: usize, count: usize },
+    #[error("spare file-system slot {slot} already holds the share {tag:?}")]
+    Busy { slot: usize, tag: String },
+    #[error("all {count} spare file-system slots of the VM are in use")]
+    NoneFree { count: usize },
+    #[error("spare file-system slot {0} is empty")]
+    NotFilled(usize),
+    #[error("cannot create the file-system share {tag:?} for spare slot {slot}: {source}")]
+    Fs {
+        slot: usize,
+        tag: String,
+        #[source]
+        source: FsError,
+    },
+    #[error("cannot create the register window of spare slot {slot}: {source}")]
+    Transport {
+        slot: usize,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot wire spare slot {slot} into KVM: {source}")]
+    Wire {
+        slot: usize,
+        #[source]
+        source: VmError,
+    },
+    #[error("the VM's event loop did not take the request for spare slot {slot}: {source}")]
+    EventLoop {
+        slot: usize,
+        #[source]
+        source: event_manager::Error,
+    },
+    #[error("the VM's event loop did not answer within {EVENT_LOOP_TIMEOUT:?} (the VM is stopping or stopped)")]
+    EventLoopGone,
+}
+
+/// The device in a filled slot and what was done to wire it.
+struct Occupant {
+    device: Arc<Mutex<Fs>>,
+    irq: Arc<IrqTrigger>,
+    sink: Option<EventFd>,
+    subscriber: SubscriberId,
+}
+
+struct Slot {
+    place: MmioPlace,
+    bus: Arc<Mutex<MmioSlot>>,
+    occupant: Option<Occupant>,
+}
+
+/// The spare file-system slots of one VM.
+pub struct FsSlots {
+    wiring: Arc<dyn DeviceWiring>,
+    mem: GuestMemory,
+    events: RemoteEndpoint<Subscriber>,
+    slots: Mutex<Vec<Slot>>,
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl FsSlots {
+    /// Empty slots at `places` (put each [`FsSlots::bus_device`] on the MMIO bus at its
+    /// base), wired through `wiring`, their devices watched by the event loop behind
+    /// `events`.
+    pub(crate) fn new(
+        wiring: Arc<dyn DeviceWiring>,
+        mem: GuestMemory,
+        events: RemoteEndpoint<Subscriber>,
+        places: &[MmioPlace],
+    ) -> Self {
+        let slots = places
+            .iter()
+            .map(|&place| Slot {
+                place,
+                bus: Arc::new(Mutex::new(MmioSlot::new())),
+                occupant: None,
+            })
+            .collect();
+        Self {
+            wiring,
+            mem,
+            events,
+            slots: Mutex::new(slots),
+        }
+    }
+
+    /// The number of spare slots.
+    pub fn count(&self) -> usize {
+        lock(&self.slots).len()
+    }
+
+    /// Slot `slot`'s register window, for the MMIO bus.
+    pub(crate) fn bus_device(&self, slot: usize) -> Option<(MmioPlace, Arc<Mutex<MmioSlot>>)> {
+        lock(&self.slots)
+            .get(slot)
+            .map(|s| (s.place, s.bus.clone()))
+    }
+
+    /// Puts `share` in spare slot `slot`, or in the first free one if `None`.
+    pub fn fill(
+        &self,
+        slot: Option<usize>,
+        share: FsSlotShare,
+    ) -> Result<FilledFsSlot, FsSlotError> {
+        let mut slots = lock(&self.slots);
+        let count = slots.len();
+        let index = match slot {
+            Some(i) => match slots.get(i) {
+                None => return Err(FsSlotError::NoSuchSlot { slot: i, count }),
+                Some(Slot {
+                    occupant: Some(o), ..
+                }) => {
+                    return Err(FsSlotError::Busy {
+                        slot: i,
+                        tag: lock(&o.device).tag().to_string(),
+                    })
+                }
+                Some(_) => i,
+            },
+            None => slots
+                .iter()
+                .position(|s| s.occupant.is_none())
+                .ok_or(FsSlotError::NoneFree { count })?,
+        };
+        let place = slots[index].place;
+        let FsSlotShare {
+            tag,
+            backend,
+            on_failure,
+        } = share;
+        let fs_error = |source| FsSlotError::Fs {
+            slot: index,
+            tag: tag.clone(),
+            source,
+        };
+        let backend = match backend {
+            FsBackend::Socket(path) => VhostUserBackend::connect(&path, fs::NUM_QUEUES),
+            FsBackend::Connected(stream) => {
+                VhostUserBackend::from_stream(stream, NUM_QUEUES, REPLY_TIMEOUT)
+            }
+        }
+        .map_err(|e| fs_error(FsError::Backend(e)))?;
+        let device = Arc::new(Mutex::new(
+            Fs::new(&tag, backend, on_failure).map_err(fs_error)?,
+        ));
+        // From here on, a failure ends the connection to virtiofsd (which then exits).
+        let give_up = |e: FsSlotError| {
+            lock(&device).disconnect();
+            e
+        };
+        let transport = MmioTransport::new(self.mem.clone(), device.clone()).map_err(|source| {
+            give_up(FsSlotError::Transport {
+                slot: index,
+                source,
+            })
+        })?;
+        let irq = transport.interrupt();
+        let wired = wire(&*self.wiring, &transport, &*lock(&device), place);
+        let sink = wired.map_err(|source| {
+            give_up(FsSlotError::Wire {
+                slot: index,
+                source,
+            })
+        })?;
+        let subscriber: Subscriber = device.clone();
+        let added = self.call_event_loop(index, move |ops| ops.add_subscriber(subscriber));
+        let subscriber = match added {
+            Ok(id) => id,
+            Err(e) => {
+                unwire(
+                    &*self.wiring,
+                    &irq,
+                    &*lock(&device),
+                    sink.as_ref(),
+                    place,
+                    true,
+                );
+                return Err(give_up(e));
+            }
+        };
+        let filled = lock(&slots[index].bus).fill(transport);
+        debug_assert!(filled.is_ok(), "an unoccupied slot holds a transport");
+        slots[index].occupant = Some(Occupant {
+            device,
+            irq,
+            sink,
+            subscriber,
+        });
+        log::info!(
+            "virtio-fs {tag:?} is in spare slot {index} (guest device virtio-mmio.{})",
+            place.platform
+        );
+        Ok(FilledFsSlot {
+            slot: index,
+            device: format!("virtio-mmio.{}", place.platform),
+            tag,
+        })
+    }
+
+    /// Takes the device out of slot `slot`: the slot reads as empty again, the KVM wiring
+    /// and the event loop's watch are undone, and the connection to virtiofsd is closed
+    /// (which ends it). Meant for after the guest unbound the device.
+    pub fn empty(&self, slot: usize) -> Result<EmptiedFsSlot, FsSlotError> {
+        let mut slots = lock(&self.slots);
+        let count = slots.len();
+        let s = slots
+            .get_mut(slot)
+            .ok_or(FsSlotError::NoSuchSlot { slot, count })?;
+        let occupant = s.occupant.take().ok_or(FsSlotError::NotFilled(slot))?;
+        let place = s.place;
+        let transport = lock(&s.bus).empty();
+        // The lock stays held until the slot is free for good: a fill of the same slot
+        // would register its ioeventfds where this device's still are.
+        let released_by_guest = transport.as_ref().is_none_or(|t| t.status() == 0);
+        drop(transport);
+        let tag = lock(&occupant.device).tag().to_string();
+        if !released_by_guest {
+            warn!(
+                "virtio-fs {tag:?}: spare slot {slot} emptied while the guest still drove the device (virtio-mmio.{} was not unbound)",
+                place.platform
+            );
+        }
+        unwire(
+            &*self.wiring,
+            &occupant.irq,
+            &*lock(&occupant.device),
+            occupant.sink.as_ref(),
+            place,
+            true,
+        );
+        let id = occupant.subscriber;
+        let removed = self
+            .call_event_loop(slot, move |ops| ops.remove_subscriber(id).map(drop))
+            .and_then(|r| r.map_err(|source| FsSlotError::EventLoop { slot, source }));
+        if let Err(e) = removed {
+            error!("virtio-fs {tag:?}: cannot stop watching its virtiofsd connection: {e}");
+        }
+        // Shut the connection down even if a reference to the device lingers.
+        lock(&occupant.device).disconnect();
+        drop(occupant);
+        Ok(EmptiedFsSlot {
+            tag,
+            released_by_guest,
+        })
+    }
+
+    /// Runs `f` on the event loop's thread and returns what it returned. Gives up after
+    /// [`EVENT_LOOP_TIMEOUT`] (a request not yet taken by then is not run).
+    fn call_event_loop<O: Send + 'static>(
+        &self,
+        slot: usize,
+        f: impl FnOnce(&mut dyn SubscriberOps<Subscriber = Subscriber>) -> O + Send + 'static,
+    ) -> Result<O, FsSlotError> {
+        let (tx, rx) = mpsc::channel();
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let cancel = cancelled.clone();
+        self.events
+            .fire(move |ops| {
+                if !cancel.load(Ordering::Acquire) {
+                    let _ = tx.send(f(ops));
+                }
+            })
+            .map_err(|source| FsSlotError::EventLoop { slot, source })?;
+        match rx.recv_timeout(EVENT_LOOP_TIMEOUT) {
+            Ok(o) => Ok(o),
+            Err(_) => {
+                cancelled.store(true, Ordering::Release);
+                // It may have run just now.
+                rx.try_recv().map_err(|_| FsSlotError::EventLoopGone)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

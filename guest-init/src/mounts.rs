@@ -11,6 +11,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use runvm_protocol::{ContainerId, MountSpec, RootfsSpec, MAIN_CONTAINER};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// Where init builds a container: for the main one `/run` and `/newroot` in the VM (under
 /// the test directory in host test mode), for member container `N` its own directory
@@ -131,30 +132,54 @@ pub enum ShareSource {
 /// Mounts the container's share (`spec.share_tag`) at [`Paths::share`], once, before the
 /// root filesystem is built. A tag no virtio-fs device has fails at once, naming the tag.
 pub fn share(paths: &Paths, spec: &RootfsSpec, source: &ShareSource) -> Result<()> {
+    share_within(paths, spec, source, Duration::ZERO)
+}
+
+/// [`share`], where the virtio-fs device with the tag may take up to `wait` to appear (a
+/// device just bound, [`bind_share_device`]).
+pub fn share_within(
+    paths: &Paths,
+    spec: &RootfsSpec,
+    source: &ShareSource,
+    wait: Duration,
+) -> Result<()> {
     let tag = &spec.share_tag;
     let target = paths.share();
     mkdir_p(&target)?;
-    let mounted = match source {
-        ShareSource::VirtioFs => mount(
+    let deadline = Instant::now() + wait;
+    let stand_in = match source {
+        ShareSource::VirtioFs => None,
+        ShareSource::Directories(dir) => Some(dir.join(single_component("share tag", tag)?)),
+    };
+    let attempt = || match &stand_in {
+        None => mount(
             Some(tag.as_str()),
             &target,
             Some("virtiofs"),
             MsFlags::empty(),
             None::<&str>,
         ),
-        ShareSource::Directories(dir) => {
-            let stand_in = dir.join(single_component("share tag", tag)?);
-            mount(
-                Some(&stand_in),
-                &target,
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None::<&str>,
-            )
+        Some(stand_in) => mount(
+            Some(stand_in),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        ),
+    };
+    let mounted = loop {
+        match attempt() {
+            Err(Errno::EINVAL) if stand_in.is_none() && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            other => break other,
         }
     };
     mounted.map_err(|e| {
         let why = match (source, e) {
+            (ShareSource::VirtioFs, Errno::EINVAL) if !wait.is_zero() => {
+                "no virtio-fs device has this tag, though its device was bound (did the host fill the slot?)"
+            }
             (ShareSource::VirtioFs, Errno::EINVAL) => {
                 "no virtio-fs device has this tag (the host attaches it before the guest boots)"
             }
@@ -171,6 +196,72 @@ pub fn share(paths: &Paths, spec: &RootfsSpec, source: &ShareSource) -> Result<(
         raise_readahead(&target);
     }
     Ok(())
+}
+
+/// The virtio-mmio platform driver's directory in sysfs (its `bind` and `unbind` files).
+const VIRTIO_MMIO_DRIVER: &str = "/sys/bus/platform/drivers/virtio-mmio";
+
+/// How long a member's share may take to appear once its device is bound (the probe runs
+/// within the bind, so it is there at once unless something is wrong).
+pub const SHARE_DEVICE_WAIT: Duration = Duration::from_secs(2);
+
+/// Checks that `name` is a virtio-mmio platform device's name, `virtio-mmio.<N>` (N
+/// decimal digits, at most 9), and nothing else.
+pub fn check_share_device(name: &str) -> Result<&str> {
+    let ok = name
+        .strip_prefix("virtio-mmio.")
+        .is_some_and(|n| !n.is_empty() && n.len() <= 9 && n.bytes().all(|b| b.is_ascii_digit()));
+    if !ok {
+        return Err(Error::new(format!(
+            "share device {name:?} is not a virtio-mmio platform device (virtio-mmio.<N>)"
+        )));
+    }
+    Ok(name)
+}
+
+/// Binds the virtio-mmio platform device `name` (a spare slot the host has filled with
+/// the share's virtio-fs device): the driver probes it again and finds the device. A
+/// device bound already is left so. In host test mode there is no such device: the name
+/// is only checked.
+pub fn bind_share_device(name: &str, source: &ShareSource) -> Result<()> {
+    let name = check_share_device(name)?;
+    if let ShareSource::Directories(_) = source {
+        return Ok(());
+    }
+    match write_driver_file("bind", name) {
+        Ok(()) => Ok(()),
+        // Bound to the driver already.
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(()),
+        Err(e) => Err(Error::new(format!(
+            "bind the share's device {name} ({VIRTIO_MMIO_DRIVER}/bind): {e}"
+        ))),
+    }
+}
+
+/// Unbinds the platform device `name` after its share was unmounted: the driver lets the
+/// device go (resets it), and the host can empty the slot. A device not bound is left so.
+pub fn unbind_share_device(name: &str, source: &ShareSource) -> Result<()> {
+    let name = check_share_device(name)?;
+    if let ShareSource::Directories(_) = source {
+        return Ok(());
+    }
+    match write_driver_file("unbind", name) {
+        Ok(()) => Ok(()),
+        // Not bound (its probe failed, or it was unbound already).
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(()),
+        Err(e) => Err(Error::new(format!(
+            "unbind the share's device {name} ({VIRTIO_MMIO_DRIVER}/unbind): {e}"
+        ))),
+    }
+}
+
+fn write_driver_file(file: &str, name: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = Path::new(VIRTIO_MMIO_DRIVER).join(file);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .write_all(name.as_bytes())
 }
 
 /// Read-ahead of the share, in KiB: as large as one FUSE request can be (virtiofsd takes
@@ -642,4 +733,47 @@ fn dev_nodes() -> Result<()> {
         std::os::unix::fs::symlink(target, link).with_context(|| format!("symlink {link}"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_virtio_mmio_platform_device_names_are_share_devices() {
+        for good in ["virtio-mmio.0", "virtio-mmio.4", "virtio-mmio.123456789"] {
+            assert_eq!(check_share_device(good).unwrap(), good);
+        }
+        for bad in [
+            "",
+            "virtio-mmio.",
+            "virtio-mmio",
+            "virtio-mmio.-1",
+            "virtio-mmio.+1",
+            "virtio-mmio.1 ",
+            "virtio-mmio.1\n",
+            "virtio-mmio.1/../../x",
+            "virtio-mmio.0x1",
+            "virtio-mmio.1234567890",
+            "serial8250",
+            "../virtio-mmio.1",
+            "virtio-mmio.١",
+        ] {
+            let e = check_share_device(bad).unwrap_err();
+            assert!(
+                e.message.contains("virtio-mmio.<N>"),
+                "{bad:?}: {}",
+                e.message
+            );
+        }
+    }
+
+    #[test]
+    fn host_test_mode_checks_the_device_name_and_binds_nothing() {
+        let source = ShareSource::Directories(PathBuf::from("/nonexistent"));
+        bind_share_device("virtio-mmio.3", &source).unwrap();
+        unbind_share_device("virtio-mmio.3", &source).unwrap();
+        assert!(bind_share_device("virtio-mmio.3/..", &source).is_err());
+        assert!(unbind_share_device("platform", &source).is_err());
+    }
 }

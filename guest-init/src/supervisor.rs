@@ -12,9 +12,11 @@
 //! Member containers ([`HostMessage::AddContainer`]) are built like the main one
 //! (`mounts::share`, `mounts::rootfs`, socket relays, `cgroup::setup`,
 //! `workload::spawn_container`) at their own [`Paths`]; one that fails to start is undone
-//! at once. When a member's main process ends, the rest of the member ends too (its PID
-//! namespace, or, where it shares the main one, its cgroup and exec'd processes);
-//! [`HostMessage::RemoveContainer`] then undoes its mounts and cgroup.
+//! at once. A member whose share is in a spare slot the host filled names its platform
+//! device, which is bound first (`mounts::bind_share_device`). When a member's main
+//! process ends, the rest of the member ends too (its PID namespace, or, where it shares
+//! the main one, its cgroup and exec'd processes); [`HostMessage::RemoveContainer`] then
+//! undoes its mounts and cgroup, and unbinds its share's device.
 
 use crate::error::{Error, Result};
 use crate::mounts::{self, Paths, ShareSource};
@@ -79,6 +81,8 @@ struct Member {
     running: bool,
     paths: Paths,
     relays: Relays,
+    /// The platform device of its share, bound at the add, unbound at the removal.
+    device: Option<String>,
 }
 
 /// Where init builds containers: the main container's paths (a member's are derived from
@@ -98,6 +102,7 @@ struct AddRequest {
     linux: LinuxSpec,
     mounts: Vec<MountSpec>,
     share: SharedNamespaces,
+    device: Option<String>,
 }
 
 /// The outcome of [`Supervisor::run`].
@@ -438,6 +443,7 @@ impl<'a> Supervisor<'a> {
                 linux,
                 mounts,
                 share,
+                device,
             } => {
                 let req = AddRequest {
                     container,
@@ -448,6 +454,7 @@ impl<'a> Supervisor<'a> {
                     linux,
                     mounts,
                     share,
+                    device,
                 };
                 let reply = start_reply(process, self.add_container(&req));
                 self.control.send(&reply)?;
@@ -632,6 +639,7 @@ impl<'a> Supervisor<'a> {
                                 running: true,
                                 paths,
                                 relays,
+                                device: req.device.clone(),
                             },
                         );
                         return Ok(pid);
@@ -652,6 +660,11 @@ impl<'a> Supervisor<'a> {
         if let Err(e) = mounts::undo_container(&paths) {
             crate::log::error(&format!("undo container {container}: {e}"));
         }
+        if let Some(device) = &req.device {
+            if let Err(e) = mounts::unbind_share_device(device, self.place.share_source) {
+                crate::log::error(&format!("undo container {container}: {e}"));
+            }
+        }
         Err(failed)
     }
 
@@ -663,7 +676,18 @@ impl<'a> Supervisor<'a> {
         paths: &Paths,
         relays: &mut Relays,
     ) -> Result<Spawned> {
-        mounts::share(paths, &req.rootfs, self.place.share_source)?;
+        match &req.device {
+            Some(device) => {
+                mounts::bind_share_device(device, self.place.share_source)?;
+                mounts::share_within(
+                    paths,
+                    &req.rootfs,
+                    self.place.share_source,
+                    mounts::SHARE_DEVICE_WAIT,
+                )?;
+            }
+            None => mounts::share(paths, &req.rootfs, self.place.share_source)?,
+        }
         mounts::rootfs(paths, &req.rootfs)?;
         let owner = (
             nix::unistd::Uid::from_raw(req.spec.uid),
@@ -712,8 +736,17 @@ impl<'a> Supervisor<'a> {
         m.relays.stop();
         let cgroup = cgroup::remove(container);
         let mounts = mounts::undo_container(&m.paths);
+        // Only once the share is unmounted: the driver's removal of a device in use
+        // leaves the mount without its queues.
+        let device = match (&m.device, &mounts) {
+            (Some(device), Ok(())) => mounts::unbind_share_device(device, self.place.share_source),
+            (Some(device), Err(_)) => Err(Error::new(format!(
+                "the share's device {device} stays bound: its share could not be unmounted"
+            ))),
+            (None, _) => Ok(()),
+        };
         crate::log::info(&format!("container {container} removed"));
-        cgroup.and(mounts)
+        cgroup.and(mounts).and(device)
     }
 }
 

@@ -57,6 +57,8 @@ struct Add {
     share: SharedNamespaces,
     hostname: Option<&'static str>,
     mounts: Vec<MountSpec>,
+    /// The platform device of a share in a spare slot (checked, not bound, here).
+    device: Option<&'static str>,
 }
 
 impl Add {
@@ -72,6 +74,7 @@ impl Add {
             share: SharedNamespaces::default(),
             hostname: None,
             mounts: vec![],
+            device: None,
         }
     }
 }
@@ -242,6 +245,7 @@ impl Pod {
             linux: m.linux,
             mounts: m.mounts,
             share: m.share,
+            device: m.device.map(String::from),
         });
         match self.recv() {
             GuestMessage::Started { process: p, pid } if p == process => {
@@ -693,6 +697,46 @@ fn a_member_that_cannot_start_leaves_nothing() {
     );
     assert_eq!(out, "member of member5\n");
     assert_eq!(pod.exit_of(90), ExitStatus::Exited(0));
+    pod.end(&[]);
+}
+
+#[test]
+fn a_member_whose_share_is_in_a_spare_slot_names_its_device_strictly() {
+    require_root();
+    let mut pod = Pod::start(spec(&["sleep", "100"]), None);
+    member_share(pod.dir(), "member3");
+    // Not a virtio-mmio platform device's name: refused before anything is made.
+    for bad in ["virtio-mmio.3/../../unbind", "virtio-mmio.", "serial8250"] {
+        let (code, message) = pod
+            .add(Add {
+                device: Some(bad),
+                ..Add::new(3, 30, "member3", &["true"])
+            })
+            .unwrap_err();
+        assert_eq!(code, 1);
+        assert!(
+            message.contains(bad) && message.contains("virtio-mmio.<N>"),
+            "{message}"
+        );
+        pod.assert_nothing_of(3);
+    }
+    // A good name: host test mode has no device to bind; the share is mounted as usual,
+    // and the member is removed as usual.
+    let out = read_all(
+        pod.add(Add {
+            device: Some("virtio-mmio.3"),
+            ..Add::new(3, 31, "member3", &["cat", "/member-file"])
+        })
+        .unwrap()
+        .1
+        .into_iter()
+        .nth(1)
+        .unwrap(),
+    );
+    assert_eq!(out, "member of member3\n");
+    assert_eq!(pod.exit_of(31), ExitStatus::Exited(0));
+    assert_eq!(pod.remove(3), None);
+    pod.assert_nothing_of(3);
     pod.end(&[]);
 }
 

@@ -228,6 +228,13 @@ pub enum HostMessage {
     /// namespace, everything else in it dies with it). The VM still lives as long as the
     /// main container's process: when that ends, the members are killed and reported
     /// first.
+    ///
+    /// `device`, when given, is the guest's platform device that holds the share's
+    /// virtio-fs device (`virtio-mmio.<N>`: a spare slot the host filled while the VM
+    /// runs): the guest binds it to the virtio-mmio driver before it mounts the share
+    /// (waiting a little for the tag to appear), and unbinds it at `RemoveContainer`
+    /// after the unmount, after which the host can empty the slot. Without it, the share
+    /// is a device the VM booted with.
     AddContainer {
         container: ContainerId,
         process: ProcessId,
@@ -240,9 +247,12 @@ pub enum HostMessage {
         mounts: Vec<MountSpec>,
         #[serde(default)]
         share: SharedNamespaces,
+        #[serde(default)]
+        device: Option<String>,
     },
     /// Undo a member container whose main process has exited: unmount its root and
-    /// share, remove its cgroup; answered by [`GuestMessage::ContainerRemoved`].
+    /// share (and unbind the share's device), remove its cgroup; answered by
+    /// [`GuestMessage::ContainerRemoved`].
     RemoveContainer { container: ContainerId },
 }
 
@@ -355,6 +365,7 @@ mod tests {
                     ipc: true,
                     uts: true,
                 },
+                device: Some("virtio-mmio.4".into()),
             },
             HostMessage::RemoveContainer { container: 2 },
         ] {

@@ -46,7 +46,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::virtio::fs::vhost_user::REPLY_TIMEOUT;
 use crate::devices::virtio::fs::{self, BackendFailed, Fs, FsError, VhostUserBackend, NUM_QUEUES};
-use crate::devices::virtio::mmio::{MmioTransport, INTERRUPT_ACK_REG, NOTIFY_REG_OFFSET};
+use crate::devices::virtio::mmio::{status, MmioTransport, INTERRUPT_ACK_REG, NOTIFY_REG_OFFSET};
 use crate::devices::virtio::slot::MmioSlot;
 use crate::devices::virtio::{GuestMemory, IrqTrigger, VirtioDevice, INTERRUPT_STATUS_USED_RING};
 use crate::vstate::vm::{Vm, VmError};
@@ -216,8 +216,8 @@ pub struct FilledFsSlot {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EmptiedFsSlot {
     pub tag: String,
-    /// Whether the guest had released the device (its driver reset it, as an unbind
-    /// does) before the slot was emptied.
+    /// Whether the guest had released the device before the slot was emptied: its
+    /// status is reset, or only `ACKNOWLEDGE` (what Linux's unbind leaves).
     pub released_by_guest: bool,
 }
 
@@ -440,7 +440,11 @@ impl FsSlots {
         let transport = lock(&s.bus).empty();
         // The lock stays held until the slot is free for good: a fill of the same slot
         // would register its ioeventfds where this device's still are.
-        let released_by_guest = transport.as_ref().is_none_or(|t| t.status() == 0);
+        // Linux's unbind resets the device and then sets ACKNOWLEDGE again
+        // (`virtio_dev_remove`): released is reset, or only acknowledged.
+        let released_by_guest = transport
+            .as_ref()
+            .is_none_or(|t| t.status() & !status::ACKNOWLEDGE == 0);
         drop(transport);
         let tag = lock(&occupant.device).tag().to_string();
         if !released_by_guest {

@@ -426,11 +426,18 @@ fn a_slot_emptied_under_a_guest_that_still_drives_it_says_so() {
     let (r, _running) = fill(&f, None, "a");
     r.unwrap();
     f.w(0, STATUS_REG, status::ACKNOWLEDGE);
-    assert_eq!(f.r(0, STATUS_REG), status::ACKNOWLEDGE);
+    f.w(0, STATUS_REG, status::ACKNOWLEDGE | status::DRIVER);
+    assert_eq!(f.r(0, STATUS_REG), status::ACKNOWLEDGE | status::DRIVER);
     let emptied = f.slots.empty(0).unwrap();
     assert!(!emptied.released_by_guest);
     f.assert_placeholder(0);
     assert_eq!(f.r(0, STATUS_REG), 0);
+
+    // What Linux's unbind leaves: reset, then ACKNOWLEDGE again.
+    let (r, _running) = fill(&f, None, "b");
+    r.unwrap();
+    f.w(0, STATUS_REG, status::ACKNOWLEDGE);
+    assert!(f.slots.empty(0).unwrap().released_by_guest);
 }
 
 /// The stand-in VM that also makes the KVM ioctls (see [`Recorder`]).

@@ -201,6 +201,24 @@ impl Pod {
         self.scratch.path()
     }
 
+    /// Every `Exited` up to and with the main process's (anything else fails the test).
+    fn exits_until_main(&mut self) -> Vec<(u32, ExitStatus)> {
+        let mut exits = vec![];
+        loop {
+            match self.recv() {
+                GuestMessage::Exited {
+                    process, status, ..
+                } => {
+                    exits.push((process, status));
+                    if process == 0 {
+                        return exits;
+                    }
+                }
+                m => panic!("expected Exited, got {m:?}"),
+            }
+        }
+    }
+
     fn recv(&mut self) -> GuestMessage {
         read_frame(&mut self.ctl).unwrap()
     }
@@ -339,20 +357,7 @@ impl Pod {
             process: 0,
             signal: 9,
         });
-        let mut exits = vec![];
-        loop {
-            match self.recv() {
-                GuestMessage::Exited {
-                    process, status, ..
-                } => {
-                    exits.push((process, status));
-                    if process == 0 {
-                        break;
-                    }
-                }
-                m => panic!("expected Exited, got {m:?}"),
-            }
-        }
+        let exits = self.exits_until_main();
         let mut want = before.to_vec();
         want.push((0, ExitStatus::Signaled(9)));
         assert_eq!(exits, want);
@@ -758,20 +763,7 @@ fn members_are_killed_and_reported_before_the_main_process_exits() {
         .unwrap();
     let mut main_in = pod.main.remove(0);
     main_in.write_all(b"\n").unwrap();
-    let mut exits = vec![];
-    loop {
-        match pod.recv() {
-            GuestMessage::Exited {
-                process, status, ..
-            } => {
-                exits.push((process, status));
-                if process == 0 {
-                    break;
-                }
-            }
-            m => panic!("expected Exited, got {m:?}"),
-        }
-    }
+    let mut exits = pod.exits_until_main();
     exits[..2].sort_by_key(|(p, _)| *p);
     assert_eq!(
         exits,

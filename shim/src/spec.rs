@@ -46,6 +46,8 @@ pub struct ContainerSpec {
     pub seccomp: Option<SeccompProgram>,
     /// `linux.cgroupsPath`, as given (a path, or `slice:prefix:name` with `--systemd-cgroup`).
     pub cgroups_path: Option<String>,
+    /// How many CPUs `linux.resources.cpu.cpus` names (`--cpuset-cpus 0,3`: 2), if set.
+    pub cpuset_cpus: Option<usize>,
 }
 
 impl ContainerSpec {
@@ -172,9 +174,17 @@ impl ContainerSpec {
             .and_then(|l| l.cgroups_path().as_ref())
             .map(|p| p.to_string_lossy().into_owned())
             .filter(|p| !p.is_empty());
+        let cpuset_cpus = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+            .and_then(|r| r.cpu().as_ref())
+            .and_then(|c| c.cpus().as_deref())
+            .and_then(cpu_list_len);
         Ok(Self {
             seccomp,
             cgroups_path,
+            cpuset_cpus,
             mounts,
             share,
             network,
@@ -209,6 +219,24 @@ fn host_hostname(spec: &oci_spec::runtime::Spec) -> Option<String> {
     nix::unistd::gethostname()
         .ok()
         .map(|h| h.to_string_lossy().into_owned())
+}
+
+/// How many CPUs a cpuset list names (`0-3,7`: 5); `None` for an empty or malformed one.
+fn cpu_list_len(list: &str) -> Option<usize> {
+    let mut n = 0usize;
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        n += match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+                b.checked_sub(a)? + 1
+            }
+            None => {
+                part.parse::<usize>().ok()?;
+                1
+            }
+        };
+    }
+    (n > 0).then_some(n)
 }
 
 /// Most lines of a user namespace's id map (the kernel's limit).
@@ -1096,6 +1124,17 @@ mod tests {
         assert_eq!(c.hostname.as_deref(), Some("runc"));
         assert_eq!(c.mounts.len(), 7);
         assert!(c.process.unwrap().terminal);
+    }
+
+    #[test]
+    fn a_cpuset_is_counted() {
+        assert_eq!(cpu_list_len("0,3"), Some(2));
+        assert_eq!(cpu_list_len("0-3,7"), Some(5));
+        assert_eq!(cpu_list_len(""), None);
+        assert_eq!(cpu_list_len("3-1"), None);
+        assert_eq!(cpu_list_len("x"), None);
+        let b = Bundle::new(json!({ "linux": { "resources": { "cpu": { "cpus": "1-2" } } } }));
+        assert_eq!(b.load().unwrap().cpuset_cpus, Some(2));
     }
 
     #[test]

@@ -110,17 +110,28 @@ pub fn vm_memory_mib(default: u64, r: &Resources, host_mib: Option<u64>) -> u64 
 }
 
 /// The VM's vCPUs for a container: with a CPU quota (`docker run --cpus N`), the quota
-/// over its period rounded up, so that the container can use the CPUs it may use under
-/// runc; without one, `default` (`RUNVM_VCPUS`). At most the host's online CPUs and
-/// `max` (the VMM's limit), at least 1.
-pub fn vm_vcpus(default: u8, r: &Resources, host_cpus: usize, max: u8) -> u8 {
-    let want = match (r.cpu_quota.filter(|q| *q > 0), r.cpu_period) {
-        (Some(quota), period) => {
-            let period = period.filter(|p| *p > 0).unwrap_or(100_000);
-            (quota as u64).div_ceil(period).min(u64::from(u8::MAX)) as u8
-        }
-        (None, _) => default,
-    };
+/// over its period rounded up, and with a cpuset (`--cpuset-cpus`), the number of CPUs
+/// in it (the fewer of the two when both are set), so that the container can use as many
+/// CPUs as under runc and `nproc` counts its cpuset as there; without either, `default`
+/// (`RUNVM_VCPUS`). At most the host's online CPUs and `max` (the VMM's limit), at least 1.
+pub fn vm_vcpus(
+    default: u8,
+    r: &Resources,
+    cpuset: Option<usize>,
+    host_cpus: usize,
+    max: u8,
+) -> u8 {
+    let quota = r.cpu_quota.filter(|q| *q > 0).map(|quota| {
+        let period = r.cpu_period.filter(|p| *p > 0).unwrap_or(100_000);
+        (quota as u64).div_ceil(period)
+    });
+    let set = cpuset.map(|n| n as u64);
+    let want = match (quota, set) {
+        (Some(q), Some(s)) => q.min(s),
+        (Some(n), None) | (None, Some(n)) => n,
+        (None, None) => u64::from(default),
+    }
+    .min(u64::from(u8::MAX)) as u8;
     let host = u8::try_from(host_cpus.max(1)).unwrap_or(u8::MAX);
     want.min(host).min(max).max(1)
 }
@@ -168,13 +179,17 @@ mod tests {
             cpu_period: Some(period),
             ..Default::default()
         };
-        assert_eq!(vm_vcpus(1, &Resources::default(), 16, 32), 1);
-        assert_eq!(vm_vcpus(2, &Resources::default(), 1, 32), 1);
-        assert_eq!(vm_vcpus(1, &cpus(200_000, 100_000), 16, 32), 2);
-        assert_eq!(vm_vcpus(1, &cpus(50_000, 100_000), 16, 32), 1);
-        assert_eq!(vm_vcpus(1, &cpus(250_000, 100_000), 16, 32), 3);
-        assert_eq!(vm_vcpus(1, &cpus(4_000_000, 100_000), 16, 32), 16);
-        assert_eq!(vm_vcpus(1, &cpus(4_000_000, 100_000), 64, 32), 32);
+        assert_eq!(vm_vcpus(1, &Resources::default(), None, 16, 32), 1);
+        assert_eq!(vm_vcpus(2, &Resources::default(), None, 1, 32), 1);
+        assert_eq!(vm_vcpus(1, &cpus(200_000, 100_000), None, 16, 32), 2);
+        assert_eq!(vm_vcpus(1, &cpus(50_000, 100_000), None, 16, 32), 1);
+        assert_eq!(vm_vcpus(1, &cpus(250_000, 100_000), None, 16, 32), 3);
+        assert_eq!(vm_vcpus(1, &cpus(4_000_000, 100_000), None, 16, 32), 16);
+        assert_eq!(vm_vcpus(1, &cpus(4_000_000, 100_000), None, 64, 32), 32);
+        // --cpuset-cpus 0,3: two vCPUs (nproc 2, as under runc); with a quota, the fewer.
+        assert_eq!(vm_vcpus(1, &Resources::default(), Some(2), 16, 32), 2);
+        assert_eq!(vm_vcpus(1, &cpus(50_000, 100_000), Some(2), 16, 32), 1);
+        assert_eq!(vm_vcpus(1, &Resources::default(), Some(4), 2, 32), 2);
     }
 
     #[test]

@@ -91,6 +91,7 @@ pub fn prepare(id: &str, bundle: &Path, root: &Path, cgroups: PathSyntax) -> Res
     let vcpus = crate::cgroup::vm_vcpus(
         env_num("RUNVM_VCPUS", 1)?,
         resources,
+        spec.cpuset_cpus,
         host_cpus,
         vmm::MAX_VCPUS,
     );

@@ -529,20 +529,7 @@ impl Session {
 
     /// Reads `Exited` messages until the main process's; returns them all in order.
     fn exits_until_main(&mut self) -> Vec<(u32, ExitStatus)> {
-        let mut v = vec![];
-        loop {
-            match self.recv() {
-                GuestMessage::Exited {
-                    process, status, ..
-                } => {
-                    v.push((process, status));
-                    if process == 0 {
-                        return v;
-                    }
-                }
-                m => panic!("expected Exited, got {m:?}"),
-            }
-        }
+        common::exits_until_main(&mut self.ctl)
     }
 
     /// SIGKILLs the main process (with no other process left), expects its exit, and

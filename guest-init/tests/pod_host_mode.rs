@@ -203,20 +203,7 @@ impl Pod {
 
     /// Every `Exited` up to and with the main process's (anything else fails the test).
     fn exits_until_main(&mut self) -> Vec<(u32, ExitStatus)> {
-        let mut exits = vec![];
-        loop {
-            match self.recv() {
-                GuestMessage::Exited {
-                    process, status, ..
-                } => {
-                    exits.push((process, status));
-                    if process == 0 {
-                        return exits;
-                    }
-                }
-                m => panic!("expected Exited, got {m:?}"),
-            }
-        }
+        common::exits_until_main(&mut self.ctl)
     }
 
     fn recv(&mut self) -> GuestMessage {

@@ -115,6 +115,26 @@ pub fn wait_for_exit(child: &mut Child) -> ExitStatus {
     }
 }
 
+/// Reads `Exited` messages from init's control connection until the main process's;
+/// returns them all in order (anything else fails the test).
+#[allow(dead_code)] // host_mode and pod_host_mode use it; rootfs_host_mode does not.
+pub fn exits_until_main(ctl: &mut UnixStream) -> Vec<(u32, runvm_protocol::ExitStatus)> {
+    let mut exits = vec![];
+    loop {
+        match read_frame(ctl).unwrap() {
+            GuestMessage::Exited {
+                process, status, ..
+            } => {
+                exits.push((process, status));
+                if process == 0 {
+                    return exits;
+                }
+            }
+            m => panic!("expected Exited, got {m:?}"),
+        }
+    }
+}
+
 /// Fails if anything is still mounted under `dir`.
 pub fn assert_no_mounts_under(dir: &Path) {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();

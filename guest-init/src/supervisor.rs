@@ -31,8 +31,8 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signalfd::SignalFd;
 use nix::unistd::Pid;
 use runvm_protocol::{
-    ContainerId, ExitStatus, GuestMessage, HostMessage, LinuxSpec, MountSpec, ProcessId,
-    ProcessSpec, RootfsSpec, SharedNamespaces, WindowSize, MAIN_CONTAINER, MAIN_PROCESS,
+    ContainerId, ExitStatus, GuestMessage, HostMessage, NewContainer, ProcessId, ProcessSpec,
+    WindowSize, MAIN_CONTAINER, MAIN_PROCESS,
 };
 use std::collections::BTreeMap;
 use std::os::fd::AsFd;
@@ -90,19 +90,6 @@ struct Member {
 pub struct Place<'a> {
     pub paths: &'a Paths,
     pub share_source: &'a ShareSource,
-}
-
-/// What an `AddContainer` asks for.
-struct AddRequest {
-    container: ContainerId,
-    process: ProcessId,
-    rootfs: RootfsSpec,
-    hostname: Option<String>,
-    spec: ProcessSpec,
-    linux: LinuxSpec,
-    mounts: Vec<MountSpec>,
-    share: SharedNamespaces,
-    device: Option<String>,
 }
 
 /// The outcome of [`Supervisor::run`].
@@ -434,29 +421,8 @@ impl<'a> Supervisor<'a> {
                 let reply = start_reply(process, self.exec(container, process, &spec));
                 self.control.send(&reply)?;
             }
-            HostMessage::AddContainer {
-                container,
-                process,
-                rootfs,
-                hostname,
-                spec,
-                linux,
-                mounts,
-                share,
-                device,
-            } => {
-                let req = AddRequest {
-                    container,
-                    process,
-                    rootfs,
-                    hostname,
-                    spec,
-                    linux,
-                    mounts,
-                    share,
-                    device,
-                };
-                let reply = start_reply(process, self.add_container(&req));
+            HostMessage::AddContainer(req) => {
+                let reply = start_reply(req.process, self.add_container(&req));
                 self.control.send(&reply)?;
             }
             HostMessage::RemoveContainer { container } => {
@@ -594,7 +560,7 @@ impl<'a> Supervisor<'a> {
 
     /// Starts a member container; one that cannot start leaves nothing behind (mounts,
     /// relays, cgroup, process).
-    fn add_container(&mut self, req: &AddRequest) -> Result<Pid> {
+    fn add_container(&mut self, req: &NewContainer) -> Result<Pid> {
         if !self.main_running() {
             return Err(Error::new(
                 "cannot add a container: the main container's process has exited",
@@ -672,7 +638,7 @@ impl<'a> Supervisor<'a> {
     /// runs (a child that failed is reaped).
     fn build_and_spawn(
         &self,
-        req: &AddRequest,
+        req: &NewContainer,
         paths: &Paths,
         relays: &mut Relays,
     ) -> Result<Spawned> {

@@ -14,7 +14,8 @@ use common::{accept, BUSYBOX};
 use runvm_protocol::spec::{DeviceRule, DeviceRuleKind};
 use runvm_protocol::{
     read_frame, write_frame, ExitStatus, GuestMessage, HostMessage, LinuxSpec, MountSpec,
-    ProcessSpec, Resources, RootfsSpec, SharedNamespaces, StreamHeader, OUTPUT_STREAM_FD,
+    NewContainer, ProcessSpec, Resources, RootfsSpec, SharedNamespaces, StreamHeader,
+    OUTPUT_STREAM_FD,
 };
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -237,7 +238,7 @@ impl Pod {
     /// code and message.
     fn add(&mut self, m: Add) -> Result<(i32, Vec<UnixStream>), (i32, String)> {
         let process = m.process;
-        self.send(&HostMessage::AddContainer {
+        self.send(&HostMessage::AddContainer(NewContainer {
             container: m.container,
             process,
             rootfs: RootfsSpec {
@@ -251,7 +252,7 @@ impl Pod {
             mounts: m.mounts,
             share: m.share,
             device: m.device.map(String::from),
-        });
+        }));
         match self.recv() {
             GuestMessage::Started { process: p, pid } if p == process => {
                 Ok((pid, self.accept_streams(process)))

@@ -51,7 +51,8 @@ pub use framing::{
 };
 pub use messages::{
     ContainerId, DnsRelayHeader, ExitStatus, GuestMessage, GuestProcess, GuestStats, HostMessage,
-    ProcessId, SharedNamespaces, SocketRelayHeader, StreamHeader, MAIN_CONTAINER, MAIN_PROCESS,
+    NewContainer, ProcessId, SharedNamespaces, SocketRelayHeader, StreamHeader, MAIN_CONTAINER,
+    MAIN_PROCESS,
 };
 pub use output::{
     chunk, chunk_header, Chunk, OutputError, OutputReader, CHUNK_HEADER_LEN, MAX_CHUNK_LEN,

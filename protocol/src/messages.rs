@@ -216,44 +216,48 @@ pub enum HostMessage {
     /// Change the container cgroup's limits (`runvm update`); answered by
     /// [`GuestMessage::Updated`].
     Update { request: u32, resources: Resources },
-    /// Start another container in the VM beside the main one (a member of the pod, or a
-    /// `--network container:` peer): its own root (the directory `rootfs.root` of the
-    /// virtio-fs share `rootfs.share_tag`), mount and PID namespaces, guest cgroup with
-    /// the limits of `linux.resources`, UTS and IPC namespaces unless `share` says it
-    /// joins the main container's; always the VM's network. `container` and `process`
-    /// are new ids from the host (never 0, never reused while the VM runs; `process`
-    /// shares its space with exec'd processes). The guest answers `Started` or
-    /// `StartFailed` (which leaves nothing of the container in the guest) for `process`,
-    /// then `Exited` when the container's main process has ended (with its own PID
-    /// namespace, everything else in it dies with it). The VM still lives as long as the
-    /// main container's process: when that ends, the members are killed and reported
-    /// first.
-    ///
-    /// `device`, when given, is the guest's platform device that holds the share's
-    /// virtio-fs device (`virtio-mmio.<N>`: a spare slot the host filled while the VM
-    /// runs): the guest binds it to the virtio-mmio driver before it mounts the share
-    /// (waiting a little for the tag to appear), and unbinds it at `RemoveContainer`
-    /// after the unmount, after which the host can empty the slot. Without it, the share
-    /// is a device the VM booted with.
-    AddContainer {
-        container: ContainerId,
-        process: ProcessId,
-        rootfs: RootfsSpec,
-        hostname: Option<String>,
-        spec: ProcessSpec,
-        #[serde(default)]
-        linux: LinuxSpec,
-        #[serde(default)]
-        mounts: Vec<MountSpec>,
-        #[serde(default)]
-        share: SharedNamespaces,
-        #[serde(default)]
-        device: Option<String>,
-    },
+    /// Start another container in the VM beside the main one (see [`NewContainer`]).
+    AddContainer(NewContainer),
     /// Undo a member container whose main process has exited: unmount its root and
     /// share (and unbind the share's device), remove its cgroup; answered by
     /// [`GuestMessage::ContainerRemoved`].
     RemoveContainer { container: ContainerId },
+}
+
+/// Start another container in the VM beside the main one (a member of the pod, or a
+/// `--network container:` peer): its own root (the directory `rootfs.root` of the
+/// virtio-fs share `rootfs.share_tag`), mount and PID namespaces, guest cgroup with
+/// the limits of `linux.resources`, UTS and IPC namespaces unless `share` says it
+/// joins the main container's; always the VM's network. `container` and `process`
+/// are new ids from the host (never 0, never reused while the VM runs; `process`
+/// shares its space with exec'd processes). The guest answers `Started` or
+/// `StartFailed` (which leaves nothing of the container in the guest) for `process`,
+/// then `Exited` when the container's main process has ended (with its own PID
+/// namespace, everything else in it dies with it). The VM still lives as long as the
+/// main container's process: when that ends, the members are killed and reported
+/// first.
+///
+/// `device`, when given, is the guest's platform device that holds the share's
+/// virtio-fs device (`virtio-mmio.<N>`: a spare slot the host filled while the VM
+/// runs): the guest binds it to the virtio-mmio driver before it mounts the share
+/// (waiting a little for the tag to appear), and unbinds it at `RemoveContainer`
+/// after the unmount, after which the host can empty the slot. Without it, the share
+/// is a device the VM booted with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewContainer {
+    pub container: ContainerId,
+    pub process: ProcessId,
+    pub rootfs: RootfsSpec,
+    pub hostname: Option<String>,
+    pub spec: ProcessSpec,
+    #[serde(default)]
+    pub linux: LinuxSpec,
+    #[serde(default)]
+    pub mounts: Vec<MountSpec>,
+    #[serde(default)]
+    pub share: SharedNamespaces,
+    #[serde(default)]
+    pub device: Option<String>,
 }
 
 /// First frame on a [`STREAM_PORT`](crate::STREAM_PORT) connection.
@@ -345,7 +349,7 @@ mod tests {
     #[test]
     fn container_messages_round_trip() {
         for msg in [
-            HostMessage::AddContainer {
+            HostMessage::AddContainer(NewContainer {
                 container: 2,
                 process: 9,
                 rootfs: RootfsSpec {
@@ -366,7 +370,7 @@ mod tests {
                     uts: true,
                 },
                 device: Some("virtio-mmio.4".into()),
-            },
+            }),
             HostMessage::RemoveContainer { container: 2 },
         ] {
             let mut buf = Vec::new();

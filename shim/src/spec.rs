@@ -48,6 +48,9 @@ pub struct ContainerSpec {
     pub cgroups_path: Option<String>,
     /// How many CPUs `linux.resources.cpu.cpus` names (`--cpuset-cpus 0,3`: 2), if set.
     pub cpuset_cpus: Option<usize>,
+    /// The PID, IPC and UTS namespaces `linux.namespaces` joins by path: a member
+    /// container (see [`crate::container::member`]) shares its sandbox's.
+    pub joined: JoinedNamespaces,
 }
 
 impl ContainerSpec {
@@ -182,6 +185,7 @@ impl ContainerSpec {
             .and_then(|c| c.cpus().as_deref())
             .and_then(cpu_list_len);
         Ok(Self {
+            joined: joined_namespaces(&spec),
             seccomp,
             cgroups_path,
             cpuset_cpus,
@@ -237,6 +241,54 @@ fn cpu_list_len(list: &str) -> Option<usize> {
         };
     }
     (n > 0).then_some(n)
+}
+
+/// The PID, IPC and UTS namespaces a spec joins by path.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JoinedNamespaces {
+    pub pid: Option<PathBuf>,
+    pub ipc: Option<PathBuf>,
+    pub uts: Option<PathBuf>,
+}
+
+impl JoinedNamespaces {
+    /// Each namespace joined, with its type.
+    pub fn each(&self) -> impl Iterator<Item = (oci_spec::runtime::LinuxNamespaceType, &Path)> {
+        use oci_spec::runtime::LinuxNamespaceType as T;
+        [
+            (T::Pid, &self.pid),
+            (T::Ipc, &self.ipc),
+            (T::Uts, &self.uts),
+        ]
+        .into_iter()
+        .filter_map(|(t, p)| p.as_deref().map(|p| (t, p)))
+    }
+
+    /// Which of them a member shares with the main container of its VM.
+    pub fn shared(&self) -> runvm_protocol::SharedNamespaces {
+        runvm_protocol::SharedNamespaces {
+            pid: self.pid.is_some(),
+            ipc: self.ipc.is_some(),
+            uts: self.uts.is_some(),
+        }
+    }
+}
+
+/// The PID, IPC and UTS namespaces `linux.namespaces` joins by path.
+fn joined_namespaces(spec: &Spec) -> JoinedNamespaces {
+    use oci_spec::runtime::LinuxNamespaceType as T;
+    let path = |t: T| {
+        spec.linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref())
+            .and_then(|ns| ns.iter().find(|n| n.typ() == t))
+            .and_then(|n| n.path().clone())
+    };
+    JoinedNamespaces {
+        pid: path(T::Pid),
+        ipc: path(T::Ipc),
+        uts: path(T::Uts),
+    }
 }
 
 /// Most lines of a user namespace's id map (the kernel's limit).
@@ -1149,6 +1201,33 @@ mod tests {
         assert_eq!(own.load().unwrap().hostname, None);
         let named = Bundle::new(json!({ "hostname": "given" }));
         assert_eq!(named.load().unwrap().hostname.as_deref(), Some("given"));
+    }
+
+    #[test]
+    fn namespaces_joined_by_path_are_the_ones_a_member_shares() {
+        let b = Bundle::new(json!({ "linux": { "namespaces": [
+            { "type": "pid" }, { "type": "mount" },
+            { "type": "ipc", "path": "/proc/self/ns/ipc" },
+            { "type": "uts", "path": "/proc/self/ns/uts" },
+            { "type": "network", "path": "/proc/self/ns/net" },
+        ]}}));
+        let joined = b.load().unwrap().joined;
+        assert_eq!(
+            joined.shared(),
+            runvm_protocol::SharedNamespaces {
+                pid: false,
+                ipc: true,
+                uts: true
+            }
+        );
+        assert_eq!(joined.ipc.as_deref(), Some(Path::new("/proc/self/ns/ipc")));
+        // Without the network namespace by path, no VM can be the one shared.
+        let b = Bundle::new(json!({ "linux": { "namespaces": [
+            { "type": "pid" }, { "type": "mount" }, { "type": "network" },
+            { "type": "ipc", "path": "/proc/self/ns/ipc" },
+        ]}}));
+        let e = b.load().unwrap_err().to_string();
+        assert!(e.contains("--ipc container:"), "{e}");
     }
 
     #[test]

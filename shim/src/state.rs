@@ -64,6 +64,10 @@ pub struct ContainerState {
     pub created: String,
     #[serde(default)]
     pub annotations: std::collections::HashMap<String, String>,
+    /// The container whose VM this one runs in (a member container: see
+    /// [`crate::container::member`]); `None` for a container with a VM of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
     /// config.json's hooks as they were at create (later edits of it do not count).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hooks: Option<oci_spec::runtime::Hooks>,
@@ -200,6 +204,7 @@ mod tests {
             created: String::new(),
             annotations: Default::default(),
             hooks: None,
+            sandbox: None,
         };
         // It exits, and stays a zombie until it is reaped below.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -29,6 +29,10 @@ const TESTS: &[(&str, docker::TestFn)] = &[
         user_defined_network_names_and_isolation,
     ),
     ("link_sets_env_and_hosts", link_sets_env_and_hosts),
+    (
+        "network_container_runs_in_the_same_vm",
+        network_container_runs_in_the_same_vm,
+    ),
 ];
 
 fn main() {
@@ -379,4 +383,102 @@ fn link_sets_env_and_hosts(h: &mut Harness) {
     );
     page.ok();
     assert_eq!(body(&page.stdout), PAGE, "{}", page.stdout);
+}
+
+/// `docker run --runtime=<rt> --network container:NAME <args…>`.
+fn run_joined(d: &Cli, name: &str, args: &[&str]) -> docker::Out {
+    let mut v = vec!["run".to_string()];
+    v.extend(d.container_args(true));
+    v.extend(["--network".to_string(), format!("container:{name}")]);
+    v.extend(args.iter().map(|s| s.to_string()));
+    d.cmd(&v.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// The host processes whose command line (runvm's title) starts with `prefix`.
+fn titled(prefix: &str) -> Vec<String> {
+    docker::process_table()
+        .into_iter()
+        .filter(|(_, comm, cmd)| comm == "runvm" && cmd.starts_with(prefix))
+        .map(|(pid, _, cmd)| format!("{pid}: {cmd}"))
+        .collect()
+}
+
+/// docker-semantics 11.48: `--network container:web` shares web's network stack (its
+/// localhost, its addresses: `ip addr` is the same), with a root filesystem and hostname
+/// as under runc; under runvm the container runs in web's VM (one VM, no second network
+/// stack), and comes and goes while web keeps serving.
+fn network_container_runs_in_the_same_vm(h: &mut Harness) {
+    let d = h.cli().clone();
+    let script = httpd_script();
+    run_on(&d, &[], &["--name", "web", BUSYBOX, "sh", "-c", &script]);
+    d.wait_status("web", "running", Duration::from_secs(120));
+    // A peer fetches web's page from its own localhost.
+    let get = http_get("localhost");
+    let mut last = None;
+    let page = wait_for_or(Duration::from_secs(120), || {
+        let out = run_joined(&d, "web", &["--rm", BUSYBOX, "sh", "-c", &get]);
+        let ok = out.code == 0 && body(&out.stdout).trim() == PAGE;
+        last = Some(out);
+        ok.then_some(())
+    });
+    assert!(
+        page.is_some(),
+        "no page from localhost in a --network container:web peer: {last:?}"
+    );
+    run_joined(&d, "web", &["--rm", BUSYBOX, "sh", "-c", "exit 7"]).code_is(7);
+
+    run_on(
+        &d,
+        &["--network", "container:web"],
+        &[
+            "--name",
+            "peer",
+            BUSYBOX,
+            "sh",
+            "-c",
+            "echo peer-only > /peer-file; exec sleep 600",
+        ],
+    );
+    d.wait_status("peer", "running", Duration::from_secs(120));
+    if h.is_runvm() {
+        let vms = titled("runvm-vm ");
+        assert_eq!(vms.len(), 1, "one VM for web and peer: {vms:?}");
+        let members = titled("runvm-member ");
+        assert_eq!(members.len(), 1, "peer's monitor holds no VM: {members:?}");
+    }
+    let web_addr = d.cmd(&["exec", "web", "ip", "addr"]);
+    web_addr.ok();
+    let peer_addr = d.cmd(&["exec", "peer", "ip", "addr"]);
+    peer_addr.ok();
+    assert_eq!(
+        peer_addr.text(),
+        web_addr.text(),
+        "ip addr is web's in peer"
+    );
+    assert!(web_addr.text().contains("eth0"), "{}", web_addr.text());
+    let web_host = d.cmd(&["exec", "web", "hostname"]);
+    web_host.ok();
+    d.cmd(&["exec", "peer", "hostname"]).prints(web_host.text());
+    // Root filesystems of their own.
+    wait_for_or(Duration::from_secs(30), || {
+        (d.cmd(&["exec", "peer", "cat", "/peer-file"]).code == 0).then_some(())
+    });
+    d.cmd(&["exec", "peer", "cat", "/peer-file"])
+        .prints("peer-only");
+    let seen = d.cmd(&["exec", "web", "cat", "/peer-file"]);
+    assert_ne!(seen.code, 0, "web sees no /peer-file: {seen:?}");
+    d.cmd(&["exec", "peer", "sh", "-c", "exit 3"]).code_is(3);
+
+    // peer goes; web goes on serving.
+    d.cmd(&["kill", "peer"]).ok();
+    d.cmd(&["wait", "peer"]).prints("137");
+    d.cmd(&["rm", "peer"]).ok();
+    if h.is_runvm() {
+        let members = titled("runvm-member ");
+        assert!(members.is_empty(), "peer's monitor has ended: {members:?}");
+    }
+    let again = run_joined(&d, "web", &["--rm", BUSYBOX, "sh", "-c", &get]);
+    again.ok();
+    assert_eq!(body(&again.stdout).trim(), PAGE, "{again:?}");
+    assert_eq!(d.inspect("web", "{{.State.Status}}"), "running");
 }

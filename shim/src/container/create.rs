@@ -41,6 +41,14 @@ pub fn create(root: &Path, cgroups: PathSyntax, args: &liboci_cli::Create) -> Re
         (true, Some(path)) => Some(tty::Pty::for_console_socket(path).map_err(|e| fail(e.into()))?),
         (false, None) => None,
     };
+    // A container in the network namespace of a running runvm container's VM runs in
+    // that VM (see [`super::member`]).
+    let sandbox = super::member::sandbox_of(&p).map_err(fail)?;
+    super::member::check_joined(&p, sandbox.as_ref()).map_err(fail)?;
+    let member = match &sandbox {
+        Some(s) => Some(super::member::member_config(&p, s).map_err(fail)?),
+        None => None,
+    };
     let api_listener = crate::sockpath::SocketDir::open(&p.runtime_dir())
         .and_then(|d| UnixListener::bind(d.path(api::SOCKET)))
         .context("cannot create the monitor socket")
@@ -65,11 +73,24 @@ pub fn create(root: &Path, cgroups: PathSyntax, args: &liboci_cli::Create) -> Re
             Some(slave) => monitor_terminal(slave),
             None => HostStdio::inherited(),
         };
-        let code = match stdio.map(|s| (s, super::enter_network_and_guard(&p, &runtime))) {
+        let is_member = member.is_some();
+        let code = match stdio.map(|s| (s, super::enter_network_and_guard(&p, &runtime, is_member)))
+        {
             Err(e) => {
                 use std::io::Write;
                 let _ = writeln!(std::fs::File::from(ready_w), "cannot set up stdio: {e}");
                 1
+            }
+            Ok((stdio, Ok(_guard))) if member.is_some() => {
+                let cfg = member.expect("a member's config");
+                match monitor::member_monitor::run_member(cfg, stdio, api_listener, ready_w.into())
+                {
+                    Ok(code) => code,
+                    Err(e) => {
+                        log::error!("container {:?}: {e}", p.id);
+                        1
+                    }
+                }
             }
             Ok((stdio, Ok(_guard))) => {
                 let launch = Launch::OnStart {
@@ -124,9 +145,9 @@ pub fn create(root: &Path, cgroups: PathSyntax, args: &liboci_cli::Create) -> Re
         hook_container.run_warn(HookKind::Poststop, "stopped", 0);
         return Err(e);
     }
-    state_of(&p, pid)
-        .save(&p.root)
-        .map_err(|e| fail(e.into()))?;
+    let mut state = state_of(&p, pid);
+    state.sandbox = sandbox.map(|s| s.id);
+    state.save(&p.root).map_err(|e| fail(e.into()))?;
     host_process::write_pid_file_if(args.pid_file.as_deref(), pid as u32)?;
     Ok(0)
 }
@@ -142,6 +163,7 @@ pub(crate) fn state_of(p: &super::Prepared, pid: i32) -> ContainerState {
         created: crate::logging::rfc3339_now(),
         annotations: p.spec.annotations.clone(),
         hooks: p.spec.hooks.clone(),
+        sandbox: None,
     }
 }
 

@@ -80,11 +80,12 @@ pub fn exec(root: &Path, opts: &Exec) -> Result<i32> {
         spec.console_size = host.window_size();
     }
 
-    let dir = ContainerState::runtime_dir(root, &opts.container_id);
+    let (dir, container) = super::member::exec_target(root, &state)?;
     let mut conn = api::connect(&dir)?;
     conn.set_write_timeout(Some(Duration::from_secs(10)))?;
     let want = exec_fd_count(spec.terminal);
-    write_frame(&mut conn, &Request::Exec { spec }).context("cannot send the exec request")?;
+    write_frame(&mut conn, &Request::Exec { spec, container })
+        .context("cannot send the exec request")?;
     let fds: Vec<RawFd> = host.fds.iter().map(|f| f.as_raw_fd()).collect();
     debug_assert_eq!(fds.len(), want);
     runvm_protocol::scm::send_fds(conn.as_fd(), b"\0", &fds)
@@ -422,6 +423,7 @@ impl Waiter {
                 continue;
             }
             match read_frame::<_, ExecEvent>(&mut self.conn) {
+                Ok(ExecEvent::Added { .. }) => {}
                 Ok(ExecEvent::Started { pid }) => {
                     log::debug!("exec'd process runs (guest pid {pid})");
                     on_started(pid)?;

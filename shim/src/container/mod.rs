@@ -13,6 +13,7 @@ pub mod features;
 mod hook_runner;
 pub mod kill;
 pub mod list;
+pub mod member;
 pub mod pause;
 pub mod ps;
 pub mod resume;
@@ -101,6 +102,7 @@ pub fn prepare(id: &str, bundle: &Path, root: &Path, cgroups: PathSyntax) -> Res
         crate::cgroup::host_memory_mib(),
     );
     let boot_timeout = settings::boot_timeout()?;
+    let fs_slots = env_num("RUNVM_FS_SLOTS", 4)?;
 
     // State is root's alone (0700, as runc makes its root): it names the container's
     // sockets, its pid and its bundle.
@@ -163,6 +165,7 @@ pub fn prepare(id: &str, bundle: &Path, root: &Path, cgroups: PathSyntax) -> Res
                 .ok()
                 .filter(|s| !s.trim().is_empty()),
             on_started: None,
+            fs_slots,
         })
     })();
     let config = match built {
@@ -207,17 +210,19 @@ pub fn restore_caller_umask() {
 
 /// Makes the calling process (the monitor, still single-threaded) live in the container's
 /// network namespace, and forks the cleanup guard for `dir` there, which also undoes the
-/// network plumbing recorded in `runtime_dir` if the monitor dies.
+/// network plumbing recorded in `runtime_dir` if the monitor dies. A `member` container
+/// (see [`member`]) joins the namespace its sandbox's VM holds.
 pub fn enter_network_and_guard(
     p: &Prepared,
     dir: &Path,
+    member: bool,
 ) -> Result<crate::monitor::guard::CleanupGuard> {
     // What the monitor makes (its sockets, state files) is its owner's alone, and the
     // owner's in full, whatever umask the caller had: after the privilege drop it can use
     // only what its mode gives it. Hooks get the caller's back ([`caller_umask`]).
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     CALLER_UMASK.store(old.bits(), std::sync::atomic::Ordering::Relaxed);
-    crate::network::namespace::enter(&p.spec.network)?;
+    crate::network::namespace::enter(&p.spec.network, member)?;
     let record = crate::monitor::network_record(&p.runtime_dir());
     let state_dir = p.dir.clone();
     let undo = record.clone();
@@ -244,7 +249,8 @@ pub fn enter_network_and_guard(
     let args = p.spec.process.as_ref().map(|p| p.args.join(" "));
     // The state root stays in it: it is how a leftover monitor is found.
     let title = format!(
-        "runvm-vm --root {} {}: {}",
+        "{} --root {} {}: {}",
+        if member { "runvm-member" } else { "runvm-vm" },
         p.root.display(),
         p.id,
         args.unwrap_or_default()

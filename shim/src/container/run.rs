@@ -37,6 +37,11 @@ pub fn run(root: &Path, cgroups: PathSyntax, args: &Run) -> Result<i32> {
 /// Runs the container; returns the workload's exit code.
 fn run_foreground(root: &Path, cgroups: PathSyntax, args: &Run) -> Result<i32> {
     let mut p = super::prepare(&args.container_id, &args.bundle, root, cgroups)?;
+    // `run` boots a VM of its own: it cannot be a member of another's.
+    if let Err(e) = super::member::check_joined(&p, None) {
+        let _ = std::fs::remove_dir_all(&p.dir);
+        return Err(e);
+    }
     let mut container = super::hook_container(&p);
     // The hooks run in the namespace this process is about to leave.
     container.host_netns = match std::fs::File::open("/proc/self/ns/net") {
@@ -64,7 +69,7 @@ fn run_foreground(root: &Path, cgroups: PathSyntax, args: &Run) -> Result<i32> {
     } else {
         p.dir.clone()
     };
-    let guard = match super::enter_network_and_guard(&p, &guarded) {
+    let guard = match super::enter_network_and_guard(&p, &guarded, false) {
         Ok(g) => g,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&p.dir);

@@ -26,7 +26,22 @@ pub enum Request {
     /// message carrying [`exec_fd_count`] descriptors (SCM_RIGHTS); then the connection
     /// stays open: [`ExecEvent`]s come back, [`ExecControl`]s go in, and its end (the
     /// `runvm exec` process died) kills the process.
-    Exec { spec: runvm_protocol::ProcessSpec },
+    Exec {
+        spec: runvm_protocol::ProcessSpec,
+        /// The container of the VM the process joins: the VM's own
+        /// ([`runvm_protocol::MAIN_CONTAINER`]), or a member's (the id its
+        /// [`ExecEvent::Added`] gave).
+        #[serde(default)]
+        container: runvm_protocol::ContainerId,
+    },
+    /// Run another container in this container's VM: one that joins its network
+    /// namespace (`docker run --network container:…`, the containers of a pod). Framed
+    /// like `Exec`: the frame is followed by one message carrying [`exec_fd_count`]
+    /// stdio descriptors and then a connection to the virtiofsd that serves the
+    /// member's share (SCM_RIGHTS), and the connection stays open the same way: an
+    /// [`ExecEvent::Added`], then the events of the member's main process, whose end (or
+    /// the connection's) removes the member from the VM.
+    AddContainer { member: MemberSpec },
     /// Stop the VM's vCPUs (`runvm pause`): the guest freezes entirely.
     Pause,
     /// Let a paused VM run again (`runvm resume`).
@@ -40,6 +55,20 @@ pub enum Request {
     Update {
         resources: runvm_protocol::Resources,
     },
+}
+
+/// A member container, as its `runvm create` asks the VM's monitor for it: what the
+/// guest's [`runvm_protocol::NewContainer`] needs but the ids, the share's tag and its
+/// device, which the monitor gives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberSpec {
+    pub process: runvm_protocol::ProcessSpec,
+    /// The member's root filesystem is read-only (`root.readonly`).
+    pub readonly: bool,
+    pub hostname: Option<String>,
+    pub linux: runvm_protocol::LinuxSpec,
+    pub mounts: Vec<runvm_protocol::MountSpec>,
+    pub share: runvm_protocol::SharedNamespaces,
 }
 
 /// The monitor's answer.
@@ -136,6 +165,11 @@ pub(super) fn answer<T: Serialize>(conn: &mut UnixStream, answer: &T) {
 /// What the monitor sends on an exec connection, after `Request::Exec`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ExecEvent {
+    /// The member of an `AddContainer` has been asked of the guest, as `container` (the
+    /// id its `Exec`s name).
+    Added {
+        container: runvm_protocol::ContainerId,
+    },
     /// The process runs; `pid` is its pid in the guest.
     Started { pid: i32 },
     /// It could not be started; `code` is the guest's runc-like code (126, 127, 1).
@@ -156,8 +190,8 @@ pub enum ExecControl {
     Holder { pid: i32 },
 }
 
-/// How many descriptors follow an exec request: the stdio of the process (stdin, stdout,
-/// stderr), or a terminal's input and output.
+/// How many stdio descriptors follow an exec or member request: the stdio of the process
+/// (stdin, stdout, stderr), or a terminal's input and output.
 pub fn exec_fd_count(terminal: bool) -> usize {
     if terminal {
         2

@@ -142,7 +142,10 @@ impl Session<'_> {
                     resources,
                 },
             ),
-            api::Request::Start | api::Request::Signal { .. } | api::Request::Exec { .. } => {
+            api::Request::Start
+            | api::Request::Signal { .. }
+            | api::Request::Exec { .. }
+            | api::Request::AddContainer { .. } => {
                 unreachable!("handled by api_request")
             }
         };

@@ -5,11 +5,14 @@
 //! ends before the process does (the `runvm exec` process was SIGKILLed, as containerd
 //! kills an exec), the process is killed in the guest.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use runvm_protocol::{read_frame, ExitStatus, FrameError, HostMessage, ProcessId, ProcessSpec};
+use runvm_protocol::{
+    read_frame, ContainerId, ExitStatus, FrameError, HostMessage, ProcessId, ProcessSpec,
+    MAIN_CONTAINER,
+};
 
 use super::api::{answer, exec_fd_count, ExecControl, ExecEvent};
 use super::process::{HostStdio, Process};
@@ -25,27 +28,60 @@ fn unknown(id: ProcessId, what: &str) -> MonitorError {
 }
 
 /// Tells the `runvm exec` waiting on `conn`, if it is still there, how its process goes.
-fn tell(conn: &mut Option<UnixStream>, ev: &ExecEvent) {
+pub(super) fn tell(conn: &mut Option<UnixStream>, ev: &ExecEvent) {
     if let Some(c) = conn.as_mut() {
         answer(c, ev);
     }
 }
 
 impl Session<'_> {
-    /// `Request::Exec` arrived on `conn`: take its descriptors and ask the guest.
+    /// `Request::Exec` arrived on `conn`: take its descriptors and ask the guest to run
+    /// the process in `container` (the VM's own, or a running member).
     pub(super) fn exec_request(
         &mut self,
         conn: UnixStream,
         mut spec: ProcessSpec,
+        container: ContainerId,
     ) -> Result<(), MonitorError> {
+        let Some((mut conn, stdio, _)) = self.take_stdio(conn, spec.terminal, 0) else {
+            return Ok(());
+        };
+        if container != MAIN_CONTAINER && !self.member_running(container) {
+            tell(
+                &mut conn,
+                &ExecEvent::Failed {
+                    code: 1,
+                    message: format!("container not running (no member {container} in the VM)"),
+                },
+            );
+            return Ok(());
+        }
+        let id = self.new_process(&mut conn, stdio, &mut spec);
+        log::debug!("exec {id}: {:?}", spec.args);
+        self.send(&HostMessage::Exec {
+            process: id,
+            spec,
+            container,
+        })
+    }
+
+    /// The descriptors that follow an exec or member request on `conn`: `stdio_count`
+    /// for a process with (or without) a `terminal`, then `extra` more. `None` when the
+    /// caller was told why not (or is gone), or the container's main process does not run.
+    pub(super) fn take_stdio(
+        &mut self,
+        conn: UnixStream,
+        terminal: bool,
+        extra: usize,
+    ) -> Option<(Option<UnixStream>, HostStdio, Vec<OwnedFd>)> {
         let mut conn = Some(conn);
-        let want = exec_fd_count(spec.terminal);
+        let want = exec_fd_count(terminal);
         let received = conn
             .as_ref()
-            .map(|c| runvm_protocol::scm::recv_fds(c.as_fd(), want));
+            .map(|c| runvm_protocol::scm::recv_fds(c.as_fd(), want + extra))?;
         let fds = match received {
-            Some(Ok((fds, _))) => fds,
-            Some(Err(e)) => {
+            Ok((fds, _)) => fds,
+            Err(e) => {
                 log::warn!("an exec request came without its descriptors: {e}");
                 tell(
                     &mut conn,
@@ -54,9 +90,8 @@ impl Session<'_> {
                         message: format!("the exec request's stdio descriptors: {e}"),
                     },
                 );
-                return Ok(());
+                return None;
             }
-            None => return Ok(()),
         };
         if !self.main_running() {
             tell(
@@ -66,39 +101,46 @@ impl Session<'_> {
                     message: "container not running".into(),
                 },
             );
-            return Ok(());
+            return None;
         }
-        let mut files = fds.into_iter().map(std::fs::File::from);
-        let stdio = match (spec.terminal, files.next(), files.next(), files.next()) {
+        let mut fds = fds.into_iter();
+        let mut files = fds.by_ref().take(want).map(std::fs::File::from);
+        let stdio = match (terminal, files.next(), files.next(), files.next()) {
             (true, Some(input), Some(output), None) => HostStdio::Terminal { input, output },
             (false, Some(stdin), Some(stdout), Some(stderr)) => HostStdio::Pipes {
                 stdin,
                 stdout,
                 stderr,
             },
-            _ => unreachable!("recv_fds returned exactly {want} descriptors"),
+            _ => unreachable!("recv_fds returned exactly {} descriptors", want + extra),
         };
+        Some((conn, stdio, fds.collect()))
+    }
+
+    /// A new process entry for `stdio`, waited for on `conn`: its id, with `spec` told
+    /// whether its outputs are one.
+    pub(super) fn new_process(
+        &mut self,
+        conn: &mut Option<UnixStream>,
+        stdio: HostStdio,
+        spec: &mut ProcessSpec,
+    ) -> ProcessId {
         let id = self.next_exec_id;
         self.next_exec_id += 1;
-        if let Some(c) = &conn {
+        if let Some(c) = conn.as_ref() {
             // Control messages are small and sent whole; never hang the monitor on one.
             let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
         }
-        log::debug!("exec {id}: {:?}", spec.args);
         let holder = conn.as_ref().and_then(|c| {
             nix::sys::socket::getsockopt(c, nix::sys::socket::sockopt::PeerCredentials)
                 .ok()
                 .map(|cred| cred.pid())
         });
         spec.shared_output = stdio.output_shared();
-        let mut process = Process::new(stdio, conn);
+        let mut process = Process::new(stdio, conn.take());
         process.holder = holder;
         self.processes.insert(id, process);
-        self.send(&HostMessage::Exec {
-            process: id,
-            spec,
-            container: runvm_protocol::MAIN_CONTAINER,
-        })
+        id
     }
 
     pub(super) fn exec_started(&mut self, id: ProcessId, pid: i32) -> Result<(), MonitorError> {
@@ -142,6 +184,7 @@ impl Session<'_> {
             tell(&mut p.client, &ExecEvent::Failed { code, message });
             p.end();
         }
+        self.member_failed(id);
         Ok(())
     }
 
@@ -214,7 +257,7 @@ impl Session<'_> {
     }
 
     /// Tells the waiters of complete exec'd processes their codes, and forgets them.
-    pub(super) fn finish_complete_execs(&mut self) {
+    pub(super) fn finish_complete_execs(&mut self) -> Result<(), MonitorError> {
         let done: Vec<ProcessId> = self
             .processes
             .iter()
@@ -224,9 +267,16 @@ impl Session<'_> {
         for id in done {
             if let Some(p) = self.processes.remove(&id) {
                 let status = p.status.unwrap_or(ExitStatus::Signaled(libc::SIGKILL));
-                self.finish_exec(p, status);
+                if self.main_ended() {
+                    // The guest removes nothing more: the VM ends (its slot is emptied
+                    // with the others at the session's end).
+                    self.finish_exec(p, status);
+                } else if let Some(p) = self.member_ended(id, p, status)? {
+                    self.finish_exec(p, status);
+                }
             }
         }
+        Ok(())
     }
 
     /// Closes the process's host descriptors, then tells its waiter how it ended.

@@ -17,6 +17,8 @@ mod exec;
 pub mod guard;
 mod hello;
 mod jail;
+mod member;
+pub mod member_monitor;
 mod plumbing;
 mod poll;
 mod prestart;
@@ -151,6 +153,8 @@ pub struct MonitorConfig {
     pub resolv_conf: crate::in_root::InRoot,
     /// Words appended to the guest kernel's command line (`RUNVM_KERNEL_CMDLINE_APPEND`).
     pub cmdline_append: Option<String>,
+    /// Spare file-system slots for member containers (`RUNVM_FS_SLOTS`).
+    pub fs_slots: usize,
     /// Called once, on the monitor's thread, when the container's process has started
     /// (the foreground `run`'s poststart hooks); it must not block.
     pub on_started: Option<Box<dyn Fn() + Send + Sync>>,

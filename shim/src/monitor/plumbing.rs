@@ -180,6 +180,7 @@ fn vm_config(
     nics: Vec<NetConfig>,
     share_socket: PathBuf,
 ) -> VmConfig {
+    let nics_count = nics.len();
     VmConfig {
         vcpus: cfg.vcpus,
         mem_mib: cfg.mem_mib,
@@ -196,13 +197,21 @@ fn vm_config(
             tag: SHARE_TAG.into(),
             socket: share_socket,
         }],
-        fs_slots: 0,
+        fs_slots: spare_fs_slots(cfg.fs_slots, nics_count),
         serial: cfg
             .debug_console
             .then(|| Box::new(std::io::stderr()) as Box<dyn std::io::Write + Send>),
         seccomp: cfg.seccomp,
         ram: None,
     }
+}
+
+/// The spare file-system slots of a VM with `nics` NICs (for the containers that join its
+/// network namespace: [`super::member`]): `wanted`, as far as virtio-mmio IRQs are left
+/// after the vsock device, the share and the NICs.
+fn spare_fs_slots(wanted: usize, nics: usize) -> usize {
+    let lines = (vmm::layout::IRQ_MAX - vmm::layout::VIRTIO_IRQ_START + 1) as usize;
+    wanted.min(lines.saturating_sub(2 + nics))
 }
 
 /// What runvm adds to the guest kernel's command line: the init's debug switch or
@@ -218,4 +227,18 @@ fn kernel_cmdline(cfg: &MonitorConfig) -> String {
         cmdline.push_str(extra);
     }
     cmdline
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spare_fs_slots;
+
+    #[test]
+    fn spare_slots_take_only_the_irq_lines_left() {
+        assert_eq!(spare_fs_slots(4, 1), 4);
+        assert_eq!(spare_fs_slots(0, 1), 0);
+        // 19 virtio-mmio lines: vsock, the share and 14 NICs leave 3.
+        assert_eq!(spare_fs_slots(4, 14), 3);
+        assert_eq!(spare_fs_slots(4, 30), 0);
+    }
 }

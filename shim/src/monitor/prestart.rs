@@ -60,7 +60,7 @@ pub(super) fn wait_for_start(
                     return Ok(BeforeStart::Killed(signal));
                 }
             }
-            Request::Exec { .. } => refuse_exec(
+            Request::Exec { .. } | Request::AddContainer { .. } => refuse_exec(
                 &mut conn,
                 "cannot exec in a created container: container not running",
             ),
@@ -101,7 +101,7 @@ pub(super) fn boot_api_request(api: &UnixListener) -> DuringBoot {
             }
             return DuringBoot::Signal(signal);
         }
-        Request::Exec { .. } => refuse_exec(
+        Request::Exec { .. } | Request::AddContainer { .. } => refuse_exec(
             &mut conn,
             "cannot exec: the container's process has not started yet (container not running)",
         ),
@@ -226,6 +226,7 @@ mod tests {
         });
         let mut exec = s.send(&Request::Exec {
             spec: Default::default(),
+            container: 0,
         });
         let _start = s.send(&Request::Start);
         match wait_for_start(&s.listener, &sigfd).unwrap() {

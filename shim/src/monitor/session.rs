@@ -76,6 +76,11 @@ pub(super) struct Session<'a> {
     pub(super) queries: super::control::Queries,
     /// The guest's OOM kills, shown in the host cgroup.
     oom: oom::OomWatch,
+    /// Member containers by their main process ([`super::member`]).
+    pub(super) members: BTreeMap<ProcessId, super::member::Membership>,
+    /// Ended members the guest is removing.
+    pub(super) removing: BTreeMap<runvm_protocol::ContainerId, super::member::Removal>,
+    pub(super) next_container_id: runvm_protocol::ContainerId,
 }
 
 /// How a session ended.
@@ -131,11 +136,19 @@ impl<'a> Session<'a> {
             killed_by_host: false,
             queries: Default::default(),
             oom: oom::OomWatch::new(io.state_dir),
+            members: BTreeMap::new(),
+            removing: BTreeMap::new(),
+            next_container_id: 1,
         }
     }
 
     pub(super) fn send(&mut self, msg: &HostMessage) -> Result<(), MonitorError> {
         write_frame(&mut self.control, msg).map_err(MonitorError::Send)
+    }
+
+    /// The guest reported the end of the main process (or its failed start).
+    pub(super) fn main_ended(&self) -> bool {
+        self.main_ending.is_some()
     }
 
     pub(super) fn main_running(&self) -> bool {
@@ -158,7 +171,7 @@ impl<'a> Session<'a> {
     fn serve(&mut self) -> Result<Ending, MonitorError> {
         let mut drain_deadline = None;
         loop {
-            self.finish_complete_execs();
+            self.finish_complete_execs()?;
             if self.killed_by_host {
                 break;
             }
@@ -234,6 +247,7 @@ impl<'a> Session<'a> {
                 p.end();
             }
         }
+        self.release_members();
         if !self.killed_by_host {
             // (A stopped VM reads nothing more: the write could only wait.)
             let _ = self.send(&HostMessage::Shutdown);
@@ -396,11 +410,14 @@ impl<'a> Session<'a> {
                 api::answer(&mut conn, &Response::Ok);
                 self.flush_queued()?;
             }
-            Request::Exec { .. } if self.io.vm.is_paused() => refuse_exec(
-                &mut conn,
-                "cannot exec in a paused container (resume it first)",
-            ),
-            Request::Exec { spec } => self.exec_request(conn, spec)?,
+            Request::Exec { .. } | Request::AddContainer { .. } if self.io.vm.is_paused() => {
+                refuse_exec(
+                    &mut conn,
+                    "cannot exec in a paused container (resume it first)",
+                )
+            }
+            Request::Exec { spec, container } => self.exec_request(conn, spec, container)?,
+            Request::AddContainer { member } => self.member_request(conn, member)?,
             other => self.control_request(conn, other)?,
         }
         Ok(())
@@ -539,10 +556,8 @@ impl<'a> Session<'a> {
             answer @ (GuestMessage::Processes { .. }
             | GuestMessage::Stats { .. }
             | GuestMessage::Updated { .. }) => self.guest_answer(answer)?,
-            GuestMessage::ContainerRemoved { container, .. } => {
-                return Err(MonitorError::Protocol(format!(
-                    "the guest reported the removal of container {container}, which was not asked"
-                )))
+            GuestMessage::ContainerRemoved { container, error } => {
+                self.member_removed(container, error)?
             }
         }
         Ok(())

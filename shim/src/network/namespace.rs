@@ -14,9 +14,12 @@
 //! - a namespace other processes live in (`--network container:X` of a runc container,
 //!   another runvm container's monitor, the host's namespace by path): refused at
 //!   `create`. Mirroring its interfaces would take its traffic away from them.
-//! - no `pid` or no `ipc` namespace (`--pid host`, `--ipc host`), or one given by path
-//!   (`--pid container:X`, `--ipc container:X`): refused. The container's processes and
-//!   IPC objects live in the guest's kernel; the host's (or another VM's) cannot be shared.
+//! - no `pid` or no `ipc` namespace (`--pid host`, `--ipc host`): refused. The container's
+//!   processes and IPC objects live in the guest's kernel; the host's cannot be shared.
+//! - a `pid` or `ipc` namespace given by path (`--pid container:X`, `--ipc container:X`):
+//!   refused, unless the network namespace is given by path too, and is that of a
+//!   running runvm container's VM whose namespaces these are: the container then runs in
+//!   that VM (a member: [`crate::container::member`] checks it at `create`).
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -48,6 +51,7 @@ pub fn from_spec(spec: &oci_spec::runtime::Spec) -> Result<NetworkMode, NetworkE
         }
     }
     let find = |t: T| namespaces.iter().find(|n| n.typ() == t);
+    let network_by_path = find(T::Network).is_some_and(|n| n.path().is_some());
     for (t, flag) in [(T::Pid, "--pid"), (T::Ipc, "--ipc")] {
         match find(t) {
             None => {
@@ -56,11 +60,10 @@ pub fn from_spec(spec: &oci_spec::runtime::Spec) -> Result<NetworkMode, NetworkE
                     format!("{t:?}").to_lowercase()
                 )))
             }
-            Some(ns) if ns.path().is_some() => {
-                return Err(NetworkError::Refused(format!(
-                    "linux.namespaces: joining the {} namespace {} ({flag} container:…) is not supported by runvm: the container's processes live in its own guest kernel",
-                    format!("{t:?}").to_lowercase(),
-                    ns.path().as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+            Some(ns) if ns.path().is_some() && !network_by_path => {
+                return Err(NetworkError::Refused(joining_refused(
+                    t,
+                    ns.path().as_deref().unwrap_or(Path::new("")),
                 )))
             }
             Some(_) => {}
@@ -75,6 +78,15 @@ pub fn from_spec(spec: &oci_spec::runtime::Spec) -> Result<NetworkMode, NetworkE
             Some(p) => Ok(NetworkMode::Join(p.clone())),
         },
     }
+}
+
+/// Why a container that is not a member of another's VM cannot join namespace `path`.
+pub fn joining_refused(t: oci_spec::runtime::LinuxNamespaceType, path: &Path) -> String {
+    let (name, _) = ns_kind(t);
+    format!(
+        "linux.namespaces: joining the {name} namespace {} (--{name} container:…) is not supported by runvm: the container's processes live in its own guest kernel (it can share the namespaces of the container whose network it joins: --network container:X --{name} container:X)",
+        path.display()
+    )
 }
 
 /// `NSFS_MAGIC`: the file system of `/proc/<pid>/ns/*` and of their bind mounts.
@@ -165,9 +177,16 @@ fn ns_id(path: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
+/// Whether the namespace files `a` and `b` name one namespace.
+pub fn same_namespace(a: &Path, b: &Path) -> bool {
+    matches!((ns_id(a), ns_id(b)), (Some(x), Some(y)) if x == y)
+}
+
 /// Makes the calling (single-threaded) process live in the container's network
-/// namespace: joins `Join`'s path, or unshares a new one (and sets its `lo` up).
-pub fn enter(mode: &NetworkMode) -> Result<(), NetworkError> {
+/// namespace: joins `Join`'s path, or unshares a new one (and sets its `lo` up). A
+/// namespace other processes live in is refused unless the container is a `member` of
+/// the VM that holds it (see [`crate::container::member`]).
+pub fn enter(mode: &NetworkMode, member: bool) -> Result<(), NetworkError> {
     match mode {
         NetworkMode::New => {
             // SAFETY: unshare(2) with a flag only.
@@ -204,6 +223,9 @@ pub fn enter(mode: &NetworkMode) -> Result<(), NetworkError> {
             // SAFETY: setns(2) on a descriptor we own.
             if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                 return Err(err(format!("setns: {}", std::io::Error::last_os_error())));
+            }
+            if member {
+                return Ok(());
             }
             check_unshared(path)
         }

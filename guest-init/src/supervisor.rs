@@ -433,19 +433,32 @@ impl<'a> Supervisor<'a> {
                 self.control
                     .send(&GuestMessage::ContainerRemoved { container, error })?;
             }
-            HostMessage::ListProcesses { request } => {
-                let processes = cgroup::processes(self.main_pid);
+            HostMessage::ListProcesses { request, container } => {
+                let processes = match self.main_pid_of(container) {
+                    Some(pid) => cgroup::processes(pid),
+                    None => Vec::new(),
+                };
                 self.control
                     .send(&GuestMessage::Processes { request, processes })?;
             }
-            HostMessage::Stats { request } => {
-                let stats = cgroup::stats(MAIN_CONTAINER);
+            HostMessage::Stats { request, container } => {
+                let stats = match self.main_pid_of(container) {
+                    Some(_) => cgroup::stats(container),
+                    None => Default::default(),
+                };
                 self.control.send(&GuestMessage::Stats { request, stats })?;
             }
-            HostMessage::Update { request, resources } => {
-                let error = cgroup::apply(MAIN_CONTAINER, &resources)
-                    .err()
-                    .map(|e| e.to_string());
+            HostMessage::Update {
+                request,
+                resources,
+                container,
+            } => {
+                let error = match self.main_pid_of(container) {
+                    Some(_) => cgroup::apply(container, &resources)
+                        .err()
+                        .map(|e| e.to_string()),
+                    None => Some(format!("the guest has no container {container}")),
+                };
                 self.control
                     .send(&GuestMessage::Updated { request, error })?;
             }
@@ -556,6 +569,15 @@ impl<'a> Supervisor<'a> {
         self.processes
             .insert(process, Proc::new(container, spawned, streams)?);
         Ok(pid)
+    }
+
+    /// The pid of `container`'s main process (the VM's own container's, or a member's
+    /// that has not been removed); `None` for a container the guest does not have.
+    fn main_pid_of(&self, container: ContainerId) -> Option<Pid> {
+        if container == MAIN_CONTAINER {
+            return Some(self.main_pid);
+        }
+        self.members.get(&container).map(|m| m.pid)
     }
 
     /// Starts a member container; one that cannot start leaves nothing behind (mounts,

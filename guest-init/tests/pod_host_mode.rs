@@ -570,6 +570,69 @@ fn a_member_gets_its_own_cgroup_with_its_own_limits() {
         "pid {pid} not in {}: {procs:?}",
         member_cg.display()
     );
+    // The host's queries of the member: its processes, its cgroup's usage, a new limit;
+    // a container the guest does not have gets nothing.
+    pod.send(&HostMessage::ListProcesses {
+        request: 7,
+        container: 4,
+    });
+    let GuestMessage::Processes {
+        request: 7,
+        processes,
+    } = pod.recv()
+    else {
+        panic!("no answer to ListProcesses")
+    };
+    // (Its shell may still be running one of its commands.)
+    assert!(
+        processes
+            .iter()
+            .any(|p| p.pid == 1 && p.cmd.starts_with("sh -c")),
+        "its shell is PID 1 of its own namespace: {processes:?}"
+    );
+    assert!(
+        !processes.iter().any(|p| p.cmd.starts_with("sleep")),
+        "the main container's process is not listed: {processes:?}"
+    );
+    pod.send(&HostMessage::Stats {
+        request: 8,
+        container: 4,
+    });
+    let GuestMessage::Stats { request: 8, stats } = pod.recv() else {
+        panic!("no answer to Stats")
+    };
+    if pids {
+        assert!(stats.pids_current >= 1, "{stats:?}");
+        assert_eq!(stats.pids_limit, Some(42), "{stats:?}");
+        pod.send(&HostMessage::Update {
+            request: 9,
+            resources: Resources {
+                pids_limit: Some(43),
+                ..Default::default()
+            },
+            container: 4,
+        });
+        assert_eq!(
+            pod.recv(),
+            GuestMessage::Updated {
+                request: 9,
+                error: None
+            }
+        );
+        let max = std::fs::read_to_string(member_cg.join("pids.max")).unwrap();
+        assert_eq!(max.trim(), "43");
+    }
+    pod.send(&HostMessage::Stats {
+        request: 10,
+        container: 9,
+    });
+    assert_eq!(
+        pod.recv(),
+        GuestMessage::Stats {
+            request: 10,
+            stats: Default::default()
+        }
+    );
     sin.write_all(b"\n").unwrap();
     let out = read_all(sout);
     assert_eq!(pod.exit_of(40), ExitStatus::Exited(0));

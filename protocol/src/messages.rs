@@ -208,14 +208,28 @@ pub enum HostMessage {
     },
     /// The host has everything it needs; sync and power off.
     Shutdown,
-    /// List the container's processes; the guest answers [`GuestMessage::Processes`]
-    /// with the same `request` (picked by the host, one answer per request).
-    ListProcesses { request: u32 },
-    /// Report the container cgroup's usage; answered by [`GuestMessage::Stats`].
-    Stats { request: u32 },
-    /// Change the container cgroup's limits (`runvm update`); answered by
+    /// List the processes of `container` (the main one when absent, as before the field
+    /// existed); the guest answers [`GuestMessage::Processes`] with the same `request`
+    /// (picked by the host, one answer per request).
+    ListProcesses {
+        request: u32,
+        #[serde(default)]
+        container: ContainerId,
+    },
+    /// Report the usage of `container`'s cgroup; answered by [`GuestMessage::Stats`].
+    Stats {
+        request: u32,
+        #[serde(default)]
+        container: ContainerId,
+    },
+    /// Change the limits of `container`'s cgroup (`runvm update`); answered by
     /// [`GuestMessage::Updated`].
-    Update { request: u32, resources: Resources },
+    Update {
+        request: u32,
+        resources: Resources,
+        #[serde(default)]
+        container: ContainerId,
+    },
     /// Start another container in the VM beside the main one (see [`NewContainer`]).
     AddContainer(NewContainer),
     /// Undo a member container whose main process has exited: unmount its root and

@@ -33,8 +33,6 @@ use crate::stdio::{self, StdinFeed};
 
 /// What containerd calls this runtime (`ctr run --runtime io.containerd.runvm.v2`).
 pub const RUNTIME_ID: &str = "io.containerd.runvm.v2";
-/// The annotation CRI puts on pod sandboxes and their containers.
-const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 /// How long an exit waits for the rest of a terminal's output to reach containerd.
 const CONSOLE_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -448,17 +446,9 @@ impl containerd_shim::Task for TaskService {
         }
         crate::options::check(req.options.as_ref())
             .map_err(|e| status(Code::INVALID_ARGUMENT, e))?;
+        // A pod's sandbox boots its VM; the pod's containers, created in its network
+        // namespace, run in that VM (runvm decides at its create).
         let bundle = PathBuf::from(&req.bundle);
-        let config = std::fs::read(bundle.join("config.json")).map_err(failure)?;
-        let config: serde_json::Value = serde_json::from_slice(&config).map_err(failure)?;
-        if let Some(kind) = config["annotations"][CRI_CONTAINER_TYPE].as_str() {
-            return Err(status(
-                Code::UNIMPLEMENTED,
-                format!(
-                    "a Kubernetes pod's {kind} is not supported by containerd-shim-runvm-v2 yet (one VM per pod is not built); run single containers (ctr run --runtime {RUNTIME_ID})"
-                ),
-            ));
-        }
         let rootfs = bundle.join("rootfs");
         if !req.rootfs.is_empty() {
             std::fs::create_dir_all(&rootfs).map_err(failure)?;

@@ -477,6 +477,22 @@ fn network_container_runs_in_the_same_vm(h: &mut Harness) {
         let members = titled("runvm-member ");
         assert!(members.is_empty(), "peer's monitor has ended: {members:?}");
     }
+    // One killed for its own memory limit: 137 and OOMKilled, as under runc.
+    let hog = [
+        "--name",
+        "hog",
+        "--memory",
+        "32m",
+        BUSYBOX,
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=80M",
+        "count=1",
+    ];
+    run_joined(&d, "web", &hog).code_is(137);
+    assert_eq!(d.inspect("hog", "{{.State.OOMKilled}}"), "true");
+    d.cmd(&["rm", "hog"]).ok();
     let again = run_joined(&d, "web", &["--rm", BUSYBOX, "sh", "-c", &get]);
     again.ok();
     assert_eq!(body(&again.stdout).trim(), PAGE, "{again:?}");

@@ -499,3 +499,110 @@ fn a_killed_monitor_leaves_nothing_in_the_namespace() {
     let _ = root.cmd(&["delete", "killed"]);
     root.assert_clean(Duration::from_secs(5));
 }
+
+/// Sets the `path` of the `typ` namespace in `b`'s config.json.
+fn join_namespace(b: &Bundle, typ: &str, path: &str) {
+    let file = b.path().join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    for ns in config["linux"]["namespaces"].as_array_mut().unwrap() {
+        if ns["type"] == typ {
+            ns["path"] = serde_json::json!(path);
+        }
+    }
+    std::fs::write(&file, config.to_string()).unwrap();
+}
+
+/// A container created in the network namespace a running runvm container's VM holds
+/// runs in that VM as a member (`docker run --network container:X`, a pod's containers):
+/// its own root, PID namespace and exit code, the VM's network; `kill` and `exec` reach
+/// it. Before that container runs, or with an IPC namespace that is not its, the create
+/// fails and leaves nothing.
+#[test]
+#[ignore = "boots a guest: run through `cargo xtask test`"]
+fn a_container_in_a_running_containers_namespace_runs_in_its_vm() {
+    let root = StateRoot::new();
+    let mut ns = Netns::new();
+    let ip = ns.wire("eth0").ip();
+    let sandbox = bundle("echo READY; exec sleep 600", Some(&ns.path()), None);
+    let (out, pid) = root.create(&sandbox, "sandbox");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let sandbox_pid = pid.unwrap();
+    let script = "echo in-member; ip -o -4 addr show eth0; hostname; cat /proc/1/comm; exit 3";
+    let member = bundle(script, Some(&ns.path()), None);
+    // A created container has no VM yet.
+    let (out, _) = root.create(&member, "member");
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains("which is created")
+            && stderr(&out).contains("start \"sandbox\" first"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(root.leftovers(), vec!["sandbox".to_string()]);
+
+    assert_eq!(code(&root.cmd(&["start", "sandbox"])), 0);
+    sandbox.wait_for_stdout("READY", Duration::from_secs(60));
+    // An IPC namespace that is not the sandbox's: refused, nothing left.
+    let stranger = bundle("true", Some(&ns.path()), None);
+    join_namespace(&stranger, "ipc", "/proc/1/ns/ipc");
+    let (out, _) = root.create(&stranger, "stranger");
+    assert_eq!(code(&out), 1);
+    assert!(
+        stderr(&out).contains("the ipc namespace /proc/1/ns/ipc is not container \"sandbox\"'s"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(root.leftovers(), vec!["sandbox".to_string()]);
+
+    let (out, pid) = root.create(&member, "member");
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let member_pid = pid.unwrap();
+    assert_eq!(root.status("member"), "created");
+    let out = root.cmd(&["start", "member"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(reap(member_pid, Duration::from_secs(60)), 3);
+    let said = member.wait_for_stdout("in-member", Duration::from_secs(5));
+    assert!(
+        said.contains(&format!("inet {ip}/24")),
+        "the VM's eth0: {said}"
+    );
+    assert!(
+        said.contains("nettest\nsh\n"),
+        "hostname, and its own PID 1: {said}"
+    );
+    assert_eq!(root.status("member"), "stopped");
+    assert_eq!(code(&root.cmd(&["delete", "member"])), 0);
+    assert_eq!(root.status("sandbox"), "running");
+
+    // A second member, reached by exec and stopped by kill; the sandbox sees none of it.
+    let second = bundle("echo SECOND; exec sleep 700", Some(&ns.path()), None);
+    let second_pid = root.running(&second, "second");
+    second.wait_for_stdout("SECOND", Duration::from_secs(60));
+    let out = root.cmd(&["exec", "second", "cat", "/proc/1/cmdline"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "sleep\u{0}700\u{0}");
+    let out = root.cmd(&["exec", "sandbox", "cat", "/proc/1/cmdline"]);
+    assert_eq!(stdout(&out), "sleep\u{0}600\u{0}", "{}", stderr(&out));
+    // ps and events of the member are its own container's, from the guest.
+    root.wait_for_guest_process("second", "sleep 700", Duration::from_secs(10));
+    let out = root.cmd(&["ps", "second"]);
+    assert!(!stdout(&out).contains("sleep 600"), "{}", stdout(&out));
+    let out = root.cmd(&["events", "--stats", "second"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let ev: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(ev["data"]["pids"]["current"], 1, "{ev}");
+    assert!(
+        ev["data"]["memory"]["usage"]["usage"].as_u64() > Some(0),
+        "{ev}"
+    );
+    assert_eq!(code(&root.cmd(&["kill", "second", "KILL"])), 0);
+    assert_eq!(reap(second_pid, Duration::from_secs(30)), 137);
+    assert_eq!(code(&root.cmd(&["delete", "second"])), 0);
+
+    assert_eq!(code(&root.cmd(&["kill", "sandbox", "KILL"])), 0);
+    assert_eq!(reap(sandbox_pid, Duration::from_secs(30)), 137);
+    assert_eq!(code(&root.cmd(&["delete", "sandbox"])), 0);
+    ns.assert_clean();
+    root.assert_clean(Duration::from_secs(5));
+}

@@ -151,20 +151,42 @@ pub struct CriSmokeArgs {
     /// Internal: where the image archives are (with `--inside`).
     #[arg(long, hide = true, value_name = "DIR")]
     images: Option<PathBuf>,
+    /// The runtime handlers to run the pod under, one after the other: `runvm`
+    /// (containerd-shim-runvm-v2: one VM for the pod) and `runc` (runc's shim, the peer).
+    #[arg(long = "handler", value_name = "HANDLER", value_parser = ["runvm", "runc"])]
+    handlers: Vec<String>,
+    /// Internal: the directory of runvm and containerd-shim-runvm-v2 (with `--inside`).
+    #[arg(long, hide = true, value_name = "DIR")]
+    runvm_dir: Option<PathBuf>,
 }
 
 /// `cargo xtask cri-smoke`.
 pub fn cmd_cri_smoke(args: CriSmokeArgs) -> Result<i32> {
+    let handlers = if args.handlers.is_empty() {
+        vec!["runvm".to_string(), "runc".to_string()]
+    } else {
+        args.handlers.clone()
+    };
     if let Some(crictl) = args.inside {
         let images = args
             .images
             .context("--inside needs --images (run `cargo xtask cri-smoke`)")?;
-        return smoke_here(&crictl, &images);
+        let mut failed = Vec::new();
+        for h in &handlers {
+            if smoke_here(&crictl, &images, h, args.runvm_dir.as_deref())? != 0 {
+                failed.push(h.clone());
+            }
+        }
+        if !failed.is_empty() {
+            eprintln!("[cri-smoke] FAILED under: {}", failed.join(", "));
+            return Ok(1);
+        }
+        eprintln!("[cri-smoke] PASSED under: {}", handlers.join(", "));
+        return Ok(0);
     }
     let crictl = build_crictl()?;
     let images = build_images()?;
-    eprintln!("[cri] running the CRI smoke test inside the nested test host");
-    let argv = vec![
+    let mut argv = vec![
         std::env::current_exe()
             .context("cannot find the xtask binary")?
             .display()
@@ -175,6 +197,23 @@ pub fn cmd_cri_smoke(args: CriSmokeArgs) -> Result<i32> {
         "--images".into(),
         images.display().to_string(),
     ];
+    for h in &handlers {
+        argv.extend(["--handler".to_string(), h.clone()]);
+    }
+    if handlers.iter().any(|h| h == "runvm") {
+        // runvm (with its kernel, initramfs and virtiofsd beside it, as installed) and
+        // its shim v2, which containerd finds on its PATH.
+        let setup = crate::guests::GuestSetup::prepare()?;
+        let dir = setup
+            .runvm
+            .parent()
+            .context("runvm's binary has no directory")?;
+        argv.extend(["--runvm-dir".to_string(), dir.display().to_string()]);
+    }
+    eprintln!(
+        "[cri] running the CRI smoke test inside the nested test host, under {}",
+        handlers.join(" then ")
+    );
     crate::testhost::run_in_testhost(&argv, &[])
 }
 
@@ -276,7 +315,8 @@ fn sha256_hex(bytes: &[u8]) -> String {
 // The smoke test (inside the test host).
 
 /// The private containerd's configuration: CRI plugin on, runc's shim as runtime
-/// handler "runc", the pause image as sandbox image, the bridge network of `net_d`.
+/// handler "runc" and runvm's as "runvm", the pause image as sandbox image, the bridge
+/// network of `net_d`.
 fn containerd_config(dir: &Path) -> String {
     let d = dir.display();
     format!(
@@ -302,6 +342,8 @@ state = "{d}/state"
     default_runtime_name = "runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runvm]
+      runtime_type = "io.containerd.runvm.v2"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{CNI_BIN_DIR}"
     conf_dir = "{d}/net.d"
@@ -347,6 +389,10 @@ impl Out {
 /// One smoke run: its directory, containerd, and the steps' results.
 struct Smoke {
     crictl: PathBuf,
+    /// The CRI runtime handler the pod runs under (`runc`, `runvm`).
+    handler: String,
+    /// Where runvm and its shim are (on containerd's PATH).
+    runvm_dir: Option<PathBuf>,
     dir: PathBuf,
     containerd: Option<Child>,
     passed: usize,
@@ -463,6 +509,15 @@ impl Smoke {
     }
 }
 
+/// runvm's processes whose title (command line) starts with `prefix`: `runvm-vm ` for a
+/// VM's monitor, `runvm-member ` for the monitor of a container in another's VM.
+fn titled(prefix: &str) -> Vec<(u32, String)> {
+    processes_mentioning(prefix)
+        .into_iter()
+        .filter(|(_, c)| c.starts_with(prefix))
+        .collect()
+}
+
 /// Processes whose command line mentions `needle` (pid, command line).
 fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
     let mut found = Vec::new();
@@ -498,7 +553,16 @@ fn mounts_under(dir: &Path) -> Vec<String> {
 }
 
 /// The smoke test, here (inside the test host): exit code 0 when every step passed.
-fn smoke_here(crictl: &Path, images: &Path) -> Result<i32> {
+fn smoke_here(
+    crictl: &Path,
+    images: &Path,
+    handler: &str,
+    runvm_dir: Option<&Path>,
+) -> Result<i32> {
+    if handler == "runvm" && runvm_dir.is_none() {
+        bail!("--handler runvm needs --runvm-dir (run `cargo xtask cri-smoke`)");
+    }
+    eprintln!("[cri-smoke] === handler {handler} ===");
     if !util::is_root() {
         bail!("the CRI smoke test must run as root");
     }
@@ -522,6 +586,8 @@ fn smoke_here(crictl: &Path, images: &Path) -> Result<i32> {
     }
     let mut smoke = Smoke {
         crictl: crictl.to_path_buf(),
+        handler: handler.to_string(),
+        runvm_dir: runvm_dir.map(Path::to_path_buf),
         dir: dir.clone(),
         containerd: None,
         passed: 0,
@@ -540,14 +606,14 @@ fn smoke_here(crictl: &Path, images: &Path) -> Result<i32> {
     let total = smoke.passed + smoke.failed.len();
     if smoke.failed.is_empty() && run.is_ok() {
         eprintln!(
-            "[cri-smoke] PASSED: {total} steps, in {}",
+            "[cri-smoke] PASSED ({handler}): {total} steps, in {}",
             util::fmt_duration(smoke.start.elapsed())
         );
         let _ = remove_dir_if_exists(&dir);
         Ok(0)
     } else {
         eprintln!(
-            "[cri-smoke] FAILED: {} of {total} steps failed ({}); containerd's log was {}",
+            "[cri-smoke] FAILED ({handler}): {} of {total} steps failed ({}); containerd's log was {}",
             smoke.failed.len(),
             smoke.failed.join(", "),
             dir.join("containerd.log").display()
@@ -630,7 +696,7 @@ fn run_steps(
     let pod_config_path = s.write_json("pod.json", &pod_config)?;
     let r = (|| {
         let id = s
-            .crictl_ok(&["runp", "--runtime", "runc", &pod_config_path])?
+            .crictl_ok(&["runp", "--runtime", &s.handler, &pod_config_path])?
             .stdout
             .trim()
             .to_string();
@@ -647,8 +713,11 @@ fn run_steps(
             bail!("pod {id} has IP {ip:?}, expected one in {POD_SUBNET}");
         }
         let handler = v["status"]["runtime_handler"].as_str().unwrap_or("");
-        if handler != "runc" {
-            bail!("pod {id} runs under handler {handler:?}, expected runc");
+        if handler != s.handler {
+            bail!(
+                "pod {id} runs under handler {handler:?}, expected {}",
+                s.handler
+            );
         }
         *netns = v["info"]["info"]["runtimeSpec"]["linux"]["namespaces"]
             .as_array()
@@ -683,7 +752,8 @@ fn run_steps(
             ),
         ))
     })();
-    s.step("RunPodSandbox (handler runc)", r)?;
+    let name = format!("RunPodSandbox (handler {})", s.handler);
+    s.step(&name, r)?;
     let pod_id = pod.clone().context("no pod")?;
 
     // The web container: busybox httpd on localhost:8080 of the pod.
@@ -751,6 +821,26 @@ fn run_steps(
         "fetch container wgets localhost; ContainerStatus exit code 0",
         r,
     )?;
+
+    if s.handler == "runvm" {
+        let r = (|| {
+            let vms = titled("runvm-vm ");
+            let members = titled("runvm-member ");
+            if vms.len() != 1 || members.len() != 1 {
+                bail!(
+                    "expected one VM (the sandbox's) and one member monitor (web's) while web runs: VMs {vms:?}, members {members:?}"
+                );
+            }
+            Ok((
+                (),
+                format!(
+                    "one VM (monitor pid {}) for the pod; web runs in it (member monitor pid {})",
+                    vms[0].0, members[0].0
+                ),
+            ))
+        })();
+        s.step("one VM runs the pod's containers", r)?;
+    }
 
     let r = (|| {
         let o = s.crictl_ok(&["logs", &fetch])?;
@@ -895,7 +985,16 @@ fn start_containerd(s: &mut Smoke) -> Result<((), String)> {
     let conflist = s.dir.join("net.d/10-runvm-cri-smoke.conflist");
     std::fs::write(&conflist, serde_json::to_vec_pretty(&cni_config(&s.dir))?)?;
     let log = std::fs::File::create(s.dir.join("containerd.log"))?;
-    let child = Command::new("containerd")
+    let mut containerd = Command::new("containerd");
+    if let Some(dir) = &s.runvm_dir {
+        // containerd finds containerd-shim-runvm-v2 on its PATH (and the shim runvm
+        // beside itself), as where the two are installed together.
+        let path = std::env::var("PATH").unwrap_or_default();
+        containerd.env("PATH", format!("{}:{path}", dir.display()));
+        // Guests boot under emulation in the test host: allow for it.
+        containerd.env("RUNVM_BOOT_TIMEOUT", "600");
+    }
+    let child = containerd
         .arg("--config")
         .arg(&config)
         .stdin(Stdio::null())
@@ -964,12 +1063,21 @@ fn cleanup_and_check(s: &mut Smoke, pod: Option<&str>, containers: &[String], ne
         if !shims.is_empty() {
             bail!("shim processes still running: {shims:?}");
         }
-        Ok((
-            (),
-            "no containerd-shim-runc-v2 of this containerd".to_string(),
-        ))
+        Ok(((), "no containerd shim of this containerd".to_string()))
     })();
     let _ = s.step("no shim process left", r);
+    if s.handler == "runvm" {
+        let r = (|| {
+            let mut left = titled("runvm-vm ");
+            left.extend(titled("runvm-member "));
+            left.extend(processes_mentioning("virtiofsd"));
+            if !left.is_empty() {
+                bail!("runvm processes still running: {left:?}");
+            }
+            Ok(((), "no VM, member monitor or virtiofsd".to_string()))
+        })();
+        let _ = s.step("no runvm process left", r);
+    }
     let r = (|| {
         let Some(ns) = netns else {
             return Ok(((), "the pod never had a network namespace".to_string()));

@@ -45,6 +45,7 @@ pub fn create(root: &Path, cgroups: PathSyntax, args: &liboci_cli::Create) -> Re
     // that VM (see [`super::member`]).
     let sandbox = super::member::sandbox_of(&p).map_err(fail)?;
     super::member::check_joined(&p, sandbox.as_ref()).map_err(fail)?;
+    super::member::check_pod(&p, sandbox.as_ref()).map_err(fail)?;
     let member = match &sandbox {
         Some(s) => Some(super::member::member_config(&p, s).map_err(fail)?),
         None => None,

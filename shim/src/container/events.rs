@@ -54,7 +54,10 @@ pub fn events(root: &Path, args: &liboci_cli::Events) -> Result<i32> {
         if state.status(root).can_events().is_err() {
             return Ok(0);
         }
-        let host = HostCgroup::load(&state_dir).map(|c| c.stats());
+        // A member's host cgroup holds only its monitor: its usage is the guest's.
+        let host = HostCgroup::load(&state_dir)
+            .filter(|_| state.sandbox.is_none())
+            .map(|c| c.stats());
         let guest = guest_stats(&runtime);
         let ooms =
             guest.as_ref().map_or(0, |g| g.oom_kills) + host.as_ref().map_or(0, |h| h.oom_kills);

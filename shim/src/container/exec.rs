@@ -429,7 +429,7 @@ impl Waiter {
                     on_started(pid)?;
                 }
                 Ok(ExecEvent::Failed { message, .. }) => return Err(start_failure(&message)),
-                Ok(ExecEvent::Exited { code }) => return Ok(code),
+                Ok(ExecEvent::Exited { code, .. }) => return Ok(code),
                 Err(FrameError::Closed) | Err(FrameError::Io(_)) => {
                     // The monitor, and the VM with the process, are gone.
                     log::error!("the container's monitor went away; the exec'd process is gone");

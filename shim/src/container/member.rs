@@ -60,6 +60,35 @@ pub fn sandbox_of(p: &super::Prepared) -> Result<Option<ContainerState>> {
     Ok(None)
 }
 
+/// CRI's annotations: a pod's container names its pod's sandbox.
+const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+const CRI_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+/// A container of a Kubernetes pod (CRI's annotations) must run in its pod's VM: the one
+/// of its sandbox, which must be a running runvm container holding the pod's network
+/// namespace.
+pub fn check_pod(p: &super::Prepared, sandbox: Option<&ContainerState>) -> Result<()> {
+    let a = &p.spec.annotations;
+    if a.get(CRI_CONTAINER_TYPE).map(String::as_str) != Some("container") {
+        return Ok(());
+    }
+    let Some(want) = a.get(CRI_SANDBOX_ID) else {
+        return Ok(());
+    };
+    match sandbox {
+        Some(s) if &s.id == want => Ok(()),
+        Some(s) => bail!(
+            "container {:?} belongs to pod sandbox {want:?} ({CRI_SANDBOX_ID}), but its network namespace is container {:?}'s VM's",
+            p.id,
+            s.id
+        ),
+        None => bail!(
+            "container {:?}: its pod's sandbox {want:?} ({CRI_SANDBOX_ID}) is not a running runvm container holding the pod's network namespace: a pod's containers run in its sandbox's VM, so run the pod's sandbox with runvm too",
+            p.id
+        ),
+    }
+}
+
 /// Refuses the PID, IPC and UTS namespaces `p` joins by path unless they are those of
 /// `sandbox`'s VM (its monitor's), which a member shares; a container with a VM of its own
 /// (`sandbox` `None`) can join none.
@@ -79,8 +108,7 @@ pub fn check_joined(p: &super::Prepared, sandbox: Option<&ContainerState>) -> Re
             T::Ipc => "ipc",
             _ => "uts",
         };
-        let theirs = format!("/proc/{}/ns/{kind}", s.pid);
-        if !same_namespace(Path::new(&theirs), path) {
+        if !is_namespace_of(s.pid, kind, path) {
             bail!(
                 "linux.namespaces: the {kind} namespace {} is not container {:?}'s, whose VM this container joins (its network namespace is that VM's): a container in a VM can share only that VM's container's namespaces",
                 path.display(),
@@ -89,6 +117,19 @@ pub fn check_joined(p: &super::Prepared, sandbox: Option<&ContainerState>) -> Re
         }
     }
     Ok(())
+}
+
+/// Whether namespace file `path` names process `pid`'s namespace of `kind`: by its path
+/// (`/proc/<pid>/ns/<kind>`, as Docker and the CRI give it), or by identity where that
+/// namespace is not the host's (a monitor lives in the host's PID and IPC namespaces, so
+/// identity alone would take any host process's for it).
+fn is_namespace_of(pid: i32, kind: &str, path: &Path) -> bool {
+    let theirs = format!("/proc/{pid}/ns/{kind}");
+    if path == Path::new(&theirs) {
+        return true;
+    }
+    let host = format!("/proc/1/ns/{kind}");
+    same_namespace(Path::new(&theirs), path) && !same_namespace(Path::new(&host), path)
 }
 
 /// What the monitor of member `p` of `sandbox` needs.

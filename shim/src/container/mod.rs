@@ -102,7 +102,7 @@ pub fn prepare(id: &str, bundle: &Path, root: &Path, cgroups: PathSyntax) -> Res
         crate::cgroup::host_memory_mib(),
     );
     let boot_timeout = settings::boot_timeout()?;
-    let fs_slots = env_num("RUNVM_FS_SLOTS", 4)?;
+    let fs_slots = env_num("RUNVM_FS_SLOTS", 8)?;
 
     // State is root's alone (0700, as runc makes its root): it names the container's
     // sockets, its pid and its bundle.

@@ -42,6 +42,12 @@ pub enum Request {
     /// [`ExecEvent::Added`], then the events of the member's main process, whose end (or
     /// the connection's) removes the member from the VM.
     AddContainer { member: MemberSpec },
+    /// `Processes`, `Stats` or `Update` of member `container` (from the member's own
+    /// monitor, which `runvm ps`, `events` and `update` of the member ask).
+    Member {
+        container: runvm_protocol::ContainerId,
+        query: Box<Request>,
+    },
     /// Stop the VM's vCPUs (`runvm pause`): the guest freezes entirely.
     Pause,
     /// Let a paused VM run again (`runvm resume`).
@@ -174,8 +180,14 @@ pub enum ExecEvent {
     Started { pid: i32 },
     /// It could not be started; `code` is the guest's runc-like code (126, 127, 1).
     Failed { code: i32, message: String },
-    /// It ended, and all its output has been written: the shell convention's code.
-    Exited { code: i32 },
+    /// It ended, and all its output has been written: the shell convention's code. For
+    /// the main process of a member container, `oom_kills` is its guest cgroup's count of
+    /// OOM kills (the guest's word: its member monitor shows them in its host cgroup).
+    Exited {
+        code: i32,
+        #[serde(default)]
+        oom_kills: u64,
+    },
 }
 
 /// What `runvm exec` sends on its connection once the process was asked for.

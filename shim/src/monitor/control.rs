@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::os::unix::net::UnixStream;
 
-use runvm_protocol::{GuestMessage, GuestProcess, HostMessage, MAIN_PROCESS};
+use runvm_protocol::{
+    ContainerId, GuestMessage, GuestProcess, HostMessage, MAIN_CONTAINER, MAIN_PROCESS,
+};
 
 use super::api::{self, answer};
 use super::prestart::before_running;
@@ -19,8 +21,13 @@ const MAX_PROCESSES: usize = 4096;
 
 /// What a request waits for.
 enum Waiting {
-    Processes { host_pids: Vec<i32> },
-    Stats,
+    Processes {
+        host_pids: Vec<i32>,
+    },
+    /// The stats of `container` (only the main container's count for its OOM kills).
+    Stats {
+        container: ContainerId,
+    },
     Update,
 }
 
@@ -32,6 +39,15 @@ pub(super) struct Queries {
 }
 
 impl Session<'_> {
+    /// Whether the guest's `Stats` answer to `request` is about the main container (the
+    /// session's own poll, or a host API query of it).
+    pub(super) fn stats_of_main(&self, request: u32) -> bool {
+        match self.queries.waiting.get(&request) {
+            Some((Waiting::Stats { container }, _)) => *container == MAIN_CONTAINER,
+            _ => true,
+        }
+    }
+
     fn paused_file(&self) -> Option<std::path::PathBuf> {
         self.io.state_dir.map(|d| d.join(crate::state::PAUSED_FILE))
     }
@@ -61,8 +77,23 @@ impl Session<'_> {
         &mut self,
         mut conn: UnixStream,
         req: api::Request,
+        container: ContainerId,
     ) -> Result<(), MonitorError> {
         let paused = self.io.vm.is_paused();
+        if container != MAIN_CONTAINER
+            && !matches!(
+                req,
+                api::Request::Processes { .. } | api::Request::Stats | api::Request::Update { .. }
+            )
+        {
+            answer(
+                &mut conn,
+                &api::ControlResponse::Error(
+                    "not supported for a container that runs in another container's VM".into(),
+                ),
+            );
+            return Ok(());
+        }
         if !self.main_running() {
             answer(&mut conn, &before_running(&req, "stopping"));
             return Ok(());
@@ -126,13 +157,14 @@ impl Session<'_> {
                     Waiting::Processes {
                         host_pids: self.host_pids(),
                     },
-                    HostMessage::ListProcesses { request },
+                    HostMessage::ListProcesses { request, container },
                 )
             }
             api::Request::Stats => (
-                Waiting::Stats,
+                Waiting::Stats { container },
                 HostMessage::Stats {
                     request: self.next_query(),
+                    container,
                 },
             ),
             api::Request::Update { resources } => (
@@ -140,18 +172,20 @@ impl Session<'_> {
                 HostMessage::Update {
                     request: self.next_query(),
                     resources,
+                    container,
                 },
             ),
             api::Request::Start
             | api::Request::Signal { .. }
             | api::Request::Exec { .. }
-            | api::Request::AddContainer { .. } => {
+            | api::Request::AddContainer { .. }
+            | api::Request::Member { .. } => {
                 unreachable!("handled by api_request")
             }
         };
         let request = match &msg {
-            HostMessage::ListProcesses { request }
-            | HostMessage::Stats { request }
+            HostMessage::ListProcesses { request, .. }
+            | HostMessage::Stats { request, .. }
             | HostMessage::Update { request, .. } => *request,
             _ => unreachable!("a query"),
         };
@@ -189,7 +223,7 @@ impl Session<'_> {
                     .collect();
                 api::ControlResponse::Processes { host_pids, guest }
             }
-            (Waiting::Stats, GuestMessage::Stats { stats, .. }) => {
+            (Waiting::Stats { .. }, GuestMessage::Stats { stats, .. }) => {
                 api::ControlResponse::Stats(stats)
             }
             (Waiting::Update, GuestMessage::Updated { error: None, .. }) => {

@@ -57,6 +57,9 @@ impl Session<'_> {
             return Ok(());
         }
         let id = self.new_process(&mut conn, stdio, &mut spec);
+        if let Some(p) = self.processes.get_mut(&id) {
+            p.container = container;
+        }
         log::debug!("exec {id}: {:?}", spec.args);
         self.send(&HostMessage::Exec {
             process: id,
@@ -192,6 +195,7 @@ impl Session<'_> {
         &mut self,
         id: ProcessId,
         status: ExitStatus,
+        oom_kills: u64,
     ) -> Result<(), MonitorError> {
         let Some(p) = self.processes.get_mut(&id) else {
             return Err(unknown(id, "exit"));
@@ -207,7 +211,15 @@ impl Session<'_> {
             )));
         }
         p.status = Some(status);
+        p.oom_kills = oom_kills;
         Ok(())
+    }
+
+    /// The container process `id` runs in (the main one for a process it does not know).
+    pub(super) fn container_of(&self, id: ProcessId) -> ContainerId {
+        self.processes
+            .get(&id)
+            .map_or(MAIN_CONTAINER, |p| p.container)
     }
 
     /// A message (or the end) on the connection of the `runvm exec` waiting for `id`.
@@ -287,6 +299,7 @@ impl Session<'_> {
             &mut client,
             &ExecEvent::Exited {
                 code: status.code(),
+                oom_kills: 0,
             },
         );
     }

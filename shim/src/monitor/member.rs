@@ -38,6 +38,7 @@ pub(super) struct Removal {
     slot: usize,
     client: Option<UnixStream>,
     status: ExitStatus,
+    oom_kills: u64,
 }
 
 /// The guest's tag of member `container`'s share.
@@ -100,6 +101,9 @@ impl Session<'_> {
         };
         tell(&mut conn, &ExecEvent::Added { container });
         let id = self.new_process(&mut conn, stdio, &mut process);
+        if let Some(p) = self.processes.get_mut(&id) {
+            p.container = container;
+        }
         self.members.insert(
             id,
             Membership {
@@ -153,11 +157,13 @@ impl Session<'_> {
             return Ok(Some(p));
         };
         let client = p.client.take();
+        let oom_kills = p.oom_kills;
         p.end();
         let removal = Removal {
             slot: m.slot,
             client,
             status,
+            oom_kills,
         };
         self.removing.insert(m.container, removal);
         self.send(&HostMessage::RemoveContainer {
@@ -212,6 +218,7 @@ impl Session<'_> {
             &mut removal.client,
             &ExecEvent::Exited {
                 code: removal.status.code(),
+                oom_kills: removal.oom_kills,
             },
         );
     }

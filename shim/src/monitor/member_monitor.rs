@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::api::{self, ControlResponse, ExecControl, ExecEvent, MemberSpec, Request, Response};
 use super::poll::{pending_signals, PollSet};
-use super::prestart::{refuse_exec, refuse_start, wait_for_start, BeforeStart};
+use super::prestart::{before_running, refuse_exec, refuse_start, wait_for_start, BeforeStart};
 use super::process::HostStdio;
 use super::MonitorError;
 use crate::share::daemon::{Owners, Virtiofsd};
@@ -48,6 +48,9 @@ impl MemberRecord {
         serde_json::from_slice(&text).ok()
     }
 }
+
+/// How long a query (`ps`, `events`, `update`) waits for the sandbox's monitor.
+const QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What the member's monitor needs: what its `create` prepared.
 pub struct MemberConfig {
@@ -132,6 +135,8 @@ struct Joined {
     _sockets: SocketDir,
     /// The member's host terminal, for resizes.
     terminal: Option<std::fs::File>,
+    /// Its container id in the guest, once the sandbox's monitor said it.
+    container: Option<ContainerId>,
 }
 
 /// Starts the member's virtiofsd and hands the member, its stdio and a connection to
@@ -182,6 +187,7 @@ fn join_sandbox(cfg: &MemberConfig, stdio: &HostStdio) -> Result<Joined, Monitor
         _virtiofsd: virtiofsd,
         _sockets: sockets,
         terminal,
+        container: None,
     })
 }
 
@@ -232,6 +238,7 @@ impl Joined {
             }
             match read_frame::<_, ExecEvent>(&mut self.conn) {
                 Ok(ExecEvent::Added { container }) => {
+                    self.container = Some(container);
                     let record = MemberRecord {
                         sandbox: cfg.sandbox.clone(),
                         container,
@@ -256,7 +263,12 @@ impl Joined {
                     }
                     return code;
                 }
-                Ok(ExecEvent::Exited { code }) => return code,
+                Ok(ExecEvent::Exited { code, oom_kills }) => {
+                    if oom_kills > 0 {
+                        show_oom_kills(&cfg.state_dir);
+                    }
+                    return code;
+                }
                 Err(e) => {
                     if !matches!(e, FrameError::Closed) {
                         log::error!(
@@ -293,17 +305,42 @@ impl Joined {
                     cfg.sandbox
                 ),
             ),
-            Request::Processes { .. }
-            | Request::Stats
-            | Request::Update { .. }
-            | Request::Pause
-            | Request::Resume => api::answer(
+            Request::Processes { guest: false } => {
+                api::answer(&mut conn, &before_running(&req, "running"))
+            }
+            Request::Processes { .. } | Request::Stats | Request::Update { .. } => {
+                let answer = self.query(cfg, req);
+                api::answer(&mut conn, &answer);
+            }
+            Request::Pause | Request::Resume | Request::Member { .. } => api::answer(
                 &mut conn,
                 &ControlResponse::Error(format!(
-                    "not supported for a container that runs in the VM of container {:?} (it joined its network namespace): only start, kill, exec, state and delete are",
-                    cfg.sandbox
+                    "not supported for a container that runs in the VM of container {:?} (it joined its network namespace): pause or resume {:?}",
+                    cfg.sandbox, cfg.sandbox
                 )),
             ),
+        }
+    }
+
+    /// Asks the sandbox's monitor `req` about this member; its host process is this one.
+    fn query(&self, cfg: &MemberConfig, req: Request) -> ControlResponse {
+        let Some(container) = self.container else {
+            return before_running(&req, "starting");
+        };
+        let asked = Request::Member {
+            container,
+            query: Box::new(req),
+        };
+        match api::request_control(&cfg.sandbox_runtime_dir, &asked, QUERY_TIMEOUT) {
+            Ok(ControlResponse::Processes { guest, .. }) => ControlResponse::Processes {
+                host_pids: vec![std::process::id() as i32],
+                guest,
+            },
+            Ok(answer) => answer,
+            Err(e) => ControlResponse::Error(format!(
+                "the monitor of container {:?}, whose VM this container runs in: {e}",
+                cfg.sandbox
+            )),
         }
     }
 
@@ -324,6 +361,27 @@ impl Joined {
         if let Err(e) = write_frame(&mut self.conn, msg) {
             log::debug!("cannot pass {msg:?} to the sandbox's monitor: {e}");
         }
+    }
+}
+
+/// How long the member's end waits for the engine to read a raised OOM count.
+const OOM_READ_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The guest's OOM killer killed processes of the member: its host cgroup counts a kill
+/// too ([`crate::cgroup::oom`]), read by the engine before the member's exit.
+fn show_oom_kills(state_dir: &Path) {
+    use crate::cgroup::oom::{OomReporter, ReadWatch};
+    match OomReporter::for_container(state_dir) {
+        None => {}
+        Some(Err(e)) => log::warn!("the member's OOM kill cannot be shown in its host cgroup (container engines will not report it): {e}"),
+        Some(Ok(mut reporter)) => match reporter.report() {
+            Ok(_) => {
+                if let Ok(watch) = ReadWatch::new(reporter.dir()) {
+                    watch.wait_read(std::time::Instant::now() + OOM_READ_WAIT);
+                }
+            }
+            Err(e) => log::warn!("the member's OOM kill cannot be shown in its host cgroup {} (container engines will not report it): {e}", reporter.dir().display()),
+        },
     }
 }
 

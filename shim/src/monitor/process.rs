@@ -11,7 +11,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 
-use runvm_protocol::{ExitStatus, WindowSize, OUTPUT_STREAM_FD};
+use runvm_protocol::{ContainerId, ExitStatus, WindowSize, MAIN_CONTAINER, OUTPUT_STREAM_FD};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::stdio::{self, HostOutput, InputRelay, OutputRelay};
@@ -107,6 +107,10 @@ pub struct Process {
     pub client: Option<UnixStream>,
     /// The host pid of the `runvm exec` waiting for this process (for `runvm ps`).
     pub holder: Option<i32>,
+    /// The container it runs in: the VM's own, or a member's.
+    pub container: ContainerId,
+    /// Its container cgroup's OOM kills when the guest reported its exit.
+    pub oom_kills: u64,
 }
 
 impl Process {
@@ -133,6 +137,8 @@ impl Process {
             started: false,
             client,
             holder: None,
+            container: MAIN_CONTAINER,
+            oom_kills: 0,
         }
     }
 

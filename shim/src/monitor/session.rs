@@ -418,7 +418,19 @@ impl<'a> Session<'a> {
             }
             Request::Exec { spec, container } => self.exec_request(conn, spec, container)?,
             Request::AddContainer { member } => self.member_request(conn, member)?,
-            other => self.control_request(conn, other)?,
+            Request::Member { container, query } => {
+                if self.member_running(container) {
+                    self.control_request(conn, *query, container)?
+                } else {
+                    api::answer(
+                        &mut conn,
+                        &api::ControlResponse::Error(format!(
+                            "container not running (no member {container} in the VM)"
+                        )),
+                    )
+                }
+            }
+            other => self.control_request(conn, other, runvm_protocol::MAIN_CONTAINER)?,
         }
         Ok(())
     }
@@ -546,8 +558,10 @@ impl<'a> Session<'a> {
                 message,
             } => self.exec_failed(process, code, untrusted::text(&message))?,
             GuestMessage::Exited {
-                process, status, ..
-            } => self.exec_exited(process, status)?,
+                process,
+                status,
+                oom_kills,
+            } => self.exec_exited(process, status, oom_kills)?,
             GuestMessage::Hello { .. } => {
                 return Err(MonitorError::Protocol(
                     "the guest sent a second Hello".into(),

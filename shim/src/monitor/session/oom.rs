@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use runvm_protocol::{GuestMessage, HostMessage};
+use runvm_protocol::{GuestMessage, HostMessage, MAIN_CONTAINER};
 
 use super::Session;
 use crate::cgroup::oom::{OomReportError, OomReporter, ReadWatch};
@@ -119,16 +119,29 @@ impl Session<'_> {
         let request = self.next_query();
         self.oom.poll_request = Some(request);
         self.oom.next_poll = now + POLL_INTERVAL;
-        self.send(&HostMessage::Stats { request })
+        self.send(&HostMessage::Stats {
+            request,
+            container: runvm_protocol::MAIN_CONTAINER,
+        })
     }
 
     /// Takes the count a guest message carries; true when the message was the answer
     /// to the session's own poll (nothing else is to be done with it).
     pub(super) fn oom_count_in(&mut self, msg: &GuestMessage) -> bool {
         match msg {
-            GuestMessage::Exited { oom_kills, .. } => self.oom.guest_reported(*oom_kills),
+            // Only the main container's counts: a member's are its own (passed to its
+            // monitor with its exit, see `super::super::member`).
+            GuestMessage::Exited {
+                process, oom_kills, ..
+            } => {
+                if self.container_of(*process) == MAIN_CONTAINER {
+                    self.oom.guest_reported(*oom_kills)
+                }
+            }
             GuestMessage::Stats { request, stats } => {
-                self.oom.guest_reported(stats.oom_kills);
+                if self.stats_of_main(*request) {
+                    self.oom.guest_reported(stats.oom_kills);
+                }
                 if self.oom.poll_request == Some(*request) {
                     self.oom.poll_request = None;
                     return true;

@@ -133,10 +133,8 @@ impl Session<'_> {
             // monitor with its exit, see `super::super::member`).
             GuestMessage::Exited {
                 process, oom_kills, ..
-            } => {
-                if self.container_of(*process) == MAIN_CONTAINER {
-                    self.oom.guest_reported(*oom_kills)
-                }
+            } if self.container_of(*process) == MAIN_CONTAINER => {
+                self.oom.guest_reported(*oom_kills)
             }
             GuestMessage::Stats { request, stats } => {
                 if self.stats_of_main(*request) {

@@ -313,6 +313,35 @@ mod tests {
     }
 
     #[test]
+    fn queries_without_a_container_are_the_main_containers() {
+        for (old, want) in [
+            (
+                &br#"{"ListProcesses":{"request":1}}"#[..],
+                HostMessage::ListProcesses {
+                    request: 1,
+                    container: MAIN_CONTAINER,
+                },
+            ),
+            (
+                br#"{"Stats":{"request":2}}"#,
+                HostMessage::Stats {
+                    request: 2,
+                    container: MAIN_CONTAINER,
+                },
+            ),
+        ] {
+            assert_eq!(serde_json::from_slice::<HostMessage>(old).unwrap(), want);
+        }
+        let member = HostMessage::Update {
+            request: 3,
+            resources: Resources::default(),
+            container: 4,
+        };
+        let json = serde_json::to_vec(&member).unwrap();
+        assert_eq!(serde_json::from_slice::<HostMessage>(&json).unwrap(), member);
+    }
+
+    #[test]
     fn an_exit_without_its_oom_count_still_decodes() {
         let old = br#"{"Exited":{"process":3,"status":{"Signaled":9}}}"#;
         assert_eq!(

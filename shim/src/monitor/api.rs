@@ -217,6 +217,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn member_requests_round_trip_and_an_exec_without_container_is_the_main_ones() {
+        let req = Request::Member {
+            container: 2,
+            query: Box::new(Request::Update {
+                resources: Default::default(),
+            }),
+        };
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &req).unwrap();
+        assert_eq!(read_frame::<_, Request>(&mut buf.as_slice()).unwrap(), req);
+        let old = br#"{"Exec":{"spec":{"args":["id"],"env":[],"cwd":"/"}}}"#;
+        let mut frame = (old.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(old);
+        let Request::Exec { container, .. } = read_frame(&mut frame.as_slice()).unwrap() else {
+            panic!("not an exec")
+        };
+        assert_eq!(container, runvm_protocol::MAIN_CONTAINER);
+    }
+
+    #[test]
     fn exec_messages_round_trip_and_garbage_is_an_error() {
         let mut buf = Vec::new();
         let ev = ExecEvent::Failed {
@@ -230,6 +250,17 @@ mod tests {
         assert_eq!(
             read_frame::<_, ExecControl>(&mut r).unwrap(),
             ExecControl::Resize { rows: 5, cols: 6 }
+        );
+        // An exit from a monitor older than member containers still decodes.
+        let old = br#"{"Exited":{"code":3}}"#;
+        let mut frame = (old.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(old);
+        assert_eq!(
+            read_frame::<_, ExecEvent>(&mut frame.as_slice()).unwrap(),
+            ExecEvent::Exited {
+                code: 3,
+                oom_kills: 0
+            }
         );
         let mut junk = 9u32.to_le_bytes().to_vec();
         junk.extend_from_slice(br#"{"Boom":1}"#);

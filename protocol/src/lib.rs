@@ -59,9 +59,9 @@ pub use output::{
     OUTPUT_STREAM_FD,
 };
 pub use spec::{
-    AddressSpec, Capabilities, DeviceSpec, IdMapping, InterfaceSpec, LinuxSpec, MountSpec,
-    NetworkSpec, ProcessSpec, Resources, Rlimit, RootfsSpec, RouteSpec, SeccompProgram, WindowSize,
-    CAPABILITY_NAMES, SECCOMP_INSTRUCTION_LEN, SHARE_ROOT, SHARE_TAG, VIRTIOFSD_FLAGS,
+    AddressSpec, Capabilities, DeviceSpec, IdMapping, InterfaceSpec, Ipv6Conf, LinuxSpec,
+    MountSpec, NetworkSpec, ProcessSpec, Resources, Rlimit, RootfsSpec, RouteSpec, SeccompProgram,
+    WindowSize, CAPABILITY_NAMES, SECCOMP_INSTRUCTION_LEN, SHARE_ROOT, SHARE_TAG, VIRTIOFSD_FLAGS,
 };
 
 /// Version of this protocol; the guest sends it in `Hello` and the host refuses others.

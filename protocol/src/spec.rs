@@ -55,6 +55,12 @@ pub struct ProcessSpec {
     /// under runc. Set by the host from its descriptors, not from config.json.
     #[serde(default)]
     pub shared_output: bool,
+    /// Without a terminal: the process's stdin is `/dev/null` in the container, because
+    /// the host's is (`docker run` without `-i`: containerd gives runc `/dev/null`, which
+    /// runc passes on), not a pipe that the host never writes to. Set by the host from
+    /// its descriptors, not from config.json.
+    #[serde(default)]
+    pub stdin_null: bool,
 }
 
 /// A seccomp filter compiled to classic BPF (`struct sock_filter`, 8 bytes each, in the
@@ -238,6 +244,10 @@ pub struct Resources {
     /// `memory.max` in bytes; a negative value is "max" (no limit).
     #[serde(default)]
     pub memory_limit: Option<i64>,
+    /// `memory.low` in bytes (OCI `memory.reservation`, as runc writes it); a negative
+    /// value is "max".
+    #[serde(default)]
+    pub memory_reservation: Option<i64>,
     /// `cpu.max` quota in microseconds per period; a negative value is "max".
     #[serde(default)]
     pub cpu_quota: Option<i64>,
@@ -361,6 +371,27 @@ pub struct NetworkSpec {
     /// host over [`DNS_PORT`](crate::DNS_PORT).
     #[serde(default)]
     pub dns_forward: Vec<String>,
+    /// IPv6 as the namespace has it (`net.ipv6.conf.{all,default,lo}.disable_ipv6`;
+    /// each interface's is in [`InterfaceSpec::ipv6_disabled`]): Docker disables it on a
+    /// network without IPv6. Applied by the guest before it brings its interfaces up, so
+    /// that a disabled interface gets no address (`::1`, link-local). Not given: the
+    /// guest kernel's default (enabled).
+    #[serde(default)]
+    pub ipv6: Ipv6Conf,
+}
+
+/// `net.ipv6.conf.<name>.disable_ipv6` of the namespace for `all`, `default` and `lo`;
+/// `Some(true)` is disabled, `None` leaves the guest's as it is. The guest writes them
+/// in this order (`all` sets every interface and `default`, as the kernel does), then
+/// each interface's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ipv6Conf {
+    #[serde(default)]
+    pub all: Option<bool>,
+    #[serde(default)]
+    pub default: Option<bool>,
+    #[serde(default)]
+    pub lo: Option<bool>,
 }
 
 /// One network interface: the guest finds its NIC by `mac` and gives it the rest.
@@ -376,6 +407,10 @@ pub struct InterfaceSpec {
     /// Routes through this interface (main table), in the order to add them.
     #[serde(default)]
     pub routes: Vec<RouteSpec>,
+    /// `net.ipv6.conf.<name>.disable_ipv6` of the interface in the namespace (`None`:
+    /// left as the guest has it after [`NetworkSpec::ipv6`]).
+    #[serde(default)]
+    pub ipv6_disabled: Option<bool>,
 }
 
 /// An address with its prefix length (`172.17.0.2`/16, `fd00::2`/64).
@@ -476,6 +511,38 @@ mod tests {
             "30000 20000"
         );
         assert_eq!(r(Some(-1), Some(1000)).cpu_max("").unwrap(), "max 1000");
+    }
+
+    #[test]
+    fn messages_of_an_older_host_parse_with_ipv6_stdin_and_reservation_as_before() {
+        let net: NetworkSpec = serde_json::from_str(
+            r#"{"interfaces":[{"name":"eth0","mac":"02:42:ac:11:00:02","mtu":1500}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            net.ipv6,
+            Ipv6Conf::default(),
+            "IPv6 left as the guest has it"
+        );
+        assert_eq!(net.interfaces[0].ipv6_disabled, None);
+        let p: ProcessSpec =
+            serde_json::from_str(r#"{"args":["cat"],"env":[],"cwd":"/"}"#).unwrap();
+        assert!(!p.stdin_null, "stdin stays a stream");
+        let r: Resources = serde_json::from_str(r#"{"memory_limit":5}"#).unwrap();
+        assert_eq!(r.memory_reservation, None);
+        // And a newer one's fields arrive.
+        let net: NetworkSpec =
+            serde_json::from_str(r#"{"ipv6":{"all":true,"default":true,"lo":false}}"#).unwrap();
+        assert_eq!(
+            net.ipv6,
+            Ipv6Conf {
+                all: Some(true),
+                default: Some(true),
+                lo: Some(false)
+            }
+        );
+        let r: Resources = serde_json::from_str(r#"{"memory_reservation":16777216}"#).unwrap();
+        assert!(r.has_limits(), "a reservation is a limit of the cgroup");
     }
 
     #[test]

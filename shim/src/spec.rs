@@ -525,6 +525,7 @@ pub fn process_spec(p: &oci_spec::runtime::Process) -> Result<ProcessSpec, Strin
         umask: user.umask(),
         // Set by the monitor, which has the host's descriptors.
         shared_output: false,
+        stdin_null: false,
     })
 }
 

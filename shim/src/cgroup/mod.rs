@@ -408,6 +408,7 @@ pub fn join(
 /// A quota of "max": what the VM boots with.
 const UNLIMITED_QUOTA: Resources = Resources {
     memory_limit: None,
+    memory_reservation: None,
     cpu_quota: Some(-1),
     cpu_period: None,
     cpu_shares: None,

@@ -17,6 +17,7 @@ pub fn resources_from_oci(r: &LinuxResources) -> Resources {
     let cpu = r.cpu().as_ref();
     Resources {
         memory_limit: mem.and_then(|m| m.limit()).filter(|l| *l != 0),
+        memory_reservation: None,
         cpu_quota: cpu.and_then(|c| c.quota()).filter(|q| *q != 0),
         cpu_period: cpu.and_then(|c| c.period()).filter(|p| *p != 0),
         cpu_shares: cpu.and_then(|c| c.shares()).filter(|s| *s != 0),

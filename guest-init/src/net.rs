@@ -1,13 +1,16 @@
 //! The guest's network: loopback up, and each virtio-net interface configured as the host
 //! mirrored it from the container's network namespace (found by MAC; renamed to the
 //! namespace's name, `eth0`; MTU, addresses, routes), through rtnetlink (the container
-//! image need not have `ip`).
+//! image need not have `ip`). IPv6 is on or off as in the namespace
+//! (`net.ipv6.conf.*.disable_ipv6`, which Docker sets on a network without IPv6), set
+//! before each interface comes up so that a disabled one never gets `::1` or a link-local
+//! address; the container's own `linux.sysctl`, written later, still wins.
 
 use std::net::IpAddr;
 
 use runvm_netlink::route::{IFA_F_NODAD, IFF_LOOPBACK, RTN_UNICAST, RTPROT_BOOT, RT_TABLE_MAIN};
 use runvm_netlink::{Link, Route, Socket};
-use runvm_protocol::{InterfaceSpec, NetworkSpec};
+use runvm_protocol::{InterfaceSpec, Ipv6Conf, NetworkSpec};
 
 use crate::error::{Context, Error, Result};
 
@@ -23,8 +26,45 @@ fn ip(s: &str, what: &str) -> Result<IpAddr> {
         .map_err(|_| Error::new(format!("network: bad {what} {s:?} from the host")))
 }
 
+/// Where the guest kernel keeps IPv6's per-interface settings.
+const IPV6_CONF: &str = "/proc/sys/net/ipv6/conf";
+
+/// `disable_ipv6` of `name` (`all`, `default` or an interface), in the order to write
+/// them: `all` first, as writing it sets every interface and `default`.
+fn global_ipv6_settings(conf: &Ipv6Conf) -> Vec<(&'static str, bool)> {
+    [
+        ("all", conf.all),
+        ("default", conf.default),
+        ("lo", conf.lo),
+    ]
+    .into_iter()
+    .filter_map(|(name, disabled)| Some((name, disabled?)))
+    .collect()
+}
+
+/// Writes `net.ipv6.conf.<name>.disable_ipv6` under `conf`. A kernel without IPv6 (no
+/// such file) has nothing to follow.
+fn set_ipv6_disabled(conf: &std::path::Path, name: &str, disabled: bool) -> Result<()> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(Error::new(format!(
+            "network: bad interface name {name:?} from the host"
+        )));
+    }
+    let path = conf.join(name).join("disable_ipv6");
+    match std::fs::write(&path, if disabled { "1" } else { "0" }) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r.with_context(|| format!("network: write {}", path.display())),
+    }
+}
+
 /// Brings `lo` up and configures every interface of `spec`.
 pub fn configure(spec: &NetworkSpec) -> Result<()> {
+    let conf = std::path::Path::new(IPV6_CONF);
+    // Before any interface is up: `all` and `default` reach the NICs, and `lo` gets
+    // `::1` only if IPv6 is on for it.
+    for (name, disabled) in global_ipv6_settings(&spec.ipv6) {
+        set_ipv6_disabled(conf, name, disabled)?;
+    }
     let mut s = Socket::route().context("network: netlink socket")?;
     let links = s.links().context("network: list interfaces")?;
     for lo in links.iter().filter(|l| l.flags & IFF_LOOPBACK != 0) {
@@ -64,6 +104,9 @@ fn configure_one(s: &mut Socket, index: u32, iface: &InterfaceSpec) -> Result<()
     let name = &iface.name;
     s.rename_link(index, name)
         .with_context(|| format!("network: name the interface {name}"))?;
+    if let Some(disabled) = iface.ipv6_disabled {
+        set_ipv6_disabled(std::path::Path::new(IPV6_CONF), name, disabled)?;
+    }
     s.set_link(index, true, Some(iface.mtu))
         .with_context(|| format!("network: bring {name} up with MTU {}", iface.mtu))?;
     for a in &iface.addresses {
@@ -102,4 +145,42 @@ fn configure_one(s: &mut Socket, index: u32, iface: &InterfaceSpec) -> Result<()
         iface.routes.len()
     ));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_is_written_before_default_and_lo_and_unknown_ones_not_at_all() {
+        let conf = Ipv6Conf {
+            all: Some(true),
+            default: None,
+            lo: Some(false),
+        };
+        assert_eq!(global_ipv6_settings(&conf), [("all", true), ("lo", false)]);
+        assert!(global_ipv6_settings(&Ipv6Conf::default()).is_empty());
+    }
+
+    #[test]
+    fn disable_ipv6_is_written_under_the_interface_and_names_stay_inside() {
+        let dir = std::env::temp_dir().join(format!("runvm-guest-ipv6-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("eth0")).unwrap();
+        set_ipv6_disabled(&dir, "eth0", true).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("eth0/disable_ipv6")).unwrap(),
+            "1"
+        );
+        set_ipv6_disabled(&dir, "eth0", false).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("eth0/disable_ipv6")).unwrap(),
+            "0"
+        );
+        // No such interface setting (a kernel without IPv6): nothing to do.
+        set_ipv6_disabled(&dir, "eth1", true).unwrap();
+        for bad in ["", "..", "a/b"] {
+            assert!(set_ipv6_disabled(&dir, bad, true).is_err(), "{bad:?}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

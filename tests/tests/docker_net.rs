@@ -180,18 +180,52 @@ fn network_none_has_only_lo(h: &mut Harness) {
     let out = d.run(&["--rm", BUSYBOX, "ip", "-o", "link"]);
     out.ok();
     assert_eq!(link_names(out.text()), vec!["lo"], "{}", out.text());
-    let addr = d.run(&["--rm", BUSYBOX, "ip", "-o", "addr"]);
+    let addr = d.run(&["--rm", BUSYBOX, "sh", "-c", IP_ADDRS]);
     addr.ok();
+    let (v4, v6) = ip_addrs(addr.text());
     assert!(
-        addr.text().contains("inet 127.0.0.1/8"),
+        v4.contains("inet 127.0.0.1/8"),
         "lo is up with 127.0.0.1: {}",
         addr.text()
     );
     assert!(
-        addr.text().lines().all(|l| l.contains(": lo ")),
+        v4.lines().all(|l| l.contains(": lo ")),
         "no address but lo's: {}",
         addr.text()
     );
+    // Docker disables IPv6 in a container on a network without it: not even ::1.
+    assert!(
+        !v4.contains("inet6") && v6.is_empty(),
+        "no IPv6 address: {}",
+        addr.text()
+    );
+    // Unless the container's own sysctl turns it back on.
+    let on = d.run(&[
+        "--rm",
+        "--sysctl",
+        "net.ipv6.conf.all.disable_ipv6=0",
+        BUSYBOX,
+        "sh",
+        "-c",
+        IP_ADDRS,
+    ]);
+    on.ok();
+    let (v4, v6) = ip_addrs(on.text());
+    assert!(
+        v4.contains("inet6 ::1/128") && v6.contains("00000000000000000000000000000001"),
+        "--sysctl net.ipv6.conf.all.disable_ipv6=0 gives lo ::1: {}",
+        on.text()
+    );
+}
+
+/// A shell command that prints the addresses (`ip -o addr`), a line `if_inet6:`, then
+/// the kernel's IPv6 addresses (`/proc/net/if_inet6`).
+const IP_ADDRS: &str = "ip -o addr; echo if_inet6:; cat /proc/net/if_inet6";
+
+/// The two parts of what [`IP_ADDRS`] printed.
+fn ip_addrs(out: &str) -> (&str, &str) {
+    let (v4, v6) = out.split_once("if_inet6:").unwrap_or((out, ""));
+    (v4, v6.trim())
 }
 
 fn default_bridge_address_mac_and_pings(h: &mut Harness) {
@@ -211,6 +245,15 @@ fn default_bridge_address_mac_and_pings(h: &mut Harness) {
         addr.text().contains(&format!("inet {ip}/")),
         "eth0 has {ip}: {}",
         addr.text()
+    );
+    // IPv6 is disabled on a network without it, as Docker does: no link-local address.
+    let addrs = d.cmd(&["exec", "br", "sh", "-c", IP_ADDRS]);
+    addrs.ok();
+    let (v4, v6) = ip_addrs(addrs.text());
+    assert!(
+        !v4.contains("inet6") && v6.is_empty(),
+        "no IPv6 address: {}",
+        addrs.text()
     );
     let link = d.cmd(&["exec", "br", "ip", "-o", "link", "show", "eth0"]);
     link.ok();

@@ -112,6 +112,7 @@ impl Plumbing {
             *network = NetworkSpec {
                 interfaces: mirror.interfaces().to_vec(),
                 dns_forward,
+                ipv6: mirror.ipv6(),
             };
         }
         let mut vm = vm_config(cfg, uds, nics, virtiofsd.socket.clone());

@@ -36,7 +36,7 @@ use runvm_netlink::route::{
 };
 use runvm_netlink::tc::{Action, Match, ETH_P_ALL, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6};
 use runvm_netlink::{Link, Socket};
-use runvm_protocol::{AddressSpec, InterfaceSpec, RouteSpec};
+use runvm_protocol::{AddressSpec, InterfaceSpec, Ipv6Conf, RouteSpec};
 use serde::{Deserialize, Serialize};
 use vmm::NetConfig;
 
@@ -48,6 +48,8 @@ pub const TAP_PREFIX: &str = "runvm-tap";
 pub const NAMESPACE_PORTS: (u16, u16) = (0xfc00, 0xfc00);
 const NAMESPACE_PORT_RANGE: &str = "64512 65535";
 const PORT_RANGE_SYSCTL: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+/// The namespace's per-interface IPv6 settings (`<name>/disable_ipv6`).
+const IPV6_CONF: &str = "/proc/sys/net/ipv6/conf";
 
 /// What has been changed in the namespace, written to the record file before each change.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -66,6 +68,8 @@ pub struct Mirror {
     record: Record,
     nics: Vec<NetConfig>,
     interfaces: Vec<InterfaceSpec>,
+    /// IPv6 of the namespace as a whole and of its loopback.
+    ipv6: Ipv6Conf,
     /// The record is someone else's to undo ([`Mirror::hand_over`]).
     handed_over: bool,
 }
@@ -110,6 +114,7 @@ impl Mirror {
             record: Record::default(),
             nics: Vec::new(),
             interfaces: Vec::new(),
+            ipv6: ipv6_conf(Path::new(IPV6_CONF)),
             handed_over: false,
         };
         match m.setup_all() {
@@ -243,8 +248,9 @@ impl Mirror {
 
         let mut mac = [0u8; 6];
         mac.copy_from_slice(&link.mac);
-        self.interfaces
-            .push(interface_spec(link, addresses, routes));
+        let mut spec = interface_spec(link, addresses, routes);
+        spec.ipv6_disabled = ipv6_disabled(Path::new(IPV6_CONF), &link.name);
+        self.interfaces.push(spec);
         self.nics.push(NetConfig {
             tap: fd,
             mac,
@@ -266,6 +272,11 @@ impl Mirror {
     /// What the guest must configure.
     pub fn interfaces(&self) -> &[InterfaceSpec] {
         &self.interfaces
+    }
+
+    /// IPv6 of the namespace (`all`, `default`, `lo`), for the guest to follow.
+    pub fn ipv6(&self) -> Ipv6Conf {
+        self.ipv6
     }
 
     /// Whether nothing was changed in the namespace (nothing to undo).
@@ -295,6 +306,29 @@ impl Drop for Mirror {
         if !self.handed_over {
             self.teardown();
         }
+    }
+}
+
+/// `<conf>/<name>/disable_ipv6` (the current network namespace's under `/proc/sys`):
+/// `None` when it cannot be read (a kernel without IPv6) or says neither 0 nor 1.
+fn ipv6_disabled(conf: &Path, name: &str) -> Option<bool> {
+    let text = std::fs::read_to_string(conf.join(name).join("disable_ipv6")).ok()?;
+    match text.trim() {
+        "0" => Some(false),
+        "1" => Some(true),
+        other => {
+            log::debug!("network: {name}: disable_ipv6 is {other:?}; left to the guest");
+            None
+        }
+    }
+}
+
+/// IPv6 of the namespace as a whole (`all`, `default`) and of its loopback.
+fn ipv6_conf(conf: &Path) -> Ipv6Conf {
+    Ipv6Conf {
+        all: ipv6_disabled(conf, "all"),
+        default: ipv6_disabled(conf, "default"),
+        lo: ipv6_disabled(conf, "lo"),
     }
 }
 
@@ -346,6 +380,7 @@ fn interface_spec(
         mtu: link.mtu,
         addresses,
         routes,
+        ipv6_disabled: None,
     }
 }
 
@@ -453,9 +488,23 @@ mod tests {
             std::fs::create_dir_all(&dir).unwrap();
             let record = dir.join("network.json");
 
+            // Docker's network without IPv6: disabled on the veth and the loopback.
+            for name in ["eth0", "lo"] {
+                std::fs::write(format!("{IPV6_CONF}/{name}/disable_ipv6"), "1").unwrap();
+            }
             let mut m = Mirror::setup(&record).unwrap();
             let nics = m.take_nics();
             assert_eq!(nics.len(), 1);
+            assert_eq!(m.interfaces()[0].ipv6_disabled, Some(true));
+            assert_eq!(
+                m.ipv6(),
+                Ipv6Conf {
+                    all: Some(false),
+                    default: Some(false),
+                    lo: Some(true)
+                },
+                "the guest is told the namespace's IPv6 settings"
+            );
             assert_eq!(nics[0].mtu, 1450);
             let spec = &m.interfaces()[0];
             assert_eq!(spec.name, "eth0");
@@ -524,6 +573,32 @@ mod tests {
             flags,
             kind: None,
         }
+    }
+
+    #[test]
+    fn ipv6_settings_are_read_per_interface_and_missing_ones_are_none() {
+        let dir = std::env::temp_dir().join(format!("runvm-ipv6conf-{}", std::process::id()));
+        for (name, value) in [
+            ("all", "1\n"),
+            ("default", "0\n"),
+            ("eth0", "1\n"),
+            ("odd", "2\n"),
+        ] {
+            std::fs::create_dir_all(dir.join(name)).unwrap();
+            std::fs::write(dir.join(name).join("disable_ipv6"), value).unwrap();
+        }
+        assert_eq!(
+            ipv6_conf(&dir),
+            Ipv6Conf {
+                all: Some(true),
+                default: Some(false),
+                lo: None
+            }
+        );
+        assert_eq!(ipv6_disabled(&dir, "eth0"), Some(true));
+        assert_eq!(ipv6_disabled(&dir, "odd"), None);
+        assert_eq!(ipv6_disabled(&dir, "eth1"), None);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //!
 //! Stdio is three pipes (two when stdout and stderr share one, as the host's do for
 //! `2>&1`: `ProcessSpec::shared_output`), or with `terminal` a socketpair over which the child sends the
-//! master of the pty it opens ([`crate::terminal`]). The child reports through a
+//! master of the pty it opens ([`crate::terminal`]). When the host's stdin is `/dev/null`
+//! (`ProcessSpec::stdin_null`), the child's is the container's `/dev/null` instead of the
+//! stdin pipe, as under runc; the pipe's write end, which nothing reads, still takes the
+//! host's (empty) stream. The child reports through a
 //! close-on-exec pipe: EOF means `execve` succeeded; otherwise it writes a runc-like code
 //! (`i32`, little endian) and a message, and exits with that code.
 
@@ -54,8 +57,13 @@ pub enum Started {
 
 /// The child's side of its stdio, set up in the container after its mounts exist.
 pub enum ChildStdio {
-    /// The read end of stdin, the write ends of stdout and stderr.
-    Pipes([OwnedFd; 3]),
+    /// The read end of stdin (`None`: the container's `/dev/null`), the write ends of
+    /// stdout and stderr.
+    Pipes {
+        stdin: Option<OwnedFd>,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    },
     /// Open a pty from the container's `/dev/ptmx`, send its master over `to_parent`.
     Terminal {
         to_parent: OwnedFd,
@@ -67,8 +75,20 @@ impl ChildStdio {
     /// Puts the stdio on fds 0, 1 and 2 of the calling process.
     pub fn install(self) -> Result<()> {
         match self {
-            Self::Pipes(fds) => {
-                for (target, fd) in (0..).zip(fds.iter()) {
+            Self::Pipes {
+                stdin,
+                stdout,
+                stderr,
+            } => {
+                let stdin = match stdin {
+                    Some(pipe) => pipe,
+                    // In the container's view: its own /dev/null, read-only as the one
+                    // containerd opens for runc.
+                    None => std::fs::File::open("/dev/null")
+                        .context("open /dev/null for stdin")?
+                        .into(),
+                };
+                for (target, fd) in [(0, &stdin), (1, &stdout), (2, &stderr)] {
                     nix::unistd::dup2(fd.as_raw_fd(), target).context("dup2 stdio")?;
                 }
                 Ok(())
@@ -110,17 +130,26 @@ fn plumbing(p: &ProcessSpec) -> Result<Plumbing> {
         });
     }
     let (stdin, stdout) = (Pipe::new()?, Pipe::new()?);
+    let child_stdin = (!p.stdin_null).then_some(stdin.read);
     if p.shared_output {
         let stderr = stdout.write.try_clone().context("dup the output pipe")?;
         return Ok(Plumbing {
             parent: ParentStdio::Pipes(stdin.write, stdout.read, None),
-            child: ChildStdio::Pipes([stdin.read, stdout.write, stderr]),
+            child: ChildStdio::Pipes {
+                stdin: child_stdin,
+                stdout: stdout.write,
+                stderr,
+            },
         });
     }
     let stderr = Pipe::new()?;
     Ok(Plumbing {
         parent: ParentStdio::Pipes(stdin.write, stdout.read, Some(stderr.read)),
-        child: ChildStdio::Pipes([stdin.read, stdout.write, stderr.write]),
+        child: ChildStdio::Pipes {
+            stdin: child_stdin,
+            stdout: stdout.write,
+            stderr: stderr.write,
+        },
     })
 }
 

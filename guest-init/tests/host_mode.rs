@@ -44,7 +44,7 @@ fn scratch() -> TempDir {
         &["proc", "sys", "dev", "tmp", "etc", "work"],
         &[
             "sh", "echo", "cat", "head", "ps", "sleep", "hostname", "kill", "true", "ls", "id",
-            "wc", "mount", "grep", "cut", "stty", "tty",
+            "wc", "mount", "grep", "cut", "stty", "tty", "readlink",
         ],
     );
     let root = common::root_dir(scratch.path());
@@ -312,6 +312,29 @@ fn stdin_is_relayed_until_eof() {
     let o = run(spec(&["cat"]), &input, |_| {});
     assert_eq!(o.exited, Some(ExitStatus::Exited(0)));
     assert_eq!(o.stdout, input);
+}
+
+#[test]
+fn a_null_stdin_is_the_containers_dev_null_not_the_stream() {
+    require_root!();
+    // `docker run` without `-i`: the host's stdin is /dev/null; whatever the stream
+    // carries never reaches the process.
+    let mut p = spec(&["sh", "-c", "readlink /proc/self/fd/0; cat; echo end"]);
+    p.stdin_null = true;
+    let o = run(p, b"not for the process\n", |_| {});
+    assert_eq!(o.exited, Some(ExitStatus::Exited(0)), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "/dev/null\nend\n");
+    // Without it, stdin is the stream's pipe.
+    let o = run(
+        spec(&["sh", "-c", "readlink /proc/self/fd/0; cat"]),
+        b"in\n",
+        |_| {},
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.starts_with("pipe:[") && out.ends_with("]\nin\n"),
+        "{out:?}"
+    );
 }
 
 #[test]

@@ -201,6 +201,20 @@ fn echo_and_exit_codes(h: &mut Harness) {
 
 fn stdin_is_relayed(h: &mut Harness) {
     let d = h.cli().clone();
+    // Without -i the process's stdin is /dev/null, as runc passes on containerd's, and
+    // reads nothing even though the client had some.
+    d.run_stdin(
+        &[
+            "--rm",
+            BUSYBOX,
+            "sh",
+            "-c",
+            "readlink /proc/self/fd/0; cat; echo end",
+        ],
+        b"not for the container\n",
+    )
+    .ok()
+    .prints("/dev/null\nend");
     d.run_stdin(&["--rm", "-i", BUSYBOX, "cat"], b"hello\n")
         .ok()
         .prints("hello");
@@ -774,6 +788,10 @@ fn exec_variants(h: &mut Harness) {
     d.cmd_stdin(&["exec", "-i", "ex", "cat"], b"piped\n")
         .ok()
         .prints("piped");
+    // Without -i: /dev/null, as under runc.
+    d.cmd(&["exec", "ex", "readlink", "/proc/self/fd/0"])
+        .ok()
+        .prints("/dev/null");
     // The exec'd process is in the container's PID namespace, next to PID 1.
     let ps = d.cmd(&["exec", "ex", "ps", "-o", "pid,comm"]);
     ps.ok();

@@ -140,6 +140,7 @@ impl Session<'_> {
                 .map(|cred| cred.pid())
         });
         spec.shared_output = stdio.output_shared();
+        spec.stdin_null = stdio.stdin_is_null();
         let mut process = Process::new(stdio, conn.take());
         process.holder = holder;
         self.processes.insert(id, process);

@@ -546,6 +546,7 @@ fn greet(
     };
     if let HostMessage::Run { process, .. } = &mut run {
         process.shared_output = stdio.output_shared();
+        process.stdin_null = stdio.stdin_is_null();
         if process.terminal && process.console_size.is_none() {
             // The host terminal's size when the process starts.
             if let HostStdio::Terminal { input, .. } = stdio {

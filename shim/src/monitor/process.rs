@@ -74,6 +74,24 @@ impl HostStdio {
             _ => false,
         }
     }
+
+    /// Whether stdin (without a terminal) is `/dev/null`: what containerd gives runc for
+    /// a process without stdin (`docker run` or `docker exec` without `-i`), and what
+    /// runc passes on. The guest then gives the process its own `/dev/null`, so that
+    /// `readlink /proc/self/fd/0` says so, as under runc.
+    pub fn stdin_is_null(&self) -> bool {
+        let Self::Pipes { stdin, .. } = self else {
+            return false;
+        };
+        stdin.metadata().is_ok_and(|m| is_dev_null(&m))
+    }
+}
+
+/// Whether `m` is the null device: a character device with `/dev/null`'s numbers (1, 3),
+/// whatever its path.
+fn is_dev_null(m: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    m.file_type().is_char_device() && m.rdev() == libc::makedev(1, 3)
 }
 
 /// Why a guest stream could not be attached to its process.
@@ -218,5 +236,39 @@ impl Process {
                 log::warn!("an output stream did not reach its end; some output may be missing");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipes_with_stdin(stdin: File) -> HostStdio {
+        let out = || File::create("/dev/null").unwrap();
+        HostStdio::Pipes {
+            stdin,
+            stdout: out(),
+            stderr: out(),
+        }
+    }
+
+    #[test]
+    fn only_the_null_device_is_a_null_stdin() {
+        let null = File::open("/dev/null").unwrap();
+        assert!(pipes_with_stdin(null).stdin_is_null());
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        assert!(!pipes_with_stdin(File::from(r)).stdin_is_null(), "a pipe");
+        let zero = File::open("/dev/zero").unwrap();
+        assert!(!pipes_with_stdin(zero).stdin_is_null(), "another device");
+        let empty = std::env::temp_dir().join(format!("runvm-empty-{}", std::process::id()));
+        std::fs::write(&empty, "").unwrap();
+        let file = File::open(&empty).unwrap();
+        std::fs::remove_file(&empty).unwrap();
+        assert!(!pipes_with_stdin(file).stdin_is_null(), "an empty file");
+        let terminal = HostStdio::Terminal {
+            input: File::open("/dev/null").unwrap(),
+            output: File::create("/dev/null").unwrap(),
+        };
+        assert!(!terminal.stdin_is_null(), "a terminal's input is the pty");
     }
 }

@@ -1,7 +1,8 @@
 //! The containers' cgroups (v2) in the guest: `/sys/fs/cgroup/container` for the main
 //! container and `/sys/fs/cgroup/c<N>` for member container `N` (siblings: a cgroup with
 //! processes has no children with controllers), each with the memory, cpu and pids
-//! controllers and the limits of its `linux.resources`. A container's processes join its
+//! controllers and the limits of its `linux.resources` (`memory.reservation` as
+//! `memory.low`, as runc writes it). A container's processes join its
 //! cgroup before anything of theirs runs; its main process then gets a cgroup namespace of
 //! its own, so the container's `/sys/fs/cgroup` shows this cgroup as its root (as under
 //! runc with Docker's private cgroup namespace). Exceeding `memory.max` OOM-kills a
@@ -209,6 +210,17 @@ pub fn apply(container: ContainerId, r: &Resources) -> std::result::Result<(), L
         set(
             "memory.max",
             if m > 0 { m.to_string() } else { "max".into() },
+        );
+    }
+    if let Some(low) = r.memory_reservation {
+        // runc's `memory.low` for `memory.reservation`.
+        set(
+            "memory.low",
+            if low >= 0 {
+                low.to_string()
+            } else {
+                "max".into()
+            },
         );
     }
     if let Some(line) = r.cpu_max(&std::fs::read_to_string(d.join("cpu.max")).unwrap_or_default()) {

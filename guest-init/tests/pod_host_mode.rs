@@ -524,8 +524,10 @@ fn a_member_gets_its_own_cgroup_with_its_own_limits() {
     let mut pod = Pod::start(spec(&["sleep", "100"]), Some(&cgroup));
     member_share(pod.dir(), "member4");
     // Every device allowed but reading or writing /dev/zero (the device filter needs no
-    // controller); pids.max too where this host's cgroup2 has the pids controller.
+    // controller); pids.max too where this host's cgroup2 has the pids controller, and
+    // memory.low (the reservation) where it has the memory controller.
     let pids = cgroup.has_controller("pids");
+    let memory = cgroup.has_controller("memory");
     let linux = LinuxSpec {
         resources: Resources {
             devices: Some(vec![
@@ -545,6 +547,7 @@ fn a_member_gets_its_own_cgroup_with_its_own_limits() {
                 },
             ]),
             pids_limit: pids.then_some(42),
+            memory_reservation: memory.then_some(16 << 20),
             ..Default::default()
         },
         ..Default::default()
@@ -552,6 +555,7 @@ fn a_member_gets_its_own_cgroup_with_its_own_limits() {
     let script = "grep ^0:: /proc/self/cgroup; \
                   head -c 1 /dev/zero >/dev/null 2>&1 && echo zero readable || echo zero denied; \
                   if [ -e /sys/fs/cgroup/pids.max ]; then cat /sys/fs/cgroup/pids.max; fi; \
+                  if [ -e /sys/fs/cgroup/memory.low ]; then cat /sys/fs/cgroup/memory.low; fi; \
                   read x";
     let (pid, streams) = pod
         .add(Add {
@@ -639,6 +643,9 @@ fn a_member_gets_its_own_cgroup_with_its_own_limits() {
     let mut want = vec!["0::/", "zero denied"];
     if pids {
         want.push("42");
+    }
+    if memory {
+        want.push("16777216");
     }
     assert_eq!(words(&out), want, "{out}");
     // The main container has no such rule.

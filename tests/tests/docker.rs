@@ -311,8 +311,8 @@ fn image_entrypoint_cmd_env_user_workdir(h: &mut Harness) {
 }
 
 /// What a runc container gets that a VM must be given: all the memory `--memory` allows
-/// (beyond runvm's default VM size), the host's hostname with `--uts host`, and the
-/// runtime's own process limit.
+/// (beyond runvm's default VM size) and its reservation as `memory.low`, the host's
+/// hostname with `--uts host`, and the runtime's own process limit.
 fn memory_uts_and_limits_as_under_runc(h: &mut Harness) {
     let d = h.cli().clone();
     // 400 MiB in a tmpfs under a 700 MiB limit: more than the VM's default 256 MiB.
@@ -320,15 +320,18 @@ fn memory_uts_and_limits_as_under_runc(h: &mut Harness) {
         "--rm",
         "--memory",
         "700m",
+        "--memory-reservation",
+        "16m",
         "--tmpfs",
         "/big:size=600m",
         BUSYBOX,
         "sh",
         "-c",
-        "dd if=/dev/zero of=/big/f bs=1M count=400 2>/dev/null && echo filled",
+        "cat /sys/fs/cgroup/memory.low; \
+         dd if=/dev/zero of=/big/f bs=1M count=400 2>/dev/null && echo filled",
     ])
     .ok()
-    .prints("filled");
+    .prints(&format!("{}\nfilled", 16u64 << 20));
     let host = std::process::Command::new("hostname").output().unwrap();
     let host = String::from_utf8_lossy(&host.stdout).trim().to_string();
     d.run(&["--rm", "--uts", "host", BUSYBOX, "hostname"])
@@ -927,6 +930,11 @@ fn update_memory_limit(h: &mut Harness) {
         (300u64 << 20).to_string(),
         "the update applies inside"
     );
+    // The reservation is memory.low, as runc writes it.
+    d.cmd(&["update", "--memory-reservation", "20m", "up"]).ok();
+    d.cmd(&["exec", "up", "cat", "/sys/fs/cgroup/memory.low"])
+        .ok()
+        .prints(&(20u64 << 20).to_string());
 }
 
 /// A process that needs 80 MB: one 80 MiB buffer, filled.

@@ -17,7 +17,8 @@ pub fn resources_from_oci(r: &LinuxResources) -> Resources {
     let cpu = r.cpu().as_ref();
     Resources {
         memory_limit: mem.and_then(|m| m.limit()).filter(|l| *l != 0),
-        memory_reservation: None,
+        // runc writes it to `memory.low` when it is not zero.
+        memory_reservation: mem.and_then(|m| m.reservation()).filter(|r| *r != 0),
         cpu_quota: cpu.and_then(|c| c.quota()).filter(|q| *q != 0),
         cpu_period: cpu.and_then(|c| c.period()).filter(|p| *p != 0),
         cpu_shares: cpu.and_then(|c| c.shares()).filter(|s| *s != 0),
@@ -31,9 +32,6 @@ pub fn resources_from_oci(r: &LinuxResources) -> Resources {
 pub fn unsupported_in_update(r: &LinuxResources) -> Vec<&'static str> {
     let mut out = Vec::new();
     if let Some(m) = r.memory() {
-        if m.reservation().is_some_and(|v| v > 0) {
-            out.push("memory.reservation");
-        }
         if m.kernel().is_some_and(|v| v > 0) {
             out.push("memory.kernel");
         }
@@ -235,12 +233,12 @@ mod tests {
     #[test]
     fn update_names_what_it_cannot_apply() {
         let r: LinuxResources = serde_json::from_str(
-            r#"{"memory":{"limit":1000,"reservation":10},"cpu":{"cpus":"0-1","quota":5},"blockIO":{"weight":10}}"#,
+            r#"{"memory":{"limit":1000,"kernel":10},"cpu":{"cpus":"0-1","quota":5},"blockIO":{"weight":10}}"#,
         )
         .unwrap();
         assert_eq!(
             unsupported_in_update(&r),
-            ["memory.reservation", "cpu.cpus", "blockIO"]
+            ["memory.kernel", "cpu.cpus", "blockIO"]
         );
         // Docker's update: sections it does not mean, with zeros.
         let docker: LinuxResources = serde_json::from_str(
@@ -259,5 +257,13 @@ mod tests {
         assert_eq!(res.memory_limit, Some(1000));
         assert_eq!(res.pids_limit, Some(5));
         assert_eq!(res.cpu_shares, None);
+        assert_eq!(res.memory_reservation, None);
+        // `docker update --memory-reservation 20m`: applied, as memory.low.
+        let reservation: LinuxResources =
+            serde_json::from_str(r#"{"memory":{"reservation":20971520,"limit":0}}"#).unwrap();
+        assert!(unsupported_in_update(&reservation).is_empty());
+        let res = resources_from_oci(&reservation);
+        assert_eq!(res.memory_reservation, Some(20 << 20));
+        assert_eq!(res.memory_limit, None);
     }
 }

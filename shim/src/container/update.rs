@@ -1,6 +1,6 @@
 //! `update`: new limits for a running container, on the host cgroup (CPU: the whole VM)
-//! and in the guest's cgroup of the container (memory, CPU, pids). What runvm cannot
-//! apply is refused by name, before anything changes.
+//! and in the guest's cgroup of the container (memory limit and reservation, CPU, pids).
+//! What runvm cannot apply is refused by name, before anything changes.
 
 use std::io::Read;
 use std::path::Path;
@@ -23,7 +23,6 @@ fn unsupported_flags(u: &Update) -> Vec<&'static str> {
         ("--cpu-rt-runtime", u.cpu_rt_runtime.is_some()),
         ("--cpuset-cpus", u.cpuset_cpus.is_some()),
         ("--cpuset-mems", u.cpuset_mems.is_some()),
-        ("--memory-reservation", u.memory_reservation.is_some()),
         ("--memory-swap", u.memory_swap.is_some()),
         ("--l3-cache-schema", u.l3_cache_schema.is_some()),
         ("--mem-bw-schema", u.mem_bw_schema.is_some()),
@@ -38,7 +37,7 @@ fn wanted(args: &Update) -> Result<Resources> {
     let unsupported = unsupported_flags(args);
     if !unsupported.is_empty() {
         bail!(
-            "runvm cannot apply {} (it applies --memory, --cpu-quota, --cpu-period, --cpu-share, --pids-limit)",
+            "runvm cannot apply {} (it applies --memory, --memory-reservation, --cpu-quota, --cpu-period, --cpu-share, --pids-limit)",
             unsupported.join(", ")
         );
     }
@@ -59,7 +58,7 @@ fn wanted(args: &Update) -> Result<Resources> {
         let cannot = cgroup::unsupported_in_update(&doc);
         if !cannot.is_empty() {
             bail!(
-                "runvm cannot apply {} of {} (it applies memory.limit, cpu.quota, cpu.period, cpu.shares, pids.limit)",
+                "runvm cannot apply {} of {} (it applies memory.limit, memory.reservation, cpu.quota, cpu.period, cpu.shares, pids.limit)",
                 cannot.join(", "),
                 path.display()
             );
@@ -68,6 +67,9 @@ fn wanted(args: &Update) -> Result<Resources> {
     }
     if let Some(m) = args.memory {
         r.memory_limit = Some(i64::try_from(m).unwrap_or(i64::MAX));
+    }
+    if let Some(m) = args.memory_reservation {
+        r.memory_reservation = Some(i64::try_from(m).unwrap_or(i64::MAX));
     }
     if let Some(q) = args.cpu_quota {
         r.cpu_quota = Some(i64::try_from(q).unwrap_or(i64::MAX));

@@ -338,7 +338,10 @@ mod tests {
             container: 4,
         };
         let json = serde_json::to_vec(&member).unwrap();
-        assert_eq!(serde_json::from_slice::<HostMessage>(&json).unwrap(), member);
+        assert_eq!(
+            serde_json::from_slice::<HostMessage>(&json).unwrap(),
+            member
+        );
     }
 
     #[test]

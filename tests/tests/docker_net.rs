@@ -469,6 +469,14 @@ fn network_container_runs_in_the_same_vm(h: &mut Harness) {
         "no page from localhost in a --network container:web peer: {last:?}"
     );
     run_joined(&d, "web", &["--rm", BUSYBOX, "sh", "-c", "exit 7"]).code_is(7);
+    // With a terminal.
+    let tty = run_joined(
+        &d,
+        "web",
+        &["--rm", "-t", BUSYBOX, "sh", "-c", "tty; exit 4"],
+    );
+    tty.code_is(4);
+    assert!(tty.stdout.starts_with("/dev/pts/"), "{tty:?}");
 
     run_on(
         &d,

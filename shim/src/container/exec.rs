@@ -448,21 +448,17 @@ impl Waiter {
 
     fn resize(&mut self, last: &mut Option<WindowSize>, always: bool) {
         let now = self.current_size();
-        if now.is_some() && (always || now != *last) {
-            if let Some(ws) = now {
-                self.control(&ExecControl::Resize {
-                    rows: ws.rows,
-                    cols: ws.cols,
-                });
-            }
+        if let Some(ws) = now.filter(|n| always || Some(*n) != *last) {
+            self.control(&ExecControl::Resize {
+                rows: ws.rows,
+                cols: ws.cols,
+            });
         }
         *last = now;
     }
 
     fn control(&mut self, msg: &ExecControl) {
-        if let Err(e) = write_frame(&mut self.conn, msg) {
-            log::debug!("cannot pass {msg:?} to the monitor: {e}");
-        }
+        msg.send(&mut self.conn);
     }
 }
 

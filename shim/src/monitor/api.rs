@@ -202,6 +202,23 @@ pub enum ExecControl {
     Holder { pid: i32 },
 }
 
+impl ExecControl {
+    /// A resize to the window size the terminal `fd` has now (`None` without one).
+    pub fn resize_to(fd: std::os::fd::RawFd) -> Option<Self> {
+        super::tty::window_size(fd).map(|ws| Self::Resize {
+            rows: ws.rows,
+            cols: ws.cols,
+        })
+    }
+
+    /// Sends this on the exec connection `conn`; a monitor that went away only misses it.
+    pub fn send(&self, conn: &mut UnixStream) {
+        if let Err(e) = write_frame(conn, self) {
+            log::debug!("cannot pass {self:?} to the monitor: {e}");
+        }
+    }
+}
+
 /// How many stdio descriptors follow an exec or member request: the stdio of the process
 /// (stdin, stdout, stderr), or a terminal's input and output.
 pub fn exec_fd_count(terminal: bool) -> usize {

@@ -345,22 +345,17 @@ impl Joined {
     }
 
     fn resize(&mut self) {
-        let size = self
+        let resize = self
             .terminal
             .as_ref()
-            .and_then(|t| super::tty::window_size(t.as_raw_fd()));
-        if let Some(ws) = size {
-            self.control(&ExecControl::Resize {
-                rows: ws.rows,
-                cols: ws.cols,
-            });
+            .and_then(|t| ExecControl::resize_to(t.as_raw_fd()));
+        if let Some(r) = resize {
+            self.control(&r);
         }
     }
 
     fn control(&mut self, msg: &ExecControl) {
-        if let Err(e) = write_frame(&mut self.conn, msg) {
-            log::debug!("cannot pass {msg:?} to the sandbox's monitor: {e}");
-        }
+        msg.send(&mut self.conn);
     }
 }
 

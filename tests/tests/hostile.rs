@@ -1277,3 +1277,62 @@ fn a_monitor_with_a_network_keeps_no_privilege_and_its_guard_undoes_the_network(
     assert_eq!(code(&del), 0, "delete: {}", stderr(&del));
     root.assert_clean(Duration::from_secs(5));
 }
+
+/// A guest that starts a member container (`--network container:`, a pod's container)
+/// and then ignores its SIGKILL and its removal: the host ends the member itself within a
+/// few seconds (its pid exits 137, its share is taken from the VM and its virtiofsd ends),
+/// and the sandbox goes on.
+#[test]
+#[ignore = "boots a guest: run through `cargo xtask test`"]
+fn a_member_the_guest_will_not_stop_is_ended_by_the_host() {
+    let root = StateRoot::new();
+    let sandbox = tiny_bundle();
+    let (out, pid) = create_with(hostile(&root, "ignore-members", &[]), &sandbox, "sandbox");
+    assert_eq!(code(&out), 0, "create: {}", stderr(&out));
+    let sandbox_pid = pid.unwrap();
+    let out = root.cmd(&["start", "sandbox"]);
+    assert_eq!(code(&out), 0, "start: {}", stderr(&out));
+
+    let member = tiny_bundle();
+    let file = member.path().join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    for ns in config["linux"]["namespaces"].as_array_mut().unwrap() {
+        if ns["type"] == "network" {
+            ns["path"] = serde_json::json!(format!("/proc/{sandbox_pid}/ns/net"));
+        }
+    }
+    std::fs::write(&file, config.to_string()).unwrap();
+    let (out, pid) = create_with(root.command(&[]), &member, "member");
+    assert_eq!(code(&out), 0, "create: {}", stderr(&out));
+    let member_pid = pid.unwrap();
+    let out = root.cmd(&["start", "member"]);
+    assert_eq!(code(&out), 0, "start: {}", stderr(&out));
+    let member_dir = root.path().join("member").display().to_string();
+    assert!(
+        !processes_mentioning(&member_dir).is_empty(),
+        "the member's virtiofsd serves it"
+    );
+
+    let t = Instant::now();
+    assert_eq!(code(&root.cmd(&["kill", "member", "KILL"])), 0);
+    assert_eq!(reap(member_pid, BOUND), 137);
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(root.status("member"), "stopped");
+    assert_eq!(code(&root.cmd(&["delete", "member"])), 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_mentioning(&member_dir).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(processes_mentioning(&member_dir), Vec::<String>::new());
+
+    assert_eq!(root.status("sandbox"), "running");
+    assert_eq!(code(&root.cmd(&["kill", "sandbox", "KILL"])), 0);
+    assert_eq!(reap(sandbox_pid, BOUND), 137);
+    assert_eq!(code(&root.cmd(&["delete", "sandbox"])), 0);
+    root.assert_clean(Duration::from_secs(5));
+}

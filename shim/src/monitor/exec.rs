@@ -241,6 +241,7 @@ impl Session<'_> {
                 if p.started && p.status.is_none() {
                     // Its waiter is gone (containerd SIGKILLs the exec pid): so is it.
                     log::debug!("exec {id}: its runvm exec went away; killing it");
+                    self.member_signalled(id, libc::SIGKILL);
                     return self.send(&HostMessage::Signal {
                         process: id,
                         signal: libc::SIGKILL,
@@ -253,10 +254,13 @@ impl Session<'_> {
             return Ok(());
         }
         match msg {
-            ExecControl::Signal { signal } => self.send(&HostMessage::Signal {
-                process: id,
-                signal,
-            }),
+            ExecControl::Signal { signal } => {
+                self.member_signalled(id, signal);
+                self.send(&HostMessage::Signal {
+                    process: id,
+                    signal,
+                })
+            }
             ExecControl::Resize { rows, cols } => self.send(&HostMessage::Resize {
                 process: id,
                 rows,

@@ -12,11 +12,20 @@
 //! for signals and resizes, its end told there. Once it has ended the guest is asked to
 //! remove the member, and only when it has (or the VM ends) is the slot emptied and the
 //! waiter told the exit code, so a member's `runvm delete` finds its share released.
+//!
+//! The host never needs the guest to end a member: a member whose main process was
+//! SIGKILLed and whose end the guest has not reported within [`MEMBER_GRACE`], or whose
+//! removal the guest has not confirmed within it, is ended by the host: its slot is
+//! emptied (the guest loses its files), its waiter told 137 (or its code), and what the
+//! guest says of it later is ignored.
 
+use std::collections::BTreeSet;
 use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 use runvm_protocol::{
-    ContainerId, ExitStatus, HostMessage, NewContainer, ProcessId, RootfsSpec, SHARE_ROOT,
+    ContainerId, ExitStatus, GuestMessage, HostMessage, NewContainer, ProcessId, RootfsSpec,
+    SHARE_ROOT,
 };
 use vmm::{FsBackend, FsSlotShare};
 
@@ -33,12 +42,24 @@ pub(super) struct Membership {
     pub(super) slot: usize,
 }
 
+/// How long the guest has to report the end of a SIGKILLed member, or to confirm a
+/// member's removal, before the host ends the member itself.
+pub(super) const MEMBER_GRACE: Duration = Duration::from_secs(2);
+
 /// A member whose main process has ended, waiting for the guest's `ContainerRemoved`.
 pub(super) struct Removal {
     slot: usize,
     client: Option<UnixStream>,
     status: ExitStatus,
     oom_kills: u64,
+    deadline: Instant,
+}
+
+/// Members the host ended without the guest: their main processes and containers.
+#[derive(Default)]
+pub(super) struct Abandoned {
+    processes: BTreeSet<ProcessId>,
+    containers: BTreeSet<ContainerId>,
 }
 
 /// The guest's tag of member `container`'s share.
@@ -164,7 +185,9 @@ impl Session<'_> {
             client,
             status,
             oom_kills,
+            deadline: Instant::now() + MEMBER_GRACE,
         };
+        self.member_kills.remove(&id);
         self.removing.insert(m.container, removal);
         self.send(&HostMessage::RemoveContainer {
             container: m.container,
@@ -209,6 +232,84 @@ impl Session<'_> {
         }
         for (_, m) in std::mem::take(&mut self.members) {
             self.empty_slot(m.slot);
+        }
+    }
+
+    /// A signal went to process `id`: a SIGKILL of a member's main process starts the
+    /// grace after which the host ends the member itself.
+    pub(super) fn member_signalled(&mut self, id: ProcessId, signal: i32) {
+        if signal == libc::SIGKILL && self.members.contains_key(&id) {
+            self.member_kills
+                .entry(id)
+                .or_insert_with(|| Instant::now() + MEMBER_GRACE);
+        }
+    }
+
+    /// The next member deadline: a SIGKILLed one's, or a removal's.
+    pub(super) fn member_deadline(&self) -> Option<Instant> {
+        let kills = self.member_kills.values().copied();
+        kills
+            .chain(self.removing.values().map(|r| r.deadline))
+            .min()
+    }
+
+    /// Ends the members whose guest did not do its part in time.
+    pub(super) fn expire_members(&mut self, now: Instant) {
+        let overdue: Vec<ProcessId> = self
+            .member_kills
+            .iter()
+            .filter(|(_, d)| now >= **d)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in overdue {
+            self.member_kills.remove(&id);
+            let (Some(m), Some(mut p)) = (self.members.remove(&id), self.processes.remove(&id))
+            else {
+                continue;
+            };
+            log::warn!(
+                "the guest did not report the end of SIGKILLed member container {} within {MEMBER_GRACE:?}; the host ends it",
+                m.container
+            );
+            self.abandoned.processes.insert(id);
+            self.abandoned.containers.insert(m.container);
+            let removal = Removal {
+                slot: m.slot,
+                client: p.client.take(),
+                status: ExitStatus::Signaled(libc::SIGKILL),
+                oom_kills: 0,
+                deadline: now,
+            };
+            p.end();
+            self.release(removal);
+        }
+        let overdue: Vec<ContainerId> = self
+            .removing
+            .iter()
+            .filter(|(_, r)| now >= r.deadline)
+            .map(|(c, _)| *c)
+            .collect();
+        for container in overdue {
+            if let Some(removal) = self.removing.remove(&container) {
+                log::warn!(
+                    "the guest did not confirm the removal of member container {container} within {MEMBER_GRACE:?}; the host empties its slot"
+                );
+                self.abandoned.containers.insert(container);
+                self.release(removal);
+            }
+        }
+    }
+
+    /// Whether `msg` is about a member the host ended itself (and is to be ignored).
+    pub(super) fn of_abandoned(&self, msg: &GuestMessage) -> bool {
+        match msg {
+            GuestMessage::Started { process, .. }
+            | GuestMessage::StartFailed { process, .. }
+            | GuestMessage::Exited { process, .. } => self.abandoned.processes.contains(process),
+            GuestMessage::ContainerRemoved { container, .. } => {
+                self.abandoned.containers.contains(container)
+            }
+            _ => false,
         }
     }
 

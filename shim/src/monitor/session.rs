@@ -80,6 +80,10 @@ pub(super) struct Session<'a> {
     pub(super) members: BTreeMap<ProcessId, super::member::Membership>,
     /// Ended members the guest is removing.
     pub(super) removing: BTreeMap<runvm_protocol::ContainerId, super::member::Removal>,
+    /// When the host ends a SIGKILLed member itself, by its main process.
+    pub(super) member_kills: BTreeMap<ProcessId, Instant>,
+    /// Members the host ended itself: what the guest still says of them is ignored.
+    pub(super) abandoned: super::member::Abandoned,
     pub(super) next_container_id: runvm_protocol::ContainerId,
 }
 
@@ -138,6 +142,8 @@ impl<'a> Session<'a> {
             oom: oom::OomWatch::new(io.state_dir),
             members: BTreeMap::new(),
             removing: BTreeMap::new(),
+            member_kills: BTreeMap::new(),
+            abandoned: Default::default(),
             next_container_id: 1,
         }
     }
@@ -197,6 +203,7 @@ impl<'a> Session<'a> {
                 self.reader.deadline(),
                 self.pending_streams.iter().map(|(_, p)| p.deadline).min(),
                 self.oom.poll_deadline(),
+                self.member_deadline(),
             ]
             .into_iter()
             .flatten()
@@ -265,6 +272,7 @@ impl<'a> Session<'a> {
             // A frozen guest completes nothing: its deadlines wait for the resume.
             return Ok(());
         }
+        self.expire_members(now);
         if self.main_ending.is_none() && self.kill_deadline.is_some_and(|d| now >= d) {
             log::warn!(
                 "the guest did not report the end of the SIGKILLed process within \
@@ -468,7 +476,7 @@ impl<'a> Session<'a> {
     }
 
     fn handle_guest_message(&mut self, msg: GuestMessage) -> Result<(), MonitorError> {
-        if self.oom_count_in(&msg) {
+        if self.of_abandoned(&msg) || self.oom_count_in(&msg) {
             return Ok(());
         }
         match &msg {

@@ -135,10 +135,14 @@ enum Mode {
     /// or 20 s, with the descriptor limit raised), then closes them all and behaves: the
     /// host's file server must stay bounded.
     ShareOpenFlood,
+    /// Runs the main process, starts every member container the host adds (`Started`)
+    /// and then ignores everything about it: its signals (a SIGKILL included) and its
+    /// removal. The main process ends on its first signal, reported as a death by it.
+    IgnoreMembers,
 }
 
 impl Mode {
-    const ALL: [(&'static str, Mode); 31] = [
+    const ALL: [(&'static str, Mode); 32] = [
         ("never-connect", Mode::NeverConnect),
         ("panic", Mode::Panic),
         ("silent", Mode::Silent),
@@ -170,6 +174,7 @@ impl Mode {
         ("share-write-ro", Mode::ShareWriteRo),
         ("share-top-level", Mode::ShareTopLevel),
         ("share-open-flood", Mode::ShareOpenFlood),
+        ("ignore-members", Mode::IgnoreMembers),
     ];
 
     fn parse(name: &str) -> Option<Mode> {
@@ -439,6 +444,7 @@ fn misbehave(mode: Mode) -> Result<()> {
             }
             behave(hello_and_run()?)
         }
+        Mode::IgnoreMembers => ignore_members(),
         Mode::CrashAfterStart => {
             let mut c = hello_and_run()?;
             let _streams = main_streams()?;
@@ -617,6 +623,42 @@ fn wait_for_shutdown(c: &mut UnixStream) {
         match read_frame::<_, HostMessage>(c) {
             Ok(HostMessage::Shutdown) | Err(_) => return,
             Ok(_) => {}
+        }
+    }
+}
+
+/// [`Mode::IgnoreMembers`].
+fn ignore_members() -> Result<()> {
+    let mut c = hello_and_run()?;
+    let streams = main_streams()?;
+    started(&mut c)?;
+    loop {
+        match read_frame::<_, HostMessage>(&mut c) {
+            Ok(HostMessage::AddContainer(m)) => send(
+                &mut c,
+                &GuestMessage::Started {
+                    process: m.process,
+                    pid: 3,
+                },
+            )?,
+            Ok(HostMessage::Signal {
+                process: MAIN_PROCESS,
+                signal,
+            }) => {
+                close_outputs(&streams);
+                send(
+                    &mut c,
+                    &GuestMessage::Exited {
+                        process: MAIN_PROCESS,
+                        status: ExitStatus::Signaled(signal),
+                        oom_kills: 0,
+                    },
+                )?;
+                wait_for_shutdown(&mut c);
+                reboot()
+            }
+            Ok(other) => say(&format!("ignoring {other:?}")),
+            Err(e) => return Err(format!("control connection: {e}")),
         }
     }
 }

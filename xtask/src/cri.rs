@@ -32,7 +32,7 @@ const SRC_SHA256: &str = "49143ee52bda0e6863145c3a91ced788f641b463b5a6bd10a8e786
 const PROTO_IN_SOURCE: &str = "pkg/apis/runtime/v1/api.proto";
 
 /// The image names the smoke test imports (docker-archive `RepoTags`).
-const BUSYBOX_IMAGE: &str = "localhost/runvm-cri-busybox:latest";
+pub(crate) const BUSYBOX_IMAGE: &str = "localhost/runvm-cri-busybox:latest";
 const PAUSE_IMAGE: &str = "localhost/runvm-cri-pause:latest";
 /// The pause container's process: sleeps until SIGTERM or SIGINT, then exits 0.
 const PAUSE_ENTRYPOINT: &[&str] = &[
@@ -220,7 +220,7 @@ pub fn cmd_cri_smoke(args: CriSmokeArgs) -> Result<i32> {
 // The images: docker archives made here from the busybox root filesystem.
 
 /// Builds `busybox.tar` and `pause.tar` (docker archives) in `target/runvm/cri-images/`.
-fn build_images() -> Result<PathBuf> {
+pub(crate) fn build_images() -> Result<PathBuf> {
     let rootfs = crate::rootfs::busybox_rootfs()?;
     let dir = util::target_dir().join("runvm").join("cri-images");
     remove_dir_if_exists(&dir)?;
@@ -373,21 +373,23 @@ fn cni_config(dir: &Path) -> Value {
 }
 
 /// What one run of runvm-crictl did.
-struct Out {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Out {
+    pub(crate) code: Option<i32>,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Out {
-    fn json(&self) -> Result<Value> {
+    pub(crate) fn json(&self) -> Result<Value> {
         serde_json::from_str(&self.stdout)
             .with_context(|| format!("runvm-crictl printed no JSON: {}", self.stdout.trim()))
     }
 }
 
 /// One smoke run: its directory, containerd, and the steps' results.
-struct Smoke {
+pub(crate) struct Smoke {
+    /// What its lines start with (`cri-smoke`, `bench`).
+    tag: &'static str,
     crictl: PathBuf,
     /// The CRI runtime handler the pod runs under (`runc`, `runvm`).
     handler: String,
@@ -401,12 +403,38 @@ struct Smoke {
 }
 
 impl Smoke {
+    /// A run in `dir` (which holds `net.d`, `ipam` and `pod-logs`), nothing started yet.
+    pub(crate) fn new(
+        tag: &'static str,
+        crictl: &Path,
+        handler: &str,
+        runvm_dir: Option<&Path>,
+        dir: &Path,
+    ) -> Self {
+        Smoke {
+            tag,
+            crictl: crictl.to_path_buf(),
+            handler: handler.to_string(),
+            runvm_dir: runvm_dir.map(Path::to_path_buf),
+            dir: dir.to_path_buf(),
+            containerd: None,
+            passed: 0,
+            failed: Vec::new(),
+            start: Instant::now(),
+        }
+    }
+
+    /// The names of the steps that failed.
+    pub(crate) fn failed(&self) -> &[String] {
+        &self.failed
+    }
+
     fn socket(&self) -> PathBuf {
         self.dir.join("containerd.sock")
     }
 
     /// The containerd shims started by our containerd (pid, command line).
-    fn shims(&self) -> Vec<(u32, String)> {
+    pub(crate) fn shims(&self) -> Vec<(u32, String)> {
         processes_mentioning(&self.socket().display().to_string())
             .into_iter()
             .filter(|(_, c)| c.contains("containerd-shim"))
@@ -414,7 +442,7 @@ impl Smoke {
     }
 
     /// Runs runvm-crictl against our containerd.
-    fn crictl(&self, args: &[&str]) -> Result<Out> {
+    pub(crate) fn crictl(&self, args: &[&str]) -> Result<Out> {
         let o = Command::new(&self.crictl)
             .arg("--runtime-endpoint")
             .arg(format!("unix://{}", self.socket().display()))
@@ -432,7 +460,7 @@ impl Smoke {
     }
 
     /// Runs runvm-crictl and requires success.
-    fn crictl_ok(&self, args: &[&str]) -> Result<Out> {
+    pub(crate) fn crictl_ok(&self, args: &[&str]) -> Result<Out> {
         let o = self.crictl(args)?;
         if o.code != Some(0) {
             bail!(
@@ -446,7 +474,7 @@ impl Smoke {
     }
 
     /// Runs `ctr` against our containerd.
-    fn ctr(&self, args: &[&str]) -> Result<String> {
+    pub(crate) fn ctr(&self, args: &[&str]) -> Result<String> {
         let o = Command::new("ctr")
             .arg("--address")
             .arg(self.socket())
@@ -467,23 +495,23 @@ impl Smoke {
     }
 
     /// Prints a step's result; a failure is kept for the summary and returned.
-    fn step<T>(&mut self, name: &str, r: Result<(T, String)>) -> Result<T> {
+    pub(crate) fn step<T>(&mut self, name: &str, r: Result<(T, String)>) -> Result<T> {
         let t = util::fmt_duration(self.start.elapsed());
         match r {
             Ok((v, detail)) => {
                 self.passed += 1;
-                eprintln!("[cri-smoke] {t:>6} PASS {name}: {detail}");
+                eprintln!("[{}] {t:>6} PASS {name}: {detail}", self.tag);
                 Ok(v)
             }
             Err(e) => {
-                eprintln!("[cri-smoke] {t:>6} FAIL {name}: {e:#}");
+                eprintln!("[{}] {t:>6} FAIL {name}: {e:#}", self.tag);
                 self.failed.push(name.to_string());
                 Err(anyhow!("step {name:?} failed"))
             }
         }
     }
 
-    fn write_json(&self, name: &str, v: &Value) -> Result<String> {
+    pub(crate) fn write_json(&self, name: &str, v: &Value) -> Result<String> {
         let p = self.dir.join(name);
         std::fs::write(&p, serde_json::to_vec_pretty(v)?)
             .with_context(|| format!("writing {}", p.display()))?;
@@ -491,7 +519,7 @@ impl Smoke {
     }
 
     /// Polls a container's status until `want` (a CRI state name) or the deadline.
-    fn wait_state(&self, id: &str, want: &str, secs: u64) -> Result<Value> {
+    pub(crate) fn wait_state(&self, id: &str, want: &str, secs: u64) -> Result<Value> {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             let v = self.crictl_ok(&["inspect", id])?.json()?;
@@ -511,7 +539,7 @@ impl Smoke {
 
 /// runvm's processes whose title (command line) starts with `prefix`: `runvm-vm ` for a
 /// VM's monitor, `runvm-member ` for the monitor of a container in another's VM.
-fn titled(prefix: &str) -> Vec<(u32, String)> {
+pub(crate) fn titled(prefix: &str) -> Vec<(u32, String)> {
     processes_mentioning(prefix)
         .into_iter()
         .filter(|(_, c)| c.starts_with(prefix))
@@ -519,7 +547,7 @@ fn titled(prefix: &str) -> Vec<(u32, String)> {
 }
 
 /// Processes whose command line mentions `needle` (pid, command line).
-fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
+pub(crate) fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
     let mut found = Vec::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return found;
@@ -552,17 +580,10 @@ fn mounts_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// The smoke test, here (inside the test host): exit code 0 when every step passed.
-fn smoke_here(
-    crictl: &Path,
-    images: &Path,
-    handler: &str,
-    runvm_dir: Option<&Path>,
-) -> Result<i32> {
-    if handler == "runvm" && runvm_dir.is_none() {
-        bail!("--handler runvm needs --runvm-dir (run `cargo xtask cri-smoke`)");
-    }
-    eprintln!("[cri-smoke] === handler {handler} ===");
+/// Checks (and installs, in the test host) what a private containerd with the CRI plugin
+/// needs, prints the versions, and makes an empty work directory
+/// `/tmp/runvm-<tag>-<pid>` with `net.d`, `ipam` and `pod-logs` in it.
+pub(crate) fn prepare_here(tag: &str) -> Result<PathBuf> {
     if !util::is_root() {
         bail!("the CRI smoke test must run as root");
     }
@@ -574,26 +595,32 @@ fn smoke_here(
         }
     }
     eprintln!(
-        "[cri-smoke] containerd {}, runc {}, containernetworking-plugins {}",
+        "[{tag}] containerd {}, runc {}, containernetworking-plugins {}",
         util::dpkg_version("containerd").unwrap_or_default(),
         util::dpkg_version("runc").unwrap_or_default(),
         util::dpkg_version("containernetworking-plugins").unwrap_or_default()
     );
-    let dir = std::env::temp_dir().join(format!("runvm-cri-smoke-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("runvm-{tag}-{}", std::process::id()));
     remove_dir_if_exists(&dir)?;
     for d in ["net.d", "ipam", "pod-logs"] {
         std::fs::create_dir_all(dir.join(d))?;
     }
-    let mut smoke = Smoke {
-        crictl: crictl.to_path_buf(),
-        handler: handler.to_string(),
-        runvm_dir: runvm_dir.map(Path::to_path_buf),
-        dir: dir.clone(),
-        containerd: None,
-        passed: 0,
-        failed: Vec::new(),
-        start: Instant::now(),
-    };
+    Ok(dir)
+}
+
+/// The smoke test, here (inside the test host): exit code 0 when every step passed.
+fn smoke_here(
+    crictl: &Path,
+    images: &Path,
+    handler: &str,
+    runvm_dir: Option<&Path>,
+) -> Result<i32> {
+    if handler == "runvm" && runvm_dir.is_none() {
+        bail!("--handler runvm needs --runvm-dir (run `cargo xtask cri-smoke`)");
+    }
+    eprintln!("[cri-smoke] === handler {handler} ===");
+    let dir = prepare_here("cri-smoke")?;
+    let mut smoke = Smoke::new("cri-smoke", crictl, handler, runvm_dir, &dir);
     let mut pod: Option<String> = None;
     let mut containers: Vec<String> = Vec::new();
     let mut netns: Option<String> = None;
@@ -641,48 +668,11 @@ fn run_steps(
     // containerd.
     let r = start_containerd(s);
     s.step("containerd starts with the CRI plugin", r)?;
-    let r = (|| {
-        let v = s.crictl_ok(&["version"])?.json()?;
-        let info = s.crictl_ok(&["info"])?.json()?;
-        let conditions = info["status"]["conditions"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        for want in ["RuntimeReady", "NetworkReady"] {
-            let ok = conditions
-                .iter()
-                .any(|c| c["type"] == want && c["status"] == true);
-            if !ok {
-                bail!("condition {want} is not true: {conditions:?}");
-            }
-        }
-        Ok((
-            (),
-            format!(
-                "{} {} (CRI {}), RuntimeReady and NetworkReady",
-                v["runtime_name"].as_str().unwrap_or("?"),
-                v["runtime_version"].as_str().unwrap_or("?"),
-                v["runtime_api_version"].as_str().unwrap_or("?")
-            ),
-        ))
-    })();
+    let r = version_and_status(s);
     s.step("Version and Status", r)?;
 
     // Images.
-    let r = (|| {
-        let mut sizes = Vec::new();
-        for (file, name) in [("busybox.tar", BUSYBOX_IMAGE), ("pause.tar", PAUSE_IMAGE)] {
-            let tar = images.join(file);
-            s.ctr(&["images", "import", &tar.display().to_string()])
-                .with_context(|| format!("importing {}", tar.display()))?;
-            let v = s.crictl_ok(&["inspecti", name])?.json()?;
-            sizes.push(format!("{name} ({} bytes)", v["size"]));
-        }
-        Ok((
-            (),
-            format!("ctr images import, then ImageStatus: {}", sizes.join(", ")),
-        ))
-    })();
+    let r = import_images(s, images);
     s.step("images imported and seen by the CRI", r)?;
 
     // The pod.
@@ -719,13 +709,7 @@ fn run_steps(
                 s.handler
             );
         }
-        *netns = v["info"]["info"]["runtimeSpec"]["linux"]["namespaces"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|n| n["type"] == "network")
-            .and_then(|n| n["path"].as_str())
-            .map(str::to_string);
+        *netns = pod_netns(&v);
         let ns = netns
             .clone()
             .context("the pod's verbose status names no network namespace path")?;
@@ -973,13 +957,68 @@ fn run_steps(
     Ok(())
 }
 
+/// Version, then Status: the runtime's name and version; RuntimeReady and NetworkReady.
+pub(crate) fn version_and_status(s: &Smoke) -> Result<((), String)> {
+    let v = s.crictl_ok(&["version"])?.json()?;
+    let info = s.crictl_ok(&["info"])?.json()?;
+    let conditions = info["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for want in ["RuntimeReady", "NetworkReady"] {
+        let ok = conditions
+            .iter()
+            .any(|c| c["type"] == want && c["status"] == true);
+        if !ok {
+            bail!("condition {want} is not true: {conditions:?}");
+        }
+    }
+    Ok((
+        (),
+        format!(
+            "{} {} (CRI {}), RuntimeReady and NetworkReady",
+            v["runtime_name"].as_str().unwrap_or("?"),
+            v["runtime_version"].as_str().unwrap_or("?"),
+            v["runtime_api_version"].as_str().unwrap_or("?")
+        ),
+    ))
+}
+
+/// Imports the busybox and pause archives of `images` (`build_images`) into our
+/// containerd's `k8s.io` namespace and asks the CRI for each.
+pub(crate) fn import_images(s: &Smoke, images: &Path) -> Result<((), String)> {
+    let mut sizes = Vec::new();
+    for (file, name) in [("busybox.tar", BUSYBOX_IMAGE), ("pause.tar", PAUSE_IMAGE)] {
+        let tar = images.join(file);
+        s.ctr(&["images", "import", &tar.display().to_string()])
+            .with_context(|| format!("importing {}", tar.display()))?;
+        let v = s.crictl_ok(&["inspecti", name])?.json()?;
+        sizes.push(format!("{name} ({} bytes)", v["size"]));
+    }
+    Ok((
+        (),
+        format!("ctr images import, then ImageStatus: {}", sizes.join(", ")),
+    ))
+}
+
+/// The network namespace path in a pod's verbose status (`inspectp`).
+pub(crate) fn pod_netns(inspectp: &Value) -> Option<String> {
+    inspectp["info"]["info"]["runtimeSpec"]["linux"]["namespaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["type"] == "network")
+        .and_then(|n| n["path"].as_str())
+        .map(str::to_string)
+}
+
 /// The first 13 characters of an id, as crictl shows them.
 fn short(id: &str) -> &str {
     &id[..id.len().min(13)]
 }
 
 /// Starts our containerd and waits until its CRI socket answers.
-fn start_containerd(s: &mut Smoke) -> Result<((), String)> {
+pub(crate) fn start_containerd(s: &mut Smoke) -> Result<((), String)> {
     let config = s.dir.join("config.toml");
     std::fs::write(&config, containerd_config(&s.dir))?;
     let conflist = s.dir.join("net.d/10-runvm-cri-smoke.conflist");
@@ -1031,7 +1070,12 @@ fn start_containerd(s: &mut Smoke) -> Result<((), String)> {
 
 /// Removes what a failed run left (best effort), stops containerd, and checks that
 /// nothing is left: no container, pod, shim, network namespace, pod address or mount.
-fn cleanup_and_check(s: &mut Smoke, pod: Option<&str>, containers: &[String], netns: Option<&str>) {
+pub(crate) fn cleanup_and_check(
+    s: &mut Smoke,
+    pod: Option<&str>,
+    containers: &[String],
+    netns: Option<&str>,
+) {
     if s.containerd.is_some() {
         for id in containers {
             let _ = s.crictl(&["stop", "--timeout", "0", id]);
@@ -1154,7 +1198,7 @@ fn cleanup_and_check(s: &mut Smoke, pod: Option<&str>, containers: &[String], ne
             .or_default() += 1;
     }
     if !counts.is_empty() {
-        eprintln!("[cri-smoke] leftover mounts: {counts:?}");
+        eprintln!("[{}] leftover mounts: {counts:?}", s.tag);
     }
 }
 

@@ -88,6 +88,8 @@ pub enum BenchCmd {
     Cycle(crate::bench_cycle::CycleArgs),
     /// runvm vs runc: streaming write/read, small files, untar; on the root filesystem and a bind mount.
     Fs(crate::bench_fs::FsArgs),
+    /// A pod's start and teardown through containerd's CRI: runvm's handler vs runc's, one containerd.
+    Pod(crate::bench_pod::PodArgs),
 }
 
 #[derive(clap::Args)]
@@ -120,6 +122,7 @@ pub fn cmd_bench(cmd: BenchCmd) -> Result<i32> {
         BenchCmd::Docker(a) => crate::docker::cmd_bench_docker(a),
         BenchCmd::Cycle(a) => crate::bench_cycle::cmd(a),
         BenchCmd::Fs(a) => crate::bench_fs::cmd(a),
+        BenchCmd::Pod(a) => crate::bench_pod::cmd(a),
     }
 }
 

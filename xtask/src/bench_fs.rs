@@ -224,7 +224,7 @@ pub fn cmd(a: FsArgs) -> Result<i32> {
     Ok(0)
 }
 
-fn git_commit() -> String {
+pub(crate) fn git_commit() -> String {
     Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
         .current_dir(repo_root())

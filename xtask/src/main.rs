@@ -6,6 +6,7 @@ mod bench;
 mod bench_cycle;
 mod bench_fs;
 mod bench_net;
+mod bench_pod;
 mod cri;
 mod demo;
 mod docker;

@@ -9,8 +9,9 @@
 //! whose entrypoint sleeps until it is stopped) as docker archives made here, and the smoke
 //! test itself: inside the nested test host, a private containerd with the CRI plugin (its
 //! own root, state, socket and bridge CNI network under a temporary directory) runs one pod
-//! of two containers under runc's shim (`io.containerd.runc.v2`), every CRI call made by
-//! `runvm-crictl`, then checks that nothing is left behind.
+//! of two containers under runvm's shim (`io.containerd.runvm.v2`: one VM for the pod,
+//! which it checks) and then under runc's (`io.containerd.runc.v2`), every CRI call made
+//! by `runvm-crictl`, then checks that nothing is left behind.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

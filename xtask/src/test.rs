@@ -59,6 +59,17 @@ enum Outcome {
     PassedOnRerun(String),
 }
 
+impl Outcome {
+    /// Passed or failed, as a stage's `ok` says.
+    fn of(ok: bool) -> Self {
+        if ok {
+            Self::Passed
+        } else {
+            Self::Failed
+        }
+    }
+}
+
 /// Every stage's outcome and time, for the closing count and the stage table.
 #[derive(Default)]
 struct Tally {
@@ -88,7 +99,7 @@ impl Tally {
     }
 
     fn record_ok(&mut self, name: &str, ok: bool) {
-        self.record(name, if ok { Outcome::Passed } else { Outcome::Failed });
+        self.record(name, Outcome::of(ok));
     }
 
     fn count(&self, f: impl Fn(&Outcome) -> bool) -> usize {
@@ -292,6 +303,15 @@ pub fn cmd_test() -> Result<i32> {
             crate::runc_bats::cmd_runc_bats(args)
         })
     };
+    // A Kubernetes pod through containerd's CRI plugin, under runvm's shim (one VM for
+    // the pod) and runc's.
+    let run_cri = || {
+        timed("CRI smoke test", || {
+            crate::cri::cmd_cri_smoke(crate::cri::CriSmokeArgs::default())
+        })
+    };
+    const CRI: &str =
+        "CRI smoke test: a pod of two containers under runvm's shim v2 (one VM) and runc's";
     const OCI: &str =
         "OCI validation suite (runvm passes what it passed before, and what runc passes)";
     let bats_stage = format!(
@@ -302,18 +322,20 @@ pub fn cmd_test() -> Result<i32> {
     let (guests, oci) = if place == Place::TestHost {
         step.phase(&format!(
             "guest tests ({}) and, in a second test host, the OCI validation suite, then \
-             runc's bats files",
+             runc's bats files, then the CRI smoke test",
             GUEST_SUITES.join(", ")
         ));
         std::thread::scope(|s| {
-            let oci = s.spawn(|| (run_oci(oci_args), run_bats(bats_args)));
+            let oci = s.spawn(|| (run_oci(oci_args), run_bats(bats_args), run_cri()));
             // All guest suites in one go (one test-host boot): each runs even if another
             // fails.
             let began = Instant::now();
             let guests = run_guest_suites(&setup, place, &exes, GUEST_SUITES, &[], &[]);
-            let oci = oci
-                .join()
-                .unwrap_or(((false, Duration::ZERO), (false, Duration::ZERO)));
+            let oci = oci.join().unwrap_or((
+                (false, Duration::ZERO),
+                (false, Duration::ZERO),
+                (false, Duration::ZERO),
+            ));
             ((guests, began.elapsed()), oci)
         })
     } else {
@@ -324,32 +346,19 @@ pub fn cmd_test() -> Result<i32> {
         step.phase("OCI validation suite (runc, then runvm)");
         let oci = run_oci(oci_args);
         step.phase("runc's integration suite (runc, then runvm)");
-        (guests, (oci, run_bats(bats_args)))
+        let bats = run_bats(bats_args);
+        step.phase("CRI smoke test (runvm's shim, then runc's)");
+        (guests, (oci, bats, run_cri()))
     };
-    let (oci, bats) = oci;
+    let (oci, bats, cri) = oci;
     let (guest_run, guest_time) = guests;
     let guest_run = guest_run?;
     t.stages
         .push((guest_tests.clone(), guest_run.outcome(), guest_time));
     eprintln!("[test] {guest_tests}: {}", guest_run.describe());
-    t.stages.push((
-        OCI.to_string(),
-        if oci.0 {
-            Outcome::Passed
-        } else {
-            Outcome::Failed
-        },
-        oci.1,
-    ));
-    t.stages.push((
-        bats_stage,
-        if bats.0 {
-            Outcome::Passed
-        } else {
-            Outcome::Failed
-        },
-        bats.1,
-    ));
+    t.stages.push((OCI.to_string(), Outcome::of(oci.0), oci.1));
+    t.stages.push((bats_stage, Outcome::of(bats.0), bats.1));
+    t.stages.push((CRI.to_string(), Outcome::of(cri.0), cri.1));
 
     let left = leftover_processes();
     t.record_ok("no runvm process left on the host", left.is_empty());

@@ -752,6 +752,44 @@ fn run_steps(
         "linux": {},
     });
     let web_path = s.write_json("web.json", &web_config)?;
+
+    // Bad input: a container for a pod that does not exist, and the same pod again.
+    let r = (|| {
+        let bogus = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let o = s.crictl(&["create", bogus, &web_path, &pod_config_path])?;
+        if o.code == Some(0) {
+            bail!("CreateContainer in pod {bogus}, which does not exist, succeeded");
+        }
+        let again = s.crictl(&["runp", "--runtime", &s.handler, &pod_config_path])?;
+        if again.code == Some(0) {
+            bail!("RunPodSandbox of the running pod's config again succeeded");
+        }
+        let containers = s.crictl_ok(&["ps"])?.json()?;
+        let pods = s.crictl_ok(&["pods"])?.json()?;
+        let (nc, np) = (
+            containers.as_array().map_or(0, Vec::len),
+            pods.as_array().map_or(0, Vec::len),
+        );
+        if nc != 0 || np != 1 {
+            bail!("after the refusals: {nc} containers and {np} pods (expected 0 and 1)");
+        }
+        if s.handler == "runvm" && titled("runvm-vm ").len() != 1 {
+            bail!("VMs after the refusals: {:?}", titled("runvm-vm "));
+        }
+        Ok((
+            (),
+            format!(
+                "refused: {}; {}",
+                o.stderr.trim().lines().last().unwrap_or(""),
+                again.stderr.trim().lines().last().unwrap_or("")
+            ),
+        ))
+    })();
+    s.step(
+        "bad input: a container for no pod, the same pod twice: refused, nothing made",
+        r,
+    )?;
+
     let r = (|| {
         let id = s
             .crictl_ok(&["create", &pod_id, &web_path, &pod_config_path])?

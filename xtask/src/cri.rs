@@ -926,6 +926,36 @@ fn run_steps(
     })();
     s.step("ExecSync", r)?;
 
+    // A container killed for its memory limit: exit 137, reason OOMKilled.
+    let hog_config = json!({
+        "metadata": { "name": "hog" },
+        "image": { "image": BUSYBOX_IMAGE },
+        "command": ["dd", "if=/dev/zero", "of=/dev/null", "bs=80M", "count=1"],
+        "log_path": "hog.log",
+        "linux": { "resources": { "memory_limit_in_bytes": 32 << 20 } },
+    });
+    let hog_path = s.write_json("hog.json", &hog_config)?;
+    let r = (|| {
+        let id = s
+            .crictl_ok(&["create", &pod_id, &hog_path, &pod_config_path])?
+            .stdout
+            .trim()
+            .to_string();
+        containers.push(id.clone());
+        s.crictl_ok(&["start", &id])?;
+        let v = s.wait_state(&id, "CONTAINER_EXITED", 90)?;
+        let code = v["status"]["exit_code"].as_i64().unwrap_or(-1);
+        let reason = v["status"]["reason"].as_str().unwrap_or("").to_string();
+        if code != 137 || reason != "OOMKilled" {
+            bail!("hog exited with {code} ({reason:?}), expected 137 (\"OOMKilled\")");
+        }
+        Ok((id, format!("hog exited 137, reason {reason}")))
+    })();
+    s.step(
+        "a container over its memory limit: exit 137, reason OOMKilled",
+        r,
+    )?;
+
     let r = (|| {
         let v = s.crictl_ok(&["stats", &web])?.json()?;
         let cpu = v["cpu"]["usage_core_nano_seconds"]["value"]
@@ -967,7 +997,7 @@ fn run_steps(
         if left.as_array().is_some_and(|a| !a.is_empty()) {
             bail!("containers left in the pod after RemoveContainer: {left}");
         }
-        Ok(((), "both removed, ListContainers is empty".to_string()))
+        Ok(((), "all removed, ListContainers is empty".to_string()))
     })();
     s.step("RemoveContainer", r)?;
     containers.clear();

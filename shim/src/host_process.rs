@@ -29,6 +29,21 @@ pub fn start_time(pid: i32) -> Option<u64> {
     stat(pid).map(|(_, t)| t)
 }
 
+/// Puts `/dev/null` on the calling process's fds 0, 1 and 2 (a waiter that must hold none
+/// of its caller's stdio, whose copies went elsewhere).
+pub fn stdio_to_dev_null() {
+    use std::os::fd::AsRawFd;
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..3 {
+            let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
+        }
+    }
+}
+
 /// Sets this process's command line as `ps` shows it (`/proc/self/cmdline`) to `title`,
 /// cut to the length of the original one: the monitor calls it, so `docker top` (the
 /// host's `ps -ef` of the pids of `ps --format json`) shows what the VM runs instead of

@@ -192,13 +192,7 @@ fn measure(runs: usize) -> Result<Value> {
         }
         results.insert(who.to_string(), Value::Object(per));
     }
-    let sh = |c: &str| {
-        Command::new("sh")
-            .args(["-c", c])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default()
-    };
+    let sh = crate::util::sh_stdout;
     Ok(json!({
         "runs": runs,
         "date": sh("date -u +%Y-%m-%d"),

@@ -672,13 +672,7 @@ fn measure(p: &Params, prog: &Path) -> Result<Value> {
         }
     }
     drop(bed);
-    let sh = |c: &str| {
-        Command::new("sh")
-            .args(["-c", c])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default()
-    };
+    let sh = crate::util::sh_stdout;
     Ok(json!({
         "params": {
             "size_mib": p.size_mib, "files": p.files, "file_bytes": SMALL_FILE_BYTES,

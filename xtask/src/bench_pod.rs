@@ -18,7 +18,6 @@
 //! and reads the raw numbers back from the target directory.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -235,13 +234,7 @@ fn measure(crictl: &Path, images: &Path, runvm_dir: &Path, runs: usize) -> Resul
         );
         results.insert(handler.to_string(), Value::Object(per));
     }
-    let sh = |c: &str| {
-        Command::new("sh")
-            .args(["-c", c])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default()
-    };
+    let sh = crate::util::sh_stdout;
     Ok(json!({
         "runs": runs,
         "date": sh("date -u '+%Y-%m-%d %H:%M UTC'"),

@@ -519,6 +519,25 @@ impl Smoke {
         Ok(p.display().to_string())
     }
 
+    /// CreateContainer of `config` in `pod` (whose config is `pod_config`), added to
+    /// `made` (for the clean-up, whatever happens next), then StartContainer: its id.
+    pub(crate) fn create_and_start(
+        &self,
+        pod: &str,
+        config: &str,
+        pod_config: &str,
+        made: &mut Vec<String>,
+    ) -> Result<String> {
+        let id = self
+            .crictl_ok(&["create", pod, config, pod_config])?
+            .stdout
+            .trim()
+            .to_string();
+        made.push(id.clone());
+        self.crictl_ok(&["start", &id])?;
+        Ok(id)
+    }
+
     /// Polls a container's status until `want` (a CRI state name) or the deadline.
     pub(crate) fn wait_state(&self, id: &str, want: &str, secs: u64) -> Result<Value> {
         let deadline = Instant::now() + Duration::from_secs(secs);
@@ -791,13 +810,7 @@ fn run_steps(
     )?;
 
     let r = (|| {
-        let id = s
-            .crictl_ok(&["create", &pod_id, &web_path, &pod_config_path])?
-            .stdout
-            .trim()
-            .to_string();
-        containers.push(id.clone());
-        s.crictl_ok(&["start", &id])?;
+        let id = s.create_and_start(&pod_id, &web_path, &pod_config_path, containers)?;
         let v = s.wait_state(&id, "CONTAINER_RUNNING", 60)?;
         let pid = v["info"]["info"]["pid"].clone();
         let mounts = mounts_under(&dir).len();
@@ -826,13 +839,7 @@ fn run_steps(
     });
     let fetch_path = s.write_json("fetch.json", &fetch_config)?;
     let r = (|| {
-        let id = s
-            .crictl_ok(&["create", &pod_id, &fetch_path, &pod_config_path])?
-            .stdout
-            .trim()
-            .to_string();
-        containers.push(id.clone());
-        s.crictl_ok(&["start", &id])?;
+        let id = s.create_and_start(&pod_id, &fetch_path, &pod_config_path, containers)?;
         let v = s.wait_state(&id, "CONTAINER_EXITED", 90)?;
         let code = v["status"]["exit_code"].as_i64().unwrap_or(-1);
         if code != 0 {
@@ -936,13 +943,7 @@ fn run_steps(
     });
     let hog_path = s.write_json("hog.json", &hog_config)?;
     let r = (|| {
-        let id = s
-            .crictl_ok(&["create", &pod_id, &hog_path, &pod_config_path])?
-            .stdout
-            .trim()
-            .to_string();
-        containers.push(id.clone());
-        s.crictl_ok(&["start", &id])?;
+        let id = s.create_and_start(&pod_id, &hog_path, &pod_config_path, containers)?;
         let v = s.wait_state(&id, "CONTAINER_EXITED", 90)?;
         let code = v["status"]["exit_code"].as_i64().unwrap_or(-1);
         let reason = v["status"]["reason"].as_str().unwrap_or("").to_string();

@@ -655,6 +655,16 @@ pub fn machine_description(place: &str) -> String {
     )
 }
 
+/// What `sh -c COMMAND` prints, trimmed (empty if it cannot run): for the facts a
+/// benchmark records about the machine.
+pub fn sh_stdout(command: &str) -> String {
+    Command::new("sh")
+        .args(["-c", command])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
 /// The date and time, `2026-12-01 21:42 UTC`.
 pub fn now_utc() -> String {
     Command::new("date")

@@ -316,15 +316,7 @@ fn detached_waiter(
         .as_ref()
         .is_some_and(|s| tty::make_controlling(s.as_raw_fd()).is_ok());
     // Hold none of the caller's stdio: the monitor has its own copies.
-    if let Ok(null) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-    {
-        for fd in 0..3 {
-            let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
-        }
-    }
+    crate::host_process::stdio_to_dev_null();
     let mut ready = Some(std::fs::File::from(ready));
     let sigfd = match forwarded_signals() {
         Ok(s) => s,

@@ -104,7 +104,7 @@ pub fn run_member(
     // The sandbox's monitor has its own copies of the member's stdio: hold none of the
     // caller's (a pipe held here would not see its end when the member's does).
     drop(stdio);
-    hold_no_stdio();
+    crate::host_process::stdio_to_dev_null();
     let code = member.wait(&cfg, &api, &sigfd, Some(start));
     mark(&cfg.state_dir, EXIT_FILE, format!("{code}\n").as_bytes());
     mark(&cfg.state_dir, EXITED_FILE, b"");
@@ -113,18 +113,6 @@ pub fn run_member(
 
 fn mark(state_dir: &Path, name: &str, contents: &[u8]) {
     let _ = std::fs::write(state_dir.join(name), contents);
-}
-
-fn hold_no_stdio() {
-    if let Ok(null) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-    {
-        for fd in 0..3 {
-            let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
-        }
-    }
 }
 
 /// The member in its sandbox's VM: the connection to the sandbox's monitor, and the

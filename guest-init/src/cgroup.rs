@@ -187,6 +187,20 @@ pub fn kill_all(container: ContainerId) {
     }
 }
 
+/// Freezes (`frozen`) or thaws the processes of `container`'s cgroup (`cgroup.freeze`):
+/// `runvm pause` of a member container, whose VM goes on.
+pub fn freeze(container: ContainerId, frozen: bool) -> std::result::Result<(), LimitsError> {
+    if !ready(container) {
+        return Err(LimitsError::NoCgroup);
+    }
+    write(
+        &dir(container),
+        "cgroup.freeze",
+        if frozen { "1" } else { "0" },
+    )
+    .map_err(|e| LimitsError::Writes(vec![e]))
+}
+
 /// Applies the limits that are set; the error names each that failed. The device rules,
 /// when given, first: they replace the program in force in one step.
 pub fn apply(container: ContainerId, r: &Resources) -> std::result::Result<(), LimitsError> {

@@ -448,6 +448,20 @@ impl<'a> Supervisor<'a> {
                 };
                 self.control.send(&GuestMessage::Stats { request, stats })?;
             }
+            HostMessage::Freeze {
+                request,
+                container,
+                frozen,
+            } => {
+                let error = match self.main_pid_of(container) {
+                    Some(_) if container != MAIN_CONTAINER => cgroup::freeze(container, frozen)
+                        .err()
+                        .map(|e| e.to_string()),
+                    _ => Some(format!("the guest has no member container {container}")),
+                };
+                self.control
+                    .send(&GuestMessage::Updated { request, error })?;
+            }
             HostMessage::Update {
                 request,
                 resources,

@@ -626,6 +626,36 @@ fn a_member_gets_its_own_cgroup_with_its_own_limits() {
         let max = std::fs::read_to_string(member_cg.join("pids.max")).unwrap();
         assert_eq!(max.trim(), "43");
     }
+    // Frozen and thawed (runvm pause and resume of a member); the main container is
+    // not a member.
+    for (request, frozen, want) in [(11, true, "1"), (12, false, "0")] {
+        pod.send(&HostMessage::Freeze {
+            request,
+            container: 4,
+            frozen,
+        });
+        assert_eq!(
+            pod.recv(),
+            GuestMessage::Updated {
+                request,
+                error: None
+            }
+        );
+        let now = std::fs::read_to_string(member_cg.join("cgroup.freeze")).unwrap();
+        assert_eq!(now.trim(), want);
+    }
+    pod.send(&HostMessage::Freeze {
+        request: 13,
+        container: 0,
+        frozen: true,
+    });
+    let GuestMessage::Updated {
+        request: 13,
+        error: Some(_),
+    } = pod.recv()
+    else {
+        panic!("the main container was frozen as a member")
+    };
     pod.send(&HostMessage::Stats {
         request: 10,
         container: 9,

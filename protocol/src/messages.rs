@@ -230,6 +230,14 @@ pub enum HostMessage {
         #[serde(default)]
         container: ContainerId,
     },
+    /// Freeze (`frozen`) or thaw the processes of member `container` (`runvm pause` and
+    /// `resume` of a container in another's VM, which goes on); answered by
+    /// [`GuestMessage::Updated`].
+    Freeze {
+        request: u32,
+        container: ContainerId,
+        frozen: bool,
+    },
     /// Start another container in the VM beside the main one (see [`NewContainer`]).
     AddContainer(NewContainer),
     /// Undo a member container whose main process has exited: unmount its root and

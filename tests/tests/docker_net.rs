@@ -519,6 +519,15 @@ fn network_container_runs_in_the_same_vm(h: &mut Harness) {
     let seen = d.cmd(&["exec", "web", "cat", "/peer-file"]);
     assert_ne!(seen.code, 0, "web sees no /peer-file: {seen:?}");
     d.cmd(&["exec", "peer", "sh", "-c", "exit 3"]).code_is(3);
+    // Paused and unpaused on its own (web goes on serving meanwhile).
+    d.cmd(&["pause", "peer"]).ok();
+    assert_eq!(d.inspect("peer", "{{.State.Status}}"), "paused");
+    let served = run_joined(&d, "web", &["--rm", BUSYBOX, "sh", "-c", &get]);
+    assert_eq!(body(&served.stdout).trim(), PAGE, "{served:?}");
+    d.cmd(&["unpause", "peer"]).ok();
+    assert_eq!(d.inspect("peer", "{{.State.Status}}"), "running");
+    d.cmd(&["exec", "peer", "cat", "/peer-file"])
+        .prints("peer-only");
 
     // peer goes; web goes on serving.
     d.cmd(&["kill", "peer"]).ok();

@@ -896,6 +896,32 @@ fn run_steps(
     })();
     s.step("logs from the CRI log files", r)?;
 
+    // The ended fetch goes while web runs on (ExecSync into web follows).
+    let r = (|| {
+        s.crictl_ok(&["rm", &fetch])?;
+        containers.retain(|c| *c != fetch);
+        let left = s.crictl_ok(&["ps", "--pod", &pod_id])?.json()?;
+        let ids: Vec<&str> = left
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["container"]["id"].as_str())
+            .collect();
+        if ids != [web.as_str()] {
+            bail!("the pod's containers after fetch's removal: {left}");
+        }
+        let state = s.wait_state(&web, "CONTAINER_RUNNING", 5)?;
+        Ok((
+            (),
+            format!(
+                "fetch removed; web {} still {}",
+                short(&web),
+                state["state"].as_str().unwrap_or("?")
+            ),
+        ))
+    })();
+    s.step("RemoveContainer of fetch while web runs", r)?;
+
     let r = (|| {
         let o = s.crictl_ok(&[
             "exec-sync",

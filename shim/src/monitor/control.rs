@@ -83,7 +83,11 @@ impl Session<'_> {
         if container != MAIN_CONTAINER
             && !matches!(
                 req,
-                api::Request::Processes { .. } | api::Request::Stats | api::Request::Update { .. }
+                api::Request::Processes { .. }
+                    | api::Request::Stats
+                    | api::Request::Update { .. }
+                    | api::Request::Pause
+                    | api::Request::Resume
             )
         {
             answer(
@@ -99,7 +103,7 @@ impl Session<'_> {
             return Ok(());
         }
         let (waiting, msg) = match req {
-            api::Request::Pause => {
+            api::Request::Pause if container == MAIN_CONTAINER => {
                 let response = match self.io.vm.pause() {
                     Ok(()) => {
                         if let Some(f) = self.paused_file() {
@@ -112,7 +116,7 @@ impl Session<'_> {
                 answer(&mut conn, &response);
                 return Ok(());
             }
-            api::Request::Resume => {
+            api::Request::Resume if container == MAIN_CONTAINER => {
                 let response = if paused {
                     self.resume_for_kill();
                     api::ControlResponse::Ok
@@ -167,6 +171,15 @@ impl Session<'_> {
                     container,
                 },
             ),
+            // A member's: its guest cgroup is frozen or thawed; the VM goes on.
+            api::Request::Pause | api::Request::Resume => (
+                Waiting::Update,
+                HostMessage::Freeze {
+                    request: self.next_query(),
+                    container,
+                    frozen: matches!(req, api::Request::Pause),
+                },
+            ),
             api::Request::Update { resources } => (
                 Waiting::Update,
                 HostMessage::Update {
@@ -186,7 +199,8 @@ impl Session<'_> {
         let request = match &msg {
             HostMessage::ListProcesses { request, .. }
             | HostMessage::Stats { request, .. }
-            | HostMessage::Update { request, .. } => *request,
+            | HostMessage::Update { request, .. }
+            | HostMessage::Freeze { request, .. } => *request,
             _ => unreachable!("a query"),
         };
         self.queries.waiting.insert(request, (waiting, conn));

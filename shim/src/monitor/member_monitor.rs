@@ -27,7 +27,7 @@ use super::MonitorError;
 use crate::share::daemon::{Owners, Virtiofsd};
 use crate::share::SharePlan;
 use crate::sockpath::SocketDir;
-use crate::state::{ContainerState, EXITED_FILE, EXIT_FILE, STARTED_FILE};
+use crate::state::{ContainerState, EXITED_FILE, EXIT_FILE, PAUSED_FILE, STARTED_FILE};
 
 /// Written in a member's state directory once its sandbox's monitor took it: where
 /// `runvm exec` of the member goes.
@@ -300,11 +300,26 @@ impl Joined {
                 let answer = self.query(cfg, req);
                 api::answer(&mut conn, &answer);
             }
-            Request::Pause | Request::Resume | Request::Member { .. } => api::answer(
+            Request::Pause | Request::Resume => {
+                // Its guest cgroup is frozen or thawed; the VM, and its other
+                // containers, go on.
+                let pause = matches!(req, Request::Pause);
+                let answer = self.query(cfg, req);
+                if answer == ControlResponse::Ok {
+                    let paused = cfg.state_dir.join(PAUSED_FILE);
+                    let _ = if pause {
+                        std::fs::write(paused, b"")
+                    } else {
+                        std::fs::remove_file(paused)
+                    };
+                }
+                api::answer(&mut conn, &answer);
+            }
+            Request::Member { .. } => api::answer(
                 &mut conn,
                 &ControlResponse::Error(format!(
-                    "not supported for a container that runs in the VM of container {:?} (it joined its network namespace): pause or resume {:?}",
-                    cfg.sandbox, cfg.sandbox
+                    "not a request for a container that runs in the VM of container {:?}",
+                    cfg.sandbox
                 )),
             ),
         }

@@ -134,16 +134,15 @@ fn join_sandbox(cfg: &MemberConfig, stdio: &HostStdio) -> Result<Joined, Monitor
         dir: cfg.runtime_dir.clone(),
         source,
     };
-    cfg.share.recheck()?;
-    cfg.share.make_mount_points(&cfg.member.mounts)?;
     let sockets = SocketDir::open(&cfg.runtime_dir).map_err(setup)?;
-    let mut virtiofsd = Virtiofsd::start(
+    let mut virtiofsd = super::plumbing::serve_share(
         &cfg.virtiofsd,
         &cfg.share,
-        &cfg.runtime_dir.join("share"),
-        sockets.path("virtiofs.sock"),
-        &cfg.bounding_caps,
+        &cfg.member.mounts,
         &Owners::of(&cfg.member.process, &cfg.member.linux),
+        &cfg.bounding_caps,
+        &cfg.runtime_dir,
+        &sockets,
     )?;
     virtiofsd.read_log();
     let share = UnixStream::connect(&virtiofsd.socket).map_err(setup)?;

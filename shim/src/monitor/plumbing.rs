@@ -67,27 +67,24 @@ impl Plumbing {
         let port_path = |port: u32| PathBuf::from(format!("{}_{port}", uds.display()));
         let control = UnixListener::bind(port_path(CONTROL_PORT)).map_err(setup)?;
         let streams = UnixListener::bind(port_path(STREAM_PORT)).map_err(setup)?;
-        // The share: the sources as they are now (Docker and Podman make some between
-        // create and start), served by virtiofsd, and the relays of bind-mounted sockets.
-        cfg.share.recheck()?;
-        let mut owners = Owners::default();
-        if let HostMessage::Run {
-            mounts,
-            process,
-            linux,
-            ..
-        } = run
-        {
-            cfg.share.make_mount_points(mounts)?;
-            owners = Owners::of(process, linux);
-        }
-        let virtiofsd = Virtiofsd::start(
+        // The share, served by virtiofsd, and the relays of bind-mounted sockets.
+        let (mounts, owners) = match run {
+            HostMessage::Run {
+                mounts,
+                process,
+                linux,
+                ..
+            } => (mounts.as_slice(), Owners::of(process, linux)),
+            _ => (&[][..], Owners::default()),
+        };
+        let virtiofsd = serve_share(
             &cfg.assets.virtiofsd,
             &cfg.share,
-            &cfg.runtime_dir.join("share"),
-            sockets.path("virtiofs.sock"),
-            &cfg.bounding_caps,
+            mounts,
             &owners,
+            &cfg.bounding_caps,
+            &cfg.runtime_dir,
+            &sockets,
         )?;
         let socket_relay = if cfg.share.sockets.is_empty() {
             None
@@ -205,6 +202,32 @@ fn vm_config(
         seccomp: cfg.seccomp,
         ram: None,
     }
+}
+
+/// Starts the virtiofsd that serves `share` (a container's, at its start; a member
+/// container's, at its start in its sandbox's VM): the sources as they are now (Docker
+/// and Podman make some between create and start), the mount points of `mounts` made,
+/// staged under `runtime_dir`/share, listening on `sockets`' `virtiofs.sock`, keeping
+/// the capabilities of `bounding` and refusing owners other than `owners`.
+pub(super) fn serve_share(
+    program: &std::path::Path,
+    share: &crate::share::SharePlan,
+    mounts: &[runvm_protocol::MountSpec],
+    owners: &Owners,
+    bounding: &[String],
+    runtime_dir: &std::path::Path,
+    sockets: &SocketDir,
+) -> Result<Virtiofsd, MonitorError> {
+    share.recheck()?;
+    share.make_mount_points(mounts)?;
+    Ok(Virtiofsd::start(
+        program,
+        share,
+        &runtime_dir.join("share"),
+        sockets.path("virtiofs.sock"),
+        bounding,
+        owners,
+    )?)
 }
 
 /// The spare file-system slots of a VM with `nics` NICs (for the containers that join its

@@ -84,6 +84,15 @@ impl ContainerState {
         Self::dir(root, id).join("run")
     }
 
+    /// The state of every container in the state root `root` (those that can be read).
+    pub fn all(root: &Path) -> impl Iterator<Item = Self> + '_ {
+        std::fs::read_dir(root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(move |e| Self::load(root, &e.file_name().to_string_lossy()).ok())
+    }
+
     pub fn load(root: &Path, id: &str) -> Result<Self, StateError> {
         let dir = Self::dir(root, id);
         let path = dir.join(STATE_FILE);

@@ -7,12 +7,7 @@ use anyhow::{bail, Result};
 use crate::state::ContainerState;
 
 pub fn list(root: &Path, args: &liboci_cli::List) -> Result<i32> {
-    let mut states: Vec<ContainerState> = std::fs::read_dir(root)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| ContainerState::load(root, &e.file_name().to_string_lossy()).ok())
-        .collect();
+    let mut states: Vec<ContainerState> = ContainerState::all(root).collect();
     states.sort_by(|a, b| a.id.cmp(&b.id));
     match args.format.as_str() {
         _ if args.quiet => states.iter().for_each(|s| println!("{}", s.id)),

@@ -28,22 +28,11 @@ pub fn sandbox_of(p: &super::Prepared) -> Result<Option<ContainerState>> {
     let NetworkMode::Join(netns) = &p.spec.network else {
         return Ok(None);
     };
-    let Ok(entries) = std::fs::read_dir(&p.root) else {
-        return Ok(None);
-    };
-    for entry in entries.flatten() {
-        let Some(id) = entry.file_name().to_str().map(str::to_string) else {
-            continue;
-        };
-        if id == p.id || crate::id::validate(&id).is_err() {
+    for state in ContainerState::all(&p.root) {
+        if state.id == p.id || state.sandbox.is_some() || !state.monitor_alive() {
             continue;
         }
-        let Ok(state) = ContainerState::load(&p.root, &id) else {
-            continue;
-        };
-        if state.sandbox.is_some() || !state.monitor_alive() {
-            continue;
-        }
+        let id = &state.id;
         let monitor_ns = format!("/proc/{}/ns/net", state.pid);
         if !same_namespace(Path::new(&monitor_ns), netns) {
             continue;

@@ -35,11 +35,12 @@ use super::process::Process;
 use super::session::Session;
 use super::MonitorError;
 
-/// A running member: its container id in the guest and the spare slot of its share.
+/// A running member (its container id is its main process's `container`): the spare
+/// slot of its share, and once it was SIGKILLed, when the host ends it itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Membership {
-    pub(super) container: ContainerId,
     pub(super) slot: usize,
+    kill_deadline: Option<Instant>,
 }
 
 /// How long the guest has to report the end of a SIGKILLed member, or to confirm a
@@ -53,6 +54,23 @@ pub(super) struct Removal {
     status: ExitStatus,
     oom_kills: u64,
     deadline: Instant,
+}
+
+impl Removal {
+    /// The removal of member `m`, whose main process `p` ended with `status`: the
+    /// process's host descriptors closed, its waiter (and its cgroup's OOM kills) kept.
+    fn of(m: Membership, mut p: Process, status: ExitStatus, deadline: Instant) -> Self {
+        let client = p.client.take();
+        let oom_kills = p.oom_kills;
+        p.end();
+        Self {
+            slot: m.slot,
+            client,
+            status,
+            oom_kills,
+            deadline,
+        }
+    }
 }
 
 /// Members the host ended without the guest: their main processes and containers.
@@ -128,8 +146,8 @@ impl Session<'_> {
         self.members.insert(
             id,
             Membership {
-                container,
                 slot: filled.slot,
+                kill_deadline: None,
             },
         );
         log::debug!(
@@ -156,12 +174,10 @@ impl Session<'_> {
 
     /// Whether member `container` runs (its main process has started and not ended).
     pub(super) fn member_running(&self, container: ContainerId) -> bool {
-        self.members.iter().any(|(id, m)| {
-            m.container == container
-                && self
-                    .processes
-                    .get(id)
-                    .is_some_and(|p| p.started && p.status.is_none())
+        self.members.keys().any(|id| {
+            self.processes
+                .get(id)
+                .is_some_and(|p| p.container == container && p.started && p.status.is_none())
         })
     }
 
@@ -171,27 +187,16 @@ impl Session<'_> {
     pub(super) fn member_ended(
         &mut self,
         id: ProcessId,
-        mut p: Process,
+        p: Process,
         status: ExitStatus,
     ) -> Result<Option<Process>, MonitorError> {
         let Some(m) = self.members.remove(&id) else {
             return Ok(Some(p));
         };
-        let client = p.client.take();
-        let oom_kills = p.oom_kills;
-        p.end();
-        let removal = Removal {
-            slot: m.slot,
-            client,
-            status,
-            oom_kills,
-            deadline: Instant::now() + MEMBER_GRACE,
-        };
-        self.member_kills.remove(&id);
-        self.removing.insert(m.container, removal);
-        self.send(&HostMessage::RemoveContainer {
-            container: m.container,
-        })?;
+        let container = p.container;
+        let removal = Removal::of(m, p, status, Instant::now() + MEMBER_GRACE);
+        self.removing.insert(container, removal);
+        self.send(&HostMessage::RemoveContainer { container })?;
         Ok(None)
     }
 
@@ -238,16 +243,18 @@ impl Session<'_> {
     /// A signal went to process `id`: a SIGKILL of a member's main process starts the
     /// grace after which the host ends the member itself.
     pub(super) fn member_signalled(&mut self, id: ProcessId, signal: i32) {
-        if signal == libc::SIGKILL && self.members.contains_key(&id) {
-            self.member_kills
-                .entry(id)
-                .or_insert_with(|| Instant::now() + MEMBER_GRACE);
+        if signal != libc::SIGKILL {
+            return;
+        }
+        if let Some(m) = self.members.get_mut(&id) {
+            m.kill_deadline
+                .get_or_insert_with(|| Instant::now() + MEMBER_GRACE);
         }
     }
 
     /// The next member deadline: a SIGKILLed one's, or a removal's.
     pub(super) fn member_deadline(&self) -> Option<Instant> {
-        let kills = self.member_kills.values().copied();
+        let kills = self.members.values().filter_map(|m| m.kill_deadline);
         kills
             .chain(self.removing.values().map(|r| r.deadline))
             .min()
@@ -256,31 +263,22 @@ impl Session<'_> {
     /// Ends the members whose guest did not do its part in time.
     pub(super) fn expire_members(&mut self, now: Instant) {
         let overdue: Vec<ProcessId> = self
-            .member_kills
+            .members
             .iter()
-            .filter(|(_, d)| now >= **d)
+            .filter(|(_, m)| m.kill_deadline.is_some_and(|d| now >= d))
             .map(|(id, _)| *id)
             .collect();
         for id in overdue {
-            self.member_kills.remove(&id);
-            let (Some(m), Some(mut p)) = (self.members.remove(&id), self.processes.remove(&id))
-            else {
+            let (Some(m), Some(p)) = (self.members.remove(&id), self.processes.remove(&id)) else {
                 continue;
             };
             log::warn!(
                 "the guest did not report the end of SIGKILLed member container {} within {MEMBER_GRACE:?}; the host ends it",
-                m.container
+                p.container
             );
             self.abandoned.processes.insert(id);
-            self.abandoned.containers.insert(m.container);
-            let removal = Removal {
-                slot: m.slot,
-                client: p.client.take(),
-                status: ExitStatus::Signaled(libc::SIGKILL),
-                oom_kills: 0,
-                deadline: now,
-            };
-            p.end();
+            self.abandoned.containers.insert(p.container);
+            let removal = Removal::of(m, p, ExitStatus::Signaled(libc::SIGKILL), now);
             self.release(removal);
         }
         let overdue: Vec<ContainerId> = self

@@ -80,8 +80,6 @@ pub(super) struct Session<'a> {
     pub(super) members: BTreeMap<ProcessId, super::member::Membership>,
     /// Ended members the guest is removing.
     pub(super) removing: BTreeMap<runvm_protocol::ContainerId, super::member::Removal>,
-    /// When the host ends a SIGKILLed member itself, by its main process.
-    pub(super) member_kills: BTreeMap<ProcessId, Instant>,
     /// Members the host ended itself: what the guest still says of them is ignored.
     pub(super) abandoned: super::member::Abandoned,
     pub(super) next_container_id: runvm_protocol::ContainerId,
@@ -142,7 +140,6 @@ impl<'a> Session<'a> {
             oom: oom::OomWatch::new(io.state_dir),
             members: BTreeMap::new(),
             removing: BTreeMap::new(),
-            member_kills: BTreeMap::new(),
             abandoned: Default::default(),
             next_container_id: 1,
         }

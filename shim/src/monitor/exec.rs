@@ -68,20 +68,19 @@ impl Session<'_> {
         })
     }
 
-    /// The descriptors that follow an exec or member request on `conn`: `stdio_count`
-    /// for a process with (or without) a `terminal`, then `extra` more. `None` when the
-    /// caller was told why not (or is gone), or the container's main process does not run.
+    /// The descriptors that follow an exec or member request on `conn`: the stdio of a
+    /// process with (or without) a `terminal` ([`exec_fd_count`]), then `extra` more.
+    /// `None` when the caller was told why not, or the container's main process does not
+    /// run.
     pub(super) fn take_stdio(
         &mut self,
         conn: UnixStream,
         terminal: bool,
         extra: usize,
     ) -> Option<(Option<UnixStream>, HostStdio, Vec<OwnedFd>)> {
-        let mut conn = Some(conn);
         let want = exec_fd_count(terminal);
-        let received = conn
-            .as_ref()
-            .map(|c| runvm_protocol::scm::recv_fds(c.as_fd(), want + extra))?;
+        let received = runvm_protocol::scm::recv_fds(conn.as_fd(), want + extra);
+        let mut conn = Some(conn);
         let fds = match received {
             Ok((fds, _)) => fds,
             Err(e) => {

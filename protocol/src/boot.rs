@@ -14,6 +14,10 @@ pub enum BootMark {
     WorkloadStarted = 2,
     /// The workload has exited.
     WorkloadExited = 3,
+    /// Template mode (`runvm.template=1` on the kernel command line): the guest init has
+    /// done everything that is the same for every container and listens on
+    /// [`WAKE_PORT`](crate::WAKE_PORT); the VMM may snapshot the VM from now on.
+    TemplateReady = 4,
 }
 
 impl BootMark {
@@ -22,6 +26,7 @@ impl BootMark {
             1 => Some(Self::InitStarted),
             2 => Some(Self::WorkloadStarted),
             3 => Some(Self::WorkloadExited),
+            4 => Some(Self::TemplateReady),
             _ => None,
         }
     }

@@ -51,8 +51,8 @@ pub use framing::{
 };
 pub use messages::{
     ContainerId, DnsRelayHeader, ExitStatus, GuestMessage, GuestProcess, GuestStats, HostMessage,
-    NewContainer, ProcessId, SharedNamespaces, SocketRelayHeader, StreamHeader, MAIN_CONTAINER,
-    MAIN_PROCESS,
+    NewContainer, ProcessId, SharedNamespaces, SocketRelayHeader, StreamHeader, Wake,
+    MAIN_CONTAINER, MAIN_PROCESS, WAKE_SEED_LEN,
 };
 pub use output::{
     chunk, chunk_header, Chunk, OutputError, OutputReader, CHUNK_HEADER_LEN, MAX_CHUNK_LEN,
@@ -65,7 +65,7 @@ pub use spec::{
 };
 
 /// Version of this protocol; the guest sends it in `Hello` and the host refuses others.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 /// vsock port of the control connection (guest → host).
 pub const CONTROL_PORT: u32 = 1024;
 /// vsock port of the stdio stream connections (guest → host).
@@ -78,3 +78,10 @@ pub const SOCKET_PORT: u32 = 1028;
 /// length before each message), which the host sends from the container's network
 /// namespace to the named loopback server, port 53.
 pub const DNS_PORT: u32 = 1027;
+/// vsock port a template guest init listens on (host → guest; see [`Wake`]): one
+/// connection, one [`Wake`] frame from the host, then the guest closes it and goes on as a
+/// cold-booted guest does (connects to [`CONTROL_PORT`] and says `Hello`).
+pub const WAKE_PORT: u32 = 1029;
+/// Kernel command-line word that puts the guest init in template mode: after its own
+/// mounts it reports [`BootMark::TemplateReady`] and waits on [`WAKE_PORT`].
+pub const TEMPLATE_CMDLINE: &str = "runvm.template=1";

@@ -291,6 +291,26 @@ pub struct StreamHeader {
     pub fd: u8,
 }
 
+/// The one frame on a [`WAKE_PORT`](crate::WAKE_PORT) connection: the host wakes a guest
+/// restored from a template. Everything in it differs from one clone to the next.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Wake {
+    /// Fresh random bytes from the host ([`WAKE_SEED_LEN`] of them): the guest mixes them
+    /// into its entropy pool and reseeds its random number generator before anything of
+    /// the container runs, so clones of one template never share random numbers.
+    pub seed: Vec<u8>,
+    /// The host's wall-clock time (`CLOCK_REALTIME`) when it sent this: seconds and
+    /// nanoseconds since the epoch. The guest sets its clock to it.
+    pub realtime_secs: i64,
+    pub realtime_nanos: u32,
+    /// Platform devices (`virtio-mmio.<n>`) the host filled after the restore (the
+    /// container's share, its NICs): the guest binds each before it goes on.
+    pub bind: Vec<u32>,
+}
+
+/// Length of [`Wake::seed`].
+pub const WAKE_SEED_LEN: usize = 64;
+
 #[cfg(test)]
 mod tests {
     use super::*;

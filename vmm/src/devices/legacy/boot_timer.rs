@@ -17,6 +17,8 @@ pub struct BootTimes {
     pub workload_started: Option<Duration>,
     pub workload_exited: Option<Duration>,
     pub vm_exit: Option<Duration>,
+    /// A template guest's init is ready to be snapshotted ([`BootMark::TemplateReady`]).
+    pub template_ready: Option<Duration>,
 }
 
 impl BootTimes {
@@ -76,6 +78,7 @@ impl BusDevice for BootTimer {
             BootMark::InitStarted => &mut t.init_started,
             BootMark::WorkloadStarted => &mut t.workload_started,
             BootMark::WorkloadExited => &mut t.workload_exited,
+            BootMark::TemplateReady => &mut t.template_ready,
         };
         if slot.is_none() {
             *slot = now;

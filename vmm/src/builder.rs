@@ -5,7 +5,7 @@
 //! its spare file-system slots ([`crate::fs_slots`]).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -22,7 +22,7 @@ use crate::bus::{Bus, BusError};
 use crate::devices::legacy::{BootTimer, BootTimes, SerialConsole, I8042};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::fs::{self, Fs, FsConfig, FsError, VhostUserBackend};
-use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::mmio::{MmioTransport, TransportRestoreError};
 use crate::devices::virtio::net::{Net, NetConfig, NetError};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::VirtioDevice;
@@ -32,11 +32,14 @@ use crate::fs_slots::{
 use crate::layout::*;
 use crate::memory::{create_guest_memory, guest_memory_in, GuestRamFile, MemoryError};
 use crate::seccomp::{self, SeccompError, ThreadKind};
+use crate::snapshot::{
+    self as snap, Snapshot, SnapshotError, SnapshotState, VmShape, SNAPSHOT_FORMAT,
+};
 use crate::vstate::pause::{PauseControl, PauseError};
 use crate::vstate::vcpu::{self, Vcpu};
 use crate::vstate::vm::{Vm, VmError};
 use crate::vstate::{VmExitReason, VmState};
-use runvm_protocol::BOOT_TIMER_PORT;
+use runvm_protocol::{BOOT_TIMER_PORT, TEMPLATE_CMDLINE};
 
 /// Kernel parameters every runvm guest gets (reset through the i8042, no PCI, no probing
 /// of legacy hardware that is not there).
@@ -88,6 +91,15 @@ pub struct VmConfig {
     /// The guest RAM file, made beforehand by a caller that drops its capabilities
     /// before it builds the VM (`None`: made now). Its size must be `mem_mib`.
     pub ram: Option<GuestRamFile>,
+    /// Boot the guest init in template mode ([`runvm_protocol::TEMPLATE_CMDLINE`]): it
+    /// stops, ready to be snapshotted ([`Vmm::snapshot_when_ready`]), before it asks the
+    /// host for a container.
+    pub template: bool,
+    /// Restore this snapshot instead of booting: the VM must have the snapshot's shape (its
+    /// vCPUs, memory, serial port, vsock CID and spare slots; no disk, NIC or boot-time
+    /// share). The kernel, initramfs and command line are not used: the guest is where the
+    /// snapshot left it.
+    pub restore: Option<Snapshot>,
 }
 
 /// Errors building or running a VM.
@@ -129,6 +141,10 @@ pub enum VmmError {
     Io(#[from] std::io::Error),
     #[error("cannot start the event loop: {0}")]
     EventManager(#[source] event_manager::Error),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("cannot restore the vsock device from the snapshot: {0}")]
+    RestoreVsock(#[source] TransportRestoreError),
 }
 
 /// How a VM ended.
@@ -218,10 +234,23 @@ impl VmmHandle {
     }
 }
 
+/// The vsock device and its transport.
+type VsockSlot = (Arc<Mutex<MmioTransport>>, Arc<Mutex<Vsock>>);
+
+/// The devices a snapshot saves the state of.
+struct SnapshotDevices {
+    vsock: Option<VsockSlot>,
+    serial: Option<Arc<Mutex<SerialConsole>>>,
+    /// What makes the VM other than a template's (a disk, a NIC, a boot-time share):
+    /// such a VM cannot be snapshotted.
+    not_template: Option<String>,
+    shape: VmShape,
+}
+
 /// A built VM, ready to run.
 pub struct Vmm {
-    _vm: Arc<Vm>,
-    _mem: GuestMemoryMmap<()>,
+    vm: Arc<Vm>,
+    mem: GuestMemoryMmap<()>,
     vcpus: Vec<Vcpu>,
     events: EventManager<Subscriber>,
     state: Arc<VmState>,
@@ -229,6 +258,39 @@ pub struct Vmm {
     pause: Arc<PauseControl>,
     fs_slots: Arc<FsSlots>,
     seccomp: bool,
+    devices: SnapshotDevices,
+}
+
+/// The threads of a running VM.
+struct Running {
+    vcpus: Vec<JoinHandle<Vcpu>>,
+    devices: JoinHandle<EventManager<Subscriber>>,
+    vcpu_stop: Arc<AtomicBool>,
+    loop_stop: EventFd,
+    pause: Arc<PauseControl>,
+}
+
+impl Running {
+    /// Stops the vCPUs (each out of `KVM_RUN`, its I/O completed) and then the event loop,
+    /// and hands them back.
+    fn stop(self) -> (Vec<Vcpu>, Option<EventManager<Subscriber>>) {
+        self.vcpu_stop.store(true, Ordering::Release);
+        self.pause.stop();
+        for t in &self.vcpus {
+            while !t.is_finished() {
+                // The signal only interrupts KVM_RUN; resend until the thread sees the flag.
+                let _ = t.kill(vcpu::kick_signal());
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        let vcpus = self
+            .vcpus
+            .into_iter()
+            .filter_map(|t| t.join().ok())
+            .collect();
+        let _ = self.loop_stop.write(1);
+        (vcpus, self.devices.join().ok())
+    }
 }
 
 impl Vmm {
@@ -240,6 +302,40 @@ impl Vmm {
         }
         let timer = BootTimer::new(start);
         let state = Arc::new(VmState::new()?);
+        let restore = config.restore.take();
+        let shape = VmShape {
+            vcpus: config.vcpus,
+            mem_mib: config.mem_mib,
+            serial: config.serial.is_some(),
+            vsock_cid: config.vsock.as_ref().map_or(0, |v| v.guest_cid),
+            fs_slots: config.fs_slots,
+        };
+        let not_template = if !config.disks.is_empty() {
+            Some("it has disks".to_string())
+        } else if !config.nics.is_empty() {
+            Some("it has network interfaces".into())
+        } else if !config.fs.is_empty() {
+            Some("it has boot-time file-system shares".into())
+        } else if config.vsock.is_none() {
+            Some("it has no vsock device".into())
+        } else {
+            None
+        };
+        if let Some(snapshot) = &restore {
+            if let Some(what) = &not_template {
+                return Err(VmmError::Snapshot(SnapshotError::Shape {
+                    dir: snapshot.dir.clone(),
+                    what: what.clone(),
+                }));
+            }
+            if snapshot.state.shape != shape {
+                return Err(VmmError::Snapshot(SnapshotError::Shape {
+                    dir: snapshot.dir.clone(),
+                    what: format!("{:?}, this VM is {shape:?}", snapshot.state.shape),
+                }));
+            }
+        }
+        let ram_restored = config.ram.as_ref().is_some_and(GuestRamFile::is_restored);
         let vm = Arc::new(Vm::new()?);
         let mem = match config.ram.take() {
             Some(ram) if ram.size_mib() == config.mem_mib => guest_memory_in(ram)?,
@@ -247,6 +343,12 @@ impl Vmm {
             None => create_guest_memory(config.mem_mib)?,
         };
         vm.register_memory(&mem)?;
+        if let Some(snapshot) = &restore {
+            if !ram_restored {
+                snapshot.copy_memory_into(&mem)?;
+            }
+            vm.restore_state(&snapshot.state.vm)?;
+        }
 
         let mut pio = Bus::new();
         let mut mmio = Bus::new();
@@ -264,15 +366,22 @@ impl Vmm {
             u64::from(BOOT_TIMER_PORT),
             1,
         )?;
+        let mut serial = None;
         match config.serial.take() {
             Some(out) => {
                 let irq = EventFd::new(libc::EFD_NONBLOCK)?;
                 vm.register_irqfd(&irq, SERIAL_IRQ)?;
-                pio.insert(
-                    Arc::new(Mutex::new(SerialConsole::new(irq, out))),
-                    u64::from(SERIAL_PORT),
-                    8,
-                )?;
+                let saved = restore
+                    .as_ref()
+                    .and_then(|s| s.state.serial.as_ref().map(|saved| (s, saved)));
+                let console = match saved {
+                    Some((snapshot, saved)) => SerialConsole::restored(irq, out, saved)
+                        .ok_or_else(|| snapshot.corrupt("its serial port state".into()))?,
+                    None => SerialConsole::new(irq, out),
+                };
+                let console = Arc::new(Mutex::new(console));
+                pio.insert(console.clone(), u64::from(SERIAL_PORT), 8)?;
+                serial = Some(console);
                 cmdline.push_str(" console=ttyS0");
             }
             None => cmdline.push_str(" 8250.nr_uarts=0"),
@@ -295,13 +404,23 @@ impl Vmm {
                 })?;
             slots.attach(Arc::new(Mutex::new(dev)))?;
         }
+        let mut vsock = None;
         if let Some(v) = &config.vsock {
             let dev =
                 Vsock::new(v.guest_cid, v.uds_path.clone()).map_err(|source| VmmError::Vsock {
                     path: v.uds_path.clone(),
                     source,
                 })?;
-            slots.attach(Arc::new(Mutex::new(dev)))?;
+            let dev = Arc::new(Mutex::new(dev));
+            let transport = slots.attach(dev.clone())?;
+            if let Some(snapshot) = &restore {
+                transport
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .restore_state(&snapshot.state.vsock)
+                    .map_err(VmmError::RestoreVsock)?;
+            }
+            vsock = Some((transport, dev));
         }
         for (index, nic) in std::mem::take(&mut config.nics).into_iter().enumerate() {
             let dev = Net::new(nic).map_err(|source| VmmError::Net { index, source })?;
@@ -340,16 +459,25 @@ impl Vmm {
             cmdline.push(' ');
             cmdline.push_str(&config.cmdline);
         }
+        if config.template {
+            cmdline.push(' ');
+            cmdline.push_str(TEMPLATE_CMDLINE);
+        }
 
-        let kernel = loader::load_kernel(&mem, &config.kernel)?;
-        let initramfs = match &config.initramfs {
-            Some(p) => Some(loader::load_initramfs(&mem, p, kernel.kernel_end)?),
-            None => None,
+        let entry = if restore.is_none() {
+            let kernel = loader::load_kernel(&mem, &config.kernel)?;
+            let initramfs = match &config.initramfs {
+                Some(p) => Some(loader::load_initramfs(&mem, p, kernel.kernel_end)?),
+                None => None,
+            };
+            loader::write_boot_info(&mem, &cmdline, initramfs)?;
+            mptable::setup_mptable(&mem, config.vcpus)?;
+            cpu::write_gdt(&mem)?;
+            log::debug!("kernel command line: {cmdline}");
+            Some(kernel.entry)
+        } else {
+            None
         };
-        loader::write_boot_info(&mem, &cmdline, initramfs)?;
-        mptable::setup_mptable(&mem, config.vcpus)?;
-        cpu::write_gdt(&mem)?;
-        log::debug!("kernel command line: {cmdline}");
 
         let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
         let base_cpuid = vm.supported_cpuid()?;
@@ -364,17 +492,18 @@ impl Vmm {
                 state.clone(),
                 timer.clone(),
             )?;
-            cpu::setup_vcpu(
-                v.fd(),
-                &cpu::vcpu_cpuid(&base_cpuid, id, config.vcpus, tsc_deadline),
-                kernel.entry,
-                id == 0,
-            )?;
+            let cpuid = cpu::vcpu_cpuid(&base_cpuid, id, config.vcpus, tsc_deadline);
+            if let Some(snapshot) = &restore {
+                cpu::set_cpuid(v.fd(), &cpuid)?;
+                v.restore_state(&snapshot.state.vcpus[usize::from(id)])?;
+            } else if let Some(entry) = entry {
+                cpu::setup_vcpu(v.fd(), &cpuid, entry, id == 0)?;
+            }
             vcpus.push(v);
         }
         Ok(Self {
-            _vm: vm,
-            _mem: mem,
+            vm,
+            mem,
             vcpus,
             events,
             state,
@@ -382,6 +511,12 @@ impl Vmm {
             pause: Arc::new(PauseControl::default()),
             fs_slots,
             seccomp: config.seccomp,
+            devices: SnapshotDevices {
+                vsock,
+                serial,
+                not_template,
+                shape,
+            },
         })
     }
 
@@ -396,16 +531,62 @@ impl Vmm {
 
     /// Runs the VM on its own threads (one per vCPU, one for devices) until it stops.
     pub fn run(self) -> Result<VmExit, VmmError> {
+        let (state, timer) = (self.state.clone(), self.timer.clone());
+        let running = self.start()?.0;
+        wait_readable(state.exit_evt());
+        timer.mark_vm_exit();
+        // The event loop comes back to this thread to be dropped: the vsock muxer's drop
+        // unlinks its socket, which the device thread's filter does not allow.
+        drop(running.stop());
+        let reason = state.exit_reason().unwrap_or(VmExitReason::Stopped);
+        Ok(VmExit {
+            reason,
+            times: timer.times(),
+        })
+    }
+
+    /// Runs a template VM ([`VmConfig::template`]) until its guest init reports it is
+    /// ready (within `timeout`), stops it, and writes its snapshot to `dir` (see
+    /// [`crate::snapshot`]). Returns how many bytes of guest memory the snapshot holds.
+    pub fn snapshot_when_ready(self, dir: &Path, timeout: Duration) -> Result<u64, VmmError> {
+        if let Some(what) = &self.devices.not_template {
+            return Err(SnapshotError::NotTemplate(what.clone()).into());
+        }
+        let (state, timer) = (self.state.clone(), self.timer.clone());
+        let (running, rest) = self.start()?;
+        let deadline = Instant::now() + timeout;
+        let ready = loop {
+            if timer.times().template_ready.is_some() {
+                break Ok(());
+            }
+            if let Some(reason) = state.exit_reason() {
+                break Err(format!("the VM stopped: {reason:?}"));
+            }
+            if Instant::now() >= deadline {
+                break Err("it did not report TemplateReady".to_string());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        let (vcpus, events) = running.stop();
+        ready.map_err(|why| SnapshotError::NotReady(timeout, why))?;
+        let result = rest.save(&vcpus, dir);
+        drop(events);
+        result
+    }
+
+    /// Starts the device thread and one thread per vCPU.
+    fn start(self) -> Result<(Running, Stopped), VmmError> {
         let Vmm {
-            _vm,
-            _mem,
+            vm,
+            mem,
             vcpus,
             mut events,
             state,
-            timer,
+            timer: _,
             pause,
             fs_slots: _,
             seccomp,
+            devices,
         } = self;
         vcpu::register_kick_handler()?;
         let (vcpu_filter, dev_filter) = if seccomp {
@@ -426,8 +607,6 @@ impl Vmm {
         let dev_state = state.clone();
         let device_thread = std::thread::Builder::new()
             .name("runvm-devices".into())
-            // The event loop goes back to this thread to be dropped: the vsock muxer's
-            // drop unlinks its socket, which the device thread's filter does not allow.
             .spawn(move || {
                 if !install_filter(ThreadKind::Devices, dev_filter.as_ref(), &dev_state) {
                     return events;
@@ -443,10 +622,15 @@ impl Vmm {
                 events
             })?;
 
-        let vcpu_stop = Arc::new(AtomicBool::new(false));
-        let mut threads: Vec<JoinHandle<()>> = Vec::new();
+        let mut running = Running {
+            vcpus: Vec::new(),
+            devices: device_thread,
+            vcpu_stop: Arc::new(AtomicBool::new(false)),
+            loop_stop: stop_evt,
+            pause: pause.clone(),
+        };
         for v in vcpus {
-            let stop = vcpu_stop.clone();
+            let stop = running.vcpu_stop.clone();
             let pause = pause.clone();
             let filter = vcpu_filter.clone();
             let st = state.clone();
@@ -454,12 +638,12 @@ impl Vmm {
                 .name("runvm-vcpu".into())
                 .spawn(move || {
                     if !install_filter(ThreadKind::Vcpu, filter.as_deref(), &st) {
-                        return;
+                        return v;
                     }
                     v.run(stop, pause)
                 });
             match spawned {
-                Ok(t) => threads.push(t),
+                Ok(t) => running.vcpus.push(t),
                 Err(e) => {
                     state.request_exit(VmExitReason::KvmError(format!(
                         "cannot start a vCPU thread: {e}"
@@ -468,30 +652,72 @@ impl Vmm {
                 }
             }
         }
+        Ok((running, Stopped { vm, mem, devices }))
+    }
+}
 
-        wait_readable(state.exit_evt());
-        timer.mark_vm_exit();
+/// What a snapshot needs besides the vCPUs, kept while the VM runs.
+struct Stopped {
+    vm: Arc<Vm>,
+    mem: GuestMemoryMmap<()>,
+    devices: SnapshotDevices,
+}
 
-        vcpu_stop.store(true, Ordering::Release);
-        pause.stop();
-        for t in &threads {
-            while !t.is_finished() {
-                // The signal only interrupts KVM_RUN; resend until the thread sees the flag.
-                let _ = t.kill(vcpu::kick_signal());
-                std::thread::sleep(Duration::from_micros(200));
-            }
+impl Stopped {
+    /// Saves the stopped VM with its `vcpus` as the snapshot `dir`.
+    fn save(&self, vcpus: &[Vcpu], dir: &Path) -> Result<u64, VmmError> {
+        let (transport, vsock) = self
+            .devices
+            .vsock
+            .as_ref()
+            .ok_or_else(|| SnapshotError::NotTemplate("it has no vsock device".into()))?;
+        let connections = vsock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .num_connections();
+        if connections != 0 {
+            return Err(SnapshotError::NotTemplate(format!(
+                "its vsock device has {connections} connections"
+            ))
+            .into());
         }
-        for t in threads {
-            let _ = t.join();
+        if vcpus.len() != usize::from(self.devices.shape.vcpus) {
+            return Err(SnapshotError::NotTemplate(format!(
+                "{} of its {} vCPUs stopped",
+                vcpus.len(),
+                self.devices.shape.vcpus
+            ))
+            .into());
         }
-        let _ = stop_evt.write(1);
-        let _ = device_thread.join();
-
-        let reason = state.exit_reason().unwrap_or(VmExitReason::Stopped);
-        Ok(VmExit {
-            reason,
-            times: timer.times(),
-        })
+        let msr_indices = self.vm.msr_indices()?;
+        let vcpu_states = vcpus
+            .iter()
+            .map(|v| v.save_state(&msr_indices))
+            .collect::<Result<Vec<_>, _>>()?;
+        let vm_state = self.vm.save_state()?;
+        let vsock_state = transport
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .save_state();
+        let serial = self
+            .devices
+            .serial
+            .as_ref()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).save());
+        let shape = self.devices.shape.clone();
+        Ok(snap::write_snapshot(
+            dir,
+            |out| snap::save_memory(&self.mem, out),
+            |memory| SnapshotState {
+                format: SNAPSHOT_FORMAT,
+                shape,
+                vm: vm_state,
+                vcpus: vcpu_states,
+                vsock: vsock_state,
+                serial,
+                memory,
+            },
+        )?)
     }
 }
 
@@ -541,7 +767,7 @@ struct VirtioSlots<'a> {
 impl VirtioSlots<'_> {
     /// Puts a virtio device on the MMIO bus in the next slot, wires its interrupt and queue
     /// notifications into KVM, hands it to the event loop and announces it on the command line.
-    fn attach<D>(&mut self, dev: Arc<Mutex<D>>) -> Result<(), VmmError>
+    fn attach<D>(&mut self, dev: Arc<Mutex<D>>) -> Result<Arc<Mutex<MmioTransport>>, VmmError>
     where
         D: VirtioDevice + MutEventSubscriber + 'static,
     {
@@ -554,13 +780,11 @@ impl VirtioSlots<'_> {
         // KVM holds its own reference to the sink; the eventfd only has to exist when it
         // is registered (its count saturates, it never blocks).
         drop(sink);
-        self.mmio.insert(
-            Arc::new(Mutex::new(transport)),
-            place.base,
-            VIRTIO_MMIO_SIZE,
-        )?;
+        let transport = Arc::new(Mutex::new(transport));
+        self.mmio
+            .insert(transport.clone(), place.base, VIRTIO_MMIO_SIZE)?;
         self.events.add_subscriber(dev);
-        Ok(())
+        Ok(transport)
     }
 
     /// Takes the next slot (window, IRQ, platform device number) and announces it on the

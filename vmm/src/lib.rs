@@ -16,6 +16,7 @@ pub mod fs_slots;
 pub mod layout;
 pub mod memory;
 pub mod seccomp;
+pub mod snapshot;
 pub mod vstate;
 
 pub use boot::mptable::MAX_VCPUS;
@@ -24,5 +25,6 @@ pub use devices::legacy::BootTimes;
 pub use devices::virtio::fs::FsConfig;
 pub use devices::virtio::net::NetConfig;
 pub use fs_slots::{EmptiedFsSlot, FilledFsSlot, FsBackend, FsSlotError, FsSlotShare};
+pub use snapshot::{Snapshot, SnapshotError};
 pub use vstate::pause::PauseError;
 pub use vstate::VmExitReason;

@@ -13,6 +13,7 @@ use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
 use crate::layout::{MMIO_GAP_END, MMIO_GAP_START};
+use crate::snapshot::{Snapshot, SnapshotError};
 
 /// Guest RAM is mapped at host addresses aligned to this (the x86 huge page size).
 pub const RAM_ALIGN: usize = 2 << 20;
@@ -90,6 +91,8 @@ pub fn create_guest_memory(size_mib: u64) -> Result<GuestMemoryMmap<()>, MemoryE
 pub struct GuestRamFile {
     file: File,
     size_mib: u64,
+    /// It holds a snapshot's memory ([`GuestRamFile::restore_from`]).
+    restored: bool,
 }
 
 impl GuestRamFile {
@@ -108,12 +111,36 @@ impl GuestRamFile {
                 create_memfd(size_mib)?
             }
         };
-        Ok(Self { file, size_mib })
+        Ok(Self {
+            file,
+            size_mib,
+            restored: false,
+        })
     }
 
     /// Its size in MiB.
     pub fn size_mib(&self) -> u64 {
         self.size_mib
+    }
+
+    /// Fills the (fresh) file with `snapshot`'s memory, checking it on the way, for a VM
+    /// that restores `snapshot`. On error the file holds part of it: make another.
+    pub fn restore_from(&mut self, snapshot: &Snapshot) -> Result<(), SnapshotError> {
+        if snapshot.shape().mem_mib != self.size_mib {
+            return Err(snapshot.corrupt(format!(
+                "it holds {} MiB of memory, the RAM file {} MiB",
+                snapshot.shape().mem_mib,
+                self.size_mib
+            )));
+        }
+        snapshot.copy_memory_to_file(&self.file)?;
+        self.restored = true;
+        Ok(())
+    }
+
+    /// Whether it holds a snapshot's memory.
+    pub fn is_restored(&self) -> bool {
+        self.restored
     }
 }
 

@@ -105,6 +105,11 @@ fn segment(selector: u16, type_: u8) -> kvm_segment {
 
 /// Puts the vCPU in the PVH boot state: 32-bit protected mode, paging off,
 /// `ebx` pointing at `hvm_start_info`, `eip` at the kernel's PVH entry.
+/// Sets the vCPU's CPUID (all a restored vCPU needs before its saved state).
+pub fn set_cpuid(vcpu: &VcpuFd, cpuid: &CpuId) -> Result<(), CpuError> {
+    vcpu.set_cpuid2(cpuid).map_err(kvm("CPUID"))
+}
+
 pub fn setup_vcpu(
     vcpu: &VcpuFd,
     cpuid: &CpuId,

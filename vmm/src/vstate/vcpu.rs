@@ -5,7 +5,12 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use kvm_bindings::{
+    kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_sregs,
+    kvm_vcpu_events, kvm_xcrs, kvm_xsave, Msrs,
+};
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use serde::{Deserialize, Serialize};
 
 use super::pause::PauseControl;
 use super::vm::{Vm, VmError};
@@ -39,6 +44,25 @@ pub fn kvm_failure_message(what: &str) -> String {
     } else {
         format!("{what}. The guest kernel could not run on this host's KVM; check that it was built by `cargo xtask kernel`")
     }
+}
+
+/// `IA32_TSC_DEADLINE`: restored after `IA32_TSC`, which it is relative to.
+const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
+
+/// Everything KVM keeps of one vCPU, as a snapshot saves it (the order of the fields is
+/// the order [`Vcpu::restore_state`] sets them in, Firecracker's).
+#[derive(Serialize, Deserialize)]
+pub struct VcpuState {
+    pub mp_state: kvm_mp_state,
+    pub regs: kvm_regs,
+    pub sregs: kvm_sregs,
+    pub xsave: kvm_xsave,
+    pub xcrs: kvm_xcrs,
+    pub debug_regs: kvm_debugregs,
+    pub lapic: kvm_lapic_state,
+    /// (index, value) of every MSR KVM let us read.
+    pub msrs: Vec<(u32, u64)>,
+    pub vcpu_events: kvm_vcpu_events,
 }
 
 /// A vCPU ready to run.
@@ -81,9 +105,97 @@ impl Vcpu {
         &self.fd
     }
 
-    /// The thread body: runs the guest until the VM stops or `stop` is set.
-    /// While `pause` says so, the thread parks between two runs.
-    pub fn run(mut self, stop: Arc<AtomicBool>, pause: Arc<PauseControl>) {
+    /// Reads this vCPU's state. The vCPU must be out of `KVM_RUN` with nothing pending
+    /// (see [`Vcpu::run`], which completes a pending I/O exit before it returns).
+    /// `msr_indices` are the MSRs to try (KVM's list); those KVM cannot read are left out.
+    pub fn save_state(&self, msr_indices: &[u32]) -> Result<VcpuState, VmError> {
+        let kvm = |what| move |source| VmError::Kvm { what, source };
+        let mut msrs = Vec::with_capacity(msr_indices.len());
+        for &index in msr_indices {
+            let mut one = Msrs::from_entries(&[kvm_msr_entry {
+                index,
+                ..Default::default()
+            }])
+            .map_err(|_| VmError::Kvm {
+                what: "read an MSR",
+                source: kvm_ioctls::Error::new(libc::EINVAL),
+            })?;
+            if self.fd.get_msrs(&mut one).map_err(kvm("read an MSR"))? == 1 {
+                msrs.push((index, one.as_slice()[0].data));
+            }
+        }
+        Ok(VcpuState {
+            mp_state: self.fd.get_mp_state().map_err(kvm("read the MP state"))?,
+            regs: self.fd.get_regs().map_err(kvm("read the registers"))?,
+            sregs: self
+                .fd
+                .get_sregs()
+                .map_err(kvm("read the special registers"))?,
+            xsave: self.fd.get_xsave().map_err(kvm("read the XSAVE area"))?,
+            xcrs: self.fd.get_xcrs().map_err(kvm("read the XCRs"))?,
+            debug_regs: self
+                .fd
+                .get_debug_regs()
+                .map_err(kvm("read the debug registers"))?,
+            lapic: self.fd.get_lapic().map_err(kvm("read the local APIC"))?,
+            msrs,
+            vcpu_events: self
+                .fd
+                .get_vcpu_events()
+                .map_err(kvm("read the vCPU events"))?,
+        })
+    }
+
+    /// Sets this vCPU's state from a snapshot (after its CPUID, which it depends on).
+    pub fn restore_state(&self, state: &VcpuState) -> Result<(), VmError> {
+        let kvm = |what| move |source| VmError::Kvm { what, source };
+        let fd = &self.fd;
+        fd.set_mp_state(state.mp_state)
+            .map_err(kvm("set the MP state"))?;
+        fd.set_regs(&state.regs).map_err(kvm("set the registers"))?;
+        fd.set_sregs(&state.sregs)
+            .map_err(kvm("set the special registers"))?;
+        // SAFETY: `kvm_xsave` is the 4 KiB buffer KVM_SET_XSAVE reads (this VMM never enables
+        // KVM_CAP_XSAVE2, so KVM reads no more than KVM_GET_XSAVE wrote into it).
+        unsafe { fd.set_xsave(&state.xsave) }.map_err(kvm("set the XSAVE area"))?;
+        fd.set_xcrs(&state.xcrs).map_err(kvm("set the XCRs"))?;
+        fd.set_debug_regs(&state.debug_regs)
+            .map_err(kvm("set the debug registers"))?;
+        fd.set_lapic(&state.lapic)
+            .map_err(kvm("set the local APIC"))?;
+        // The TSC deadline is relative to the TSC: it goes last.
+        let mut entries: Vec<kvm_msr_entry> = state
+            .msrs
+            .iter()
+            .map(|&(index, data)| kvm_msr_entry {
+                index,
+                data,
+                ..Default::default()
+            })
+            .collect();
+        entries.sort_by_key(|e| e.index == MSR_IA32_TSC_DEADLINE);
+        for chunk in entries.chunks(kvm_bindings::KVM_MAX_MSR_ENTRIES) {
+            let msrs = Msrs::from_entries(chunk).map_err(|_| VmError::Kvm {
+                what: "set the MSRs",
+                source: kvm_ioctls::Error::new(libc::EINVAL),
+            })?;
+            let set = fd.set_msrs(&msrs).map_err(kvm("set the MSRs"))?;
+            if set != chunk.len() {
+                return Err(VmError::Kvm {
+                    what: "set the MSRs (it refused one the snapshot holds)",
+                    source: kvm_ioctls::Error::new(libc::EINVAL),
+                });
+            }
+        }
+        fd.set_vcpu_events(&state.vcpu_events)
+            .map_err(kvm("set the vCPU events"))?;
+        Ok(())
+    }
+
+    /// The thread body: runs the guest until the VM stops or `stop` is set, then hands
+    /// the vCPU back (for a snapshot). While `pause` says so, the thread parks between
+    /// two runs.
+    pub fn run(mut self, stop: Arc<AtomicBool>, pause: Arc<PauseControl>) -> Self {
         pause.register_current_thread();
         if self.id == 0 {
             self.timer.mark_kernel_entry();
@@ -99,6 +211,13 @@ impl Vcpu {
             }
         }
         pause.unregister_current_thread();
+        // An I/O exit's emulation completes at the next KVM_RUN: enter once more with
+        // `immediate_exit` set, which completes it and returns without running the guest,
+        // so that a snapshot finds no half-done instruction.
+        self.fd.set_kvm_immediate_exit(1);
+        let _ = self.fd.run();
+        self.fd.set_kvm_immediate_exit(0);
+        self
     }
 
     /// Runs until the next exit; returns why the VM must stop, if it must.

@@ -2,10 +2,12 @@
 //! plumbing for devices.
 
 use kvm_bindings::{
-    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
-    KVM_PIT_SPEAKER_DUMMY,
+    kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2, kvm_userspace_memory_region,
+    CpuId, KVM_CLOCK_TSC_STABLE, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
+use serde::{Deserialize, Serialize};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -31,6 +33,17 @@ pub enum VmError {
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { what, source }
+}
+
+/// What KVM keeps of the VM itself (its interrupt controllers, timer and clock), as a
+/// snapshot saves it.
+#[derive(Serialize, Deserialize)]
+pub struct VmKvmState {
+    pub pic_master: kvm_irqchip,
+    pub pic_slave: kvm_irqchip,
+    pub ioapic: kvm_irqchip,
+    pub pit: kvm_pit_state2,
+    pub clock: kvm_clock_data,
 }
 
 /// A KVM VM with its memory registered.
@@ -150,5 +163,59 @@ impl Vm {
 
     pub fn fd(&self) -> &VmFd {
         &self.fd
+    }
+
+    /// Every MSR KVM can save and restore for a vCPU (what a snapshot tries).
+    pub fn msr_indices(&self) -> Result<Vec<u32>, VmError> {
+        Ok(self
+            .kvm
+            .get_msr_index_list()
+            .map_err(kvm_err("list the MSRs"))?
+            .as_slice()
+            .to_vec())
+    }
+
+    /// Reads the interrupt controllers, the PIT and the clock (the vCPUs stopped).
+    pub fn save_state(&self) -> Result<VmKvmState, VmError> {
+        let chip = |id| -> Result<kvm_irqchip, VmError> {
+            let mut c = kvm_irqchip {
+                chip_id: id,
+                ..Default::default()
+            };
+            self.fd
+                .get_irqchip(&mut c)
+                .map_err(kvm_err("read an interrupt controller"))?;
+            Ok(c)
+        };
+        Ok(VmKvmState {
+            pic_master: chip(KVM_IRQCHIP_PIC_MASTER)?,
+            pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE)?,
+            ioapic: chip(KVM_IRQCHIP_IOAPIC)?,
+            pit: self.fd.get_pit2().map_err(kvm_err("read the PIT"))?,
+            clock: self.fd.get_clock().map_err(kvm_err("read the clock"))?,
+        })
+    }
+
+    /// Sets the interrupt controllers, the PIT and the clock from a snapshot (before any
+    /// vCPU runs).
+    pub fn restore_state(&self, state: &VmKvmState) -> Result<(), VmError> {
+        self.fd
+            .set_pit2(&state.pit)
+            .map_err(kvm_err("set the PIT"))?;
+        // KVM refuses a clock whose flags it did not set itself on this host.
+        let clock = kvm_clock_data {
+            clock: state.clock.clock,
+            flags: state.clock.flags & !KVM_CLOCK_TSC_STABLE,
+            ..Default::default()
+        };
+        self.fd
+            .set_clock(&clock)
+            .map_err(kvm_err("set the clock"))?;
+        for chip in [&state.pic_master, &state.pic_slave, &state.ioapic] {
+            self.fd
+                .set_irqchip(chip)
+                .map_err(kvm_err("set an interrupt controller"))?;
+        }
+        Ok(())
     }
 }

@@ -14,7 +14,8 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use log::{debug, error, warn};
-use virtio_queue::{Queue, QueueT};
+use serde::{Deserialize, Serialize};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestAddress;
 
 use super::{
@@ -73,6 +74,80 @@ use status::*;
 
 /// `VIRTIO_RING_F_EVENT_IDX`: when acked, the queues handed to the device use event indices.
 const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+
+/// One queue as a snapshot saves it (virtio-queue's `QueueState`, which is not
+/// serializable).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedQueue {
+    pub max_size: u16,
+    pub next_avail: u16,
+    pub next_used: u16,
+    pub event_idx_enabled: bool,
+    pub size: u16,
+    pub ready: bool,
+    pub desc_table: u64,
+    pub avail_ring: u64,
+    pub used_ring: u64,
+}
+
+impl From<QueueState> for SavedQueue {
+    fn from(q: QueueState) -> Self {
+        Self {
+            max_size: q.max_size,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+            event_idx_enabled: q.event_idx_enabled,
+            size: q.size,
+            ready: q.ready,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+        }
+    }
+}
+
+impl SavedQueue {
+    fn queue(&self) -> Result<Queue, virtio_queue::Error> {
+        Queue::try_from(QueueState {
+            max_size: self.max_size,
+            next_avail: self.next_avail,
+            next_used: self.next_used,
+            event_idx_enabled: self.event_idx_enabled,
+            size: self.size,
+            ready: self.ready,
+            desc_table: self.desc_table,
+            avail_ring: self.avail_ring,
+            used_ring: self.used_ring,
+        })
+    }
+}
+
+/// A transport and its device's queues, as a snapshot saves them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransportState {
+    pub device_type: u32,
+    pub status: u32,
+    pub device_features_sel: u32,
+    pub driver_features_sel: u32,
+    pub driver_features: u64,
+    pub queue_sel: u32,
+    /// The driver's view, as configured through the registers.
+    pub queues: Vec<SavedQueue>,
+    /// The activated device's queues (where it has got to); empty when not activated.
+    pub device_queues: Vec<SavedQueue>,
+    pub interrupt_status: u32,
+}
+
+/// Why a transport cannot take a snapshot's state.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportRestoreError {
+    #[error("the snapshot's device {saved} is not this device {ours}")]
+    DeviceType { saved: u32, ours: u32 },
+    #[error("the snapshot's queue {0} is invalid for this device")]
+    Queue(usize),
+    #[error("the device refused the snapshot's queues: {0}")]
+    Activate(#[from] ActivateError),
+}
 
 /// The virtio-mmio register window of one device.
 pub struct MmioTransport {
@@ -146,6 +221,68 @@ impl MmioTransport {
     /// The current value of the `Status` register.
     pub fn status(&self) -> u32 {
         self.status
+    }
+
+    /// The transport's and its device's virtio state, for a snapshot (the VM stopped).
+    pub fn save_state(&self) -> TransportState {
+        let device = lock(&self.device);
+        let device_queues = device
+            .state()
+            .active()
+            .map(|a| a.queues.iter().map(|q| q.state().into()).collect())
+            .unwrap_or_default();
+        TransportState {
+            device_type: device.device_type(),
+            status: self.status,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            queue_sel: self.queue_sel,
+            queues: self.queues.iter().map(|q| q.state().into()).collect(),
+            device_queues,
+            interrupt_status: self.irq.status(),
+        }
+    }
+
+    /// Puts a new transport and its fresh device where a snapshot's were: the registers,
+    /// the negotiated features, and, for a device the driver had activated, the device
+    /// activated again with its queues where they had got to.
+    pub fn restore_state(&mut self, state: &TransportState) -> Result<(), TransportRestoreError> {
+        let ours = lock(&self.device).device_type();
+        if state.device_type != ours {
+            return Err(TransportRestoreError::DeviceType {
+                saved: state.device_type,
+                ours,
+            });
+        }
+        if state.queues.len() != self.queues.len() {
+            return Err(TransportRestoreError::Queue(self.queues.len()));
+        }
+        let build = |saved: &[SavedQueue]| -> Result<Vec<Queue>, TransportRestoreError> {
+            saved
+                .iter()
+                .enumerate()
+                .map(|(i, q)| q.queue().map_err(|_| TransportRestoreError::Queue(i)))
+                .collect()
+        };
+        self.queues = build(&state.queues)?;
+        self.status = state.status;
+        self.device_features_sel = state.device_features_sel;
+        self.driver_features_sel = state.driver_features_sel;
+        self.driver_features = state.driver_features & lock(&self.device).avail_features();
+        self.queue_sel = state.queue_sel;
+        if self.has(FEATURES_OK) {
+            lock(&self.device).set_acked_features(self.driver_features);
+        }
+        if self.has(DRIVER_OK) && !state.device_queues.is_empty() {
+            let queues = build(&state.device_queues)?;
+            if let Some(i) = queues.iter().position(|q| !q.is_valid(&self.mem)) {
+                return Err(TransportRestoreError::Queue(i));
+            }
+            lock(&self.device).activate(self.mem.clone(), queues, self.irq.clone())?;
+        }
+        self.irq.set_status(state.interrupt_status);
+        Ok(())
     }
 
     fn has(&self, bits: u32) -> bool {

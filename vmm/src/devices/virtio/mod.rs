@@ -102,6 +102,12 @@ impl IrqTrigger {
         self.status.load(Ordering::SeqCst)
     }
 
+    /// Sets `InterruptStatus` as a snapshot saved it, without raising the interrupt (the
+    /// restored interrupt controller has whatever was pending).
+    pub fn set_status(&self, bits: u32) {
+        self.status.store(bits, Ordering::SeqCst);
+    }
+
     /// `InterruptACK`: clears the acknowledged bits.
     pub fn ack(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);

@@ -1,8 +1,8 @@
 //! [`Vmm`]: builds a VM from a [`VmConfig`] (memory, kernel, devices on the buses and in
 //! the event loop, vCPUs) and runs it, one thread per vCPU and one for the devices, each
 //! under its seccomp filter, until the guest resets, crashes, or the host stops it.
-//! [`VmmHandle`] stops, pauses and resumes it from another thread, and fills and empties
-//! its spare file-system slots ([`crate::fs_slots`]).
+//! [`VmmHandle`] stops, pauses and resumes it from another thread, and fills its spare
+//! slots with shares or network interfaces and empties them ([`crate::fs_slots`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -27,7 +27,8 @@ use crate::devices::virtio::net::{Net, NetConfig, NetError};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::VirtioDevice;
 use crate::fs_slots::{
-    self, EmptiedFsSlot, FilledFsSlot, FsSlotError, FsSlotShare, FsSlots, MmioPlace, Subscriber,
+    self, EmptiedFsSlot, FilledFsSlot, FilledNetSlot, FsSlotError, FsSlotShare, FsSlots, MmioPlace,
+    Subscriber,
 };
 use crate::layout::*;
 use crate::memory::{create_guest_memory, guest_memory_in, GuestRamFile, MemoryError};
@@ -80,9 +81,10 @@ pub struct VmConfig {
     /// connects while it builds the VM; if a virtiofsd goes away later, the VM stops with
     /// [`VmExitReason::BackendFailed`].
     pub fs: Vec<FsConfig>,
-    /// Spare file-system slots (after the shares): empty virtio-mmio slots that
-    /// [`VmmHandle::fill_fs_slot`] fills with a share while the VM runs. 0: none, and the
-    /// VM is exactly as without them.
+    /// Spare slots (after the shares): empty virtio-mmio slots that
+    /// [`VmmHandle::fill_fs_slot`] fills with a share, or [`VmmHandle::fill_net_slot`]
+    /// with a network interface, while the VM runs. 0: none, and the VM is exactly as
+    /// without them.
     pub fs_slots: usize,
     /// Where the serial console goes; `None` leaves the guest without a serial port.
     pub serial: Option<Box<dyn Write + Send>>,
@@ -173,8 +175,8 @@ impl MutEventSubscriber for LoopStopper {
     }
 }
 
-/// A cloneable handle to ask a running VM to stop, pause or resume, and to fill and empty
-/// its spare file-system slots.
+/// A cloneable handle to ask a running VM to stop, pause or resume, and to fill its spare
+/// slots (with shares or network interfaces) and empty them.
 #[derive(Clone)]
 pub struct VmmHandle {
     state: Arc<VmState>,
@@ -210,12 +212,12 @@ impl VmmHandle {
         self.timer.times()
     }
 
-    /// The number of spare file-system slots ([`VmConfig::fs_slots`]).
+    /// The number of spare slots ([`VmConfig::fs_slots`]), filled or not.
     pub fn fs_slot_count(&self) -> usize {
         self.fs_slots.count()
     }
 
-    /// Puts `share` in spare file-system slot `slot` (the first free one if `None`) and
+    /// Puts `share` in spare slot `slot` (the first free one if `None`) and
     /// says which platform device the guest binds to find it. The VM keeps running if
     /// the share's virtiofsd fails later (see [`FsSlotShare::on_failure`]). Runs on the
     /// calling thread, except for the event loop's part (see [`crate::fs_slots`]).
@@ -227,8 +229,22 @@ impl VmmHandle {
         self.fs_slots.fill(slot, share)
     }
 
-    /// Takes the share out of spare slot `slot` (after the guest unbound its device) and
-    /// closes its virtiofsd connection; the slot is free again.
+    /// Puts a network interface on `nic`'s TAP in spare slot `slot` (the first free one if
+    /// `None`) and says which platform device the guest binds to find it (the guest tells
+    /// its interfaces apart by MAC). The VM keeps running whatever happens to the TAP
+    /// later. Runs on the calling thread, except for the event loop's part (see
+    /// [`crate::fs_slots`]); the interface's frames move on the device thread.
+    pub fn fill_net_slot(
+        &self,
+        slot: Option<usize>,
+        nic: NetConfig,
+    ) -> Result<FilledNetSlot, FsSlotError> {
+        self.fs_slots.fill_net(slot, nic)
+    }
+
+    /// Takes what spare slot `slot` holds out of it (after the guest unbound its device):
+    /// a share's virtiofsd connection is closed, a network interface's TAP; the slot is
+    /// free again, for either kind.
     pub fn empty_fs_slot(&self, slot: usize) -> Result<EmptiedFsSlot, FsSlotError> {
         self.fs_slots.empty(slot)
     }

@@ -1,4 +1,4 @@
-//! Spare file-system slots: virtio-fs devices added to and removed from a running VM.
+//! Spare slots: virtio-fs and virtio-net devices added to and removed from a running VM.
 //!
 //! virtio-mmio has no hotplug. Instead the VM is built with a number of spare slots
 //! ([`crate::VmConfig::fs_slots`]), each declared on the kernel command line like every
@@ -6,18 +6,23 @@
 //! the MMIO bus as an empty [`MmioSlot`], which reads as a placeholder (`DeviceID` 0): the
 //! guest's `virtio_mmio` driver leaves its platform device, `virtio-mmio.<N>` (N its place
 //! among the command line's devices, counted from 0 as the kernel counts them in
-//! `vm_cmdline_set`), unbound.
+//! `vm_cmdline_set`), unbound. A slot holds either kind of device, one at a time: a
+//! file-system share (a member container's, or a restored VM's container's) or a network
+//! interface (a restored VM's: its template was snapshotted without NICs).
 //!
-//! [`FsSlots::fill`] puts a virtio-fs device in a free slot, made and wired exactly as a
-//! boot-time share: connected to its virtiofsd, its interrupt eventfd a KVM irqfd on the
-//! slot's IRQ, its queue eventfds KVM ioeventfds on the slot's `QueueNotify`, its backend
-//! connection watched by the event loop. The guest then binds the platform device (a write
-//! of its name to `/sys/bus/platform/drivers/virtio-mmio/bind`), which probes it again and
-//! finds the device; guest memory goes to virtiofsd when the driver activates the device,
-//! as for any share. [`FsSlots::empty`] undoes it all once the guest has unbound the
-//! device (unbinding resets it, which stops virtiofsd's rings); a slot emptied under a
-//! guest that did not unbind it loses its device all the same (the guest's mount stops
-//! working; the host's removal is not the guest's to refuse).
+//! [`FsSlots::fill`] puts a virtio-fs device in a free slot, [`FsSlots::fill_net`] a
+//! virtio-net device; both go through one path and are made and wired exactly as boot-time
+//! devices: a share connected to its virtiofsd, a NIC on its TAP; the device's interrupt
+//! eventfd a KVM irqfd on the slot's IRQ, its queue eventfds KVM ioeventfds on the slot's
+//! `QueueNotify`, the device (a share's backend connection; a NIC's queues and TAP)
+//! watched by the event loop. The guest then binds the platform device (a write of its
+//! name to `/sys/bus/platform/drivers/virtio-mmio/bind`), which probes it again and finds
+//! the device; guest memory goes to virtiofsd when the driver activates a share's device,
+//! as for any share. [`FsSlots::empty`] undoes it all, whatever the slot holds, once the
+//! guest has unbound the device (unbinding resets it, which stops virtiofsd's rings or
+//! the NIC's frames); a slot emptied under a guest that did not unbind it loses its device
+//! all the same (the guest's mount stops working, its interface stops moving frames; the
+//! host's removal is not the guest's to refuse).
 //!
 //! Threads: fill and empty run on the caller's thread (the monitor's main thread, through
 //! [`crate::VmmHandle`]), under one lock for all slots. The KVM registrations are ioctls on
@@ -26,13 +31,15 @@
 //! (`epoll_ctl`) run on the device thread, sent there through the event manager's remote
 //! endpoint and awaited for at most [`EVENT_LOOP_TIMEOUT`]. A confined monitor thread
 //! cannot make sockets: it passes a connection it got elsewhere
-//! ([`FsBackend::Connected`]). vCPU threads see a slot filled or empty from one access to
-//! the next (the slot's lock).
+//! ([`FsBackend::Connected`]), and a NIC's TAP opened elsewhere. A NIC's frames move on the
+//! device thread, as a boot-time NIC's. vCPU threads see a slot filled or empty from one
+//! access to the next (the slot's lock).
 //!
-//! A backend that dies while its slot is filled does **not** stop the VM (a boot-time
-//! share's does): the slot belongs to one member container, whose owner is told through
-//! the callback given at fill ([`FsSlotShare::on_failure`]) and decides (end the member,
-//! empty the slot).
+//! A device in a slot never stops the VM. A share's backend that dies while its slot is
+//! filled does not (a boot-time share's does): the slot belongs to one container, whose
+//! owner is told through the callback given at fill ([`FsSlotShare::on_failure`]) and
+//! decides (end the member, empty the slot). A NIC's TAP errors are logged and the device
+//! goes on, as at boot.
 
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -47,6 +54,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::devices::virtio::fs::vhost_user::REPLY_TIMEOUT;
 use crate::devices::virtio::fs::{self, BackendFailed, Fs, FsError, VhostUserBackend, NUM_QUEUES};
 use crate::devices::virtio::mmio::{status, MmioTransport, INTERRUPT_ACK_REG, NOTIFY_REG_OFFSET};
+use crate::devices::virtio::net::{Net, NetConfig, NetError};
 use crate::devices::virtio::slot::MmioSlot;
 use crate::devices::virtio::{GuestMemory, IrqTrigger, VirtioDevice, INTERRUPT_STATUS_USED_RING};
 use crate::vstate::vm::{Vm, VmError};
@@ -201,7 +209,31 @@ pub struct FsSlotShare {
     pub on_failure: BackendFailed,
 }
 
-/// A filled slot, as the guest finds it.
+/// What a filled slot holds: a share, known by its tag, or a network interface, known by
+/// its MAC address (as the guest tells them apart). Displayed as "the share \"tag\"" or
+/// "the network interface 02:…".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SlotContent {
+    Share { tag: String },
+    Nic { mac: [u8; 6] },
+}
+
+impl std::fmt::Display for SlotContent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SlotContent::Share { tag } => write!(f, "the share {tag:?}"),
+            SlotContent::Nic { mac } => write!(f, "the network interface {}", mac_text(mac)),
+        }
+    }
+}
+
+/// `mac` as `ip link` writes it (`02:42:ac:11:00:02`).
+fn mac_text(mac: &[u8; 6]) -> String {
+    let bytes: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+    bytes.join(":")
+}
+
+/// A slot filled with a share, as the guest finds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FilledFsSlot {
     /// The slot's index among the spare slots.
@@ -212,10 +244,22 @@ pub struct FilledFsSlot {
     pub tag: String,
 }
 
+/// A slot filled with a network interface, as the guest finds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FilledNetSlot {
+    /// The slot's index among the spare slots.
+    pub slot: usize,
+    /// The guest's platform device to bind (`virtio-mmio.<N>`).
+    pub device: String,
+    /// The MAC address of the guest's interface (its config space).
+    pub mac: [u8; 6],
+}
+
 /// What an emptied slot held.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EmptiedFsSlot {
-    pub tag: String,
+    /// The share or the network interface that was in the slot.
+    pub held: SlotContent,
     /// Whether the guest had released the device before the slot was emptied: its
     /// status is reset, or only `ACKNOWLEDGE` (what Linux's unbind leaves).
     pub released_by_guest: bool,
@@ -224,13 +268,13 @@ pub struct EmptiedFsSlot {
 /// Why a slot could not be filled or emptied.
 #[derive(Debug, thiserror::Error)]
 pub enum FsSlotError {
-    #[error("the VM has no spare file-system slot {slot} (it has {count})")]
+    #[error("the VM has no spare slot {slot} (it has {count}): pick one below {count}, or none to take the first free one")]
     NoSuchSlot { slot: usize, count: usize },
-    #[error("spare file-system slot {slot} already holds the share {tag:?}")]
-    Busy { slot: usize, tag: String },
-    #[error("all {count} spare file-system slots of the VM are in use")]
+    #[error("spare slot {slot} already holds {held}: empty it first, or pick another slot")]
+    Busy { slot: usize, held: SlotContent },
+    #[error("all {count} spare slots of the VM are in use: empty one first, or build the VM with more spare slots")]
     NoneFree { count: usize },
-    #[error("spare file-system slot {0} is empty")]
+    #[error("spare slot {0} is empty: there is nothing to take out of it")]
     NotFilled(usize),
     #[error("cannot create the file-system share {tag:?} for spare slot {slot}: {source}")]
     Fs {
@@ -238,6 +282,13 @@ pub enum FsSlotError {
         tag: String,
         #[source]
         source: FsError,
+    },
+    #[error("cannot create the network interface {} for spare slot {slot}: {source}", mac_text(.mac))]
+    Net {
+        slot: usize,
+        mac: [u8; 6],
+        #[source]
+        source: NetError,
     },
     #[error("cannot create the register window of spare slot {slot}: {source}")]
     Transport {
@@ -261,9 +312,32 @@ pub enum FsSlotError {
     EventLoopGone,
 }
 
+/// A device a spare slot can hold: a share's ([`Fs`]) or a NIC's ([`Net`]).
+trait SlotDevice: VirtioDevice + MutEventSubscriber + Send {
+    /// Cuts the device off from what it works with when it leaves its slot (or does not
+    /// make it in), even if a reference to it lingers somewhere: a share's connection to
+    /// virtiofsd is closed (which ends virtiofsd; the hang-up is not reported as a
+    /// failure), a NIC is reset (it moves no more frames and lets go of guest memory; its
+    /// TAP closes with the device).
+    fn release(&mut self);
+}
+
+impl SlotDevice for Fs {
+    fn release(&mut self) {
+        self.disconnect();
+    }
+}
+
+impl SlotDevice for Net {
+    fn release(&mut self) {
+        VirtioDevice::reset(self);
+    }
+}
+
 /// The device in a filled slot and what was done to wire it.
 struct Occupant {
-    device: Arc<Mutex<Fs>>,
+    held: SlotContent,
+    device: Arc<Mutex<dyn SlotDevice>>,
     irq: Arc<IrqTrigger>,
     sink: Option<EventFd>,
     subscriber: SubscriberId,
@@ -275,7 +349,7 @@ struct Slot {
     occupant: Option<Occupant>,
 }
 
-/// The spare file-system slots of one VM.
+/// The spare slots of one VM.
 pub struct FsSlots {
     wiring: Arc<dyn DeviceWiring>,
     mem: GuestMemory,
@@ -285,6 +359,28 @@ pub struct FsSlots {
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The slot a fill goes to: `slot` if the VM has it and it is free, the first free one if
+/// `None`.
+fn free_slot(slots: &[Slot], slot: Option<usize>) -> Result<usize, FsSlotError> {
+    let count = slots.len();
+    match slot {
+        Some(i) => match slots.get(i) {
+            None => Err(FsSlotError::NoSuchSlot { slot: i, count }),
+            Some(Slot {
+                occupant: Some(o), ..
+            }) => Err(FsSlotError::Busy {
+                slot: i,
+                held: o.held.clone(),
+            }),
+            Some(_) => Ok(i),
+        },
+        None => slots
+            .iter()
+            .position(|s| s.occupant.is_none())
+            .ok_or(FsSlotError::NoneFree { count }),
+    }
 }
 
 impl FsSlots {
@@ -332,26 +428,7 @@ impl FsSlots {
         share: FsSlotShare,
     ) -> Result<FilledFsSlot, FsSlotError> {
         let mut slots = lock(&self.slots);
-        let count = slots.len();
-        let index = match slot {
-            Some(i) => match slots.get(i) {
-                None => return Err(FsSlotError::NoSuchSlot { slot: i, count }),
-                Some(Slot {
-                    occupant: Some(o), ..
-                }) => {
-                    return Err(FsSlotError::Busy {
-                        slot: i,
-                        tag: lock(&o.device).tag().to_string(),
-                    })
-                }
-                Some(_) => i,
-            },
-            None => slots
-                .iter()
-                .position(|s| s.occupant.is_none())
-                .ok_or(FsSlotError::NoneFree { count })?,
-        };
-        let place = slots[index].place;
+        let index = free_slot(&slots, slot)?;
         let FsSlotShare {
             tag,
             backend,
@@ -369,12 +446,57 @@ impl FsSlots {
             }
         }
         .map_err(|e| fs_error(FsError::Backend(e)))?;
-        let device = Arc::new(Mutex::new(
-            Fs::new(&tag, backend, on_failure).map_err(fs_error)?,
-        ));
-        // From here on, a failure ends the connection to virtiofsd (which then exits).
+        let device = Fs::new(&tag, backend, on_failure).map_err(fs_error)?;
+        let held = SlotContent::Share { tag: tag.clone() };
+        let device = self.install(&mut slots[index], index, device, held)?;
+        Ok(FilledFsSlot {
+            slot: index,
+            device,
+            tag,
+        })
+    }
+
+    /// Puts a network interface on the TAP in `nic` in spare slot `slot`, or in the first
+    /// free one if `None`. When the NIC does not go in (whatever the reason), its TAP is
+    /// closed.
+    pub fn fill_net(
+        &self,
+        slot: Option<usize>,
+        nic: NetConfig,
+    ) -> Result<FilledNetSlot, FsSlotError> {
+        let mut slots = lock(&self.slots);
+        let index = free_slot(&slots, slot)?;
+        let mac = nic.mac;
+        let device = Net::new(nic).map_err(|source| FsSlotError::Net {
+            slot: index,
+            mac,
+            source,
+        })?;
+        let held = SlotContent::Nic { mac };
+        let device = self.install(&mut slots[index], index, device, held)?;
+        Ok(FilledNetSlot {
+            slot: index,
+            device,
+            mac,
+        })
+    }
+
+    /// Puts `device`, made for free slot `slot` (number `index`), in it: its register
+    /// window on the slot, its interrupt and queue notifications wired into KVM at the
+    /// slot's place, the device handed to the event loop. Returns the guest's platform
+    /// device (`virtio-mmio.<N>`). On failure nothing of it stays and the device is
+    /// released ([`SlotDevice::release`]).
+    fn install<D: SlotDevice + 'static>(
+        &self,
+        slot: &mut Slot,
+        index: usize,
+        device: D,
+        held: SlotContent,
+    ) -> Result<String, FsSlotError> {
+        let place = slot.place;
+        let device = Arc::new(Mutex::new(device));
         let give_up = |e: FsSlotError| {
-            lock(&device).disconnect();
+            lock(&device).release();
             e
         };
         let transport = MmioTransport::new(self.mem.clone(), device.clone()).map_err(|source| {
@@ -407,28 +529,24 @@ impl FsSlots {
                 return Err(give_up(e));
             }
         };
-        let filled = lock(&slots[index].bus).fill(transport);
+        let filled = lock(&slot.bus).fill(transport);
         debug_assert!(filled.is_ok(), "an unoccupied slot holds a transport");
-        slots[index].occupant = Some(Occupant {
+        let platform_device = format!("virtio-mmio.{}", place.platform);
+        log::info!("{held} is in spare slot {index} (guest device {platform_device})");
+        slot.occupant = Some(Occupant {
+            held,
             device,
             irq,
             sink,
             subscriber,
         });
-        log::info!(
-            "virtio-fs {tag:?} is in spare slot {index} (guest device virtio-mmio.{})",
-            place.platform
-        );
-        Ok(FilledFsSlot {
-            slot: index,
-            device: format!("virtio-mmio.{}", place.platform),
-            tag,
-        })
+        Ok(platform_device)
     }
 
-    /// Takes the device out of slot `slot`: the slot reads as empty again, the KVM wiring
-    /// and the event loop's watch are undone, and the connection to virtiofsd is closed
-    /// (which ends it). Meant for after the guest unbound the device.
+    /// Takes the device out of slot `slot`, whatever it is: the slot reads as empty again,
+    /// the KVM wiring and the event loop's watch are undone, and the device is released (a
+    /// share's connection to virtiofsd closed, which ends it; a NIC's TAP closed with the
+    /// device). Meant for after the guest unbound the device.
     pub fn empty(&self, slot: usize) -> Result<EmptiedFsSlot, FsSlotError> {
         let mut slots = lock(&self.slots);
         let count = slots.len();
@@ -446,10 +564,10 @@ impl FsSlots {
             .as_ref()
             .is_none_or(|t| t.status() & !status::ACKNOWLEDGE == 0);
         drop(transport);
-        let tag = lock(&occupant.device).tag().to_string();
+        let held = occupant.held.clone();
         if !released_by_guest {
             warn!(
-                "virtio-fs {tag:?}: spare slot {slot} emptied while the guest still drove the device (virtio-mmio.{} was not unbound)",
+                "{held}: spare slot {slot} emptied while the guest still drove the device (virtio-mmio.{} was not unbound)",
                 place.platform
             );
         }
@@ -466,13 +584,13 @@ impl FsSlots {
             .call_event_loop(slot, move |ops| ops.remove_subscriber(id).map(drop))
             .and_then(|r| r.map_err(|source| FsSlotError::EventLoop { slot, source }));
         if let Err(e) = removed {
-            error!("virtio-fs {tag:?}: cannot stop watching its virtiofsd connection: {e}");
+            error!("{held}: the event loop cannot stop watching its device: {e}");
         }
-        // Shut the connection down even if a reference to the device lingers.
-        lock(&occupant.device).disconnect();
+        // Cut the device off even if a reference to it lingers.
+        lock(&occupant.device).release();
         drop(occupant);
         Ok(EmptiedFsSlot {
-            tag,
+            held,
             released_by_guest,
         })
     }

@@ -338,10 +338,11 @@ const FORK_FLAGS: u64 =
 /// `SO_PEERCRED`), the stdio relays it starts, the state files and the cgroup files
 /// (bound in its jail: written, made, removed), the OOM report's victim (a `fork`, with
 /// glibc's flags only), the VM's stop (a signal to its threads) and its end, virtiofsd's
-/// end (`kill`, `wait4`), and the spare file-system slots it fills and empties
+/// end (`kill`, `wait4`), and the spare slots it fills with shares or NICs and empties
 /// ([`crate::fs_slots`]: the device's eventfds registered with KVM and unregistered,
-/// `KVM_IRQFD` and `KVM_IOEVENTFD` only; the vhost-user talk on a connection made
-/// elsewhere; the watchdog thread it starts). Files are opened by name (the jail holds only its own), so
+/// `KVM_IRQFD` and `KVM_IOEVENTFD` only; a share's vhost-user talk on a connection made
+/// elsewhere and the watchdog thread it starts; a NIC's TAP, opened elsewhere, made
+/// non-blocking with `fcntl` and closed). Files are opened by name (the jail holds only its own), so
 /// `openat` is neither failed nor checked here (glibc's `open` is an `openat`). No `execve`: hooks run in the hook
 /// runner, a process of their own. No `socket`, `connect`, `bind`, `mount`, `ptrace`,
 /// `setns` or `unshare`.

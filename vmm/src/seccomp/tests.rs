@@ -598,3 +598,30 @@ fn spare_fs_slots_fill_and_empty_on_the_monitors_main_thread_under_its_filter() 
         },
     );
 }
+
+#[test]
+fn spare_slots_take_and_give_back_a_nic_on_the_monitors_main_thread_under_its_filter() {
+    use crate::fs_slots::tests::{fill_and_empty_nic, raw_ioctl_recorder, Fixture};
+    in_own_process(
+        "spare_slots_take_and_give_back_a_nic_on_the_monitors_main_thread_under_its_filter",
+        || {
+            // The event loop on a thread confined as the device thread (it watches the
+            // NIC's queues and TAP); the fill and the empty (the device, its eventfds, the
+            // KVM ioctls, the event loop's requests, the TAP's close) on one confined as
+            // the monitor's, with a TAP opened beforehand (a socket pair stands in).
+            let f = Fixture::with(raw_ioctl_recorder(), true);
+            let (tap, network) = std::os::unix::net::UnixDatagram::pair().unwrap();
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    enter(ThreadKind::MonitorMain);
+                    fill_and_empty_nic(&f, tap.into());
+                })
+                .join()
+                .unwrap();
+            });
+            // The device is gone, its end of the TAP with it.
+            let refused = network.send(&[0u8; 72]).unwrap_err();
+            assert_eq!(refused.raw_os_error(), Some(libc::ECONNREFUSED));
+        },
+    );
+}

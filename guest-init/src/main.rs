@@ -1,27 +1,36 @@
 //! runvm's guest init: PID 1 of the microVM.
 //!
 //! The sequence (see `runvm_protocol` for the wire side): report the boot mark, mount the
-//! basics, say `Hello` on the control connection, receive `Run`, mount the container's
-//! share (virtio-fs) and bind its root directory as the container's root, listen for the
-//! socket relays, open the stdio streams, start the workload as PID 1 of a new PID
-//! namespace, relay stdio and signals (and run exec'd processes) until it and every
-//! exec'd process exited, end the socket relays, report `Exited`, wait for the host's
-//! `Shutdown`, sync, and reboot. Any failure is reported as `StartFailed` (when the
-//! control connection is up) and ends in a reboot too: PID 1 never exits and never panics.
+//! basics; in template mode (`runvm.template=1` on the kernel command line: a warm-start
+//! template, see `wake`) listen on the wake port, report `TemplateReady`, wait for the
+//! host's `Wake` (across a snapshot and restore) and take it in (entropy and a reseed,
+//! the wall clock, the filled slots' devices bound); say `Hello` on the control
+//! connection, receive `Run`, mount the container's share (virtio-fs) and bind its root
+//! directory as the container's root, listen for the socket relays, open the stdio
+//! streams, start the workload as PID 1 of a new PID namespace, relay stdio and signals
+//! (and run exec'd processes) until it and every exec'd process exited, end the socket
+//! relays, report `Exited`, wait for the host's `Shutdown`, sync, and reboot. Any failure
+//! is reported as `StartFailed` (when the control connection is up) and ends in a reboot
+//! too: PID 1 never exits and never panics.
 //!
 //! Host test mode: with `RUNVM_INIT_TEST=<dir>` in the environment, init uses Unix sockets
 //! `<dir>/<port>` (`1024`, `1025`, `1028`, …) instead of vsock, builds the root under
 //! `<dir>`, takes the directory `<dir>/virtiofs/<tag>` as the share of virtio-fs tag
 //! `<tag>` (bind-mounted where the share would be mounted), skips the boot timer, the
 //! network and its own mounts, makes no cgroups unless `RUNVM_INIT_CGROUP` names a cgroup2
-//! directory to make them under, and exits instead of rebooting. Run it inside
-//! `unshare -m` so its mounts vanish with it.
+//! directory to make them under, and exits instead of rebooting. Template mode is on when
+//! `RUNVM_INIT_TEMPLATE=1` is set (never from the host's command line): init listens on
+//! `<dir>/1029`, reads and checks the `Wake`, and changes nothing of the host with it (no
+//! entropy, clock or device binds). Run it inside `unshare -m` so its mounts vanish with
+//! it.
 //!
 //! Modules and what each uses; the graph has no cycle. `error` and `log` are used nearly
 //! everywhere and left out.
 //!
-//! - `main` → `boot_timer`, `mounts`, `net`, `net_dns`, `socket_relay`, `cgroup`, `vsock`,
-//!   `relay`, `signals`, `spawn`, `workload`, `supervisor`
+//! - `main` → `boot_timer`, `wake`, `mounts`, `net`, `net_dns`, `socket_relay`, `cgroup`,
+//!   `vsock`, `relay`, `signals`, `spawn`, `workload`, `supervisor`
+//! - `wake` (a template's wait for the host's `Wake`) → `vsock`, `boot_timer`,
+//!   `virtio_mmio`
 //! - `cgroup` → `device_filter`
 //! - `supervisor` (the control-message loop, member containers) → `relay`, `workload`,
 //!   `spawn`, `signals`, `reap`, `terminal`, `cgroup`, `vsock`, `mounts`, `socket_relay`
@@ -33,12 +42,12 @@
 //! - `credentials` (uid/gid/groups, capabilities, no_new_privs, seccomp order) → `caps`,
 //!   `seccomp`
 //! - `spawn` (clone, stdio plumbing, exec status) → `signals`, `terminal`
-//! - `mounts` → `binds`, `mount_options`, `mount_api`; `binds` → `mounts` (paths only),
-//!   `mount_options`, `mount_api`, `in_root`; `in_root` → `mount_api`
+//! - `mounts` → `binds`, `mount_options`, `mount_api`, `virtio_mmio`; `binds` → `mounts`
+//!   (paths only), `mount_options`, `mount_api`, `in_root`; `in_root` → `mount_api`
 //! - `net_dns`, `socket_relay` (the bind-mounted host sockets) → `vsock`, `helper_process`
 //! - `signals`, `reap`, `terminal`, `path_lookup`, `attrs`, `caps`, `seccomp`,
 //!   `device_filter`, `net`, `vsock`, `mount_options`, `mount_api`, `helper_process`,
-//!   `boot_timer` → none
+//!   `boot_timer`, `virtio_mmio` → none
 
 mod attrs;
 mod binds;
@@ -67,7 +76,9 @@ mod spawn;
 mod supervisor;
 mod terminal;
 mod user_ns;
+mod virtio_mmio;
 mod vsock;
+mod wake;
 mod workload;
 
 use error::{Error, Result};
@@ -125,6 +136,24 @@ impl Mode {
         }
     }
 
+    /// Template mode (a warm-start template, see `wake`): `runvm.template=1` on the
+    /// kernel command line (so only once `prepare` has mounted `/proc`); in host test mode
+    /// `RUNVM_INIT_TEMPLATE=1` instead, since the host's command line is not the guest's.
+    fn is_template(&self) -> bool {
+        if self.test_dir.is_some() {
+            return std::env::var_os("RUNVM_INIT_TEMPLATE").is_some_and(|v| v == "1");
+        }
+        match std::fs::read_to_string("/proc/cmdline") {
+            Ok(cmdline) => wake::cmdline_has_template(&cmdline),
+            Err(e) => {
+                log::error(&format!(
+                    "cannot read /proc/cmdline (not a template then): {e}"
+                ));
+                false
+            }
+        }
+    }
+
     fn share_source(&self) -> ShareSource {
         match &self.test_dir {
             Some(d) => ShareSource::Directories(d.join("virtiofs")),
@@ -144,7 +173,10 @@ fn main() {
         log::set_debug(std::env::var_os("RUNVM_INIT_DEBUG").is_some());
     }
     let transport = mode.transport();
-    let ok = match prepare(&mode).and_then(|()| connect(&transport)) {
+    let ok = match prepare(&mode)
+        .and_then(|()| wake_if_template(&mode, &transport))
+        .and_then(|()| connect(&transport))
+    {
         Ok(mut control) => {
             let result = run(&mode, &transport, &mut control);
             report_failure(&mut control, result)
@@ -202,6 +234,21 @@ fn prepare(mode: &Mode) -> Result<()> {
     }
     log::info("started");
     Ok(())
+}
+
+/// In template mode, waits for the host's `Wake` and takes it in; in host test mode the
+/// `Wake` is read and checked, and nothing of the host is changed with it. A failure
+/// ends init before the control connection exists.
+fn wake_if_template(mode: &Mode, transport: &Transport) -> Result<()> {
+    if !mode.is_template() {
+        return Ok(());
+    }
+    let wake = wake::wait(transport)?;
+    if mode.test_dir.is_some() {
+        log::info("host test mode: the Wake changes nothing of the host");
+        return Ok(());
+    }
+    wake::apply(&wake)
 }
 
 /// Opens the control connection and says `Hello`.

@@ -5,7 +5,7 @@
 
 use crate::binds;
 use crate::error::{Context, Error, Result};
-use crate::{mount_api, mount_options};
+use crate::{mount_api, mount_options, virtio_mmio};
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
@@ -198,70 +198,29 @@ pub fn share_within(
     Ok(())
 }
 
-/// The virtio-mmio platform driver's directory in sysfs (its `bind` and `unbind` files).
-const VIRTIO_MMIO_DRIVER: &str = "/sys/bus/platform/drivers/virtio-mmio";
-
 /// How long a member's share may take to appear once its device is bound (the probe runs
 /// within the bind, so it is there at once unless something is wrong).
 pub const SHARE_DEVICE_WAIT: Duration = Duration::from_secs(2);
 
-/// Checks that `name` is a virtio-mmio platform device's name, `virtio-mmio.<N>` (N
-/// decimal digits, at most 9), and nothing else.
-pub fn check_share_device(name: &str) -> Result<&str> {
-    let ok = name
-        .strip_prefix("virtio-mmio.")
-        .is_some_and(|n| !n.is_empty() && n.len() <= 9 && n.bytes().all(|b| b.is_ascii_digit()));
-    if !ok {
-        return Err(Error::new(format!(
-            "share device {name:?} is not a virtio-mmio platform device (virtio-mmio.<N>)"
-        )));
-    }
-    Ok(name)
-}
-
 /// Binds the virtio-mmio platform device `name` (a spare slot the host has filled with
-/// the share's virtio-fs device): the driver probes it again and finds the device. A
-/// device bound already is left so. In host test mode there is no such device: the name
-/// is only checked.
+/// the share's virtio-fs device, see [`virtio_mmio`]). In host test mode there is no such
+/// device: the name is only checked.
 pub fn bind_share_device(name: &str, source: &ShareSource) -> Result<()> {
-    let name = check_share_device(name)?;
-    if let ShareSource::Directories(_) = source {
-        return Ok(());
+    match source {
+        ShareSource::VirtioFs => virtio_mmio::bind(name),
+        ShareSource::Directories(_) => virtio_mmio::check_device_name(name).map(drop),
     }
-    match write_driver_file("bind", name) {
-        Ok(()) => Ok(()),
-        // Bound to the driver already.
-        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(()),
-        Err(e) => Err(Error::new(format!(
-            "bind the share's device {name} ({VIRTIO_MMIO_DRIVER}/bind): {e}"
-        ))),
-    }
+    .context("the container's share")
 }
 
-/// Unbinds the platform device `name` after its share was unmounted: the driver lets the
-/// device go (resets it), and the host can empty the slot. A device not bound is left so.
+/// Unbinds the platform device `name` after its share was unmounted, so that the host
+/// can empty the slot. In host test mode the name is only checked.
 pub fn unbind_share_device(name: &str, source: &ShareSource) -> Result<()> {
-    let name = check_share_device(name)?;
-    if let ShareSource::Directories(_) = source {
-        return Ok(());
+    match source {
+        ShareSource::VirtioFs => virtio_mmio::unbind(name),
+        ShareSource::Directories(_) => virtio_mmio::check_device_name(name).map(drop),
     }
-    match write_driver_file("unbind", name) {
-        Ok(()) => Ok(()),
-        // Not bound (its probe failed, or it was unbound already).
-        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(()),
-        Err(e) => Err(Error::new(format!(
-            "unbind the share's device {name} ({VIRTIO_MMIO_DRIVER}/unbind): {e}"
-        ))),
-    }
-}
-
-fn write_driver_file(file: &str, name: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let path = Path::new(VIRTIO_MMIO_DRIVER).join(file);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)?
-        .write_all(name.as_bytes())
+    .context("the container's share")
 }
 
 /// Read-ahead of the share, in KiB: as large as one FUSE request can be (virtiofsd takes
@@ -738,35 +697,6 @@ fn dev_nodes() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_virtio_mmio_platform_device_names_are_share_devices() {
-        for good in ["virtio-mmio.0", "virtio-mmio.4", "virtio-mmio.123456789"] {
-            assert_eq!(check_share_device(good).unwrap(), good);
-        }
-        for bad in [
-            "",
-            "virtio-mmio.",
-            "virtio-mmio",
-            "virtio-mmio.-1",
-            "virtio-mmio.+1",
-            "virtio-mmio.1 ",
-            "virtio-mmio.1\n",
-            "virtio-mmio.1/../../x",
-            "virtio-mmio.0x1",
-            "virtio-mmio.1234567890",
-            "serial8250",
-            "../virtio-mmio.1",
-            "virtio-mmio.١",
-        ] {
-            let e = check_share_device(bad).unwrap_err();
-            assert!(
-                e.message.contains("virtio-mmio.<N>"),
-                "{bad:?}: {}",
-                e.message
-            );
-        }
-    }
 
     #[test]
     fn host_test_mode_checks_the_device_name_and_binds_nothing() {

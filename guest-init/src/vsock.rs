@@ -1,6 +1,7 @@
-//! Connections to the host: the control channel and the stdio streams.
+//! Connections to the host: the control channel and the stdio streams, which init opens,
+//! and the one connection the host opens, to wake a template guest ([`Listener`]).
 //!
-//! In the VM these are AF_VSOCK stream sockets to CID 2 (the host). In host test mode
+//! In the VM these are AF_VSOCK stream sockets with CID 2 (the host). In host test mode
 //! (`RUNVM_INIT_TEST=<dir>`) they are Unix stream sockets `<dir>/<port>`, so the whole
 //! sequence can be driven by a test program without a VM. Either way the result is a plain
 //! socket fd, and everything above this module is transport-agnostic.
@@ -10,8 +11,8 @@ use nix::errno::Errno;
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, VsockAddr};
 use runvm_protocol::{FrameDecoder, GuestMessage, HostMessage, MAX_HOST_FRAME_LEN};
 use std::fs::File;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::net::UnixStream;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -52,6 +53,58 @@ impl Transport {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 Err(e) => return Err(Error::new(format!("connect to host port {port}: {e}"))),
+            }
+        }
+    }
+
+    /// Listens on `port` for connections from the host: vsock port `port` of any CID in
+    /// the VM, the Unix socket `<dir>/<port>` in host test mode.
+    pub fn listen(&self, port: u32) -> Result<Listener> {
+        let fd = match self {
+            Transport::Vsock => listen_vsock(port),
+            Transport::Unix(dir) => UnixListener::bind(dir.join(port.to_string()))
+                .map(OwnedFd::from)
+                .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))),
+        };
+        fd.map(|fd| Listener { fd, port })
+            .map_err(|e| Error::new(format!("listen on port {port}: {e}")))
+    }
+}
+
+fn listen_vsock(port: u32) -> nix::Result<OwnedFd> {
+    let fd = socket::socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    socket::bind(fd.as_raw_fd(), &VsockAddr::new(libc::VMADDR_CID_ANY, port))?;
+    socket::listen(&fd, socket::Backlog::new(1)?)?;
+    Ok(fd)
+}
+
+/// A listening socket of [`Transport::listen`].
+#[derive(Debug)]
+pub struct Listener {
+    fd: OwnedFd,
+    port: u32,
+}
+
+impl Listener {
+    /// Waits, as long as it takes, for the next connection and accepts it.
+    pub fn accept(&self) -> Result<OwnedFd> {
+        loop {
+            match socket::accept4(self.fd.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
+                // SAFETY: accept4 just returned this descriptor; nothing else owns it.
+                Ok(fd) => return Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
+                // A signal, or a connection that went away before it was accepted.
+                Err(Errno::EINTR | Errno::ECONNABORTED) => {}
+                Err(e) => {
+                    return Err(Error::new(format!(
+                        "accept a connection on port {}: {e}",
+                        self.port
+                    )))
+                }
             }
         }
     }

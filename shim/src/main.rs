@@ -22,6 +22,7 @@ mod sockpath;
 mod spec;
 mod state;
 mod status;
+mod template;
 mod vsock_service;
 
 use clap::{Parser, Subcommand};
@@ -77,6 +78,9 @@ enum Command {
     Checkpoint(liboci_cli::Checkpoint),
     /// Restore a container from a previous checkpoint (not supported by runvm)
     Restore(Restore),
+    /// Make a warm-start template (run by runvm itself; see RUNVM_BOOT)
+    #[command(hide = true)]
+    BuildTemplate(template::BuildTemplate),
 }
 
 /// `runvm restore`'s arguments, as runc's (liboci-cli has no restore).
@@ -138,6 +142,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         },
         Command::Checkpoint(_) => no_checkpoints("checkpoint"),
         Command::Restore(_) => no_checkpoints("restore"),
+        Command::BuildTemplate(args) => template::build_here(&args).map(|()| 0),
     }
 }
 

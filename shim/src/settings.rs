@@ -29,6 +29,32 @@ pub fn boot_timeout() -> Result<Duration, InvalidSetting> {
     env_num("RUNVM_BOOT_TIMEOUT", 60).map(Duration::from_secs)
 }
 
+/// How a container's VM comes up (`RUNVM_BOOT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootMode {
+    /// The guest kernel boots, as on a machine that was switched on (`cold`).
+    Cold,
+    /// The VM is restored from a template snapshot (`warm`, see `crate::template`); where
+    /// no template can be had or restored, it boots cold with a warning.
+    Warm,
+}
+
+/// `RUNVM_BOOT`: `cold` (the default) or `warm`.
+pub fn boot_mode() -> Result<BootMode, InvalidSetting> {
+    match std::env::var("RUNVM_BOOT") {
+        Err(_) => Ok(BootMode::Cold),
+        Ok(v) => match v.as_str() {
+            "" | "cold" => Ok(BootMode::Cold),
+            "warm" => Ok(BootMode::Warm),
+            _ => Err(InvalidSetting {
+                var: "RUNVM_BOOT",
+                value: v,
+                what: "boot mode (cold or warm)",
+            }),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -43,5 +69,19 @@ mod tests {
                 .to_string(),
             "RUNVM_TEST_SETTING_GARBAGE=\"12x\" is not a valid number"
         );
+    }
+
+    #[test]
+    fn the_boot_mode_is_cold_or_warm_and_nothing_else() {
+        std::env::remove_var("RUNVM_BOOT");
+        assert_eq!(boot_mode().unwrap(), BootMode::Cold);
+        std::env::set_var("RUNVM_BOOT", "warm");
+        assert_eq!(boot_mode().unwrap(), BootMode::Warm);
+        std::env::set_var("RUNVM_BOOT", "hot");
+        assert_eq!(
+            boot_mode().unwrap_err().to_string(),
+            "RUNVM_BOOT=\"hot\" is not a valid boot mode (cold or warm)"
+        );
+        std::env::remove_var("RUNVM_BOOT");
     }
 }

@@ -191,6 +191,12 @@ impl VmmHandle {
         self.state.request_exit(VmExitReason::Stopped);
     }
 
+    /// Stops the VM because a device's backend failed (`message` says which and how).
+    pub fn backend_failed(&self, message: String) {
+        self.state
+            .request_exit(VmExitReason::BackendFailed(message));
+    }
+
     /// Stops every vCPU (the guest freezes entirely) until [`VmmHandle::resume`]; returns
     /// once each has left the guest.
     pub fn pause(&self) -> Result<(), PauseError> {
@@ -498,6 +504,7 @@ impl Vmm {
         let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
         let base_cpuid = vm.supported_cpuid()?;
         let tsc_deadline = vm.has_tsc_deadline();
+        let amd = cpu::is_amd(&base_cpuid);
         let mut vcpus = Vec::with_capacity(config.vcpus as usize);
         for id in 0..config.vcpus {
             let v = Vcpu::new(
@@ -511,7 +518,7 @@ impl Vmm {
             let cpuid = cpu::vcpu_cpuid(&base_cpuid, id, config.vcpus, tsc_deadline);
             if let Some(snapshot) = &restore {
                 cpu::set_cpuid(v.fd(), &cpuid)?;
-                v.restore_state(&snapshot.state.vcpus[usize::from(id)])?;
+                v.restore_state(&snapshot.state.vcpus[usize::from(id)], amd)?;
             } else if let Some(entry) = entry {
                 cpu::setup_vcpu(v.fd(), &cpuid, entry, id == 0)?;
             }

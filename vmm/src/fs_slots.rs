@@ -240,6 +240,8 @@ pub struct FilledFsSlot {
     pub slot: usize,
     /// The guest's platform device to bind (`virtio-mmio.<N>`).
     pub device: String,
+    /// Its number N.
+    pub platform: usize,
     /// The tag the guest mounts the share by.
     pub tag: String,
 }
@@ -251,6 +253,8 @@ pub struct FilledNetSlot {
     pub slot: usize,
     /// The guest's platform device to bind (`virtio-mmio.<N>`).
     pub device: String,
+    /// Its number N.
+    pub platform: usize,
     /// The MAC address of the guest's interface (its config space).
     pub mac: [u8; 6],
 }
@@ -448,10 +452,12 @@ impl FsSlots {
         .map_err(|e| fs_error(FsError::Backend(e)))?;
         let device = Fs::new(&tag, backend, on_failure).map_err(fs_error)?;
         let held = SlotContent::Share { tag: tag.clone() };
+        let platform = slots[index].place.platform;
         let device = self.install(&mut slots[index], index, device, held)?;
         Ok(FilledFsSlot {
             slot: index,
             device,
+            platform,
             tag,
         })
     }
@@ -473,10 +479,12 @@ impl FsSlots {
             source,
         })?;
         let held = SlotContent::Nic { mac };
+        let platform = slots[index].place.platform;
         let device = self.install(&mut slots[index], index, device, held)?;
         Ok(FilledNetSlot {
             slot: index,
             device,
+            platform,
             mac,
         })
     }

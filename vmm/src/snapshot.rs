@@ -183,6 +183,11 @@ impl Snapshot {
         })
     }
 
+    /// Its directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The shape of the VM it was taken of.
     pub fn shape(&self) -> &VmShape {
         &self.state.shape

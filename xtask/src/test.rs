@@ -431,6 +431,7 @@ pub const GUEST_SUITES: &[&str] = &[
     "podman",
     "docker_net",
     "docker",
+    "warm",
 ];
 
 /// How a run of the guest suites went.

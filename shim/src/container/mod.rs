@@ -103,6 +103,7 @@ pub fn prepare(id: &str, bundle: &Path, root: &Path, cgroups: PathSyntax) -> Res
     );
     let boot_timeout = settings::boot_timeout()?;
     let fs_slots = env_num("RUNVM_FS_SLOTS", 8)?;
+    let boot = settings::boot_mode()?;
 
     // State is root's alone (0700, as runc makes its root): it names the container's
     // sockets, its pid and its bundle.
@@ -166,6 +167,7 @@ pub fn prepare(id: &str, bundle: &Path, root: &Path, cgroups: PathSyntax) -> Res
                 .filter(|s| !s.trim().is_empty()),
             on_started: None,
             fs_slots,
+            boot,
         })
     })();
     let config = match built {

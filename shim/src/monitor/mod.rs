@@ -48,6 +48,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::assets::GuestAssets;
 use hello::Hello;
 use jail::Bind;
+pub use plumbing::guest_cmdline;
 use plumbing::Plumbing;
 use prestart::BeforeStart;
 pub use process::{AttachError, HostStdio};
@@ -130,6 +131,8 @@ pub enum MonitorError {
     Privileges(#[from] privileges::PrivilegeError),
     #[error("cannot jail the monitor, so the guest was not started: {0}")]
     Jail(#[from] jail::JailError),
+    #[error("cannot wake the guest restored from its warm-start template: {0}; the VM was stopped (RUNVM_BOOT=cold boots without templates)")]
+    Wake(String),
 }
 
 /// How to build and run one container's VM.
@@ -155,6 +158,8 @@ pub struct MonitorConfig {
     pub cmdline_append: Option<String>,
     /// Spare file-system slots for member containers (`RUNVM_FS_SLOTS`).
     pub fs_slots: usize,
+    /// Cold boot or warm start from a template (`RUNVM_BOOT`).
+    pub boot: crate::settings::BootMode,
     /// Called once, on the monitor's thread, when the container's process has started
     /// (the foreground `run`'s poststart hooks); it must not block.
     pub on_started: Option<Box<dyn Fn() + Send + Sync>>,
@@ -355,7 +360,11 @@ fn run_started(
 ) -> Result<i32, Failed> {
     // Dropped (sockets closed, network undone) when this function returns, after the VM
     // has stopped.
-    let (mut plumbing, vm_config) = match Plumbing::set_up(cfg, &mut run) {
+    let template = match cfg.boot {
+        crate::settings::BootMode::Warm => warm_template(cfg),
+        crate::settings::BootMode::Cold => None,
+    };
+    let (mut plumbing, vm_config) = match Plumbing::set_up(cfg, &mut run, template) {
         Ok(set_up) => set_up,
         Err(error) => return Err(Failed::start_waits(error, start)),
     };
@@ -385,6 +394,9 @@ fn run_started(
         Ok(vm) => vm,
         Err(error) => return Err(Failed::start_waits(error, start)),
     };
+    if let Err(error) = plumbing.wake(&vm.handle, cfg.boot_timeout) {
+        return Err(Failed::start_waits(vm.stop_after(error), start));
+    }
     if jailed {
         // The VM's and the relays' threads run under filters of their own; from here on
         // the main thread (and the stdio relays it starts, which stack theirs) does too.
@@ -415,7 +427,7 @@ fn run_started(
     // within Docker's SIGKILL deadline.
     vm.handle.stop();
     let exit = vm.finish(Duration::from_secs(10)).map_err(Failed::alone)?;
-    report_times(cfg, &exit.times);
+    report_times(cfg, &exit.times, plumbing.warm_start);
     match ending {
         Ending::Exited(status) => Ok(status.code()),
         Ending::StartFailed(code, message) => {
@@ -424,6 +436,26 @@ fn run_started(
                 eprintln!("runvm: {message}");
             }
             Ok(code)
+        }
+    }
+}
+
+/// The warm-start template for this container's VM, made now if there is none; `None`
+/// (a cold boot, with a warning) when none can be had.
+fn warm_template(cfg: &MonitorConfig) -> Option<vmm::Snapshot> {
+    let inputs = crate::template::TemplateInputs {
+        kernel: cfg.assets.kernel.clone(),
+        initramfs: cfg.assets.initramfs.clone(),
+        vcpus: cfg.vcpus,
+        mem_mib: cfg.mem_mib,
+        debug_console: cfg.debug_console,
+        cmdline_append: cfg.cmdline_append.clone(),
+    };
+    match crate::template::obtain(&inputs, cfg.boot_timeout) {
+        Ok(snapshot) => Some(snapshot),
+        Err(e) => {
+            log::warn!("no warm-start template ({e}); booting cold");
+            None
         }
     }
 }

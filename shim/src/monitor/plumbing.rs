@@ -10,14 +10,16 @@
 //! cleanup guard; [`Plumbing::serve`], after the drop, starts the threads of the relays
 //! and of virtiofsd's log, which so inherit neither privilege nor the host's root.
 
-use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use runvm_protocol::{
-    HostMessage, NetworkSpec, CONTROL_PORT, DNS_PORT, SHARE_TAG, SOCKET_PORT, STREAM_PORT,
+    HostMessage, NetworkSpec, Wake, CONTROL_PORT, DNS_PORT, SHARE_TAG, SOCKET_PORT, STREAM_PORT,
+    WAKE_PORT, WAKE_SEED_LEN,
 };
-use vmm::{FsConfig, NetConfig, VmConfig, VsockConfig};
+use vmm::{FsBackend, FsConfig, FsSlotShare, NetConfig, VmConfig, VsockConfig};
 
 use crate::network::Mirror;
 use crate::share::daemon::{Owners, Virtiofsd};
@@ -46,6 +48,20 @@ pub(super) struct Plumbing {
     dns_relay: Option<UnixListener>,
     /// virtiofsd, killed when dropped (after the VM, which is its only client).
     virtiofsd: Virtiofsd,
+    /// A VM restored from a template: what goes in its spare slots before its guest is
+    /// woken ([`Plumbing::wake`]); `None` once done, or for a cold boot.
+    warm: Option<SlottedDevices>,
+    /// Whether the VM is restored from a template (for the boot timings).
+    pub(super) warm_start: bool,
+    sockets_vsock: PathBuf,
+}
+
+/// The devices of a container whose VM was restored from a template, put in its spare
+/// slots after the restore.
+struct SlottedDevices {
+    /// A connection to the container's virtiofsd (made before the monitor was confined).
+    share: UnixStream,
+    nics: Vec<NetConfig>,
 }
 
 /// How long the monitor waits for the cleanup guard to undo the network.
@@ -57,6 +73,7 @@ impl Plumbing {
     pub(super) fn set_up(
         cfg: &MonitorConfig,
         run: &mut HostMessage,
+        template: Option<vmm::Snapshot>,
     ) -> Result<(Self, VmConfig), MonitorError> {
         let setup = |source| MonitorError::Setup {
             dir: cfg.runtime_dir.clone(),
@@ -112,13 +129,41 @@ impl Plumbing {
                 ipv6: mirror.ipv6(),
             };
         }
-        let mut vm = vm_config(cfg, uds, nics, virtiofsd.socket.clone());
         // Made now, while the monitor may still mount its huge-page tmpfs: the VM is built
         // after the privilege drop, and a 4 KiB memfd makes a nested guest much slower.
-        vm.ram = Some(
+        let ram = || {
             vmm::memory::GuestRamFile::create(cfg.mem_mib)
-                .map_err(|e| MonitorError::Vmm(vmm::VmmError::Memory(e)))?,
-        );
+                .map_err(|e| MonitorError::Vmm(vmm::VmmError::Memory(e)))
+        };
+        let mut ram_file = ram()?;
+        // A template's memory goes into the RAM file now too: a snapshot found corrupt on
+        // the way leaves a cold boot possible, with a fresh RAM file.
+        let template = match template {
+            Some(snapshot) => match ram_file.restore_from(&snapshot) {
+                Ok(()) => Some(snapshot),
+                Err(e) => {
+                    log::warn!("the warm-start template cannot be restored ({e}); booting cold");
+                    crate::template::discard(snapshot.dir());
+                    ram_file = ram()?;
+                    None
+                }
+            },
+            None => None,
+        };
+        let (mut vm, warm) = match template {
+            Some(snapshot) => {
+                let share = UnixStream::connect(&virtiofsd.socket).map_err(setup)?;
+                let mut vm = vm_config(cfg, uds.clone(), Vec::new(), None);
+                vm.fs_slots = crate::template::TEMPLATE_SLOTS;
+                vm.restore = Some(snapshot);
+                (vm, Some(SlottedDevices { share, nics }))
+            }
+            None => (
+                vm_config(cfg, uds.clone(), nics, Some(virtiofsd.socket.clone())),
+                None,
+            ),
+        };
+        vm.ram = Some(ram_file);
         let plumbing = Self {
             _sockets: sockets,
             control,
@@ -128,6 +173,9 @@ impl Plumbing {
             socket_relay,
             dns_relay,
             virtiofsd,
+            warm_start: warm.is_some(),
+            warm,
+            sockets_vsock: uds,
         };
         Ok((plumbing, vm))
     }
@@ -139,6 +187,52 @@ impl Plumbing {
             self.guard_undoes_network = !mirror.is_empty();
             mirror.hand_over();
         }
+    }
+
+    /// For a VM restored from a template: puts the container's share and NICs in its
+    /// spare slots, then wakes its guest (on [`WAKE_PORT`], through the vsock device's
+    /// socket) with fresh entropy, the wall clock and the devices to bind. The guest then
+    /// says its `Hello` as a cold-booted one does. Nothing to do for a cold boot. Runs
+    /// before the monitor's main thread takes its seccomp filter (it makes a socket).
+    pub(super) fn wake(
+        &mut self,
+        vm: &vmm::VmmHandle,
+        timeout: Duration,
+    ) -> Result<(), MonitorError> {
+        let Some(devices) = self.warm.take() else {
+            return Ok(());
+        };
+        let failed = |what: String| MonitorError::Wake(what);
+        let exit = vm.clone();
+        let share = vm
+            .fill_fs_slot(
+                None,
+                FsSlotShare {
+                    tag: SHARE_TAG.into(),
+                    backend: FsBackend::Connected(devices.share),
+                    // As for a share present at boot: the container cannot go on without it.
+                    on_failure: Box::new(move |why| exit.backend_failed(why)),
+                },
+            )
+            .map_err(|e| failed(e.to_string()))?;
+        let mut bind = vec![share.platform as u32];
+        for nic in devices.nics {
+            let filled = vm
+                .fill_net_slot(None, nic)
+                .map_err(|e| failed(e.to_string()))?;
+            bind.push(filled.platform as u32);
+        }
+        let wake = Wake {
+            seed: fresh_seed().map_err(|e| failed(format!("cannot read random bytes: {e}")))?,
+            realtime_secs: 0,
+            realtime_nanos: 0,
+            bind,
+        };
+        send_wake(&self.sockets_vsock, wake, timeout).map_err(|e| {
+            failed(format!(
+                "cannot reach the guest's init on vsock port {WAKE_PORT}: {e}"
+            ))
+        })
     }
 
     /// Starts the threads of the relays and of virtiofsd's log (after the jail and the
@@ -170,13 +264,55 @@ impl Drop for Plumbing {
     }
 }
 
+/// Connects to the guest's [`WAKE_PORT`] through the vsock device's socket `uds`
+/// (`CONNECT`, then the device's `OK <port>` line) and sends `wake`, its clock taken now.
+fn send_wake(uds: &Path, mut wake: Wake, timeout: Duration) -> std::io::Result<()> {
+    let mut conn = UnixStream::connect(uds)?;
+    conn.set_read_timeout(Some(timeout))?;
+    conn.set_write_timeout(Some(timeout))?;
+    conn.write_all(format!("CONNECT {WAKE_PORT}\n").as_bytes())?;
+    // `OK <port>\n`: a short line, read a byte at a time so nothing after it is taken.
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < 32 {
+        if conn.read(&mut byte)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the guest refused the connection (is its init waiting in template mode?)",
+            ));
+        }
+        if byte[0] == b'\n' {
+            break;
+        }
+        line.push(byte[0]);
+    }
+    if !line.starts_with(b"OK ") {
+        return Err(std::io::Error::other(
+            "the vsock device did not confirm the connection",
+        ));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    wake.realtime_secs = now.as_secs() as i64;
+    wake.realtime_nanos = now.subsec_nanos();
+    runvm_protocol::write_frame(&mut conn, &wake).map_err(std::io::Error::other)
+}
+
+/// [`WAKE_SEED_LEN`] bytes from the host's random number generator.
+fn fresh_seed() -> std::io::Result<Vec<u8>> {
+    let mut seed = vec![0u8; WAKE_SEED_LEN];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut seed)?;
+    Ok(seed)
+}
+
 /// The VM of the container: the guest assets, the vsock device behind `vsock_path`, its
-/// NICs, and its share served on `share_socket`.
+/// NICs, and its share served on `share_socket` (`None`: it goes in a spare slot later).
 fn vm_config(
     cfg: &MonitorConfig,
     vsock_path: PathBuf,
     nics: Vec<NetConfig>,
-    share_socket: PathBuf,
+    share_socket: Option<PathBuf>,
 ) -> VmConfig {
     let nics_count = nics.len();
     VmConfig {
@@ -184,23 +320,28 @@ fn vm_config(
         mem_mib: cfg.mem_mib,
         kernel: cfg.assets.kernel.clone(),
         initramfs: Some(cfg.assets.initramfs.clone()),
-        cmdline: kernel_cmdline(cfg),
+        cmdline: guest_cmdline(cfg.debug_console, cfg.cmdline_append.as_deref()),
         disks: Vec::new(),
         vsock: Some(VsockConfig {
             guest_cid: GUEST_CID,
             uds_path: vsock_path,
         }),
         nics,
-        fs: vec![FsConfig {
-            tag: SHARE_TAG.into(),
-            socket: share_socket,
-        }],
+        fs: share_socket
+            .into_iter()
+            .map(|socket| FsConfig {
+                tag: SHARE_TAG.into(),
+                socket,
+            })
+            .collect(),
         fs_slots: spare_fs_slots(cfg.fs_slots, nics_count),
         serial: cfg
             .debug_console
             .then(|| Box::new(std::io::stderr()) as Box<dyn std::io::Write + Send>),
         seccomp: cfg.seccomp,
         ram: None,
+        template: false,
+        restore: None,
     }
 }
 
@@ -239,14 +380,14 @@ fn spare_fs_slots(wanted: usize, nics: usize) -> usize {
 }
 
 /// What runvm adds to the guest kernel's command line: the init's debug switch or
-/// `quiet`, then the words of `RUNVM_KERNEL_CMDLINE_APPEND`.
-fn kernel_cmdline(cfg: &MonitorConfig) -> String {
-    let mut cmdline = String::from(if cfg.debug_console {
+/// `quiet`, then the words of `RUNVM_KERNEL_CMDLINE_APPEND` (`append`).
+pub fn guest_cmdline(debug_console: bool, append: Option<&str>) -> String {
+    let mut cmdline = String::from(if debug_console {
         "runvm.debug=1"
     } else {
         "quiet"
     });
-    if let Some(extra) = &cfg.cmdline_append {
+    if let Some(extra) = append {
         cmdline.push(' ');
         cmdline.push_str(extra);
     }

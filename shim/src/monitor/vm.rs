@@ -120,12 +120,13 @@ impl RunningVm {
 }
 
 /// Logs the boot times, and writes them to the timings file if one was asked for.
-pub(super) fn report_times(cfg: &MonitorConfig, t: &BootTimes) {
+pub(super) fn report_times(cfg: &MonitorConfig, t: &BootTimes, warm: bool) {
     let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
     let launch = crate::LAUNCH
         .get()
         .and_then(|l| t.vmm_start.map(|v| v.saturating_duration_since(*l)));
     let json = serde_json::json!({
+        "boot": if warm { "warm" } else { "cold" },
         "launch_to_vmm_start_ms": ms(launch),
         "kernel_entry_ms": ms(t.kernel_entry),
         "init_started_ms": ms(t.init_started),

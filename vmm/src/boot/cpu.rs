@@ -105,6 +105,17 @@ fn segment(selector: u16, type_: u8) -> kvm_segment {
 
 /// Puts the vCPU in the PVH boot state: 32-bit protected mode, paging off,
 /// `ebx` pointing at `hvm_start_info`, `eip` at the kernel's PVH entry.
+/// Whether the CPUID says AMD (or Hygon): vendor "AuthenticAMD" / "HygonGenuine".
+pub fn is_amd(cpuid: &CpuId) -> bool {
+    cpuid.as_slice().iter().any(|e| {
+        e.function == 0
+            && matches!(
+                (e.ebx, e.edx, e.ecx),
+                (0x6874_7541, 0x6974_6e65, 0x444d_4163) | (0x6f67_7948, 0x6e65_476e, 0x656e_6975)
+            )
+    })
+}
+
 /// Sets the vCPU's CPUID (all a restored vCPU needs before its saved state).
 pub fn set_cpuid(vcpu: &VcpuFd, cpuid: &CpuId) -> Result<(), CpuError> {
     vcpu.set_cpuid2(cpuid).map_err(kvm("CPUID"))

@@ -341,6 +341,7 @@ fn a_filled_slot_is_the_share_and_an_emptied_one_a_placeholder_again() {
         FilledFsSlot {
             slot: 1,
             device: "virtio-mmio.4".into(),
+            platform: 4,
             tag: "member1".into(),
         }
     );
@@ -573,6 +574,7 @@ fn a_slot_holds_a_nic_that_the_guest_finds_and_drives_and_then_a_share_again() {
         FilledNetSlot {
             slot: 1,
             device: "virtio-mmio.4".into(),
+            platform: 4,
             mac: MAC,
         }
     );

@@ -65,6 +65,23 @@ pub struct VcpuState {
     pub vcpu_events: kvm_vcpu_events,
 }
 
+/// TSS descriptor types: available and busy 64-bit TSS.
+const TSS_AVAILABLE: u8 = 9;
+const TSS_BUSY: u8 = 11;
+
+/// The special registers to restore from `saved`. On AMD, KVM reports the task register
+/// busy (type 11) although the VMCB holds it as the CPU loaded it (type 9: SVM does not
+/// keep the busy bit); put back as 11, a CPU that checks the type on I/O permission
+/// lookups (QEMU's emulated SVM, the nested test host) refuses every port the guest's
+/// I/O bitmap allows. VMX requires 11, and keeps it.
+fn restored_sregs(saved: &kvm_sregs, amd: bool) -> kvm_sregs {
+    let mut sregs = *saved;
+    if amd && sregs.tr.type_ == TSS_BUSY {
+        sregs.tr.type_ = TSS_AVAILABLE;
+    }
+    sregs
+}
+
 /// A vCPU ready to run.
 pub struct Vcpu {
     id: u8,
@@ -147,13 +164,14 @@ impl Vcpu {
     }
 
     /// Sets this vCPU's state from a snapshot (after its CPUID, which it depends on).
-    pub fn restore_state(&self, state: &VcpuState) -> Result<(), VmError> {
+    /// `amd`: the host is AMD's (see [`restored_sregs`]).
+    pub fn restore_state(&self, state: &VcpuState, amd: bool) -> Result<(), VmError> {
         let kvm = |what| move |source| VmError::Kvm { what, source };
         let fd = &self.fd;
         fd.set_mp_state(state.mp_state)
             .map_err(kvm("set the MP state"))?;
         fd.set_regs(&state.regs).map_err(kvm("set the registers"))?;
-        fd.set_sregs(&state.sregs)
+        fd.set_sregs(&restored_sregs(&state.sregs, amd))
             .map_err(kvm("set the special registers"))?;
         // SAFETY: `kvm_xsave` is the 4 KiB buffer KVM_SET_XSAVE reads (this VMM never enables
         // KVM_CAP_XSAVE2, so KVM reads no more than KVM_GET_XSAVE wrote into it).
@@ -261,5 +279,20 @@ impl Vcpu {
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
             Err(e) => Some(VmExitReason::KvmError(kvm_failure_message(&format!("KVM_RUN failed on vCPU {id}: {e}")))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_task_register_is_restored_available_on_amd_and_busy_elsewhere() {
+        let mut saved = kvm_sregs::default();
+        saved.tr.type_ = TSS_BUSY;
+        assert_eq!(restored_sregs(&saved, true).tr.type_, TSS_AVAILABLE);
+        assert_eq!(restored_sregs(&saved, false).tr.type_, TSS_BUSY);
+        saved.tr.type_ = TSS_AVAILABLE;
+        assert_eq!(restored_sregs(&saved, true).tr.type_, TSS_AVAILABLE);
     }
 }

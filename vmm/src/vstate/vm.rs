@@ -3,7 +3,7 @@
 
 use kvm_bindings::{
     kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2, kvm_userspace_memory_region,
-    CpuId, KVM_CLOCK_TSC_STABLE, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    CpuId, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
     KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
@@ -202,10 +202,11 @@ impl Vm {
         self.fd
             .set_pit2(&state.pit)
             .map_err(kvm_err("set the PIT"))?;
-        // KVM refuses a clock whose flags it did not set itself on this host.
+        // The guest's clock goes on from where the template's stopped: no flags (with
+        // KVM_CLOCK_REALTIME KVM would add the time since the snapshot, which the guest
+        // init sets its wall clock for instead, and TSC_STABLE is KVM's own to say).
         let clock = kvm_clock_data {
             clock: state.clock.clock,
-            flags: state.clock.flags & !KVM_CLOCK_TSC_STABLE,
             ..Default::default()
         };
         self.fd

@@ -14,7 +14,7 @@
 //! kernel's and initramfs's identity (path, size, modification time, inode), the runvm
 //! binary's, and the VM's settings. Changing any of them names another template, which is
 //! made at the next start. A start that cannot make its template boots cold, with a
-//! warning. At most [`MAX_TEMPLATES`] are kept: making another removes the least
+//! warning, and the template is not tried again for ten minutes. At most [`MAX_TEMPLATES`] are kept: making another removes the least
 //! recently used. A template found unusable (truncated, its bytes changed, another
 //! format) is removed and that start boots cold, with a warning; the next start makes it
 //! again.
@@ -55,6 +55,8 @@ pub enum TemplateError {
     },
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    #[error("making the template {dir} failed less than {} minutes ago ({why}); not trying again before then", RETRY_AFTER.as_secs() / 60)]
+    RecentlyFailed { dir: PathBuf, why: String },
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TemplateError {
@@ -129,7 +131,17 @@ pub fn obtain(inputs: &TemplateInputs, timeout: Duration) -> Result<Snapshot, Te
     let snapshot = match Snapshot::load(&dir) {
         Ok(snapshot) => snapshot,
         Err(SnapshotError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            build(inputs, &dir, timeout)?;
+            // A template that could not be made is not tried again at every start (a guest
+            // whose init has no template mode, a kernel that does not boot) for a while.
+            let failed = root.join(format!("{key}.failed"));
+            if let Some(why) = recent_failure(&failed) {
+                return Err(TemplateError::RecentlyFailed { dir, why });
+            }
+            if let Err(e) = build(inputs, &dir, timeout) {
+                let _ = std::fs::write(&failed, e.to_string());
+                return Err(e);
+            }
+            let _ = std::fs::remove_file(&failed);
             let snapshot = Snapshot::load(&dir)?;
             evict(&root, &key);
             snapshot
@@ -143,6 +155,16 @@ pub fn obtain(inputs: &TemplateInputs, timeout: Duration) -> Result<Snapshot, Te
     // The directory's time says when it was last used (for the eviction).
     let _ = File::open(&dir).and_then(|d| d.set_modified(std::time::SystemTime::now()));
     Ok(snapshot)
+}
+
+/// How long a template that could not be made is not tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(600);
+
+/// What the last attempt to make a template said, if it failed less than [`RETRY_AFTER`]
+/// ago (its `.failed` file).
+fn recent_failure(failed: &Path) -> Option<String> {
+    let age = std::fs::metadata(failed).ok()?.modified().ok()?.elapsed().ok()?;
+    (age < RETRY_AFTER).then(|| std::fs::read_to_string(failed).unwrap_or_default())
 }
 
 /// Removes a template found unusable (truncated, changed, of another format), so that
@@ -423,7 +445,7 @@ mod tests {
         let mut left: Vec<_> = std::fs::read_dir(root.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| !n.ends_with(".lock"))
+            .filter(|n| !n.ends_with(".lock") && !n.ends_with(".failed"))
             .collect();
         left.sort();
         assert_eq!(left, vec!["t0", "t3"]);

@@ -71,13 +71,18 @@ impl Transport {
     }
 }
 
-fn listen_vsock(port: u32) -> nix::Result<OwnedFd> {
-    let fd = socket::socket(
+/// A new vsock stream socket (close-on-exec).
+fn vsock_socket() -> nix::Result<OwnedFd> {
+    socket::socket(
         AddressFamily::Vsock,
         SockType::Stream,
         SockFlag::SOCK_CLOEXEC,
         None,
-    )?;
+    )
+}
+
+fn listen_vsock(port: u32) -> nix::Result<OwnedFd> {
+    let fd = vsock_socket()?;
     socket::bind(fd.as_raw_fd(), &VsockAddr::new(libc::VMADDR_CID_ANY, port))?;
     socket::listen(&fd, socket::Backlog::new(1)?)?;
     Ok(fd)
@@ -117,12 +122,7 @@ const SO_VM_SOCKETS_CONNECT_TIMEOUT: libc::c_int = 6;
 const VSOCK_CONNECT_TIMEOUT_SECS: libc::time_t = 30;
 
 fn connect_vsock(port: u32) -> nix::Result<OwnedFd> {
-    let fd = socket::socket(
-        AddressFamily::Vsock,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
+    let fd = vsock_socket()?;
     let tv = libc::timeval {
         tv_sec: VSOCK_CONNECT_TIMEOUT_SECS,
         tv_usec: 0,

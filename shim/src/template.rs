@@ -316,9 +316,24 @@ pub fn build_here(args: &BuildTemplate) -> anyhow::Result<()> {
         template: true,
         restore: None,
     };
+    // A guest that connects to the control port is not waiting to be snapshotted: its
+    // init has no template mode (another initramfs). Stop it at once rather than wait.
+    let control = std::os::unix::net::UnixListener::bind(
+        uds_dir.join(format!("vsock.sock_{}", runvm_protocol::CONTROL_PORT)),
+    )
+    .context("cannot listen for the template guest's control connection")?;
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let result = vmm::Vmm::new(config)
         .context("cannot build the template VM")
         .and_then(|vm| {
+            let handle = vm.handle();
+            let flag = asked.clone();
+            std::thread::spawn(move || {
+                if control.accept().is_ok() {
+                    flag.store(true, std::sync::atomic::Ordering::Release);
+                    handle.stop();
+                }
+            });
             vm.snapshot_when_ready(&args.dir, Duration::from_secs(args.timeout_secs))
                 .with_context(|| {
                     format!(
@@ -327,6 +342,14 @@ pub fn build_here(args: &BuildTemplate) -> anyhow::Result<()> {
                     )
                 })
         });
+    if asked.load(std::sync::atomic::Ordering::Acquire) {
+        let _ = std::fs::remove_dir_all(&uds_dir);
+        anyhow::bail!(
+            "the template guest asked the host for a container instead of waiting to be \
+             snapshotted: its init ({}) has no template mode",
+            args.initramfs.display()
+        );
+    }
     let _ = std::fs::remove_dir_all(&uds_dir);
     let bytes = result?;
     log::debug!(

@@ -299,10 +299,24 @@ fn send_wake(uds: &Path, mut wake: Wake, timeout: Duration) -> std::io::Result<(
     runvm_protocol::write_frame(&mut conn, &wake).map_err(std::io::Error::other)
 }
 
-/// [`WAKE_SEED_LEN`] bytes from the host's random number generator.
+/// [`WAKE_SEED_LEN`] bytes from the host's random number generator (`getrandom`: the
+/// jailed monitor has no `/dev/urandom`).
 fn fresh_seed() -> std::io::Result<Vec<u8>> {
     let mut seed = vec![0u8; WAKE_SEED_LEN];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut seed)?;
+    let mut filled = 0;
+    while filled < seed.len() {
+        let rest = &mut seed[filled..];
+        // SAFETY: getrandom writes at most `rest.len()` bytes into `rest`, which we own.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+            continue;
+        }
+        filled += n as usize;
+    }
     Ok(seed)
 }
 
@@ -396,7 +410,14 @@ pub fn guest_cmdline(debug_console: bool, append: Option<&str>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::spare_fs_slots;
+    use super::{fresh_seed, spare_fs_slots, WAKE_SEED_LEN};
+
+    #[test]
+    fn every_wake_seed_is_new() {
+        let (a, b) = (fresh_seed().unwrap(), fresh_seed().unwrap());
+        assert_eq!(a.len(), WAKE_SEED_LEN);
+        assert_ne!(a, b);
+    }
 
     #[test]
     fn spare_slots_take_only_the_irq_lines_left() {

@@ -116,6 +116,17 @@ pub fn is_amd(cpuid: &CpuId) -> bool {
     })
 }
 
+/// KVM's MSR entries for (index, value) pairs.
+pub fn msr_entries(msrs: &[(u32, u64)]) -> Vec<kvm_msr_entry> {
+    msrs.iter()
+        .map(|&(index, data)| kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        })
+        .collect()
+}
+
 /// Sets the vCPU's CPUID (all a restored vCPU needs before its saved state).
 pub fn set_cpuid(vcpu: &VcpuFd, cpuid: &CpuId) -> Result<(), CpuError> {
     vcpu.set_cpuid2(cpuid).map_err(kvm("CPUID"))
@@ -142,14 +153,7 @@ pub fn setup_vcpu(
         (MSR_IA32_MISC_ENABLE, 1),          // fast string operations
         (MSR_MTRR_DEF_TYPE, (1 << 11) | 6), // MTRRs on, write-back by default
     ];
-    let entries: Vec<kvm_msr_entry> = msrs
-        .iter()
-        .map(|&(index, data)| kvm_msr_entry {
-            index,
-            data,
-            ..Default::default()
-        })
-        .collect();
+    let entries = msr_entries(&msrs);
     let msrs = Msrs::from_entries(&entries).map_err(|_| CpuError::Kvm {
         what: "MSR list",
         source: kvm_ioctls::Error::new(libc::EINVAL),

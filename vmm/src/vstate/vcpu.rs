@@ -182,15 +182,7 @@ impl Vcpu {
         fd.set_lapic(&state.lapic)
             .map_err(kvm("set the local APIC"))?;
         // The TSC deadline is relative to the TSC: it goes last.
-        let mut entries: Vec<kvm_msr_entry> = state
-            .msrs
-            .iter()
-            .map(|&(index, data)| kvm_msr_entry {
-                index,
-                data,
-                ..Default::default()
-            })
-            .collect();
+        let mut entries = crate::boot::cpu::msr_entries(&state.msrs);
         entries.sort_by_key(|e| e.index == MSR_IA32_TSC_DEADLINE);
         for chunk in entries.chunks(kvm_bindings::KVM_MAX_MSR_ENTRIES) {
             let msrs = Msrs::from_entries(chunk).map_err(|_| VmError::Kvm {

@@ -15,7 +15,7 @@
 //! binary's, and the VM's settings. Changing any of them names another template, which is
 //! made at the next start. A start that cannot make its template boots cold, with a
 //! warning, and the template is not tried again for ten minutes. At most [`MAX_TEMPLATES`] are kept: making another removes the least
-//! recently used. A template found unusable (truncated, its bytes changed, another
+//! recently used. A template found unusable (truncated, its memory file written since, another
 //! format) is removed and that start boots cold, with a warning; the next start makes it
 //! again.
 
@@ -163,7 +163,12 @@ const RETRY_AFTER: Duration = Duration::from_secs(600);
 /// What the last attempt to make a template said, if it failed less than [`RETRY_AFTER`]
 /// ago (its `.failed` file).
 fn recent_failure(failed: &Path) -> Option<String> {
-    let age = std::fs::metadata(failed).ok()?.modified().ok()?.elapsed().ok()?;
+    let age = std::fs::metadata(failed)
+        .ok()?
+        .modified()
+        .ok()?
+        .elapsed()
+        .ok()?;
     (age < RETRY_AFTER).then(|| std::fs::read_to_string(failed).unwrap_or_default())
 }
 

@@ -53,7 +53,8 @@ pub(super) struct Plumbing {
     warm: Option<SlottedDevices>,
     /// Whether the VM is restored from a template (for the boot timings).
     pub(super) warm_start: bool,
-    sockets_vsock: PathBuf,
+    /// The vsock device's socket (host-initiated connections to the guest).
+    vsock_socket: PathBuf,
 }
 
 /// The devices of a container whose VM was restored from a template, put in its spare
@@ -175,7 +176,7 @@ impl Plumbing {
             virtiofsd,
             warm_start: warm.is_some(),
             warm,
-            sockets_vsock: uds,
+            vsock_socket: uds,
         };
         Ok((plumbing, vm))
     }
@@ -228,7 +229,7 @@ impl Plumbing {
             realtime_nanos: 0,
             bind,
         };
-        send_wake(&self.sockets_vsock, wake, timeout).map_err(|e| {
+        send_wake(&self.vsock_socket, wake, timeout).map_err(|e| {
             failed(format!(
                 "cannot reach the guest's init on vsock port {WAKE_PORT}: {e}"
             ))

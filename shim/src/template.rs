@@ -215,6 +215,7 @@ fn build(inputs: &TemplateInputs, dir: &Path, timeout: Duration) -> Result<(), T
     if inputs.debug_console {
         cmd.arg("--debug-console");
     }
+    leave_container_cgroups(&mut cmd);
     let out = cmd.output().map_err(io("run", &exe))?;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if !out.status.success() {
@@ -230,6 +231,33 @@ fn build(inputs: &TemplateInputs, dir: &Path, timeout: Duration) -> Result<(), T
         started.elapsed()
     );
     Ok(())
+}
+
+/// Makes `cmd`'s process leave the caller's cgroups (a container's: the monitor runs in
+/// it) for the root of each hierarchy before it runs: a template is no container's, and
+/// its VM's memory and CPU time must not count against the limits of the container whose
+/// start happened to make it (a `--memory 32m` container's would kill it).
+fn leave_container_cgroups(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let files: Vec<std::ffi::CString> = crate::cgroup::root_procs_files()
+        .into_iter()
+        .filter_map(|p| std::ffi::CString::new(p.into_os_string().into_encoded_bytes()).ok())
+        .collect();
+    // SAFETY: the closure runs in the child between fork and exec and only calls open,
+    // write and close (async-signal-safe) on strings made before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            for file in &files {
+                let fd = libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd >= 0 {
+                    // "0": the writing process itself.
+                    libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                }
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Removes the least recently used templates beyond `RUNVM_TEMPLATES_MAX`, never `keep`

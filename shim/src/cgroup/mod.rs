@@ -459,6 +459,19 @@ pub fn leave_and_remove(state_dir: &Path) {
     let _ = std::fs::remove_file(state_dir.join(RECORD));
 }
 
+/// The `cgroup.procs` file at the root of every mounted hierarchy: where a process that
+/// belongs to no container goes (see `crate::template`, whose template VMs are no
+/// container's and must not count against one's limits).
+pub fn root_procs_files() -> Vec<PathBuf> {
+    let Ok(mounts) = mountinfo::read_own() else {
+        return Vec::new();
+    };
+    hierarchies(&mounts)
+        .into_iter()
+        .map(|h| h.mountpoint.join("cgroup.procs"))
+        .collect()
+}
+
 /// Removes the cgroups recorded in `state_dir` (the monitor has gone).
 pub fn remove_recorded(state_dir: &Path) {
     if let Some(cg) = HostCgroup::load(state_dir) {

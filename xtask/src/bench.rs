@@ -23,8 +23,18 @@
 //! rootfs; the peer's launch is the spawn of that virtiofsd, as runvm's `start` spawns its
 //! own before the VM.
 //!
-//! Runs are interleaved (runvm, qemu, virtiofsd alone, runvm, qemu, …) after one warm-up
-//! run of each that is not counted, so drift affects all of them alike.
+//! runvm is measured twice over: booting its guest kernel (`RUNVM_BOOT=cold`, the
+//! default) and restoring its VM from a warm-start template (`RUNVM_BOOT=warm`, see
+//! `shim/src/template.rs`). The template is made once, by a first warm start that is not
+//! counted, in a template directory private to the bench; every warm run must say
+//! `"boot": "warm"` in its timings file, or the bench fails.
+//!
+//! Runs are interleaved (runvm cold, runvm warm, qemu, virtiofsd alone, runvm cold, …)
+//! after one warm-up run of each that is not counted, so drift affects all of them alike.
+//!
+//! Memory: each VMM's resident memory beyond its guest's while the guest runs `sleep`,
+//! and the proportional set size (PSS) of ten idle containers started one after the
+//! other, warm (from one template) and cold.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -209,6 +219,17 @@ fn boot(runs: usize, peer_only: bool) -> Result<i32> {
         repo_root().join("bench")
     };
     crate::util::write_results(&out_dir, "boot", &report.markdown(), &report.json())?;
+    let failures = report.failures();
+    if !failures.is_empty() {
+        eprintln!(
+            "[bench] {} measurement(s) FAILED (their rows say so in the results):",
+            failures.len()
+        );
+        for f in &failures {
+            eprintln!("[bench] FAILED: {f}");
+        }
+        return Ok(1);
+    }
     Ok(0)
 }
 
@@ -276,10 +297,42 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// How runvm brings up a container's VM (`RUNVM_BOOT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Boot {
+    /// The guest kernel boots.
+    Cold,
+    /// The VM is restored from the warm-start template.
+    Warm,
+}
+
+impl Boot {
+    /// `RUNVM_BOOT`'s value, and what the timings file's `boot` says.
+    fn name(self) -> &'static str {
+        match self {
+            Boot::Cold => "cold",
+            Boot::Warm => "warm",
+        }
+    }
+
+    /// The key of this boot's runs in the raw JSON.
+    fn runs_key(self) -> &'static str {
+        match self {
+            Boot::Cold => "runvm",
+            Boot::Warm => "runvm_warm",
+        }
+    }
+}
+
+/// How many idle containers the PSS measurement starts (of each boot).
+const IDLE_CONTAINERS: usize = 10;
+
 /// Files every run uses, copied to a local directory (not the 9p share) first.
 struct Bed {
     work: PathBuf,
     runvm: Option<PathBuf>,
+    /// runvm's warm-start templates (`RUNVM_TEMPLATE_DIR`), the bench's own.
+    templates: PathBuf,
     kernel: PathBuf,
     initramfs: PathBuf,
     rootfs: PathBuf,
@@ -330,9 +383,11 @@ impl Bed {
         let ram = work.join("peer-ram");
         std::fs::create_dir(&ram).with_context(|| format!("creating {}", ram.display()))?;
         let run_msg = run_message(&bundle.join("config.json"))?;
+        let templates = work.join("templates");
         let mut bed = Self {
             work,
             runvm,
+            templates,
             kernel,
             initramfs,
             rootfs,
@@ -483,7 +538,21 @@ fn measure(runs: usize, peer_only: bool) -> Result<Value> {
     let bed = Bed::new(peer_only)?;
     let peer = Peer::listen()?;
 
+    let template = match &bed.runvm {
+        Some(bin) => {
+            step.phase("making the warm-start template (a first warm start, not counted)");
+            let t = make_template(&bed, bin)?;
+            step.phase(&format!(
+                "template made: the first warm start took {:.0} ms",
+                t["first_warm_start_ms"].as_f64().unwrap_or(f64::NAN)
+            ));
+            Some(t)
+        }
+        None => None,
+    };
+
     let mut runvm_runs: Vec<Value> = Vec::new();
+    let mut warm_runs: Vec<Value> = Vec::new();
     let mut qemu_runs: Vec<Value> = Vec::new();
     let mut ready_runs: Vec<f64> = Vec::new();
     let mut warmup = json!({});
@@ -494,13 +563,15 @@ fn measure(runs: usize, peer_only: bool) -> Result<Value> {
             format!("run {i}/{runs}")
         };
         let mut line = format!("{label}:");
-        let r = match &bed.runvm {
+        let (r, w) = match &bed.runvm {
             Some(bin) => {
-                let r = runvm_once(&bed, bin, i, &["true"], None)?;
-                line.push_str(&format!(" runvm {:.0} ms", r.wall_ms));
-                Some(r.json)
+                let r = runvm_once(&bed, bin, Boot::Cold, i, &["true"], None)?;
+                line.push_str(&format!(" runvm cold {:.0} ms", r.wall_ms));
+                let w = runvm_once(&bed, bin, Boot::Warm, i, &["true"], None)?;
+                line.push_str(&format!(", warm {:.0} ms", w.wall_ms));
+                (Some(r.json), Some(w.json))
             }
-            None => None,
+            None => (None, None),
         };
         let q = qemu_once(&bed, &peer, i, None)?;
         line.push_str(&format!(
@@ -511,24 +582,53 @@ fn measure(runs: usize, peer_only: bool) -> Result<Value> {
         line.push_str(&format!(" virtiofsd ready {v:.0} ms"));
         step.phase(&line);
         if i == 0 {
-            warmup = json!({ "runvm": r, "qemu": q, "virtiofsd_ready_ms": v });
+            warmup = json!({ "runvm": r, "runvm_warm": w, "qemu": q, "virtiofsd_ready_ms": v });
         } else {
             runvm_runs.extend(r);
+            warm_runs.extend(w);
             qemu_runs.push(q);
             ready_runs.push(v);
         }
     }
 
-    step.phase("memory: runvm running `sleep`");
-    let runvm_rss = match &bed.runvm {
-        Some(bin) => Some(runvm_rss(&bed, bin, &runvm_runs)?),
-        None => None,
+    let mut rss = json!({});
+    let mut idle_pss = json!(null);
+    // A memory measurement that fails is recorded as `{"failed": why}` and the rest go
+    // on; the outer process reports the failures and exits non-zero after writing the
+    // results (a timed run that fails, or comes up otherwise than asked, ends the bench).
+    let mut failures: Vec<String> = Vec::new();
+    let mut recorded = |what: String, result: Result<Value>| match result {
+        Ok(v) => v,
+        Err(e) => {
+            let why = format!("{e:#}");
+            eprintln!("[bench] FAILED: {what}: {why}");
+            failures.push(format!("{what}: {why}"));
+            json!({ "failed": why })
+        }
     };
-    step.phase("memory: runvm running `sleep` after `create` and `start`");
-    let runvm_created_rss = match &bed.runvm {
-        Some(bin) => Some(runvm_created_rss(&bed, bin)?),
-        None => None,
-    };
+    if let Some(bin) = &bed.runvm {
+        for (boot, timed) in [(Boot::Cold, &runvm_runs), (Boot::Warm, &warm_runs)] {
+            let key = boot.runs_key();
+            let what = format!("memory: runvm ({}) running `sleep`", boot.name());
+            step.phase(&what);
+            rss[key] = recorded(what, runvm_rss(&bed, bin, boot, timed));
+            let what = format!(
+                "memory: runvm ({}) running `sleep` after `create` and `start`",
+                boot.name()
+            );
+            step.phase(&what);
+            rss[format!("{key}_created")] = recorded(what, runvm_created_rss(&bed, bin, boot));
+        }
+        let mut pss = json!({});
+        for boot in [Boot::Cold, Boot::Warm] {
+            let what = format!(
+                "memory: PSS of {IDLE_CONTAINERS} idle containers ({})",
+                boot.name()
+            );
+            pss[boot.name()] = recorded(what, idle_containers_pss(&bed, bin, boot, &mut step));
+        }
+        idle_pss = pss;
+    }
     step.phase("memory: qemu running `sleep`");
     let qemu_rss = qemu_rss(&bed, &peer)?;
     drop(step);
@@ -549,10 +649,18 @@ fn measure(runs: usize, peer_only: bool) -> Result<Value> {
         "peer_cmdline": PEER_CMDLINE.to_string() + " 8250.nr_uarts=0 quiet",
         "virtiofsd_flags": ([VIRTIOFSD_FLAGS, VIRTIOFSD_EXTRA_FLAGS].concat()),
         "warmup": warmup,
+        "template": template,
         "runvm": runvm_runs,
+        "runvm_warm": warm_runs,
         "qemu": qemu_runs,
         "virtiofsd_ready_ms": ready_runs,
-        "rss": { "runvm": runvm_rss, "runvm_created": runvm_created_rss, "qemu": qemu_rss },
+        "rss": {
+            "runvm": rss["runvm"], "runvm_created": rss["runvm_created"],
+            "runvm_warm": rss["runvm_warm"], "runvm_warm_created": rss["runvm_warm_created"],
+            "qemu": qemu_rss,
+        },
+        "idle_pss": idle_pss,
+        "failures": failures,
     }))
 }
 
@@ -572,6 +680,16 @@ fn wait_child(child: &mut Child, limit: Duration) -> Result<std::process::ExitSt
     }
 }
 
+/// What a failure says in a markdown table cell: its line from runvm (`runvm: …`), else
+/// its first line, `|` escaped.
+fn first_line_of(text: &str) -> String {
+    text.lines()
+        .find(|l| l.starts_with("runvm: "))
+        .or_else(|| text.lines().next())
+        .unwrap_or("")
+        .replace('|', "\\|")
+}
+
 fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
@@ -583,12 +701,14 @@ struct RunvmRun {
     json: Value,
 }
 
-/// `runvm --root <the bench's state directory>` with the VM's size and the bench's kernel,
-/// initramfs and virtiofsd.
-fn runvm_command(bed: &Bed, bin: &Path) -> Command {
+/// `runvm --root <the bench's state directory>` with the VM's size, the bench's kernel,
+/// initramfs and virtiofsd, and `boot` (warm: from the bench's own template directory).
+fn runvm_command(bed: &Bed, bin: &Path, boot: Boot) -> Command {
     let mut cmd = Command::new(bin);
     cmd.arg("--root")
         .arg(bed.work.join("state"))
+        .env("RUNVM_BOOT", boot.name())
+        .env("RUNVM_TEMPLATE_DIR", &bed.templates)
         .env("RUNVM_VCPUS", VCPUS.to_string())
         .env("RUNVM_MEM_MIB", MEM_MIB.to_string())
         .env("RUNVM_KERNEL", &bed.kernel)
@@ -597,13 +717,29 @@ fn runvm_command(bed: &Bed, bin: &Path) -> Command {
     cmd
 }
 
-/// One `runvm run` of `args`; `sample` is called with runvm's pid and the start instant
-/// while it runs (for the memory measurement).
+/// One `runvm run` of `args` booted as `boot`; `sample` is called with runvm's pid and
+/// the start instant while it runs (for the memory measurement). Fails when the timings
+/// file says the VM came up otherwise than `boot` (a warm start that fell back to a cold
+/// boot, say).
 fn runvm_once(
     bed: &Bed,
     bin: &Path,
+    boot: Boot,
     i: usize,
     args: &[&str],
+    sample: Option<&mut dyn FnMut(u32, Instant) -> Result<()>>,
+) -> Result<RunvmRun> {
+    runvm_run(bed, bin, boot, i, args, None, sample)
+}
+
+/// [`runvm_once`], with runvm's log (`--log`) to `log` when given.
+fn runvm_run(
+    bed: &Bed,
+    bin: &Path,
+    boot: Boot,
+    i: usize,
+    args: &[&str],
+    log: Option<&Path>,
     sample: Option<&mut dyn FnMut(u32, Instant) -> Result<()>>,
 ) -> Result<RunvmRun> {
     let bundle = if args == ["true"] {
@@ -616,11 +752,15 @@ fn runvm_once(
     let timings = bed.work.join("timings.json");
     let _ = std::fs::remove_file(&timings);
     let err = bed.work.join("runvm.stderr");
+    let mut cmd = runvm_command(bed, bin, boot);
+    if let Some(log) = log {
+        cmd.arg("--log").arg(log);
+    }
     let t0 = Instant::now();
-    let mut child = runvm_command(bed, bin)
+    let mut child = cmd
         .args(["run", "--bundle"])
         .arg(&bundle)
-        .arg(format!("bench-{i}"))
+        .arg(format!("bench-{}-{i}", boot.name()))
         .env("RUNVM_TIMINGS_FILE", &timings)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -637,14 +777,20 @@ fn runvm_once(
     let status = wait_child(&mut child, BOOT_DEADLINE)?;
     let wall = t0.elapsed();
     if !status.success() {
-        bail!("runvm run of {args:?} failed ({status}):\n{}", tail(&err));
+        bail!(
+            "runvm run of {args:?} ({} boot) failed ({status}):\n{}{}",
+            boot.name(),
+            tail(&err),
+            templates_report(bed, boot)
+        );
     }
     let t: Value = serde_json::from_str(
         &std::fs::read_to_string(&timings)
             .with_context(|| format!("runvm wrote no timings file ({})", timings.display()))?,
     )
     .context("parsing runvm's timings file")?;
-    let mut json = json!({ "wall_ms": ms(wall) });
+    check_boot(bed, boot, &t["boot"], &format!("run {i} of {args:?}"), &err)?;
+    let mut json = json!({ "wall_ms": ms(wall), "boot": t["boot"] });
     for k in [
         "launch_to_vmm_start_ms",
         "kernel_entry_ms",
@@ -1186,7 +1332,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
 /// runvm running `sleep`: smaps sampled one second after the workload has surely started
 /// (the slowest time to workload start seen in the timed runs, plus one second; when runvm
 /// reports no workload start, the slowest whole `true` run instead).
-fn runvm_rss(bed: &Bed, bin: &Path, runs: &[Value]) -> Result<Value> {
+fn runvm_rss(bed: &Bed, bin: &Path, boot: Boot, runs: &[Value]) -> Result<Value> {
     let f = |r: &Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
     let to_start: Vec<f64> = runs
         .iter()
@@ -1212,7 +1358,7 @@ fn runvm_rss(bed: &Bed, bin: &Path, runs: &[Value]) -> Result<Value> {
         sampled = runvm_memory(pid, t0)?;
         Ok(())
     };
-    let r = runvm_once(bed, bin, 9999, &["sleep", &secs], Some(&mut sampler))?;
+    let r = runvm_once(bed, bin, boot, 9999, &["sleep", &secs], Some(&mut sampler))?;
     let ws = r.json["wall_ms"].as_f64().unwrap_or(0.0)
         - r.json["vm_exit_ms"].as_f64().unwrap_or(0.0)
         + r.json["workload_started_ms"].as_f64().unwrap_or(f64::NAN);
@@ -1241,53 +1387,329 @@ fn runvm_memory(pid: u32, t0: Instant) -> Result<Value> {
     Ok(v)
 }
 
+/// `runvm <args>` (create, start, kill, delete) booting as `boot`, its stderr in
+/// `err`; fails when it does.
+fn runvm_cli(bed: &Bed, bin: &Path, boot: Boot, args: &[&str], err: &Path) -> Result<()> {
+    let status = runvm_command(bed, bin, boot)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(err)?)
+        .status()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    if !status.success() {
+        bail!("runvm {} failed ({status}):\n{}", args.join(" "), tail(err));
+    }
+    Ok(())
+}
+
+/// The pid of container `id` (its monitor, the VMM process), from `runvm state`.
+fn container_pid(bed: &Bed, bin: &Path, id: &str) -> Result<u32> {
+    let state = runvm_command(bed, bin, Boot::Cold)
+        .args(["state", id])
+        .output()
+        .context("runvm state")?;
+    let state: Value = serde_json::from_slice(&state.stdout)
+        .with_context(|| format!("parsing runvm state {id}"))?;
+    state["pid"]
+        .as_u64()
+        .and_then(|p| u32::try_from(p).ok())
+        .with_context(|| format!("runvm state {id} gave no pid"))
+}
+
+/// Containers created by the bench, killed and deleted when dropped (on failure too).
+struct Containers<'a> {
+    bed: &'a Bed,
+    bin: &'a Path,
+    ids: Vec<String>,
+}
+
+impl Drop for Containers<'_> {
+    fn drop(&mut self) {
+        let err = self.bed.work.join("runvm-cleanup.stderr");
+        for id in &self.ids {
+            let _ = runvm_cli(self.bed, self.bin, Boot::Cold, &["kill", id, "KILL"], &err);
+        }
+        for id in &self.ids {
+            if let Err(e) = runvm_cli(
+                self.bed,
+                self.bin,
+                Boot::Cold,
+                &["delete", "--force", id],
+                &err,
+            ) {
+                eprintln!("[bench] cleaning up container {id}: {e:#}");
+            }
+        }
+    }
+}
+
+/// Creates and starts container `id` running `bundle`'s workload, booting as `boot`,
+/// its timings file at `timings` (written when its VM ends).
+fn create_and_start(
+    bed: &Bed,
+    bin: &Path,
+    boot: Boot,
+    bundle: &Path,
+    id: &str,
+    timings: &Path,
+) -> Result<()> {
+    let err = bed.work.join(format!("{id}.stderr"));
+    let status = runvm_command(bed, bin, boot)
+        .args(["create", "--bundle"])
+        .arg(bundle)
+        .arg(id)
+        .env("RUNVM_TIMINGS_FILE", timings)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err)?)
+        .status()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    if !status.success() {
+        bail!(
+            "runvm create {id} ({} boot) failed ({status}):\n{}{}",
+            boot.name(),
+            tail(&err),
+            templates_report(bed, boot)
+        );
+    }
+    // The monitor keeps `create`'s stderr (`err`): `start`'s goes to a file of its own.
+    let start_err = bed.work.join(format!("{id}.start.stderr"));
+    runvm_cli(bed, bin, boot, &["start", id], &start_err).map_err(|e| {
+        anyhow::anyhow!(
+            "starting container {id} ({} boot): {e:#}\nthe monitor's stderr:\n{}{}",
+            boot.name(),
+            tail(&err),
+            templates_report(bed, boot)
+        )
+    })
+}
+
+/// After a container's VM ended: fails unless its timings file says it came up as `boot`.
+fn check_container_boot(bed: &Bed, boot: Boot, id: &str, timings: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(timings).unwrap_or_default();
+    let t: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let err = bed.work.join(format!("{id}.stderr"));
+    check_boot(bed, boot, &t["boot"], &format!("container {id}"), &err)
+}
+
 /// runvm as Docker, containerd and Podman run it: `create` forks the VMM process (the
 /// container's pid, which never runs the CLI's own work) and `start` returns once the
-/// workload runs; smaps sampled one second after that, then the container is deleted.
-fn runvm_created_rss(bed: &Bed, bin: &Path) -> Result<Value> {
+/// workload runs; smaps sampled one second after that, then the container is deleted
+/// (and its timings file checked for `boot`).
+fn runvm_created_rss(bed: &Bed, bin: &Path, boot: Boot) -> Result<Value> {
     let bundle = bed.work.join("bundle-created-sleep");
     rootfs::write_bundle(&bundle, &bed.rootfs, &["sleep", "60"])?;
-    let id = "bench-created";
-    let err = bed.work.join("runvm-created.stderr");
-    let runvm = |args: &[&str]| -> Result<()> {
-        let status = runvm_command(bed, bin)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&err)?)
-            .status()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        if !status.success() {
-            bail!(
-                "runvm {} failed ({status}):\n{}",
-                args.join(" "),
-                tail(&err)
-            );
+    let id = format!("bench-created-{}", boot.name());
+    let timings = bed.work.join(format!("{id}.timings.json"));
+    let _ = std::fs::remove_file(&timings);
+    let containers = Containers {
+        bed,
+        bin,
+        ids: vec![id.clone()],
+    };
+    create_and_start(bed, bin, boot, &bundle, &id, &timings)?;
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = container_pid(bed, bin, &id)?;
+    let mut v = runvm_memory(pid, t0)?;
+    v["workload"] = json!("sleep 60");
+    v["sampled_after_workload_start"] = json!(true);
+    drop(containers);
+    check_container_boot(bed, boot, &id, &timings)?;
+    Ok(v)
+}
+
+/// `Pss:` of `/proc/<pid>/smaps_rollup`, in KiB: the process's resident pages, each
+/// shared one divided by the number of processes that map it.
+fn pss_kib(pid: u32) -> Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .with_context(|| format!("reading /proc/{pid}/smaps_rollup"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no Pss in /proc/{pid}/smaps_rollup"))
+}
+
+/// Ten (`IDLE_CONTAINERS`) containers running `sleep 1000`, created and started one after
+/// the other booting as `boot`, all alive at once: one second after the last has
+/// started, the PSS of each one's monitor (the VMM process) and of its virtiofsd
+/// processes, summed; then every one is killed and deleted (on failure too) and each
+/// one's timings file must say it came up as `boot`.
+fn idle_containers_pss(bed: &Bed, bin: &Path, boot: Boot, step: &mut Step) -> Result<Value> {
+    let bundle = bed.work.join("bundle-idle-sleep");
+    if !bundle.exists() {
+        rootfs::write_bundle(&bundle, &bed.rootfs, &["sleep", "1000"])?;
+    }
+    let mut containers = Containers {
+        bed,
+        bin,
+        ids: Vec::new(),
+    };
+    let mut timings = Vec::new();
+    for k in 0..IDLE_CONTAINERS {
+        step.phase(&format!(
+            "memory: idle containers ({}): starting {}/{IDLE_CONTAINERS}",
+            boot.name(),
+            k + 1
+        ));
+        let id = format!("idle-{}-{k}", boot.name());
+        let t = bed.work.join(format!("{id}.timings.json"));
+        let _ = std::fs::remove_file(&t);
+        containers.ids.push(id.clone());
+        create_and_start(bed, bin, boot, &bundle, &id, &t)?;
+        timings.push((id, t));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let (mut monitors, mut virtiofsds, mut guards, mut guest) = (0u64, 0u64, 0u64, 0u64);
+    let mut each = Vec::new();
+    for id in &containers.ids {
+        let pid = container_pid(bed, bin, id)?;
+        let monitor = pss_kib(pid)?;
+        let guest_rss = read_smaps(pid)?.guest;
+        let mut fs = 0;
+        for p in descendants(pid) {
+            if comm(p).as_deref() == Some("virtiofsd") {
+                fs += pss_kib(p)?;
+            }
         }
-        Ok(())
+        let guard: u64 = children_named(pid, "runvm-guard")
+            .into_iter()
+            .filter_map(|g| pss_kib(g).ok())
+            .sum();
+        monitors += monitor;
+        virtiofsds += fs;
+        guards += guard;
+        guest += guest_rss;
+        each.push(json!({
+            "id": id, "monitor_pss_kib": monitor, "virtiofsd_pss_kib": fs,
+            "guard_pss_kib": guard, "guest_rss_kib": guest_rss,
+        }));
+    }
+    step.phase(&format!(
+        "memory: idle containers ({}): {:.1} MiB PSS for {IDLE_CONTAINERS}; killing and deleting them",
+        boot.name(),
+        (monitors + virtiofsds) as f64 / 1024.0
+    ));
+    drop(containers);
+    for (id, t) in &timings {
+        check_container_boot(bed, boot, id, t)?;
+    }
+    let total = monitors + virtiofsds;
+    Ok(json!({
+        "containers": IDLE_CONTAINERS,
+        "workload": "sleep 1000",
+        "monitors_pss_kib": monitors,
+        "virtiofsd_pss_kib": virtiofsds,
+        "total_pss_kib": total,
+        "per_container_pss_kib": total as f64 / IDLE_CONTAINERS as f64,
+        "guards_pss_kib": guards,
+        "guest_rss_kib": guest,
+        "each": each,
+    }))
+}
+
+// ---------------------------------------------------------------------------------------
+// Warm start's template.
+
+/// Fails, loudly, unless `reported` (the timings file's `boot`) is `boot`: a warm run
+/// that booted cold would make the warm numbers a lie. `err` holds runvm's stderr.
+fn check_boot(bed: &Bed, boot: Boot, reported: &Value, what: &str, err: &Path) -> Result<()> {
+    if reported.as_str() == Some(boot.name()) {
+        return Ok(());
+    }
+    bail!(
+        "{what} was asked for a {} boot (RUNVM_BOOT={}) but its timings file says \"boot\": {reported}; \
+         runvm's stderr:\n{}{}",
+        boot.name(),
+        boot.name(),
+        tail(err),
+        templates_report(bed, Boot::Warm)
+    )
+}
+
+/// For a warm boot's error: what the bench's template directory holds.
+fn templates_report(bed: &Bed, boot: Boot) -> String {
+    if boot != Boot::Warm {
+        return String::new();
+    }
+    let listing = Command::new("ls")
+        .args(["-lsR", "--time-style=full-iso"])
+        .arg(&bed.templates)
+        .output()
+        .map(|o| String::from_utf8_lossy(&[o.stdout, o.stderr].concat()).into_owned())
+        .unwrap_or_else(|e| format!("(ls failed: {e})"));
+    format!(
+        "\nthe template directory {} holds:\n{}",
+        bed.templates.display(),
+        listing.trim_end()
+    )
+}
+
+/// Makes the warm-start template: the first warm start of `true`, timed, with runvm's
+/// log (which says how long making the template took) kept. The template directory
+/// must hold exactly one template after it, and that start must be warm too (made, then
+/// restored).
+fn make_template(bed: &Bed, bin: &Path) -> Result<Value> {
+    crate::util::remove_dir_if_exists(&bed.templates)?;
+    let log = bed.work.join("template-run.log");
+    let r = runvm_run(bed, bin, Boot::Warm, 0, &["true"], Some(&log), None)
+        .context("the first warm start (which makes the template)")?;
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    let made_ms = template_made_ms(&log_text);
+    let names: Vec<String> = std::fs::read_dir(&bed.templates)
+        .with_context(|| format!("reading {}", bed.templates.display()))?
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let [name] = names.as_slice() else {
+        bail!(
+            "expected one template after the first warm start, found {names:?}{}",
+            templates_report(bed, Boot::Warm)
+        );
     };
-    let measure = || -> Result<Value> {
-        runvm(&["create", "--bundle", &bundle.display().to_string(), id])?;
-        let t0 = Instant::now();
-        runvm(&["start", id])?;
-        std::thread::sleep(Duration::from_secs(1));
-        let state = runvm_command(bed, bin)
-            .args(["state", id])
-            .output()
-            .context("runvm state")?;
-        let state: Value = serde_json::from_slice(&state.stdout).context("parsing runvm state")?;
-        let pid = state["pid"]
-            .as_u64()
-            .and_then(|p| u32::try_from(p).ok())
-            .context("runvm state gave no pid")?;
-        let mut v = runvm_memory(pid, t0)?;
-        v["workload"] = json!("sleep 60");
-        v["sampled_after_workload_start"] = json!(true);
-        Ok(v)
+    let memory = bed.templates.join(name).join("memory");
+    let meta = std::fs::metadata(&memory).with_context(|| {
+        format!(
+            "reading {}{}",
+            memory.display(),
+            templates_report(bed, Boot::Warm)
+        )
+    })?;
+    use std::os::unix::fs::MetadataExt;
+    Ok(json!({
+        "first_warm_start_ms": r.wall_ms,
+        "made_ms": made_ms,
+        "name": name,
+        "memory_file_bytes": meta.len(),
+        "memory_data_bytes": meta.blocks() * 512,
+        "run": r.json,
+    }))
+}
+
+/// How long making the template took, from runvm's log line `made the warm-start
+/// template <dir> in <Duration as {:.1?}>`, in ms.
+fn template_made_ms(log: &str) -> Option<f64> {
+    let line = log
+        .lines()
+        .find(|l| l.contains("made the warm-start template"))?;
+    let after = &line[line.rfind(" in ")? + 4..];
+    let took: String = after
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || c.is_alphabetic())
+        .collect();
+    let split = took.find(|c: char| c.is_alphabetic())?;
+    let (value, unit) = took.split_at(split);
+    let value: f64 = value.parse().ok()?;
+    let factor = match unit {
+        "s" => 1000.0,
+        "ms" => 1.0,
+        "µs" => 1e-3,
+        "ns" => 1e-6,
+        _ => return None,
     };
-    let sampled = measure();
-    let _ = runvm(&["delete", "--force", id]);
-    sampled
+    Some(value * factor)
 }
 
 /// qemu running `sleep 3`: smaps sampled one second after the guest reported `Started`.
@@ -1354,8 +1776,10 @@ struct Report {
 const RUNVM_INIT_UPPER: usize = 8;
 const RUNVM_INIT_LOWER: usize = 9;
 const RUNVM_EXIT: usize = 10;
+const RUNVM_WORKLOAD: usize = 11;
 const QEMU_INIT: usize = 4;
 const QEMU_EXIT: usize = 5;
+const QEMU_WORKLOAD: usize = 6;
 
 /// A row: label and per-run values.
 struct Row {
@@ -1384,18 +1808,32 @@ impl Report {
             .unwrap_or_default()
     }
 
-    fn runvm_rows(&self) -> Vec<Row> {
+    /// Rows of runvm's runs booted as `boot` (for a warm start, the marks of the phases
+    /// the template went through before its snapshot are absent: —).
+    fn runvm_rows(&self, boot: Boot) -> Vec<Row> {
         let g = |r: &Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         let row = |label: &str, f: &dyn Fn(&Value) -> f64| Row {
             label: label.into(),
-            values: self.col("runvm", f),
+            values: self.col(boot.runs_key(), f),
         };
         // The order is what `RUNVM_*` indices below name.
         vec![
             row("launch → VMM start, upper bound (wall − VM exit: process start, container set-up, virtiofsd spawn; and the exit after the VM)", &|r| g(r, "wall_ms") - g(r, "vm_exit_ms")),
-            row("runvm's own mark: process start → VMM start (config, share, virtiofsd spawn)", &|r| g(r, "launch_to_vmm_start_ms")),
-            row("VMM start → kernel entry (guest RAM file, devices, vhost-user handshake with virtiofsd, first vCPU run)", &|r| g(r, "kernel_entry_ms")),
-            row("kernel entry → init started (boot-timer port)", &|r| g(r, "init_started_ms") - g(r, "kernel_entry_ms")),
+            if boot == Boot::Warm {
+                row("runvm's own mark: process start → VMM start (config, share, virtiofsd spawn; the template loaded, its memory copied into the guest RAM file)", &|r| g(r, "launch_to_vmm_start_ms"))
+            } else {
+                row("runvm's own mark: process start → VMM start (config, share, virtiofsd spawn)", &|r| g(r, "launch_to_vmm_start_ms"))
+            },
+            if boot == Boot::Warm {
+                row("VMM start → first vCPU run of the restored VM (devices, vCPU and VM state restored)", &|r| g(r, "kernel_entry_ms"))
+            } else {
+                row("VMM start → kernel entry (guest RAM file, devices, vhost-user handshake with virtiofsd, first vCPU run)", &|r| g(r, "kernel_entry_ms"))
+            },
+            if boot == Boot::Warm {
+                row("first vCPU run → workload started (share and NICs put in spare slots, guest woken, `Hello`, share mounted, root bound, workload spawned)", &|r| g(r, "workload_started_ms") - g(r, "kernel_entry_ms"))
+            } else {
+                row("kernel entry → init started (boot-timer port)", &|r| g(r, "init_started_ms") - g(r, "kernel_entry_ms"))
+            },
             row("init started → workload started (share mounted, root bound, workload spawned)", &|r| g(r, "workload_started_ms") - g(r, "init_started_ms")),
             row("workload started → exited", &|r| g(r, "workload_exited_ms") - g(r, "workload_started_ms")),
             row("workload exited → VM exit", &|r| g(r, "vm_exit_ms") - g(r, "workload_exited_ms")),
@@ -1403,6 +1841,7 @@ impl Report {
             row("**launch → init**, upper bound", &|r| g(r, "wall_ms") - g(r, "vm_exit_ms") + g(r, "init_started_ms")),
             row("launch → init, lower bound (runvm's own mark + boot)", &|r| g(r, "launch_to_vmm_start_ms") + g(r, "init_started_ms")),
             row("**launch → exit** (wall)", &|r| g(r, "wall_ms")),
+            row("**launch → workload started**, upper bound (wall − VM exit + workload started)", &|r| g(r, "wall_ms") - g(r, "vm_exit_ms") + g(r, "workload_started_ms")),
         ]
     }
 
@@ -1420,6 +1859,7 @@ impl Report {
             row("`Exited` → QEMU exit (Shutdown, sync, reset)", &|r| g(r, "exit_ms") - g(r, "exited_ms")),
             row("**launch → init** (`Hello`)", &|r| g(r, "hello_ms")),
             row("**launch → exit** (wall)", &|r| g(r, "exit_ms")),
+            row("**launch → workload started** (`Started`)", &|r| g(r, "started_ms")),
         ]
     }
 
@@ -1457,9 +1897,10 @@ impl Report {
         let mut s = String::new();
         let runs = self.raw["runs"].as_u64().unwrap_or(0);
         let inside = &self.raw["inside"];
-        s.push_str("# Boot benchmark: runvm vs qemu `microvm`\n\n");
+        s.push_str("# Boot benchmark: runvm (cold and warm) vs qemu `microvm`\n\n");
         s.push_str(&format!(
-            "`cargo xtask bench boot` on {}: {runs} runs of `true` per VMM (interleaved, after 1 uncounted warm-up run each), \
+            "`cargo xtask bench boot` on {}: {runs} runs of `true` each by runvm booting cold, runvm starting warm \
+             (`RUNVM_BOOT=warm`: its VM restored from a template snapshot) and qemu microvm (interleaved, after 1 uncounted warm-up run each), \
              {VCPUS} vCPU, {MEM_MIB} MiB, the same kernel, initramfs (guest init) and busybox root filesystem, served to the guest \
              over virtio-fs by the same virtiofsd with the same flags, guest RAM a shared file on a `huge=within_size` tmpfs on both sides.\n\n",
             self.date
@@ -1488,18 +1929,52 @@ impl Report {
             s.push_str(&format!(
                 "## {title}\n\n| phase | p50 ms | p95 ms |\n|---|---:|---:|\n"
             ));
-            for r in rows {
+            // Rows no run has a value for (a warm start's boot and init marks) are left out.
+            for r in rows
+                .iter()
+                .filter(|r| r.values.iter().any(|v| v.is_finite()))
+            {
                 let (a, b) = Self::stats(&r.values);
                 s.push_str(&format!("| {} | {} | {} |\n", r.label, num(a), num(b)));
             }
             s.push('\n');
         };
-        let rr = self.runvm_rows();
+        let rr = self.runvm_rows(Boot::Cold);
+        let wr = self.runvm_rows(Boot::Warm);
         let qr = self.qemu_rows();
         let q_init = Self::stats(&qr[QEMU_INIT].values).0;
         let q_exit = Self::stats(&qr[QEMU_EXIT].values).0;
         if !self.peer_only {
-            s.push_str("## runvm vs qemu (p50)\n\n| | runvm | qemu microvm | runvm / qemu |\n|---|---:|---:|---:|\n");
+            s.push_str(&self.template_paragraph());
+            s.push_str(
+                "## runvm cold, runvm warm, qemu microvm\n\n\
+                 | | runvm cold | runvm warm | qemu microvm | warm / cold | cold / qemu | warm / qemu |\n\
+                 |---|---:|---:|---:|---:|---:|---:|\n",
+            );
+            for (label, index, q_index) in [
+                ("launch → workload started", RUNVM_WORKLOAD, QEMU_WORKLOAD),
+                ("launch → exit", RUNVM_EXIT, QEMU_EXIT),
+            ] {
+                for (p, name) in [(50.0, "p50"), (95.0, "p95")] {
+                    let c = percentile(&rr[index].values, p);
+                    let w = percentile(&wr[index].values, p);
+                    let q = percentile(&qr[q_index].values, p);
+                    s.push_str(&format!(
+                        "| {label}, {name} | {} ms | {} ms | {} ms | {} | {} | {} |\n",
+                        num(c),
+                        num(w),
+                        num(q),
+                        ratio(w, c),
+                        ratio(c, q),
+                        ratio(w, q)
+                    ));
+                }
+            }
+            s.push_str(
+                "\nrunvm's launch → workload started is an upper bound (wall − VM exit offset + workload-started offset: \
+                 it holds the time after the VM's exit too); qemu's is the host receiving `Started`.\n\n",
+            );
+            s.push_str("## runvm (cold) vs qemu (p50)\n\n| | runvm | qemu microvm | runvm / qemu |\n|---|---:|---:|---:|\n");
             for (label, v, q) in [
                 (
                     "launch → init (runvm: upper bound)",
@@ -1524,8 +1999,14 @@ impl Report {
             s.push('\n');
             table(
                 &mut s,
-                "runvm phases (from `RUNVM_TIMINGS_FILE`; launch = spawn of `runvm run`)",
+                "runvm cold phases (from `RUNVM_TIMINGS_FILE`; launch = spawn of `runvm run`)",
                 &rr,
+            );
+            table(
+                &mut s,
+                "runvm warm phases (restored from the template: the kernel booted and init started once, in the template, \
+                 so those marks are absent; the template's load and the copy of its memory are in process start → VMM start)",
+                &wr,
             );
         }
         table(
@@ -1547,12 +2028,24 @@ impl Report {
                 .unwrap_or_else(|| "—".into())
         };
         for (who, label) in [
-            ("runvm", "runvm VMM, `runvm run`"),
-            ("runvm_created", "runvm VMM after `create` + `start`"),
+            ("runvm", "runvm VMM, cold, `runvm run`"),
+            ("runvm_created", "runvm VMM, cold, after `create` + `start`"),
+            ("runvm_warm", "runvm VMM, warm, `runvm run`"),
+            (
+                "runvm_warm_created",
+                "runvm VMM, warm, after `create` + `start`",
+            ),
             ("qemu", "qemu VMM"),
         ] {
             let m = &self.raw["rss"][who];
             if m.is_null() {
+                continue;
+            }
+            if let Some(why) = m["failed"].as_str() {
+                s.push_str(&format!(
+                    "| {label} | **failed** | | | {} (see Failures) |\n",
+                    first_line_of(why)
+                ));
                 continue;
             }
             let other = if who != "qemu" {
@@ -1587,20 +2080,25 @@ impl Report {
                 mib(&m["overhead_kib"]),
             ));
         }
-        for who in ["runvm", "qemu"] {
+        for (who, label) in [
+            ("runvm", "runvm cold"),
+            ("runvm_warm", "runvm warm"),
+            ("qemu", "qemu"),
+        ] {
             let v = &self.raw["rss"][who]["virtiofsd"];
             if v.is_null() {
                 continue;
             }
             let n = v["processes"].as_array().map(Vec::len).unwrap_or(0);
             s.push_str(&format!(
-                "| virtiofsd of {who} (same sample) | {} | {} | {} | {n} processes (`--sandbox namespace` forks a worker); guest memory = the guest RAM it maps from the VMM's file, already in the VMM's row |\n",
+                "| virtiofsd of {label} (same sample) | {} | {} | {} | {n} processes (`--sandbox namespace` forks a worker); guest memory = the guest RAM it maps from the VMM's file, already in the VMM's row |\n",
                 mib(&v["rss_kib"]),
                 mib(&v["guest_rss_kib"]),
                 mib(&v["overhead_kib"]),
             ));
         }
         s.push('\n');
+        s.push_str(&self.idle_pss_table());
 
         s.push_str("## Targets (1 vCPU, 128 MiB)\n\n");
         if self.peer_only {
@@ -1635,12 +2133,54 @@ impl Report {
                 overhead_mib(&rss["runvm"]["virtiofsd"]),
             );
             s.push_str(&format!(
-                "- VMM overhead ≤ 5 MiB: after `create` + `start` (Docker's, containerd's and Podman's way) {} ({c:.1} MiB); `runvm run` {} ({o:.1} MiB: the same process did the CLI's work first, and the binary's pages that work touched stay mapped); virtiofsd, a process of its own, adds {v:.1} MiB beside it\n",
+                "- VMM overhead ≤ 5 MiB, cold: after `create` + `start` (Docker's, containerd's and Podman's way) {} ({c:.1} MiB); `runvm run` {} ({o:.1} MiB: the same process did the CLI's work first, and the binary's pages that work touched stay mapped); virtiofsd, a process of its own, adds {v:.1} MiB beside it\n",
                 yes(c <= 5.0),
                 yes(o <= 5.0)
             ));
+            s.push_str("\nIssue 16 (warm start):\n\n");
+            let target = |value: f64, limit: f64, what: String| {
+                if value.is_finite() {
+                    format!("{} ({what})", yes(value <= limit))
+                } else {
+                    "not measured (see Failures)".to_string()
+                }
+            };
+            let cold_exit_over_qemu = re / q_exit;
+            s.push_str(&format!(
+                "- cold launch → exit ≤ 0.8× qemu microvm: {}\n",
+                target(
+                    cold_exit_over_qemu,
+                    0.8,
+                    format!(
+                        "{}×: {} ms vs {} ms p50",
+                        ratio(re, q_exit),
+                        num(re),
+                        num(q_exit)
+                    )
+                )
+            ));
+            let cw = Self::stats(&rr[RUNVM_WORKLOAD].values).0;
+            let ww = Self::stats(&wr[RUNVM_WORKLOAD].values).0;
+            s.push_str(&format!(
+                "- warm launch → workload started ≤ 0.25× cold: {}\n",
+                target(
+                    ww / cw,
+                    0.25,
+                    format!("{}×: {} ms vs {} ms p50", ratio(ww, cw), num(ww), num(cw))
+                )
+            ));
+            let (wc, wo) = (
+                overhead_mib(&rss["runvm_warm_created"]),
+                overhead_mib(&rss["runvm_warm"]),
+            );
+            s.push_str(&format!(
+                "- VMM overhead ≤ 5 MiB: cold after `create` + `start` {}; warm after `create` + `start` {}; \
+                 (`runvm run`: cold {o:.1} MiB, warm {wo:.1} MiB)\n",
+                target(c, 5.0, format!("{c:.1} MiB")),
+                target(wc, 5.0, format!("{wc:.1} MiB")),
+            ));
         }
-        let marks = self.raw["runvm"]
+        let marks = self.raw[Boot::Cold.runs_key()]
             .as_array()
             .map(|a| a.iter().any(|r| r["init_started_ms"].is_null()))
             .unwrap_or(false);
@@ -1649,6 +2189,15 @@ impl Report {
                 "\n**runvm reported no boot-timer marks** (`init_started_ms`, `workload_started_ms`, `workload_exited_ms` are null in its \
                  timings file), so its launch → init and the phases inside the guest are missing (—).\n",
             );
+        }
+        let failures = self.failures();
+        if !failures.is_empty() {
+            s.push_str(
+                "\n## Failures\n\nThese measurements failed in this run (the rest were taken):\n",
+            );
+            for f in &failures {
+                s.push_str(&format!("\n```\n{}\n```\n", f.trim_end()));
+            }
         }
         s.push_str(
             "\nNotes: runvm's phases are offsets from `Vmm::new` in its timings file; \"launch → VMM start\" is the wall time minus the VM-exit \
@@ -1659,7 +2208,99 @@ impl Report {
              taken right after each pair of runs. The peer's \"init\" is the host receiving `Hello`, which the guest sends after the \
              point runvm's boot-timer mark records (init's early mounts and the vsock connection come in between): that tilts launch → \
              init slightly towards runvm, while the upper bound tilts it against runvm; launch → exit is the same work on both sides. \
+             A warm start restores the template's VM (vCPU and device state, and a copy of its guest memory), fills a spare slot with the \
+             container's share and wakes the guest's init, which then asks for the container as a cold-booted one does: its kernel boot and \
+             init start happened once, in the template. Every warm run's timings file said `\"boot\": \"warm\"` (the bench fails otherwise). \
              Raw numbers of every run: `boot.json`.\n",
+        );
+        s
+    }
+
+    /// The measurements that failed (each: what, and why).
+    fn failures(&self) -> Vec<String> {
+        self.raw["failures"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|f| f.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// How the warm runs' template was made, and what it holds.
+    fn template_paragraph(&self) -> String {
+        let t = &self.raw["template"];
+        if t.is_null() {
+            return String::new();
+        }
+        let made = match t["made_ms"].as_f64() {
+            Some(m) => format!(
+                "making the template (a cold boot of a VM with no container in it, then its snapshot, in a `runvm build-template` child process) took {:.1} s by runvm's log",
+                m / 1000.0
+            ),
+            None => "runvm's log did not say how long making the template took".into(),
+        };
+        let mib = |k: &str| t[k].as_f64().unwrap_or(f64::NAN) / (1024.0 * 1024.0);
+        format!(
+            "Warm start's template: made once before the measured runs, in a template directory (`RUNVM_TEMPLATE_DIR`) private to this bench, \
+             by a first warm start of `true` that is not counted: it took {} ms from launch to exit in all; {made}. The template holds \
+             {:.1} MiB of guest-memory data (a sparse `memory` file of {:.0} MiB) and the VM's state.\n\n",
+            num(t["first_warm_start_ms"].as_f64().unwrap_or(f64::NAN)),
+            mib("memory_data_bytes"),
+            mib("memory_file_bytes"),
+        )
+    }
+
+    /// The PSS of ten idle containers, warm and cold.
+    fn idle_pss_table(&self) -> String {
+        let p = &self.raw["idle_pss"];
+        if p.is_null() {
+            return String::new();
+        }
+        let mut s = format!(
+            "## PSS of {IDLE_CONTAINERS} idle containers started from one template\n\n\
+             {IDLE_CONTAINERS} containers running `sleep 1000` (`runvm create` + `start`, one after the other, all alive at once), \
+             the proportional set size (`Pss` of `/proc/<pid>/smaps_rollup`: a page mapped by n processes counts 1/n in each) \
+             of their monitors (the VMM processes) and of their virtiofsd processes, summed, sampled 1 s after the last started; \
+             the same for {IDLE_CONTAINERS} cold-booted ones beside them.\n\n\
+             | {IDLE_CONTAINERS} idle containers | monitors' PSS | virtiofsds' PSS | total PSS | per container | guest RAM resident (RSS of the monitors' guest mappings; its PSS is split between each monitor and its virtiofsd, which maps it too) |\n\
+             |---|---:|---:|---:|---:|---:|\n"
+        );
+        let mib = |v: &Value| {
+            v.as_f64()
+                .map(|k| format!("{:.1} MiB", k / 1024.0))
+                .unwrap_or_else(|| "—".into())
+        };
+        for (boot, label) in [("warm", "warm, from one template"), ("cold", "cold")] {
+            let v = &p[boot];
+            if let Some(why) = v["failed"].as_str() {
+                s.push_str(&format!(
+                    "| {label} | **failed**: {} (see Failures) | | | | |\n",
+                    first_line_of(why)
+                ));
+                continue;
+            }
+            s.push_str(&format!(
+                "| {label} | {} | {} | {} | {} | {} |\n",
+                mib(&v["monitors_pss_kib"]),
+                mib(&v["virtiofsd_pss_kib"]),
+                mib(&v["total_pss_kib"]),
+                mib(&v["per_container_pss_kib"]),
+                mib(&v["guest_rss_kib"]),
+            ));
+        }
+        let total = |b: &str| p[b]["total_pss_kib"].as_f64().unwrap_or(f64::NAN);
+        s.push_str(&format!(
+            "| warm / cold | | | {} | | |\n\n",
+            ratio(total("warm"), total("cold"))
+        ));
+        s.push_str(
+            "No sharing between the warm containers' guests, honestly: a restored guest's RAM is a **copy** of the template's memory \
+             in a RAM file of its own. Guest RAM must be a shared file mapping, because virtiofsd maps it too (vhost-user), so it cannot \
+             be mapped copy-on-write (privately) from the template's file: virtiofsd would not see the guest's writes. A warm guest \
+             starts with every page the template had touched resident; what PSS shares among the ten is only the runvm and virtiofsd \
+             binaries' and libraries' pages. Each container's cleanup guard (`runvm-guard`) is not in these sums (`boot.json` has it).\n\n",
         );
         s
     }
@@ -1673,15 +2314,16 @@ impl Report {
             "host_cpus": self.host_cpus,
         });
         let mut summary = json!({});
+        let runvm_rows = |boot: Boot| {
+            if self.peer_only {
+                vec![]
+            } else {
+                self.runvm_rows(boot)
+            }
+        };
         for (who, rows) in [
-            (
-                "runvm",
-                if self.peer_only {
-                    vec![]
-                } else {
-                    self.runvm_rows()
-                },
-            ),
+            ("runvm", runvm_rows(Boot::Cold)),
+            ("runvm_warm", runvm_rows(Boot::Warm)),
             ("qemu", self.qemu_rows()),
             ("virtiofsd", vec![self.virtiofsd_row()]),
         ] {
@@ -1737,6 +2379,16 @@ mod tests {
         // No disk: the root comes from the share only.
         assert!(after("-drive").is_empty(), "{a:?}");
         assert_eq!(after("-m"), [MEM_MIB.to_string().as_str()]);
+    }
+
+    #[test]
+    fn the_template_making_time_is_read_from_runvms_log() {
+        let log = "time=\"2026-12-07T10:00:00Z\" level=info msg=\"made the warm-start template /t/x in 2.5s\"\n";
+        assert_eq!(template_made_ms(log), Some(2500.0));
+        let log =
+            "time=\"…\" level=info msg=\"made the warm-start template /t/a in b in 812.3ms\"\n";
+        assert_eq!(template_made_ms(log), Some(812.3));
+        assert_eq!(template_made_ms("level=warn msg=\"booting cold\""), None);
     }
 
     #[test]

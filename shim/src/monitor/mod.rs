@@ -451,8 +451,16 @@ fn warm_template(cfg: &MonitorConfig) -> Option<vmm::Snapshot> {
         debug_console: cfg.debug_console,
         cmdline_append: cfg.cmdline_append.clone(),
     };
+    let started = std::time::Instant::now();
     match crate::template::obtain(&inputs, cfg.boot_timeout) {
-        Ok(snapshot) => Some(snapshot),
+        Ok(snapshot) => {
+            log::debug!(
+                "warm start: template {} loaded in {:.1?}",
+                snapshot.dir().display(),
+                started.elapsed()
+            );
+            Some(snapshot)
+        }
         Err(e) => {
             log::warn!("no warm-start template ({e}); booting cold");
             None

@@ -139,9 +139,17 @@ impl Plumbing {
         let mut ram_file = ram()?;
         // A template's memory goes into the RAM file now too: a snapshot found corrupt on
         // the way leaves a cold boot possible, with a fresh RAM file.
+        let copying = std::time::Instant::now();
         let template = match template {
             Some(snapshot) => match ram_file.restore_from(&snapshot) {
-                Ok(()) => Some(snapshot),
+                Ok(()) => {
+                    log::debug!(
+                        "warm start: {} MiB of template memory copied in {:.1?}",
+                        snapshot.memory_image().data_len() >> 20,
+                        copying.elapsed()
+                    );
+                    Some(snapshot)
+                }
                 Err(e) => {
                     log::warn!("the warm-start template cannot be restored ({e}); booting cold");
                     crate::template::discard(snapshot.dir());

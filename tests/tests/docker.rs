@@ -960,6 +960,37 @@ fn oom_events(d: &docker::Cli, name: &str, since: &str) -> usize {
     out.text().lines().filter(|l| l.trim() == "oom").count()
 }
 
+/// What is in each of `dirs` (child cgroups, processes, memory), for a failure's message.
+fn describe_cgroups(dirs: &[std::path::PathBuf]) -> String {
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    dirs.iter()
+        .map(|d| {
+            let children: Vec<String> = std::fs::read_dir(d)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            let procs: Vec<String> = read(d.join("cgroup.procs"))
+                .lines()
+                .map(|pid| {
+                    format!(
+                        "{pid} {}",
+                        read(format!("/proc/{pid}/cmdline").into()).replace('\0', " ")
+                    )
+                })
+                .collect();
+            format!(
+                "{}: children {children:?}, processes {procs:?}, memory.current {}",
+                d.display(),
+                read(d.join("memory.current")).trim()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// The host cgroup directories whose name has `id` in it (the container's, whatever the
 /// cgroup driver), a few levels down from /sys/fs/cgroup.
 fn host_cgroups_named(id: &str) -> Vec<std::path::PathBuf> {
@@ -996,7 +1027,14 @@ fn oom_kill_sets_oomkilled_and_an_oom_event(h: &mut Harness) {
     wait_for(
         "the container's host cgroup to go with it",
         Duration::from_secs(10),
-        || host_cgroups_named(&id).is_empty().then_some(()),
+        || {
+            let left = host_cgroups_named(&id);
+            if left.is_empty() {
+                return Some(());
+            }
+            eprintln!("[oom1] still there: {}", describe_cgroups(&left));
+            None
+        },
     );
     assert_eq!(d.inspect("oom1", "{{.State.ExitCode}}"), "137");
     assert_eq!(

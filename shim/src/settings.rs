@@ -32,21 +32,21 @@ pub fn boot_timeout() -> Result<Duration, InvalidSetting> {
 /// How a container's VM comes up (`RUNVM_BOOT`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BootMode {
-    /// The guest kernel boots, as on a machine that was switched on (`cold`, the default).
+    /// The guest kernel boots, as on a machine that was switched on (`cold`).
     Cold,
-    /// The VM is restored from a template snapshot (`warm`, see `crate::template`); where
-    /// no template can be had or restored, it boots cold with a warning.
+    /// The VM is restored from a template snapshot (`warm`, the default; see
+    /// `crate::template`); where no template can be had or restored, it boots cold with a
+    /// warning.
     Warm,
 }
 
-/// `RUNVM_BOOT`: `cold` (the default) or `warm`. Warm start becomes the default once
-/// every CI suite passes with it (issue 16): two of Docker's OOM checks do not yet.
+/// `RUNVM_BOOT`: `warm` (the default) or `cold`.
 pub fn boot_mode() -> Result<BootMode, InvalidSetting> {
     match std::env::var("RUNVM_BOOT") {
-        Err(_) => Ok(BootMode::Cold),
+        Err(_) => Ok(BootMode::Warm),
         Ok(v) => match v.as_str() {
-            "" | "cold" => Ok(BootMode::Cold),
-            "warm" => Ok(BootMode::Warm),
+            "cold" => Ok(BootMode::Cold),
+            "" | "warm" => Ok(BootMode::Warm),
             _ => Err(InvalidSetting {
                 var: "RUNVM_BOOT",
                 value: v,
@@ -75,9 +75,9 @@ mod tests {
     #[test]
     fn the_boot_mode_is_cold_or_warm_and_nothing_else() {
         std::env::remove_var("RUNVM_BOOT");
-        assert_eq!(boot_mode().unwrap(), BootMode::Cold);
-        std::env::set_var("RUNVM_BOOT", "warm");
         assert_eq!(boot_mode().unwrap(), BootMode::Warm);
+        std::env::set_var("RUNVM_BOOT", "cold");
+        assert_eq!(boot_mode().unwrap(), BootMode::Cold);
         std::env::set_var("RUNVM_BOOT", "hot");
         assert_eq!(
             boot_mode().unwrap_err().to_string(),

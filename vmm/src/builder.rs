@@ -191,10 +191,14 @@ impl VmmHandle {
         self.state.request_exit(VmExitReason::Stopped);
     }
 
-    /// Stops the VM because a device's backend failed (`message` says which and how).
-    pub fn backend_failed(&self, message: String) {
-        self.state
-            .request_exit(VmExitReason::BackendFailed(message));
+    /// What a device whose backend fails calls to stop the VM with the failure's
+    /// message, as a share present at boot does. It holds the VM's exit state only, not
+    /// the handle: a device in a spare slot that held the handle would keep its own slot,
+    /// and with it its backend's connection, alive past the VM's end (a virtiofsd that
+    /// outlived the VM kept the container's cgroup busy).
+    pub fn backend_failure(&self) -> fs::BackendFailed {
+        let state = self.state.clone();
+        Box::new(move |message| state.request_exit(VmExitReason::BackendFailed(message)))
     }
 
     /// Stops every vCPU (the guest freezes entirely) until [`VmmHandle::resume`]; returns

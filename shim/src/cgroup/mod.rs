@@ -164,6 +164,14 @@ impl HostCgroup {
         Ok(())
     }
 
+    /// Whether the container's own cgroup directory is still there, in any hierarchy.
+    fn is_present(&self) -> bool {
+        self.v2
+            .iter()
+            .chain(self.v1.iter().map(|(_, d)| d))
+            .any(|d| d.exists())
+    }
+
     /// Removes the directories runvm created (those still there), waiting a little for
     /// a monitor that is still exiting to leave them.
     pub fn remove(&self) {
@@ -456,7 +464,11 @@ pub fn leave_and_remove(state_dir: &Path) {
         let _ = write(&h.mountpoint, "cgroup.procs", &me);
     }
     cg.remove();
-    let _ = std::fs::remove_file(state_dir.join(RECORD));
+    // Kept while the container's cgroup is still there (something was still in it), so
+    // that `delete` removes it later.
+    if !cg.is_present() {
+        let _ = std::fs::remove_file(state_dir.join(RECORD));
+    }
 }
 
 /// The `cgroup.procs` file at the root of every mounted hierarchy: where a process that

@@ -212,7 +212,6 @@ impl Plumbing {
             return Ok(());
         };
         let failed = |what: String| MonitorError::Wake(what);
-        let exit = vm.clone();
         let share = vm
             .fill_fs_slot(
                 None,
@@ -220,7 +219,7 @@ impl Plumbing {
                     tag: SHARE_TAG.into(),
                     backend: FsBackend::Connected(devices.share),
                     // As for a share present at boot: the container cannot go on without it.
-                    on_failure: Box::new(move |why| exit.backend_failed(why)),
+                    on_failure: vm.backend_failure(),
                 },
             )
             .map_err(|e| failed(e.to_string()))?;

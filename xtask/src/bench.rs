@@ -1744,7 +1744,8 @@ fn num(v: f64) -> String {
     }
 }
 
-fn ratio(a: f64, b: f64) -> String {
+/// `a / b` to two decimals, or "—" when either was not measured.
+pub(crate) fn ratio(a: f64, b: f64) -> String {
     if (a / b).is_finite() {
         format!("{:.2}", a / b)
     } else {

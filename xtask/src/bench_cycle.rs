@@ -22,6 +22,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+use crate::bench::ratio;
 use crate::guests::Place;
 use crate::util::{percentile, repo_root, splice_readme, write_results};
 
@@ -490,15 +491,6 @@ fn markdown(raw: &Value, place: Place) -> String {
 fn millis(v: f64) -> String {
     if v.is_finite() {
         format!("{v:.0} ms")
-    } else {
-        "—".into()
-    }
-}
-
-/// `a / b` to two decimals, or — when either was not measured.
-fn ratio(a: f64, b: f64) -> String {
-    if (a / b).is_finite() {
-        format!("{:.2}", a / b)
     } else {
         "—".into()
     }

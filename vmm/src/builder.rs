@@ -362,6 +362,13 @@ impl Vmm {
             }
         }
         let ram_restored = config.ram.as_ref().is_some_and(GuestRamFile::is_restored);
+        if ram_restored && restore.is_none() {
+            // A kernel booted on a snapshot's memory would run on another guest's pages.
+            return Err(SnapshotError::NotTemplate(
+                "its RAM file holds a snapshot's memory, but no snapshot is restored".into(),
+            )
+            .into());
+        }
         let vm = Arc::new(Vm::new()?);
         let mem = match config.ram.take() {
             Some(ram) if ram.size_mib() == config.mem_mib => guest_memory_in(ram)?,

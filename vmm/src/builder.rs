@@ -566,12 +566,16 @@ impl Vmm {
     /// Runs the VM on its own threads (one per vCPU, one for devices) until it stops.
     pub fn run(self) -> Result<VmExit, VmmError> {
         let (state, timer) = (self.state.clone(), self.timer.clone());
+        let fs_slots = self.fs_slots.clone();
         let running = self.start()?.0;
         wait_readable(state.exit_evt());
         timer.mark_vm_exit();
         // The event loop comes back to this thread to be dropped: the vsock muxer's drop
         // unlinks its socket, which the device thread's filter does not allow.
         drop(running.stop());
+        // The spare slots' backends go now too, not when the last handle does (a
+        // container's share in a slot: its virtiofsd, which the monitor's end waits for).
+        fs_slots.release_all();
         let reason = state.exit_reason().unwrap_or(VmExitReason::Stopped);
         Ok(VmExit {
             reason,

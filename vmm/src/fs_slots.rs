@@ -413,6 +413,19 @@ impl FsSlots {
         }
     }
 
+    /// The VM has stopped: cuts every filled slot's device off from its backend at once
+    /// ([`SlotDevice::release`]: a share's virtiofsd connection closes, which ends that
+    /// virtiofsd), as the devices present at boot are with the event loop, instead of
+    /// when the last handle to the slots goes. The slots stay filled; nothing is asked of
+    /// the (stopped) event loop or of KVM.
+    pub(crate) fn release_all(&self) {
+        for slot in lock(&self.slots).iter() {
+            if let Some(occupant) = &slot.occupant {
+                lock(&occupant.device).release();
+            }
+        }
+    }
+
     /// The number of spare slots.
     pub fn count(&self) -> usize {
         lock(&self.slots).len()

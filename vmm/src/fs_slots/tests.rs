@@ -410,6 +410,26 @@ fn a_filled_slot_is_the_share_and_an_emptied_one_a_placeholder_again() {
 }
 
 #[test]
+fn at_the_vms_end_every_slots_backend_is_let_go_at_once() {
+    let f = Fixture::new();
+    let running = virtiofsd_like().spawn();
+    let (root, failures) = share(&running, "root");
+    f.slots.fill(Some(0), root).unwrap();
+    running.take(5);
+    assert!(!running.ended());
+
+    f.slots.release_all();
+    // virtiofsd sees its connection end (and is not told of a failure) while the slot is
+    // still held: nothing waits for the slots' last handle.
+    assert!(running.ended());
+    assert!(failures.recv_timeout(Duration::from_millis(200)).is_err());
+    assert!(matches!(
+        f.slots.fill(Some(0), share(&running, "again").0),
+        Err(FsSlotError::Busy { slot: 0, .. })
+    ));
+}
+
+#[test]
 fn a_busy_or_missing_slot_or_none_free_is_refused() {
     let f = Fixture::new();
     let (r, _b2) = fill(&f, Some(2), "a");

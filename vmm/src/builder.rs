@@ -31,7 +31,7 @@ use crate::fs_slots::{
     Subscriber,
 };
 use crate::layout::*;
-use crate::memory::{create_guest_memory, guest_memory_in, GuestRamFile, MemoryError};
+use crate::memory::{guest_memory_in, GuestRamFile, MemoryError};
 use crate::seccomp::{self, SeccompError, ThreadKind};
 use crate::snapshot::{
     self as snap, Snapshot, SnapshotError, SnapshotState, VmShape, SNAPSHOT_FORMAT,
@@ -370,16 +370,17 @@ impl Vmm {
             .into());
         }
         let vm = Arc::new(Vm::new()?);
-        let mem = match config.ram.take() {
-            Some(ram) if ram.size_mib() == config.mem_mib => guest_memory_in(ram)?,
+        let mut ram = match config.ram.take() {
+            Some(ram) if ram.size_mib() == config.mem_mib => ram,
             Some(ram) => return Err(VmmError::RamSize(ram.size_mib(), config.mem_mib)),
-            None => create_guest_memory(config.mem_mib)?,
+            None => GuestRamFile::create(config.mem_mib)?,
         };
+        if let Some(snapshot) = restore.as_ref().filter(|_| !ram_restored) {
+            ram.restore_from(snapshot)?;
+        }
+        let mem = guest_memory_in(ram)?;
         vm.register_memory(&mem)?;
         if let Some(snapshot) = &restore {
-            if !ram_restored {
-                snapshot.copy_memory_into(&mem)?;
-            }
             vm.restore_state(&snapshot.state.vm)?;
         }
 

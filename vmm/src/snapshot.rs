@@ -27,11 +27,10 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::devices::legacy::SavedSerial;
 use crate::devices::virtio::mmio::TransportState;
-use crate::layout::{MMIO_GAP_END, MMIO_GAP_START};
 use crate::vstate::vcpu::VcpuState;
 use crate::vstate::vm::VmKvmState;
 
@@ -235,85 +234,45 @@ impl Snapshot {
         }
     }
 
-    /// Copies the snapshot's memory into `mem` (fresh, all zero).
-    pub(crate) fn copy_memory_into(&self, mem: &GuestMemoryMmap<()>) -> Result<(), SnapshotError> {
-        let mut buf = vec![0u8; COPY_CHUNK];
-        self.each_piece(|offset, n| {
-            let piece = &mut buf[..n];
-            self.memory.read_exact_at(piece, offset)?;
-            mem.write_slice(piece, ram_offset_to_guest(offset))
-                .map_err(std::io::Error::other)
-        })
-    }
-
     /// Copies the snapshot's memory into the guest RAM file `ram` (fresh, all zero, not
-    /// mapped yet), in the kernel (`sendfile`: one copy, from the page cache). On error
-    /// `ram` holds part of it: drop it.
+    /// mapped yet), extent by extent, in the kernel (`sendfile`: one copy, from the page
+    /// cache). On error `ram` holds part of it: drop it.
     pub(crate) fn copy_memory_to_file(&self, ram: &File) -> Result<(), SnapshotError> {
-        self.each_piece(|offset, n| {
-            let mut from = offset as libc::off_t;
-            let mut left = n;
-            // SAFETY: lseek on a descriptor we hold; no memory is involved.
-            if unsafe { libc::lseek(ram.as_raw_fd(), from, libc::SEEK_SET) } < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            while left > 0 {
-                // SAFETY: sendfile between two descriptors we hold, with `from` a valid
-                // offset variable it updates; no buffer of ours is involved.
-                let r = unsafe {
-                    libc::sendfile(ram.as_raw_fd(), self.memory.as_raw_fd(), &mut from, left)
-                };
-                match r {
-                    r if r > 0 => left -= r as usize,
-                    0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-                    _ => {
-                        let e = std::io::Error::last_os_error();
-                        if e.kind() != std::io::ErrorKind::Interrupted {
-                            return Err(e);
-                        }
-                    }
-                }
-            }
-            Ok(())
-        })
-    }
-
-    /// Calls `copy` with the RAM-file offset and length of each piece of the memory's
-    /// data extents (at most [`COPY_CHUNK`] bytes, never across the 32-bit MMIO gap's
-    /// place in the RAM file).
-    fn each_piece(
-        &self,
-        mut copy: impl FnMut(u64, usize) -> std::io::Result<()>,
-    ) -> Result<(), SnapshotError> {
         for &(start, len) in &self.state.memory.extents {
-            let mut offset = start;
-            let end = start + len;
-            while offset < end {
-                let n = COPY_CHUNK.min((end - offset) as usize);
-                let n = if offset < MMIO_GAP_START {
-                    n.min((MMIO_GAP_START - offset) as usize)
-                } else {
-                    n
-                };
-                copy(offset, n).map_err(|e| SnapshotError::Io {
-                    what: "copy the snapshot's memory from",
-                    path: self.dir.join(MEMORY_FILE),
-                    source: std::io::Error::new(e.kind(), format!("at {offset:#x}: {e}")),
-                })?;
-                offset += n as u64;
-            }
+            send_range(&self.memory, ram, start, len).map_err(|e| SnapshotError::Io {
+                what: "copy the snapshot's memory from",
+                path: self.dir.join(MEMORY_FILE),
+                source: std::io::Error::new(e.kind(), format!("at {start:#x}: {e}")),
+            })?;
         }
         Ok(())
     }
 }
 
-/// The guest address of byte `offset` of the RAM file (see [`crate::memory::ram_ranges`]).
-fn ram_offset_to_guest(offset: u64) -> GuestAddress {
-    if offset < MMIO_GAP_START {
-        GuestAddress(offset)
-    } else {
-        GuestAddress(offset - MMIO_GAP_START + MMIO_GAP_END)
+/// Copies bytes `start..start + len` of `from` to the same offsets of `to` (`sendfile`).
+fn send_range(from: &File, to: &File, start: u64, len: u64) -> std::io::Result<()> {
+    let mut offset = start as libc::off_t;
+    let mut left = len as usize;
+    // SAFETY: lseek on a descriptor we hold; no memory is involved.
+    if unsafe { libc::lseek(to.as_raw_fd(), offset, libc::SEEK_SET) } < 0 {
+        return Err(std::io::Error::last_os_error());
     }
+    while left > 0 {
+        // SAFETY: sendfile between two descriptors we hold, with `offset` a valid offset
+        // variable it updates; no buffer of ours is involved.
+        let r = unsafe { libc::sendfile(to.as_raw_fd(), from.as_raw_fd(), &mut offset, left) };
+        match r {
+            r if r > 0 => left -= r as usize,
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Writes `ram`'s pages that are not all zero to `out` (at their offsets; `out` gets the
@@ -395,6 +354,14 @@ fn next_data(file: &File, pos: u64, len: u64) -> Result<Option<(u64, u64)>, Stri
     Ok(Some((start, end)))
 }
 
+/// A path next to `dir` for this process's `what`: `<dir's name>.<what>-<pid>` (not
+/// `with_extension`, which would cut a name with dots in it, such as a version).
+pub fn beside(dir: &Path, what: &str) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{what}-{}", std::process::id()));
+    dir.with_file_name(name)
+}
+
 /// Writes `state` and `memory` as the snapshot directory `dir`: made beside it under a
 /// temporary name, then renamed into place, so a reader finds a whole snapshot or none.
 /// `write_memory` fills the memory file and returns its image for the state.
@@ -407,7 +374,7 @@ pub(crate) fn write_snapshot(
         let path = path.to_path_buf();
         move |source| SnapshotError::Io { what, path, source }
     };
-    let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
+    let tmp = beside(dir, "tmp");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io("create", &tmp))?;
     let result = (|| {
@@ -443,6 +410,7 @@ pub(crate) fn write_snapshot(
 mod tests {
     use super::*;
     use crate::memory::create_guest_memory;
+    use vm_memory::{Bytes, GuestAddress};
 
     fn image_of(mem: &GuestMemoryMmap<()>, dir: &Path) -> MemoryImage {
         let f = File::create(dir.join(MEMORY_FILE)).unwrap();
@@ -474,8 +442,7 @@ mod tests {
             state: fake_state(image.clone()),
             memory: file,
         };
-        let copy = create_guest_memory(32).unwrap();
-        snapshot.copy_memory_into(&copy).unwrap();
+        let copy = ram_copy(&snapshot);
         let mut out = [0u8; 5];
         copy.read_slice(&mut out, GuestAddress(0x1234)).unwrap();
         assert_eq!(&out, b"hello");
@@ -538,8 +505,7 @@ mod tests {
         assert_eq!(names, vec![std::ffi::OsString::from("template")]);
         let snapshot = Snapshot::load(&dir).unwrap();
         assert_eq!(snapshot.shape().mem_mib, 16);
-        let copy = create_guest_memory(16).unwrap();
-        snapshot.copy_memory_into(&copy).unwrap();
+        ram_copy(&snapshot);
 
         // Truncated: refused at load, before anything is copied.
         let memory = std::fs::OpenOptions::new()
@@ -581,12 +547,20 @@ mod tests {
         assert!(err.to_string().contains(STATE_FILE), "{err}");
     }
 
+    /// A fresh guest RAM file filled from `snapshot`, mapped.
+    fn ram_copy(snapshot: &Snapshot) -> GuestMemoryMmap<()> {
+        let mut ram = crate::memory::GuestRamFile::create(snapshot.shape().mem_mib).unwrap();
+        ram.restore_from(snapshot).unwrap();
+        assert!(ram.is_restored());
+        crate::memory::guest_memory_in(ram).unwrap()
+    }
+
     #[test]
-    fn guest_addresses_skip_the_mmio_gap() {
-        assert_eq!(ram_offset_to_guest(0x1000), GuestAddress(0x1000));
+    fn a_path_beside_a_directory_keeps_its_whole_name() {
+        let p = beside(Path::new("/t/0.1.0-1cpu-256m-abc"), "tmp");
         assert_eq!(
-            ram_offset_to_guest(MMIO_GAP_START + 5),
-            GuestAddress(MMIO_GAP_END + 5)
+            p,
+            Path::new("/t").join(format!("0.1.0-1cpu-256m-abc.tmp-{}", std::process::id()))
         );
     }
 

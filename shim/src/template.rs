@@ -275,7 +275,8 @@ fn evict(root: &Path, keep: &str) {
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
             let used = e.metadata().and_then(|m| m.modified()).ok()?;
-            (!name.contains(".tmp-")).then_some((used, name))
+            // Not another process's snapshot or sockets being made beside a template.
+            (!name.contains(".tmp-") && !name.contains(".sockets-")).then_some((used, name))
         })
         .collect();
     if templates.len() <= max {
@@ -395,7 +396,7 @@ pub fn build_here(args: &BuildTemplate) -> anyhow::Result<()> {
 
 /// A private directory beside `dir` for the template VM's sockets.
 fn tempfile_dir(dir: &Path) -> anyhow::Result<PathBuf> {
-    let path = dir.with_extension(format!("sockets-{}", std::process::id()));
+    let path = vmm::snapshot::beside(dir, "sockets");
     let _ = std::fs::remove_dir_all(&path);
     std::fs::DirBuilder::new()
         .mode(0o700)

@@ -239,8 +239,10 @@ fn build(inputs: &TemplateInputs, dir: &Path, timeout: Duration) -> Result<(), T
 /// start happened to make it (a `--memory 32m` container's would kill it).
 fn leave_container_cgroups(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
-    let files: Vec<std::ffi::CString> = crate::cgroup::root_procs_files()
+    let files: Vec<std::ffi::CString> = crate::cgroup::hierarchy_roots()
+        .unwrap_or_default()
         .into_iter()
+        .map(|root| root.join("cgroup.procs"))
         .filter_map(|p| std::ffi::CString::new(p.into_os_string().into_encoded_bytes()).ok())
         .collect();
     // SAFETY: the closure runs in the child between fork and exec and only calls open,

@@ -456,12 +456,12 @@ pub fn leave_and_remove(state_dir: &Path) {
     let Some(cg) = HostCgroup::load(state_dir) else {
         return;
     };
-    let Ok(mounts) = mountinfo::read_own() else {
+    let Ok(roots) = hierarchy_roots() else {
         return;
     };
     let me = std::process::id().to_string();
-    for h in hierarchies(&mounts) {
-        let _ = write(&h.mountpoint, "cgroup.procs", &me);
+    for root in roots {
+        let _ = write(&root, "cgroup.procs", &me);
     }
     cg.remove();
     // Kept while the container's cgroup is still there (something was still in it), so
@@ -471,17 +471,14 @@ pub fn leave_and_remove(state_dir: &Path) {
     }
 }
 
-/// The `cgroup.procs` file at the root of every mounted hierarchy: where a process that
-/// belongs to no container goes (see `crate::template`, whose template VMs are no
+/// The root of every mounted hierarchy: where a process that belongs to no container
+/// goes (the monitor at its end; `crate::template`'s template VMs, which are no
 /// container's and must not count against one's limits).
-pub fn root_procs_files() -> Vec<PathBuf> {
-    let Ok(mounts) = mountinfo::read_own() else {
-        return Vec::new();
-    };
-    hierarchies(&mounts)
+pub fn hierarchy_roots() -> Result<Vec<PathBuf>, MountinfoError> {
+    Ok(hierarchies(&mountinfo::read_own()?)
         .into_iter()
-        .map(|h| h.mountpoint.join("cgroup.procs"))
-        .collect()
+        .map(|h| h.mountpoint)
+        .collect())
 }
 
 /// Removes the cgroups recorded in `state_dir` (the monitor has gone).

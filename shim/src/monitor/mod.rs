@@ -277,6 +277,7 @@ pub fn run_vm(
     if let Some(dir) = cfg.runtime_dir.parent() {
         crate::cgroup::leave_and_remove(dir);
     }
+    log::debug!("stop path: the cgroup is removed");
     result
 }
 
@@ -425,6 +426,7 @@ fn run_started(
     // `Shutdown`, sync and reboot, is of no use. Stop the VM now: its exit then costs no
     // guest CPU time, which twenty guests stopping at once under emulation did not have
     // within Docker's SIGKILL deadline.
+    log::debug!("stop path: stopping the VM");
     vm.handle.stop();
     let exit = vm.finish(Duration::from_secs(10)).map_err(Failed::alone)?;
     report_times(cfg, &exit.times, plumbing.warm_start);

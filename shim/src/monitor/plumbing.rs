@@ -269,6 +269,7 @@ impl Drop for Plumbing {
                 log::warn!("the cleanup guard did not undo the container's network now ({e}); it will once the monitor exits");
             }
         }
+        log::debug!("stop path: the plumbing is released");
     }
 }
 

@@ -91,8 +91,8 @@ pub fn cmd(a: PodArgs) -> Result<i32> {
     let started = Instant::now();
     let crictl = cri::build_crictl()?;
     let images = cri::build_images()?;
-    let setup = crate::guests::GuestSetup::prepare()?;
-    let runvm_dir = setup
+    let (inside, installs) = crate::guests::GuestSetup::prepare()?.in_testhost()?;
+    let runvm_dir = inside
         .runvm
         .parent()
         .context("runvm's binary has no directory")?;
@@ -121,7 +121,11 @@ pub fn cmd(a: PodArgs) -> Result<i32> {
         "[bench] pod start and teardown through the CRI, {} pods of each handler (+1 warm-up), runvm and runc interleaved, inside the nested test host",
         a.runs
     );
-    let code = crate::testhost::run_in_testhost(&argv, &[("CI".into(), "1".into())])?;
+    let code = crate::testhost::run_in_testhost_installing(
+        &argv,
+        &[("CI".into(), "1".into())],
+        &installs,
+    )?;
     if code != 0 {
         bail!("the pod benchmark failed (exit {code})");
     }

@@ -201,21 +201,23 @@ pub fn cmd_cri_smoke(args: CriSmokeArgs) -> Result<i32> {
     for h in &handlers {
         argv.extend(["--handler".to_string(), h.clone()]);
     }
+    let mut installs = Vec::new();
     if handlers.iter().any(|h| h == "runvm") {
         // runvm (with its kernel, initramfs and virtiofsd beside it, as installed) and
         // its shim v2, which containerd finds on its PATH.
-        let setup = crate::guests::GuestSetup::prepare()?;
-        let dir = setup
+        let (inside, copies) = crate::guests::GuestSetup::prepare()?.in_testhost()?;
+        let dir = inside
             .runvm
             .parent()
             .context("runvm's binary has no directory")?;
         argv.extend(["--runvm-dir".to_string(), dir.display().to_string()]);
+        installs = copies;
     }
     eprintln!(
         "[cri] running the CRI smoke test inside the nested test host, under {}",
         handlers.join(" then ")
     );
-    crate::testhost::run_in_testhost(&argv, &[])
+    crate::testhost::run_in_testhost_installing(&argv, &[], &installs)
 }
 
 // The images: docker archives made here from the busybox root filesystem.

@@ -18,7 +18,6 @@ use runvm_tests::docker::{find_in_path, Cli, Engine, Out, World};
 use serde_json::{json, Value};
 
 use crate::guests::{GuestSetup, Place};
-use crate::testhost;
 use crate::util::{repo_root, target_dir};
 
 #[derive(clap::Args)]
@@ -73,9 +72,7 @@ pub fn cmd_bench_docker(a: DockerArgs) -> Result<i32> {
                 "--out".into(),
                 raw_path.display().to_string(),
             ];
-            let mut env = setup.env();
-            env.push(("CI".into(), "1".into()));
-            let code = testhost::run_in_testhost(&argv, &env)?;
+            let code = setup.run_at(place, &argv, &[("CI".into(), "1".into())])?;
             if code != 0 {
                 bail!("the docker benchmark failed inside the test host (exit {code})");
             }

@@ -451,6 +451,43 @@ impl TestHostEnd {
 /// ours; returns its exit code. Errors if the host never reported one
 /// (crash, timeout after `RUNVM_TESTHOST_TIMEOUT` seconds, default 4500).
 pub fn run_in_testhost(argv: &[String], extra_env: &[(String, String)]) -> Result<i32> {
+    run_in_testhost_installing(argv, extra_env, &[])
+}
+
+/// A file copied onto the test host's own disk before its command runs: `from` (a
+/// path shared into the test host) to `to` (a path on the test host's root).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Install {
+    pub from: PathBuf,
+    pub to: PathBuf,
+}
+
+/// The `sh` lines that copy `installs` into place, each failure ending the command with
+/// status 125 and a message naming the file.
+fn install_script(installs: &[Install]) -> Result<String> {
+    let mut sh = String::new();
+    for i in installs {
+        let dir =
+            i.to.parent()
+                .with_context(|| format!("{} has no directory", i.to.display()))?;
+        let (from, to, dir) = (
+            sh_quote(&i.from.display().to_string()),
+            sh_quote(&i.to.display().to_string()),
+            sh_quote(&dir.display().to_string()),
+        );
+        sh.push_str(&format!(
+            "mkdir -p {dir} && cp {from} {to} || {{ echo \"test host: cannot install {from} as {to}\" >&2; exit 125; }}\n"
+        ));
+    }
+    Ok(sh)
+}
+
+/// [`run_in_testhost`], with `installs` copied onto the test host's own disk first.
+pub fn run_in_testhost_installing(
+    argv: &[String],
+    extra_env: &[(String, String)],
+    installs: &[Install],
+) -> Result<i32> {
     if argv.is_empty() {
         bail!("no command given: use `cargo xtask testhost -- CMD [ARGS…]`");
     }
@@ -488,7 +525,8 @@ pub fn run_in_testhost(argv: &[String], extra_env: &[(String, String)]) -> Resul
         env_sh.push_str(&format!("export {k}={}\n", sh_quote(v)));
     }
     let cmd_sh = format!(
-        "exec {}\n",
+        "{}exec {}\n",
+        install_script(installs)?,
         argv.iter()
             .map(|a| sh_quote(a))
             .collect::<Vec<_>>()
@@ -833,4 +871,42 @@ done
     let script_path = dir.join("smoke.sh");
     std::fs::write(&script_path, script)?;
     run_in_testhost(&["sh".to_string(), script_path.display().to_string()], &[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The install lines copy each file into a new directory, names with quotes and
+    /// spaces included, and a missing source ends the command with 125 before it runs.
+    #[test]
+    fn install_script_copies_files_and_stops_at_a_missing_one() {
+        let dir = std::env::temp_dir().join(format!("runvm-install-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let from = dir.join("it's a file");
+        std::fs::write(&from, "bytes").unwrap();
+        let to = dir.join("new dir/sub/copy");
+        let run = |installs: &[Install]| {
+            let script = format!("{}echo ran\n", install_script(installs).unwrap());
+            Command::new("sh").arg("-c").arg(script).output().unwrap()
+        };
+        let out = run(&[Install {
+            from: from.clone(),
+            to: to.clone(),
+        }]);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "ran\n");
+        assert_eq!(std::fs::read_to_string(&to).unwrap(), "bytes");
+
+        let missing = dir.join("missing");
+        let out = run(&[Install {
+            from: missing,
+            to: dir.join("never"),
+        }]);
+        assert_eq!(out.status.code(), Some(125), "{out:?}");
+        assert!(out.stdout.is_empty(), "the command must not run: {out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("cannot install"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

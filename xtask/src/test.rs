@@ -325,6 +325,11 @@ pub fn cmd_test() -> Result<i32> {
              runc's bats files, then the CRI smoke test",
             GUEST_SUITES.join(", ")
         ));
+        // What the second test host's suites build on this host is built first: built
+        // beside the two test hosts, it took the cores their emulated CPUs run on (on a
+        // fresh machine, runvm-crictl's compile overlapped Docker's twenty containers
+        // stopping at once, and six of them missed Docker's deadline).
+        build_beside_suites();
         std::thread::scope(|s| {
             let oci = s.spawn(|| (run_oci(oci_args), run_bats(bats_args), run_cri()));
             // All guest suites in one go (one test-host boot): each runs even if another
@@ -367,6 +372,38 @@ pub fn cmd_test() -> Result<i32> {
     }
     drop(step);
     Ok(t.close(started.elapsed()))
+}
+
+/// Builds what the OCI validation suite, runc's bats files and the CRI smoke test need
+/// on this host. A build that fails here is only reported: its stage builds again, and
+/// fails with the reason.
+fn build_beside_suites() {
+    let oci = || {
+        crate::oci::cmd_oci(crate::oci::OciArgs {
+            build_only: true,
+            ..Default::default()
+        })
+    };
+    let bats = || {
+        crate::runc_bats::cmd_runc_bats(crate::runc_bats::RuncBatsArgs {
+            build_only: true,
+            ..Default::default()
+        })
+    };
+    let cri = || {
+        crate::cri::build_crictl()
+            .and_then(|_| crate::cri::build_images())
+            .map(|_| 0)
+    };
+    for (what, build) in [
+        ("the OCI validation suite", &oci as &dyn Fn() -> Result<i32>),
+        ("runc's bats files", &bats),
+        ("the CRI smoke test's client and images", &cri),
+    ] {
+        if let Err(e) = build() {
+            eprintln!("[test] building {what} failed ({e:#}); its stage will say why");
+        }
+    }
 }
 
 /// Runs a conformance suite (`what`, for its error line): whether it exited 0, and how

@@ -448,20 +448,32 @@ pub fn apply_at_start(state_dir: &Path) {
     }
 }
 
-/// The monitor's end: it moves itself out of the container's cgroup (to each
-/// hierarchy's root, where it may always go) and removes the cgroup and its record, so
-/// nothing is left even where no guard follows (`runvm run` removes its state directory
-/// before it exits).
-pub fn leave_and_remove(state_dir: &Path) {
+/// The container's end: `monitor` (the monitor process) and those of its children still
+/// in the container's cgroup (a hook runner, a virtiofsd on its way out) move to each
+/// hierarchy's root, and the cgroup and its record are removed. The monitor does it
+/// itself where it may; a monitor that dropped its privileges asks its cleanup guard
+/// (`runvm run`, which removes its state directory, and the record with it, before it
+/// exits).
+pub fn leave_and_remove(state_dir: &Path, monitor: u32) {
     let Some(cg) = HostCgroup::load(state_dir) else {
         return;
     };
     let Ok(roots) = hierarchy_roots() else {
         return;
     };
-    let me = std::process::id().to_string();
+    let mut pids = vec![monitor];
+    for dir in cg.v2.iter().chain(cg.v1.iter().map(|(_, d)| d)) {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+            if !pids.contains(&pid) && parent_of(pid) == Some(monitor) {
+                pids.push(pid);
+            }
+        }
+    }
     for root in roots {
-        let _ = write(&root, "cgroup.procs", &me);
+        for pid in &pids {
+            let _ = write(&root, "cgroup.procs", &pid.to_string());
+        }
     }
     cg.remove();
     // Kept while the container's cgroup is still there (something was still in it), so
@@ -469,6 +481,13 @@ pub fn leave_and_remove(state_dir: &Path) {
     if !cg.is_present() {
         let _ = std::fs::remove_file(state_dir.join(RECORD));
     }
+}
+
+/// The parent of process `pid`, from `/proc/<pid>/stat`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid …`: comm may hold spaces and parentheses.
+    stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()
 }
 
 /// The root of every mounted hierarchy: where a process that belongs to no container
@@ -485,5 +504,19 @@ pub fn hierarchy_roots() -> Result<Vec<PathBuf>, MountinfoError> {
 pub fn remove_recorded(state_dir: &Path) {
     if let Some(cg) = HostCgroup::load(state_dir) {
         cg.remove();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parent_of_reads_the_parent_pid() {
+        let me = std::process::id();
+        // SAFETY: getppid has no preconditions.
+        let parent = unsafe { libc::getppid() } as u32;
+        assert_eq!(parent_of(me), Some(parent));
+        assert_eq!(parent_of(u32::MAX), None);
     }
 }

@@ -31,6 +31,7 @@ use runvm_protocol::HostMessage;
 use crate::assets::GuestAssets;
 use crate::cgroup::PathSyntax;
 use crate::host_process;
+use crate::monitor::guard::Undo;
 use crate::monitor::MonitorConfig;
 use crate::settings::{self, env_num};
 use crate::spec::ContainerSpec;
@@ -227,10 +228,16 @@ pub fn enter_network_and_guard(
     crate::network::namespace::enter(&p.spec.network, member)?;
     let record = crate::monitor::network_record(&p.runtime_dir());
     let state_dir = p.dir.clone();
+    let cgroup_dir = p.dir.clone();
     let undo = record.clone();
+    // The guard's parent, and the process that asks it for an `Undo::Cgroup`.
+    let monitor = std::process::id();
     let guard = crate::monitor::guard::spawn_with(
         dir,
-        move || crate::network::mirror::teardown_recorded(&undo),
+        move |what| match what {
+            Undo::Network => crate::network::mirror::teardown_recorded(&undo),
+            Undo::Cgroup => crate::cgroup::leave_and_remove(&cgroup_dir, monitor),
+        },
         move || {
             crate::network::mirror::teardown_recorded(&record);
             crate::cgroup::remove_recorded(&state_dir);

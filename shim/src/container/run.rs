@@ -24,6 +24,10 @@ use crate::hooks::HookKind;
 use crate::host_process;
 use crate::monitor::{self, api, tty, HostStdio, Launch};
 
+/// How long `run` waits for its guard to remove the container's cgroup (it waits up to
+/// 3 s for processes still leaving it).
+const CGROUP_UNDO_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// `run`, in the foreground or (`--detach`) as `create` and `start`, in the state root
 /// `root`; the cgroups path is written in `cgroups`.
 pub fn run(root: &Path, cgroups: PathSyntax, args: &Run) -> Result<i32> {
@@ -151,6 +155,14 @@ fn run_foreground(root: &Path, cgroups: PathSyntax, args: &Run) -> Result<i32> {
         monitor::run_vm(p.config, p.run, stdio, launch).with_context(|| format!("container {id:?}"))
     })();
     drop(raw_mode);
+    // This process, without privileges now, may not remove the container's cgroup: its
+    // guard does, moving it (and the hook runner) out first, before the record goes
+    // with the state directory.
+    if let Err(e) =
+        crate::monitor::guard::request_undo(crate::monitor::guard::Undo::Cgroup, CGROUP_UNDO_WAIT)
+    {
+        log::warn!("the container's cgroup may be left behind: {e}");
+    }
     if args.keep {
         // runc's `run --keep`: the stopped container stays until `delete`.
         let _ = std::fs::remove_dir_all(&runtime_dir);

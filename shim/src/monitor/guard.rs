@@ -6,7 +6,8 @@
 //! It is forked before the monitor starts any thread and before the drop, so it keeps
 //! the monitor's privileges and namespaces; it holds nothing but the read end of a pipe
 //! whose write end only the monitor has, and the write end of a pipe back. Each byte it
-//! reads is a request: it runs its `undo_now` action and answers with a byte. When that
+//! reads is a request ([`Undo`]): it runs its `undo_now` action for it and answers with a
+//! byte. When that
 //! read returns EOF (the monitor dropped its [`CleanupGuard`] or died) it runs its
 //! `cleanup` and removes the directory. It never reads anything the guest wrote.
 
@@ -28,6 +29,32 @@ pub enum GuardError {
     Request(#[source] std::io::Error),
     #[error("the cleanup guard did not answer within {0:?}")]
     NoAnswer(Duration),
+}
+
+/// What the monitor asks its guard to undo now, with the privileges the guard kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undo {
+    /// The network plumbing (the VM has stopped).
+    Network,
+    /// The container's cgroup, the monitor (waiting for the answer) moved out of it
+    /// first: the container has ended.
+    Cgroup,
+}
+
+impl Undo {
+    /// The request's byte on the pipe.
+    fn byte(self) -> u8 {
+        match self {
+            Undo::Network => b'u',
+            Undo::Cgroup => b'c',
+        }
+    }
+
+    fn of(byte: u8) -> Option<Self> {
+        [Undo::Network, Undo::Cgroup]
+            .into_iter()
+            .find(|u| u.byte() == byte)
+    }
 }
 
 /// The monitor's ends of the pipes to its guard (one guard per monitor process).
@@ -56,12 +83,12 @@ impl Drop for CleanupGuard {
 }
 
 /// Forks the guard for `dir`, which runs `undo_now` (in the guard, so in the namespaces
-/// and with the privileges the monitor had when it forked) whenever [`request_undo`] asks,
-/// and `cleanup` before removing `dir` once the monitor is gone. Must be called while the
-/// process has a single thread.
+/// and with the privileges the monitor had when it forked) with what [`request_undo`]
+/// asks for, whenever it asks, and `cleanup` before removing `dir` once the monitor is
+/// gone. Must be called while the process has a single thread.
 pub fn spawn_with(
     dir: &Path,
-    undo_now: impl FnMut(),
+    undo_now: impl FnMut(Undo),
     cleanup: impl FnOnce(),
 ) -> Result<CleanupGuard, GuardError> {
     let pipe =
@@ -94,15 +121,16 @@ pub fn spawn_with(
     }
 }
 
-/// Asks this process's guard to run its `undo_now` action and waits up to `timeout` for
-/// it to be done.
-pub fn request_undo(timeout: Duration) -> Result<(), GuardError> {
+/// Asks this process's guard to undo `what` now and waits up to `timeout` for it to be
+/// done.
+pub fn request_undo(what: Undo, timeout: Duration) -> Result<(), GuardError> {
     let channel = CHANNEL.lock().unwrap_or_else(|e| e.into_inner());
     let Some(c) = channel.as_ref() else {
         return Err(GuardError::NoGuard);
     };
-    // SAFETY: writes one byte from a literal to a pipe this process owns.
-    if unsafe { libc::write(c.requests.as_raw_fd(), b"u".as_ptr().cast(), 1) } != 1 {
+    let byte = [what.byte()];
+    // SAFETY: writes one byte from a local array to a pipe this process owns.
+    if unsafe { libc::write(c.requests.as_raw_fd(), byte.as_ptr().cast(), 1) } != 1 {
         return Err(GuardError::Request(std::io::Error::last_os_error()));
     }
     let mut pfd = libc::pollfd {
@@ -142,7 +170,7 @@ fn guard_main(
     requests: i32,
     answers: i32,
     dir: &Path,
-    mut undo_now: impl FnMut(),
+    mut undo_now: impl FnMut(Undo),
     cleanup: impl FnOnce(),
 ) -> ! {
     // SAFETY: plain syscalls on descriptors and signal dispositions of this new process.
@@ -175,7 +203,9 @@ fn guard_main(
         match unsafe { libc::read(requests, b.as_mut_ptr().cast(), 1) } {
             0 => break,
             1 => {
-                undo_now();
+                if let Some(what) = Undo::of(b[0]) {
+                    undo_now(what);
+                }
                 // SAFETY: writes one byte from a literal to this process's own pipe
                 // (SIGPIPE is ignored: a monitor gone meanwhile is an EPIPE).
                 unsafe { libc::write(answers, b"d".as_ptr().cast(), 1) };
@@ -194,4 +224,18 @@ fn guard_main(
 /// the guard, so that the guard still cleans up when the monitor ends.
 pub fn close_in_child() {
     CHANNEL.lock().unwrap_or_else(|e| e.into_inner()).take();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_request_has_a_byte_of_its_own_and_others_are_none() {
+        for what in [Undo::Network, Undo::Cgroup] {
+            assert_eq!(Undo::of(what.byte()), Some(what));
+        }
+        assert_ne!(Undo::Network.byte(), Undo::Cgroup.byte());
+        assert_eq!(Undo::of(b'x'), None);
+    }
 }

@@ -275,7 +275,7 @@ pub fn run_vm(
     }
     // The VM is gone: so goes its cgroup (the runtime directory is in the state directory).
     if let Some(dir) = cfg.runtime_dir.parent() {
-        crate::cgroup::leave_and_remove(dir);
+        crate::cgroup::leave_and_remove(dir, std::process::id());
     }
     log::debug!("stop path: the cgroup is removed");
     result

@@ -264,7 +264,8 @@ impl Plumbing {
 impl Drop for Plumbing {
     fn drop(&mut self) {
         if self.guard_undoes_network {
-            if let Err(e) = super::guard::request_undo(GUARD_UNDO_WAIT) {
+            if let Err(e) = super::guard::request_undo(super::guard::Undo::Network, GUARD_UNDO_WAIT)
+            {
                 // The record stays: the guard undoes it when the monitor has gone.
                 log::warn!("the cleanup guard did not undo the container's network now ({e}); it will once the monitor exits");
             }

@@ -7,9 +7,8 @@
 //! the monitor's privileges and namespaces; it holds nothing but the read end of a pipe
 //! whose write end only the monitor has, and the write end of a pipe back. Each byte it
 //! reads is a request ([`Undo`]): it runs its `undo_now` action for it and answers with a
-//! byte. When that
-//! read returns EOF (the monitor dropped its [`CleanupGuard`] or died) it runs its
-//! `cleanup` and removes the directory. It never reads anything the guest wrote.
+//! byte. When that read returns EOF (the monitor dropped its [`CleanupGuard`] or died) it
+//! runs its `cleanup` and removes the directory. It never reads anything the guest wrote.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};

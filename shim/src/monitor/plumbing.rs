@@ -270,7 +270,8 @@ impl Drop for Plumbing {
                 log::warn!("the cleanup guard did not undo the container's network now ({e}); it will once the monitor exits");
             }
         }
-        log::debug!("stop path: the plumbing is released");
+        // The VM, declared after the plumbing, was dropped before it.
+        log::debug!("stop path: the VM is dropped and the network undone; the plumbing goes");
     }
 }
 

@@ -378,32 +378,31 @@ pub fn cmd_test() -> Result<i32> {
 /// on this host. A build that fails here is only reported: its stage builds again, and
 /// fails with the reason.
 fn build_beside_suites() {
-    let oci = || {
+    let report = |what: &str, built: Result<()>| {
+        if let Err(e) = built {
+            eprintln!("[test] building {what} failed ({e:#}); its stage will say why");
+        }
+    };
+    report(
+        "the OCI validation suite",
         crate::oci::cmd_oci(crate::oci::OciArgs {
             build_only: true,
             ..Default::default()
         })
-    };
-    let bats = || {
+        .map(drop),
+    );
+    report(
+        "runc's bats files",
         crate::runc_bats::cmd_runc_bats(crate::runc_bats::RuncBatsArgs {
             build_only: true,
             ..Default::default()
         })
-    };
-    let cri = || {
-        crate::cri::build_crictl()
-            .and_then(|_| crate::cri::build_images())
-            .map(|_| 0)
-    };
-    for (what, build) in [
-        ("the OCI validation suite", &oci as &dyn Fn() -> Result<i32>),
-        ("runc's bats files", &bats),
-        ("the CRI smoke test's client and images", &cri),
-    ] {
-        if let Err(e) = build() {
-            eprintln!("[test] building {what} failed ({e:#}); its stage will say why");
-        }
-    }
+        .map(drop),
+    );
+    report(
+        "the CRI smoke test's client and images",
+        crate::cri::build_crictl().and_then(|_| crate::cri::build_images().map(drop)),
+    );
 }
 
 /// Runs a conformance suite (`what`, for its error line): whether it exited 0, and how

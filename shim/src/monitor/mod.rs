@@ -277,7 +277,7 @@ pub fn run_vm(
     if let Some(dir) = cfg.runtime_dir.parent() {
         crate::cgroup::leave_and_remove(dir, std::process::id());
     }
-    log::debug!("stop path: the cgroup is removed");
+    log::debug!("stop path: the monitor has left its cgroup and removed it where it may");
     result
 }
 
